@@ -1,0 +1,215 @@
+//! Compiles every `kernels/*.cu` into one fatbin (SASS for each arch in `PREF_KERNELS_CUDA_ARCHS`,
+//! default `80;90`, plus PTX for the newest) and generates `$OUT_DIR/kernels.rs`, which embeds them.
+//!
+//! nvcc discovery: `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then `/usr/local/cuda`.
+//! Without nvcc the crate still builds (the embedded modules are `None` and creating a GPU handle
+//! returns `Error::KernelsNotBuilt`), unless `PREF_KERNELS_REQUIRE_NVCC=1` or the `require-nvcc`
+//! feature asks for a hard failure. A kernel that fails to compile always fails the build.
+//! ptxas's resource report (registers, spills) is kept in `$OUT_DIR/ptxas.txt`, copied next to the
+//! build's artifacts as `target/<profile>/pref-kernels-ptxas.txt`, and exposed as
+//! `pref_kernels::kernels::PTXAS_REPORT`.
+use std::env;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn find_nvcc() -> Option<PathBuf> {
+    let works = |p: &Path| {
+        Command::new(p)
+            .arg("--version")
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if let Some(p) = env::var_os("NVCC") {
+        let p = PathBuf::from(p);
+        if works(&p) {
+            return Some(p);
+        }
+        println!("cargo:warning=NVCC={} does not run; trying other locations", p.display());
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(root) = env::var_os(var) {
+            let p = PathBuf::from(root).join("bin").join("nvcc");
+            if works(&p) {
+                return Some(p);
+            }
+        }
+    }
+    if works(Path::new("nvcc")) {
+        return Some(PathBuf::from("nvcc"));
+    }
+    let p = PathBuf::from("/usr/local/cuda/bin/nvcc");
+    works(&p).then_some(p)
+}
+
+fn gencode_flags(archs: &str) -> Vec<String> {
+    let mut list: Vec<u32> = archs
+        .split([';', ',', ' '])
+        .filter(|s| !s.is_empty())
+        .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("bad arch `{s}` in PREF_KERNELS_CUDA_ARCHS")))
+        .collect();
+    list.sort_unstable();
+    list.dedup();
+    let newest = *list.last().expect("PREF_KERNELS_CUDA_ARCHS is empty");
+    let mut flags: Vec<String> = list
+        .iter()
+        .map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}"))
+        .collect();
+    flags.push(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));
+    flags
+}
+
+fn main() {
+    for var in [
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "NVCC_CCBIN",
+        "PREF_KERNELS_CUDA_ARCHS",
+        "PREF_KERNELS_REQUIRE_NVCC",
+        "PATH",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=build.rs");
+
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    let kernels_dir = manifest.join("kernels");
+    let mut sources: Vec<PathBuf> = std::fs::read_dir(&kernels_dir)
+        .expect("kernels/ directory")
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    sources.sort();
+    for entry in std::fs::read_dir(&kernels_dir).unwrap() {
+        println!("cargo:rerun-if-changed={}", entry.unwrap().path().display());
+    }
+
+    #[cfg(feature = "regen-bindings")]
+    regen_bindings(&manifest);
+
+    let require = env::var("PREF_KERNELS_REQUIRE_NVCC").is_ok_and(|v| v == "1")
+        || env::var_os("CARGO_FEATURE_REQUIRE_NVCC").is_some();
+    let nvcc = find_nvcc();
+    let mut gen = String::new();
+    let mut report = String::new();
+    match &nvcc {
+        None => {
+            if require {
+                panic!(
+                    "PREF_KERNELS_REQUIRE_NVCC=1 but no nvcc was found (NVCC, CUDA_HOME, CUDA_PATH, PATH, \
+                     /usr/local/cuda). Run scripts/fetch-nvcc.sh and export the NVCC it prints."
+                );
+            }
+            println!(
+                "cargo:warning=pref-kernels: nvcc not found; building without CUDA kernels (GPU handles will \
+                 return KernelsNotBuilt). Run scripts/fetch-nvcc.sh and set NVCC to build them."
+            );
+            writeln!(gen, "/// How the kernels were built.").unwrap();
+            writeln!(
+                gen,
+                "pub const BUILD_NOTE: &str = \"built without nvcc: no CUDA kernels are embedded (run scripts/fetch-nvcc.sh, set NVCC, rebuild)\";"
+            )
+            .unwrap();
+        }
+        Some(nvcc) => {
+            let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
+            let gencode = gencode_flags(&archs);
+            let results: Vec<(PathBuf, PathBuf, String)> = std::thread::scope(|s| {
+                let handles: Vec<_> = sources
+                    .iter()
+                    .map(|src| {
+                        let gencode = &gencode;
+                        let out = &out;
+                        let kernels_dir = &kernels_dir;
+                        s.spawn(move || {
+                            let stem = src.file_stem().unwrap().to_str().unwrap().to_owned();
+                            let fatbin = out.join(format!("{stem}.fatbin"));
+                            let mut cmd = Command::new(nvcc);
+                            cmd.args(["-fatbin", "-O3", "-std=c++17", "-lineinfo", "-Xptxas", "-v"])
+                                .arg(format!("-I{}", kernels_dir.display()))
+                                .args(gencode)
+                                .arg(src)
+                                .arg("-o")
+                                .arg(&fatbin);
+                            if let Some(ccbin) = env::var_os("NVCC_CCBIN") {
+                                cmd.arg("-ccbin").arg(ccbin);
+                            }
+                            let o = cmd.output().expect("failed to run nvcc");
+                            let log = String::from_utf8_lossy(&o.stderr).into_owned();
+                            if !o.status.success() {
+                                panic!("nvcc failed on {}:\n{}{}", src.display(), String::from_utf8_lossy(&o.stdout), log);
+                            }
+                            (src.clone(), fatbin, log)
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let version = Command::new(nvcc)
+                .arg("--version")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).lines().last().unwrap_or("").to_owned())
+                .unwrap_or_default();
+            writeln!(gen, "/// How the kernels were built.").unwrap();
+            writeln!(
+                gen,
+                "pub const BUILD_NOTE: &str = {:?};",
+                format!("built with {} ({version}), archs {archs}", nvcc.display())
+            )
+            .unwrap();
+            for (src, fatbin, log) in &results {
+                let stem = src.file_stem().unwrap().to_str().unwrap();
+                writeln!(
+                    gen,
+                    "/// Fatbin of `kernels/{stem}.cu`.\npub const {}: Option<&[u8]> = Some(include_bytes!({:?}));",
+                    stem.to_uppercase(),
+                    fatbin.display().to_string()
+                )
+                .unwrap();
+                writeln!(report, "==== kernels/{stem}.cu ====\n{log}").unwrap();
+            }
+        }
+    }
+    if nvcc.is_none() {
+        for src in &sources {
+            let stem = src.file_stem().unwrap().to_str().unwrap();
+            writeln!(
+                gen,
+                "/// Fatbin of `kernels/{stem}.cu` (not built).\npub const {}: Option<&[u8]> = None;",
+                stem.to_uppercase()
+            )
+            .unwrap();
+        }
+    }
+    std::fs::write(out.join("ptxas.txt"), &report).unwrap();
+    writeln!(
+        gen,
+        "/// ptxas resource report (`-Xptxas -v`) of every kernel; empty without nvcc.\npub const PTXAS_REPORT: &str = include_str!({:?});",
+        out.join("ptxas.txt").display().to_string()
+    )
+    .unwrap();
+    std::fs::write(out.join("kernels.rs"), gen).unwrap();
+    // target/<profile>/build/<pkg>/out -> target/<profile>/pref-kernels-ptxas.txt
+    if let Some(profile_dir) = out.ancestors().nth(3) {
+        let _ = std::fs::write(profile_dir.join("pref-kernels-ptxas.txt"), &report);
+    }
+}
+
+#[cfg(feature = "regen-bindings")]
+fn regen_bindings(manifest: &Path) {
+    let bindings = bindgen::Builder::default()
+        .header(manifest.join("kernels/params.h").display().to_string())
+        .allowlist_type(".*Params")
+        .allowlist_var("PREFK_.*")
+        .derive_default(true)
+        .layout_tests(false)
+        .generate()
+        .expect("bindgen failed on kernels/params.h");
+    bindings
+        .write_to_file(manifest.join("src/params_bindings.rs"))
+        .expect("writing src/params_bindings.rs");
+}

@@ -1,0 +1,147 @@
+// Shared device helpers: dtype conversion, 16-byte vector loads/stores, row splitting for
+// vectorized access, and the online-softmax state with its deterministic warp/block reductions.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <float.h>
+#include <stdint.h>
+
+#include "params.h"
+
+#define PREFK_LOG2E 1.4426950408889634f
+#define PREFK_LN2 0.6931471805599453f
+
+// ---- dtype conversion ----------------------------------------------------------------------------
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T> __device__ __forceinline__ T from_f32(float x);
+template <> __device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <> __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+    return __float2bfloat16_rn(x);
+}
+
+// ---- 16-byte vectors -----------------------------------------------------------------------------
+template <typename T> struct alignas(16) Vec16 {
+    static constexpr int N = 16 / sizeof(T);
+    T v[N];
+};
+
+// Streaming read-only load (logits are read once per kernel; keep them out of L1).
+template <typename T> __device__ __forceinline__ Vec16<T> load_vec_stream(const T* p) {
+    uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+    return *reinterpret_cast<Vec16<T>*>(&raw);
+}
+// Plain load: required where the same memory is later overwritten by this kernel (in-place backward).
+template <typename T> __device__ __forceinline__ Vec16<T> load_vec(const T* p) {
+    uint4 raw = *reinterpret_cast<const uint4*>(p);
+    return *reinterpret_cast<Vec16<T>*>(&raw);
+}
+template <typename T> __device__ __forceinline__ void store_vec_stream(T* p, const Vec16<T>& x) {
+    __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(&x));
+}
+
+// A row of `len` elements starting at `addr` is processed as: `head` scalars until the first 16-byte
+// boundary, `nvec` aligned 16-byte vectors, then scalars up to `len`. Any stride/offset works; rows
+// whose (input, output) misalignments differ fall back to all-scalar (`nvec = 0`).
+struct RowSplit {
+    int64_t head;
+    int64_t nvec;
+    int64_t tail_start;
+};
+template <typename T>
+__device__ __forceinline__ RowSplit split_row(uint64_t addr, uint64_t other_addr, int64_t len) {
+    constexpr int64_t VEC = Vec16<T>::N;
+    RowSplit s;
+    if (((addr ^ other_addr) & 15u) != 0) {
+        s.head = len;
+        s.nvec = 0;
+        s.tail_start = len;
+        return s;
+    }
+    int64_t head = (int64_t)(((16u - (addr & 15u)) & 15u) / sizeof(T));
+    s.head = head < len ? head : len;
+    s.nvec = (len - s.head) / VEC;
+    s.tail_start = s.head + s.nvec * VEC;
+    return s;
+}
+
+// ---- online softmax ------------------------------------------------------------------------------
+// State over values z (already scaled to base 2: z = x / T * log2(e)):
+//   m = max z (starts at -FLT_MAX, not -inf, so -inf logits contribute exactly 0 without NaN),
+//   s = sum 2^(z - m),  t = sum 2^(z - m) * (z - m)   (t only when entropy is requested).
+// Keeping t relative to m makes entropy = ln2 * (log2 s - t / s) shift-invariant and cancellation-free.
+// NaN inputs poison s (exp2(NaN) = NaN); +inf inputs are turned into NaN at finalization.
+struct SoftmaxState {
+    float m, s, t;
+};
+__device__ __forceinline__ SoftmaxState softmax_identity() { return {-FLT_MAX, 0.f, 0.f}; }
+
+// Fold K values at once: one rescale per chunk, one exp2 per value.
+template <int K, bool ENTROPY>
+__device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&z)[K]) {
+    float cm = st.m;
+#pragma unroll
+    for (int k = 0; k < K; ++k) cm = fmaxf(cm, z[k]);
+    const float r = exp2f(st.m - cm);
+    if (ENTROPY) st.t = r * (st.t + st.s * (st.m - cm));
+    st.s *= r;
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        const float d = z[k] - cm;
+        const float e = exp2f(d);
+        st.s += e;
+        if (ENTROPY) st.t = fmaf(e, d, st.t);
+    }
+    st.m = cm;
+}
+
+template <bool ENTROPY>
+__device__ __forceinline__ SoftmaxState softmax_combine(const SoftmaxState& a, const SoftmaxState& b) {
+    SoftmaxState c;
+    c.m = fmaxf(a.m, b.m);
+    const float ra = exp2f(a.m - c.m), rb = exp2f(b.m - c.m);
+    c.s = a.s * ra + b.s * rb;
+    c.t = ENTROPY ? ra * (a.t + a.s * (a.m - c.m)) + rb * (b.t + b.s * (b.m - c.m)) : 0.f;
+    return c;
+}
+
+// Butterfly over the lanes of a warp: a fixed combination order, so results are bitwise reproducible.
+template <bool ENTROPY> __device__ __forceinline__ SoftmaxState warp_reduce_softmax(SoftmaxState st) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        SoftmaxState o;
+        o.m = __shfl_xor_sync(0xffffffffu, st.m, off);
+        o.s = __shfl_xor_sync(0xffffffffu, st.s, off);
+        o.t = __shfl_xor_sync(0xffffffffu, st.t, off);
+        st = softmax_combine<ENTROPY>(st, o);
+    }
+    return st;
+}
+
+// Reduce over the THREADS threads of a block (THREADS a multiple of 32, <= 1024); every thread
+// receives the result. `scratch` must hold THREADS / 32 states. Fixed order: deterministic.
+template <int THREADS, bool ENTROPY>
+__device__ __forceinline__ SoftmaxState block_reduce_softmax(SoftmaxState st, SoftmaxState* scratch) {
+    st = warp_reduce_softmax<ENTROPY>(st);
+    if (THREADS == 32) return st;
+    constexpr int WARPS = THREADS / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();  // scratch may still be read by the previous call
+    if (lane == 0) scratch[warp] = st;
+    __syncthreads();
+    st = lane < WARPS ? scratch[lane] : softmax_identity();
+    return warp_reduce_softmax<ENTROPY>(st);
+}
+
+// ---- targets -------------------------------------------------------------------------------------
+template <typename I> __device__ __forceinline__ int64_t load_target(uint64_t targets, int64_t row) {
+    return (int64_t) reinterpret_cast<const I*>(targets)[row];
+}
+
+__device__ __forceinline__ void report_status(uint64_t status, uint32_t bits) {
+    if (status != 0) atomicOr(reinterpret_cast<unsigned int*>(status), bits);
+}

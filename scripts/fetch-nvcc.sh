@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Fetch nvcc 13.0 (and the headers it needs) from PyPI wheels into a cache OUTSIDE the repository.
+# Idempotent: a second run with a complete cache returns at once.
+#
+# Usage:  scripts/fetch-nvcc.sh            # prints the nvcc path on the last line of stdout
+#         eval "$(scripts/fetch-nvcc.sh --env)"   # exports NVCC for the current shell
+#
+# Cache location: $PREF_KERNELS_NVCC_CACHE, else ${XDG_CACHE_HOME:-$HOME/.cache}/pref-kernels/nvcc-13.0
+set -euo pipefail
+
+cache="${PREF_KERNELS_NVCC_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/pref-kernels/nvcc-13.0}"
+venv="$cache/venv"
+stamp="$cache/.complete"
+python="${PYTHON:-python3}"
+
+find_nvcc() { ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvcc 2>/dev/null | head -n 1; }
+
+if [ ! -f "$stamp" ] || [ -z "$(find_nvcc)" ]; then
+  echo "pref-kernels: fetching nvcc 13.0 from PyPI into $cache (about 270 MB, once)" >&2
+  mkdir -p "$cache"
+  "$python" -m venv "$venv" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cuda-crt==13.0.*" \
+    "nvidia-nvvm==13.0.*" "nvidia-cuda-cccl==13.0.*" >&2
+  nvcc_path="$(find_nvcc)"
+  [ -n "$nvcc_path" ] || { echo "pref-kernels: nvcc not found after install" >&2; exit 1; }
+  "$nvcc_path" --version >&2
+  touch "$stamp"
+fi
+
+nvcc_path="$(find_nvcc)"
+if [ "${1:-}" = "--env" ]; then
+  echo "export NVCC='$nvcc_path'"
+else
+  echo "pref-kernels: nvcc is ready. Point the build at it with:" >&2
+  echo "  export NVCC='$nvcc_path'" >&2
+  echo "$nvcc_path"
+fi

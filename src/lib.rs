@@ -1,0 +1,34 @@
+//! # pref-kernels
+//!
+//! Hand-written CUDA kernels for preference-optimization training (DPO family, TAB-PO, GRPO):
+//! fused token log-probs from logits without materializing the log-softmax, and (in later
+//! modules) per-sequence reductions, fused preference losses and shared-prefix attention.
+//!
+//! Every op comes in three layers:
+//! - a CPU reference accumulating in f64 (`<op>::reference`), the oracle of the tests;
+//! - a safe GPU API on cudarc buffers ([`Gpu`] methods), running on the caller's stream;
+//! - an unsafe raw API on `u64` device pointers plus a raw `CUstream` (`*_raw` methods), for
+//!   trainers that own their memory (PyTorch `data_ptr()`, candle, burn).
+//!
+//! The crate builds and its CPU path works on machines with no CUDA at all: the driver is loaded
+//! dynamically, and [`Gpu::new`] returns a clear error (no driver, old driver, kernels not built)
+//! instead of panicking.
+#![warn(missing_docs)]
+
+pub mod dtype;
+pub mod error;
+pub mod gpu;
+pub mod kernels;
+pub mod params;
+mod raw;
+pub mod token_logprobs;
+
+pub use dtype::{DType, IndexType, LogitElement, TargetIndex};
+pub use error::{Error, Result};
+pub use gpu::{gpu_available, Gpu};
+pub use token_logprobs::{LogitsLayout, TokenLogprobsConfig};
+
+/// Re-export of the cudarc version this crate is built against, so callers use matching types.
+pub use cudarc;
+/// Re-export of `half` (f16 / bf16 host types).
+pub use half;

@@ -1,0 +1,391 @@
+//! GPU launch of the token log-probs kernels (`kernels/token_logprobs.cu`): the unsafe raw-pointer
+//! entry points and the safe wrappers over cudarc buffers.
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+
+use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
+use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
+use crate::error::{ensure, Error, Result};
+use crate::gpu::Gpu;
+use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams, STATUS_BAD_TARGET};
+use crate::raw::{check_ptr, check_status, ranges_overlap, StatusWord};
+
+const BLOCK_THREADS: u32 = 256;
+const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+const INDEX_TYPES: [IndexType; 2] = [IndexType::I32, IndexType::I64];
+
+/// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
+/// Depends on V only, so a row's result never depends on N.
+fn row_threads(vocab: usize) -> u32 {
+    if vocab <= 1024 {
+        32
+    } else {
+        BLOCK_THREADS
+    }
+}
+
+fn fwd_name(dtype: DType, it: IndexType, entropy: bool, rt: u32) -> String {
+    let e = if entropy { "_entropy" } else { "" };
+    format!("token_logprobs_fwd{e}_{}_{}_w{rt}", dtype.name(), it.name())
+}
+
+fn bwd_name(dtype: DType, it: IndexType, rt: u32) -> String {
+    format!("token_logprobs_bwd_{}_{}_w{rt}", dtype.name(), it.name())
+}
+
+pub(crate) fn entry_points() -> Vec<String> {
+    let mut names = Vec::new();
+    for d in DTYPES {
+        for i in INDEX_TYPES {
+            for rt in [32, BLOCK_THREADS] {
+                names.push(fwd_name(d, i, false, rt));
+                names.push(fwd_name(d, i, true, rt));
+                names.push(bwd_name(d, i, rt));
+            }
+        }
+    }
+    names
+}
+
+/// Device pointers of a forward call (raw API). Pointers are CUdeviceptr values (e.g. PyTorch's
+/// `tensor.data_ptr()`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenLogprobsFwdPtrs {
+    /// Logits `[n_rows, row_stride]` of the given dtype.
+    pub logits: u64,
+    /// Targets `[n_rows]` of the given index type.
+    pub targets: u64,
+    /// Output `[n_rows]` f32.
+    pub logp: u64,
+    /// Output `[n_rows]` f32 (needed by the backward).
+    pub lse: u64,
+    /// Output `[n_rows]` f32 entropy, or 0 when not wanted.
+    pub entropy: u64,
+    /// A u32 status word the kernel ORs bits into (not cleared by the kernel), or 0.
+    pub status: u64,
+}
+
+/// Device pointers of a backward call (raw API).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenLogprobsBwdPtrs {
+    /// Logits `[n_rows, row_stride]`.
+    pub logits: u64,
+    /// Targets `[n_rows]`.
+    pub targets: u64,
+    /// `[n_rows]` f32 from the forward.
+    pub lse: u64,
+    /// `[n_rows]` f32 upstream gradient.
+    pub grad_logp: u64,
+    /// Output `[n_rows, grad_stride]` in the logits dtype; equal to `logits` for in place.
+    pub grad_logits: u64,
+    /// A u32 status word, or 0.
+    pub status: u64,
+}
+
+/// Outputs of the safe forward.
+pub struct TokenLogprobsOutputs<'a, 'b> {
+    /// `[n_rows]` log p(target).
+    pub logp: &'a mut CudaViewMut<'b, f32>,
+    /// `[n_rows]` logsumexp, kept for the backward.
+    pub lse: &'a mut CudaViewMut<'b, f32>,
+    /// `[n_rows]` entropy; required iff `compute_entropy` is set.
+    pub entropy: Option<&'a mut CudaViewMut<'b, f32>>,
+}
+
+impl Gpu {
+    /// Forward on raw device pointers. Launches one kernel on `stream`; never synchronizes.
+    ///
+    /// Errors (before any launch): invalid layout or config, null or misaligned pointers (logits
+    /// aligned to the dtype, targets to the index type, f32 buffers and the status word to 4
+    /// bytes), `entropy` given without `compute_entropy` or the reverse. Bad targets are not an
+    /// error here: their rows get NaN and `ptrs.status` (if non-zero) gets `STATUS_BAD_TARGET`.
+    ///
+    /// # Safety
+    /// - Every non-zero pointer is a device allocation of this GPU's context, valid for the
+    ///   elements the layout implies (`logits`: `layout.span()` elements of `dtype`; `targets`,
+    ///   `logp`, `lse`, `entropy`: `n_rows` elements; `status`: one u32).
+    /// - `stream` is 0 (legacy default stream) or a live CUstream of this context.
+    /// - The buffers stay alive, and no other work writes the inputs or touches the outputs, until
+    ///   the launched work completes in stream order; the caller orders it against other streams.
+    /// - The output buffers do not overlap each other or the inputs.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_logprobs_forward_raw(
+        &self,
+        stream: u64,
+        dtype: DType,
+        index_type: IndexType,
+        layout: LogitsLayout,
+        ptrs: &TokenLogprobsFwdPtrs,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, layout.span()?, layout.n_rows)?;
+        check_ptr("logits", ptrs.logits, dtype.size(), true)?;
+        check_ptr("targets", ptrs.targets, index_type.size(), true)?;
+        check_ptr("logp", ptrs.logp, 4, true)?;
+        check_ptr("lse", ptrs.lse, 4, true)?;
+        check_ptr("entropy", ptrs.entropy, 4, false)?;
+        check_ptr("status", ptrs.status, 4, false)?;
+        ensure((ptrs.entropy != 0) == cfg.compute_entropy, "entropy", || {
+            format!("must be given iff compute_entropy is set (compute_entropy = {})", cfg.compute_entropy)
+        })?;
+        if layout.n_rows == 0 {
+            return Ok(());
+        }
+        let params = TokenLogprobsFwdParams {
+            logits: ptrs.logits,
+            targets: ptrs.targets,
+            logp: ptrs.logp,
+            lse: ptrs.lse,
+            entropy: ptrs.entropy,
+            status: ptrs.status,
+            n_rows: layout.n_rows as i64,
+            row_stride: layout.row_stride as i64,
+            vocab: layout.vocab as i64,
+            ignore_index: cfg.ignore_index,
+            inv_temperature: 1.0 / cfg.temperature,
+            reserved: 0,
+        };
+        let rt = row_threads(layout.vocab);
+        let f = self.function(&fwd_name(dtype, index_type, cfg.compute_entropy, rt))?;
+        let launch = self.grid_for(layout.n_rows as u64, (BLOCK_THREADS / rt) as u64, BLOCK_THREADS);
+        // SAFETY: the caller guarantees the stream and pointers (see # Safety).
+        let s = unsafe { self.borrow_stream(stream) };
+        // SAFETY: params matches the kernel's by-value TokenLogprobsFwdParams (layout asserted).
+        unsafe { s.launch_builder(f).arg(&params).launch(launch) }?;
+        Ok(())
+    }
+
+    /// Backward on raw device pointers: writes `grad_logits` (in place when
+    /// `ptrs.grad_logits == ptrs.logits`, which requires `grad_stride == layout.row_stride`).
+    /// Launches one kernel on `stream`; never synchronizes.
+    ///
+    /// Errors (before any launch): as the forward, plus `grad_stride < vocab` and gradient/logits
+    /// ranges that overlap without being exactly in place.
+    ///
+    /// # Safety
+    /// As [`Gpu::token_logprobs_forward_raw`]; `lse` and `grad_logp` hold `n_rows` f32 and
+    /// `grad_logits` spans `(n_rows - 1) * grad_stride + vocab` elements of `dtype`.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_logprobs_backward_raw(
+        &self,
+        stream: u64,
+        dtype: DType,
+        index_type: IndexType,
+        layout: LogitsLayout,
+        grad_stride: usize,
+        ptrs: &TokenLogprobsBwdPtrs,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, layout.span()?, layout.n_rows)?;
+        let grad_layout = LogitsLayout { row_stride: grad_stride, ..layout };
+        grad_layout.validate().map_err(|_| {
+            crate::error::invalid("grad_stride", format!("must be >= vocab ({}), got {grad_stride}", layout.vocab))
+        })?;
+        check_ptr("logits", ptrs.logits, dtype.size(), true)?;
+        check_ptr("targets", ptrs.targets, index_type.size(), true)?;
+        check_ptr("lse", ptrs.lse, 4, true)?;
+        check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
+        check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
+        check_ptr("status", ptrs.status, 4, false)?;
+        let es = dtype.size() as u64;
+        let in_bytes = layout.span()? as u64 * es;
+        let out_bytes = grad_layout.span()? as u64 * es;
+        if ptrs.grad_logits == ptrs.logits {
+            ensure(grad_stride == layout.row_stride, "grad_stride", || {
+                format!("in-place backward needs grad_stride == row_stride ({}), got {grad_stride}", layout.row_stride)
+            })?;
+        } else {
+            ensure(!ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes), "grad_logits", || {
+                "overlaps logits without being exactly in place".into()
+            })?;
+        }
+        if layout.n_rows == 0 {
+            return Ok(());
+        }
+        let params = TokenLogprobsBwdParams {
+            logits: ptrs.logits,
+            targets: ptrs.targets,
+            lse: ptrs.lse,
+            grad_logp: ptrs.grad_logp,
+            grad_logits: ptrs.grad_logits,
+            status: ptrs.status,
+            n_rows: layout.n_rows as i64,
+            logits_stride: layout.row_stride as i64,
+            grad_stride: grad_stride as i64,
+            vocab: layout.vocab as i64,
+            ignore_index: cfg.ignore_index,
+            inv_temperature: 1.0 / cfg.temperature,
+            reserved: 0,
+        };
+        let rt = row_threads(layout.vocab);
+        let f = self.function(&bwd_name(dtype, index_type, rt))?;
+        let launch = self.grid_for(layout.n_rows as u64, (BLOCK_THREADS / rt) as u64, BLOCK_THREADS);
+        // SAFETY: the caller guarantees the stream and pointers (see # Safety).
+        let s = unsafe { self.borrow_stream(stream) };
+        // SAFETY: params matches the kernel's by-value TokenLogprobsBwdParams (layout asserted).
+        unsafe { s.launch_builder(f).arg(&params).launch(launch) }?;
+        Ok(())
+    }
+
+    /// Forward on cudarc buffers, on `stream`.
+    ///
+    /// Lengths are checked against `layout` (`logits` must hold `layout.span()` elements, the
+    /// others `n_rows`). With `cfg.check_targets` (default) the call synchronizes `stream` once to
+    /// read the device status word and returns [`Error::DeviceCheck`] if any target was out of
+    /// range (those rows hold NaN); without it, it never synchronizes.
+    pub fn token_logprobs_forward<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: &impl DevicePtr<T>,
+        layout: LogitsLayout,
+        targets: &impl DevicePtr<I>,
+        out: TokenLogprobsOutputs<'_, '_>,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, logits.len(), targets.len())?;
+        ensure_len("logp", out.logp.len(), layout.n_rows)?;
+        ensure_len("lse", out.lse.len(), layout.n_rows)?;
+        if let Some(e) = &out.entropy {
+            ensure_len("entropy", e.len(), layout.n_rows)?;
+        }
+        let mut status = StatusWord::new(stream, cfg.check_targets)?;
+        {
+            let (logits_p, _g0) = logits.device_ptr(stream);
+            let (targets_p, _g1) = targets.device_ptr(stream);
+            let (logp_p, _g2) = out.logp.device_ptr_mut(stream);
+            let (lse_p, _g3) = out.lse.device_ptr_mut(stream);
+            let (entropy_p, _g4) = match out.entropy {
+                Some(e) => {
+                    let (p, g) = e.device_ptr_mut(stream);
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let (status_p, _g5) = status.ptr(stream);
+            let ptrs = TokenLogprobsFwdPtrs {
+                logits: logits_p,
+                targets: targets_p,
+                logp: logp_p,
+                lse: lse_p,
+                entropy: entropy_p,
+                status: status_p,
+            };
+            // SAFETY: every pointer comes from a live cudarc buffer of the checked length on this
+            // stream's context; the guards keep cudarc's event tracking ordered around the launch.
+            unsafe {
+                self.token_logprobs_forward_raw(stream.cu_stream() as u64, T::DTYPE, I::INDEX_TYPE, layout, &ptrs, cfg)
+            }?;
+        }
+        check_status(status.read(stream)?)
+    }
+
+    /// Backward on cudarc buffers into a separate `grad_logits` buffer with row stride
+    /// `grad_stride` (usually `layout.vocab`). Status handling as in the forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_logprobs_backward<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: &impl DevicePtr<T>,
+        layout: LogitsLayout,
+        targets: &impl DevicePtr<I>,
+        lse: &impl DevicePtr<f32>,
+        grad_logp: &impl DevicePtr<f32>,
+        grad_logits: &mut impl DevicePtrMut<T>,
+        grad_stride: usize,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, logits.len(), targets.len())?;
+        ensure_len("lse", lse.len(), layout.n_rows)?;
+        ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
+        let grad_span = LogitsLayout { row_stride: grad_stride, ..layout }.span()?;
+        ensure(grad_logits.len() >= grad_span, "grad_logits", || {
+            format!("needs at least {grad_span} elements, got {}", grad_logits.len())
+        })?;
+        let mut status = StatusWord::new(stream, cfg.check_targets)?;
+        {
+            let (logits_p, _g0) = logits.device_ptr(stream);
+            let (targets_p, _g1) = targets.device_ptr(stream);
+            let (lse_p, _g2) = lse.device_ptr(stream);
+            let (grad_logp_p, _g3) = grad_logp.device_ptr(stream);
+            let (grad_p, _g4) = grad_logits.device_ptr_mut(stream);
+            let (status_p, _g5) = status.ptr(stream);
+            let ptrs = TokenLogprobsBwdPtrs {
+                logits: logits_p,
+                targets: targets_p,
+                lse: lse_p,
+                grad_logp: grad_logp_p,
+                grad_logits: grad_p,
+                status: status_p,
+            };
+            // SAFETY: pointers from live cudarc buffers of checked lengths (see the forward).
+            unsafe {
+                self.token_logprobs_backward_raw(
+                    stream.cu_stream() as u64,
+                    T::DTYPE,
+                    I::INDEX_TYPE,
+                    layout,
+                    grad_stride,
+                    &ptrs,
+                    cfg,
+                )
+            }?;
+        }
+        check_status(status.read(stream)?)
+    }
+
+    /// Backward written in place over the logits (which are consumed: they hold d/dlogits after).
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_logprobs_backward_inplace<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: &mut impl DevicePtrMut<T>,
+        layout: LogitsLayout,
+        targets: &impl DevicePtr<I>,
+        lse: &impl DevicePtr<f32>,
+        grad_logp: &impl DevicePtr<f32>,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, logits.len(), targets.len())?;
+        ensure_len("lse", lse.len(), layout.n_rows)?;
+        ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
+        let mut status = StatusWord::new(stream, cfg.check_targets)?;
+        {
+            let (logits_p, _g0) = logits.device_ptr_mut(stream);
+            let (targets_p, _g1) = targets.device_ptr(stream);
+            let (lse_p, _g2) = lse.device_ptr(stream);
+            let (grad_logp_p, _g3) = grad_logp.device_ptr(stream);
+            let (status_p, _g5) = status.ptr(stream);
+            let ptrs = TokenLogprobsBwdPtrs {
+                logits: logits_p,
+                targets: targets_p,
+                lse: lse_p,
+                grad_logp: grad_logp_p,
+                grad_logits: logits_p,
+                status: status_p,
+            };
+            // SAFETY: pointers from live cudarc buffers of checked lengths; in place by construction.
+            unsafe {
+                self.token_logprobs_backward_raw(
+                    stream.cu_stream() as u64,
+                    T::DTYPE,
+                    I::INDEX_TYPE,
+                    layout,
+                    layout.row_stride,
+                    &ptrs,
+                    cfg,
+                )
+            }?;
+        }
+        check_status(status.read(stream)?)
+    }
+}
+
+/// Maps the status bits of this op to an error.
+pub(crate) fn status_error(bits: u32) -> Option<Error> {
+    (bits & STATUS_BAD_TARGET != 0).then(|| {
+        Error::DeviceCheck(
+            "at least one target is outside [0, vocab) and not ignore_index; its rows were written as NaN".into(),
+        )
+    })
+}

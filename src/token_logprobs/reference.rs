@@ -1,0 +1,106 @@
+//! CPU reference of the token log-probs op, accumulating in f64: the oracle for the GPU tests.
+use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
+use crate::dtype::{LogitElement, TargetIndex};
+use crate::error::{Error, Result};
+
+/// Forward results of the reference (f64).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobsRef {
+    /// Per-row log p(target); 0 on ignored rows.
+    pub logp: Vec<f64>,
+    /// Per-row logsumexp(logits / T); 0 on ignored rows.
+    pub lse: Vec<f64>,
+    /// Per-row entropy of softmax(logits / T); 0 on ignored rows (always computed here).
+    pub entropy: Vec<f64>,
+}
+
+/// Checks one target: `Ok(None)` for an ignored row, `Ok(Some(t))` for a usable one.
+fn checked_target(row: usize, t: i64, vocab: usize, ignore_index: i64) -> Result<Option<usize>> {
+    if t == ignore_index {
+        Ok(None)
+    } else if t < 0 || t as u64 >= vocab as u64 {
+        Err(Error::TargetOutOfRange { row: row as u64, target: t, vocab: vocab as u64 })
+    } else {
+        Ok(Some(t as usize))
+    }
+}
+
+/// Row statistics in f64: (scaled logits y = x / T, lse). NaN or +inf anywhere gives lse = NaN.
+fn row_stats<T: LogitElement>(row: &[T], inv_t: f64) -> (Vec<f64>, f64) {
+    let y: Vec<f64> = row.iter().map(|&x| x.to_f64() * inv_t).collect();
+    if y.iter().any(|v| v.is_nan() || *v == f64::INFINITY) {
+        return (y, f64::NAN);
+    }
+    let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    if m == f64::NEG_INFINITY {
+        return (y, f64::NEG_INFINITY);
+    }
+    let s: f64 = y.iter().map(|&v| (v - m).exp()).sum();
+    (y, m + s.ln())
+}
+
+/// Forward reference: logp, lse and entropy for every row (see the module docs for the formulas).
+pub fn forward<T: LogitElement, I: TargetIndex>(
+    logits: &[T],
+    layout: LogitsLayout,
+    targets: &[I],
+    cfg: &TokenLogprobsConfig,
+) -> Result<TokenLogprobsRef> {
+    validate(&layout, cfg, logits.len(), targets.len())?;
+    let inv_t = 1.0 / cfg.temperature as f64;
+    let n = layout.n_rows;
+    let mut out = TokenLogprobsRef { logp: vec![0.0; n], lse: vec![0.0; n], entropy: vec![0.0; n] };
+    for r in 0..n {
+        let Some(t) = checked_target(r, targets[r].to_i64(), layout.vocab, cfg.ignore_index)? else {
+            continue;
+        };
+        let start = r * layout.row_stride;
+        let (y, lse) = row_stats(&logits[start..start + layout.vocab], inv_t);
+        out.lse[r] = lse;
+        out.logp[r] = y[t] - lse;
+        // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
+        out.entropy[r] = -y
+            .iter()
+            .map(|&v| {
+                let lp = v - lse;
+                let p = lp.exp();
+                if p == 0.0 && !lp.is_nan() {
+                    0.0
+                } else {
+                    p * lp
+                }
+            })
+            .sum::<f64>();
+    }
+    Ok(out)
+}
+
+/// Backward reference: dense `[n_rows, vocab]` gradient (row stride = vocab) of
+/// `sum_r grad_logp[r] * logp[r]` with respect to the logits.
+pub fn backward<T: LogitElement, I: TargetIndex>(
+    logits: &[T],
+    layout: LogitsLayout,
+    targets: &[I],
+    grad_logp: &[f32],
+    cfg: &TokenLogprobsConfig,
+) -> Result<Vec<f64>> {
+    validate(&layout, cfg, logits.len(), targets.len())?;
+    ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
+    let inv_t = 1.0 / cfg.temperature as f64;
+    let v_len = layout.vocab;
+    let mut grad = vec![0.0; layout.n_rows * v_len];
+    for r in 0..layout.n_rows {
+        let Some(t) = checked_target(r, targets[r].to_i64(), v_len, cfg.ignore_index)? else {
+            continue;
+        };
+        let start = r * layout.row_stride;
+        let (y, lse) = row_stats(&logits[start..start + v_len], inv_t);
+        let coef = grad_logp[r] as f64 * inv_t;
+        for (v, g) in grad[r * v_len..(r + 1) * v_len].iter_mut().enumerate() {
+            let lp = y[v] - lse;
+            // 1 - p at the target as -expm1(log p): no cancellation when p -> 1.
+            *g = if v == t { -coef * lp.exp_m1() } else { -coef * lp.exp() };
+        }
+    }
+    Ok(grad)
+}
