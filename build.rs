@@ -14,13 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn find_nvcc() -> Option<PathBuf> {
-    let works = |p: &Path| {
-        Command::new(p)
-            .arg("--version")
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false)
-    };
+    let works =
+        |p: &Path| Command::new(p).arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
     if let Some(p) = env::var_os("NVCC") {
         let p = PathBuf::from(p);
         if works(&p) {
@@ -52,10 +47,8 @@ fn gencode_flags(archs: &str) -> Vec<String> {
     list.sort_unstable();
     list.dedup();
     let newest = *list.last().expect("PREF_KERNELS_CUDA_ARCHS is empty");
-    let mut flags: Vec<String> = list
-        .iter()
-        .map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}"))
-        .collect();
+    let mut flags: Vec<String> =
+        list.iter().map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect();
     flags.push(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));
     flags
 }
@@ -141,7 +134,12 @@ fn main() {
                             let o = cmd.output().expect("failed to run nvcc");
                             let log = String::from_utf8_lossy(&o.stderr).into_owned();
                             if !o.status.success() {
-                                panic!("nvcc failed on {}:\n{}{}", src.display(), String::from_utf8_lossy(&o.stdout), log);
+                                panic!(
+                                    "nvcc failed on {}:\n{}{}",
+                                    src.display(),
+                                    String::from_utf8_lossy(&o.stdout),
+                                    log
+                                );
                             }
                             (src.clone(), fatbin, log)
                         })
@@ -209,7 +207,5 @@ fn regen_bindings(manifest: &Path) {
         .layout_tests(false)
         .generate()
         .expect("bindgen failed on kernels/params.h");
-    bindings
-        .write_to_file(manifest.join("src/params_bindings.rs"))
-        .expect("writing src/params_bindings.rs");
+    bindings.write_to_file(manifest.join("src/params_bindings.rs")).expect("writing src/params_bindings.rs");
 }

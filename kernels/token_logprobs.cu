@@ -94,6 +94,9 @@ template <typename T, typename I, int ROW_THREADS>
 __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams& p) {
     constexpr int ROWS_PER_BLOCK = BLOCK_THREADS / ROW_THREADS;
     constexpr int VEC = Vec16<T>::N;
+    // 16 elements per thread per step: enough bytes in flight, and no register spills under the
+    // 64-register cap of 4 resident blocks per SM.
+    constexpr int BWD_UNROLL = 16 / VEC;
     const int64_t tid = threadIdx.x % ROW_THREADS;
     const int64_t group = threadIdx.x / ROW_THREADS;
     const float scale2 = p.inv_temperature * PREFK_LOG2E;
@@ -125,23 +128,40 @@ __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams&
         if (tid < sp.head) gx[tid] = from_f32<T>(grad_of(skip_read ? 0.f : to_f32(x[tid]), tid));
         const T* xv = x + sp.head;
         T* gv = gx + sp.head;
-        for (int64_t base = tid; base < sp.nvec; base += (int64_t)ROW_THREADS * UNROLL) {
-            Vec16<T> v[UNROLL];
+        for (int64_t base = tid; base < sp.nvec; base += (int64_t)ROW_THREADS * BWD_UNROLL) {
+            Vec16<T> v[BWD_UNROLL];
             if (!skip_read) {
 #pragma unroll
-                for (int u = 0; u < UNROLL; ++u) {
+                for (int u = 0; u < BWD_UNROLL; ++u) {
                     const int64_t i = base + (int64_t)u * ROW_THREADS;
                     if (i < sp.nvec) v[u] = load_vec(xv + i * VEC);
                 }
             }
 #pragma unroll
-            for (int u = 0; u < UNROLL; ++u) {
+            for (int u = 0; u < BWD_UNROLL; ++u) {
                 const int64_t i = base + (int64_t)u * ROW_THREADS;
                 if (i < sp.nvec) {
                     Vec16<T> out;
+                    if (skip_read) {
 #pragma unroll
-                    for (int k = 0; k < VEC; ++k)
-                        out.v[k] = from_f32<T>(grad_of(skip_read ? 0.f : to_f32(v[u].v[k]), sp.head + i * VEC + k));
+                        for (int k = 0; k < VEC; ++k) out.v[k] = from_f32<T>(g);
+                    } else {
+                        // Off-target elements: -coef * p_v. The (rare) vector holding the target
+                        // then redoes that one element with expm1.
+                        float d[VEC];
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k) d[k] = fmaf(to_f32(v[u].v[k]), scale2, -lse2);
+                        const int64_t kt = t - (sp.head + i * VEC);
+                        float target_grad = 0.f;
+                        if (kt >= 0 && kt < VEC) {
+#pragma unroll
+                            for (int k = 0; k < VEC; ++k)
+                                if (k == kt) target_grad = coef * -expm1f(d[k] * PREFK_LN2);
+                        }
+#pragma unroll
+                        for (int k = 0; k < VEC; ++k)
+                            out.v[k] = from_f32<T>(k == kt ? target_grad : -coef * exp2f(d[k]));
+                    }
                     store_vec_stream(gv + i * VEC, out);
                 }
             }

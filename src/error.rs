@@ -34,7 +34,9 @@ pub enum Error {
         msg: String,
     },
     /// A target id is outside `[0, vocab)` and is not `ignore_index`.
-    #[error("target out of range at row {row}: got {target}, expected 0 <= target < {vocab} or ignore_index")]
+    #[error(
+        "target out of range at row {row}: got {target}, expected 0 <= target < {vocab} or ignore_index"
+    )]
     TargetOutOfRange {
         /// First offending row.
         row: u64,

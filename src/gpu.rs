@@ -75,15 +75,14 @@ impl Gpu {
             return Err(Error::NoSuchDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal)?;
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?
-            .max(1) as u32;
+        let sm_count =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
         let mut functions = HashMap::new();
         for (module_name, fatbin) in kernels::MODULES {
             let fatbin = fatbin.ok_or(Error::KernelsNotBuilt(kernels::BUILD_NOTE))?;
             // from_binary copies into a Vec, so include_bytes!'s alignment does not matter.
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))?;
-            for name in entry_points(module_name) {
+            for name in kernels::entry_points(module_name) {
                 let f = module.load_function(&name)?;
                 functions.insert(name, f);
             }
@@ -114,23 +113,19 @@ impl Gpu {
     }
 
     pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction> {
-        self.functions
-            .get(name)
-            .ok_or_else(|| Error::DeviceCheck(format!("kernel entry point `{name}` missing from the loaded modules")))
+        self.functions.get(name).ok_or_else(|| {
+            Error::DeviceCheck(format!("kernel entry point `{name}` missing from the loaded modules"))
+        })
     }
 
     /// Grid for `n_items` independent work items (rows, ...) with `per_block` items per block; the
     /// kernels grid-stride, so capping the grid changes scheduling only, never results.
     pub(crate) fn grid_for(&self, n_items: u64, per_block: u64, block_threads: u32) -> LaunchConfig {
         let blocks = n_items.div_ceil(per_block).clamp(1, self.sm_count as u64 * 256);
-        LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (block_threads, 1, 1), shared_mem_bytes: 0 }
-    }
-}
-
-/// Names of every `extern "C"` entry point of a module (kept in one place with the kernels' macros).
-fn entry_points(module: &str) -> Vec<String> {
-    match module {
-        "token_logprobs" => crate::token_logprobs::launch::entry_points(),
-        other => unreachable!("unknown module {other}"),
+        LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (block_threads, 1, 1),
+            shared_mem_bytes: 0,
+        }
     }
 }

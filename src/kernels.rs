@@ -9,3 +9,11 @@ pub const MODULES: &[(&str, Option<&[u8]>)] = &[("token_logprobs", TOKEN_LOGPROB
 pub const fn built() -> bool {
     TOKEN_LOGPROBS.is_some()
 }
+
+/// Names of every `extern "C"` entry point of a module, as the launch code looks them up.
+pub fn entry_points(module: &str) -> Vec<String> {
+    match module {
+        "token_logprobs" => crate::token_logprobs::launch::entry_points(),
+        _ => Vec::new(),
+    }
+}

@@ -84,13 +84,35 @@ pub struct TokenLogprobsBwdPtrs {
 }
 
 /// Outputs of the safe forward.
-pub struct TokenLogprobsOutputs<'a, 'b> {
+pub struct TokenLogprobsOutputs<'a> {
     /// `[n_rows]` log p(target).
-    pub logp: &'a mut CudaViewMut<'b, f32>,
+    pub logp: CudaViewMut<'a, f32>,
     /// `[n_rows]` logsumexp, kept for the backward.
-    pub lse: &'a mut CudaViewMut<'b, f32>,
+    pub lse: CudaViewMut<'a, f32>,
     /// `[n_rows]` entropy; required iff `compute_entropy` is set.
-    pub entropy: Option<&'a mut CudaViewMut<'b, f32>>,
+    pub entropy: Option<CudaViewMut<'a, f32>>,
+}
+
+/// Argument checks of the raw forward (everything but the pointers' validity, which the caller
+/// guarantees).
+fn validate_forward_ptrs(
+    dtype: DType,
+    index_type: IndexType,
+    layout: LogitsLayout,
+    ptrs: &TokenLogprobsFwdPtrs,
+    cfg: &TokenLogprobsConfig,
+) -> Result<()> {
+    validate(&layout, cfg, layout.span()?, layout.n_rows)?;
+    check_ptr("logits", ptrs.logits, dtype.size(), true)?;
+    check_ptr("targets", ptrs.targets, index_type.size(), true)?;
+    check_ptr("logp", ptrs.logp, 4, true)?;
+    check_ptr("lse", ptrs.lse, 4, true)?;
+    check_ptr("entropy", ptrs.entropy, 4, false)?;
+    check_ptr("status", ptrs.status, 4, false)?;
+    ensure((ptrs.entropy != 0) == cfg.compute_entropy, "entropy", || {
+        format!("must be given iff compute_entropy is set (compute_entropy = {})", cfg.compute_entropy)
+    })?;
+    Ok(())
 }
 
 impl Gpu {
@@ -119,16 +141,7 @@ impl Gpu {
         ptrs: &TokenLogprobsFwdPtrs,
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
-        validate(&layout, cfg, layout.span()?, layout.n_rows)?;
-        check_ptr("logits", ptrs.logits, dtype.size(), true)?;
-        check_ptr("targets", ptrs.targets, index_type.size(), true)?;
-        check_ptr("logp", ptrs.logp, 4, true)?;
-        check_ptr("lse", ptrs.lse, 4, true)?;
-        check_ptr("entropy", ptrs.entropy, 4, false)?;
-        check_ptr("status", ptrs.status, 4, false)?;
-        ensure((ptrs.entropy != 0) == cfg.compute_entropy, "entropy", || {
-            format!("must be given iff compute_entropy is set (compute_entropy = {})", cfg.compute_entropy)
-        })?;
+        validate_forward_ptrs(dtype, index_type, layout, ptrs, cfg)?;
         if layout.n_rows == 0 {
             return Ok(());
         }
@@ -180,7 +193,10 @@ impl Gpu {
         validate(&layout, cfg, layout.span()?, layout.n_rows)?;
         let grad_layout = LogitsLayout { row_stride: grad_stride, ..layout };
         grad_layout.validate().map_err(|_| {
-            crate::error::invalid("grad_stride", format!("must be >= vocab ({}), got {grad_stride}", layout.vocab))
+            crate::error::invalid(
+                "grad_stride",
+                format!("must be >= vocab ({}), got {grad_stride}", layout.vocab),
+            )
         })?;
         check_ptr("logits", ptrs.logits, dtype.size(), true)?;
         check_ptr("targets", ptrs.targets, index_type.size(), true)?;
@@ -193,12 +209,17 @@ impl Gpu {
         let out_bytes = grad_layout.span()? as u64 * es;
         if ptrs.grad_logits == ptrs.logits {
             ensure(grad_stride == layout.row_stride, "grad_stride", || {
-                format!("in-place backward needs grad_stride == row_stride ({}), got {grad_stride}", layout.row_stride)
+                format!(
+                    "in-place backward needs grad_stride == row_stride ({}), got {grad_stride}",
+                    layout.row_stride
+                )
             })?;
         } else {
-            ensure(!ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes), "grad_logits", || {
-                "overlaps logits without being exactly in place".into()
-            })?;
+            ensure(
+                !ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes),
+                "grad_logits",
+                || "overlaps logits without being exactly in place".into(),
+            )?;
         }
         if layout.n_rows == 0 {
             return Ok(());
@@ -240,7 +261,7 @@ impl Gpu {
         logits: &impl DevicePtr<T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
-        out: TokenLogprobsOutputs<'_, '_>,
+        mut out: TokenLogprobsOutputs<'_>,
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
         validate(&layout, cfg, logits.len(), targets.len())?;
@@ -255,7 +276,7 @@ impl Gpu {
             let (targets_p, _g1) = targets.device_ptr(stream);
             let (logp_p, _g2) = out.logp.device_ptr_mut(stream);
             let (lse_p, _g3) = out.lse.device_ptr_mut(stream);
-            let (entropy_p, _g4) = match out.entropy {
+            let (entropy_p, _g4) = match &mut out.entropy {
                 Some(e) => {
                     let (p, g) = e.device_ptr_mut(stream);
                     (p, Some(g))
@@ -274,7 +295,14 @@ impl Gpu {
             // SAFETY: every pointer comes from a live cudarc buffer of the checked length on this
             // stream's context; the guards keep cudarc's event tracking ordered around the launch.
             unsafe {
-                self.token_logprobs_forward_raw(stream.cu_stream() as u64, T::DTYPE, I::INDEX_TYPE, layout, &ptrs, cfg)
+                self.token_logprobs_forward_raw(
+                    stream.cu_stream() as u64,
+                    T::DTYPE,
+                    I::INDEX_TYPE,
+                    layout,
+                    &ptrs,
+                    cfg,
+                )
             }?;
         }
         check_status(status.read(stream)?)
@@ -385,7 +413,63 @@ impl Gpu {
 pub(crate) fn status_error(bits: u32) -> Option<Error> {
     (bits & STATUS_BAD_TARGET != 0).then(|| {
         Error::DeviceCheck(
-            "at least one target is outside [0, vocab) and not ignore_index; its rows were written as NaN".into(),
+            "at least one target is outside [0, vocab) and not ignore_index; its rows were written as NaN"
+                .into(),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_forward_arguments_are_checked_before_launch() {
+        let cfg = TokenLogprobsConfig::default();
+        let layout = LogitsLayout::contiguous(4, 10);
+        let good = TokenLogprobsFwdPtrs {
+            logits: 0x1000,
+            targets: 0x2000,
+            logp: 0x3000,
+            lse: 0x4000,
+            entropy: 0,
+            status: 0,
+        };
+        let check = |p: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
+            validate_forward_ptrs(DType::BF16, IndexType::I64, l, &p, &c).map_err(|e| e.to_string())
+        };
+        assert!(check(good, layout, cfg).is_ok());
+        assert!(check(TokenLogprobsFwdPtrs { logits: 0, ..good }, layout, cfg)
+            .unwrap_err()
+            .contains("`logits`: null"));
+        assert!(check(TokenLogprobsFwdPtrs { logits: 0x1001, ..good }, layout, cfg)
+            .unwrap_err()
+            .contains("aligned to 2"));
+        assert!(check(TokenLogprobsFwdPtrs { targets: 0x2004, ..good }, layout, cfg)
+            .unwrap_err()
+            .contains("aligned to 8"));
+        assert!(check(TokenLogprobsFwdPtrs { lse: 0x4002, ..good }, layout, cfg)
+            .unwrap_err()
+            .contains("`lse`"));
+        assert!(check(TokenLogprobsFwdPtrs { entropy: 0x5000, ..good }, layout, cfg)
+            .unwrap_err()
+            .contains("entropy"));
+        let with_entropy = TokenLogprobsConfig { compute_entropy: true, ..cfg };
+        assert!(check(good, layout, with_entropy).unwrap_err().contains("entropy"));
+        assert!(check(good, LogitsLayout { row_stride: 9, ..layout }, cfg)
+            .unwrap_err()
+            .contains("row_stride"));
+        assert!(check(good, layout, TokenLogprobsConfig { temperature: f32::NAN, ..cfg })
+            .unwrap_err()
+            .contains("temperature"));
+    }
+
+    #[test]
+    fn every_variant_has_an_entry_point_name() {
+        let names = entry_points();
+        assert_eq!(names.len(), 3 * 2 * 2 * 3);
+        assert!(names.contains(&fwd_name(DType::BF16, IndexType::I64, true, 256)));
+        assert_eq!(row_threads(1024), 32);
+        assert_eq!(row_threads(1025), 256);
+    }
 }

@@ -44,7 +44,12 @@ pub struct TokenLogprobsConfig {
 
 impl Default for TokenLogprobsConfig {
     fn default() -> Self {
-        TokenLogprobsConfig { ignore_index: -100, temperature: 1.0, compute_entropy: false, check_targets: true }
+        TokenLogprobsConfig {
+            ignore_index: -100,
+            temperature: 1.0,
+            compute_entropy: false,
+            check_targets: true,
+        }
     }
 }
 
@@ -82,11 +87,15 @@ impl LogitsLayout {
     /// Checks the shape alone: V >= 1, stride >= V, N <= i32::MAX, span fits in i64.
     pub fn validate(&self) -> Result<()> {
         ensure(self.vocab >= 1, "vocab", || "must be >= 1, got 0".into())?;
-        ensure(self.vocab <= i32::MAX as usize, "vocab", || format!("must be <= {}, got {}", i32::MAX, self.vocab))?;
+        ensure(self.vocab <= i32::MAX as usize, "vocab", || {
+            format!("must be <= {}, got {}", i32::MAX, self.vocab)
+        })?;
         ensure(self.row_stride >= self.vocab, "row_stride", || {
             format!("must be >= vocab ({}), got {}", self.vocab, self.row_stride)
         })?;
-        ensure(self.n_rows <= i32::MAX as usize, "n_rows", || format!("must be <= {}, got {}", i32::MAX, self.n_rows))?;
+        ensure(self.n_rows <= i32::MAX as usize, "n_rows", || {
+            format!("must be <= {}, got {}", i32::MAX, self.n_rows)
+        })?;
         self.span().map(|_| ())
     }
 }

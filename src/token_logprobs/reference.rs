@@ -25,18 +25,27 @@ fn checked_target(row: usize, t: i64, vocab: usize, ignore_index: i64) -> Result
     }
 }
 
-/// Row statistics in f64: (scaled logits y = x / T, lse). NaN or +inf anywhere gives lse = NaN.
-fn row_stats<T: LogitElement>(row: &[T], inv_t: f64) -> (Vec<f64>, f64) {
+/// Row statistics in f64: `(log p_v for every v, lse)` of `softmax(row / T)`. NaN or +inf
+/// anywhere gives NaN; an all -inf row gives lse = -inf and NaN log-probs.
+fn row_log_softmax<T: LogitElement>(row: &[T], inv_t: f64) -> (Vec<f64>, f64) {
     let y: Vec<f64> = row.iter().map(|&x| x.to_f64() * inv_t).collect();
     if y.iter().any(|v| v.is_nan() || *v == f64::INFINITY) {
-        return (y, f64::NAN);
+        return (vec![f64::NAN; y.len()], f64::NAN);
     }
-    let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let (arg, m) =
+        y.iter()
+            .cloned()
+            .enumerate()
+            .fold((0, f64::NEG_INFINITY), |a, (i, v)| if v > a.1 { (i, v) } else { a });
     if m == f64::NEG_INFINITY {
-        return (y, f64::NEG_INFINITY);
+        return (vec![f64::NAN; y.len()], f64::NEG_INFINITY);
     }
-    let s: f64 = y.iter().map(|&v| (v - m).exp()).sum();
-    (y, m + s.ln())
+    // lse = m + ln(1 + sum over v != argmax of e^(y_v - m)), and log p_v = (y_v - m) - ln1p(..):
+    // never forming m + tiny keeps full relative precision of 1 - p when one token dominates, so
+    // the oracle can judge the kernels' expm1 target gradient.
+    let rest: f64 = y.iter().enumerate().filter(|&(i, _)| i != arg).map(|(_, &v)| (v - m).exp()).sum();
+    let l = rest.ln_1p();
+    (y.iter().map(|&v| (v - m) - l).collect(), m + l)
 }
 
 /// Forward reference: logp, lse and entropy for every row (see the module docs for the formulas).
@@ -50,19 +59,18 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
     let inv_t = 1.0 / cfg.temperature as f64;
     let n = layout.n_rows;
     let mut out = TokenLogprobsRef { logp: vec![0.0; n], lse: vec![0.0; n], entropy: vec![0.0; n] };
-    for r in 0..n {
-        let Some(t) = checked_target(r, targets[r].to_i64(), layout.vocab, cfg.ignore_index)? else {
+    for (r, target) in targets.iter().enumerate() {
+        let Some(t) = checked_target(r, target.to_i64(), layout.vocab, cfg.ignore_index)? else {
             continue;
         };
         let start = r * layout.row_stride;
-        let (y, lse) = row_stats(&logits[start..start + layout.vocab], inv_t);
+        let (logp, lse) = row_log_softmax(&logits[start..start + layout.vocab], inv_t);
         out.lse[r] = lse;
-        out.logp[r] = y[t] - lse;
+        out.logp[r] = logp[t];
         // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
-        out.entropy[r] = -y
+        out.entropy[r] = -logp
             .iter()
-            .map(|&v| {
-                let lp = v - lse;
+            .map(|&lp| {
                 let p = lp.exp();
                 if p == 0.0 && !lp.is_nan() {
                     0.0
@@ -89,15 +97,15 @@ pub fn backward<T: LogitElement, I: TargetIndex>(
     let inv_t = 1.0 / cfg.temperature as f64;
     let v_len = layout.vocab;
     let mut grad = vec![0.0; layout.n_rows * v_len];
-    for r in 0..layout.n_rows {
-        let Some(t) = checked_target(r, targets[r].to_i64(), v_len, cfg.ignore_index)? else {
+    for (r, target) in targets.iter().enumerate() {
+        let Some(t) = checked_target(r, target.to_i64(), v_len, cfg.ignore_index)? else {
             continue;
         };
         let start = r * layout.row_stride;
-        let (y, lse) = row_stats(&logits[start..start + v_len], inv_t);
+        let (logp, _) = row_log_softmax(&logits[start..start + v_len], inv_t);
         let coef = grad_logp[r] as f64 * inv_t;
         for (v, g) in grad[r * v_len..(r + 1) * v_len].iter_mut().enumerate() {
-            let lp = y[v] - lse;
+            let lp = logp[v];
             // 1 - p at the target as -expm1(log p): no cancellation when p -> 1.
             *g = if v == t { -coef * lp.exp_m1() } else { -coef * lp.exp() };
         }

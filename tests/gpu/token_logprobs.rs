@@ -1,0 +1,428 @@
+//! GPU parity of the token log-probs op against `token_logprobs::reference`.
+//!
+//! Tolerances (GPU f32 arithmetic vs the f64 reference on the same quantized inputs):
+//! - logp, lse: |err| <= 2e-4 + 1e-5 |ref| (f32 online softmax over up to 262k terms);
+//! - entropy: |err| <= 5e-4 + 1e-4 |ref|;
+//! - grad_logits element: |err| <= rtol(dtype) |ref| + atol, rtol = 2e-4 (f32), 2e-3 (f16),
+//!   1e-2 (bf16) (one rounding to the output dtype plus f32 error); atol = |g/T| * 1e-7 (f16
+//!   subnormal spacing), and at the target element |g/T| * 5e-5 (1 - p is formed from log p in
+//!   f32, whose absolute error is a few ulp of lse).
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::{bf16, f16};
+use pref_kernels::token_logprobs::reference;
+use pref_kernels::token_logprobs::{TokenLogprobsFwdPtrs, TokenLogprobsOutputs};
+use pref_kernels::{Error, Gpu, LogitElement, LogitsLayout, TargetIndex, TokenLogprobsConfig};
+use rand::Rng;
+
+use crate::common::{assert_close, logits as random_logits, rng};
+use crate::Case;
+
+const POISON: f32 = -7777.0;
+const VOCABS: [usize; 6] = [1, 7, 32000, 128256, 151936, 262144];
+
+trait Target: TargetIndex {
+    fn from_i64(v: i64) -> Self;
+}
+impl Target for i32 {
+    fn from_i64(v: i64) -> Self {
+        v as i32
+    }
+}
+impl Target for i64 {
+    fn from_i64(v: i64) -> Self {
+        v
+    }
+}
+
+fn rtol_of<T: LogitElement>() -> f64 {
+    match T::DTYPE {
+        pref_kernels::DType::F32 => 2e-4,
+        pref_kernels::DType::F16 => 2e-3,
+        pref_kernels::DType::BF16 => 1e-2,
+    }
+}
+
+struct Problem<T, I> {
+    host: Vec<T>,
+    offset: usize,
+    layout: LogitsLayout,
+    targets: Vec<I>,
+    grad_logp: Vec<f32>,
+}
+
+/// Random problem: `n` rows, optional leading offset and row padding; ~15% ignored rows, and the
+/// first row made "confident" (p(target) ~ 1) to exercise the expm1 target gradient.
+fn problem<T: LogitElement, I: Target>(
+    seed: u64,
+    tag: u64,
+    n: usize,
+    vocab: usize,
+    pad: usize,
+    offset: usize,
+) -> Problem<T, I> {
+    let mut r = rng(seed, tag);
+    let layout = LogitsLayout { n_rows: n, vocab, row_stride: vocab + pad };
+    let mut x = random_logits(&mut r, offset + layout.span().unwrap());
+    let targets: Vec<i64> = (0..n)
+        .map(|_| if r.random_ratio(15, 100) { -100 } else { r.random_range(0..vocab as i64) })
+        .collect();
+    if let Some(&t0) = targets.first() {
+        if t0 >= 0 {
+            x[offset + t0 as usize] += 25.0;
+        }
+    }
+    let grad_logp = (0..n).map(|_| r.random_range(-2.0f32..2.0)).collect();
+    Problem {
+        host: x.into_iter().map(T::from_f32).collect(),
+        offset,
+        layout,
+        targets: targets.into_iter().map(I::from_i64).collect(),
+        grad_logp,
+    }
+}
+
+struct Forward {
+    logp: Vec<f32>,
+    lse: Vec<f32>,
+    entropy: Option<Vec<f32>>,
+}
+
+fn run_forward<T: LogitElement, I: Target>(
+    gpu: &Gpu,
+    s: &Arc<CudaStream>,
+    logits: &CudaSlice<T>,
+    p: &Problem<T, I>,
+    cfg: &TokenLogprobsConfig,
+) -> pref_kernels::Result<Forward> {
+    let n = p.layout.n_rows;
+    let targets = s.clone_htod(&p.targets).unwrap();
+    let mut logp = s.clone_htod(&vec![POISON; n]).unwrap();
+    let mut lse = s.clone_htod(&vec![POISON; n]).unwrap();
+    let mut entropy = s.clone_htod(&vec![POISON; n]).unwrap();
+    let view = logits.slice(p.offset..);
+    gpu.token_logprobs_forward(
+        s,
+        &view,
+        p.layout,
+        &targets,
+        TokenLogprobsOutputs {
+            logp: logp.as_view_mut(),
+            lse: lse.as_view_mut(),
+            entropy: cfg.compute_entropy.then(|| entropy.as_view_mut()),
+        },
+        cfg,
+    )?;
+    Ok(Forward {
+        logp: s.clone_dtoh(&logp).unwrap(),
+        lse: s.clone_dtoh(&lse).unwrap(),
+        entropy: cfg.compute_entropy.then(|| s.clone_dtoh(&entropy).unwrap()),
+    })
+}
+
+fn check_forward<T: LogitElement, I: Target>(
+    p: &Problem<T, I>,
+    got: &Forward,
+    cfg: &TokenLogprobsConfig,
+) -> reference::TokenLogprobsRef {
+    let want = reference::forward(&p.host[p.offset..], p.layout, &p.targets, cfg).unwrap();
+    for r in 0..p.layout.n_rows {
+        assert_close(&format!("logp[{r}]"), got.logp[r] as f64, want.logp[r], 2e-4, 1e-5);
+        assert_close(&format!("lse[{r}]"), got.lse[r] as f64, want.lse[r], 2e-4, 1e-5);
+        if let Some(e) = &got.entropy {
+            assert_close(&format!("entropy[{r}]"), e[r] as f64, want.entropy[r], 5e-4, 1e-4);
+        }
+    }
+    want
+}
+
+/// Compares a strided GPU gradient with the dense reference; padding columns must hold `pad_value`.
+fn check_grad<T: LogitElement, I: Target>(
+    p: &Problem<T, I>,
+    got: &[T],
+    stride: usize,
+    pad_value: impl Fn(usize) -> f64,
+    cfg: &TokenLogprobsConfig,
+) {
+    let want = reference::backward(&p.host[p.offset..], p.layout, &p.targets, &p.grad_logp, cfg).unwrap();
+    let v = p.layout.vocab;
+    let rtol = rtol_of::<T>();
+    for r in 0..p.layout.n_rows {
+        let coef = (p.grad_logp[r] / cfg.temperature).abs() as f64;
+        let t = p.targets[r].to_i64();
+        for c in 0..stride.min(got.len().saturating_sub(r * stride)) {
+            let g = got[r * stride + c].to_f64();
+            if c >= v {
+                assert_eq!(g, pad_value(r * stride + c), "padding column {c} of row {r} was written");
+                continue;
+            }
+            let atol = if c as i64 == t { coef * 5e-5 } else { coef * 1e-7 };
+            assert_close(&format!("grad[{r}, {c}] (target {t})"), g, want[r * v + c], atol, rtol);
+        }
+    }
+}
+
+/// Forward, out-of-place backward and in-place backward against the reference.
+fn parity<T: LogitElement, I: Target>(
+    gpu: &Gpu,
+    p: &Problem<T, I>,
+    cfg: &TokenLogprobsConfig,
+    grad_offset: usize,
+) {
+    let s = gpu.context().default_stream();
+    let logits = s.clone_htod(&p.host).unwrap();
+    let fwd = run_forward(gpu, &s, &logits, p, cfg).unwrap();
+    check_forward(p, &fwd, cfg);
+
+    let n = p.layout.n_rows;
+    let targets = s.clone_htod(&p.targets).unwrap();
+    let lse = s.clone_htod(&fwd.lse).unwrap();
+    let grad_logp = s.clone_htod(&p.grad_logp).unwrap();
+    // Out of place, into a buffer with its own stride (and possibly a different misalignment).
+    let gstride = p.layout.vocab + 1;
+    let poison = T::from_f32(1234.0);
+    let mut grad = s.clone_htod(&vec![poison; grad_offset + n * gstride]).unwrap();
+    let mut gview = grad.slice_mut(grad_offset..);
+    gpu.token_logprobs_backward(
+        &s,
+        &logits.slice(p.offset..),
+        p.layout,
+        &targets,
+        &lse,
+        &grad_logp,
+        &mut gview,
+        gstride,
+        cfg,
+    )
+    .unwrap();
+    let got = s.clone_dtoh(&grad).unwrap();
+    check_grad(p, &got[grad_offset..], gstride, |_| poison.to_f64(), cfg);
+
+    // In place over the logits: columns beyond vocab (row padding) must be left untouched.
+    let mut inplace = s.clone_htod(&p.host).unwrap();
+    let mut iview = inplace.slice_mut(p.offset..);
+    gpu.token_logprobs_backward_inplace(&s, &mut iview, p.layout, &targets, &lse, &grad_logp, cfg).unwrap();
+    let got = s.clone_dtoh(&inplace).unwrap();
+    check_grad(p, &got[p.offset..], p.layout.row_stride, |i| p.host[p.offset + i].to_f64(), cfg);
+}
+
+fn parity_case<T: LogitElement, I: Target>(vocab: usize) -> Case {
+    let name = format!("parity_{}_{}_v{vocab}", T::DTYPE.name(), I::INDEX_TYPE.name());
+    Case {
+        name: Box::leak(name.into_boxed_str()),
+        run: Box::new(move |gpu, seed| {
+            let mut r = rng(seed, vocab as u64);
+            let max_n = if vocab >= 32000 { 40 } else { 3000 };
+            let n = r.random_range(1..=max_n);
+            // Entropy and temperature != 1 on the i64 cases, plain defaults on the i32 ones.
+            let cfg = if I::INDEX_TYPE == pref_kernels::IndexType::I64 {
+                TokenLogprobsConfig { temperature: 0.7, compute_entropy: true, ..Default::default() }
+            } else {
+                TokenLogprobsConfig::default()
+            };
+            println!("  N = {n}, V = {vocab}, {cfg:?}");
+            parity(gpu, &problem::<T, I>(seed, vocab as u64 + 1, n, vocab, 0, 0), &cfg, 0);
+        }),
+    }
+}
+
+fn strided_case<T: LogitElement>() -> Case {
+    let name = format!("strided_misaligned_views_{}", T::DTYPE.name());
+    Case {
+        name: Box::leak(name.into_boxed_str()),
+        run: Box::new(|gpu, seed| {
+            let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+            for (i, &vocab) in [7usize, 1000, 1031, 32001].iter().enumerate() {
+                // Offset 3 elements and row padding 5: rows start at every misalignment; the
+                // out-of-place gradient (offset 1) has a different misalignment (scalar path).
+                let p = problem::<T, i64>(seed, 100 + i as u64, 37, vocab, 5, 3);
+                parity(gpu, &p, &cfg, 1);
+                parity(gpu, &p, &cfg, 3);
+            }
+        }),
+    }
+}
+
+fn bad_targets(gpu: &Gpu, seed: u64) {
+    let s = gpu.context().default_stream();
+    let mut p = problem::<bf16, i64>(seed, 7, 64, 5000, 0, 0);
+    p.targets[3] = 5000;
+    p.targets[9] = -5;
+    p.targets[10] = -100;
+    let logits = s.clone_htod(&p.host).unwrap();
+    let cfg = TokenLogprobsConfig::default();
+    let err = run_forward(gpu, &s, &logits, &p, &cfg).err().expect("bad targets must be reported");
+    assert!(matches!(err, Error::DeviceCheck(_)), "{err}");
+    // Without the check: no error, NaN on the bad rows, the other rows exact.
+    let unchecked = TokenLogprobsConfig { check_targets: false, ..cfg };
+    let got = run_forward(gpu, &s, &logits, &p, &unchecked).unwrap();
+    assert!(got.logp[3].is_nan() && got.logp[9].is_nan() && got.lse[3].is_nan());
+    assert_eq!(got.logp[10], 0.0);
+    let mut good = p.targets.clone();
+    good[3] = -100;
+    good[9] = -100;
+    let want = reference::forward(&p.host, p.layout, &good, &cfg).unwrap();
+    for r in (0..64).filter(|r| ![3, 9].contains(r)) {
+        assert_close("logp", got.logp[r] as f64, want.logp[r], 2e-4, 1e-5);
+    }
+    // Backward: error, and NaN rows.
+    let targets = s.clone_htod(&p.targets).unwrap();
+    let lse = s.clone_htod(&got.lse).unwrap();
+    let gl = s.clone_htod(&p.grad_logp).unwrap();
+    let mut grad = s.alloc_zeros::<bf16>(64 * 5000).unwrap();
+    let e = gpu.token_logprobs_backward(&s, &logits, p.layout, &targets, &lse, &gl, &mut grad, 5000, &cfg);
+    assert!(matches!(e, Err(Error::DeviceCheck(_))));
+    let g = s.clone_dtoh(&grad).unwrap();
+    assert!(g[3 * 5000..4 * 5000].iter().all(|v| v.is_nan()));
+    assert!(g[10 * 5000..11 * 5000].iter().all(|v| v.to_f32() == 0.0));
+}
+
+fn determinism_and_batch_invariance(gpu: &Gpu, seed: u64) {
+    let s = gpu.context().default_stream();
+    for vocab in [100usize, 128256] {
+        let p = problem::<bf16, i64>(seed, 11, 48, vocab, 0, 0);
+        let logits = s.clone_htod(&p.host).unwrap();
+        let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+        let a = run_forward(gpu, &s, &logits, &p, &cfg).unwrap();
+        let b = run_forward(gpu, &s, &logits, &p, &cfg).unwrap();
+        assert_eq!(bits(&a.logp), bits(&b.logp), "run-to-run logp");
+        assert_eq!(bits(a.entropy.as_ref().unwrap()), bits(b.entropy.as_ref().unwrap()));
+        // Entropy on or off does not change logp.
+        let c = run_forward(gpu, &s, &logits, &p, &TokenLogprobsConfig::default()).unwrap();
+        assert_eq!(bits(&a.logp), bits(&c.logp), "entropy flag changed logp");
+        // A row computed alone, or in a sub-batch, equals the same row in the full batch.
+        for (start, len) in [(5usize, 1usize), (17, 9), (40, 8)] {
+            let sub = Problem {
+                host: p.host[start * vocab..(start + len) * vocab].to_vec(),
+                offset: 0,
+                layout: LogitsLayout::contiguous(len, vocab),
+                targets: p.targets[start..start + len].to_vec(),
+                grad_logp: p.grad_logp[start..start + len].to_vec(),
+            };
+            let sub_logits = s.clone_htod(&sub.host).unwrap();
+            let d = run_forward(gpu, &s, &sub_logits, &sub, &cfg).unwrap();
+            assert_eq!(
+                bits(&d.logp),
+                bits(&a.logp[start..start + len]),
+                "batch-dependent logp at rows {start}.."
+            );
+        }
+    }
+}
+
+fn nan_and_inf_propagate(gpu: &Gpu, _seed: u64) {
+    let s = gpu.context().default_stream();
+    let vocab = 3000;
+    let mut p = problem::<f32, i32>(1, 12, 4, vocab, 0, 0);
+    p.targets = vec![0, 0, 0, 0];
+    p.host[vocab + 1234] = f32::NAN;
+    p.host[2 * vocab + 2999] = f32::INFINITY;
+    p.host[3 * vocab + 17] = f32::NEG_INFINITY; // a masked-out vocabulary entry: finite result
+    let logits = s.clone_htod(&p.host).unwrap();
+    let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let got = run_forward(gpu, &s, &logits, &p, &cfg).unwrap();
+    assert!(got.logp[0].is_finite());
+    assert!(got.logp[1].is_nan() && got.lse[1].is_nan(), "NaN logit must give NaN");
+    assert!(got.logp[2].is_nan() && got.lse[2].is_nan(), "+inf logit must give NaN");
+    assert!(got.logp[3].is_finite() && got.entropy.as_ref().unwrap()[3].is_finite());
+    check_forward(&p, &got, &cfg);
+}
+
+fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
+    let cfg = TokenLogprobsConfig::default();
+    let layout = LogitsLayout::contiguous(4, 10);
+    let good = TokenLogprobsFwdPtrs {
+        logits: 0x1000,
+        targets: 0x2000,
+        logp: 0x3000,
+        lse: 0x4000,
+        entropy: 0,
+        status: 0,
+    };
+    let call = |ptrs: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
+        // SAFETY: every call below must be rejected by validation before any launch.
+        unsafe {
+            gpu.token_logprobs_forward_raw(
+                0,
+                pref_kernels::DType::BF16,
+                pref_kernels::IndexType::I64,
+                l,
+                &ptrs,
+                &c,
+            )
+        }
+        .expect_err("must be rejected")
+        .to_string()
+    };
+    assert!(call(TokenLogprobsFwdPtrs { logits: 0, ..good }, layout, cfg).contains("logits"));
+    assert!(call(TokenLogprobsFwdPtrs { logits: 0x1001, ..good }, layout, cfg).contains("aligned"));
+    assert!(call(TokenLogprobsFwdPtrs { targets: 0x2004, ..good }, layout, cfg).contains("targets"));
+    assert!(call(TokenLogprobsFwdPtrs { entropy: 0x5000, ..good }, layout, cfg).contains("entropy"));
+    assert!(call(good, LogitsLayout { row_stride: 9, ..layout }, cfg).contains("row_stride"));
+    assert!(call(good, layout, TokenLogprobsConfig { temperature: 0.0, ..cfg }).contains("temperature"));
+}
+
+/// Rows past 2^31 elements: 64-bit offsets (bf16 [8200, 262144] = 4.3 GB).
+fn beyond_2_pow_31_elements(gpu: &Gpu, seed: u64) {
+    let s = gpu.context().default_stream();
+    let (n, vocab) = (8200usize, 262144usize);
+    let mut state = seed | 1;
+    let host: Vec<bf16> = (0..n * vocab)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            bf16::from_f32(((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 12.0)
+        })
+        .collect();
+    let targets: Vec<i64> = (0..n as i64).map(|i| (i * 7919) % vocab as i64).collect();
+    let logits = s.clone_htod(&host).unwrap();
+    let p = Problem {
+        host: Vec::new(),
+        offset: 0,
+        layout: LogitsLayout::contiguous(n, vocab),
+        targets,
+        grad_logp: vec![1.0; n],
+    };
+    let got = run_forward(gpu, &s, &logits, &p, &TokenLogprobsConfig::default()).unwrap();
+    for r in [0usize, 8191, 8192, n - 1] {
+        let row = &host[r * vocab..(r + 1) * vocab];
+        let want = reference::forward(
+            row,
+            LogitsLayout::contiguous(1, vocab),
+            &p.targets[r..r + 1],
+            &TokenLogprobsConfig::default(),
+        )
+        .unwrap();
+        assert_close(&format!("logp[{r}]"), got.logp[r] as f64, want.logp[0], 2e-4, 1e-5);
+    }
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+pub fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for vocab in VOCABS {
+        v.push(parity_case::<f32, i32>(vocab));
+        v.push(parity_case::<f32, i64>(vocab));
+        v.push(parity_case::<f16, i32>(vocab));
+        v.push(parity_case::<f16, i64>(vocab));
+        v.push(parity_case::<bf16, i32>(vocab));
+        v.push(parity_case::<bf16, i64>(vocab));
+    }
+    v.push(strided_case::<f32>());
+    v.push(strided_case::<f16>());
+    v.push(strided_case::<bf16>());
+    v.push(Case { name: "bad_targets_reported", run: Box::new(bad_targets) });
+    v.push(Case {
+        name: "determinism_and_batch_invariance",
+        run: Box::new(determinism_and_batch_invariance),
+    });
+    v.push(Case { name: "nan_and_inf_propagate", run: Box::new(nan_and_inf_propagate) });
+    v.push(Case { name: "raw_api_rejects_bad_arguments", run: Box::new(raw_api_rejects_bad_arguments) });
+    v.push(Case { name: "beyond_2_pow_31_elements", run: Box::new(beyond_2_pow_31_elements) });
+    v
+}
