@@ -32,3 +32,7 @@ pub use token_logprobs::{LogitsLayout, TokenLogprobsConfig};
 pub use cudarc;
 /// Re-export of `half` (f16 / bf16 host types).
 pub use half;
+
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Runs every check and test of pref-kernels. On a fresh machine it first fetches nvcc 13.0 from PyPI
+# into a cache outside the repository, then compiles every kernel (a kernel that does not compile
+# fails this script), runs fmt/clippy, the CPU reference and property tests, and the GPU parity
+# tests (which report SKIPPED without a GPU; export PREF_KERNELS_REQUIRE_GPU=1 to require one).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${NVCC:-}" ]; then
+  eval "$(scripts/fetch-nvcc.sh --env)"
+fi
+export NVCC
+export PREF_KERNELS_REQUIRE_NVCC=1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== cargo test (kernels compiled with $NVCC)"
+cargo test --all-targets
+cargo test --doc
+echo "== ptxas resource report: target/debug/pref-kernels-ptxas.txt"
