@@ -145,3 +145,84 @@ template <typename I> __device__ __forceinline__ int64_t load_target(uint64_t ta
 __device__ __forceinline__ void report_status(uint64_t status, uint32_t bits) {
     if (status != 0) atomicOr(reinterpret_cast<unsigned int*>(status), bits);
 }
+
+// ---- sums of several values over a block, fixed order ---------------------------------------------
+// Every thread passes K partial sums; every thread receives the block totals. `scratch` holds
+// (THREADS / 32) * K floats. Butterfly inside warps, then warp 0's lanes combine the warps in order.
+template <int THREADS, int K>
+__device__ __forceinline__ void block_sum(float (&v)[K], float* scratch) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+    constexpr int WARPS = THREADS / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+#pragma unroll
+        for (int k = 0; k < K; ++k) scratch[warp * K + k] = v[k];
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        float acc = 0.f;
+        for (int w = 0; w < WARPS; ++w) acc += scratch[w * K + k];  // same order in every thread
+        v[k] = acc;
+    }
+}
+
+// ---- sequences -------------------------------------------------------------------------------------
+// Token range [begin, end) of sequence s: from cu_seqlens (validated: 0 <= begin <= end <= n_tokens,
+// otherwise reported and treated as empty) or padded rows of seq_len tokens.
+__device__ __forceinline__ void seq_range(uint64_t cu_seqlens, int64_t seq_len, int64_t n_tokens, int64_t s,
+                                          uint64_t status, int64_t& begin, int64_t& end) {
+    if (cu_seqlens == 0) {
+        begin = s * seq_len;
+        end = begin + seq_len;
+        return;
+    }
+    const int32_t* cu = reinterpret_cast<const int32_t*>(cu_seqlens);
+    begin = cu[s];
+    end = cu[s + 1];
+    if (!(0 <= begin && begin <= end && end <= n_tokens)) {
+        if (threadIdx.x == 0) report_status(status, PREFK_STATUS_BAD_SEQLENS);
+        begin = end = 0;
+    }
+}
+
+// Sequence holding token t, or -1. Binary search over cu_seqlens (any contents: always in bounds).
+__device__ __forceinline__ int64_t seq_of_token(uint64_t cu_seqlens, int64_t seq_len, int64_t n_seqs, int64_t t) {
+    if (cu_seqlens == 0) {
+        const int64_t s = seq_len > 0 ? t / seq_len : n_seqs;
+        return s < n_seqs ? s : -1;
+    }
+    const int32_t* cu = reinterpret_cast<const int32_t*>(cu_seqlens);
+    int64_t lo = 0, hi = n_seqs;  // largest s in [0, n_seqs] with cu[s] <= t
+    if (t < (int64_t)cu[0]) return -1;
+    while (lo < hi) {
+        const int64_t mid = (lo + hi + 1) / 2;
+        if ((int64_t)cu[mid] <= t) lo = mid; else hi = mid - 1;
+    }
+    return (lo < n_seqs && t < (int64_t)cu[lo + 1]) ? lo : -1;
+}
+
+// Score of a sequence under an aggregation mode, and its token coefficients (c0, c1):
+// d score / d logp_t = m_t (c0 + c1 w_t). Clamps: count >= 1, weight mass >= 1e-6.
+#define PREFK_WMASS_EPS 1e-6f
+__device__ __forceinline__ float aggregate(uint32_t mode, float sum, float wsum, float count, float wmass) {
+    switch (mode) {
+        case PREFK_AGG_MEAN: return sum / fmaxf(count, 1.f);
+        case PREFK_AGG_WSUM: return wsum;
+        case PREFK_AGG_WMEAN: return wsum / fmaxf(wmass, PREFK_WMASS_EPS);
+        default: return sum;
+    }
+}
+__device__ __forceinline__ void token_coef(uint32_t mode, float count, float wmass, float& c0, float& c1) {
+    c0 = 0.f;
+    c1 = 0.f;
+    switch (mode) {
+        case PREFK_AGG_MEAN: c0 = 1.f / fmaxf(count, 1.f); break;
+        case PREFK_AGG_WSUM: c1 = 1.f; break;
+        case PREFK_AGG_WMEAN: c1 = 1.f / fmaxf(wmass, PREFK_WMASS_EPS); break;
+        default: c0 = 1.f;
+    }
+}

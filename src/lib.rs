@@ -20,7 +20,9 @@ pub mod error;
 pub mod gpu;
 pub mod kernels;
 pub mod params;
+pub mod pref_loss;
 mod raw;
+pub mod seq_reduce;
 pub mod token_logprobs;
 
 pub use dtype::{DType, IndexType, LogitElement, TargetIndex};

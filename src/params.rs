@@ -63,3 +63,107 @@ const _: () = {
 // header the kernels are compiled with.
 unsafe impl cudarc::driver::DeviceRepr for TokenLogprobsFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for TokenLogprobsBwdParams {}
+
+/// Status bit: `cu_seqlens` not non-decreasing within `[0, n_tokens]`.
+pub const STATUS_BAD_SEQLENS: u32 = 2;
+/// Status bit: a pair index outside `[0, n_seqs)`.
+pub const STATUS_BAD_PAIR: u32 = 4;
+
+/// Mirror of `SeqStatsParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SeqStatsParams {
+    pub logp: u64,
+    pub mask: u64,
+    pub weights: u64,
+    pub ref_logp: u64,
+    pub cu_seqlens: u64,
+    pub stats: u64,
+    pub scores: u64,
+    pub status: u64,
+    pub n_tokens: i64,
+    pub n_seqs: i64,
+    pub seq_len: i64,
+    pub log_tau: f32,
+    pub mode: u32,
+}
+
+/// Mirror of `TokenGradParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenGradParams {
+    pub logp: u64,
+    pub mask: u64,
+    pub weights: u64,
+    pub cu_seqlens: u64,
+    pub seq_coef: u64,
+    pub dscores: u64,
+    pub stats: u64,
+    pub grad_logp: u64,
+    pub n_tokens: i64,
+    pub n_seqs: i64,
+    pub seq_len: i64,
+    pub log_tau: f32,
+    pub mode: u32,
+    pub scale: f32,
+    pub reserved: u32,
+}
+
+/// Mirror of `LossTerm`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossTerm {
+    pub kind: u32,
+    pub weight: f32,
+    pub beta: f32,
+    pub p0: f32,
+    pub p1: f32,
+    pub p2: f32,
+    pub agg: u32,
+    pub flags: u32,
+}
+
+/// Most loss terms per call (`PREFK_MAX_LOSS_TERMS`).
+pub const MAX_LOSS_TERMS: usize = 4;
+
+/// Mirror of `PairLossParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PairLossParams {
+    pub stats: u64,
+    pub ref_seq: u64,
+    pub chosen: u64,
+    pub rejected: u64,
+    pub pair_out: u64,
+    pub metrics: u64,
+    pub pair_coef: u64,
+    pub seq_coef: u64,
+    pub status: u64,
+    pub n_seqs: i64,
+    pub n_pairs: i64,
+    pub n_terms: u32,
+    pub divergence: u32,
+    pub alpha_div: f32,
+    pub grad_scale: f32,
+    pub terms: [LossTerm; MAX_LOSS_TERMS],
+}
+
+const _: () = {
+    assert!(size_of::<SeqStatsParams>() == 96);
+    assert!(offset_of!(SeqStatsParams, n_tokens) == 64);
+    assert!(offset_of!(SeqStatsParams, log_tau) == 88);
+    assert!(size_of::<TokenGradParams>() == 104);
+    assert!(offset_of!(TokenGradParams, n_tokens) == 64);
+    assert!(offset_of!(TokenGradParams, scale) == 96);
+    assert!(size_of::<LossTerm>() == 32);
+    assert!(offset_of!(LossTerm, agg) == 24);
+    assert!(size_of::<PairLossParams>() == 232);
+    assert!(offset_of!(PairLossParams, n_seqs) == 72);
+    assert!(offset_of!(PairLossParams, n_terms) == 88);
+    assert!(offset_of!(PairLossParams, terms) == 104);
+};
+
+// SAFETY: plain-old-data #[repr(C)] structs, layout-checked above against kernels/params.h.
+unsafe impl cudarc::driver::DeviceRepr for SeqStatsParams {}
+unsafe impl cudarc::driver::DeviceRepr for TokenGradParams {}
+unsafe impl cudarc::driver::DeviceRepr for PairLossParams {}

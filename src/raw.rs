@@ -51,8 +51,20 @@ impl StatusWord {
 
 /// Turns status bits into the matching error (see `crate::params::STATUS_*`).
 pub(crate) fn check_status(bits: u32) -> Result<()> {
-    match crate::token_logprobs::launch::status_error(bits) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    use crate::params::{STATUS_BAD_PAIR, STATUS_BAD_SEQLENS};
+    if let Some(e) = crate::token_logprobs::launch::status_error(bits) {
+        return Err(e);
     }
+    if bits & STATUS_BAD_SEQLENS != 0 {
+        return Err(crate::Error::DeviceCheck(
+            "cu_seqlens is not non-decreasing within [0, n_tokens]; the offending sequences were read as empty"
+                .into(),
+        ));
+    }
+    if bits & STATUS_BAD_PAIR != 0 {
+        return Err(crate::Error::DeviceCheck(
+            "a pair index is outside [0, n_seqs); those pairs were skipped (zero loss and gradient)".into(),
+        ));
+    }
+    Ok(())
 }

@@ -1,0 +1,374 @@
+// Fused preference losses: one block evaluates every pair (per-pair loss, metrics, gradient
+// coefficients), reduces the batch metrics in a fixed order, then gathers each sequence's token
+// coefficients from the pairs that use it (in pair order). Deterministic; no float atomics.
+// The per-token gradient is then applied by token_grad (seq_reduce.cu). Formulas: src/pref_loss
+// (reference.rs mirrors this file in f64).
+#include "common.cuh"
+
+constexpr int PAIR_THREADS = 256;
+
+__device__ __forceinline__ float sigmoid_(float x) {
+    if (x >= 0.f) return 1.f / (1.f + expf(-x));
+    const float e = expf(x);
+    return e / (1.f + e);
+}
+__device__ __forceinline__ float softplus_(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
+__device__ __forceinline__ float log1mexp_(float x) {  // log(1 - e^x), x < 0
+    return x < -0.6931471805599453f ? log1pf(-expf(x)) : logf(-expm1f(x));
+}
+
+struct Stats {
+    float count, wmass, sum, wsum, rsum, rwsum, gwmass, gcount, gwsum;
+};
+__device__ __forceinline__ Stats load_stats(uint64_t stats, int64_t s) {
+    const float* p = reinterpret_cast<const float*>(stats) + s * PREFK_SEQ_STATS;
+    return {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
+}
+
+// psi(d) and psi'(d) of the f-divergence.
+__device__ __forceinline__ void psi(uint32_t div, float alpha, float d, float& v, float& dv) {
+    switch (div) {
+        case PREFK_DIV_FORWARD_KL: {
+            const float e = expf(fminf(-d, 80.f));
+            v = -e;
+            dv = -d < 80.f ? e : 0.f;
+            return;
+        }
+        case PREFK_DIV_JS:
+            v = -softplus_(-d);
+            dv = sigmoid_(-d);
+            return;
+        case PREFK_DIV_ALPHA: {
+            const float a = alpha - 1.f;
+            if (fabsf(a) >= 1e-6f) {
+                const float e = expf(fminf(a * d, 80.f));
+                v = e / a;
+                dv = a * d < 80.f ? e : 0.f;
+                return;
+            }
+        }  // fallthrough: reverse KL
+        default:
+            v = d;
+            dv = 1.f;
+    }
+}
+
+struct TermOut {
+    float phi, cc[3], cr[3], reward_c, reward_r, score_c, score_r, barrier;
+};
+
+__device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const Stats& c, const Stats& r,
+                             bool has_ref_seq, float ref_c_seq, float ref_r_seq) {
+    TermOut o = {};
+    const float beta = L.beta;
+    const float sc = aggregate(L.agg, c.sum, c.wsum, c.count, c.wmass);
+    const float sr = aggregate(L.agg, r.sum, r.wsum, r.count, r.wmass);
+    const float rc = has_ref_seq ? ref_c_seq : aggregate(L.agg, c.rsum, c.rwsum, c.count, c.wmass);
+    const float rr = has_ref_seq ? ref_r_seq : aggregate(L.agg, r.rsum, r.rwsum, r.count, r.wmass);
+    float kc0, kc1, kr0, kr1;
+    token_coef(L.agg, c.count, c.wmass, kc0, kc1);
+    token_coef(L.agg, r.count, r.wmass, kr0, kr1);
+    o.score_c = sc;
+    o.score_r = sr;
+    const float dc = sc - rc, dr = sr - rr;
+    o.reward_c = beta * dc;
+    o.reward_r = beta * dr;
+    float gc = 0.f, gr = 0.f;  // dphi/dS_c, dphi/dS_r
+
+    if (L.kind <= PREFK_LOSS_DISCOPOP) {  // DPO family: psi-transformed log-ratios
+        float pc, qc, pr, qr;
+        psi(p.divergence, p.alpha_div, dc, pc, qc);
+        psi(p.divergence, p.alpha_div, dr, pr, qr);
+        const float x = beta * (pc - pr);
+        float phi = 0.f, dpc = 0.f, dpr = 0.f;  // dphi/dpsi_c, dphi/dpsi_r
+        switch (L.kind) {
+            case PREFK_LOSS_SIGMOID: {
+                const float e = L.p0;
+                phi = (1.f - e) * softplus_(-x) + e * softplus_(x);
+                const float dx = e - sigmoid_(-x);
+                dpc = beta * dx;
+                dpr = -beta * dx;
+                break;
+            }
+            case PREFK_LOSS_ROBUST: {
+                const float e = L.p0;
+                phi = ((1.f - e) * softplus_(-x) - e * softplus_(x)) / (1.f - 2.f * e);
+                const float dx = (-(1.f - e) * sigmoid_(-x) - e * sigmoid_(x)) / (1.f - 2.f * e);
+                dpc = beta * dx;
+                dpr = -beta * dx;
+                break;
+            }
+            case PREFK_LOSS_HINGE: {
+                phi = fmaxf(1.f - x, 0.f);
+                const float dx = x < 1.f ? -1.f : 0.f;
+                dpc = beta * dx;
+                dpr = -beta * dx;
+                break;
+            }
+            case PREFK_LOSS_IPO: {
+                const float nc = fmaxf(c.count, 1.f), nr = fmaxf(r.count, 1.f);
+                const float h = pc / nc - pr / nr - 0.5f / beta;
+                phi = h * h;
+                dpc = 2.f * h / nc;
+                dpr = -2.f * h / nr;
+                break;
+            }
+            case PREFK_LOSS_EXO_PAIR: {
+                const float e = L.p0;
+                const float q = sigmoid_(x);
+                phi = q * (-softplus_(-x) - log1pf(-e)) + (1.f - q) * (-softplus_(x) - logf(e));
+                const float dx = q * (1.f - q) * (x - logf((1.f - e) / e));
+                dpc = beta * dx;
+                dpr = -beta * dx;
+                break;
+            }
+            case PREFK_LOSS_NCA_PAIR: {
+                const float hc = beta * pc, hr = beta * pr;
+                phi = softplus_(-hc) + 0.5f * softplus_(hc) + 0.5f * softplus_(hr);
+                dpc = beta * (0.5f * sigmoid_(hc) - sigmoid_(-hc));
+                dpr = beta * 0.5f * sigmoid_(hr);
+                break;
+            }
+            case PREFK_LOSS_BCO_PAIR: {
+                const float hc = beta * pc, hr = beta * pr;
+                phi = softplus_(-hc) + softplus_(hr);
+                dpc = -beta * sigmoid_(-hc);
+                dpr = beta * sigmoid_(hr);
+                break;
+            }
+            case PREFK_LOSS_SPPO_HARD: {
+                const float a = pc - 0.5f / beta, b = pr + 0.5f / beta;
+                phi = a * a + b * b;
+                dpc = 2.f * a;
+                dpr = 2.f * b;
+                break;
+            }
+            case PREFK_LOSS_APO_ZERO: {  // raw log-ratios, no psi
+                const float s1 = sigmoid_(beta * dc), s2 = sigmoid_(beta * dr);
+                phi = 1.f - s1 + s2;
+                gc = -beta * s1 * (1.f - s1);
+                gr = beta * s2 * (1.f - s2);
+                break;
+            }
+            case PREFK_LOSS_APO_DOWN: {
+                const float s1 = sigmoid_(beta * dc), sx = sigmoid_(x);
+                phi = s1 + 1.f - sx;
+                gc = beta * s1 * (1.f - s1);
+                dpc = -beta * sx * (1.f - sx);
+                dpr = beta * sx * (1.f - sx);
+                break;
+            }
+            case PREFK_LOSS_DISCOPOP: {
+                const float tau = L.p0;
+                const float mu = sigmoid_(x / tau);
+                const float e = expf(-fmaxf(x, -80.f));
+                const float de = x > -80.f ? -e : 0.f;
+                phi = (1.f - mu) * softplus_(-x) + mu * e;
+                const float dx = mu * (1.f - mu) / tau * (e - softplus_(-x)) - (1.f - mu) * sigmoid_(-x) + mu * de;
+                dpc = beta * dx;
+                dpr = -beta * dx;
+                break;
+            }
+        }
+        o.phi = phi;
+        gc += dpc * qc;
+        gr += dpr * qr;
+    } else {
+        switch (L.kind) {
+            case PREFK_LOSS_SIMPO:
+            case PREFK_LOSS_CPO: {
+                const float y = beta * (sc - sr) - (L.kind == PREFK_LOSS_SIMPO ? L.p1 : 0.f);
+                float dy;
+                if (L.flags & 1u) {
+                    o.phi = fmaxf(1.f - y, 0.f);
+                    dy = y < 1.f ? -1.f : 0.f;
+                } else {
+                    const float e = L.p0;
+                    o.phi = (1.f - e) * softplus_(-y) + e * softplus_(y);
+                    dy = e - sigmoid_(-y);
+                }
+                gc = beta * dy;
+                gr = -beta * dy;
+                o.reward_c = beta * sc;
+                o.reward_r = beta * sr;
+                break;
+            }
+            case PREFK_LOSS_ORPO: {
+                const float xc = fminf(sc, -1e-6f), xr = fminf(sr, -1e-6f);
+                const float lo = (xc - xr) - (log1mexp_(xc) - log1mexp_(xr));
+                o.phi = beta * softplus_(-lo);
+                const float dlo = -beta * sigmoid_(-lo);
+                gc = sc < -1e-6f ? dlo / -expm1f(xc) : 0.f;
+                gr = sr < -1e-6f ? -dlo / -expm1f(xr) : 0.f;
+                o.reward_c = beta * sc;
+                o.reward_r = beta * sr;
+                break;
+            }
+            case PREFK_LOSS_TGDPO: {  // token weights carry the rewards; sum aggregation, beta inside z
+                const float ab2 = L.p0 * beta * beta;
+                const float pc = beta * (c.sum - c.rsum) + ab2 * (c.wsum - c.rwsum);
+                const float pr = beta * (r.sum - r.rsum) - ab2 * (r.wsum - r.rwsum);
+                const float z = pc - pr;
+                o.phi = softplus_(-z);
+                const float s = sigmoid_(-z);
+                o.cc[0] = -s * beta;
+                o.cc[1] = -s * ab2;
+                o.cr[0] = s * beta;
+                o.cr[1] = -s * ab2;
+                return o;
+            }
+            case PREFK_LOSS_TABPO: {
+                const float lambda = L.p1;
+                const float z = dc - dr;
+                o.phi = softplus_(-beta * z);
+                gc = -beta * sigmoid_(-beta * z);
+                gr = -gc;
+                // Barrier on under-confident chosen tokens; w~ = w N / max(W, 1e-6), N = max(count, 1).
+                const float scale = fmaxf(c.count, 1.f) / fmaxf(c.wmass, PREFK_WMASS_EPS);
+                const float gm = c.gwmass * scale;
+                const float d = L.flags == 1u ? fmaxf(c.gcount, 1.f) : (L.flags == 2u ? fmaxf(gm, PREFK_WMASS_EPS) : fmaxf(gm, 1.f));
+                o.barrier = -c.gwsum * scale / d;
+                o.phi += lambda * o.barrier;
+                o.cc[2] = -lambda * scale / d;
+                break;
+            }
+        }
+    }
+    o.cc[0] += gc * kc0;
+    o.cc[1] += gc * kc1;
+    o.cr[0] += gr * kr0;
+    o.cr[1] += gr * kr1;
+    return o;
+}
+
+// Pair i's sequences; false (and a status bit) when an explicit index is out of range.
+__device__ __forceinline__ bool pair_seqs(const PairLossParams& p, int64_t i, int64_t& c, int64_t& r) {
+    if (p.chosen == 0) {
+        c = i;
+        r = i + p.n_pairs;
+        return true;
+    }
+    c = reinterpret_cast<const int32_t*>(p.chosen)[i];
+    r = reinterpret_cast<const int32_t*>(p.rejected)[i];
+    if (c < 0 || c >= p.n_seqs || r < 0 || r >= p.n_seqs) {
+        report_status(p.status, PREFK_STATUS_BAD_PAIR);
+        return false;
+    }
+    return true;
+}
+
+extern "C" __global__ void __launch_bounds__(PAIR_THREADS) pair_loss(PairLossParams p) {
+    __shared__ float scratch[(PAIR_THREADS / 32) * 12];
+    const float inv_p = 1.f / (float)p.n_pairs;
+    float* pair_coef = reinterpret_cast<float*>(p.pair_coef);
+    const float* ref_seq = reinterpret_cast<const float*>(p.ref_seq);
+
+    // 1. Batch NLL over all chosen tokens (a sequence counts once per pair it is chosen in).
+    float nll[2] = {0.f, 0.f};
+    for (int64_t i = threadIdx.x; i < p.n_pairs; i += PAIR_THREADS) {
+        int64_t c, r;
+        if (!pair_seqs(p, i, c, r)) continue;
+        const Stats sc = load_stats(p.stats, c);
+        nll[0] -= sc.sum;
+        nll[1] += sc.count;
+    }
+    block_sum<PAIR_THREADS, 2>(nll, scratch);
+    const float nll_loss = nll[1] > 0.f ? nll[0] / nll[1] : 0.f;
+
+    // 2. Every pair: loss, metrics, gradient coefficients (into the pair_coef workspace).
+    int first_pairwise = -1;
+    for (int k = (int)p.n_terms - 1; k >= 0; --k)
+        if (p.terms[k].kind != PREFK_LOSS_NLL) first_pairwise = k;
+    // m: pref loss, rewards c/r, margins, accuracies, logps c/r, barrier, p_pref, gated, chosen tokens
+    float m[11] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int64_t i = threadIdx.x; i < p.n_pairs; i += PAIR_THREADS) {
+        float coef[PREFK_PAIR_COEF] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        float col[PREFK_PAIR_COLUMNS] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        int64_t c, r;
+        if (pair_seqs(p, i, c, r)) {
+            const Stats sc = load_stats(p.stats, c), sr = load_stats(p.stats, r);
+            const bool has_ref = ref_seq != nullptr;
+            const float rfc = has_ref ? ref_seq[c] : 0.f, rfr = has_ref ? ref_seq[r] : 0.f;
+            for (int k = 0; k < (int)p.n_terms; ++k) {
+                const LossTerm& L = p.terms[k];
+                const float w = L.weight;
+                if (L.kind == PREFK_LOSS_NLL) {
+                    if (nll[1] > 0.f) coef[0] -= p.grad_scale * w / nll[1];
+                    continue;
+                }
+                const TermOut o = pair_term(L, p, sc, sr, has_ref, rfc, rfr);
+                col[0] += w * o.phi;
+                const float g = p.grad_scale * w * inv_p;
+#pragma unroll
+                for (int j = 0; j < 3; ++j) {
+                    coef[j] += g * o.cc[j];
+                    coef[3 + j] += g * o.cr[j];
+                }
+                if (L.kind == PREFK_LOSS_TABPO) {
+                    col[5] = o.barrier;
+                    m[9] += sc.gcount;
+                    m[10] += sc.count;
+                }
+                if (k == first_pairwise) {
+                    col[1] = o.reward_c;
+                    col[2] = o.reward_r;
+                    col[3] = o.score_c;
+                    col[4] = o.score_r;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < PREFK_PAIR_COEF; ++j) pair_coef[i * PREFK_PAIR_COEF + j] = coef[j];
+        if (p.pair_out) {
+            float* out = reinterpret_cast<float*>(p.pair_out) + i * PREFK_PAIR_COLUMNS;
+#pragma unroll
+            for (int j = 0; j < PREFK_PAIR_COLUMNS; ++j) out[j] = col[j];
+        }
+        m[0] += col[0];
+        m[1] += col[1];
+        m[2] += col[2];
+        m[3] += col[1] - col[2];
+        m[4] += col[1] > col[2] ? 1.f : 0.f;
+        m[5] += col[3];
+        m[6] += col[4];
+        m[7] += col[5];
+        m[8] += sigmoid_(col[1] - col[2]);
+    }
+    block_sum<PAIR_THREADS, 11>(m, scratch);
+    if (threadIdx.x == 0) {
+        float* out = reinterpret_cast<float*>(p.metrics);
+        float nll_weight = 0.f;
+        for (int k = 0; k < (int)p.n_terms; ++k)
+            if (p.terms[k].kind == PREFK_LOSS_NLL) nll_weight += p.terms[k].weight;
+        out[1] = m[0] * inv_p;
+        out[0] = out[1] + nll_weight * nll_loss;
+        out[2] = nll_loss;
+        for (int j = 1; j <= 7; ++j) out[2 + j] = m[j] * inv_p;  // rewards .. loss/barrier
+        out[10] = m[10] > 0.f ? m[9] / m[10] : 0.f;
+        out[11] = m[8] * inv_p;
+        for (int j = 12; j < PREFK_METRICS; ++j) out[j] = 0.f;
+    }
+    __syncthreads();  // pair_coef written above is read by other threads below
+
+    // 3. Each sequence gathers the coefficients of the pairs that use it, in pair order.
+    float* seq_coef = reinterpret_cast<float*>(p.seq_coef);
+    for (int64_t s = threadIdx.x; s < p.n_seqs; s += PAIR_THREADS) {
+        float acc[3] = {0.f, 0.f, 0.f};
+        if (p.chosen == 0) {
+            const int64_t i = s < p.n_pairs ? s : s - p.n_pairs;
+            const int off = s < p.n_pairs ? 0 : 3;
+            if (i < p.n_pairs)
+                for (int j = 0; j < 3; ++j) acc[j] = pair_coef[i * PREFK_PAIR_COEF + off + j];
+        } else {
+            const int32_t* ch = reinterpret_cast<const int32_t*>(p.chosen);
+            const int32_t* rj = reinterpret_cast<const int32_t*>(p.rejected);
+            for (int64_t i = 0; i < p.n_pairs; ++i) {
+                if (ch[i] == s)
+                    for (int j = 0; j < 3; ++j) acc[j] += pair_coef[i * PREFK_PAIR_COEF + j];
+                if (rj[i] == s)
+                    for (int j = 0; j < 3; ++j) acc[j] += pair_coef[i * PREFK_PAIR_COEF + 3 + j];
+            }
+        }
+        for (int j = 0; j < 3; ++j) seq_coef[s * 3 + j] = acc[j];
+    }
+}

@@ -1,0 +1,370 @@
+//! GPU launch of the preference losses: statistics (`seq_stats`), the pair kernel
+//! (`kernels/pref_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
+//! read only per-token f32 data (never the logits).
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop};
+
+use super::{
+    BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
+};
+use crate::error::{ensure, invalid, Result};
+use crate::gpu::Gpu;
+use crate::params::{LossTerm, PairLossParams, TokenGradParams, MAX_LOSS_TERMS};
+use crate::raw::{check_ptr, check_status, StatusWord};
+use crate::seq_reduce::launch::check_tokens;
+use crate::seq_reduce::{
+    DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN,
+};
+
+/// Pairs on the device (raw API).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawPairs {
+    /// Pair i = (i, i + S/2).
+    FirstHalfChosen,
+    /// Device pointers to `n_pairs` i32 chosen and rejected sequence indices (range-checked on
+    /// the device: `STATUS_BAD_PAIR`).
+    Explicit {
+        /// Chosen indices.
+        chosen: u64,
+        /// Rejected indices.
+        rejected: u64,
+        /// Number of pairs.
+        n_pairs: usize,
+    },
+}
+
+/// Pairs on the device (safe API).
+pub enum DevicePairs<'a> {
+    /// Pair i = (i, i + S/2).
+    FirstHalfChosen,
+    /// Explicit chosen / rejected sequence indices.
+    Explicit {
+        /// Chosen indices (i32).
+        chosen: CudaView<'a, i32>,
+        /// Rejected indices (i32).
+        rejected: CudaView<'a, i32>,
+    },
+}
+
+/// Output and workspace pointers of [`Gpu::preference_loss_raw`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PairLossPtrs {
+    /// `[S]` f32 per-sequence reference scores, or 0 (then `tokens.ref_logp` must be given for
+    /// losses that need a reference).
+    pub ref_seq: u64,
+    /// Output `[n_pairs, PAIR_COLUMNS]` f32, or 0.
+    pub pair_out: u64,
+    /// Output `[METRICS_LEN]` f32 (required).
+    pub metrics: u64,
+    /// Output `[n_tokens]` f32 dL/dlogp (required).
+    pub grad_logp: u64,
+    /// Workspace of [`preference_loss_workspace_len`] f32 (required).
+    pub workspace: u64,
+    /// u32 status word, or 0.
+    pub status: u64,
+}
+
+/// f32 elements of workspace the raw loss needs: statistics, sequence and pair coefficients.
+pub fn preference_loss_workspace_len(n_seqs: usize, n_pairs: usize) -> usize {
+    n_seqs * (SEQ_STATS_LEN + 3) + n_pairs * 6
+}
+
+/// Results of the safe loss API (read back to the host).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PreferenceLossOutputs {
+    /// Batch loss.
+    pub loss: f32,
+    /// Metrics, indexed as [`METRIC_NAMES`] (the rest reserved).
+    pub metrics: [f32; METRICS_LEN],
+    /// Per pair, columns as [`super::PAIR_COLUMN_NAMES`].
+    pub pairs: Vec<[f32; PAIR_COLUMNS]>,
+}
+
+impl PreferenceLossOutputs {
+    /// A metric by its trainer-facing name (e.g. `"rewards/margins"`).
+    pub fn metric(&self, name: &str) -> Option<f32> {
+        METRIC_NAMES.iter().position(|n| *n == name).map(|i| self.metrics[i])
+    }
+}
+
+fn term_params(loss: &Loss, weight: f32, cfg: &LossConfig) -> LossTerm {
+    let (kind, p0, p1, flags) = match *loss {
+        Loss::Sigmoid { label_smoothing, .. } => (0, label_smoothing, 0.0, 0),
+        Loss::Robust { label_smoothing, .. } => (1, label_smoothing, 0.0, 0),
+        Loss::Hinge { .. } => (2, 0.0, 0.0, 0),
+        Loss::Ipo { .. } => (3, 0.0, 0.0, 0),
+        Loss::ExoPair { epsilon, .. } => (4, epsilon, 0.0, 0),
+        Loss::NcaPair { .. } => (5, 0.0, 0.0, 0),
+        Loss::BcoPair { .. } => (6, 0.0, 0.0, 0),
+        Loss::SppoHard { .. } => (7, 0.0, 0.0, 0),
+        Loss::ApoZero { .. } => (8, 0.0, 0.0, 0),
+        Loss::ApoDown { .. } => (9, 0.0, 0.0, 0),
+        Loss::DiscoPop { tau, .. } => (10, tau, 0.0, 0),
+        Loss::SimPo { gamma, label_smoothing, hinge, .. } => (11, label_smoothing, gamma, hinge as u32),
+        Loss::Cpo { label_smoothing, hinge, .. } => (12, label_smoothing, 0.0, hinge as u32),
+        Loss::Orpo { .. } => (13, 0.0, 0.0, 0),
+        Loss::Tgdpo { alpha, .. } => (14, alpha, 0.0, 0),
+        Loss::TabPo { tau, lambda, barrier, .. } => (15, tau, lambda, barrier as u32),
+        Loss::Nll => (16, 0.0, 0.0, 0),
+    };
+    LossTerm {
+        kind,
+        weight,
+        beta: loss.beta(),
+        p0,
+        p1,
+        p2: 0.0,
+        agg: loss.aggregation(cfg.aggregation) as u32,
+        flags,
+    }
+}
+
+const _: () = assert!(BarrierDenominator::GatedWeightMassEps as u32 == 2);
+
+impl Gpu {
+    /// The preference loss on raw device pointers: three launches on `stream` (statistics, pair
+    /// kernel, token gradient), no synchronization. Writes `metrics`, `pair_out` (if non-zero)
+    /// and `grad_logp` (dL/dlogp for every token; 0 on masked tokens and tokens in no pair).
+    ///
+    /// Errors before launch: invalid config (β ≤ 0, τ outside (0, 1), label smoothing outside
+    /// [0, 0.5), ...), missing reference or weights for the configured terms, both per-token and
+    /// per-sequence references, null/misaligned pointers, odd S for `FirstHalfChosen`, no pairs.
+    /// Device-side (status word): bad `cu_seqlens`, out-of-range pair indices.
+    ///
+    /// # Safety
+    /// Non-zero pointers are device memory of this context: per-token arrays of `n_tokens`
+    /// elements, `cu_seqlens` of `S + 1` i32, pair arrays of `n_pairs` i32, `ref_seq` of S f32,
+    /// outputs as documented on [`PairLossPtrs`], a workspace of
+    /// [`preference_loss_workspace_len`]`(S, n_pairs)` f32; all alive and not concurrently written
+    /// until the work completes in stream order. `stream` is 0 or a live CUstream of this context.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn preference_loss_raw(
+        &self,
+        stream: u64,
+        tokens: &SeqReducePtrs,
+        n_tokens: usize,
+        layout: DeviceSeqLayout,
+        pairs: RawPairs,
+        cfg: &LossConfig,
+        ptrs: &PairLossPtrs,
+    ) -> Result<()> {
+        check_tokens(tokens, n_tokens)?;
+        layout.validate(n_tokens)?;
+        let source = match (tokens.ref_logp != 0, ptrs.ref_seq != 0) {
+            (true, true) => {
+                return Err(invalid("ref_seq", "give per-token ref_logp or per-sequence ref_seq, not both"))
+            }
+            (true, false) => RefSource::PerToken,
+            (false, true) => RefSource::PerSequence,
+            (false, false) => RefSource::None,
+        };
+        cfg.validate(source)?;
+        ensure(!cfg.needs_weights() || tokens.weights != 0, "weights", || {
+            "these losses read token weights (TAB-PO / token-weighted DPO weights, TGDPO rewards); none given"
+                .into()
+        })?;
+        let n_seqs = layout.n_seqs();
+        let (chosen, rejected, n_pairs) = match pairs {
+            RawPairs::FirstHalfChosen => {
+                ensure(n_seqs >= 2 && n_seqs % 2 == 0, "pairs", || {
+                    format!("first-half-chosen needs an even number (>= 2) of sequences, got {n_seqs}")
+                })?;
+                (0, 0, n_seqs / 2)
+            }
+            RawPairs::Explicit { chosen, rejected, n_pairs } => {
+                check_ptr("chosen", chosen, 4, true)?;
+                check_ptr("rejected", rejected, 4, true)?;
+                ensure(n_pairs >= 1, "pairs", || "need at least one pair".into())?;
+                (chosen, rejected, n_pairs)
+            }
+        };
+        for (name, p, required) in [
+            ("ref_seq", ptrs.ref_seq, false),
+            ("pair_out", ptrs.pair_out, false),
+            ("metrics", ptrs.metrics, true),
+            ("grad_logp", ptrs.grad_logp, n_tokens > 0),
+            ("workspace", ptrs.workspace, true),
+            ("status", ptrs.status, false),
+        ] {
+            check_ptr(name, p, 4, required)?;
+        }
+        let log_tau = cfg.log_tau() as f32;
+        let stats = ptrs.workspace;
+        let seq_coef = stats + (n_seqs * SEQ_STATS_LEN * 4) as u64;
+        let pair_coef = seq_coef + (n_seqs * 3 * 4) as u64;
+        let stream_ptr = stream;
+        // 1. statistics
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.launch_seq_stats(
+                stream_ptr,
+                tokens,
+                n_tokens,
+                layout,
+                ReduceMode::Sum,
+                log_tau,
+                stats,
+                0,
+                ptrs.status,
+            )?
+        };
+        // 2. pairs -> loss, metrics, per-sequence coefficients
+        let mut terms = [LossTerm::default(); MAX_LOSS_TERMS];
+        for (slot, (loss, weight)) in terms.iter_mut().zip(&cfg.terms) {
+            *slot = term_params(loss, *weight, cfg);
+        }
+        let (divergence, alpha_div) = match cfg.divergence {
+            FDivergence::ReverseKl => (0, 1.0),
+            FDivergence::ForwardKl => (1, 1.0),
+            FDivergence::JensenShannon => (2, 1.0),
+            FDivergence::Alpha { alpha } => (3, alpha),
+        };
+        let params = PairLossParams {
+            stats,
+            ref_seq: ptrs.ref_seq,
+            chosen,
+            rejected,
+            pair_out: ptrs.pair_out,
+            metrics: ptrs.metrics,
+            pair_coef,
+            seq_coef,
+            status: ptrs.status,
+            n_seqs: n_seqs as i64,
+            n_pairs: n_pairs as i64,
+            n_terms: cfg.terms.len() as u32,
+            divergence,
+            alpha_div,
+            grad_scale: cfg.grad_scale,
+            terms,
+        };
+        let f = self.function("pair_loss")?;
+        let launch =
+            cudarc::driver::LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { self.borrow_stream(stream_ptr) };
+        // SAFETY: params matches the kernel's PairLossParams (layout asserted in params.rs).
+        unsafe { s.launch_builder(f).arg(&params).launch(launch) }?;
+        // 3. per-token gradient
+        let (cu, seq_len) = match layout {
+            DeviceSeqLayout::Packed { cu_seqlens, .. } => (cu_seqlens, 0),
+            DeviceSeqLayout::Padded { seq_len, .. } => (0, seq_len as i64),
+        };
+        let grad = TokenGradParams {
+            logp: tokens.logp,
+            mask: tokens.mask,
+            weights: tokens.weights,
+            cu_seqlens: cu,
+            seq_coef,
+            dscores: 0,
+            stats,
+            grad_logp: ptrs.grad_logp,
+            n_tokens: n_tokens as i64,
+            n_seqs: n_seqs as i64,
+            seq_len,
+            log_tau,
+            mode: 0,
+            scale: 1.0,
+            reserved: 0,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.launch_token_grad(stream_ptr, &grad) }
+    }
+
+    /// The preference loss on cudarc buffers: writes `grad_logp` (`[T]` f32) and returns the loss,
+    /// metrics and per-pair values (one synchronization of `stream` to read them and the status).
+    #[allow(clippy::too_many_arguments)]
+    pub fn preference_loss(
+        &self,
+        stream: &Arc<CudaStream>,
+        tokens: &DeviceTokens<'_>,
+        seqs: &DeviceSeqs<'_>,
+        pairs: &DevicePairs<'_>,
+        ref_seq: Option<&CudaView<'_, f32>>,
+        cfg: &LossConfig,
+        grad_logp: &mut CudaViewMut<'_, f32>,
+    ) -> Result<PreferenceLossOutputs> {
+        let n_seqs = seqs.n_seqs();
+        crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
+        if let Some(r) = ref_seq {
+            crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
+        }
+        let n_pairs = match pairs {
+            DevicePairs::FirstHalfChosen => n_seqs / 2,
+            DevicePairs::Explicit { chosen, rejected } => {
+                crate::token_logprobs::ensure_len("rejected", rejected.len(), chosen.len())?;
+                chosen.len()
+            }
+        };
+        let mut work = stream.alloc_zeros::<f32>(preference_loss_workspace_len(n_seqs, n_pairs).max(1))?;
+        let mut metrics = stream.alloc_zeros::<f32>(METRICS_LEN)?;
+        let mut pair_out = stream.alloc_zeros::<f32>((n_pairs * PAIR_COLUMNS).max(1))?;
+        let mut status = StatusWord::new(stream, true)?;
+        {
+            let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+            let tp = tokens.ptrs(stream, &mut guards)?;
+            let layout = seqs.raw(stream, &mut guards);
+            let raw_pairs = match pairs {
+                DevicePairs::FirstHalfChosen => RawPairs::FirstHalfChosen,
+                DevicePairs::Explicit { chosen, rejected } => {
+                    let (c, g0) = chosen.device_ptr(stream);
+                    let (r, g1) = rejected.device_ptr(stream);
+                    guards.push(g0);
+                    guards.push(g1);
+                    RawPairs::Explicit { chosen: c, rejected: r, n_pairs }
+                }
+            };
+            let rs = ref_seq.map(|r| {
+                let (p, g) = r.device_ptr(stream);
+                guards.push(g);
+                p
+            });
+            let (wp, _g0) = work.device_ptr_mut(stream);
+            let (mp, _g1) = metrics.device_ptr_mut(stream);
+            let (pp, _g2) = pair_out.device_ptr_mut(stream);
+            let (gp, _g3) = grad_logp.device_ptr_mut(stream);
+            let (sp, _g4) = status.ptr(stream);
+            let ptrs = PairLossPtrs {
+                ref_seq: rs.unwrap_or(0),
+                pair_out: pp,
+                metrics: mp,
+                grad_logp: gp,
+                workspace: wp,
+                status: sp,
+            };
+            // SAFETY: every pointer comes from a live cudarc buffer of checked length.
+            unsafe {
+                self.preference_loss_raw(
+                    stream.cu_stream() as u64,
+                    &tp,
+                    tokens.logp.len(),
+                    layout,
+                    raw_pairs,
+                    cfg,
+                    &ptrs,
+                )
+            }?;
+        }
+        check_status(status.read(stream)?)?;
+        read_outputs(stream, &metrics, &pair_out, n_pairs)
+    }
+}
+
+pub(crate) fn read_outputs(
+    stream: &Arc<CudaStream>,
+    metrics: &cudarc::driver::CudaSlice<f32>,
+    pair_out: &cudarc::driver::CudaSlice<f32>,
+    n_pairs: usize,
+) -> Result<PreferenceLossOutputs> {
+    let m = stream.clone_dtoh(metrics)?;
+    let p = stream.clone_dtoh(pair_out)?;
+    let mut out =
+        PreferenceLossOutputs { loss: m[0], metrics: [0.0; METRICS_LEN], pairs: Vec::with_capacity(n_pairs) };
+    out.metrics.copy_from_slice(&m[..METRICS_LEN]);
+    for i in 0..n_pairs {
+        let mut row = [0.0; PAIR_COLUMNS];
+        row.copy_from_slice(&p[i * PAIR_COLUMNS..(i + 1) * PAIR_COLUMNS]);
+        out.pairs.push(row);
+    }
+    Ok(out)
+}

@@ -1,0 +1,371 @@
+//! CPU reference of the preference losses, in f64: per-sequence sums straight from the tokens, then
+//! each term's closed-form value and gradient (see the module docs and `shared/spec/losses.md`).
+use super::{FDivergence, Loss, LossConfig, Pairs, RefSource, METRIC_NAMES, PAIR_COLUMNS};
+use crate::error::{ensure, Result};
+use crate::seq_reduce::reference::{seq_stats, SeqStats};
+use crate::seq_reduce::{SeqLayout, TokenInputs, WEIGHT_MASS_EPS};
+
+/// Results of the reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PrefLossRef {
+    /// Batch loss `L`.
+    pub loss: f64,
+    /// Per pair: see [`super::PAIR_COLUMN_NAMES`].
+    pub pairs: Vec<[f64; PAIR_COLUMNS]>,
+    /// Batch metrics in the order of [`METRIC_NAMES`].
+    pub metrics: [f64; METRIC_NAMES.len()],
+    /// dL / dlogp for every token (0 on masked tokens and tokens in no pair).
+    pub grad_logp: Vec<f64>,
+}
+
+pub(crate) fn sigmoid(x: f64) -> f64 {
+    if x >= 0.0 {
+        1.0 / (1.0 + (-x).exp())
+    } else {
+        let e = x.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// softplus(x) = log(1 + e^x), stable.
+pub(crate) fn softplus(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
+/// log(1 − e^x) for x < 0.
+fn log1mexp(x: f64) -> f64 {
+    if x < -std::f64::consts::LN_2 {
+        (-x.exp()).ln_1p()
+    } else {
+        (-x.exp_m1()).ln()
+    }
+}
+
+/// ORPO's scores are clamped below 0 so log(1 − e^S) stays finite (an all-masked or certain sequence).
+pub const ORPO_MAX_SCORE: f64 = -1e-6;
+
+/// ψ(Δ) and ψ'(Δ).
+pub(crate) fn psi(div: FDivergence, d: f64) -> (f64, f64) {
+    match div {
+        FDivergence::ReverseKl => (d, 1.0),
+        FDivergence::ForwardKl => {
+            let e = (-d).min(80.0).exp();
+            (-e, if -d < 80.0 { e } else { 0.0 })
+        }
+        FDivergence::JensenShannon => (-softplus(-d), sigmoid(-d)),
+        FDivergence::Alpha { alpha } => {
+            let a = alpha as f64 - 1.0;
+            if a.abs() < 1e-6 {
+                return (d, 1.0);
+            }
+            let e = (a * d).min(80.0).exp();
+            (e / a, if a * d < 80.0 { e } else { 0.0 })
+        }
+    }
+}
+
+/// One term's contribution for one pair: φ, the token coefficients (c0, c1, c2) with
+/// dφ/dlogp_t = m_t (c0 + c1 w_t + c2 gate_t w_t) for the chosen and rejected sequence, the
+/// rewards and scores of the metrics, and TAB-PO's barrier value.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct TermOut {
+    pub phi: f64,
+    pub coef_c: [f64; 3],
+    pub coef_r: [f64; 3],
+    pub reward_c: f64,
+    pub reward_r: f64,
+    pub score_c: f64,
+    pub score_r: f64,
+    pub barrier: f64,
+}
+
+/// Evaluates one term for a pair. `ref_c`/`ref_r` are the per-sequence reference scores when the
+/// caller gave them (they replace the per-token reference sums).
+pub(crate) fn pair_term(
+    loss: &Loss,
+    cfg: &LossConfig,
+    c: &SeqStats,
+    r: &SeqStats,
+    ref_seq: Option<(f64, f64)>,
+) -> TermOut {
+    let agg = loss.aggregation(cfg.aggregation);
+    let (sc, sr) = (c.score(agg), r.score(agg));
+    let (rc, rr) = ref_seq.unwrap_or_else(|| (c.ref_score(agg), r.ref_score(agg)));
+    let (k_c, k_r) = (c.token_coef(agg), r.token_coef(agg));
+    let beta = loss.beta() as f64;
+    let mut out = TermOut { score_c: sc, score_r: sr, ..Default::default() };
+    // dφ/dS_c and dφ/dS_r of the aggregated scores, mapped to token coefficients at the end.
+    let (mut g_c, mut g_r) = (0.0, 0.0);
+    let (dc, dr) = (sc - rc, sr - rr);
+    out.reward_c = beta * dc;
+    out.reward_r = beta * dr;
+    if loss.is_dpo_family() {
+        let ((pc, qc), (pr, qr)) = (psi(cfg.divergence, dc), psi(cfg.divergence, dr));
+        let x = beta * (pc - pr);
+        // dφ/dx (for terms of x) or dφ/dψc, dφ/dψr directly.
+        let (phi, d_psi_c, d_psi_r) = match *loss {
+            Loss::Sigmoid { label_smoothing: e, .. } => {
+                let e = e as f64;
+                let phi = (1.0 - e) * softplus(-x) + e * softplus(x);
+                let dx = e - sigmoid(-x);
+                (phi, beta * dx, -beta * dx)
+            }
+            Loss::Robust { label_smoothing: e, .. } => {
+                let e = e as f64;
+                let phi = ((1.0 - e) * softplus(-x) - e * softplus(x)) / (1.0 - 2.0 * e);
+                let dx = (-(1.0 - e) * sigmoid(-x) - e * sigmoid(x)) / (1.0 - 2.0 * e);
+                (phi, beta * dx, -beta * dx)
+            }
+            Loss::Hinge { .. } => {
+                let dx = if x < 1.0 { -1.0 } else { 0.0 };
+                ((1.0 - x).max(0.0), beta * dx, -beta * dx)
+            }
+            Loss::Ipo { .. } => {
+                let (nc, nr) = (c.count.max(1.0), r.count.max(1.0));
+                let h = pc / nc - pr / nr - 1.0 / (2.0 * beta);
+                (h * h, 2.0 * h / nc, -2.0 * h / nr)
+            }
+            Loss::ExoPair { epsilon: e, .. } => {
+                let e = e as f64;
+                let q = sigmoid(x);
+                let phi = q * (-softplus(-x) - (-e).ln_1p()) + (1.0 - q) * (-softplus(x) - e.ln());
+                let dx = q * (1.0 - q) * (x - ((1.0 - e) / e).ln());
+                (phi, beta * dx, -beta * dx)
+            }
+            Loss::NcaPair { .. } => {
+                let (rhc, rhr) = (beta * pc, beta * pr);
+                let phi = softplus(-rhc) + 0.5 * softplus(rhc) + 0.5 * softplus(rhr);
+                (phi, beta * (0.5 * sigmoid(rhc) - sigmoid(-rhc)), beta * 0.5 * sigmoid(rhr))
+            }
+            Loss::BcoPair { .. } => {
+                let (rhc, rhr) = (beta * pc, beta * pr);
+                (softplus(-rhc) + softplus(rhr), -beta * sigmoid(-rhc), beta * sigmoid(rhr))
+            }
+            Loss::SppoHard { .. } => {
+                let (a, b) = (pc - 0.5 / beta, pr + 0.5 / beta);
+                (a * a + b * b, 2.0 * a, 2.0 * b)
+            }
+            Loss::ApoZero { .. } => {
+                // Raw Δ, not ψ(Δ): the ψ-chain factors qc, qr are undone below.
+                let (sc_, sr_) = (sigmoid(beta * dc), sigmoid(beta * dr));
+                let phi = 1.0 - sc_ + sr_;
+                g_c = -beta * sc_ * (1.0 - sc_);
+                g_r = beta * sr_ * (1.0 - sr_);
+                (phi, 0.0, 0.0)
+            }
+            Loss::ApoDown { .. } => {
+                let s1 = sigmoid(beta * dc);
+                let sx = sigmoid(x);
+                g_c = beta * s1 * (1.0 - s1);
+                (s1 + 1.0 - sx, -beta * sx * (1.0 - sx), beta * sx * (1.0 - sx))
+            }
+            Loss::DiscoPop { tau, .. } => {
+                let tau = tau as f64;
+                let mu = sigmoid(x / tau);
+                let e = (-x.max(-80.0)).exp();
+                let de = if x > -80.0 { -e } else { 0.0 };
+                let phi = (1.0 - mu) * softplus(-x) + mu * e;
+                let dx = mu * (1.0 - mu) / tau * (e - softplus(-x)) - (1.0 - mu) * sigmoid(-x) + mu * de;
+                (phi, beta * dx, -beta * dx)
+            }
+            _ => unreachable!(),
+        };
+        out.phi = phi;
+        g_c += d_psi_c * qc;
+        g_r += d_psi_r * qr;
+    } else {
+        // Sigmoid (cDPO-smoothed) or hinge on y, returning (φ, dφ/dy).
+        let pref = |y: f64, e: f32, hinge: bool| {
+            if hinge {
+                ((1.0 - y).max(0.0), if y < 1.0 { -1.0 } else { 0.0 })
+            } else {
+                let e = e as f64;
+                ((1.0 - e) * softplus(-y) + e * softplus(y), e - sigmoid(-y))
+            }
+        };
+        match *loss {
+            Loss::SimPo { gamma, label_smoothing, hinge, .. } => {
+                let (phi, dy) = pref(beta * (sc - sr) - gamma as f64, label_smoothing, hinge);
+                out.phi = phi;
+                (g_c, g_r) = (beta * dy, -beta * dy);
+                (out.reward_c, out.reward_r) = (beta * sc, beta * sr);
+            }
+            Loss::Cpo { label_smoothing, hinge, .. } => {
+                let (phi, dy) = pref(beta * (sc - sr), label_smoothing, hinge);
+                out.phi = phi;
+                (g_c, g_r) = (beta * dy, -beta * dy);
+                (out.reward_c, out.reward_r) = (beta * sc, beta * sr);
+            }
+            Loss::Orpo { .. } => {
+                let (xc, xr) = (sc.min(ORPO_MAX_SCORE), sr.min(ORPO_MAX_SCORE));
+                let lo = (xc - xr) - (log1mexp(xc) - log1mexp(xr));
+                out.phi = beta * softplus(-lo);
+                let dlo = -beta * sigmoid(-lo);
+                g_c = if sc < ORPO_MAX_SCORE { dlo / -xc.exp_m1() } else { 0.0 };
+                g_r = if sr < ORPO_MAX_SCORE { -dlo / -xr.exp_m1() } else { 0.0 };
+                (out.reward_c, out.reward_r) = (beta * sc, beta * sr);
+            }
+            Loss::Tgdpo { alpha, .. } => {
+                // Token weights carry the rewards r̂_t; z = Pc − Pr (sum aggregation, β inside).
+                let ab2 = alpha as f64 * beta * beta;
+                let pc = beta * (c.sum - c.ref_sum) + ab2 * (c.weighted_sum - c.ref_weighted_sum);
+                let pr = beta * (r.sum - r.ref_sum) - ab2 * (r.weighted_sum - r.ref_weighted_sum);
+                let z = pc - pr;
+                out.phi = softplus(-z);
+                let s = sigmoid(-z);
+                out.coef_c = [-s * beta, -s * ab2, 0.0];
+                out.coef_r = [s * beta, -s * ab2, 0.0];
+                return out;
+            }
+            Loss::TabPo { lambda, barrier, .. } => {
+                let z = dc - dr;
+                out.phi = softplus(-beta * z);
+                g_c = -beta * sigmoid(-beta * z);
+                g_r = -g_c;
+                // Barrier on chosen tokens: w̃ = w N / max(W, 1e-6), N = max(count, 1).
+                let scale = c.count.max(1.0) / c.weight_mass.max(WEIGHT_MASS_EPS);
+                let d = match barrier {
+                    super::BarrierDenominator::GatedWeightMassClamp1 => {
+                        (c.gated_weight_mass * scale).max(1.0)
+                    }
+                    super::BarrierDenominator::GatedCountClamp1 => c.gated_count.max(1.0),
+                    super::BarrierDenominator::GatedWeightMassEps => {
+                        (c.gated_weight_mass * scale).max(WEIGHT_MASS_EPS)
+                    }
+                };
+                out.barrier = -c.gated_weighted_sum * scale / d;
+                out.phi += lambda as f64 * out.barrier;
+                out.coef_c[2] = -(lambda as f64) * scale / d;
+            }
+            Loss::Nll => {
+                // Batch-level: handled by the caller (token mean over all chosen tokens).
+                (out.reward_c, out.reward_r) = (0.0, 0.0);
+            }
+            _ => unreachable!(),
+        }
+    }
+    out.coef_c[0] += g_c * k_c.0;
+    out.coef_c[1] += g_c * k_c.1;
+    out.coef_r[0] += g_r * k_r.0;
+    out.coef_r[1] += g_r * k_r.1;
+    out
+}
+
+/// Loss, metrics and per-token gradient of a preference batch (f64 reference).
+///
+/// `tokens.ref_logp` (per token) or `ref_seq` (per sequence, aggregated as the terms aggregate
+/// the policy) supplies the reference; giving both is an error.
+pub fn forward_backward(
+    tokens: &TokenInputs,
+    layout: &SeqLayout,
+    pairs: &Pairs,
+    ref_seq: Option<&[f32]>,
+    cfg: &LossConfig,
+) -> Result<PrefLossRef> {
+    let source = match (tokens.ref_logp.is_some(), ref_seq.is_some()) {
+        (true, true) => {
+            return Err(crate::error::invalid(
+                "ref_seq",
+                "give per-token ref_logp or per-sequence ref_seq, not both",
+            ))
+        }
+        (true, false) => RefSource::PerToken,
+        (false, true) => RefSource::PerSequence,
+        (false, false) => RefSource::None,
+    };
+    cfg.validate(source)?;
+    let stats = seq_stats(tokens, layout, cfg.log_tau())?;
+    let n_seqs = stats.len();
+    pairs.validate(n_seqs)?;
+    if let Some(rs) = ref_seq {
+        ensure(rs.len() == n_seqs, "ref_seq", || {
+            format!("length must be the number of sequences ({n_seqs}), got {}", rs.len())
+        })?;
+    }
+    if cfg.needs_weights() {
+        ensure(tokens.weights.is_some(), "weights", || "these losses read token weights; none given".into())?;
+    }
+    let n_pairs = pairs.n_pairs(n_seqs);
+    let inv_p = 1.0 / n_pairs as f64;
+    let scale = cfg.grad_scale as f64;
+    let mut seq_coef = vec![[0.0f64; 3]; n_seqs];
+    let mut out = PrefLossRef {
+        loss: 0.0,
+        pairs: vec![[0.0; PAIR_COLUMNS]; n_pairs],
+        metrics: [0.0; 12],
+        grad_logp: Vec::new(),
+    };
+
+    // Batch NLL over all chosen tokens (counted once per pair the sequence is chosen in).
+    let (mut nll_num, mut nll_den) = (0.0, 0.0);
+    for i in 0..n_pairs {
+        let (c, _) = pairs.pair(i, n_seqs);
+        nll_num -= stats[c].sum;
+        nll_den += stats[c].count;
+    }
+    let nll = if nll_den > 0.0 { nll_num / nll_den } else { 0.0 };
+    let first_pairwise = cfg.terms.iter().position(|(l, _)| !matches!(l, Loss::Nll));
+    let (mut gated, mut chosen_tokens) = (0.0, 0.0);
+    let m = &mut out.metrics;
+    for i in 0..n_pairs {
+        let (ci, ri) = pairs.pair(i, n_seqs);
+        let refs = ref_seq.map(|rs| (rs[ci] as f64, rs[ri] as f64));
+        let mut pair_loss = 0.0;
+        let mut barrier = 0.0;
+        for (k, (loss, weight)) in cfg.terms.iter().enumerate() {
+            let w = *weight as f64;
+            if matches!(loss, Loss::Nll) {
+                if nll_den > 0.0 {
+                    seq_coef[ci][0] -= scale * w / nll_den;
+                }
+                continue;
+            }
+            let t = pair_term(loss, cfg, &stats[ci], &stats[ri], refs);
+            pair_loss += w * t.phi;
+            for j in 0..3 {
+                seq_coef[ci][j] += scale * w * inv_p * t.coef_c[j];
+                seq_coef[ri][j] += scale * w * inv_p * t.coef_r[j];
+            }
+            if matches!(loss, Loss::TabPo { .. }) {
+                barrier = t.barrier;
+                gated += stats[ci].gated_count;
+                chosen_tokens += stats[ci].count;
+            }
+            if Some(k) == first_pairwise {
+                out.pairs[i][1..5].copy_from_slice(&[t.reward_c, t.reward_r, t.score_c, t.score_r]);
+            }
+        }
+        out.pairs[i][0] = pair_loss;
+        out.pairs[i][5] = barrier;
+        let p = &out.pairs[i];
+        m[1] += pair_loss * inv_p;
+        m[3] += p[1] * inv_p;
+        m[4] += p[2] * inv_p;
+        m[5] += (p[1] - p[2]) * inv_p;
+        m[6] += if p[1] > p[2] { inv_p } else { 0.0 };
+        m[7] += p[3] * inv_p;
+        m[8] += p[4] * inv_p;
+        m[9] += barrier * inv_p;
+        m[11] += sigmoid(p[1] - p[2]) * inv_p;
+    }
+    m[2] = nll;
+    m[10] = if chosen_tokens > 0.0 { gated / chosen_tokens } else { 0.0 };
+    m[0] = m[1]
+        + cfg.terms.iter().filter(|(l, _)| matches!(l, Loss::Nll)).map(|(_, w)| *w as f64 * nll).sum::<f64>();
+    out.loss = m[0];
+
+    let log_tau = cfg.log_tau();
+    let mut grad = vec![0.0; tokens.n_tokens()];
+    for (s, c) in seq_coef.iter().enumerate() {
+        for t in layout.range(s) {
+            if tokens.mask.is_some_and(|mk| mk[t] == 0) {
+                continue;
+            }
+            let w = tokens.weights.map_or(1.0, |w| w[t] as f64);
+            let gate = if (tokens.logp[t] as f64) < log_tau { 1.0 } else { 0.0 };
+            grad[t] = c[0] + c[1] * w + c[2] * gate * w;
+        }
+    }
+    out.grad_logp = grad;
+    Ok(out)
+}
