@@ -1,56 +1,80 @@
-//! The main job: runs every available op end to end on a synthetic batch, on the GPU when one is
-//! usable and on the CPU reference otherwise, and prints results and timings.
+//! The main job: runs every available op end to end on a synthetic preference batch, on the GPU
+//! when one is usable and on the CPU reference otherwise, and prints results and timings:
+//! token log-probs (forward, backward, entropy), per-sequence reductions, and the whole DPO and
+//! TAB-PO steps (logits → logp → sequence scores → loss → d/dlogits) with per-stage timings.
 //!
-//! `cargo run --release --example end_to_end [-- --cpu] [-- --rows N --vocab V]`
+//! `cargo run --release --example end_to_end [-- --cpu] [--pairs P --seq-len L --vocab V]`
 use std::time::Instant;
 
 use half::bf16;
-use pref_kernels::token_logprobs::{reference, TokenLogprobsOutputs};
+use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
+use pref_kernels::seq_reduce::{reference as reduce_ref, DeviceSeqs, ReduceMode, SeqLayout, TokenInputs};
+use pref_kernels::step::{GradLogits, StepBatch};
+use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
 use pref_kernels::{Gpu, LogitsLayout, TokenLogprobsConfig};
 
 struct Args {
     force_cpu: bool,
-    rows: usize,
+    pairs: usize,
+    seq_len: usize,
     vocab: usize,
 }
 
 fn parse_args() -> Args {
-    let mut a = Args { force_cpu: false, rows: 0, vocab: 32000 };
+    let mut a = Args { force_cpu: false, pairs: 0, seq_len: 0, vocab: 0 };
     let argv: Vec<String> = std::env::args().skip(1).collect();
+    let num = |i: usize| -> usize {
+        argv.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{} needs a number", argv[i]))
+    };
     let mut i = 0;
     while i < argv.len() {
         match argv[i].as_str() {
             "--cpu" => a.force_cpu = true,
-            "--rows" => {
-                i += 1;
-                a.rows = argv[i].parse().expect("--rows N");
-            }
-            "--vocab" => {
-                i += 1;
-                a.vocab = argv[i].parse().expect("--vocab V");
-            }
-            other => panic!("unknown argument {other}"),
+            "--pairs" => a.pairs = num(i),
+            "--seq-len" => a.seq_len = num(i),
+            "--vocab" => a.vocab = num(i),
+            other => panic!("unknown argument {other} (use --cpu, --pairs, --seq-len, --vocab)"),
         }
-        i += 1;
+        i += if argv[i] == "--cpu" { 1 } else { 2 };
     }
     a
 }
 
-/// A synthetic batch: pseudo-random logits, targets with the first quarter ignored (prompt tokens).
-fn synthetic(rows: usize, vocab: usize) -> (Vec<bf16>, Vec<i64>) {
+/// A synthetic DPO batch: 2P sequences (first half chosen) of L tokens each; the first quarter of
+/// each sequence is prompt (ignored target, masked). Reference log-probs are the policy's logits
+/// perturbed, TAB-PO weights are 1 with some tokens up-weighted.
+struct Synthetic {
+    logits: Vec<bf16>,
+    targets: Vec<i64>,
+    mask: Vec<u8>,
+    weights: Vec<f32>,
+    ref_logp: Vec<f32>,
+}
+
+fn synthetic(n_seqs: usize, seq_len: usize, vocab: usize) -> Synthetic {
+    let n = n_seqs * seq_len;
     let mut s = 0x9E37_79B9_7F4A_7C15u64;
-    let logits = (0..rows * vocab)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 10.0)
-        })
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let logits = (0..n * vocab).map(|_| bf16::from_f32((next() - 0.5) * 10.0)).collect();
+    let targets: Vec<i64> = (0..n)
+        .map(|t| if t % seq_len < seq_len / 4 { -100 } else { (next() * vocab as f32) as i64 % vocab as i64 })
         .collect();
-    let targets = (0..rows as i64)
-        .map(|i| if i < rows as i64 / 4 { -100 } else { (i * 7919) % vocab as i64 })
-        .collect();
-    (logits, targets)
+    let mask = targets.iter().map(|&t| u8::from(t != -100)).collect();
+    let weights = (0..n).map(|_| if next() < 0.2 { 1.2 } else { 1.0 }).collect();
+    let ref_logp = (0..n).map(|_| -(vocab as f32).ln() - 1.5 + next()).collect();
+    Synthetic { logits, targets, mask, weights, ref_logp }
+}
+
+fn print_metrics(name: &str, metrics: &[f64]) {
+    println!("  {name}:");
+    for (k, n) in METRIC_NAMES.iter().enumerate() {
+        println!("    {n:<20} {:>12.6}", metrics[k]);
+    }
 }
 
 fn main() -> pref_kernels::Result<()> {
@@ -66,94 +90,186 @@ fn main() -> pref_kernels::Result<()> {
             }
         }
     };
-    let rows = if args.rows > 0 {
-        args.rows
-    } else if gpu.is_some() {
-        16384
+    // GPU default: the DPO batch (8 pairs x 1024 tokens, V = 128256); CPU: a small one.
+    let on_gpu = gpu.is_some();
+    let pairs = if args.pairs > 0 {
+        args.pairs
+    } else if on_gpu {
+        8
     } else {
-        256
+        4
     };
-    let vocab = args.vocab;
-    let layout = LogitsLayout::contiguous(rows, vocab);
-    let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
-    let (logits, targets) = synthetic(rows, vocab);
-    let grad_logp: Vec<f32> =
-        (0..rows).map(|i| if targets[i] == -100 { 0.0 } else { -1.0 / rows as f32 }).collect();
+    let seq_len = if args.seq_len > 0 {
+        args.seq_len
+    } else if on_gpu {
+        1024
+    } else {
+        64
+    };
+    let vocab = if args.vocab > 0 {
+        args.vocab
+    } else if on_gpu {
+        128256
+    } else {
+        32000
+    };
+    let n_seqs = 2 * pairs;
+    let n = n_seqs * seq_len;
+    let layout = LogitsLayout::contiguous(n, vocab);
+    let token_cfg = TokenLogprobsConfig::default();
+    let data = synthetic(n_seqs, seq_len, vocab);
+    let configs = [
+        ("DPO (sigmoid, beta 0.1)", LossConfig::dpo(0.1)),
+        ("TAB-PO (official defaults)", LossConfig::tabpo()),
+    ];
     println!(
-        "token log-probs: bf16 logits [{rows}, {vocab}], {} ignored rows, temperature {}",
-        rows / 4,
-        cfg.temperature
+        "synthetic batch: {pairs} pairs x {seq_len} tokens ({n} tokens, {} prompt tokens masked), bf16 logits V = {vocab} ({:.2} GB)",
+        n / 4,
+        (n * vocab * 2) as f64 / 1e9
     );
 
-    let (logp, entropy) = match &gpu {
+    match &gpu {
         Some(gpu) => {
             println!("device: {gpu:?}");
             let s = gpu.context().default_stream();
-            let d_logits = s.clone_htod(&logits)?;
-            let d_targets = s.clone_htod(&targets)?;
-            let mut d_logp = s.alloc_zeros::<f32>(rows)?;
-            let mut d_lse = s.alloc_zeros::<f32>(rows)?;
-            let mut d_entropy = s.alloc_zeros::<f32>(rows)?;
-            let d_grad_logp = s.clone_htod(&grad_logp)?;
-            let mut d_grad = s.alloc_zeros::<bf16>(rows * vocab)?;
+            let logits0 = s.clone_htod(&data.logits)?;
+            let targets = s.clone_htod(&data.targets)?;
+            let mask = s.clone_htod(&data.mask)?;
+            let weights = s.clone_htod(&data.weights)?;
+            let ref_logp = s.clone_htod(&data.ref_logp)?;
             let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-            let mut timings = Vec::new();
-            for _ in 0..5 {
+            let gb = (n * vocab * 2) as f64 / 1e9;
+
+            // Token log-probs alone (forward with entropy, backward out of place): the floor the
+            // whole step is compared with.
+            let mut logp = s.alloc_zeros::<f32>(n)?;
+            let mut lse = s.alloc_zeros::<f32>(n)?;
+            let mut entropy = s.alloc_zeros::<f32>(n)?;
+            let mut grad = s.alloc_zeros::<bf16>(n * vocab)?;
+            let ones = s.clone_htod(&vec![1.0f32; n])?;
+            let quiet = TokenLogprobsConfig { check_targets: false, ..token_cfg };
+            let mut fb = Vec::new();
+            for _ in 0..7 {
                 let e0 = s.record_event(flags)?;
-                let out = TokenLogprobsOutputs {
-                    logp: d_logp.as_view_mut(),
-                    lse: d_lse.as_view_mut(),
-                    entropy: Some(d_entropy.as_view_mut()),
-                };
-                gpu.token_logprobs_forward(&s, &d_logits, layout, &d_targets, out, &cfg)?;
+                let out =
+                    TokenLogprobsOutputs { logp: logp.as_view_mut(), lse: lse.as_view_mut(), entropy: None };
+                gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &quiet)?;
                 let e1 = s.record_event(flags)?;
                 gpu.token_logprobs_backward(
-                    &s,
-                    &d_logits,
-                    layout,
-                    &d_targets,
-                    &d_lse,
-                    &d_grad_logp,
-                    &mut d_grad,
-                    vocab,
-                    &cfg,
+                    &s, &logits0, layout, &targets, &lse, &ones, &mut grad, vocab, &quiet,
                 )?;
                 let e2 = s.record_event(flags)?;
                 e2.synchronize()?;
-                timings.push((e0.elapsed_ms(&e1)?, e1.elapsed_ms(&e2)?));
+                fb.push((e0.elapsed_ms(&e1)?, e1.elapsed_ms(&e2)?));
             }
-            let (f, b) = timings[timings.len() / 2];
-            let gb = (rows * vocab * 2) as f64 / 1e9;
+            fb.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+            let (f, b) = fb[fb.len() / 2];
+            println!("token log-probs: forward {f:.3} ms ({:.0} GB/s), backward {b:.3} ms ({:.0} GB/s), fwd+bwd {:.3} ms", gb / (f as f64 / 1e3), 2.0 * gb / (b as f64 / 1e3), f + b);
+            let with_entropy = TokenLogprobsConfig { compute_entropy: true, ..quiet };
+            let out = TokenLogprobsOutputs {
+                logp: logp.as_view_mut(),
+                lse: lse.as_view_mut(),
+                entropy: Some(entropy.as_view_mut()),
+            };
+            gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &with_entropy)?;
+            let (lp, ent) = (s.clone_dtoh(&logp)?, s.clone_dtoh(&entropy)?);
+            let used: Vec<usize> = (0..n).filter(|&t| data.mask[t] == 1).collect();
             println!(
-                "gpu forward  {f:.3} ms ({:.0} GB/s incl. the safe API's status read-back)",
-                gb / (f as f64 / 1e3)
+                "  mean token logp {:.4}, mean entropy {:.4} (ln V = {:.4})",
+                used.iter().map(|&t| lp[t] as f64).sum::<f64>() / used.len() as f64,
+                used.iter().map(|&t| ent[t] as f64).sum::<f64>() / used.len() as f64,
+                (vocab as f64).ln()
             );
-            println!("gpu backward {b:.3} ms ({:.0} GB/s: 1 read + 1 write)", 2.0 * gb / (b as f64 / 1e3));
-            (s.clone_dtoh(&d_logp)?, s.clone_dtoh(&d_entropy)?)
+
+            for (name, cfg) in &configs {
+                let mut times = Vec::new();
+                let mut last = None;
+                for _ in 0..5 {
+                    let mut logits = logits0.clone();
+                    let batch = StepBatch {
+                        layout,
+                        targets: targets.as_view(),
+                        mask: Some(mask.as_view()),
+                        weights: Some(weights.as_view()),
+                        ref_logp: Some(ref_logp.as_view()),
+                        ref_seq: None,
+                        seqs: DeviceSeqs::Padded { n_seqs, seq_len },
+                        pairs: DevicePairs::FirstHalfChosen,
+                    };
+                    s.synchronize()?;
+                    let t0 = Instant::now();
+                    let e0 = s.record_event(flags)?;
+                    let out = gpu.preference_step(
+                        &s,
+                        &mut logits.as_view_mut(),
+                        &batch,
+                        &token_cfg,
+                        cfg,
+                        GradLogits::InPlace,
+                    )?;
+                    let e1 = s.record_event(flags)?;
+                    e1.synchronize()?;
+                    times.push((e0.elapsed_ms(&e1)?, t0.elapsed().as_secs_f64() * 1e3));
+                    last = Some(out);
+                }
+                times.sort_by(|a, b| a.0.total_cmp(&b.0));
+                let (dev, wall) = times[times.len() / 2];
+                let out = last.unwrap();
+                println!("{name}: whole step (in place) {dev:.3} ms device, {wall:.3} ms wall incl. result read-back; {:.2}x token log-probs fwd+bwd", dev / (f + b));
+                let m: Vec<f64> = out.loss.metrics.iter().map(|&v| v as f64).collect();
+                print_metrics(name, &m);
+            }
         }
         None => {
             let t0 = Instant::now();
-            let r = reference::forward(&logits, layout, &targets, &cfg)?;
-            let f = t0.elapsed();
-            let t1 = Instant::now();
-            let g = reference::backward(&logits, layout, &targets, &grad_logp, &cfg)?;
-            let b = t1.elapsed();
-            println!("cpu reference forward  {:.1} ms", f.as_secs_f64() * 1e3);
+            let fwd = tl_ref::forward(
+                &data.logits,
+                layout,
+                &data.targets,
+                &TokenLogprobsConfig { compute_entropy: true, ..token_cfg },
+            )?;
+            let t_fwd = t0.elapsed();
+            let logp: Vec<f32> = fwd.logp.iter().map(|&v| v as f32).collect();
+            let used: Vec<usize> = (0..n).filter(|&t| data.mask[t] == 1).collect();
             println!(
-                "cpu reference backward {:.1} ms (grad L1 norm {:.4})",
-                b.as_secs_f64() * 1e3,
-                g.iter().map(|v| v.abs()).sum::<f64>()
+                "token log-probs (cpu reference): forward {:.1} ms; mean logp {:.4}, mean entropy {:.4}",
+                t_fwd.as_secs_f64() * 1e3,
+                used.iter().map(|&t| fwd.logp[t]).sum::<f64>() / used.len() as f64,
+                used.iter().map(|&t| fwd.entropy[t]).sum::<f64>() / used.len() as f64
             );
-            (r.logp.iter().map(|&v| v as f32).collect(), r.entropy.iter().map(|&v| v as f32).collect())
+            let seqs = SeqLayout::Padded { n_seqs, seq_len };
+            let tokens = TokenInputs {
+                logp: &logp,
+                mask: Some(&data.mask),
+                weights: Some(&data.weights),
+                ref_logp: Some(&data.ref_logp),
+            };
+            let t1 = Instant::now();
+            let sums = reduce_ref::reduce(&tokens, &seqs, ReduceMode::Sum)?;
+            println!(
+                "per-sequence sums (cpu reference, {:.3} ms): {:?}",
+                t1.elapsed().as_secs_f64() * 1e3,
+                &sums[..4.min(sums.len())]
+            );
+            for (name, cfg) in &configs {
+                let t2 = Instant::now();
+                let r = loss_ref::forward_backward(&tokens, &seqs, &Pairs::FirstHalfChosen, None, cfg)?;
+                let t_loss = t2.elapsed();
+                let g32: Vec<f32> = r.grad_logp.iter().map(|&v| v as f32).collect();
+                let t3 = Instant::now();
+                let dlogits = tl_ref::backward(&data.logits, layout, &data.targets, &g32, &token_cfg)?;
+                let t_bwd = t3.elapsed();
+                println!(
+                    "{name}: loss {:.6}; stages (cpu reference): logp forward {:.1} ms, loss {:.3} ms, d/dlogits {:.1} ms (|d/dlogits|_1 = {:.4e})",
+                    r.loss,
+                    t_fwd.as_secs_f64() * 1e3,
+                    t_loss.as_secs_f64() * 1e3,
+                    t_bwd.as_secs_f64() * 1e3,
+                    dlogits.iter().map(|v| v.abs()).sum::<f64>()
+                );
+                print_metrics(name, &r.metrics);
+            }
         }
-    };
-    let used: Vec<usize> = (0..rows).filter(|&i| targets[i] != -100).collect();
-    let mean_logp = used.iter().map(|&i| logp[i] as f64).sum::<f64>() / used.len() as f64;
-    let mean_entropy = used.iter().map(|&i| entropy[i] as f64).sum::<f64>() / used.len() as f64;
-    println!(
-        "mean token logp {mean_logp:.4}, mean entropy {mean_entropy:.4} (ln V = {:.4})",
-        (vocab as f64).ln()
-    );
-    println!("first rows logp: {:?}", &logp[rows / 4..rows / 4 + 4]);
+    }
     Ok(())
 }

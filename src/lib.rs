@@ -23,6 +23,7 @@ pub mod params;
 pub mod pref_loss;
 mod raw;
 pub mod seq_reduce;
+pub mod step;
 pub mod token_logprobs;
 
 pub use dtype::{DType, IndexType, LogitElement, TargetIndex};

@@ -1,5 +1,6 @@
 //! Tests of the preference-loss reference: gradients against finite differences for every loss,
 //! known identities, hand-checked values from the spec's formulas, layouts, and bad input.
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 mod common;
 
 use common::{batch, Batch};
@@ -23,74 +24,9 @@ fn run(b: &Batch, pairs: &Pairs, cfg: &LossConfig) -> pref_kernels::pref_loss::r
     forward_backward(&t, &SeqLayout::Packed { cu_seqlens: &b.cu_seqlens }, pairs, None, cfg).unwrap()
 }
 
-/// Every loss configuration the crate offers, with non-default hyperparameters where they matter.
-fn all_configs() -> Vec<(&'static str, LossConfig)> {
-    let s = LossConfig::single;
-    let mut v = vec![
-        ("sigmoid", s(Loss::Sigmoid { beta: 0.3, label_smoothing: 0.0 })),
-        ("cdpo", s(Loss::Sigmoid { beta: 0.3, label_smoothing: 0.2 })),
-        ("robust", s(Loss::Robust { beta: 0.3, label_smoothing: 0.1 })),
-        ("hinge", s(Loss::Hinge { beta: 0.3 })),
-        ("ipo", s(Loss::Ipo { beta: 0.3 })),
-        ("exo_pair", s(Loss::ExoPair { beta: 0.3, epsilon: 1e-3 })),
-        ("nca_pair", s(Loss::NcaPair { beta: 0.3 })),
-        ("bco_pair", s(Loss::BcoPair { beta: 0.3 })),
-        ("sppo_hard", s(Loss::SppoHard { beta: 0.3 })),
-        ("apo_zero", s(Loss::ApoZero { beta: 0.3 })),
-        ("apo_down", s(Loss::ApoDown { beta: 0.3 })),
-        ("discopop", s(Loss::DiscoPop { beta: 0.3, tau: 0.05 })),
-        ("simpo", s(Loss::simpo())),
-        ("simpo_hinge", s(Loss::SimPo { beta: 2.0, gamma: 0.5, label_smoothing: 0.0, hinge: true })),
-        ("cpo", LossConfig::cpo(0.2, 1.0)),
-        ("orpo", LossConfig::orpo(0.1)),
-        ("tgdpo", s(Loss::tgdpo())),
-        ("tabpo", LossConfig::tabpo()),
-        (
-            "tabpo_count_den",
-            s(Loss::TabPo {
-                beta: 0.5,
-                tau: 0.66,
-                lambda: 0.5,
-                barrier: BarrierDenominator::GatedCountClamp1,
-                seq_norm: ReduceMode::WeightedMean,
-            }),
-        ),
-        (
-            "tabpo_eps_den_wsum",
-            s(Loss::TabPo {
-                beta: 0.5,
-                tau: 0.3,
-                lambda: 0.7,
-                barrier: BarrierDenominator::GatedWeightMassEps,
-                seq_norm: ReduceMode::WeightedSum,
-            }),
-        ),
-        ("tis_dpo", LossConfig::token_weighted_dpo(0.2)),
-        ("wmean_dpo", LossConfig { aggregation: ReduceMode::WeightedMean, ..LossConfig::dpo(0.2) }),
-        (
-            "mpo_mix",
-            LossConfig {
-                terms: vec![
-                    (Loss::Sigmoid { beta: 0.2, label_smoothing: 0.0 }, 0.8),
-                    (Loss::BcoPair { beta: 0.2 }, 0.2),
-                    (Loss::Nll, 1.0),
-                ],
-                grad_scale: 0.5,
-                ..LossConfig::dpo(0.2)
-            },
-        ),
-    ];
-    for (name, div) in [
-        ("fdpo_forward_kl", FDivergence::ForwardKl),
-        ("fdpo_js", FDivergence::JensenShannon),
-        ("fdpo_alpha", FDivergence::Alpha { alpha: 0.5 }),
-    ] {
-        v.push((name, LossConfig { divergence: div, ..LossConfig::dpo(0.3) }));
-        v.push((name, LossConfig { divergence: div, ..s(Loss::Ipo { beta: 0.3 }) }));
-        v.push((name, LossConfig { divergence: div, ..s(Loss::ApoDown { beta: 0.3 }) }));
-    }
-    v
-}
+#[path = "common/configs.rs"]
+mod configs;
+use configs::all_configs;
 
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(24))]
@@ -277,7 +213,8 @@ fn hand_checked_values_from_the_spec_formulas() {
         ("nll", run(s(Loss::Nll), false), 1.5),
         ("tgdpo", run(s(Loss::Tgdpo { beta: 0.1, alpha: 0.5 }), true), {
             // Token weights carry the rewards r̂: chosen u = [0.5, 0], r̂ = [1, 3]; rejected u = [-1], r̂ = [2].
-            let z = b * (1.0 + 0.5 * b * 1.0) * 0.5 - b * (1.0 - 0.5 * b * 2.0) * -1.0;
+            let (u_c, u_r) = (0.5, -1.0);
+            let z = b * (1.0 + 0.5 * b * 1.0) * u_c - b * (1.0 - 0.5 * b * 2.0) * u_r;
             sp(-z)
         }),
         ("tabpo", run(LossConfig::tabpo(), true), {

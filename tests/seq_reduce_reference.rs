@@ -1,4 +1,5 @@
 //! Property tests of the per-sequence reduction reference.
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 mod common;
 
 use common::{batch, Batch};

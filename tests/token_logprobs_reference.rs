@@ -1,5 +1,6 @@
 //! Property tests of the f64 CPU reference of the token log-probs op: the oracle the GPU is
 //! compared against must itself satisfy the math.
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 use half::{bf16, f16};
 use pref_kernels::token_logprobs::reference::{backward, forward};
 use pref_kernels::{Error, LogitsLayout, TokenLogprobsConfig};

@@ -386,12 +386,13 @@ impl LossConfig {
             .any(|(l, _)| l.aggregation(self.aggregation).uses_weights() || matches!(l, Loss::Tgdpo { .. }))
     }
 
-    /// `ln τ` of the TAB-PO term (the confidence gate), or `-inf` when there is none.
+    /// `ln τ` of the TAB-PO term (the confidence gate), or `-inf` when there is none. Rounded to
+    /// f32, the precision the kernels compare in, so the reference gates exactly the same tokens.
     pub fn log_tau(&self) -> f64 {
         self.terms
             .iter()
             .find_map(|(l, _)| match l {
-                Loss::TabPo { tau, .. } => Some((*tau as f64).ln()),
+                Loss::TabPo { tau, .. } => Some((*tau as f64).ln() as f32 as f64),
                 _ => None,
             })
             .unwrap_or(f64::NEG_INFINITY)

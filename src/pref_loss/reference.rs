@@ -322,9 +322,12 @@ pub fn forward_backward(
             }
             let t = pair_term(loss, cfg, &stats[ci], &stats[ri], refs);
             pair_loss += w * t.phi;
-            for j in 0..3 {
-                seq_coef[ci][j] += scale * w * inv_p * t.coef_c[j];
-                seq_coef[ri][j] += scale * w * inv_p * t.coef_r[j];
+            let g = scale * w * inv_p;
+            for (dst, src) in seq_coef[ci].iter_mut().zip(t.coef_c) {
+                *dst += g * src;
+            }
+            for (dst, src) in seq_coef[ri].iter_mut().zip(t.coef_r) {
+                *dst += g * src;
             }
             if matches!(loss, Loss::TabPo { .. }) {
                 barrier = t.barrier;

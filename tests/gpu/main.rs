@@ -4,12 +4,14 @@
 //! SKIPPED with the reason, instead of a misleading "ok"; with `PREF_KERNELS_REQUIRE_GPU=1` a
 //! missing GPU fails the run. Arguments: an optional substring filter. Random inputs are fresh
 //! each run; the seed is printed and `PREF_KERNELS_SEED` replays it.
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use pref_kernels::Gpu;
 
 mod common;
+mod pref_loss;
 mod token_logprobs;
 
 /// A GPU test body: gets the shared handle and the run's seed; panics on failure.
@@ -26,6 +28,7 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let cases: Vec<Case> = token_logprobs::cases()
         .into_iter()
+        .chain(pref_loss::cases())
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
         .collect();
     let gpu = match Gpu::new(0) {

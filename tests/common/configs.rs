@@ -1,0 +1,72 @@
+//! Every loss configuration the crate offers, shared by the CPU and GPU loss tests.
+use pref_kernels::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig};
+use pref_kernels::seq_reduce::ReduceMode;
+
+/// Every loss configuration the crate offers, with non-default hyperparameters where they matter.
+pub fn all_configs() -> Vec<(&'static str, LossConfig)> {
+    let s = LossConfig::single;
+    let mut v = vec![
+        ("sigmoid", s(Loss::Sigmoid { beta: 0.3, label_smoothing: 0.0 })),
+        ("cdpo", s(Loss::Sigmoid { beta: 0.3, label_smoothing: 0.2 })),
+        ("robust", s(Loss::Robust { beta: 0.3, label_smoothing: 0.1 })),
+        ("hinge", s(Loss::Hinge { beta: 0.3 })),
+        ("ipo", s(Loss::Ipo { beta: 0.3 })),
+        ("exo_pair", s(Loss::ExoPair { beta: 0.3, epsilon: 1e-3 })),
+        ("nca_pair", s(Loss::NcaPair { beta: 0.3 })),
+        ("bco_pair", s(Loss::BcoPair { beta: 0.3 })),
+        ("sppo_hard", s(Loss::SppoHard { beta: 0.3 })),
+        ("apo_zero", s(Loss::ApoZero { beta: 0.3 })),
+        ("apo_down", s(Loss::ApoDown { beta: 0.3 })),
+        ("discopop", s(Loss::DiscoPop { beta: 0.3, tau: 0.05 })),
+        ("simpo", s(Loss::simpo())),
+        ("simpo_hinge", s(Loss::SimPo { beta: 2.0, gamma: 0.5, label_smoothing: 0.0, hinge: true })),
+        ("cpo", LossConfig::cpo(0.2, 1.0)),
+        ("orpo", LossConfig::orpo(0.1)),
+        ("tgdpo", s(Loss::tgdpo())),
+        ("tabpo", LossConfig::tabpo()),
+        (
+            "tabpo_count_den",
+            s(Loss::TabPo {
+                beta: 0.5,
+                tau: 0.66,
+                lambda: 0.5,
+                barrier: BarrierDenominator::GatedCountClamp1,
+                seq_norm: ReduceMode::WeightedMean,
+            }),
+        ),
+        (
+            "tabpo_eps_den_wsum",
+            s(Loss::TabPo {
+                beta: 0.5,
+                tau: 0.3,
+                lambda: 0.7,
+                barrier: BarrierDenominator::GatedWeightMassEps,
+                seq_norm: ReduceMode::WeightedSum,
+            }),
+        ),
+        ("tis_dpo", LossConfig::token_weighted_dpo(0.2)),
+        ("wmean_dpo", LossConfig { aggregation: ReduceMode::WeightedMean, ..LossConfig::dpo(0.2) }),
+        (
+            "mpo_mix",
+            LossConfig {
+                terms: vec![
+                    (Loss::Sigmoid { beta: 0.2, label_smoothing: 0.0 }, 0.8),
+                    (Loss::BcoPair { beta: 0.2 }, 0.2),
+                    (Loss::Nll, 1.0),
+                ],
+                grad_scale: 0.5,
+                ..LossConfig::dpo(0.2)
+            },
+        ),
+    ];
+    for (name, div) in [
+        ("fdpo_forward_kl", FDivergence::ForwardKl),
+        ("fdpo_js", FDivergence::JensenShannon),
+        ("fdpo_alpha", FDivergence::Alpha { alpha: 0.5 }),
+    ] {
+        v.push((name, LossConfig { divergence: div, ..LossConfig::dpo(0.3) }));
+        v.push((name, LossConfig { divergence: div, ..s(Loss::Ipo { beta: 0.3 }) }));
+        v.push((name, LossConfig { divergence: div, ..s(Loss::ApoDown { beta: 0.3 }) }));
+    }
+    v
+}
