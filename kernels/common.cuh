@@ -44,9 +44,10 @@ template <typename T> __device__ __forceinline__ void store_vec_stream(T* p, con
     __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(&x));
 }
 
-// A row of `len` elements starting at `addr` is processed as: `head` scalars until the first 16-byte
-// boundary, `nvec` aligned 16-byte vectors, then scalars up to `len`. Any stride/offset works; rows
-// whose (input, output) misalignments differ fall back to all-scalar (`nvec = 0`).
+// A row of `len` elements starting at `addr` is processed as: `head` (< 16 / sizeof(T), so fewer
+// than one warp) scalars until the first 16-byte boundary, `nvec` aligned 16-byte vectors, then
+// strided scalars from `tail_start` up to `len`. Any stride/offset works; rows whose (input,
+// output) misalignments differ are all tail (strided scalars).
 struct RowSplit {
     int64_t head;
     int64_t nvec;
@@ -57,9 +58,9 @@ __device__ __forceinline__ RowSplit split_row(uint64_t addr, uint64_t other_addr
     constexpr int64_t VEC = Vec16<T>::N;
     RowSplit s;
     if (((addr ^ other_addr) & 15u) != 0) {
-        s.head = len;
+        s.head = 0;
         s.nvec = 0;
-        s.tail_start = len;
+        s.tail_start = 0;
         return s;
     }
     int64_t head = (int64_t)(((16u - (addr & 15u)) & 15u) / sizeof(T));

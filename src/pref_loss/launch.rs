@@ -368,3 +368,46 @@ pub(crate) fn read_outputs(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kind codes sent to the kernel equal the header's `PREFK_LOSS_*` defines.
+    #[test]
+    fn loss_kinds_match_the_header() {
+        let header = include_str!("../../kernels/params.h");
+        let define = |name: &str| -> u32 {
+            let line = header.lines().find(|l| l.split_whitespace().nth(1) == Some(name)).unwrap();
+            line.split_whitespace().nth(2).unwrap().trim_end_matches('u').parse().unwrap()
+        };
+        let cfg = LossConfig::dpo(0.1);
+        let cases = [
+            (Loss::dpo(), "PREFK_LOSS_SIGMOID"),
+            (Loss::Robust { beta: 0.1, label_smoothing: 0.0 }, "PREFK_LOSS_ROBUST"),
+            (Loss::Hinge { beta: 0.1 }, "PREFK_LOSS_HINGE"),
+            (Loss::Ipo { beta: 0.1 }, "PREFK_LOSS_IPO"),
+            (Loss::ExoPair { beta: 0.1, epsilon: 1e-3 }, "PREFK_LOSS_EXO_PAIR"),
+            (Loss::NcaPair { beta: 0.1 }, "PREFK_LOSS_NCA_PAIR"),
+            (Loss::BcoPair { beta: 0.1 }, "PREFK_LOSS_BCO_PAIR"),
+            (Loss::SppoHard { beta: 0.1 }, "PREFK_LOSS_SPPO_HARD"),
+            (Loss::ApoZero { beta: 0.1 }, "PREFK_LOSS_APO_ZERO"),
+            (Loss::ApoDown { beta: 0.1 }, "PREFK_LOSS_APO_DOWN"),
+            (Loss::DiscoPop { beta: 0.1, tau: 0.05 }, "PREFK_LOSS_DISCOPOP"),
+            (Loss::simpo(), "PREFK_LOSS_SIMPO"),
+            (Loss::Cpo { beta: 0.1, label_smoothing: 0.0, hinge: false }, "PREFK_LOSS_CPO"),
+            (Loss::Orpo { beta: 0.1 }, "PREFK_LOSS_ORPO"),
+            (Loss::tgdpo(), "PREFK_LOSS_TGDPO"),
+            (Loss::tabpo(), "PREFK_LOSS_TABPO"),
+            (Loss::Nll, "PREFK_LOSS_NLL"),
+        ];
+        for (loss, name) in cases {
+            assert_eq!(term_params(&loss, 1.0, &cfg).kind, define(name), "{name}");
+            // Every DPO-family kind is <= DISCOPOP: the kernel's psi branch relies on it.
+            assert_eq!(loss.is_dpo_family(), define(name) <= define("PREFK_LOSS_DISCOPOP"), "{name}");
+        }
+        assert_eq!(define("PREFK_DIV_ALPHA"), 3);
+        let tab = term_params(&Loss::tabpo(), 1.0, &cfg);
+        assert_eq!((tab.p0, tab.p1, tab.agg), (0.66, 0.5, ReduceMode::WeightedMean as u32));
+    }
+}

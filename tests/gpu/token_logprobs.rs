@@ -413,6 +413,8 @@ pub fn cases() -> Vec<Case> {
         v.push(parity_case::<bf16, i32>(vocab));
         v.push(parity_case::<bf16, i64>(vocab));
     }
+    // The "V up to at least 1,048,576".
+    v.push(parity_case::<bf16, i64>(1 << 20));
     v.push(strided_case::<f32>());
     v.push(strided_case::<f16>());
     v.push(strided_case::<bf16>());

@@ -1,0 +1,123 @@
+//! `kernels/params.h` is the source of truth for the kernels' parameter structs. This test parses
+//! the header (field types and names, in order), computes the C layout, and checks it field by
+//! field against the Rust mirrors in `src/params.rs`, so a field added, removed, renamed or
+//! reordered on one side only fails here (the compile-time asserts pin sizes and a few offsets).
+use std::collections::HashMap;
+use std::mem::{offset_of, size_of};
+
+use pref_kernels::params::*;
+
+/// (field name, offset) lists of the Rust structs.
+macro_rules! fields {
+    ($t:ty: $($f:ident),* $(,)?) => {
+        (size_of::<$t>(), vec![$((stringify!($f).to_string(), offset_of!($t, $f))),*])
+    };
+}
+
+/// Parses every `typedef struct Name { ... } Name;` of the header into (size, [(field, offset)]).
+fn parse_header(src: &str) -> HashMap<String, (usize, Vec<(String, usize)>)> {
+    let mut out: HashMap<String, (usize, Vec<(String, usize)>)> = HashMap::new();
+    let mut lines = src.lines();
+    let defines: HashMap<String, usize> = src
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("#define")).then_some(())?;
+            let (k, v) = (w.next()?, w.next()?);
+            v.parse().ok().map(|v| (k.to_string(), v))
+        })
+        .collect();
+    while let Some(line) = lines.next() {
+        let Some(rest) = line.trim().strip_prefix("typedef struct ") else { continue };
+        let name = rest.trim_end_matches('{').trim().to_string();
+        let (mut offset, mut align_max, mut fields) = (0usize, 1usize, Vec::new());
+        for l in lines.by_ref() {
+            let l = l.split("//").next().unwrap().trim();
+            if l.starts_with('}') {
+                break;
+            }
+            if l.is_empty() {
+                continue;
+            }
+            let decl = l.trim_end_matches(';');
+            let (ty, field) = decl.rsplit_once(' ').unwrap();
+            let (field, count) = match field.split_once('[') {
+                Some((f, n)) => {
+                    let n = n.trim_end_matches(']');
+                    (f.to_string(), n.parse().unwrap_or_else(|_| defines[n]))
+                }
+                None => (field.to_string(), 1),
+            };
+            let (size, align) = match ty.trim() {
+                "uint64_t" | "int64_t" => (8, 8),
+                "float" | "uint32_t" | "int32_t" => (4, 4),
+                other => {
+                    let (s, _) = &out[other];
+                    (*s, 4)
+                }
+            };
+            offset = offset.div_ceil(align) * align;
+            fields.push((field, offset));
+            offset += size * count;
+            align_max = align_max.max(align);
+        }
+        out.insert(name, (offset.div_ceil(align_max) * align_max, fields));
+    }
+    out
+}
+
+#[test]
+fn rust_mirrors_match_the_header_field_by_field() {
+    let header = parse_header(include_str!("../kernels/params.h"));
+    let rust = [
+        (
+            "TokenLogprobsFwdParams",
+            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved),
+        ),
+        (
+            "TokenLogprobsBwdParams",
+            fields!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved),
+        ),
+        (
+            "SeqStatsParams",
+            fields!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode),
+        ),
+        (
+            "TokenGradParams",
+            fields!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved),
+        ),
+        ("LossTerm", fields!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags)),
+        (
+            "PairLossParams",
+            fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms),
+        ),
+    ];
+    assert_eq!(header.len(), rust.len(), "structs in params.h: {:?}", header.keys().collect::<Vec<_>>());
+    for (name, (size, fields)) in rust {
+        let (hsize, hfields) = header.get(name).unwrap_or_else(|| panic!("{name} missing from params.h"));
+        assert_eq!(&fields, hfields, "{name}: fields/offsets differ between params.h and src/params.rs");
+        assert_eq!(size, *hsize, "{name}: size differs");
+    }
+}
+
+#[test]
+fn status_bits_and_constants_match_the_header() {
+    let h = include_str!("../kernels/params.h");
+    for (name, value) in [
+        ("PREFK_STATUS_BAD_TARGET", STATUS_BAD_TARGET as usize),
+        ("PREFK_STATUS_BAD_SEQLENS", STATUS_BAD_SEQLENS as usize),
+        ("PREFK_STATUS_BAD_PAIR", STATUS_BAD_PAIR as usize),
+        ("PREFK_MAX_LOSS_TERMS", MAX_LOSS_TERMS),
+        ("PREFK_SEQ_STATS", pref_kernels::seq_reduce::SEQ_STATS_LEN),
+        ("PREFK_PAIR_COLUMNS", pref_kernels::pref_loss::PAIR_COLUMNS),
+        ("PREFK_METRICS", pref_kernels::pref_loss::METRICS_LEN),
+        ("PREFK_AGG_WMEAN", pref_kernels::seq_reduce::ReduceMode::WeightedMean as usize),
+    ] {
+        let line = h
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} not in params.h"));
+        let v: usize = line.split_whitespace().nth(2).unwrap().trim_end_matches('u').parse().unwrap();
+        assert_eq!(v, value, "{name}");
+    }
+}
