@@ -178,4 +178,34 @@ static_assert(sizeof(LossTerm) == 32, "LossTerm layout changed: update src/param
 static_assert(sizeof(PairLossParams) == 232, "PairLossParams layout changed: update src/params.rs");
 #endif
 
+// ---- shared-prefix group attention ------------------------------------------------------------------
+#define PREFK_ATTN_TILE 64          // query/key tile; tiles never cross a group boundary
+#define PREFK_ATTN_TILE_FIELDS 8    // start, end, group start, prefix end, group end, min own-segment
+                                    // start of the tile's response rows, end of rows seeing its keys, 0
+
+typedef struct PrefixAttnParams {
+    uint64_t q;             // [T, Hq, d] bf16/f16
+    uint64_t k;             // [T, Hkv, d]
+    uint64_t v;             // [T, Hkv, d]
+    uint64_t o;             // [T, Hq, d] (out in forward, in for the backward's preprocess)
+    uint64_t lse;           // [Hq, T] f32, natural log
+    uint64_t dout;          // [T, Hq, d]
+    uint64_t dq;            // out [T, Hq, d]
+    uint64_t dk;            // out [T, Hkv, d]
+    uint64_t dv;            // out [T, Hkv, d]
+    uint64_t delta;         // workspace [Hq, T] f32: rowsum(dO * O)
+    uint64_t tiles;         // [n_tiles, PREFK_ATTN_TILE_FIELDS] i32
+    uint64_t seg_lo2;       // [T] i32: start of each token's own segment
+    int64_t n_tokens;
+    int64_t n_tiles;
+    int32_t q_heads;
+    int32_t kv_heads;
+    float scale;            // softmax scale
+    uint32_t reserved;
+} PrefixAttnParams;
+
+#ifdef __cplusplus
+static_assert(sizeof(PrefixAttnParams) == 128, "PrefixAttnParams layout changed: update src/params.rs");
+#endif
+
 #endif  // PREF_KERNELS_PARAMS_H

@@ -84,6 +84,13 @@ impl Gpu {
             let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))?;
             for name in kernels::entry_points(module_name) {
                 let f = module.load_function(&name)?;
+                if let Some(bytes) = crate::prefix_attn::launch::dynamic_smem(&name) {
+                    // Opt in to more than the default 48 KB of dynamic shared memory.
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        bytes as i32,
+                    )?;
+                }
                 functions.insert(name, f);
             }
         }

@@ -21,6 +21,7 @@ pub mod gpu;
 pub mod kernels;
 pub mod params;
 pub mod pref_loss;
+pub mod prefix_attn;
 mod raw;
 pub mod seq_reduce;
 pub mod step;

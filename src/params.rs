@@ -167,3 +167,36 @@ const _: () = {
 unsafe impl cudarc::driver::DeviceRepr for SeqStatsParams {}
 unsafe impl cudarc::driver::DeviceRepr for TokenGradParams {}
 unsafe impl cudarc::driver::DeviceRepr for PairLossParams {}
+
+/// Mirror of `PrefixAttnParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefixAttnParams {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub lse: u64,
+    pub dout: u64,
+    pub dq: u64,
+    pub dk: u64,
+    pub dv: u64,
+    pub delta: u64,
+    pub tiles: u64,
+    pub seg_lo2: u64,
+    pub n_tokens: i64,
+    pub n_tiles: i64,
+    pub q_heads: i32,
+    pub kv_heads: i32,
+    pub scale: f32,
+    pub reserved: u32,
+}
+
+const _: () = {
+    assert!(size_of::<PrefixAttnParams>() == 128);
+    assert!(offset_of!(PrefixAttnParams, n_tokens) == 96);
+    assert!(offset_of!(PrefixAttnParams, scale) == 120);
+};
+
+// SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
+unsafe impl cudarc::driver::DeviceRepr for PrefixAttnParams {}

@@ -112,6 +112,7 @@ fn status_bits_and_constants_match_the_header() {
         ("PREFK_PAIR_COLUMNS", pref_kernels::pref_loss::PAIR_COLUMNS),
         ("PREFK_METRICS", pref_kernels::pref_loss::METRICS_LEN),
         ("PREFK_AGG_WMEAN", pref_kernels::seq_reduce::ReduceMode::WeightedMean as usize),
+        ("PREFK_ATTN_TILE", pref_kernels::prefix_attn::TILE),
     ] {
         let line = h
             .lines()
