@@ -91,6 +91,10 @@ fn rust_mirrors_match_the_header_field_by_field() {
             "PairLossParams",
             fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms),
         ),
+        (
+            "PrefixAttnParams",
+            fields!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved),
+        ),
     ];
     assert_eq!(header.len(), rust.len(), "structs in params.h: {:?}", header.keys().collect::<Vec<_>>());
     for (name, (size, fields)) in rust {
