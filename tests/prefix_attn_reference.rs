@@ -6,8 +6,10 @@ use pref_kernels::prefix_attn::{AttnShape, PrefixGroup, SharedPrefixLayout, TILE
 use proptest::prelude::*;
 
 fn layout(groups: &[(usize, &[usize])]) -> SharedPrefixLayout {
-    SharedPrefixLayout::from_lengths(groups.iter().map(|(p, r)| PrefixGroup { prefix_len: *p, resp_lens: r.to_vec() }).collect())
-        .unwrap()
+    SharedPrefixLayout::from_lengths(
+        groups.iter().map(|(p, r)| PrefixGroup { prefix_len: *p, resp_lens: r.to_vec() }).collect(),
+    )
+    .unwrap()
 }
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
@@ -44,7 +46,11 @@ fn reference_gradients_match_finite_differences() {
     for (which, grad) in [(0, &g.dq), (1, &g.dk), (2, &g.dv)] {
         for idx in (0..grad.len()).step_by(7) {
             let num = fd(which, idx);
-            assert!((num - grad[idx]).abs() < 1e-5 * (1.0 + grad[idx].abs()), "tensor {which} [{idx}]: fd {num} vs {}", grad[idx]);
+            assert!(
+                (num - grad[idx]).abs() < 1e-5 * (1.0 + grad[idx].abs()),
+                "tensor {which} [{idx}]: fd {num} vs {}",
+                grad[idx]
+            );
         }
     }
 }
@@ -64,7 +70,10 @@ fn shared_layout_equals_separate_causal_attention() {
     // Duplicated layout: every [prefix ++ r_g] as its own causal sequence (a group whose prefix is
     // the whole sequence and whose single response is empty).
     let dup_lens = l.duplicated_lengths();
-    let dup = SharedPrefixLayout::from_lengths(dup_lens.iter().map(|&n| PrefixGroup { prefix_len: n, resp_lens: vec![0] }).collect()).unwrap();
+    let dup = SharedPrefixLayout::from_lengths(
+        dup_lens.iter().map(|&n| PrefixGroup { prefix_len: n, resp_lens: vec![0] }).collect(),
+    )
+    .unwrap();
     let (dq_, dk_, dv_) = (l.unpack(&q, wq).unwrap(), l.unpack(&k, wk).unwrap(), l.unpack(&v, wk).unwrap());
     let mut ddo = l.unpack(&dout, wq).unwrap();
     // Prefix rows of every copy but the first get zero dO.
@@ -90,7 +99,9 @@ fn shared_layout_equals_separate_causal_attention() {
         }
     }
     // Gradients: the packed (prefix-summed) duplicated gradients equal the shared ones.
-    for (name, dupg, sh, w) in [("dq", &gd.dq, &gs.dq, wq), ("dk", &gd.dk, &gs.dk, wk), ("dv", &gd.dv, &gs.dv, wk)] {
+    for (name, dupg, sh, w) in
+        [("dq", &gd.dq, &gs.dq, wq), ("dk", &gd.dk, &gs.dk, wk), ("dv", &gd.dv, &gs.dv, wk)]
+    {
         let packed = l.pack(dupg, w, true).unwrap();
         for i in 0..packed.len() {
             assert!((packed[i] - sh[i]).abs() < 1e-11, "{name}[{i}]: {} vs {}", packed[i], sh[i]);
@@ -168,14 +179,17 @@ fn bad_descriptors_and_shapes_are_clear_errors() {
     let e = |r: pref_kernels::Result<SharedPrefixLayout>| r.unwrap_err().to_string();
     // Valid: two groups.
     assert!(SharedPrefixLayout::from_descriptor(&[0, 7], &[3, 2], &[vec![3, 5, 7], vec![9, 10]], 10).is_ok());
-    assert!(e(SharedPrefixLayout::from_descriptor(&[0, 6], &[3, 2], &[vec![3, 5, 7], vec![8, 10]], 10)).contains("expected 7"));
+    assert!(e(SharedPrefixLayout::from_descriptor(&[0, 6], &[3, 2], &[vec![3, 5, 7], vec![8, 10]], 10))
+        .contains("expected 7"));
     assert!(e(SharedPrefixLayout::from_descriptor(&[0], &[3], &[vec![3, 6, 5]], 6)).contains("overlap"));
     assert!(e(SharedPrefixLayout::from_descriptor(&[0], &[3], &[vec![4, 6]], 6)).contains("first response"));
     assert!(e(SharedPrefixLayout::from_descriptor(&[0], &[3], &[vec![3, 12]], 10)).contains("beyond"));
     assert!(e(SharedPrefixLayout::from_descriptor(&[0], &[3], &[vec![3, 5]], 10)).contains("total_tokens"));
     assert!(e(SharedPrefixLayout::from_descriptor(&[0], &[3], &[vec![3]], 3)).contains("G >= 1"));
-    assert!(e(SharedPrefixLayout::from_descriptor(&[0, 3], &[3], &[vec![3, 3]], 3)).contains("one entry per group"));
-    assert!(e(SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: 0, resp_lens: vec![0, 0] }])).contains("empty"));
+    assert!(e(SharedPrefixLayout::from_descriptor(&[0, 3], &[3], &[vec![3, 3]], 3))
+        .contains("one entry per group"));
+    assert!(e(SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: 0, resp_lens: vec![0, 0] }]))
+        .contains("empty"));
     assert!(e(SharedPrefixLayout::from_lengths(vec![])).contains("at least one group"));
     let shape_err = |s: AttnShape| s.validate().unwrap_err().to_string();
     assert!(shape_err(AttnShape::new(8, 8, 96)).contains("head dims"));

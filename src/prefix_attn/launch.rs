@@ -56,6 +56,20 @@ pub(crate) fn dynamic_smem(name: &str) -> Option<u32> {
     }
 }
 
+/// What the backward reads from the forward: its inputs and outputs.
+pub struct AttnSaved<'a, T> {
+    /// `[T, Hq, d]`.
+    pub q: CudaView<'a, T>,
+    /// `[T, Hkv, d]`.
+    pub k: CudaView<'a, T>,
+    /// `[T, Hkv, d]`.
+    pub v: CudaView<'a, T>,
+    /// The forward's output `[T, Hq, d]`.
+    pub o: CudaView<'a, T>,
+    /// The forward's LSE `[Hq, T]`.
+    pub lse: CudaView<'a, f32>,
+}
+
 /// A layout uploaded to the device: per-tile descriptors and per-token segment starts.
 pub struct DevicePrefixLayout {
     /// `[n_tiles, 8]` i32 tile descriptors ([`SharedPrefixLayout::tiles`]).
@@ -304,7 +318,7 @@ impl Gpu {
     pub fn prefix_attn_backward<T: AttnElement>(
         &self,
         stream: &Arc<CudaStream>,
-        fwd: (&CudaView<'_, T>, &CudaView<'_, T>, &CudaView<'_, T>, &CudaView<'_, T>, &CudaView<'_, f32>),
+        saved: &AttnSaved<'_, T>,
         dout: &CudaView<'_, T>,
         layout: &DevicePrefixLayout,
         shape: AttnShape,
@@ -312,7 +326,7 @@ impl Gpu {
         dk: &mut CudaViewMut<'_, T>,
         dv: &mut CudaViewMut<'_, T>,
     ) -> Result<()> {
-        let (q, k, v, o, lse) = fwd;
+        let AttnSaved { q, k, v, o, lse } = saved;
         check_lengths(
             layout,
             &shape,

@@ -18,7 +18,9 @@ use crate::error::{ensure, Result};
 pub(crate) mod launch;
 pub mod reference;
 
-pub use launch::{AttnElement, DevicePrefixLayout, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs};
+pub use launch::{
+    AttnElement, AttnSaved, DevicePrefixLayout, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout,
+};
 
 /// Query/key tile size of the kernels: tiles never cross a group boundary.
 pub const TILE: usize = 64;

@@ -12,6 +12,7 @@ use pref_kernels::Gpu;
 
 mod common;
 mod pref_loss;
+mod prefix_attn;
 mod token_logprobs;
 
 /// A GPU test body: gets the shared handle and the run's seed; panics on failure.
@@ -29,6 +30,7 @@ fn main() {
     let cases: Vec<Case> = token_logprobs::cases()
         .into_iter()
         .chain(pref_loss::cases())
+        .chain(prefix_attn::cases())
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
         .collect();
     let gpu = match Gpu::new(0) {

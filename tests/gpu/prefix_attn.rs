@@ -1,0 +1,262 @@
+//! GPU parity of shared-prefix group attention against the f64 reference.
+//!
+//! Tolerances (flash-attention style, relative to the tensor's largest reference magnitude, since
+//! P and dS enter the tensor cores in 16-bit): O and dQ/dK/dV |err| <= tol * max|ref| + 1e-3 with
+//! tol = 2e-2 (bf16) or 5e-3 (f16); LSE (f32) |err| <= 2e-3 (1 + |ref|).
+use half::{bf16, f16};
+use pref_kernels::prefix_attn::reference::{backward, forward};
+use pref_kernels::prefix_attn::{AttnElement, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout};
+use pref_kernels::Gpu;
+use rand::Rng;
+
+use crate::common::rng;
+use crate::Case;
+
+type Groups = Vec<(usize, Vec<usize>)>;
+
+fn make_layout(groups: &Groups) -> SharedPrefixLayout {
+    SharedPrefixLayout::from_lengths(
+        groups.iter().map(|(p, r)| PrefixGroup { prefix_len: *p, resp_lens: r.clone() }).collect(),
+    )
+    .unwrap()
+}
+
+fn tol<T: AttnElement>() -> f64 {
+    if T::DTYPE == pref_kernels::DType::BF16 {
+        2e-2
+    } else {
+        5e-3
+    }
+}
+
+fn check(name: &str, got: &[f64], want: &[f64], tol: f64) {
+    let max = want.iter().fold(0.0f64, |a, v| a.max(v.abs()));
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(g.is_finite(), "{name}[{i}] is not finite: {g}");
+        assert!((g - w).abs() <= tol * max + 1e-3, "{name}[{i}]: got {g}, want {w} (max |ref| {max})");
+    }
+}
+
+struct Run<T> {
+    o: Vec<T>,
+    lse: Vec<f32>,
+    dq: Vec<T>,
+    dk: Vec<T>,
+    dv: Vec<T>,
+}
+
+fn run_gpu<T: AttnElement>(
+    gpu: &Gpu,
+    l: &SharedPrefixLayout,
+    shape: AttnShape,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dout: &[T],
+) -> Run<T> {
+    let s = gpu.context().default_stream();
+    let dl = gpu.upload_prefix_layout(&s, l).unwrap();
+    let (dq_, dk_, dv_, ddo) = (
+        s.clone_htod(q).unwrap(),
+        s.clone_htod(k).unwrap(),
+        s.clone_htod(v).unwrap(),
+        s.clone_htod(dout).unwrap(),
+    );
+    let poison = T::from_f32(777.0);
+    let mut o = s.clone_htod(&vec![poison; q.len()]).unwrap();
+    let mut lse = s.clone_htod(&vec![-7777.0f32; shape.q_heads * l.total_tokens()]).unwrap();
+    gpu.prefix_attn_forward(
+        &s,
+        &dq_.as_view(),
+        &dk_.as_view(),
+        &dv_.as_view(),
+        &dl,
+        shape,
+        &mut o.as_view_mut(),
+        &mut lse.as_view_mut(),
+    )
+    .unwrap();
+    let mut gq = s.clone_htod(&vec![poison; q.len()]).unwrap();
+    let mut gk = s.clone_htod(&vec![poison; k.len()]).unwrap();
+    let mut gv = s.clone_htod(&vec![poison; v.len()]).unwrap();
+    gpu.prefix_attn_backward(
+        &s,
+        &AttnSaved {
+            q: dq_.as_view(),
+            k: dk_.as_view(),
+            v: dv_.as_view(),
+            o: o.as_view(),
+            lse: lse.as_view(),
+        },
+        &ddo.as_view(),
+        &dl,
+        shape,
+        &mut gq.as_view_mut(),
+        &mut gk.as_view_mut(),
+        &mut gv.as_view_mut(),
+    )
+    .unwrap();
+    Run {
+        o: s.clone_dtoh(&o).unwrap(),
+        lse: s.clone_dtoh(&lse).unwrap(),
+        dq: s.clone_dtoh(&gq).unwrap(),
+        dk: s.clone_dtoh(&gk).unwrap(),
+        dv: s.clone_dtoh(&gv).unwrap(),
+    }
+}
+
+fn random<T: AttnElement>(r: &mut rand::rngs::StdRng, n: usize, scale: f32) -> Vec<T> {
+    (0..n).map(|_| T::from_f32((0..3).map(|_| r.random_range(-1.0f32..1.0)).sum::<f32>() * scale)).collect()
+}
+
+fn wide<T: AttnElement>(x: &[T]) -> Vec<f64> {
+    x.iter().map(|v| v.to_f64()).collect()
+}
+
+/// Forward and backward parity; `spike` multiplies the key of one token (row max placement).
+fn parity<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: AttnShape, spike: Option<usize>) {
+    let l = make_layout(&groups);
+    let t = l.total_tokens();
+    let mut r = rng(seed, 400 + t as u64);
+    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+    let q: Vec<T> = random(&mut r, t * wq, 1.0);
+    let mut k: Vec<T> = random(&mut r, t * wk, 1.0);
+    let v: Vec<T> = random(&mut r, t * wk, 1.0);
+    let dout: Vec<T> = random(&mut r, t * wq, 1.0);
+    if let Some(tok) = spike {
+        for x in &mut k[tok * wk..(tok + 1) * wk] {
+            *x = T::from_f32(x.to_f64() as f32 * 12.0);
+        }
+    }
+    let got = run_gpu(gpu, &l, shape, &q, &k, &v, &dout);
+    let want = forward(&q, &k, &v, &l, &shape).unwrap();
+    let grads = backward(&q, &k, &v, &dout, &l, &shape).unwrap();
+    let tl = tol::<T>();
+    check("O", &wide(&got.o), &want.o, tl);
+    for (i, (g, w)) in got.lse.iter().zip(&want.lse).enumerate() {
+        assert!((*g as f64 - w).abs() <= 2e-3 * (1.0 + w.abs()), "LSE[{i}]: got {g}, want {w}");
+    }
+    check("dQ", &wide(&got.dq), &grads.dq, tl);
+    check("dK", &wide(&got.dk), &grads.dk, tl);
+    check("dV", &wide(&got.dv), &grads.dv, tl);
+}
+
+fn case(name: &'static str, run: impl Fn(&Gpu, u64) + 'static) -> Case {
+    Case { name, run: Box::new(run) }
+}
+
+fn isolation_and_determinism(gpu: &Gpu, seed: u64) {
+    let groups: Groups = vec![(70, vec![40, 25, 66]), (10, vec![3, 90])];
+    let l = make_layout(&groups);
+    let shape = AttnShape::new(8, 2, 128);
+    let t = l.total_tokens();
+    let mut r = rng(seed, 499);
+    let (wq, wk) = (8 * 128, 2 * 128);
+    let q: Vec<bf16> = random(&mut r, t * wq, 1.0);
+    let k: Vec<bf16> = random(&mut r, t * wk, 1.0);
+    let v: Vec<bf16> = random(&mut r, t * wk, 1.0);
+    let dout: Vec<bf16> = random(&mut r, t * wq, 1.0);
+    let a = run_gpu(gpu, &l, shape, &q, &k, &v, &dout);
+    let b = run_gpu(gpu, &l, shape, &q, &k, &v, &dout);
+    let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.o), bits(&b.o), "forward not deterministic");
+    assert_eq!(bits(&a.dq), bits(&b.dq), "dQ not deterministic");
+    assert_eq!(bits(&a.dk), bits(&b.dk), "dK not deterministic");
+    assert_eq!(bits(&a.dv), bits(&b.dv), "dV not deterministic");
+    // Change response 1 of group 0 (tokens [110, 135)): every other token's O is bitwise equal.
+    let (mut q2, mut k2, mut v2) = (q.clone(), k.clone(), v.clone());
+    for x in [&mut q2, &mut k2, &mut v2] {
+        let w = x.len() / t;
+        x[110 * w..135 * w].iter_mut().for_each(|e| *e = bf16::from_f32(-e.to_f32() * 2.0));
+    }
+    let c = run_gpu(gpu, &l, shape, &q2, &k2, &v2, &dout);
+    for tok in (0..t).filter(|t| !(110..135).contains(t)) {
+        assert_eq!(
+            bits(&a.o[tok * wq..(tok + 1) * wq]),
+            bits(&c.o[tok * wq..(tok + 1) * wq]),
+            "token {tok} changed"
+        );
+    }
+    // dO only on response 2 of group 0 ([135, 201)): zero gradients on other responses' tokens.
+    let mut d2 = vec![bf16::ZERO; dout.len()];
+    d2[135 * wq..201 * wq].copy_from_slice(&dout[135 * wq..201 * wq]);
+    let e = run_gpu(gpu, &l, shape, &q, &k, &v, &d2);
+    for tok in (70..135).chain(201..t) {
+        assert!(e.dq[tok * wq..(tok + 1) * wq].iter().all(|x| x.to_f32() == 0.0), "dQ leaked to token {tok}");
+        assert!(e.dk[tok * wk..(tok + 1) * wk].iter().all(|x| x.to_f32() == 0.0), "dK leaked to token {tok}");
+    }
+}
+
+fn bad_arguments(gpu: &Gpu, _seed: u64) {
+    let s = gpu.context().default_stream();
+    let l = make_layout(&vec![(4, vec![3])]);
+    let dl = gpu.upload_prefix_layout(&s, &l).unwrap();
+    let x = s.alloc_zeros::<bf16>(7 * 8 * 64).unwrap();
+    let mut o = s.alloc_zeros::<bf16>(7 * 8 * 64).unwrap();
+    let mut lse = s.alloc_zeros::<f32>(8 * 7).unwrap();
+    let err = |shape: AttnShape,
+               o: &mut cudarc::driver::CudaSlice<bf16>,
+               lse: &mut cudarc::driver::CudaSlice<f32>| {
+        gpu.prefix_attn_forward(
+            &s,
+            &x.as_view(),
+            &x.as_view(),
+            &x.as_view(),
+            &dl,
+            shape,
+            &mut o.as_view_mut(),
+            &mut lse.as_view_mut(),
+        )
+        .unwrap_err()
+        .to_string()
+    };
+    assert!(err(AttnShape::new(8, 8, 96), &mut o, &mut lse).contains("head dims"));
+    assert!(err(AttnShape::new(8, 3, 64), &mut o, &mut lse).contains("multiple"));
+    assert!(err(AttnShape::new(8, 2, 64), &mut o, &mut lse).contains("`k`"));
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        case("attn_bf16_d128_gqa4_odd_lengths_multi_group", |g, s| {
+            parity::<bf16>(
+                g,
+                s,
+                vec![(100, vec![37, 64, 1]), (0, vec![65, 3]), (129, vec![17])],
+                AttnShape::new(8, 2, 128),
+                None,
+            )
+        }),
+        case("attn_f16_d64_mha_short_responses", |g, s| {
+            parity::<f16>(g, s, vec![(63, vec![1, 1, 15]), (1, vec![127])], AttnShape::new(4, 4, 64), None)
+        }),
+        case("attn_bf16_d64_gqa8_g1", |g, s| {
+            parity::<bf16>(g, s, vec![(70, vec![50])], AttnShape::new(8, 1, 64), None)
+        }),
+        case("attn_f16_d128_gqa8_p0_and_empty_responses", |g, s| {
+            parity::<f16>(
+                g,
+                s,
+                vec![(0, vec![5]), (0, vec![64, 64]), (3, vec![0, 9])],
+                AttnShape::new(8, 1, 128),
+                None,
+            )
+        }),
+        case("attn_bf16_d128_row_max_in_prefix", |g, s| {
+            parity::<bf16>(g, s, vec![(80, vec![30, 47])], AttnShape::new(4, 4, 128), Some(2))
+        }),
+        case("attn_f16_d64_row_max_in_response", |g, s| {
+            parity::<f16>(g, s, vec![(80, vec![30, 47])], AttnShape::new(4, 2, 64), Some(81))
+        }),
+        case("attn_bf16_nondefault_scale", |g, s| {
+            parity::<bf16>(
+                g,
+                s,
+                vec![(33, vec![31, 2])],
+                AttnShape { scale: 0.3, ..AttnShape::new(2, 1, 64) },
+                None,
+            )
+        }),
+        case("attn_isolation_and_determinism", isolation_and_determinism),
+        case("attn_bad_arguments", bad_arguments),
+    ]
+}
