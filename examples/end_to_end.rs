@@ -1,13 +1,17 @@
 //! The main job: runs every available op end to end on a synthetic preference batch, on the GPU
 //! when one is usable and on the CPU reference otherwise, and prints results and timings:
 //! token log-probs (forward, backward, entropy), per-sequence reductions, and the whole DPO and
-//! TAB-PO steps (logits → logp → sequence scores → loss → d/dlogits) with per-stage timings.
+//! TAB-PO steps (logits → logp → sequence scores → loss → d/dlogits) with per-stage timings, and
+//! shared-prefix group attention (one prompt shared by G responses) forward and backward.
 //!
 //! `cargo run --release --example end_to_end [-- --cpu] [--pairs P --seq-len L --vocab V]`
 use std::time::Instant;
 
 use half::bf16;
 use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
+use pref_kernels::prefix_attn::{
+    reference as attn_ref, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
+};
 use pref_kernels::seq_reduce::{reference as reduce_ref, DeviceSeqs, ReduceMode, SeqLayout, TokenInputs};
 use pref_kernels::step::{GradLogits, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
@@ -269,6 +273,118 @@ fn main() -> pref_kernels::Result<()> {
                 );
                 print_metrics(name, &r.metrics);
             }
+        }
+    }
+    attention(gpu.as_ref())?;
+    Ok(())
+}
+
+/// Shared-prefix attention on a GRPO-like group: GPU at the benchmark shape (G = 8,
+/// P = 4096, R = 512, 32 query / 8 KV heads, d = 128), CPU reference on a small one.
+fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
+    let (p, r, g, shape) = if gpu.is_some() {
+        (4096, 512, 8, AttnShape::new(32, 8, 128))
+    } else {
+        (96, 24, 4, AttnShape::new(4, 2, 64))
+    };
+    let layout =
+        SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: p, resp_lens: vec![r; g] }])?;
+    let t = layout.total_tokens();
+    let dup: usize = layout.duplicated_lengths().iter().map(|&n| n * (n + 1) / 2).sum();
+    println!(
+        "shared-prefix attention: P = {p}, G = {g} x R = {r} ({t} packed tokens vs {} duplicated), Hq {} / Hkv {}, d {}; attended pairs {} vs {dup} duplicated ({:.2}x)",
+        g * (p + r),
+        shape.q_heads,
+        shape.kv_heads,
+        shape.head_dim,
+        layout.attended_pairs(),
+        dup as f64 / layout.attended_pairs() as f64
+    );
+    let mut st = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = |n: usize| -> Vec<bf16> {
+        (0..n)
+            .map(|_| {
+                st ^= st << 13;
+                st ^= st >> 7;
+                st ^= st << 17;
+                bf16::from_f32(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0)
+            })
+            .collect()
+    };
+    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+    let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
+    let flops = 4.0 * shape.head_dim as f64 * layout.attended_pairs() as f64 * shape.q_heads as f64;
+    match gpu {
+        Some(gpu) => {
+            let s = gpu.context().default_stream();
+            let dl = gpu.upload_prefix_layout(&s, &layout)?;
+            let (dq_, dk_, dv_, ddo) =
+                (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
+            let mut o = s.alloc_zeros::<bf16>(t * wq)?;
+            let mut lse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
+            let (mut gq, mut gk, mut gv) = (
+                s.alloc_zeros::<bf16>(t * wq)?,
+                s.alloc_zeros::<bf16>(t * wk)?,
+                s.alloc_zeros::<bf16>(t * wk)?,
+            );
+            let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let mut times = Vec::new();
+            for _ in 0..5 {
+                let e0 = s.record_event(flags)?;
+                gpu.prefix_attn_forward(
+                    &s,
+                    &dq_.as_view(),
+                    &dk_.as_view(),
+                    &dv_.as_view(),
+                    &dl,
+                    shape,
+                    &mut o.as_view_mut(),
+                    &mut lse.as_view_mut(),
+                )?;
+                let e1 = s.record_event(flags)?;
+                let saved = AttnSaved {
+                    q: dq_.as_view(),
+                    k: dk_.as_view(),
+                    v: dv_.as_view(),
+                    o: o.as_view(),
+                    lse: lse.as_view(),
+                };
+                gpu.prefix_attn_backward(
+                    &s,
+                    &saved,
+                    &ddo.as_view(),
+                    &dl,
+                    shape,
+                    &mut gq.as_view_mut(),
+                    &mut gk.as_view_mut(),
+                    &mut gv.as_view_mut(),
+                )?;
+                let e2 = s.record_event(flags)?;
+                e2.synchronize()?;
+                times.push((e0.elapsed_ms(&e1)?, e1.elapsed_ms(&e2)?));
+            }
+            times.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
+            let (f, b) = times[times.len() / 2];
+            println!(
+                "  gpu forward {f:.3} ms ({:.0} TFLOP/s dedup), backward {b:.3} ms ({:.0} TFLOP/s dedup)",
+                flops / (f as f64 * 1e9),
+                2.5 * flops / (b as f64 * 1e9)
+            );
+        }
+        None => {
+            let t0 = Instant::now();
+            let fwd = attn_ref::forward(&q, &k, &v, &layout, &shape)?;
+            let tf = t0.elapsed();
+            let t1 = Instant::now();
+            let grads = attn_ref::backward(&q, &k, &v, &dout, &layout, &shape)?;
+            let tb = t1.elapsed();
+            println!(
+                "  cpu reference forward {:.1} ms, backward {:.1} ms; mean LSE {:.4}, |dK|_1 of the prefix {:.4}",
+                tf.as_secs_f64() * 1e3,
+                tb.as_secs_f64() * 1e3,
+                fwd.lse.iter().sum::<f64>() / fwd.lse.len() as f64,
+                grads.dk[..p * wk].iter().map(|x| x.abs()).sum::<f64>()
+            );
         }
     }
     Ok(())
