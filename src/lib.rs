@@ -17,6 +17,7 @@
 
 pub mod dtype;
 pub mod error;
+pub mod ffi;
 pub mod gpu;
 pub mod kernels;
 pub mod params;

@@ -122,6 +122,11 @@ fn term_params(loss: &Loss, weight: f32, cfg: &LossConfig) -> LossTerm {
 
 const _: () = assert!(BarrierDenominator::GatedWeightMassEps as u32 == 2);
 
+/// The kernel's `PREFK_LOSS_*` code of a term.
+pub(crate) fn kind_code(loss: &Loss, cfg: &LossConfig) -> u32 {
+    term_params(loss, 1.0, cfg).kind
+}
+
 impl Gpu {
     /// The preference loss on raw device pointers: three launches on `stream` (statistics, pair
     /// kernel, token gradient), no synchronization. Writes `metrics`, `pair_out` (if non-zero)

@@ -1,0 +1,70 @@
+/* C ABI of pref-kernels (src/ffi.rs). Link against the cdylib (target/release/libpref_kernels.so).
+ *
+ * Every entry point takes a device ordinal and the caller's CUstream as an integer (0 = legacy
+ * default stream; from PyTorch: torch.cuda.current_stream().cuda_stream), raw device pointers as
+ * uint64_t (tensor.data_ptr()), and returns 0 on success, -1 on error, -2 if an internal panic
+ * was caught; prefk_last_error() then describes it. Nothing synchronizes; work is ordered on
+ * the given stream. Dtype codes: 0 f32, 1 f16, 2 bf16. Index codes: 0 i32, 1 i64.
+ * Loss kinds, divergences and aggregations use the codes of kernels/params.h. */
+#ifndef PREFK_H
+#define PREFK_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct PrefkLossTerm {
+    uint32_t kind;   /* PREFK_LOSS_* */
+    float weight;
+    float beta;
+    float p0;        /* label smoothing / epsilon / tau (discopop, TAB-PO) / alpha (TGDPO) */
+    float p1;        /* gamma (SimPO) / lambda (TAB-PO) */
+    uint32_t flags;  /* bit 0: hinge (SimPO, CPO); TAB-PO: barrier denominator (0..2), bit 8 weighted-sum scores */
+} PrefkLossTerm;
+
+const char* prefk_last_error(void);
+int32_t prefk_init(int32_t device);
+
+int32_t prefk_token_logprobs_forward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                     uint64_t logits, uint64_t targets, uint64_t logp, uint64_t lse,
+                                     uint64_t entropy, uint64_t status, int64_t n_rows, int64_t vocab,
+                                     int64_t row_stride, int64_t ignore_index, float temperature);
+
+int32_t prefk_token_logprobs_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                      uint64_t logits, uint64_t targets, uint64_t lse, uint64_t grad_logp,
+                                      uint64_t grad_logits, uint64_t status, int64_t n_rows, int64_t vocab,
+                                      int64_t row_stride, int64_t grad_stride, int64_t ignore_index,
+                                      float temperature);
+
+int32_t prefk_preference_loss(int32_t device, uint64_t stream, uint64_t logp, uint64_t mask, uint64_t weights,
+                              uint64_t ref_logp, uint64_t ref_seq, int64_t n_tokens, uint64_t cu_seqlens,
+                              int64_t n_seqs, int64_t seq_len, uint64_t chosen, uint64_t rejected, int64_t n_pairs,
+                              const PrefkLossTerm* terms, uint32_t n_terms, uint32_t divergence, float alpha,
+                              uint32_t aggregation, float grad_scale, uint64_t pair_out, uint64_t metrics,
+                              uint64_t grad_logp, uint64_t workspace, uint64_t status);
+
+int64_t prefk_preference_loss_workspace_len(int64_t n_seqs, int64_t n_pairs);
+
+/* Host-side layout builder for the attention kernels: call with null tiles/seg_lo2 to get n_tokens
+ * and n_tiles, then with buffers of 8 * n_tiles and n_tokens int32 to fill (upload them). */
+int32_t prefk_prefix_layout(const int64_t* prefix_lens, const int64_t* resp_counts, const int64_t* resp_lens,
+                            int64_t n_groups, int64_t* n_tokens, int64_t* n_tiles, int32_t* tiles, int32_t* seg_lo2);
+
+int32_t prefk_prefix_attn_forward(int32_t device, uint64_t stream, uint32_t dtype_code, uint64_t q, uint64_t k,
+                                  uint64_t v, uint64_t o, uint64_t lse, uint64_t tiles, uint64_t seg_lo2,
+                                  int64_t n_tiles, int64_t n_tokens, int32_t q_heads, int32_t kv_heads,
+                                  int32_t head_dim, float scale);
+
+int32_t prefk_prefix_attn_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint64_t q, uint64_t k,
+                                   uint64_t v, uint64_t o, uint64_t lse, uint64_t dout, uint64_t dq, uint64_t dk,
+                                   uint64_t dv, uint64_t delta, uint64_t tiles, uint64_t seg_lo2, int64_t n_tiles,
+                                   int64_t n_tokens, int32_t q_heads, int32_t kv_heads, int32_t head_dim,
+                                   float scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PREFK_H */

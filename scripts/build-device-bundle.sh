@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine without a Rust toolchain needs into device-bin/ (git-ignored,
+# carried to the device): the GPU test binary, the criterion bench binaries, the example and the
+# cdylib for the Python peers. Run scripts/gpu-run.sh there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${NVCC:-}" ]; then eval "$(scripts/fetch-nvcc.sh --env)"; fi
+export NVCC PREF_KERNELS_REQUIRE_NVCC=1
+rm -rf device-bin && mkdir -p device-bin
+cargo build --release --lib --examples
+cargo test --release --no-run --test gpu 2>&1 | tee /dev/stderr | grep -o 'target/release/deps/gpu-[0-9a-f]*' | head -n1 | xargs -I{} cp {} device-bin/gpu-tests
+for b in token_logprobs pref_step prefix_attn; do
+  cargo bench --no-run --bench "$b" 2>&1 | tee /dev/stderr | grep -o "target/release/deps/$b-[0-9a-f]*" | head -n1 | xargs -I{} cp {} "device-bin/bench-$b"
+done
+cp target/release/examples/end_to_end target/release/libpref_kernels.so device-bin/
+git rev-parse HEAD > device-bin/COMMIT
+ls -la device-bin

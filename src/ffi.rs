@@ -1,0 +1,623 @@
+//! C ABI for callers outside Rust (PyTorch through ctypes, C++): plain integers and device
+//! pointers, the caller's stream, 0 on success, -1 on error (message from [`prefk_last_error`]),
+//! -2 when a Rust panic was caught (never unwinds across the boundary). Header: `include/prefk.h`.
+//!
+//! Each entry point takes the device ordinal; the first call on a device opens it ([`Gpu::new`]:
+//! retains the primary context PyTorch uses, loads every module) and later calls reuse it. Load
+//! eagerly (e.g. call [`prefk_init`]) before capturing CUDA graphs.
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::ffi::{c_char, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::dtype::{DType, IndexType};
+use crate::error::{invalid, Result};
+use crate::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, PairLossPtrs, RawPairs};
+use crate::prefix_attn::{AttnShape, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout};
+use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs};
+use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
+use crate::{Gpu, LogitsLayout};
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_error(msg: String) {
+    let c = CString::new(msg.replace('\0', " ")).unwrap_or_default();
+    LAST_ERROR.with(|e| *e.borrow_mut() = c);
+}
+
+fn ffi(f: impl FnOnce() -> Result<()>) -> i32 {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(())) => 0,
+        Ok(Err(e)) => {
+            set_error(e.to_string());
+            -1
+        }
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned());
+            set_error(format!("internal panic: {}", msg.unwrap_or_else(|| "unknown".into())));
+            -2
+        }
+    }
+}
+
+fn gpu(device: i32) -> Result<Arc<Gpu>> {
+    static GPUS: OnceLock<Mutex<HashMap<i32, Arc<Gpu>>>> = OnceLock::new();
+    let ordinal =
+        usize::try_from(device).map_err(|_| invalid("device", format!("must be >= 0, got {device}")))?;
+    let mut map = GPUS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(g) = map.get(&device) {
+        return Ok(g.clone());
+    }
+    let g = Arc::new(Gpu::new(ordinal)?);
+    map.insert(device, g.clone());
+    Ok(g)
+}
+
+fn dtype(code: u32) -> Result<DType> {
+    match code {
+        0 => Ok(DType::F32),
+        1 => Ok(DType::F16),
+        2 => Ok(DType::BF16),
+        _ => Err(invalid("dtype", format!("0 (f32), 1 (f16) or 2 (bf16), got {code}"))),
+    }
+}
+
+fn index_type(code: u32) -> Result<IndexType> {
+    match code {
+        0 => Ok(IndexType::I32),
+        1 => Ok(IndexType::I64),
+        _ => Err(invalid("index_type", format!("0 (i32) or 1 (i64), got {code}"))),
+    }
+}
+
+fn size(arg: &'static str, v: i64) -> Result<usize> {
+    usize::try_from(v).map_err(|_| invalid(arg, format!("must be >= 0, got {v}")))
+}
+
+/// The message of the last error on this thread (empty if none). Valid until the next call on
+/// this thread.
+#[no_mangle]
+pub extern "C" fn prefk_last_error() -> *const c_char {
+    LAST_ERROR.with(|e| e.borrow().as_ptr())
+}
+
+/// Opens `device` (driver checks, module loading) ahead of the first op.
+#[no_mangle]
+pub extern "C" fn prefk_init(device: i32) -> i32 {
+    ffi(|| gpu(device).map(|_| ()))
+}
+
+/// Token log-probs forward ([`Gpu::token_logprobs_forward_raw`]). `entropy`, `status` may be 0.
+///
+/// # Safety
+/// As [`Gpu::token_logprobs_forward_raw`]: every non-zero pointer is device memory of `device`
+/// sized for the shapes given, `stream` is 0 or a live stream of that device's primary context.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_token_logprobs_forward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    logits: u64,
+    targets: u64,
+    logp: u64,
+    lse: u64,
+    entropy: u64,
+    status: u64,
+    n_rows: i64,
+    vocab: i64,
+    row_stride: i64,
+    ignore_index: i64,
+    temperature: f32,
+) -> i32 {
+    ffi(|| {
+        let layout = LogitsLayout {
+            n_rows: size("n_rows", n_rows)?,
+            vocab: size("vocab", vocab)?,
+            row_stride: size("row_stride", row_stride)?,
+        };
+        let cfg = TokenLogprobsConfig {
+            ignore_index,
+            temperature,
+            compute_entropy: entropy != 0,
+            check_targets: false,
+        };
+        let ptrs = TokenLogprobsFwdPtrs { logits, targets, logp, lse, entropy, status };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.token_logprobs_forward_raw(
+                stream,
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                layout,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
+
+/// Token log-probs backward ([`Gpu::token_logprobs_backward_raw`]); in place when
+/// `grad_logits == logits`.
+///
+/// # Safety
+/// As [`Gpu::token_logprobs_backward_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_token_logprobs_backward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    logits: u64,
+    targets: u64,
+    lse: u64,
+    grad_logp: u64,
+    grad_logits: u64,
+    status: u64,
+    n_rows: i64,
+    vocab: i64,
+    row_stride: i64,
+    grad_stride: i64,
+    ignore_index: i64,
+    temperature: f32,
+) -> i32 {
+    ffi(|| {
+        let layout = LogitsLayout {
+            n_rows: size("n_rows", n_rows)?,
+            vocab: size("vocab", vocab)?,
+            row_stride: size("row_stride", row_stride)?,
+        };
+        let cfg =
+            TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
+        let ptrs = TokenLogprobsBwdPtrs { logits, targets, lse, grad_logp, grad_logits, status };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.token_logprobs_backward_raw(
+                stream,
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                layout,
+                size("grad_stride", grad_stride)?,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
+
+/// One loss term of the C ABI: `kind` uses the `PREFK_LOSS_*` codes of `kernels/params.h`;
+/// `p0`/`p1`/`flags` as there (label smoothing / epsilon / tau / alpha, gamma / lambda, hinge /
+/// barrier denominator; TAB-PO's `flags` bit 8 selects weighted-sum scores).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrefkLossTerm {
+    /// `PREFK_LOSS_*`.
+    pub kind: u32,
+    /// Weight of the term.
+    pub weight: f32,
+    /// β.
+    pub beta: f32,
+    /// First extra hyperparameter.
+    pub p0: f32,
+    /// Second extra hyperparameter.
+    pub p1: f32,
+    /// Switches.
+    pub flags: u32,
+}
+
+fn loss_of(t: &PrefkLossTerm) -> Result<Loss> {
+    let beta = t.beta;
+    Ok(match t.kind {
+        0 => Loss::Sigmoid { beta, label_smoothing: t.p0 },
+        1 => Loss::Robust { beta, label_smoothing: t.p0 },
+        2 => Loss::Hinge { beta },
+        3 => Loss::Ipo { beta },
+        4 => Loss::ExoPair { beta, epsilon: t.p0 },
+        5 => Loss::NcaPair { beta },
+        6 => Loss::BcoPair { beta },
+        7 => Loss::SppoHard { beta },
+        8 => Loss::ApoZero { beta },
+        9 => Loss::ApoDown { beta },
+        10 => Loss::DiscoPop { beta, tau: t.p0 },
+        11 => Loss::SimPo { beta, gamma: t.p1, label_smoothing: t.p0, hinge: t.flags & 1 != 0 },
+        12 => Loss::Cpo { beta, label_smoothing: t.p0, hinge: t.flags & 1 != 0 },
+        13 => Loss::Orpo { beta },
+        14 => Loss::Tgdpo { beta, alpha: t.p0 },
+        15 => Loss::TabPo {
+            beta,
+            tau: t.p0,
+            lambda: t.p1,
+            barrier: match t.flags & 0xff {
+                0 => BarrierDenominator::GatedWeightMassClamp1,
+                1 => BarrierDenominator::GatedCountClamp1,
+                2 => BarrierDenominator::GatedWeightMassEps,
+                f => return Err(invalid("flags", format!("TAB-PO barrier denominator 0, 1 or 2, got {f}"))),
+            },
+            seq_norm: if t.flags & 0x100 != 0 { ReduceMode::WeightedSum } else { ReduceMode::WeightedMean },
+        },
+        16 => Loss::Nll,
+        k => {
+            return Err(invalid(
+                "kind",
+                format!("unknown loss kind {k} (see PREFK_LOSS_* in kernels/params.h)"),
+            ))
+        }
+    })
+}
+
+/// The preference loss on per-token log-probs ([`Gpu::preference_loss_raw`]). `cu_seqlens` 0
+/// selects the padded layout (`seq_len` tokens per sequence); `chosen` 0 selects first-half-chosen
+/// pairs. `aggregation` is the DPO-family `ReduceMode` code, `divergence` the `PREFK_DIV_*` code.
+///
+/// # Safety
+/// As [`Gpu::preference_loss_raw`]; `terms` points to `n_terms` host structs.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_preference_loss(
+    device: i32,
+    stream: u64,
+    logp: u64,
+    mask: u64,
+    weights: u64,
+    ref_logp: u64,
+    ref_seq: u64,
+    n_tokens: i64,
+    cu_seqlens: u64,
+    n_seqs: i64,
+    seq_len: i64,
+    chosen: u64,
+    rejected: u64,
+    n_pairs: i64,
+    terms: *const PrefkLossTerm,
+    n_terms: u32,
+    divergence: u32,
+    alpha: f32,
+    aggregation: u32,
+    grad_scale: f32,
+    pair_out: u64,
+    metrics: u64,
+    grad_logp: u64,
+    workspace: u64,
+    status: u64,
+) -> i32 {
+    ffi(|| {
+        if terms.is_null() || n_terms == 0 || n_terms as usize > crate::pref_loss::MAX_LOSS_TERMS {
+            return Err(invalid("terms", format!("need 1 to {} terms", crate::pref_loss::MAX_LOSS_TERMS)));
+        }
+        // SAFETY: the caller passes n_terms host structs at `terms`.
+        let raw_terms = unsafe { std::slice::from_raw_parts(terms, n_terms as usize) };
+        let cfg = LossConfig {
+            terms: raw_terms.iter().map(|t| Ok((loss_of(t)?, t.weight))).collect::<Result<_>>()?,
+            divergence: match divergence {
+                0 => FDivergence::ReverseKl,
+                1 => FDivergence::ForwardKl,
+                2 => FDivergence::JensenShannon,
+                3 => FDivergence::Alpha { alpha },
+                d => return Err(invalid("divergence", format!("0..=3, got {d}"))),
+            },
+            aggregation: match aggregation {
+                0 => ReduceMode::Sum,
+                1 => ReduceMode::Mean,
+                2 => ReduceMode::WeightedSum,
+                3 => ReduceMode::WeightedMean,
+                a => return Err(invalid("aggregation", format!("0..=3, got {a}"))),
+            },
+            grad_scale,
+        };
+        let n_seqs = size("n_seqs", n_seqs)?;
+        let layout = if cu_seqlens != 0 {
+            DeviceSeqLayout::Packed { cu_seqlens, n_seqs }
+        } else {
+            DeviceSeqLayout::Padded { n_seqs, seq_len: size("seq_len", seq_len)? }
+        };
+        let pairs = if chosen == 0 {
+            RawPairs::FirstHalfChosen
+        } else {
+            RawPairs::Explicit { chosen, rejected, n_pairs: size("n_pairs", n_pairs)? }
+        };
+        let tokens = SeqReducePtrs { logp, mask, weights, ref_logp };
+        let ptrs = PairLossPtrs { ref_seq, pair_out, metrics, grad_logp, workspace, status };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.preference_loss_raw(
+                stream,
+                &tokens,
+                size("n_tokens", n_tokens)?,
+                layout,
+                pairs,
+                &cfg,
+                &ptrs,
+            )
+        }
+    })
+}
+
+/// f32 elements of workspace [`prefk_preference_loss`] needs.
+#[no_mangle]
+pub extern "C" fn prefk_preference_loss_workspace_len(n_seqs: i64, n_pairs: i64) -> i64 {
+    crate::pref_loss::preference_loss_workspace_len(n_seqs.max(0) as usize, n_pairs.max(0) as usize) as i64
+}
+
+/// Shared-prefix attention forward ([`Gpu::prefix_attn_forward_raw`]); `tiles`/`seg_lo2` hold the
+/// device copy of the layout (`SharedPrefixLayout::tiles` flattened, segment starts).
+///
+/// # Safety
+/// As [`Gpu::prefix_attn_forward_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_prefix_attn_forward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    q: u64,
+    k: u64,
+    v: u64,
+    o: u64,
+    lse: u64,
+    tiles: u64,
+    seg_lo2: u64,
+    n_tiles: i64,
+    n_tokens: i64,
+    q_heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+) -> i32 {
+    ffi(|| {
+        let shape = AttnShape {
+            q_heads: size("q_heads", q_heads as i64)?,
+            kv_heads: size("kv_heads", kv_heads as i64)?,
+            head_dim: size("head_dim", head_dim as i64)?,
+            scale,
+        };
+        let layout = RawPrefixLayout {
+            tiles,
+            seg_lo2,
+            n_tiles: size("n_tiles", n_tiles)?,
+            n_tokens: size("n_tokens", n_tokens)?,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.prefix_attn_forward_raw(
+                stream,
+                dtype(dtype_code)?,
+                shape,
+                &layout,
+                &PrefixAttnFwdPtrs { q, k, v, o, lse },
+            )
+        }
+    })
+}
+
+/// Shared-prefix attention backward ([`Gpu::prefix_attn_backward_raw`]); `delta` is a `Hq * T`
+/// f32 workspace.
+///
+/// # Safety
+/// As [`Gpu::prefix_attn_backward_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_prefix_attn_backward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    q: u64,
+    k: u64,
+    v: u64,
+    o: u64,
+    lse: u64,
+    dout: u64,
+    dq: u64,
+    dk: u64,
+    dv: u64,
+    delta: u64,
+    tiles: u64,
+    seg_lo2: u64,
+    n_tiles: i64,
+    n_tokens: i64,
+    q_heads: i32,
+    kv_heads: i32,
+    head_dim: i32,
+    scale: f32,
+) -> i32 {
+    ffi(|| {
+        let shape = AttnShape {
+            q_heads: size("q_heads", q_heads as i64)?,
+            kv_heads: size("kv_heads", kv_heads as i64)?,
+            head_dim: size("head_dim", head_dim as i64)?,
+            scale,
+        };
+        let layout = RawPrefixLayout {
+            tiles,
+            seg_lo2,
+            n_tiles: size("n_tiles", n_tiles)?,
+            n_tokens: size("n_tokens", n_tokens)?,
+        };
+        let ptrs = PrefixAttnBwdPtrs { fwd: PrefixAttnFwdPtrs { q, k, v, o, lse }, dout, dq, dk, dv, delta };
+        // SAFETY: forwarded to the caller.
+        unsafe { gpu(device)?.prefix_attn_backward_raw(stream, dtype(dtype_code)?, shape, &layout, &ptrs) }
+    })
+}
+
+/// Builds a shared-prefix layout from lengths on the host: group b has prefix `prefix_lens[b]` and
+/// `resp_counts[b]` responses whose lengths follow in `resp_lens` (all groups' concatenated).
+/// Writes `n_tokens` and `n_tiles`; when `tiles` / `seg_lo2` are non-null (host buffers of
+/// `8 * n_tiles` and `n_tokens` i32) fills them for upload to the device.
+///
+/// # Safety
+/// The length arrays hold `n_groups` (and `sum(resp_counts)`) host elements; output pointers are
+/// null or host buffers of the sizes above (call once with nulls to size them).
+#[no_mangle]
+pub unsafe extern "C" fn prefk_prefix_layout(
+    prefix_lens: *const i64,
+    resp_counts: *const i64,
+    resp_lens: *const i64,
+    n_groups: i64,
+    n_tokens: *mut i64,
+    n_tiles: *mut i64,
+    tiles: *mut i32,
+    seg_lo2: *mut i32,
+) -> i32 {
+    ffi(|| {
+        let n = size("n_groups", n_groups)?;
+        if prefix_lens.is_null()
+            || resp_counts.is_null()
+            || resp_lens.is_null()
+            || n_tokens.is_null()
+            || n_tiles.is_null()
+        {
+            return Err(invalid("prefix_lens", "null host pointer"));
+        }
+        // SAFETY: the caller passes n_groups elements.
+        let (pl, rc) = unsafe {
+            (std::slice::from_raw_parts(prefix_lens, n), std::slice::from_raw_parts(resp_counts, n))
+        };
+        let total_resp = rc.iter().map(|&c| size("resp_counts", c)).sum::<Result<usize>>()?;
+        // SAFETY: the caller passes sum(resp_counts) elements.
+        let rl = unsafe { std::slice::from_raw_parts(resp_lens, total_resp) };
+        let mut groups = Vec::with_capacity(n);
+        let mut off = 0;
+        for b in 0..n {
+            let c = rc[b] as usize;
+            let resp = rl[off..off + c].iter().map(|&r| size("resp_lens", r)).collect::<Result<Vec<_>>>()?;
+            groups.push(crate::prefix_attn::PrefixGroup {
+                prefix_len: size("prefix_lens", pl[b])?,
+                resp_lens: resp,
+            });
+            off += c;
+        }
+        let layout = crate::prefix_attn::SharedPrefixLayout::from_lengths(groups)?;
+        let t = layout.tiles();
+        // SAFETY: non-null output pointers are valid host memory (see # Safety).
+        unsafe {
+            *n_tokens = layout.total_tokens() as i64;
+            *n_tiles = t.len() as i64;
+            if !tiles.is_null() {
+                std::ptr::copy_nonoverlapping(t.as_flattened().as_ptr(), tiles, t.len() * 8);
+            }
+            if !seg_lo2.is_null() {
+                for (i, s) in layout.token_segments().iter().enumerate() {
+                    *seg_lo2.add(i) = s[2] as i32;
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn last() -> String {
+        // SAFETY: prefk_last_error returns a valid NUL-terminated string owned by this thread.
+        unsafe { CStr::from_ptr(prefk_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn errors_are_codes_and_messages_never_panics() {
+        // SAFETY: every call is rejected before touching memory (bad codes, no device here or
+        // null pointers).
+        let rc = unsafe { prefk_token_logprobs_forward(0, 0, 9, 1, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) };
+        assert_eq!(rc, -1);
+        let msg = last();
+        assert!(msg.contains("dtype") || msg.contains("driver") || msg.contains("kernels"), "{msg}");
+        assert_eq!(
+            unsafe { prefk_token_logprobs_forward(-1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) },
+            -1
+        );
+        assert!(last().contains("device"));
+        let term = PrefkLossTerm { kind: 99, ..Default::default() };
+        let rc = unsafe {
+            prefk_preference_loss(
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, &term, 1, 0, 0.0, 0, 1.0, 0, 0, 0, 0, 0,
+            )
+        };
+        assert_eq!(rc, -1);
+        assert!(last().contains("unknown loss kind"), "{}", last());
+        assert_eq!(prefk_preference_loss_workspace_len(4, 2), 4 * 13 + 2 * 6);
+    }
+
+    #[test]
+    fn layout_builder_matches_the_rust_layout() {
+        let (pl, rc, rl) = ([3i64, 0], [2i64, 1], [2i64, 70, 5]);
+        let (mut nt, mut ntiles) = (0i64, 0i64);
+        // SAFETY: host arrays of the documented sizes.
+        assert_eq!(
+            unsafe {
+                prefk_prefix_layout(
+                    pl.as_ptr(),
+                    rc.as_ptr(),
+                    rl.as_ptr(),
+                    2,
+                    &mut nt,
+                    &mut ntiles,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            },
+            0
+        );
+        let (mut tiles, mut lo2) = (vec![0i32; ntiles as usize * 8], vec![0i32; nt as usize]);
+        // SAFETY: as above, with buffers sized by the first call.
+        assert_eq!(
+            unsafe {
+                prefk_prefix_layout(
+                    pl.as_ptr(),
+                    rc.as_ptr(),
+                    rl.as_ptr(),
+                    2,
+                    &mut nt,
+                    &mut ntiles,
+                    tiles.as_mut_ptr(),
+                    lo2.as_mut_ptr(),
+                )
+            },
+            0
+        );
+        let l = crate::prefix_attn::SharedPrefixLayout::from_lengths(vec![
+            crate::prefix_attn::PrefixGroup { prefix_len: 3, resp_lens: vec![2, 70] },
+            crate::prefix_attn::PrefixGroup { prefix_len: 0, resp_lens: vec![5] },
+        ])
+        .unwrap();
+        assert_eq!(nt as usize, l.total_tokens());
+        assert_eq!(tiles, l.tiles().into_iter().flatten().collect::<Vec<_>>());
+        assert_eq!(lo2, l.token_segments().iter().map(|s| s[2] as i32).collect::<Vec<_>>());
+        let bad = [0i64];
+        // SAFETY: host arrays of the documented sizes.
+        assert_eq!(
+            unsafe {
+                prefk_prefix_layout(
+                    bad.as_ptr(),
+                    [1i64].as_ptr(),
+                    bad.as_ptr(),
+                    1,
+                    &mut nt,
+                    &mut ntiles,
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                )
+            },
+            -1
+        );
+        assert!(last().contains("empty"), "{}", last());
+    }
+
+    #[test]
+    fn loss_codes_round_trip_through_the_kernel_codes() {
+        for kind in 0..=16u32 {
+            let t = PrefkLossTerm { kind, weight: 1.0, beta: 0.5, p0: 0.1, p1: 0.5, flags: 0 };
+            let loss = loss_of(&t).unwrap();
+            let cfg = LossConfig::single(loss);
+            assert_eq!(crate::pref_loss::launch::kind_code(&loss, &cfg), kind);
+        }
+    }
+}
