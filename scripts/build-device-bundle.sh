@@ -13,5 +13,6 @@ for b in token_logprobs pref_step prefix_attn; do
   cargo bench --no-run --bench "$b" 2>&1 | tee /dev/stderr | grep -o "target/release/deps/$b-[0-9a-f]*" | head -n1 | xargs -I{} cp {} "device-bin/bench-$b"
 done
 cp target/release/examples/end_to_end target/release/libpref_kernels.so device-bin/
+strip device-bin/* 2>/dev/null || true
 git rev-parse HEAD > device-bin/COMMIT
 ls -la device-bin
