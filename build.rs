@@ -4,7 +4,8 @@
 //! nvcc discovery: `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then `/usr/local/cuda`.
 //! Without nvcc the crate still builds (the embedded modules are `None` and creating a GPU handle
 //! returns `Error::KernelsNotBuilt`), unless `PREF_KERNELS_REQUIRE_NVCC=1` or the `require-nvcc`
-//! feature asks for a hard failure. A kernel that fails to compile always fails the build.
+//! feature asks for a hard failure. A kernel that fails to compile, or compiles with a warning
+//! (`--Werror all-warnings`), always fails the build.
 //! ptxas's resource report (registers, spills) is kept in `$OUT_DIR/ptxas.txt`, copied next to the
 //! build's artifacts as `target/<profile>/pref-kernels-ptxas.txt`, and exposed as
 //! `pref_kernels::kernels::PTXAS_REPORT`.
@@ -122,13 +123,24 @@ fn main() {
                             let stem = src.file_stem().unwrap().to_str().unwrap().to_owned();
                             let fatbin = out.join(format!("{stem}.fatbin"));
                             let mut cmd = Command::new(nvcc);
-                            // Compressed fatbins: the driver inflates them at load; ~10x smaller binaries.
-                            cmd.args(["-fatbin", "-O3", "-std=c++17", "-lineinfo", "-Xptxas", "-v", "-Xfatbin=-compress-all"])
-                                .arg(format!("-I{}", kernels_dir.display()))
-                                .args(gencode)
-                                .arg(src)
-                                .arg("-o")
-                                .arg(&fatbin);
+                            // Warnings are errors; compressed fatbins (the driver inflates them at
+                            // load) keep the binaries ~10x smaller.
+                            cmd.args([
+                                "-fatbin",
+                                "-O3",
+                                "-std=c++17",
+                                "-lineinfo",
+                                "--Werror",
+                                "all-warnings",
+                                "-Xptxas",
+                                "-v",
+                                "-Xfatbin=-compress-all",
+                            ])
+                            .arg(format!("-I{}", kernels_dir.display()))
+                            .args(gencode)
+                            .arg(src)
+                            .arg("-o")
+                            .arg(&fatbin);
                             if let Some(ccbin) = env::var_os("NVCC_CCBIN") {
                                 cmd.arg("-ccbin").arg(ccbin);
                             }

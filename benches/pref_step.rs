@@ -16,21 +16,12 @@ use pref_kernels::pref_loss::{
 use pref_kernels::seq_reduce::{DeviceSeqLayout, DeviceSeqs, SeqLayout, SeqReducePtrs, TokenInputs};
 use pref_kernels::step::{GradLogits, StepBatch};
 use pref_kernels::token_logprobs::TokenLogprobsOutputs;
-use pref_kernels::{Gpu, LogitsLayout, TokenLogprobsConfig};
+use pref_kernels::{LogitsLayout, TokenLogprobsConfig};
+
+mod common;
+use common::{event_time, gpu_or_skip, pseudo};
 
 const SEQ_LEN: usize = 1024;
-
-fn pseudo(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
-}
 
 fn cpu_losses(c: &mut Criterion) {
     let mut g = c.benchmark_group("cpu_reference_loss");
@@ -55,28 +46,8 @@ fn cpu_losses(c: &mut Criterion) {
     g.finish();
 }
 
-fn event_time(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-    let s = gpu.context().default_stream();
-    f();
-    s.synchronize().unwrap();
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = s.record_event(flags).unwrap();
-    for _ in 0..iters {
-        f();
-    }
-    let end = s.record_event(flags).unwrap();
-    end.synchronize().unwrap();
-    Duration::from_secs_f64(start.elapsed_ms(&end).unwrap() as f64 / 1e3)
-}
-
 fn gpu_benches(c: &mut Criterion) {
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("SKIP GPU benches: {e}");
-            return;
-        }
-    };
+    let Some(gpu) = gpu_or_skip() else { return };
     let s = gpu.context().default_stream();
     let mut g = c.benchmark_group("gpu_pref_loss");
     g.sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));

@@ -10,18 +10,12 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use pref_kernels::prefix_attn::{reference, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout};
-use pref_kernels::Gpu;
+
+mod common;
+use common::{event_time, gpu_or_skip};
 
 fn pseudo(n: usize, seed: u64) -> Vec<bf16> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            bf16::from_f32(((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0)
-        })
-        .collect()
+    common::pseudo(n, seed, -1.5, 1.5).into_iter().map(bf16::from_f32).collect()
 }
 
 fn cpu_reference(c: &mut Criterion) {
@@ -37,13 +31,7 @@ fn cpu_reference(c: &mut Criterion) {
 }
 
 fn gpu_benches(c: &mut Criterion) {
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("SKIP GPU benches: {e}");
-            return;
-        }
-    };
+    let Some(gpu) = gpu_or_skip() else { return };
     let s = gpu.context().default_stream();
     let shape = AttnShape::new(32, 8, 128);
     let mut grp = c.benchmark_group("gpu_prefix_attn_bf16_h32_kv8_d128");
@@ -69,22 +57,10 @@ fn gpu_benches(c: &mut Criterion) {
                 let mut dv = s.alloc_zeros::<bf16>(t * 8 * 128).unwrap();
                 let fwd_flops = 4.0 * 128.0 * l.attended_pairs() as f64 * 32.0;
                 let id = format!("G{groups}_P{p}_R{r}");
-                let time = |iters: u64, f: &mut dyn FnMut()| {
-                    f();
-                    s.synchronize().unwrap();
-                    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-                    let e0 = s.record_event(flags).unwrap();
-                    for _ in 0..iters {
-                        f();
-                    }
-                    let e1 = s.record_event(flags).unwrap();
-                    e1.synchronize().unwrap();
-                    Duration::from_secs_f64(e0.elapsed_ms(&e1).unwrap() as f64 / 1e3)
-                };
                 grp.throughput(Throughput::Elements(fwd_flops as u64));
                 grp.bench_function(BenchmarkId::new("forward", &id), |b| {
                     b.iter_custom(|it| {
-                        time(it, &mut || {
+                        event_time(&gpu, it, || {
                             gpu.prefix_attn_forward(
                                 &s,
                                 &q.as_view(),
@@ -102,7 +78,7 @@ fn gpu_benches(c: &mut Criterion) {
                 grp.throughput(Throughput::Elements((3.5 * fwd_flops) as u64));
                 grp.bench_function(BenchmarkId::new("forward_backward", &id), |b| {
                     b.iter_custom(|it| {
-                        time(it, &mut || {
+                        event_time(&gpu, it, || {
                             gpu.prefix_attn_forward(
                                 &s,
                                 &q.as_view(),

@@ -12,18 +12,13 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use pref_kernels::token_logprobs::{reference, TokenLogprobsOutputs};
-use pref_kernels::{Gpu, LogitsLayout, TokenLogprobsConfig};
+use pref_kernels::{LogitsLayout, TokenLogprobsConfig};
+
+mod common;
+use common::{event_time, gpu_or_skip, pseudo};
 
 fn random_logits(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 12.0
-        })
-        .collect()
+    pseudo(n, seed, -6.0, 6.0)
 }
 
 fn cpu_reference(c: &mut Criterion) {
@@ -46,29 +41,8 @@ fn cpu_reference(c: &mut Criterion) {
     g.finish();
 }
 
-/// Times `iters` runs of `f` with CUDA events on the default stream.
-fn event_time(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-    let s = gpu.context().default_stream();
-    f(); // warm-up
-    s.synchronize().unwrap();
-    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let start = s.record_event(flags).unwrap();
-    for _ in 0..iters {
-        f();
-    }
-    let end = s.record_event(flags).unwrap();
-    end.synchronize().unwrap();
-    Duration::from_secs_f64(start.elapsed_ms(&end).unwrap() as f64 / 1e3)
-}
-
 fn gpu_benches(c: &mut Criterion) {
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("SKIP GPU benches: {e}");
-            return;
-        }
-    };
+    let Some(gpu) = gpu_or_skip() else { return };
     let s = gpu.context().default_stream();
     let mut g = c.benchmark_group("gpu_token_logprobs_bf16");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));

@@ -86,6 +86,38 @@ __device__ __forceinline__ void frag_a_from_c(uint32_t (&a)[4], const float (&c)
     a[3] = pack<T>(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
+// acc (16 x 8*NT, C fragments) += A[row0 .. row0+16, 0..D] * B[0 .. 8*NT, 0..D]^T, both row-major in smem.
+template <typename T, int LD, int D, int NT>
+__device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const T* A, int row0, const T* B, int g, int t) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t a[4];
+        frag_a<T, LD>(a, A, row0, ks * 16, g, t);
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) {
+            uint32_t b[2];
+            frag_b_rows<T, LD>(b, B, nt * 8, ks * 16, g, t);
+            mma(acc[nt], a, b, T());
+        }
+    }
+}
+
+// acc (16 x D) += C (16 x 8*NT, from registers, rounded to T) * B[0 .. 8*NT, 0..D] (row-major smem).
+template <typename T, int LD, int D, int NT>
+__device__ __forceinline__ void mma_cb(float (&acc)[D / 8][4], const float (&c)[NT][4], const T* B, int g, int t) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        uint32_t a[4];
+        frag_a_from_c<T, NT>(a, c, kk);
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn) {
+            uint32_t b[2];
+            frag_b_cols<T, LD>(b, B, kk * 16, dn * 8, g, t);
+            mma(acc[dn], a, b, T());
+        }
+    }
+}
+
 // Copies rows [row0, row0 + ROWS) of head `head` of a [T, H, D] tensor into smem [ROWS][D + 8],
 // zero-filling rows outside [lo, hi). 16-byte loads (the host checks 16-byte alignment).
 template <typename T, int D, int ROWS>
@@ -127,6 +159,21 @@ __device__ __forceinline__ bool allowed(int row, int key, int hi1, int row_lo2) 
     return key <= row && (key < hi1 || key >= row_lo2);
 }
 
+// Query-tile scores (rows = this thread's two query rows, cols = keys c + 8 nt + 2t (+1)):
+// scale to base 2 where allowed and inside the key range [.., k1), -inf elsewhere.
+template <int NT>
+__device__ __forceinline__ void mask_scores(float (&s)[NT][4], int c, int k1, const int (&rows)[2], const int (&rlo2)[2],
+                                            const Tile& tl, float scale2, int t) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int ri = e >> 1, key = c + nt * 8 + 2 * t + (e & 1);
+            const bool ok = key < k1 && rows[ri] < tl.b && allowed(rows[ri], key, tl.hi1, rlo2[ri]);
+            s[nt][e] = ok ? s[nt][e] * scale2 : NEG_INF;
+        }
+}
+
 template <typename T, int D> constexpr int fwd_smem() { return 3 * BR * (D + 8) * (int)sizeof(T); }
 template <typename T, int D> constexpr int dq_smem() { return 4 * BR * (D + 8) * (int)sizeof(T); }
 template <typename T, int D> constexpr int dkdv_smem() { return (2 * BC + 2 * BQ) * (D + 8) * (int)sizeof(T) + 2 * BQ * 4; }
@@ -134,7 +181,7 @@ template <typename T, int D> constexpr int dkdv_smem() { return (2 * BC + 2 * BQ
 // ---- forward -----------------------------------------------------------------------------------------
 template <typename T, int D>
 __device__ void forward(const PrefixAttnParams& p) {
-    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8, KS = D / 16;
+    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
     extern __shared__ __align__(16) unsigned char smem[];
     T* Qs = reinterpret_cast<T*>(smem);
     T* Ks = Qs + BR * LD;
@@ -159,30 +206,16 @@ __device__ void forward(const PrefixAttnParams& p) {
             load_rows<T, D, BC>(Ks, p.k, c, k0, k1, p.kv_heads, kvh);
             load_rows<T, D, BC>(Vs, p.v, c, k0, k1, p.kv_heads, kvh);
             __syncthreads();
-            // S = Q K^T for this warp's 16 rows x 64 keys.
+            // S = Q K^T for this warp's 16 rows x 64 keys; mask; online softmax (row max over the
+            // quad of 4 threads sharing a row).
             float s[NT][4] = {};
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-                uint32_t a[4];
-                frag_a<T, LD>(a, Qs, warp * 16, ks * 16, g, tq);
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    uint32_t b[2];
-                    frag_b_rows<T, LD>(b, Ks, nt * 8, ks * 16, g, tq);
-                    mma(s[nt], a, b, T());
-                }
-            }
-            // Mask, scale to base 2, online softmax (row max over the quad of 4 threads).
+            mma_abt<T, LD, D, NT>(s, Qs, warp * 16, Ks, g, tq);
+            mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, tq);
             float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int ri = e >> 1, key = c + nt * 8 + 2 * tq + (e & 1);
-                    const bool ok = key < k1 && rows[ri] < tl.b && allowed(rows[ri], key, tl.hi1, rlo2[ri]);
-                    s[nt][e] = ok ? s[nt][e] * scale2 : NEG_INF;
-                    mx[ri] = fmaxf(mx[ri], s[nt][e]);
-                }
+                for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
             float mu[2];
 #pragma unroll
             for (int ri = 0; ri < 2; ++ri) {
@@ -207,17 +240,7 @@ __device__ void forward(const PrefixAttnParams& p) {
                     l[e >> 1] += s[nt][e];
                 }
             // O += P V (P from registers, V with 16-bit loads along keys).
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; ++kk) {
-                uint32_t a[4];
-                frag_a_from_c<T, NT>(a, s, kk);
-#pragma unroll
-                for (int dn = 0; dn < DN; ++dn) {
-                    uint32_t b[2];
-                    frag_b_cols<T, LD>(b, Vs, kk * 16, dn * 8, g, tq);
-                    mma(o[dn], a, b, T());
-                }
-            }
+            mma_cb<T, LD, D, NT>(o, s, Vs, g, tq);
         }
     }
     // Normalize and write O and LSE.
@@ -258,7 +281,7 @@ __device__ void preprocess(const PrefixAttnParams& p) {
 // ---- backward: dQ per query tile ---------------------------------------------------------------------
 template <typename T, int D>
 __device__ void backward_dq(const PrefixAttnParams& p) {
-    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8, KS = D / 16;
+    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
     extern __shared__ __align__(16) unsigned char smem[];
     T* Qs = reinterpret_cast<T*>(smem);
     T* dOs = Qs + BR * LD;
@@ -292,42 +315,16 @@ __device__ void backward_dq(const PrefixAttnParams& p) {
             load_rows<T, D, BC>(Vs, p.v, c, k0, k1, p.kv_heads, kvh);
             __syncthreads();
             float s[NT][4] = {}, dp[NT][4] = {};
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-                uint32_t aq[4], ad[4];
-                frag_a<T, LD>(aq, Qs, warp * 16, ks * 16, g, tq);
-                frag_a<T, LD>(ad, dOs, warp * 16, ks * 16, g, tq);
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    uint32_t bk[2], bv[2];
-                    frag_b_rows<T, LD>(bk, Ks, nt * 8, ks * 16, g, tq);
-                    frag_b_rows<T, LD>(bv, Vs, nt * 8, ks * 16, g, tq);
-                    mma(s[nt], aq, bk, T());
-                    mma(dp[nt], ad, bv, T());
-                }
-            }
-            // dS = P (dP - delta), P recomputed from the final LSE.
+            mma_abt<T, LD, D, NT>(s, Qs, warp * 16, Ks, g, tq);
+            mma_abt<T, LD, D, NT>(dp, dOs, warp * 16, Vs, g, tq);
+            mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, tq);
+            // dS = P (dP - delta), P recomputed from the final LSE (exp2(-inf) = 0 where masked).
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int ri = e >> 1, key = c + nt * 8 + 2 * tq + (e & 1);
-                    const bool ok = key < k1 && rows[ri] < tl.b && allowed(rows[ri], key, tl.hi1, rlo2[ri]);
-                    const float pr = ok ? exp2f(s[nt][e] * scale2 - lse2[ri]) : 0.f;
-                    s[nt][e] = pr * (dp[nt][e] - delta[ri]);
-                }
+                for (int e = 0; e < 4; ++e) s[nt][e] = exp2f(s[nt][e] - lse2[e >> 1]) * (dp[nt][e] - delta[e >> 1]);
             // dQ += dS K.
-#pragma unroll
-            for (int kk = 0; kk < BC / 16; ++kk) {
-                uint32_t a[4];
-                frag_a_from_c<T, NT>(a, s, kk);
-#pragma unroll
-                for (int dn = 0; dn < DN; ++dn) {
-                    uint32_t b[2];
-                    frag_b_cols<T, LD>(b, Ks, kk * 16, dn * 8, g, tq);
-                    mma(dq[dn], a, b, T());
-                }
-            }
+            mma_cb<T, LD, D, NT>(dq, s, Ks, g, tq);
         }
     }
 #pragma unroll
@@ -344,7 +341,7 @@ __device__ void backward_dq(const PrefixAttnParams& p) {
 // ---- backward: dK, dV per key tile (all query heads of the GQA group, all rows that see it) ----------
 template <typename T, int D>
 __device__ void backward_dkdv(const PrefixAttnParams& p) {
-    constexpr int LD = D + 8, NT = BQ / 8, DN = D / 8, KS = D / 16;
+    constexpr int LD = D + 8, NT = BQ / 8, DN = D / 8;
     extern __shared__ __align__(16) unsigned char smem[];
     T* Ks = reinterpret_cast<T*>(smem);
     T* Vs = Ks + BC * LD;
@@ -379,20 +376,8 @@ __device__ void backward_dkdv(const PrefixAttnParams& p) {
             __syncthreads();
             // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x 32 query rows.
             float st[NT][4] = {}, dpt[NT][4] = {};
-#pragma unroll
-            for (int ks = 0; ks < KS; ++ks) {
-                uint32_t ak[4], av[4];
-                frag_a<T, LD>(ak, Ks, warp * 16, ks * 16, g, tq);
-                frag_a<T, LD>(av, Vs, warp * 16, ks * 16, g, tq);
-#pragma unroll
-                for (int nt = 0; nt < NT; ++nt) {
-                    uint32_t bq[2], bd[2];
-                    frag_b_rows<T, LD>(bq, Qs, nt * 8, ks * 16, g, tq);
-                    frag_b_rows<T, LD>(bd, dOs, nt * 8, ks * 16, g, tq);
-                    mma(st[nt], ak, bq, T());
-                    mma(dpt[nt], av, bd, T());
-                }
-            }
+            mma_abt<T, LD, D, NT>(st, Ks, warp * 16, Qs, g, tq);
+            mma_abt<T, LD, D, NT>(dpt, Vs, warp * 16, dOs, g, tq);
             // P^T and dS^T = P^T (dP^T - delta).
 #pragma unroll
             for (int nt = 0; nt < NT; ++nt)
@@ -405,20 +390,8 @@ __device__ void backward_dkdv(const PrefixAttnParams& p) {
                     dpt[nt][e] = pr * (dpt[nt][e] - delta_s[qi]);
                 }
             // dV += P^T dO, dK += dS^T Q.
-#pragma unroll
-            for (int kk = 0; kk < BQ / 16; ++kk) {
-                uint32_t ap[4], ads[4];
-                frag_a_from_c<T, NT>(ap, st, kk);
-                frag_a_from_c<T, NT>(ads, dpt, kk);
-#pragma unroll
-                for (int dn = 0; dn < DN; ++dn) {
-                    uint32_t bd[2], bq[2];
-                    frag_b_cols<T, LD>(bd, dOs, kk * 16, dn * 8, g, tq);
-                    frag_b_cols<T, LD>(bq, Qs, kk * 16, dn * 8, g, tq);
-                    mma(dv[dn], ap, bd, T());
-                    mma(dk[dn], ads, bq, T());
-                }
-            }
+            mma_cb<T, LD, D, NT>(dv, st, dOs, g, tq);
+            mma_cb<T, LD, D, NT>(dk, dpt, Qs, g, tq);
         }
     }
 #pragma unroll

@@ -346,6 +346,31 @@ pub extern "C" fn prefk_preference_loss_workspace_len(n_seqs: i64, n_pairs: i64)
     crate::pref_loss::preference_loss_workspace_len(n_seqs.max(0) as usize, n_pairs.max(0) as usize) as i64
 }
 
+/// Shape and layout arguments of the attention entry points.
+fn attn_args(
+    heads_dim: [i32; 3],
+    scale: f32,
+    tiles: u64,
+    seg_lo2: u64,
+    n_tiles: i64,
+    n_tokens: i64,
+) -> Result<(AttnShape, RawPrefixLayout)> {
+    let [q_heads, kv_heads, head_dim] = heads_dim;
+    let shape = AttnShape {
+        q_heads: size("q_heads", q_heads as i64)?,
+        kv_heads: size("kv_heads", kv_heads as i64)?,
+        head_dim: size("head_dim", head_dim as i64)?,
+        scale,
+    };
+    let layout = RawPrefixLayout {
+        tiles,
+        seg_lo2,
+        n_tiles: size("n_tiles", n_tiles)?,
+        n_tokens: size("n_tokens", n_tokens)?,
+    };
+    Ok((shape, layout))
+}
+
 /// Shared-prefix attention forward ([`Gpu::prefix_attn_forward_raw`]); `tiles`/`seg_lo2` hold the
 /// device copy of the layout (`SharedPrefixLayout::tiles` flattened, segment starts).
 ///
@@ -372,18 +397,8 @@ pub unsafe extern "C" fn prefk_prefix_attn_forward(
     scale: f32,
 ) -> i32 {
     ffi(|| {
-        let shape = AttnShape {
-            q_heads: size("q_heads", q_heads as i64)?,
-            kv_heads: size("kv_heads", kv_heads as i64)?,
-            head_dim: size("head_dim", head_dim as i64)?,
-            scale,
-        };
-        let layout = RawPrefixLayout {
-            tiles,
-            seg_lo2,
-            n_tiles: size("n_tiles", n_tiles)?,
-            n_tokens: size("n_tokens", n_tokens)?,
-        };
+        let (shape, layout) =
+            attn_args([q_heads, kv_heads, head_dim], scale, tiles, seg_lo2, n_tiles, n_tokens)?;
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.prefix_attn_forward_raw(
@@ -428,18 +443,8 @@ pub unsafe extern "C" fn prefk_prefix_attn_backward(
     scale: f32,
 ) -> i32 {
     ffi(|| {
-        let shape = AttnShape {
-            q_heads: size("q_heads", q_heads as i64)?,
-            kv_heads: size("kv_heads", kv_heads as i64)?,
-            head_dim: size("head_dim", head_dim as i64)?,
-            scale,
-        };
-        let layout = RawPrefixLayout {
-            tiles,
-            seg_lo2,
-            n_tiles: size("n_tiles", n_tiles)?,
-            n_tokens: size("n_tokens", n_tokens)?,
-        };
+        let (shape, layout) =
+            attn_args([q_heads, kv_heads, head_dim], scale, tiles, seg_lo2, n_tiles, n_tokens)?;
         let ptrs = PrefixAttnBwdPtrs { fwd: PrefixAttnFwdPtrs { q, k, v, o, lse }, dout, dq, dk, dv, delta };
         // SAFETY: forwarded to the caller.
         unsafe { gpu(device)?.prefix_attn_backward_raw(stream, dtype(dtype_code)?, shape, &layout, &ptrs) }

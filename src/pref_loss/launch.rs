@@ -123,6 +123,7 @@ fn term_params(loss: &Loss, weight: f32, cfg: &LossConfig) -> LossTerm {
 const _: () = assert!(BarrierDenominator::GatedWeightMassEps as u32 == 2);
 
 /// The kernel's `PREFK_LOSS_*` code of a term.
+#[cfg(test)]
 pub(crate) fn kind_code(loss: &Loss, cfg: &LossConfig) -> u32 {
     term_params(loss, 1.0, cfg).kind
 }

@@ -324,42 +324,13 @@ impl Gpu {
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
         validate(&layout, cfg, logits.len(), targets.len())?;
-        ensure_len("lse", lse.len(), layout.n_rows)?;
-        ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
         let grad_span = LogitsLayout { row_stride: grad_stride, ..layout }.span()?;
         ensure(grad_logits.len() >= grad_span, "grad_logits", || {
             format!("needs at least {grad_span} elements, got {}", grad_logits.len())
         })?;
-        let mut status = StatusWord::new(stream, cfg.check_targets)?;
-        {
-            let (logits_p, _g0) = logits.device_ptr(stream);
-            let (targets_p, _g1) = targets.device_ptr(stream);
-            let (lse_p, _g2) = lse.device_ptr(stream);
-            let (grad_logp_p, _g3) = grad_logp.device_ptr(stream);
-            let (grad_p, _g4) = grad_logits.device_ptr_mut(stream);
-            let (status_p, _g5) = status.ptr(stream);
-            let ptrs = TokenLogprobsBwdPtrs {
-                logits: logits_p,
-                targets: targets_p,
-                lse: lse_p,
-                grad_logp: grad_logp_p,
-                grad_logits: grad_p,
-                status: status_p,
-            };
-            // SAFETY: pointers from live cudarc buffers of checked lengths (see the forward).
-            unsafe {
-                self.token_logprobs_backward_raw(
-                    stream.cu_stream() as u64,
-                    T::DTYPE,
-                    I::INDEX_TYPE,
-                    layout,
-                    grad_stride,
-                    &ptrs,
-                    cfg,
-                )
-            }?;
-        }
-        check_status(status.read(stream)?)
+        let (logits_p, _g0) = logits.device_ptr(stream);
+        let (grad_p, _g1) = grad_logits.device_ptr_mut(stream);
+        self.backward_on::<T, I>(stream, logits_p, grad_p, grad_stride, layout, targets, lse, grad_logp, cfg)
     }
 
     /// Backward written in place over the logits (which are consumed: they hold d/dlogits after).
@@ -375,11 +346,39 @@ impl Gpu {
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
         validate(&layout, cfg, logits.len(), targets.len())?;
+        let (logits_p, _g0) = logits.device_ptr_mut(stream);
+        self.backward_on::<T, I>(
+            stream,
+            logits_p,
+            logits_p,
+            layout.row_stride,
+            layout,
+            targets,
+            lse,
+            grad_logp,
+            cfg,
+        )
+    }
+
+    /// The safe backward once the logits and gradient pointers are held (their guards live in
+    /// the caller): checks the per-row inputs, launches, reads the status.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_on<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits_p: u64,
+        grad_p: u64,
+        grad_stride: usize,
+        layout: LogitsLayout,
+        targets: &impl DevicePtr<I>,
+        lse: &impl DevicePtr<f32>,
+        grad_logp: &impl DevicePtr<f32>,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
         ensure_len("lse", lse.len(), layout.n_rows)?;
         ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
-            let (logits_p, _g0) = logits.device_ptr_mut(stream);
             let (targets_p, _g1) = targets.device_ptr(stream);
             let (lse_p, _g2) = lse.device_ptr(stream);
             let (grad_logp_p, _g3) = grad_logp.device_ptr(stream);
@@ -389,17 +388,18 @@ impl Gpu {
                 targets: targets_p,
                 lse: lse_p,
                 grad_logp: grad_logp_p,
-                grad_logits: logits_p,
+                grad_logits: grad_p,
                 status: status_p,
             };
-            // SAFETY: pointers from live cudarc buffers of checked lengths; in place by construction.
+            // SAFETY: pointers from live cudarc buffers of checked lengths (see the forward); the
+            // logits and gradient guards are held by the caller across this call.
             unsafe {
                 self.token_logprobs_backward_raw(
                     stream.cu_stream() as u64,
                     T::DTYPE,
                     I::INDEX_TYPE,
                     layout,
-                    layout.row_stride,
+                    grad_stride,
                     &ptrs,
                     cfg,
                 )
