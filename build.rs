@@ -83,7 +83,7 @@ fn main() {
     }
 
     #[cfg(feature = "regen-bindings")]
-    regen_bindings(&manifest);
+    regen_bindings(&manifest, &out);
 
     let require = env::var("PREF_KERNELS_REQUIRE_NVCC").is_ok_and(|v| v == "1")
         || env::var_os("CARGO_FEATURE_REQUIRE_NVCC").is_some();
@@ -210,15 +210,19 @@ fn main() {
     }
 }
 
+/// Regenerates the Rust mirror of `kernels/params.h` with bindgen into `$OUT_DIR/params_bindings.rs`
+/// (exposed as `pref_kernels::params::generated` and compared field by field with the committed
+/// structs by `tests/params_header.rs`). Needs libclang (`LIBCLANG_PATH`).
 #[cfg(feature = "regen-bindings")]
-fn regen_bindings(manifest: &Path) {
+fn regen_bindings(manifest: &Path, out: &Path) {
+    println!("cargo:rerun-if-env-changed=LIBCLANG_PATH");
     let bindings = bindgen::Builder::default()
         .header(manifest.join("kernels/params.h").display().to_string())
-        .allowlist_type(".*Params")
+        .allowlist_type(".*Params|LossTerm")
         .allowlist_var("PREFK_.*")
         .derive_default(true)
         .layout_tests(false)
         .generate()
-        .expect("bindgen failed on kernels/params.h");
-    bindings.write_to_file(manifest.join("src/params_bindings.rs")).expect("writing src/params_bindings.rs");
+        .expect("bindgen failed on kernels/params.h (is LIBCLANG_PATH set?)");
+    bindings.write_to_file(out.join("params_bindings.rs")).expect("writing params_bindings.rs");
 }

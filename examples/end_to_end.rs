@@ -12,7 +12,9 @@ use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pa
 use pref_kernels::prefix_attn::{
     reference as attn_ref, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
 };
-use pref_kernels::seq_reduce::{reference as reduce_ref, DeviceSeqs, ReduceMode, SeqLayout, TokenInputs};
+use pref_kernels::seq_reduce::{
+    reference as reduce_ref, DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs,
+};
 use pref_kernels::step::{GradLogits, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
 use pref_kernels::{Gpu, LogitsLayout, TokenLogprobsConfig};
@@ -219,6 +221,36 @@ fn main() -> pref_kernels::Result<()> {
                 times.sort_by(|a, b| a.0.total_cmp(&b.0));
                 let (dev, wall) = times[times.len() / 2];
                 let out = last.unwrap();
+                // The loss stage alone, on the step's per-token log-probs.
+                let tokens = DeviceTokens {
+                    logp: out.logp.slice(0..n),
+                    mask: Some(mask.as_view()),
+                    weights: Some(weights.as_view()),
+                    ref_logp: Some(ref_logp.as_view()),
+                };
+                let mut g = s.alloc_zeros::<f32>(n)?;
+                let seqs = DeviceSeqs::Padded { n_seqs, seq_len };
+                let mut loss_ms = Vec::new();
+                for _ in 0..5 {
+                    let e0 = s.record_event(flags)?;
+                    gpu.preference_loss(
+                        &s,
+                        &tokens,
+                        &seqs,
+                        &DevicePairs::FirstHalfChosen,
+                        None,
+                        cfg,
+                        &mut g.as_view_mut(),
+                    )?;
+                    let e1 = s.record_event(flags)?;
+                    e1.synchronize()?;
+                    loss_ms.push(e0.elapsed_ms(&e1)?);
+                }
+                loss_ms.sort_by(|a, b| a.total_cmp(b));
+                println!(
+                    "  loss stage alone (3 launches + metrics read-back): {:.3} ms",
+                    loss_ms[loss_ms.len() / 2]
+                );
                 println!("{name}: whole step (in place) {dev:.3} ms device, {wall:.3} ms wall incl. result read-back; {:.2}x token log-probs fwd+bwd", dev / (f + b));
                 let m: Vec<f64> = out.loss.metrics.iter().map(|&v| v as f64).collect();
                 print_metrics(name, &m);

@@ -19,4 +19,6 @@ cargo clippy --all-targets -- -D warnings
 echo "== cargo test (kernels compiled with $NVCC)"
 cargo test --all-targets
 cargo test --doc
+echo "== bindgen: regenerate the params.h mirror and compare it with src/params.rs"
+LIBCLANG_PATH="$(scripts/fetch-libclang.sh)" cargo test --features regen-bindings --test params_header
 echo "== ptxas resource report: target/debug/pref-kernels-ptxas.txt"

@@ -1,8 +1,10 @@
 //! `#[repr(C)]` mirrors of the structs in `kernels/params.h`, passed by value to the kernels.
 //!
 //! The header is the source of truth. These structs are hand-kept in sync and checked at compile
-//! time (size and every field offset) against the values the header's `static_assert`s pin; the
-//! `regen-bindings` feature regenerates `src/params_bindings.rs` with bindgen for a diff.
+//! time (size and a few offsets) against the values the header's `static_assert`s pin, and
+//! field by field against the header by `tests/params_header.rs`; with the `regen-bindings`
+//! feature, bindgen regenerates them from the header into [`generated`] and that test compares
+//! the two layouts too.
 #![allow(missing_docs)]
 use std::mem::{offset_of, size_of};
 
@@ -200,3 +202,10 @@ const _: () = {
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
 unsafe impl cudarc::driver::DeviceRepr for PrefixAttnParams {}
+
+/// bindgen's output for `kernels/params.h` (feature `regen-bindings`, needs libclang).
+#[cfg(feature = "regen-bindings")]
+#[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, missing_docs, clippy::all)]
+pub mod generated {
+    include!(concat!(env!("OUT_DIR"), "/params_bindings.rs"));
+}

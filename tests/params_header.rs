@@ -126,3 +126,25 @@ fn status_bits_and_constants_match_the_header() {
         assert_eq!(v, value, "{name}");
     }
 }
+
+/// With `--features regen-bindings` (libclang via LIBCLANG_PATH): bindgen's structs have the
+/// committed structs' size and field offsets.
+#[cfg(feature = "regen-bindings")]
+#[test]
+fn bindgen_output_matches_the_committed_structs() {
+    use pref_kernels::params::generated as g;
+    macro_rules! same {
+        ($t:ident: $($f:ident),*) => {
+            assert_eq!(size_of::<g::$t>(), size_of::<$t>(), stringify!($t));
+            $(assert_eq!(offset_of!(g::$t, $f), offset_of!($t, $f), concat!(stringify!($t), ".", stringify!($f)));)*
+        };
+    }
+    same!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved);
+    same!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved);
+    same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
+    same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);
+    same!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags);
+    same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms);
+    same!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
+    assert_eq!(g::PREFK_STATUS_BAD_PAIR, STATUS_BAD_PAIR);
+}
