@@ -58,7 +58,7 @@ impl IndexType {
     }
 }
 
-/// A logits element type: f32, [`f16`] or [`bf16`].
+/// A logits element type: f32, [`half::f16`] or [`half::bf16`].
 pub trait LogitElement:
     Copy + Send + Sync + Default + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + 'static
 {

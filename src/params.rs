@@ -3,7 +3,7 @@
 //! The header is the source of truth. These structs are hand-kept in sync and checked at compile
 //! time (size and a few offsets) against the values the header's `static_assert`s pin, and
 //! field by field against the header by `tests/params_header.rs`; with the `regen-bindings`
-//! feature, bindgen regenerates them from the header into [`generated`] and that test compares
+//! feature, bindgen regenerates them from the header into `generated` and that test compares
 //! the two layouts too.
 #![allow(missing_docs)]
 use std::mem::{offset_of, size_of};

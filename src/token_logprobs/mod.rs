@@ -9,7 +9,7 @@
 //! Rows whose target equals `ignore_index` get `logp = lse = entropy = 0` and zero gradient rows,
 //! and are never read. NaN or +inf anywhere in a used row gives NaN outputs for that row.
 //!
-//! Three layers: [`reference`] (f64 CPU oracle), the safe GPU API on cudarc buffers
+//! Three layers: [`reference`](mod@reference) (f64 CPU oracle), the safe GPU API on cudarc buffers
 //! ([`crate::Gpu::token_logprobs_forward`], ...), and the unsafe raw-pointer API
 //! ([`crate::Gpu::token_logprobs_forward_raw`], ...).
 //!

@@ -399,6 +399,70 @@ fn beyond_2_pow_31_elements(gpu: &Gpu, seed: u64) {
     }
 }
 
+/// The raw API on a caller-owned (non-default) stream, and the C ABI on the same buffers: both
+/// give the safe API's numbers bitwise.
+fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
+    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    let p = problem::<bf16, i64>(seed, 13, 300, 32000, 0, 0);
+    let s = gpu.context().default_stream();
+    let logits = s.clone_htod(&p.host).unwrap();
+    let want = run_forward(gpu, &s, &logits, &p, &TokenLogprobsConfig::default()).unwrap();
+    let own = gpu.context().new_stream().unwrap();
+    let targets = own.clone_htod(&p.targets).unwrap();
+    let mut logp = own.alloc_zeros::<f32>(300).unwrap();
+    let mut lse = own.alloc_zeros::<f32>(300).unwrap();
+    {
+        let (lp, _a) = logits.device_ptr(&own);
+        let (tp, _b) = targets.device_ptr(&own);
+        let (op, _c) = logp.device_ptr_mut(&own);
+        let (sp, _d) = lse.device_ptr_mut(&own);
+        let ptrs = TokenLogprobsFwdPtrs { logits: lp, targets: tp, logp: op, lse: sp, entropy: 0, status: 0 };
+        // SAFETY: live buffers of the right sizes on this device; `own` is a live stream.
+        unsafe {
+            gpu.token_logprobs_forward_raw(
+                own.cu_stream() as u64,
+                pref_kernels::DType::BF16,
+                pref_kernels::IndexType::I64,
+                p.layout,
+                &ptrs,
+                &TokenLogprobsConfig::default(),
+            )
+        }
+        .unwrap();
+    }
+    assert_eq!(bits(&own.clone_dtoh(&logp).unwrap()), bits(&want.logp), "raw API on a borrowed stream");
+    let mut logp2 = own.alloc_zeros::<f32>(300).unwrap();
+    {
+        let (lp, _a) = logits.device_ptr(&own);
+        let (tp, _b) = targets.device_ptr(&own);
+        let (op, _c) = logp2.device_ptr_mut(&own);
+        let (sp, _d) = lse.device_ptr_mut(&own);
+        let ordinal = gpu.context().ordinal() as i32;
+        // SAFETY: as above, through the C ABI.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_token_logprobs_forward(
+                ordinal,
+                own.cu_stream() as u64,
+                2,
+                1,
+                lp,
+                tp,
+                op,
+                sp,
+                0,
+                0,
+                300,
+                32000,
+                32000,
+                -100,
+                1.0,
+            )
+        };
+        assert_eq!(rc, 0);
+    }
+    assert_eq!(bits(&own.clone_dtoh(&logp2).unwrap()), bits(&want.logp), "C ABI");
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
@@ -426,5 +490,9 @@ pub fn cases() -> Vec<Case> {
     v.push(Case { name: "nan_and_inf_propagate", run: Box::new(nan_and_inf_propagate) });
     v.push(Case { name: "raw_api_rejects_bad_arguments", run: Box::new(raw_api_rejects_bad_arguments) });
     v.push(Case { name: "beyond_2_pow_31_elements", run: Box::new(beyond_2_pow_31_elements) });
+    v.push(Case {
+        name: "raw_api_and_c_abi_on_a_borrowed_stream",
+        run: Box::new(raw_api_and_c_abi_on_a_borrowed_stream),
+    });
     v
 }
