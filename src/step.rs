@@ -9,8 +9,8 @@ use crate::error::{ensure, Result};
 use crate::gpu::Gpu;
 use crate::pref_loss::launch::read_outputs;
 use crate::pref_loss::{
-    preference_loss_workspace_len, DevicePairs, LossConfig, PairLossPtrs, PreferenceLossOutputs, RawPairs,
-    METRICS_LEN, PAIR_COLUMNS,
+    preference_loss_workspace_len, DevicePairs, LossConfig, PairLossPtrs, PreferenceLossOutputs, METRICS_LEN,
+    PAIR_COLUMNS,
 };
 use crate::raw::{check_status, StatusWord};
 use crate::seq_reduce::{DeviceSeqs, SeqReducePtrs};
@@ -82,13 +82,7 @@ impl Gpu {
             "the step does not return entropy; call token_logprobs_forward for it".into()
         })?;
         let n_seqs = batch.seqs.n_seqs();
-        let n_pairs = match &batch.pairs {
-            DevicePairs::FirstHalfChosen => n_seqs / 2,
-            DevicePairs::Explicit { chosen, rejected } => {
-                crate::token_logprobs::ensure_len("rejected", rejected.len(), chosen.len())?;
-                chosen.len()
-            }
-        };
+        let n_pairs = batch.pairs.n_pairs(n_seqs)?;
         if let Some(r) = &batch.ref_seq {
             crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
         }
@@ -101,6 +95,7 @@ impl Gpu {
         let mut status = StatusWord::new(stream, true)?;
         let raw_stream = stream.cu_stream() as u64;
         let mut grad = grad;
+        let mut upload = None;
         {
             let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
             let (targets_p, _gt) = batch.targets.device_ptr(stream);
@@ -136,16 +131,8 @@ impl Gpu {
             }
             let [weights_p, ref_p, ref_seq_p] = f32_ptrs;
             let seq_layout = batch.seqs.raw(stream, &mut guards);
-            let raw_pairs = match &batch.pairs {
-                DevicePairs::FirstHalfChosen => RawPairs::FirstHalfChosen,
-                DevicePairs::Explicit { chosen, rejected } => {
-                    let (c, g0) = chosen.device_ptr(stream);
-                    let (r, g1) = rejected.device_ptr(stream);
-                    guards.push(g0);
-                    guards.push(g1);
-                    RawPairs::Explicit { chosen: c, rejected: r, n_pairs }
-                }
-            };
+            let on_device = batch.pairs.on_device(stream, &mut upload)?;
+            let raw_pairs = on_device.raw;
             let (grad_sep, grad_stride) = match &mut grad {
                 GradLogits::InPlace => (None, layout.row_stride),
                 GradLogits::Separate { grad, row_stride } => {

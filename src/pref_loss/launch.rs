@@ -3,7 +3,9 @@
 //! read only per-token f32 data (never the logits).
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop};
+use cudarc::driver::{
+    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop,
+};
 
 use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
@@ -34,17 +36,72 @@ pub enum RawPairs {
     },
 }
 
-/// Pairs on the device (safe API).
+/// Pairs for the safe API.
 pub enum DevicePairs<'a> {
     /// Pair i = (i, i + S/2).
     FirstHalfChosen,
-    /// Explicit chosen / rejected sequence indices.
+    /// Explicit chosen / rejected sequence indices already on the device (range-checked by the
+    /// kernel: an out-of-range index is reported after the launch as `Error::DeviceCheck`).
     Explicit {
         /// Chosen indices (i32).
         chosen: CudaView<'a, i32>,
         /// Rejected indices (i32).
         rejected: CudaView<'a, i32>,
     },
+    /// Explicit indices on the host: validated before any launch, then uploaded.
+    Host {
+        /// Chosen indices.
+        chosen: &'a [i32],
+        /// Rejected indices.
+        rejected: &'a [i32],
+    },
+}
+
+/// Device-resident pair indices and the guards that keep cudarc's event tracking ordered.
+pub(crate) struct PairsOnDevice<'s> {
+    pub(crate) raw: RawPairs,
+    _guards: Vec<SyncOnDrop<'s>>,
+}
+
+impl DevicePairs<'_> {
+    /// Number of pairs for `n_seqs` sequences (after checking explicit lengths agree).
+    pub(crate) fn n_pairs(&self, n_seqs: usize) -> Result<usize> {
+        match self {
+            DevicePairs::FirstHalfChosen => Ok(n_seqs / 2),
+            DevicePairs::Explicit { chosen, rejected } => {
+                crate::token_logprobs::ensure_len("rejected", rejected.len(), chosen.len())?;
+                Ok(chosen.len())
+            }
+            DevicePairs::Host { chosen, rejected } => {
+                super::Pairs::Explicit { chosen, rejected }.validate(n_seqs)?;
+                Ok(chosen.len())
+            }
+        }
+    }
+
+    /// Host pairs are uploaded into `upload` (which must outlive the returned value).
+    pub(crate) fn on_device<'s>(
+        &'s self,
+        stream: &'s Arc<CudaStream>,
+        upload: &'s mut Option<(CudaSlice<i32>, CudaSlice<i32>)>,
+    ) -> Result<PairsOnDevice<'s>> {
+        let ((cp, g0), (rp, g1), n_pairs) = match self {
+            DevicePairs::FirstHalfChosen => {
+                return Ok(PairsOnDevice { raw: RawPairs::FirstHalfChosen, _guards: Vec::new() })
+            }
+            DevicePairs::Explicit { chosen, rejected } => {
+                (chosen.device_ptr(stream), rejected.device_ptr(stream), chosen.len())
+            }
+            DevicePairs::Host { chosen, rejected } => {
+                let (c, r) = upload.insert((stream.clone_htod(*chosen)?, stream.clone_htod(*rejected)?));
+                (c.device_ptr(stream), r.device_ptr(stream), chosen.len())
+            }
+        };
+        Ok(PairsOnDevice {
+            raw: RawPairs::Explicit { chosen: cp, rejected: rp, n_pairs },
+            _guards: vec![g0, g1],
+        })
+    }
 }
 
 /// Output and workspace pointers of [`Gpu::preference_loss_raw`].
@@ -295,31 +352,18 @@ impl Gpu {
         if let Some(r) = ref_seq {
             crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
         }
-        let n_pairs = match pairs {
-            DevicePairs::FirstHalfChosen => n_seqs / 2,
-            DevicePairs::Explicit { chosen, rejected } => {
-                crate::token_logprobs::ensure_len("rejected", rejected.len(), chosen.len())?;
-                chosen.len()
-            }
-        };
+        let n_pairs = pairs.n_pairs(n_seqs)?;
         let mut work = stream.alloc_zeros::<f32>(preference_loss_workspace_len(n_seqs, n_pairs).max(1))?;
         let mut metrics = stream.alloc_zeros::<f32>(METRICS_LEN)?;
         let mut pair_out = stream.alloc_zeros::<f32>((n_pairs * PAIR_COLUMNS).max(1))?;
         let mut status = StatusWord::new(stream, true)?;
+        let mut upload = None;
         {
             let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
             let tp = tokens.ptrs(stream, &mut guards)?;
             let layout = seqs.raw(stream, &mut guards);
-            let raw_pairs = match pairs {
-                DevicePairs::FirstHalfChosen => RawPairs::FirstHalfChosen,
-                DevicePairs::Explicit { chosen, rejected } => {
-                    let (c, g0) = chosen.device_ptr(stream);
-                    let (r, g1) = rejected.device_ptr(stream);
-                    guards.push(g0);
-                    guards.push(g1);
-                    RawPairs::Explicit { chosen: c, rejected: r, n_pairs }
-                }
-            };
+            let on_device = pairs.on_device(stream, &mut upload)?;
+            let raw_pairs = on_device.raw;
             let rs = ref_seq.map(|r| {
                 let (p, g) = r.device_ptr(stream);
                 guards.push(g);

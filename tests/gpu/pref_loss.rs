@@ -226,6 +226,44 @@ fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
         &mut grad.slice_mut(0..h.logp.len()),
     );
     assert!(matches!(e, Err(Error::DeviceCheck(_))), "{e:?}");
+    // Host-side pairs are checked before any launch.
+    let e = gpu.preference_loss(
+        &s,
+        &tokens,
+        &DeviceSeqs::Packed { cu_seqlens: d.cu.as_view() },
+        &DevicePairs::Host { chosen: &[0, 1], rejected: &[3, 6] },
+        None,
+        &LossConfig::dpo(0.1),
+        &mut grad.slice_mut(0..h.logp.len()),
+    );
+    assert!(matches!(e, Err(Error::InvalidArgument { arg: "pairs", .. })), "{e:?}");
+    // ... and valid host pairs give the same result as the same pairs on the device.
+    let (c, rj) = (s.clone_htod(&[0i32, 1]).unwrap(), s.clone_htod(&[3i32, 5]).unwrap());
+    let seqs = DeviceSeqs::Packed { cu_seqlens: d.cu.as_view() };
+    let mut g2 = s.alloc_zeros::<f32>(h.logp.len().max(1)).unwrap();
+    let a = gpu
+        .preference_loss(
+            &s,
+            &tokens,
+            &seqs,
+            &DevicePairs::Host { chosen: &[0, 1], rejected: &[3, 5] },
+            None,
+            &LossConfig::dpo(0.1),
+            &mut grad.slice_mut(0..h.logp.len()),
+        )
+        .unwrap();
+    let b = gpu
+        .preference_loss(
+            &s,
+            &tokens,
+            &seqs,
+            &DevicePairs::Explicit { chosen: c.as_view(), rejected: rj.as_view() },
+            None,
+            &LossConfig::dpo(0.1),
+            &mut g2.slice_mut(0..h.logp.len()),
+        )
+        .unwrap();
+    assert_eq!(a, b);
 }
 
 /// The whole step vs the chained references, bf16 logits, in place and into a separate buffer.
