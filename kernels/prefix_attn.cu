@@ -429,5 +429,8 @@ PREFK_ATTN(bf16, __nv_bfloat16, 128)
 PREFK_ATTN(f16, __half, 64)
 PREFK_ATTN(f16, __half, 128)
 
-// Dynamic shared memory each kernel needs (the host opts in above 48 KB).
-static_assert(attn::dq_smem<__half, 128>() <= 100 * 1024, "attention smem budget");
+// Dynamic shared memory of each kernel. The host launches with the same sizes
+// (src/prefix_attn/launch.rs `dynamic_smem`, whose unit test pins these numbers too).
+static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 128>() == 52224, "fwd smem");
+static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");
+static_assert(attn::dkdv_smem<__half, 64>() == 27904 && attn::dkdv_smem<__half, 128>() == 52480, "dkdv smem");

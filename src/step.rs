@@ -13,6 +13,7 @@ use crate::pref_loss::{
     PAIR_COLUMNS,
 };
 use crate::raw::{check_status, StatusWord};
+use crate::seq_reduce::launch::optional_token_ptrs;
 use crate::seq_reduce::{DeviceSeqs, SeqReducePtrs};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::{LogitElement, LogitsLayout, TargetIndex};
@@ -106,30 +107,20 @@ impl Gpu {
             let (metrics_p, _g4) = metrics.device_ptr_mut(stream);
             let (pair_p, _g5) = pair_out.device_ptr_mut(stream);
             let (status_p, _g6) = status.ptr(stream);
-            let optional = |name: &'static str, len: Option<usize>, want: usize| -> Result<()> {
-                match len {
-                    Some(l) => crate::token_logprobs::ensure_len(name, l, want),
-                    None => Ok(()),
-                }
-            };
-            optional("mask", batch.mask.as_ref().map(|v| v.len()), n)?;
-            optional("weights", batch.weights.as_ref().map(|v| v.len()), n)?;
-            optional("ref_logp", batch.ref_logp.as_ref().map(|v| v.len()), n)?;
-            let mut mask_p = 0;
-            if let Some(v) = &batch.mask {
+            let [mask_p, weights_p, ref_p] = optional_token_ptrs(
+                stream,
+                n,
+                batch.mask.as_ref(),
+                batch.weights.as_ref(),
+                batch.ref_logp.as_ref(),
+                &mut guards,
+            )?;
+            let mut ref_seq_p = 0;
+            if let Some(v) = &batch.ref_seq {
                 let (p, g) = v.device_ptr(stream);
                 guards.push(g);
-                mask_p = p;
+                ref_seq_p = p;
             }
-            let mut f32_ptrs = [0u64; 3];
-            for (slot, v) in f32_ptrs.iter_mut().zip([&batch.weights, &batch.ref_logp, &batch.ref_seq]) {
-                if let Some(v) = v {
-                    let (p, g) = v.device_ptr(stream);
-                    guards.push(g);
-                    *slot = p;
-                }
-            }
-            let [weights_p, ref_p, ref_seq_p] = f32_ptrs;
             let seq_layout = batch.seqs.raw(stream, &mut guards);
             let on_device = batch.pairs.on_device(stream, &mut upload)?;
             let raw_pairs = on_device.raw;

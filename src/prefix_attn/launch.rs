@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{
     CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
+    SyncOnDrop,
 };
 use half::{bf16, f16};
 
@@ -80,6 +81,15 @@ pub struct DevicePrefixLayout {
     pub n_tiles: usize,
     /// Total tokens T.
     pub n_tokens: usize,
+}
+
+impl DevicePrefixLayout {
+    /// The raw pointers, with the guards that keep cudarc's event tracking ordered.
+    pub(crate) fn raw<'s>(&'s self, stream: &'s CudaStream) -> (RawPrefixLayout, [SyncOnDrop<'s>; 2]) {
+        let (tiles, g0) = self.tiles.device_ptr(stream);
+        let (seg_lo2, g1) = self.seg_lo2.device_ptr(stream);
+        (RawPrefixLayout { tiles, seg_lo2, n_tiles: self.n_tiles, n_tokens: self.n_tokens }, [g0, g1])
+    }
 }
 
 /// The raw form of a device layout.
@@ -304,10 +314,7 @@ impl Gpu {
         let (vp, _g2) = v.device_ptr(stream);
         let (op, _g3) = o.device_ptr_mut(stream);
         let (lp, _g4) = lse.device_ptr_mut(stream);
-        let (tp, _g5) = layout.tiles.device_ptr(stream);
-        let (sp, _g6) = layout.seg_lo2.device_ptr(stream);
-        let raw =
-            RawPrefixLayout { tiles: tp, seg_lo2: sp, n_tiles: layout.n_tiles, n_tokens: layout.n_tokens };
+        let (raw, _layout_guards) = layout.raw(stream);
         let ptrs = PrefixAttnFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
         unsafe { self.prefix_attn_forward_raw(stream.cu_stream() as u64, T::DTYPE, shape, &raw, &ptrs) }
@@ -353,10 +360,7 @@ impl Gpu {
         let (dkp, _g7) = dk.device_ptr_mut(stream);
         let (dvp, _g8) = dv.device_ptr_mut(stream);
         let (dlp, _g9) = delta.device_ptr_mut(stream);
-        let (tp, _ga) = layout.tiles.device_ptr(stream);
-        let (sp, _gb) = layout.seg_lo2.device_ptr(stream);
-        let raw =
-            RawPrefixLayout { tiles: tp, seg_lo2: sp, n_tiles: layout.n_tiles, n_tokens: layout.n_tokens };
+        let (raw, _layout_guards) = layout.raw(stream);
         let ptrs = PrefixAttnBwdPtrs {
             fwd: PrefixAttnFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp },
             dout: dop,
@@ -391,4 +395,27 @@ fn check_lengths(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sizes the kernels `static_assert` (kernels/prefix_attn.cu): launching with less dynamic
+    /// shared memory than a kernel uses would be out of bounds.
+    #[test]
+    fn dynamic_smem_matches_the_kernels() {
+        for (name, bytes) in [
+            ("prefix_attn_fwd_bf16_d64", 27648),
+            ("prefix_attn_fwd_f16_d128", 52224),
+            ("prefix_attn_bwd_dq_bf16_d64", 36864),
+            ("prefix_attn_bwd_dq_f16_d128", 69632),
+            ("prefix_attn_bwd_dkdv_bf16_d64", 27904),
+            ("prefix_attn_bwd_dkdv_f16_d128", 52480),
+        ] {
+            assert_eq!(dynamic_smem(name), Some(bytes), "{name}");
+        }
+        assert_eq!(dynamic_smem("prefix_attn_bwd_pre_bf16_d64"), None);
+        assert!(entry_points().iter().all(|n| n.contains("_bwd_pre_") || dynamic_smem(n).is_some()));
+    }
 }

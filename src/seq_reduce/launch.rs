@@ -351,23 +351,45 @@ impl DeviceTokens<'_> {
         stream: &'s CudaStream,
         guards: &mut Vec<SyncOnDrop<'s>>,
     ) -> Result<SeqReducePtrs> {
-        let n = self.logp.len();
-        let mut get = |name: &'static str, v: Option<(usize, (u64, SyncOnDrop<'s>))>| -> Result<u64> {
-            match v {
-                None => Ok(0),
-                Some((len, (p, g))) => {
-                    crate::token_logprobs::ensure_len(name, len, n)?;
-                    guards.push(g);
-                    Ok(p)
-                }
-            }
-        };
-        let logp = get("logp", Some((n, self.logp.device_ptr(stream))))?;
-        let mask = get("mask", self.mask.as_ref().map(|m| (m.len(), m.device_ptr(stream))))?;
-        let weights = get("weights", self.weights.as_ref().map(|m| (m.len(), m.device_ptr(stream))))?;
-        let ref_logp = get("ref_logp", self.ref_logp.as_ref().map(|m| (m.len(), m.device_ptr(stream))))?;
+        let (logp, g) = self.logp.device_ptr(stream);
+        guards.push(g);
+        let [mask, weights, ref_logp] = optional_token_ptrs(
+            stream,
+            self.logp.len(),
+            self.mask.as_ref(),
+            self.weights.as_ref(),
+            self.ref_logp.as_ref(),
+            guards,
+        )?;
         Ok(SeqReducePtrs { logp, mask, weights, ref_logp })
     }
+}
+
+/// Device pointers of the optional per-token arrays (mask, weights, reference log-probs; 0 when
+/// absent), each checked to hold `n` elements; their guards go to `guards`.
+pub(crate) fn optional_token_ptrs<'s>(
+    stream: &'s CudaStream,
+    n: usize,
+    mask: Option<&'s CudaView<'_, u8>>,
+    weights: Option<&'s CudaView<'_, f32>>,
+    ref_logp: Option<&'s CudaView<'_, f32>>,
+    guards: &mut Vec<SyncOnDrop<'s>>,
+) -> Result<[u64; 3]> {
+    let mut get = |name: &'static str, v: Option<(usize, (u64, SyncOnDrop<'s>))>| -> Result<u64> {
+        match v {
+            None => Ok(0),
+            Some((len, (p, g))) => {
+                crate::token_logprobs::ensure_len(name, len, n)?;
+                guards.push(g);
+                Ok(p)
+            }
+        }
+    };
+    Ok([
+        get("mask", mask.map(|m| (m.len(), m.device_ptr(stream))))?,
+        get("weights", weights.map(|m| (m.len(), m.device_ptr(stream))))?,
+        get("ref_logp", ref_logp.map(|m| (m.len(), m.device_ptr(stream))))?,
+    ])
 }
 
 /// Sequences on the device (safe API).
