@@ -1,6 +1,7 @@
 /* C ABI of pref-kernels (src/ffi.rs). Link against the cdylib (target/release/libpref_kernels.so).
  *
- * Every entry point takes a device ordinal and the caller's CUstream as an integer (0 = legacy
+ * Every entry point takes a device (a CUDA ordinal, or PREFK_DEVICE_EMULATOR = -1 for the CPU
+ * emulator, whose pointers are host addresses) and the caller's CUstream as an integer (0 = legacy
  * default stream; from PyTorch: torch.cuda.current_stream().cuda_stream), raw device pointers as
  * uint64_t (tensor.data_ptr()), and returns 0 on success, -1 on error, -2 if an internal panic
  * was caught; prefk_last_error() then describes it. Nothing synchronizes; work is ordered on
@@ -10,6 +11,8 @@
 #define PREFK_H
 
 #include <stdint.h>
+
+#define PREFK_DEVICE_EMULATOR (-1)
 
 #ifdef __cplusplus
 extern "C" {

@@ -2,8 +2,8 @@
 // vectorized access, and the online-softmax state with its deterministic warp/block reductions.
 #pragma once
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
+#include "portable.cuh"
+
 #include <float.h>
 #include <stdint.h>
 
@@ -31,17 +31,24 @@ template <typename T> struct alignas(16) Vec16 {
 };
 
 // Streaming read-only load (logits are read once per kernel; keep them out of L1).
+// Register bit casts go through memcpy (free on the device, and defined behaviour on the host).
 template <typename T> __device__ __forceinline__ Vec16<T> load_vec_stream(const T* p) {
-    uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
-    return *reinterpret_cast<Vec16<T>*>(&raw);
+    const uint4 raw = __ldcs(reinterpret_cast<const uint4*>(p));
+    Vec16<T> v;
+    memcpy(&v, &raw, 16);
+    return v;
 }
 // Plain load: required where the same memory is later overwritten by this kernel (in-place backward).
 template <typename T> __device__ __forceinline__ Vec16<T> load_vec(const T* p) {
-    uint4 raw = *reinterpret_cast<const uint4*>(p);
-    return *reinterpret_cast<Vec16<T>*>(&raw);
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    Vec16<T> v;
+    memcpy(&v, &raw, 16);
+    return v;
 }
 template <typename T> __device__ __forceinline__ void store_vec_stream(T* p, const Vec16<T>& x) {
-    __stcs(reinterpret_cast<uint4*>(p), *reinterpret_cast<const uint4*>(&x));
+    uint4 raw;
+    memcpy(&raw, &x, 16);
+    __stcs(reinterpret_cast<uint4*>(p), raw);
 }
 
 // A row of `len` elements starting at `addr` is processed as: `head` (< 16 / sizeof(T), so fewer

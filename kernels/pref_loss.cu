@@ -46,7 +46,8 @@ __device__ __forceinline__ void psi(uint32_t div, float alpha, float d, float& v
                 dv = a * d < 80.f ? e : 0.f;
                 return;
             }
-        }  // fallthrough: reverse KL
+            [[fallthrough]];  // alpha = 1 is reverse KL
+        }
         default:
             v = d;
             dv = 1.f;
@@ -257,8 +258,8 @@ __device__ __forceinline__ bool pair_seqs(const PairLossParams& p, int64_t i, in
     return true;
 }
 
-extern "C" __global__ void __launch_bounds__(PAIR_THREADS) pair_loss(PairLossParams p) {
-    __shared__ float scratch[(PAIR_THREADS / 32) * 12];
+PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
+    PREFK_SHARED_ARRAY(float, scratch, (PAIR_THREADS / 32) * 12);
     const float inv_p = 1.f / (float)p.n_pairs;
     float* pair_coef = reinterpret_cast<float*>(p.pair_coef);
     const float* ref_seq = reinterpret_cast<const float*>(p.ref_seq);

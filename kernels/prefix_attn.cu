@@ -24,24 +24,11 @@ constexpr int BC = 64;  // keys per tile
 constexpr int BQ = 32;  // query rows per chunk in the dK/dV kernel
 constexpr float NEG_INF = -INFINITY;
 
-// ---- mma.sync m16n8k16 and fragment helpers --------------------------------------------------------
+// ---- fragment helpers for mma_m16n8k16 (kernels/portable.cuh) ------------------------------------
 // A (16x16, row-major): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
 // B (16x8, k-major):    b0 = (k 2t..2t+1, n g), b1 = (k 2t+8..2t+9, n g)
 // C (16x8 f32):          c0, c1 = (g, 2t), (g, 2t+1); c2, c3 = (g+8, 2t), (g+8, 2t+1)
 // with g = lane / 4, t = lane % 4.
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __nv_bfloat16) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ void mma(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], __half) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-
 __device__ __forceinline__ uint16_t bits16(__nv_bfloat16 x) { return __bfloat16_as_ushort(x); }
 __device__ __forceinline__ uint16_t bits16(__half x) { return __half_as_ushort(x); }
 
@@ -97,7 +84,7 @@ __device__ __forceinline__ void mma_abt(float (&acc)[NT][4], const T* A, int row
         for (int nt = 0; nt < NT; ++nt) {
             uint32_t b[2];
             frag_b_rows<T, LD>(b, B, nt * 8, ks * 16, g, t);
-            mma(acc[nt], a, b, T());
+            mma_m16n8k16(acc[nt], a, b, T());
         }
     }
 }
@@ -113,7 +100,7 @@ __device__ __forceinline__ void mma_cb(float (&acc)[D / 8][4], const float (&c)[
         for (int dn = 0; dn < D / 8; ++dn) {
             uint32_t b[2];
             frag_b_cols<T, LD>(b, B, kk * 16, dn * 8, g, t);
-            mma(acc[dn], a, b, T());
+            mma_m16n8k16(acc[dn], a, b, T());
         }
     }
 }
@@ -182,7 +169,7 @@ template <typename T, int D> constexpr int dkdv_smem() { return (2 * BC + 2 * BQ
 template <typename T, int D>
 __device__ void forward(const PrefixAttnParams& p) {
     constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Qs = reinterpret_cast<T*>(smem);
     T* Ks = Qs + BR * LD;
     T* Vs = Ks + BC * LD;
@@ -282,7 +269,7 @@ __device__ void preprocess(const PrefixAttnParams& p) {
 template <typename T, int D>
 __device__ void backward_dq(const PrefixAttnParams& p) {
     constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Qs = reinterpret_cast<T*>(smem);
     T* dOs = Qs + BR * LD;
     T* Ks = dOs + BR * LD;
@@ -342,7 +329,7 @@ __device__ void backward_dq(const PrefixAttnParams& p) {
 template <typename T, int D>
 __device__ void backward_dkdv(const PrefixAttnParams& p) {
     constexpr int LD = D + 8, NT = BQ / 8, DN = D / 8;
-    extern __shared__ __align__(16) unsigned char smem[];
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Ks = reinterpret_cast<T*>(smem);
     T* Vs = Ks + BC * LD;
     T* Qs = Vs + BC * LD;
@@ -410,18 +397,18 @@ __device__ void backward_dkdv(const PrefixAttnParams& p) {
 }  // namespace attn
 
 // ---- entry points ------------------------------------------------------------------------------------
-#define PREFK_ATTN(DT, T, D)                                                                                  \
-    extern "C" __global__ void __launch_bounds__(attn::THREADS) prefix_attn_fwd_##DT##_d##D(PrefixAttnParams p) { \
-        attn::forward<T, D>(p);                                                                               \
-    }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(attn::THREADS) prefix_attn_bwd_dq_##DT##_d##D(PrefixAttnParams p) { \
-        attn::backward_dq<T, D>(p);                                                                           \
-    }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(attn::THREADS) prefix_attn_bwd_dkdv_##DT##_d##D(PrefixAttnParams p) { \
-        attn::backward_dkdv<T, D>(p);                                                                         \
-    }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(256) prefix_attn_bwd_pre_##DT##_d##D(PrefixAttnParams p) {   \
-        attn::preprocess<T, D>(p);                                                                            \
+#define PREFK_ATTN(DT, T, D)                                                          \
+    PREFK_KERNEL(prefix_attn_fwd_##DT##_d##D, PrefixAttnParams, attn::THREADS) {      \
+        attn::forward<T, D>(p);                                                       \
+    }                                                                                 \
+    PREFK_KERNEL(prefix_attn_bwd_dq_##DT##_d##D, PrefixAttnParams, attn::THREADS) {   \
+        attn::backward_dq<T, D>(p);                                                   \
+    }                                                                                 \
+    PREFK_KERNEL(prefix_attn_bwd_dkdv_##DT##_d##D, PrefixAttnParams, attn::THREADS) { \
+        attn::backward_dkdv<T, D>(p);                                                 \
+    }                                                                                 \
+    PREFK_KERNEL(prefix_attn_bwd_pre_##DT##_d##D, PrefixAttnParams, 256) {            \
+        attn::preprocess<T, D>(p);                                                    \
     }
 
 PREFK_ATTN(bf16, __nv_bfloat16, 64)

@@ -9,8 +9,8 @@
 
 constexpr int SEQ_THREADS = 256;
 
-extern "C" __global__ void __launch_bounds__(SEQ_THREADS) seq_stats(SeqStatsParams p) {
-    __shared__ float scratch[(SEQ_THREADS / 32) * 9];
+PREFK_KERNEL(seq_stats, SeqStatsParams, SEQ_THREADS) {
+    PREFK_SHARED_ARRAY(float, scratch, (SEQ_THREADS / 32) * 9);
     const float* logp = reinterpret_cast<const float*>(p.logp);
     const uint8_t* mask = reinterpret_cast<const uint8_t*>(p.mask);
     const float* weights = reinterpret_cast<const float*>(p.weights);
@@ -50,7 +50,7 @@ extern "C" __global__ void __launch_bounds__(SEQ_THREADS) seq_stats(SeqStatsPara
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) token_grad(TokenGradParams p) {
+PREFK_KERNEL(token_grad, TokenGradParams, 256) {
     const float* logp = reinterpret_cast<const float*>(p.logp);
     const uint8_t* mask = reinterpret_cast<const uint8_t*>(p.mask);
     const float* weights = reinterpret_cast<const float*>(p.weights);

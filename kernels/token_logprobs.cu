@@ -20,7 +20,7 @@ template <typename T, typename I, int ROW_THREADS, bool ENTROPY>
 __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams& p) {
     constexpr int ROWS_PER_BLOCK = BLOCK_THREADS / ROW_THREADS;
     constexpr int VEC = Vec16<T>::N;
-    __shared__ SoftmaxState scratch[ROW_THREADS / 32];
+    PREFK_SHARED_ARRAY(SoftmaxState, scratch, ROW_THREADS / 32);
 
     const int64_t tid = threadIdx.x % ROW_THREADS;
     const int64_t group = threadIdx.x / ROW_THREADS;
@@ -173,11 +173,11 @@ __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams&
 
 // ---- entry points: one per (dtype, target type, row group size[, entropy]) -----------------------
 #define PREFK_FWD(NAME, T, I, RT, ENT)                                                               \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, 4) NAME(TokenLogprobsFwdParams p) { \
+    PREFK_KERNEL(NAME, TokenLogprobsFwdParams, BLOCK_THREADS, 4) {                              \
         token_logprobs_fwd<T, I, RT, ENT>(p);                                                      \
     }
 #define PREFK_BWD(NAME, T, I, RT)                                                                    \
-    extern "C" __global__ void __launch_bounds__(BLOCK_THREADS, 4) NAME(TokenLogprobsBwdParams p) { \
+    PREFK_KERNEL(NAME, TokenLogprobsBwdParams, BLOCK_THREADS, 4) {                              \
         token_logprobs_bwd<T, I, RT>(p);                                                           \
     }
 #define PREFK_ALL(DT, T, IT, I)                                                     \

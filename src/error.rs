@@ -49,6 +49,27 @@ pub enum Error {
     /// failed, and marks the failing rows' outputs with NaN.
     #[error("device-side check failed: {0}")]
     DeviceCheck(String),
+    /// The emulator backend was requested but this build has none (CUDA's half/bf16 headers were
+    /// not found at build time).
+    #[error("the emulator backend was not built into this copy of pref-kernels (build.rs found no cuda_fp16.h; run scripts/fetch-nvcc.sh, set NVCC, rebuild)")]
+    EmulatorNotBuilt,
+    /// The emulator refused a launch, allocation or copy (see the message).
+    #[error("emulator: {0}")]
+    Emulator(String),
+    /// An emulated kernel failed a check (memcheck, racecheck, initcheck, synccheck); the message
+    /// holds each report with kernel, block, thread and address.
+    #[error("kernel check failed on the emulator:\n{0}")]
+    KernelCheck(String),
+    /// A buffer of one backend was passed with a stream of the other.
+    #[error("argument `{arg}` lives on the {buffer} backend but the stream is on the {stream} backend")]
+    BackendMismatch {
+        /// Name of the argument.
+        arg: &'static str,
+        /// The buffer's backend.
+        buffer: &'static str,
+        /// The stream's backend.
+        stream: &'static str,
+    },
     /// Any CUDA driver error.
     #[error(transparent)]
     Driver(#[from] cudarc::driver::DriverError),

@@ -2,9 +2,12 @@
 //! pointers, the caller's stream, 0 on success, -1 on error (message from [`prefk_last_error`]),
 //! -2 when a Rust panic was caught (never unwinds across the boundary). Header: `include/prefk.h`.
 //!
-//! Each entry point takes the device ordinal; the first call on a device opens it ([`Gpu::new`]:
-//! retains the primary context PyTorch uses, loads every module) and later calls reuse it. Load
-//! eagerly (e.g. call [`prefk_init`]) before capturing CUDA graphs.
+//! Each entry point takes the device: a CUDA ordinal (>= 0), or [`PREFK_DEVICE_EMULATOR`] (-1) for
+//! the CPU emulator, whose pointers are host addresses of emulator allocations (or, with
+//! `PREF_KERNELS_EMU_CHECKS=none`, any host memory). `PREF_KERNELS_BACKEND=emulator` makes every
+//! ordinal the emulator. The first call on a device opens it ([`Gpu::open`]: retains the primary
+//! context PyTorch uses, loads every module) and later calls reuse it. Load eagerly (e.g. call
+//! [`prefk_init`]) before capturing CUDA graphs.
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
@@ -17,7 +20,7 @@ use crate::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, PairLo
 use crate::prefix_attn::{AttnShape, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout};
 use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
-use crate::{Gpu, LogitsLayout};
+use crate::{Backend, Gpu, LogitsLayout};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -46,15 +49,23 @@ fn ffi(f: impl FnOnce() -> Result<()>) -> i32 {
     }
 }
 
+/// The `device` value that selects the CPU emulator.
+pub const PREFK_DEVICE_EMULATOR: i32 = -1;
+
 fn gpu(device: i32) -> Result<Arc<Gpu>> {
     static GPUS: OnceLock<Mutex<HashMap<i32, Arc<Gpu>>>> = OnceLock::new();
-    let ordinal =
-        usize::try_from(device).map_err(|_| invalid("device", format!("must be >= 0, got {device}")))?;
+    let backend = if device == PREFK_DEVICE_EMULATOR { Backend::Emulator } else { Backend::Cuda };
+    let ordinal = if device == PREFK_DEVICE_EMULATOR {
+        0
+    } else {
+        usize::try_from(device)
+            .map_err(|_| invalid("device", format!("must be >= 0 or -1 (emulator), got {device}")))?
+    };
     let mut map = GPUS.get_or_init(Default::default).lock().unwrap_or_else(|p| p.into_inner());
     if let Some(g) = map.get(&device) {
         return Ok(g.clone());
     }
-    let g = Arc::new(Gpu::new(ordinal)?);
+    let g = Arc::new(Gpu::open(backend, ordinal)?);
     map.insert(device, g.clone());
     Ok(g)
 }

@@ -18,19 +18,18 @@
 pub mod dtype;
 pub mod error;
 pub mod ffi;
-pub mod gpu;
 pub mod kernels;
 pub mod params;
 pub mod pref_loss;
 pub mod prefix_attn;
-mod raw;
+pub mod runtime;
 pub mod seq_reduce;
 pub mod step;
 pub mod token_logprobs;
 
 pub use dtype::{DType, IndexType, LogitElement, TargetIndex};
 pub use error::{Error, Result};
-pub use gpu::{gpu_available, Gpu};
+pub use runtime::{gpu_available, Backend, BackendKind, DeviceBuffer, EmulatorChecks, Gpu, Stream, View, ViewMut};
 pub use token_logprobs::{LogitsLayout, TokenLogprobsConfig};
 
 /// Re-export of the cudarc version this crate is built against, so callers use matching types.

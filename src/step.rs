@@ -1,18 +1,16 @@
 //! The whole preference step in one call: logits → token log-probs → per-sequence reductions →
 //! loss → d/dlogits, with the minimum passes over the logits (one read in the forward, one read
 //! and one write in the backward; the loss stages touch only per-token f32 data).
-use std::sync::Arc;
-
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, SyncOnDrop};
+use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut, DeviceBuffer};
 
 use crate::error::{ensure, Result};
-use crate::gpu::Gpu;
+use crate::runtime::Gpu;
 use crate::pref_loss::launch::read_outputs;
 use crate::pref_loss::{
     preference_loss_workspace_len, DevicePairs, LossConfig, PairLossPtrs, PreferenceLossOutputs, METRICS_LEN,
     PAIR_COLUMNS,
 };
-use crate::raw::{check_status, StatusWord};
+use crate::runtime::status::{check_status, StatusWord};
 use crate::seq_reduce::launch::optional_token_ptrs;
 use crate::seq_reduce::{DeviceSeqs, SeqReducePtrs};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
@@ -23,16 +21,16 @@ pub struct StepBatch<'a, I> {
     /// Logits shape: `n_rows` = number of tokens T.
     pub layout: LogitsLayout,
     /// `[T]` next-token targets (ignored rows give logp 0 and zero gradient rows).
-    pub targets: CudaView<'a, I>,
+    pub targets: View<'a, I>,
     /// `[T]` u8 loss mask (response tokens); `None` = every token in a sequence counts. Mask the
     /// `ignore_index` rows here too: they hold logp 0 and would otherwise count in lengths.
-    pub mask: Option<CudaView<'a, u8>>,
+    pub mask: Option<View<'a, u8>>,
     /// `[T]` f32 token weights (TAB-PO / token-weighted DPO) or TGDPO token rewards.
-    pub weights: Option<CudaView<'a, f32>>,
+    pub weights: Option<View<'a, f32>>,
     /// `[T]` f32 reference log-probs, or ...
-    pub ref_logp: Option<CudaView<'a, f32>>,
+    pub ref_logp: Option<View<'a, f32>>,
     /// ... `[S]` f32 per-sequence reference scores.
-    pub ref_seq: Option<CudaView<'a, f32>>,
+    pub ref_seq: Option<View<'a, f32>>,
     /// Sequence layout over the tokens.
     pub seqs: DeviceSeqs<'a>,
     /// Pairs of sequences.
@@ -46,7 +44,7 @@ pub enum GradLogits<'a, T> {
     /// Into a separate buffer with its own row stride.
     Separate {
         /// Output buffer.
-        grad: CudaViewMut<'a, T>,
+        grad: ViewMut<'a, T>,
         /// Row stride in elements (>= V).
         row_stride: usize,
     },
@@ -57,9 +55,9 @@ pub struct StepOutputs {
     /// Loss, metrics and per-pair values (read back to the host).
     pub loss: PreferenceLossOutputs,
     /// `[T]` per-token policy log-probs (f32, on the device; e.g. for GRPO-style logging).
-    pub logp: CudaSlice<f32>,
+    pub logp: DeviceBuffer<f32>,
     /// `[T]` dL/dlogp that was chained into the logits.
-    pub grad_logp: CudaSlice<f32>,
+    pub grad_logp: DeviceBuffer<f32>,
 }
 
 impl Gpu {
@@ -69,8 +67,8 @@ impl Gpu {
     /// [`crate::Error::DeviceCheck`]). Host-side validation happens before any launch.
     pub fn preference_step<T: LogitElement, I: TargetIndex>(
         &self,
-        stream: &Arc<CudaStream>,
-        logits: &mut CudaViewMut<'_, T>,
+        stream: &Stream,
+        logits: &mut ViewMut<'_, T>,
         batch: &StepBatch<'_, I>,
         token_cfg: &TokenLogprobsConfig,
         loss_cfg: &LossConfig,
@@ -94,19 +92,19 @@ impl Gpu {
         let mut metrics = stream.alloc_zeros::<f32>(METRICS_LEN)?;
         let mut pair_out = stream.alloc_zeros::<f32>((n_pairs * PAIR_COLUMNS).max(1))?;
         let mut status = StatusWord::new(stream, true)?;
-        let raw_stream = stream.cu_stream() as u64;
+        let raw_stream = stream.raw();
         let mut grad = grad;
         let mut upload = None;
         {
-            let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
-            let (targets_p, _gt) = batch.targets.device_ptr(stream);
-            let (logp_p, _g0) = logp.device_ptr_mut(stream);
-            let (lse_p, _g1) = lse.device_ptr_mut(stream);
-            let (grad_logp_p, _g2) = grad_logp.device_ptr_mut(stream);
-            let (work_p, _g3) = work.device_ptr_mut(stream);
-            let (metrics_p, _g4) = metrics.device_ptr_mut(stream);
-            let (pair_p, _g5) = pair_out.device_ptr_mut(stream);
-            let (status_p, _g6) = status.ptr(stream);
+            let mut guards: Vec<Guard<'_>> = Vec::new();
+            let (targets_p, _gt) = batch.targets.device_ptr(stream)?;
+            let (logp_p, _g0) = logp.device_ptr_mut(stream)?;
+            let (lse_p, _g1) = lse.device_ptr_mut(stream)?;
+            let (grad_logp_p, _g2) = grad_logp.device_ptr_mut(stream)?;
+            let (work_p, _g3) = work.device_ptr_mut(stream)?;
+            let (metrics_p, _g4) = metrics.device_ptr_mut(stream)?;
+            let (pair_p, _g5) = pair_out.device_ptr_mut(stream)?;
+            let (status_p, _g6) = status.ptr(stream)?;
             let [mask_p, weights_p, ref_p] = optional_token_ptrs(
                 stream,
                 n,
@@ -117,11 +115,11 @@ impl Gpu {
             )?;
             let mut ref_seq_p = 0;
             if let Some(v) = &batch.ref_seq {
-                let (p, g) = v.device_ptr(stream);
+                let (p, g) = v.device_ptr(stream)?;
                 guards.push(g);
                 ref_seq_p = p;
             }
-            let seq_layout = batch.seqs.raw(stream, &mut guards);
+            let seq_layout = batch.seqs.raw(stream, &mut guards)?;
             let on_device = batch.pairs.on_device(stream, &mut upload)?;
             let raw_pairs = on_device.raw;
             let (grad_sep, grad_stride) = match &mut grad {
@@ -131,10 +129,10 @@ impl Gpu {
                     ensure(grad.len() >= span, "grad", || {
                         format!("needs at least {span} elements, got {}", grad.len())
                     })?;
-                    (Some(grad.device_ptr_mut(stream)), *row_stride)
+                    (Some(grad.device_ptr_mut(stream)?), *row_stride)
                 }
             };
-            let (logits_p, _gl) = logits.device_ptr_mut(stream);
+            let (logits_p, _gl) = logits.device_ptr_mut(stream)?;
             let grad_p = grad_sep.as_ref().map_or(logits_p, |(p, _)| *p);
             let fwd = TokenLogprobsFwdPtrs {
                 logits: logits_p,

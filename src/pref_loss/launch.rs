@@ -1,19 +1,16 @@
 //! GPU launch of the preference losses: statistics (`seq_stats`), the pair kernel
 //! (`kernels/pref_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
 //! read only per-token f32 data (never the logits).
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop,
-};
+use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut, DeviceBuffer};
 
 use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
 };
 use crate::error::{ensure, invalid, Result};
-use crate::gpu::Gpu;
+use crate::runtime::Gpu;
 use crate::params::{LossTerm, PairLossParams, TokenGradParams, MAX_LOSS_TERMS};
-use crate::raw::{check_ptr, check_status, StatusWord};
+use crate::runtime::args::{check_ptr};
+use crate::runtime::status::{check_status, StatusWord};
 use crate::seq_reduce::launch::check_tokens;
 use crate::seq_reduce::{
     DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN,
@@ -44,9 +41,9 @@ pub enum DevicePairs<'a> {
     /// kernel: an out-of-range index is reported after the launch as `Error::DeviceCheck`).
     Explicit {
         /// Chosen indices (i32).
-        chosen: CudaView<'a, i32>,
+        chosen: View<'a, i32>,
         /// Rejected indices (i32).
-        rejected: CudaView<'a, i32>,
+        rejected: View<'a, i32>,
     },
     /// Explicit indices on the host: validated before any launch, then uploaded.
     Host {
@@ -57,10 +54,10 @@ pub enum DevicePairs<'a> {
     },
 }
 
-/// Device-resident pair indices and the guards that keep cudarc's event tracking ordered.
+/// Device-resident pair indices and the guards of their borrows.
 pub(crate) struct PairsOnDevice<'s> {
     pub(crate) raw: RawPairs,
-    _guards: Vec<SyncOnDrop<'s>>,
+    _guards: Vec<Guard<'s>>,
 }
 
 impl DevicePairs<'_> {
@@ -82,19 +79,19 @@ impl DevicePairs<'_> {
     /// Host pairs are uploaded into `upload` (which must outlive the returned value).
     pub(crate) fn on_device<'s>(
         &'s self,
-        stream: &'s Arc<CudaStream>,
-        upload: &'s mut Option<(CudaSlice<i32>, CudaSlice<i32>)>,
+        stream: &'s Stream,
+        upload: &'s mut Option<(DeviceBuffer<i32>, DeviceBuffer<i32>)>,
     ) -> Result<PairsOnDevice<'s>> {
         let ((cp, g0), (rp, g1), n_pairs) = match self {
             DevicePairs::FirstHalfChosen => {
                 return Ok(PairsOnDevice { raw: RawPairs::FirstHalfChosen, _guards: Vec::new() })
             }
             DevicePairs::Explicit { chosen, rejected } => {
-                (chosen.device_ptr(stream), rejected.device_ptr(stream), chosen.len())
+                (chosen.device_ptr(stream)?, rejected.device_ptr(stream)?, chosen.len())
             }
             DevicePairs::Host { chosen, rejected } => {
                 let (c, r) = upload.insert((stream.clone_htod(*chosen)?, stream.clone_htod(*rejected)?));
-                (c.device_ptr(stream), r.device_ptr(stream), chosen.len())
+                (c.device_ptr(stream)?, r.device_ptr(stream)?, chosen.len())
             }
         };
         Ok(PairsOnDevice {
@@ -301,13 +298,10 @@ impl Gpu {
             grad_scale: cfg.grad_scale,
             terms,
         };
-        let f = self.function("pair_loss")?;
-        let launch =
-            cudarc::driver::LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: forwarded to the caller.
-        let s = unsafe { self.borrow_stream(stream_ptr) };
-        // SAFETY: params matches the kernel's PairLossParams (layout asserted in params.rs).
-        unsafe { s.launch_builder(f).arg(&params).launch(launch) }?;
+        // One block evaluates every pair (fixed-order batch metrics).
+        // SAFETY: forwarded to the caller; params is the kernel's PairLossParams (layout asserted
+        // in params.rs).
+        unsafe { self.launch(stream_ptr, "pair_loss", (1, 1), &params) }?;
         // 3. per-token gradient
         let (cu, seq_len) = match layout {
             DeviceSeqLayout::Packed { cu_seqlens, .. } => (cu_seqlens, 0),
@@ -339,13 +333,13 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn preference_loss(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         tokens: &DeviceTokens<'_>,
         seqs: &DeviceSeqs<'_>,
         pairs: &DevicePairs<'_>,
-        ref_seq: Option<&CudaView<'_, f32>>,
+        ref_seq: Option<&View<'_, f32>>,
         cfg: &LossConfig,
-        grad_logp: &mut CudaViewMut<'_, f32>,
+        grad_logp: &mut ViewMut<'_, f32>,
     ) -> Result<PreferenceLossOutputs> {
         let n_seqs = seqs.n_seqs();
         crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
@@ -359,21 +353,24 @@ impl Gpu {
         let mut status = StatusWord::new(stream, true)?;
         let mut upload = None;
         {
-            let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
+            let mut guards: Vec<Guard<'_>> = Vec::new();
             let tp = tokens.ptrs(stream, &mut guards)?;
-            let layout = seqs.raw(stream, &mut guards);
+            let layout = seqs.raw(stream, &mut guards)?;
             let on_device = pairs.on_device(stream, &mut upload)?;
             let raw_pairs = on_device.raw;
-            let rs = ref_seq.map(|r| {
-                let (p, g) = r.device_ptr(stream);
-                guards.push(g);
-                p
-            });
-            let (wp, _g0) = work.device_ptr_mut(stream);
-            let (mp, _g1) = metrics.device_ptr_mut(stream);
-            let (pp, _g2) = pair_out.device_ptr_mut(stream);
-            let (gp, _g3) = grad_logp.device_ptr_mut(stream);
-            let (sp, _g4) = status.ptr(stream);
+            let rs = match ref_seq {
+                Some(r) => {
+                    let (p, g) = r.device_ptr(stream)?;
+                    guards.push(g);
+                    Some(p)
+                }
+                None => None,
+            };
+            let (wp, _g0) = work.device_ptr_mut(stream)?;
+            let (mp, _g1) = metrics.device_ptr_mut(stream)?;
+            let (pp, _g2) = pair_out.device_ptr_mut(stream)?;
+            let (gp, _g3) = grad_logp.device_ptr_mut(stream)?;
+            let (sp, _g4) = status.ptr(stream)?;
             let ptrs = PairLossPtrs {
                 ref_seq: rs.unwrap_or(0),
                 pair_out: pp,
@@ -385,7 +382,7 @@ impl Gpu {
             // SAFETY: every pointer comes from a live cudarc buffer of checked length.
             unsafe {
                 self.preference_loss_raw(
-                    stream.cu_stream() as u64,
+                    stream.raw(),
                     &tp,
                     tokens.logp.len(),
                     layout,
@@ -401,9 +398,9 @@ impl Gpu {
 }
 
 pub(crate) fn read_outputs(
-    stream: &Arc<CudaStream>,
-    metrics: &cudarc::driver::CudaSlice<f32>,
-    pair_out: &cudarc::driver::CudaSlice<f32>,
+    stream: &Stream,
+    metrics: &DeviceBuffer<f32>,
+    pair_out: &DeviceBuffer<f32>,
     n_pairs: usize,
 ) -> Result<PreferenceLossOutputs> {
     let m = stream.clone_dtoh(metrics)?;

@@ -1,82 +1,42 @@
 //! GPU launch of shared-prefix group attention (`kernels/prefix_attn.cu`): raw-pointer entry points
 //! and safe wrappers.
-use std::sync::Arc;
-
-use cudarc::driver::{
-    CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg,
-    SyncOnDrop,
-};
+use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut, DeviceBuffer};
 use half::{bf16, f16};
 
 use super::{AttnShape, SharedPrefixLayout};
 use crate::dtype::{DType, LogitElement};
 use crate::error::{ensure, invalid, Result};
-use crate::gpu::Gpu;
+use crate::runtime::Gpu;
 use crate::params::PrefixAttnParams;
-use crate::raw::check_ptr;
+use crate::runtime::args::check_ptr;
+use crate::runtime::registry::{self, AttnKernel};
 
-const THREADS: u32 = 128;
-const BR: usize = 64;
-const BQ: usize = 32;
 
 /// Element types of the attention kernels (bf16, f16; f32 accumulation inside).
 pub trait AttnElement: LogitElement {}
 impl AttnElement for bf16 {}
 impl AttnElement for f16 {}
 
-pub(crate) fn entry_points() -> Vec<String> {
-    let mut v = Vec::new();
-    for dt in ["bf16", "f16"] {
-        for d in [64, 128] {
-            for k in ["fwd", "bwd_dq", "bwd_dkdv", "bwd_pre"] {
-                v.push(format!("prefix_attn_{k}_{dt}_d{d}"));
-            }
-        }
-    }
-    v
-}
-
-/// Dynamic shared memory of an attention entry point (bytes), as the kernels compute it.
-pub(crate) fn dynamic_smem(name: &str) -> Option<u32> {
-    let d: usize = if name.ends_with("_d64") {
-        64
-    } else if name.ends_with("_d128") {
-        128
-    } else {
-        return None;
-    };
-    let ld = (d + 8) * 2;
-    if name.starts_with("prefix_attn_fwd_") {
-        Some((3 * BR * ld) as u32)
-    } else if name.starts_with("prefix_attn_bwd_dq_") {
-        Some((4 * BR * ld) as u32)
-    } else if name.starts_with("prefix_attn_bwd_dkdv_") {
-        Some(((2 * BR + 2 * BQ) * ld + 2 * BQ * 4) as u32)
-    } else {
-        None
-    }
-}
-
 /// What the backward reads from the forward: its inputs and outputs.
 pub struct AttnSaved<'a, T> {
     /// `[T, Hq, d]`.
-    pub q: CudaView<'a, T>,
+    pub q: View<'a, T>,
     /// `[T, Hkv, d]`.
-    pub k: CudaView<'a, T>,
+    pub k: View<'a, T>,
     /// `[T, Hkv, d]`.
-    pub v: CudaView<'a, T>,
+    pub v: View<'a, T>,
     /// The forward's output `[T, Hq, d]`.
-    pub o: CudaView<'a, T>,
+    pub o: View<'a, T>,
     /// The forward's LSE `[Hq, T]`.
-    pub lse: CudaView<'a, f32>,
+    pub lse: View<'a, f32>,
 }
 
 /// A layout uploaded to the device: per-tile descriptors and per-token segment starts.
 pub struct DevicePrefixLayout {
     /// `[n_tiles, 8]` i32 tile descriptors ([`SharedPrefixLayout::tiles`]).
-    pub tiles: CudaSlice<i32>,
+    pub tiles: DeviceBuffer<i32>,
     /// `[T]` i32 start of each token's own segment.
-    pub seg_lo2: CudaSlice<i32>,
+    pub seg_lo2: DeviceBuffer<i32>,
     /// Number of tiles.
     pub n_tiles: usize,
     /// Total tokens T.
@@ -85,10 +45,10 @@ pub struct DevicePrefixLayout {
 
 impl DevicePrefixLayout {
     /// The raw pointers, with the guards that keep cudarc's event tracking ordered.
-    pub(crate) fn raw<'s>(&'s self, stream: &'s CudaStream) -> (RawPrefixLayout, [SyncOnDrop<'s>; 2]) {
-        let (tiles, g0) = self.tiles.device_ptr(stream);
-        let (seg_lo2, g1) = self.seg_lo2.device_ptr(stream);
-        (RawPrefixLayout { tiles, seg_lo2, n_tiles: self.n_tiles, n_tokens: self.n_tokens }, [g0, g1])
+    pub(crate) fn raw<'s>(&'s self, stream: &'s Stream) -> Result<(RawPrefixLayout, [Guard<'s>; 2])> {
+        let (tiles, g0) = self.tiles.device_ptr(stream)?;
+        let (seg_lo2, g1) = self.seg_lo2.device_ptr(stream)?;
+        Ok((RawPrefixLayout { tiles, seg_lo2, n_tiles: self.n_tiles, n_tokens: self.n_tokens }, [g0, g1]))
     }
 }
 
@@ -155,7 +115,7 @@ impl Gpu {
     /// Uploads a layout's tile descriptors and segment starts (small: 32 B per 64 tokens + 4 B per token).
     pub fn upload_prefix_layout(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         layout: &SharedPrefixLayout,
     ) -> Result<DevicePrefixLayout> {
         let tiles: Vec<i32> = layout.tiles().into_iter().flatten().collect();
@@ -168,26 +128,23 @@ impl Gpu {
         })
     }
 
-    fn attn_launch(
+    /// Launches one attention kernel (block size and shared memory from the registry).
+    ///
+    /// # Safety
+    /// As the public raw entry points that call it.
+    unsafe fn attn_launch(
         &self,
         stream: u64,
-        name: &str,
+        kind: AttnKernel,
+        dtype: DType,
+        head_dim: usize,
         grid: (u32, u32),
         params: &PrefixAttnParams,
     ) -> Result<()> {
-        let f = self.function(name)?;
-        let smem = dynamic_smem(name).unwrap_or(0);
-        let threads = if name.contains("_bwd_pre_") { 256 } else { THREADS };
-        let cfg = LaunchConfig {
-            grid_dim: (grid.0, grid.1, 1),
-            block_dim: (threads, 1, 1),
-            shared_mem_bytes: smem,
-        };
-        // SAFETY: the callers guarantee the stream (see their # Safety).
-        let s = unsafe { self.borrow_stream(stream) };
-        // SAFETY: params matches the kernels' PrefixAttnParams (layout asserted in params.rs).
-        unsafe { s.launch_builder(f).arg(params).launch(cfg) }?;
-        Ok(())
+        let name = registry::prefix_attn(kind, dtype, head_dim);
+        // SAFETY: forwarded to the caller; params is the kernels' PrefixAttnParams (layout asserted
+        // in params.rs).
+        unsafe { self.launch(stream, &name, grid, params) }
     }
 
     /// Forward on raw device pointers: writes O and LSE. One launch on `stream`; never synchronizes.
@@ -226,8 +183,9 @@ impl Gpu {
             scale: shape.scale,
             ..Default::default()
         };
-        let name = format!("prefix_attn_fwd_{}_d{}", dtype.name(), shape.head_dim);
-        self.attn_launch(stream, &name, (layout.n_tiles as u32, shape.q_heads as u32), &params)
+        let grid = (layout.n_tiles as u32, shape.q_heads as u32);
+        // SAFETY: forwarded to the caller.
+        unsafe { self.attn_launch(stream, AttnKernel::Forward, dtype, shape.head_dim, grid, &params) }
     }
 
     /// Backward on raw device pointers: writes dQ, dK, dV (each written exactly once, no
@@ -272,36 +230,30 @@ impl Gpu {
             scale: shape.scale,
             reserved: 0,
         };
-        let (dt, d) = (dtype.name(), shape.head_dim);
+        let d = shape.head_dim;
         let rows = (layout.n_tokens * shape.q_heads) as u64;
         let pre_blocks = rows.div_ceil(8).clamp(1, self.sm_count() as u64 * 64) as u32;
-        self.attn_launch(stream, &format!("prefix_attn_bwd_pre_{dt}_d{d}"), (pre_blocks, 1), &params)?;
-        self.attn_launch(
-            stream,
-            &format!("prefix_attn_bwd_dkdv_{dt}_d{d}"),
-            (layout.n_tiles as u32, shape.kv_heads as u32),
-            &params,
-        )?;
-        self.attn_launch(
-            stream,
-            &format!("prefix_attn_bwd_dq_{dt}_d{d}"),
-            (layout.n_tiles as u32, shape.q_heads as u32),
-            &params,
-        )
+        let tiles = layout.n_tiles as u32;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.attn_launch(stream, AttnKernel::BackwardPre, dtype, d, (pre_blocks, 1), &params)?;
+            self.attn_launch(stream, AttnKernel::BackwardDkDv, dtype, d, (tiles, shape.kv_heads as u32), &params)?;
+            self.attn_launch(stream, AttnKernel::BackwardDq, dtype, d, (tiles, shape.q_heads as u32), &params)
+        }
     }
 
-    /// Forward on cudarc buffers (lengths checked against `layout` and `shape`), on `stream`.
+    /// Forward on device buffers (lengths checked against `layout` and `shape`), on `stream`.
     #[allow(clippy::too_many_arguments)]
     pub fn prefix_attn_forward<T: AttnElement>(
         &self,
-        stream: &Arc<CudaStream>,
-        q: &CudaView<'_, T>,
-        k: &CudaView<'_, T>,
-        v: &CudaView<'_, T>,
+        stream: &Stream,
+        q: &View<'_, T>,
+        k: &View<'_, T>,
+        v: &View<'_, T>,
         layout: &DevicePrefixLayout,
         shape: AttnShape,
-        o: &mut CudaViewMut<'_, T>,
-        lse: &mut CudaViewMut<'_, f32>,
+        o: &mut ViewMut<'_, T>,
+        lse: &mut ViewMut<'_, f32>,
     ) -> Result<()> {
         check_lengths(
             layout,
@@ -309,29 +261,29 @@ impl Gpu {
             &[("q", q.len(), true), ("k", k.len(), false), ("v", v.len(), false), ("o", o.len(), true)],
         )?;
         crate::token_logprobs::ensure_len("lse", lse.len(), shape.q_heads * layout.n_tokens)?;
-        let (qp, _g0) = q.device_ptr(stream);
-        let (kp, _g1) = k.device_ptr(stream);
-        let (vp, _g2) = v.device_ptr(stream);
-        let (op, _g3) = o.device_ptr_mut(stream);
-        let (lp, _g4) = lse.device_ptr_mut(stream);
-        let (raw, _layout_guards) = layout.raw(stream);
+        let (qp, _g0) = q.device_ptr(stream)?;
+        let (kp, _g1) = k.device_ptr(stream)?;
+        let (vp, _g2) = v.device_ptr(stream)?;
+        let (op, _g3) = o.device_ptr_mut(stream)?;
+        let (lp, _g4) = lse.device_ptr_mut(stream)?;
+        let (raw, _layout_guards) = layout.raw(stream)?;
         let ptrs = PrefixAttnFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
-        unsafe { self.prefix_attn_forward_raw(stream.cu_stream() as u64, T::DTYPE, shape, &raw, &ptrs) }
+        unsafe { self.prefix_attn_forward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
     }
 
     /// Backward on cudarc buffers: dQ, dK, dV from dO and the forward's O and LSE.
     #[allow(clippy::too_many_arguments)]
     pub fn prefix_attn_backward<T: AttnElement>(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         saved: &AttnSaved<'_, T>,
-        dout: &CudaView<'_, T>,
+        dout: &View<'_, T>,
         layout: &DevicePrefixLayout,
         shape: AttnShape,
-        dq: &mut CudaViewMut<'_, T>,
-        dk: &mut CudaViewMut<'_, T>,
-        dv: &mut CudaViewMut<'_, T>,
+        dq: &mut ViewMut<'_, T>,
+        dk: &mut ViewMut<'_, T>,
+        dv: &mut ViewMut<'_, T>,
     ) -> Result<()> {
         let AttnSaved { q, k, v, o, lse } = saved;
         check_lengths(
@@ -350,17 +302,17 @@ impl Gpu {
         )?;
         crate::token_logprobs::ensure_len("lse", lse.len(), shape.q_heads * layout.n_tokens)?;
         let mut delta = stream.alloc_zeros::<f32>(shape.q_heads * layout.n_tokens)?;
-        let (qp, _g0) = q.device_ptr(stream);
-        let (kp, _g1) = k.device_ptr(stream);
-        let (vp, _g2) = v.device_ptr(stream);
-        let (op, _g3) = o.device_ptr(stream);
-        let (lp, _g4) = lse.device_ptr(stream);
-        let (dop, _g5) = dout.device_ptr(stream);
-        let (dqp, _g6) = dq.device_ptr_mut(stream);
-        let (dkp, _g7) = dk.device_ptr_mut(stream);
-        let (dvp, _g8) = dv.device_ptr_mut(stream);
-        let (dlp, _g9) = delta.device_ptr_mut(stream);
-        let (raw, _layout_guards) = layout.raw(stream);
+        let (qp, _g0) = q.device_ptr(stream)?;
+        let (kp, _g1) = k.device_ptr(stream)?;
+        let (vp, _g2) = v.device_ptr(stream)?;
+        let (op, _g3) = o.device_ptr(stream)?;
+        let (lp, _g4) = lse.device_ptr(stream)?;
+        let (dop, _g5) = dout.device_ptr(stream)?;
+        let (dqp, _g6) = dq.device_ptr_mut(stream)?;
+        let (dkp, _g7) = dk.device_ptr_mut(stream)?;
+        let (dvp, _g8) = dv.device_ptr_mut(stream)?;
+        let (dlp, _g9) = delta.device_ptr_mut(stream)?;
+        let (raw, _layout_guards) = layout.raw(stream)?;
         let ptrs = PrefixAttnBwdPtrs {
             fwd: PrefixAttnFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp },
             dout: dop,
@@ -370,7 +322,7 @@ impl Gpu {
             delta: dlp,
         };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
-        unsafe { self.prefix_attn_backward_raw(stream.cu_stream() as u64, T::DTYPE, shape, &raw, &ptrs) }
+        unsafe { self.prefix_attn_backward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
     }
 }
 
@@ -395,27 +347,4 @@ fn check_lengths(
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The sizes the kernels `static_assert` (kernels/prefix_attn.cu): launching with less dynamic
-    /// shared memory than a kernel uses would be out of bounds.
-    #[test]
-    fn dynamic_smem_matches_the_kernels() {
-        for (name, bytes) in [
-            ("prefix_attn_fwd_bf16_d64", 27648),
-            ("prefix_attn_fwd_f16_d128", 52224),
-            ("prefix_attn_bwd_dq_bf16_d64", 36864),
-            ("prefix_attn_bwd_dq_f16_d128", 69632),
-            ("prefix_attn_bwd_dkdv_bf16_d64", 27904),
-            ("prefix_attn_bwd_dkdv_f16_d128", 52480),
-        ] {
-            assert_eq!(dynamic_smem(name), Some(bytes), "{name}");
-        }
-        assert_eq!(dynamic_smem("prefix_attn_bwd_pre_bf16_d64"), None);
-        assert!(entry_points().iter().all(|n| n.contains("_bwd_pre_") || dynamic_smem(n).is_some()));
-    }
 }

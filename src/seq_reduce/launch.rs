@@ -1,16 +1,15 @@
 //! GPU launch of the per-sequence reductions (`kernels/seq_reduce.cu`): raw-pointer entry points and
 //! safe wrappers. The statistics and token-gradient kernels are shared with the preference losses.
-use std::sync::Arc;
-
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg, SyncOnDrop};
+use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 
 use super::{ReduceMode, SEQ_STATS_LEN};
 use crate::error::{ensure, Result};
-use crate::gpu::Gpu;
+use crate::runtime::Gpu;
 use crate::params::{SeqStatsParams, TokenGradParams};
-use crate::raw::{check_ptr, check_status, StatusWord};
+use crate::runtime::args::{check_ptr};
+use crate::runtime::status::{check_status, StatusWord};
 
-const SEQ_THREADS: u32 = 256;
+use crate::runtime::registry::SEQ_THREADS;
 
 /// Device pointers of the per-token inputs (0 = absent, except `logp`).
 #[derive(Debug, Clone, Copy, Default)]
@@ -135,13 +134,10 @@ impl Gpu {
             log_tau,
             mode: mode as u32,
         };
-        let cfg = self.grid_for(n_seqs as u64, 1, SEQ_THREADS);
-        let f = self.function("seq_stats")?;
-        // SAFETY: forwarded to the caller.
-        let s = unsafe { self.borrow_stream(stream) };
-        // SAFETY: params matches the kernel's SeqStatsParams (layout asserted in params.rs).
-        unsafe { s.launch_builder(f).arg(&params).launch(cfg) }?;
-        Ok(())
+        let grid = self.grid_for(n_seqs as u64, 1);
+        // SAFETY: forwarded to the caller; params is the kernel's SeqStatsParams (layout asserted
+        // in params.rs).
+        unsafe { self.launch(stream, "seq_stats", grid, &params) }
     }
 
     /// Launches the token-gradient kernel with `params` (grid over tokens).
@@ -152,13 +148,10 @@ impl Gpu {
         if params.n_tokens == 0 {
             return Ok(());
         }
-        let cfg = self.grid_for(params.n_tokens as u64, 256, 256);
-        let f = self.function("token_grad")?;
-        // SAFETY: forwarded to the caller.
-        let s = unsafe { self.borrow_stream(stream) };
-        // SAFETY: params matches the kernel's TokenGradParams (layout asserted in params.rs).
-        unsafe { s.launch_builder(f).arg(params).launch(cfg) }?;
-        Ok(())
+        let grid = self.grid_for(params.n_tokens as u64, SEQ_THREADS as u64);
+        // SAFETY: forwarded to the caller; params is the kernel's TokenGradParams (layout asserted
+        // in params.rs).
+        unsafe { self.launch(stream, "token_grad", grid, params) }
     }
 
     /// Per-sequence reduction on raw device pointers: writes `scores` (`[S]` f32 under `mode`,
@@ -259,11 +252,11 @@ impl Gpu {
     /// to check the device status (bad `cu_seqlens` → [`crate::Error::DeviceCheck`]).
     pub fn seq_reduce(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         tokens: &DeviceTokens<'_>,
         seqs: &DeviceSeqs<'_>,
         mode: ReduceMode,
-        scores: &mut CudaViewMut<'_, f32>,
+        scores: &mut ViewMut<'_, f32>,
     ) -> Result<()> {
         let n_seqs = seqs.n_seqs();
         crate::token_logprobs::ensure_len("scores", scores.len(), n_seqs)?;
@@ -271,13 +264,13 @@ impl Gpu {
         {
             let mut guards = Vec::new();
             let ptrs = tokens.ptrs(stream, &mut guards)?;
-            let layout = seqs.raw(stream, &mut guards);
-            let (sp, _g) = scores.device_ptr_mut(stream);
-            let (st, _gs) = status.ptr(stream);
+            let layout = seqs.raw(stream, &mut guards)?;
+            let (sp, _g) = scores.device_ptr_mut(stream)?;
+            let (st, _gs) = status.ptr(stream)?;
             // SAFETY: pointers from live cudarc buffers whose lengths were checked.
             unsafe {
                 self.seq_reduce_raw(
-                    stream.cu_stream() as u64,
+                    stream.raw(),
                     &ptrs,
                     tokens.logp.len(),
                     layout,
@@ -295,12 +288,12 @@ impl Gpu {
     /// Recomputes the statistics it needs (one small kernel); synchronizes once for the status.
     pub fn seq_reduce_backward(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         tokens: &DeviceTokens<'_>,
         seqs: &DeviceSeqs<'_>,
         mode: ReduceMode,
-        dscores: &CudaView<'_, f32>,
-        grad_logp: &mut CudaViewMut<'_, f32>,
+        dscores: &View<'_, f32>,
+        grad_logp: &mut ViewMut<'_, f32>,
     ) -> Result<()> {
         let n_seqs = seqs.n_seqs();
         crate::token_logprobs::ensure_len("dscores", dscores.len(), n_seqs)?;
@@ -310,17 +303,17 @@ impl Gpu {
         {
             let mut guards = Vec::new();
             let ptrs = tokens.ptrs(stream, &mut guards)?;
-            let layout = seqs.raw(stream, &mut guards);
-            let (stp, _g0) = stats.device_ptr_mut(stream);
-            let (dp, _g1) = dscores.device_ptr(stream);
-            let (gp, _g2) = grad_logp.device_ptr_mut(stream);
-            let (st, _g3) = status.ptr(stream);
+            let layout = seqs.raw(stream, &mut guards)?;
+            let (stp, _g0) = stats.device_ptr_mut(stream)?;
+            let (dp, _g1) = dscores.device_ptr(stream)?;
+            let (gp, _g2) = grad_logp.device_ptr_mut(stream)?;
+            let (st, _g3) = status.ptr(stream)?;
             let n = tokens.logp.len();
             // SAFETY: pointers from live cudarc buffers whose lengths were checked.
             unsafe {
-                self.seq_reduce_raw(stream.cu_stream() as u64, &ptrs, n, layout, mode, 0, stp, st)?;
+                self.seq_reduce_raw(stream.raw(), &ptrs, n, layout, mode, 0, stp, st)?;
                 self.seq_reduce_backward_raw(
-                    stream.cu_stream() as u64,
+                    stream.raw(),
                     &ptrs,
                     n,
                     layout,
@@ -336,22 +329,22 @@ impl Gpu {
 /// Per-token inputs on the device (safe API). Every given array has `logp.len()` elements.
 pub struct DeviceTokens<'a> {
     /// Policy log-probs.
-    pub logp: CudaView<'a, f32>,
+    pub logp: View<'a, f32>,
     /// Loss mask (u8, 0 = ignored); `None` = every token counts.
-    pub mask: Option<CudaView<'a, u8>>,
+    pub mask: Option<View<'a, u8>>,
     /// Token weights; `None` = 1.
-    pub weights: Option<CudaView<'a, f32>>,
+    pub weights: Option<View<'a, f32>>,
     /// Per-token reference log-probs; `None` = not given.
-    pub ref_logp: Option<CudaView<'a, f32>>,
+    pub ref_logp: Option<View<'a, f32>>,
 }
 
 impl DeviceTokens<'_> {
     pub(crate) fn ptrs<'s>(
         &'s self,
-        stream: &'s CudaStream,
-        guards: &mut Vec<SyncOnDrop<'s>>,
+        stream: &'s Stream,
+        guards: &mut Vec<Guard<'s>>,
     ) -> Result<SeqReducePtrs> {
-        let (logp, g) = self.logp.device_ptr(stream);
+        let (logp, g) = self.logp.device_ptr(stream)?;
         guards.push(g);
         let [mask, weights, ref_logp] = optional_token_ptrs(
             stream,
@@ -368,17 +361,18 @@ impl DeviceTokens<'_> {
 /// Device pointers of the optional per-token arrays (mask, weights, reference log-probs; 0 when
 /// absent), each checked to hold `n` elements; their guards go to `guards`.
 pub(crate) fn optional_token_ptrs<'s>(
-    stream: &'s CudaStream,
+    stream: &'s Stream,
     n: usize,
-    mask: Option<&'s CudaView<'_, u8>>,
-    weights: Option<&'s CudaView<'_, f32>>,
-    ref_logp: Option<&'s CudaView<'_, f32>>,
-    guards: &mut Vec<SyncOnDrop<'s>>,
+    mask: Option<&'s View<'_, u8>>,
+    weights: Option<&'s View<'_, f32>>,
+    ref_logp: Option<&'s View<'_, f32>>,
+    guards: &mut Vec<Guard<'s>>,
 ) -> Result<[u64; 3]> {
-    let mut get = |name: &'static str, v: Option<(usize, (u64, SyncOnDrop<'s>))>| -> Result<u64> {
+    let mut get = |name: &'static str, v: Option<(usize, Result<(u64, Guard<'s>)>)>| -> Result<u64> {
         match v {
             None => Ok(0),
-            Some((len, (p, g))) => {
+            Some((len, ptr)) => {
+                let (p, g) = ptr?;
                 crate::token_logprobs::ensure_len(name, len, n)?;
                 guards.push(g);
                 Ok(p)
@@ -397,7 +391,7 @@ pub enum DeviceSeqs<'a> {
     /// Packed: `S + 1` offsets.
     Packed {
         /// The offsets.
-        cu_seqlens: CudaView<'a, i32>,
+        cu_seqlens: View<'a, i32>,
     },
     /// Padded `[n_seqs, seq_len]`.
     Padded {
@@ -418,17 +412,17 @@ impl DeviceSeqs<'_> {
     }
     pub(crate) fn raw<'s>(
         &'s self,
-        stream: &'s CudaStream,
-        guards: &mut Vec<SyncOnDrop<'s>>,
-    ) -> DeviceSeqLayout {
+        stream: &'s Stream,
+        guards: &mut Vec<Guard<'s>>,
+    ) -> Result<DeviceSeqLayout> {
         match self {
             DeviceSeqs::Packed { cu_seqlens } => {
-                let (p, g) = cu_seqlens.device_ptr(stream);
+                let (p, g) = cu_seqlens.device_ptr(stream)?;
                 guards.push(g);
-                DeviceSeqLayout::Packed { cu_seqlens: p, n_seqs: self.n_seqs() }
+                Ok(DeviceSeqLayout::Packed { cu_seqlens: p, n_seqs: self.n_seqs() })
             }
             DeviceSeqs::Padded { n_seqs, seq_len } => {
-                DeviceSeqLayout::Padded { n_seqs: *n_seqs, seq_len: *seq_len }
+                Ok(DeviceSeqLayout::Padded { n_seqs: *n_seqs, seq_len: *seq_len })
             }
         }
     }

@@ -1,19 +1,15 @@
 //! GPU launch of the token log-probs kernels (`kernels/token_logprobs.cu`): the unsafe raw-pointer
 //! entry points and the safe wrappers over cudarc buffers.
-use std::sync::Arc;
-
-use cudarc::driver::{CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, PushKernelArg};
+use crate::runtime::mem::{DevicePtr, DevicePtrMut, Stream, ViewMut};
+use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS};
 
 use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
-use crate::error::{ensure, Error, Result};
-use crate::gpu::Gpu;
-use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams, STATUS_BAD_TARGET};
-use crate::raw::{check_ptr, check_status, ranges_overlap, StatusWord};
-
-const BLOCK_THREADS: u32 = 256;
-const DTYPES: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
-const INDEX_TYPES: [IndexType; 2] = [IndexType::I32, IndexType::I64];
+use crate::error::{ensure, Result};
+use crate::runtime::Gpu;
+use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams};
+use crate::runtime::args::{check_ptr, ranges_overlap};
+use crate::runtime::status::{check_status, StatusWord};
 
 /// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
 /// Depends on V only, so a row's result never depends on N.
@@ -21,31 +17,8 @@ fn row_threads(vocab: usize) -> u32 {
     if vocab <= 1024 {
         32
     } else {
-        BLOCK_THREADS
+        TOKEN_LOGPROBS_THREADS
     }
-}
-
-fn fwd_name(dtype: DType, it: IndexType, entropy: bool, rt: u32) -> String {
-    let e = if entropy { "_entropy" } else { "" };
-    format!("token_logprobs_fwd{e}_{}_{}_w{rt}", dtype.name(), it.name())
-}
-
-fn bwd_name(dtype: DType, it: IndexType, rt: u32) -> String {
-    format!("token_logprobs_bwd_{}_{}_w{rt}", dtype.name(), it.name())
-}
-
-pub(crate) fn entry_points() -> Vec<String> {
-    let mut names = Vec::new();
-    for d in DTYPES {
-        for i in INDEX_TYPES {
-            for rt in [32, BLOCK_THREADS] {
-                names.push(fwd_name(d, i, false, rt));
-                names.push(fwd_name(d, i, true, rt));
-                names.push(bwd_name(d, i, rt));
-            }
-        }
-    }
-    names
 }
 
 /// Device pointers of a forward call (raw API). Pointers are CUdeviceptr values (e.g. PyTorch's
@@ -86,11 +59,11 @@ pub struct TokenLogprobsBwdPtrs {
 /// Outputs of the safe forward.
 pub struct TokenLogprobsOutputs<'a> {
     /// `[n_rows]` log p(target).
-    pub logp: CudaViewMut<'a, f32>,
+    pub logp: ViewMut<'a, f32>,
     /// `[n_rows]` logsumexp, kept for the backward.
-    pub lse: CudaViewMut<'a, f32>,
+    pub lse: ViewMut<'a, f32>,
     /// `[n_rows]` entropy; required iff `compute_entropy` is set.
-    pub entropy: Option<CudaViewMut<'a, f32>>,
+    pub entropy: Option<ViewMut<'a, f32>>,
 }
 
 /// Argument checks of the raw forward (everything but the pointers' validity, which the caller
@@ -160,13 +133,11 @@ impl Gpu {
             reserved: 0,
         };
         let rt = row_threads(layout.vocab);
-        let f = self.function(&fwd_name(dtype, index_type, cfg.compute_entropy, rt))?;
-        let launch = self.grid_for(layout.n_rows as u64, (BLOCK_THREADS / rt) as u64, BLOCK_THREADS);
-        // SAFETY: the caller guarantees the stream and pointers (see # Safety).
-        let s = unsafe { self.borrow_stream(stream) };
-        // SAFETY: params matches the kernel's by-value TokenLogprobsFwdParams (layout asserted).
-        unsafe { s.launch_builder(f).arg(&params).launch(launch) }?;
-        Ok(())
+        let name = registry::token_logprobs_fwd(dtype, index_type, cfg.compute_entropy, rt);
+        let grid = self.grid_for(layout.n_rows as u64, (TOKEN_LOGPROBS_THREADS / rt) as u64);
+        // SAFETY: the caller guarantees the stream and pointers (see # Safety); params is the
+        // kernel's by-value TokenLogprobsFwdParams (layout asserted).
+        unsafe { self.launch(stream, &name, grid, &params) }
     }
 
     /// Backward on raw device pointers: writes `grad_logits` (in place when
@@ -240,13 +211,11 @@ impl Gpu {
             reserved: 0,
         };
         let rt = row_threads(layout.vocab);
-        let f = self.function(&bwd_name(dtype, index_type, rt))?;
-        let launch = self.grid_for(layout.n_rows as u64, (BLOCK_THREADS / rt) as u64, BLOCK_THREADS);
-        // SAFETY: the caller guarantees the stream and pointers (see # Safety).
-        let s = unsafe { self.borrow_stream(stream) };
-        // SAFETY: params matches the kernel's by-value TokenLogprobsBwdParams (layout asserted).
-        unsafe { s.launch_builder(f).arg(&params).launch(launch) }?;
-        Ok(())
+        let name = registry::token_logprobs_bwd(dtype, index_type, rt);
+        let grid = self.grid_for(layout.n_rows as u64, (TOKEN_LOGPROBS_THREADS / rt) as u64);
+        // SAFETY: the caller guarantees the stream and pointers (see # Safety); params is the
+        // kernel's by-value TokenLogprobsBwdParams (layout asserted).
+        unsafe { self.launch(stream, &name, grid, &params) }
     }
 
     /// Forward on cudarc buffers, on `stream`.
@@ -257,7 +226,7 @@ impl Gpu {
     /// range (those rows hold NaN); without it, it never synchronizes.
     pub fn token_logprobs_forward<T: LogitElement, I: TargetIndex>(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         logits: &impl DevicePtr<T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
@@ -272,18 +241,18 @@ impl Gpu {
         }
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
-            let (logits_p, _g0) = logits.device_ptr(stream);
-            let (targets_p, _g1) = targets.device_ptr(stream);
-            let (logp_p, _g2) = out.logp.device_ptr_mut(stream);
-            let (lse_p, _g3) = out.lse.device_ptr_mut(stream);
+            let (logits_p, _g0) = logits.device_ptr(stream)?;
+            let (targets_p, _g1) = targets.device_ptr(stream)?;
+            let (logp_p, _g2) = out.logp.device_ptr_mut(stream)?;
+            let (lse_p, _g3) = out.lse.device_ptr_mut(stream)?;
             let (entropy_p, _g4) = match &mut out.entropy {
                 Some(e) => {
-                    let (p, g) = e.device_ptr_mut(stream);
+                    let (p, g) = e.device_ptr_mut(stream)?;
                     (p, Some(g))
                 }
                 None => (0, None),
             };
-            let (status_p, _g5) = status.ptr(stream);
+            let (status_p, _g5) = status.ptr(stream)?;
             let ptrs = TokenLogprobsFwdPtrs {
                 logits: logits_p,
                 targets: targets_p,
@@ -296,7 +265,7 @@ impl Gpu {
             // stream's context; the guards keep cudarc's event tracking ordered around the launch.
             unsafe {
                 self.token_logprobs_forward_raw(
-                    stream.cu_stream() as u64,
+                    stream.raw(),
                     T::DTYPE,
                     I::INDEX_TYPE,
                     layout,
@@ -313,7 +282,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn token_logprobs_backward<T: LogitElement, I: TargetIndex>(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         logits: &impl DevicePtr<T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
@@ -328,8 +297,8 @@ impl Gpu {
         ensure(grad_logits.len() >= grad_span, "grad_logits", || {
             format!("needs at least {grad_span} elements, got {}", grad_logits.len())
         })?;
-        let (logits_p, _g0) = logits.device_ptr(stream);
-        let (grad_p, _g1) = grad_logits.device_ptr_mut(stream);
+        let (logits_p, _g0) = logits.device_ptr(stream)?;
+        let (grad_p, _g1) = grad_logits.device_ptr_mut(stream)?;
         self.backward_on::<T, I>(stream, logits_p, grad_p, grad_stride, layout, targets, lse, grad_logp, cfg)
     }
 
@@ -337,7 +306,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     pub fn token_logprobs_backward_inplace<T: LogitElement, I: TargetIndex>(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         logits: &mut impl DevicePtrMut<T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
@@ -346,7 +315,7 @@ impl Gpu {
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
         validate(&layout, cfg, logits.len(), targets.len())?;
-        let (logits_p, _g0) = logits.device_ptr_mut(stream);
+        let (logits_p, _g0) = logits.device_ptr_mut(stream)?;
         self.backward_on::<T, I>(
             stream,
             logits_p,
@@ -365,7 +334,7 @@ impl Gpu {
     #[allow(clippy::too_many_arguments)]
     fn backward_on<T: LogitElement, I: TargetIndex>(
         &self,
-        stream: &Arc<CudaStream>,
+        stream: &Stream,
         logits_p: u64,
         grad_p: u64,
         grad_stride: usize,
@@ -379,10 +348,10 @@ impl Gpu {
         ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
-            let (targets_p, _g1) = targets.device_ptr(stream);
-            let (lse_p, _g2) = lse.device_ptr(stream);
-            let (grad_logp_p, _g3) = grad_logp.device_ptr(stream);
-            let (status_p, _g5) = status.ptr(stream);
+            let (targets_p, _g1) = targets.device_ptr(stream)?;
+            let (lse_p, _g2) = lse.device_ptr(stream)?;
+            let (grad_logp_p, _g3) = grad_logp.device_ptr(stream)?;
+            let (status_p, _g5) = status.ptr(stream)?;
             let ptrs = TokenLogprobsBwdPtrs {
                 logits: logits_p,
                 targets: targets_p,
@@ -395,7 +364,7 @@ impl Gpu {
             // logits and gradient guards are held by the caller across this call.
             unsafe {
                 self.token_logprobs_backward_raw(
-                    stream.cu_stream() as u64,
+                    stream.raw(),
                     T::DTYPE,
                     I::INDEX_TYPE,
                     layout,
@@ -407,16 +376,6 @@ impl Gpu {
         }
         check_status(status.read(stream)?)
     }
-}
-
-/// Maps the status bits of this op to an error.
-pub(crate) fn status_error(bits: u32) -> Option<Error> {
-    (bits & STATUS_BAD_TARGET != 0).then(|| {
-        Error::DeviceCheck(
-            "at least one target is outside [0, vocab) and not ignore_index; its rows were written as NaN"
-                .into(),
-        )
-    })
 }
 
 #[cfg(test)]
@@ -465,10 +424,8 @@ mod tests {
     }
 
     #[test]
-    fn every_variant_has_an_entry_point_name() {
-        let names = entry_points();
-        assert_eq!(names.len(), 3 * 2 * 2 * 3);
-        assert!(names.contains(&fwd_name(DType::BF16, IndexType::I64, true, 256)));
+    fn row_group_size_depends_on_the_vocabulary_only() {
+        assert!(registry::spec(&registry::token_logprobs_fwd(DType::BF16, IndexType::I64, true, 256)).is_some());
         assert_eq!(row_threads(1024), 32);
         assert_eq!(row_threads(1025), 256);
     }

@@ -1,0 +1,94 @@
+// Tiny kernels for the emulator's own tests (tests/emulator.rs): each planted fault must be
+// reported by its checker, and each collective (shuffles, votes, mma.sync) must match a plain
+// computation. Compiled for the emulator only.
+#include "../portable.cuh"
+
+struct EmuTestParams {
+    uint64_t in;   // input buffer
+    uint64_t out;  // output buffer
+    int64_t n;     // elements of `in`
+    int64_t mode;  // kernel-specific
+};
+
+// Thread i copies in[i + mode] to out[i]: mode = 1 reads one element past the end for the last thread.
+PREFK_KERNEL(emu_test_copy, EmuTestParams, 1024) {
+    const float* in = reinterpret_cast<const float*>(p.in);
+    float* out = reinterpret_cast<float*>(p.out);
+    const int64_t i = threadIdx.x;
+    if (i < p.n) out[i] = in[i + p.mode];
+}
+
+// Shared-memory faults. mode 0: correct (write, barrier, read the neighbour); 1: no barrier
+// (read-after-write race); 2: read before any write (uninitialized); 3: write past the array.
+PREFK_KERNEL(emu_test_shared, EmuTestParams, 256) {
+    PREFK_SHARED_ARRAY(float, s, 64);
+    float* out = reinterpret_cast<float*>(p.out);
+    const int t = threadIdx.x;
+    if (p.mode == 2) {
+        out[t] = s[t];
+        return;
+    }
+    s[p.mode == 3 ? t + 1 : t] = (float)t;
+    if (p.mode != 1) __syncthreads();
+    out[t] = s[(t + 1) % 64];
+}
+
+// mode 0: lanes 0..15 reach __syncthreads, the others exit; 1: lanes 16..31 exit before a full-mask
+// shuffle; 2: lanes 0..15 shuffle, lanes 16..31 wait at __syncthreads (deadlock).
+PREFK_KERNEL(emu_test_sync, EmuTestParams, 256) {
+    float* out = reinterpret_cast<float*>(p.out);
+    const int t = threadIdx.x;
+    if (p.mode == 0) {
+        if (t >= 16) return;
+        __syncthreads();
+        out[t] = 1.f;
+    } else if (p.mode == 1) {
+        if (t >= 16) return;
+        out[t] = __shfl_xor_sync(0xffffffffu, (float)t, 1);
+    } else {
+        if (t < 16) out[t] = __shfl_xor_sync(0xffffffffu, (float)t, 1);
+        else __syncthreads();
+    }
+}
+
+// Global faults. mode 0: read a never-written element; 1: a 16-byte load 4 bytes off alignment.
+PREFK_KERNEL(emu_test_global, EmuTestParams, 32) {
+    float* out = reinterpret_cast<float*>(p.out);
+    if (threadIdx.x != 0) return;
+    if (p.mode == 0) {
+        out[0] = reinterpret_cast<const float*>(p.in)[0];
+    } else {
+        const uint4 v = *reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(p.in) + 1);
+        out[0] = __uint_as_float(v.x ^ v.y ^ v.z ^ v.w);
+    }
+}
+
+// Every lane of a 32-thread block: out[lane * 8 + k] for shfl idx/up/down/xor, ballot, any, all.
+PREFK_KERNEL(emu_test_warp, EmuTestParams, 32) {
+    const int* in = reinterpret_cast<const int*>(p.in);
+    int* out = reinterpret_cast<int*>(p.out);
+    const int lane = threadIdx.x, v = in[lane];
+    out[lane * 8 + 0] = __shfl_sync(0xffffffffu, v, (lane * 7 + 3) % 32);
+    out[lane * 8 + 1] = __shfl_up_sync(0xffffffffu, v, 3);
+    out[lane * 8 + 2] = __shfl_down_sync(0xffffffffu, v, 5);
+    out[lane * 8 + 3] = __shfl_xor_sync(0xffffffffu, v, 6);
+    out[lane * 8 + 4] = __shfl_xor_sync(0xffffffffu, v, 1, 8);
+    out[lane * 8 + 5] = (int)__ballot_sync(0xffffffffu, v & 1);
+    out[lane * 8 + 6] = __any_sync(0xffffffffu, v > 1000);
+    out[lane * 8 + 7] = __all_sync(0xffffffffu, v >= 0);
+}
+
+// One mma.sync m16n8k16 per warp: in = 32 lanes x {a0..a3, b0, b1} registers, then 32 x 4 f32 C;
+// out = 32 lanes x 4 f32 D. mode 0: bf16, 1: f16.
+PREFK_KERNEL(emu_test_mma, EmuTestParams, 32) {
+    const uint32_t* in = reinterpret_cast<const uint32_t*>(p.in);
+    float* out = reinterpret_cast<float*>(p.out);
+    const int lane = threadIdx.x;
+    const uint32_t a[4] = {in[lane * 6 + 0], in[lane * 6 + 1], in[lane * 6 + 2], in[lane * 6 + 3]};
+    const uint32_t b[2] = {in[lane * 6 + 4], in[lane * 6 + 5]};
+    const float* cin = reinterpret_cast<const float*>(in + 32 * 6);
+    float c[4] = {cin[lane * 4 + 0], cin[lane * 4 + 1], cin[lane * 4 + 2], cin[lane * 4 + 3]};
+    if (p.mode == 0) mma_m16n8k16(c, a, b, __nv_bfloat16());
+    else mma_m16n8k16(c, a, b, __half());
+    for (int e = 0; e < 4; ++e) out[lane * 4 + e] = c[e];
+}

@@ -1,0 +1,310 @@
+//! Shared machinery below the op rooms: the device handle ([`Gpu`]) with its two backends, the
+//! kernel registry, the one launch path, streams and buffers, the status word and argument checks.
+//!
+//! Backends: a CUDA device (kernels from the embedded fatbins, launched with cudarc) or the CPU
+//! emulator (the same kernel sources compiled for the host, run with sanitizer checks). Every op
+//! launches through [`Gpu::launch`], which reads the block size and shared memory from
+//! [`registry`] and dispatches on the backend; above it, the raw and safe APIs are the same code
+//! on both.
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaContext, CudaFunction, LaunchConfig, PushKernelArg};
+
+use crate::error::{invalid, Error, Result};
+use crate::kernels;
+
+pub(crate) mod args;
+pub mod emulator;
+pub mod mem;
+pub mod registry;
+pub(crate) mod status;
+
+pub use emulator::EmulatorChecks;
+pub use mem::{BackendKind, DeviceBuffer, DevicePtr, DevicePtrMut, Element, Guard, Stream, View, ViewMut};
+
+/// Minimum driver version (cuDriverGetVersion): the kernels' PTX is ISA 9.0 from nvcc 13.0.
+pub const MIN_DRIVER_VERSION: i32 = 13000;
+
+/// Streaming multiprocessors the emulator reports: an H100/H200's, so grids match a real launch.
+pub const EMULATOR_SM_COUNT: u32 = 132;
+
+/// Why no GPU can be used, or `Ok(())` when one can: libcuda present, driver new enough, at least
+/// one device, kernels built. Never panics (checks for libcuda before touching the driver).
+pub fn gpu_available() -> Result<()> {
+    check_driver()?;
+    if !kernels::built() {
+        return Err(Error::KernelsNotBuilt(kernels::BUILD_NOTE));
+    }
+    let count = CudaContext::device_count()?;
+    if count < 1 {
+        return Err(Error::NoSuchDevice { ordinal: 0, count: 0 });
+    }
+    Ok(())
+}
+
+fn check_driver() -> Result<()> {
+    // SAFETY: is_culib_present only attempts to dlopen libcuda; it does not call into it.
+    if !unsafe { sys::is_culib_present() } {
+        return Err(Error::DriverMissing);
+    }
+    let mut version = 0i32;
+    // SAFETY: libcuda is present (checked above); cuDriverGetVersion writes one int and needs no cuInit.
+    unsafe { sys::cuDriverGetVersion(&mut version) }.result()?;
+    if version < MIN_DRIVER_VERSION {
+        return Err(Error::DriverTooOld { found: version, need: MIN_DRIVER_VERSION });
+    }
+    Ok(())
+}
+
+/// Which backend to open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A CUDA device.
+    Cuda,
+    /// The CPU emulator.
+    Emulator,
+    /// CUDA when a usable GPU is present, else the emulator.
+    Auto,
+}
+
+impl Backend {
+    /// `PREF_KERNELS_BACKEND` (`cuda`, `emulator` or `auto`), if set.
+    pub fn from_env() -> Result<Option<Self>> {
+        match std::env::var("PREF_KERNELS_BACKEND") {
+            Err(_) => Ok(None),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "cuda" => Ok(Some(Backend::Cuda)),
+                "emulator" | "emu" | "cpu" => Ok(Some(Backend::Emulator)),
+                "auto" | "" => Ok(Some(Backend::Auto)),
+                other => Err(invalid(
+                    "PREF_KERNELS_BACKEND",
+                    format!("`{other}` is not one of cuda, emulator, auto"),
+                )),
+            },
+        }
+    }
+}
+
+struct CudaDevice {
+    ctx: Arc<CudaContext>,
+    functions: HashMap<String, CudaFunction>,
+    sm_count: u32,
+}
+
+enum Inner {
+    Cuda(CudaDevice),
+    Emulator(EmulatorChecks),
+}
+
+/// A device with every pref-kernels kernel loaded: a CUDA GPU or the CPU emulator.
+///
+/// Create one per device and share it (`Gpu` is `Send + Sync`). On CUDA it retains the device's
+/// primary context, the same one the CUDA runtime and PyTorch use, so raw pointers from those
+/// work here. On the emulator, device pointers are host addresses of emulator allocations
+/// ([`Stream::alloc_zeros`], [`Stream::clone_htod`]) and launches run synchronously.
+pub struct Gpu {
+    inner: Inner,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.inner {
+            Inner::Cuda(c) => f
+                .debug_struct("Gpu")
+                .field("backend", &"cuda")
+                .field("ordinal", &c.ctx.ordinal())
+                .field("sm_count", &c.sm_count)
+                .field("functions", &c.functions.len())
+                .finish(),
+            Inner::Emulator(checks) => {
+                f.debug_struct("Gpu").field("backend", &"emulator").field("checks", checks).finish()
+            }
+        }
+    }
+}
+
+impl Gpu {
+    /// Opens CUDA device `ordinal` and loads every module (never the emulator; see
+    /// [`Gpu::open`] for a choice honouring `PREF_KERNELS_BACKEND`).
+    ///
+    /// Errors: [`Error::DriverMissing`] without libcuda, [`Error::DriverTooOld`] for drivers older
+    /// than CUDA 13.0, [`Error::KernelsNotBuilt`] when built without nvcc, [`Error::NoSuchDevice`]
+    /// for a bad ordinal, [`Error::Driver`] for anything the driver reports.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        check_driver()?;
+        if !kernels::built() {
+            return Err(Error::KernelsNotBuilt(kernels::BUILD_NOTE));
+        }
+        let count = CudaContext::device_count()? as usize;
+        if ordinal >= count {
+            return Err(Error::NoSuchDevice { ordinal, count });
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let sm_count =
+            ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
+        let mut functions = HashMap::new();
+        for (module_name, fatbin) in kernels::MODULES {
+            let fatbin = fatbin.ok_or(Error::KernelsNotBuilt(kernels::BUILD_NOTE))?;
+            // from_binary copies into a Vec, so include_bytes!'s alignment does not matter.
+            let module = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(fatbin.to_vec()))?;
+            for spec in registry::module_kernels(module_name) {
+                let f = module.load_function(&spec.name)?;
+                if spec.dynamic_smem > 48 * 1024 {
+                    // Opt in to more than the default 48 KB of dynamic shared memory.
+                    f.set_attribute(
+                        sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        spec.dynamic_smem as i32,
+                    )?;
+                }
+                functions.insert(spec.name.clone(), f);
+            }
+        }
+        Ok(Gpu { inner: Inner::Cuda(CudaDevice { ctx, functions, sm_count }) })
+    }
+
+    /// The CPU emulator with the checks of [`EmulatorChecks::from_env`] (all by default).
+    ///
+    /// Errors: [`Error::EmulatorNotBuilt`] when this build has no emulator; an emulated kernel
+    /// missing for a registry entry (a build defect) is reported as [`Error::Emulator`].
+    pub fn emulator() -> Result<Self> {
+        Self::emulator_with(EmulatorChecks::from_env()?)
+    }
+
+    /// The CPU emulator with the given checks.
+    pub fn emulator_with(checks: EmulatorChecks) -> Result<Self> {
+        if !emulator::built() {
+            return Err(Error::EmulatorNotBuilt);
+        }
+        let emulated = emulator::kernel_names();
+        if let Some(missing) = registry::kernels().iter().find(|k| !emulated.contains(&k.name)) {
+            return Err(Error::Emulator(format!("kernel `{}` has no emulated twin", missing.name)));
+        }
+        Ok(Gpu { inner: Inner::Emulator(checks) })
+    }
+
+    /// Opens `backend` (CUDA device `ordinal`, the emulator, or the first that works for
+    /// [`Backend::Auto`]); `PREF_KERNELS_BACKEND`, when set, overrides `backend`.
+    pub fn open(backend: Backend, ordinal: usize) -> Result<Self> {
+        match Backend::from_env()?.unwrap_or(backend) {
+            Backend::Cuda => Self::new(ordinal),
+            Backend::Emulator => Self::emulator(),
+            Backend::Auto => Self::new(ordinal).or_else(|_| Self::emulator()),
+        }
+    }
+
+    /// The backend of this handle.
+    pub fn backend(&self) -> BackendKind {
+        match self.inner {
+            Inner::Cuda(_) => BackendKind::Cuda,
+            Inner::Emulator(_) => BackendKind::Emulator,
+        }
+    }
+
+    /// The CUDA context (primary context of the device); `None` on the emulator.
+    pub fn cuda_context(&self) -> Option<&Arc<CudaContext>> {
+        match &self.inner {
+            Inner::Cuda(c) => Some(&c.ctx),
+            Inner::Emulator(_) => None,
+        }
+    }
+
+    /// The backend's default stream (CUDA: the context's default stream).
+    pub fn default_stream(&self) -> Stream {
+        match &self.inner {
+            Inner::Cuda(c) => Stream::from_cuda(c.ctx.default_stream()),
+            Inner::Emulator(_) => Stream::emulator(),
+        }
+    }
+
+    /// A new stream (CUDA: a new non-blocking stream; the emulator has one).
+    pub fn new_stream(&self) -> Result<Stream> {
+        match &self.inner {
+            Inner::Cuda(c) => Ok(Stream::from_cuda(c.ctx.new_stream()?)),
+            Inner::Emulator(_) => Ok(Stream::emulator()),
+        }
+    }
+
+    /// Number of streaming multiprocessors ([`EMULATOR_SM_COUNT`] on the emulator).
+    pub fn sm_count(&self) -> u32 {
+        match &self.inner {
+            Inner::Cuda(c) => c.sm_count,
+            Inner::Emulator(_) => EMULATOR_SM_COUNT,
+        }
+    }
+
+    /// Wraps a caller-owned stream (e.g. `torch.cuda.current_stream().cuda_stream`; 0 is the
+    /// legacy default stream) so the safe API can run on it. On the emulator the value is ignored.
+    ///
+    /// # Safety
+    /// On CUDA, `stream` must be 0 or a valid CUstream of this device's primary context, and must
+    /// outlive the returned handle and all work submitted through it. Ordering against the owner's
+    /// other work is the caller's responsibility (work runs in stream order).
+    pub unsafe fn borrow_stream(&self, stream: u64) -> Stream {
+        match &self.inner {
+            // SAFETY: forwarded to the caller (see above).
+            Inner::Cuda(c) => Stream::from_cuda(unsafe { c.ctx.wrap_borrowed_stream(stream as sys::CUstream) }),
+            Inner::Emulator(_) => Stream::emulator(),
+        }
+    }
+
+    /// Grid for `n_items` independent work items (rows, ...) with `per_block` items per block; the
+    /// kernels grid-stride, so capping the grid changes scheduling only, never results.
+    pub(crate) fn grid_for(&self, n_items: u64, per_block: u64) -> (u32, u32) {
+        let blocks = n_items.div_ceil(per_block).clamp(1, self.sm_count() as u64 * 256);
+        (blocks as u32, 1)
+    }
+
+    /// Launches kernel `name` (block size and dynamic shared memory from the [`registry`]) over
+    /// `grid` on `stream`: asynchronously on CUDA, to completion on the emulator (which reports a
+    /// failed check as [`Error::KernelCheck`]).
+    ///
+    /// # Safety
+    /// `P` is the kernel's `#[repr(C)]` parameter struct; every pointer in it satisfies the
+    /// documented contract of the public function launching it (valid memory of this backend,
+    /// alive until the work completes); on CUDA `stream` is 0 or a live CUstream of this context.
+    pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
+        &self,
+        stream: u64,
+        name: &str,
+        grid: (u32, u32),
+        params: &P,
+    ) -> Result<()> {
+        let spec = registry::spec(name)
+            .ok_or_else(|| Error::DeviceCheck(format!("kernel entry point `{name}` is not in the registry")))?;
+        match &self.inner {
+            Inner::Cuda(c) => {
+                let f = c.functions.get(name).ok_or_else(|| {
+                    Error::DeviceCheck(format!("kernel entry point `{name}` missing from the loaded modules"))
+                })?;
+                let cfg = LaunchConfig {
+                    grid_dim: (grid.0, grid.1, 1),
+                    block_dim: (spec.block_threads, 1, 1),
+                    shared_mem_bytes: spec.dynamic_smem,
+                };
+                // SAFETY: forwarded to the caller (stream).
+                let s = unsafe { c.ctx.wrap_borrowed_stream(stream as sys::CUstream) };
+                // SAFETY: params is the kernel's parameter struct by value (see # Safety).
+                unsafe { s.launch_builder(f).arg(params).launch(cfg) }?;
+                Ok(())
+            }
+            Inner::Emulator(checks) => {
+                // SAFETY: P is plain data; its bytes are the kernel's by-value parameters.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(params as *const P as *const u8, std::mem::size_of::<P>())
+                };
+                // SAFETY: forwarded to the caller (pointers in params).
+                unsafe {
+                    emulator::launch(
+                        name,
+                        [grid.0, grid.1, 1],
+                        [spec.block_threads, 1, 1],
+                        spec.dynamic_smem,
+                        bytes,
+                        *checks,
+                    )
+                }
+            }
+        }
+    }
+}

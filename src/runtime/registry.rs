@@ -1,0 +1,153 @@
+//! The kernel registry: every entry point of every module with the launch constants both backends
+//! need (threads per block, dynamic shared memory). The CUDA backend loads exactly these functions
+//! (and opts in to their shared memory); the emulator backend checks that each has an emulated
+//! twin. Op rooms name their kernels through the functions here and launch through
+//! [`crate::Gpu`]'s one launch path.
+use std::sync::OnceLock;
+
+use crate::dtype::{DType, IndexType};
+
+/// One kernel entry point.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KernelSpec {
+    /// `extern "C"` name, identical on both backends.
+    pub name: String,
+    /// Module (the `kernels/<module>.cu` file) that defines it.
+    pub module: &'static str,
+    /// Threads per block it is launched with.
+    pub block_threads: u32,
+    /// Dynamic shared memory per block, bytes.
+    pub dynamic_smem: u32,
+}
+
+/// Threads per block of the token log-probs kernels.
+pub(crate) const TOKEN_LOGPROBS_THREADS: u32 = 256;
+/// Threads per block of the per-sequence statistics and token-gradient kernels.
+pub(crate) const SEQ_THREADS: u32 = 256;
+/// Threads per block of the pair-loss kernel.
+pub(crate) const PAIR_THREADS: u32 = 256;
+/// Threads per block of the attention tile kernels (4 warps) and of their preprocess kernel.
+pub(crate) const ATTN_THREADS: u32 = 128;
+pub(crate) const ATTN_PRE_THREADS: u32 = 256;
+const ATTN_BR: u32 = 64;
+const ATTN_BQ: u32 = 32;
+
+/// Every module, in build order.
+pub const MODULES: [&str; 4] = ["token_logprobs", "seq_reduce", "pref_loss", "prefix_attn"];
+
+/// Name of a token log-probs forward entry point.
+pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, entropy: bool, row_threads: u32) -> String {
+    let e = if entropy { "_entropy" } else { "" };
+    format!("token_logprobs_fwd{e}_{}_{}_w{row_threads}", dtype.name(), it.name())
+}
+
+/// Name of a token log-probs backward entry point.
+pub(crate) fn token_logprobs_bwd(dtype: DType, it: IndexType, row_threads: u32) -> String {
+    format!("token_logprobs_bwd_{}_{}_w{row_threads}", dtype.name(), it.name())
+}
+
+/// The four attention kernels of one (dtype, head dim).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AttnKernel {
+    Forward,
+    BackwardPre,
+    BackwardDkDv,
+    BackwardDq,
+}
+
+/// Name of an attention entry point.
+pub(crate) fn prefix_attn(kind: AttnKernel, dtype: DType, head_dim: usize) -> String {
+    let k = match kind {
+        AttnKernel::Forward => "fwd",
+        AttnKernel::BackwardPre => "bwd_pre",
+        AttnKernel::BackwardDkDv => "bwd_dkdv",
+        AttnKernel::BackwardDq => "bwd_dq",
+    };
+    format!("prefix_attn_{k}_{}_d{head_dim}", dtype.name())
+}
+
+/// Dynamic shared memory of an attention kernel: 16-bit tiles of `d + 8` columns (the padding
+/// avoids bank conflicts). `kernels/prefix_attn.cu` static-asserts the same numbers.
+pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
+    let ld = (head_dim as u32 + 8) * 2;
+    match kind {
+        AttnKernel::Forward => 3 * ATTN_BR * ld,
+        AttnKernel::BackwardDq => 4 * ATTN_BR * ld,
+        AttnKernel::BackwardDkDv => (2 * ATTN_BR + 2 * ATTN_BQ) * ld + 2 * ATTN_BQ * 4,
+        AttnKernel::BackwardPre => 0,
+    }
+}
+
+fn build() -> Vec<KernelSpec> {
+    let mut v = Vec::new();
+    let mut add = |name: String, module: &'static str, block_threads: u32, dynamic_smem: u32| {
+        v.push(KernelSpec { name, module, block_threads, dynamic_smem })
+    };
+    for d in [DType::F32, DType::F16, DType::BF16] {
+        for i in [IndexType::I32, IndexType::I64] {
+            for rt in [32, TOKEN_LOGPROBS_THREADS] {
+                add(token_logprobs_fwd(d, i, false, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                add(token_logprobs_fwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                add(token_logprobs_bwd(d, i, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+            }
+        }
+    }
+    add("seq_stats".into(), "seq_reduce", SEQ_THREADS, 0);
+    add("token_grad".into(), "seq_reduce", SEQ_THREADS, 0);
+    add("pair_loss".into(), "pref_loss", PAIR_THREADS, 0);
+    for dt in [DType::BF16, DType::F16] {
+        for hd in [64, 128] {
+            for kind in [AttnKernel::Forward, AttnKernel::BackwardPre, AttnKernel::BackwardDkDv, AttnKernel::BackwardDq] {
+                let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
+                add(prefix_attn(kind, dt, hd), "prefix_attn", threads, attn_smem(kind, hd));
+            }
+        }
+    }
+    v
+}
+
+/// Every kernel of the crate.
+pub fn kernels() -> &'static [KernelSpec] {
+    static ALL: OnceLock<Vec<KernelSpec>> = OnceLock::new();
+    ALL.get_or_init(build)
+}
+
+/// The kernel called `name`, if it exists.
+pub fn spec(name: &str) -> Option<&'static KernelSpec> {
+    kernels().iter().find(|k| k.name == name)
+}
+
+/// Entry points of one module.
+pub fn module_kernels(module: &str) -> impl Iterator<Item = &'static KernelSpec> + '_ {
+    kernels().iter().filter(move |k| k.module == module)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_every_module_has_kernels() {
+        let all = kernels();
+        let mut names: Vec<&str> = all.iter().map(|k| k.name.as_str()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+        assert_eq!(all.len(), 36 + 2 + 1 + 16);
+        for m in MODULES {
+            assert!(module_kernels(m).count() > 0, "{m}");
+        }
+    }
+
+    #[test]
+    fn attention_shared_memory_matches_the_kernels_static_asserts() {
+        // kernels/prefix_attn.cu: fwd 27648 / 52224, dq 36864 / 69632, dkdv 27904 / 52480.
+        assert_eq!(attn_smem(AttnKernel::Forward, 64), 27648);
+        assert_eq!(attn_smem(AttnKernel::Forward, 128), 52224);
+        assert_eq!(attn_smem(AttnKernel::BackwardDq, 64), 36864);
+        assert_eq!(attn_smem(AttnKernel::BackwardDq, 128), 69632);
+        assert_eq!(attn_smem(AttnKernel::BackwardDkDv, 64), 27904);
+        assert_eq!(attn_smem(AttnKernel::BackwardDkDv, 128), 52480);
+        assert_eq!(spec("prefix_attn_bwd_dq_f16_d128").unwrap().dynamic_smem, 69632);
+    }
+}

@@ -1,0 +1,263 @@
+//! The emulator backend's own tests: each checker finds a fault planted in a tiny kernel
+//! (`kernels/emulator/selftest.cu`) and reports kernel, block, thread and address; correct kernels
+//! raise nothing; warp shuffles, votes and mma.sync m16n8k16 agree with plain computations.
+//! Runs on every machine (the emulator needs no GPU).
+use half::{bf16, f16};
+use pref_kernels::runtime::emulator::{self, launch_kernel};
+use pref_kernels::{DeviceBuffer, EmulatorChecks, Error, Stream};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EmuTestParams {
+    input: u64,
+    out: u64,
+    n: i64,
+    mode: i64,
+}
+
+fn params<A, B>(input: &DeviceBuffer<A>, out: &DeviceBuffer<B>, n: usize, mode: i64) -> EmuTestParams {
+    EmuTestParams { input: input.raw_ptr(), out: out.raw_ptr(), n: n as i64, mode }
+}
+
+fn run(name: &str, block: u32, p: &EmuTestParams) -> pref_kernels::Result<()> {
+    // SAFETY: p holds emulator allocations sized as each self-test kernel documents; memcheck is on.
+    unsafe { launch_kernel(name, [1, 1, 1], [block, 1, 1], 0, p, EmulatorChecks::ALL) }
+}
+
+fn report_of(r: pref_kernels::Result<()>) -> String {
+    match r {
+        Err(Error::KernelCheck(s)) => s,
+        other => panic!("expected a kernel-check report, got {other:?}"),
+    }
+}
+
+fn skip_without_emulator() -> bool {
+    if !emulator::built() {
+        assert!(
+            std::env::var("PREF_KERNELS_REQUIRE_NVCC").map(|v| v != "1").unwrap_or(true),
+            "PREF_KERNELS_REQUIRE_NVCC=1 but the emulator was not built"
+        );
+        println!("SKIPPED: this build has no emulator (no CUDA headers at build time)");
+        return true;
+    }
+    false
+}
+
+#[test]
+fn every_registry_kernel_has_an_emulated_twin() {
+    if skip_without_emulator() {
+        return;
+    }
+    let names = emulator::kernel_names();
+    for k in pref_kernels::runtime::registry::kernels() {
+        assert!(names.contains(&k.name), "{} is not emulated", k.name);
+    }
+}
+
+#[test]
+fn memcheck_reports_a_read_past_the_end() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let input = s.clone_htod(&[1.0f32; 32]).unwrap();
+    let out = s.alloc_zeros::<f32>(32).unwrap();
+    run("emu_test_copy", 32, &params(&input, &out, 32, 0)).unwrap();
+    assert_eq!(s.clone_dtoh(&out).unwrap(), vec![1.0f32; 32]);
+    let rep = report_of(run("emu_test_copy", 32, &params(&input, &out, 32, 1)));
+    assert!(rep.contains("[memcheck]") && rep.contains("invalid global read of 4 bytes"), "{rep}");
+    assert!(rep.contains("kernel `emu_test_copy`, block (0,0,0), thread (31,0,0)"), "{rep}");
+    assert!(rep.contains(&format!("{:#x}", input.raw_ptr() + 128)), "{rep}");
+    assert!(rep.contains("0 bytes past the end of the 128-byte allocation"), "{rep}");
+}
+
+#[test]
+fn memcheck_reports_misaligned_and_host_pointers() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let input = s.clone_htod(&[2.0f32; 16]).unwrap();
+    let out = s.alloc_zeros::<f32>(1).unwrap();
+    let rep = report_of(run("emu_test_global", 32, &params(&input, &out, 16, 1)));
+    assert!(rep.contains("misaligned global read of 16 bytes"), "{rep}");
+    // A host pointer the emulator did not allocate is not device memory.
+    let host = vec![0.0f32; 16];
+    let p = EmuTestParams { input: host.as_ptr() as u64, out: out.raw_ptr(), n: 16, mode: 0 };
+    let rep = report_of(run("emu_test_copy", 16, &p));
+    assert!(rep.contains("invalid global read"), "{rep}");
+}
+
+#[test]
+fn initcheck_reports_never_written_global_and_shared_memory() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let input = DeviceBuffer::<f32>::emulator_uninitialized(4).unwrap();
+    let out = s.alloc_zeros::<f32>(64).unwrap();
+    let rep = report_of(run("emu_test_global", 32, &params(&input, &out, 4, 0)));
+    assert!(rep.contains("[initcheck]") && rep.contains("never written"), "{rep}");
+    let rep = report_of(run("emu_test_shared", 64, &params(&out, &out, 64, 2)));
+    assert!(rep.contains("[initcheck]") && rep.contains("uninitialized shared memory at offset 0"), "{rep}");
+}
+
+#[test]
+fn racecheck_reports_a_missing_barrier_and_accepts_the_correct_kernel() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let out = s.alloc_zeros::<f32>(64).unwrap();
+    run("emu_test_shared", 64, &params(&out, &out, 64, 0)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    assert_eq!(got, (0..64).map(|t| ((t + 1) % 64) as f32).collect::<Vec<_>>());
+    let rep = report_of(run("emu_test_shared", 64, &params(&out, &out, 64, 1)));
+    // Threads run in order: thread 0 reads s[1] before thread 1 writes it.
+    assert!(rep.contains("[racecheck]") && rep.contains("write-after-read hazard at shared offset 4"), "{rep}");
+    assert!(rep.contains("thread (1,0,0)") && rep.contains("read by thread 0"), "{rep}");
+}
+
+#[test]
+fn memcheck_reports_a_write_past_a_shared_array() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let out = s.alloc_zeros::<f32>(64).unwrap();
+    let rep = report_of(run("emu_test_shared", 64, &params(&out, &out, 64, 3)));
+    assert!(rep.contains("invalid shared write of 4 bytes at offset 256"), "{rep}");
+    assert!(rep.contains("thread (63,0,0)"), "{rep}");
+}
+
+#[test]
+fn synccheck_reports_divergent_barriers_and_partial_warps_without_hanging() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let out = s.alloc_zeros::<f32>(64).unwrap();
+    let rep = report_of(run("emu_test_sync", 32, &params(&out, &out, 64, 0)));
+    assert!(rep.contains("[synccheck]") && rep.contains("__syncthreads"), "{rep}");
+    let rep = report_of(run("emu_test_sync", 32, &params(&out, &out, 64, 1)));
+    assert!(rep.contains("[synccheck]") && rep.contains("has exited"), "{rep}");
+    let rep = report_of(run("emu_test_sync", 32, &params(&out, &out, 64, 2)));
+    assert!(rep.contains("[synccheck]"), "{rep}");
+}
+
+#[test]
+fn invalid_launches_are_refused() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let out = s.alloc_zeros::<f32>(64).unwrap();
+    let p = params(&out, &out, 64, 0);
+    // emu_test_warp has __launch_bounds__(32).
+    let e = run("emu_test_warp", 64, &p).unwrap_err().to_string();
+    assert!(e.contains("__launch_bounds__"), "{e}");
+    let e = run("no_such_kernel", 32, &p).unwrap_err().to_string();
+    assert!(e.contains("no emulated kernel named `no_such_kernel`"), "{e}");
+    // SAFETY: a wrong-sized parameter block is rejected before anything runs.
+    let e = unsafe { launch_kernel("emu_test_warp", [1, 1, 1], [32, 1, 1], 0, &0u32, EmulatorChecks::ALL) }
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("parameter size"), "{e}");
+}
+
+#[test]
+fn warp_shuffles_and_votes_match_their_definitions() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let mut rng = StdRng::seed_from_u64(7);
+    let v: Vec<i32> = (0..32).map(|_| rng.random_range(0..2000)).collect();
+    let input = s.clone_htod(&v).unwrap();
+    let out = s.alloc_zeros::<i32>(32 * 8).unwrap();
+    run("emu_test_warp", 32, &params(&input, &out, 32, 0)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    let ballot = (0..32).filter(|&l| v[l] & 1 == 1).fold(0u32, |b, l| b | 1 << l) as i32;
+    for lane in 0..32usize {
+        let w = &got[lane * 8..lane * 8 + 8];
+        assert_eq!(w[0], v[(lane * 7 + 3) % 32], "idx lane {lane}");
+        assert_eq!(w[1], v[if lane >= 3 { lane - 3 } else { lane }], "up lane {lane}");
+        assert_eq!(w[2], v[if lane + 5 < 32 { lane + 5 } else { lane }], "down lane {lane}");
+        assert_eq!(w[3], v[lane ^ 6], "xor lane {lane}");
+        assert_eq!(w[4], v[lane ^ 1], "xor width 8 lane {lane}");
+        assert_eq!(w[5], ballot, "ballot");
+        assert_eq!(w[6], v.iter().any(|&x| x > 1000) as i32, "any");
+        assert_eq!(w[7], 1, "all");
+    }
+}
+
+/// Builds the 32 lanes' registers of A (16x16 row-major), B (16x8) and C (16x8) from the PTX ISA
+/// fragment tables for mma.m16n8k16 (independently of the emulator's implementation), runs one
+/// mma.sync, and compares D with a plain f64 matrix product.
+fn check_mma(bits: impl Fn(f32) -> (u16, f32), mode: i64) {
+    let s = Stream::emulator();
+    let mut rng = StdRng::seed_from_u64(11 + mode as u64);
+    let mut a = [[0f32; 16]; 16];
+    let mut abits = [[0u16; 16]; 16];
+    let mut b = [[0f32; 8]; 16];
+    let mut bbits = [[0u16; 8]; 16];
+    let mut c = [[0f32; 8]; 16];
+    for i in 0..16 {
+        for k in 0..16 {
+            (abits[i][k], a[i][k]) = bits(rng.random_range(-2.0..2.0));
+        }
+        for j in 0..8 {
+            (bbits[i][j], b[i][j]) = bits(rng.random_range(-2.0..2.0));
+            c[i][j] = rng.random_range(-1.0..1.0);
+        }
+    }
+    let pack = |lo: u16, hi: u16| lo as u32 | (hi as u32) << 16;
+    let mut regs = vec![0u32; 32 * 6 + 32 * 4];
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        // A: a0,a1 (row g, cols 2t, 2t+1); a2,a3 (row g+8); a4..a7 the same rows, cols + 8.
+        regs[lane * 6] = pack(abits[g][2 * t], abits[g][2 * t + 1]);
+        regs[lane * 6 + 1] = pack(abits[g + 8][2 * t], abits[g + 8][2 * t + 1]);
+        regs[lane * 6 + 2] = pack(abits[g][2 * t + 8], abits[g][2 * t + 9]);
+        regs[lane * 6 + 3] = pack(abits[g + 8][2 * t + 8], abits[g + 8][2 * t + 9]);
+        // B: b0,b1 (rows k = 2t, 2t+1, col n = g); b2,b3 (rows 2t+8, 2t+9).
+        regs[lane * 6 + 4] = pack(bbits[2 * t][g], bbits[2 * t + 1][g]);
+        regs[lane * 6 + 5] = pack(bbits[2 * t + 8][g], bbits[2 * t + 9][g]);
+        // C: c0,c1 (row g, cols 2t, 2t+1); c2,c3 (row g+8).
+        for e in 0..4 {
+            let (i, j) = (g + 8 * (e / 2), 2 * t + e % 2);
+            regs[32 * 6 + lane * 4 + e] = c[i][j].to_bits();
+        }
+    }
+    let input = s.clone_htod(&regs).unwrap();
+    let out = s.alloc_zeros::<f32>(32 * 4).unwrap();
+    run("emu_test_mma", 32, &params(&input, &out, regs.len(), mode)).unwrap();
+    let d = s.clone_dtoh(&out).unwrap();
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        for e in 0..4 {
+            let (i, j) = (g + 8 * (e / 2), 2 * t + e % 2);
+            let want: f64 = c[i][j] as f64 + (0..16).map(|k| a[i][k] as f64 * b[k][j] as f64).sum::<f64>();
+            let got = d[lane * 4 + e] as f64;
+            assert!((got - want).abs() <= 1e-6 * (1.0 + want.abs()), "D[{i}][{j}] = {got}, want {want}");
+        }
+    }
+}
+
+#[test]
+fn mma_m16n8k16_bf16_matches_a_matrix_product() {
+    if skip_without_emulator() {
+        return;
+    }
+    check_mma(|x| (bf16::from_f32(x).to_bits(), bf16::from_f32(x).to_f32()), 0);
+}
+
+#[test]
+fn mma_m16n8k16_f16_matches_a_matrix_product() {
+    if skip_without_emulator() {
+        return;
+    }
+    check_mma(|x| (f16::from_f32(x).to_bits(), f16::from_f32(x).to_f32()), 1);
+}
