@@ -48,7 +48,7 @@ fn cpu_losses(c: &mut Criterion) {
 
 fn gpu_benches(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip() else { return };
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let mut g = c.benchmark_group("gpu_pref_loss");
     g.sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for pairs in [8usize, 64, 512] {
@@ -59,13 +59,13 @@ fn gpu_benches(c: &mut Criterion) {
         let mut grad = s.alloc_zeros::<f32>(n).unwrap();
         let mut metrics = s.alloc_zeros::<f32>(METRICS_LEN).unwrap();
         let mut work = s.alloc_zeros::<f32>(preference_loss_workspace_len(2 * pairs, pairs)).unwrap();
-        use cudarc::driver::{DevicePtr, DevicePtrMut};
-        let (lp, _a) = logp.device_ptr(&s);
-        let (rp, _b) = ref_logp.device_ptr(&s);
-        let (wp, _c) = weights.device_ptr(&s);
-        let (gp, _d) = grad.device_ptr_mut(&s);
-        let (mp, _e) = metrics.device_ptr_mut(&s);
-        let (kp, _f) = work.device_ptr_mut(&s);
+        use pref_kernels::runtime::{DevicePtr, DevicePtrMut};
+        let (lp, _a) = logp.device_ptr(&s).unwrap();
+        let (rp, _b) = ref_logp.device_ptr(&s).unwrap();
+        let (wp, _c) = weights.device_ptr(&s).unwrap();
+        let (gp, _d) = grad.device_ptr_mut(&s).unwrap();
+        let (mp, _e) = metrics.device_ptr_mut(&s).unwrap();
+        let (kp, _f) = work.device_ptr_mut(&s).unwrap();
         let tokens = SeqReducePtrs { logp: lp, mask: 0, weights: wp, ref_logp: rp };
         let ptrs =
             PairLossPtrs { ref_seq: 0, pair_out: 0, metrics: mp, grad_logp: gp, workspace: kp, status: 0 };

@@ -32,7 +32,7 @@ fn cpu_reference(c: &mut Criterion) {
 
 fn gpu_benches(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip() else { return };
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let shape = AttnShape::new(32, 8, 128);
     let mut grp = c.benchmark_group("gpu_prefix_attn_bf16_h32_kv8_d128");
     grp.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));

@@ -43,7 +43,7 @@ fn cpu_reference(c: &mut Criterion) {
 
 fn gpu_benches(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip() else { return };
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let mut g = c.benchmark_group("gpu_token_logprobs_bf16");
     g.sample_size(20).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
 

@@ -137,13 +137,14 @@ fn main() -> pref_kernels::Result<()> {
     match &gpu {
         Some(gpu) => {
             println!("device: {gpu:?}");
-            let s = gpu.context().default_stream();
+            let s = gpu.default_stream();
             let logits0 = s.clone_htod(&data.logits)?;
             let targets = s.clone_htod(&data.targets)?;
             let mask = s.clone_htod(&data.mask)?;
             let weights = s.clone_htod(&data.weights)?;
             let ref_logp = s.clone_htod(&data.ref_logp)?;
             let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let cs = s.cuda().expect("CUDA backend");
             let gb = (n * vocab * 2) as f64 / 1e9;
 
             // Token log-probs alone (forward with entropy, backward out of place): the floor the
@@ -156,15 +157,15 @@ fn main() -> pref_kernels::Result<()> {
             let quiet = TokenLogprobsConfig { check_targets: false, ..token_cfg };
             let mut fb = Vec::new();
             for _ in 0..7 {
-                let e0 = s.record_event(flags)?;
+                let e0 = cs.record_event(flags)?;
                 let out =
                     TokenLogprobsOutputs { logp: logp.as_view_mut(), lse: lse.as_view_mut(), entropy: None };
                 gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &quiet)?;
-                let e1 = s.record_event(flags)?;
+                let e1 = cs.record_event(flags)?;
                 gpu.token_logprobs_backward(
                     &s, &logits0, layout, &targets, &lse, &ones, &mut grad, vocab, &quiet,
                 )?;
-                let e2 = s.record_event(flags)?;
+                let e2 = cs.record_event(flags)?;
                 e2.synchronize()?;
                 fb.push((e0.elapsed_ms(&e1)?, e1.elapsed_ms(&e2)?));
             }
@@ -191,7 +192,7 @@ fn main() -> pref_kernels::Result<()> {
                 let mut times = Vec::new();
                 let mut last = None;
                 for _ in 0..5 {
-                    let mut logits = logits0.clone();
+                    let mut logits = s.clone_dtod(&logits0)?;
                     let batch = StepBatch {
                         layout,
                         targets: targets.as_view(),
@@ -204,7 +205,7 @@ fn main() -> pref_kernels::Result<()> {
                     };
                     s.synchronize()?;
                     let t0 = Instant::now();
-                    let e0 = s.record_event(flags)?;
+                    let e0 = cs.record_event(flags)?;
                     let out = gpu.preference_step(
                         &s,
                         &mut logits.as_view_mut(),
@@ -213,7 +214,7 @@ fn main() -> pref_kernels::Result<()> {
                         cfg,
                         GradLogits::InPlace,
                     )?;
-                    let e1 = s.record_event(flags)?;
+                    let e1 = cs.record_event(flags)?;
                     e1.synchronize()?;
                     times.push((e0.elapsed_ms(&e1)?, t0.elapsed().as_secs_f64() * 1e3));
                     last = Some(out);
@@ -232,7 +233,7 @@ fn main() -> pref_kernels::Result<()> {
                 let seqs = DeviceSeqs::Padded { n_seqs, seq_len };
                 let mut loss_ms = Vec::new();
                 for _ in 0..5 {
-                    let e0 = s.record_event(flags)?;
+                    let e0 = cs.record_event(flags)?;
                     gpu.preference_loss(
                         &s,
                         &tokens,
@@ -242,7 +243,7 @@ fn main() -> pref_kernels::Result<()> {
                         cfg,
                         &mut g.as_view_mut(),
                     )?;
-                    let e1 = s.record_event(flags)?;
+                    let e1 = cs.record_event(flags)?;
                     e1.synchronize()?;
                     loss_ms.push(e0.elapsed_ms(&e1)?);
                 }
@@ -348,7 +349,7 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
     let flops = 4.0 * shape.head_dim as f64 * layout.attended_pairs() as f64 * shape.q_heads as f64;
     match gpu {
         Some(gpu) => {
-            let s = gpu.context().default_stream();
+            let s = gpu.default_stream();
             let dl = gpu.upload_prefix_layout(&s, &layout)?;
             let (dq_, dk_, dv_, ddo) =
                 (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
@@ -360,9 +361,10 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
                 s.alloc_zeros::<bf16>(t * wk)?,
             );
             let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+            let cs = s.cuda().expect("CUDA backend");
             let mut times = Vec::new();
             for _ in 0..5 {
-                let e0 = s.record_event(flags)?;
+                let e0 = cs.record_event(flags)?;
                 gpu.prefix_attn_forward(
                     &s,
                     &dq_.as_view(),
@@ -373,7 +375,7 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
                     &mut o.as_view_mut(),
                     &mut lse.as_view_mut(),
                 )?;
-                let e1 = s.record_event(flags)?;
+                let e1 = cs.record_event(flags)?;
                 let saved = AttnSaved {
                     q: dq_.as_view(),
                     k: dk_.as_view(),
@@ -391,7 +393,7 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
                     &mut gk.as_view_mut(),
                     &mut gv.as_view_mut(),
                 )?;
-                let e2 = s.record_event(flags)?;
+                let e2 = cs.record_event(flags)?;
                 e2.synchronize()?;
                 times.push((e0.elapsed_ms(&e1)?, e1.elapsed_ms(&e2)?));
             }

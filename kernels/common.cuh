@@ -38,6 +38,13 @@ template <typename T> __device__ __forceinline__ Vec16<T> load_vec_stream(const 
     memcpy(&v, &raw, 16);
     return v;
 }
+// The same 16 bytes element by element, for a chunk that is not 16-byte aligned.
+template <typename T> __device__ __forceinline__ Vec16<T> load_vec_unaligned(const T* p) {
+    Vec16<T> v;
+#pragma unroll
+    for (int k = 0; k < Vec16<T>::N; ++k) v.v[k] = p[k];
+    return v;
+}
 // Plain load: required where the same memory is later overwritten by this kernel (in-place backward).
 template <typename T> __device__ __forceinline__ Vec16<T> load_vec(const T* p) {
     const uint4 raw = *reinterpret_cast<const uint4*>(p);
@@ -51,10 +58,12 @@ template <typename T> __device__ __forceinline__ void store_vec_stream(T* p, con
     __stcs(reinterpret_cast<uint4*>(p), raw);
 }
 
-// A row of `len` elements starting at `addr` is processed as: `head` (< 16 / sizeof(T), so fewer
-// than one warp) scalars until the first 16-byte boundary, `nvec` aligned 16-byte vectors, then
-// strided scalars from `tail_start` up to `len`. Any stride/offset works; rows whose (input,
-// output) misalignments differ are all tail (strided scalars).
+// Elementwise passes (the backward) process a row of `len` elements starting at `addr` as: `head`
+// (< 16 / sizeof(T), so fewer than one warp) scalars until the first 16-byte boundary, `nvec`
+// aligned 16-byte vectors, then strided scalars from `tail_start` up to `len`. Any stride/offset
+// works; rows whose (input, output) misalignments differ are all tail (strided scalars). Results
+// are elementwise, so the split never changes them. (Reductions fold in column order instead: see
+// token_logprobs_fwd.)
 struct RowSplit {
     int64_t head;
     int64_t nvec;
@@ -102,7 +111,9 @@ __device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&z
         const float d = z[k] - cm;
         const float e = exp2f(d);
         st.s += e;
-        if (ENTROPY) st.t = fmaf(e, d, st.t);
+        // A -inf logit has e = 0 and d = -inf: its term p ln p is 0 (clamping d keeps 0 * d = 0;
+        // fmaxf passes NaN's d through as -FLT_MAX, but then e is NaN and poisons s and t).
+        if (ENTROPY) st.t = fmaf(e, fmaxf(d, -FLT_MAX), st.t);
     }
     st.m = cm;
 }

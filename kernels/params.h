@@ -60,8 +60,8 @@ static_assert(sizeof(TokenLogprobsBwdParams) == 96, "TokenLogprobsBwdParams layo
 #define PREFK_STAT_WMASS 1          // sum m w
 #define PREFK_STAT_SUM 2            // sum m logp
 #define PREFK_STAT_WSUM 3           // sum m w logp
-#define PREFK_STAT_REF_SUM 4        // sum m ref
-#define PREFK_STAT_REF_WSUM 5       // sum m w ref
+#define PREFK_STAT_DIFF_SUM 4       // sum m (logp - ref): log-ratios summed per token, no cancellation
+#define PREFK_STAT_DIFF_WSUM 5      // sum m w (logp - ref)
 #define PREFK_STAT_GATED_WMASS 6    // sum m gate w
 #define PREFK_STAT_GATED_COUNT 7    // sum m gate
 #define PREFK_STAT_GATED_WSUM 8     // sum m gate w logp

@@ -18,7 +18,7 @@ __device__ __forceinline__ float log1mexp_(float x) {  // log(1 - e^x), x < 0
 }
 
 struct Stats {
-    float count, wmass, sum, wsum, rsum, rwsum, gwmass, gcount, gwsum;
+    float count, wmass, sum, wsum, dsum, dwsum, gwmass, gcount, gwsum;  // dsum: sum of logp - ref
 };
 __device__ __forceinline__ Stats load_stats(uint64_t stats, int64_t s) {
     const float* p = reinterpret_cast<const float*>(stats) + s * PREFK_SEQ_STATS;
@@ -64,14 +64,14 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
     const float beta = L.beta;
     const float sc = aggregate(L.agg, c.sum, c.wsum, c.count, c.wmass);
     const float sr = aggregate(L.agg, r.sum, r.wsum, r.count, r.wmass);
-    const float rc = has_ref_seq ? ref_c_seq : aggregate(L.agg, c.rsum, c.rwsum, c.count, c.wmass);
-    const float rr = has_ref_seq ? ref_r_seq : aggregate(L.agg, r.rsum, r.rwsum, r.count, r.wmass);
+    // Log-ratios: aggregated per-token differences, or score minus the given sequence reference.
+    const float dc = has_ref_seq ? sc - ref_c_seq : aggregate(L.agg, c.dsum, c.dwsum, c.count, c.wmass);
+    const float dr = has_ref_seq ? sr - ref_r_seq : aggregate(L.agg, r.dsum, r.dwsum, r.count, r.wmass);
     float kc0, kc1, kr0, kr1;
     token_coef(L.agg, c.count, c.wmass, kc0, kc1);
     token_coef(L.agg, r.count, r.wmass, kr0, kr1);
     o.score_c = sc;
     o.score_r = sr;
-    const float dc = sc - rc, dr = sr - rr;
     o.reward_c = beta * dc;
     o.reward_r = beta * dr;
     float gc = 0.f, gr = 0.f;  // dphi/dS_c, dphi/dS_r
@@ -207,8 +207,8 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
             }
             case PREFK_LOSS_TGDPO: {  // token weights carry the rewards; sum aggregation, beta inside z
                 const float ab2 = L.p0 * beta * beta;
-                const float pc = beta * (c.sum - c.rsum) + ab2 * (c.wsum - c.rwsum);
-                const float pr = beta * (r.sum - r.rsum) - ab2 * (r.wsum - r.rwsum);
+                const float pc = beta * c.dsum + ab2 * c.dwsum;
+                const float pr = beta * r.dsum - ab2 * r.dwsum;
                 const float z = pc - pr;
                 o.phi = softplus_(-z);
                 const float s = sigmoid_(-z);

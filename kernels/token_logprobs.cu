@@ -46,25 +46,24 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
             continue;
         }
 
-        // Stream the row: scalar head, UNROLL x 16-byte vectors, scalar tail.
+        // Stream the row. The fold order depends on the column index only (chunk j of VEC columns
+        // on thread j % ROW_THREADS in increasing j, then the < VEC tail columns), never on the
+        // row's address, so a row's result is bitwise the same wherever it sits in memory. A
+        // 16-byte aligned row (the usual case) loads each chunk with one 16-byte load.
         const T* x = reinterpret_cast<const T*>(p.logits) + row * p.row_stride;
-        const RowSplit sp = split_row<T>((uint64_t)x, (uint64_t)x, p.vocab);
+        const bool aligned = ((uint64_t)x & 15u) == 0;
+        const int64_t nvec = p.vocab / VEC, tail_start = nvec * VEC;
         SoftmaxState st = softmax_identity();
-        if (tid < sp.head) {
-            const float z[1] = {to_f32(x[tid]) * scale2};
-            softmax_update<1, ENTROPY>(st, z);
-        }
-        const T* xv = x + sp.head;
-        for (int64_t base = tid; base < sp.nvec; base += (int64_t)ROW_THREADS * UNROLL) {
+        for (int64_t base = tid; base < nvec; base += (int64_t)ROW_THREADS * UNROLL) {
             Vec16<T> v[UNROLL];
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
                 const int64_t i = base + (int64_t)u * ROW_THREADS;
-                if (i < sp.nvec) v[u] = load_vec_stream(xv + i * VEC);
+                if (i < nvec) v[u] = aligned ? load_vec_stream(x + i * VEC) : load_vec_unaligned(x + i * VEC);
             }
 #pragma unroll
             for (int u = 0; u < UNROLL; ++u) {
-                if (base + (int64_t)u * ROW_THREADS < sp.nvec) {
+                if (base + (int64_t)u * ROW_THREADS < nvec) {
                     float z[VEC];
 #pragma unroll
                     for (int k = 0; k < VEC; ++k) z[k] = to_f32(v[u].v[k]) * scale2;
@@ -72,7 +71,7 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
                 }
             }
         }
-        for (int64_t i = sp.tail_start + tid; i < p.vocab; i += ROW_THREADS) {
+        for (int64_t i = tail_start + tid; i < p.vocab; i += ROW_THREADS) {
             const float z[1] = {to_f32(x[i]) * scale2};
             softmax_update<1, ENTROPY>(st, z);
         }

@@ -22,7 +22,8 @@ fn every_entry_point_is_compiled_for_every_arch() {
     }
     for (module, fatbin) in kernels::MODULES {
         assert!(fatbin.is_some_and(|b| b.len() > 1024), "module {module} is empty");
-        for name in kernels::entry_points(module) {
+        for spec in pref_kernels::runtime::registry::module_kernels(module) {
+            let name = &spec.name;
             for arch in ["sm_80", "sm_90"] {
                 let line = format!("Compiling entry function '{name}' for '{arch}'");
                 assert!(kernels::PTXAS_REPORT.contains(&line), "{name} not compiled for {arch}");

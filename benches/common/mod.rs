@@ -21,7 +21,8 @@ pub fn pseudo(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
 /// GPU time of `iters` runs of `f` on the default stream, measured with CUDA events after one
 /// warm-up run (for criterion's `iter_custom`).
 pub fn event_time(gpu: &Gpu, iters: u64, mut f: impl FnMut()) -> Duration {
-    let s = gpu.context().default_stream();
+    let stream = gpu.default_stream();
+    let s = stream.cuda().expect("the GPU benches run on a CUDA device");
     f();
     s.synchronize().unwrap();
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);

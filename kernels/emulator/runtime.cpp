@@ -493,7 +493,10 @@ uint32_t* warp_collective(uint32_t op, unsigned mask, int mode, int width, int a
 }
 
 // ---- memory checks (called by the hooks) ----------------------------------------------------------
-void shared_access(uintptr_t a, size_t n, bool write) {
+// Sized accesses of 2, 4, 8 or 16 bytes must be naturally aligned, as on the GPU.
+inline bool is_pow2(size_t n) { return n > 1 && n <= 16 && (n & (n - 1)) == 0; }
+
+void shared_access(uintptr_t a, size_t n, bool write, bool aligned) {
     const uintptr_t base = (uintptr_t)L->smem;
     const size_t off = a - base;
     const bool in_static = off + n <= L->static_used;
@@ -507,7 +510,7 @@ void shared_access(uintptr_t a, size_t n, bool write) {
         }
         return;
     }
-    if ((L->checks & CHECK_MEM) && n > 1 && (a & (n - 1)) != 0) {
+    if ((L->checks & CHECK_MEM) && aligned && is_pow2(n) && (a & (n - 1)) != 0) {
         report("memcheck", "misaligned shared %s of %zu bytes at offset %zu", write ? "write" : "read", n, off);
         abort_launch();
     }
@@ -562,7 +565,7 @@ void global_access(uintptr_t a, size_t n, bool write, bool aligned) {
         }
         return;  // unchecked mode: host memory the caller owns
     }
-    if ((L->checks & CHECK_MEM) && aligned && n > 1 && (a & (n - 1)) != 0) {
+    if ((L->checks & CHECK_MEM) && aligned && is_pow2(n) && (a & (n - 1)) != 0) {
         report("memcheck", "misaligned global %s of %zu bytes at %#lx (offset %zu of a %zu-byte allocation)",
                write ? "write" : "read", n, (unsigned long)a, (size_t)(a - al->base), al->size);
         abort_launch();
@@ -586,7 +589,7 @@ inline void access(const void* p, size_t n, bool write, bool aligned) {
     if (a >= T->stack_lo && a + n <= T->stack_hi) return;  // the thread's locals and parameters
     const uintptr_t sbase = (uintptr_t)L->smem;
     if (a + n > sbase && a < sbase + STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED) {
-        shared_access(a, n, write);
+        shared_access(a, n, write, aligned);
         return;
     }
     if (L->checks & (CHECK_MEM | CHECK_INIT)) global_access(a, n, write, aligned);

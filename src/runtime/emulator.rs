@@ -167,6 +167,7 @@ pub(crate) fn free(ptr: u64) {
 pub(crate) enum Copy {
     HostToDevice = 0,
     DeviceToHost = 1,
+    DeviceToDevice = 2,
 }
 
 /// Copies `n` bytes; the runtime checks every emulated range lies inside one allocation.

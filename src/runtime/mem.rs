@@ -140,6 +140,37 @@ impl Stream {
         Ok(())
     }
 
+    /// Copies `src` into `dst` on the device (same length; asynchronous on CUDA).
+    pub fn memcpy_dtod<T: Element>(&self, src: &impl DevicePtr<T>, dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+        if src.len() != dst.len() {
+            return Err(invalid("dst", format!("holds {} elements, the source {}", dst.len(), src.len())));
+        }
+        let bytes = src.len() * std::mem::size_of::<T>();
+        let (sp, _g0) = src.device_ptr(self)?;
+        let (dp, _g1) = dst.device_ptr_mut(self)?;
+        match &self.0 {
+            // SAFETY: both are live device ranges of `bytes` (lengths checked), ordered on `s`.
+            StreamInner::Cuda(s) => unsafe { cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, s.cu_stream()) }?,
+            // SAFETY: the emulator checks both ranges lie inside its allocations.
+            StreamInner::Emulator => unsafe { emulator::copy(dp, sp, bytes, EmuCopy::DeviceToDevice) }?,
+        }
+        Ok(())
+    }
+
+    /// A new buffer holding a copy of device memory `src`.
+    pub fn clone_dtod<T: Element>(&self, src: &impl DevicePtr<T>) -> Result<DeviceBuffer<T>> {
+        let mut dst = match &self.0 {
+            StreamInner::Cuda(s) => DeviceBuffer::from_cuda(
+                // SAFETY: every byte is overwritten by the copy below before any read.
+                unsafe { s.alloc::<T>(src.len()) }?,
+                s,
+            )?,
+            StreamInner::Emulator => DeviceBuffer::emulator_uninit(src.len())?,
+        };
+        self.memcpy_dtod(src, &mut dst)?;
+        Ok(dst)
+    }
+
     /// Copies a device buffer or view back to the host (synchronizes the stream).
     pub fn clone_dtoh<T: Element>(&self, src: &impl DevicePtr<T>) -> Result<Vec<T>> {
         let (p, _g) = src.device_ptr(self)?;

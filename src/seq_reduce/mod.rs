@@ -156,5 +156,6 @@ impl TokenInputs<'_> {
 }
 
 /// Number of f32 statistics per sequence computed by the GPU statistics kernel
-/// (see `kernels/params.h`: count, weight mass, sums of logp / w logp / ref / w ref, gated sums).
+/// (see `kernels/params.h`: count, weight mass, sums of logp / w logp / logp - ref / w (logp - ref),
+/// gated sums).
 pub const SEQ_STATS_LEN: usize = 10;

@@ -4,11 +4,14 @@
 //! Tolerances (f32 kernels vs f64 reference on identical f32 inputs):
 //! - scores / statistics: |err| <= 1e-5 (1 + sum |terms|) (f32 sums over up to a few thousand tokens);
 //! - loss, metrics, per-pair values: |err| <= 2e-4 (1 + |ref|);
-//! - dL/dlogp: |err| <= 2e-4 |ref| + 1e-6 max|ref|;
+//! - dL/dlogp: |err| <= 2e-4 |ref| + 5e-6 max|ref|. Sequence log-ratios are f32 sums of per-token
+//!   differences (logp - ref; summing the two sides separately and subtracting cost ~1e-4 absolute
+//!   over 500 tokens and up to 2% on discopop's steep gradients); their remaining ~1e-6 relative
+//!   error moves a gradient by up to a few 1e-6 of the largest one where the loss is steep;
 //! - step d/dlogits: as the token log-probs backward (tests/gpu/token_logprobs.rs) with the
 //!   reference fed the GPU's own per-token log-probs.
-use cudarc::driver::CudaSlice;
 use half::bf16;
+use pref_kernels::DeviceBuffer;
 use pref_kernels::pref_loss::reference::forward_backward;
 use pref_kernels::pref_loss::{DevicePairs, LossConfig, Pairs};
 use pref_kernels::seq_reduce::reference::{reduce, reduce_backward};
@@ -45,17 +48,22 @@ fn host_batch(r: &mut StdRng, n_seqs: usize, max_len: usize) -> HostBatch {
         cu.push(cu.last().unwrap() + len as i32);
     }
     let t = *cu.last().unwrap() as usize;
+    let logp: Vec<f32> = (0..t).map(|_| r.random_range(-6.0f32..-0.01)).collect();
+    // The reference model near the policy, as in training: sequence log-ratios of a few nats to a
+    // few tens. (Independent draws give |log-ratio| in the hundreds, where forward-KL f-DPO's
+    // exp(-d) overflows f32, the kernels' and PyTorch's float32 alike.)
+    let ref_logp = logp.iter().map(|&l| (l + r.random_range(-0.6f32..0.6)).min(-0.01)).collect();
     HostBatch {
-        logp: (0..t).map(|_| r.random_range(-6.0f32..-0.01)).collect(),
         mask: (0..t).map(|_| u8::from(r.random_ratio(4, 5))).collect(),
         weights: (0..t).map(|_| r.random_range(0.5f32..1.5)).collect(),
-        ref_logp: (0..t).map(|_| r.random_range(-6.0f32..-0.01)).collect(),
+        logp,
+        ref_logp,
         cu,
     }
 }
 
 fn seq_reduce_parity(gpu: &Gpu, seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let mut r = rng(seed, 301);
     let h = host_batch(&mut r, 61, 3000);
     let n_seqs = h.cu.len() - 1;
@@ -118,15 +126,15 @@ fn seq_reduce_parity(gpu: &Gpu, seed: u64) {
 }
 
 struct DeviceBatch {
-    logp: CudaSlice<f32>,
-    mask: CudaSlice<u8>,
-    weights: CudaSlice<f32>,
-    ref_logp: CudaSlice<f32>,
-    cu: CudaSlice<i32>,
+    logp: DeviceBuffer<f32>,
+    mask: DeviceBuffer<u8>,
+    weights: DeviceBuffer<f32>,
+    ref_logp: DeviceBuffer<f32>,
+    cu: DeviceBuffer<i32>,
 }
 
 fn upload(gpu: &Gpu, h: &HostBatch) -> DeviceBatch {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     DeviceBatch {
         logp: s.clone_htod(&h.logp).unwrap(),
         mask: s.clone_htod(&h.mask).unwrap(),
@@ -144,7 +152,7 @@ fn check_loss(
     pairs: (&[i32], &[i32]),
     cfg: &LossConfig,
 ) -> Vec<u32> {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let with_ref = cfg.needs_reference();
     let tokens = DeviceTokens {
         logp: d.logp.as_view(),
@@ -183,7 +191,7 @@ fn check_loss(
     }
     let max = want.grad_logp.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     for t in 0..got.len() {
-        assert_close(&format!("{name}: grad_logp[{t}]"), got[t] as f64, want.grad_logp[t], 1e-6 * max, 2e-4);
+        assert_close(&format!("{name}: grad_logp[{t}]"), got[t] as f64, want.grad_logp[t], 5e-6 * max, 2e-4);
     }
     got.iter().map(|v| v.to_bits()).collect()
 }
@@ -205,7 +213,7 @@ fn loss_parity_every_config(gpu: &Gpu, seed: u64) {
 }
 
 fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let h = host_batch(&mut rng(seed, 303), 6, 50);
     let d = upload(gpu, &h);
     let tokens = DeviceTokens {
@@ -268,7 +276,7 @@ fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
 
 /// The whole step vs the chained references, bf16 logits, in place and into a separate buffer.
 fn whole_step_parity(gpu: &Gpu, seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let mut r = rng(seed, 304);
     let vocab = 5003;
     let n_seqs = 8;

@@ -54,7 +54,7 @@ fn run_gpu<T: AttnElement>(
     v: &[T],
     dout: &[T],
 ) -> Run<T> {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let dl = gpu.upload_prefix_layout(&s, l).unwrap();
     let (dq_, dk_, dv_, ddo) = (
         s.clone_htod(q).unwrap(),
@@ -188,15 +188,15 @@ fn isolation_and_determinism(gpu: &Gpu, seed: u64) {
 }
 
 fn bad_arguments(gpu: &Gpu, _seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let l = make_layout(&vec![(4, vec![3])]);
     let dl = gpu.upload_prefix_layout(&s, &l).unwrap();
     let x = s.alloc_zeros::<bf16>(7 * 8 * 64).unwrap();
     let mut o = s.alloc_zeros::<bf16>(7 * 8 * 64).unwrap();
     let mut lse = s.alloc_zeros::<f32>(8 * 7).unwrap();
     let err = |shape: AttnShape,
-               o: &mut cudarc::driver::CudaSlice<bf16>,
-               lse: &mut cudarc::driver::CudaSlice<f32>| {
+               o: &mut pref_kernels::DeviceBuffer<bf16>,
+               lse: &mut pref_kernels::DeviceBuffer<f32>| {
         gpu.prefix_attn_forward(
             &s,
             &x.as_view(),

@@ -4,12 +4,11 @@
 //! - logp, lse: |err| <= 2e-4 + 1e-5 |ref| (f32 online softmax over up to 262k terms);
 //! - entropy: |err| <= 5e-4 + 1e-4 |ref|;
 //! - grad_logits element: |err| <= rtol(dtype) |ref| + atol, rtol = 2e-4 (f32), 2e-3 (f16),
-//!   1e-2 (bf16) (one rounding to the output dtype plus f32 error); atol = |g/T| * 1e-7 (f16
-//!   subnormal spacing), and at the target element |g/T| * 5e-5 (1 - p is formed from log p in
-//!   f32, whose absolute error is a few ulp of lse).
-use std::sync::Arc;
-
-use cudarc::driver::{CudaSlice, CudaStream};
+//!   1e-2 (bf16) (one rounding to the output dtype plus f32 error); atol = |g/T| * 1e-7, plus
+//!   2^-25 for f16 (half its subnormal spacing: gradients below 6e-5 round in fixed steps), and
+//!   at the target element |g/T| * 5e-5 (1 - p is formed from log p in f32, whose absolute error
+//!   is a few ulp of lse).
+use pref_kernels::{DeviceBuffer, Stream};
 use half::{bf16, f16};
 use pref_kernels::token_logprobs::reference;
 use pref_kernels::token_logprobs::{TokenLogprobsFwdPtrs, TokenLogprobsOutputs};
@@ -41,6 +40,13 @@ fn rtol_of<T: LogitElement>() -> f64 {
         pref_kernels::DType::F32 => 2e-4,
         pref_kernels::DType::F16 => 2e-3,
         pref_kernels::DType::BF16 => 1e-2,
+    }
+}
+
+fn subnormal_half_ulp<T: LogitElement>() -> f64 {
+    match T::DTYPE {
+        pref_kernels::DType::F16 => 2f64.powi(-25),
+        _ => 0.0,
     }
 }
 
@@ -83,6 +89,19 @@ fn problem<T: LogitElement, I: Target>(
     }
 }
 
+impl<T: Copy, I: Copy> Problem<T, I> {
+    /// Same layout, targets and gradients, no data.
+    fn clone_shape(&self) -> Problem<T, I> {
+        Problem {
+            host: Vec::new(),
+            offset: self.offset,
+            layout: self.layout,
+            targets: self.targets.clone(),
+            grad_logp: self.grad_logp.clone(),
+        }
+    }
+}
+
 struct Forward {
     logp: Vec<f32>,
     lse: Vec<f32>,
@@ -91,8 +110,8 @@ struct Forward {
 
 fn run_forward<T: LogitElement, I: Target>(
     gpu: &Gpu,
-    s: &Arc<CudaStream>,
-    logits: &CudaSlice<T>,
+    s: &Stream,
+    logits: &DeviceBuffer<T>,
     p: &Problem<T, I>,
     cfg: &TokenLogprobsConfig,
 ) -> pref_kernels::Result<Forward> {
@@ -157,7 +176,9 @@ fn check_grad<T: LogitElement, I: Target>(
                 assert_eq!(g, pad_value(r * stride + c), "padding column {c} of row {r} was written");
                 continue;
             }
-            let atol = if c as i64 == t { coef * 5e-5 } else { coef * 1e-7 };
+            // One rounding to the output dtype: below f16's normal range that is half the fixed
+            // subnormal spacing 2^-24, whatever |g/T| is.
+            let atol = if c as i64 == t { coef * 5e-5 } else { coef * 1e-7 } + subnormal_half_ulp::<T>();
             assert_close(&format!("grad[{r}, {c}] (target {t})"), g, want[r * v + c], atol, rtol);
         }
     }
@@ -170,7 +191,7 @@ fn parity<T: LogitElement, I: Target>(
     cfg: &TokenLogprobsConfig,
     grad_offset: usize,
 ) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let logits = s.clone_htod(&p.host).unwrap();
     let fwd = run_forward(gpu, &s, &logits, p, cfg).unwrap();
     check_forward(p, &fwd, cfg);
@@ -245,7 +266,7 @@ fn strided_case<T: LogitElement>() -> Case {
 }
 
 fn bad_targets(gpu: &Gpu, seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let mut p = problem::<bf16, i64>(seed, 7, 64, 5000, 0, 0);
     p.targets[3] = 5000;
     p.targets[9] = -5;
@@ -279,7 +300,7 @@ fn bad_targets(gpu: &Gpu, seed: u64) {
 }
 
 fn determinism_and_batch_invariance(gpu: &Gpu, seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     for vocab in [100usize, 128256] {
         let p = problem::<bf16, i64>(seed, 11, 48, vocab, 0, 0);
         let logits = s.clone_htod(&p.host).unwrap();
@@ -311,8 +332,56 @@ fn determinism_and_batch_invariance(gpu: &Gpu, seed: u64) {
     }
 }
 
+/// A row's logp, lse and entropy are bitwise the same whatever the row's address (every
+/// misalignment mod 16 bytes), the batch around it, and its position in the batch.
+fn alignment_and_batch_invariance<T: LogitElement>(gpu: &Gpu, seed: u64) {
+    let s = gpu.default_stream();
+    let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let vec = 16 / std::mem::size_of::<T>();
+    for (i, &vocab) in [100usize, 1031, 4099].iter().enumerate() {
+        // Odd row stride: consecutive rows start at every misalignment.
+        let p = problem::<T, i64>(seed, 500 + i as u64, 24, vocab, 1, 0);
+        let logits = s.clone_htod(&p.host).unwrap();
+        let full = run_forward(gpu, &s, &logits, &p, &cfg).unwrap();
+        for shift in 1..vec {
+            // The same batch shifted by `shift` elements in memory.
+            let mut host = vec![T::from_f32(0.0); shift];
+            host.extend_from_slice(&p.host);
+            let shifted = s.clone_htod(&host).unwrap();
+            let q = Problem { host, offset: shift, ..p.clone_shape() };
+            let got = run_forward(gpu, &s, &shifted, &q, &cfg).unwrap();
+            assert_eq!(bits(&got.logp), bits(&full.logp), "V={vocab}: logp changed with a {shift}-element shift");
+            assert_eq!(bits(&got.lse), bits(&full.lse), "V={vocab}: lse changed with a {shift}-element shift");
+            assert_eq!(
+                bits(got.entropy.as_ref().unwrap()),
+                bits(full.entropy.as_ref().unwrap()),
+                "V={vocab}: entropy changed with a {shift}-element shift"
+            );
+        }
+        // Each row alone, contiguous and 256-byte aligned.
+        for r in [0usize, 1, 5, 23] {
+            let row = p.host[r * (vocab + 1)..r * (vocab + 1) + vocab].to_vec();
+            let one = Problem {
+                host: row,
+                offset: 0,
+                layout: LogitsLayout::contiguous(1, vocab),
+                targets: vec![p.targets[r]],
+                grad_logp: vec![p.grad_logp[r]],
+            };
+            let buf = s.clone_htod(&one.host).unwrap();
+            let got = run_forward(gpu, &s, &buf, &one, &cfg).unwrap();
+            assert_eq!(got.logp[0].to_bits(), full.logp[r].to_bits(), "V={vocab}: row {r} alone, logp");
+            assert_eq!(
+                got.entropy.as_ref().unwrap()[0].to_bits(),
+                full.entropy.as_ref().unwrap()[r].to_bits(),
+                "V={vocab}: row {r} alone, entropy"
+            );
+        }
+    }
+}
+
 fn nan_and_inf_propagate(gpu: &Gpu, _seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let vocab = 3000;
     let mut p = problem::<f32, i32>(1, 12, 4, vocab, 0, 0);
     p.targets = vec![0, 0, 0, 0];
@@ -365,7 +434,7 @@ fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
 
 /// Rows past 2^31 elements: 64-bit offsets (bf16 [8200, 262144] = 4.3 GB).
 fn beyond_2_pow_31_elements(gpu: &Gpu, seed: u64) {
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let (n, vocab) = (8200usize, 262144usize);
     let mut state = seed | 1;
     let host: Vec<bf16> = (0..n * vocab)
@@ -402,25 +471,25 @@ fn beyond_2_pow_31_elements(gpu: &Gpu, seed: u64) {
 /// The raw API on a caller-owned (non-default) stream, and the C ABI on the same buffers: both
 /// give the safe API's numbers bitwise.
 fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
-    use cudarc::driver::{DevicePtr, DevicePtrMut};
+    use pref_kernels::runtime::{DevicePtr, DevicePtrMut};
     let p = problem::<bf16, i64>(seed, 13, 300, 32000, 0, 0);
-    let s = gpu.context().default_stream();
+    let s = gpu.default_stream();
     let logits = s.clone_htod(&p.host).unwrap();
     let want = run_forward(gpu, &s, &logits, &p, &TokenLogprobsConfig::default()).unwrap();
-    let own = gpu.context().new_stream().unwrap();
+    let own = gpu.new_stream().unwrap();
     let targets = own.clone_htod(&p.targets).unwrap();
     let mut logp = own.alloc_zeros::<f32>(300).unwrap();
     let mut lse = own.alloc_zeros::<f32>(300).unwrap();
     {
-        let (lp, _a) = logits.device_ptr(&own);
-        let (tp, _b) = targets.device_ptr(&own);
-        let (op, _c) = logp.device_ptr_mut(&own);
-        let (sp, _d) = lse.device_ptr_mut(&own);
+        let (lp, _a) = logits.device_ptr(&own).unwrap();
+        let (tp, _b) = targets.device_ptr(&own).unwrap();
+        let (op, _c) = logp.device_ptr_mut(&own).unwrap();
+        let (sp, _d) = lse.device_ptr_mut(&own).unwrap();
         let ptrs = TokenLogprobsFwdPtrs { logits: lp, targets: tp, logp: op, lse: sp, entropy: 0, status: 0 };
         // SAFETY: live buffers of the right sizes on this device; `own` is a live stream.
         unsafe {
             gpu.token_logprobs_forward_raw(
-                own.cu_stream() as u64,
+                own.raw(),
                 pref_kernels::DType::BF16,
                 pref_kernels::IndexType::I64,
                 p.layout,
@@ -433,16 +502,16 @@ fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
     assert_eq!(bits(&own.clone_dtoh(&logp).unwrap()), bits(&want.logp), "raw API on a borrowed stream");
     let mut logp2 = own.alloc_zeros::<f32>(300).unwrap();
     {
-        let (lp, _a) = logits.device_ptr(&own);
-        let (tp, _b) = targets.device_ptr(&own);
-        let (op, _c) = logp2.device_ptr_mut(&own);
-        let (sp, _d) = lse.device_ptr_mut(&own);
-        let ordinal = gpu.context().ordinal() as i32;
+        let (lp, _a) = logits.device_ptr(&own).unwrap();
+        let (tp, _b) = targets.device_ptr(&own).unwrap();
+        let (op, _c) = logp2.device_ptr_mut(&own).unwrap();
+        let (sp, _d) = lse.device_ptr_mut(&own).unwrap();
+        let ordinal = gpu.cuda_context().map_or(pref_kernels::ffi::PREFK_DEVICE_EMULATOR, |c| c.ordinal() as i32);
         // SAFETY: as above, through the C ABI.
         let rc = unsafe {
             pref_kernels::ffi::prefk_token_logprobs_forward(
                 ordinal,
-                own.cu_stream() as u64,
+                own.raw(),
                 2,
                 1,
                 lp,
@@ -488,6 +557,9 @@ pub fn cases() -> Vec<Case> {
         run: Box::new(determinism_and_batch_invariance),
     });
     v.push(Case { name: "nan_and_inf_propagate", run: Box::new(nan_and_inf_propagate) });
+    v.push(Case { name: "alignment_and_batch_invariance_f32", run: Box::new(alignment_and_batch_invariance::<f32>) });
+    v.push(Case { name: "alignment_and_batch_invariance_f16", run: Box::new(alignment_and_batch_invariance::<f16>) });
+    v.push(Case { name: "alignment_and_batch_invariance_bf16", run: Box::new(alignment_and_batch_invariance::<bf16>) });
     v.push(Case { name: "raw_api_rejects_bad_arguments", run: Box::new(raw_api_rejects_bad_arguments) });
     v.push(Case { name: "beyond_2_pow_31_elements", run: Box::new(beyond_2_pow_31_elements) });
     v.push(Case {
