@@ -195,7 +195,8 @@ fn main() {
         Some(include) => {
             build_emulator(&kernels_dir, &sources, &include);
             println!("cargo:rustc-cfg=prefk_emulator");
-            writeln!(gen, "/// True when the emulator backend (kernels compiled for the host) is built in.").unwrap();
+            writeln!(gen, "/// True when the emulator backend (kernels compiled for the host) is built in.")
+                .unwrap();
             writeln!(gen, "pub const EMULATOR_BUILT: bool = true;").unwrap();
         }
         None => {
@@ -205,7 +206,8 @@ fn main() {
             println!(
                 "cargo:warning=pref-kernels: CUDA headers not found; building without the emulator backend"
             );
-            writeln!(gen, "/// True when the emulator backend (kernels compiled for the host) is built in.").unwrap();
+            writeln!(gen, "/// True when the emulator backend (kernels compiled for the host) is built in.")
+                .unwrap();
             writeln!(gen, "pub const EMULATOR_BUILT: bool = false;").unwrap();
         }
     }

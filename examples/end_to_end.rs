@@ -1,10 +1,13 @@
-//! The main job: runs every available op end to end on a synthetic preference batch, on the GPU
-//! when one is usable and on the CPU reference otherwise, and prints results and timings:
+//! The main job: runs every op end to end on a synthetic preference batch, on the GPU when one is
+//! usable and otherwise on the emulator (the same CUDA kernels executed on the CPU with
+//! memcheck/racecheck/initcheck/synccheck), prints which backend ran and the largest difference of
+//! every output against the f64 reference, then (on a GPU) timings:
 //! token log-probs (forward, backward, entropy), per-sequence reductions, and the whole DPO and
 //! TAB-PO steps (logits → logp → sequence scores → loss → d/dlogits) with per-stage timings, and
 //! shared-prefix group attention (one prompt shared by G responses) forward and backward.
 //!
 //! `cargo run --release --example end_to_end [-- --cpu] [--pairs P --seq-len L --vocab V]`
+//! (`--cpu`: the f64 reference alone; `PREF_KERNELS_BACKEND=cuda|emulator` forces a backend).
 use std::time::Instant;
 
 use half::bf16;
@@ -17,7 +20,7 @@ use pref_kernels::seq_reduce::{
 };
 use pref_kernels::step::{GradLogits, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
-use pref_kernels::{Gpu, LogitsLayout, TokenLogprobsConfig};
+use pref_kernels::{Backend, BackendKind, Gpu, LogitsLayout, TokenLogprobsConfig};
 
 struct Args {
     force_cpu: bool,
@@ -85,17 +88,22 @@ fn print_metrics(name: &str, metrics: &[f64]) {
 
 fn main() -> pref_kernels::Result<()> {
     let args = parse_args();
-    let gpu = if args.force_cpu {
+    let device = if args.force_cpu {
         None
     } else {
-        match Gpu::new(0) {
+        match Gpu::open(Backend::Auto, 0) {
             Ok(g) => Some(g),
             Err(e) => {
-                println!("no GPU ({e}); running the CPU reference path");
+                println!("no backend available ({e}); running the CPU reference path");
                 None
             }
         }
     };
+    if let Some(d) = &device {
+        println!("backend: {} ({d:?})", d.backend().name());
+        verify_against_reference(d)?;
+    }
+    let gpu = device.filter(|d| d.backend() == BackendKind::Cuda);
     // GPU default: the DPO batch (8 pairs x 1024 tokens, V = 128256); CPU: a small one.
     let on_gpu = gpu.is_some();
     let pairs = if args.pairs > 0 {
@@ -309,6 +317,180 @@ fn main() -> pref_kernels::Result<()> {
         }
     }
     attention(gpu.as_ref())?;
+    Ok(())
+}
+
+fn max_diff(got: impl IntoIterator<Item = f64>, want: impl IntoIterator<Item = f64>) -> f64 {
+    got.into_iter().zip(want).fold(0.0, |m, (g, w)| {
+        if g.is_nan() || w.is_nan() {
+            f64::NAN
+        } else {
+            m.max((g - w).abs())
+        }
+    })
+}
+
+/// Every op on `gpu` (either backend) on a small batch, compared with the f64 reference: prints
+/// the largest absolute difference of each output.
+fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
+    let (pairs, seq_len, vocab) = (2, 48, 32003);
+    let n_seqs = 2 * pairs;
+    let n = n_seqs * seq_len;
+    let layout = LogitsLayout::contiguous(n, vocab);
+    let data = synthetic(n_seqs, seq_len, vocab);
+    let s = gpu.default_stream();
+    let t0 = Instant::now();
+    println!(
+        "verifying the kernels on the {} backend against the f64 reference: {pairs} pairs x {seq_len} tokens, V = {vocab} (bf16)",
+        gpu.backend().name()
+    );
+    // Token log-probs with entropy, and the backward out of place.
+    let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let logits = s.clone_htod(&data.logits)?;
+    let targets = s.clone_htod(&data.targets)?;
+    let (mut logp, mut lse, mut ent) =
+        (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
+    let out = TokenLogprobsOutputs {
+        logp: logp.as_view_mut(),
+        lse: lse.as_view_mut(),
+        entropy: Some(ent.as_view_mut()),
+    };
+    gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg)?;
+    let want = tl_ref::forward(&data.logits, layout, &data.targets, &cfg)?;
+    let f = |v: Vec<f32>| v.into_iter().map(f64::from).collect::<Vec<_>>();
+    let (lp, ls, en) = (f(s.clone_dtoh(&logp)?), f(s.clone_dtoh(&lse)?), f(s.clone_dtoh(&ent)?));
+    println!(
+        "  token log-probs: max |diff| logp {:.2e}, lse {:.2e}, entropy {:.2e}",
+        max_diff(lp.iter().copied(), want.logp.iter().copied()),
+        max_diff(ls.iter().copied(), want.lse.iter().copied()),
+        max_diff(en.iter().copied(), want.entropy.iter().copied())
+    );
+    let grad_logp: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
+    let g_dev = s.clone_htod(&grad_logp)?;
+    let mut grad = s.alloc_zeros::<bf16>(n * vocab)?;
+    gpu.token_logprobs_backward(&s, &logits, layout, &targets, &lse, &g_dev, &mut grad, vocab, &cfg)?;
+    let want_g = tl_ref::backward(&data.logits, layout, &data.targets, &grad_logp, &cfg)?;
+    let got_g = s.clone_dtoh(&grad)?;
+    println!(
+        "  token log-probs backward: max |diff| d/dlogits {:.2e} (bf16 output)",
+        max_diff(got_g.iter().map(|v| v.to_f64()), want_g.iter().copied())
+    );
+    // The whole step (DPO and TAB-PO), in place, against the reference chain on the same inputs.
+    let (mask, weights, ref_logp) =
+        (s.clone_htod(&data.mask)?, s.clone_htod(&data.weights)?, s.clone_htod(&data.ref_logp)?);
+    for (name, loss_cfg) in [("DPO", LossConfig::dpo(0.1)), ("TAB-PO", LossConfig::tabpo())] {
+        let mut work = s.clone_htod(&data.logits)?;
+        let batch = StepBatch {
+            layout,
+            targets: targets.as_view(),
+            mask: Some(mask.as_view()),
+            weights: Some(weights.as_view()),
+            ref_logp: Some(ref_logp.as_view()),
+            ref_seq: None,
+            seqs: DeviceSeqs::Padded { n_seqs, seq_len },
+            pairs: DevicePairs::FirstHalfChosen,
+        };
+        let token_cfg = TokenLogprobsConfig::default();
+        let out = gpu.preference_step(
+            &s,
+            &mut work.as_view_mut(),
+            &batch,
+            &token_cfg,
+            &loss_cfg,
+            GradLogits::InPlace,
+        )?;
+        let want_fwd = tl_ref::forward(&data.logits, layout, &data.targets, &token_cfg)?;
+        let logp32: Vec<f32> = want_fwd.logp.iter().map(|&v| v as f32).collect();
+        let tokens = TokenInputs {
+            logp: &logp32,
+            mask: Some(&data.mask),
+            weights: Some(&data.weights),
+            ref_logp: Some(&data.ref_logp),
+        };
+        let r = loss_ref::forward_backward(
+            &tokens,
+            &SeqLayout::Padded { n_seqs, seq_len },
+            &Pairs::FirstHalfChosen,
+            None,
+            &loss_cfg,
+        )?;
+        let g32: Vec<f32> = r.grad_logp.iter().map(|&v| v as f32).collect();
+        let want_dl = tl_ref::backward(&data.logits, layout, &data.targets, &g32, &token_cfg)?;
+        let got_dl = s.clone_dtoh(&work)?;
+        println!(
+            "  {name} step: loss {:.6} (reference {:.6}), max |diff| metrics {:.2e}, d/dlogits {:.2e}",
+            out.loss.loss,
+            r.loss,
+            max_diff(out.loss.metrics.iter().map(|&v| v as f64), r.metrics.iter().copied()),
+            max_diff(got_dl.iter().map(|v| v.to_f64()), want_dl.iter().copied())
+        );
+    }
+    // Shared-prefix attention, two groups (one with an empty response), GQA 2:1, d = 64.
+    let shape = AttnShape::new(4, 2, 64);
+    let alayout = SharedPrefixLayout::from_lengths(vec![
+        PrefixGroup { prefix_len: 70, resp_lens: vec![20, 0, 33] },
+        PrefixGroup { prefix_len: 5, resp_lens: vec![64, 9] },
+    ])?;
+    let t = alayout.total_tokens();
+    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+    let mut st = 0x2545_F491_4F6C_DD1Du64;
+    let mut rnd = |n: usize| -> Vec<bf16> {
+        (0..n)
+            .map(|_| {
+                st ^= st << 13;
+                st ^= st >> 7;
+                st ^= st << 17;
+                bf16::from_f32(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0)
+            })
+            .collect()
+    };
+    let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
+    let dl = gpu.upload_prefix_layout(&s, &alayout)?;
+    let (dq_, dk_, dv_, ddo) =
+        (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
+    let mut o = s.alloc_zeros::<bf16>(t * wq)?;
+    let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
+    gpu.prefix_attn_forward(
+        &s,
+        &dq_.as_view(),
+        &dk_.as_view(),
+        &dv_.as_view(),
+        &dl,
+        shape,
+        &mut o.as_view_mut(),
+        &mut alse.as_view_mut(),
+    )?;
+    let (mut gq, mut gk, mut gv) =
+        (s.alloc_zeros::<bf16>(t * wq)?, s.alloc_zeros::<bf16>(t * wk)?, s.alloc_zeros::<bf16>(t * wk)?);
+    let saved = AttnSaved {
+        q: dq_.as_view(),
+        k: dk_.as_view(),
+        v: dv_.as_view(),
+        o: o.as_view(),
+        lse: alse.as_view(),
+    };
+    gpu.prefix_attn_backward(
+        &s,
+        &saved,
+        &ddo.as_view(),
+        &dl,
+        shape,
+        &mut gq.as_view_mut(),
+        &mut gk.as_view_mut(),
+        &mut gv.as_view_mut(),
+    )?;
+    let fwd = attn_ref::forward(&q, &k, &v, &alayout, &shape)?;
+    let grads = attn_ref::backward(&q, &k, &v, &dout, &alayout, &shape)?;
+    let b16 = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+    println!(
+        "  shared-prefix attention ({t} tokens, 2 groups): max |diff| O {:.2e}, LSE {:.2e}, dQ {:.2e}, dK {:.2e}, dV {:.2e}",
+        max_diff(b16(s.clone_dtoh(&o)?), fwd.o.iter().copied()),
+        max_diff(f(s.clone_dtoh(&alse)?), fwd.lse.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gq)?), grads.dq.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gk)?), grads.dk.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gv)?), grads.dv.iter().copied())
+    );
+    println!("  verified in {:.1} s on the {} backend", t0.elapsed().as_secs_f64(), gpu.backend().name());
     Ok(())
 }
 

@@ -29,7 +29,9 @@ pub mod token_logprobs;
 
 pub use dtype::{DType, IndexType, LogitElement, TargetIndex};
 pub use error::{Error, Result};
-pub use runtime::{gpu_available, Backend, BackendKind, DeviceBuffer, EmulatorChecks, Gpu, Stream, View, ViewMut};
+pub use runtime::{
+    gpu_available, Backend, BackendKind, DeviceBuffer, EmulatorChecks, Gpu, Stream, View, ViewMut,
+};
 pub use token_logprobs::{LogitsLayout, TokenLogprobsConfig};
 
 /// Re-export of the cudarc version this crate is built against, so callers use matching types.

@@ -1,16 +1,16 @@
 //! The whole preference step in one call: logits → token log-probs → per-sequence reductions →
 //! loss → d/dlogits, with the minimum passes over the logits (one read in the forward, one read
 //! and one write in the backward; the loss stages touch only per-token f32 data).
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut, DeviceBuffer};
+use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 
 use crate::error::{ensure, Result};
-use crate::runtime::Gpu;
 use crate::pref_loss::launch::read_outputs;
 use crate::pref_loss::{
     preference_loss_workspace_len, DevicePairs, LossConfig, PairLossPtrs, PreferenceLossOutputs, METRICS_LEN,
     PAIR_COLUMNS,
 };
 use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
 use crate::seq_reduce::launch::optional_token_ptrs;
 use crate::seq_reduce::{DeviceSeqs, SeqReducePtrs};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};

@@ -84,7 +84,7 @@ fn memcheck_reports_misaligned_and_host_pointers() {
     let rep = report_of(run("emu_test_global", 32, &params(&input, &out, 16, 1)));
     assert!(rep.contains("misaligned global read of 16 bytes"), "{rep}");
     // A host pointer the emulator did not allocate is not device memory.
-    let host = vec![0.0f32; 16];
+    let host = [0.0f32; 16];
     let p = EmuTestParams { input: host.as_ptr() as u64, out: out.raw_ptr(), n: 16, mode: 0 };
     let rep = report_of(run("emu_test_copy", 16, &p));
     assert!(rep.contains("invalid global read"), "{rep}");
@@ -116,7 +116,10 @@ fn racecheck_reports_a_missing_barrier_and_accepts_the_correct_kernel() {
     assert_eq!(got, (0..64).map(|t| ((t + 1) % 64) as f32).collect::<Vec<_>>());
     let rep = report_of(run("emu_test_shared", 64, &params(&out, &out, 64, 1)));
     // Threads run in order: thread 0 reads s[1] before thread 1 writes it.
-    assert!(rep.contains("[racecheck]") && rep.contains("write-after-read hazard at shared offset 4"), "{rep}");
+    assert!(
+        rep.contains("[racecheck]") && rep.contains("write-after-read hazard at shared offset 4"),
+        "{rep}"
+    );
     assert!(rep.contains("thread (1,0,0)") && rep.contains("read by thread 0"), "{rep}");
 }
 
@@ -260,4 +263,48 @@ fn mma_m16n8k16_f16_matches_a_matrix_product() {
         return;
     }
     check_mma(|x| (f16::from_f32(x).to_bits(), f16::from_f32(x).to_f32()), 1);
+}
+
+/// A real kernel through the raw API, told there are more rows than the buffers hold: memcheck
+/// stops it at the first access past the logits and names the kernel, block and thread.
+#[test]
+fn memcheck_catches_a_raw_api_caller_overstating_the_rows() {
+    if skip_without_emulator() {
+        return;
+    }
+    use pref_kernels::token_logprobs::TokenLogprobsFwdPtrs;
+    use pref_kernels::{DType, Gpu, IndexType, LogitsLayout, TokenLogprobsConfig};
+    let gpu = Gpu::emulator_with(EmulatorChecks::ALL).unwrap();
+    let s = gpu.default_stream();
+    let (rows, vocab) = (4usize, 3000usize);
+    let logits = s.clone_htod(&vec![half::bf16::from_f32(0.5); rows * vocab]).unwrap();
+    let targets = s.clone_htod(&[1i64, 2, 3, 4, 5]).unwrap();
+    let logp = s.alloc_zeros::<f32>(5).unwrap();
+    let lse = s.alloc_zeros::<f32>(5).unwrap();
+    let ptrs = TokenLogprobsFwdPtrs {
+        logits: logits.raw_ptr(),
+        targets: targets.raw_ptr(),
+        logp: logp.raw_ptr(),
+        lse: lse.raw_ptr(),
+        entropy: 0,
+        status: 0,
+    };
+    // SAFETY: deliberately violates the contract (5 rows of logits, 4 allocated); the emulator's
+    // memcheck stops the kernel before any access outside its allocations.
+    let r = unsafe {
+        gpu.token_logprobs_forward_raw(
+            0,
+            DType::BF16,
+            IndexType::I64,
+            LogitsLayout::contiguous(5, vocab),
+            &ptrs,
+            &TokenLogprobsConfig::default(),
+        )
+    };
+    let rep = report_of(r);
+    assert!(rep.contains("[memcheck]") && rep.contains("kernel `token_logprobs_fwd_bf16_i64_w256`"), "{rep}");
+    assert!(
+        rep.contains("block (4,0,0)") && rep.contains("past the end of the 24000-byte allocation"),
+        "{rep}"
+    );
 }

@@ -1,16 +1,16 @@
 //! GPU launch of the preference losses: statistics (`seq_stats`), the pair kernel
 //! (`kernels/pref_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
 //! read only per-token f32 data (never the logits).
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut, DeviceBuffer};
+use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 
 use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
 };
 use crate::error::{ensure, invalid, Result};
-use crate::runtime::Gpu;
 use crate::params::{LossTerm, PairLossParams, TokenGradParams, MAX_LOSS_TERMS};
-use crate::runtime::args::{check_ptr};
+use crate::runtime::args::check_ptr;
 use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
 use crate::seq_reduce::launch::check_tokens;
 use crate::seq_reduce::{
     DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN,
@@ -90,7 +90,7 @@ impl DevicePairs<'_> {
                 (chosen.device_ptr(stream)?, rejected.device_ptr(stream)?, chosen.len())
             }
             DevicePairs::Host { chosen, rejected } => {
-                let (c, r) = upload.insert((stream.clone_htod(*chosen)?, stream.clone_htod(*rejected)?));
+                let (c, r) = upload.insert((stream.clone_htod(chosen)?, stream.clone_htod(rejected)?));
                 (c.device_ptr(stream)?, r.device_ptr(stream)?, chosen.len())
             }
         };
@@ -381,15 +381,7 @@ impl Gpu {
             };
             // SAFETY: every pointer comes from a live cudarc buffer of checked length.
             unsafe {
-                self.preference_loss_raw(
-                    stream.raw(),
-                    &tp,
-                    tokens.logp.len(),
-                    layout,
-                    raw_pairs,
-                    cfg,
-                    &ptrs,
-                )
+                self.preference_loss_raw(stream.raw(), &tp, tokens.logp.len(), layout, raw_pairs, cfg, &ptrs)
             }?;
         }
         check_status(status.read(stream)?)?;

@@ -1,16 +1,15 @@
 //! GPU launch of shared-prefix group attention (`kernels/prefix_attn.cu`): raw-pointer entry points
 //! and safe wrappers.
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut, DeviceBuffer};
+use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use half::{bf16, f16};
 
 use super::{AttnShape, SharedPrefixLayout};
 use crate::dtype::{DType, LogitElement};
 use crate::error::{ensure, invalid, Result};
-use crate::runtime::Gpu;
 use crate::params::PrefixAttnParams;
 use crate::runtime::args::check_ptr;
 use crate::runtime::registry::{self, AttnKernel};
-
+use crate::runtime::Gpu;
 
 /// Element types of the attention kernels (bf16, f16; f32 accumulation inside).
 pub trait AttnElement: LogitElement {}
@@ -237,7 +236,14 @@ impl Gpu {
         // SAFETY: forwarded to the caller.
         unsafe {
             self.attn_launch(stream, AttnKernel::BackwardPre, dtype, d, (pre_blocks, 1), &params)?;
-            self.attn_launch(stream, AttnKernel::BackwardDkDv, dtype, d, (tiles, shape.kv_heads as u32), &params)?;
+            self.attn_launch(
+                stream,
+                AttnKernel::BackwardDkDv,
+                dtype,
+                d,
+                (tiles, shape.kv_heads as u32),
+                &params,
+            )?;
             self.attn_launch(stream, AttnKernel::BackwardDq, dtype, d, (tiles, shape.q_heads as u32), &params)
         }
     }

@@ -29,9 +29,11 @@ pub struct EmulatorChecks {
 
 impl EmulatorChecks {
     /// Every check.
-    pub const ALL: Self = EmulatorChecks { memcheck: true, racecheck: true, initcheck: true, synccheck: true };
+    pub const ALL: Self =
+        EmulatorChecks { memcheck: true, racecheck: true, initcheck: true, synccheck: true };
     /// No check (deadlocks are still reported).
-    pub const NONE: Self = EmulatorChecks { memcheck: false, racecheck: false, initcheck: false, synccheck: false };
+    pub const NONE: Self =
+        EmulatorChecks { memcheck: false, racecheck: false, initcheck: false, synccheck: false };
 
     /// The checks named by `PREF_KERNELS_EMU_CHECKS`, or [`EmulatorChecks::ALL`] when unset.
     pub fn from_env() -> Result<Self> {
@@ -69,7 +71,10 @@ impl EmulatorChecks {
     }
 
     pub(crate) fn bits(self) -> u32 {
-        self.memcheck as u32 | (self.racecheck as u32) << 1 | (self.initcheck as u32) << 2 | (self.synccheck as u32) << 3
+        self.memcheck as u32
+            | (self.racecheck as u32) << 1
+            | (self.initcheck as u32) << 2
+            | (self.synccheck as u32) << 3
     }
 }
 
@@ -270,7 +275,8 @@ pub unsafe fn launch_kernel<P: std::marker::Copy>(
     checks: EmulatorChecks,
 ) -> Result<()> {
     // SAFETY: P is plain data (Copy, repr(C) by contract); its bytes are the kernel's parameters.
-    let bytes = unsafe { std::slice::from_raw_parts(params as *const P as *const u8, std::mem::size_of::<P>()) };
+    let bytes =
+        unsafe { std::slice::from_raw_parts(params as *const P as *const u8, std::mem::size_of::<P>()) };
     // SAFETY: forwarded to the caller.
     unsafe { launch(name, grid, block, dynamic_smem, bytes, checks) }
 }

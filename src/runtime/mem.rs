@@ -124,7 +124,10 @@ impl Stream {
     /// Copies `host` into `dst` (same length).
     pub fn memcpy_htod<T: Element>(&self, host: &[T], dst: &mut impl DevicePtrMut<T>) -> Result<()> {
         if host.len() != dst.len() {
-            return Err(invalid("dst", format!("holds {} elements, the host slice {}", dst.len(), host.len())));
+            return Err(invalid(
+                "dst",
+                format!("holds {} elements, the host slice {}", dst.len(), host.len()),
+            ));
         }
         let (p, _g) = dst.device_ptr_mut(self)?;
         let bytes = std::mem::size_of_val(host);
@@ -135,13 +138,19 @@ impl Stream {
                 s.synchronize()?;
             }
             // SAFETY: `host` is valid for `bytes`; the emulator checks the destination range.
-            StreamInner::Emulator => unsafe { emulator::copy(p, host.as_ptr() as u64, bytes, EmuCopy::HostToDevice) }?,
+            StreamInner::Emulator => {
+                unsafe { emulator::copy(p, host.as_ptr() as u64, bytes, EmuCopy::HostToDevice) }?
+            }
         }
         Ok(())
     }
 
     /// Copies `src` into `dst` on the device (same length; asynchronous on CUDA).
-    pub fn memcpy_dtod<T: Element>(&self, src: &impl DevicePtr<T>, dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+    pub fn memcpy_dtod<T: Element>(
+        &self,
+        src: &impl DevicePtr<T>,
+        dst: &mut impl DevicePtrMut<T>,
+    ) -> Result<()> {
         if src.len() != dst.len() {
             return Err(invalid("dst", format!("holds {} elements, the source {}", dst.len(), src.len())));
         }
@@ -150,7 +159,9 @@ impl Stream {
         let (dp, _g1) = dst.device_ptr_mut(self)?;
         match &self.0 {
             // SAFETY: both are live device ranges of `bytes` (lengths checked), ordered on `s`.
-            StreamInner::Cuda(s) => unsafe { cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, s.cu_stream()) }?,
+            StreamInner::Cuda(s) => {
+                unsafe { cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, s.cu_stream()) }?
+            }
             // SAFETY: the emulator checks both ranges lie inside its allocations.
             StreamInner::Emulator => unsafe { emulator::copy(dp, sp, bytes, EmuCopy::DeviceToDevice) }?,
         }
@@ -400,7 +411,11 @@ pub struct Guard<'a>(PhantomData<&'a ()>);
 
 fn checked(backend: BackendKind, ptr: u64, stream: &Stream) -> Result<(u64, Guard<'static>)> {
     if backend != stream.backend() {
-        return Err(Error::BackendMismatch { arg: "buffer", buffer: backend.name(), stream: stream.backend().name() });
+        return Err(Error::BackendMismatch {
+            arg: "buffer",
+            buffer: backend.name(),
+            stream: stream.backend().name(),
+        });
     }
     Ok((ptr, Guard(PhantomData)))
 }

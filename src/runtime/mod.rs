@@ -3,7 +3,7 @@
 //!
 //! Backends: a CUDA device (kernels from the embedded fatbins, launched with cudarc) or the CPU
 //! emulator (the same kernel sources compiled for the host, run with sanitizer checks). Every op
-//! launches through [`Gpu::launch`], which reads the block size and shared memory from
+//! launches through one function (`Gpu::launch`), which reads the block size and shared memory from
 //! [`registry`] and dispatches on the backend; above it, the raw and safe APIs are the same code
 //! on both.
 use std::collections::HashMap;
@@ -243,7 +243,9 @@ impl Gpu {
     pub unsafe fn borrow_stream(&self, stream: u64) -> Stream {
         match &self.inner {
             // SAFETY: forwarded to the caller (see above).
-            Inner::Cuda(c) => Stream::from_cuda(unsafe { c.ctx.wrap_borrowed_stream(stream as sys::CUstream) }),
+            Inner::Cuda(c) => {
+                Stream::from_cuda(unsafe { c.ctx.wrap_borrowed_stream(stream as sys::CUstream) })
+            }
             Inner::Emulator(_) => Stream::emulator(),
         }
     }
@@ -270,8 +272,9 @@ impl Gpu {
         grid: (u32, u32),
         params: &P,
     ) -> Result<()> {
-        let spec = registry::spec(name)
-            .ok_or_else(|| Error::DeviceCheck(format!("kernel entry point `{name}` is not in the registry")))?;
+        let spec = registry::spec(name).ok_or_else(|| {
+            Error::DeviceCheck(format!("kernel entry point `{name}` is not in the registry"))
+        })?;
         match &self.inner {
             Inner::Cuda(c) => {
                 let f = c.functions.get(name).ok_or_else(|| {

@@ -97,7 +97,12 @@ fn build() -> Vec<KernelSpec> {
     add("pair_loss".into(), "pref_loss", PAIR_THREADS, 0);
     for dt in [DType::BF16, DType::F16] {
         for hd in [64, 128] {
-            for kind in [AttnKernel::Forward, AttnKernel::BackwardPre, AttnKernel::BackwardDkDv, AttnKernel::BackwardDq] {
+            for kind in [
+                AttnKernel::Forward,
+                AttnKernel::BackwardPre,
+                AttnKernel::BackwardDkDv,
+                AttnKernel::BackwardDq,
+            ] {
                 let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
                 add(prefix_attn(kind, dt, hd), "prefix_attn", threads, attn_smem(kind, hd));
             }

@@ -1,7 +1,7 @@
 //! The device status word: kernels that validate device-side data (targets, cu_seqlens, pair
 //! indices) OR bits into an optional u32; the safe API allocates it, reads it back once, and turns
 //! the bits into errors here, for every op.
-use super::mem::{DevicePtrMut as _, DeviceBuffer, Guard, Stream};
+use super::mem::{DeviceBuffer, DevicePtrMut as _, Guard, Stream};
 use crate::error::{Error, Result};
 use crate::params::{STATUS_BAD_PAIR, STATUS_BAD_SEQLENS, STATUS_BAD_TARGET};
 
@@ -37,7 +37,8 @@ impl StatusWord {
 pub(crate) fn check_status(bits: u32) -> Result<()> {
     if bits & STATUS_BAD_TARGET != 0 {
         return Err(Error::DeviceCheck(
-            "at least one target is outside [0, vocab) and not ignore_index; its rows were written as NaN".into(),
+            "at least one target is outside [0, vocab) and not ignore_index; its rows were written as NaN"
+                .into(),
         ));
     }
     if bits & STATUS_BAD_SEQLENS != 0 {

@@ -4,10 +4,10 @@ use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut}
 
 use super::{ReduceMode, SEQ_STATS_LEN};
 use crate::error::{ensure, Result};
-use crate::runtime::Gpu;
 use crate::params::{SeqStatsParams, TokenGradParams};
-use crate::runtime::args::{check_ptr};
+use crate::runtime::args::check_ptr;
 use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
 
 use crate::runtime::registry::SEQ_THREADS;
 
@@ -268,18 +268,7 @@ impl Gpu {
             let (sp, _g) = scores.device_ptr_mut(stream)?;
             let (st, _gs) = status.ptr(stream)?;
             // SAFETY: pointers from live cudarc buffers whose lengths were checked.
-            unsafe {
-                self.seq_reduce_raw(
-                    stream.raw(),
-                    &ptrs,
-                    tokens.logp.len(),
-                    layout,
-                    mode,
-                    sp,
-                    0,
-                    st,
-                )
-            }?;
+            unsafe { self.seq_reduce_raw(stream.raw(), &ptrs, tokens.logp.len(), layout, mode, sp, 0, st) }?;
         }
         check_status(status.read(stream)?)
     }

@@ -6,10 +6,10 @@ use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS};
 use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, Result};
-use crate::runtime::Gpu;
 use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams};
 use crate::runtime::args::{check_ptr, ranges_overlap};
 use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
 
 /// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
 /// Depends on V only, so a row's result never depends on N.
@@ -222,7 +222,7 @@ impl Gpu {
     ///
     /// Lengths are checked against `layout` (`logits` must hold `layout.span()` elements, the
     /// others `n_rows`). With `cfg.check_targets` (default) the call synchronizes `stream` once to
-    /// read the device status word and returns [`Error::DeviceCheck`] if any target was out of
+    /// read the device status word and returns [`crate::Error::DeviceCheck`] if any target was out of
     /// range (those rows hold NaN); without it, it never synchronizes.
     pub fn token_logprobs_forward<T: LogitElement, I: TargetIndex>(
         &self,
@@ -264,14 +264,7 @@ impl Gpu {
             // SAFETY: every pointer comes from a live cudarc buffer of the checked length on this
             // stream's context; the guards keep cudarc's event tracking ordered around the launch.
             unsafe {
-                self.token_logprobs_forward_raw(
-                    stream.raw(),
-                    T::DTYPE,
-                    I::INDEX_TYPE,
-                    layout,
-                    &ptrs,
-                    cfg,
-                )
+                self.token_logprobs_forward_raw(stream.raw(), T::DTYPE, I::INDEX_TYPE, layout, &ptrs, cfg)
             }?;
         }
         check_status(status.read(stream)?)
@@ -425,7 +418,9 @@ mod tests {
 
     #[test]
     fn row_group_size_depends_on_the_vocabulary_only() {
-        assert!(registry::spec(&registry::token_logprobs_fwd(DType::BF16, IndexType::I64, true, 256)).is_some());
+        assert!(
+            registry::spec(&registry::token_logprobs_fwd(DType::BF16, IndexType::I64, true, 256)).is_some()
+        );
         assert_eq!(row_threads(1024), 32);
         assert_eq!(row_threads(1025), 256);
     }

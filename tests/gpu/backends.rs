@@ -17,17 +17,26 @@ static HAS_EMULATOR_AND_GPU: OnceLock<bool> = OnceLock::new();
 /// Records which backends the run opened.
 pub fn set_peers(devices: &[Gpu]) {
     let kinds: Vec<BackendKind> = devices.iter().map(|d| d.backend()).collect();
-    let _ = HAS_EMULATOR_AND_GPU.set(kinds.contains(&BackendKind::Emulator) && kinds.contains(&BackendKind::Cuda));
+    let _ = HAS_EMULATOR_AND_GPU
+        .set(kinds.contains(&BackendKind::Emulator) && kinds.contains(&BackendKind::Cuda));
 }
 
-fn token_logprobs_on(gpu: &Gpu, host: &[bf16], targets: &[i64], layout: LogitsLayout) -> (Vec<f32>, Vec<f32>) {
+fn token_logprobs_on(
+    gpu: &Gpu,
+    host: &[bf16],
+    targets: &[i64],
+    layout: LogitsLayout,
+) -> (Vec<f32>, Vec<f32>) {
     let s = gpu.default_stream();
     let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
     let logits = s.clone_htod(host).unwrap();
     let t = s.clone_htod(targets).unwrap();
     let n = layout.n_rows;
-    let (mut logp, mut lse, mut ent) =
-        (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(n).unwrap());
+    let (mut logp, mut lse, mut ent) = (
+        s.alloc_zeros::<f32>(n).unwrap(),
+        s.alloc_zeros::<f32>(n).unwrap(),
+        s.alloc_zeros::<f32>(n).unwrap(),
+    );
     let out = TokenLogprobsOutputs {
         logp: logp.as_view_mut(),
         lse: lse.as_view_mut(),
@@ -53,8 +62,20 @@ fn emulator_matches_the_gpu(gpu: &Gpu, seed: u64) {
         let (a, ea) = token_logprobs_on(gpu, &host, &targets, layout);
         let (b, eb) = token_logprobs_on(&emu, &host, &targets, layout);
         for i in 0..n {
-            assert_close(&format!("V={vocab} logp[{i}] gpu vs emulator"), a[i] as f64, b[i] as f64, 2e-4, 1e-5);
-            assert_close(&format!("V={vocab} entropy[{i}] gpu vs emulator"), ea[i] as f64, eb[i] as f64, 5e-4, 1e-4);
+            assert_close(
+                &format!("V={vocab} logp[{i}] gpu vs emulator"),
+                a[i] as f64,
+                b[i] as f64,
+                2e-4,
+                1e-5,
+            );
+            assert_close(
+                &format!("V={vocab} entropy[{i}] gpu vs emulator"),
+                ea[i] as f64,
+                eb[i] as f64,
+                5e-4,
+                1e-4,
+            );
         }
     }
 }

@@ -33,7 +33,6 @@ pub struct Case {
 /// Tests that need real hardware, with the reason; they are SKIPPED on the emulator.
 const HARDWARE_ONLY: &[(&str, &str)] = &[
     ("beyond_2_pow_31_elements", "4.3 GB of logits (2^31+ elements): needs device memory and speed"),
-    ("parity_bf16_i64_v1048576", "a 1M-column row per sampled row: minutes on the emulator; V = 262144 covers the path"),
     ("emulator_matches_the_gpu", "compares the two backends: needs the GPU"),
 ];
 

@@ -11,13 +11,13 @@
 //! - step d/dlogits: as the token log-probs backward (tests/gpu/token_logprobs.rs) with the
 //!   reference fed the GPU's own per-token log-probs.
 use half::bf16;
-use pref_kernels::DeviceBuffer;
 use pref_kernels::pref_loss::reference::forward_backward;
 use pref_kernels::pref_loss::{DevicePairs, LossConfig, Pairs};
 use pref_kernels::seq_reduce::reference::{reduce, reduce_backward};
 use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs};
 use pref_kernels::step::{GradLogits, StepBatch};
 use pref_kernels::token_logprobs::reference as tl_ref;
+use pref_kernels::DeviceBuffer;
 use pref_kernels::{Error, Gpu, LogitsLayout, TokenLogprobsConfig};
 use rand::rngs::StdRng;
 use rand::Rng;

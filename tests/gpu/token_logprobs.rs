@@ -8,10 +8,10 @@
 //!   2^-25 for f16 (half its subnormal spacing: gradients below 6e-5 round in fixed steps), and
 //!   at the target element |g/T| * 5e-5 (1 - p is formed from log p in f32, whose absolute error
 //!   is a few ulp of lse).
-use pref_kernels::{DeviceBuffer, Stream};
 use half::{bf16, f16};
 use pref_kernels::token_logprobs::reference;
 use pref_kernels::token_logprobs::{TokenLogprobsFwdPtrs, TokenLogprobsOutputs};
+use pref_kernels::{DeviceBuffer, Stream};
 use pref_kernels::{Error, Gpu, LogitElement, LogitsLayout, TargetIndex, TokenLogprobsConfig};
 use rand::Rng;
 
@@ -350,8 +350,16 @@ fn alignment_and_batch_invariance<T: LogitElement>(gpu: &Gpu, seed: u64) {
             let shifted = s.clone_htod(&host).unwrap();
             let q = Problem { host, offset: shift, ..p.clone_shape() };
             let got = run_forward(gpu, &s, &shifted, &q, &cfg).unwrap();
-            assert_eq!(bits(&got.logp), bits(&full.logp), "V={vocab}: logp changed with a {shift}-element shift");
-            assert_eq!(bits(&got.lse), bits(&full.lse), "V={vocab}: lse changed with a {shift}-element shift");
+            assert_eq!(
+                bits(&got.logp),
+                bits(&full.logp),
+                "V={vocab}: logp changed with a {shift}-element shift"
+            );
+            assert_eq!(
+                bits(&got.lse),
+                bits(&full.lse),
+                "V={vocab}: lse changed with a {shift}-element shift"
+            );
             assert_eq!(
                 bits(got.entropy.as_ref().unwrap()),
                 bits(full.entropy.as_ref().unwrap()),
@@ -506,7 +514,8 @@ fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
         let (tp, _b) = targets.device_ptr(&own).unwrap();
         let (op, _c) = logp2.device_ptr_mut(&own).unwrap();
         let (sp, _d) = lse.device_ptr_mut(&own).unwrap();
-        let ordinal = gpu.cuda_context().map_or(pref_kernels::ffi::PREFK_DEVICE_EMULATOR, |c| c.ordinal() as i32);
+        let ordinal =
+            gpu.cuda_context().map_or(pref_kernels::ffi::PREFK_DEVICE_EMULATOR, |c| c.ordinal() as i32);
         // SAFETY: as above, through the C ABI.
         let rc = unsafe {
             pref_kernels::ffi::prefk_token_logprobs_forward(
@@ -557,9 +566,18 @@ pub fn cases() -> Vec<Case> {
         run: Box::new(determinism_and_batch_invariance),
     });
     v.push(Case { name: "nan_and_inf_propagate", run: Box::new(nan_and_inf_propagate) });
-    v.push(Case { name: "alignment_and_batch_invariance_f32", run: Box::new(alignment_and_batch_invariance::<f32>) });
-    v.push(Case { name: "alignment_and_batch_invariance_f16", run: Box::new(alignment_and_batch_invariance::<f16>) });
-    v.push(Case { name: "alignment_and_batch_invariance_bf16", run: Box::new(alignment_and_batch_invariance::<bf16>) });
+    v.push(Case {
+        name: "alignment_and_batch_invariance_f32",
+        run: Box::new(alignment_and_batch_invariance::<f32>),
+    });
+    v.push(Case {
+        name: "alignment_and_batch_invariance_f16",
+        run: Box::new(alignment_and_batch_invariance::<f16>),
+    });
+    v.push(Case {
+        name: "alignment_and_batch_invariance_bf16",
+        run: Box::new(alignment_and_batch_invariance::<bf16>),
+    });
     v.push(Case { name: "raw_api_rejects_bad_arguments", run: Box::new(raw_api_rejects_bad_arguments) });
     v.push(Case { name: "beyond_2_pow_31_elements", run: Box::new(beyond_2_pow_31_elements) });
     v.push(Case {
