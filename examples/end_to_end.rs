@@ -155,6 +155,25 @@ fn main() -> pref_kernels::Result<()> {
             let cs = s.cuda().expect("CUDA backend");
             let gb = (n * vocab * 2) as f64 / 1e9;
 
+            // The bandwidth floor of this run: a 2 GiB device-to-device copy (read + write), median of 5.
+            let copy_bw = {
+                let elems = 1usize << 30;
+                let src = s.alloc_zeros::<bf16>(elems)?;
+                let mut dst = s.alloc_zeros::<bf16>(elems)?;
+                let mut ms = Vec::new();
+                for _ in 0..6 {
+                    let e0 = cs.record_event(flags)?;
+                    s.memcpy_dtod(&src, &mut dst)?;
+                    let e1 = cs.record_event(flags)?;
+                    e1.synchronize()?;
+                    ms.push(e0.elapsed_ms(&e1)?);
+                }
+                ms.remove(0); // warm-up
+                ms.sort_by(|a, b| a.total_cmp(b));
+                let bw = 2.0 * 2.0 * elems as f64 / 1e9 / (ms[ms.len() / 2] as f64 / 1e3);
+                println!("device-to-device copy (2 GiB, read + write): {bw:.0} GB/s (the floor below)");
+                bw
+            };
             // Token log-probs alone (forward with entropy, backward out of place): the floor the
             // whole step is compared with.
             let mut logp = s.alloc_zeros::<f32>(n)?;
@@ -179,7 +198,13 @@ fn main() -> pref_kernels::Result<()> {
             }
             fb.sort_by(|a, b| (a.0 + a.1).total_cmp(&(b.0 + b.1)));
             let (f, b) = fb[fb.len() / 2];
-            println!("token log-probs: forward {f:.3} ms ({:.0} GB/s), backward {b:.3} ms ({:.0} GB/s), fwd+bwd {:.3} ms", gb / (f as f64 / 1e3), 2.0 * gb / (b as f64 / 1e3), f + b);
+            let (fw_bw, bw_bw) = (gb / (f as f64 / 1e3), 2.0 * gb / (b as f64 / 1e3));
+            println!(
+                "token log-probs: forward {f:.3} ms ({fw_bw:.0} GB/s, {:.0}% of copy), backward {b:.3} ms ({bw_bw:.0} GB/s, {:.0}% of copy), fwd+bwd {:.3} ms",
+                100.0 * fw_bw / copy_bw,
+                100.0 * bw_bw / copy_bw,
+                f + b
+            );
             let with_entropy = TokenLogprobsConfig { compute_entropy: true, ..quiet };
             let out = TokenLogprobsOutputs {
                 logp: logp.as_view_mut(),

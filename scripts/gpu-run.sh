@@ -1,48 +1,71 @@
 #!/usr/bin/env bash
-# Runs on the GPU machine over device-bin/ (from scripts/build-device-bundle.sh) and appends to a
-# dated markdown report in ${OUT:-bench/results}/. Stages (each fits one 10-minute device call):
-#   scripts/gpu-run.sh tests      GPU tests with PREF_KERNELS_REQUIRE_GPU=1
-#   scripts/gpu-run.sh sanitize   compute-sanitizer memcheck + racecheck on small GPU test cases
-#   scripts/gpu-run.sh bench      criterion GPU benches and the main job
-#   scripts/gpu-run.sh peers      PyTorch eager / Liger / SDPA / FlexAttention, same process
-#   scripts/gpu-run.sh all        everything (default; may exceed one device call)
+# The GPU run: ONE device call of at most ~8 minutes over device-bin/ (from
+# scripts/build-device-bundle.sh, built on a machine with Rust). Stages in priority order, each
+# time-capped, the report appended to $OUT as it goes (a timeout still returns what ran):
+#   1. kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1, including
+#      the emulator-vs-GPU comparison                                          (cap 170 s)
+#   2. compute-sanitizer memcheck and racecheck on a few small GPU cases      (cap 100 s)
+#   3. short benches: d2d copy bandwidth, token log-probs GB/s and fraction of the copy bandwidth,
+#      the step and attention benches, the main job                          (cap 130 s)
+#   4. the same-run peers (PyTorch eager, Liger, SDPA, FlexAttention)          (cap 80 s)
+# Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>` with
+# stage tests | sanitize | bench | peers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
 out="${OUT:-bench/results}"
 mkdir -p "$out"
-report="$out/$(date -u +%Y-%m-%d)-$(nvidia-smi --query-gpu=name --format=csv,noheader | head -n1 | tr ' ' '_').md"
-run() { echo; echo "\$ $*"; "$@" 2>&1; echo "(exit $?)"; }
+gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr ' ' '_')"
+report="$out/$(date -u +%Y-%m-%d)-${gpu_name:-no-gpu}.md"
 want() { [ "$stage" = all ] || [ "$stage" = "$1" ]; }
-{
-  if [ ! -s "$report" ]; then
-    echo "# GPU results $(date -u +%Y-%m-%d), commit $(cat device-bin/COMMIT)"
-    echo; echo '```'; nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv; echo '```'
-  fi
-  if want tests; then
-    echo; echo "## GPU tests ($(date -u +%H:%MZ))"; echo '```'
-    PREF_KERNELS_REQUIRE_GPU=1 run device-bin/gpu-tests
+# run CAP CMD...: runs CMD with a time cap, echoing the command line and its exit status.
+run() {
+  local cap="$1"; shift
+  echo; echo "\$ $*"
+  timeout --signal=INT --kill-after=10 "$cap" "$@" 2>&1
+  local rc=$?
+  [ "$rc" = 124 ] && echo "(stopped at the ${cap}s cap)"
+  echo "(exit $rc)"
+}
+log() { tee -a "$report"; }
+
+if [ ! -s "$report" ]; then
+  {
+    echo "# GPU results $(date -u +%Y-%m-%d), commit $(cat device-bin/COMMIT 2>/dev/null || git rev-parse HEAD)"
+    echo; echo '```'
+    nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv
     echo '```'
-  fi
-  if want sanitize; then
-    echo; echo "## compute-sanitizer, small cases ($(date -u +%H:%MZ))"; echo '```'
+    echo; echo "Commands: \`scripts/gpu-run.sh ${stage}\` over \`device-bin/\` (stages and caps in the script)."
+  } | log
+fi
+
+if want tests; then
+  { echo; echo "## 1. Kernel tests, emulator and GPU ($(date -u +%H:%MZ))"; echo '```'
+    PREF_KERNELS_REQUIRE_GPU=1 run 170 device-bin/gpu-tests
+    echo '```'; } | log
+fi
+if want sanitize; then
+  { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
     for tool in memcheck racecheck; do
-      for filter in _v7 strided loss_bad seq_reduce attn_f16_d64 attn_isolation; do
-        PREF_KERNELS_REQUIRE_GPU=1 run compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
+      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64; do
+        PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
+          run 25 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
       done
     done
-    echo '```'
-  fi
-  if want bench; then
-    echo; echo "## criterion benches ($(date -u +%H:%MZ))"; echo '```'
-    for b in token_logprobs pref_step prefix_attn; do run "device-bin/bench-$b" --bench gpu; done
-    echo '```'; echo; echo '## main job'; echo '```'
-    run device-bin/end_to_end
-    echo '```'
-  fi
-  if want peers; then
-    echo; echo "## peers, same process and GPU ($(date -u +%H:%MZ))"
-    PREF_KERNELS_LIB=device-bin/libpref_kernels.so python3 bench/torch_peers.py 2>&1
-  fi
-} | tee -a "$report"
+    echo '```'; } | log
+fi
+if want bench; then
+  { echo; echo "## 3. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
+    short=(--warm-up-time 0.5 --measurement-time 2 --sample-size 10)
+    run 60 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
+    run 25 device-bin/bench-pref_step --bench gpu "${short[@]}"
+    run 25 device-bin/bench-prefix_attn --bench gpu "${short[@]}"
+    echo '```'; echo; echo '### Main job'; echo '```'
+    PREF_KERNELS_BACKEND=cuda run 20 device-bin/end_to_end
+    echo '```'; } | log
+fi
+if want peers; then
+  { echo; echo "## 4. Peers, same process and GPU ($(date -u +%H:%MZ))"
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 80 python3 bench/torch_peers.py; } | log
+fi
 echo "report: $report"
