@@ -345,6 +345,18 @@ fn main() -> pref_kernels::Result<()> {
     Ok(())
 }
 
+/// `n` bf16 values uniform in [-1.5, 1.5) from a xorshift state.
+fn random_bf16(n: usize, st: &mut u64) -> Vec<bf16> {
+    (0..n)
+        .map(|_| {
+            *st ^= *st << 13;
+            *st ^= *st >> 7;
+            *st ^= *st << 17;
+            bf16::from_f32(((*st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0)
+        })
+        .collect()
+}
+
 fn max_diff(got: impl IntoIterator<Item = f64>, want: impl IntoIterator<Item = f64>) -> f64 {
     got.into_iter().zip(want).fold(0.0, |m, (g, w)| {
         if g.is_nan() || w.is_nan() {
@@ -459,16 +471,7 @@ fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
     let t = alayout.total_tokens();
     let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
     let mut st = 0x2545_F491_4F6C_DD1Du64;
-    let mut rnd = |n: usize| -> Vec<bf16> {
-        (0..n)
-            .map(|_| {
-                st ^= st << 13;
-                st ^= st >> 7;
-                st ^= st << 17;
-                bf16::from_f32(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0)
-            })
-            .collect()
-    };
+    let mut rnd = |n: usize| random_bf16(n, &mut st);
     let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
     let dl = gpu.upload_prefix_layout(&s, &alayout)?;
     let (dq_, dk_, dv_, ddo) =
@@ -541,16 +544,7 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
         dup as f64 / layout.attended_pairs() as f64
     );
     let mut st = 0x2545_F491_4F6C_DD1Du64;
-    let mut rnd = |n: usize| -> Vec<bf16> {
-        (0..n)
-            .map(|_| {
-                st ^= st << 13;
-                st ^= st >> 7;
-                st ^= st << 17;
-                bf16::from_f32(((st >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 3.0)
-            })
-            .collect()
-    };
+    let mut rnd = |n: usize| random_bf16(n, &mut st);
     let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
     let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
     let flops = 4.0 * shape.head_dim as f64 * layout.attended_pairs() as f64 * shape.q_heads as f64;
