@@ -12,6 +12,11 @@ __device__ __forceinline__ float sigmoid_(float x) {
     const float e = expf(x);
     return e / (1.f + e);
 }
+// sigma'(x) = sigma(x) sigma(-x) from exp(-|x|) only (1 - sigma(x) cancels at large |x|).
+__device__ __forceinline__ float sigmoid_prime_(float x) {
+    const float e = expf(-fabsf(x));
+    return e / ((1.f + e) * (1.f + e));
+}
 __device__ __forceinline__ float softplus_(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float log1mexp_(float x) {  // log(1 - e^x), x < 0
     return x < -0.6931471805599453f ? log1pf(-expf(x)) : logf(-expm1f(x));
@@ -25,25 +30,25 @@ __device__ __forceinline__ Stats load_stats(uint64_t stats, int64_t s) {
     return {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
 }
 
-// psi(d) and psi'(d) of the f-divergence.
+// psi(d) and psi'(d): TRL's full f-divergence transforms (src/pref_loss/reference.rs): forward KL
+// 1 - e^-d (not clamped: inf beyond f32's range), JS log 2 + log sigmoid(d), alpha
+// (e^((alpha-1) d) - 1) / (alpha - 1) with the exponent clamped at 80 as TRL does.
 __device__ __forceinline__ void psi(uint32_t div, float alpha, float d, float& v, float& dv) {
     switch (div) {
-        case PREFK_DIV_FORWARD_KL: {
-            const float e = expf(fminf(-d, 80.f));
-            v = -e;
-            dv = -d < 80.f ? e : 0.f;
+        case PREFK_DIV_FORWARD_KL:
+            v = -expm1f(-d);
+            dv = expf(-d);
             return;
-        }
         case PREFK_DIV_JS:
-            v = -softplus_(-d);
+            v = PREFK_LN2 - softplus_(-d);
             dv = sigmoid_(-d);
             return;
         case PREFK_DIV_ALPHA: {
             const float a = alpha - 1.f;
             if (fabsf(a) >= 1e-6f) {
-                const float e = expf(fminf(a * d, 80.f));
-                v = e / a;
-                dv = a * d < 80.f ? e : 0.f;
+                const float t = fminf(a * d, 80.f);
+                v = expm1f(t) / a;
+                dv = a * d < 80.f ? expf(t) : 0.f;
                 return;
             }
             [[fallthrough]];  // alpha = 1 is reverse KL
@@ -56,6 +61,7 @@ __device__ __forceinline__ void psi(uint32_t div, float alpha, float d, float& v
 
 struct TermOut {
     float phi, cc[3], cr[3], reward_c, reward_r, score_c, score_r, barrier;
+    float barrier_loss;  // lambda * barrier, the part of phi TAB-PO logs as loss/barrier
 };
 
 __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const Stats& c, const Stats& r,
@@ -116,9 +122,8 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
             }
             case PREFK_LOSS_EXO_PAIR: {
                 const float e = L.p0;
-                const float q = sigmoid_(x);
-                phi = q * (-softplus_(-x) - log1pf(-e)) + (1.f - q) * (-softplus_(x) - logf(e));
-                const float dx = q * (1.f - q) * (x - logf((1.f - e) / e));
+                phi = sigmoid_(x) * (-softplus_(-x) - log1pf(-e)) + sigmoid_(-x) * (-softplus_(x) - logf(e));
+                const float dx = sigmoid_prime_(x) * (x - logf((1.f - e) / e));
                 dpc = beta * dx;
                 dpr = -beta * dx;
                 break;
@@ -145,27 +150,36 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
                 break;
             }
             case PREFK_LOSS_APO_ZERO: {  // raw log-ratios, no psi
-                const float s1 = sigmoid_(beta * dc), s2 = sigmoid_(beta * dr);
-                phi = 1.f - s1 + s2;
-                gc = -beta * s1 * (1.f - s1);
-                gr = beta * s2 * (1.f - s2);
+                phi = sigmoid_(-beta * dc) + sigmoid_(beta * dr);
+                gc = -beta * sigmoid_prime_(beta * dc);
+                gr = beta * sigmoid_prime_(beta * dr);
                 break;
             }
             case PREFK_LOSS_APO_DOWN: {
-                const float s1 = sigmoid_(beta * dc), sx = sigmoid_(x);
-                phi = s1 + 1.f - sx;
-                gc = beta * s1 * (1.f - s1);
-                dpc = -beta * sx * (1.f - sx);
-                dpr = beta * sx * (1.f - sx);
+                phi = sigmoid_(beta * dc) + sigmoid_(-x);
+                gc = beta * sigmoid_prime_(beta * dc);
+                dpc = -beta * sigmoid_prime_(x);
+                dpr = -dpc;
                 break;
             }
             case PREFK_LOSS_DISCOPOP: {
                 const float tau = L.p0;
-                const float mu = sigmoid_(x / tau);
-                const float e = expf(-fmaxf(x, -80.f));
-                const float de = x > -80.f ? -e : 0.f;
-                phi = (1.f - mu) * softplus_(-x) + mu * e;
-                const float dx = mu * (1.f - mu) / tau * (e - softplus_(-x)) - (1.f - mu) * sigmoid_(-x) + mu * de;
+                // Not clamped, as TRL; for x < 0, mu e^-x and sigma'(x/tau) e^-x come from one
+                // exponential e^(x/tau - x), finite wherever the products are.
+                const float a = x / tau;
+                float mu_e, sp_e;
+                if (x < 0.f) {
+                    const float ea = expf(a), eax = expf(a - x);
+                    mu_e = eax / (1.f + ea);
+                    sp_e = eax / ((1.f + ea) * (1.f + ea));
+                } else {
+                    const float e = expf(-x);
+                    mu_e = sigmoid_(a) * e;
+                    sp_e = sigmoid_prime_(a) * e;
+                }
+                const float one_minus_mu = sigmoid_(-a);
+                phi = one_minus_mu * softplus_(-x) + mu_e;
+                const float dx = (sp_e - sigmoid_prime_(a) * softplus_(-x)) / tau - one_minus_mu * sigmoid_(-x) - mu_e;
                 dpc = beta * dx;
                 dpr = -beta * dx;
                 break;
@@ -195,14 +209,16 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
                 break;
             }
             case PREFK_LOSS_ORPO: {
-                const float xc = fminf(sc, -1e-6f), xr = fminf(sr, -1e-6f);
+                o.reward_c = beta * sc;
+                o.reward_r = beta * sr;
+                if (c.count == 0.f || r.count == 0.f) return o;  // an empty side contributes 0
+                // Mean log-probs clamped at -FLT_MIN only, so log(-expm1(S)) stays finite.
+                const float xc = fminf(sc, -FLT_MIN), xr = fminf(sr, -FLT_MIN);
                 const float lo = (xc - xr) - (log1mexp_(xc) - log1mexp_(xr));
                 o.phi = beta * softplus_(-lo);
                 const float dlo = -beta * sigmoid_(-lo);
-                gc = sc < -1e-6f ? dlo / -expm1f(xc) : 0.f;
-                gr = sr < -1e-6f ? -dlo / -expm1f(xr) : 0.f;
-                o.reward_c = beta * sc;
-                o.reward_r = beta * sr;
+                gc = sc < -FLT_MIN ? dlo / -expm1f(xc) : 0.f;
+                gr = sr < -FLT_MIN ? -dlo / -expm1f(xr) : 0.f;
                 break;
             }
             case PREFK_LOSS_TGDPO: {  // token weights carry the rewards; sum aggregation, beta inside z
@@ -229,7 +245,8 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
                 const float gm = c.gwmass * scale;
                 const float d = L.flags == 1u ? fmaxf(c.gcount, 1.f) : (L.flags == 2u ? fmaxf(gm, PREFK_WMASS_EPS) : fmaxf(gm, 1.f));
                 o.barrier = -c.gwsum * scale / d;
-                o.phi += lambda * o.barrier;
+                o.barrier_loss = lambda * o.barrier;
+                o.phi += o.barrier_loss;
                 o.cc[2] = -lambda * scale / d;
                 break;
             }
@@ -280,11 +297,13 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
     int first_pairwise = -1;
     for (int k = (int)p.n_terms - 1; k >= 0; --k)
         if (p.terms[k].kind != PREFK_LOSS_NLL) first_pairwise = k;
-    // m: pref loss, rewards c/r, margins, accuracies, logps c/r, barrier, p_pref, gated, chosen tokens
+    // m: pref loss (without TAB-PO's barrier), rewards c/r, margins, accuracies, logps c/r,
+    // barrier loss (lambda B), p_pref, gated, chosen tokens
     float m[11] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int64_t i = threadIdx.x; i < p.n_pairs; i += PAIR_THREADS) {
         float coef[PREFK_PAIR_COEF] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
         float col[PREFK_PAIR_COLUMNS] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        float barrier_loss = 0.f;
         int64_t c, r;
         if (pair_seqs(p, i, c, r)) {
             const Stats sc = load_stats(p.stats, c), sr = load_stats(p.stats, r);
@@ -307,6 +326,7 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
                 }
                 if (L.kind == PREFK_LOSS_TABPO) {
                     col[5] = o.barrier;
+                    barrier_loss = w * o.barrier_loss;
                     m[9] += sc.gcount;
                     m[10] += sc.count;
                 }
@@ -325,14 +345,14 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
 #pragma unroll
             for (int j = 0; j < PREFK_PAIR_COLUMNS; ++j) out[j] = col[j];
         }
-        m[0] += col[0];
+        m[0] += col[0] - barrier_loss;
         m[1] += col[1];
         m[2] += col[2];
         m[3] += col[1] - col[2];
         m[4] += col[1] > col[2] ? 1.f : 0.f;
         m[5] += col[3];
         m[6] += col[4];
-        m[7] += col[5];
+        m[7] += barrier_loss;
         m[8] += sigmoid_(col[1] - col[2]);
     }
     block_sum<PAIR_THREADS, 11>(m, scratch);
@@ -342,9 +362,9 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
         for (int k = 0; k < (int)p.n_terms; ++k)
             if (p.terms[k].kind == PREFK_LOSS_NLL) nll_weight += p.terms[k].weight;
         out[1] = m[0] * inv_p;
-        out[0] = out[1] + nll_weight * nll_loss;
         out[2] = nll_loss;
         for (int j = 1; j <= 7; ++j) out[2 + j] = m[j] * inv_p;  // rewards .. loss/barrier
+        out[0] = out[1] + out[9] + nll_weight * nll_loss;
         out[10] = m[10] > 0.f ? m[9] / m[10] : 0.f;
         out[11] = m[8] * inv_p;
         for (int j = 12; j < PREFK_METRICS; ++j) out[j] = 0.f;

@@ -420,6 +420,26 @@ impl LossConfig {
         if let FDivergence::Alpha { alpha } = self.divergence {
             ensure(alpha.is_finite(), "divergence", || format!("alpha must be finite, got {alpha}"))?;
         }
+        if self.divergence != FDivergence::ReverseKl {
+            // These use each side's transformed log-ratio on its own (or, apo_down, mix the raw and
+            // the transformed): TRL refuses an f-divergence other than reverse KL for them.
+            for (loss, _) in &self.terms {
+                let name = match loss {
+                    Loss::NcaPair { .. } => "nca_pair",
+                    Loss::BcoPair { .. } => "bco_pair",
+                    Loss::SppoHard { .. } => "sppo_hard",
+                    Loss::ApoDown { .. } => "apo_down",
+                    _ => continue,
+                };
+                return Err(crate::error::invalid(
+                    "divergence",
+                    format!(
+                        "loss_type `{name}` supports only the reverse-KL f-divergence (as TRL), got {:?}",
+                        self.divergence
+                    ),
+                ));
+            }
+        }
         if self.needs_reference() {
             ensure(reference != RefSource::None, "ref_logp", || {
                 "these losses need reference log-probs (per token or per sequence)".into()

@@ -28,6 +28,12 @@ pub(crate) fn sigmoid(x: f64) -> f64 {
 }
 
 /// softplus(x) = log(1 + e^x), stable.
+/// σ'(x) = σ(x) σ(−x), from exp(−|x|) only: no cancellation in 1 − σ(x) at large |x|.
+pub(crate) fn sigmoid_prime(x: f64) -> f64 {
+    let e = (-x.abs()).exp();
+    e / ((1.0 + e) * (1.0 + e))
+}
+
 pub(crate) fn softplus(x: f64) -> f64 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
 }
@@ -41,25 +47,34 @@ fn log1mexp(x: f64) -> f64 {
     }
 }
 
-/// ORPO's scores are clamped below 0 so log(1 − e^S) stays finite (an all-masked or certain sequence).
-pub const ORPO_MAX_SCORE: f64 = -1e-6;
+/// ORPO's mean log-probs are clamped at −FLT_MIN (−1.18e-38), the same in f64 and in the f32
+/// kernels, so log(1 − e^S) = log(−expm1(S)) stays finite; it changes results only for S in
+/// (−1.18e-38, 0], i.e. a sequence whose every token has probability 1 to f32 precision.
+/// (TRL clamps nothing: S = 0 gives −inf there.) Pairs with an empty side contribute 0.
+pub const ORPO_MAX_SCORE: f64 = -1.1754943508222875e-38;
 
-/// ψ(Δ) and ψ'(Δ).
+/// Clamp of the alpha divergence's exponent (α − 1)Δ, as TRL's `alpha_divergence` (float32).
+pub const ALPHA_EXPONENT_MAX: f64 = 80.0;
+
+/// ψ(Δ) and ψ'(Δ): the full f-divergence transforms f'(e^Δ) of TRL, constants included (they
+/// cancel in chosen-minus-rejected losses but not in IPO's per-side length normalization):
+/// reverse KL Δ; forward KL 1 − e^{−Δ}; JS log 2 + log σ(Δ); α (e^{(α−1)Δ} − 1)/(α − 1), its
+/// exponent clamped at 80 as TRL does. Forward KL is not clamped (inf beyond f64's range).
 pub(crate) fn psi(div: FDivergence, d: f64) -> (f64, f64) {
     match div {
         FDivergence::ReverseKl => (d, 1.0),
         FDivergence::ForwardKl => {
-            let e = (-d).min(80.0).exp();
-            (-e, if -d < 80.0 { e } else { 0.0 })
+            let e = (-d).exp();
+            (-(-d).exp_m1(), e)
         }
-        FDivergence::JensenShannon => (-softplus(-d), sigmoid(-d)),
+        FDivergence::JensenShannon => (std::f64::consts::LN_2 - softplus(-d), sigmoid(-d)),
         FDivergence::Alpha { alpha } => {
             let a = alpha as f64 - 1.0;
             if a.abs() < 1e-6 {
                 return (d, 1.0);
             }
-            let e = (a * d).min(80.0).exp();
-            (e / a, if a * d < 80.0 { e } else { 0.0 })
+            let t = (a * d).min(ALPHA_EXPONENT_MAX);
+            (t.exp_m1() / a, if a * d < ALPHA_EXPONENT_MAX { t.exp() } else { 0.0 })
         }
     }
 }
@@ -77,6 +92,8 @@ pub(crate) struct TermOut {
     pub score_c: f64,
     pub score_r: f64,
     pub barrier: f64,
+    /// λ·B: the part of `phi` that TAB-PO's official code logs as `loss/barrier`.
+    pub barrier_loss: f64,
 }
 
 /// Evaluates one term for a pair. `ref_c`/`ref_r` are the per-sequence reference scores when the
@@ -127,9 +144,8 @@ pub(crate) fn pair_term(
             }
             Loss::ExoPair { epsilon: e, .. } => {
                 let e = e as f64;
-                let q = sigmoid(x);
-                let phi = q * (-softplus(-x) - (-e).ln_1p()) + (1.0 - q) * (-softplus(x) - e.ln());
-                let dx = q * (1.0 - q) * (x - ((1.0 - e) / e).ln());
+                let phi = sigmoid(x) * (-softplus(-x) - (-e).ln_1p()) + sigmoid(-x) * (-softplus(x) - e.ln());
+                let dx = sigmoid_prime(x) * (x - ((1.0 - e) / e).ln());
                 (phi, beta * dx, -beta * dx)
             }
             Loss::NcaPair { .. } => {
@@ -147,25 +163,32 @@ pub(crate) fn pair_term(
             }
             Loss::ApoZero { .. } => {
                 // Raw Δ, not ψ(Δ): the ψ-chain factors qc, qr are undone below.
-                let (sc_, sr_) = (sigmoid(beta * dc), sigmoid(beta * dr));
-                let phi = 1.0 - sc_ + sr_;
-                g_c = -beta * sc_ * (1.0 - sc_);
-                g_r = beta * sr_ * (1.0 - sr_);
+                let phi = sigmoid(-beta * dc) + sigmoid(beta * dr);
+                g_c = -beta * sigmoid_prime(beta * dc);
+                g_r = beta * sigmoid_prime(beta * dr);
                 (phi, 0.0, 0.0)
             }
             Loss::ApoDown { .. } => {
-                let s1 = sigmoid(beta * dc);
-                let sx = sigmoid(x);
-                g_c = beta * s1 * (1.0 - s1);
-                (s1 + 1.0 - sx, -beta * sx * (1.0 - sx), beta * sx * (1.0 - sx))
+                g_c = beta * sigmoid_prime(beta * dc);
+                let dsx = beta * sigmoid_prime(x);
+                (sigmoid(beta * dc) + sigmoid(-x), -dsx, dsx)
             }
             Loss::DiscoPop { tau, .. } => {
                 let tau = tau as f64;
-                let mu = sigmoid(x / tau);
-                let e = (-x.max(-80.0)).exp();
-                let de = if x > -80.0 { -e } else { 0.0 };
-                let phi = (1.0 - mu) * softplus(-x) + mu * e;
-                let dx = mu * (1.0 - mu) / tau * (e - softplus(-x)) - (1.0 - mu) * sigmoid(-x) + mu * de;
+                // TRL: -logsigmoid(x) (1 - mu) + exp(-x) mu, mu = sigmoid(x / tau); no clamp. For
+                // x < 0 the products mu e^-x and sigma'(x/tau) e^-x are formed as one exponential
+                // e^(x/tau - x) (finite where the product is, where e^-x alone would overflow).
+                let a = x / tau;
+                let (mu_e, sp_e) = if x < 0.0 {
+                    let (ea, eax) = (a.exp(), (a - x).exp());
+                    (eax / (1.0 + ea), eax / ((1.0 + ea) * (1.0 + ea)))
+                } else {
+                    let e = (-x).exp();
+                    (sigmoid(a) * e, sigmoid_prime(a) * e)
+                };
+                let one_minus_mu = sigmoid(-a);
+                let phi = one_minus_mu * softplus(-x) + mu_e;
+                let dx = (sp_e - sigmoid_prime(a) * softplus(-x)) / tau - one_minus_mu * sigmoid(-x) - mu_e;
                 (phi, beta * dx, -beta * dx)
             }
             _ => unreachable!(),
@@ -197,13 +220,16 @@ pub(crate) fn pair_term(
                 (out.reward_c, out.reward_r) = (beta * sc, beta * sr);
             }
             Loss::Orpo { .. } => {
+                (out.reward_c, out.reward_r) = (beta * sc, beta * sr);
+                if c.count == 0.0 || r.count == 0.0 {
+                    return out; // an empty side: no odds to compare (the originals give NaN)
+                }
                 let (xc, xr) = (sc.min(ORPO_MAX_SCORE), sr.min(ORPO_MAX_SCORE));
                 let lo = (xc - xr) - (log1mexp(xc) - log1mexp(xr));
                 out.phi = beta * softplus(-lo);
                 let dlo = -beta * sigmoid(-lo);
                 g_c = if sc < ORPO_MAX_SCORE { dlo / -xc.exp_m1() } else { 0.0 };
                 g_r = if sr < ORPO_MAX_SCORE { -dlo / -xr.exp_m1() } else { 0.0 };
-                (out.reward_c, out.reward_r) = (beta * sc, beta * sr);
             }
             Loss::Tgdpo { alpha, .. } => {
                 // Token weights carry the rewards r̂_t; z = Pc − Pr (sum aggregation, β inside).
@@ -234,7 +260,8 @@ pub(crate) fn pair_term(
                     }
                 };
                 out.barrier = -c.gated_weighted_sum * scale / d;
-                out.phi += lambda as f64 * out.barrier;
+                out.barrier_loss = lambda as f64 * out.barrier;
+                out.phi += out.barrier_loss;
                 out.coef_c[2] = -(lambda as f64) * scale / d;
             }
             Loss::Nll => {
@@ -312,6 +339,7 @@ pub fn forward_backward(
         let refs = ref_seq.map(|rs| (rs[ci] as f64, rs[ri] as f64));
         let mut pair_loss = 0.0;
         let mut barrier = 0.0;
+        let mut barrier_loss = 0.0;
         for (k, (loss, weight)) in cfg.terms.iter().enumerate() {
             let w = *weight as f64;
             if matches!(loss, Loss::Nll) {
@@ -331,6 +359,7 @@ pub fn forward_backward(
             }
             if matches!(loss, Loss::TabPo { .. }) {
                 barrier = t.barrier;
+                barrier_loss = w * t.barrier_loss;
                 gated += stats[ci].gated_count;
                 chosen_tokens += stats[ci].count;
             }
@@ -341,19 +370,21 @@ pub fn forward_backward(
         out.pairs[i][0] = pair_loss;
         out.pairs[i][5] = barrier;
         let p = &out.pairs[i];
-        m[1] += pair_loss * inv_p;
+        // TAB-PO's official metrics: the preference part without the barrier, and λ·mean(B).
+        m[1] += (pair_loss - barrier_loss) * inv_p;
         m[3] += p[1] * inv_p;
         m[4] += p[2] * inv_p;
         m[5] += (p[1] - p[2]) * inv_p;
         m[6] += if p[1] > p[2] { inv_p } else { 0.0 };
         m[7] += p[3] * inv_p;
         m[8] += p[4] * inv_p;
-        m[9] += barrier * inv_p;
+        m[9] += barrier_loss * inv_p;
         m[11] += sigmoid(p[1] - p[2]) * inv_p;
     }
     m[2] = nll;
     m[10] = if chosen_tokens > 0.0 { gated / chosen_tokens } else { 0.0 };
     m[0] = m[1]
+        + m[9]
         + cfg.terms.iter().filter(|(l, _)| matches!(l, Loss::Nll)).map(|(_, w)| *w as f64 * nll).sum::<f64>();
     out.loss = m[0];
 

@@ -13,7 +13,7 @@
 //!   reference fed the GPU's own per-token log-probs.
 use half::bf16;
 use pref_kernels::pref_loss::reference::forward_backward;
-use pref_kernels::pref_loss::{DevicePairs, LossConfig, Pairs};
+use pref_kernels::pref_loss::{DevicePairs, FDivergence, Loss, LossConfig, Pairs};
 use pref_kernels::seq_reduce::reference::{reduce, reduce_backward};
 use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs};
 use pref_kernels::step::{GradLogits, StepBatch};
@@ -222,6 +222,88 @@ fn loss_parity_every_config(gpu: &Gpu, seed: u64) {
     }
 }
 
+/// The kernels at the edges the f64 reference is held to (tests/pref_loss_fidelity.rs): margins
+/// |beta z| up to 80 (exact gradients, not 0), forward KL past the old clamp, ORPO near a mean
+/// log-prob of 0, empty sequences, TAB-PO's metrics. One pair of one-token sequences (plus an
+/// empty pair) per config; f32 against f64 on identical inputs.
+fn loss_edges(gpu: &Gpu, _seed: u64) {
+    let s = gpu.default_stream();
+    let cases: Vec<(&str, LossConfig, f32, f32)> = vec![
+        ("apo_zero u=80", LossConfig::single(Loss::ApoZero { beta: 0.1 }), 800.0, 0.0),
+        ("apo_zero u=-40", LossConfig::single(Loss::ApoZero { beta: 0.1 }), -400.0, 0.0),
+        ("apo_down u=60", LossConfig::single(Loss::ApoDown { beta: 0.1 }), 600.0, 50.0),
+        ("exo_pair x=40", LossConfig::single(Loss::ExoPair { beta: 0.1, epsilon: 1e-3 }), 400.0, 0.0),
+        ("exo_pair x=-80", LossConfig::single(Loss::ExoPair { beta: 0.1, epsilon: 1e-3 }), -800.0, 0.0),
+        ("discopop x=30", LossConfig::single(Loss::DiscoPop { beta: 0.1, tau: 0.05 }), 300.0, 0.0),
+        ("discopop x=-85", LossConfig::single(Loss::DiscoPop { beta: 0.1, tau: 0.05 }), -850.0, 0.0),
+        // Past the old clamp at 80 and still inside f32's range (loss ~ 0.1 e^81 = 1.5e34).
+        (
+            "dpo forward kl d=-81",
+            LossConfig { divergence: FDivergence::ForwardKl, ..LossConfig::dpo(0.1) },
+            -81.0,
+            0.0,
+        ),
+        ("orpo", LossConfig::single(Loss::Orpo { beta: 0.1 }), 0.0, 0.0),
+    ];
+    for (name, cfg, dc, dr) in cases {
+        // Sequences: chosen, rejected (one token each), then an empty pair (two empty sequences).
+        let logp = if name == "orpo" { vec![-2e-7f32, -0.5] } else { vec![-1.0f32, -1.0] };
+        let ref_logp = vec![logp[0] - dc, logp[1] - dr];
+        let cu = [0i32, 1, 1, 2, 2];
+        let chosen = [0i32, 1];
+        let rejected = [2i32, 3];
+        let host = TokenInputs {
+            logp: &logp,
+            mask: None,
+            weights: None,
+            ref_logp: cfg.needs_reference().then_some(&ref_logp[..]),
+        };
+        let want = forward_backward(
+            &host,
+            &SeqLayout::Packed { cu_seqlens: &cu },
+            &Pairs::Explicit { chosen: &chosen, rejected: &rejected },
+            None,
+            &cfg,
+        )
+        .unwrap();
+        let (dl, drf, dcu) =
+            (s.clone_htod(&logp).unwrap(), s.clone_htod(&ref_logp).unwrap(), s.clone_htod(&cu).unwrap());
+        let tokens = DeviceTokens {
+            logp: dl.as_view(),
+            mask: None,
+            weights: None,
+            ref_logp: cfg.needs_reference().then(|| drf.as_view()),
+        };
+        let (c, r) = (s.clone_htod(&chosen).unwrap(), s.clone_htod(&rejected).unwrap());
+        let mut grad = s.clone_htod(&[-7777.0f32; 2]).unwrap();
+        let out = gpu
+            .preference_loss(
+                &s,
+                &tokens,
+                &DeviceSeqs::Packed { cu_seqlens: dcu.as_view() },
+                &DevicePairs::Explicit { chosen: c.as_view(), rejected: r.as_view() },
+                None,
+                &cfg,
+                &mut grad.as_view_mut(),
+            )
+            .unwrap();
+        let got = s.clone_dtoh(&grad).unwrap();
+        assert_close(&format!("{name}: loss"), out.loss as f64, want.loss, 1e-30, 1e-5);
+        for t in 0..2 {
+            let w = want.grad_logp[t];
+            assert!(w != 0.0 || name.starts_with("orpo"), "{name}: the exact gradient must not underflow");
+            assert_close(&format!("{name}: grad_logp[{t}]"), got[t] as f64, w, 1e-40, 1e-4);
+        }
+    }
+    // TAB-PO's logged metrics follow the official code: loss = loss/pref + loss/barrier (= lambda mean B).
+    let mut r = rng(_seed, 304);
+    let h = host_batch(&mut r, 8, 40);
+    let d = upload(gpu, &h);
+    let chosen: Vec<i32> = (0..4).collect();
+    let rejected: Vec<i32> = (4..8).collect();
+    check_loss("tabpo metrics", gpu, &h, &d, (&chosen, &rejected), &LossConfig::tabpo());
+}
+
 fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
     let s = gpu.default_stream();
     let h = host_batch(&mut rng(seed, 303), 6, 50);
@@ -377,6 +459,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "seq_reduce_parity_and_bad_offsets", run: Box::new(seq_reduce_parity) },
         Case { name: "loss_parity_every_config_and_determinism", run: Box::new(loss_parity_every_config) },
         Case { name: "loss_bad_pairs_reported", run: Box::new(loss_bad_pairs_reported) },
+        Case { name: "loss_edges_extreme_margins_clamps_empty_sequences", run: Box::new(loss_edges) },
         Case { name: "whole_step_parity_bf16", run: Box::new(whole_step_parity) },
     ]
 }
