@@ -495,7 +495,9 @@ pub unsafe extern "C" fn prefk_prefix_layout(
         let (pl, rc) = unsafe {
             (std::slice::from_raw_parts(prefix_lens, n), std::slice::from_raw_parts(resp_counts, n))
         };
-        let total_resp = rc.iter().map(|&c| size("resp_counts", c)).sum::<Result<usize>>()?;
+        let total_resp = rc.iter().try_fold(0usize, |acc, &c| {
+            acc.checked_add(size("resp_counts", c)?).ok_or_else(|| invalid("resp_counts", "sum overflows"))
+        })?;
         // SAFETY: the caller passes sum(resp_counts) elements.
         let rl = unsafe { std::slice::from_raw_parts(resp_lens, total_resp) };
         let mut groups = Vec::with_capacity(n);

@@ -19,6 +19,7 @@ pub mod dtype;
 pub mod error;
 pub mod ffi;
 pub mod kernels;
+mod numeric;
 pub mod params;
 pub mod pref_loss;
 pub mod prefix_attn;

@@ -200,3 +200,41 @@ fn bad_inputs_are_clear_errors() {
     let r = forward(&x, LogitsLayout::contiguous(0, 4), &[] as &[i32], &cfg()).unwrap();
     assert!(r.logp.is_empty());
 }
+
+/// The oracle's own precision on a long row (V = 262144): its logsumexp and entropy agree with a
+/// compensated (Neumaier) summation of the same terms to ~1e-16, as pairwise summation gives
+/// (sequential summation drifts to ~1e-14 here).
+#[test]
+fn the_reference_stays_at_f64_precision_on_long_rows() {
+    let v = 262144usize;
+    let mut s = 0x1234_5678_9abc_def1u64;
+    let logits: Vec<f32> = (0..v)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
+        })
+        .collect();
+    let layout = pref_kernels::LogitsLayout::contiguous(1, v);
+    let cfg = pref_kernels::TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let r = pref_kernels::token_logprobs::reference::forward(&logits, layout, &[3i64], &cfg).unwrap();
+    let neumaier = |xs: &mut dyn Iterator<Item = f64>| {
+        let (mut sum, mut c) = (0.0f64, 0.0f64);
+        for x in xs {
+            let t = sum + x;
+            c += if sum.abs() >= x.abs() { (sum - t) + x } else { (x - t) + sum };
+            sum = t;
+        }
+        sum + c
+    };
+    let m = logits.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b)) as f64;
+    let z = neumaier(&mut logits.iter().map(|&x| (x as f64 - m).exp()));
+    let lse = m + z.ln();
+    assert!((r.lse[0] - lse).abs() <= 2e-16 * lse.abs(), "lse {} vs {lse}", r.lse[0]);
+    let h = -neumaier(&mut logits.iter().map(|&x| {
+        let lp = x as f64 - lse;
+        lp.exp() * lp
+    }));
+    assert!((r.entropy[0] - h).abs() <= 4e-16 * h.abs(), "entropy {} vs {h}", r.entropy[0]);
+}

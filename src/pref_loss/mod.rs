@@ -272,6 +272,10 @@ impl Loss {
             ensure(beta.is_finite() && beta > 0.0, "beta", || {
                 format!("must be finite and > 0, got {beta} in {self:?}")
             })?;
+            // IPO and SPPO divide by beta in f32 (1 / (2 beta)).
+            ensure((0.5f32 / beta).is_finite(), "beta", || {
+                format!("1 / (2 beta) overflows f32 for beta = {beta:e} in {self:?}; use beta >= 1.5e-39")
+            })?;
         }
         let smoothing = |ls: f32| {
             ensure((0.0..0.5).contains(&ls), "label_smoothing", || {
@@ -327,7 +331,8 @@ pub enum RefSource {
 pub struct LossConfig {
     /// `(term, weight)`; `L = Σ weight · term`. 1 to [`MAX_LOSS_TERMS`] terms; at most one TAB-PO.
     pub terms: Vec<(Loss, f32)>,
-    /// ψ for the DPO-family terms (default reverse KL).
+    /// ψ for the DPO-family terms (default reverse KL), TRL's full transforms; refused (as TRL)
+    /// for `nca_pair`, `bco_pair`, `sppo_hard` and `apo_down` unless reverse KL.
     pub divergence: FDivergence,
     /// Sequence aggregation of the DPO-family terms: `Sum` (default, DPO), `WeightedSum`
     /// (TIS-DPO-style token-weighted DPO), `WeightedMean`, or `Mean`.

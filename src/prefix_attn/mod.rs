@@ -89,7 +89,15 @@ impl SharedPrefixLayout {
         let mut t = 0usize;
         for (b, g) in groups.iter().enumerate() {
             ensure(!g.resp_lens.is_empty(), "groups", || format!("group {b} has no response (G >= 1)"))?;
-            let len = g.prefix_len + g.resp_lens.iter().sum::<usize>();
+            // Checked: a hostile length must be an error, never a wrapped total.
+            let len = g
+                .resp_lens
+                .iter()
+                .try_fold(g.prefix_len, |acc, &r| acc.checked_add(r))
+                .filter(|&l| l <= i32::MAX as usize)
+                .ok_or_else(|| {
+                    crate::error::invalid("groups", format!("group {b}: P + sum R exceeds i32::MAX tokens"))
+                })?;
             ensure(len > 0, "groups", || format!("group {b} is empty (P = 0 and every R = 0)"))?;
             starts.push(t);
             t = t
@@ -130,12 +138,17 @@ impl SharedPrefixLayout {
             ensure(offs.len() >= 2, "descriptor", || {
                 format!("group {b} needs G >= 1 responses (G + 1 offsets)")
             })?;
-            ensure(offs[0] == s + p, "descriptor", || {
-                format!(
-                    "group {b}: first response starts at {}, expected start + prefix = {}",
-                    offs[0],
-                    s + p
+            let first = s.checked_add(p).filter(|&f| f <= i32::MAX as usize).ok_or_else(|| {
+                crate::error::invalid(
+                    "descriptor",
+                    format!("group {b}: start + prefix exceeds i32::MAX tokens"),
                 )
+            })?;
+            ensure(total_tokens <= i32::MAX as usize, "descriptor", || {
+                format!("total_tokens ({total_tokens}) exceeds i32::MAX")
+            })?;
+            ensure(offs[0] == first, "descriptor", || {
+                format!("group {b}: first response starts at {}, expected start + prefix = {first}", offs[0])
             })?;
             for w in offs.windows(2) {
                 ensure(w[0] <= w[1], "descriptor", || {

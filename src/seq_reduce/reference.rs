@@ -1,6 +1,7 @@
 //! CPU reference of the per-sequence reductions, accumulating in f64.
 use super::{ReduceMode, SeqLayout, TokenInputs, WEIGHT_MASS_EPS};
 use crate::error::{ensure, Result};
+use crate::numeric::pairwise_sum;
 
 /// Per-sequence sums (f64). `gate` refers to TAB-PO's confidence gate `logp < log_tau`.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -59,7 +60,8 @@ pub fn seq_stats(tokens: &TokenInputs, layout: &SeqLayout, log_tau: f64) -> Resu
     tokens.validate(layout)?;
     Ok((0..layout.n_seqs())
         .map(|s| {
-            let mut st = SeqStats::default();
+            // Per-token terms, then one pairwise sum per statistic (oracle precision ~1e-16).
+            let mut terms: [Vec<f64>; 9] = Default::default();
             for t in layout.range(s) {
                 if tokens.mask.is_some_and(|m| m[t] == 0) {
                     continue;
@@ -68,17 +70,23 @@ pub fn seq_stats(tokens: &TokenInputs, layout: &SeqLayout, log_tau: f64) -> Resu
                 let l = tokens.logp[t] as f64;
                 let r = tokens.ref_logp.map_or(0.0, |r| r[t] as f64);
                 let gate = if l < log_tau { 1.0 } else { 0.0 };
-                st.count += 1.0;
-                st.weight_mass += w;
-                st.sum += l;
-                st.weighted_sum += w * l;
-                st.ref_sum += r;
-                st.ref_weighted_sum += w * r;
-                st.gated_weight_mass += gate * w;
-                st.gated_count += gate;
-                st.gated_weighted_sum += gate * w * l;
+                for (k, v) in [1.0, w, l, w * l, r, w * r, gate * w, gate, gate * w * l].into_iter().enumerate() {
+                    terms[k].push(v);
+                }
             }
-            st
+            let [count, weight_mass, sum, weighted_sum, ref_sum, ref_weighted_sum, gated_weight_mass, gated_count, gated_weighted_sum] =
+                terms.map(|v| pairwise_sum(&v));
+            SeqStats {
+                count,
+                weight_mass,
+                sum,
+                weighted_sum,
+                ref_sum,
+                ref_weighted_sum,
+                gated_weight_mass,
+                gated_count,
+                gated_weighted_sum,
+            }
         })
         .collect())
 }

@@ -101,10 +101,14 @@ impl LogitsLayout {
 }
 
 impl TokenLogprobsConfig {
-    /// Checks the hyperparameters: temperature finite and > 0.
+    /// Checks the hyperparameters: temperature finite and > 0, and its reciprocal (what the
+    /// kernels multiply by) finite in f32, i.e. T >= 2^-128 (about 2.9e-39).
     pub fn validate(&self) -> Result<()> {
         ensure(self.temperature.is_finite() && self.temperature > 0.0, "temperature", || {
             format!("must be finite and > 0, got {}", self.temperature)
+        })?;
+        ensure((1.0f32 / self.temperature).is_finite(), "temperature", || {
+            format!("1 / T overflows f32 for T = {:e}; use T >= 2.9e-39", self.temperature)
         })
     }
 }

@@ -2,6 +2,7 @@
 use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{LogitElement, TargetIndex};
 use crate::error::{Error, Result};
+use crate::numeric::pairwise_sum_iter;
 
 /// Forward results of the reference (f64).
 #[derive(Debug, Clone, PartialEq)]
@@ -43,7 +44,8 @@ fn row_log_softmax<T: LogitElement>(row: &[T], inv_t: f64) -> (Vec<f64>, f64) {
     // lse = m + ln(1 + sum over v != argmax of e^(y_v - m)), and log p_v = (y_v - m) - ln1p(..):
     // never forming m + tiny keeps full relative precision of 1 - p when one token dominates, so
     // the oracle can judge the kernels' expm1 target gradient.
-    let rest: f64 = y.iter().enumerate().filter(|&(i, _)| i != arg).map(|(_, &v)| (v - m).exp()).sum();
+    let rest =
+        pairwise_sum_iter(y.iter().enumerate().filter(|&(i, _)| i != arg).map(|(_, &v)| (v - m).exp()));
     let l = rest.ln_1p();
     (y.iter().map(|&v| (v - m) - l).collect(), m + l)
 }
@@ -68,17 +70,14 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
         out.lse[r] = lse;
         out.logp[r] = logp[t];
         // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
-        out.entropy[r] = -logp
-            .iter()
-            .map(|&lp| {
-                let p = lp.exp();
-                if p == 0.0 && !lp.is_nan() {
-                    0.0
-                } else {
-                    p * lp
-                }
-            })
-            .sum::<f64>();
+        out.entropy[r] = -pairwise_sum_iter(logp.iter().map(|&lp| {
+            let p = lp.exp();
+            if p == 0.0 && !lp.is_nan() {
+                0.0
+            } else {
+                p * lp
+            }
+        }));
     }
     Ok(out)
 }

@@ -1,0 +1,166 @@
+//! Hostile inputs through the public constructors and the C ABI: random and extreme integers never
+//! panic, never wrap, and never give `Ok` for an impossible layout; the C ABI answers 0 or -1
+//! (never -2, a caught panic). Kernels reached with garbage pointers run on the emulator, whose
+//! memcheck stops them before any access outside its allocations.
+use pref_kernels::ffi::{prefk_prefix_layout, prefk_token_logprobs_forward, PREFK_DEVICE_EMULATOR};
+use pref_kernels::prefix_attn::{AttnShape, PrefixGroup, SharedPrefixLayout};
+use pref_kernels::{LogitsLayout, TokenLogprobsConfig};
+use proptest::prelude::*;
+
+fn extreme_usize() -> impl Strategy<Value = usize> {
+    prop_oneof![
+        0usize..100,
+        Just(usize::MAX),
+        Just(usize::MAX - 1),
+        Just(i32::MAX as usize),
+        Just(i32::MAX as usize + 1),
+        Just(1usize << 40),
+        any::<usize>(),
+    ]
+}
+
+fn extreme_i64() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        -3i64..100,
+        Just(i64::MAX),
+        Just(i64::MIN),
+        Just(i32::MAX as i64),
+        Just(i32::MAX as i64 + 1),
+        Just(1i64 << 40),
+        any::<i64>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn prefix_layouts_from_lengths_never_wrap(
+        groups in prop::collection::vec((extreme_usize(), prop::collection::vec(extreme_usize(), 0..4)), 0..4)
+    ) {
+        let gs: Vec<PrefixGroup> =
+            groups.iter().map(|(p, r)| PrefixGroup { prefix_len: *p, resp_lens: r.clone() }).collect();
+        if let Ok(l) = SharedPrefixLayout::from_lengths(gs) {
+            let exact: u128 = groups.iter().map(|(p, r)| *p as u128 + r.iter().map(|&x| x as u128).sum::<u128>()).sum();
+            prop_assert_eq!(l.total_tokens() as u128, exact, "total must be the exact sum");
+            prop_assert!(l.total_tokens() <= i32::MAX as usize);
+            if l.total_tokens() <= 1 << 16 {
+                prop_assert_eq!(l.position_ids().len(), l.total_tokens());
+                prop_assert_eq!(l.token_segments().len(), l.total_tokens());
+                let _ = l.tiles();
+            }
+        }
+    }
+
+    #[test]
+    fn prefix_layouts_from_descriptors_never_panic(
+        starts in prop::collection::vec(extreme_usize(), 0..3),
+        prefixes in prop::collection::vec(extreme_usize(), 0..3),
+        offsets in prop::collection::vec(prop::collection::vec(extreme_usize(), 0..4), 0..3),
+        total in extreme_usize(),
+    ) {
+        if let Ok(l) = SharedPrefixLayout::from_descriptor(&starts, &prefixes, &offsets, total) {
+            prop_assert!(l.total_tokens() <= i32::MAX as usize);
+            if l.total_tokens() <= 1 << 16 {
+                prop_assert_eq!(l.position_ids().len(), l.total_tokens());
+            }
+        }
+    }
+
+    #[test]
+    fn c_abi_prefix_layout_answers_0_or_minus_1(
+        groups in prop::collection::vec((extreme_i64(), prop::collection::vec(extreme_i64(), 0..4)), 0..4)
+    ) {
+        let prefix: Vec<i64> = groups.iter().map(|g| g.0).collect();
+        let counts: Vec<i64> = groups.iter().map(|g| g.1.len() as i64).collect();
+        let lens: Vec<i64> = groups.iter().flat_map(|g| g.1.iter().copied()).collect();
+        let (mut n_tokens, mut n_tiles) = (0i64, 0i64);
+        // SAFETY: the arrays hold n_groups and sum(counts) elements; outputs are queried with null.
+        let rc = unsafe {
+            prefk_prefix_layout(
+                prefix.as_ptr(),
+                counts.as_ptr(),
+                lens.as_ptr(),
+                groups.len() as i64,
+                &mut n_tokens,
+                &mut n_tiles,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            )
+        };
+        prop_assert!(rc == 0 || rc == -1, "rc {}", rc);
+        if rc == 0 {
+            prop_assert!(n_tokens >= 1 && n_tokens <= i32::MAX as i64);
+        }
+    }
+
+    #[test]
+    fn logits_layouts_and_shapes_never_panic(n in extreme_usize(), v in extreme_usize(), stride in extreme_usize(),
+                                             hq in extreme_usize(), hkv in extreme_usize(), d in extreme_usize()) {
+        let l = LogitsLayout { n_rows: n, vocab: v, row_stride: stride };
+        if let Ok(span) = l.span() {
+            prop_assert!(n == 0 || span as u128 == (n as u128 - 1) * stride as u128 + v as u128);
+        }
+        let _ = l.validate();
+        let _ = AttnShape::new(hq, hkv, d).validate();
+    }
+
+    #[test]
+    fn temperatures_whose_reciprocal_overflows_are_refused(t in prop_oneof![any::<f32>(), Just(1e-45f32), Just(f32::MIN_POSITIVE), Just(3e-39f32)]) {
+        let ok = TokenLogprobsConfig { temperature: t, ..Default::default() }.validate().is_ok();
+        prop_assert_eq!(ok, t.is_finite() && t > 0.0 && (1.0 / t).is_finite(), "T = {:e}", t);
+    }
+
+    /// Random sizes and garbage (aligned) device pointers on the emulator: validation or memcheck
+    /// refuses them; nothing crashes and no panic escapes.
+    #[test]
+    fn c_abi_token_logprobs_on_the_emulator_answers_0_or_minus_1(
+        n in extreme_i64(), v in extreme_i64(), stride in extreme_i64(),
+        ptrs in prop::collection::vec(prop_oneof![Just(0u64), any::<u64>().prop_map(|p| p & !15), Just(16u64)], 4),
+        temperature in prop_oneof![Just(1.0f32), Just(0.0f32), Just(f32::NAN), Just(1e-45f32)],
+    ) {
+        if !pref_kernels::runtime::emulator::built() {
+            return Ok(());
+        }
+        // SAFETY: deliberately invalid arguments; the contract is that they are rejected (the
+        // emulator's memcheck covers the pointers validation cannot judge).
+        let rc = unsafe {
+            prefk_token_logprobs_forward(
+                PREFK_DEVICE_EMULATOR, 0, 2, 1, ptrs[0], ptrs[1], ptrs[2], ptrs[3], 0, 0, n, v, stride, -100,
+                temperature,
+            )
+        };
+        let empty = n == 0 && v >= 1 && stride >= v && temperature == 1.0 && ptrs.iter().all(|&p| p != 0);
+        prop_assert!(rc == -1 || (rc == 0 && empty), "rc {} for n {} v {} stride {} ptrs {:x?}", rc, n, v, stride, ptrs);
+    }
+}
+
+#[test]
+fn the_issue_examples_are_errors() {
+    let e =
+        SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: usize::MAX, resp_lens: vec![2] }])
+            .unwrap_err()
+            .to_string();
+    assert!(e.contains("exceeds i32::MAX"), "{e}");
+    let e =
+        TokenLogprobsConfig { temperature: 1e-45, ..Default::default() }.validate().unwrap_err().to_string();
+    assert!(e.contains("1 / T overflows f32"), "{e}");
+    let prefix = [i64::MAX];
+    let counts = [1i64];
+    let lens = [2i64];
+    let (mut t, mut k) = (0i64, 0i64);
+    // SAFETY: arrays of the declared sizes; outputs queried with null.
+    let rc = unsafe {
+        prefk_prefix_layout(
+            prefix.as_ptr(),
+            counts.as_ptr(),
+            lens.as_ptr(),
+            1,
+            &mut t,
+            &mut k,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    };
+    assert_eq!(rc, -1, "an overflowing layout must be an error, not a caught panic");
+}
