@@ -353,8 +353,10 @@ pub unsafe extern "C" fn prefk_preference_loss(
 
 /// f32 elements of workspace [`prefk_preference_loss`] needs.
 #[no_mangle]
+/// Negative inputs count as 0; a size beyond `i64::MAX` returns -1.
 pub extern "C" fn prefk_preference_loss_workspace_len(n_seqs: i64, n_pairs: i64) -> i64 {
-    crate::pref_loss::preference_loss_workspace_len(n_seqs.max(0) as usize, n_pairs.max(0) as usize) as i64
+    let n = crate::pref_loss::preference_loss_workspace_len(n_seqs.max(0) as usize, n_pairs.max(0) as usize);
+    i64::try_from(n).unwrap_or(-1)
 }
 
 /// Shape and layout arguments of the attention entry points.

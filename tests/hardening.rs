@@ -95,6 +95,13 @@ proptest! {
     }
 
     #[test]
+    fn c_abi_workspace_size_never_wraps(s in extreme_i64(), p in extreme_i64()) {
+        let n = pref_kernels::ffi::prefk_preference_loss_workspace_len(s, p);
+        let exact = s.max(0) as i128 * 13 + p.max(0) as i128 * 6;
+        prop_assert!(n == exact as i64 && exact <= i64::MAX as i128 || n == -1, "{} for {} {}", n, s, p);
+    }
+
+    #[test]
     fn logits_layouts_and_shapes_never_panic(n in extreme_usize(), v in extreme_usize(), stride in extreme_usize(),
                                              hq in extreme_usize(), hkv in extreme_usize(), d in extreme_usize()) {
         let l = LogitsLayout { n_rows: n, vocab: v, row_stride: stride };
@@ -109,6 +116,36 @@ proptest! {
     fn temperatures_whose_reciprocal_overflows_are_refused(t in prop_oneof![any::<f32>(), Just(1e-45f32), Just(f32::MIN_POSITIVE), Just(3e-39f32)]) {
         let ok = TokenLogprobsConfig { temperature: t, ..Default::default() }.validate().is_ok();
         prop_assert_eq!(ok, t.is_finite() && t > 0.0 && (1.0 / t).is_finite(), "T = {:e}", t);
+    }
+
+    /// The loss and attention entry points with random sizes and garbage pointers on the emulator.
+    #[test]
+    fn c_abi_loss_and_attention_on_the_emulator_answer_0_or_minus_1(
+        n_tokens in extreme_i64(), n_seqs in extreme_i64(), seq_len in extreme_i64(), n_pairs in extreme_i64(),
+        p in prop::collection::vec(prop_oneof![Just(0u64), any::<u64>().prop_map(|p| p & !255)], 8),
+        heads in (-2i32..40, -2i32..10, prop_oneof![Just(64i32), Just(128), any::<i32>()]),
+        n_tiles in extreme_i64(),
+    ) {
+        if !pref_kernels::runtime::emulator::built() {
+            return Ok(());
+        }
+        let term = pref_kernels::ffi::PrefkLossTerm { kind: 0, weight: 1.0, beta: 0.1, p0: 0.0, p1: 0.0, flags: 0 };
+        // SAFETY: deliberately invalid arguments (see above); `term` is valid host memory.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_preference_loss(
+                PREFK_DEVICE_EMULATOR, 0, p[0], p[1], 0, p[2], 0, n_tokens, p[3], n_seqs, seq_len, p[4], p[5],
+                n_pairs, &term, 1, 0, 0.5, 0, 1.0, 0, p[6], p[7], p[0], 0,
+            )
+        };
+        prop_assert!(rc == -1 || rc == 0, "loss rc {}", rc);
+        // SAFETY: as above.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_prefix_attn_forward(
+                PREFK_DEVICE_EMULATOR, 0, 2, p[0], p[1], p[2], p[3], p[4], p[5], p[6], n_tiles, n_tokens,
+                heads.0, heads.1, heads.2, 0.125,
+            )
+        };
+        prop_assert!(rc == -1, "attention rc {}", rc);
     }
 
     /// Random sizes and garbage (aligned) device pointers on the emulator: validation or memcheck

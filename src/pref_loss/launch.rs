@@ -121,7 +121,9 @@ pub struct PairLossPtrs {
 
 /// f32 elements of workspace the raw loss needs: statistics, sequence and pair coefficients.
 pub fn preference_loss_workspace_len(n_seqs: usize, n_pairs: usize) -> usize {
-    n_seqs * (SEQ_STATS_LEN + 3) + n_pairs * 6
+    // Saturating: an impossible size stays impossible (allocation and validation refuse it)
+    // instead of wrapping to a small one.
+    n_seqs.saturating_mul(SEQ_STATS_LEN + 3).saturating_add(n_pairs.saturating_mul(6))
 }
 
 /// Results of the safe loss API (read back to the host).
