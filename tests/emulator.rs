@@ -2,6 +2,7 @@
 //! (`kernels/emulator/selftest.cu`) and reports kernel, block, thread and address; correct kernels
 //! raise nothing; warp shuffles, votes and mma.sync m16n8k16 agree with plain computations.
 //! Runs on every machine (the emulator needs no GPU).
+#![allow(clippy::needless_range_loop)] // lanes index several parallel arrays
 use half::{bf16, f16};
 use pref_kernels::runtime::emulator::{self, launch_kernel};
 use pref_kernels::{DeviceBuffer, EmulatorChecks, Error, Stream};
@@ -307,4 +308,67 @@ fn memcheck_catches_a_raw_api_caller_overstating_the_rows() {
         rep.contains("block (4,0,0)") && rep.contains("past the end of the 24000-byte allocation"),
         "{rep}"
     );
+}
+
+/// The warp patterns an independent review found mishandled: disjoint lane groups with their own
+/// masks (and a vote that must not clobber pending results), CUDA's xor-width and delta rules,
+/// shared memory ordered by __syncwarp, and an access straddling the start of shared memory.
+#[test]
+fn warp_groups_widths_syncwarp_and_shared_underflow() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let out = s.alloc_zeros::<i32>(64).unwrap();
+    run("emu_test_warp2", 32, &params(&out, &out, 64, 0)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    for lane in 0..32usize {
+        let want = if lane < 16 { lane ^ 1 ^ 2 } else { lane ^ 4 };
+        assert_eq!(got[lane], want as i32, "lane {lane}");
+    }
+    assert_eq!(got[32] as u32, 0x8000_0000, "ballot of lane 31 alone");
+    run("emu_test_warp2", 32, &params(&out, &out, 64, 1)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    for lane in 0..32usize {
+        // width 16, lane mask 16: lanes 16..31 read the earlier group; lanes 0..15 would read a
+        // later group and keep their own value.
+        assert_eq!(got[lane], if lane >= 16 { lane as i32 - 16 } else { lane as i32 }, "xor lane {lane}");
+        assert_eq!(got[32 + lane], if lane < 31 { lane as i32 + 1 } else { 31 }, "down lane {lane}");
+    }
+    run("emu_test_warp2", 32, &params(&out, &out, 64, 2)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    assert_eq!(&got[..32], &(0..32).map(|l: i32| (l ^ 1) * 3).collect::<Vec<_>>()[..]);
+    let rep = report_of(run("emu_test_warp2", 32, &params(&out, &out, 64, 3)));
+    assert!(rep.contains("2 bytes before shared memory"), "{rep}");
+}
+
+/// A spin-wait is reported, not a hang; and bytes written under any check setting count as
+/// initialized for a later initcheck.
+#[test]
+fn spin_waits_are_reported_and_init_state_survives_check_settings() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let out = s.alloc_zeros::<f32>(4).unwrap();
+    let rep = report_of(run("emu_test_global", 32, &params(&out, &out, 4, 2)));
+    assert!(rep.contains("[synccheck]") && rep.contains("spin-wait"), "{rep}");
+    let input = s.clone_htod(&[5.0f32; 32]).unwrap();
+    let fresh = DeviceBuffer::<f32>::emulator_uninitialized(32).unwrap();
+    let racecheck_only = EmulatorChecks { racecheck: true, ..EmulatorChecks::NONE };
+    // SAFETY: emulator allocations of 32 floats each.
+    unsafe {
+        launch_kernel(
+            "emu_test_copy",
+            [1, 1, 1],
+            [32, 1, 1],
+            0,
+            &params(&input, &fresh, 32, 0),
+            racecheck_only,
+        )
+    }
+    .unwrap();
+    let out1 = s.alloc_zeros::<f32>(1).unwrap();
+    run("emu_test_global", 32, &params(&fresh, &out1, 32, 0)).unwrap();
+    assert_eq!(s.clone_dtoh(&out1).unwrap(), vec![5.0]);
 }

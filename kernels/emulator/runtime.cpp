@@ -124,6 +124,7 @@ struct Thread {
     uint32_t tid;  // linear thread index in the block
     uint3 idx;
     State state;
+    uint64_t atomics_since_sync;  // spin-wait detection
     uintptr_t stack_lo, stack_hi;
 #if defined(__x86_64__)
     void* sp;
@@ -144,13 +145,21 @@ const char* op_name(uint32_t op) {
     }
 }
 
+// A pending warp collective: the lanes of `mask` that have arrived so far. Disjoint lane groups
+// of one warp may each have their own (e.g. two half-warps shuffling with their own masks).
+struct Pending {
+    uint32_t arrived, op, mask;
+    int mode, width;
+};
+
 struct Warp {
-    uint32_t arrived = 0;  // lanes waiting at the pending collective
-    uint32_t op = OP_NONE, mask = 0;
-    int mode = 0, width = 32;
-    uint32_t in[32][10];
+    std::vector<Pending> pending;
+    uint32_t in[32][10];  // per lane: inputs of the collective it waits at
     int arg[32];
-    uint32_t out[32][4];
+    uint32_t out[32][4];  // per lane: its result, read when it resumes
+    uint64_t sync_gen = 0;          // completed __syncwarp count of this warp
+    uint64_t lane_sync_gen[32] = {};  // the last __syncwarp each lane took part in
+    uint32_t lane_sync_mask[32] = {};  // and that __syncwarp's mask
 };
 
 struct Launch {
@@ -186,14 +195,18 @@ std::vector<Stack> g_stacks;
 
 // Shared memory and its shadow (one entry per byte). Epochs and block generations only grow, so
 // nothing needs clearing between blocks: a byte is initialized iff init_gen == the block's.
+// w_wgen / r_wgen: the accessing warp's __syncwarp count at the access, so accesses of two lanes
+// of one warp separated by a __syncwarp covering both are ordered.
 struct ShadowByte {
-    uint32_t init_gen, w_epoch, r_epoch;
+    uint64_t init_gen, w_epoch, r_epoch;
+    uint64_t w_wgen, r_wgen;
     uint16_t w_tid, r_tid;
     uint8_t r_multi;
 };
 std::vector<unsigned char> g_smem;
 std::vector<ShadowByte> g_shadow;
-uint32_t g_epoch = 0, g_block_gen = 0;
+uint64_t g_epoch = 0, g_block_gen = 0;
+constexpr uint64_t MAX_ATOMICS_WITHOUT_SYNC = 10000000;  // a spin-wait: it cannot end under emulation
 
 // ---- reports ----------------------------------------------------------------------------------------
 void report(const char* checker, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -242,7 +255,7 @@ void release_barrier() {
     ++g_epoch;
 }
 
-void check_pending_warp_lanes(Warp& w, uint32_t warp_id);
+void check_pending_warp_lanes(const Warp& w, uint32_t warp_id);
 
 void thread_exit() {
     T->state = State::Exited;
@@ -255,8 +268,7 @@ void thread_exit() {
         }
         if (L->at_barrier == L->n_live) release_barrier();
     }
-    Warp& w = L->warps[T->tid / 32];
-    if (w.arrived != 0) check_pending_warp_lanes(w, T->tid / 32);
+    check_pending_warp_lanes(L->warps[T->tid / 32], T->tid / 32);
     for (;;) to_scheduler();
 }
 
@@ -302,8 +314,11 @@ std::string thread_states() {
         if (t.state == State::Exited || listed >= 6) continue;
         char buf[160];
         const Warp& w = L->warps[t.tid / 32];
+        uint32_t op = OP_NONE;
+        for (const Pending& pd : w.pending)
+            if (pd.arrived >> (t.tid % 32) & 1u) op = pd.op;
         snprintf(buf, sizeof buf, "%sthread (%u,%u,%u) waits at %s", listed ? "; " : "", t.idx.x, t.idx.y, t.idx.z,
-                 t.state == State::AtBarrier ? "__syncthreads" : op_name(w.op));
+                 t.state == State::AtBarrier ? "__syncthreads" : op_name(op));
         s += buf;
         ++listed;
     }
@@ -329,6 +344,7 @@ void run_block() {
         t.tid = i;
         t.idx = {i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y)};
         t.state = State::Runnable;
+        t.atomics_since_sync = 0;
         init_fiber(t, g_stacks[i]);
     }
     while (L->n_live > 0 && !L->aborted) {
@@ -398,28 +414,33 @@ void complete_mma(Warp& w, bool bf16) {
     }
 }
 
+// CUDA's source lane (only the low 5 bits of the lane/delta/mask operand count, as in PTX).
+// XOR may read earlier width-groups but not later ones (then the caller keeps its own value).
 int shfl_source(int lane, int arg, int width, int mode) {
+    arg &= 31;
     const int seg = lane & ~(width - 1);
     int src = lane;
     switch (mode) {
         case SHFL_IDX: src = seg + (arg & (width - 1)); break;
         case SHFL_UP: src = lane - arg >= seg ? lane - arg : lane; break;
         case SHFL_DOWN: src = lane + arg < seg + width ? lane + arg : lane; break;
-        default: src = ((lane ^ arg) >= seg && (lane ^ arg) < seg + width) ? (lane ^ arg) : lane;
+        default: src = (lane ^ arg) < seg + width ? (lane ^ arg) : lane;
     }
     return src;
 }
 
-void complete(Warp& w) {
-    switch (w.op) {
+void complete(Warp& w, size_t slot, uint32_t warp_id) {
+    const Pending pd = w.pending[slot];
+    w.pending.erase(w.pending.begin() + slot);
+    switch (pd.op) {
         case OP_SHFL:
             for (int lane = 0; lane < 32; ++lane) {
-                if (!(w.arrived >> lane & 1u)) continue;
-                const int src = shfl_source(lane, w.arg[lane], w.width, w.mode);
-                if (!(w.mask >> src & 1u)) {
+                if (!(pd.arrived >> lane & 1u)) continue;
+                const int src = shfl_source(lane, w.arg[lane], pd.width, pd.mode);
+                if (!(pd.mask >> src & 1u)) {
                     if (L->checks & CHECK_SYNC)
-                        report("synccheck", "lane %d shuffles from lane %d, which is not in the mask %#x", lane, src,
-                               w.mask);
+                        report("synccheck", "warp %u lane %d shuffles from lane %d, which is not in the mask %#x",
+                               warp_id, lane, src, pd.mask);
                     w.out[lane][0] = w.in[lane][0];
                 } else {
                     w.out[lane][0] = w.in[src][0];
@@ -429,34 +450,46 @@ void complete(Warp& w) {
         case OP_VOTE: {
             uint32_t ballot = 0;
             for (int lane = 0; lane < 32; ++lane)
-                if ((w.arrived >> lane & 1u) && w.in[lane][0]) ballot |= 1u << lane;
-            const uint32_t v = w.mode == VOTE_BALLOT ? ballot
-                               : w.mode == VOTE_ANY  ? (ballot != 0)
-                                                     : (ballot == w.arrived);
-            for (int lane = 0; lane < 32; ++lane) w.out[lane][0] = v;
+                if ((pd.arrived >> lane & 1u) && w.in[lane][0]) ballot |= 1u << lane;
+            const uint32_t v = pd.mode == VOTE_BALLOT ? ballot
+                               : pd.mode == VOTE_ANY  ? (ballot != 0)
+                                                      : (ballot == pd.arrived);
+            for (int lane = 0; lane < 32; ++lane)
+                if (pd.arrived >> lane & 1u) w.out[lane][0] = v;
             break;
         }
+        case OP_SYNCWARP:
+            ++w.sync_gen;
+            for (int lane = 0; lane < 32; ++lane)
+                if (pd.arrived >> lane & 1u) {
+                    w.lane_sync_gen[lane] = w.sync_gen;
+                    w.lane_sync_mask[lane] = pd.mask;
+                }
+            break;
         case OP_MMA_BF16: complete_mma(w, true); break;
         case OP_MMA_F16: complete_mma(w, false); break;
         default: break;
     }
     for (int lane = 0; lane < 32; ++lane)
-        if (w.arrived >> lane & 1u) L->threads[(T->tid / 32) * 32 + lane].state = State::Runnable;
-    w.arrived = 0;
-    w.op = OP_NONE;
+        if (pd.arrived >> lane & 1u) {
+            Thread& t = L->threads[warp_id * 32 + lane];
+            t.state = State::Runnable;
+            t.atomics_since_sync = 0;
+        }
 }
 
 // A pending collective whose mask names a lane that exited or does not exist can never complete.
-void check_pending_warp_lanes(Warp& w, uint32_t warp_id) {
-    for (int lane = 0; lane < 32; ++lane) {
-        if (!(w.mask >> lane & 1u) || (w.arrived >> lane & 1u)) continue;
-        const uint32_t tid = warp_id * 32 + lane;
-        if (tid >= L->n_threads || L->threads[tid].state == State::Exited) {
-            report("synccheck", "%s with mask %#x waits for lane %d, which %s", op_name(w.op), w.mask, lane,
-                   tid >= L->n_threads ? "does not exist (block size)" : "has exited");
-            abort_launch();
+void check_pending_warp_lanes(const Warp& w, uint32_t warp_id) {
+    for (const Pending& pd : w.pending)
+        for (int lane = 0; lane < 32; ++lane) {
+            if (!(pd.mask >> lane & 1u) || (pd.arrived >> lane & 1u)) continue;
+            const uint32_t tid = warp_id * 32 + lane;
+            if (tid >= L->n_threads || L->threads[tid].state == State::Exited) {
+                report("synccheck", "%s with mask %#x waits for lane %d, which %s", op_name(pd.op), pd.mask, lane,
+                       tid >= L->n_threads ? "does not exist (block size)" : "has exited");
+                abort_launch();
+            }
         }
-    }
 }
 
 // Arrives at a warp collective with this lane's inputs; returns once every lane of `mask` has.
@@ -468,26 +501,34 @@ uint32_t* warp_collective(uint32_t op, unsigned mask, int mode, int width, int a
         report("synccheck", "%s called by lane %u with a mask %#x that excludes it", op_name(op), lane, mask);
         abort_launch();
     }
-    if (w.arrived == 0) {
-        w.op = op;
-        w.mask = mask;
-        w.mode = mode;
-        w.width = width;
-    } else if (w.op != op || w.mask != mask || w.mode != mode || w.width != width) {
-        report("synccheck", "lanes of warp %u reach different warp collectives: %s (mask %#x) and %s (mask %#x)",
-               warp_id, op_name(w.op), w.mask, op_name(op), mask);
-        abort_launch();
-    }
     if (width <= 0 || width > 32 || (width & (width - 1))) {
         report("synccheck", "shuffle width %d is not a power of two in [1, 32]", width);
         abort_launch();
     }
+    // The pending collective this lane is expected at (its mask names the lane), or a new one.
+    size_t slot = w.pending.size();
+    for (size_t i = 0; i < w.pending.size(); ++i)
+        if ((w.pending[i].mask >> lane & 1u) || (w.pending[i].mask & mask)) {
+            slot = i;
+            break;
+        }
+    if (slot == w.pending.size()) {
+        w.pending.push_back(Pending{0, op, mask, mode, width});
+    } else {
+        const Pending& pd = w.pending[slot];
+        if (pd.op != op || pd.mask != mask || pd.mode != mode || pd.width != width) {
+            report("synccheck",
+                   "lanes of warp %u reach different warp collectives: %s (mask %#x) and %s (mask %#x)", warp_id,
+                   op_name(pd.op), pd.mask, op_name(op), mask);
+            abort_launch();
+        }
+    }
     memcpy(w.in[lane], in, sizeof(uint32_t) * n_in);
     w.arg[lane] = arg;
-    w.arrived |= 1u << lane;
+    w.pending[slot].arrived |= 1u << lane;
     me->state = State::AtWarp;
     check_pending_warp_lanes(w, warp_id);
-    if ((w.arrived & mask) == mask) complete(w);
+    if ((w.pending[slot].arrived & mask) == mask) complete(w, slot, warp_id);
     while (me->state != State::Runnable) to_scheduler();
     return w.out[lane];
 }
@@ -498,6 +539,11 @@ inline bool is_pow2(size_t n) { return n > 1 && n <= 16 && (n & (n - 1)) == 0; }
 
 void shared_access(uintptr_t a, size_t n, bool write, bool aligned) {
     const uintptr_t base = (uintptr_t)L->smem;
+    if (a < base) {
+        report("memcheck", "invalid shared %s of %zu bytes starting %zu bytes before shared memory",
+               write ? "write" : "read", n, (size_t)(base - a));
+        abort_launch();
+    }
     const size_t off = a - base;
     const bool in_static = off + n <= L->static_used;
     const bool in_dynamic = off >= STATIC_SHARED_CAP && off + n <= STATIC_SHARED_CAP + L->dynamic_smem;
@@ -516,30 +562,44 @@ void shared_access(uintptr_t a, size_t n, bool write, bool aligned) {
     }
     if (!(L->checks & (CHECK_RACE | CHECK_INIT))) return;
     const uint16_t tid = (uint16_t)T->tid;
+    const Warp& warp = L->warps[tid / 32];
+    const uint64_t wgen = warp.sync_gen;
+    // Ordered by a __syncwarp: `other` is a lane of this warp, and this lane's last __syncwarp,
+    // which included `other`, completed after other's access (taken at warp generation `gen`).
+    auto warp_ordered = [&](uint16_t other, uint64_t gen) {
+        return other / 32 == tid / 32 && warp.lane_sync_gen[tid % 32] > gen &&
+               (warp.lane_sync_mask[tid % 32] >> (other % 32) & 1u);
+    };
     bool init_reported = false, race_reported = false;
     for (size_t i = 0; i < n; ++i) {
         ShadowByte& s = g_shadow[off + i];
         if (write) {
             if ((L->checks & CHECK_RACE) && !race_reported) {
-                const bool waw = s.w_epoch == g_epoch && s.w_tid != tid;
-                const bool war = s.r_epoch == g_epoch && (s.r_multi || s.r_tid != tid);
+                const bool waw = s.w_epoch == g_epoch && s.w_tid != tid && !warp_ordered(s.w_tid, s.w_wgen);
+                const bool war = s.r_epoch == g_epoch && (s.r_multi || s.r_tid != tid) &&
+                                 !(s.r_tid != tid && !s.r_multi && warp_ordered(s.r_tid, s.r_wgen));
                 if (waw || war) {
                     race_reported = true;
-                    const uint16_t other = waw ? s.w_tid : (s.r_tid != tid ? s.r_tid : s.w_tid);
-                    report("racecheck", "%s hazard at shared offset %zu: written here, %s by thread %u since the last "
-                           "__syncthreads", waw ? "write-after-write" : "write-after-read", off + i,
-                           waw ? "written" : "read", other);
+                    if (waw || s.r_tid != tid)
+                        report("racecheck", "%s hazard at shared offset %zu: written here, %s by thread %u since the "
+                               "last __syncthreads", waw ? "write-after-write" : "write-after-read", off + i,
+                               waw ? "written" : "read", waw ? s.w_tid : s.r_tid);
+                    else
+                        report("racecheck", "write-after-read hazard at shared offset %zu: written here, read by "
+                               "another thread since the last __syncthreads", off + i);
                 }
             }
             s.w_epoch = g_epoch;
             s.w_tid = tid;
+            s.w_wgen = wgen;
             s.init_gen = g_block_gen;
         } else {
             if ((L->checks & CHECK_INIT) && s.init_gen != g_block_gen && !init_reported) {
                 init_reported = true;
                 report("initcheck", "read of %zu bytes of uninitialized shared memory at offset %zu", n, off);
             }
-            if ((L->checks & CHECK_RACE) && !race_reported && s.w_epoch == g_epoch && s.w_tid != tid) {
+            if ((L->checks & CHECK_RACE) && !race_reported && s.w_epoch == g_epoch && s.w_tid != tid &&
+                !warp_ordered(s.w_tid, s.w_wgen)) {
                 race_reported = true;
                 report("racecheck", "read-after-write hazard at shared offset %zu: read here, written by thread %u "
                        "since the last __syncthreads", off + i, s.w_tid);
@@ -547,6 +607,7 @@ void shared_access(uintptr_t a, size_t n, bool write, bool aligned) {
             if (s.r_epoch != g_epoch) {
                 s.r_epoch = g_epoch;
                 s.r_tid = tid;
+                s.r_wgen = wgen;
                 s.r_multi = 0;
             } else if (s.r_tid != tid) {
                 s.r_multi = 1;
@@ -584,7 +645,7 @@ void global_access(uintptr_t a, size_t n, bool write, bool aligned) {
 }
 
 inline void access(const void* p, size_t n, bool write, bool aligned) {
-    if (!L || !T || L->aborted) return;  // outside kernels (static initializers) nothing is checked
+    if (!L || !T || L->aborted || n == 0) return;  // outside kernels (static initializers) nothing is checked
     const uintptr_t a = (uintptr_t)p;
     if (a >= T->stack_lo && a + n <= T->stack_hi) return;  // the thread's locals and parameters
     const uintptr_t sbase = (uintptr_t)L->smem;
@@ -592,7 +653,7 @@ inline void access(const void* p, size_t n, bool write, bool aligned) {
         shared_access(a, n, write, aligned);
         return;
     }
-    if (L->checks & (CHECK_MEM | CHECK_INIT)) global_access(a, n, write, aligned);
+    global_access(a, n, write, aligned);  // also records writes for a later initcheck
 }
 
 const KernelReg* g_kernels = nullptr;
@@ -611,12 +672,14 @@ void syncthreads() {
         L->barrier_reported = true;
         report("synccheck", "__syncthreads reached while %u thread(s) of the block have exited", L->n_exited);
     }
-    if (L->warps[me->tid / 32].arrived != 0 && (L->checks & CHECK_SYNC)) {
-        report("synccheck", "__syncthreads reached while other lanes of warp %u wait at %s", me->tid / 32,
-               op_name(L->warps[me->tid / 32].op));
-        abort_launch();
-    }
+    for (const Pending& pd : L->warps[me->tid / 32].pending)
+        if ((pd.mask >> (me->tid % 32) & 1u) && (L->checks & CHECK_SYNC)) {
+            report("synccheck", "__syncthreads reached while other lanes of warp %u wait for this one at %s",
+                   me->tid / 32, op_name(pd.op));
+            abort_launch();
+        }
     me->state = State::AtBarrier;
+    me->atomics_since_sync = 0;
     L->at_barrier++;
     if (L->at_barrier == L->n_live) release_barrier();
     while (me->state != State::Runnable) to_scheduler();
@@ -667,6 +730,12 @@ void* dynamic_shared() { return L->smem + STATIC_SHARED_CAP; }
 
 // Atomics are checked like plain accesses, except that they never race with each other.
 static unsigned* atomic_target(unsigned* p) {
+    if (++T->atomics_since_sync > MAX_ATOMICS_WITHOUT_SYNC) {
+        report("synccheck", "%llu atomics without a barrier or warp collective: a spin-wait on another thread or "
+               "block, which cannot make progress when blocks run one after another",
+               (unsigned long long)MAX_ATOMICS_WITHOUT_SYNC);
+        abort_launch();
+    }
     const uint32_t checks = L->checks;
     L->checks &= ~CHECK_RACE;
     access(p, 4, false, true);
@@ -804,7 +873,15 @@ int prefk_emu_copy(void* dst, const void* src, size_t n, int kind) {
         return -1;
     }
     memmove(dst, src, n);
-    if (d) memset(d->init.data() + ((uintptr_t)dst - d->base), 1, n);
+    if (d) {
+        uint8_t* di = d->init.data() + ((uintptr_t)dst - d->base);
+        if (kind == 2) {  // device to device: the destination is as initialized as the source
+            Alloc* sa = find_alloc((uintptr_t)src);
+            memmove(di, sa->init.data() + ((uintptr_t)src - sa->base), n);
+        } else {
+            memset(di, 1, n);
+        }
+    }
     return 0;
 }
 
@@ -863,7 +940,7 @@ int prefk_emu_launch(const char* name, const uint32_t grid[3], const uint32_t bl
     const size_t smem_bytes = STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED;
     if (g_smem.size() < smem_bytes) {
         g_smem.assign(smem_bytes, 0);
-        g_shadow.assign(smem_bytes, ShadowByte{0, 0, 0, 0, 0, 0});
+        g_shadow.assign(smem_bytes, ShadowByte{0, 0, 0, 0, 0, 0, 0, 0});
     }
     Launch launch;
     launch.kernel = k;

@@ -51,12 +51,17 @@ PREFK_KERNEL(emu_test_sync, EmuTestParams, 256) {
     }
 }
 
-// Global faults. mode 0: read a never-written element; 1: a 16-byte load 4 bytes off alignment.
+// Global faults. mode 0: read a never-written element; 1: a 16-byte load 4 bytes off alignment;
+// 2: spin on a flag no other thread will set (a hang on the GPU too).
 PREFK_KERNEL(emu_test_global, EmuTestParams, 32) {
     float* out = reinterpret_cast<float*>(p.out);
     if (threadIdx.x != 0) return;
     if (p.mode == 0) {
         out[0] = reinterpret_cast<const float*>(p.in)[0];
+    } else if (p.mode == 2) {
+        unsigned* flag = reinterpret_cast<unsigned*>(p.out);
+        while (atomicCAS(flag, 12345u, 0u) != 12345u) {
+        }
     } else {
         const uint4 v = *reinterpret_cast<const uint4*>(reinterpret_cast<const float*>(p.in) + 1);
         out[0] = __uint_as_float(v.x ^ v.y ^ v.z ^ v.w);
@@ -91,4 +96,37 @@ PREFK_KERNEL(emu_test_mma, EmuTestParams, 32) {
     if (p.mode == 0) mma_m16n8k16(c, a, b, __nv_bfloat16());
     else mma_m16n8k16(c, a, b, __half());
     for (int e = 0; e < 4; ++e) out[lane * 4 + e] = c[e];
+}
+
+// Warp patterns the review found mishandled. mode 0: half-warps shuffle with their own masks,
+// the low half twice, then a ballot by lane 31 alone (out[lane] = the low half's second xor, or
+// the high half's xor; out[32] = the ballot). mode 1: xor with width 16 reading the earlier group,
+// and shuffles with out-of-range deltas (low 5 bits count). mode 2: shared memory exchanged
+// across a __syncwarp (no race). mode 3: a read 2 bytes before shared memory.
+PREFK_KERNEL(emu_test_warp2, EmuTestParams, 32) {
+    PREFK_SHARED_ARRAY(int, s, 32);
+    int* out = reinterpret_cast<int*>(p.out);
+    const int lane = threadIdx.x;
+    if (p.mode == 0) {
+        int v = lane;
+        if (lane < 16) {
+            v = __shfl_xor_sync(0x0000ffffu, v, 1);
+            v = __shfl_xor_sync(0x0000ffffu, v, 2);
+        } else {
+            v = __shfl_xor_sync(0xffff0000u, v, 4);
+        }
+        out[lane] = v;
+        if (lane == 31) out[32] = (int)__ballot_sync(0x80000000u, 1);
+    } else if (p.mode == 1) {
+        out[lane] = __shfl_xor_sync(0xffffffffu, lane, 16, 16);
+        out[32 + lane] = __shfl_down_sync(0xffffffffu, lane, 0xffffffe1u);  // delta 1
+    } else if (p.mode == 2) {
+        s[lane] = lane * 3;
+        __syncwarp();
+        out[lane] = s[lane ^ 1];
+    } else {
+        int v;
+        memcpy(&v, reinterpret_cast<const char*>(s) - 2, 4);
+        out[lane] = v;
+    }
 }
