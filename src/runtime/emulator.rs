@@ -169,7 +169,7 @@ pub(crate) fn free(ptr: u64) {
 
 /// Direction of a copy.
 #[derive(Clone, Copy)]
-pub(crate) enum Copy {
+pub(crate) enum CopyKind {
     HostToDevice = 0,
     DeviceToHost = 1,
     DeviceToDevice = 2,
@@ -179,7 +179,7 @@ pub(crate) enum Copy {
 ///
 /// # Safety
 /// Host-side ranges (`src` for host-to-device, `dst` for device-to-host) are valid for `n` bytes.
-pub(crate) unsafe fn copy(dst: u64, src: u64, n: usize, kind: Copy) -> Result<()> {
+pub(crate) unsafe fn copy(dst: u64, src: u64, n: usize, kind: CopyKind) -> Result<()> {
     #[cfg(prefk_emulator)]
     {
         // SAFETY: forwarded to the caller for host ranges; emulated ranges are checked.
@@ -266,7 +266,7 @@ pub(crate) unsafe fn launch(
 /// # Safety
 /// `P` is the kernel's `#[repr(C)]` parameter struct (the emulator checks its size); with
 /// memcheck off, every pointer in it must be valid for what the kernel accesses.
-pub unsafe fn launch_kernel<P: std::marker::Copy>(
+pub unsafe fn launch_kernel<P: Copy>(
     name: &str,
     grid: [u32; 3],
     block: [u32; 3],

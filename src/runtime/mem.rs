@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr as _, DeviceRepr, ValidAsZeroBits};
 
-use super::emulator::{self, Copy as EmuCopy};
+use super::emulator::{self, CopyKind};
 use crate::error::{invalid, Error, Result};
 
 /// Which backend a stream or buffer belongs to.
@@ -99,9 +99,9 @@ impl Stream {
     /// `n` zeroed elements.
     pub fn alloc_zeros<T: Element>(&self, n: usize) -> Result<DeviceBuffer<T>> {
         match &self.0 {
-            StreamInner::Cuda(s) => DeviceBuffer::from_cuda(s.alloc_zeros::<T>(n)?, s),
+            StreamInner::Cuda(s) => Ok(DeviceBuffer::from_cuda(s.alloc_zeros::<T>(n)?, s)),
             StreamInner::Emulator => {
-                let b = DeviceBuffer::emulator_uninit(n)?;
+                let b = DeviceBuffer::emulator_uninitialized(n)?;
                 emulator::memset(b.ptr, 0, b.bytes())?;
                 Ok(b)
             }
@@ -111,11 +111,11 @@ impl Stream {
     /// A new buffer holding a copy of `host`.
     pub fn clone_htod<T: Element>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         match &self.0 {
-            StreamInner::Cuda(s) => DeviceBuffer::from_cuda(s.clone_htod(host)?, s),
+            StreamInner::Cuda(s) => Ok(DeviceBuffer::from_cuda(s.clone_htod(host)?, s)),
             StreamInner::Emulator => {
-                let b = DeviceBuffer::emulator_uninit(host.len())?;
+                let b = DeviceBuffer::emulator_uninitialized(host.len())?;
                 // SAFETY: `host` is valid for its bytes; the destination is the new allocation.
-                unsafe { emulator::copy(b.ptr, host.as_ptr() as u64, b.bytes(), EmuCopy::HostToDevice) }?;
+                unsafe { emulator::copy(b.ptr, host.as_ptr() as u64, b.bytes(), CopyKind::HostToDevice) }?;
                 Ok(b)
             }
         }
@@ -139,7 +139,7 @@ impl Stream {
             }
             // SAFETY: `host` is valid for `bytes`; the emulator checks the destination range.
             StreamInner::Emulator => {
-                unsafe { emulator::copy(p, host.as_ptr() as u64, bytes, EmuCopy::HostToDevice) }?
+                unsafe { emulator::copy(p, host.as_ptr() as u64, bytes, CopyKind::HostToDevice) }?
             }
         }
         Ok(())
@@ -163,7 +163,7 @@ impl Stream {
                 unsafe { cudarc::driver::result::memcpy_dtod_async(dp, sp, bytes, s.cu_stream()) }?
             }
             // SAFETY: the emulator checks both ranges lie inside its allocations.
-            StreamInner::Emulator => unsafe { emulator::copy(dp, sp, bytes, EmuCopy::DeviceToDevice) }?,
+            StreamInner::Emulator => unsafe { emulator::copy(dp, sp, bytes, CopyKind::DeviceToDevice) }?,
         }
         Ok(())
     }
@@ -175,8 +175,8 @@ impl Stream {
                 // SAFETY: every byte is overwritten by the copy below before any read.
                 unsafe { s.alloc::<T>(src.len()) }?,
                 s,
-            )?,
-            StreamInner::Emulator => DeviceBuffer::emulator_uninit(src.len())?,
+            ),
+            StreamInner::Emulator => DeviceBuffer::emulator_uninitialized(src.len())?,
         };
         self.memcpy_dtod(src, &mut dst)?;
         Ok(dst)
@@ -195,7 +195,7 @@ impl Stream {
             }
             StreamInner::Emulator => {
                 // SAFETY: `out` is valid for `bytes`; the emulator checks the source range.
-                unsafe { emulator::copy(out.as_mut_ptr() as u64, p, bytes, EmuCopy::DeviceToHost) }?
+                unsafe { emulator::copy(out.as_mut_ptr() as u64, p, bytes, CopyKind::DeviceToHost) }?
             }
         }
         Ok(out)
@@ -229,26 +229,22 @@ impl<T> Drop for DeviceBuffer<T> {
 }
 
 impl<T: Element> DeviceBuffer<T> {
-    fn from_cuda(slice: CudaSlice<T>, stream: &Arc<CudaStream>) -> Result<Self> {
+    fn from_cuda(slice: CudaSlice<T>, stream: &Arc<CudaStream>) -> Self {
         let ptr = {
             let (p, _g) = slice.device_ptr(stream);
             p
         };
         let len = slice.len();
-        Ok(DeviceBuffer { ptr, len, owner: Owner::Cuda(slice) })
-    }
-
-    fn emulator_uninit(n: usize) -> Result<Self> {
-        let bytes = n
-            .checked_mul(std::mem::size_of::<T>())
-            .ok_or_else(|| invalid("n", format!("{n} elements overflow the address space")))?;
-        Ok(DeviceBuffer { ptr: emulator::alloc(bytes)?, len: n, owner: Owner::Emulator })
+        DeviceBuffer { ptr, len, owner: Owner::Cuda(slice) }
     }
 
     /// Allocates `n` elements on the emulator without initializing them (their bytes are tracked
     /// as never written, so the emulator's initcheck reports a kernel reading them).
     pub fn emulator_uninitialized(n: usize) -> Result<Self> {
-        Self::emulator_uninit(n)
+        let bytes = n
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| invalid("n", format!("{n} elements overflow the address space")))?;
+        Ok(DeviceBuffer { ptr: emulator::alloc(bytes)?, len: n, owner: Owner::Emulator })
     }
 }
 

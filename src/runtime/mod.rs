@@ -265,7 +265,7 @@ impl Gpu {
     /// `P` is the kernel's `#[repr(C)]` parameter struct; every pointer in it satisfies the
     /// documented contract of the public function launching it (valid memory of this backend,
     /// alive until the work completes); on CUDA `stream` is 0 or a live CUstream of this context.
-    pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr>(
+    pub(crate) unsafe fn launch<P: cudarc::driver::DeviceRepr + Copy>(
         &self,
         stream: u64,
         name: &str,
@@ -292,21 +292,10 @@ impl Gpu {
                 Ok(())
             }
             Inner::Emulator(checks) => {
-                // SAFETY: P is plain data; its bytes are the kernel's by-value parameters.
-                let bytes = unsafe {
-                    std::slice::from_raw_parts(params as *const P as *const u8, std::mem::size_of::<P>())
-                };
-                // SAFETY: forwarded to the caller (pointers in params).
-                unsafe {
-                    emulator::launch(
-                        name,
-                        [grid.0, grid.1, 1],
-                        [spec.block_threads, 1, 1],
-                        spec.dynamic_smem,
-                        bytes,
-                        *checks,
-                    )
-                }
+                let (grid, block) = ([grid.0, grid.1, 1], [spec.block_threads, 1, 1]);
+                // SAFETY: forwarded to the caller (P is the kernel's parameter struct, its pointers
+                // valid).
+                unsafe { emulator::launch_kernel(name, grid, block, spec.dynamic_smem, params, *checks) }
             }
         }
     }

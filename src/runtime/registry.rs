@@ -32,9 +32,6 @@ pub(crate) const ATTN_PRE_THREADS: u32 = 256;
 const ATTN_BR: u32 = 64;
 const ATTN_BQ: u32 = 32;
 
-/// Every module, in build order.
-pub const MODULES: [&str; 4] = ["token_logprobs", "seq_reduce", "pref_loss", "prefix_attn"];
-
 /// Name of a token log-probs forward entry point.
 pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, entropy: bool, row_threads: u32) -> String {
     let e = if entropy { "_entropy" } else { "" };
@@ -139,9 +136,10 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         assert_eq!(all.len(), 36 + 2 + 1 + 16);
-        for m in MODULES {
+        for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }
+        assert!(all.iter().all(|k| crate::kernels::MODULES.iter().any(|(m, _)| *m == k.module)));
     }
 
     #[test]
