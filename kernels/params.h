@@ -28,7 +28,9 @@ typedef struct TokenLogprobsFwdParams {
     uint32_t reserved;
 } TokenLogprobsFwdParams;
 
-// Backward: grad_logits[r, v] = grad_logp[r] * (1[v == t_r] - softmax(logits[r] / T)[v]) / T.
+// Backward: grad_logits[r, v] = grad_logp[r] * (1[v == t_r] - p_v) / T
+//                              - grad_entropy[r] * p_v * (log p_v + H_r) / T,   p = softmax(logits[r] / T),
+// the entropy term only when grad_entropy is given (then entropy holds H from the forward).
 typedef struct TokenLogprobsBwdParams {
     uint64_t logits;        // [n_rows, logits_stride] f32/f16/bf16
     uint64_t targets;       // [n_rows] i32 or i64
@@ -43,11 +45,13 @@ typedef struct TokenLogprobsBwdParams {
     int64_t ignore_index;
     float inv_temperature;
     uint32_t reserved;
+    uint64_t entropy;       // [n_rows] f32 entropy from the forward, or 0 (no entropy gradient)
+    uint64_t grad_entropy;  // [n_rows] f32 dL/dH, or 0; given iff entropy is
 } TokenLogprobsBwdParams;
 
 #ifdef __cplusplus
 static_assert(sizeof(TokenLogprobsFwdParams) == 88, "TokenLogprobsFwdParams layout changed: update src/params.rs");
-static_assert(sizeof(TokenLogprobsBwdParams) == 96, "TokenLogprobsBwdParams layout changed: update src/params.rs");
+static_assert(sizeof(TokenLogprobsBwdParams) == 112, "TokenLogprobsBwdParams layout changed: update src/params.rs");
 #endif
 
 // ---- per-sequence reductions and preference losses ------------------------------------------------
@@ -206,6 +210,110 @@ typedef struct PrefixAttnParams {
 
 #ifdef __cplusplus
 static_assert(sizeof(PrefixAttnParams) == 128, "PrefixAttnParams layout changed: update src/params.rs");
+#endif
+
+// ---- GRPO family (per-token policy-gradient losses) -------------------------------------------------
+#define PREFK_GRPO_AGG_SEQ_MEAN 0u            // grpo, sapo: a_s = 1 / (S max(N_s, 1))
+#define PREFK_GRPO_AGG_TOKEN_MEAN 1u          // bnpo: a = 1 / max(sum N, 1)
+#define PREFK_GRPO_AGG_CONSTANT 2u            // dr_grpo: a = 1 / (S agg_param)
+#define PREFK_GRPO_AGG_CONSTANT_OR_TOKENS 3u  // dapo, cispo: a = 1 / agg_param, or 1 / max(sum N, 1) if 0
+#define PREFK_GRPO_SURR_CLIP 0u
+#define PREFK_GRPO_SURR_CISPO 1u
+#define PREFK_GRPO_SURR_SAPO 2u
+#define PREFK_GRPO_FLAG_SEQUENCE_IS 1u        // one ratio per sequence (GSPO)
+#define PREFK_GRPO_FLAG_BIAS_KL 2u            // k3 times the (capped) ratio
+#define PREFK_GRPO_FLAG_DELTA 4u              // cap the unclipped ratio at delta
+#define PREFK_GRPO_FLAG_ENTROPY_MASK 8u       // threshold is computed (top-entropy quantile)
+
+// Per-sequence workspace row (f32): sums over the sequence's completion tokens.
+#define PREFK_GRPO_SEQ_FIELDS 13
+#define PREFK_GRPO_COUNT 0      // N_s
+#define PREFK_GRPO_DSUM 1       // sum (logp - old)
+#define PREFK_GRPO_RHO 2        // the sequence ratio exp(DSUM / max(N_s, 1))
+#define PREFK_GRPO_LOSS 3       // sum loss_t (before the aggregation weight)
+#define PREFK_GRPO_CROSS 4      // sum d loss_t / d rho (the sequence ratio's gradient share)
+#define PREFK_GRPO_KL 5         // sum k3
+#define PREFK_GRPO_ENTROPY 6    // sum H
+#define PREFK_GRPO_LOW 7        // sum [rho < 1 - eps_low and A < 0]
+#define PREFK_GRPO_HIGH 8       // sum [rho > 1 + eps_high and A > 0]
+#define PREFK_GRPO_WEIGHT 9     // a_s, the aggregation weight (written by grpo_batch)
+#define PREFK_GRPO_ECOUNT 10    // sum e (tokens the top-entropy mask keeps)
+#define PREFK_GRPO_EH 11        // sum e H
+#define PREFK_GRPO_EWEIGHT 12   // the entropy bonus's aggregation weight (written by grpo_batch)
+#define PREFK_GRPO_METRICS 8    // loss, kl, entropy, clip low, clip high, clip region, policy loss, 0
+
+typedef struct GrpoParams {
+    uint64_t logp;          // [n_tokens] f32 policy log-probs
+    uint64_t old_logp;      // [n_tokens] f32 rollout log-probs, or 0 (on-policy: ratio 1)
+    uint64_t ref_logp;      // [n_tokens] f32 reference log-probs, or 0 (beta = 0)
+    uint64_t mask;          // [n_tokens] u8 completion mask, or 0
+    uint64_t is_weights;    // [n_tokens] f32 vLLM importance-sampling weights, or 0
+    uint64_t entropy;       // [n_tokens] f32 entropies, or 0
+    uint64_t advantages;    // [n_seqs] f32
+    uint64_t cu_seqlens;    // [n_seqs + 1] i32, or 0 (padded rows of seq_len)
+    uint64_t seq_work;      // workspace [n_seqs, PREFK_GRPO_SEQ_FIELDS] f32
+    uint64_t threshold;     // workspace [1] f32: the top-entropy threshold
+    uint64_t metrics;       // out [PREFK_GRPO_METRICS] f32
+    uint64_t grad_logp;     // out [n_tokens] f32
+    uint64_t grad_entropy;  // out [n_tokens] f32, or 0
+    uint64_t status;        // u32 status word, or 0
+    int64_t n_tokens;
+    int64_t n_seqs;
+    int64_t seq_len;
+    uint32_t agg;           // PREFK_GRPO_AGG_*
+    uint32_t surrogate;     // PREFK_GRPO_SURR_*
+    uint32_t flags;         // PREFK_GRPO_FLAG_*
+    float eps_low;
+    float eps_high;
+    float delta;
+    float beta;
+    float entropy_coef;
+    float quantile;         // 1 - top_entropy_quantile
+    float agg_param;        // dr_grpo max_completion_length; dapo/cispo normalizer (0 = local count)
+    float tau_pos;          // sapo
+    float tau_neg;
+    float grad_scale;
+    uint32_t reserved;
+} GrpoParams;
+
+#ifdef __cplusplus
+static_assert(sizeof(GrpoParams) == 192, "GrpoParams layout changed: update src/params.rs");
+#endif
+
+// ---- group and listwise losses on sequence scores (KTO, LiPO-lambda, PRO) ---------------------------
+#define PREFK_GROUP_KTO 0u
+#define PREFK_GROUP_LIPO 1u
+#define PREFK_GROUP_PRO 2u
+#define PREFK_GROUP_FLAG_KL_GIVEN 1u      // KTO: z0 = kl_given (else from the KL samples, or 0 for APO)
+#define PREFK_GROUP_FLAG_APO 2u           // KTO: apo_zero_unpaired
+#define PREFK_GROUP_FLAG_LAMBDA 4u        // LiPO: lambda weights (else 1: pairwise logistic)
+#define PREFK_KTO_UNDESIRABLE 0           // KTO labels (roles) per sequence
+#define PREFK_KTO_DESIRABLE 1
+#define PREFK_KTO_KL_SAMPLE 2             // a mismatched (prompt, completion) for the KL baseline
+#define PREFK_KTO_IGNORED 3
+#define PREFK_GROUP_METRICS 12
+
+typedef struct GroupLossParams {
+    uint64_t stats;         // [n_seqs, PREFK_SEQ_STATS] f32 from seq_stats (sums, log-ratio sums)
+    uint64_t ref_seq;       // [n_seqs] f32 per-sequence reference sums, or 0 (per-token, in stats)
+    uint64_t labels;        // [n_seqs] f32: KTO roles, LiPO labels psi, PRO rewards
+    uint64_t seq_coef;      // out [n_seqs, 3] f32 token-gradient coefficients
+    uint64_t seq_out;       // out [n_seqs] f32: KTO / LiPO reward beta (S - S_ref), PRO score; or 0
+    uint64_t metrics;       // out [PREFK_GROUP_METRICS] f32
+    int64_t n_seqs;
+    int64_t group_size;     // LiPO / PRO: consecutive sequences per group (list)
+    uint32_t kind;          // PREFK_GROUP_*
+    uint32_t flags;         // PREFK_GROUP_FLAG_*
+    float beta;
+    float p0;               // KTO desirable weight; PRO sft weight
+    float p1;               // KTO undesirable weight
+    float kl_given;         // KTO z0 when PREFK_GROUP_FLAG_KL_GIVEN
+    float grad_scale;
+    uint32_t reserved;
+} GroupLossParams;
+
+#ifdef __cplusplus
+static_assert(sizeof(GroupLossParams) == 96, "GroupLossParams layout changed: update src/params.rs");
 #endif
 
 #endif  // PREF_KERNELS_PARAMS_H

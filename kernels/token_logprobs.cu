@@ -4,6 +4,7 @@
 //   logp[r] = x[r, t_r] / T - lse[r],   lse[r] = logsumexp_v(x[r, v] / T),   entropy[r] optional.
 // Backward, one read + one write per element, optionally in place over the logits:
 //   grad[r, v] = g[r] * (1[v == t_r] - exp(x[r, v] / T - lse[r])) / T
+//                - gH[r] * p_v (log p_v + H[r]) / T          (ENTROPY: an entropy gradient gH too)
 // with the target element computed as g * (-expm1(x_t / T - lse)) / T in f32, so 1 - p does not
 // cancel when p -> 1.
 //
@@ -89,7 +90,7 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
     }
 }
 
-template <typename T, typename I, int ROW_THREADS>
+template <typename T, typename I, int ROW_THREADS, bool ENTROPY>
 __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams& p) {
     constexpr int ROWS_PER_BLOCK = BLOCK_THREADS / ROW_THREADS;
     constexpr int VEC = Vec16<T>::N;
@@ -115,12 +116,21 @@ __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams&
         const bool skip_read = ignored || bad;
         const float lse2 = skip_read ? 0.f : reinterpret_cast<const float*>(p.lse)[row] * PREFK_LOG2E;
         const float coef = g * p.inv_temperature;
+        // Entropy term: -p_v (log p_v + H) gH / T = -p_v (d ln2 + H) ecoef. p_v = 0 (a -inf logit)
+        // contributes 0, not 0 * -inf.
+        const float ecoef = ENTROPY && !skip_read ? reinterpret_cast<const float*>(p.grad_entropy)[row] * p.inv_temperature : 0.f;
+        const float h = ENTROPY && !skip_read ? reinterpret_cast<const float*>(p.entropy)[row] : 0.f;
+        auto entropy_term = [&](float d, float pv) -> float {
+            if (!ENTROPY) return 0.f;
+            return pv > 0.f ? -pv * fmaf(d, PREFK_LN2, h) * ecoef : 0.f;
+        };
 
         // grad for element v of value xv: -coef * p_v, or coef * (1 - p_t) at the target.
         auto grad_of = [&](float xv, int64_t v) -> float {
             if (skip_read) return g;  // 0 or NaN
             const float d = fmaf(xv, scale2, -lse2);  // log2 p_v
-            return v == t ? coef * -expm1f(d * PREFK_LN2) : -coef * exp2f(d);
+            const float pv = exp2f(d);
+            return (v == t ? coef * -expm1f(d * PREFK_LN2) : -coef * pv) + entropy_term(d, pv);
         };
 
         const RowSplit sp = split_row<T>((uint64_t)x, (uint64_t)gx, p.vocab);
@@ -158,8 +168,10 @@ __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams&
                                 if (k == kt) target_grad = coef * -expm1f(d[k] * PREFK_LN2);
                         }
 #pragma unroll
-                        for (int k = 0; k < VEC; ++k)
-                            out.v[k] = from_f32<T>(k == kt ? target_grad : -coef * exp2f(d[k]));
+                        for (int k = 0; k < VEC; ++k) {
+                            const float pv = exp2f(d[k]);
+                            out.v[k] = from_f32<T>((k == kt ? target_grad : -coef * pv) + entropy_term(d[k], pv));
+                        }
                     }
                     store_vec_stream(gv + i * VEC, out);
                 }
@@ -175,17 +187,19 @@ __device__ __forceinline__ void token_logprobs_bwd(const TokenLogprobsBwdParams&
     PREFK_KERNEL(NAME, TokenLogprobsFwdParams, BLOCK_THREADS, 4) {                              \
         token_logprobs_fwd<T, I, RT, ENT>(p);                                                      \
     }
-#define PREFK_BWD(NAME, T, I, RT)                                                                    \
+#define PREFK_BWD(NAME, T, I, RT, ENT)                                                               \
     PREFK_KERNEL(NAME, TokenLogprobsBwdParams, BLOCK_THREADS, 4) {                              \
-        token_logprobs_bwd<T, I, RT>(p);                                                           \
+        token_logprobs_bwd<T, I, RT, ENT>(p);                                                      \
     }
 #define PREFK_ALL(DT, T, IT, I)                                                     \
     PREFK_FWD(token_logprobs_fwd_##DT##_##IT##_w32, T, I, 32, false)                \
     PREFK_FWD(token_logprobs_fwd_##DT##_##IT##_w256, T, I, 256, false)              \
     PREFK_FWD(token_logprobs_fwd_entropy_##DT##_##IT##_w32, T, I, 32, true)         \
     PREFK_FWD(token_logprobs_fwd_entropy_##DT##_##IT##_w256, T, I, 256, true)       \
-    PREFK_BWD(token_logprobs_bwd_##DT##_##IT##_w32, T, I, 32)                       \
-    PREFK_BWD(token_logprobs_bwd_##DT##_##IT##_w256, T, I, 256)
+    PREFK_BWD(token_logprobs_bwd_##DT##_##IT##_w32, T, I, 32, false)                \
+    PREFK_BWD(token_logprobs_bwd_##DT##_##IT##_w256, T, I, 256, false)              \
+    PREFK_BWD(token_logprobs_bwd_entropy_##DT##_##IT##_w32, T, I, 32, true)         \
+    PREFK_BWD(token_logprobs_bwd_entropy_##DT##_##IT##_w256, T, I, 256, true)
 
 PREFK_ALL(f32, float, i32, int32_t)
 PREFK_ALL(f32, float, i64, int64_t)

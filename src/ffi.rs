@@ -188,7 +188,8 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
         };
         let cfg =
             TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
-        let ptrs = TokenLogprobsBwdPtrs { logits, targets, lse, grad_logp, grad_logits, status };
+        let ptrs =
+            TokenLogprobsBwdPtrs { logits, targets, lse, grad_logp, grad_logits, status, ..Default::default() };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.token_logprobs_backward_raw(

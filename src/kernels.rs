@@ -8,9 +8,18 @@ pub const MODULES: &[(&str, Option<&[u8]>)] = &[
     ("seq_reduce", SEQ_REDUCE),
     ("pref_loss", PREF_LOSS),
     ("prefix_attn", PREFIX_ATTN),
+    ("grpo", GRPO),
+    ("group_loss", GROUP_LOSS),
 ];
 
 /// True when the kernels were compiled into this build.
 pub const fn built() -> bool {
-    TOKEN_LOGPROBS.is_some() && SEQ_REDUCE.is_some() && PREF_LOSS.is_some() && PREFIX_ATTN.is_some()
+    let mut i = 0;
+    while i < MODULES.len() {
+        if MODULES[i].1.is_none() {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }

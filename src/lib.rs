@@ -18,6 +18,8 @@
 pub mod dtype;
 pub mod error;
 pub mod ffi;
+pub mod group_loss;
+pub mod grpo;
 pub mod kernels;
 mod numeric;
 pub mod params;

@@ -46,6 +46,8 @@ pub struct TokenLogprobsBwdParams {
     pub ignore_index: i64,
     pub inv_temperature: f32,
     pub reserved: u32,
+    pub entropy: u64,
+    pub grad_entropy: u64,
 }
 
 const _: () = {
@@ -54,7 +56,7 @@ const _: () = {
     assert!(offset_of!(TokenLogprobsFwdParams, n_rows) == 48);
     assert!(offset_of!(TokenLogprobsFwdParams, ignore_index) == 72);
     assert!(offset_of!(TokenLogprobsFwdParams, inv_temperature) == 80);
-    assert!(size_of::<TokenLogprobsBwdParams>() == 96);
+    assert!(size_of::<TokenLogprobsBwdParams>() == 112);
     assert!(offset_of!(TokenLogprobsBwdParams, status) == 40);
     assert!(offset_of!(TokenLogprobsBwdParams, n_rows) == 48);
     assert!(offset_of!(TokenLogprobsBwdParams, ignore_index) == 80);
@@ -202,6 +204,87 @@ const _: () = {
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
 unsafe impl cudarc::driver::DeviceRepr for PrefixAttnParams {}
+
+/// Mirror of `GrpoParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GrpoParams {
+    pub logp: u64,
+    pub old_logp: u64,
+    pub ref_logp: u64,
+    pub mask: u64,
+    pub is_weights: u64,
+    pub entropy: u64,
+    pub advantages: u64,
+    pub cu_seqlens: u64,
+    pub seq_work: u64,
+    pub threshold: u64,
+    pub metrics: u64,
+    pub grad_logp: u64,
+    pub grad_entropy: u64,
+    pub status: u64,
+    pub n_tokens: i64,
+    pub n_seqs: i64,
+    pub seq_len: i64,
+    pub agg: u32,
+    pub surrogate: u32,
+    pub flags: u32,
+    pub eps_low: f32,
+    pub eps_high: f32,
+    pub delta: f32,
+    pub beta: f32,
+    pub entropy_coef: f32,
+    pub quantile: f32,
+    pub agg_param: f32,
+    pub tau_pos: f32,
+    pub tau_neg: f32,
+    pub grad_scale: f32,
+    pub reserved: u32,
+}
+
+/// Fields per sequence of the GRPO workspace (`PREFK_GRPO_SEQ_FIELDS`).
+pub const GRPO_SEQ_FIELDS: usize = 13;
+
+const _: () = {
+    assert!(size_of::<GrpoParams>() == 192);
+    assert!(offset_of!(GrpoParams, n_tokens) == 112);
+    assert!(offset_of!(GrpoParams, agg) == 136);
+    assert!(offset_of!(GrpoParams, grad_scale) == 184);
+};
+
+// SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
+unsafe impl cudarc::driver::DeviceRepr for GrpoParams {}
+
+/// Mirror of `GroupLossParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct GroupLossParams {
+    pub stats: u64,
+    pub ref_seq: u64,
+    pub labels: u64,
+    pub seq_coef: u64,
+    pub seq_out: u64,
+    pub metrics: u64,
+    pub n_seqs: i64,
+    pub group_size: i64,
+    pub kind: u32,
+    pub flags: u32,
+    pub beta: f32,
+    pub p0: f32,
+    pub p1: f32,
+    pub kl_given: f32,
+    pub grad_scale: f32,
+    pub reserved: u32,
+}
+
+const _: () = {
+    assert!(size_of::<GroupLossParams>() == 96);
+    assert!(offset_of!(GroupLossParams, kind) == 64);
+    assert!(offset_of!(GroupLossParams, grad_scale) == 88);
+};
+
+// SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
+unsafe impl cudarc::driver::DeviceRepr for GroupLossParams {}
 
 /// bindgen's output for `kernels/params.h` (feature `regen-bindings`, needs libclang).
 #[cfg(feature = "regen-bindings")]

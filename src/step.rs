@@ -13,6 +13,7 @@ use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::launch::optional_token_ptrs;
 use crate::seq_reduce::{DeviceSeqs, SeqReducePtrs};
+pub use crate::token_logprobs::GradLogits;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::{LogitElement, LogitsLayout, TargetIndex};
 
@@ -35,19 +36,6 @@ pub struct StepBatch<'a, I> {
     pub seqs: DeviceSeqs<'a>,
     /// Pairs of sequences.
     pub pairs: DevicePairs<'a>,
-}
-
-/// Where d/dlogits goes.
-pub enum GradLogits<'a, T> {
-    /// Over the logits (they are consumed).
-    InPlace,
-    /// Into a separate buffer with its own row stride.
-    Separate {
-        /// Output buffer.
-        grad: ViewMut<'a, T>,
-        /// Row stride in elements (>= V).
-        row_stride: usize,
-    },
 }
 
 /// What a step returns.
@@ -122,16 +110,7 @@ impl Gpu {
             let seq_layout = batch.seqs.raw(stream, &mut guards)?;
             let on_device = batch.pairs.on_device(stream, &mut upload)?;
             let raw_pairs = on_device.raw;
-            let (grad_sep, grad_stride) = match &mut grad {
-                GradLogits::InPlace => (None, layout.row_stride),
-                GradLogits::Separate { grad, row_stride } => {
-                    let span = LogitsLayout { row_stride: *row_stride, ..layout }.span()?;
-                    ensure(grad.len() >= span, "grad", || {
-                        format!("needs at least {span} elements, got {}", grad.len())
-                    })?;
-                    (Some(grad.device_ptr_mut(stream)?), *row_stride)
-                }
-            };
+            let (grad_sep, grad_stride) = grad.pointer(stream, layout)?;
             let (logits_p, _gl) = logits.device_ptr_mut(stream)?;
             let grad_p = grad_sep.as_ref().map_or(logits_p, |(p, _)| *p);
             let fwd = TokenLogprobsFwdPtrs {
@@ -158,6 +137,7 @@ impl Gpu {
                 grad_logp: grad_logp_p,
                 grad_logits: grad_p,
                 status: status_p,
+                ..Default::default()
             };
             // SAFETY: every pointer comes from a live cudarc buffer whose length was checked above;
             // all work is ordered on `stream`, and the buffers outlive the synchronization below.

@@ -76,7 +76,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ),
         (
             "TokenLogprobsBwdParams",
-            fields!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved),
+            fields!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy),
         ),
         (
             "SeqStatsParams",
@@ -94,6 +94,14 @@ fn rust_mirrors_match_the_header_field_by_field() {
         (
             "PrefixAttnParams",
             fields!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved),
+        ),
+        (
+            "GrpoParams",
+            fields!(GrpoParams: logp, old_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, reserved),
+        ),
+        (
+            "GroupLossParams",
+            fields!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved),
         ),
     ];
     assert_eq!(header.len(), rust.len(), "structs in params.h: {:?}", header.keys().collect::<Vec<_>>());
@@ -117,6 +125,10 @@ fn status_bits_and_constants_match_the_header() {
         ("PREFK_METRICS", pref_kernels::pref_loss::METRICS_LEN),
         ("PREFK_AGG_WMEAN", pref_kernels::seq_reduce::ReduceMode::WeightedMean as usize),
         ("PREFK_ATTN_TILE", pref_kernels::prefix_attn::TILE),
+        ("PREFK_GRPO_SEQ_FIELDS", pref_kernels::params::GRPO_SEQ_FIELDS),
+        ("PREFK_GRPO_METRICS", pref_kernels::grpo::GRPO_METRICS_LEN),
+        ("PREFK_GRPO_AGG_CONSTANT_OR_TOKENS", 3),
+        ("PREFK_GRPO_SURR_SAPO", 2),
     ] {
         let line = h
             .lines()
@@ -140,11 +152,13 @@ fn bindgen_output_matches_the_committed_structs() {
         };
     }
     same!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved);
-    same!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved);
+    same!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy);
     same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
     same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);
     same!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags);
     same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms);
     same!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
+    same!(GrpoParams: logp, old_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, reserved);
+    same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);
     assert_eq!(g::PREFK_STATUS_BAD_PAIR, STATUS_BAD_PAIR);
 }

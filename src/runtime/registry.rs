@@ -28,6 +28,10 @@ pub(crate) const SEQ_THREADS: u32 = 256;
 pub(crate) const PAIR_THREADS: u32 = 256;
 /// Threads per block of the attention tile kernels (4 warps) and of their preprocess kernel.
 pub(crate) const ATTN_THREADS: u32 = 128;
+/// Block size of the GRPO kernels (`GRPO_THREADS` in `kernels/grpo.cu`).
+pub(crate) const GRPO_THREADS: u32 = 256;
+/// Block size of the group/listwise loss kernel (`GROUP_THREADS` in `kernels/group_loss.cu`).
+pub(crate) const GROUP_THREADS: u32 = 256;
 pub(crate) const ATTN_PRE_THREADS: u32 = 256;
 const ATTN_BR: u32 = 64;
 const ATTN_BQ: u32 = 32;
@@ -39,8 +43,9 @@ pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, entropy: bool, row
 }
 
 /// Name of a token log-probs backward entry point.
-pub(crate) fn token_logprobs_bwd(dtype: DType, it: IndexType, row_threads: u32) -> String {
-    format!("token_logprobs_bwd_{}_{}_w{row_threads}", dtype.name(), it.name())
+pub(crate) fn token_logprobs_bwd(dtype: DType, it: IndexType, entropy: bool, row_threads: u32) -> String {
+    let e = if entropy { "_entropy" } else { "" };
+    format!("token_logprobs_bwd{e}_{}_{}_w{row_threads}", dtype.name(), it.name())
 }
 
 /// The four attention kernels of one (dtype, head dim).
@@ -85,13 +90,18 @@ fn build() -> Vec<KernelSpec> {
             for rt in [32, TOKEN_LOGPROBS_THREADS] {
                 add(token_logprobs_fwd(d, i, false, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
                 add(token_logprobs_fwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
-                add(token_logprobs_bwd(d, i, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                add(token_logprobs_bwd(d, i, false, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                add(token_logprobs_bwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
             }
         }
     }
     add("seq_stats".into(), "seq_reduce", SEQ_THREADS, 0);
     add("token_grad".into(), "seq_reduce", SEQ_THREADS, 0);
     add("pair_loss".into(), "pref_loss", PAIR_THREADS, 0);
+    for k in ["grpo_entropy_threshold", "grpo_seq", "grpo_batch", "grpo_token_grad"] {
+        add(k.into(), "grpo", GRPO_THREADS, 0);
+    }
+    add("group_loss".into(), "group_loss", GROUP_THREADS, 0);
     for dt in [DType::BF16, DType::F16] {
         for hd in [64, 128] {
             for kind in [
@@ -135,7 +145,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        assert_eq!(all.len(), 36 + 2 + 1 + 16);
+        assert_eq!(all.len(), 48 + 2 + 1 + 16 + 4 + 1);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }

@@ -1,6 +1,6 @@
 //! GPU launch of the token log-probs kernels (`kernels/token_logprobs.cu`): the unsafe raw-pointer
 //! entry points and the safe wrappers over cudarc buffers.
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Stream, ViewMut};
+use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS};
 
 use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
@@ -54,6 +54,54 @@ pub struct TokenLogprobsBwdPtrs {
     pub grad_logits: u64,
     /// A u32 status word, or 0.
     pub status: u64,
+    /// `[n_rows]` f32 entropy from the forward, or 0. Given together with `grad_entropy`.
+    pub entropy: u64,
+    /// `[n_rows]` f32 upstream gradient of the entropy (e.g. an entropy bonus), or 0: then
+    /// d/dlogits also holds `-grad_entropy · p_v (log p_v + H) / T`.
+    pub grad_entropy: u64,
+}
+
+/// The entropy side of a backward: the forward's entropy and its upstream gradient, `[n_rows]` f32.
+pub struct EntropyGrad<'e, 'g> {
+    /// H per row, as the forward wrote it.
+    pub entropy: &'e View<'e, f32>,
+    /// dL/dH per row.
+    pub grad_entropy: &'g View<'g, f32>,
+}
+
+/// Where d/dlogits goes.
+pub enum GradLogits<'a, T> {
+    /// Over the logits (they are consumed).
+    InPlace,
+    /// Into a separate buffer with its own row stride.
+    Separate {
+        /// Output buffer.
+        grad: ViewMut<'a, T>,
+        /// Row stride in elements (>= V).
+        row_stride: usize,
+    },
+}
+
+impl<T> GradLogits<'_, T> {
+    /// The separate buffer's pointer (with its guard) and the gradient row stride; `None` and
+    /// the logits' stride in place. Checks the separate buffer spans its layout.
+    pub(crate) fn pointer(
+        &mut self,
+        stream: &Stream,
+        layout: LogitsLayout,
+    ) -> Result<(Option<(u64, Guard<'_>)>, usize)> {
+        match self {
+            GradLogits::InPlace => Ok((None, layout.row_stride)),
+            GradLogits::Separate { grad, row_stride } => {
+                let span = LogitsLayout { row_stride: *row_stride, ..layout }.span()?;
+                ensure(grad.len() >= span, "grad", || {
+                    format!("needs at least {span} elements, got {}", grad.len())
+                })?;
+                let stride = *row_stride;
+                Ok((Some(grad.device_ptr_mut(stream)?), stride))
+            }
+        }
+    }
 }
 
 /// Outputs of the safe forward.
@@ -175,6 +223,11 @@ impl Gpu {
         check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
         check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
         check_ptr("status", ptrs.status, 4, false)?;
+        check_ptr("entropy", ptrs.entropy, 4, false)?;
+        check_ptr("grad_entropy", ptrs.grad_entropy, 4, false)?;
+        ensure((ptrs.entropy == 0) == (ptrs.grad_entropy == 0), "grad_entropy", || {
+            "the entropy gradient needs both the forward's entropy and grad_entropy (or neither)".into()
+        })?;
         let es = dtype.size() as u64;
         let in_bytes = layout.span()? as u64 * es;
         let out_bytes = grad_layout.span()? as u64 * es;
@@ -209,9 +262,11 @@ impl Gpu {
             ignore_index: cfg.ignore_index,
             inv_temperature: 1.0 / cfg.temperature,
             reserved: 0,
+            entropy: ptrs.entropy,
+            grad_entropy: ptrs.grad_entropy,
         };
         let rt = row_threads(layout.vocab);
-        let name = registry::token_logprobs_bwd(dtype, index_type, rt);
+        let name = registry::token_logprobs_bwd(dtype, index_type, ptrs.grad_entropy != 0, rt);
         let grid = self.grid_for(layout.n_rows as u64, (TOKEN_LOGPROBS_THREADS / rt) as u64);
         // SAFETY: the caller guarantees the stream and pointers (see # Safety); params is the
         // kernel's by-value TokenLogprobsBwdParams (layout asserted).
@@ -292,7 +347,7 @@ impl Gpu {
         })?;
         let (logits_p, _g0) = logits.device_ptr(stream)?;
         let (grad_p, _g1) = grad_logits.device_ptr_mut(stream)?;
-        self.backward_on::<T, I>(stream, logits_p, grad_p, grad_stride, layout, targets, lse, grad_logp, cfg)
+        self.backward_on::<T, I>(stream, logits_p, grad_p, grad_stride, layout, targets, lse, grad_logp, cfg, None)
     }
 
     /// Backward written in place over the logits (which are consumed: they hold d/dlogits after).
@@ -319,6 +374,44 @@ impl Gpu {
             lse,
             grad_logp,
             cfg,
+            None,
+        )
+    }
+
+    /// Backward with an entropy gradient as well: d/dlogits of `Σ grad_logp·logp +
+    /// Σ grad_entropy·H` in the same single pass, `entropy` being the forward's output (so the
+    /// forward ran with `compute_entropy`). RL trainers need it for an entropy bonus:
+    /// dH/dx_v = −p_v (log p_v + H) / T. `grad` says where d/dlogits goes (in place over the
+    /// logits, or a separate buffer).
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_logprobs_backward_with_entropy<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        logits: &mut ViewMut<'_, T>,
+        layout: LogitsLayout,
+        targets: &impl DevicePtr<I>,
+        lse: &impl DevicePtr<f32>,
+        grad_logp: &impl DevicePtr<f32>,
+        entropy: EntropyGrad<'_, '_>,
+        grad: GradLogits<'_, T>,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, logits.len(), targets.len())?;
+        let mut grad = grad;
+        let (grad_sep, grad_stride) = grad.pointer(stream, layout)?;
+        let (logits_p, _g0) = logits.device_ptr_mut(stream)?;
+        let grad_p = grad_sep.as_ref().map_or(logits_p, |(p, _)| *p);
+        self.backward_on::<T, I>(
+            stream,
+            logits_p,
+            grad_p,
+            grad_stride,
+            layout,
+            targets,
+            lse,
+            grad_logp,
+            cfg,
+            Some(entropy),
         )
     }
 
@@ -336,15 +429,29 @@ impl Gpu {
         lse: &impl DevicePtr<f32>,
         grad_logp: &impl DevicePtr<f32>,
         cfg: &TokenLogprobsConfig,
+        entropy: Option<EntropyGrad<'_, '_>>,
     ) -> Result<()> {
         ensure_len("lse", lse.len(), layout.n_rows)?;
         ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
+        if let Some(e) = &entropy {
+            ensure_len("entropy", e.entropy.len(), layout.n_rows)?;
+            ensure_len("grad_entropy", e.grad_entropy.len(), layout.n_rows)?;
+        }
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
             let (targets_p, _g1) = targets.device_ptr(stream)?;
             let (lse_p, _g2) = lse.device_ptr(stream)?;
             let (grad_logp_p, _g3) = grad_logp.device_ptr(stream)?;
             let (status_p, _g5) = status.ptr(stream)?;
+            let mut guards = Vec::new();
+            let (mut entropy_p, mut grad_entropy_p) = (0, 0);
+            if let Some(e) = &entropy {
+                let (p, g) = e.entropy.device_ptr(stream)?;
+                guards.push(g);
+                let (q, h) = e.grad_entropy.device_ptr(stream)?;
+                guards.push(h);
+                (entropy_p, grad_entropy_p) = (p, q);
+            }
             let ptrs = TokenLogprobsBwdPtrs {
                 logits: logits_p,
                 targets: targets_p,
@@ -352,6 +459,8 @@ impl Gpu {
                 grad_logp: grad_logp_p,
                 grad_logits: grad_p,
                 status: status_p,
+                entropy: entropy_p,
+                grad_entropy: grad_entropy_p,
             };
             // SAFETY: pointers from live cudarc buffers of checked lengths (see the forward); the
             // logits and gradient guards are held by the caller across this call.

@@ -26,7 +26,7 @@ use crate::error::{ensure, Result};
 pub(crate) mod launch;
 pub mod reference;
 
-pub use launch::{TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs, TokenLogprobsOutputs};
+pub use launch::{EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs, TokenLogprobsOutputs};
 
 /// Hyperparameters of the token log-probs op.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -1,0 +1,320 @@
+// GRPO family: per-token clipped / soft / CISPO policy-gradient losses with the k3 KL term, an
+// entropy bonus and the top-entropy token mask (formulas: src/grpo/mod.rs; reference.rs mirrors
+// this file in f64). Four small launches that read only per-token f32 data, never the logits:
+//
+//   grpo_entropy_threshold  one block: the (1 - top_entropy_quantile) quantile of the completion
+//                           tokens' entropies, as torch.quantile (linear interpolation), by an exact
+//                           radix select (4 bits per pass, integer counts: no atomics, deterministic)
+//   grpo_seq                one block per sequence: N_s and sum (logp - old) (for the sequence ratio),
+//                           then every token's loss and metric terms, summed in a fixed order
+//   grpo_batch              one block: aggregation weights a_s, the batch loss and metrics
+//   grpo_token_grad         one thread per token: dL/dlogp (and dL/dH) from its sequence's row
+#include "common.cuh"
+
+constexpr int GRPO_THREADS = 256;
+
+__device__ __forceinline__ float grpo_sigmoid(float x) {
+    if (x >= 0.f) return 1.f / (1.f + expf(-x));
+    const float e = expf(x);
+    return e / (1.f + e);
+}
+
+// ---- one token's terms ---------------------------------------------------------------------------
+struct GrpoToken {
+    float loss;    // pg e v + beta kl (the entropy bonus is aggregated apart)
+    float direct;  // d loss / d logp through everything but the ratio
+    float drho;    // d loss / d rho
+    float rho;     // the ratio used
+    float k3;      // the KL term as TRL logs it (k3, times the ratio when bias-corrected)
+    float e;       // the top-entropy mask
+    float low, high;
+};
+
+__device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, float a, float rho_seq,
+                                                float threshold) {
+    const float l = reinterpret_cast<const float*>(p.logp)[t];
+    const float old = p.old_logp ? reinterpret_cast<const float*>(p.old_logp)[t] : l;
+    const float h = p.entropy ? reinterpret_cast<const float*>(p.entropy)[t] : 0.f;
+    const float v = p.is_weights ? reinterpret_cast<const float*>(p.is_weights)[t] : 1.f;
+    const float rho = (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) ? rho_seq : expf(l - old);
+    // c1: the (delta-capped) unclipped ratio; clamp backward passes the gradient on closed bounds.
+    const bool capped = (p.flags & PREFK_GRPO_FLAG_DELTA) && rho > p.delta;
+    const float c1 = capped ? p.delta : rho;
+    const float dc1 = capped ? 0.f : 1.f;
+    float pg, dpg_drho = 0.f, dpg_dl = 0.f;
+    switch (p.surrogate) {
+        case PREFK_GRPO_SURR_CISPO: {
+            const float c = fminf(rho, p.eps_high);  // detached
+            pg = -c * a * l;
+            dpg_dl = -c * a;
+            break;
+        }
+        case PREFK_GRPO_SURR_SAPO: {
+            const float tau = a > 0.f ? p.tau_pos : p.tau_neg;
+            const float s = grpo_sigmoid(tau * (rho - 1.f));
+            pg = -s * (4.f / tau) * a;
+            dpg_drho = -4.f * s * (1.f - s) * a;
+            break;
+        }
+        default: {
+            const float lo = 1.f - p.eps_low, hi = 1.f + p.eps_high;
+            const float c2 = fminf(fmaxf(rho, lo), hi);
+            const float dc2 = (rho >= lo && rho <= hi) ? 1.f : 0.f;
+            const float l1 = c1 * a, l2 = c2 * a;
+            // torch.minimum's backward: the smaller side, half each on a tie.
+            const float d = l1 < l2 ? dc1 * a : (l2 < l1 ? dc2 * a : 0.5f * (dc1 + dc2) * a);
+            pg = -fminf(l1, l2);
+            dpg_drho = -d;
+        }
+    }
+    const float e = h >= threshold ? 1.f : 0.f;
+    float k3 = 0.f, dk3 = 0.f;
+    if (p.beta != 0.f) {
+        const float r = reinterpret_cast<const float*>(p.ref_logp)[t] - l;
+        const float er = expf(r);
+        k3 = (er - r) - 1.f;
+        dk3 = 1.f - er;
+    }
+    const bool bias = p.flags & PREFK_GRPO_FLAG_BIAS_KL;
+    const float kl = bias ? k3 * c1 : k3;
+    const float dkl_dl = bias ? dk3 * c1 : dk3;
+    const float dkl_drho = bias ? k3 * dc1 : 0.f;
+    GrpoToken o;
+    // TRL's order: the entropy mask and the vLLM weight multiply the policy term; the KL is added
+    // after both.
+    o.loss = pg * e * v + p.beta * kl;
+    o.direct = dpg_dl * e * v + p.beta * dkl_dl;
+    o.drho = dpg_drho * e * v + p.beta * dkl_drho;
+    o.rho = rho;
+    o.k3 = kl;
+    o.e = e;
+    // Clip metrics on the (delta-capped) ratio; CISPO logs its cap (cispo_clip_ratio, in `high`),
+    // SAPO none.
+    o.low = p.surrogate == PREFK_GRPO_SURR_CLIP && c1 < 1.f - p.eps_low && a < 0.f ? 1.f : 0.f;
+    o.high = p.surrogate == PREFK_GRPO_SURR_SAPO ? 0.f
+             : (p.surrogate == PREFK_GRPO_SURR_CISPO ? rho > p.eps_high : c1 > 1.f + p.eps_high) && a > 0.f ? 1.f : 0.f;
+    return o;
+}
+
+__device__ __forceinline__ bool grpo_counts(const GrpoParams& p, int64_t t) {
+    return !p.mask || reinterpret_cast<const uint8_t*>(p.mask)[t] != 0;
+}
+
+// ---- top-entropy threshold -------------------------------------------------------------------------
+// Order-preserving u32 key of a float (negative values flipped, positive ones offset).
+__device__ __forceinline__ uint32_t order_key(float x) {
+    const uint32_t b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
+// Integer block sum of K counters, fixed order (every thread gets the totals).
+template <int K>
+__device__ __forceinline__ void block_count(unsigned long long (&v)[K], unsigned long long* scratch) {
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0)
+#pragma unroll
+        for (int k = 0; k < K; ++k) scratch[warp * K + k] = v[k];
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        unsigned long long acc = 0;
+        for (int w = 0; w < GRPO_THREADS / 32; ++w) acc += scratch[w * K + k];
+        v[k] = acc;
+    }
+}
+
+// The k-th smallest (0-based) key among the completion tokens, 4 bits per pass from the top.
+__device__ uint32_t select_key(const GrpoParams& p, unsigned long long k, unsigned long long* scratch) {
+    const float* h = reinterpret_cast<const float*>(p.entropy);
+    uint32_t prefix = 0, known = 0;
+    for (int shift = 28; shift >= 0; shift -= 4) {
+        unsigned long long c[16] = {};
+        for (int64_t s = 0; s < p.n_seqs; ++s) {
+            int64_t begin, end;
+            seq_range(p.cu_seqlens, p.seq_len, p.n_tokens, s, 0, begin, end);
+            for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) {
+                if (!grpo_counts(p, t)) continue;
+                const uint32_t key = order_key(h[t]);
+                if ((key & known) != prefix) continue;
+                const uint32_t digit = (key >> shift) & 15u;
+#pragma unroll
+                for (int d = 0; d < 16; ++d) c[d] += digit == (uint32_t)d ? 1ull : 0ull;
+            }
+        }
+        block_count<16>(c, scratch);
+        uint32_t digit = 15;
+        for (uint32_t d = 0; d < 16; ++d) {  // same values in every thread: a uniform decision
+            if (k < c[d]) { digit = d; break; }
+            k -= c[d];
+        }
+        prefix |= digit << shift;
+        known |= 15u << shift;
+    }
+    return prefix;
+}
+
+PREFK_KERNEL(grpo_entropy_threshold, GrpoParams, GRPO_THREADS) {
+    PREFK_SHARED_ARRAY(unsigned long long, scratch, (GRPO_THREADS / 32) * 16);
+    unsigned long long n[1] = {0};
+    for (int64_t s = 0; s < p.n_seqs; ++s) {
+        int64_t begin, end;
+        seq_range(p.cu_seqlens, p.seq_len, p.n_tokens, s, p.status, begin, end);
+        for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) n[0] += grpo_counts(p, t) ? 1ull : 0ull;
+    }
+    block_count<1>(n, scratch);
+    float threshold = -INFINITY;
+    if (n[0] > 0) {
+        // torch.quantile in f32: rank q (n - 1), linear interpolation between its neighbours.
+        const float rank = p.quantile * (float)(n[0] - 1);
+        const float lo_rank = floorf(rank);
+        const unsigned long long lo = (unsigned long long)lo_rank;
+        const unsigned long long hi = lo + 1 < n[0] && rank > lo_rank ? lo + 1 : lo;
+        const float a = key_value(select_key(p, lo, scratch));
+        const float b = hi == lo ? a : key_value(select_key(p, hi, scratch));
+        const float w = rank - lo_rank;
+        threshold = w < 0.5f ? a + w * (b - a) : b - (b - a) * (1.f - w);  // torch.lerp
+    }
+    if (threadIdx.x == 0) *reinterpret_cast<float*>(p.threshold) = threshold;
+}
+
+__device__ __forceinline__ float grpo_threshold(const GrpoParams& p) {
+    return (p.flags & PREFK_GRPO_FLAG_ENTROPY_MASK) ? *reinterpret_cast<const float*>(p.threshold) : -INFINITY;
+}
+
+// ---- per-sequence sums -----------------------------------------------------------------------------
+PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
+    PREFK_SHARED_ARRAY(float, scratch, (GRPO_THREADS / 32) * 8);
+    const float* logp = reinterpret_cast<const float*>(p.logp);
+    const float* old = reinterpret_cast<const float*>(p.old_logp);
+    const float threshold = grpo_threshold(p);
+    for (int64_t s = blockIdx.x; s < p.n_seqs; s += gridDim.x) {
+        int64_t begin, end;
+        seq_range(p.cu_seqlens, p.seq_len, p.n_tokens, s, p.status, begin, end);
+        // Pass 1: the length and the summed log-ratio (the sequence ratio needs both).
+        float c[2] = {0.f, 0.f};
+        for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) {
+            if (!grpo_counts(p, t)) continue;
+            c[0] += 1.f;
+            c[1] += old ? logp[t] - old[t] : 0.f;
+        }
+        block_sum<GRPO_THREADS, 2>(c, scratch);
+        const float rho_seq = expf(c[1] / fmaxf(c[0], 1.f));
+        const float a = reinterpret_cast<const float*>(p.advantages)[s];
+        // Pass 2: every token's loss, the ratio's gradient share and the metric terms.
+        float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+        for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) {
+            if (!grpo_counts(p, t)) continue;
+            const GrpoToken g = grpo_token(p, t, a, rho_seq, threshold);
+            const float h = p.entropy ? reinterpret_cast<const float*>(p.entropy)[t] : 0.f;
+            v[0] += g.loss;
+            v[1] += g.drho;
+            v[2] += g.k3;
+            v[3] += h;
+            v[4] += g.low;
+            v[5] += g.high;
+            v[6] += g.e;
+            v[7] += g.e * h;
+        }
+        block_sum<GRPO_THREADS, 8>(v, scratch);
+        if (threadIdx.x == 0) {
+            float* row = reinterpret_cast<float*>(p.seq_work) + s * PREFK_GRPO_SEQ_FIELDS;
+            row[PREFK_GRPO_COUNT] = c[0];
+            row[PREFK_GRPO_DSUM] = c[1];
+            row[PREFK_GRPO_RHO] = rho_seq;
+            row[PREFK_GRPO_LOSS] = v[0];
+            row[PREFK_GRPO_CROSS] = v[1];
+            row[PREFK_GRPO_KL] = v[2];
+            row[PREFK_GRPO_ENTROPY] = v[3];
+            row[PREFK_GRPO_LOW] = v[4];
+            row[PREFK_GRPO_HIGH] = v[5];
+            row[PREFK_GRPO_WEIGHT] = 0.f;
+            row[PREFK_GRPO_ECOUNT] = v[6];
+            row[PREFK_GRPO_EH] = v[7];
+            row[PREFK_GRPO_EWEIGHT] = 0.f;
+        }
+    }
+}
+
+// ---- batch: aggregation weights, loss, metrics ------------------------------------------------------
+// The entropy bonus is aggregated as TRL does: over the effective mask (completion and top-entropy
+// masks), divided by the dapo/cispo normalizer, or else by the effective token count.
+PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
+    PREFK_SHARED_ARRAY(float, scratch, (GRPO_THREADS / 32) * 6);
+    float* work = reinterpret_cast<float*>(p.seq_work);
+    float n[2] = {0.f, 0.f};
+    for (int64_t s = threadIdx.x; s < p.n_seqs; s += GRPO_THREADS) {
+        n[0] += work[s * PREFK_GRPO_SEQ_FIELDS + PREFK_GRPO_COUNT];
+        n[1] += work[s * PREFK_GRPO_SEQ_FIELDS + PREFK_GRPO_ECOUNT];
+    }
+    block_sum<GRPO_THREADS, 2>(n, scratch);
+    const float total = fmaxf(n[0], 1.f);
+    const float n_seqs = (float)p.n_seqs;
+    const bool per_normalizer = p.agg == PREFK_GRPO_AGG_CONSTANT_OR_TOKENS;
+    const float normalizer = p.agg_param > 0.f ? p.agg_param : total;
+    const float ew = per_normalizer ? 1.f / normalizer : 1.f / fmaxf(n[1], 1.f);
+    float v[6] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int64_t s = threadIdx.x; s < p.n_seqs; s += GRPO_THREADS) {
+        float* row = work + s * PREFK_GRPO_SEQ_FIELDS;
+        float w;
+        switch (p.agg) {
+            case PREFK_GRPO_AGG_SEQ_MEAN: w = 1.f / (n_seqs * fmaxf(row[PREFK_GRPO_COUNT], 1.f)); break;
+            case PREFK_GRPO_AGG_TOKEN_MEAN: w = 1.f / total; break;
+            case PREFK_GRPO_AGG_CONSTANT: w = 1.f / (n_seqs * p.agg_param); break;
+            default: w = 1.f / normalizer;
+        }
+        row[PREFK_GRPO_WEIGHT] = w;
+        row[PREFK_GRPO_EWEIGHT] = ew;
+        v[0] += w * row[PREFK_GRPO_LOSS];
+        v[1] += row[PREFK_GRPO_KL];
+        v[2] += row[PREFK_GRPO_ENTROPY];
+        v[3] += row[PREFK_GRPO_LOW];
+        v[4] += row[PREFK_GRPO_HIGH];
+        v[5] += row[PREFK_GRPO_EH];
+    }
+    block_sum<GRPO_THREADS, 6>(v, scratch);
+    if (threadIdx.x == 0) {
+        float* m = reinterpret_cast<float*>(p.metrics);
+        m[0] = v[0] - p.entropy_coef * ew * v[5];
+        m[1] = v[1] / total;
+        m[2] = v[2] / total;
+        m[3] = v[3] / total;
+        m[4] = v[4] / total;
+        m[5] = (v[3] + v[4]) / total;
+        m[6] = v[0];  // the policy loss without the entropy bonus (TRL `policy_loss`)
+        m[7] = 0.f;
+    }
+}
+
+// ---- per-token gradient ----------------------------------------------------------------------------
+PREFK_KERNEL(grpo_token_grad, GrpoParams, GRPO_THREADS) {
+    float* grad = reinterpret_cast<float*>(p.grad_logp);
+    float* grad_h = reinterpret_cast<float*>(p.grad_entropy);
+    const float threshold = grpo_threshold(p);
+    const bool seq_is = p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS;
+    for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < p.n_tokens;
+         t += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t s = seq_of_token(p.cu_seqlens, p.seq_len, p.n_seqs, t);
+        if (s < 0 || !grpo_counts(p, t)) {
+            grad[t] = 0.f;
+            if (grad_h) grad_h[t] = 0.f;
+            continue;
+        }
+        const float* row = reinterpret_cast<const float*>(p.seq_work) + s * PREFK_GRPO_SEQ_FIELDS;
+        const float w = row[PREFK_GRPO_WEIGHT] * p.grad_scale;
+        const float a = reinterpret_cast<const float*>(p.advantages)[s];
+        const GrpoToken g = grpo_token(p, t, a, row[PREFK_GRPO_RHO], threshold);
+        // Sequence ratio: d rho_s / d logp_t = rho_s / N_s for every counted token of s.
+        const float via_rho = seq_is ? row[PREFK_GRPO_CROSS] * row[PREFK_GRPO_RHO] / fmaxf(row[PREFK_GRPO_COUNT], 1.f)
+                                     : g.drho * g.rho;
+        grad[t] = w * (g.direct + via_rho);
+        if (grad_h) grad_h[t] = -p.entropy_coef * row[PREFK_GRPO_EWEIGHT] * g.e * p.grad_scale;
+    }
+}
