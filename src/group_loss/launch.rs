@@ -4,7 +4,7 @@ use super::{GroupLoss, KtoKl, GROUP_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::{GroupLossParams, TokenGradParams};
 use crate::runtime::args::check_ptr;
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::launch::check_tokens;
@@ -225,11 +225,21 @@ impl Gpu {
             unsafe { self.group_loss_raw(stream.raw(), &tp, tokens.logp.len(), layout, loss, grad_scale, &ptrs) }?;
         }
         check_status(status.read(stream)?)?;
-        let m = stream.clone_dtoh(&metrics)?;
-        let mut seq_values = stream.clone_dtoh(&seq_out)?;
-        seq_values.truncate(n_seqs);
-        let mut out = GroupLossOutputs { loss: m[0], metrics: [0.0; GROUP_METRICS_LEN], seq_values };
-        out.metrics.copy_from_slice(&m[..GROUP_METRICS_LEN]);
-        Ok(out)
+        read_group_outputs(stream, &metrics, &seq_out, n_seqs)
     }
+}
+
+/// Reads the metrics and the per-sequence values back.
+pub(crate) fn read_group_outputs(
+    stream: &Stream,
+    metrics: &DeviceBuffer<f32>,
+    seq_out: &DeviceBuffer<f32>,
+    n_seqs: usize,
+) -> Result<GroupLossOutputs> {
+    let m = stream.clone_dtoh(metrics)?;
+    let mut seq_values = stream.clone_dtoh(seq_out)?;
+    seq_values.truncate(n_seqs);
+    let mut out = GroupLossOutputs { loss: m[0], metrics: [0.0; GROUP_METRICS_LEN], seq_values };
+    out.metrics.copy_from_slice(&m[..GROUP_METRICS_LEN]);
+    Ok(out)
 }

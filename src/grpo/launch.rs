@@ -5,7 +5,7 @@ use super::{GrpoConfig, ImportanceLevel, GRPO_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::{GrpoParams, GRPO_SEQ_FIELDS};
 use crate::runtime::args::check_ptr;
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::registry::GRPO_THREADS;
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -269,11 +269,16 @@ impl Gpu {
             unsafe { self.grpo_loss_raw(stream.raw(), &ptrs, n, layout, cfg) }?;
         }
         check_status(status.read(stream)?)?;
-        let m = stream.clone_dtoh(&metrics)?;
-        let mut out = GrpoOutputs { loss: m[0], metrics: [0.0; GRPO_METRICS_LEN] };
-        out.metrics.copy_from_slice(&m[..GRPO_METRICS_LEN]);
-        Ok(out)
+        read_grpo_outputs(stream, &metrics)
     }
+}
+
+/// Reads the metrics array back.
+pub(crate) fn read_grpo_outputs(stream: &Stream, metrics: &DeviceBuffer<f32>) -> Result<GrpoOutputs> {
+    let m = stream.clone_dtoh(metrics)?;
+    let mut out = GrpoOutputs { loss: m[0], metrics: [0.0; GRPO_METRICS_LEN] };
+    out.metrics.copy_from_slice(&m[..GRPO_METRICS_LEN]);
+    Ok(out)
 }
 
 #[cfg(test)]

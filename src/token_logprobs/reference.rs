@@ -111,3 +111,37 @@ pub fn backward<T: LogitElement, I: TargetIndex>(
     }
     Ok(grad)
 }
+
+/// Backward reference with an entropy gradient: d/dlogits of
+/// `Σ_r grad_logp[r] logp[r] + grad_entropy[r] H[r]`, dense `[n_rows, vocab]`. The entropy part is
+/// `−grad_entropy · p_v (log p_v + H) / T` (p_v = 0 contributes 0).
+pub fn backward_with_entropy<T: LogitElement, I: TargetIndex>(
+    logits: &[T],
+    layout: LogitsLayout,
+    targets: &[I],
+    grad_logp: &[f32],
+    grad_entropy: &[f32],
+    cfg: &TokenLogprobsConfig,
+) -> Result<Vec<f64>> {
+    let mut grad = backward(logits, layout, targets, grad_logp, cfg)?;
+    ensure_len("grad_entropy", grad_entropy.len(), layout.n_rows)?;
+    let fwd = forward(logits, layout, targets, cfg)?;
+    let inv_t = 1.0 / cfg.temperature as f64;
+    let v_len = layout.vocab;
+    for (r, target) in targets.iter().enumerate() {
+        if checked_target(r, target.to_i64(), v_len, cfg.ignore_index)?.is_none() {
+            continue;
+        }
+        let start = r * layout.row_stride;
+        let (logp, _) = row_log_softmax(&logits[start..start + v_len], inv_t);
+        let coef = grad_entropy[r] as f64 * inv_t;
+        let h = fwd.entropy[r];
+        for (v, g) in grad[r * v_len..(r + 1) * v_len].iter_mut().enumerate() {
+            let p = logp[v].exp();
+            if p > 0.0 {
+                *g -= coef * p * (logp[v] + h);
+            }
+        }
+    }
+    Ok(grad)
+}
