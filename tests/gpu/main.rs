@@ -17,6 +17,7 @@ use pref_kernels::{Backend, BackendKind, Gpu};
 
 mod backends;
 mod common;
+mod group;
 mod pref_loss;
 mod prefix_attn;
 mod token_logprobs;
@@ -48,6 +49,7 @@ fn main() {
     let cases: Vec<Case> = token_logprobs::cases()
         .into_iter()
         .chain(pref_loss::cases())
+        .chain(group::cases())
         .chain(prefix_attn::cases())
         .chain(backends::cases())
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
