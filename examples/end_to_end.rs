@@ -4,7 +4,9 @@
 //! every output against the f64 reference, then (on a GPU) timings:
 //! token log-probs (forward, backward, entropy), per-sequence reductions, and the whole DPO and
 //! TAB-PO steps (logits → logp → sequence scores → loss → d/dlogits) with per-stage timings, and
-//! shared-prefix group attention (one prompt shared by G responses) forward and backward.
+//! shared-prefix group attention (one prompt shared by G responses) forward and backward, and a
+//! GRPO group: one prompt shared by G sampled responses through the shared-prefix attention
+//! (forward and backward) and the GRPO loss step from logits, with group advantages.
 //!
 //! `cargo run --release --example end_to_end [-- --cpu] [--pairs P --seq-len L --vocab V]`
 //! (`--cpu`: the f64 reference alone; `PREF_KERNELS_BACKEND=cuda|emulator` forces a backend).
@@ -18,7 +20,9 @@ use pref_kernels::prefix_attn::{
 use pref_kernels::seq_reduce::{
     reference as reduce_ref, DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs,
 };
-use pref_kernels::step::{GradLogits, StepBatch};
+use pref_kernels::grpo::reference::{grpo_loss as grpo_ref, GrpoTokens};
+use pref_kernels::grpo::{group_advantages, GrpoConfig, Groups, ScaleRewards, GRPO_METRIC_NAMES};
+use pref_kernels::step::{GradLogits, GrpoStepBatch, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
 use pref_kernels::{Backend, BackendKind, Gpu, LogitsLayout, TokenLogprobsConfig};
 
@@ -102,6 +106,7 @@ fn main() -> pref_kernels::Result<()> {
     if let Some(d) = &device {
         println!("backend: {} ({d:?})", d.backend().name());
         verify_against_reference(d)?;
+        grpo_group(d)?;
     }
     let gpu = device.filter(|d| d.backend() == BackendKind::Cuda);
     // GPU default: the DPO batch (8 pairs x 1024 tokens, V = 128256); CPU: a small one.
@@ -622,5 +627,120 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// A GRPO group: one prompt of P tokens shared by G sampled responses of R tokens. The attention
+/// runs on the shared-prefix layout (prompt once, each response attending to it and to itself),
+/// forward and backward; the loss is TRL's default GRPO (`dapo`, eps 0.2) with a KL term and an
+/// entropy bonus, from the responses' logits in one step; advantages from rewards per response
+/// (group-scaled, as TRL). Every result is checked against the f64 reference.
+fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
+    let on_gpu = gpu.backend() == BackendKind::Cuda;
+    let (p, g, r, vocab) = if on_gpu { (1024, 8, 256, 32000) } else { (96, 4, 24, 4099) };
+    let s = gpu.default_stream();
+    let t0 = Instant::now();
+    // Attention over the shared-prefix layout.
+    let shape = AttnShape::new(4, 2, 64);
+    let layout = SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: p, resp_lens: vec![r; g] }])?;
+    let t = layout.total_tokens();
+    let dup: usize = layout.duplicated_lengths().iter().map(|&n| n * (n + 1) / 2).sum();
+    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+    let mut st = 0x9E37_79B9_7F4A_7C15u64;
+    let mut rnd = |n: usize| random_bf16(n, &mut st);
+    let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
+    let dl = gpu.upload_prefix_layout(&s, &layout)?;
+    let (dq_, dk_, dv_, ddo) = (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
+    let mut o = s.alloc_zeros::<bf16>(t * wq)?;
+    let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
+    gpu.prefix_attn_forward(&s, &dq_.as_view(), &dk_.as_view(), &dv_.as_view(), &dl, shape, &mut o.as_view_mut(), &mut alse.as_view_mut())?;
+    let (mut gq, mut gk, mut gv) =
+        (s.alloc_zeros::<bf16>(t * wq)?, s.alloc_zeros::<bf16>(t * wk)?, s.alloc_zeros::<bf16>(t * wk)?);
+    let saved = AttnSaved { q: dq_.as_view(), k: dk_.as_view(), v: dv_.as_view(), o: o.as_view(), lse: alse.as_view() };
+    gpu.prefix_attn_backward(&s, &saved, &ddo.as_view(), &dl, shape, &mut gq.as_view_mut(), &mut gk.as_view_mut(), &mut gv.as_view_mut())?;
+    let fwd = attn_ref::forward(&q, &k, &v, &layout, &shape)?;
+    let grads = attn_ref::backward(&q, &k, &v, &dout, &layout, &shape)?;
+    let b16 = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+    println!(
+        "GRPO group: prompt P = {p} shared by G = {g} responses of R = {r} tokens on the {} backend",
+        gpu.backend().name()
+    );
+    println!(
+        "  shared-prefix attention: {t} packed tokens vs {} duplicated; attended pairs {} vs {dup} duplicated ({:.2}x fewer); max |diff| O {:.2e}, dQ {:.2e}, dK {:.2e}, dV {:.2e}",
+        g * (p + r),
+        layout.attended_pairs(),
+        dup as f64 / layout.attended_pairs() as f64,
+        max_diff(b16(s.clone_dtoh(&o)?), fwd.o.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gq)?), grads.dq.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gk)?), grads.dk.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gv)?), grads.dv.iter().copied())
+    );
+    // The responses' logits (synthetic: the LM head is the trainer's), the rollout's log-probs,
+    // rewards -> group advantages, then the GRPO step.
+    let n = g * r;
+    let llayout = LogitsLayout::contiguous(n, vocab);
+    let data = synthetic(g, r, vocab);
+    let rewards: Vec<f32> = (0..g).map(|i| ((i * 37) % 11) as f32 / 10.0).collect();
+    let adv = group_advantages(&rewards, &[1.0], Groups::Uniform(g), ScaleRewards::Group)?;
+    let token_cfg = TokenLogprobsConfig::default();
+    let want_fwd = tl_ref::forward(&data.logits, llayout, &data.targets, &token_cfg)?;
+    // The rollout and the reference near the policy, as in training (a few clipped ratios).
+    let near = |step: f32, m: usize| -> Vec<f32> {
+        want_fwd.logp.iter().enumerate().map(|(i, &l)| l as f32 + ((i % m) as f32 - (m / 2) as f32) * step).collect()
+    };
+    let (old, reference) = (near(0.05, 13), near(0.04, 7));
+    let cfg = GrpoConfig { beta: 0.04, entropy_coef: 0.01, ..GrpoConfig::trl() };
+    let (targets, mask, dold, dref, dadv) = (
+        s.clone_htod(&data.targets)?,
+        s.clone_htod(&data.mask)?,
+        s.clone_htod(&old)?,
+        s.clone_htod(&reference)?,
+        s.clone_htod(&adv)?,
+    );
+    let mut logits = s.clone_htod(&data.logits)?;
+    let batch = GrpoStepBatch {
+        layout: llayout,
+        targets: targets.as_view(),
+        mask: Some(mask.as_view()),
+        old_logp: Some(dold.as_view()),
+        ref_logp: Some(dref.as_view()),
+        is_weights: None,
+        advantages: dadv.as_view(),
+        seqs: DeviceSeqs::Padded { n_seqs: g, seq_len: r },
+    };
+    let out = gpu.grpo_step(&s, &mut logits.as_view_mut(), &batch, &token_cfg, &cfg, GradLogits::InPlace)?;
+    let logp = s.clone_dtoh(&out.logp)?;
+    let entropy = s.clone_dtoh(out.entropy.as_ref().expect("the GRPO step returns entropy"))?;
+    let toks = GrpoTokens {
+        logp: &logp[..n],
+        old_logp: Some(&old),
+        ref_logp: Some(&reference),
+        mask: Some(&data.mask),
+        is_weights: None,
+        entropy: Some(&entropy[..n]),
+    };
+    let want = grpo_ref(&toks, &SeqLayout::Padded { n_seqs: g, seq_len: r }, &adv, &cfg)?;
+    let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
+    let ge: Vec<f32> = want.grad_entropy.iter().map(|&x| x as f32).collect();
+    let want_dl = tl_ref::backward_with_entropy(&data.logits, llayout, &data.targets, &gl, &ge, &token_cfg)?;
+    println!("  advantages {adv:?}");
+    let d_logp = max_diff(logp[..n].iter().map(|&x| x as f64), want_fwd.logp.iter().copied());
+    let d_ent = max_diff(entropy[..n].iter().map(|&x| x as f64), want_fwd.entropy.iter().copied());
+    let d_logits = max_diff(b16(s.clone_dtoh(&logits)?), want_dl.iter().copied());
+    println!(
+        "  GRPO step (dapo, beta 0.04, entropy bonus 0.01): loss {:.6} (reference {:.6}); max |diff| logp {d_logp:.2e}, entropy {d_ent:.2e}, d/dlogits {d_logits:.2e}",
+        out.loss.loss, want.loss,
+    );
+    for (k, name) in GRPO_METRIC_NAMES.iter().enumerate() {
+        println!("    {name:<24} {:>12.6}   (reference {:.6})", out.loss.metrics[k], want.metrics[k]);
+    }
+    // The main job fails, not just prints, when the kernels leave the tolerances of the tests.
+    let metrics_diff = max_diff(out.loss.metrics.iter().take(7).map(|&x| x as f64), want.metrics.iter().take(7).copied());
+    for (what, diff, tol) in [("logp", d_logp, 1e-3), ("entropy", d_ent, 1e-3), ("d/dlogits", d_logits, 1e-2), ("metrics", metrics_diff, 1e-3)] {
+        if !(diff <= tol) {
+            return Err(pref_kernels::Error::KernelCheck(format!("GRPO group: {what} differs from the reference by {diff:e} (> {tol:e})")));
+        }
+    }
+    println!("  GRPO group verified in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
