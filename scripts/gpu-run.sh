@@ -47,7 +47,7 @@ fi
 if want sanitize; then
   { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
     for tool in memcheck racecheck; do
-      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64; do
+      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity; do
         PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
           run 25 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
       done
@@ -60,6 +60,7 @@ if want bench; then
     run 60 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 25 device-bin/bench-pref_step --bench gpu "${short[@]}"
     run 25 device-bin/bench-prefix_attn --bench gpu "${short[@]}"
+    run 15 device-bin/bench-group_loss --bench gpu "${short[@]}"
     echo '```'; echo; echo '### Main job'; echo '```'
     PREF_KERNELS_BACKEND=cuda run 20 device-bin/end_to_end
     echo '```'; } | log
