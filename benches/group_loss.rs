@@ -31,8 +31,12 @@ fn cpu_grpo(c: &mut Criterion) {
     g.sample_size(10).measurement_time(Duration::from_secs(2));
     for seqs in [16usize, 128] {
         let n = seqs * SEQ_LEN;
-        let (logp, old, reference, entropy) =
-            (pseudo(n, 1, -6.0, -0.01), pseudo(n, 2, -6.0, -0.01), pseudo(n, 3, -6.0, -0.01), pseudo(n, 4, 0.0, 5.0));
+        let (logp, old, reference, entropy) = (
+            pseudo(n, 1, -6.0, -0.01),
+            pseudo(n, 2, -6.0, -0.01),
+            pseudo(n, 3, -6.0, -0.01),
+            pseudo(n, 4, 0.0, 5.0),
+        );
         let adv = pseudo(seqs, 5, -1.0, 1.0);
         let tokens = GrpoTokens {
             logp: &logp,
@@ -61,8 +65,12 @@ fn gpu_grpo(c: &mut Criterion) {
     for seqs in [16usize, 128, 1024] {
         let n = seqs * SEQ_LEN;
         let up = |v: Vec<f32>| s.clone_htod(&v).unwrap();
-        let (logp, old, reference, entropy) =
-            (up(pseudo(n, 1, -6.0, -0.01)), up(pseudo(n, 2, -6.0, -0.01)), up(pseudo(n, 3, -6.0, -0.01)), up(pseudo(n, 4, 0.0, 5.0)));
+        let (logp, old, reference, entropy) = (
+            up(pseudo(n, 1, -6.0, -0.01)),
+            up(pseudo(n, 2, -6.0, -0.01)),
+            up(pseudo(n, 3, -6.0, -0.01)),
+            up(pseudo(n, 4, 0.0, 5.0)),
+        );
         let adv = up(pseudo(seqs, 5, -1.0, 1.0));
         let mut grad = s.alloc_zeros::<f32>(n).unwrap();
         let mut grad_h = s.alloc_zeros::<f32>(n).unwrap();

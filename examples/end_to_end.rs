@@ -13,6 +13,8 @@
 use std::time::Instant;
 
 use half::bf16;
+use pref_kernels::grpo::reference::{grpo_loss as grpo_ref, GrpoTokens};
+use pref_kernels::grpo::{group_advantages, Groups, GrpoConfig, ScaleRewards, GRPO_METRIC_NAMES};
 use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
 use pref_kernels::prefix_attn::{
     reference as attn_ref, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
@@ -20,8 +22,6 @@ use pref_kernels::prefix_attn::{
 use pref_kernels::seq_reduce::{
     reference as reduce_ref, DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs,
 };
-use pref_kernels::grpo::reference::{grpo_loss as grpo_ref, GrpoTokens};
-use pref_kernels::grpo::{group_advantages, GrpoConfig, Groups, ScaleRewards, GRPO_METRIC_NAMES};
 use pref_kernels::step::{GradLogits, GrpoStepBatch, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
 use pref_kernels::{Backend, BackendKind, Gpu, LogitsLayout, TokenLogprobsConfig};
@@ -642,7 +642,8 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
     let t0 = Instant::now();
     // Attention over the shared-prefix layout.
     let shape = AttnShape::new(4, 2, 64);
-    let layout = SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: p, resp_lens: vec![r; g] }])?;
+    let layout =
+        SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: p, resp_lens: vec![r; g] }])?;
     let t = layout.total_tokens();
     let dup: usize = layout.duplicated_lengths().iter().map(|&n| n * (n + 1) / 2).sum();
     let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
@@ -650,14 +651,39 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
     let mut rnd = |n: usize| random_bf16(n, &mut st);
     let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
     let dl = gpu.upload_prefix_layout(&s, &layout)?;
-    let (dq_, dk_, dv_, ddo) = (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
+    let (dq_, dk_, dv_, ddo) =
+        (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
     let mut o = s.alloc_zeros::<bf16>(t * wq)?;
     let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
-    gpu.prefix_attn_forward(&s, &dq_.as_view(), &dk_.as_view(), &dv_.as_view(), &dl, shape, &mut o.as_view_mut(), &mut alse.as_view_mut())?;
+    gpu.prefix_attn_forward(
+        &s,
+        &dq_.as_view(),
+        &dk_.as_view(),
+        &dv_.as_view(),
+        &dl,
+        shape,
+        &mut o.as_view_mut(),
+        &mut alse.as_view_mut(),
+    )?;
     let (mut gq, mut gk, mut gv) =
         (s.alloc_zeros::<bf16>(t * wq)?, s.alloc_zeros::<bf16>(t * wk)?, s.alloc_zeros::<bf16>(t * wk)?);
-    let saved = AttnSaved { q: dq_.as_view(), k: dk_.as_view(), v: dv_.as_view(), o: o.as_view(), lse: alse.as_view() };
-    gpu.prefix_attn_backward(&s, &saved, &ddo.as_view(), &dl, shape, &mut gq.as_view_mut(), &mut gk.as_view_mut(), &mut gv.as_view_mut())?;
+    let saved = AttnSaved {
+        q: dq_.as_view(),
+        k: dk_.as_view(),
+        v: dv_.as_view(),
+        o: o.as_view(),
+        lse: alse.as_view(),
+    };
+    gpu.prefix_attn_backward(
+        &s,
+        &saved,
+        &ddo.as_view(),
+        &dl,
+        shape,
+        &mut gq.as_view_mut(),
+        &mut gk.as_view_mut(),
+        &mut gv.as_view_mut(),
+    )?;
     let fwd = attn_ref::forward(&q, &k, &v, &layout, &shape)?;
     let grads = attn_ref::backward(&q, &k, &v, &dout, &layout, &shape)?;
     let b16 = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<_>>();
@@ -686,7 +712,12 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
     let want_fwd = tl_ref::forward(&data.logits, llayout, &data.targets, &token_cfg)?;
     // The rollout and the reference near the policy, as in training (a few clipped ratios).
     let near = |step: f32, m: usize| -> Vec<f32> {
-        want_fwd.logp.iter().enumerate().map(|(i, &l)| l as f32 + ((i % m) as f32 - (m / 2) as f32) * step).collect()
+        want_fwd
+            .logp
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| l as f32 + ((i % m) as f32 - (m / 2) as f32) * step)
+            .collect()
     };
     let (old, reference) = (near(0.05, 13), near(0.04, 7));
     let cfg = GrpoConfig { beta: 0.04, entropy_coef: 0.01, ..GrpoConfig::trl() };
@@ -735,10 +766,18 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
         println!("    {name:<24} {:>12.6}   (reference {:.6})", out.loss.metrics[k], want.metrics[k]);
     }
     // The main job fails, not just prints, when the kernels leave the tolerances of the tests.
-    let metrics_diff = max_diff(out.loss.metrics.iter().take(7).map(|&x| x as f64), want.metrics.iter().take(7).copied());
-    for (what, diff, tol) in [("logp", d_logp, 1e-3), ("entropy", d_ent, 1e-3), ("d/dlogits", d_logits, 1e-2), ("metrics", metrics_diff, 1e-3)] {
-        if !(diff <= tol) {
-            return Err(pref_kernels::Error::KernelCheck(format!("GRPO group: {what} differs from the reference by {diff:e} (> {tol:e})")));
+    let metrics_diff =
+        max_diff(out.loss.metrics.iter().take(7).map(|&x| x as f64), want.metrics.iter().take(7).copied());
+    for (what, diff, tol) in [
+        ("logp", d_logp, 1e-3),
+        ("entropy", d_ent, 1e-3),
+        ("d/dlogits", d_logits, 1e-2),
+        ("metrics", metrics_diff, 1e-3),
+    ] {
+        if diff.is_nan() || diff > tol {
+            return Err(pref_kernels::Error::KernelCheck(format!(
+                "GRPO group: {what} differs from the reference by {diff:e} (> {tol:e})"
+            )));
         }
     }
     println!("  GRPO group verified in {:.1} s", t0.elapsed().as_secs_f64());

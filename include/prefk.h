@@ -50,6 +50,45 @@ int32_t prefk_preference_loss(int32_t device, uint64_t stream, uint64_t logp, ui
 
 int64_t prefk_preference_loss_workspace_len(int64_t n_seqs, int64_t n_pairs);
 
+/* GRPO family (see src/grpo): loss_type 0 grpo, 1 bnpo, 2 dr_grpo, 3 dapo, 4 cispo, 5 sapo;
+ * importance 0 token, 1 sequence (GSPO); delta 0 = no cap; agg_param: dr_grpo's
+ * max_completion_length, or the dapo/cispo normalizer (0 = the local token count). */
+typedef struct PrefkGrpoConfig {
+    uint32_t loss_type;
+    uint32_t importance;
+    float epsilon_low;
+    float epsilon_high;
+    float delta;
+    float beta;
+    uint32_t bias_corrected_kl;
+    float entropy_coef;
+    float top_entropy_quantile;
+    float grad_scale;
+    float agg_param;
+    float tau_pos;
+    float tau_neg;
+} PrefkGrpoConfig;
+
+int32_t prefk_grpo_loss(int32_t device, uint64_t stream, const PrefkGrpoConfig* config, uint64_t logp,
+                        uint64_t old_logp, uint64_t ref_logp, uint64_t mask, uint64_t is_weights, uint64_t entropy,
+                        uint64_t advantages, int64_t n_tokens, uint64_t cu_seqlens, int64_t n_seqs, int64_t seq_len,
+                        uint64_t metrics, uint64_t grad_logp, uint64_t grad_entropy, uint64_t workspace,
+                        uint64_t status);
+
+int64_t prefk_grpo_workspace_len(int64_t n_seqs);
+
+/* Group / listwise losses: kind 0 KTO (p0/p1 desirable/undesirable weights, kl_given NaN = from the
+ * KL samples, flags bit 1 apo_zero_unpaired; labels = roles 0 undesirable, 1 desirable, 2 KL sample,
+ * 3 ignored), 1 LiPO-lambda (flags bit 2 lambda weights; labels psi), 2 PRO (p0 sft weight; labels =
+ * rewards, ranking order). */
+int32_t prefk_group_loss(int32_t device, uint64_t stream, uint32_t kind, float beta, float p0, float p1,
+                         float kl_given, uint32_t flags, int64_t list_size, uint64_t logp, uint64_t mask,
+                         uint64_t ref_logp, uint64_t ref_seq, uint64_t labels, int64_t n_tokens, uint64_t cu_seqlens,
+                         int64_t n_seqs, int64_t seq_len, float grad_scale, uint64_t seq_out, uint64_t metrics,
+                         uint64_t grad_logp, uint64_t workspace, uint64_t status);
+
+int64_t prefk_group_loss_workspace_len(int64_t n_seqs);
+
 /* Host-side layout builder for the attention kernels: call with null tiles/seg_lo2 to get n_tokens
  * and n_tiles, then with buffers of 8 * n_tiles and n_tokens int32 to fill (upload them). */
 int32_t prefk_prefix_layout(const int64_t* prefix_lens, const int64_t* resp_counts, const int64_t* resp_lens,

@@ -15,7 +15,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::dtype::{DType, IndexType};
-use crate::error::{invalid, Result};
+use crate::error::{ensure, invalid, Result};
+use crate::group_loss::{GroupLoss, GroupLossPtrs, KtoKl};
+use crate::grpo::{GrpoConfig, GrpoLossType, GrpoPtrs, ImportanceLevel};
 use crate::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, PairLossPtrs, RawPairs};
 use crate::prefix_attn::{AttnShape, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout};
 use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs};
@@ -188,8 +190,15 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
         };
         let cfg =
             TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
-        let ptrs =
-            TokenLogprobsBwdPtrs { logits, targets, lse, grad_logp, grad_logits, status, ..Default::default() };
+        let ptrs = TokenLogprobsBwdPtrs {
+            logits,
+            targets,
+            lse,
+            grad_logp,
+            grad_logits,
+            status,
+            ..Default::default()
+        };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.token_logprobs_backward_raw(
@@ -358,6 +367,224 @@ pub unsafe extern "C" fn prefk_preference_loss(
 pub extern "C" fn prefk_preference_loss_workspace_len(n_seqs: i64, n_pairs: i64) -> i64 {
     let n = crate::pref_loss::preference_loss_workspace_len(n_seqs.max(0) as usize, n_pairs.max(0) as usize);
     i64::try_from(n).unwrap_or(-1)
+}
+
+/// The GRPO-family configuration of the C ABI (see [`GrpoConfig`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PrefkGrpoConfig {
+    /// 0 grpo, 1 bnpo, 2 dr_grpo, 3 dapo, 4 cispo, 5 sapo.
+    pub loss_type: u32,
+    /// 0 token, 1 sequence (GSPO).
+    pub importance: u32,
+    /// ε_lo.
+    pub epsilon_low: f32,
+    /// ε_hi.
+    pub epsilon_high: f32,
+    /// δ; 0 = no cap.
+    pub delta: f32,
+    /// β of the k3 KL term.
+    pub beta: f32,
+    /// Non-zero: k3 times the ratio.
+    pub bias_corrected_kl: u32,
+    /// Entropy bonus coefficient.
+    pub entropy_coef: f32,
+    /// TRL `top_entropy_quantile` (1 = off).
+    pub top_entropy_quantile: f32,
+    /// Gradient scale.
+    pub grad_scale: f32,
+    /// dr_grpo's max_completion_length; dapo / cispo normalizer (0 = the local token count).
+    pub agg_param: f32,
+    /// SAPO τ for positive advantages.
+    pub tau_pos: f32,
+    /// SAPO τ otherwise.
+    pub tau_neg: f32,
+}
+
+fn grpo_config_of(c: &PrefkGrpoConfig) -> Result<GrpoConfig> {
+    let normalizer = (c.agg_param != 0.0).then_some(c.agg_param);
+    let loss_type = match c.loss_type {
+        0 => GrpoLossType::Grpo,
+        1 => GrpoLossType::Bnpo,
+        2 => {
+            ensure(
+                c.agg_param.is_finite() && c.agg_param >= 1.0 && c.agg_param.fract() == 0.0,
+                "agg_param",
+                || {
+                    format!(
+                        "dr_grpo's max_completion_length must be a whole number >= 1, got {}",
+                        c.agg_param
+                    )
+                },
+            )?;
+            GrpoLossType::DrGrpo { max_completion_length: c.agg_param as usize }
+        }
+        3 => GrpoLossType::Dapo { normalizer },
+        4 => GrpoLossType::Cispo { normalizer },
+        5 => GrpoLossType::Sapo { tau_pos: c.tau_pos, tau_neg: c.tau_neg },
+        k => {
+            return Err(invalid(
+                "loss_type",
+                format!("0..=5 (grpo, bnpo, dr_grpo, dapo, cispo, sapo), got {k}"),
+            ))
+        }
+    };
+    Ok(GrpoConfig {
+        loss_type,
+        importance: match c.importance {
+            0 => ImportanceLevel::Token,
+            1 => ImportanceLevel::Sequence,
+            k => return Err(invalid("importance", format!("0 (token) or 1 (sequence), got {k}"))),
+        },
+        epsilon_low: c.epsilon_low,
+        epsilon_high: c.epsilon_high,
+        delta: (c.delta != 0.0).then_some(c.delta),
+        beta: c.beta,
+        bias_corrected_kl: c.bias_corrected_kl != 0,
+        entropy_coef: c.entropy_coef,
+        top_entropy_quantile: c.top_entropy_quantile,
+        grad_scale: c.grad_scale,
+    })
+}
+
+fn seq_layout(cu_seqlens: u64, n_seqs: i64, seq_len: i64) -> Result<DeviceSeqLayout> {
+    let n_seqs = size("n_seqs", n_seqs)?;
+    Ok(if cu_seqlens != 0 {
+        DeviceSeqLayout::Packed { cu_seqlens, n_seqs }
+    } else {
+        DeviceSeqLayout::Padded { n_seqs, seq_len: size("seq_len", seq_len)? }
+    })
+}
+
+/// The GRPO-family loss on per-token log-probs ([`Gpu::grpo_loss_raw`]); per-token pointers may be
+/// 0 where optional (old_logp: on-policy; ref_logp: β = 0; mask; is_weights; entropy;
+/// grad_entropy). `cu_seqlens` 0 selects the padded layout.
+///
+/// # Safety
+/// As [`Gpu::grpo_loss_raw`]; `config` points to one host struct.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_grpo_loss(
+    device: i32,
+    stream: u64,
+    config: *const PrefkGrpoConfig,
+    logp: u64,
+    old_logp: u64,
+    ref_logp: u64,
+    mask: u64,
+    is_weights: u64,
+    entropy: u64,
+    advantages: u64,
+    n_tokens: i64,
+    cu_seqlens: u64,
+    n_seqs: i64,
+    seq_len: i64,
+    metrics: u64,
+    grad_logp: u64,
+    grad_entropy: u64,
+    workspace: u64,
+    status: u64,
+) -> i32 {
+    ffi(|| {
+        ensure(!config.is_null(), "config", || "is null".into())?;
+        // SAFETY: the caller passes one host struct at `config`.
+        let cfg = grpo_config_of(unsafe { &*config })?;
+        let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
+        let ptrs = GrpoPtrs {
+            logp,
+            old_logp,
+            ref_logp,
+            mask,
+            is_weights,
+            entropy,
+            advantages,
+            metrics,
+            grad_logp,
+            grad_entropy,
+            workspace,
+            status,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe { gpu(device)?.grpo_loss_raw(stream, &ptrs, size("n_tokens", n_tokens)?, layout, &cfg) }
+    })
+}
+
+/// f32 elements of workspace [`prefk_grpo_loss`] needs (negative counts as 0; -1 if too large).
+#[no_mangle]
+pub extern "C" fn prefk_grpo_workspace_len(n_seqs: i64) -> i64 {
+    i64::try_from(crate::grpo::grpo_workspace_len(n_seqs.max(0) as usize)).unwrap_or(-1)
+}
+
+/// A group / listwise loss ([`Gpu::group_loss_raw`]). `kind` 0 KTO (`p0`/`p1` the desirable /
+/// undesirable weights, `kl_given` NaN = from the KL samples, `flags` bit 1 = apo_zero_unpaired),
+/// 1 LiPO-λ (`flags` bit 2 = λ weights), 2 PRO (`p0` = sft weight); `list_size` for LiPO / PRO.
+///
+/// # Safety
+/// As [`Gpu::group_loss_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_group_loss(
+    device: i32,
+    stream: u64,
+    kind: u32,
+    beta: f32,
+    p0: f32,
+    p1: f32,
+    kl_given: f32,
+    flags: u32,
+    list_size: i64,
+    logp: u64,
+    mask: u64,
+    ref_logp: u64,
+    ref_seq: u64,
+    labels: u64,
+    n_tokens: i64,
+    cu_seqlens: u64,
+    n_seqs: i64,
+    seq_len: i64,
+    grad_scale: f32,
+    seq_out: u64,
+    metrics: u64,
+    grad_logp: u64,
+    workspace: u64,
+    status: u64,
+) -> i32 {
+    ffi(|| {
+        let list_size = size("list_size", list_size)?;
+        let loss = match kind {
+            0 => GroupLoss::Kto {
+                beta,
+                desirable_weight: p0,
+                undesirable_weight: p1,
+                kl: if kl_given.is_nan() { KtoKl::FromSamples } else { KtoKl::Given(kl_given) },
+                apo_zero_unpaired: flags & 2 != 0,
+            },
+            1 => GroupLoss::Lipo { beta, list_size, lambda_weights: flags & 4 != 0 },
+            2 => GroupLoss::Pro { list_size, sft_weight: p0 },
+            k => return Err(invalid("kind", format!("0 (KTO), 1 (LiPO), 2 (PRO), got {k}"))),
+        };
+        let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
+        let tokens = SeqReducePtrs { logp, mask, weights: 0, ref_logp };
+        let ptrs = GroupLossPtrs { ref_seq, labels, seq_out, metrics, grad_logp, workspace, status };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.group_loss_raw(
+                stream,
+                &tokens,
+                size("n_tokens", n_tokens)?,
+                layout,
+                &loss,
+                grad_scale,
+                &ptrs,
+            )
+        }
+    })
+}
+
+/// f32 elements of workspace [`prefk_group_loss`] needs (negative counts as 0; -1 if too large).
+#[no_mangle]
+pub extern "C" fn prefk_group_loss_workspace_len(n_seqs: i64) -> i64 {
+    i64::try_from(crate::group_loss::group_loss_workspace_len(n_seqs.max(0) as usize)).unwrap_or(-1)
 }
 
 /// Shape and layout arguments of the attention entry points.

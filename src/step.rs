@@ -7,7 +7,9 @@ use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, 
 
 use crate::error::{ensure, Result};
 use crate::group_loss::launch::read_group_outputs;
-use crate::group_loss::{group_loss_workspace_len, GroupLoss, GroupLossOutputs, GroupLossPtrs, GROUP_METRICS_LEN};
+use crate::group_loss::{
+    group_loss_workspace_len, GroupLoss, GroupLossOutputs, GroupLossPtrs, GROUP_METRICS_LEN,
+};
 use crate::grpo::launch::read_grpo_outputs;
 use crate::grpo::{grpo_workspace_len, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN};
 use crate::pref_loss::launch::read_outputs;
@@ -281,7 +283,8 @@ impl Gpu {
                 let (work_p, _g0) = work.device_ptr_mut(stream)?;
                 let (metrics_p, _g1) = metrics.device_ptr_mut(stream)?;
                 let (pair_p, _g2) = pair_out.device_ptr_mut(stream)?;
-                let tokens = SeqReducePtrs { logp: tok.logp, mask: mask_p, weights: weights_p, ref_logp: ref_p };
+                let tokens =
+                    SeqReducePtrs { logp: tok.logp, mask: mask_p, weights: weights_p, ref_logp: ref_p };
                 let ptrs = PairLossPtrs {
                     ref_seq: ref_seq_p,
                     pair_out: pair_p,
@@ -292,7 +295,15 @@ impl Gpu {
                 };
                 // SAFETY: pointers from live buffers of checked lengths, ordered on `stream`.
                 unsafe {
-                    self.preference_loss_raw(stream.raw(), &tokens, n, seq_layout, on_device.raw, loss_cfg, &ptrs)
+                    self.preference_loss_raw(
+                        stream.raw(),
+                        &tokens,
+                        n,
+                        seq_layout,
+                        on_device.raw,
+                        loss_cfg,
+                        &ptrs,
+                    )
                 }
             },
         )?;
@@ -329,8 +340,15 @@ impl Gpu {
         let mut work = stream.alloc_zeros::<f32>(grpo_workspace_len(n_seqs))?;
         let mut metrics = stream.alloc_zeros::<f32>(GRPO_METRICS_LEN)?;
         let entropy = if cfg.entropy_coef != 0.0 { EntropyUse::ForwardAndGrad } else { EntropyUse::Forward };
-        let bufs =
-            self.logits_step(stream, logits, batch.layout, &batch.targets, token_cfg, grad, entropy, |tok| {
+        let bufs = self.logits_step(
+            stream,
+            logits,
+            batch.layout,
+            &batch.targets,
+            token_cfg,
+            grad,
+            entropy,
+            |tok| {
                 let mut guards: Vec<Guard<'_>> = Vec::new();
                 let [mask, old_logp, ref_logp] = optional_token_ptrs(
                     stream,
@@ -363,7 +381,8 @@ impl Gpu {
                 };
                 // SAFETY: pointers from live buffers of checked lengths, ordered on `stream`.
                 unsafe { self.grpo_loss_raw(stream.raw(), &ptrs, n, layout, cfg) }
-            })?;
+            },
+        )?;
         let loss = read_grpo_outputs(stream, &metrics)?;
         Ok(LossStepOutputs { loss, logp: bufs.logp, entropy: bufs.entropy, grad_logp: bufs.grad_logp })
     }
@@ -399,8 +418,14 @@ impl Gpu {
             EntropyUse::None,
             |tok| {
                 let mut guards: Vec<Guard<'_>> = Vec::new();
-                let [mask_p, _, ref_p] =
-                    optional_token_ptrs(stream, n, batch.mask.as_ref(), None, batch.ref_logp.as_ref(), &mut guards)?;
+                let [mask_p, _, ref_p] = optional_token_ptrs(
+                    stream,
+                    n,
+                    batch.mask.as_ref(),
+                    None,
+                    batch.ref_logp.as_ref(),
+                    &mut guards,
+                )?;
                 let mut ref_seq_p = 0;
                 if let Some(v) = &batch.ref_seq {
                     let (p, g) = v.device_ptr(stream)?;

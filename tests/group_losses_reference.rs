@@ -1,5 +1,6 @@
 //! The f64 references of the GRPO family, KTO, LiPO-λ, PRO and the entropy gradient: finite
 //! differences for every loss type and option, hand-checked values, identities, bad input.
+#![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 use pref_kernels::group_loss::reference::group_loss;
 use pref_kernels::group_loss::{GroupLoss, KtoKl, KtoRole};
 use pref_kernels::grpo::reference::{grpo_loss, quantile_linear, GrpoTokens};
@@ -38,7 +39,9 @@ fn batch(seed: u64) -> Batch {
         mask: (0..t).map(|i| u8::from(i % 4 != 2)).collect(),
         isw: (0..t).map(|_| r.random_range(0.5f32..1.5)).collect(),
         entropy: (0..t).map(|_| r.random_range(0.1f32..4.0)).collect(),
-        adv: (0..lens.len()).map(|s| if s % 2 == 0 { r.random_range(0.2f32..1.5) } else { -r.random_range(0.2f32..1.5) }).collect(),
+        adv: (0..lens.len())
+            .map(|s| if s % 2 == 0 { r.random_range(0.2f32..1.5) } else { -r.random_range(0.2f32..1.5) })
+            .collect(),
         logp,
         cu,
     }
@@ -62,9 +65,19 @@ fn configs() -> Vec<(String, GrpoConfig, bool, bool)> {
             let tag = format!("{name}/{level:?}");
             out.push((format!("{tag}/plain"), base, true, false));
             out.push((format!("{tag}/on_policy"), base, false, false));
-            out.push((format!("{tag}/delta_eps_high"), GrpoConfig { delta: Some(1.6), epsilon_high: 0.28, ..base }, true, true));
+            out.push((
+                format!("{tag}/delta_eps_high"),
+                GrpoConfig { delta: Some(1.6), epsilon_high: 0.28, ..base },
+                true,
+                true,
+            ));
             out.push((format!("{tag}/kl"), GrpoConfig { beta: 0.04, ..base }, true, false));
-            out.push((format!("{tag}/kl_bias_corrected"), GrpoConfig { beta: 0.1, bias_corrected_kl: true, ..base }, true, true));
+            out.push((
+                format!("{tag}/kl_bias_corrected"),
+                GrpoConfig { beta: 0.1, bias_corrected_kl: true, ..base },
+                true,
+                true,
+            ));
             out.push((
                 format!("{tag}/entropy_bonus_and_mask"),
                 GrpoConfig { entropy_coef: 0.01, top_entropy_quantile: 0.6, grad_scale: 0.5, ..base },
@@ -104,17 +117,25 @@ fn grpo_gradients_match_finite_differences_for_every_loss_type_and_option() {
         // Kinks (clip bounds, the delta cap, the entropy threshold) are skipped: finite differences
         // do not apply there.
         let near_kink = |t: usize| {
-            let s = (0..b.cu.len() - 1).find(|&s| (b.cu[s] as usize..b.cu[s + 1] as usize).contains(&t)).unwrap();
+            let s =
+                (0..b.cu.len() - 1).find(|&s| (b.cu[s] as usize..b.cu[s + 1] as usize).contains(&t)).unwrap();
             let rho = if !off {
                 1.0
             } else if cfg.importance == ImportanceLevel::Token {
                 ((b.logp[t] - b.old[t]) as f64).exp()
             } else {
-                let ts: Vec<usize> = (b.cu[s] as usize..b.cu[s + 1] as usize).filter(|&u| b.mask[u] != 0).collect();
-                (ts.iter().map(|&u| (b.logp[u] - b.old[u]) as f64).sum::<f64>() / ts.len().max(1) as f64).exp()
+                let ts: Vec<usize> =
+                    (b.cu[s] as usize..b.cu[s + 1] as usize).filter(|&u| b.mask[u] != 0).collect();
+                (ts.iter().map(|&u| (b.logp[u] - b.old[u]) as f64).sum::<f64>() / ts.len().max(1) as f64)
+                    .exp()
             };
-            let bounds = [1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64, cfg.delta.unwrap_or(99.0) as f64];
-            bounds.iter().any(|&x| (rho - x).abs() < 0.02) || (b.entropy[t] as f64 - want.entropy_threshold).abs() < 0.01
+            let bounds = [
+                1.0 - cfg.epsilon_low as f64,
+                1.0 + cfg.epsilon_high as f64,
+                cfg.delta.unwrap_or(99.0) as f64,
+            ];
+            bounds.iter().any(|&x| (rho - x).abs() < 0.02)
+                || (b.entropy[t] as f64 - want.entropy_threshold).abs() < 0.01
         };
         let mut checked = 0;
         for t in 0..b.logp.len() {
@@ -143,7 +164,11 @@ fn grpo_gradients_match_finite_differences_for_every_loss_type_and_option() {
             }
             checked += 1;
             let tol = 2e-5 + 1e-4 * g.abs();
-            assert!((want.grad_logp[t] - g).abs() <= tol, "{name}: dL/dlogp[{t}] = {} vs fd {g}", want.grad_logp[t]);
+            assert!(
+                (want.grad_logp[t] - g).abs() <= tol,
+                "{name}: dL/dlogp[{t}] = {} vs fd {g}",
+                want.grad_logp[t]
+            );
             assert!(
                 (want.grad_entropy[t] - ge).abs() <= 2e-5 + 1e-4 * ge.abs(),
                 "{name}: dL/dH[{t}] = {} vs fd {ge}",
@@ -164,11 +189,22 @@ fn grpo_hand_checked_values_and_identities() {
     let logp = [-1.0f32, -2.0];
     let old = [-1.5f32, -1.9];
     let cu = [0i32, 2];
-    let t = GrpoTokens { logp: &logp, old_logp: Some(&old), ref_logp: None, mask: None, is_weights: None, entropy: None };
+    let t = GrpoTokens {
+        logp: &logp,
+        old_logp: Some(&old),
+        ref_logp: None,
+        mask: None,
+        is_weights: None,
+        entropy: None,
+    };
     let out = grpo_loss(&t, &SeqLayout::Packed { cu_seqlens: &cu }, &[1.0], &GrpoConfig::trl()).unwrap();
     let r1 = (-0.1f32 as f64).exp();
     assert!((out.loss - (-1.2 - r1) / 2.0).abs() < 1e-6, "{}", out.loss);
-    assert!(out.grad_logp[0].abs() < 1e-12 && (out.grad_logp[1] + r1 / 2.0).abs() < 1e-6, "{:?}", out.grad_logp);
+    assert!(
+        out.grad_logp[0].abs() < 1e-12 && (out.grad_logp[1] + r1 / 2.0).abs() < 1e-6,
+        "{:?}",
+        out.grad_logp
+    );
     assert_eq!(out.metrics[4], 0.5); // clip_ratio/high_mean: one of two tokens
 
     // On-policy, beta 0: grpo's gradient is that of -mean_s(mean_t A_s logp_t); dapo's of
@@ -183,7 +219,8 @@ fn grpo_hand_checked_values_and_identities() {
     let grpo = grpo_loss(&tk, &layout, &b.adv, &GrpoConfig::with_loss_type(GrpoLossType::Grpo)).unwrap();
     let dapo = grpo_loss(&tk, &layout, &b.adv, &GrpoConfig::trl()).unwrap();
     let total: f64 = counts.iter().sum();
-    let mean_a: f64 = (0..n_seqs).filter(|&s| counts[s] > 0.0).map(|s| b.adv[s] as f64).sum::<f64>() / n_seqs as f64;
+    let mean_a: f64 =
+        (0..n_seqs).filter(|&s| counts[s] > 0.0).map(|s| b.adv[s] as f64).sum::<f64>() / n_seqs as f64;
     assert!((grpo.loss + mean_a).abs() < 1e-9, "{} vs {}", grpo.loss, -mean_a);
     for s in 0..n_seqs {
         for u in b.cu[s] as usize..b.cu[s + 1] as usize {
@@ -212,14 +249,21 @@ fn grpo_bad_input_is_refused() {
     assert!(err(GrpoConfig { top_entropy_quantile: 0.0, ..base }).contains("top_entropy_quantile"));
     assert!(err(GrpoConfig { loss_type: GrpoLossType::DrGrpo { max_completion_length: 0 }, ..base })
         .contains("max_completion_length"));
-    assert!(err(GrpoConfig { loss_type: GrpoLossType::Dapo { normalizer: Some(0.0) }, ..base }).contains("normalizer"));
+    assert!(err(GrpoConfig { loss_type: GrpoLossType::Dapo { normalizer: Some(0.0) }, ..base })
+        .contains("normalizer"));
     assert!(err(GrpoConfig { loss_type: GrpoLossType::Sapo { tau_pos: 0.0, tau_neg: 1.0 }, ..base })
         .contains("sapo"));
     // Missing inputs and lengths.
     let no_ref = GrpoTokens { ref_logp: None, ..tk };
-    assert!(grpo_loss(&no_ref, &layout, &b.adv, &GrpoConfig { beta: 0.1, ..base }).unwrap_err().to_string().contains("ref_logp"));
+    assert!(grpo_loss(&no_ref, &layout, &b.adv, &GrpoConfig { beta: 0.1, ..base })
+        .unwrap_err()
+        .to_string()
+        .contains("ref_logp"));
     let no_h = GrpoTokens { entropy: None, ..tk };
-    assert!(grpo_loss(&no_h, &layout, &b.adv, &GrpoConfig { entropy_coef: 0.1, ..base }).unwrap_err().to_string().contains("entropy"));
+    assert!(grpo_loss(&no_h, &layout, &b.adv, &GrpoConfig { entropy_coef: 0.1, ..base })
+        .unwrap_err()
+        .to_string()
+        .contains("entropy"));
     assert!(grpo_loss(&tk, &layout, &b.adv[1..], &base).unwrap_err().to_string().contains("advantage"));
     let mut nan_adv = b.adv.clone();
     nan_adv[0] = f32::NAN;
@@ -291,7 +335,11 @@ fn group_losses_match_finite_differences() {
                 l[i] = x;
                 tok(&l)
             });
-            assert!((want.grad_logp[i] - g).abs() <= 2e-6 + 1e-4 * g.abs(), "{name}: grad[{i}] = {} vs fd {g}", want.grad_logp[i]);
+            assert!(
+                (want.grad_logp[i] - g).abs() <= 2e-6 + 1e-4 * g.abs(),
+                "{name}: grad[{i}] = {} vs fd {g}",
+                want.grad_logp[i]
+            );
         }
         // KL samples get no gradient; so do masked tokens.
         for s in 0..12 {
@@ -323,10 +371,24 @@ fn group_losses_hand_checked_and_identities() {
     let layout = SeqLayout::Packed { cu_seqlens: &cu };
     let t = TokenInputs { logp: &logp, mask: Some(&mask), weights: None, ref_logp: Some(&reference) };
     let labels: Vec<f32> = (0..10).map(|s| if s % 2 == 0 { 1.0 } else { 0.0 }).collect();
-    let lipo = group_loss(&t, &layout, None, &labels, &GroupLoss::Lipo { beta: 0.1, list_size: 2, lambda_weights: false }).unwrap();
+    let lipo = group_loss(
+        &t,
+        &layout,
+        None,
+        &labels,
+        &GroupLoss::Lipo { beta: 0.1, list_size: 2, lambda_weights: false },
+    )
+    .unwrap();
     let chosen: Vec<i32> = (0..5).map(|p| 2 * p).collect();
     let rejected: Vec<i32> = (0..5).map(|p| 2 * p + 1).collect();
-    let dpo = forward_backward(&t, &layout, &Pairs::Explicit { chosen: &chosen, rejected: &rejected }, None, &LossConfig::dpo(0.1)).unwrap();
+    let dpo = forward_backward(
+        &t,
+        &layout,
+        &Pairs::Explicit { chosen: &chosen, rejected: &rejected },
+        None,
+        &LossConfig::dpo(0.1),
+    )
+    .unwrap();
     assert!((lipo.loss - dpo.loss).abs() < 1e-12, "{} vs {}", lipo.loss, dpo.loss);
     for i in 0..logp.len() {
         assert!((lipo.grad_logp[i] - dpo.grad_logp[i]).abs() < 1e-12, "token {i}");
@@ -336,7 +398,8 @@ fn group_losses_hand_checked_and_identities() {
     let logp = [-1.0f32, -3.0, -2.0, -2.0];
     let cu = [0i32, 2, 4];
     let t = TokenInputs { logp: &logp, mask: None, weights: None, ref_logp: None };
-    let out = group_loss(&t, &SeqLayout::Packed { cu_seqlens: &cu }, None, &[2.0, 0.5], &GroupLoss::pro(2)).unwrap();
+    let out = group_loss(&t, &SeqLayout::Packed { cu_seqlens: &cu }, None, &[2.0, 0.5], &GroupLoss::pro(2))
+        .unwrap();
     let (s0, s1, tt) = (-2.0f64, -2.0, 1.5);
     let want = (1e-10 + (s0 * tt).exp() + (s1 * tt).exp()).ln() - s0 * tt + 0.05 * 4.0;
     assert!((out.loss - want).abs() < 1e-8, "{} vs {want}", out.loss);
@@ -347,7 +410,9 @@ fn group_losses_bad_input_is_refused() {
     let (logp, reference, _, cu) = seq_batch(2, 6);
     let layout = SeqLayout::Packed { cu_seqlens: &cu };
     let t = TokenInputs { logp: &logp, mask: None, weights: None, ref_logp: Some(&reference) };
-    let err = |labels: &[f32], loss: GroupLoss| group_loss(&t, &layout, None, labels, &loss).unwrap_err().to_string();
+    let err = |labels: &[f32], loss: GroupLoss| {
+        group_loss(&t, &layout, None, labels, &loss).unwrap_err().to_string()
+    };
     assert!(err(&[1.0; 6], GroupLoss::lipo(4)).contains("divide"));
     assert!(err(&[1.0; 6], GroupLoss::lipo(1)).contains("list"));
     assert!(err(&[1.0; 5], GroupLoss::kto()).contains("label"));
@@ -357,7 +422,10 @@ fn group_losses_bad_input_is_refused() {
     assert!(err(&[1.0; 6], kto(0.0, 1.0, KtoKl::FromSamples, false)).contains("beta"));
     assert!(err(&[1.0; 6], kto(0.1, 1.0, KtoKl::Given(f32::INFINITY), false)).contains("kl"));
     let no_ref = TokenInputs { ref_logp: None, ..t };
-    assert!(group_loss(&no_ref, &layout, None, &[1.0; 6], &GroupLoss::kto()).unwrap_err().to_string().contains("ref"));
+    assert!(group_loss(&no_ref, &layout, None, &[1.0; 6], &GroupLoss::kto())
+        .unwrap_err()
+        .to_string()
+        .contains("ref"));
 }
 
 #[test]
@@ -381,7 +449,11 @@ fn entropy_gradient_matches_finite_differences() {
                 l[i] = x;
                 objective(&l)
             });
-            assert!((grad[i] - g).abs() < 1e-6 + 1e-4 * g.abs(), "T {temperature}: [{i}] {} vs fd {g}", grad[i]);
+            assert!(
+                (grad[i] - g).abs() < 1e-6 + 1e-4 * g.abs(),
+                "T {temperature}: [{i}] {} vs fd {g}",
+                grad[i]
+            );
         }
         assert!(grad[v..2 * v].iter().all(|&g| g == 0.0), "ignored row");
     }

@@ -201,3 +201,60 @@ fn the_issue_examples_are_errors() {
     };
     assert_eq!(rc, -1, "an overflowing layout must be an error, not a caught panic");
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The GRPO and group-loss entry points with random sizes, configs and garbage pointers on the
+    /// emulator: refused by validation or by memcheck, never a crash or an escaped panic.
+    #[test]
+    fn c_abi_group_losses_on_the_emulator_answer_0_or_minus_1(
+        n_tokens in extreme_i64(), n_seqs in extreme_i64(), seq_len in extreme_i64(), list in extreme_i64(),
+        p in prop::collection::vec(prop_oneof![Just(0u64), any::<u64>().prop_map(|p| p & !255)], 8),
+        loss_type in 0u32..8, kind in 0u32..4,
+        hyper in prop::collection::vec(prop_oneof![Just(0.2f32), Just(0.0), Just(f32::NAN), Just(-1.0), Just(1e30)], 4),
+    ) {
+        if !pref_kernels::runtime::emulator::built() {
+            return Ok(());
+        }
+        let cfg = pref_kernels::ffi::PrefkGrpoConfig {
+            loss_type, importance: loss_type % 2, epsilon_low: hyper[0], epsilon_high: hyper[1], delta: 0.0,
+            beta: hyper[2], bias_corrected_kl: 0, entropy_coef: 0.0, top_entropy_quantile: 1.0, grad_scale: 1.0,
+            agg_param: hyper[3], tau_pos: 1.0, tau_neg: 1.05,
+        };
+        // SAFETY: deliberately invalid arguments; `cfg` is valid host memory.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_grpo_loss(
+                PREFK_DEVICE_EMULATOR, 0, &cfg, p[0], p[1], p[2], p[3], 0, 0, p[4], n_tokens, p[5], n_seqs,
+                seq_len, p[6], p[7], 0, p[0], 0,
+            )
+        };
+        prop_assert!(rc == -1 || rc == 0, "grpo rc {}", rc);
+        // SAFETY: as above.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_group_loss(
+                PREFK_DEVICE_EMULATOR, 0, kind, hyper[0], 1.0, 1.0, f32::NAN, 4, list, p[0], p[1], p[2], 0, p[3],
+                n_tokens, p[4], n_seqs, seq_len, 1.0, 0, p[5], p[6], p[7], 0,
+            )
+        };
+        prop_assert!(rc == -1 || rc == 0, "group rc {}", rc);
+        // SAFETY: a null config is refused.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_grpo_loss(
+                PREFK_DEVICE_EMULATOR, 0, std::ptr::null(), p[0], 0, 0, 0, 0, 0, p[4], n_tokens, 0, n_seqs,
+                seq_len, p[6], p[7], 0, p[0], 0,
+            )
+        };
+        prop_assert_eq!(rc, -1);
+    }
+
+    #[test]
+    fn c_abi_group_workspace_sizes_never_wrap(s in extreme_i64()) {
+        let g = pref_kernels::ffi::prefk_grpo_workspace_len(s);
+        let exact = s.max(0) as i128 * 13 + 4;
+        prop_assert!(g == exact as i64 && exact <= i64::MAX as i128 || g == -1, "{} for {}", g, s);
+        let k = pref_kernels::ffi::prefk_group_loss_workspace_len(s);
+        let exact = s.max(0) as i128 * 13;
+        prop_assert!(k == exact as i64 && exact <= i64::MAX as i128 || k == -1, "{} for {}", k, s);
+    }
+}

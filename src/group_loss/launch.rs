@@ -8,7 +8,9 @@ use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, 
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::launch::check_tokens;
-use crate::seq_reduce::{DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN};
+use crate::seq_reduce::{
+    DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN,
+};
 
 /// Output and workspace pointers of [`Gpu::group_loss_raw`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -54,7 +56,9 @@ fn kernel_params(loss: &GroupLoss) -> (u32, u32, f32, f32, f32, f32) {
             };
             (0, given | (u32::from(apo_zero_unpaired) << 1), beta, desirable_weight, undesirable_weight, z)
         }
-        GroupLoss::Lipo { beta, lambda_weights, .. } => (1, u32::from(lambda_weights) << 2, beta, 0.0, 0.0, 0.0),
+        GroupLoss::Lipo { beta, lambda_weights, .. } => {
+            (1, u32::from(lambda_weights) << 2, beta, 0.0, 0.0, 0.0)
+        }
         GroupLoss::Pro { sft_weight, .. } => (2, 0, 0.0, sft_weight, 0.0, 0.0),
     }
 }
@@ -222,7 +226,9 @@ impl Gpu {
                 status: sp,
             };
             // SAFETY: every pointer comes from a live buffer of checked length on this stream.
-            unsafe { self.group_loss_raw(stream.raw(), &tp, tokens.logp.len(), layout, loss, grad_scale, &ptrs) }?;
+            unsafe {
+                self.group_loss_raw(stream.raw(), &tp, tokens.logp.len(), layout, loss, grad_scale, &ptrs)
+            }?;
         }
         check_status(status.read(stream)?)?;
         read_group_outputs(stream, &metrics, &seq_out, n_seqs)

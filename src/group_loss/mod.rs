@@ -150,7 +150,9 @@ impl GroupLoss {
         match *self {
             GroupLoss::Kto { beta, desirable_weight, undesirable_weight, kl, .. } => {
                 positive("beta", beta)?;
-                for (name, w) in [("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)] {
+                for (name, w) in
+                    [("desirable_weight", desirable_weight), ("undesirable_weight", undesirable_weight)]
+                {
                     ensure(w.is_finite() && w >= 0.0, name, || format!("must be finite and >= 0, got {w}"))?;
                 }
                 if let KtoKl::Given(z) = kl {

@@ -65,8 +65,8 @@ pub fn group_loss(
             let examples: Vec<usize> = (0..n_seqs).filter(|&s| labels[s] <= 1.0).collect();
             let n_ex = (examples.len() as f64).max(1.0);
             let (mut losses, mut rc, mut rr, mut lc, mut lr) = (vec![], vec![], vec![], vec![], vec![]);
-            for s in 0..n_seqs {
-                values[s] = beta * log_ratio(s);
+            for (s, v) in values.iter_mut().enumerate() {
+                *v = beta * log_ratio(s);
             }
             for &s in &examples {
                 let good = labels[s] == 1.0;

@@ -63,7 +63,9 @@ pub fn group_advantages(
         ensure(w.is_finite(), "func_weights", || format!("must be finite, got {w}"))?;
     }
     for &r in rewards {
-        ensure(!r.is_infinite(), "rewards", || format!("rewards must be finite or NaN (unscorable), got {r}"))?;
+        ensure(!r.is_infinite(), "rewards", || {
+            format!("rewards must be finite or NaN (unscorable), got {r}")
+        })?;
     }
     let n = rewards.len() / n_funcs;
     let combined: Vec<f64> = (0..n)
@@ -117,7 +119,9 @@ pub fn group_advantages(
             if let Some(g) = members.iter().position(|m| m.len() < 2) {
                 return Err(invalid(
                     "scale_rewards",
-                    format!("group {g} has one response: its std is undefined; use ScaleRewards::Batch or None"),
+                    format!(
+                        "group {g} has one response: its std is undefined; use ScaleRewards::Batch or None"
+                    ),
                 ));
             }
         }
@@ -151,15 +155,21 @@ mod tests {
     #[test]
     fn hand_checked_group_scaling() {
         // Group [1, 2, 3]: mean 2, unbiased std 1 -> A = (-1, 0, 1) / 1.0001.
-        let a = group_advantages(&[1.0, 2.0, 3.0, 5.0, 5.0, 5.0], &[1.0], Groups::Uniform(3), ScaleRewards::Group)
-            .unwrap();
+        let a = group_advantages(
+            &[1.0, 2.0, 3.0, 5.0, 5.0, 5.0],
+            &[1.0],
+            Groups::Uniform(3),
+            ScaleRewards::Group,
+        )
+        .unwrap();
         let e = 1.0 / (1.0 + 1e-4);
         for (x, y) in a.iter().zip([-e, 0.0, e, 0.0, 0.0, 0.0]) {
             assert!((*x as f64 - y).abs() < 1e-7, "{a:?}");
         }
         // Unscaled: plain centring; ids in any order give the same as the uniform layout.
-        let n = group_advantages(&[1.0, 5.0, 3.0, 5.0], &[1.0], Groups::Ids(&[7, 2, 7, 2]), ScaleRewards::None)
-            .unwrap();
+        let n =
+            group_advantages(&[1.0, 5.0, 3.0, 5.0], &[1.0], Groups::Ids(&[7, 2, 7, 2]), ScaleRewards::None)
+                .unwrap();
         assert_eq!(n, vec![-1.0, 0.0, 1.0, 0.0]);
     }
 
@@ -185,16 +195,23 @@ mod tests {
     #[test]
     fn bad_input_is_refused() {
         let e = |r: Result<Vec<f32>>| r.unwrap_err().to_string();
-        assert!(e(group_advantages(&[1.0; 5], &[1.0], Groups::Uniform(2), ScaleRewards::Group)).contains("divide"));
-        assert!(e(group_advantages(&[1.0; 3], &[1.0], Groups::Uniform(1), ScaleRewards::Group)).contains("one response"));
+        assert!(e(group_advantages(&[1.0; 5], &[1.0], Groups::Uniform(2), ScaleRewards::Group))
+            .contains("divide"));
+        assert!(e(group_advantages(&[1.0; 3], &[1.0], Groups::Uniform(1), ScaleRewards::Group))
+            .contains("one response"));
         assert!(e(group_advantages(&[1.0], &[1.0], Groups::Uniform(1), ScaleRewards::Batch)).contains("two"));
         assert!(e(group_advantages(&[], &[1.0], Groups::Uniform(1), ScaleRewards::None)).contains("rewards"));
         assert!(e(group_advantages(&[f32::INFINITY, 1.0], &[1.0], Groups::Uniform(2), ScaleRewards::None))
             .contains("finite"));
         assert!(e(group_advantages(&[1.0, 1.0], &[f32::NAN], Groups::Uniform(2), ScaleRewards::None))
             .contains("finite"));
-        assert!(e(group_advantages(&[1.0, 1.0], &[1.0], Groups::Ids(&[0]), ScaleRewards::None)).contains("ids"));
+        assert!(
+            e(group_advantages(&[1.0, 1.0], &[1.0], Groups::Ids(&[0]), ScaleRewards::None)).contains("ids")
+        );
         // G = 1 without scaling is fine (advantage 0).
-        assert_eq!(group_advantages(&[3.0], &[1.0], Groups::Uniform(1), ScaleRewards::None).unwrap(), vec![0.0]);
+        assert_eq!(
+            group_advantages(&[3.0], &[1.0], Groups::Uniform(1), ScaleRewards::None).unwrap(),
+            vec![0.0]
+        );
     }
 }

@@ -82,7 +82,11 @@ impl GrpoOutputs {
 }
 
 /// The pointer of an optional view (0 for none), its guard kept in `guards`.
-fn opt_ptr<'s, T>(stream: &'s Stream, v: Option<&'s View<'_, T>>, guards: &mut Vec<Guard<'s>>) -> Result<u64> {
+fn opt_ptr<'s, T>(
+    stream: &'s Stream,
+    v: Option<&'s View<'_, T>>,
+    guards: &mut Vec<Guard<'s>>,
+) -> Result<u64> {
     match v {
         None => Ok(0),
         Some(v) => {

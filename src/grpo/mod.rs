@@ -144,9 +144,8 @@ impl GrpoConfig {
 
     /// Checks every hyperparameter (finite, in range) before any launch.
     pub fn validate(&self) -> Result<()> {
-        let finite = |name: &'static str, v: f32| {
-            ensure(v.is_finite(), name, || format!("must be finite, got {v}"))
-        };
+        let finite =
+            |name: &'static str, v: f32| ensure(v.is_finite(), name, || format!("must be finite, got {v}"));
         finite("epsilon_low", self.epsilon_low)?;
         finite("epsilon_high", self.epsilon_high)?;
         finite("beta", self.beta)?;
@@ -159,7 +158,10 @@ impl GrpoConfig {
             })?;
         } else {
             ensure((0.0..1.0).contains(&self.epsilon_low), "epsilon_low", || {
-                format!("the lower clip 1 - epsilon_low needs epsilon_low in [0, 1), got {}", self.epsilon_low)
+                format!(
+                    "the lower clip 1 - epsilon_low needs epsilon_low in [0, 1), got {}",
+                    self.epsilon_low
+                )
             })?;
             ensure(self.epsilon_high >= 0.0, "epsilon_high", || {
                 format!("must be >= 0, got {}", self.epsilon_high)
@@ -206,7 +208,9 @@ impl GrpoConfig {
             GrpoLossType::DrGrpo { max_completion_length } => {
                 (AGG_CONSTANT, SURR_CLIP, max_completion_length as f32, 0.0)
             }
-            GrpoLossType::Dapo { normalizer } => (AGG_CONSTANT_OR_TOKENS, SURR_CLIP, normalizer.unwrap_or(0.0), 0.0),
+            GrpoLossType::Dapo { normalizer } => {
+                (AGG_CONSTANT_OR_TOKENS, SURR_CLIP, normalizer.unwrap_or(0.0), 0.0)
+            }
             GrpoLossType::Cispo { normalizer } => {
                 (AGG_CONSTANT_OR_TOKENS, SURR_CISPO, normalizer.unwrap_or(0.0), 0.0)
             }

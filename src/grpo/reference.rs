@@ -37,7 +37,12 @@ pub struct GrpoReference {
 }
 
 /// Validates inputs and configuration (shared with the kernels' host checks).
-pub(crate) fn validate(tokens: &GrpoTokens, layout: &SeqLayout, advantages: &[f32], cfg: &GrpoConfig) -> Result<()> {
+pub(crate) fn validate(
+    tokens: &GrpoTokens,
+    layout: &SeqLayout,
+    advantages: &[f32],
+    cfg: &GrpoConfig,
+) -> Result<()> {
     cfg.validate()?;
     let t = tokens.logp.len();
     layout.validate(t)?;
@@ -55,7 +60,9 @@ pub(crate) fn validate(tokens: &GrpoTokens, layout: &SeqLayout, advantages: &[f3
     )?;
     need_inputs(cfg, tokens.ref_logp.is_some(), tokens.entropy.is_some())?;
     for (i, a) in advantages.iter().enumerate() {
-        crate::error::ensure(a.is_finite(), "advantages", || format!("advantage {i} is {a}; must be finite"))?;
+        crate::error::ensure(a.is_finite(), "advantages", || {
+            format!("advantage {i} is {a}; must be finite")
+        })?;
     }
     Ok(())
 }
@@ -119,7 +126,13 @@ fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
             let tau = if a > 0.0 { tau_pos } else { tau_neg } as f64;
             let x = tau * (rho - 1.0);
             let sig = 1.0 / (1.0 + (-x).exp());
-            Surrogate { pg: -sig * 4.0 / tau * a, dpg_drho: -4.0 * sig * (1.0 - sig) * a, dpg_dl: 0.0, c1, dc1 }
+            Surrogate {
+                pg: -sig * 4.0 / tau * a,
+                dpg_drho: -4.0 * sig * (1.0 - sig) * a,
+                dpg_dl: 0.0,
+                c1,
+                dc1,
+            }
         }
         _ => {
             let (lo, hi) = (1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64);
@@ -159,7 +172,10 @@ pub fn grpo_loss(
     let total = pairwise_sum(&counts);
     let all: Vec<usize> = seq_tokens.iter().flatten().copied().collect();
     let threshold = if cfg.top_entropy_quantile < 1.0 && !all.is_empty() {
-        quantile_linear(all.iter().map(|&t| h(t) as f32 as f64).collect(), 1.0 - cfg.top_entropy_quantile as f64)
+        quantile_linear(
+            all.iter().map(|&t| h(t) as f32 as f64).collect(),
+            1.0 - cfg.top_entropy_quantile as f64,
+        )
     } else {
         f64::NEG_INFINITY
     };
@@ -196,8 +212,11 @@ pub fn grpo_loss(
                 k3 = r.exp() - r - 1.0;
                 dk3 = 1.0 - r.exp();
             }
-            let (kl_t, dkl_dl, dkl_drho) =
-                if cfg.bias_corrected_kl { (k3 * sur.c1, dk3 * sur.c1, k3 * sur.dc1) } else { (k3, dk3, 0.0) };
+            let (kl_t, dkl_dl, dkl_drho) = if cfg.bias_corrected_kl {
+                (k3 * sur.c1, dk3 * sur.c1, k3 * sur.dc1)
+            } else {
+                (k3, dk3, 0.0)
+            };
             // TRL's order: entropy mask and vLLM weight on the policy term, the KL added after.
             loss_terms.push(w * (sur.pg * e * v(t) + beta * kl_t));
             bonus.push(entropy_weight * e * h(t));

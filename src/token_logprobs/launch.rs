@@ -347,7 +347,18 @@ impl Gpu {
         })?;
         let (logits_p, _g0) = logits.device_ptr(stream)?;
         let (grad_p, _g1) = grad_logits.device_ptr_mut(stream)?;
-        self.backward_on::<T, I>(stream, logits_p, grad_p, grad_stride, layout, targets, lse, grad_logp, cfg, None)
+        self.backward_on::<T, I>(
+            stream,
+            logits_p,
+            grad_p,
+            grad_stride,
+            layout,
+            targets,
+            lse,
+            grad_logp,
+            cfg,
+            None,
+        )
     }
 
     /// Backward written in place over the logits (which are consumed: they hold d/dlogits after).

@@ -78,11 +78,27 @@ fn grpo_configs() -> Vec<(String, GrpoConfig, bool, bool)> {
             let tag = format!("{lt:?}/{level:?}");
             out.push((format!("{tag}/plain"), base, true, false));
             out.push((format!("{tag}/on_policy"), base, false, false));
-            out.push((format!("{tag}/delta"), GrpoConfig { delta: Some(1.5), epsilon_high: 0.28, ..base }, true, true));
-            out.push((format!("{tag}/kl_bias"), GrpoConfig { beta: 0.05, bias_corrected_kl: true, ..base }, true, true));
+            out.push((
+                format!("{tag}/delta"),
+                GrpoConfig { delta: Some(1.5), epsilon_high: 0.28, ..base },
+                true,
+                true,
+            ));
+            out.push((
+                format!("{tag}/kl_bias"),
+                GrpoConfig { beta: 0.05, bias_corrected_kl: true, ..base },
+                true,
+                true,
+            ));
             out.push((
                 format!("{tag}/entropy"),
-                GrpoConfig { entropy_coef: 0.02, top_entropy_quantile: 0.7, beta: 0.04, grad_scale: 0.25, ..base },
+                GrpoConfig {
+                    entropy_coef: 0.02,
+                    top_entropy_quantile: 0.7,
+                    beta: 0.04,
+                    grad_scale: 0.25,
+                    ..base
+                },
                 true,
                 false,
             ));
@@ -103,7 +119,13 @@ fn check_grad(what: &str, got: &[f32], want: &[f64]) {
     }
 }
 
-fn run_grpo(gpu: &Gpu, h: &Host, cfg: &GrpoConfig, off: bool, isw: bool) -> (pref_kernels::grpo::GrpoOutputs, Vec<f32>, Vec<f32>) {
+fn run_grpo(
+    gpu: &Gpu,
+    h: &Host,
+    cfg: &GrpoConfig,
+    off: bool,
+    isw: bool,
+) -> (pref_kernels::grpo::GrpoOutputs, Vec<f32>, Vec<f32>) {
     let s = gpu.default_stream();
     let n = h.logp.len();
     let up = |v: &[f32]| s.clone_htod(v).unwrap();
@@ -164,8 +186,15 @@ fn grpo_parity_every_config(gpu: &Gpu, seed: u64) {
             check_grad(&format!("{name}: grad_entropy"), &gh, &want.grad_entropy);
             // Bitwise run to run.
             let (out2, gl2, gh2) = run_grpo(gpu, h, &cfg, off, isw);
-            assert_eq!(out.metrics.map(f32::to_bits), out2.metrics.map(f32::to_bits), "{name}: metrics differ run to run");
-            assert!(gl.iter().zip(&gl2).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}: grad differs run to run");
+            assert_eq!(
+                out.metrics.map(f32::to_bits),
+                out2.metrics.map(f32::to_bits),
+                "{name}: metrics differ run to run"
+            );
+            assert!(
+                gl.iter().zip(&gl2).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{name}: grad differs run to run"
+            );
             assert!(gh.iter().zip(&gh2).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
         }
     }
@@ -196,11 +225,25 @@ fn grpo_bad_input(gpu: &Gpu, seed: u64) {
         (GrpoConfig { entropy_coef: 0.1, ..GrpoConfig::trl() }, "entropy"),
         (GrpoConfig { epsilon_low: -0.1, ..GrpoConfig::trl() }, "epsilon_low"),
     ] {
-        let e = gpu.grpo_loss(&s, &inputs, &DeviceSeqs::Packed { cu_seqlens: good_cu.as_view() }, &cfg, &mut g.as_view_mut(), None);
+        let e = gpu.grpo_loss(
+            &s,
+            &inputs,
+            &DeviceSeqs::Packed { cu_seqlens: good_cu.as_view() },
+            &cfg,
+            &mut g.as_view_mut(),
+            None,
+        );
         assert!(matches!(e, Err(Error::InvalidArgument { arg: a, .. }) if a == arg), "{arg}: {e:?}");
     }
     // Bad offsets are found on the device and reported, not read out of bounds.
-    let e = gpu.grpo_loss(&s, &inputs, &DeviceSeqs::Packed { cu_seqlens: cu.as_view() }, &GrpoConfig::trl(), &mut g.as_view_mut(), None);
+    let e = gpu.grpo_loss(
+        &s,
+        &inputs,
+        &DeviceSeqs::Packed { cu_seqlens: cu.as_view() },
+        &GrpoConfig::trl(),
+        &mut g.as_view_mut(),
+        None,
+    );
     assert!(matches!(e, Err(Error::DeviceCheck(_))), "{e:?}");
 }
 
@@ -217,7 +260,13 @@ fn group_cases() -> Vec<(&'static str, GroupLoss, Vec<f32>)> {
     for c in rewards.chunks_mut(4) {
         c.sort_by(|a, b| b.total_cmp(a));
     }
-    let kto = |kl, apo| GroupLoss::Kto { beta: 0.1, desirable_weight: 1.3, undesirable_weight: 0.8, kl, apo_zero_unpaired: apo };
+    let kto = |kl, apo| GroupLoss::Kto {
+        beta: 0.1,
+        desirable_weight: 1.3,
+        undesirable_weight: 0.8,
+        kl,
+        apo_zero_unpaired: apo,
+    };
     vec![
         ("kto", kto(KtoKl::FromSamples, false), roles.clone()),
         ("kto_given", kto(KtoKl::Given(0.7), false), roles.clone()),
@@ -239,7 +288,8 @@ fn group_loss_parity(gpu: &Gpu, seed: u64) {
         s.clone_htod(&h.cu).unwrap(),
     );
     let layout = SeqLayout::Packed { cu_seqlens: &h.cu };
-    let host_tokens = TokenInputs { logp: &h.logp, mask: Some(&h.mask), weights: None, ref_logp: Some(&h.reference) };
+    let host_tokens =
+        TokenInputs { logp: &h.logp, mask: Some(&h.mask), weights: None, ref_logp: Some(&h.reference) };
     for (name, loss, labels) in group_cases() {
         let want = group_ref(&host_tokens, &layout, None, &labels, &loss).unwrap();
         let tokens = DeviceTokens {
@@ -250,7 +300,16 @@ fn group_loss_parity(gpu: &Gpu, seed: u64) {
         };
         let mut g = poisoned(gpu, n);
         let out = gpu
-            .group_loss(&s, &tokens, &DeviceSeqs::Packed { cu_seqlens: cu.as_view() }, None, &labels, &loss, 1.0, &mut g.slice_mut(0..n))
+            .group_loss(
+                &s,
+                &tokens,
+                &DeviceSeqs::Packed { cu_seqlens: cu.as_view() },
+                None,
+                &labels,
+                &loss,
+                1.0,
+                &mut g.slice_mut(0..n),
+            )
             .unwrap();
         for (k, (&a, &b)) in out.metrics.iter().zip(&want.metrics).enumerate() {
             assert_close(&format!("{name}: metric {k}"), a as f64, b, 2e-4, 2e-4);
@@ -262,32 +321,64 @@ fn group_loss_parity(gpu: &Gpu, seed: u64) {
         check_grad(&format!("{name}: grad_logp"), &got[..n], &want.grad_logp);
         let mut g2 = poisoned(gpu, n);
         let out2 = gpu
-            .group_loss(&s, &tokens, &DeviceSeqs::Packed { cu_seqlens: cu.as_view() }, None, &labels, &loss, 1.0, &mut g2.slice_mut(0..n))
+            .group_loss(
+                &s,
+                &tokens,
+                &DeviceSeqs::Packed { cu_seqlens: cu.as_view() },
+                None,
+                &labels,
+                &loss,
+                1.0,
+                &mut g2.slice_mut(0..n),
+            )
             .unwrap();
         assert_eq!(out.metrics.map(f32::to_bits), out2.metrics.map(f32::to_bits), "{name}: run to run");
-        assert!(got.iter().zip(&s.clone_dtoh(&g2).unwrap()).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+        assert!(
+            got.iter().zip(&s.clone_dtoh(&g2).unwrap()).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}"
+        );
     }
     // Per-sequence reference sums give the same as per-token references (KTO).
     let ref_seq: Vec<f32> = (0..24)
-        .map(|q| (h.cu[q] as usize..h.cu[q + 1] as usize).filter(|&t| h.mask[t] != 0).map(|t| h.reference[t]).sum())
+        .map(|q| {
+            (h.cu[q] as usize..h.cu[q + 1] as usize).filter(|&t| h.mask[t] != 0).map(|t| h.reference[t]).sum()
+        })
         .collect();
     let (name, loss, labels) = group_cases().remove(0);
-    let want = group_ref(&TokenInputs { ref_logp: None, ..host_tokens }, &layout, Some(&ref_seq), &labels, &loss).unwrap();
+    let want =
+        group_ref(&TokenInputs { ref_logp: None, ..host_tokens }, &layout, Some(&ref_seq), &labels, &loss)
+            .unwrap();
     let rs = s.clone_htod(&ref_seq).unwrap();
-    let tokens = DeviceTokens { logp: logp.as_view(), mask: Some(mask.as_view()), weights: None, ref_logp: None };
+    let tokens =
+        DeviceTokens { logp: logp.as_view(), mask: Some(mask.as_view()), weights: None, ref_logp: None };
     let mut g = poisoned(gpu, n);
     let out = gpu
-        .group_loss(&s, &tokens, &DeviceSeqs::Packed { cu_seqlens: cu.as_view() }, Some(&rs.as_view()), &labels, &loss, 1.0, &mut g.slice_mut(0..n))
+        .group_loss(
+            &s,
+            &tokens,
+            &DeviceSeqs::Packed { cu_seqlens: cu.as_view() },
+            Some(&rs.as_view()),
+            &labels,
+            &loss,
+            1.0,
+            &mut g.slice_mut(0..n),
+        )
         .unwrap();
     assert_close(&format!("{name} ref_seq: loss"), out.loss as f64, want.loss, 2e-4, 2e-4);
 }
 
-fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(gpu: &Gpu, r: &mut StdRng, vocab: usize, atol_rel: f64) {
+fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
+    gpu: &Gpu,
+    r: &mut StdRng,
+    vocab: usize,
+    atol_rel: f64,
+) {
     let s = gpu.default_stream();
     let n = 37;
     let layout = LogitsLayout::contiguous(n, vocab);
     let host: Vec<T> = random_logits(r, n * vocab).into_iter().map(T::from_f32).collect();
-    let targets: Vec<i32> = (0..n).map(|i| if i % 9 == 4 { -100 } else { r.random_range(0..vocab as i32) }).collect();
+    let targets: Vec<i32> =
+        (0..n).map(|i| if i % 9 == 4 { -100 } else { r.random_range(0..vocab as i32) }).collect();
     let cfg = TokenLogprobsConfig { temperature: 0.7, ..Default::default() };
     let fwd = tl_ref::forward(&host, layout, &targets, &cfg).unwrap();
     let entropy: Vec<f32> = fwd.entropy.iter().map(|&e| e as f32).collect();
@@ -305,7 +396,11 @@ fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
             s.clone_htod(&ge).unwrap(),
         );
         let mut sep = s.clone_htod(&vec![T::from_f32(f32::NAN); n * vocab]).unwrap();
-        let grad = if in_place { GradLogits::InPlace } else { GradLogits::Separate { grad: sep.as_view_mut(), row_stride: vocab } };
+        let grad = if in_place {
+            GradLogits::InPlace
+        } else {
+            GradLogits::Separate { grad: sep.as_view_mut(), row_stride: vocab }
+        };
         let (ev, gev) = (de.as_view(), dge.as_view());
         gpu.token_logprobs_backward_with_entropy(
             &s,
@@ -324,7 +419,13 @@ fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
             let scale = (gl[row].abs() + ge[row].abs() * (1.0 + entropy[row].abs())) as f64 / 0.7;
             for v in 0..vocab {
                 let (g, w) = (got[row * vocab + v].to_f64(), want[row * vocab + v]);
-                assert_close(&format!("V {vocab} {}: dlogits[{row}, {v}]", T::DTYPE.name()), g, w, scale * atol_rel + 1e-12, 1e-2);
+                assert_close(
+                    &format!("V {vocab} {}: dlogits[{row}, {v}]", T::DTYPE.name()),
+                    g,
+                    w,
+                    scale * atol_rel + 1e-12,
+                    1e-2,
+                );
             }
         }
     }
@@ -346,7 +447,8 @@ fn grpo_step_parity(gpu: &Gpu, seed: u64) {
     let n = n_seqs * seq_len;
     let layout = LogitsLayout::contiguous(n, vocab);
     let host: Vec<bf16> = random_logits(&mut r, n * vocab).into_iter().map(bf16::from_f32).collect();
-    let targets: Vec<i64> = (0..n).map(|t| if t % seq_len < 9 { -100 } else { r.random_range(0..vocab as i64) }).collect();
+    let targets: Vec<i64> =
+        (0..n).map(|t| if t % seq_len < 9 { -100 } else { r.random_range(0..vocab as i64) }).collect();
     let mask: Vec<u8> = targets.iter().map(|&t| u8::from(t != -100)).collect();
     let token_cfg = TokenLogprobsConfig::default();
     let fwd = tl_ref::forward(&host, layout, &targets, &token_cfg).unwrap();
@@ -372,7 +474,8 @@ fn grpo_step_parity(gpu: &Gpu, seed: u64) {
         advantages: dadv.as_view(),
         seqs: DeviceSeqs::Padded { n_seqs, seq_len },
     };
-    let out = gpu.grpo_step(&s, &mut logits.as_view_mut(), &batch, &token_cfg, &cfg, GradLogits::InPlace).unwrap();
+    let out =
+        gpu.grpo_step(&s, &mut logits.as_view_mut(), &batch, &token_cfg, &cfg, GradLogits::InPlace).unwrap();
     let logp = s.clone_dtoh(&out.logp).unwrap();
     let entropy = s.clone_dtoh(out.entropy.as_ref().unwrap()).unwrap();
     for t in 0..n {
@@ -410,7 +513,8 @@ fn group_step_parity(gpu: &Gpu, seed: u64) {
     let n = n_seqs * seq_len;
     let layout = LogitsLayout::contiguous(n, vocab);
     let host: Vec<f32> = random_logits(&mut r, n * vocab);
-    let targets: Vec<i32> = (0..n).map(|t| if t % seq_len < 5 { -100 } else { r.random_range(0..vocab as i32) }).collect();
+    let targets: Vec<i32> =
+        (0..n).map(|t| if t % seq_len < 5 { -100 } else { r.random_range(0..vocab as i32) }).collect();
     let mask: Vec<u8> = targets.iter().map(|&t| u8::from(t != -100)).collect();
     let token_cfg = TokenLogprobsConfig::default();
     let fwd = tl_ref::forward(&host, layout, &targets, &token_cfg).unwrap();
@@ -418,7 +522,8 @@ fn group_step_parity(gpu: &Gpu, seed: u64) {
     let labels = [1.0f32, 0.0, 1.0, 2.0, 0.0, 1.0, 2.0, 0.0];
     let loss = GroupLoss::kto();
     let mut logits = s.clone_htod(&host).unwrap();
-    let (dt, dm, dref) = (s.clone_htod(&targets).unwrap(), s.clone_htod(&mask).unwrap(), s.clone_htod(&reference).unwrap());
+    let (dt, dm, dref) =
+        (s.clone_htod(&targets).unwrap(), s.clone_htod(&mask).unwrap(), s.clone_htod(&reference).unwrap());
     let batch = GroupStepBatch {
         layout,
         targets: dt.as_view(),
@@ -428,7 +533,9 @@ fn group_step_parity(gpu: &Gpu, seed: u64) {
         labels: &labels,
         seqs: DeviceSeqs::Padded { n_seqs, seq_len },
     };
-    let out = gpu.group_loss_step(&s, &mut logits.as_view_mut(), &batch, &token_cfg, &loss, GradLogits::InPlace).unwrap();
+    let out = gpu
+        .group_loss_step(&s, &mut logits.as_view_mut(), &batch, &token_cfg, &loss, GradLogits::InPlace)
+        .unwrap();
     let logp = s.clone_dtoh(&out.logp).unwrap();
     let toks = TokenInputs { logp: &logp[..n], mask: Some(&mask), weights: None, ref_logp: Some(&reference) };
     let want = group_ref(&toks, &SeqLayout::Padded { n_seqs, seq_len }, None, &labels, &loss).unwrap();
@@ -439,18 +546,94 @@ fn group_step_parity(gpu: &Gpu, seed: u64) {
     for t in 0..n {
         for v in 0..vocab {
             let w = want_grad[t * vocab + v];
-            assert_close(&format!("dlogits[{t}, {v}]"), got[t * vocab + v] as f64, w, gl[t].abs() as f64 * 1e-5 + 1e-12, 1e-3);
+            assert_close(
+                &format!("dlogits[{t}, {v}]"),
+                got[t * vocab + v] as f64,
+                w,
+                gl[t].abs() as f64 * 1e-5 + 1e-12,
+                1e-3,
+            );
         }
     }
 }
 
+/// The C ABI entry point gives bitwise what the safe API gives (same kernels, same inputs).
+fn c_abi_grpo_matches_the_safe_api(gpu: &Gpu, seed: u64) {
+    use pref_kernels::ffi::{
+        prefk_grpo_loss, prefk_grpo_workspace_len, PrefkGrpoConfig, PREFK_DEVICE_EMULATOR,
+    };
+    use pref_kernels::runtime::{DevicePtr, DevicePtrMut};
+    let s = gpu.default_stream();
+    let h = host(&mut rng(seed, 907), 9, 50);
+    let n = h.logp.len();
+    let cfg = GrpoConfig {
+        beta: 0.04,
+        entropy_coef: 0.01,
+        importance: ImportanceLevel::Sequence,
+        ..GrpoConfig::trl()
+    };
+    let (out, gl, gh) = run_grpo(gpu, &h, &cfg, true, false);
+    let up = |v: &[f32]| s.clone_htod(v).unwrap();
+    let (logp, old, reference, entropy, adv) =
+        (up(&h.logp), up(&h.old), up(&h.reference), up(&h.entropy), up(&h.adv));
+    let (mask, cu) = (s.clone_htod(&h.mask).unwrap(), s.clone_htod(&h.cu).unwrap());
+    let (mut metrics, mut g, mut ge) = (poisoned(gpu, 8), poisoned(gpu, n), poisoned(gpu, n));
+    let mut work = s.alloc_zeros::<f32>(prefk_grpo_workspace_len(9) as usize).unwrap();
+    let c = PrefkGrpoConfig {
+        loss_type: 3,
+        importance: 1,
+        epsilon_low: 0.2,
+        epsilon_high: 0.2,
+        delta: 0.0,
+        beta: 0.04,
+        bias_corrected_kl: 0,
+        entropy_coef: 0.01,
+        top_entropy_quantile: 1.0,
+        grad_scale: 1.0,
+        agg_param: 0.0,
+        tau_pos: 1.0,
+        tau_neg: 1.05,
+    };
+    let device = if gpu.backend() == pref_kernels::BackendKind::Emulator { PREFK_DEVICE_EMULATOR } else { 0 };
+    {
+        let (lp, _a) = logp.device_ptr(&s).unwrap();
+        let (op, _b) = old.device_ptr(&s).unwrap();
+        let (rp, _c) = reference.device_ptr(&s).unwrap();
+        let (ep, _d) = entropy.device_ptr(&s).unwrap();
+        let (ap, _e) = adv.device_ptr(&s).unwrap();
+        let (mp, _f) = mask.device_ptr(&s).unwrap();
+        let (cp, _g) = cu.device_ptr(&s).unwrap();
+        let (metp, _h) = metrics.device_ptr_mut(&s).unwrap();
+        let (gp, _i) = g.device_ptr_mut(&s).unwrap();
+        let (gep, _j) = ge.device_ptr_mut(&s).unwrap();
+        let (wp, _k) = work.device_ptr_mut(&s).unwrap();
+        // SAFETY: live buffers of the documented sizes; the default stream of this context.
+        let rc = unsafe {
+            prefk_grpo_loss(
+                device, 0, &c, lp, op, rp, mp, 0, ep, ap, n as i64, cp, 9, 0, metp, gp, gep, wp, 0,
+            )
+        };
+        assert_eq!(rc, 0, "{:?}", unsafe { std::ffi::CStr::from_ptr(pref_kernels::ffi::prefk_last_error()) });
+    }
+    s.synchronize().unwrap();
+    let m = s.clone_dtoh(&metrics).unwrap();
+    assert_eq!(m.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), out.metrics.map(f32::to_bits).to_vec());
+    let (g2, ge2) = (s.clone_dtoh(&g).unwrap(), s.clone_dtoh(&ge).unwrap());
+    assert!(gl.iter().zip(&g2).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(gh.iter().zip(&ge2).all(|(a, b)| a.to_bits() == b.to_bits()));
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { name: "grpo_parity_every_loss_type_option_and_determinism", run: Box::new(grpo_parity_every_config) },
+        Case {
+            name: "grpo_parity_every_loss_type_option_and_determinism",
+            run: Box::new(grpo_parity_every_config),
+        },
         Case { name: "grpo_bad_input_refused_or_reported", run: Box::new(grpo_bad_input) },
         Case { name: "group_loss_parity_kto_lipo_pro", run: Box::new(group_loss_parity) },
         Case { name: "entropy_backward_parity_f32_bf16", run: Box::new(entropy_backward_parity) },
         Case { name: "grpo_step_parity_bf16_entropy_bonus", run: Box::new(grpo_step_parity) },
         Case { name: "group_loss_step_parity_kto", run: Box::new(group_step_parity) },
+        Case { name: "c_abi_grpo_matches_the_safe_api", run: Box::new(c_abi_grpo_matches_the_safe_api) },
     ]
 }
