@@ -9,7 +9,6 @@
 #include "common.cuh"
 
 constexpr int GROUP_THREADS = 256;
-constexpr int MAX_GROUP = 64;  // longest list (group) LiPO / PRO accept; checked on the host
 
 __device__ __forceinline__ float gl_sigmoid(float x) {
     if (x >= 0.f) return 1.f / (1.f + expf(-x));
@@ -45,12 +44,19 @@ __device__ __forceinline__ void write_out(const GroupLossParams& p, int64_t s, f
 }
 
 // ---- KTO -------------------------------------------------------------------------------------------
+// A role label compared exactly: anything but 0, 1, 2 (NaN, 0.5, ...) is ignored.
+__device__ __forceinline__ int kto_role(float r) {
+    return r == 0.f ? PREFK_KTO_UNDESIRABLE
+           : r == 1.f ? PREFK_KTO_DESIRABLE
+           : r == 2.f ? PREFK_KTO_KL_SAMPLE
+                      : PREFK_KTO_IGNORED;
+}
 __device__ void kto(const GroupLossParams& p, float* scratch) {
     const float* role = reinterpret_cast<const float*>(p.labels);
     // Pass 1: the KL baseline from the KL samples, and the number of examples (the mean's divisor).
     float c[3] = {0.f, 0.f, 0.f};
     for (int64_t s = threadIdx.x; s < p.n_seqs; s += GROUP_THREADS) {
-        const int r = (int)role[s];
+        const int r = kto_role(role[s]);
         if (r == PREFK_KTO_KL_SAMPLE) {
             c[0] += log_ratio(p, s);
             c[1] += 1.f;
@@ -68,7 +74,7 @@ __device__ void kto(const GroupLossParams& p, float* scratch) {
     // Pass 2: losses, rewards, coefficients.
     float v[7] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};  // loss, reward c/r, logps c/r, count c/r
     for (int64_t s = threadIdx.x; s < p.n_seqs; s += GROUP_THREADS) {
-        const int r = (int)role[s];
+        const int r = kto_role(role[s]);
         const float d = log_ratio(p, s);
         const float reward = p.beta * d;
         write_out(p, s, reward);
@@ -116,37 +122,41 @@ __device__ void kto(const GroupLossParams& p, float* scratch) {
 // ---- LiPO-lambda -----------------------------------------------------------------------------------
 // Ranks under the current scores (descending; ties keep list order), the RAX dcg lambda weight
 // K |G_i - G_j| |1/log2(1 + tau_i) - 1/log2(1 + tau_j)| with G = 2^psi - 1, then the mean over every
-// valid pair (psi_i > psi_j) of the batch of weight * softplus(-(s_i - s_j)).
+// valid pair (psi_i > psi_j) of the batch of weight * softplus(-(s_i - s_j)). A list's scores and
+// discounts live in the scratch rows of its sequences; its gradients accumulate in their c0.
 __device__ void lipo_group(const GroupLossParams& p, int64_t g, float inv_pairs, float (&acc)[3]) {
     const int64_t K = p.group_size, base = g * K;
     const float* psi = reinterpret_cast<const float*>(p.labels) + base;
-    float s[MAX_GROUP], inv_disc[MAX_GROUP], grad[MAX_GROUP];
+    float* sc = reinterpret_cast<float*>(p.scratch) + base * 2;  // [K, 2]: score, 1 / discount
+    float* coef = reinterpret_cast<float*>(p.seq_coef) + base * 3;
     for (int64_t i = 0; i < K; ++i) {
-        s[i] = p.beta * log_ratio(p, base + i);
-        grad[i] = 0.f;
+        sc[2 * i] = p.beta * log_ratio(p, base + i);
+        coef[3 * i] = 0.f;
     }
     for (int64_t i = 0; i < K; ++i) {
         int64_t rank = 1;
-        for (int64_t j = 0; j < K; ++j) rank += (s[j] > s[i] || (s[j] == s[i] && j < i)) ? 1 : 0;
-        inv_disc[i] = 1.f / log2f(1.f + (float)rank);
+        for (int64_t j = 0; j < K; ++j) rank += (sc[2 * j] > sc[2 * i] || (sc[2 * j] == sc[2 * i] && j < i)) ? 1 : 0;
+        sc[2 * i + 1] = 1.f / log2f(1.f + (float)rank);
     }
     for (int64_t i = 0; i < K; ++i) {
         for (int64_t j = 0; j < K; ++j) {
             if (!(psi[i] > psi[j])) continue;
             const float lw = (p.flags & PREFK_GROUP_FLAG_LAMBDA)
-                                 ? (float)K * fabsf(exp2f(psi[i]) - exp2f(psi[j])) * fabsf(inv_disc[i] - inv_disc[j])
+                                 ? (float)K * fabsf(exp2f(psi[i]) - exp2f(psi[j])) * fabsf(sc[2 * i + 1] - sc[2 * j + 1])
                                  : 1.f;
-            const float z = s[i] - s[j];
+            const float z = sc[2 * i] - sc[2 * j];
             acc[0] += lw * gl_softplus(-z);
             acc[1] += 1.f;
             acc[2] += z > 0.f ? 1.f : 0.f;
             const float d = -lw * gl_sigmoid(-z);  // d softplus(-z) / dz
-            grad[i] += d;
-            grad[j] -= d;
+            coef[3 * i] += d;
+            coef[3 * j] -= d;
         }
     }
-    if (inv_pairs > 0.f)
-        for (int64_t i = 0; i < K; ++i) write_coef(p, base + i, grad[i] * inv_pairs * p.beta);
+    for (int64_t i = 0; i < K; ++i) {
+        write_coef(p, base + i, coef[3 * i] * inv_pairs * p.beta);
+        write_out(p, base + i, sc[2 * i]);
+    }
 }
 
 __device__ void lipo(const GroupLossParams& p, float* scratch) {
@@ -156,17 +166,9 @@ __device__ void lipo(const GroupLossParams& p, float* scratch) {
     for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) lipo_group(p, g, 0.f, c);
     block_sum<GROUP_THREADS, 3>(c, scratch);
     const float inv_pairs = c[1] > 0.f ? 1.f / c[1] : 0.f;
-    // Pass 2: coefficients (the same sums again, now scaled).
+    // Pass 2: the same sums again, the coefficients now scaled (a thread redoes its own lists).
     float unused[3] = {0.f, 0.f, 0.f};
-    for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) {
-        if (inv_pairs > 0.f) {
-            lipo_group(p, g, inv_pairs, unused);
-        } else {
-            for (int64_t i = 0; i < p.group_size; ++i) write_coef(p, g * p.group_size + i, 0.f);
-        }
-        for (int64_t i = 0; i < p.group_size; ++i)
-            write_out(p, g * p.group_size + i, p.beta * log_ratio(p, g * p.group_size + i));
-    }
+    for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) lipo_group(p, g, inv_pairs, unused);
     if (threadIdx.x == 0) {
         float* m = reinterpret_cast<float*>(p.metrics);
         m[0] = c[0] * inv_pairs;
@@ -180,6 +182,11 @@ __device__ void lipo(const GroupLossParams& p, float* scratch) {
 // z_k = s_k T_kk, z_i = s_i (r_k - r_i) for i > k, T_kk = max_i (r_k - r_i);
 // L_k = log(1e-10 + sum exp z) - z_k, averaged over the batch and summed over stages; plus
 // sft_weight (n - 1)^2 mean(-S_0) on the top response's summed log-prob.
+__device__ __forceinline__ float pro_score(const GroupLossParams& p, int64_t s) {
+    const float* st = seq_stats_row(p, s);
+    return st[PREFK_STAT_SUM] / fmaxf(st[PREFK_STAT_COUNT], 1.f);
+}
+
 __device__ void pro(const GroupLossParams& p, float* scratch) {
     const int64_t n = p.group_size, n_groups = p.n_seqs / n;
     const float inv_b = 1.f / (float)n_groups;
@@ -189,30 +196,26 @@ __device__ void pro(const GroupLossParams& p, float* scratch) {
     for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) {
         const int64_t base = g * n;
         const float* r = reinterpret_cast<const float*>(p.labels) + base;
-        float s[MAX_GROUP], ds[MAX_GROUP];
-        for (int64_t i = 0; i < n; ++i) {
-            const float* st = seq_stats_row(p, base + i);
-            s[i] = st[PREFK_STAT_SUM] / fmaxf(st[PREFK_STAT_COUNT], 1.f);
-            ds[i] = 0.f;
-            write_out(p, base + i, s[i]);
-        }
+        float* ds = reinterpret_cast<float*>(p.scratch) + base * 2;  // [n, 2]: d L / d s, unused
+        for (int64_t i = 0; i < n; ++i) ds[2 * i] = 0.f;
         for (int64_t k = 0; k + 1 < n; ++k) {
+            const float sk = pro_score(p, base + k);
             float tkk = -INFINITY;
             for (int64_t i = k + 1; i < n; ++i) tkk = fmaxf(tkk, r[k] - r[i]);
             // log(1e-10 + sum_i exp z_i) by a running logaddexp over the stage's terms.
-            float lse = gl_logaddexp(log_eps, s[k] * tkk);
-            for (int64_t i = k + 1; i < n; ++i) lse = gl_logaddexp(lse, s[i] * (r[k] - r[i]));
-            acc[0] += lse - s[k] * tkk;
-            ds[k] += (expf(s[k] * tkk - lse) - 1.f) * tkk;
-            for (int64_t i = k + 1; i < n; ++i) ds[i] += expf(s[i] * (r[k] - r[i]) - lse) * (r[k] - r[i]);
+            float lse = gl_logaddexp(log_eps, sk * tkk);
+            for (int64_t i = k + 1; i < n; ++i) lse = gl_logaddexp(lse, pro_score(p, base + i) * (r[k] - r[i]));
+            acc[0] += lse - sk * tkk;
+            ds[2 * k] += (expf(sk * tkk - lse) - 1.f) * tkk;
+            for (int64_t i = k + 1; i < n; ++i)
+                ds[2 * i] += expf(pro_score(p, base + i) * (r[k] - r[i]) - lse) * (r[k] - r[i]);
+            acc[2] += sk > pro_score(p, base + k + 1) ? 1.f : 0.f;
         }
-        for (int64_t k = 0; k + 1 < n; ++k) acc[2] += s[k] > s[k + 1] ? 1.f : 0.f;
-        const float s0_sum = seq_stats_row(p, base)[PREFK_STAT_SUM];
-        acc[1] -= s0_sum;
+        acc[1] -= seq_stats_row(p, base)[PREFK_STAT_SUM];
         for (int64_t i = 0; i < n; ++i) {
             const float count = fmaxf(seq_stats_row(p, base + i)[PREFK_STAT_COUNT], 1.f);
-            const float c0 = ds[i] * inv_b / count + (i == 0 ? -sft_coef * inv_b : 0.f);
-            write_coef(p, base + i, c0);
+            write_coef(p, base + i, ds[2 * i] * inv_b / count + (i == 0 ? -sft_coef * inv_b : 0.f));
+            write_out(p, base + i, pro_score(p, base + i));
         }
     }
     block_sum<GROUP_THREADS, 3>(acc, scratch);

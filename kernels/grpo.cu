@@ -30,6 +30,15 @@ struct GrpoToken {
     float low, high;
 };
 
+// Clip metrics on the (delta-capped) ratio; CISPO logs its cap (cispo_clip_ratio, in `high`),
+// SAPO none.
+__device__ __forceinline__ void clip_flags(const GrpoParams& p, float rho, float a, float& low, float& high) {
+    const float c1 = (p.flags & PREFK_GRPO_FLAG_DELTA) && rho > p.delta ? p.delta : rho;
+    low = p.surrogate == PREFK_GRPO_SURR_CLIP && c1 < 1.f - p.eps_low && a < 0.f ? 1.f : 0.f;
+    high = p.surrogate == PREFK_GRPO_SURR_SAPO ? 0.f
+           : (p.surrogate == PREFK_GRPO_SURR_CISPO ? rho > p.eps_high : c1 > 1.f + p.eps_high) && a > 0.f ? 1.f : 0.f;
+}
+
 __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, float a, float rho_seq,
                                                 float threshold) {
     const float l = reinterpret_cast<const float*>(p.logp)[t];
@@ -75,10 +84,11 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
         k3 = (er - r) - 1.f;
         dk3 = 1.f - er;
     }
+    // TRL multiplies the KL by the raw ratio (before the delta cap, never detached).
     const bool bias = p.flags & PREFK_GRPO_FLAG_BIAS_KL;
-    const float kl = bias ? k3 * c1 : k3;
-    const float dkl_dl = bias ? dk3 * c1 : dk3;
-    const float dkl_drho = bias ? k3 * dc1 : 0.f;
+    const float kl = bias ? k3 * rho : k3;
+    const float dkl_dl = bias ? dk3 * rho : dk3;
+    const float dkl_drho = bias ? k3 : 0.f;
     GrpoToken o;
     // TRL's order: the entropy mask and the vLLM weight multiply the policy term; the KL is added
     // after both.
@@ -88,11 +98,7 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
     o.rho = rho;
     o.k3 = kl;
     o.e = e;
-    // Clip metrics on the (delta-capped) ratio; CISPO logs its cap (cispo_clip_ratio, in `high`),
-    // SAPO none.
-    o.low = p.surrogate == PREFK_GRPO_SURR_CLIP && c1 < 1.f - p.eps_low && a < 0.f ? 1.f : 0.f;
-    o.high = p.surrogate == PREFK_GRPO_SURR_SAPO ? 0.f
-             : (p.surrogate == PREFK_GRPO_SURR_CISPO ? rho > p.eps_high : c1 > 1.f + p.eps_high) && a > 0.f ? 1.f : 0.f;
+    clip_flags(p, rho, a, o.low, o.high);
     return o;
 }
 
@@ -175,7 +181,8 @@ PREFK_KERNEL(grpo_entropy_threshold, GrpoParams, GRPO_THREADS) {
         // torch.quantile in f32: rank q (n - 1), linear interpolation between its neighbours.
         const float rank = p.quantile * (float)(n[0] - 1);
         const float lo_rank = floorf(rank);
-        const unsigned long long lo = (unsigned long long)lo_rank;
+        const unsigned long long lo_raw = (unsigned long long)lo_rank;
+        const unsigned long long lo = lo_raw < n[0] - 1 ? lo_raw : n[0] - 1;
         const unsigned long long hi = lo + 1 < n[0] && rank > lo_rank ? lo + 1 : lo;
         const float a = key_value(select_key(p, lo, scratch));
         const float b = hi == lo ? a : key_value(select_key(p, hi, scratch));
@@ -224,6 +231,9 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
             v[7] += g.e * h;
         }
         block_sum<GRPO_THREADS, 8>(v, scratch);
+        // Sequence-level ratios: one clip indicator per sequence (TRL's (B, 1) metrics), empty
+        // sequences included.
+        if (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) clip_flags(p, rho_seq, a, v[4], v[5]);
         if (threadIdx.x == 0) {
             float* row = reinterpret_cast<float*>(p.seq_work) + s * PREFK_GRPO_SEQ_FIELDS;
             row[PREFK_GRPO_COUNT] = c[0];
@@ -257,6 +267,7 @@ PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
     block_sum<GRPO_THREADS, 2>(n, scratch);
     const float total = fmaxf(n[0], 1.f);
     const float n_seqs = (float)p.n_seqs;
+    const float clip_count = (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) ? n_seqs : total;
     const bool per_normalizer = p.agg == PREFK_GRPO_AGG_CONSTANT_OR_TOKENS;
     const float normalizer = p.agg_param > 0.f ? p.agg_param : total;
     const float ew = per_normalizer ? 1.f / normalizer : 1.f / fmaxf(n[1], 1.f);
@@ -285,9 +296,9 @@ PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
         m[0] = v[0] - p.entropy_coef * ew * v[5];
         m[1] = v[1] / total;
         m[2] = v[2] / total;
-        m[3] = v[3] / total;
-        m[4] = v[4] / total;
-        m[5] = (v[3] + v[4]) / total;
+        m[3] = v[3] / clip_count;
+        m[4] = v[4] / clip_count;
+        m[5] = (v[3] + v[4]) / clip_count;
         m[6] = v[0];  // the policy loss without the entropy bonus (TRL `policy_loss`)
         m[7] = 0.f;
     }
@@ -302,12 +313,13 @@ PREFK_KERNEL(grpo_token_grad, GrpoParams, GRPO_THREADS) {
     for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < p.n_tokens;
          t += (int64_t)gridDim.x * blockDim.x) {
         const int64_t s = seq_of_token(p.cu_seqlens, p.seq_len, p.n_seqs, t);
-        if (s < 0 || !grpo_counts(p, t)) {
+        const float* row = s < 0 ? nullptr : reinterpret_cast<const float*>(p.seq_work) + s * PREFK_GRPO_SEQ_FIELDS;
+        // A sequence with no counted token (empty, or with bad offsets: reported) gives 0.
+        if (s < 0 || !grpo_counts(p, t) || row[PREFK_GRPO_COUNT] == 0.f) {
             grad[t] = 0.f;
             if (grad_h) grad_h[t] = 0.f;
             continue;
         }
-        const float* row = reinterpret_cast<const float*>(p.seq_work) + s * PREFK_GRPO_SEQ_FIELDS;
         const float w = row[PREFK_GRPO_WEIGHT] * p.grad_scale;
         const float a = reinterpret_cast<const float*>(p.advantages)[s];
         const GrpoToken g = grpo_token(p, t, a, row[PREFK_GRPO_RHO], threshold);

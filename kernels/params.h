@@ -299,6 +299,7 @@ typedef struct GroupLossParams {
     uint64_t labels;        // [n_seqs] f32: KTO roles, LiPO labels psi, PRO rewards
     uint64_t seq_coef;      // out [n_seqs, 3] f32 token-gradient coefficients
     uint64_t seq_out;       // out [n_seqs] f32: KTO / LiPO reward beta (S - S_ref), PRO score; or 0
+    uint64_t scratch;       // workspace [n_seqs, 2] f32: a list's scores and rank discounts
     uint64_t metrics;       // out [PREFK_GROUP_METRICS] f32
     int64_t n_seqs;
     int64_t group_size;     // LiPO / PRO: consecutive sequences per group (list)
@@ -313,7 +314,7 @@ typedef struct GroupLossParams {
 } GroupLossParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(GroupLossParams) == 96, "GroupLossParams layout changed: update src/params.rs");
+static_assert(sizeof(GroupLossParams) == 104, "GroupLossParams layout changed: update src/params.rs");
 #endif
 
 #endif  // PREF_KERNELS_PARAMS_H

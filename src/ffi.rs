@@ -442,7 +442,7 @@ fn grpo_config_of(c: &PrefkGrpoConfig) -> Result<GrpoConfig> {
         beta: c.beta,
         bias_corrected_kl: c.bias_corrected_kl != 0,
         entropy_coef: c.entropy_coef,
-        top_entropy_quantile: c.top_entropy_quantile,
+        top_entropy_quantile: c.top_entropy_quantile as f64,
         grad_scale: c.grad_scale,
     })
 }

@@ -264,6 +264,7 @@ pub struct GroupLossParams {
     pub labels: u64,
     pub seq_coef: u64,
     pub seq_out: u64,
+    pub scratch: u64,
     pub metrics: u64,
     pub n_seqs: i64,
     pub group_size: i64,
@@ -278,9 +279,9 @@ pub struct GroupLossParams {
 }
 
 const _: () = {
-    assert!(size_of::<GroupLossParams>() == 96);
-    assert!(offset_of!(GroupLossParams, kind) == 64);
-    assert!(offset_of!(GroupLossParams, grad_scale) == 88);
+    assert!(size_of::<GroupLossParams>() == 104);
+    assert!(offset_of!(GroupLossParams, kind) == 72);
+    assert!(offset_of!(GroupLossParams, grad_scale) == 96);
 };
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.

@@ -3,7 +3,7 @@
 #![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 use pref_kernels::group_loss::reference::group_loss;
 use pref_kernels::group_loss::{GroupLoss, KtoKl, KtoRole};
-use pref_kernels::grpo::reference::{grpo_loss, quantile_linear, GrpoTokens};
+use pref_kernels::grpo::reference::{grpo_loss, quantile_f32, GrpoTokens};
 use pref_kernels::grpo::{GrpoConfig, GrpoLossType, ImportanceLevel};
 use pref_kernels::pref_loss::reference::forward_backward;
 use pref_kernels::pref_loss::{LossConfig, Pairs};
@@ -230,9 +230,46 @@ fn grpo_hand_checked_values_and_identities() {
             assert!((dapo.grad_logp[u] + b.adv[s] as f64 * m / total).abs() < 1e-12, "dapo token {u}");
         }
     }
+    // Bias-corrected KL uses the raw ratio, uncapped by delta (TRL multiplies before the cap):
+    // ratio 2, k3 = e^-1, A = 0: loss = beta * 2 k3, d/dlogp = beta * 2 (dk3 + k3) = 2 beta.
+    let (l, o, r) = ([0.0f32], [-(2.0f32.ln())], [-1.0f32]);
+    let t = GrpoTokens {
+        logp: &l,
+        old_logp: Some(&o),
+        ref_logp: Some(&r),
+        mask: None,
+        is_weights: None,
+        entropy: None,
+    };
+    let cfg = GrpoConfig { delta: Some(1.5), beta: 0.1, bias_corrected_kl: true, ..GrpoConfig::trl() };
+    let out = grpo_loss(&t, &SeqLayout::Packed { cu_seqlens: &[0, 1] }, &[0.0], &cfg).unwrap();
+    let rho = (o[0] as f64).exp().recip();
+    assert!((out.loss - 0.1 * rho * (-1.0f64).exp()).abs() < 1e-7, "{}", out.loss);
+    assert!((out.grad_logp[0] - 0.1 * rho).abs() < 1e-7, "{}", out.grad_logp[0]);
+    // GSPO clip metrics count sequences, not tokens (TRL's (B, 1) ratios): one short clipped
+    // sequence of two is 0.5, however long the other.
+    let l = [-1.0f32; 10];
+    let mut o = [-1.0f32; 10];
+    o[0] = -1.0 + 2.0f32.ln(); // ratio 0.5
+    let t = GrpoTokens {
+        logp: &l,
+        old_logp: Some(&o),
+        ref_logp: None,
+        mask: None,
+        is_weights: None,
+        entropy: None,
+    };
+    let cfg = GrpoConfig { importance: ImportanceLevel::Sequence, ..GrpoConfig::trl() };
+    let out = grpo_loss(&t, &SeqLayout::Packed { cu_seqlens: &[0, 1, 10] }, &[-1.0, -1.0], &cfg).unwrap();
+    assert_eq!((out.metrics[3], out.metrics[5]), (0.5, 0.5));
+
     // torch.quantile's linear interpolation.
-    assert_eq!(quantile_linear(vec![4.0, 1.0, 3.0, 2.0], 0.5), 2.5);
-    assert_eq!(quantile_linear(vec![7.0], 0.3), 7.0);
+    assert_eq!(quantile_f32(vec![4.0, 1.0, 3.0, 2.0], 0.5), 2.5);
+    assert_eq!(quantile_f32(vec![7.0], 0.3), 7.0);
+    assert_eq!(quantile_f32(vec![0.0, 10.0], 0.75), 7.5); // torch.lerp's upper branch
+                                                          // A rank that rounds up to n - 1 + epsilon in f32 stays on the last element.
+    let big: Vec<f32> = (0..16_777_220).map(|i| i as f32).collect();
+    assert!(quantile_f32(big, 0.99999994).is_finite());
 }
 
 #[test]

@@ -254,7 +254,7 @@ proptest! {
         let exact = s.max(0) as i128 * 13 + 4;
         prop_assert!(g == exact as i64 && exact <= i64::MAX as i128 || g == -1, "{} for {}", g, s);
         let k = pref_kernels::ffi::prefk_group_loss_workspace_len(s);
-        let exact = s.max(0) as i128 * 13;
+        let exact = s.max(0) as i128 * 15;
         prop_assert!(k == exact as i64 && exact <= i64::MAX as i128 || k == -1, "{} for {}", k, s);
     }
 }

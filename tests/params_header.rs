@@ -101,7 +101,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ),
         (
             "GroupLossParams",
-            fields!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved),
+            fields!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved),
         ),
     ];
     assert_eq!(header.len(), rust.len(), "structs in params.h: {:?}", header.keys().collect::<Vec<_>>());
@@ -159,6 +159,6 @@ fn bindgen_output_matches_the_committed_structs() {
     same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms);
     same!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
     same!(GrpoParams: logp, old_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, reserved);
-    same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);
+    same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);
     assert_eq!(g::PREFK_STATUS_BAD_PAIR, STATUS_BAD_PAIR);
 }

@@ -31,9 +31,10 @@ pub struct GroupLossPtrs {
     pub status: u64,
 }
 
-/// f32 elements of workspace [`Gpu::group_loss_raw`] needs: statistics and token coefficients.
+/// f32 elements of workspace [`Gpu::group_loss_raw`] needs: statistics, token coefficients and
+/// two scratch values per sequence.
 pub fn group_loss_workspace_len(n_seqs: usize) -> usize {
-    n_seqs.saturating_mul(SEQ_STATS_LEN + 3)
+    n_seqs.saturating_mul(SEQ_STATS_LEN + 5)
 }
 
 /// Results of the safe API (read back to the host).
@@ -113,6 +114,7 @@ impl Gpu {
         }
         let stats = ptrs.workspace;
         let seq_coef = stats + (n_seqs * SEQ_STATS_LEN * 4) as u64;
+        let scratch = seq_coef + (n_seqs * 3 * 4) as u64;
         // SAFETY (all three launches): forwarded to the caller (see # Safety).
         unsafe {
             self.launch_seq_stats(
@@ -134,6 +136,7 @@ impl Gpu {
             labels: ptrs.labels,
             seq_coef,
             seq_out: ptrs.seq_out,
+            scratch,
             metrics: ptrs.metrics,
             n_seqs: n_seqs as i64,
             group_size: loss.group_size() as i64,

@@ -93,7 +93,7 @@ pub enum GroupLoss {
     },
 }
 
-/// Longest list LiPO and PRO accept (the kernel keeps a list in registers).
+/// Longest list LiPO and PRO accept (one GPU thread evaluates a list: O(K²) pairs).
 pub const MAX_LIST: usize = 64;
 
 impl GroupLoss {

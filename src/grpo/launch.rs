@@ -182,7 +182,7 @@ impl Gpu {
             delta: cfg.delta.unwrap_or(0.0),
             beta: cfg.beta,
             entropy_coef: cfg.entropy_coef,
-            quantile: 1.0 - cfg.top_entropy_quantile,
+            quantile: (1.0 - cfg.top_entropy_quantile) as f32,
             agg_param,
             tau_pos,
             tau_neg,

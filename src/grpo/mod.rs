@@ -14,7 +14,7 @@
 //! pg_t   = −min(c1 A, c2 A)                                    (grpo, bnpo, dr_grpo, dapo)
 //!        = −sg(min(ρ, ε_hi)) A ℓ_t                             (cispo)
 //!        = −σ(τ (ρ − 1)) · 4/τ · A,  τ = τ_pos if A > 0 else τ_neg   (sapo)
-//! k3_t   = e^{ℓ^ref − ℓ} − (ℓ^ref − ℓ) − 1   (× c1 with `bias_corrected_kl`)
+//! k3_t   = e^{ℓ^ref − ℓ} − (ℓ^ref − ℓ) − 1   (× ρ, uncapped, with `bias_corrected_kl`)
 //! loss_t = pg_t · e_t · v_t + β k3_t             (TRL's order: the KL is neither masked nor weighted)
 //! L      = Σ_s a_s Σ_t m_t loss_t  −  c_H · b · Σ_t m_t e_t H_t
 //! ```
@@ -25,7 +25,8 @@
 //!
 //! Metrics (TRL v1.9 / HEAD, one process): `kl` and `entropy` are token means over the
 //! completion mask; `clip_ratio/*` token means of the clip indicators on the (δ-capped) ratio
-//! (low: ρ < 1 − ε_lo with A < 0; high: ρ > 1 + ε_hi with A > 0); for `cispo` the `high` slot
+//! (low: ρ < 1 − ε_lo with A < 0; high: ρ > 1 + ε_hi with A > 0), at the sequence level one
+//! indicator per sequence averaged over the S sequences (TRL's (B, 1) ratios); for `cispo` the `high` slot
 //! holds TRL's `cispo_clip_ratio` (ρ > ε_hi with A > 0), `sapo` logs none (zeros).
 //! TRL's gradient-accumulation division of grpo/bnpo/dr_grpo is the caller's `grad_scale`.
 //! The ratio's `min` splits the gradient in half at exact ties and the clamps pass it on their
@@ -103,7 +104,8 @@ pub struct GrpoConfig {
     pub entropy_coef: f32,
     /// Keep the policy-gradient term only on tokens whose entropy is at or above this quantile
     /// of the batch's completion-token entropies (TRL `top_entropy_quantile`; 1.0 = every token).
-    pub top_entropy_quantile: f32,
+    /// f64 like TRL's Python float, so `1 − q` rounds to the same f32 torch.quantile receives.
+    pub top_entropy_quantile: f64,
     /// Multiplies every gradient (upstream dL); default 1.
     pub grad_scale: f32,
 }
@@ -173,7 +175,9 @@ impl GrpoConfig {
             })?;
         }
         ensure(
-            self.top_entropy_quantile > 0.0 && self.top_entropy_quantile <= 1.0,
+            self.top_entropy_quantile > 0.0
+                && self.top_entropy_quantile <= 1.0
+                && !self.top_entropy_quantile.is_nan(),
             "top_entropy_quantile",
             || format!("must be in (0, 1], got {}", self.top_entropy_quantile),
         )?;

@@ -77,13 +77,21 @@ pub(crate) fn need_inputs(cfg: &GrpoConfig, has_ref: bool, has_entropy: bool) ->
     })
 }
 
-/// `torch.quantile(x, q)` (linear interpolation) in f64; x non-empty.
-pub fn quantile_linear(mut x: Vec<f64>, q: f64) -> f64 {
+/// `torch.quantile(x, q)` on a float32 tensor, as torch computes it: the rank `q (n − 1)` and
+/// the linear interpolation (`torch.lerp`) in f32; `x` non-empty. (The kernel's radix select
+/// returns the same order statistics, so both gate the same tokens.)
+pub fn quantile_f32(mut x: Vec<f32>, q: f32) -> f32 {
     x.sort_by(|a, b| a.total_cmp(b));
-    let pos = q * (x.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    x[lo] + (pos - lo as f64) * (x[hi] - x[lo])
+    let rank = q * (x.len() - 1) as f32;
+    let lo_rank = rank.floor();
+    let lo = (lo_rank as usize).min(x.len() - 1);
+    let hi = if lo + 1 < x.len() && rank > lo_rank { lo + 1 } else { lo };
+    let (a, b, w) = (x[lo], x[hi], rank - lo_rank);
+    if w < 0.5 {
+        a + w * (b - a)
+    } else {
+        b - (b - a) * (1.0 - w)
+    }
 }
 
 /// Aggregation weight a_s of every sequence.
@@ -109,7 +117,6 @@ struct Surrogate {
     dpg_drho: f64,
     dpg_dl: f64,
     c1: f64,
-    dc1: f64,
 }
 
 fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
@@ -120,19 +127,13 @@ fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
     match cfg.loss_type {
         GrpoLossType::Cispo { .. } => {
             let c = rho.min(cfg.epsilon_high as f64);
-            Surrogate { pg: -c * a * l, dpg_drho: 0.0, dpg_dl: -c * a, c1, dc1 }
+            Surrogate { pg: -c * a * l, dpg_drho: 0.0, dpg_dl: -c * a, c1 }
         }
         GrpoLossType::Sapo { tau_pos, tau_neg } => {
             let tau = if a > 0.0 { tau_pos } else { tau_neg } as f64;
             let x = tau * (rho - 1.0);
             let sig = 1.0 / (1.0 + (-x).exp());
-            Surrogate {
-                pg: -sig * 4.0 / tau * a,
-                dpg_drho: -4.0 * sig * (1.0 - sig) * a,
-                dpg_dl: 0.0,
-                c1,
-                dc1,
-            }
+            Surrogate { pg: -sig * 4.0 / tau * a, dpg_drho: -4.0 * sig * (1.0 - sig) * a, dpg_dl: 0.0, c1 }
         }
         _ => {
             let (lo, hi) = (1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64);
@@ -146,8 +147,18 @@ fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
             } else {
                 0.5 * (dc1 + dc2) * a
             };
-            Surrogate { pg: -l1.min(l2), dpg_drho: -d, dpg_dl: 0.0, c1, dc1 }
+            Surrogate { pg: -l1.min(l2), dpg_drho: -d, dpg_dl: 0.0, c1 }
         }
+    }
+}
+
+/// The clip indicators (low, high) of TRL's metrics at ratio ρ with capped ratio c1.
+fn clip_flags(cfg: &GrpoConfig, rho: f64, c1: f64, a: f64) -> (bool, bool) {
+    let (lo, hi) = (1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64);
+    match cfg.loss_type {
+        GrpoLossType::Sapo { .. } => (false, false),
+        GrpoLossType::Cispo { .. } => (false, rho > cfg.epsilon_high as f64 && a > 0.0),
+        _ => (c1 < lo && a < 0.0, c1 > hi && a > 0.0),
     }
 }
 
@@ -172,16 +183,13 @@ pub fn grpo_loss(
     let total = pairwise_sum(&counts);
     let all: Vec<usize> = seq_tokens.iter().flatten().copied().collect();
     let threshold = if cfg.top_entropy_quantile < 1.0 && !all.is_empty() {
-        quantile_linear(
-            all.iter().map(|&t| h(t) as f32 as f64).collect(),
-            1.0 - cfg.top_entropy_quantile as f64,
-        )
+        let hs = all.iter().map(|&t| tokens.entropy.expect("validated")[t]).collect();
+        quantile_f32(hs, (1.0 - cfg.top_entropy_quantile) as f32) as f64
     } else {
         f64::NEG_INFINITY
     };
     let weights = aggregation_weights(cfg, &counts);
     let beta = cfg.beta as f64;
-    let (lo, hi) = (1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64);
     let keep = |t: usize| if h(t) >= threshold { 1.0 } else { 0.0 };
     // The entropy bonus: over the effective mask, by the dapo/cispo normalizer or else by the
     // effective token count (TRL).
@@ -198,7 +206,7 @@ pub fn grpo_loss(
         let w = weights[s];
         let n = counts[s].max(1.0);
         let rho_seq = (pairwise_sum(&ts.iter().map(|&t| l(t) - old(t)).collect::<Vec<_>>()) / n).exp();
-        let mut cross = 0.0; // Σ_t a_s (e v dpg/dρ + β k3 dc1): the sequence ratio's share
+        let mut cross = 0.0; // Σ_t a_s (e v dpg/dρ + β k3 [bias-corrected]): the sequence ratio's share
         for &t in ts {
             let rho = match cfg.importance {
                 ImportanceLevel::Token => (l(t) - old(t)).exp(),
@@ -212,11 +220,9 @@ pub fn grpo_loss(
                 k3 = r.exp() - r - 1.0;
                 dk3 = 1.0 - r.exp();
             }
-            let (kl_t, dkl_dl, dkl_drho) = if cfg.bias_corrected_kl {
-                (k3 * sur.c1, dk3 * sur.c1, k3 * sur.dc1)
-            } else {
-                (k3, dk3, 0.0)
-            };
+            // TRL multiplies by the raw ratio (before the delta cap, not detached).
+            let (kl_t, dkl_dl, dkl_drho) =
+                if cfg.bias_corrected_kl { (k3 * rho, dk3 * rho, k3) } else { (k3, dk3, 0.0) };
             // TRL's order: entropy mask and vLLM weight on the policy term, the KL added after.
             loss_terms.push(w * (sur.pg * e * v(t) + beta * kl_t));
             bonus.push(entropy_weight * e * h(t));
@@ -229,13 +235,18 @@ pub fn grpo_loss(
             grad_h[t] = -(cfg.entropy_coef as f64) * entropy_weight * e;
             kl.push(kl_t);
             ent.push(h(t));
-            let (is_low, is_high) = match cfg.loss_type {
-                GrpoLossType::Sapo { .. } => (false, false),
-                GrpoLossType::Cispo { .. } => (false, rho > cfg.epsilon_high as f64 && a > 0.0),
-                _ => (sur.c1 < lo && a < 0.0, sur.c1 > hi && a > 0.0),
-            };
-            low.push(if is_low { 1.0 } else { 0.0 });
-            high.push(if is_high { 1.0 } else { 0.0 });
+            if cfg.importance == ImportanceLevel::Token {
+                let (is_low, is_high) = clip_flags(cfg, rho, sur.c1, a);
+                low.push(f64::from(u8::from(is_low)));
+                high.push(f64::from(u8::from(is_high)));
+            }
+        }
+        if cfg.importance == ImportanceLevel::Sequence {
+            // One indicator per sequence (TRL's (B, 1) ratios), empty sequences included.
+            let c1 = cfg.delta.map_or(rho_seq, |d| rho_seq.min(d as f64));
+            let (is_low, is_high) = clip_flags(cfg, rho_seq, c1, a);
+            low.push(f64::from(u8::from(is_low)));
+            high.push(f64::from(u8::from(is_high)));
         }
         if cfg.importance == ImportanceLevel::Sequence {
             for &t in ts {
@@ -246,6 +257,10 @@ pub fn grpo_loss(
     let scale = cfg.grad_scale as f64;
     grad.iter_mut().chain(grad_h.iter_mut()).for_each(|g| *g *= scale);
     let mean = |x: &[f64]| pairwise_sum(x) / total.max(1.0);
+    let clip_mean = |x: &[f64]| match cfg.importance {
+        ImportanceLevel::Token => mean(x),
+        ImportanceLevel::Sequence => pairwise_sum(x) / n_seqs as f64,
+    };
     let region: Vec<f64> = low.iter().zip(&high).map(|(a, b)| a + b).collect();
     let policy_loss = pairwise_sum(&loss_terms);
     let loss = policy_loss - cfg.entropy_coef as f64 * pairwise_sum(&bonus);
@@ -254,8 +269,8 @@ pub fn grpo_loss(
     metrics[6] = policy_loss;
     metrics[1] = mean(&kl);
     metrics[2] = mean(&ent);
-    metrics[3] = mean(&low);
-    metrics[4] = mean(&high);
-    metrics[5] = mean(&region);
+    metrics[3] = clip_mean(&low);
+    metrics[4] = clip_mean(&high);
+    metrics[5] = clip_mean(&region);
     Ok(GrpoReference { loss, metrics, grad_logp: grad, grad_entropy: grad_h, entropy_threshold: threshold })
 }
