@@ -474,54 +474,10 @@ fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
         PrefixGroup { prefix_len: 5, resp_lens: vec![64, 9] },
     ])?;
     let t = alayout.total_tokens();
-    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
-    let mut st = 0x2545_F491_4F6C_DD1Du64;
-    let mut rnd = |n: usize| random_bf16(n, &mut st);
-    let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
-    let dl = gpu.upload_prefix_layout(&s, &alayout)?;
-    let (dq_, dk_, dv_, ddo) =
-        (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
-    let mut o = s.alloc_zeros::<bf16>(t * wq)?;
-    let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
-    gpu.prefix_attn_forward(
-        &s,
-        &dq_.as_view(),
-        &dk_.as_view(),
-        &dv_.as_view(),
-        &dl,
-        shape,
-        &mut o.as_view_mut(),
-        &mut alse.as_view_mut(),
-    )?;
-    let (mut gq, mut gk, mut gv) =
-        (s.alloc_zeros::<bf16>(t * wq)?, s.alloc_zeros::<bf16>(t * wk)?, s.alloc_zeros::<bf16>(t * wk)?);
-    let saved = AttnSaved {
-        q: dq_.as_view(),
-        k: dk_.as_view(),
-        v: dv_.as_view(),
-        o: o.as_view(),
-        lse: alse.as_view(),
-    };
-    gpu.prefix_attn_backward(
-        &s,
-        &saved,
-        &ddo.as_view(),
-        &dl,
-        shape,
-        &mut gq.as_view_mut(),
-        &mut gk.as_view_mut(),
-        &mut gv.as_view_mut(),
-    )?;
-    let fwd = attn_ref::forward(&q, &k, &v, &alayout, &shape)?;
-    let grads = attn_ref::backward(&q, &k, &v, &dout, &alayout, &shape)?;
-    let b16 = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+    let d = attention_diffs(gpu, &alayout, shape, 0x2545_F491_4F6C_DD1D)?;
     println!(
         "  shared-prefix attention ({t} tokens, 2 groups): max |diff| O {:.2e}, LSE {:.2e}, dQ {:.2e}, dK {:.2e}, dV {:.2e}",
-        max_diff(b16(s.clone_dtoh(&o)?), fwd.o.iter().copied()),
-        max_diff(f(s.clone_dtoh(&alse)?), fwd.lse.iter().copied()),
-        max_diff(b16(s.clone_dtoh(&gq)?), grads.dq.iter().copied()),
-        max_diff(b16(s.clone_dtoh(&gk)?), grads.dk.iter().copied()),
-        max_diff(b16(s.clone_dtoh(&gv)?), grads.dv.iter().copied())
+        d[0], d[1], d[2], d[3], d[4]
     );
     println!("  verified in {:.1} s on the {} backend", t0.elapsed().as_secs_f64(), gpu.backend().name());
     Ok(())
@@ -646,46 +602,7 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
         SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: p, resp_lens: vec![r; g] }])?;
     let t = layout.total_tokens();
     let dup: usize = layout.duplicated_lengths().iter().map(|&n| n * (n + 1) / 2).sum();
-    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
-    let mut st = 0x9E37_79B9_7F4A_7C15u64;
-    let mut rnd = |n: usize| random_bf16(n, &mut st);
-    let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
-    let dl = gpu.upload_prefix_layout(&s, &layout)?;
-    let (dq_, dk_, dv_, ddo) =
-        (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
-    let mut o = s.alloc_zeros::<bf16>(t * wq)?;
-    let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
-    gpu.prefix_attn_forward(
-        &s,
-        &dq_.as_view(),
-        &dk_.as_view(),
-        &dv_.as_view(),
-        &dl,
-        shape,
-        &mut o.as_view_mut(),
-        &mut alse.as_view_mut(),
-    )?;
-    let (mut gq, mut gk, mut gv) =
-        (s.alloc_zeros::<bf16>(t * wq)?, s.alloc_zeros::<bf16>(t * wk)?, s.alloc_zeros::<bf16>(t * wk)?);
-    let saved = AttnSaved {
-        q: dq_.as_view(),
-        k: dk_.as_view(),
-        v: dv_.as_view(),
-        o: o.as_view(),
-        lse: alse.as_view(),
-    };
-    gpu.prefix_attn_backward(
-        &s,
-        &saved,
-        &ddo.as_view(),
-        &dl,
-        shape,
-        &mut gq.as_view_mut(),
-        &mut gk.as_view_mut(),
-        &mut gv.as_view_mut(),
-    )?;
-    let fwd = attn_ref::forward(&q, &k, &v, &layout, &shape)?;
-    let grads = attn_ref::backward(&q, &k, &v, &dout, &layout, &shape)?;
+    let d = attention_diffs(gpu, &layout, shape, 0x9E37_79B9_7F4A_7C15)?;
     let b16 = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<_>>();
     println!(
         "GRPO group: prompt P = {p} shared by G = {g} responses of R = {r} tokens on the {} backend",
@@ -696,10 +613,7 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
         g * (p + r),
         layout.attended_pairs(),
         dup as f64 / layout.attended_pairs() as f64,
-        max_diff(b16(s.clone_dtoh(&o)?), fwd.o.iter().copied()),
-        max_diff(b16(s.clone_dtoh(&gq)?), grads.dq.iter().copied()),
-        max_diff(b16(s.clone_dtoh(&gk)?), grads.dk.iter().copied()),
-        max_diff(b16(s.clone_dtoh(&gv)?), grads.dv.iter().copied())
+        d[0], d[2], d[3], d[4]
     );
     // The responses' logits (synthetic: the LM head is the trainer's), the rollout's log-probs,
     // rewards -> group advantages, then the GRPO step.
@@ -773,6 +687,7 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
         ("entropy", d_ent, 1e-3),
         ("d/dlogits", d_logits, 1e-2),
         ("metrics", metrics_diff, 1e-3),
+        ("attention (bf16)", d.iter().copied().fold(0.0, f64::max), 5e-2),
     ] {
         if diff.is_nan() || diff > tol {
             return Err(pref_kernels::Error::KernelCheck(format!(
@@ -782,4 +697,64 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
     }
     println!("  GRPO group verified in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// Shared-prefix attention forward and backward on random bf16 inputs over `layout`, against the
+/// f64 reference: max |diff| of O, LSE, dQ, dK, dV.
+fn attention_diffs(
+    gpu: &Gpu,
+    layout: &SharedPrefixLayout,
+    shape: AttnShape,
+    seed: u64,
+) -> pref_kernels::Result<[f64; 5]> {
+    let s = gpu.default_stream();
+    let t = layout.total_tokens();
+    let (wq, wk) = (shape.q_heads * shape.head_dim, shape.kv_heads * shape.head_dim);
+    let mut st = seed;
+    let mut rnd = |n: usize| random_bf16(n, &mut st);
+    let (q, k, v, dout) = (rnd(t * wq), rnd(t * wk), rnd(t * wk), rnd(t * wq));
+    let dl = gpu.upload_prefix_layout(&s, layout)?;
+    let (dq_, dk_, dv_, ddo) =
+        (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
+    let mut o = s.alloc_zeros::<bf16>(t * wq)?;
+    let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
+    gpu.prefix_attn_forward(
+        &s,
+        &dq_.as_view(),
+        &dk_.as_view(),
+        &dv_.as_view(),
+        &dl,
+        shape,
+        &mut o.as_view_mut(),
+        &mut alse.as_view_mut(),
+    )?;
+    let (mut gq, mut gk, mut gv) =
+        (s.alloc_zeros::<bf16>(t * wq)?, s.alloc_zeros::<bf16>(t * wk)?, s.alloc_zeros::<bf16>(t * wk)?);
+    let saved = AttnSaved {
+        q: dq_.as_view(),
+        k: dk_.as_view(),
+        v: dv_.as_view(),
+        o: o.as_view(),
+        lse: alse.as_view(),
+    };
+    gpu.prefix_attn_backward(
+        &s,
+        &saved,
+        &ddo.as_view(),
+        &dl,
+        shape,
+        &mut gq.as_view_mut(),
+        &mut gk.as_view_mut(),
+        &mut gv.as_view_mut(),
+    )?;
+    let fwd = attn_ref::forward(&q, &k, &v, layout, &shape)?;
+    let grads = attn_ref::backward(&q, &k, &v, &dout, layout, &shape)?;
+    let b16 = |v: Vec<bf16>| v.into_iter().map(|x| x.to_f64()).collect::<Vec<_>>();
+    Ok([
+        max_diff(b16(s.clone_dtoh(&o)?), fwd.o.iter().copied()),
+        max_diff(s.clone_dtoh(&alse)?.into_iter().map(f64::from), fwd.lse.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gq)?), grads.dq.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gk)?), grads.dk.iter().copied()),
+        max_diff(b16(s.clone_dtoh(&gv)?), grads.dv.iter().copied()),
+    ])
 }

@@ -165,11 +165,25 @@ __device__ __forceinline__ void report_status(uint64_t status, uint32_t bits) {
     if (status != 0) atomicOr(reinterpret_cast<unsigned int*>(status), bits);
 }
 
+// ---- stable scalar functions shared by the loss kernels -----------------------------------------
+__device__ __forceinline__ float sigmoid_(float x) {
+    if (x >= 0.f) return 1.f / (1.f + expf(-x));
+    const float e = expf(x);
+    return e / (1.f + e);
+}
+// sigma'(x) = sigma(x) sigma(-x) from exp(-|x|) only (1 - sigma(x) cancels at large |x|).
+__device__ __forceinline__ float sigmoid_prime_(float x) {
+    const float e = expf(-fabsf(x));
+    return e / ((1.f + e) * (1.f + e));
+}
+__device__ __forceinline__ float softplus_(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
+
 // ---- sums of several values over a block, fixed order ---------------------------------------------
 // Every thread passes K partial sums; every thread receives the block totals. `scratch` holds
 // (THREADS / 32) * K floats. Butterfly inside warps, then warp 0's lanes combine the warps in order.
-template <int THREADS, int K>
-__device__ __forceinline__ void block_sum(float (&v)[K], float* scratch) {
+// Any summable T: floats for the losses, unsigned long long for exact counts.
+template <int THREADS, int K, typename T = float>
+__device__ __forceinline__ void block_sum(T (&v)[K], T* scratch) {
 #pragma unroll
     for (int k = 0; k < K; ++k)
 #pragma unroll
@@ -183,7 +197,7 @@ __device__ __forceinline__ void block_sum(float (&v)[K], float* scratch) {
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-        float acc = 0.f;
+        T acc = T(0);
         for (int w = 0; w < WARPS; ++w) acc += scratch[w * K + k];  // same order in every thread
         v[k] = acc;
     }

@@ -10,16 +10,6 @@
 
 constexpr int GROUP_THREADS = 256;
 
-__device__ __forceinline__ float gl_sigmoid(float x) {
-    if (x >= 0.f) return 1.f / (1.f + expf(-x));
-    const float e = expf(x);
-    return e / (1.f + e);
-}
-__device__ __forceinline__ float gl_sigmoid_prime(float x) {
-    const float e = expf(-fabsf(x));
-    return e / ((1.f + e) * (1.f + e));
-}
-__device__ __forceinline__ float gl_softplus(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float gl_logaddexp(float a, float b) {
     const float m = fmaxf(a, b);
     return m == -INFINITY ? -INFINITY : m + log1pf(expf(-fabsf(a - b)));
@@ -89,12 +79,12 @@ __device__ void kto(const GroupLossParams& p, float* scratch) {
         float loss, dd;
         if (apo) {
             const float x = p.beta * d;
-            loss = good ? 1.f - gl_sigmoid(x) : gl_sigmoid(x);
-            dd = (good ? -1.f : 1.f) * p.beta * gl_sigmoid_prime(x);
+            loss = good ? 1.f - sigmoid_(x) : sigmoid_(x);
+            dd = (good ? -1.f : 1.f) * p.beta * sigmoid_prime_(x);
         } else {
             const float x = good ? p.beta * (d - z0) : p.beta * (z0 - d);
-            loss = 1.f - gl_sigmoid(x);
-            dd = (good ? -1.f : 1.f) * p.beta * gl_sigmoid_prime(x);
+            loss = 1.f - sigmoid_(x);
+            dd = (good ? -1.f : 1.f) * p.beta * sigmoid_prime_(x);
         }
         v[0] += w * loss;
         write_coef(p, s, w * dd / n_ex);
@@ -145,10 +135,10 @@ __device__ void lipo_group(const GroupLossParams& p, int64_t g, float inv_pairs,
                                  ? (float)K * fabsf(exp2f(psi[i]) - exp2f(psi[j])) * fabsf(sc[2 * i + 1] - sc[2 * j + 1])
                                  : 1.f;
             const float z = sc[2 * i] - sc[2 * j];
-            acc[0] += lw * gl_softplus(-z);
+            acc[0] += lw * softplus_(-z);
             acc[1] += 1.f;
             acc[2] += z > 0.f ? 1.f : 0.f;
-            const float d = -lw * gl_sigmoid(-z);  // d softplus(-z) / dz
+            const float d = -lw * sigmoid_(-z);  // d softplus(-z) / dz
             coef[3 * i] += d;
             coef[3 * j] -= d;
         }

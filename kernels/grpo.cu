@@ -4,7 +4,7 @@
 //
 //   grpo_entropy_threshold  one block: the (1 - top_entropy_quantile) quantile of the completion
 //                           tokens' entropies, as torch.quantile (linear interpolation), by an exact
-//                           radix select (4 bits per pass, integer counts: no atomics, deterministic)
+//                           radix select (4 bits per pass, integer counts summed by block_sum: no atomics)
 //   grpo_seq                one block per sequence: N_s and sum (logp - old) (for the sequence ratio),
 //                           then every token's loss and metric terms, summed in a fixed order
 //   grpo_batch              one block: aggregation weights a_s, the batch loss and metrics
@@ -12,12 +12,6 @@
 #include "common.cuh"
 
 constexpr int GRPO_THREADS = 256;
-
-__device__ __forceinline__ float grpo_sigmoid(float x) {
-    if (x >= 0.f) return 1.f / (1.f + expf(-x));
-    const float e = expf(x);
-    return e / (1.f + e);
-}
 
 // ---- one token's terms ---------------------------------------------------------------------------
 struct GrpoToken {
@@ -60,7 +54,7 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
         }
         case PREFK_GRPO_SURR_SAPO: {
             const float tau = a > 0.f ? p.tau_pos : p.tau_neg;
-            const float s = grpo_sigmoid(tau * (rho - 1.f));
+            const float s = sigmoid_(tau * (rho - 1.f));
             pg = -s * (4.f / tau) * a;
             dpg_drho = -4.f * s * (1.f - s) * a;
             break;
@@ -116,27 +110,6 @@ __device__ __forceinline__ float key_value(uint32_t k) {
     return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
 }
 
-// Integer block sum of K counters, fixed order (every thread gets the totals).
-template <int K>
-__device__ __forceinline__ void block_count(unsigned long long (&v)[K], unsigned long long* scratch) {
-#pragma unroll
-    for (int k = 0; k < K; ++k)
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) v[k] += __shfl_xor_sync(0xffffffffu, v[k], off);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    __syncthreads();
-    if (lane == 0)
-#pragma unroll
-        for (int k = 0; k < K; ++k) scratch[warp * K + k] = v[k];
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-        unsigned long long acc = 0;
-        for (int w = 0; w < GRPO_THREADS / 32; ++w) acc += scratch[w * K + k];
-        v[k] = acc;
-    }
-}
-
 // The k-th smallest (0-based) key among the completion tokens, 4 bits per pass from the top.
 __device__ uint32_t select_key(const GrpoParams& p, unsigned long long k, unsigned long long* scratch) {
     const float* h = reinterpret_cast<const float*>(p.entropy);
@@ -155,7 +128,7 @@ __device__ uint32_t select_key(const GrpoParams& p, unsigned long long k, unsign
                 for (int d = 0; d < 16; ++d) c[d] += digit == (uint32_t)d ? 1ull : 0ull;
             }
         }
-        block_count<16>(c, scratch);
+        block_sum<GRPO_THREADS, 16, unsigned long long>(c, scratch);
         uint32_t digit = 15;
         for (uint32_t d = 0; d < 16; ++d) {  // same values in every thread: a uniform decision
             if (k < c[d]) { digit = d; break; }
@@ -175,7 +148,7 @@ PREFK_KERNEL(grpo_entropy_threshold, GrpoParams, GRPO_THREADS) {
         seq_range(p.cu_seqlens, p.seq_len, p.n_tokens, s, p.status, begin, end);
         for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) n[0] += grpo_counts(p, t) ? 1ull : 0ull;
     }
-    block_count<1>(n, scratch);
+    block_sum<GRPO_THREADS, 1, unsigned long long>(n, scratch);
     float threshold = -INFINITY;
     if (n[0] > 0) {
         // torch.quantile in f32: rank q (n - 1), linear interpolation between its neighbours.

@@ -7,17 +7,6 @@
 
 constexpr int PAIR_THREADS = 256;
 
-__device__ __forceinline__ float sigmoid_(float x) {
-    if (x >= 0.f) return 1.f / (1.f + expf(-x));
-    const float e = expf(x);
-    return e / (1.f + e);
-}
-// sigma'(x) = sigma(x) sigma(-x) from exp(-|x|) only (1 - sigma(x) cancels at large |x|).
-__device__ __forceinline__ float sigmoid_prime_(float x) {
-    const float e = expf(-fabsf(x));
-    return e / ((1.f + e) * (1.f + e));
-}
-__device__ __forceinline__ float softplus_(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
 __device__ __forceinline__ float log1mexp_(float x) {  // log(1 - e^x), x < 0
     return x < -0.6931471805599453f ? log1pf(-expf(x)) : logf(-expm1f(x));
 }

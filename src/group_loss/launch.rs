@@ -2,7 +2,7 @@
 //! (`kernels/group_loss.cu`, one block) and the per-token gradient (`token_grad`).
 use super::{GroupLoss, KtoKl, GROUP_METRICS_LEN};
 use crate::error::{ensure, Result};
-use crate::params::{GroupLossParams, TokenGradParams};
+use crate::params::GroupLossParams;
 use crate::runtime::args::check_ptr;
 use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::status::{check_status, StatusWord};
@@ -152,29 +152,20 @@ impl Gpu {
         // One block for the batch: fixed-order metrics.
         // SAFETY: as above; params is the kernel's GroupLossParams (layout asserted in params.rs).
         unsafe { self.launch(stream, "group_loss", (1, 1), &params) }?;
-        let (cu, seq_len) = match layout {
-            DeviceSeqLayout::Packed { cu_seqlens, .. } => (cu_seqlens, 0),
-            DeviceSeqLayout::Padded { seq_len, .. } => (0, seq_len as i64),
-        };
-        let grad = TokenGradParams {
-            logp: tokens.logp,
-            mask: tokens.mask,
-            weights: 0,
-            cu_seqlens: cu,
-            seq_coef,
-            dscores: 0,
-            stats,
-            grad_logp: ptrs.grad_logp,
-            n_tokens: n_tokens as i64,
-            n_seqs: n_seqs as i64,
-            seq_len,
-            log_tau: f32::NEG_INFINITY,
-            mode: 0,
-            scale: 1.0,
-            reserved: 0,
-        };
+        let tokens = SeqReducePtrs { weights: 0, ..*tokens };
         // SAFETY: as above.
-        unsafe { self.launch_token_grad(stream, &grad) }
+        unsafe {
+            self.launch_coef_grad(
+                stream,
+                &tokens,
+                n_tokens,
+                layout,
+                seq_coef,
+                stats,
+                f32::NEG_INFINITY,
+                ptrs.grad_logp,
+            )
+        }
     }
 
     /// A group / listwise loss on device buffers with host labels (validated, then uploaded):

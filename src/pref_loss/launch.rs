@@ -7,7 +7,7 @@ use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
 };
 use crate::error::{ensure, invalid, Result};
-use crate::params::{LossTerm, PairLossParams, TokenGradParams, MAX_LOSS_TERMS};
+use crate::params::{LossTerm, PairLossParams, MAX_LOSS_TERMS};
 use crate::runtime::args::check_ptr;
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -305,29 +305,19 @@ impl Gpu {
         // in params.rs).
         unsafe { self.launch(stream_ptr, "pair_loss", (1, 1), &params) }?;
         // 3. per-token gradient
-        let (cu, seq_len) = match layout {
-            DeviceSeqLayout::Packed { cu_seqlens, .. } => (cu_seqlens, 0),
-            DeviceSeqLayout::Padded { seq_len, .. } => (0, seq_len as i64),
-        };
-        let grad = TokenGradParams {
-            logp: tokens.logp,
-            mask: tokens.mask,
-            weights: tokens.weights,
-            cu_seqlens: cu,
-            seq_coef,
-            dscores: 0,
-            stats,
-            grad_logp: ptrs.grad_logp,
-            n_tokens: n_tokens as i64,
-            n_seqs: n_seqs as i64,
-            seq_len,
-            log_tau,
-            mode: 0,
-            scale: 1.0,
-            reserved: 0,
-        };
         // SAFETY: forwarded to the caller.
-        unsafe { self.launch_token_grad(stream_ptr, &grad) }
+        unsafe {
+            self.launch_coef_grad(
+                stream_ptr,
+                tokens,
+                n_tokens,
+                layout,
+                seq_coef,
+                stats,
+                log_tau,
+                ptrs.grad_logp,
+            )
+        }
     }
 
     /// The preference loss on cudarc buffers: writes `grad_logp` (`[T]` f32) and returns the loss,

@@ -144,6 +144,47 @@ impl Gpu {
     ///
     /// # Safety
     /// As [`Gpu::launch_seq_stats`] for every pointer in `params`.
+    /// Launches the token gradient that broadcasts per-sequence coefficients `seq_coef`
+    /// (`[S, 3]` f32: dL/dlogp_t = m_t (c0 + c1 w_t + c2 gate_t w_t)) to the tokens, the loss
+    /// kernels' last stage.
+    ///
+    /// # Safety
+    /// As [`Gpu::launch_token_grad`]: `tokens` and `layout` as validated by the caller, `seq_coef`
+    /// and `stats` (`[S, SEQ_STATS_LEN]`) written earlier on `stream`, `grad_logp` of `n_tokens` f32.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn launch_coef_grad(
+        &self,
+        stream: u64,
+        tokens: &SeqReducePtrs,
+        n_tokens: usize,
+        layout: DeviceSeqLayout,
+        seq_coef: u64,
+        stats: u64,
+        log_tau: f32,
+        grad_logp: u64,
+    ) -> Result<()> {
+        let (cu_seqlens, seq_len) = layout.parts();
+        let params = TokenGradParams {
+            logp: tokens.logp,
+            mask: tokens.mask,
+            weights: tokens.weights,
+            cu_seqlens,
+            seq_coef,
+            dscores: 0,
+            stats,
+            grad_logp,
+            n_tokens: n_tokens as i64,
+            n_seqs: layout.n_seqs() as i64,
+            seq_len,
+            log_tau,
+            mode: 0,
+            scale: 1.0,
+            reserved: 0,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.launch_token_grad(stream, &params) }
+    }
+
     pub(crate) unsafe fn launch_token_grad(&self, stream: u64, params: &TokenGradParams) -> Result<()> {
         if params.n_tokens == 0 {
             return Ok(());
