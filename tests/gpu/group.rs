@@ -161,9 +161,26 @@ fn run_grpo(
     (out, gl, gh)
 }
 
+/// The same batch with tokens outside every sequence (3 before, 5 after): they must get zeros.
+fn with_stray_tokens(r: &mut StdRng, mut h: Host) -> Host {
+    let pad = |v: &mut Vec<f32>, r: &mut StdRng| {
+        let head: Vec<f32> = (0..3).map(|_| r.random_range(-3.0f32..-0.1)).collect();
+        v.splice(0..0, head);
+        v.extend((0..5).map(|_| r.random_range(-3.0f32..-0.1)));
+    };
+    for v in [&mut h.logp, &mut h.old, &mut h.reference, &mut h.isw, &mut h.entropy] {
+        pad(v, r);
+    }
+    h.mask.splice(0..0, [1u8; 3]);
+    h.mask.extend([1u8; 5]);
+    h.cu.iter_mut().for_each(|c| *c += 3);
+    h
+}
+
 fn grpo_parity_every_config(gpu: &Gpu, seed: u64) {
     let mut r = rng(seed, 901);
     let small = host(&mut r, 13, 40);
+    let small = with_stray_tokens(&mut r, small);
     let large = host(&mut r, 61, 700);
     for (i, (name, cfg, off, isw)) in grpo_configs().into_iter().enumerate() {
         // Every config on a small batch; every fifth also on a large one (long sequences: the
@@ -337,6 +354,51 @@ fn group_loss_parity(gpu: &Gpu, seed: u64) {
             got.iter().zip(&s.clone_dtoh(&g2).unwrap()).all(|(a, b)| a.to_bits() == b.to_bits()),
             "{name}"
         );
+    }
+    // Raw API with labels the safe API refuses: roles other than exactly 0, 1, 2 (0.5, NaN, 7)
+    // are ignored, like role 3.
+    {
+        use pref_kernels::group_loss::{group_loss_workspace_len, GroupLossPtrs, GROUP_METRICS_LEN};
+        use pref_kernels::runtime::{DevicePtr, DevicePtrMut};
+        use pref_kernels::seq_reduce::{DeviceSeqLayout, SeqReducePtrs};
+        let (_, loss, mut labels) = group_cases().remove(0);
+        let odd = [0.5f32, f32::NAN, 7.0];
+        let mut as_ignored = labels.clone();
+        for (k, i) in [1usize, 6, 11].into_iter().enumerate() {
+            labels[i] = odd[k];
+            as_ignored[i] = 3.0;
+        }
+        let want = group_ref(&host_tokens, &layout, None, &as_ignored, &loss).unwrap();
+        let dl = s.clone_htod(&labels).unwrap();
+        let mut work = s.alloc_zeros::<f32>(group_loss_workspace_len(24)).unwrap();
+        let mut metrics = poisoned(gpu, GROUP_METRICS_LEN);
+        let mut g = poisoned(gpu, n);
+        {
+            let (lp, _a) = logp.device_ptr(&s).unwrap();
+            let (mp, _b) = mask.device_ptr(&s).unwrap();
+            let (rp, _c) = reference.device_ptr(&s).unwrap();
+            let (cp, _d) = cu.device_ptr(&s).unwrap();
+            let (labp, _e) = dl.device_ptr(&s).unwrap();
+            let (wp, _f) = work.device_ptr_mut(&s).unwrap();
+            let (metp, _g) = metrics.device_ptr_mut(&s).unwrap();
+            let (gp, _h) = g.device_ptr_mut(&s).unwrap();
+            let tokens = SeqReducePtrs { logp: lp, mask: mp, weights: 0, ref_logp: rp };
+            let ptrs = GroupLossPtrs {
+                ref_seq: 0,
+                labels: labp,
+                seq_out: 0,
+                metrics: metp,
+                grad_logp: gp,
+                workspace: wp,
+                status: 0,
+            };
+            let layout = DeviceSeqLayout::Packed { cu_seqlens: cp, n_seqs: 24 };
+            // SAFETY: live buffers of the documented sizes on this stream.
+            unsafe { gpu.group_loss_raw(s.raw(), &tokens, n, layout, &loss, 1.0, &ptrs) }.unwrap();
+        }
+        let m = s.clone_dtoh(&metrics).unwrap();
+        assert_close("odd roles: loss", m[0] as f64, want.loss, 2e-4, 2e-4);
+        check_grad("odd roles: grad_logp", &s.clone_dtoh(&g).unwrap()[..n], &want.grad_logp);
     }
     // Per-sequence reference sums give the same as per-token references (KTO).
     let ref_seq: Vec<f32> = (0..24)
