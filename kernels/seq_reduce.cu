@@ -60,7 +60,11 @@ PREFK_KERNEL(token_grad, TokenGradParams, 256) {
     for (int64_t t = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; t < p.n_tokens;
          t += (int64_t)gridDim.x * blockDim.x) {
         const int64_t s = seq_of_token(p.cu_seqlens, p.seq_len, p.n_seqs, t);
-        if (s < 0 || (mask && mask[t] == 0)) {
+        // A sequence with no counted token (empty, or with bad offsets that seq_stats reported and
+        // read as empty) passes no gradient, so the loss and the gradient agree.
+        const bool counted =
+            s >= 0 && (!p.stats || reinterpret_cast<const float*>(p.stats)[s * PREFK_SEQ_STATS + PREFK_STAT_COUNT] > 0.f);
+        if (!counted || (mask && mask[t] == 0)) {
             grad[t] = 0.f;
             continue;
         }

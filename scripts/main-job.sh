@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job: the end-to-end example on a synthetic batch (GPU when usable, else the CPU reference).
+# The main job: the end-to-end example on a synthetic batch (GPU when usable, else the kernels on the emulator).
 # Fetches nvcc if needed so the kernels are embedded for a GPU run. Extra arguments go to the example.
 set -euo pipefail
 cd "$(dirname "$0")/.."

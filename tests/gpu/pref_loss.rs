@@ -366,6 +366,58 @@ fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
     assert_eq!(a, b);
 }
 
+/// Raw API with offsets that run past the tokens: the status reports them, the sequence reads as
+/// empty, and its tokens get zero gradient (the loss and the gradient agree).
+fn bad_offsets_give_zero_gradients(gpu: &Gpu, seed: u64) {
+    use pref_kernels::pref_loss::{preference_loss_workspace_len, PairLossPtrs, RawPairs, METRICS_LEN};
+    use pref_kernels::runtime::{DevicePtr, DevicePtrMut};
+    use pref_kernels::seq_reduce::{DeviceSeqLayout, SeqReducePtrs};
+    let s = gpu.default_stream();
+    let mut r = rng(seed, 305);
+    let n = 10;
+    let logp: Vec<f32> = (0..n).map(|_| r.random_range(-3.0f32..-0.1)).collect();
+    let reference: Vec<f32> = logp.iter().map(|&l| l + r.random_range(-0.5f32..0.5)).collect();
+    let (dl, dr, cu) = (
+        s.clone_htod(&logp).unwrap(),
+        s.clone_htod(&reference).unwrap(),
+        s.clone_htod(&[0i32, 4, 12]).unwrap(),
+    );
+    let mut grad = s.clone_htod(&[f32::NAN; 10]).unwrap();
+    let mut work = s.alloc_zeros::<f32>(preference_loss_workspace_len(2, 1)).unwrap();
+    let mut metrics = s.alloc_zeros::<f32>(METRICS_LEN).unwrap();
+    let mut status = s.alloc_zeros::<u32>(1).unwrap();
+    {
+        let (lp, _a) = dl.device_ptr(&s).unwrap();
+        let (rp, _b) = dr.device_ptr(&s).unwrap();
+        let (cp, _c) = cu.device_ptr(&s).unwrap();
+        let (gp, _d) = grad.device_ptr_mut(&s).unwrap();
+        let (wp, _e) = work.device_ptr_mut(&s).unwrap();
+        let (mp, _f) = metrics.device_ptr_mut(&s).unwrap();
+        let (sp, _g) = status.device_ptr_mut(&s).unwrap();
+        let tokens = SeqReducePtrs { logp: lp, mask: 0, weights: 0, ref_logp: rp };
+        let ptrs =
+            PairLossPtrs { ref_seq: 0, pair_out: 0, metrics: mp, grad_logp: gp, workspace: wp, status: sp };
+        let layout = DeviceSeqLayout::Packed { cu_seqlens: cp, n_seqs: 2 };
+        // SAFETY: live buffers of the documented sizes on this stream.
+        unsafe {
+            gpu.preference_loss_raw(
+                s.raw(),
+                &tokens,
+                n,
+                layout,
+                RawPairs::FirstHalfChosen,
+                &LossConfig::dpo(0.1),
+                &ptrs,
+            )
+        }
+        .unwrap();
+    }
+    assert_ne!(s.clone_dtoh(&status).unwrap()[0] & pref_kernels::params::STATUS_BAD_SEQLENS, 0);
+    let g = s.clone_dtoh(&grad).unwrap();
+    assert!(g[..4].iter().all(|v| v.is_finite() && *v != 0.0), "{g:?}");
+    assert!(g[4..].iter().all(|&v| v == 0.0), "tokens of the bad sequence: {g:?}");
+}
+
 /// The whole step vs the chained references, bf16 logits, in place and into a separate buffer.
 fn whole_step_parity(gpu: &Gpu, seed: u64) {
     let s = gpu.default_stream();
@@ -459,6 +511,7 @@ pub fn cases() -> Vec<Case> {
         Case { name: "seq_reduce_parity_and_bad_offsets", run: Box::new(seq_reduce_parity) },
         Case { name: "loss_parity_every_config_and_determinism", run: Box::new(loss_parity_every_config) },
         Case { name: "loss_bad_pairs_reported", run: Box::new(loss_bad_pairs_reported) },
+        Case { name: "bad_offsets_give_zero_gradients", run: Box::new(bad_offsets_give_zero_gradients) },
         Case { name: "loss_edges_extreme_margins_clamps_empty_sequences", run: Box::new(loss_edges) },
         Case { name: "whole_step_parity_bf16", run: Box::new(whole_step_parity) },
     ]
