@@ -21,6 +21,7 @@ pub mod ffi;
 pub mod group_loss;
 pub mod grpo;
 pub mod kernels;
+pub mod linear_logprobs;
 mod numeric;
 pub mod params;
 pub mod pref_loss;

@@ -16,7 +16,7 @@ pub struct TokenLogprobsRef {
 }
 
 /// Checks one target: `Ok(None)` for an ignored row, `Ok(Some(t))` for a usable one.
-fn checked_target(row: usize, t: i64, vocab: usize, ignore_index: i64) -> Result<Option<usize>> {
+pub(crate) fn checked_target(row: usize, t: i64, vocab: usize, ignore_index: i64) -> Result<Option<usize>> {
     if t == ignore_index {
         Ok(None)
     } else if t < 0 || t as u64 >= vocab as u64 {
@@ -29,7 +29,12 @@ fn checked_target(row: usize, t: i64, vocab: usize, ignore_index: i64) -> Result
 /// Row statistics in f64: `(log p_v for every v, lse)` of `softmax(row / T)`. NaN or +inf
 /// anywhere gives NaN; an all -inf row gives lse = -inf and NaN log-probs.
 fn row_log_softmax<T: LogitElement>(row: &[T], inv_t: f64) -> (Vec<f64>, f64) {
-    let y: Vec<f64> = row.iter().map(|&x| x.to_f64() * inv_t).collect();
+    row_log_softmax_f64(row.iter().map(|&x| x.to_f64() * inv_t).collect())
+}
+
+/// [`row_log_softmax`] of a row already divided by the temperature (the linear forms' f64
+/// logits).
+pub(crate) fn row_log_softmax_f64(y: Vec<f64>) -> (Vec<f64>, f64) {
     if y.iter().any(|v| v.is_nan() || *v == f64::INFINITY) {
         return (vec![f64::NAN; y.len()], f64::NAN);
     }
