@@ -2,7 +2,7 @@
 //! `logits = hidden · weightᵀ (+ bias)`, `[N, H] × [V, H]ᵀ`, then the token log-probs op, without
 //! an `[N, V]` logits tensor on the device.
 //!
-//! **In progress.** What exists is the f64 reference of the linear forms ([`reference`]): the
+//! **In progress.** What exists is the f64 reference of the linear forms ([`reference`](mod@reference)): the
 //! forward (logp, lse, entropy) and the backward (d_hidden, d_weight, d_bias from dL/dlogp and
 //! dL/dH), the oracle the chunked GPU path (cuBLAS GEMMs per chunk of rows into a bounded
 //! workspace, the token log-probs kernels on it) will be tested against. That GPU path is not
