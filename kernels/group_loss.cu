@@ -222,9 +222,8 @@ PREFK_KERNEL(group_loss, GroupLossParams, GROUP_THREADS) {
     PREFK_SHARED_ARRAY(float, scratch, (GROUP_THREADS / 32) * 7);
     if (threadIdx.x == 0) {
         float* m = reinterpret_cast<float*>(p.metrics);
-        for (int k = 0; k < PREFK_GROUP_METRICS; ++k) m[k] = 0.f;
+        for (int k = 0; k < PREFK_GROUP_METRICS; ++k) m[k] = 0.f;  // the slots a loss leaves unused
     }
-    __syncthreads();
     switch (p.kind) {
         case PREFK_GROUP_KTO: kto(p, scratch); break;
         case PREFK_GROUP_LIPO: lipo(p, scratch); break;

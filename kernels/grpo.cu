@@ -19,7 +19,7 @@ struct GrpoToken {
     float direct;  // d loss / d logp through everything but the ratio
     float drho;    // d loss / d rho
     float rho;     // the ratio used
-    float k3;      // the KL term as TRL logs it (k3, times the ratio when bias-corrected)
+    float kl;      // the KL term as TRL logs it (k3, times the ratio when bias-corrected)
     float e;       // the top-entropy mask
     float low, high;
 };
@@ -90,7 +90,7 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
     o.direct = dpg_dl * e * v + p.beta * dkl_dl;
     o.drho = dpg_drho * e * v + p.beta * dkl_drho;
     o.rho = rho;
-    o.k3 = kl;
+    o.kl = kl;
     o.e = e;
     clip_flags(p, rho, a, o.low, o.high);
     return o;
@@ -196,7 +196,7 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
             const float h = p.entropy ? reinterpret_cast<const float*>(p.entropy)[t] : 0.f;
             v[0] += g.loss;
             v[1] += g.drho;
-            v[2] += g.k3;
+            v[2] += g.kl;
             v[3] += h;
             v[4] += g.low;
             v[5] += g.high;

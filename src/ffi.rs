@@ -333,12 +333,7 @@ pub unsafe extern "C" fn prefk_preference_loss(
             },
             grad_scale,
         };
-        let n_seqs = size("n_seqs", n_seqs)?;
-        let layout = if cu_seqlens != 0 {
-            DeviceSeqLayout::Packed { cu_seqlens, n_seqs }
-        } else {
-            DeviceSeqLayout::Padded { n_seqs, seq_len: size("seq_len", seq_len)? }
-        };
+        let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
         let pairs = if chosen == 0 {
             RawPairs::FirstHalfChosen
         } else {

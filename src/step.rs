@@ -3,7 +3,9 @@
 //! the backward; the loss stages touch only per-token f32 data). Three losses share one driver:
 //! the pairwise preference losses ([`Gpu::preference_step`]), the GRPO family
 //! ([`Gpu::grpo_step`]) and the group / listwise losses ([`Gpu::group_loss_step`]).
-use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{
+    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+};
 
 use crate::error::{ensure, Result};
 use crate::group_loss::launch::read_group_outputs;
@@ -272,12 +274,7 @@ impl Gpu {
                     batch.ref_logp.as_ref(),
                     &mut guards,
                 )?;
-                let mut ref_seq_p = 0;
-                if let Some(v) = &batch.ref_seq {
-                    let (p, g) = v.device_ptr(stream)?;
-                    guards.push(g);
-                    ref_seq_p = p;
-                }
+                let ref_seq_p = optional_ptr(stream, batch.ref_seq.as_ref(), &mut guards)?;
                 let seq_layout = batch.seqs.raw(stream, &mut guards)?;
                 let on_device = batch.pairs.on_device(stream, &mut upload)?;
                 let (work_p, _g0) = work.device_ptr_mut(stream)?;
@@ -350,18 +347,12 @@ impl Gpu {
             entropy,
             |tok| {
                 let mut guards: Vec<Guard<'_>> = Vec::new();
-                let [mask, old_logp, ref_logp] = optional_token_ptrs(
-                    stream,
-                    n,
-                    batch.mask.as_ref(),
-                    batch.old_logp.as_ref(),
-                    batch.ref_logp.as_ref(),
-                    &mut guards,
-                )?;
-                let [_, is_weights, _] =
-                    optional_token_ptrs(stream, n, None, batch.is_weights.as_ref(), None, &mut guards)?;
-                let (adv_p, ga) = batch.advantages.device_ptr(stream)?;
-                guards.push(ga);
+                // Lengths were checked above (check_lengths).
+                let mask = optional_ptr(stream, batch.mask.as_ref(), &mut guards)?;
+                let old_logp = optional_ptr(stream, batch.old_logp.as_ref(), &mut guards)?;
+                let ref_logp = optional_ptr(stream, batch.ref_logp.as_ref(), &mut guards)?;
+                let is_weights = optional_ptr(stream, batch.is_weights.as_ref(), &mut guards)?;
+                let adv_p = optional_ptr(stream, Some(&batch.advantages), &mut guards)?;
                 let layout = batch.seqs.raw(stream, &mut guards)?;
                 let (wp, _g0) = work.device_ptr_mut(stream)?;
                 let (mp, _g1) = metrics.device_ptr_mut(stream)?;
@@ -426,12 +417,7 @@ impl Gpu {
                     batch.ref_logp.as_ref(),
                     &mut guards,
                 )?;
-                let mut ref_seq_p = 0;
-                if let Some(v) = &batch.ref_seq {
-                    let (p, g) = v.device_ptr(stream)?;
-                    guards.push(g);
-                    ref_seq_p = p;
-                }
+                let ref_seq_p = optional_ptr(stream, batch.ref_seq.as_ref(), &mut guards)?;
                 let layout = batch.seqs.raw(stream, &mut guards)?;
                 let (lp, _g0) = labels.device_ptr(stream)?;
                 let (wp, _g1) = work.device_ptr_mut(stream)?;

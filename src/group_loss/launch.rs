@@ -4,7 +4,9 @@ use super::{GroupLoss, KtoKl, GROUP_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::GroupLossParams;
 use crate::runtime::args::check_ptr;
-use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{
+    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::launch::check_tokens;
@@ -198,12 +200,7 @@ impl Gpu {
             let mut guards: Vec<Guard<'_>> = Vec::new();
             let tp = tokens.ptrs(stream, &mut guards)?;
             let layout = seqs.raw(stream, &mut guards)?;
-            let mut rs = 0;
-            if let Some(r) = ref_seq {
-                let (p, g) = r.device_ptr(stream)?;
-                guards.push(g);
-                rs = p;
-            }
+            let rs = optional_ptr(stream, ref_seq, &mut guards)?;
             let (lp, _g0) = labels_d.device_ptr(stream)?;
             let (wp, _g1) = work.device_ptr_mut(stream)?;
             let (mp, _g2) = metrics.device_ptr_mut(stream)?;

@@ -164,41 +164,43 @@ impl GroupLoss {
                     })?;
                 }
             }
-            GroupLoss::Lipo { beta, list_size, .. } | GroupLoss::Pro { sft_weight: beta, list_size } => {
-                if let GroupLoss::Lipo { .. } = self {
-                    positive("beta", beta)?;
-                } else {
-                    ensure(beta.is_finite() && beta >= 0.0, "sft_weight", || {
-                        format!("must be finite and >= 0, got {beta}")
+            GroupLoss::Lipo { beta, list_size, .. } => {
+                positive("beta", beta)?;
+                check_lists(n_seqs, list_size, labels)?;
+                for (i, &r) in labels.iter().enumerate() {
+                    ensure(r.abs() <= 64.0, "labels", || {
+                        format!("LiPO label {i} = {r}: the gain 2^psi overflows beyond |psi| <= 64")
                     })?;
                 }
-                ensure((2..=MAX_LIST).contains(&list_size), "list_size", || {
-                    format!("lists of 2 ..= {MAX_LIST} responses, got {list_size}")
+            }
+            GroupLoss::Pro { list_size, sft_weight } => {
+                ensure(sft_weight.is_finite() && sft_weight >= 0.0, "sft_weight", || {
+                    format!("must be finite and >= 0, got {sft_weight}")
                 })?;
-                ensure(n_seqs % list_size == 0, "list_size", || {
-                    format!("list size {list_size} does not divide the {n_seqs} sequences")
-                })?;
-                for (i, &r) in labels.iter().enumerate() {
-                    ensure(r.is_finite(), "labels", || format!("label {i} is {r}; labels must be finite"))?;
-                }
-                if let GroupLoss::Lipo { .. } = self {
-                    for (i, &r) in labels.iter().enumerate() {
-                        ensure(r.abs() <= 64.0, "labels", || {
-                            format!("LiPO label {i} = {r}: the gain 2^psi overflows beyond |psi| <= 64")
-                        })?;
-                    }
-                }
-                if let GroupLoss::Pro { .. } = self {
-                    for (g, list) in labels.chunks(list_size).enumerate() {
-                        ensure(list.windows(2).all(|w| w[0] >= w[1]), "labels", || {
-                            format!("PRO group {g}: rewards must be non-increasing (ranking order, best first), got {list:?}")
-                        })?;
-                    }
+                check_lists(n_seqs, list_size, labels)?;
+                for (g, list) in labels.chunks(list_size).enumerate() {
+                    ensure(list.windows(2).all(|w| w[0] >= w[1]), "labels", || {
+                        format!("PRO group {g}: rewards must be non-increasing (ranking order, best first), got {list:?}")
+                    })?;
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Lists of 2 ..= [`MAX_LIST`] consecutive sequences that tile the batch, with finite labels.
+fn check_lists(n_seqs: usize, list_size: usize, labels: &[f32]) -> Result<()> {
+    ensure((2..=MAX_LIST).contains(&list_size), "list_size", || {
+        format!("lists of 2 ..= {MAX_LIST} responses, got {list_size}")
+    })?;
+    ensure(n_seqs % list_size == 0, "list_size", || {
+        format!("list size {list_size} does not divide the {n_seqs} sequences")
+    })?;
+    for (i, &r) in labels.iter().enumerate() {
+        ensure(r.is_finite(), "labels", || format!("label {i} is {r}; labels must be finite"))?;
+    }
+    Ok(())
 }
 
 /// Metric names per loss, in the metrics array's order.

@@ -5,7 +5,7 @@ use super::{GrpoConfig, ImportanceLevel, GRPO_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::{GrpoParams, GRPO_SEQ_FIELDS};
 use crate::runtime::args::check_ptr;
-use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::registry::GRPO_THREADS;
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -81,22 +81,6 @@ impl GrpoOutputs {
     }
 }
 
-/// The pointer of an optional view (0 for none), its guard kept in `guards`.
-fn opt_ptr<'s, T>(
-    stream: &'s Stream,
-    v: Option<&'s View<'_, T>>,
-    guards: &mut Vec<Guard<'s>>,
-) -> Result<u64> {
-    match v {
-        None => Ok(0),
-        Some(v) => {
-            let (p, g) = v.device_ptr(stream)?;
-            guards.push(g);
-            Ok(p)
-        }
-    }
-}
-
 impl Gpu {
     /// The GRPO-family loss on raw device pointers: up to four launches on `stream` (entropy
     /// threshold when the top-entropy mask is on, per-sequence sums, batch, token gradient), no
@@ -141,7 +125,7 @@ impl Gpu {
         ] {
             check_ptr(name, p, align, required)?;
         }
-        let (agg, surrogate, agg_param, tau) = cfg.kernel_codes();
+        let (agg, surrogate, agg_param) = cfg.kernel_codes();
         let (cu_seqlens, seq_len) = match layout {
             DeviceSeqLayout::Packed { cu_seqlens, .. } => (cu_seqlens, 0),
             DeviceSeqLayout::Padded { seq_len, .. } => (0, seq_len as i64),
@@ -153,7 +137,7 @@ impl Gpu {
             | (u32::from(entropy_mask) << 3);
         let (tau_pos, tau_neg) = match cfg.loss_type {
             super::GrpoLossType::Sapo { tau_pos, tau_neg } => (tau_pos, tau_neg),
-            _ => (tau, 0.0),
+            _ => (0.0, 0.0),
         };
         let work = ptrs.workspace;
         let params = GrpoParams {
@@ -238,13 +222,13 @@ impl Gpu {
         let mut status = StatusWord::new(stream, true)?;
         {
             let mut guards: Vec<Guard<'_>> = Vec::new();
-            let logp = opt_ptr(stream, Some(&inputs.logp), &mut guards)?;
-            let old_logp = opt_ptr(stream, inputs.old_logp.as_ref(), &mut guards)?;
-            let ref_logp = opt_ptr(stream, inputs.ref_logp.as_ref(), &mut guards)?;
-            let is_weights = opt_ptr(stream, inputs.is_weights.as_ref(), &mut guards)?;
-            let entropy = opt_ptr(stream, inputs.entropy.as_ref(), &mut guards)?;
-            let advantages = opt_ptr(stream, Some(&inputs.advantages), &mut guards)?;
-            let mask = opt_ptr(stream, inputs.mask.as_ref(), &mut guards)?;
+            let logp = optional_ptr(stream, Some(&inputs.logp), &mut guards)?;
+            let old_logp = optional_ptr(stream, inputs.old_logp.as_ref(), &mut guards)?;
+            let ref_logp = optional_ptr(stream, inputs.ref_logp.as_ref(), &mut guards)?;
+            let is_weights = optional_ptr(stream, inputs.is_weights.as_ref(), &mut guards)?;
+            let entropy = optional_ptr(stream, inputs.entropy.as_ref(), &mut guards)?;
+            let advantages = optional_ptr(stream, Some(&inputs.advantages), &mut guards)?;
+            let mask = optional_ptr(stream, inputs.mask.as_ref(), &mut guards)?;
             let layout = seqs.raw(stream, &mut guards)?;
             let (wp, _g0) = work.device_ptr_mut(stream)?;
             let (mp, _g1) = metrics.device_ptr_mut(stream)?;

@@ -204,21 +204,22 @@ impl GrpoConfig {
         Ok(())
     }
 
-    /// The aggregation code, surrogate code and their parameters as the kernel reads them.
-    pub(crate) fn kernel_codes(&self) -> (u32, u32, f32, f32) {
+    /// The kernel's aggregation code, surrogate code and aggregation parameter
+    /// (`PREFK_GRPO_AGG_*`, `PREFK_GRPO_SURR_*`, `agg_param`).
+    pub(crate) fn kernel_codes(&self) -> (u32, u32, f32) {
         match self.loss_type {
-            GrpoLossType::Grpo => (AGG_SEQ_MEAN, SURR_CLIP, 0.0, 0.0),
-            GrpoLossType::Bnpo => (AGG_TOKEN_MEAN, SURR_CLIP, 0.0, 0.0),
+            GrpoLossType::Grpo => (AGG_SEQ_MEAN, SURR_CLIP, 0.0),
+            GrpoLossType::Bnpo => (AGG_TOKEN_MEAN, SURR_CLIP, 0.0),
             GrpoLossType::DrGrpo { max_completion_length } => {
-                (AGG_CONSTANT, SURR_CLIP, max_completion_length as f32, 0.0)
+                (AGG_CONSTANT, SURR_CLIP, max_completion_length as f32)
             }
             GrpoLossType::Dapo { normalizer } => {
-                (AGG_CONSTANT_OR_TOKENS, SURR_CLIP, normalizer.unwrap_or(0.0), 0.0)
+                (AGG_CONSTANT_OR_TOKENS, SURR_CLIP, normalizer.unwrap_or(0.0))
             }
             GrpoLossType::Cispo { normalizer } => {
-                (AGG_CONSTANT_OR_TOKENS, SURR_CISPO, normalizer.unwrap_or(0.0), 0.0)
+                (AGG_CONSTANT_OR_TOKENS, SURR_CISPO, normalizer.unwrap_or(0.0))
             }
-            GrpoLossType::Sapo { tau_pos, tau_neg } => (AGG_SEQ_MEAN, SURR_SAPO, tau_pos, tau_neg),
+            GrpoLossType::Sapo { .. } => (AGG_SEQ_MEAN, SURR_SAPO, 0.0),
         }
     }
 }

@@ -1,7 +1,9 @@
 //! GPU launch of the preference losses: statistics (`seq_stats`), the pair kernel
 //! (`kernels/pref_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
 //! read only per-token f32 data (never the logits).
-use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{
+    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+};
 
 use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
@@ -350,21 +352,14 @@ impl Gpu {
             let layout = seqs.raw(stream, &mut guards)?;
             let on_device = pairs.on_device(stream, &mut upload)?;
             let raw_pairs = on_device.raw;
-            let rs = match ref_seq {
-                Some(r) => {
-                    let (p, g) = r.device_ptr(stream)?;
-                    guards.push(g);
-                    Some(p)
-                }
-                None => None,
-            };
+            let rs = optional_ptr(stream, ref_seq, &mut guards)?;
             let (wp, _g0) = work.device_ptr_mut(stream)?;
             let (mp, _g1) = metrics.device_ptr_mut(stream)?;
             let (pp, _g2) = pair_out.device_ptr_mut(stream)?;
             let (gp, _g3) = grad_logp.device_ptr_mut(stream)?;
             let (sp, _g4) = status.ptr(stream)?;
             let ptrs = PairLossPtrs {
-                ref_seq: rs.unwrap_or(0),
+                ref_seq: rs,
                 pair_out: pp,
                 metrics: mp,
                 grad_logp: gp,

@@ -468,3 +468,20 @@ impl<T> DevicePtrMut<T> for ViewMut<'_, T> {
         checked(self.backend, self.ptr, stream)
     }
 }
+
+/// The device pointer of an optional view (0 for `None`), its guard kept in `guards` until the
+/// caller's launches are enqueued.
+pub(crate) fn optional_ptr<'s, T>(
+    stream: &'s Stream,
+    v: Option<&'s View<'_, T>>,
+    guards: &mut Vec<Guard<'s>>,
+) -> Result<u64> {
+    match v {
+        None => Ok(0),
+        Some(v) => {
+            let (p, g) = v.device_ptr(stream)?;
+            guards.push(g);
+            Ok(p)
+        }
+    }
+}
