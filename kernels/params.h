@@ -173,13 +173,19 @@ typedef struct PairLossParams {
     float alpha_div;        // alpha of PREFK_DIV_ALPHA
     float grad_scale;
     LossTerm terms[PREFK_MAX_LOSS_TERMS];
+    // A sub-batch of a larger batch (the fused LM head's chunks of whole pairs): the mean over
+    // pairs divides by batch_pairs (0: n_pairs), the NLL term by batch_nll_count (< 0: the
+    // sub-batch's own chosen-token count), so per-chunk metrics and gradients sum to the batch's.
+    int64_t batch_pairs;
+    float batch_nll_count;
+    uint32_t reserved;
 } PairLossParams;
 
 #ifdef __cplusplus
 static_assert(sizeof(SeqStatsParams) == 96, "SeqStatsParams layout changed: update src/params.rs");
 static_assert(sizeof(TokenGradParams) == 104, "TokenGradParams layout changed: update src/params.rs");
 static_assert(sizeof(LossTerm) == 32, "LossTerm layout changed: update src/params.rs");
-static_assert(sizeof(PairLossParams) == 232, "PairLossParams layout changed: update src/params.rs");
+static_assert(sizeof(PairLossParams) == 248, "PairLossParams layout changed: update src/params.rs");
 #endif
 
 // ---- shared-prefix group attention ------------------------------------------------------------------
@@ -315,6 +321,37 @@ typedef struct GroupLossParams {
 
 #ifdef __cplusplus
 static_assert(sizeof(GroupLossParams) == 104, "GroupLossParams layout changed: update src/params.rs");
+#endif
+
+// ---- fused LM head (hidden states -> logits chunks) -----------------------------------------------
+#define PREFK_STATUS_BAD_ROW_INDEX 8u   // a gather/scatter row index outside [0, bound)
+
+// Row movement between the full arrays and a chunk: gather dst[r] = src[index[r]] or scatter
+// dst[index[r]] = src[r], rows of `width` elements of 2, 4 or 8 bytes.
+typedef struct LinearRowsParams {
+    uint64_t src;
+    uint64_t dst;
+    uint64_t index;         // [n_rows] i64 row indices into the full side
+    uint64_t status;        // u32 status word, or 0
+    int64_t n_rows;         // rows moved (the chunk side)
+    int64_t width;          // elements per row
+    int64_t src_stride;     // elements between rows of src
+    int64_t dst_stride;     // elements between rows of dst
+    int64_t bound;          // rows of the full side: index values must lie in [0, bound)
+} LinearRowsParams;
+
+// Bias of the LM head: broadcast into a chunk's logits rows, and d_bias += column sums of the
+// chunk's d/dlogits (f32, rows in order: deterministic).
+typedef struct LinearBiasParams {
+    uint64_t bias;          // [vocab] f32 (broadcast: in; grad: in/out accumulator)
+    uint64_t logits;        // [n_rows, vocab] logits dtype, contiguous
+    int64_t n_rows;
+    int64_t vocab;
+} LinearBiasParams;
+
+#ifdef __cplusplus
+static_assert(sizeof(LinearRowsParams) == 72, "LinearRowsParams layout changed: update src/params.rs");
+static_assert(sizeof(LinearBiasParams) == 32, "LinearBiasParams layout changed: update src/params.rs");
 #endif
 
 #endif  // PREF_KERNELS_PARAMS_H

@@ -266,7 +266,7 @@ __device__ __forceinline__ bool pair_seqs(const PairLossParams& p, int64_t i, in
 
 PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
     PREFK_SHARED_ARRAY(float, scratch, (PAIR_THREADS / 32) * 12);
-    const float inv_p = 1.f / (float)p.n_pairs;
+    const float inv_p = 1.f / (float)(p.batch_pairs > 0 ? p.batch_pairs : p.n_pairs);
     float* pair_coef = reinterpret_cast<float*>(p.pair_coef);
     const float* ref_seq = reinterpret_cast<const float*>(p.ref_seq);
 
@@ -280,6 +280,7 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
         nll[1] += sc.count;
     }
     block_sum<PAIR_THREADS, 2>(nll, scratch);
+    if (p.batch_nll_count >= 0.f) nll[1] = p.batch_nll_count;
     const float nll_loss = nll[1] > 0.f ? nll[0] / nll[1] : 0.f;
 
     // 2. Every pair: loss, metrics, gradient coefficients (into the pair_coef workspace).
@@ -356,7 +357,9 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
         out[0] = out[1] + out[9] + nll_weight * nll_loss;
         out[10] = m[10] > 0.f ? m[9] / m[10] : 0.f;
         out[11] = m[8] * inv_p;
-        for (int j = 12; j < PREFK_METRICS; ++j) out[j] = 0.f;
+        out[12] = m[9];  // gated and chosen token counts: a chunked batch sums them for out[10]
+        out[13] = m[10];
+        for (int j = 14; j < PREFK_METRICS; ++j) out[j] = 0.f;
     }
     __syncthreads();  // pair_coef written above is read by other threads below
 

@@ -70,6 +70,12 @@ pub enum Error {
         /// The stream's backend.
         stream: &'static str,
     },
+    /// libcublas could not be loaded (the fused LM head's GEMMs need it on CUDA).
+    #[error("cuBLAS (libcublas.so.13) not found: the fused LM head needs it on CUDA; install the CUDA 13 cuBLAS runtime (e.g. `pip install nvidia-cublas`) and put it on the library path")]
+    CublasMissing,
+    /// A cuBLAS call failed.
+    #[error("cuBLAS: {0}")]
+    Cublas(String),
     /// Any CUDA driver error.
     #[error(transparent)]
     Driver(#[from] cudarc::driver::DriverError),

@@ -10,6 +10,7 @@ pub const MODULES: &[(&str, Option<&[u8]>)] = &[
     ("prefix_attn", PREFIX_ATTN),
     ("grpo", GRPO),
     ("group_loss", GROUP_LOSS),
+    ("linear_logprobs", LINEAR_LOGPROBS),
 ];
 
 /// True when the kernels were compiled into this build.

@@ -72,6 +72,8 @@ unsafe impl cudarc::driver::DeviceRepr for TokenLogprobsBwdParams {}
 pub const STATUS_BAD_SEQLENS: u32 = 2;
 /// Status bit: a pair index outside `[0, n_seqs)`.
 pub const STATUS_BAD_PAIR: u32 = 4;
+/// Status bit: a gather/scatter row index of the fused LM head outside its range.
+pub const STATUS_BAD_ROW_INDEX: u32 = 8;
 
 /// Mirror of `SeqStatsParams`.
 #[repr(C)]
@@ -150,6 +152,11 @@ pub struct PairLossParams {
     pub alpha_div: f32,
     pub grad_scale: f32,
     pub terms: [LossTerm; MAX_LOSS_TERMS],
+    /// Pairs the mean divides by (0: `n_pairs`): a chunk of a larger batch gives the batch's.
+    pub batch_pairs: i64,
+    /// Chosen tokens the NLL term divides by (< 0: the sub-batch's own count).
+    pub batch_nll_count: f32,
+    pub reserved: u32,
 }
 
 const _: () = {
@@ -161,7 +168,8 @@ const _: () = {
     assert!(offset_of!(TokenGradParams, scale) == 96);
     assert!(size_of::<LossTerm>() == 32);
     assert!(offset_of!(LossTerm, agg) == 24);
-    assert!(size_of::<PairLossParams>() == 232);
+    assert!(size_of::<PairLossParams>() == 248);
+    assert!(offset_of!(PairLossParams, batch_pairs) == 232);
     assert!(offset_of!(PairLossParams, n_seqs) == 72);
     assert!(offset_of!(PairLossParams, n_terms) == 88);
     assert!(offset_of!(PairLossParams, terms) == 104);
@@ -286,6 +294,41 @@ const _: () = {
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
 unsafe impl cudarc::driver::DeviceRepr for GroupLossParams {}
+
+/// Mirror of `LinearRowsParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinearRowsParams {
+    pub src: u64,
+    pub dst: u64,
+    pub index: u64,
+    pub status: u64,
+    pub n_rows: i64,
+    pub width: i64,
+    pub src_stride: i64,
+    pub dst_stride: i64,
+    pub bound: i64,
+}
+
+/// Mirror of `LinearBiasParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinearBiasParams {
+    pub bias: u64,
+    pub logits: u64,
+    pub n_rows: i64,
+    pub vocab: i64,
+}
+
+const _: () = {
+    assert!(size_of::<LinearRowsParams>() == 72);
+    assert!(offset_of!(LinearRowsParams, n_rows) == 32);
+    assert!(size_of::<LinearBiasParams>() == 32);
+};
+
+// SAFETY: plain-old-data #[repr(C)] structs, layout-checked above against kernels/params.h.
+unsafe impl cudarc::driver::DeviceRepr for LinearRowsParams {}
+unsafe impl cudarc::driver::DeviceRepr for LinearBiasParams {}
 
 /// bindgen's output for `kernels/params.h` (feature `regen-bindings`, needs libclang).
 #[cfg(feature = "regen-bindings")]

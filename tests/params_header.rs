@@ -89,7 +89,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ("LossTerm", fields!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags)),
         (
             "PairLossParams",
-            fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms),
+            fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, reserved),
         ),
         (
             "PrefixAttnParams",
@@ -103,6 +103,11 @@ fn rust_mirrors_match_the_header_field_by_field() {
             "GroupLossParams",
             fields!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved),
         ),
+        (
+            "LinearRowsParams",
+            fields!(LinearRowsParams: src, dst, index, status, n_rows, width, src_stride, dst_stride, bound),
+        ),
+        ("LinearBiasParams", fields!(LinearBiasParams: bias, logits, n_rows, vocab)),
     ];
     assert_eq!(header.len(), rust.len(), "structs in params.h: {:?}", header.keys().collect::<Vec<_>>());
     for (name, (size, fields)) in rust {
@@ -119,6 +124,7 @@ fn status_bits_and_constants_match_the_header() {
         ("PREFK_STATUS_BAD_TARGET", STATUS_BAD_TARGET as usize),
         ("PREFK_STATUS_BAD_SEQLENS", STATUS_BAD_SEQLENS as usize),
         ("PREFK_STATUS_BAD_PAIR", STATUS_BAD_PAIR as usize),
+        ("PREFK_STATUS_BAD_ROW_INDEX", pref_kernels::params::STATUS_BAD_ROW_INDEX as usize),
         ("PREFK_MAX_LOSS_TERMS", MAX_LOSS_TERMS),
         ("PREFK_SEQ_STATS", pref_kernels::seq_reduce::SEQ_STATS_LEN),
         ("PREFK_PAIR_COLUMNS", pref_kernels::pref_loss::PAIR_COLUMNS),
@@ -156,9 +162,11 @@ fn bindgen_output_matches_the_committed_structs() {
     same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
     same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);
     same!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags);
-    same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms);
+    same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, reserved);
     same!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
     same!(GrpoParams: logp, old_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, reserved);
     same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);
+    same!(LinearRowsParams: src, dst, index, status, n_rows, width, src_stride, dst_stride, bound);
+    same!(LinearBiasParams: bias, logits, n_rows, vocab);
     assert_eq!(g::PREFK_STATUS_BAD_PAIR, STATUS_BAD_PAIR);
 }

@@ -1,15 +1,27 @@
-//! Token log-probs from hidden states and the LM-head weight (the fused LM head of issue 10):
+//! Token log-probs from hidden states and the LM-head weight (the fused LM head):
 //! `logits = hidden · weightᵀ (+ bias)`, `[N, H] × [V, H]ᵀ`, then the token log-probs op, without
 //! an `[N, V]` logits tensor on the device.
 //!
-//! **In progress.** What exists is the f64 reference of the linear forms ([`reference`](mod@reference)): the
-//! forward (logp, lse, entropy) and the backward (d_hidden, d_weight, d_bias from dL/dlogp and
-//! dL/dH), the oracle the chunked GPU path (cuBLAS GEMMs per chunk of rows into a bounded
-//! workspace, the token log-probs kernels on it) will be tested against. That GPU path is not
-//! implemented yet.
+//! The rows whose target is not `ignore_index` are planned on the host into chunks that fit a
+//! caller-given workspace budget; each chunk is one GEMM into `[m, V]` workspace logits, the
+//! token log-probs kernels on them and, for a backward, d/dlogits in place followed by two GEMMs
+//! (`d_weight += dLᵀ X` in f32, chunk order; `d_hidden = dL · W`). Ignored rows never reach a
+//! GEMM. GEMMs are cuBLAS on CUDA and a host GEMM on the emulator.
+//!
+//! Layers: [`reference`](mod@reference) (f64, naive GEMMs: the oracle), the safe API
+//! ([`crate::Gpu::linear_logprobs_forward`], [`crate::Gpu::linear_logprobs_backward`] for any
+//! per-token loss, and the whole preference step [`crate::Gpu::linear_preference_step`], chunked
+//! by pairs so each chunk's loss gradient is known inside it: three GEMMs per token).
 use crate::error::{ensure, Result};
 
+pub(crate) mod launch;
+pub(crate) mod plan;
 pub mod reference;
+
+pub use launch::{
+    LinearConfig, LinearForwardOutputs, LinearGradBuffers, LinearHead, DEFAULT_WORKSPACE_BYTES,
+};
+pub use plan::workspace_bytes_per_row;
 
 /// Shape of a linear log-probs problem: `n_rows` hidden states of width `hidden`, a vocabulary of
 /// `vocab` rows in the weight (row-major `[vocab, hidden]`, contiguous).

@@ -103,6 +103,19 @@ impl DevicePairs<'_> {
     }
 }
 
+/// The batch a sub-batch of pairs belongs to: the denominators of its means.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct SubBatch {
+    /// Pairs in the batch (0: the sub-batch is the batch).
+    pub(crate) pairs: usize,
+    /// Chosen tokens of the batch the NLL term averages over (< 0: count them in the sub-batch).
+    pub(crate) nll_count: f32,
+}
+
+impl SubBatch {
+    pub(crate) const WHOLE: SubBatch = SubBatch { pairs: 0, nll_count: -1.0 };
+}
+
 /// Output and workspace pointers of [`Gpu::preference_loss_raw`].
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PairLossPtrs {
@@ -213,6 +226,40 @@ impl Gpu {
         cfg: &LossConfig,
         ptrs: &PairLossPtrs,
     ) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.preference_loss_raw_in_batch(
+                stream,
+                tokens,
+                n_tokens,
+                layout,
+                pairs,
+                cfg,
+                ptrs,
+                SubBatch::WHOLE,
+            )
+        }
+    }
+
+    /// [`Gpu::preference_loss_raw`] on a sub-batch (whole pairs) of a larger batch whose mean
+    /// and NLL denominators are `batch`'s: the metrics written are this sub-batch's share (they
+    /// sum over sub-batches, except `barrier/active_pct`, whose counts are in slots 12 and 13),
+    /// and the gradients are the batch loss's.
+    ///
+    /// # Safety
+    /// As [`Gpu::preference_loss_raw`].
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn preference_loss_raw_in_batch(
+        &self,
+        stream: u64,
+        tokens: &SeqReducePtrs,
+        n_tokens: usize,
+        layout: DeviceSeqLayout,
+        pairs: RawPairs,
+        cfg: &LossConfig,
+        ptrs: &PairLossPtrs,
+        batch: SubBatch,
+    ) -> Result<()> {
         check_tokens(tokens, n_tokens)?;
         layout.validate(n_tokens)?;
         let source = match (tokens.ref_logp != 0, ptrs.ref_seq != 0) {
@@ -301,6 +348,9 @@ impl Gpu {
             alpha_div,
             grad_scale: cfg.grad_scale,
             terms,
+            batch_pairs: batch.pairs as i64,
+            batch_nll_count: batch.nll_count,
+            reserved: 0,
         };
         // One block evaluates every pair (fixed-order batch metrics).
         // SAFETY: forwarded to the caller; params is the kernel's PairLossParams (layout asserted

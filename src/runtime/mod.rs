@@ -16,6 +16,7 @@ use crate::kernels;
 
 pub(crate) mod args;
 pub mod emulator;
+pub(crate) mod gemm;
 pub mod mem;
 pub mod registry;
 pub(crate) mod status;
@@ -90,6 +91,8 @@ struct CudaDevice {
     ctx: Arc<CudaContext>,
     functions: HashMap<String, CudaFunction>,
     sm_count: u32,
+    /// Created on the first GEMM (the ops without one never need libcublas).
+    blas: std::sync::Mutex<Option<Arc<gemm::BlasHandle>>>,
 }
 
 enum Inner {
@@ -160,7 +163,7 @@ impl Gpu {
                 functions.insert(spec.name.clone(), f);
             }
         }
-        Ok(Gpu { inner: Inner::Cuda(CudaDevice { ctx, functions, sm_count }) })
+        Ok(Gpu { inner: Inner::Cuda(CudaDevice { ctx, functions, sm_count, blas: Default::default() }) })
     }
 
     /// The CPU emulator with the checks of [`EmulatorChecks::from_env`] (all by default).
@@ -255,6 +258,45 @@ impl Gpu {
     pub(crate) fn grid_for(&self, n_items: u64, per_block: u64) -> (u32, u32) {
         let blocks = n_items.div_ceil(per_block).clamp(1, self.sm_count() as u64 * 256);
         (blocks as u32, 1)
+    }
+
+    /// Enqueues the row-major GEMM `g` on `stream`: cuBLAS on CUDA (the handle created on first
+    /// use; [`Error::CublasMissing`] when libcublas cannot be loaded), the host GEMM on the
+    /// emulator (synchronous).
+    ///
+    /// # Safety
+    /// The pointers of `g` are memory of this backend valid for the spans its shape implies,
+    /// alive until the work completes in stream order; `stream` is 0 or a live CUstream of this
+    /// context.
+    pub(crate) unsafe fn gemm(&self, stream: u64, g: &gemm::Gemm) -> Result<()> {
+        gemm::validate(g)?;
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        match &self.inner {
+            Inner::Cuda(c) => {
+                c.ctx.bind_to_thread()?;
+                let handle = {
+                    let mut slot = c.blas.lock().map_err(|_| Error::Cublas("handle mutex poisoned".into()))?;
+                    match slot.as_ref() {
+                        Some(h) => h.clone(),
+                        None => slot.insert(Arc::new(gemm::BlasHandle::new()?)).clone(),
+                    }
+                };
+                // SAFETY: the context is bound above; the rest is forwarded to the caller.
+                unsafe { handle.gemm(stream, g) }
+            }
+            Inner::Emulator(_) => gemm::host_gemm(g),
+        }
+    }
+
+    /// Whether GEMMs can run here: always on the emulator; on CUDA when libcublas loads.
+    pub fn gemm_available(&self) -> Result<()> {
+        match &self.inner {
+            // SAFETY: only tries to dlopen libcublas.
+            Inner::Cuda(_) if !unsafe { cudarc::cublas::sys::is_culib_present() } => Err(Error::CublasMissing),
+            _ => Ok(()),
+        }
     }
 
     /// Launches kernel `name` (block size and dynamic shared memory from the [`registry`]) over

@@ -33,6 +33,8 @@ pub(crate) const GRPO_THREADS: u32 = 256;
 /// Block size of the group/listwise loss kernel (`GROUP_THREADS` in `kernels/group_loss.cu`).
 pub(crate) const GROUP_THREADS: u32 = 256;
 pub(crate) const ATTN_PRE_THREADS: u32 = 256;
+/// Block size of the fused LM head's row-movement and bias kernels (`ROWS_THREADS`).
+pub(crate) const LINEAR_ROWS_THREADS: u32 = 256;
 const ATTN_BR: u32 = 64;
 const ATTN_BQ: u32 = 32;
 
@@ -46,6 +48,11 @@ pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, entropy: bool, row
 pub(crate) fn token_logprobs_bwd(dtype: DType, it: IndexType, entropy: bool, row_threads: u32) -> String {
     let e = if entropy { "_entropy" } else { "" };
     format!("token_logprobs_bwd{e}_{}_{}_w{row_threads}", dtype.name(), it.name())
+}
+
+/// Name of the LM-head bias kernel: the broadcast into logits rows, or (`grad`) the column sum.
+pub(crate) fn linear_bias(grad: bool, dtype: DType) -> String {
+    format!("linear_bias_{}_{}", if grad { "grad" } else { "rows" }, dtype.name())
 }
 
 /// The four attention kernels of one (dtype, head dim).
@@ -102,6 +109,13 @@ fn build() -> Vec<KernelSpec> {
         add(k.into(), "grpo", GRPO_THREADS, 0);
     }
     add("group_loss".into(), "group_loss", GROUP_THREADS, 0);
+    for k in ["gather_rows_b2", "gather_rows_b4", "gather_rows_b8", "scatter_rows_b2", "scatter_rows_b4"] {
+        add(format!("linear_{k}"), "linear_logprobs", LINEAR_ROWS_THREADS, 0);
+    }
+    for d in [DType::F32, DType::F16, DType::BF16] {
+        add(linear_bias(false, d), "linear_logprobs", LINEAR_ROWS_THREADS, 0);
+        add(linear_bias(true, d), "linear_logprobs", LINEAR_ROWS_THREADS, 0);
+    }
     for dt in [DType::BF16, DType::F16] {
         for hd in [64, 128] {
             for kind in [
@@ -145,7 +159,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        assert_eq!(all.len(), 48 + 2 + 1 + 16 + 4 + 1);
+        assert_eq!(all.len(), 48 + 2 + 1 + 16 + 4 + 1 + 5 + 6);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }

@@ -3,7 +3,7 @@
 //! the bits into errors here, for every op.
 use super::mem::{DeviceBuffer, DevicePtrMut as _, Guard, Stream};
 use crate::error::{Error, Result};
-use crate::params::{STATUS_BAD_PAIR, STATUS_BAD_SEQLENS, STATUS_BAD_TARGET};
+use crate::params::{STATUS_BAD_PAIR, STATUS_BAD_ROW_INDEX, STATUS_BAD_SEQLENS, STATUS_BAD_TARGET};
 
 /// An optional zeroed u32 on the device that kernels OR status bits into.
 pub(crate) struct StatusWord(Option<DeviceBuffer<u32>>);
@@ -50,6 +50,12 @@ pub(crate) fn check_status(bits: u32) -> Result<()> {
     if bits & STATUS_BAD_PAIR != 0 {
         return Err(Error::DeviceCheck(
             "a pair index is outside [0, n_seqs); those pairs were skipped (zero loss and gradient)".into(),
+        ));
+    }
+    if bits & STATUS_BAD_ROW_INDEX != 0 {
+        return Err(Error::DeviceCheck(
+            "a row index of the fused LM head's gather/scatter is outside its array; those rows were not moved"
+                .into(),
         ));
     }
     Ok(())

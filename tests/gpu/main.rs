@@ -18,6 +18,7 @@ use pref_kernels::{Backend, BackendKind, Gpu};
 mod backends;
 mod common;
 mod group;
+mod linear;
 mod pref_loss;
 mod prefix_attn;
 mod token_logprobs;
@@ -50,6 +51,7 @@ fn main() {
         .into_iter()
         .chain(pref_loss::cases())
         .chain(group::cases())
+        .chain(linear::cases())
         .chain(prefix_attn::cases())
         .chain(backends::cases())
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))

@@ -3,6 +3,12 @@
 //! the backward; the loss stages touch only per-token f32 data). Three losses share one driver:
 //! the pairwise preference losses ([`Gpu::preference_step`]), the GRPO family
 //! ([`Gpu::grpo_step`]) and the group / listwise losses ([`Gpu::group_loss_step`]).
+//!
+//! From hidden states and the LM head instead of logits: [`Gpu::linear_preference_step`]
+//! ([`linear`]).
+pub mod linear;
+pub use linear::{LinearStepBatch, LinearStepOutputs};
+
 use crate::runtime::mem::{
     optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
 };

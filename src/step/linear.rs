@@ -1,0 +1,238 @@
+//! The preference step from hidden states and the LM head: no `[N, V]` logits tensor, three
+//! GEMMs per used token, no recompute.
+//!
+//! The batch is planned on the host into chunks of whole groups of pairs (pairs sharing a
+//! sequence stay together), so each chunk's sequence scores, pair losses and loss gradient are
+//! known inside it. Per chunk: GEMM → log-probs → statistics → pair loss (its means over the
+//! batch's pair count and chosen-token count, so gradients are the batch loss's) → token
+//! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
+//! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
+use crate::error::{ensure, Result};
+use crate::linear_logprobs::launch::{check_head, head_ptrs, zero_grads, ChunkWork, GradPtrs, Loop, PlanOnDevice};
+use crate::linear_logprobs::plan::{pair_chunks, rows_for_budget};
+use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearHead};
+use crate::pref_loss::launch::{RawPairs, SubBatch};
+use crate::pref_loss::{
+    preference_loss_workspace_len, LossConfig, PairLossPtrs, Pairs, PreferenceLossOutputs, RefSource, METRICS_LEN,
+    PAIR_COLUMNS,
+};
+use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View};
+use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
+use crate::seq_reduce::{DeviceSeqLayout, SeqLayout, SeqReducePtrs};
+use crate::{LogitElement, TargetIndex};
+
+/// Everything but the hidden states and the head that a preference step from hidden states
+/// reads. Tokens are the hidden states' rows; a token counts in its sequence's score exactly
+/// when its target is not `ignore_index` (TRL's `loss_mask = labels != -100`): ignored rows
+/// never reach a GEMM.
+pub struct LinearStepBatch<'a, I> {
+    /// `[N]` next-token targets.
+    pub targets: View<'a, I>,
+    /// `[N]` f32 token weights (TAB-PO / token-weighted DPO) or TGDPO token rewards.
+    pub weights: Option<View<'a, f32>>,
+    /// `[N]` f32 reference log-probs, or ...
+    pub ref_logp: Option<View<'a, f32>>,
+    /// ... `[S]` f32 per-sequence reference scores.
+    pub ref_seq: Option<View<'a, f32>>,
+    /// Sequences over the rows (host: the plan needs them).
+    pub seqs: SeqLayout<'a>,
+    /// Pairs of sequences (host).
+    pub pairs: Pairs<'a>,
+}
+
+/// What the step returns.
+pub struct LinearStepOutputs<T> {
+    /// Loss, metrics (exact over the batch) and per-pair values, on the host.
+    pub loss: PreferenceLossOutputs,
+    /// `[N]` per-token policy log-probs (0 on ignored rows and rows in no pair).
+    pub logp: DeviceBuffer<f32>,
+    /// d_hidden, d_weight (f32) and d_bias.
+    pub grads: LinearGradBuffers<T>,
+    /// Chunks the loop ran.
+    pub n_chunks: usize,
+    /// Workspace bytes it used.
+    pub workspace_bytes: usize,
+}
+
+/// Sums the chunks' metric rows in chunk order; `barrier/active_pct` from the summed counts.
+fn combine_metrics(rows: &[f32], n_chunks: usize) -> [f32; METRICS_LEN] {
+    let mut acc = [0f64; METRICS_LEN];
+    for c in 0..n_chunks {
+        for (a, &x) in acc.iter_mut().zip(&rows[c * METRICS_LEN..(c + 1) * METRICS_LEN]) {
+            *a += x as f64;
+        }
+    }
+    acc[10] = if acc[13] > 0.0 { acc[12] / acc[13] } else { 0.0 };
+    acc.map(|x| x as f32)
+}
+
+impl Gpu {
+    /// One preference step (every [`LossConfig`]: the DPO family, SimPO, CPO, ORPO, TGDPO, TAB-PO)
+    /// from hidden states: loss, metrics, per-pair values, `d_hidden`, `d_weight`, `d_bias`.
+    ///
+    /// One synchronization to read the targets back for the plan, then the whole chunk loop on
+    /// `stream`, then one at the end (metrics, status). Errors before any launch: shapes,
+    /// lengths, targets out of range, bad layout or pairs, loss configuration, a workspace too
+    /// small for the largest group of pairs (naming the minimum), no cuBLAS.
+    pub fn linear_preference_step<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        batch: &LinearStepBatch<'_, I>,
+        loss_cfg: &LossConfig,
+        cfg: &LinearConfig,
+    ) -> Result<LinearStepOutputs<T>> {
+        ensure(!cfg.token.compute_entropy, "compute_entropy", || {
+            "the preference step does not use the entropy; leave compute_entropy unset".into()
+        })?;
+        let host_targets = check_head(self, stream, head, &batch.targets, &cfg.token)?;
+        let s = head.shape;
+        let n_seqs = batch.seqs.n_seqs();
+        for (name, len, want) in [
+            ("weights", batch.weights.as_ref().map(View::len), s.n_rows),
+            ("ref_logp", batch.ref_logp.as_ref().map(View::len), s.n_rows),
+            ("ref_seq", batch.ref_seq.as_ref().map(View::len), n_seqs),
+        ] {
+            if let Some(len) = len {
+                crate::token_logprobs::ensure_len(name, len, want)?;
+            }
+        }
+        let source = match (batch.ref_logp.is_some(), batch.ref_seq.is_some()) {
+            (true, true) => {
+                return Err(crate::error::invalid("ref_seq", "give per-token ref_logp or per-sequence ref_seq, not both"))
+            }
+            (true, false) => RefSource::PerToken,
+            (false, true) => RefSource::PerSequence,
+            (false, false) => RefSource::None,
+        };
+        loss_cfg.validate(source)?;
+        ensure(!loss_cfg.needs_weights() || batch.weights.is_some(), "weights", || {
+            "these losses read token weights (TAB-PO / token-weighted DPO weights, TGDPO rewards); none given".into()
+        })?;
+
+        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
+        let plan = pair_chunks(
+            &host_targets,
+            s.vocab,
+            cfg.token.ignore_index,
+            &batch.seqs,
+            &batch.pairs,
+            max_rows,
+            |rows| rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, rows, "the largest group of pairs"),
+        )?;
+        let n_chunks = plan.rows.chunks.len();
+        let n_pairs = plan.n_pairs;
+        let rows_dev = PlanOnDevice::upload(stream, &plan.rows)?;
+        let cu_dev = stream.clone_htod(&plan.local_cu)?;
+        let seq_order_dev = stream.clone_htod(&plan.seq_order)?;
+        let chosen_dev = stream.clone_htod(&plan.local_chosen)?;
+        let rejected_dev = stream.clone_htod(&plan.local_rejected)?;
+        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.rows.max_rows);
+        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
+        let mut loss_work =
+            stream.alloc_zeros::<f32>(preference_loss_workspace_len(plan.max_seqs, plan.max_pairs).max(1))?;
+        let mut ref_local = stream.alloc_zeros::<f32>(plan.max_seqs.max(1))?;
+        let mut metrics = stream.alloc_zeros::<f32>(n_chunks.max(1) * METRICS_LEN)?;
+        let mut pair_out = stream.alloc_zeros::<f32>((n_pairs * PAIR_COLUMNS).max(1))?;
+        let mut logp = stream.alloc_zeros::<f32>(s.n_rows.max(1))?;
+        let mut grads = zero_grads(stream, head)?;
+        let mut status = StatusWord::new(stream, true)?;
+        let sub_batch = SubBatch { pairs: n_pairs, nll_count: plan.nll_count as f32 };
+        {
+            let mut guards = Vec::new();
+            let head_p = head_ptrs(stream, head, &mut guards)?;
+            let weights_p = optional_ptr(stream, batch.weights.as_ref(), &mut guards)?;
+            let ref_logp_p = optional_ptr(stream, batch.ref_logp.as_ref(), &mut guards)?;
+            let ref_seq_p = optional_ptr(stream, batch.ref_seq.as_ref(), &mut guards)?;
+            let (wp, _g0) = work.device_ptr_mut(stream)?;
+            let (rows_p, _g1) = rows_dev.rows.device_ptr(stream)?;
+            let (targets_p, _g2) = rows_dev.targets.device_ptr(stream)?;
+            let (cu_p, _g3) = cu_dev.device_ptr(stream)?;
+            let (order_p, _g4) = seq_order_dev.device_ptr(stream)?;
+            let (ch_p, _g5) = chosen_dev.device_ptr(stream)?;
+            let (rj_p, _g6) = rejected_dev.device_ptr(stream)?;
+            let (lw_p, _g7) = loss_work.device_ptr_mut(stream)?;
+            let (rl_p, _g8) = ref_local.device_ptr_mut(stream)?;
+            let (m_p, _g9) = metrics.device_ptr_mut(stream)?;
+            let (po_p, _g10) = pair_out.device_ptr_mut(stream)?;
+            let (logp_p, _g11) = logp.device_ptr_mut(stream)?;
+            let (dh, _g12) = grads.d_hidden.device_ptr_mut(stream)?;
+            let (dw, _g13) = grads.d_weight.device_ptr_mut(stream)?;
+            let db = match grads.d_bias.as_mut() {
+                Some(b) => Some(b.device_ptr_mut(stream)?),
+                None => None,
+            };
+            let (status_p, _g14) = status.ptr(stream)?;
+            let gp = GradPtrs { d_hidden: dh, d_weight: dw, d_bias: db.as_ref().map_or(0, |(p, _)| *p) };
+            let lp = Loop {
+                head: head_p,
+                rows: rows_p,
+                targets: targets_p,
+                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.rows.max_rows),
+            };
+            let raw = stream.raw();
+            for c in 0..n_chunks {
+                let rows = &plan.rows.chunks[c];
+                let (r0, m) = (rows.start, rows.len());
+                let seqs = &plan.chunk_seqs[c];
+                let pairs = &plan.chunk_pairs[c];
+                let idx = lp.index(r0);
+                let tokens = SeqReducePtrs {
+                    logp: lp.work.logp,
+                    mask: 0,
+                    weights: if weights_p != 0 { lp.work.weights } else { 0 },
+                    ref_logp: if ref_logp_p != 0 { lp.work.ref_logp } else { 0 },
+                };
+                let layout = DeviceSeqLayout::Packed {
+                    cu_seqlens: cu_p + ((seqs.start + c) * 4) as u64,
+                    n_seqs: seqs.len(),
+                };
+                let raw_pairs = RawPairs::Explicit {
+                    chosen: ch_p + (pairs.start * 4) as u64,
+                    rejected: rj_p + (pairs.start * 4) as u64,
+                    n_pairs: pairs.len(),
+                };
+                let ptrs = PairLossPtrs {
+                    ref_seq: if ref_seq_p != 0 { rl_p } else { 0 },
+                    pair_out: po_p + (pairs.start * PAIR_COLUMNS * 4) as u64,
+                    metrics: m_p + (c * METRICS_LEN * 4) as u64,
+                    grad_logp: lp.work.grad_logp,
+                    workspace: lw_p,
+                    status: status_p,
+                };
+                // SAFETY: every pointer is a live buffer sized by the plan (chunk rows <= max_rows,
+                // chunk sequences and pairs <= the maxima the loss workspace was sized for); all
+                // work is ordered on `stream` and the buffers outlive the synchronization below.
+                unsafe {
+                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
+                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, false, status_p)?;
+                    if weights_p != 0 {
+                        self.gather_f32(raw, weights_p, lp.work.weights, idx, m, s.n_rows, status_p)?;
+                    }
+                    if ref_logp_p != 0 {
+                        self.gather_f32(raw, ref_logp_p, lp.work.ref_logp, idx, m, s.n_rows, status_p)?;
+                    }
+                    if ref_seq_p != 0 {
+                        let order = order_p + (seqs.start * 8) as u64;
+                        self.gather_f32(raw, ref_seq_p, rl_p, order, seqs.len(), n_seqs, status_p)?;
+                    }
+                    self.preference_loss_raw_in_batch(raw, &tokens, m, layout, raw_pairs, loss_cfg, &ptrs, sub_batch)?;
+                    self.scatter_f32(raw, lp.work.logp, logp_p, idx, m, s.n_rows, status_p)?;
+                    lp.logprobs_backward(self, raw, r0, m, &cfg.token, false, status_p)?;
+                    self.chunk_backward(raw, &lp.head, idx, m, &lp.work, &gp, status_p)?;
+                }
+            }
+        }
+        check_status(status.read(stream)?)?;
+        let metric_rows = stream.clone_dtoh(&metrics)?;
+        let pair_rows = stream.clone_dtoh(&pair_out)?;
+        let combined = combine_metrics(&metric_rows, n_chunks);
+        let mut pairs_out = vec![[0f32; PAIR_COLUMNS]; n_pairs];
+        for (k, &i) in plan.pair_order.iter().enumerate() {
+            pairs_out[i].copy_from_slice(&pair_rows[k * PAIR_COLUMNS..(k + 1) * PAIR_COLUMNS]);
+        }
+        let loss = PreferenceLossOutputs { loss: combined[0], metrics: combined, pairs: pairs_out };
+        Ok(LinearStepOutputs { loss, logp, grads, n_chunks, workspace_bytes: work_bytes })
+    }
+}

@@ -1,0 +1,237 @@
+//! The fused LM head (hidden states + weight → log-probs, the per-token backward, the preference
+//! step by pairs) against the f64 reference of the linear forms, for several workspace budgets
+//! (one row / one pair per chunk, odd sizes, the whole batch), bitwise across runs.
+use half::bf16;
+use rand::Rng;
+
+use crate::common::{assert_close, rng};
+use crate::Case;
+use pref_kernels::linear_logprobs::reference as lin_ref;
+use pref_kernels::linear_logprobs::{workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape};
+use pref_kernels::pref_loss::reference::forward_backward;
+use pref_kernels::pref_loss::{LossConfig, Pairs};
+use pref_kernels::seq_reduce::{SeqLayout, TokenInputs};
+use pref_kernels::step::LinearStepBatch;
+use pref_kernels::{DType, Error, Gpu, LogitElement, TokenLogprobsConfig};
+
+struct Problem {
+    shape: LinearShape,
+    hidden: Vec<f32>,
+    weight: Vec<f32>,
+    bias: Vec<f32>,
+    targets: Vec<i64>,
+}
+
+/// N rows (about a quarter ignored), small H and V; hidden and weight scaled so logits are O(3).
+fn problem(seed: u64, tag: u64, n: usize, h: usize, v: usize) -> Problem {
+    let mut r = rng(seed, tag);
+    let s = 1.0 / (h as f32).sqrt();
+    let hidden = (0..n * h).map(|_| r.random_range(-2.0f32..2.0)).collect();
+    let weight = (0..v * h).map(|_| r.random_range(-2.0f32..2.0) * s).collect();
+    let bias = (0..v).map(|_| r.random_range(-0.5f32..0.5)).collect();
+    let targets = (0..n).map(|_| if r.random_ratio(1, 4) { -100 } else { r.random_range(0..v as i64) }).collect();
+    Problem { shape: LinearShape { n_rows: n, hidden: h, vocab: v }, hidden, weight, bias, targets }
+}
+
+fn cast<T: LogitElement>(x: &[f32]) -> Vec<T> {
+    x.iter().map(|&v| T::from_f32(v)).collect()
+}
+
+fn budget<T: LogitElement>(s: &LinearShape, rows: usize) -> usize {
+    workspace_bytes_per_row(s, T::DTYPE) * rows
+}
+
+fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) {
+    let p = problem(seed, 71 + T::DTYPE as u64, 37, 24, 150);
+    let stream = gpu.default_stream();
+    let (hid, w): (Vec<T>, Vec<T>) = (cast(&p.hidden), cast(&p.weight));
+    let hidden = stream.clone_htod(&hid).unwrap();
+    let weight = stream.clone_htod(&w).unwrap();
+    let bias = stream.clone_htod(&p.bias).unwrap();
+    let targets = stream.clone_htod(&p.targets).unwrap();
+    let mut r = rng(seed, 5);
+    let grad_logp: Vec<f32> = (0..p.shape.n_rows).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let grad_ent: Vec<f32> = (0..p.shape.n_rows).map(|_| r.random_range(-0.5f32..0.5)).collect();
+    let gl = stream.clone_htod(&grad_logp).unwrap();
+    let ge = stream.clone_htod(&grad_ent).unwrap();
+    let token = TokenLogprobsConfig { temperature: 0.8, compute_entropy: true, ..Default::default() };
+    let want = lin_ref::forward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &token).unwrap();
+    let want_g = lin_ref::backward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &grad_logp, Some(&grad_ent), &token)
+        .unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: Some(bias.as_view()), shape: p.shape };
+    let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+    for rows in [1usize, 7, 1000] {
+        let cfg = LinearConfig { token, workspace_bytes: budget::<T>(&p.shape, rows) };
+        let out = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
+        let used = p.targets.iter().filter(|&&t| t != -100).count();
+        assert_eq!(out.n_chunks, used.div_ceil(rows.min(used)), "chunks for {rows} rows");
+        let logp = stream.clone_dtoh(&out.logp).unwrap();
+        let lse = stream.clone_dtoh(&out.lse).unwrap();
+        let ent = stream.clone_dtoh(out.entropy.as_ref().unwrap()).unwrap();
+        for i in 0..p.shape.n_rows {
+            assert_close(&format!("logp[{i}] rows {rows}"), logp[i] as f64, want.logp[i], tol, tol);
+            assert_close(&format!("lse[{i}]"), lse[i] as f64, want.lse[i], tol, tol);
+            assert_close(&format!("entropy[{i}]"), ent[i] as f64, want.entropy[i], tol, tol);
+        }
+        let cfg_b = LinearConfig { token: TokenLogprobsConfig { compute_entropy: false, ..token }, ..cfg };
+        let g = gpu
+            .linear_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), Some(&ge.as_view()), &cfg_b)
+            .unwrap();
+        let dh: Vec<f64> = stream.clone_dtoh(&g.d_hidden).unwrap().iter().map(|x| x.to_f64()).collect();
+        let dw = stream.clone_dtoh(&g.d_weight).unwrap();
+        let db = stream.clone_dtoh(g.d_bias.as_ref().unwrap()).unwrap();
+        let scale = want_g.d_weight.iter().fold(0f64, |a, x| a.max(x.abs())).max(1e-3);
+        for (i, (&a, &b)) in dh.iter().zip(&want_g.d_hidden).enumerate() {
+            assert_close(&format!("d_hidden[{i}] rows {rows}"), a, b, tol * scale, tol);
+        }
+        for (i, (&a, &b)) in dw.iter().zip(&want_g.d_weight).enumerate() {
+            assert_close(&format!("d_weight[{i}] rows {rows}"), a as f64, b, tol * scale, tol);
+        }
+        for (i, (&a, &b)) in db.iter().zip(&want_g.d_bias).enumerate() {
+            assert_close(&format!("d_bias[{i}]"), a as f64, b, tol * scale, tol);
+        }
+        // Bitwise across runs (same budget).
+        let again = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
+        assert_eq!(logp, stream.clone_dtoh(&again.logp).unwrap(), "forward run to run");
+        let g2 = gpu
+            .linear_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), Some(&ge.as_view()), &cfg_b)
+            .unwrap();
+        assert_eq!(dw, stream.clone_dtoh(&g2.d_weight).unwrap(), "d_weight run to run");
+        if let Some((l0, _)) = &first {
+            assert_eq!(l0, &logp, "a row's log-prob does not depend on the chunk it sits in");
+        } else {
+            first = Some((logp, dw));
+        }
+    }
+}
+
+fn linear_forward_backward_parity(gpu: &Gpu, seed: u64) {
+    forward_backward_parity_for::<f32>(gpu, seed, 2e-5);
+    forward_backward_parity_for::<bf16>(gpu, seed, 3e-2);
+}
+
+/// The step from hidden states equals the composition of the references: linear forward →
+/// preference loss (mask = targets not ignored) → linear backward with its dL/dlogp.
+fn step_parity_for(gpu: &Gpu, seed: u64, loss: &LossConfig, with_weights: bool) {
+    let (b, l) = (6usize, 7usize); // 3 pairs (first half chosen) of 7-token sequences, padded
+    let p = problem(seed, 91, b * l, 16, 90);
+    let stream = gpu.default_stream();
+    let mut r = rng(seed, 17);
+    let n = p.shape.n_rows;
+    let ref_logp: Vec<f32> = (0..n).map(|_| -r.random_range(0.5f32..4.0)).collect();
+    let weights: Vec<f32> = (0..n).map(|_| r.random_range(0.5f32..1.5)).collect();
+    let token = TokenLogprobsConfig::default();
+    let fwd = lin_ref::forward(&p.hidden, &p.weight, None, p.shape, &p.targets, &token).unwrap();
+    let logp32: Vec<f32> = fwd.logp.iter().map(|&x| x as f32).collect();
+    let mask: Vec<u8> = p.targets.iter().map(|&t| (t != -100) as u8).collect();
+    let seqs = SeqLayout::Padded { n_seqs: b, seq_len: l };
+    let tokens = TokenInputs {
+        logp: &logp32,
+        mask: Some(&mask),
+        weights: with_weights.then_some(&weights[..]),
+        ref_logp: Some(&ref_logp),
+    };
+    let want = forward_backward(&tokens, &seqs, &Pairs::FirstHalfChosen, None, loss).unwrap();
+    let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
+    let want_g = lin_ref::backward(&p.hidden, &p.weight, None, p.shape, &p.targets, &gl, None, &token).unwrap();
+
+    let hidden = stream.clone_htod(&p.hidden).unwrap();
+    let weight = stream.clone_htod(&p.weight).unwrap();
+    let targets = stream.clone_htod(&p.targets).unwrap();
+    let rl = stream.clone_htod(&ref_logp).unwrap();
+    let wt = stream.clone_htod(&weights).unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
+    let batch = LinearStepBatch {
+        targets: targets.as_view(),
+        weights: with_weights.then(|| wt.as_view()),
+        ref_logp: Some(rl.as_view()),
+        ref_seq: None,
+        seqs,
+        pairs: Pairs::FirstHalfChosen,
+    };
+    let scale = want_g.d_weight.iter().fold(0f64, |a, x| a.max(x.abs())).max(1e-4);
+    let mut first_dw: Option<Vec<f32>> = None;
+    // One pair per chunk, two, the whole batch.
+    for rows in [2 * l, 4 * l, n] {
+        let cfg = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, rows) };
+        let out = gpu.linear_preference_step(&stream, &head, &batch, loss, &cfg).unwrap();
+        assert_close(&format!("loss rows {rows}"), out.loss.loss as f64, want.loss, 1e-5, 1e-4);
+        for (k, name) in pref_kernels::pref_loss::METRIC_NAMES.iter().enumerate() {
+            assert_close(&format!("{name} rows {rows}"), out.loss.metrics[k] as f64, want.metrics[k], 1e-5, 1e-4);
+        }
+        for (i, row) in out.loss.pairs.iter().enumerate() {
+            for c in 0..row.len() {
+                assert_close(&format!("pair {i} col {c}"), row[c] as f64, want.pairs[i][c], 1e-5, 1e-4);
+            }
+        }
+        let dh = stream.clone_dtoh(&out.grads.d_hidden).unwrap();
+        let dw = stream.clone_dtoh(&out.grads.d_weight).unwrap();
+        for (i, (&a, &b)) in dh.iter().zip(&want_g.d_hidden).enumerate() {
+            assert_close(&format!("d_hidden[{i}] rows {rows}"), a as f64, b, 1e-4 * scale, 1e-3);
+        }
+        for (i, (&a, &b)) in dw.iter().zip(&want_g.d_weight).enumerate() {
+            assert_close(&format!("d_weight[{i}] rows {rows}"), a as f64, b, 1e-4 * scale, 1e-3);
+        }
+        let again = gpu.linear_preference_step(&stream, &head, &batch, loss, &cfg).unwrap();
+        assert_eq!(dw, stream.clone_dtoh(&again.grads.d_weight).unwrap(), "d_weight run to run");
+        assert_eq!(out.loss.metrics, again.loss.metrics, "metrics run to run");
+        if first_dw.is_none() {
+            first_dw = Some(dw);
+        }
+    }
+}
+
+fn linear_step_parity(gpu: &Gpu, seed: u64) {
+    let mut dpo_nll = LossConfig::dpo(0.1);
+    dpo_nll.terms.push((pref_kernels::pref_loss::Loss::Nll, 0.5));
+    step_parity_for(gpu, seed, &dpo_nll, false);
+    step_parity_for(gpu, seed, &LossConfig::tabpo(), true);
+    step_parity_for(gpu, seed, &LossConfig::single(pref_kernels::pref_loss::Loss::simpo()), false);
+}
+
+fn linear_bad_input(gpu: &Gpu, seed: u64) {
+    let p = problem(seed, 3, 8, 8, 20);
+    let stream = gpu.default_stream();
+    let hidden = stream.clone_htod(&p.hidden).unwrap();
+    let weight = stream.clone_htod(&p.weight).unwrap();
+    let targets = stream.clone_htod(&p.targets).unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
+    // Workspace below one row: the error names the minimum.
+    let small = LinearConfig { workspace_bytes: 100, ..Default::default() };
+    let e = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &small).err().unwrap().to_string();
+    let min = workspace_bytes_per_row(&p.shape, DType::F32);
+    assert!(e.contains(&format!("minimum is {min} bytes")), "{e}");
+    // Mismatched H.
+    let bad = LinearHead { shape: LinearShape { hidden: 7, ..p.shape }, ..head };
+    let e = gpu.linear_logprobs_forward(&stream, &bad, &targets.as_view(), &LinearConfig::default()).err().unwrap();
+    assert!(matches!(e, Error::InvalidArgument { arg: "hidden", .. }), "{e}");
+    // A target out of range is refused on the host, before any launch.
+    let mut t = p.targets.clone();
+    t[3] = 20;
+    let bad_t = stream.clone_htod(&t).unwrap();
+    let e = gpu.linear_logprobs_forward(&stream, &head, &bad_t.as_view(), &LinearConfig::default()).err().unwrap();
+    assert!(matches!(e, Error::TargetOutOfRange { row: 3, .. }), "{e}");
+    // A step whose largest pair does not fit: names the minimum for that pair.
+    let all = vec![1i64; 8];
+    let all_t = stream.clone_htod(&all).unwrap();
+    let batch = LinearStepBatch {
+        targets: all_t.as_view(),
+        weights: None,
+        ref_logp: None,
+        ref_seq: None,
+        seqs: SeqLayout::Padded { n_seqs: 2, seq_len: 4 },
+        pairs: Pairs::FirstHalfChosen,
+    };
+    let cfg = LinearConfig { workspace_bytes: 5 * min, ..Default::default() };
+    let loss = LossConfig::single(pref_kernels::pref_loss::Loss::simpo());
+    let e = gpu.linear_preference_step(&stream, &head, &batch, &loss, &cfg).err().unwrap().to_string();
+    assert!(e.contains("largest group of pairs") && e.contains(&format!("minimum is {} bytes", 8 * min)), "{e}");
+}
+
+pub fn cases() -> Vec<Case> {
+    vec![
+        Case { name: "linear_logprobs_forward_backward_parity_every_chunk_size", run: Box::new(linear_forward_backward_parity) },
+        Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },
+        Case { name: "linear_bad_input_refused", run: Box::new(linear_bad_input) },
+    ]
+}
