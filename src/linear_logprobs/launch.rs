@@ -219,7 +219,12 @@ impl Gpu {
                 status,
             )?;
             if head.bias != 0 {
-                let p = LinearBiasParams { bias: head.bias, logits: work.logits, n_rows: m as i64, vocab: v as i64 };
+                let p = LinearBiasParams {
+                    bias: head.bias,
+                    logits: work.logits,
+                    n_rows: m as i64,
+                    vocab: v as i64,
+                };
                 let grid = self.grid_for((m * v) as u64, LINEAR_ROWS_THREADS as u64);
                 self.launch(stream, &registry::linear_bias(false, head.dtype), grid, &p)?;
             }
@@ -252,6 +257,7 @@ impl Gpu {
     /// # Safety
     /// As [`Gpu::chunk_logits`], with `work.x` still holding the chunk's gathered rows and the
     /// gradient pointers live outputs of the head's shape.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn chunk_backward(
         &self,
         stream: u64,
@@ -285,7 +291,12 @@ impl Gpu {
                 },
             )?;
             if grads.d_bias != 0 {
-                let p = LinearBiasParams { bias: grads.d_bias, logits: work.logits, n_rows: m as i64, vocab: v as i64 };
+                let p = LinearBiasParams {
+                    bias: grads.d_bias,
+                    logits: work.logits,
+                    n_rows: m as i64,
+                    vocab: v as i64,
+                };
                 let grid = self.grid_for(v as u64, LINEAR_ROWS_THREADS as u64);
                 self.launch(stream, &registry::linear_bias(true, head.dtype), grid, &p)?;
             }
@@ -329,6 +340,7 @@ impl Gpu {
     ///
     /// # Safety
     /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn gather_f32(
         &self,
         stream: u64,
@@ -348,6 +360,7 @@ impl Gpu {
     ///
     /// # Safety
     /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn scatter_f32(
         &self,
         stream: u64,
@@ -374,7 +387,12 @@ pub(crate) fn check_head<T: LogitElement, I: TargetIndex>(
     token: &TokenLogprobsConfig,
 ) -> Result<Vec<i64>> {
     token.validate()?;
-    head.shape.validate(head.hidden.len(), head.weight.len(), head.bias.as_ref().map(View::len), targets.len())?;
+    head.shape.validate(
+        head.hidden.len(),
+        head.weight.len(),
+        head.bias.as_ref().map(View::len),
+        targets.len(),
+    )?;
     ensure(head.shape.vocab <= i32::MAX as usize, "vocab", || {
         format!("must be <= {} for the log-probs kernels, got {}", i32::MAX, head.shape.vocab)
     })?;
@@ -391,7 +409,10 @@ pub(crate) struct PlanOnDevice {
 impl PlanOnDevice {
     pub(crate) fn upload(stream: &Stream, plan: &RowPlan) -> Result<Self> {
         let pad = |v: &[i64]| if v.is_empty() { vec![0] } else { v.to_vec() };
-        Ok(PlanOnDevice { rows: stream.clone_htod(&pad(&plan.rows))?, targets: stream.clone_htod(&pad(&plan.targets))? })
+        Ok(PlanOnDevice {
+            rows: stream.clone_htod(&pad(&plan.rows))?,
+            targets: stream.clone_htod(&pad(&plan.targets))?,
+        })
     }
 }
 
@@ -408,6 +429,7 @@ impl Loop {
     ///
     /// # Safety
     /// The loop's pointers are live; `r0 + m` within the plan.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn logprobs_forward(
         &self,
         gpu: &Gpu,
@@ -461,7 +483,15 @@ impl Loop {
         let cfg = TokenLogprobsConfig { compute_entropy: false, ..*token };
         // SAFETY: forwarded to the caller.
         unsafe {
-            gpu.token_logprobs_backward_raw(stream, self.head.dtype, IndexType::I64, layout, layout.vocab, &bwd, &cfg)
+            gpu.token_logprobs_backward_raw(
+                stream,
+                self.head.dtype,
+                IndexType::I64,
+                layout,
+                layout.vocab,
+                &bwd,
+                &cfg,
+            )
         }
     }
 
@@ -472,7 +502,10 @@ impl Loop {
 }
 
 /// Zeroed gradient buffers for `head`.
-pub(crate) fn zero_grads<T: LogitElement>(stream: &Stream, head: &LinearHead<'_, T>) -> Result<LinearGradBuffers<T>> {
+pub(crate) fn zero_grads<T: LogitElement>(
+    stream: &Stream,
+    head: &LinearHead<'_, T>,
+) -> Result<LinearGradBuffers<T>> {
     let s = head.shape;
     Ok(LinearGradBuffers {
         d_hidden: stream.alloc_zeros::<T>((s.n_rows * s.hidden).max(1))?,
@@ -564,7 +597,13 @@ impl Gpu {
             }
         }
         check_status(status.read(stream)?)?;
-        Ok(LinearForwardOutputs { logp, lse, entropy, n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+        Ok(LinearForwardOutputs {
+            logp,
+            lse,
+            entropy,
+            n_chunks: plan.chunks.len(),
+            workspace_bytes: work_bytes,
+        })
     }
 
     /// The backward of [`Gpu::linear_logprobs_forward`] for any per-token loss (the caller gives

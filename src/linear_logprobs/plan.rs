@@ -77,7 +77,12 @@ fn used_rows(targets: &[i64], vocab: usize, ignore_index: i64) -> Result<Vec<usi
 }
 
 /// Chunks of at most `max_rows` used rows, in row order (the forward and the per-token backward).
-pub(crate) fn token_chunks(targets: &[i64], vocab: usize, ignore_index: i64, max_rows: usize) -> Result<RowPlan> {
+pub(crate) fn token_chunks(
+    targets: &[i64],
+    vocab: usize,
+    ignore_index: i64,
+    max_rows: usize,
+) -> Result<RowPlan> {
     let used = used_rows(targets, vocab, ignore_index)?;
     let rows: Vec<i64> = used.iter().map(|&r| r as i64).collect();
     let chunk_targets = used.iter().map(|&r| targets[r]).collect();
@@ -227,7 +232,10 @@ pub(crate) fn pair_chunks(
         let rows: usize = g_seqs.iter().map(|&s| counted(s)).sum();
         if rows > max_rows {
             rows_for(rows)?;
-            return Err(invalid("workspace_bytes", format!("a group of pairs has {rows} rows, more than {max_rows}")));
+            return Err(invalid(
+                "workspace_bytes",
+                format!("a group of pairs has {rows} rows, more than {max_rows}"),
+            ));
         }
         if current_rows + rows > max_rows {
             flush(&mut plan, &mut current);

@@ -102,9 +102,16 @@ impl BlasHandle {
             DType::F16 => blas::cudaDataType::CUDA_R_16F,
             DType::BF16 => blas::cudaDataType::CUDA_R_16BF,
         };
-        let op = |t: bool| if t { blas::cublasOperation_t::CUBLAS_OP_T } else { blas::cublasOperation_t::CUBLAS_OP_N };
+        let op = |t: bool| {
+            if t {
+                blas::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
         let int = |x: usize, what: &'static str| {
-            i32::try_from(x).map_err(|_| crate::error::invalid(what, format!("{x} exceeds cuBLAS's i32 range")))
+            i32::try_from(x)
+                .map_err(|_| crate::error::invalid(what, format!("{x} exceeds cuBLAS's i32 range")))
         };
         let (m, n, k) = (int(g.m, "gemm m")?, int(g.n, "gemm n")?, int(g.k, "gemm k")?);
         let (lda, ldb, ldc) = (int(g.lda, "gemm lda")?, int(g.ldb, "gemm ldb")?, int(g.ldc, "gemm ldc")?);
@@ -165,7 +172,9 @@ fn read_f32(ptr: u64, dtype: DType, n: usize) -> Result<Vec<f32>> {
     Ok(match dtype {
         DType::F32 => raw.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         DType::F16 => raw.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        DType::BF16 => raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        DType::BF16 => {
+            raw.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect()
+        }
     })
 }
 

@@ -277,7 +277,8 @@ impl Gpu {
             Inner::Cuda(c) => {
                 c.ctx.bind_to_thread()?;
                 let handle = {
-                    let mut slot = c.blas.lock().map_err(|_| Error::Cublas("handle mutex poisoned".into()))?;
+                    let mut slot =
+                        c.blas.lock().map_err(|_| Error::Cublas("handle mutex poisoned".into()))?;
                     match slot.as_ref() {
                         Some(h) => h.clone(),
                         None => slot.insert(Arc::new(gemm::BlasHandle::new()?)).clone(),
@@ -294,7 +295,9 @@ impl Gpu {
     pub fn gemm_available(&self) -> Result<()> {
         match &self.inner {
             // SAFETY: only tries to dlopen libcublas.
-            Inner::Cuda(_) if !unsafe { cudarc::cublas::sys::is_culib_present() } => Err(Error::CublasMissing),
+            Inner::Cuda(_) if !unsafe { cudarc::cublas::sys::is_culib_present() } => {
+                Err(Error::CublasMissing)
+            }
             _ => Ok(()),
         }
     }

@@ -8,13 +8,15 @@
 //! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
 //! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
 use crate::error::{ensure, Result};
-use crate::linear_logprobs::launch::{check_head, head_ptrs, zero_grads, ChunkWork, GradPtrs, Loop, PlanOnDevice};
+use crate::linear_logprobs::launch::{
+    check_head, head_ptrs, zero_grads, ChunkWork, GradPtrs, Loop, PlanOnDevice,
+};
 use crate::linear_logprobs::plan::{pair_chunks, rows_for_budget};
 use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearHead};
 use crate::pref_loss::launch::{RawPairs, SubBatch};
 use crate::pref_loss::{
-    preference_loss_workspace_len, LossConfig, PairLossPtrs, Pairs, PreferenceLossOutputs, RefSource, METRICS_LEN,
-    PAIR_COLUMNS,
+    preference_loss_workspace_len, LossConfig, PairLossPtrs, Pairs, PreferenceLossOutputs, RefSource,
+    METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View};
 use crate::runtime::status::{check_status, StatusWord};
@@ -100,7 +102,10 @@ impl Gpu {
         }
         let source = match (batch.ref_logp.is_some(), batch.ref_seq.is_some()) {
             (true, true) => {
-                return Err(crate::error::invalid("ref_seq", "give per-token ref_logp or per-sequence ref_seq, not both"))
+                return Err(crate::error::invalid(
+                    "ref_seq",
+                    "give per-token ref_logp or per-sequence ref_seq, not both",
+                ))
             }
             (true, false) => RefSource::PerToken,
             (false, true) => RefSource::PerSequence,
@@ -108,7 +113,8 @@ impl Gpu {
         };
         loss_cfg.validate(source)?;
         ensure(!loss_cfg.needs_weights() || batch.weights.is_some(), "weights", || {
-            "these losses read token weights (TAB-PO / token-weighted DPO weights, TGDPO rewards); none given".into()
+            "these losses read token weights (TAB-PO / token-weighted DPO weights, TGDPO rewards); none given"
+                .into()
         })?;
 
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
@@ -217,7 +223,9 @@ impl Gpu {
                         let order = order_p + (seqs.start * 8) as u64;
                         self.gather_f32(raw, ref_seq_p, rl_p, order, seqs.len(), n_seqs, status_p)?;
                     }
-                    self.preference_loss_raw_in_batch(raw, &tokens, m, layout, raw_pairs, loss_cfg, &ptrs, sub_batch)?;
+                    self.preference_loss_raw_in_batch(
+                        raw, &tokens, m, layout, raw_pairs, loss_cfg, &ptrs, sub_batch,
+                    )?;
                     self.scatter_f32(raw, lp.work.logp, logp_p, idx, m, s.n_rows, status_p)?;
                     lp.logprobs_backward(self, raw, r0, m, &cfg.token, false, status_p)?;
                     self.chunk_backward(raw, &lp.head, idx, m, &lp.work, &gp, status_p)?;

@@ -29,7 +29,8 @@ fn problem(seed: u64, tag: u64, n: usize, h: usize, v: usize) -> Problem {
     let hidden = (0..n * h).map(|_| r.random_range(-2.0f32..2.0)).collect();
     let weight = (0..v * h).map(|_| r.random_range(-2.0f32..2.0) * s).collect();
     let bias = (0..v).map(|_| r.random_range(-0.5f32..0.5)).collect();
-    let targets = (0..n).map(|_| if r.random_ratio(1, 4) { -100 } else { r.random_range(0..v as i64) }).collect();
+    let targets =
+        (0..n).map(|_| if r.random_ratio(1, 4) { -100 } else { r.random_range(0..v as i64) }).collect();
     Problem { shape: LinearShape { n_rows: n, hidden: h, vocab: v }, hidden, weight, bias, targets }
 }
 
@@ -56,9 +57,15 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
     let ge = stream.clone_htod(&grad_ent).unwrap();
     let token = TokenLogprobsConfig { temperature: 0.8, compute_entropy: true, ..Default::default() };
     let want = lin_ref::forward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &token).unwrap();
-    let want_g = lin_ref::backward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &grad_logp, Some(&grad_ent), &token)
-        .unwrap();
-    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: Some(bias.as_view()), shape: p.shape };
+    let want_g =
+        lin_ref::backward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &grad_logp, Some(&grad_ent), &token)
+            .unwrap();
+    let head = LinearHead {
+        hidden: hidden.as_view(),
+        weight: weight.as_view(),
+        bias: Some(bias.as_view()),
+        shape: p.shape,
+    };
     let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
     for rows in [1usize, 7, 1000] {
         let cfg = LinearConfig { token, workspace_bytes: budget::<T>(&p.shape, rows) };
@@ -75,7 +82,14 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
         }
         let cfg_b = LinearConfig { token: TokenLogprobsConfig { compute_entropy: false, ..token }, ..cfg };
         let g = gpu
-            .linear_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), Some(&ge.as_view()), &cfg_b)
+            .linear_logprobs_backward(
+                &stream,
+                &head,
+                &targets.as_view(),
+                &gl.as_view(),
+                Some(&ge.as_view()),
+                &cfg_b,
+            )
             .unwrap();
         let dh: Vec<f64> = stream.clone_dtoh(&g.d_hidden).unwrap().iter().map(|x| x.to_f64()).collect();
         let dw = stream.clone_dtoh(&g.d_weight).unwrap();
@@ -94,7 +108,14 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
         let again = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
         assert_eq!(logp, stream.clone_dtoh(&again.logp).unwrap(), "forward run to run");
         let g2 = gpu
-            .linear_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), Some(&ge.as_view()), &cfg_b)
+            .linear_logprobs_backward(
+                &stream,
+                &head,
+                &targets.as_view(),
+                &gl.as_view(),
+                Some(&ge.as_view()),
+                &cfg_b,
+            )
             .unwrap();
         assert_eq!(dw, stream.clone_dtoh(&g2.d_weight).unwrap(), "d_weight run to run");
         if let Some((l0, _)) = &first {
@@ -133,7 +154,8 @@ fn step_parity_for(gpu: &Gpu, seed: u64, loss: &LossConfig, with_weights: bool) 
     };
     let want = forward_backward(&tokens, &seqs, &Pairs::FirstHalfChosen, None, loss).unwrap();
     let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
-    let want_g = lin_ref::backward(&p.hidden, &p.weight, None, p.shape, &p.targets, &gl, None, &token).unwrap();
+    let want_g =
+        lin_ref::backward(&p.hidden, &p.weight, None, p.shape, &p.targets, &gl, None, &token).unwrap();
 
     let hidden = stream.clone_htod(&p.hidden).unwrap();
     let weight = stream.clone_htod(&p.weight).unwrap();
@@ -157,7 +179,13 @@ fn step_parity_for(gpu: &Gpu, seed: u64, loss: &LossConfig, with_weights: bool) 
         let out = gpu.linear_preference_step(&stream, &head, &batch, loss, &cfg).unwrap();
         assert_close(&format!("loss rows {rows}"), out.loss.loss as f64, want.loss, 1e-5, 1e-4);
         for (k, name) in pref_kernels::pref_loss::METRIC_NAMES.iter().enumerate() {
-            assert_close(&format!("{name} rows {rows}"), out.loss.metrics[k] as f64, want.metrics[k], 1e-5, 1e-4);
+            assert_close(
+                &format!("{name} rows {rows}"),
+                out.loss.metrics[k] as f64,
+                want.metrics[k],
+                1e-5,
+                1e-4,
+            );
         }
         for (i, row) in out.loss.pairs.iter().enumerate() {
             for c in 0..row.len() {
@@ -198,18 +226,25 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
     let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
     // Workspace below one row: the error names the minimum.
     let small = LinearConfig { workspace_bytes: 100, ..Default::default() };
-    let e = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &small).err().unwrap().to_string();
+    let e =
+        gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &small).err().unwrap().to_string();
     let min = workspace_bytes_per_row(&p.shape, DType::F32);
     assert!(e.contains(&format!("minimum is {min} bytes")), "{e}");
     // Mismatched H.
     let bad = LinearHead { shape: LinearShape { hidden: 7, ..p.shape }, ..head };
-    let e = gpu.linear_logprobs_forward(&stream, &bad, &targets.as_view(), &LinearConfig::default()).err().unwrap();
+    let e = gpu
+        .linear_logprobs_forward(&stream, &bad, &targets.as_view(), &LinearConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::InvalidArgument { arg: "hidden", .. }), "{e}");
     // A target out of range is refused on the host, before any launch.
     let mut t = p.targets.clone();
     t[3] = 20;
     let bad_t = stream.clone_htod(&t).unwrap();
-    let e = gpu.linear_logprobs_forward(&stream, &head, &bad_t.as_view(), &LinearConfig::default()).err().unwrap();
+    let e = gpu
+        .linear_logprobs_forward(&stream, &head, &bad_t.as_view(), &LinearConfig::default())
+        .err()
+        .unwrap();
     assert!(matches!(e, Error::TargetOutOfRange { row: 3, .. }), "{e}");
     // A step whose largest pair does not fit: names the minimum for that pair.
     let all = vec![1i64; 8];
@@ -225,12 +260,18 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
     let cfg = LinearConfig { workspace_bytes: 5 * min, ..Default::default() };
     let loss = LossConfig::single(pref_kernels::pref_loss::Loss::simpo());
     let e = gpu.linear_preference_step(&stream, &head, &batch, &loss, &cfg).err().unwrap().to_string();
-    assert!(e.contains("largest group of pairs") && e.contains(&format!("minimum is {} bytes", 8 * min)), "{e}");
+    assert!(
+        e.contains("largest group of pairs") && e.contains(&format!("minimum is {} bytes", 8 * min)),
+        "{e}"
+    );
 }
 
 pub fn cases() -> Vec<Case> {
     vec![
-        Case { name: "linear_logprobs_forward_backward_parity_every_chunk_size", run: Box::new(linear_forward_backward_parity) },
+        Case {
+            name: "linear_logprobs_forward_backward_parity_every_chunk_size",
+            run: Box::new(linear_forward_backward_parity),
+        },
         Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },
         Case { name: "linear_bad_input_refused", run: Box::new(linear_bad_input) },
     ]
