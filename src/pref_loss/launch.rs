@@ -8,7 +8,7 @@ use crate::runtime::mem::{
 use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
 };
-use crate::error::{ensure, invalid, Result};
+use crate::error::{ensure, Result};
 use crate::params::{LossTerm, PairLossParams, MAX_LOSS_TERMS};
 use crate::runtime::args::check_ptr;
 use crate::runtime::status::{check_status, StatusWord};
@@ -262,14 +262,7 @@ impl Gpu {
     ) -> Result<()> {
         check_tokens(tokens, n_tokens)?;
         layout.validate(n_tokens)?;
-        let source = match (tokens.ref_logp != 0, ptrs.ref_seq != 0) {
-            (true, true) => {
-                return Err(invalid("ref_seq", "give per-token ref_logp or per-sequence ref_seq, not both"))
-            }
-            (true, false) => RefSource::PerToken,
-            (false, true) => RefSource::PerSequence,
-            (false, false) => RefSource::None,
-        };
+        let source = RefSource::from_given(tokens.ref_logp != 0, ptrs.ref_seq != 0)?;
         cfg.validate(source)?;
         ensure(!cfg.needs_weights() || tokens.weights != 0, "weights", || {
             "these losses read token weights (TAB-PO / token-weighted DPO weights, TGDPO rewards); none given"

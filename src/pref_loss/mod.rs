@@ -326,6 +326,21 @@ pub enum RefSource {
     PerSequence,
 }
 
+impl RefSource {
+    /// The source given per-token and/or per-sequence references; both at once is an error.
+    pub fn from_given(per_token: bool, per_sequence: bool) -> Result<Self> {
+        match (per_token, per_sequence) {
+            (true, true) => Err(crate::error::invalid(
+                "ref_seq",
+                "give per-token ref_logp or per-sequence ref_seq, not both",
+            )),
+            (true, false) => Ok(RefSource::PerToken),
+            (false, true) => Ok(RefSource::PerSequence),
+            (false, false) => Ok(RefSource::None),
+        }
+    }
+}
+
 /// A full loss configuration: weighted terms plus the settings they share. Validated before launch.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossConfig {

@@ -289,17 +289,7 @@ pub fn forward_backward(
     ref_seq: Option<&[f32]>,
     cfg: &LossConfig,
 ) -> Result<PrefLossRef> {
-    let source = match (tokens.ref_logp.is_some(), ref_seq.is_some()) {
-        (true, true) => {
-            return Err(crate::error::invalid(
-                "ref_seq",
-                "give per-token ref_logp or per-sequence ref_seq, not both",
-            ))
-        }
-        (true, false) => RefSource::PerToken,
-        (false, true) => RefSource::PerSequence,
-        (false, false) => RefSource::None,
-    };
+    let source = RefSource::from_given(tokens.ref_logp.is_some(), ref_seq.is_some())?;
     cfg.validate(source)?;
     let stats = seq_stats(tokens, layout, cfg.log_tau())?;
     let n_seqs = stats.len();

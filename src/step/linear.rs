@@ -100,17 +100,7 @@ impl Gpu {
                 crate::token_logprobs::ensure_len(name, len, want)?;
             }
         }
-        let source = match (batch.ref_logp.is_some(), batch.ref_seq.is_some()) {
-            (true, true) => {
-                return Err(crate::error::invalid(
-                    "ref_seq",
-                    "give per-token ref_logp or per-sequence ref_seq, not both",
-                ))
-            }
-            (true, false) => RefSource::PerToken,
-            (false, true) => RefSource::PerSequence,
-            (false, false) => RefSource::None,
-        };
+        let source = RefSource::from_given(batch.ref_logp.is_some(), batch.ref_seq.is_some())?;
         loss_cfg.validate(source)?;
         ensure(!loss_cfg.needs_weights() || batch.weights.is_some(), "weights", || {
             "these losses read token weights (TAB-PO / token-weighted DPO weights, TGDPO rewards); none given"
