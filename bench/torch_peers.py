@@ -7,7 +7,13 @@ peers, printed as markdown tables for bench/results/:
 2. the DPO step (8 pairs x 1024 tokens, V = 128256): ours (token log-probs -> fused loss -> d/dlogits)
    vs a TRL-style eager step (log_softmax / gather / masked sum / logsigmoid, autograd);
 3. shared-prefix attention (32 q / 8 kv heads, d = 128, bf16) vs SDPA (flash) on the duplicated
-   layout and FlexAttention with the shared-prefix mask.
+   layout and FlexAttention with the shared-prefix mask;
+4. the fused LM head's peers from hidden states, bf16, H = 4096, M in {4096, 16384}, V in {128256,
+   151936}: PyTorch eager (hidden @ W.T + log_softmax + gather, autograd), Liger
+   LigerFusedLinearCrossEntropyLoss (reduction="none") and LigerFusedLinearDPOLoss, Apple's
+   cut_cross_entropy linear_cross_entropy(reduction="none"); time, TFLOP/s under the 2MHV forward
+   / 6MHV forward+backward convention and the peak extra memory. Ours at the same shapes is the
+   criterion bench `linear_logprobs` of the same gpu-run (the C ABI has no linear entry point yet).
 
 Timing: CUDA events on the current stream, warm-up, median (p20/p80) of >= 20 runs, inputs random
 (never constant); every logits tensor exceeds the 50 MB L2. Usage: python3 bench/torch_peers.py
@@ -164,6 +170,79 @@ def attention():
             print(f"| FlexAttention G={g} | n/a | | | | not run: {e} |")
 
 
+def peak_extra_gb(fn):
+    """Runs fn once and returns the peak memory it allocated beyond what was live before (GB)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 1e9
+
+
+def linear_head():
+    h = 4096
+    print("\n### fused LM head peers, bf16, H = 4096 (ours: criterion bench linear_logprobs, same run)\n")
+    print("| what | shape | median ms | p20 | p80 | TFLOP/s | peak extra GB | notes |")
+    print("|---|---|---:|---:|---:|---:|---:|---|")
+    for v in (128256, 151936):
+        w = (torch.randn(v, h, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
+        for m in (4096, 16384):
+            x = torch.randn(m, h, device="cuda", dtype=torch.bfloat16).requires_grad_()
+            t = torch.randint(0, v, (m,), device="cuda")
+            shape = f"M{m} V{v}"
+            fl = 2 * m * h * v
+
+            def report(name, fn, flops, reps=10, note=""):
+                try:
+                    gb = peak_extra_gb(fn)
+                    tt = timed(fn, reps=reps, warmup=2)
+                    print(f"| {name} | {shape} | {tt[0]:.2f} | {tt[1]:.2f} | {tt[2]:.2f} | "
+                          f"{flops / tt[0] / 1e9:.0f} | {gb:.2f} | {note} |")
+                except Exception as e:  # noqa: BLE001
+                    print(f"| {name} | {shape} | n/a | | | | | skipped: {type(e).__name__}: {str(e)[:120]} |")
+                x.grad = None
+                w.grad = None
+                torch.cuda.empty_cache()
+
+            def eager_f():
+                with torch.no_grad():
+                    return torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None])
+
+            def eager_fb():
+                torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None]).sum().backward()
+            report("PyTorch eager forward", eager_f, fl, reps=5)
+            report("PyTorch eager forward+backward", eager_fb, 3 * fl, reps=5)
+            try:
+                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+                flce = LigerFusedLinearCrossEntropyLoss(reduction="none")
+                report("Liger FLCE forward+backward", lambda: flce(w, x, t).sum().backward(), 3 * fl)
+            except Exception as e:  # noqa: BLE001
+                print(f"| Liger FLCE | {shape} | n/a | | | | | skipped: {e} |")
+            try:
+                from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+                dpo = LigerFusedLinearDPOLoss(beta=0.1, compute_nll_loss=False, use_ref_model=False)
+                seq = 1024
+                xb, tb = x.view(m // seq, seq, h), t.view(m // seq, seq)
+
+                def liger_dpo():
+                    out = dpo(w, xb, tb)
+                    (out[0] if isinstance(out, tuple) else out).backward()
+                report("Liger FusedLinearDPO step", liger_dpo, 3 * fl, note="no reference model")
+            except Exception as e:  # noqa: BLE001
+                print(f"| Liger FusedLinearDPO | {shape} | n/a | | | | | skipped: {e} |")
+            try:
+                from cut_cross_entropy import linear_cross_entropy
+                report("CCE forward", lambda: linear_cross_entropy(x.detach(), w.detach(), t, reduction="none"), fl)
+                report("CCE forward+backward",
+                       lambda: linear_cross_entropy(x, w, t, reduction="none").sum().backward(), 3 * fl)
+            except Exception as e:  # noqa: BLE001
+                print(f"| cut_cross_entropy | {shape} | n/a | | | | | skipped: {e} |")
+            del x, t
+        del w
+        torch.cuda.empty_cache()
+
+
 if __name__ == "__main__":
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}")
     bw, t = copy_bandwidth()
@@ -171,3 +250,4 @@ if __name__ == "__main__":
     token_logprobs(bw)
     dpo_step()
     attention()
+    linear_head()

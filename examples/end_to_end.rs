@@ -6,7 +6,9 @@
 //! TAB-PO steps (logits → logp → sequence scores → loss → d/dlogits) with per-stage timings, and
 //! shared-prefix group attention (one prompt shared by G responses) forward and backward, and a
 //! GRPO group: one prompt shared by G sampled responses through the shared-prefix attention
-//! (forward and backward) and the GRPO loss step from logits, with group advantages.
+//! (forward and backward) and the GRPO loss step from logits, with group advantages, and the DPO
+//! step from hidden states + LM-head weight (the fused LM head: no `[N, V]` logits tensor), on a
+//! GPU also at M = 4096, H = 4096, V = 128256 with its TFLOP/s and workspace.
 //!
 //! `cargo run --release --example end_to_end [-- --cpu] [--pairs P --seq-len L --vocab V]`
 //! (`--cpu`: the f64 reference alone; `PREF_KERNELS_BACKEND=cuda|emulator` forces a backend).
@@ -14,6 +16,9 @@ use std::time::Instant;
 
 use half::bf16;
 use pref_kernels::grpo::reference::{grpo_loss as grpo_ref, GrpoTokens};
+use pref_kernels::linear_logprobs::{
+    reference as lin_ref, workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape,
+};
 use pref_kernels::grpo::{group_advantages, Groups, GrpoConfig, ScaleRewards, GRPO_METRIC_NAMES};
 use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
 use pref_kernels::prefix_attn::{
@@ -22,7 +27,7 @@ use pref_kernels::prefix_attn::{
 use pref_kernels::seq_reduce::{
     reference as reduce_ref, DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs,
 };
-use pref_kernels::step::{GradLogits, GrpoStepBatch, StepBatch};
+use pref_kernels::step::{GradLogits, GrpoStepBatch, LinearStepBatch, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
 use pref_kernels::{Backend, BackendKind, Gpu, LogitsLayout, TokenLogprobsConfig};
 
@@ -107,6 +112,7 @@ fn main() -> pref_kernels::Result<()> {
         println!("backend: {} ({d:?})", d.backend().name());
         verify_against_reference(d)?;
         grpo_group(d)?;
+        linear_head(d)?;
     }
     let gpu = device.filter(|d| d.backend() == BackendKind::Cuda);
     // GPU default: the DPO batch (8 pairs x 1024 tokens, V = 128256); CPU: a small one.
@@ -757,4 +763,149 @@ fn attention_diffs(
         max_diff(b16(s.clone_dtoh(&gk)?), grads.dk.iter().copied()),
         max_diff(b16(s.clone_dtoh(&gv)?), grads.dv.iter().copied()),
     ])
+}
+
+/// The DPO step from hidden states + LM-head weight (bf16): on any backend a small batch chunked
+/// one pair at a time, checked against the f64 reference chain (linear forward → DPO loss → linear
+/// backward); on a GPU then the shape (M = 4096 tokens, H = 4096, V = 128256), timed.
+fn linear_head(gpu: &Gpu) -> pref_kernels::Result<()> {
+    let t0 = Instant::now();
+    let (pairs, seq_len, h, vocab) = (3, 24, 64, 1531);
+    let (n_seqs, n) = (2 * pairs, 2 * pairs * seq_len);
+    let shape = LinearShape { n_rows: n, hidden: h, vocab };
+    let mut st = 0x5DEE_CE66_D1CE_4E5Bu64;
+    let hidden = random_bf16(n * h, &mut st);
+    // Weight scaled by 1/sqrt(H) so the logits are O(1), as in a trained LM head.
+    let weight: Vec<bf16> =
+        random_bf16(vocab * h, &mut st).into_iter().map(|x| bf16::from_f32(x.to_f32() * 0.125)).collect();
+    let targets: Vec<i64> = (0..n)
+        .map(|t| if t % seq_len < seq_len / 4 { -100 } else { ((t * 7919 + 13) % vocab) as i64 })
+        .collect();
+    let ref_logp: Vec<f32> = (0..n).map(|i| -7.5 + (i % 11) as f32 * 0.1).collect();
+    let token = TokenLogprobsConfig::default();
+    let loss = LossConfig::dpo(0.1);
+    let one_pair = workspace_bytes_per_row(&shape, pref_kernels::DType::BF16) * 2 * seq_len;
+    println!(
+        "DPO step from hidden states ({pairs} pairs x {seq_len} tokens, H = {h}, V = {vocab}, bf16) on the {} backend, one pair per chunk:",
+        gpu.backend().name()
+    );
+    let s = gpu.default_stream();
+    let (hid_d, w_d, t_d, r_d) =
+        (s.clone_htod(&hidden)?, s.clone_htod(&weight)?, s.clone_htod(&targets)?, s.clone_htod(&ref_logp)?);
+    let head = LinearHead { hidden: hid_d.as_view(), weight: w_d.as_view(), bias: None, shape };
+    let seqs = SeqLayout::Padded { n_seqs, seq_len };
+    let batch = LinearStepBatch {
+        targets: t_d.as_view(),
+        weights: None,
+        ref_logp: Some(r_d.as_view()),
+        ref_seq: None,
+        seqs,
+        pairs: Pairs::FirstHalfChosen,
+    };
+    let cfg = LinearConfig { token, workspace_bytes: one_pair };
+    let out = gpu.linear_preference_step(&s, &head, &batch, &loss, &cfg)?;
+
+    let fwd = lin_ref::forward(&hidden, &weight, None, shape, &targets, &token)?;
+    let logp32: Vec<f32> = fwd.logp.iter().map(|&x| x as f32).collect();
+    let mask: Vec<u8> = targets.iter().map(|&t| u8::from(t != -100)).collect();
+    let tokens = TokenInputs { logp: &logp32, mask: Some(&mask), weights: None, ref_logp: Some(&ref_logp) };
+    let want = loss_ref::forward_backward(&tokens, &seqs, &Pairs::FirstHalfChosen, None, &loss)?;
+    let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
+    let want_g = lin_ref::backward(&hidden, &weight, None, shape, &targets, &gl, None, &token)?;
+    let d_hidden = max_diff(
+        s.clone_dtoh(&out.grads.d_hidden)?.into_iter().map(|x| x.to_f64()),
+        want_g.d_hidden.iter().copied(),
+    );
+    let d_weight =
+        max_diff(s.clone_dtoh(&out.grads.d_weight)?.into_iter().map(f64::from), want_g.d_weight.iter().copied());
+    let d_logp = max_diff(s.clone_dtoh(&out.logp)?.into_iter().map(f64::from), fwd.logp.iter().copied());
+    let d_metrics = max_diff(out.loss.metrics.iter().take(10).map(|&x| x as f64), want.metrics.iter().copied());
+    println!(
+        "  loss {:.6} (reference {:.6}); max |diff| logp {d_logp:.2e}, metrics {d_metrics:.2e}, d_hidden {d_hidden:.2e} (bf16), d_weight {d_weight:.2e}",
+        out.loss.loss, want.loss
+    );
+    println!(
+        "  {} chunks in a {:.1} KB workspace; the [N, V] logits it never made: {:.1} KB (bf16)",
+        out.n_chunks,
+        out.workspace_bytes as f64 / 1e3,
+        (n * vocab * 2) as f64 / 1e3
+    );
+    // The logits are rounded to bf16 as PyTorch's bf16 `hidden @ W.T` is (the f64 reference does
+    // not round), so logp is within bf16's resolution of O(1) logits (tests/gpu/linear.rs: 3e-2),
+    // sums of logp (metrics) accordingly, and the gradients, which see the rounding only through
+    // p, within about a thousandth of their scale.
+    for (what, diff, tol) in [
+        ("loss", (out.loss.loss as f64 - want.loss).abs(), 1e-3),
+        ("logp", d_logp, 3e-2),
+        ("metrics", d_metrics, 5e-2),
+        ("d_hidden (bf16)", d_hidden, 2e-3),
+        ("d_weight", d_weight, 1e-3),
+    ] {
+        if diff.is_nan() || diff > tol {
+            return Err(pref_kernels::Error::KernelCheck(format!(
+                "step from hidden states: {what} differs from the reference by {diff:e} (> {tol:e})"
+            )));
+        }
+    }
+    println!("  verified in {:.1} s", t0.elapsed().as_secs_f64());
+    if gpu.backend() == BackendKind::Cuda {
+        linear_head_timed(gpu)?;
+    }
+    Ok(())
+}
+
+/// The shape on a GPU: 4 pairs x 512 tokens (M = 4096), H = 4096, V = 128256, bf16, the
+/// default 768 MiB workspace; median of 5 timed steps after one warm-up, TFLOP/s under 6MHV.
+fn linear_head_timed(gpu: &Gpu) -> pref_kernels::Result<()> {
+    let (pairs, seq_len, h, vocab) = (4usize, 512usize, 4096usize, 128256usize);
+    let m = 2 * pairs * seq_len;
+    let shape = LinearShape { n_rows: m, hidden: h, vocab };
+    let mut st = 0x0123_4567_89AB_CDEFu64;
+    let hidden = random_bf16(m * h, &mut st);
+    let weight: Vec<bf16> =
+        random_bf16(vocab * h, &mut st).into_iter().map(|x| bf16::from_f32(x.to_f32() / 64.0)).collect();
+    let targets: Vec<i64> = (0..m).map(|t| ((t * 7919 + 13) % vocab) as i64).collect();
+    let ref_logp: Vec<f32> = (0..m).map(|i| -11.0 + (i % 13) as f32 * 0.1).collect();
+    let s = gpu.default_stream();
+    let (hid_d, w_d, t_d, r_d) =
+        (s.clone_htod(&hidden)?, s.clone_htod(&weight)?, s.clone_htod(&targets)?, s.clone_htod(&ref_logp)?);
+    drop((hidden, weight));
+    let head = LinearHead { hidden: hid_d.as_view(), weight: w_d.as_view(), bias: None, shape };
+    let batch = LinearStepBatch {
+        targets: t_d.as_view(),
+        weights: None,
+        ref_logp: Some(r_d.as_view()),
+        ref_seq: None,
+        seqs: SeqLayout::Padded { n_seqs: 2 * pairs, seq_len },
+        pairs: Pairs::FirstHalfChosen,
+    };
+    let cfg = LinearConfig {
+        token: TokenLogprobsConfig { check_targets: false, ..Default::default() },
+        ..Default::default()
+    };
+    let loss = LossConfig::dpo(0.1);
+    let cs = s.cuda().expect("CUDA backend");
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut ms = Vec::new();
+    let mut last = None;
+    for _ in 0..6 {
+        let e0 = cs.record_event(flags)?;
+        let out = gpu.linear_preference_step(&s, &head, &batch, &loss, &cfg)?;
+        let e1 = cs.record_event(flags)?;
+        e1.synchronize()?;
+        ms.push(e0.elapsed_ms(&e1)? as f64);
+        last = Some((out.n_chunks, out.workspace_bytes, out.loss.loss));
+    }
+    ms.remove(0); // warm-up
+    ms.sort_by(|a, b| a.total_cmp(b));
+    let med = ms[ms.len() / 2];
+    let (chunks, work, loss_v) = last.expect("six steps ran");
+    let flops = 6.0 * (m * h * vocab) as f64;
+    println!(
+        "DPO step from hidden states, M = {m}, H = {h}, V = {vocab}, bf16: {med:.2} ms median of 5 ({:.0} TFLOP/s at 6MHV; target 20 ms), {chunks} chunks, workspace {:.3} GB (the [M, V] bf16 logits would be {:.2} GB), loss {loss_v:.5}",
+        flops / (med / 1e3) / 1e12,
+        work as f64 / 1e9,
+        (m * vocab * 2) as f64 / 1e9
+    );
+    Ok(())
 }

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The GPU run: ONE device call of at most ~8 minutes over device-bin/ (from
-# scripts/build-device-bundle.sh, built on a machine with Rust). Stages in priority order, each
+# The GPU run: ONE device call of at most ~9.5 minutes (run stages separately when less device time
+# is left) over device-bin/ (from scripts/build-device-bundle.sh, built on a machine with Rust). Stages in priority order, each
 # time-capped, the report appended to $OUT as it goes (a timeout still returns what ran):
 #   1. kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1, including
 #      the emulator-vs-GPU comparison                                          (cap 170 s)
 #   2. compute-sanitizer memcheck and racecheck on a few small GPU cases      (cap 100 s)
 #   3. short benches: d2d copy bandwidth, token log-probs GB/s and fraction of the copy bandwidth,
-#      the step and attention benches, the main job                          (cap 130 s)
-#   4. the same-run peers (PyTorch eager, Liger, SDPA, FlexAttention)          (cap 80 s)
+#      the step, attention and fused-LM-head benches, the main job            (cap 190 s)
+#   4. the same-run peers (PyTorch eager, Liger, CCE, SDPA, FlexAttention)    (cap 110 s)
 # Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>` with
 # stage tests | sanitize | bench | peers.
 set -uo pipefail
@@ -47,7 +47,7 @@ fi
 if want sanitize; then
   { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
     for tool in memcheck racecheck; do
-      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity; do
+      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity linear_logprobs_forward; do
         PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
           run 25 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
       done
@@ -61,12 +61,13 @@ if want bench; then
     run 25 device-bin/bench-pref_step --bench gpu "${short[@]}"
     run 25 device-bin/bench-prefix_attn --bench gpu "${short[@]}"
     run 15 device-bin/bench-group_loss --bench gpu "${short[@]}"
+    run 60 device-bin/bench-linear_logprobs --bench gpu "${short[@]}"
     echo '```'; echo; echo '### Main job'; echo '```'
     PREF_KERNELS_BACKEND=cuda run 20 device-bin/end_to_end
     echo '```'; } | log
 fi
 if want peers; then
   { echo; echo "## 4. Peers, same process and GPU ($(date -u +%H:%MZ))"
-    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 80 python3 bench/torch_peers.py; } | log
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 110 python3 bench/torch_peers.py; } | log
 fi
 echo "report: $report"
