@@ -16,10 +16,10 @@ use std::time::Instant;
 
 use half::bf16;
 use pref_kernels::grpo::reference::{grpo_loss as grpo_ref, GrpoTokens};
+use pref_kernels::grpo::{group_advantages, Groups, GrpoConfig, ScaleRewards, GRPO_METRIC_NAMES};
 use pref_kernels::linear_logprobs::{
     reference as lin_ref, workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape,
 };
-use pref_kernels::grpo::{group_advantages, Groups, GrpoConfig, ScaleRewards, GRPO_METRIC_NAMES};
 use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
 use pref_kernels::prefix_attn::{
     reference as attn_ref, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
@@ -816,10 +816,13 @@ fn linear_head(gpu: &Gpu) -> pref_kernels::Result<()> {
         s.clone_dtoh(&out.grads.d_hidden)?.into_iter().map(|x| x.to_f64()),
         want_g.d_hidden.iter().copied(),
     );
-    let d_weight =
-        max_diff(s.clone_dtoh(&out.grads.d_weight)?.into_iter().map(f64::from), want_g.d_weight.iter().copied());
+    let d_weight = max_diff(
+        s.clone_dtoh(&out.grads.d_weight)?.into_iter().map(f64::from),
+        want_g.d_weight.iter().copied(),
+    );
     let d_logp = max_diff(s.clone_dtoh(&out.logp)?.into_iter().map(f64::from), fwd.logp.iter().copied());
-    let d_metrics = max_diff(out.loss.metrics.iter().take(10).map(|&x| x as f64), want.metrics.iter().copied());
+    let d_metrics =
+        max_diff(out.loss.metrics.iter().take(10).map(|&x| x as f64), want.metrics.iter().copied());
     println!(
         "  loss {:.6} (reference {:.6}); max |diff| logp {d_logp:.2e}, metrics {d_metrics:.2e}, d_hidden {d_hidden:.2e} (bf16), d_weight {d_weight:.2e}",
         out.loss.loss, want.loss

@@ -41,6 +41,15 @@ int32_t prefk_token_logprobs_backward(int32_t device, uint64_t stream, uint32_t 
                                       int64_t row_stride, int64_t grad_stride, int64_t ignore_index,
                                       float temperature);
 
+/* As prefk_token_logprobs_backward, plus the entropy's gradient when grad_entropy != 0 (entropy: the
+ * forward's [n_rows] f32 entropy). */
+int32_t prefk_token_logprobs_backward_entropy(int32_t device, uint64_t stream, uint32_t dtype_code,
+                                              uint32_t index_code, uint64_t logits, uint64_t targets, uint64_t lse,
+                                              uint64_t entropy, uint64_t grad_logp, uint64_t grad_entropy,
+                                              uint64_t grad_logits, uint64_t status, int64_t n_rows, int64_t vocab,
+                                              int64_t row_stride, int64_t grad_stride, int64_t ignore_index,
+                                              float temperature);
+
 int32_t prefk_preference_loss(int32_t device, uint64_t stream, uint64_t logp, uint64_t mask, uint64_t weights,
                               uint64_t ref_logp, uint64_t ref_seq, int64_t n_tokens, uint64_t cu_seqlens,
                               int64_t n_seqs, int64_t seq_len, uint64_t chosen, uint64_t rejected, int64_t n_pairs,
@@ -104,6 +113,15 @@ int32_t prefk_prefix_attn_backward(int32_t device, uint64_t stream, uint32_t dty
                                    uint64_t dv, uint64_t delta, uint64_t tiles, uint64_t seg_lo2, int64_t n_tiles,
                                    int64_t n_tokens, int32_t q_heads, int32_t kv_heads, int32_t head_dim,
                                    float scale);
+
+/* 0 when the status word a kernel wrote (read back by the caller) has no bit set, else -1 with the
+ * crate's message in prefk_last_error(). */
+int32_t prefk_check_status(uint32_t status);
+
+/* CPU tensors through the emulator (device -1): register each storage [ptr, ptr + bytes) once
+ * (initialized = 0 for outputs: reads before a write are then reported), unregister before freeing. */
+int32_t prefk_register_host_memory(uint64_t ptr, int64_t bytes, int32_t initialized);
+int32_t prefk_unregister_host_memory(uint64_t ptr);
 
 #ifdef __cplusplus
 }

@@ -68,6 +68,6 @@ if want bench; then
 fi
 if want peers; then
   { echo; echo "## 4. Peers, same process and GPU ($(date -u +%H:%MZ))"
-    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 110 python3 bench/torch_peers.py; } | log
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 110 python3 bench/harness.py --out "$out"; } | log
 fi
 echo "report: $report"

@@ -2,7 +2,8 @@
 # Runs every check and test of pref-kernels. On a fresh machine it first fetches nvcc 13.0 from PyPI
 # into a cache outside the repository, then compiles every kernel (a kernel that does not compile
 # fails this script), runs fmt/clippy, the CPU reference and property tests, and the GPU parity
-# tests (which report SKIPPED without a GPU; export PREF_KERNELS_REQUIRE_GPU=1 to require one).
+# tests (which report SKIPPED without a GPU; export PREF_KERNELS_REQUIRE_GPU=1 to require one), and
+# the PyTorch package's tests (scripts/python-tests.sh: torch, TRL into a cache outside the repo).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -21,6 +22,8 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 echo "== cargo test (kernels compiled with $NVCC)"
 cargo test --all-targets
 cargo test --doc
+echo "== the PyTorch package (python/): torch custom ops, the TRL drop-in, on the emulator"
+scripts/python-tests.sh
 echo "== bindgen: regenerate the params.h mirror and compare it with src/params.rs"
 LIBCLANG_PATH="$(scripts/fetch-libclang.sh)" cargo test --features regen-bindings --test params_header
 echo "== ptxas resource report: target/debug/pref-kernels-ptxas.txt"

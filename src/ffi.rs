@@ -214,6 +214,70 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
     })
 }
 
+/// Token log-probs backward with the entropy's gradient: as [`prefk_token_logprobs_backward`], and
+/// when `grad_entropy` is non-zero d/dlogits also holds `-grad_entropy · p_v (log p_v + H) / T`
+/// (`entropy`: the forward's `[n_rows]` f32 entropy, required then).
+///
+/// # Safety
+/// As [`Gpu::token_logprobs_backward_raw`]; `entropy` and `grad_entropy` are 0 or hold `n_rows` f32.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    logits: u64,
+    targets: u64,
+    lse: u64,
+    entropy: u64,
+    grad_logp: u64,
+    grad_entropy: u64,
+    grad_logits: u64,
+    status: u64,
+    n_rows: i64,
+    vocab: i64,
+    row_stride: i64,
+    grad_stride: i64,
+    ignore_index: i64,
+    temperature: f32,
+) -> i32 {
+    ffi(|| {
+        ensure(grad_entropy == 0 || entropy != 0, "entropy", || {
+            "grad_entropy needs the forward's entropy".into()
+        })?;
+        let layout = LogitsLayout {
+            n_rows: size("n_rows", n_rows)?,
+            vocab: size("vocab", vocab)?,
+            row_stride: size("row_stride", row_stride)?,
+        };
+        let cfg =
+            TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
+        let ptrs = TokenLogprobsBwdPtrs {
+            logits,
+            targets,
+            lse,
+            grad_logp,
+            grad_logits,
+            status,
+            entropy: if grad_entropy != 0 { entropy } else { 0 },
+            grad_entropy,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.token_logprobs_backward_raw(
+                stream,
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                layout,
+                size("grad_stride", grad_stride)?,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
+
 /// One loss term of the C ABI: `kind` uses the `PREFK_LOSS_*` codes of `kernels/params.h`;
 /// `p0`/`p1`/`flags` as there (label smoothing / epsilon / tau / alpha, gamma / lambda, hinge /
 /// barrier denominator; TAB-PO's `flags` bit 8 selects weighted-sum scores).
@@ -753,6 +817,38 @@ pub unsafe extern "C" fn prefk_prefix_layout(
         }
         Ok(())
     })
+}
+
+/// Turns a status word the kernels wrote (the `status` argument of the entry points, read back
+/// by the caller) into the crate's error: 0 when no bit is set, else -1 with the message in
+/// [`prefk_last_error`].
+#[no_mangle]
+pub extern "C" fn prefk_check_status(status: u32) -> i32 {
+    ffi(|| crate::runtime::status::check_status(status))
+}
+
+/// Registers caller-owned host memory (a CPU tensor's storage) with the emulator, so that the
+/// entry points above accept it as device memory of [`PREFK_DEVICE_EMULATOR`] with every check on:
+/// accesses outside the range are reported and, when `initialized` is 0, so are reads before a
+/// write. Register each storage once (overlapping a live registration is an error) and call
+/// [`prefk_unregister_host_memory`] before the memory is freed.
+///
+/// # Safety
+/// `[ptr, ptr + bytes)` is valid, writable host memory that outlives the registration.
+#[no_mangle]
+pub unsafe extern "C" fn prefk_register_host_memory(ptr: u64, bytes: i64, initialized: i32) -> i32 {
+    ffi(|| {
+        let bytes = size("bytes", bytes)?;
+        ensure(ptr != 0 && bytes > 0, "ptr", || "a non-null pointer and a non-empty range".into())?;
+        // SAFETY: forwarded to the caller.
+        unsafe { crate::runtime::emulator::register_host(ptr, bytes, initialized != 0) }
+    })
+}
+
+/// Ends a [`prefk_register_host_memory`] registration; the memory stays the caller's.
+#[no_mangle]
+pub extern "C" fn prefk_unregister_host_memory(ptr: u64) -> i32 {
+    ffi(|| crate::runtime::emulator::unregister_host(ptr))
 }
 
 #[cfg(test)]

@@ -841,11 +841,57 @@ void* prefk_emu_alloc(size_t bytes) {
     return raw + REDZONE;
 }
 
+// Registers caller-owned host memory [p, p + bytes) as an emulator allocation (a CPU tensor handed
+// to the C ABI), so kernels may use it with every check: accesses outside it are reported, and
+// with initialized == 0 reads before a write are (initcheck on outputs). There are no redzones:
+// a neighbouring registered block is not a redzone. Ranges may not overlap a live allocation.
+// Unregister with prefk_emu_unregister_host, which leaves the memory to its owner.
+int prefk_emu_register_host(void* p, size_t bytes, int initialized) {
+    std::lock_guard<std::recursive_mutex> lock(g_lock);
+    const uintptr_t a = (uintptr_t)p;
+    if (!p || bytes == 0) {
+        g_last_error = "register_host: null pointer or empty range";
+        return -1;
+    }
+    if (a + bytes < a) {
+        g_last_error = "register_host: the range wraps around the address space";
+        return -1;
+    }
+    auto it = g_allocs.lower_bound(a);
+    bool overlaps = it != g_allocs.end() && it->second->base < a + bytes;
+    if (!overlaps && it != g_allocs.begin()) {
+        Alloc* prev = std::prev(it)->second;
+        overlaps = prev->base + std::max<size_t>(prev->size, 1) > a;
+    }
+    if (overlaps) {
+        g_last_error = "register_host: the range overlaps a live emulator allocation (" + describe_near(a, bytes) + ")";
+        return -1;
+    }
+    g_allocs[a] = new Alloc{a, bytes, nullptr, std::vector<uint8_t>(bytes, initialized ? 1 : 0)};
+    return 0;
+}
+
+int prefk_emu_unregister_host(void* p) {
+    std::lock_guard<std::recursive_mutex> lock(g_lock);
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end() || it->second->raw != nullptr) {
+        g_last_error = "unregister_host of a pointer that prefk_emu_register_host did not register";
+        return -1;
+    }
+    delete it->second;
+    g_allocs.erase(it);
+    return 0;
+}
+
 int prefk_emu_free(void* p) {
     std::lock_guard<std::recursive_mutex> lock(g_lock);
     auto it = g_allocs.find((uintptr_t)p);
     if (it == g_allocs.end()) {
         g_last_error = "free of a pointer that is not an emulator allocation";
+        return -1;
+    }
+    if (it->second->raw == nullptr) {
+        g_last_error = "free of registered host memory (use prefk_emu_unregister_host)";
         return -1;
     }
     free(it->second->raw);

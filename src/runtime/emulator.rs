@@ -87,6 +87,8 @@ mod sys {
         pub fn prefk_emu_kernel_name(i: usize) -> *const c_char;
         pub fn prefk_emu_alloc(bytes: usize) -> *mut c_void;
         pub fn prefk_emu_free(p: *mut c_void) -> c_int;
+        pub fn prefk_emu_register_host(p: *mut c_void, bytes: usize, initialized: c_int) -> c_int;
+        pub fn prefk_emu_unregister_host(p: *mut c_void) -> c_int;
         pub fn prefk_emu_copy(dst: *mut c_void, src: *const c_void, n: usize, kind: c_int) -> c_int;
         pub fn prefk_emu_memset(dst: *mut c_void, byte: c_int, n: usize) -> c_int;
         pub fn prefk_emu_launch(
@@ -165,6 +167,51 @@ pub(crate) fn free(ptr: u64) {
     }
     #[cfg(not(prefk_emulator))]
     let _ = ptr;
+}
+
+/// Registers caller-owned host memory `[ptr, ptr + bytes)` as an emulator allocation, so the
+/// kernels may read and write it with every check on (bounds against this range, and with
+/// `initialized == false` reads before writes). Undo with [`unregister_host`] before the memory is
+/// freed or reused.
+///
+/// # Safety
+/// `[ptr, ptr + bytes)` is valid, writable host memory that outlives the registration, and no
+/// other code touches it while an emulated kernel runs on it.
+pub unsafe fn register_host(ptr: u64, bytes: usize, initialized: bool) -> Result<()> {
+    #[cfg(prefk_emulator)]
+    {
+        // SAFETY: the runtime only records the range; validity is the caller's promise.
+        let rc = unsafe {
+            sys::prefk_emu_register_host(ptr as *mut c_void, bytes, std::ffi::c_int::from(initialized))
+        };
+        if rc != 0 {
+            return Err(Error::Emulator(last_error()));
+        }
+        Ok(())
+    }
+    #[cfg(not(prefk_emulator))]
+    {
+        let _ = (ptr, bytes, initialized);
+        Err(not_built())
+    }
+}
+
+/// Ends a [`register_host`] registration (the memory stays the caller's).
+pub fn unregister_host(ptr: u64) -> Result<()> {
+    #[cfg(prefk_emulator)]
+    {
+        // SAFETY: the runtime looks `ptr` up and refuses anything it did not register.
+        let rc = unsafe { sys::prefk_emu_unregister_host(ptr as *mut c_void) };
+        if rc != 0 {
+            return Err(Error::Emulator(last_error()));
+        }
+        Ok(())
+    }
+    #[cfg(not(prefk_emulator))]
+    {
+        let _ = ptr;
+        Err(not_built())
+    }
 }
 
 /// Direction of a copy.

@@ -1,0 +1,471 @@
+"""Same-run benchmark harness: pref-kernels (the `pref_kernels` torch package) and its peers in one
+process on one device, written to a markdown table and PNG plots.
+
+    python3 bench/harness.py [--smoke] [--out DIR] [--only token_logprobs,dpo_step,attention,linear_head]
+
+On a GPU: the device-to-device copy bandwidth first (the floor of every memory-bound row), then
+  1. token log-probs (bf16 logits [N, V], N in {4096, 16384}, V in {32000, 128256, 151936, 262144}):
+     forward and forward+backward, ours vs PyTorch eager (fp32 log_softmax + gather), TRL's
+     selective_log_softmax, F.cross_entropy(reduction="none"), Liger's cross entropy, and
+     torch.compile of the eager code; entropy: ours vs TRL's entropy_from_logits;
+  2. the DPO step from logits (8 pairs x 1024 tokens, V = 128256): ours (token log-probs + fused
+     loss + one backward) vs TRL-style eager and its torch.compile;
+  3. shared-prefix attention forward+backward (32 q / 8 kv heads, d = 128) vs SDPA on the
+     duplicated layout and FlexAttention with the shared-prefix mask;
+  4. the fused LM head's peers (Liger FLCE and FusedLinearDPO, Apple CCE, eager); ours runs in the
+     criterion bench `linear_logprobs` of the same gpu-run (no torch op for it yet).
+Timing: CUDA events on the current stream around the op only, warm-up runs first (torch.compile's
+compile time reported apart), median and p20/p80 of >= 20 runs, inputs random (never constant)
+and rotated among enough independently allocated sets to exceed twice the L2; every timed output
+is checked against eager first. Memory: the peak allocated beyond what was live before the call.
+A peer that cannot be imported or run is listed as skipped, with the reason, never dropped.
+
+--smoke (the default without a GPU, and what CI runs): tiny shapes on the CPU, the kernels through
+the emulator, wall-clock timing; it tests the harness itself, its numbers mean nothing.
+"""
+import argparse
+import datetime
+import math
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+try:
+    import pref_kernels as pk
+except ImportError:  # a checkout without the package installed: python/ with PREF_KERNELS_LIB set
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
+    import pref_kernels as pk
+
+L2_BYTES = 50 * 2 ** 20
+
+
+class Harness:
+    def __init__(self, device, smoke, reps):
+        self.device, self.smoke, self.reps = device, smoke, reps
+        self.rows = []       # (section, shape, provider, median, p20, p80, floor_ms, extra, peak_gb, note)
+        self.copy_bw = None  # bytes/s
+
+    # ---- timing -----------------------------------------------------------------------------
+    def sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def time(self, fns):
+        """Median, p20, p80 in ms of running fns[i % len(fns)] (rotated input sets)."""
+        for f in fns:  # warm-up: every input set once, then once more
+            f()
+        fns[0]()
+        self.sync()
+        times = []
+        for i in range(self.reps):
+            f = fns[i % len(fns)]
+            if self.device.type == "cuda":
+                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                a.record()
+                f()
+                b.record()
+                b.synchronize()
+                times.append(a.elapsed_time(b))
+            else:
+                t0 = time.perf_counter()
+                f()
+                times.append((time.perf_counter() - t0) * 1e3)
+        times.sort()
+        return statistics.median(times), times[len(times) // 5], times[(4 * len(times)) // 5]
+
+    def peak_gb(self, f):
+        if self.device.type != "cuda":
+            return None
+        self.sync()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        f()
+        self.sync()
+        return (torch.cuda.max_memory_allocated() - base) / 1e9
+
+    def sets(self, bytes_per_set):
+        """How many input sets to rotate so that consecutive runs miss in L2."""
+        return max(1, min(4, math.ceil(2 * L2_BYTES / max(bytes_per_set, 1))))
+
+    def run(self, section, shape, provider, make, check=None, floor_ms=None, extra=None, compile_note=None):
+        """Times provider `make(set_index) -> fn` over rotated sets; records a skipped row on any error."""
+        try:
+            n_sets = make.n_sets if hasattr(make, "n_sets") else 1
+            fns = [make(i) for i in range(n_sets)]
+            t_compile = None
+            if compile_note:
+                t0 = time.perf_counter()
+                fns[0]()
+                self.sync()
+                t_compile = time.perf_counter() - t0
+            if check is not None:
+                check(fns[0]())
+            peak = self.peak_gb(fns[0])
+            med, p20, p80 = self.time(fns)
+            note = f"compile {t_compile:.1f} s" if t_compile is not None else ""
+            self.rows.append((section, shape, provider, med, p20, p80, floor_ms, extra(med) if extra else "", peak,
+                              note))
+        except Exception as e:  # noqa: BLE001  (a peer that fails is listed, not dropped)
+            self.rows.append((section, shape, provider, None, None, None, floor_ms, "", None,
+                              f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:140] if str(e) else ''}"))
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def skip(self, section, shape, provider, why):
+        self.rows.append((section, shape, provider, None, None, None, None, "", None, f"skipped: {why}"))
+
+    # ---- output -----------------------------------------------------------------------------
+    def markdown(self, title):
+        out = [f"# {title}", ""]
+        for section in dict.fromkeys(r[0] for r in self.rows):
+            out += [f"## {section}", "", "| shape | provider | median ms | p20 | p80 | of floor | peak extra GB | "
+                    "throughput | notes |", "|---|---|---:|---:|---:|---:|---:|---|---|"]
+            for s, shape, prov, med, p20, p80, floor, extra, peak, note in self.rows:
+                if s != section:
+                    continue
+                f = lambda x: "" if x is None else f"{x:.3f}"  # noqa: E731
+                frac = f"{floor / med:.0%}" if floor and med else ""
+                pk_gb = "" if peak is None else f"{peak:.2f}"
+                out.append(f"| {shape} | {prov} | {f(med)} | {f(p20)} | {f(p80)} | {frac} | {pk_gb} | {extra} | "
+                           f"{note} |")
+            out.append("")
+        return "\n".join(out)
+
+    def plots(self, path_prefix):
+        """Time and peak memory against V for each N (token log-probs forward+backward)."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception as e:  # noqa: BLE001
+            return [f"plots skipped: matplotlib not importable ({e})"]
+        rows = [r for r in self.rows if r[0] == "token log-probs, forward+backward" and r[3] is not None]
+        if not rows:
+            return ["plots skipped: no token log-probs rows ran"]
+        made = []
+        for what, col, unit in (("time", 3, "ms"), ("memory", 8, "GB")):
+            if all(r[col] is None for r in rows):
+                made.append(f"{what} plot skipped: no {what} figures (peak memory is measured on CUDA only)")
+                continue
+            fig, ax = plt.subplots(figsize=(7, 4.5))
+            for prov in dict.fromkeys(r[2] for r in rows):
+                for n in sorted({int(r[1].split("x")[0][2:]) for r in rows}):
+                    pts = sorted((int(r[1].split("V")[1]), r[col]) for r in rows
+                                 if r[2] == prov and r[1].startswith(f"N={n}x") and r[col] is not None)
+                    if pts:
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{prov}, N={n}")
+            ax.set_xlabel("vocabulary size V")
+            ax.set_ylabel(f"{what} ({unit})")
+            ax.set_title(f"token log-probs fwd+bwd: {what} ({self.device.type}{', smoke' if self.smoke else ''})")
+            ax.legend(fontsize=6)
+            ax.grid(alpha=0.3)
+            p = f"{path_prefix}-logprobs-{what}.png"
+            fig.tight_layout()
+            fig.savefig(p, dpi=110)
+            plt.close(fig)
+            made.append(p)
+        return made
+
+
+def rand_logits(n, v, dtype, device, seed):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return (torch.randn(n, v, generator=g) * 2).to(dtype).to(device)
+
+
+def make_sets(h, n_bytes, build):
+    """A `make(i)` with the rotation count for inputs of n_bytes."""
+    build.n_sets = h.sets(n_bytes)
+    return build
+
+
+def token_logprobs(h):
+    dev = h.device
+    grid = [(64, 512), (64, 2048)] if h.smoke else [(n, v) for n in (4096, 16384)
+                                                     for v in (32000, 128256, 151936, 262144)]
+    try:
+        from trl.trainer.utils import entropy_from_logits, selective_log_softmax
+    except Exception as e:  # noqa: BLE001
+        selective_log_softmax = entropy_from_logits = None
+        trl_why = f"TRL not importable: {e}"
+    try:
+        from liger_kernel.ops.cross_entropy import LigerCrossEntropyFunction
+    except Exception as e:  # noqa: BLE001
+        LigerCrossEntropyFunction = None
+        liger_why = f"liger_kernel not importable: {e}"
+    for n, v in grid:
+        shape = f"N={n}x V{v}"
+        nbytes = n * v * 2
+        data = {}
+
+        def inputs(i):
+            if i not in data:
+                x = rand_logits(n, v, torch.bfloat16, dev, 1000 + i)
+                t = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(i)).to(dev)
+                t[::4] = -100
+                data[i] = (x, t)
+            return data[i]
+        x0, t0 = inputs(0)
+        want = torch.log_softmax(x0.float(), -1).gather(1, t0.clamp(min=0)[:, None]).squeeze(1) * (t0 != -100)
+
+        def close(got):
+            err = (got.float() - want).abs().max().item()
+            assert err < 5e-2, f"output differs from eager by {err}"
+        fwd_floor = nbytes / h.copy_bw * 1e3 if h.copy_bw else None
+        gbps = (lambda passes: (lambda ms: f"{passes * nbytes / ms / 1e6:.0f} GB/s"))
+        sec_f, sec_b = "token log-probs, forward", "token log-probs, forward+backward"
+
+        def fwd(fn):
+            return make_sets(h, nbytes, lambda i: (lambda x=inputs(i)[0], t=inputs(i)[1]: fn(x, t)))
+
+        def fwdbwd(fn):
+            def build(i):
+                x, t = inputs(i)
+                g = torch.randn(n, generator=torch.Generator().manual_seed(7)).to(dev)
+
+                def step():
+                    xx = x.detach().requires_grad_()
+                    out = fn(xx, t)
+                    out.backward(g)
+                    return out
+                return step
+            return make_sets(h, nbytes, build)
+
+        def eager(x, t):
+            return torch.log_softmax(x.float(), -1).gather(1, t.clamp(min=0)[:, None]).squeeze(1) * (t != -100)
+
+        def ce(x, t):
+            return -F.cross_entropy(x.float(), t, reduction="none", ignore_index=-100)
+        ours = lambda x, t: pk.token_logprobs(x, t)  # noqa: E731
+        providers = [("pref-kernels", ours), ("PyTorch eager (fp32 log_softmax + gather)", eager),
+                     ("F.cross_entropy(reduction='none')", ce)]
+        for name, fn in providers:
+            h.run(sec_f, shape, name, fwd(fn), check=close, floor_ms=fwd_floor, extra=gbps(1))
+            h.run(sec_b, shape, name, fwdbwd(fn), floor_ms=fwd_floor and 3 * fwd_floor, extra=gbps(3))
+        compiled = torch.compile(eager)
+        h.run(sec_f, shape, "torch.compile(eager)", fwd(compiled), check=close, floor_ms=fwd_floor, extra=gbps(1),
+              compile_note=True)
+        if selective_log_softmax is not None:
+            trl_fn = lambda x, t: selective_log_softmax(x, t.clamp(min=0)) * (t != -100)  # noqa: E731
+            h.run(sec_f, shape, "TRL selective_log_softmax", fwd(trl_fn), check=close, floor_ms=fwd_floor,
+                  extra=gbps(1))
+            h.run(sec_b, shape, "TRL selective_log_softmax", fwdbwd(trl_fn), floor_ms=fwd_floor and 3 * fwd_floor,
+                  extra=gbps(3))
+            ent_ours = lambda x, t: pk.token_logprobs(x, t, return_entropy=True)[1]  # noqa: E731
+            h.run("entropy, forward", shape, "pref-kernels (with the log-probs)", fwd(ent_ours), floor_ms=fwd_floor)
+            h.run("entropy, forward", shape, "TRL entropy_from_logits", fwd(lambda x, t: entropy_from_logits(x)),
+                  floor_ms=fwd_floor)
+        else:
+            h.skip(sec_f, shape, "TRL selective_log_softmax", trl_why)
+            h.skip("entropy, forward", shape, "TRL entropy_from_logits", trl_why)
+        if LigerCrossEntropyFunction is not None and dev.type == "cuda":
+            def liger(x, t):
+                out = LigerCrossEntropyFunction.apply(x, t, None, -100, 0.0, 0.0, "none")
+                return -(out[0] if isinstance(out, tuple) else out)
+            h.run(sec_b, shape, "Liger cross entropy (reduction none)", fwdbwd(liger),
+                  floor_ms=fwd_floor and 3 * fwd_floor, extra=gbps(3))
+        else:
+            h.skip(sec_b, shape, "Liger cross entropy", liger_why if LigerCrossEntropyFunction is None
+                   else "Triton kernels need a CUDA device")
+        data.clear()
+
+
+def trl_style_dpo(x, targets, mask, ref, n_seqs, seq_len, beta=0.1):
+    lp = torch.log_softmax(x.float(), -1).gather(1, targets.clamp(min=0)[:, None]).squeeze(1)
+    s = (lp * mask).view(n_seqs, seq_len).sum(-1)
+    r = (ref * mask).view(n_seqs, seq_len).sum(-1)
+    p = n_seqs // 2
+    return (-F.logsigmoid(beta * ((s[:p] - r[:p]) - (s[p:] - r[p:])))).mean()
+
+
+def dpo_step(h):
+    dev = h.device
+    pairs, seq_len, v = (2, 16, 1024) if h.smoke else (8, 1024, 128256)
+    n_seqs, n = 2 * pairs, 2 * pairs * seq_len
+    shape = f"{pairs} pairs x {seq_len} tokens, V {v}"
+    x = rand_logits(n, v, torch.bfloat16, dev, 5)
+    t = torch.randint(0, v, (n,), generator=torch.Generator().manual_seed(3)).to(dev)
+    t.view(n_seqs, seq_len)[:, : seq_len // 4] = -100
+    mask = t != -100
+    ref = (-torch.rand(n, generator=torch.Generator().manual_seed(4)) * 3 - 10).to(dev)
+    want = trl_style_dpo(x, t, mask, ref, n_seqs, seq_len).item()
+
+    def close(got):
+        assert abs(got.item() - want) < 1e-3, f"loss {got.item()} vs eager {want}"
+    floor = 3 * n * v * 2 / h.copy_bw * 1e3 if h.copy_bw else None
+
+    def ours():
+        xx = x.detach().requires_grad_()
+        loss, _ = pk.dpo_loss(pk.token_logprobs(xx, t), mask, ref, n_seqs=n_seqs, seq_len=seq_len, beta=0.1)
+        loss.backward()
+        return loss
+
+    def eager(fn):
+        def step():
+            xx = x.detach().requires_grad_()
+            loss = fn(xx, t, mask, ref, n_seqs, seq_len)
+            loss.backward()
+            return loss
+        return step
+    h.run("DPO step from logits", shape, "pref-kernels", lambda i: ours, check=close, floor_ms=floor)
+    h.run("DPO step from logits", shape, "TRL-style eager", lambda i: eager(trl_style_dpo), check=close,
+          floor_ms=floor)
+    compiled = torch.compile(trl_style_dpo)
+    h.run("DPO step from logits", shape, "torch.compile(TRL-style)", lambda i: eager(compiled), check=close,
+          floor_ms=floor, compile_note=True)
+
+
+def attention(h):
+    dev = h.device
+    hq, hkv, d = (4, 2, 64) if h.smoke else (32, 8, 128)
+    grid = [(2, 16, 8)] if h.smoke else [(2, 1024, 256), (8, 4096, 512), (16, 4096, 512)]
+    sec = "shared-prefix attention, forward+backward"
+    for g, p, r in grid:
+        shape = f"G={g} P={p} R={r}, Hq {hq}/Hkv {hkv}, d {d}"
+        layout = pk.prefix_layout([(p, [r] * g)], dev)
+        tt = layout[2]
+        gen = torch.Generator().manual_seed(g)
+        q, k, v, do = (torch.randn(tt, hh, d, generator=gen).bfloat16().to(dev) for hh in (hq, hkv, hkv, hq))
+        pairs = p * (p + 1) // 2 + g * (p * r + r * (r + 1) // 2)
+        flops = 3.5 * 4 * d * pairs * hq
+        tflops = lambda ms: f"{flops / ms / 1e9:.1f} TFLOP/s dedup"  # noqa: E731
+
+        def ours():
+            qq, kk, vv = (z.detach().requires_grad_() for z in (q, k, v))
+            o = pk.shared_prefix_attention(qq, kk, vv, layout)
+            o.backward(do)
+            return o
+        h.run(sec, shape, "pref-kernels", lambda i: ours, extra=tflops)
+        # SDPA on the duplicated layout: G sequences [prefix ++ r_g], causal, KV heads repeated.
+        qd, kd, vd, dod = (torch.randn(g, hq, p + r, d, generator=gen).bfloat16().to(dev) for _ in range(4))
+
+        def sdpa():
+            a, b, c = (z.detach().requires_grad_() for z in (qd, kd, vd))
+            o = F.scaled_dot_product_attention(a, b, c, is_causal=True)
+            o.backward(dod)
+            return o
+        h.run(sec, shape, "SDPA, duplicated prefix", lambda i: sdpa, extra=tflops)
+        if dev.type != "cuda":
+            h.skip(sec, shape, "FlexAttention", "needs a CUDA device for its Triton kernels")
+            continue
+        try:
+            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+            seg = torch.zeros(tt, dtype=torch.int32, device=dev)
+            for i in range(g):
+                seg[p + i * r:p + (i + 1) * r] = i + 1
+
+            def mask_mod(b, hh, qi, kj):
+                return (kj <= qi) & ((seg[kj] == 0) | (seg[kj] == seg[qi]))
+            bm = create_block_mask(mask_mod, None, None, tt, tt, device=dev)
+            fa = torch.compile(flex_attention)
+            qf, kf, vf = (z.transpose(0, 1)[None].contiguous() for z in (q, k, v))
+            dof = do.transpose(0, 1)[None].contiguous()
+
+            def flex():
+                a, b, c = (z.detach().requires_grad_() for z in (qf, kf, vf))
+                o = fa(a, b, c, block_mask=bm, enable_gqa=True)
+                o.backward(dof)
+                return o
+            h.run(sec, shape, "FlexAttention, shared-prefix mask", lambda i: flex, extra=tflops, compile_note=True)
+        except Exception as e:  # noqa: BLE001
+            h.skip(sec, shape, "FlexAttention", f"{type(e).__name__}: {e}")
+
+
+def linear_head(h):
+    sec = "fused LM head peers (ours: criterion bench linear_logprobs)"
+    if h.device.type != "cuda":
+        for prov in ("PyTorch eager", "Liger FLCE", "Liger FusedLinearDPO", "cut_cross_entropy"):
+            h.skip(sec, "H 4096", prov, "GPU-only shapes (smoke mode)")
+        return
+    hid = 4096
+    for v in (128256, 151936):
+        w = (torch.randn(v, hid, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
+        for m in (4096, 16384):
+            x = torch.randn(m, hid, device="cuda", dtype=torch.bfloat16).requires_grad_()
+            t = torch.randint(0, v, (m,), device="cuda")
+            shape = f"M={m} H={hid} V={v}"
+            fl = 2 * m * hid * v
+            tf = lambda f: (lambda ms: f"{f / ms / 1e9:.0f} TFLOP/s")  # noqa: E731
+
+            def step(fn):
+                def run():
+                    x.grad = None
+                    w.grad = None
+                    out = fn()
+                    out.backward()
+                    return out
+                return lambda i: run
+            h.run(sec, shape, "PyTorch eager fwd+bwd",
+                  step(lambda: torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None]).sum()), extra=tf(3 * fl))
+            try:
+                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+                flce = LigerFusedLinearCrossEntropyLoss(reduction="none")
+                h.run(sec, shape, "Liger FLCE fwd+bwd", step(lambda: flce(w, x, t).sum()), extra=tf(3 * fl))
+            except Exception as e:  # noqa: BLE001
+                h.skip(sec, shape, "Liger FLCE", str(e))
+            try:
+                from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+                dpo = LigerFusedLinearDPOLoss(beta=0.1, compute_nll_loss=False, use_ref_model=False)
+                xb, tb = x.view(m // 1024, 1024, hid), t.view(m // 1024, 1024)
+                h.run(sec, shape, "Liger FusedLinearDPO step",
+                      step(lambda: (lambda o: o[0] if isinstance(o, tuple) else o)(dpo(w, xb, tb))), extra=tf(3 * fl))
+            except Exception as e:  # noqa: BLE001
+                h.skip(sec, shape, "Liger FusedLinearDPO", str(e))
+            try:
+                from cut_cross_entropy import linear_cross_entropy
+                h.run(sec, shape, "CCE fwd+bwd", step(lambda: linear_cross_entropy(x, w, t, reduction="none").sum()),
+                      extra=tf(3 * fl))
+            except Exception as e:  # noqa: BLE001
+                h.skip(sec, shape, "cut_cross_entropy", str(e))
+            del x, t
+        del w
+        torch.cuda.empty_cache()
+
+
+SECTIONS = {"token_logprobs": token_logprobs, "dpo_step": dpo_step, "attention": attention,
+            "linear_head": linear_head}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--smoke", action="store_true", help="tiny shapes (the default without a GPU)")
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results"))
+    ap.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
+    ap.add_argument("--reps", type=int, default=None)
+    a = ap.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    smoke = a.smoke or device.type != "cuda"
+    h = Harness(device, smoke, a.reps or (5 if smoke else 20))
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "cpu-emulator"
+    if device.type == "cuda":
+        src = torch.empty(2 ** 31, dtype=torch.bfloat16, device="cuda").normal_()
+        dst = torch.empty_like(src)
+        med, _, _ = h.time([lambda: dst.copy_(src)])
+        h.copy_bw = 2 * src.numel() * 2 / (med / 1e3)
+        del src, dst
+        torch.cuda.empty_cache()
+    for s in a.only.split(","):
+        SECTIONS[s](h)
+    os.makedirs(a.out, exist_ok=True)
+    stamp = datetime.date.today().isoformat()
+    prefix = os.path.join(a.out, f"{stamp}-{name.replace(' ', '_')}-torch{'-smoke' if smoke else ''}")
+    title = (f"pref-kernels vs peers, {stamp}, {name}, torch {torch.__version__}, backend {pk.backend(device)}"
+             f"{' (smoke: tiny shapes, timings meaningless)' if smoke else ''}")
+    text = h.markdown(title)
+    if h.copy_bw:
+        text = text.replace("\n\n", f"\n\nDevice-to-device copy: {h.copy_bw / 1e12:.2f} TB/s (read + write), the "
+                            "floor of the memory-bound rows.\n\n", 1)
+    plots = h.plots(prefix)
+    text += "\n" + "\n".join(f"- {p}" for p in plots) + "\n"
+    with open(prefix + ".md", "w") as f:
+        f.write(text)
+    print(text)
+    print(f"written: {prefix}.md")
+    return prefix
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""pref-kernels for PyTorch: fused token log-probs (with entropy), the DPO-family / SimPO / CPO /
+ORPO / TGDPO / TAB-PO preference losses, and shared-prefix group attention, as torch custom ops.
+
+CUDA tensors run the CUDA kernels on the current stream (data pointers, no copies). CPU tensors run
+the very same kernels through the crate's CPU emulator, with memory, race, initialization and
+synchronization checks on every access: slow, but exact, and how the ops are tested without a GPU.
+
+    import pref_kernels as pk
+    logp = pk.token_logprobs(logits, labels)                       # [N] f32, differentiable
+    loss, metrics = pk.dpo_loss(logp, mask, ref_logp, n_seqs=2 * B, seq_len=L, beta=0.1)
+    pk.metrics_dict(metrics)["rewards/accuracies"]
+    loss.backward()                                                # d/dlogits through both ops
+"""
+from typing import Dict, Optional, Sequence, Union
+
+import torch
+
+from . import ops  # noqa: F401  (registers torch.ops.pref_kernels.*)
+from ._lib import PrefKernelsError, backend, library_path
+from .ops import METRICS_LEN, PAIR_COLUMNS, prefix_layout
+
+__all__ = [
+    "PrefKernelsError", "backend", "library_path", "token_logprobs", "LossTerm", "loss_terms",
+    "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
+    "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES",
+]
+__version__ = "0.1.0"
+
+# The crate's metric order (pref_loss::METRIC_NAMES) and per-pair columns (PAIR_COLUMN_NAMES).
+METRIC_NAMES = [
+    "loss", "loss/pref", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
+    "rewards/accuracies", "logps/chosen", "logps/rejected", "loss/barrier", "barrier/active_pct", "pref/p_pref",
+]
+PAIR_COLUMN_NAMES = ["loss", "chosen_reward", "rejected_reward", "chosen_logps", "rejected_logps", "barrier"]
+
+# PREFK_LOSS_* codes of kernels/params.h.
+_KIND = {
+    "sigmoid": 0, "robust": 1, "hinge": 2, "ipo": 3, "exo_pair": 4, "nca_pair": 5, "bco_pair": 6,
+    "sppo_hard": 7, "apo_zero": 8, "apo_down": 9, "discopop": 10, "simpo": 11, "cpo": 12, "orpo": 13,
+    "tgdpo": 14, "tabpo": 15, "nll": 16,
+}
+#: TRL `DPOConfig.loss_type` names served (TRL's current semantics: sequence log-probs are sums,
+#: `label_smoothing` is read by robust and exo_pair only, `sft` is the token-mean NLL of chosen).
+TRL_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
+                  "apo_zero", "apo_down", "discopop", "sft")
+_TRL_REFUSED = {
+    "aot": "sorts the batch's margins (couples pairs)", "aot_unpaired": "sorts the batch's margins",
+    "aot_pair": "sorts the batch's margins", "sigmoid_norm": "not implemented in pref-kernels yet",
+}
+_DIVERGENCE = {"reverse_kl": 0, "forward_kl": 1, "js_divergence": 2, "alpha_divergence": 3}
+_AGGREGATION = {"sum": 0, "mean": 1, "weighted_sum": 2, "weighted_mean": 3}
+
+
+class LossTerm:
+    """One weighted loss term: `kind` is a crate loss name (the TRL names plus simpo, cpo, orpo,
+    tgdpo, tabpo, nll); p0 / p1 / flags as in include/prefk.h (label smoothing / epsilon / tau /
+    alpha; gamma / lambda; hinge bit, TAB-PO barrier denominator)."""
+
+    def __init__(self, kind: str, weight: float = 1.0, beta: float = 0.1, p0: float = 0.0, p1: float = 0.0,
+                 flags: int = 0):
+        if kind not in _KIND:
+            raise ValueError(f"pref_kernels: unknown loss kind {kind!r}; known: {', '.join(_KIND)}")
+        self.kind, self.weight, self.beta, self.p0, self.p1, self.flags = kind, weight, beta, p0, p1, flags
+
+    def __repr__(self):
+        return (f"LossTerm({self.kind!r}, weight={self.weight}, beta={self.beta}, p0={self.p0}, p1={self.p1}, "
+                f"flags={self.flags})")
+
+
+def loss_terms(loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
+               loss_weights: Optional[Sequence[float]] = None, discopop_tau: float = 0.05):
+    """The terms of a TRL `DPOConfig` (`loss_type` a name or a list, with `loss_weights`), refusing
+    clearly what pref-kernels does not serve."""
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    weights = [1.0] * len(types) if loss_weights is None else list(loss_weights)
+    if len(weights) != len(types):
+        raise ValueError(f"pref_kernels: {len(types)} loss types but {len(weights)} loss_weights")
+    out = []
+    for t, w in zip(types, weights):
+        if t in _TRL_REFUSED:
+            raise NotImplementedError(f"pref_kernels: TRL loss_type {t!r} is not supported: {_TRL_REFUSED[t]}")
+        if t not in TRL_LOSS_TYPES:
+            raise ValueError(f"pref_kernels: unknown TRL loss_type {t!r}; supported: {', '.join(TRL_LOSS_TYPES)}")
+        if t == "sft":
+            out.append(LossTerm("nll", w))
+        elif t in ("robust", "exo_pair"):
+            out.append(LossTerm(t, w, beta, p0=label_smoothing))
+        elif t == "discopop":
+            out.append(LossTerm(t, w, beta, p0=discopop_tau))
+        else:
+            out.append(LossTerm(t, w, beta))
+    return out
+
+
+def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, temperature: float = 1.0,
+                   return_entropy: bool = False):
+    """log p(target) per row of `logits` [N, V] (f32/f16/bf16, rows contiguous; a row stride is
+    fine) at `temperature`, as f32 [N]; 0 where the target is `ignore_index`. With
+    `return_entropy`, also the entropy of each row's distribution. Both are differentiable (one
+    fused backward pass; log-softmax is never materialized)."""
+    logp, _lse, entropy = torch.ops.pref_kernels.token_logprobs(logits, targets, ignore_index, float(temperature),
+                                                                return_entropy)
+    return (logp, entropy) if return_entropy else logp
+
+
+def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_logp=None, ref_seq=None,
+                    n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None, chosen=None, rejected=None,
+                    f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+                    aggregation: str = "sum", return_pairs: bool = False):
+    """The fused preference loss on per-token log-probs `logp` [T] (f32): returns `(loss, metrics)`
+    with `metrics` the f32 [16] tensor in METRIC_NAMES order (on the op's device, so nothing
+    synchronizes; `metrics_dict` names them), and with `return_pairs` also the per-pair values
+    [P, 6] (PAIR_COLUMN_NAMES). The loss is differentiable with respect to `logp`.
+
+    Layout: padded (`n_seqs` sequences of `seq_len` tokens) or packed (`cu_seqlens` [n_seqs + 1]
+    int32). Pairs: the first half of the sequences are chosen, the second half rejected, unless
+    `chosen` / `rejected` (int32 sequence indices) are given. `mask` [T] (bool/uint8) marks the
+    completion tokens; `ref_logp` [T] or `ref_seq` [n_seqs] the reference model."""
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    if n_seqs is None:
+        raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
+    if f_divergence_type not in _DIVERGENCE:
+        raise ValueError(f"pref_kernels: f_divergence_type must be one of {', '.join(_DIVERGENCE)}")
+    if aggregation not in _AGGREGATION:
+        raise ValueError(f"pref_kernels: aggregation must be one of {', '.join(_AGGREGATION)}")
+    terms = [terms] if isinstance(terms, LossTerm) else list(terms)
+    # TRL's alpha divergence coefficient is the crate's alpha (HEAD convention).
+    loss, metrics, pairs, _grad = torch.ops.pref_kernels.preference_loss(
+        logp, mask, weights, ref_logp, ref_seq, cu_seqlens, int(n_seqs), int(seq_len), chosen, rejected,
+        [_KIND[t.kind] for t in terms], [float(t.weight) for t in terms], [float(t.beta) for t in terms],
+        [float(t.p0) for t in terms], [float(t.p1) for t in terms], [int(t.flags) for t in terms],
+        _DIVERGENCE[f_divergence_type], float(f_alpha_divergence_coef), _AGGREGATION[aggregation])
+    return (loss, metrics, pairs) if return_pairs else (loss, metrics)
+
+
+def metrics_dict(metrics: torch.Tensor) -> Dict[str, float]:
+    """The metrics tensor of `preference_loss` as {TRL name: float} (one device-to-host copy)."""
+    vals = metrics.detach().tolist()
+    return {n: vals[i] for i, n in enumerate(METRIC_NAMES)}
+
+
+def dpo_loss(logp: torch.Tensor, mask, ref_logp=None, *, n_seqs: Optional[int] = None, seq_len: int = 0,
+             cu_seqlens=None, ref_seq=None, loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
+             label_smoothing: float = 0.0, loss_weights=None, discopop_tau: float = 0.05,
+             f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+             return_pairs: bool = False):
+    """TRL's DPO loss (`DPOConfig` names and defaults) on per-token log-probs: sequence scores are
+    masked sums, pairs first-half chosen. See `preference_loss` for the layouts and outputs."""
+    terms = loss_terms(loss_type, beta, label_smoothing, loss_weights, discopop_tau)
+    return preference_loss(logp, terms, mask=mask, ref_logp=ref_logp, ref_seq=ref_seq, n_seqs=n_seqs,
+                           seq_len=seq_len, cu_seqlens=cu_seqlens, f_divergence_type=f_divergence_type,
+                           f_alpha_divergence_coef=f_alpha_divergence_coef, return_pairs=return_pairs)
+
+
+def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, scale: Optional[float] = None):
+    """Causal attention where the G responses of each group share one prompt, packed token-major:
+    q [T, Hq, d], k / v [T, Hkv, d] (bf16/f16, contiguous, GQA when Hkv < Hq) laid out
+    [prefix | r_1 | ... | r_G] per group; `layout` from `prefix_layout(groups, device)`. Returns
+    O [T, Hq, d]; differentiable in q, k, v."""
+    tiles, seg_lo2, n_tokens, n_tiles = layout
+    if q.shape[0] != n_tokens:
+        raise ValueError(f"pref_kernels: the layout has {n_tokens} tokens but q has {q.shape[0]}")
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    o, _lse = torch.ops.pref_kernels.shared_prefix_attention(q, k, v, tiles, seg_lo2, n_tiles, float(scale))
+    return o

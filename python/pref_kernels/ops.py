@@ -1,0 +1,349 @@
+"""The kernels as torch custom ops (`torch.ops.pref_kernels.*`), each with a fake (meta) kernel and an
+autograd formula, so they run in eager mode and under torch.compile as opaque ops with no graph
+break. CUDA tensors run on the current stream through their data pointers (no copies); CPU tensors
+run through the emulator, with their storages registered for the call so every access is checked.
+
+Inputs are validated here (device, dtype, shape, strides) with ValueError / TypeError; what the
+kernels check (lengths, layouts, configurations, out-of-range targets and indices) comes back as
+PrefKernelsError with the crate's message.
+"""
+import ctypes
+import os
+from typing import List, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _lib
+from ._lib import DTYPE_CODES, INDEX_CODES, PrefkLossTerm, call, check_status, device_code, host_memory, ptr, stream_of
+
+METRICS_LEN = 16
+PAIR_COLUMNS = 6
+
+
+def _same_device(name, t, ref):
+    if t is not None and t.device != ref.device:
+        raise ValueError(f"pref_kernels: {name} is on {t.device} but the op runs on {ref.device}")
+
+
+def _contiguous(name, t):
+    if t is not None and not t.is_contiguous():
+        raise ValueError(f"pref_kernels: {name} must be contiguous (got strides {tuple(t.stride())}); call .contiguous()")
+
+
+def _dtype(name, t, allowed):
+    if t is not None and t.dtype not in allowed:
+        names = ", ".join(str(d).removeprefix("torch.") for d in allowed)
+        raise TypeError(f"pref_kernels: {name} must be {names}, got {str(t.dtype).removeprefix('torch.')}")
+
+
+def _vector(name, t, n):
+    if t is not None and (t.dim() != 1 or t.shape[0] != n):
+        raise ValueError(f"pref_kernels: {name} must have shape [{n}], got {list(t.shape)}")
+
+
+_POISON = os.environ.get("PREF_KERNELS_POISON") == "1"
+
+
+def _out(shape, dtype, device):
+    """An output buffer: uninitialized, or NaN-filled under PREF_KERNELS_POISON=1 (the tests), so
+    that an element a kernel fails to write shows up as NaN."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if _POISON and dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _status(like):
+    return torch.zeros(1, dtype=torch.int32, device=like.device)
+
+
+# ---- token log-probs ---------------------------------------------------------------------------
+
+def _check_logits(logits, targets):
+    if logits.dim() != 2:
+        raise ValueError(f"pref_kernels: logits must be [N, V], got shape {list(logits.shape)}")
+    _dtype("logits", logits, DTYPE_CODES)
+    _dtype("targets", targets, INDEX_CODES)
+    if logits.shape[1] > 0 and logits.stride(1) != 1:
+        raise ValueError("pref_kernels: logits rows must be contiguous (stride(1) == 1); a row stride is allowed")
+    _vector("targets", targets, logits.shape[0])
+    _contiguous("targets", targets)
+    _same_device("targets", targets, logits)
+
+
+@torch.library.custom_op("pref_kernels::token_logprobs", mutates_args=())
+def token_logprobs(logits: Tensor, targets: Tensor, ignore_index: int, temperature: float,
+                   compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """log p(target) per row of logits [N, V] (f32/f16/bf16) at `temperature`, its log-sum-exp and,
+    when `compute_entropy`, the entropy (else an empty tensor); all f32 [N]. Rows whose target is
+    `ignore_index` give 0."""
+    _check_logits(logits, targets)
+    n, v = logits.shape
+    logp = _out(n, torch.float32, logits.device)
+    lse = _out(n, torch.float32, logits.device)
+    entropy = _out(n if compute_entropy else 0, torch.float32, logits.device)
+    if n == 0:
+        return logp, lse, entropy
+    status = _status(logits)
+    with host_memory([logits, targets, status], [logp, lse, entropy]):
+        call("prefk_token_logprobs_forward", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
+             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(logp), ptr(lse), ptr(entropy), ptr(status),
+             n, v, logits.stride(0), ignore_index, temperature)
+    check_status(status, logits.device.type == "cpu")
+    return logp, lse, entropy
+
+
+@token_logprobs.register_fake
+def _(logits, targets, ignore_index, temperature, compute_entropy):
+    n = logits.shape[0]
+    f = dict(dtype=torch.float32, device=logits.device)
+    return logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n if compute_entropy else 0, **f)
+
+
+@torch.library.custom_op("pref_kernels::token_logprobs_backward", mutates_args=())
+def token_logprobs_backward(logits: Tensor, targets: Tensor, lse: Tensor, entropy: Optional[Tensor],
+                            grad_logp: Tensor, grad_entropy: Optional[Tensor], ignore_index: int,
+                            temperature: float) -> Tensor:
+    """d/dlogits [N, V] (logits' dtype) of sum(grad_logp * logp + grad_entropy * entropy), in one pass."""
+    _check_logits(logits, targets)
+    n, v = logits.shape
+    for name, t in (("lse", lse), ("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
+        _dtype(name, t, (torch.float32,))
+        _vector(name, t, n)
+        _contiguous(name, t)
+        _same_device(name, t, logits)
+    if grad_entropy is not None and entropy is None:
+        raise ValueError("pref_kernels: grad_entropy needs the forward's entropy (compute_entropy=True)")
+    grad = _out((n, v), logits.dtype, logits.device)
+    if n == 0 or v == 0:
+        return grad
+    status = _status(logits)
+    with host_memory([logits, targets, lse, entropy, grad_logp, grad_entropy, status], [grad]):
+        call("prefk_token_logprobs_backward_entropy", device_code(logits), stream_of(logits),
+             DTYPE_CODES[logits.dtype], INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(lse),
+             ptr(entropy), ptr(grad_logp), ptr(grad_entropy), ptr(grad), ptr(status), n, v, logits.stride(0), v,
+             ignore_index, temperature)
+    check_status(status, logits.device.type == "cpu")
+    return grad
+
+
+@token_logprobs_backward.register_fake
+def _(logits, targets, lse, entropy, grad_logp, grad_entropy, ignore_index, temperature):
+    return torch.empty_like(logits, memory_format=torch.contiguous_format)
+
+
+def _token_logprobs_setup(ctx, inputs, output):
+    logits, targets, ignore_index, temperature, compute_entropy = inputs
+    logp, lse, entropy = output
+    ctx.save_for_backward(logits, targets, lse, entropy if compute_entropy else None)
+    ctx.args = (ignore_index, temperature, compute_entropy)
+    ctx.mark_non_differentiable(lse)
+
+
+def _token_logprobs_grad(ctx, grad_logp, grad_lse, grad_entropy):
+    logits, targets, lse, entropy = ctx.saved_tensors
+    ignore_index, temperature, compute_entropy = ctx.args
+    if grad_logp is None:
+        grad_logp = torch.zeros_like(lse)
+    if not compute_entropy:
+        grad_entropy = None
+    grad = torch.ops.pref_kernels.token_logprobs_backward(
+        logits, targets, lse, entropy, grad_logp.float().contiguous(),
+        None if grad_entropy is None else grad_entropy.float().contiguous(), ignore_index, temperature)
+    return grad, None, None, None, None
+
+
+torch.library.register_autograd("pref_kernels::token_logprobs", _token_logprobs_grad,
+                                setup_context=_token_logprobs_setup)
+
+
+# ---- preference losses -------------------------------------------------------------------------
+
+@torch.library.custom_op("pref_kernels::preference_loss", mutates_args=())
+def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor], ref_logp: Optional[Tensor],
+                    ref_seq: Optional[Tensor], cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int,
+                    chosen: Optional[Tensor], rejected: Optional[Tensor], kinds: List[int],
+                    term_weights: List[float], betas: List[float], p0: List[float], p1: List[float],
+                    flags: List[int], divergence: int, alpha: float, aggregation: int
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The fused preference loss on per-token log-probs [T] (f32): returns (loss [] f32, metrics [16]
+    in METRIC_NAMES order, per-pair values [P, 6] in PAIR_COLUMN_NAMES order, dloss/dlogp [T]).
+    Padded layout (cu_seqlens None: n_seqs x seq_len) or packed (cu_seqlens [n_seqs + 1] int32);
+    pairs first-half-chosen (chosen None) or explicit int32 index vectors."""
+    t = logp.shape[0] if logp.dim() == 1 else -1
+    _dtype("logp", logp, (torch.float32,))
+    _vector("logp", logp, t)
+    for name, x in (("weights", weights), ("ref_logp", ref_logp)):
+        _dtype(name, x, (torch.float32,))
+        _vector(name, x, t)
+    _dtype("mask", mask, (torch.uint8, torch.bool))
+    _vector("mask", mask, t)
+    _dtype("ref_seq", ref_seq, (torch.float32,))
+    _vector("ref_seq", ref_seq, n_seqs)
+    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
+    _vector("cu_seqlens", cu_seqlens, n_seqs + 1)
+    if (chosen is None) != (rejected is None):
+        raise ValueError("pref_kernels: give both chosen and rejected index vectors, or neither")
+    for name, x in (("chosen", chosen), ("rejected", rejected)):
+        _dtype(name, x, (torch.int32,))
+    if chosen is not None and (chosen.dim() != 1 or rejected.shape != chosen.shape):
+        raise ValueError(f"pref_kernels: chosen and rejected must be equal-length vectors, got "
+                         f"{list(chosen.shape)} and {list(rejected.shape)}")
+    n_pairs = n_seqs // 2 if chosen is None else chosen.shape[0]
+    for name, x in (("mask", mask), ("weights", weights), ("ref_logp", ref_logp), ("ref_seq", ref_seq),
+                    ("cu_seqlens", cu_seqlens), ("chosen", chosen), ("rejected", rejected)):
+        _contiguous(name, x)
+        _same_device(name, x, logp)
+    _contiguous("logp", logp)
+    if not (len(kinds) == len(term_weights) == len(betas) == len(p0) == len(p1) == len(flags)) or not kinds:
+        raise ValueError("pref_kernels: kinds, term_weights, betas, p0, p1 and flags must be non-empty and equal length")
+    terms = (PrefkLossTerm * len(kinds))(*[PrefkLossTerm(k, w, b, a, c, f) for k, w, b, a, c, f in
+                                           zip(kinds, term_weights, betas, p0, p1, flags)])
+    dev = logp.device
+    metrics = _out(METRICS_LEN, torch.float32, dev)
+    pair_out = _out((n_pairs, PAIR_COLUMNS), torch.float32, dev)
+    grad = _out(t, torch.float32, dev)
+    work_len = _lib.lib().prefk_preference_loss_workspace_len(n_seqs, n_pairs)
+    if work_len < 0:
+        raise ValueError(f"pref_kernels: {n_seqs} sequences / {n_pairs} pairs overflow the workspace size")
+    work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
+    status = _status(logp)
+    mask_u8 = mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+    with host_memory([logp, mask_u8, weights, ref_logp, ref_seq, cu_seqlens, chosen, rejected, status],
+                     [metrics, pair_out, grad, work]):
+        call("prefk_preference_loss", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights),
+             ptr(ref_logp), ptr(ref_seq), t, ptr(cu_seqlens), n_seqs, seq_len, ptr(chosen), ptr(rejected), n_pairs,
+             terms, len(kinds), divergence, alpha, aggregation, 1.0, ptr(pair_out), ptr(metrics), ptr(grad),
+             ptr(work), ptr(status))
+    check_status(status, dev.type == "cpu")
+    return metrics[0].clone(), metrics, pair_out, grad
+
+
+@preference_loss.register_fake
+def _(logp, mask, weights, ref_logp, ref_seq, cu_seqlens, n_seqs, seq_len, chosen, rejected, kinds, term_weights,
+      betas, p0, p1, flags, divergence, alpha, aggregation):
+    n_pairs = n_seqs // 2 if chosen is None else chosen.shape[0]
+    return (logp.new_empty(()), logp.new_empty(METRICS_LEN), logp.new_empty((n_pairs, PAIR_COLUMNS)),
+            torch.empty_like(logp))
+
+
+def _preference_loss_setup(ctx, inputs, output):
+    loss, metrics, pair_out, grad = output
+    ctx.save_for_backward(grad)
+    ctx.mark_non_differentiable(metrics, pair_out, grad)
+
+
+def _preference_loss_grad(ctx, grad_loss, _m, _p, _g):
+    (grad,) = ctx.saved_tensors
+    g = grad * grad_loss if grad_loss is not None else torch.zeros_like(grad)
+    return (g,) + (None,) * 18
+
+
+torch.library.register_autograd("pref_kernels::preference_loss", _preference_loss_grad,
+                                setup_context=_preference_loss_setup)
+
+
+# ---- shared-prefix attention -------------------------------------------------------------------
+
+def prefix_layout(groups, device):
+    """The shared-prefix tile schedule for `groups` = [(prefix_len, [response lengths]), ...]
+    packed [prefix | r_1 | ... | r_G] per group: (tiles int32, seg_lo2 int32, n_tokens, n_tiles)."""
+    i64, i32 = ctypes.c_int64, ctypes.c_int32
+    pl = (i64 * max(1, len(groups)))(*[g[0] for g in groups])
+    rc = (i64 * max(1, len(groups)))(*[len(g[1]) for g in groups])
+    flat = [r for g in groups for r in g[1]]
+    rl = (i64 * max(1, len(flat)))(*flat)
+    nt, ntiles = i64(), i64()
+    call("prefk_prefix_layout", pl, rc, rl, len(groups), ctypes.byref(nt), ctypes.byref(ntiles), None, None)
+    tiles = (i32 * max(1, 8 * ntiles.value))()
+    lo2 = (i32 * max(1, nt.value))()
+    call("prefk_prefix_layout", pl, rc, rl, len(groups), ctypes.byref(nt), ctypes.byref(ntiles), tiles, lo2)
+    as_t = lambda a, n: torch.tensor(list(a)[:n], dtype=torch.int32, device=device)  # noqa: E731
+    return as_t(tiles, 8 * ntiles.value), as_t(lo2, nt.value), nt.value, ntiles.value
+
+
+def _check_attn(q, k, v, tiles, seg_lo2):
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 3:
+            raise ValueError(f"pref_kernels: {name} must be [T, heads, head_dim], got {list(x.shape)}")
+        _dtype(name, x, (torch.float16, torch.bfloat16))
+        _contiguous(name, x)
+        _same_device(name, x, q)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise TypeError("pref_kernels: q, k and v must share one dtype")
+    if k.shape != v.shape or k.shape[0] != q.shape[0] or k.shape[2] != q.shape[2]:
+        raise ValueError(f"pref_kernels: k and v must be [T, Hkv, d] matching q [T, Hq, d]; got q {list(q.shape)}, "
+                         f"k {list(k.shape)}, v {list(v.shape)}")
+    for name, x in (("tiles", tiles), ("seg_lo2", seg_lo2)):
+        _dtype(name, x, (torch.int32,))
+        _contiguous(name, x)
+        _same_device(name, x, q)
+
+
+@torch.library.custom_op("pref_kernels::shared_prefix_attention", mutates_args=())
+def shared_prefix_attention(q: Tensor, k: Tensor, v: Tensor, tiles: Tensor, seg_lo2: Tensor, n_tiles: int,
+                            scale: float) -> Tuple[Tensor, Tensor]:
+    """Causal attention where G responses share one prefix (per group), packed [T, H, d]: returns
+    O [T, Hq, d] and the log-sum-exp [Hq, T] (f32)."""
+    _check_attn(q, k, v, tiles, seg_lo2)
+    t, hq, d = q.shape
+    o = _out(q.shape, q.dtype, q.device)
+    lse = _out((hq, t), torch.float32, q.device)
+    if t == 0:
+        return o, lse
+    with host_memory([q, k, v, tiles, seg_lo2], [o, lse]):
+        call("prefk_prefix_attn_forward", device_code(q), stream_of(q), DTYPE_CODES[q.dtype], ptr(q), ptr(k), ptr(v),
+             ptr(o), ptr(lse), ptr(tiles), ptr(seg_lo2), n_tiles, t, hq, k.shape[1], d, scale)
+    return o, lse
+
+
+@shared_prefix_attention.register_fake
+def _(q, k, v, tiles, seg_lo2, n_tiles, scale):
+    return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("pref_kernels::shared_prefix_attention_backward", mutates_args=())
+def shared_prefix_attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor,
+                                     tiles: Tensor, seg_lo2: Tensor, n_tiles: int,
+                                     scale: float) -> Tuple[Tensor, Tensor, Tensor]:
+    """dQ, dK, dV of shared_prefix_attention."""
+    _check_attn(q, k, v, tiles, seg_lo2)
+    for name, x in (("o", o), ("do", do)):
+        if x.shape != q.shape or x.dtype != q.dtype:
+            raise ValueError(f"pref_kernels: {name} must match q ({list(q.shape)}, {q.dtype})")
+        _contiguous(name, x)
+    t, hq, d = q.shape
+    dq, dk, dv = _out(q.shape, q.dtype, q.device), _out(k.shape, k.dtype, k.device), _out(v.shape, v.dtype, v.device)
+    if t == 0:
+        return dq, dk, dv
+    delta = torch.empty((hq, t), dtype=torch.float32, device=q.device)
+    with host_memory([q, k, v, o, lse, do, tiles, seg_lo2], [dq, dk, dv, delta]):
+        call("prefk_prefix_attn_backward", device_code(q), stream_of(q), DTYPE_CODES[q.dtype], ptr(q), ptr(k),
+             ptr(v), ptr(o), ptr(lse), ptr(do), ptr(dq), ptr(dk), ptr(dv), ptr(delta), ptr(tiles), ptr(seg_lo2),
+             n_tiles, t, hq, k.shape[1], d, scale)
+    return dq, dk, dv
+
+
+@shared_prefix_attention_backward.register_fake
+def _(q, k, v, o, lse, do, tiles, seg_lo2, n_tiles, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _attn_setup(ctx, inputs, output):
+    q, k, v, tiles, seg_lo2, n_tiles, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, tiles, seg_lo2)
+    ctx.args = (n_tiles, scale)
+    ctx.mark_non_differentiable(lse)
+
+
+def _attn_grad(ctx, do, _dlse):
+    q, k, v, o, lse, tiles, seg_lo2 = ctx.saved_tensors
+    n_tiles, scale = ctx.args
+    dq, dk, dv = torch.ops.pref_kernels.shared_prefix_attention_backward(
+        q, k, v, o, lse, do.contiguous(), tiles, seg_lo2, n_tiles, scale)
+    return dq, dk, dv, None, None, None, None
+
+
+torch.library.register_autograd("pref_kernels::shared_prefix_attention", _attn_grad, setup_context=_attn_setup)

@@ -1,0 +1,115 @@
+"""The TRL drop-in end to end: a tiny randomly initialised Llama (built from a config, nothing
+downloaded) with a word-level tokenizer built in the test, on a small synthetic preference dataset.
+A few DPOTrainer steps with and without `use_pref_kernels` give the same losses, metrics and
+trained weights (so the same gradients), for single and combined loss types; unserved
+configurations are refused with the reason."""
+import pytest
+import torch
+
+from conftest import import_or_skip  # noqa: E402
+
+trl = import_or_skip("trl")
+transformers = import_or_skip("transformers")
+datasets = import_or_skip("datasets")
+tokenizers = import_or_skip("tokenizers")
+
+import pref_kernels.trl  # noqa: E402
+from pref_kernels.trl import unsupported_reason, use_pref_kernels  # noqa: E402
+
+WORDS = ["red", "green", "blue", "cat", "dog", "bird", "runs", "sits", "flies", "the", "a", "is", "very", "not",
+         "and", "big", "small", "fast", "slow", "yes", "no"]
+
+
+def tokenizer():
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + WORDS)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                                bos_token="<s>", eos_token="</s>")
+
+
+def dataset(n=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+
+    def sentence(lo, hi):
+        k = int(torch.randint(lo, hi, (1,), generator=g))
+        return " ".join(WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g))
+    # Completions start with a space so that the prompt's tokens are a prefix of prompt + completion.
+    rows = {"prompt": [sentence(2, 5) for _ in range(n)], "chosen": [" " + sentence(1, 6) for _ in range(n)],
+            "rejected": [" " + sentence(1, 6) for _ in range(n)]}
+    return datasets.Dataset.from_dict(rows)
+
+
+def model(tok):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
+                                   eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def reference_model(tok):
+    """The policy's initial weights, perturbed: at step 0 an exact copy ties every reward at 0, and
+    `rewards/accuracies` (a strict >) then depends on summation order, not on the loss."""
+    ref = model(tok)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in ref.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.02)
+    return ref
+
+
+def train(tmp_path, drop_in, **config):
+    tok = tokenizer()
+    args = trl.DPOConfig(output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=3, learning_rate=5e-3,
+                         logging_steps=1, report_to=[], use_cpu=True, seed=0, save_strategy="no",
+                         dataloader_num_workers=0, **config)
+    trainer = trl.DPOTrainer(model=model(tok), ref_model=reference_model(tok), args=args, train_dataset=dataset(),
+                             processing_class=tok)
+    if drop_in:
+        use_pref_kernels(trainer)
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    weights = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
+    return logs, weights
+
+
+@pytest.mark.parametrize("config", [
+    dict(loss_type=["sigmoid"], beta=0.1),
+    dict(loss_type=["ipo"], beta=0.5),
+    dict(loss_type=["robust"], beta=0.1, label_smoothing=0.1),
+    dict(loss_type=["sigmoid", "bco_pair", "sft"], loss_weights=[0.8, 0.2, 1.0], beta=0.1),
+    dict(loss_type=["sigmoid"], beta=0.2, f_divergence_type="js_divergence"),
+], ids=["sigmoid", "ipo", "robust", "mpo", "js"])
+def test_dpo_trainer_with_and_without_the_drop_in(tmp_path, monkeypatch, config):
+    calls = []
+    fused = pref_kernels.trl.dpo_loss
+    monkeypatch.setattr(pref_kernels.trl, "dpo_loss", lambda *a, **k: calls.append(1) or fused(*a, **k))
+    want_logs, want_w = train(tmp_path / "trl", False, **config)
+    assert not calls
+    got_logs, got_w = train(tmp_path / "pk", True, **config)
+    assert len(calls) == 3, "the drop-in must compute every step's loss with the fused kernel"
+    assert len(got_logs) == len(want_logs) == 3
+    keys = ["loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
+            "logps/rejected", "entropy", "logits/chosen", "mean_token_accuracy"]
+    for step, (g, w) in enumerate(zip(got_logs, want_logs)):
+        for k in keys:
+            assert k in g and k in w, f"step {step}: {k} missing"
+            assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-5), f"step {step} {k}: {g[k]} vs {w[k]}"
+    # Three Adam steps later the weights still agree: the gradients were the same each step.
+    for k in want_w:
+        torch.testing.assert_close(got_w[k], want_w[k], atol=2e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+
+
+def test_unserved_configurations_are_refused(tmp_path):
+    tok = tokenizer()
+    for config, needle in ((dict(loss_type=["aot"]), "aot"), (dict(use_weighting=True), "WPO"),
+                           (dict(ld_alpha=0.5), "LD-DPO"),
+                           (dict(loss_type=["ipo"], f_divergence_type="forward_kl"), "ipo")):
+        args = trl.DPOConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, max_steps=1, **config)
+        trainer = trl.DPOTrainer(model=model(tok), ref_model=model(tok), args=args, train_dataset=dataset(4),
+                                 processing_class=tok)
+        assert needle in unsupported_reason(trainer)
+        with pytest.raises(NotImplementedError, match=needle):
+            use_pref_kernels(trainer)
