@@ -12,8 +12,9 @@ On a GPU: the device-to-device copy bandwidth first (the floor of every memory-b
      loss + one backward) vs TRL-style eager and its torch.compile;
   3. shared-prefix attention forward+backward (32 q / 8 kv heads, d = 128) vs SDPA on the
      duplicated layout and FlexAttention with the shared-prefix mask;
-  4. the fused LM head's peers (Liger FLCE and FusedLinearDPO, Apple CCE, eager); ours runs in the
-     criterion bench `linear_logprobs` of the same gpu-run (no torch op for it yet).
+  4. the fused LM head from hidden states (bf16, H = 4096, M in {4096, 16384}, V in {128256,
+     151936}): ours (the DPO step, and log-probs with their backward) vs PyTorch eager, Liger FLCE
+     and FusedLinearDPO, Apple CCE, with TFLOP/s and peak extra memory.
 Timing: CUDA events on the current stream around the op only, warm-up runs first (torch.compile's
 compile time reported apart), median and p20/p80 of >= 20 runs, inputs random (never constant)
 and rotated among enough independently allocated sets to exceed twice the L2; every timed output
@@ -375,54 +376,64 @@ def attention(h):
 
 
 def linear_head(h):
-    sec = "fused LM head peers (ours: criterion bench linear_logprobs)"
-    if h.device.type != "cuda":
-        for prov in ("PyTorch eager", "Liger FLCE", "Liger FusedLinearDPO", "cut_cross_entropy"):
-            h.skip(sec, "H 4096", prov, "GPU-only shapes (smoke mode)")
-        return
-    hid = 4096
-    for v in (128256, 151936):
-        w = (torch.randn(v, hid, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
-        for m in (4096, 16384):
-            x = torch.randn(m, hid, device="cuda", dtype=torch.bfloat16).requires_grad_()
-            t = torch.randint(0, v, (m,), device="cuda")
-            shape = f"M={m} H={hid} V={v}"
-            fl = 2 * m * hid * v
-            tf = lambda f: (lambda ms: f"{f / ms / 1e9:.0f} TFLOP/s")  # noqa: E731
+    """From hidden states: ours (no [N, V] logits anywhere) vs the peers, forward+backward."""
+    sec = "fused LM head, forward+backward"
+    dev = h.device
+    hid, grid, seq = (32, [(64, 512)], 16) if h.smoke else (4096, [(m, v) for v in (128256, 151936)
+                                                                    for m in (4096, 16384)], 1024)
+    for m, v in grid:
+        gen = torch.Generator().manual_seed(m + v)
+        w = (torch.randn(v, hid, generator=gen) * 0.02).bfloat16().to(dev).requires_grad_()
+        x = torch.randn(m, hid, generator=gen).bfloat16().to(dev).requires_grad_()
+        t = torch.randint(0, v, (m,), generator=gen).to(dev)
+        ref = (-torch.rand(m, generator=gen) * 3 - 10).to(dev)
+        shape = f"M={m} H={hid} V={v}"
+        fl = 2 * m * hid * v
+        tf = lambda f: (lambda ms: f"{f / ms / 1e9:.1f} TFLOP/s")  # noqa: E731
 
-            def step(fn):
-                def run():
-                    x.grad = None
-                    w.grad = None
-                    out = fn()
-                    out.backward()
-                    return out
-                return lambda i: run
-            h.run(sec, shape, "PyTorch eager fwd+bwd",
-                  step(lambda: torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None]).sum()), extra=tf(3 * fl))
-            try:
-                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
-                flce = LigerFusedLinearCrossEntropyLoss(reduction="none")
-                h.run(sec, shape, "Liger FLCE fwd+bwd", step(lambda: flce(w, x, t).sum()), extra=tf(3 * fl))
-            except Exception as e:  # noqa: BLE001
-                h.skip(sec, shape, "Liger FLCE", str(e))
-            try:
-                from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
-                dpo = LigerFusedLinearDPOLoss(beta=0.1, compute_nll_loss=False, use_ref_model=False)
-                xb, tb = x.view(m // 1024, 1024, hid), t.view(m // 1024, 1024)
-                h.run(sec, shape, "Liger FusedLinearDPO step",
-                      step(lambda: (lambda o: o[0] if isinstance(o, tuple) else o)(dpo(w, xb, tb))), extra=tf(3 * fl))
-            except Exception as e:  # noqa: BLE001
-                h.skip(sec, shape, "Liger FusedLinearDPO", str(e))
-            try:
-                from cut_cross_entropy import linear_cross_entropy
-                h.run(sec, shape, "CCE fwd+bwd", step(lambda: linear_cross_entropy(x, w, t, reduction="none").sum()),
-                      extra=tf(3 * fl))
-            except Exception as e:  # noqa: BLE001
-                h.skip(sec, shape, "cut_cross_entropy", str(e))
-            del x, t
-        del w
-        torch.cuda.empty_cache()
+        def step(fn):
+            def run():
+                x.grad = None
+                w.grad = None
+                out = fn()
+                out.backward()
+                return out
+            return lambda i: run
+        n_seqs = m // seq
+        h.run(sec, shape, "pref-kernels linear_dpo_loss (DPO step, 3 GEMMs/token)",
+              step(lambda: pk.linear_dpo_loss(x, w, t, ref, n_seqs=n_seqs, seq_len=seq, beta=0.1)[0]),
+              extra=tf(3 * fl))
+        h.run(sec, shape, "pref-kernels linear_token_logprobs (4 GEMMs/token)",
+              step(lambda: pk.linear_token_logprobs(x, w, t).sum()), extra=tf(4 * fl))
+        h.run(sec, shape, "PyTorch eager (x @ W.T, fp32 log_softmax, gather)",
+              step(lambda: torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None]).sum()), extra=tf(3 * fl))
+        if dev.type != "cuda":
+            for prov in ("Liger FLCE", "Liger FusedLinearDPO", "cut_cross_entropy"):
+                h.skip(sec, shape, prov, "Triton kernels need a CUDA device")
+            continue
+        try:
+            from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+            flce = LigerFusedLinearCrossEntropyLoss(reduction="none")
+            h.run(sec, shape, "Liger FLCE", step(lambda: flce(w, x, t).sum()), extra=tf(3 * fl))
+        except Exception as e:  # noqa: BLE001
+            h.skip(sec, shape, "Liger FLCE", str(e))
+        try:
+            from liger_kernel.chunked_loss import LigerFusedLinearDPOLoss
+            dpo = LigerFusedLinearDPOLoss(beta=0.1, compute_nll_loss=False, use_ref_model=False)
+            xb, tb = x.view(n_seqs, seq, hid), t.view(n_seqs, seq)
+            h.run(sec, shape, "Liger FusedLinearDPO step",
+                  step(lambda: (lambda o: o[0] if isinstance(o, tuple) else o)(dpo(w, xb, tb))), extra=tf(3 * fl))
+        except Exception as e:  # noqa: BLE001
+            h.skip(sec, shape, "Liger FusedLinearDPO", str(e))
+        try:
+            from cut_cross_entropy import linear_cross_entropy
+            h.run(sec, shape, "CCE", step(lambda: linear_cross_entropy(x, w, t, reduction="none").sum()),
+                  extra=tf(3 * fl))
+        except Exception as e:  # noqa: BLE001
+            h.skip(sec, shape, "cut_cross_entropy", str(e))
+        del x, t, w
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 SECTIONS = {"token_logprobs": token_logprobs, "dpo_step": dpo_step, "attention": attention,

@@ -41,8 +41,8 @@ int32_t prefk_token_logprobs_backward(int32_t device, uint64_t stream, uint32_t 
                                       int64_t row_stride, int64_t grad_stride, int64_t ignore_index,
                                       float temperature);
 
-/* As prefk_token_logprobs_backward, plus the entropy's gradient when grad_entropy != 0 (entropy: the
- * forward's [n_rows] f32 entropy). */
+/* The backward above, plus the entropy's gradient when grad_entropy != 0 (entropy: the forward's
+ * [n_rows] f32 entropy). */
 int32_t prefk_token_logprobs_backward_entropy(int32_t device, uint64_t stream, uint32_t dtype_code,
                                               uint32_t index_code, uint64_t logits, uint64_t targets, uint64_t lse,
                                               uint64_t entropy, uint64_t grad_logp, uint64_t grad_entropy,
@@ -114,8 +114,44 @@ int32_t prefk_prefix_attn_backward(int32_t device, uint64_t stream, uint32_t dty
                                    int64_t n_tokens, int32_t q_heads, int32_t kv_heads, int32_t head_dim,
                                    float scale);
 
+/* Fused LM head: hidden [n_rows, hidden_dim] and weight [vocab, hidden_dim] (dtype_code), bias 0 or
+ * [vocab] f32; no [n_rows, vocab] logits tensor; chunks within workspace_bytes of device workspace
+ * allocated inside the call; targets read back once to plan; the stream is synchronized at the end.
+ * logp, lse, entropy (0 to skip): [n_rows] f32. n_chunks: null or a host int64. */
+int32_t prefk_linear_logprobs_forward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                      uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets,
+                                      uint64_t logp, uint64_t lse, uint64_t entropy, int64_t n_rows,
+                                      int64_t hidden_dim, int64_t vocab, int64_t ignore_index, float temperature,
+                                      int64_t workspace_bytes, int64_t* n_chunks);
+
+/* Its backward for any per-token loss: grad_logp (and grad_entropy, or 0) [n_rows] f32 in;
+ * d_hidden [n_rows, hidden_dim] (dtype_code), d_weight [vocab, hidden_dim] f32, d_bias [vocab] f32
+ * (exactly with a bias) overwritten. */
+int32_t prefk_linear_logprobs_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                       uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets,
+                                       uint64_t grad_logp, uint64_t grad_entropy, uint64_t d_hidden,
+                                       uint64_t d_weight, uint64_t d_bias, int64_t n_rows, int64_t hidden_dim,
+                                       int64_t vocab, int64_t ignore_index, float temperature,
+                                       int64_t workspace_bytes);
+
+/* The whole preference step from hidden states, chunked by whole groups of pairs (3 GEMMs per used
+ * token). Loss terms as the preference loss above. cu_seqlens: null (padded n_seqs x seq_len) or n_seqs + 1
+ * HOST int32; chosen/rejected: null (first half chosen) or n_pairs HOST int32 each. weights, ref_logp
+ * ([n_rows]) and ref_seq ([n_seqs]) device f32 or 0. Outputs: logp [n_rows] f32 and the gradients
+ * (device), metrics (16 f32) and pair_out (null or n_pairs x 6 f32) on the HOST. */
+int32_t prefk_linear_preference_step(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                     uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets,
+                                     uint64_t weights, uint64_t ref_logp, uint64_t ref_seq,
+                                     const int32_t* cu_seqlens, int64_t n_seqs, int64_t seq_len,
+                                     const int32_t* chosen, const int32_t* rejected, int64_t n_pairs,
+                                     const PrefkLossTerm* terms, uint32_t n_terms, uint32_t divergence, float alpha,
+                                     uint32_t aggregation, uint64_t logp, uint64_t d_hidden, uint64_t d_weight,
+                                     uint64_t d_bias, float* metrics, float* pair_out, int64_t n_rows,
+                                     int64_t hidden_dim, int64_t vocab, int64_t ignore_index, float temperature,
+                                     int64_t workspace_bytes);
+
 /* 0 when the status word a kernel wrote (read back by the caller) has no bit set, else -1 with the
- * crate's message in prefk_last_error(). */
+ * crate's message in the last-error string. */
 int32_t prefk_check_status(uint32_t status);
 
 /* CPU tensors through the emulator (device -1): register each storage [ptr, ptr + bytes) once

@@ -1,4 +1,4 @@
-//! `include/prefk.h` declares every `extern "C"` entry point of `src/ffi.rs` with the same number
+//! `include/prefk.h` declares every `extern "C"` entry point of `src/ffi/` with the same number
 //! of parameters, and the header compiles as C.
 use std::collections::HashMap;
 
@@ -20,7 +20,8 @@ fn arity_map(src: &str, marker: &str) -> HashMap<String, usize> {
 
 #[test]
 fn header_declares_every_entry_point() {
-    let rust = arity_map(include_str!("../src/ffi.rs"), "extern \"C\" fn prefk_");
+    let mut rust = arity_map(include_str!("../src/ffi/mod.rs"), "extern \"C\" fn prefk_");
+    rust.extend(arity_map(include_str!("../src/ffi/linear.rs"), "extern \"C\" fn prefk_"));
     let header = arity_map(include_str!("../include/prefk.h"), " prefk_");
     assert!(rust.len() >= 8, "{rust:?}");
     for (name, n) in &rust {

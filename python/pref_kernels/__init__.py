@@ -17,12 +17,13 @@ import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.pref_kernels.*)
 from ._lib import PrefKernelsError, backend, library_path
-from .ops import METRICS_LEN, PAIR_COLUMNS, prefix_layout
+from .ops import DEFAULT_WORKSPACE_BYTES, METRICS_LEN, PAIR_COLUMNS, prefix_layout
 
 __all__ = [
     "PrefKernelsError", "backend", "library_path", "token_logprobs", "LossTerm", "loss_terms",
     "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
-    "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES",
+    "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "linear_token_logprobs", "linear_preference_loss", "linear_dpo_loss",
+    "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES",
 ]
 __version__ = "0.1.0"
 
@@ -164,3 +165,109 @@ def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, l
     scale = scale if scale is not None else q.shape[-1] ** -0.5
     o, _lse = torch.ops.pref_kernels.shared_prefix_attention(q, k, v, tiles, seg_lo2, n_tiles, float(scale))
     return o
+
+
+def _flat_head(hidden, weight, targets, bias):
+    return hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), (None if bias is None else bias.float())
+
+
+def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias=None,
+                          ignore_index: int = -100, temperature: float = 1.0, return_entropy: bool = False,
+                          workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+    """log p(target) of `hidden @ weight.T (+ bias)` (the LM head as `nn.Linear` stores it:
+    weight [V, H]) per token, f32, without an [N, V] logits tensor: chunks of the used rows
+    (targets other than `ignore_index`; the others give 0) within `workspace_bytes`. `hidden` is
+    [..., H] (flattened to [N, H]), `targets` the matching [...]. With `return_entropy`, also the
+    entropy. Differentiable in hidden, weight and bias: the backward recomputes each chunk's
+    logits (GEMM) and returns d_hidden, d_weight (accumulated in f32) and d_bias. For a preference
+    loss use `linear_dpo_loss` / `linear_preference_loss` instead: they need no recompute."""
+    x, t, b = _flat_head(hidden, weight, targets, bias)
+    logp, _lse, entropy = torch.ops.pref_kernels.linear_token_logprobs(
+        x, weight, b, t, ignore_index, float(temperature), return_entropy, int(workspace_bytes))
+    shape = targets.shape
+    return (logp.view(shape), entropy.view(shape)) if return_entropy else logp.view(shape)
+
+
+def linear_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, terms, *, bias=None,
+                           weights=None, ref_logp=None, ref_seq=None, n_seqs: Optional[int] = None, seq_len: int = 0,
+                           cu_seqlens=None, chosen=None, rejected=None, f_divergence_type: str = "reverse_kl",
+                           f_alpha_divergence_coef: float = 0.5, aggregation: str = "sum", ignore_index: int = -100,
+                           temperature: float = 1.0, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                           return_logp: bool = False):
+    """The whole preference step from hidden states: the loss (differentiable in hidden, weight and
+    bias; its gradients are computed in this call, three GEMMs per used token, chunked by whole
+    groups of pairs within `workspace_bytes`) and the metrics tensor [16]; with `return_logp` also
+    the per-token log-probs [N]. The token mask is `targets != ignore_index`; layouts and pairs as
+    `preference_loss` (`cu_seqlens`, `chosen`, `rejected` are read on the host)."""
+    x, t, b = _flat_head(hidden, weight, targets, bias)
+    if f_divergence_type not in _DIVERGENCE:
+        raise ValueError(f"pref_kernels: f_divergence_type must be one of {', '.join(_DIVERGENCE)}")
+    if aggregation not in _AGGREGATION:
+        raise ValueError(f"pref_kernels: aggregation must be one of {', '.join(_AGGREGATION)}")
+    if cu_seqlens is None and n_seqs is None:
+        raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
+    terms = [terms] if isinstance(terms, LossTerm) else list(terms)
+    loss, metrics, _pairs, logp, *_grads = torch.ops.pref_kernels.linear_preference_step(
+        x, weight, b, t, weights, ref_logp, ref_seq, cu_seqlens, int(n_seqs or 0), int(seq_len), chosen, rejected,
+        [_KIND[k.kind] for k in terms], [float(k.weight) for k in terms], [float(k.beta) for k in terms],
+        [float(k.p0) for k in terms], [float(k.p1) for k in terms], [int(k.flags) for k in terms],
+        _DIVERGENCE[f_divergence_type], float(f_alpha_divergence_coef), _AGGREGATION[aggregation], ignore_index,
+        float(temperature), int(workspace_bytes))
+    return (loss, metrics, logp) if return_logp else (loss, metrics)
+
+
+def linear_dpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ref_logp=None, *, bias=None,
+                    ref_seq=None, n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None,
+                    loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1, label_smoothing: float = 0.0,
+                    loss_weights=None, discopop_tau: float = 0.05, f_divergence_type: str = "reverse_kl",
+                    f_alpha_divergence_coef: float = 0.5, ignore_index: int = -100,
+                    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, return_logp: bool = False):
+    """TRL's DPO loss (names and defaults as `dpo_loss`) straight from the last hidden states and
+    the LM-head weight: no [N, V] logits tensor, gradients in the same call."""
+    terms = loss_terms(loss_type, beta, label_smoothing, loss_weights, discopop_tau)
+    return linear_preference_loss(hidden, weight, targets, terms, bias=bias, ref_logp=ref_logp, ref_seq=ref_seq,
+                                  n_seqs=n_seqs, seq_len=seq_len, cu_seqlens=cu_seqlens,
+                                  f_divergence_type=f_divergence_type, f_alpha_divergence_coef=f_alpha_divergence_coef,
+                                  ignore_index=ignore_index, workspace_bytes=workspace_bytes, return_logp=return_logp)
+
+
+#: The crate's GRPO metric order (grpo::GRPO_METRIC_NAMES), as TRL logs them.
+GRPO_METRIC_NAMES = ["loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
+                     "policy_loss"]
+#: TRL `GRPOConfig.loss_type` names served.
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+
+
+def grpo_loss(logp: torch.Tensor, advantages: torch.Tensor, mask=None, old_logp=None, ref_logp=None, *,
+              n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None, loss_type: str = "dapo",
+              beta: float = 0.0, epsilon: float = 0.2, epsilon_high: Optional[float] = None,
+              delta: Optional[float] = None, importance_sampling_level: str = "token",
+              max_completion_length: Optional[int] = None, num_items_in_batch: Optional[float] = None,
+              entropy=None, entropy_coef: float = 0.0, top_entropy_quantile: float = 1.0, vllm_is_weights=None,
+              use_bias_correction_kl: bool = False, sapo_temperature_pos: float = 1.0,
+              sapo_temperature_neg: float = 1.05):
+    """TRL's GRPO-family loss (`GRPOConfig` names and defaults) on per-token log-probs [T] (f32):
+    returns `(loss, metrics)`, metrics [8] in GRPO_METRIC_NAMES order. `advantages` [S] per
+    sequence (group-normalized by the caller, as TRL does); `old_logp` None means on-policy,
+    `ref_logp` is needed when beta > 0; `entropy` [T] (with `entropy_coef`, or for
+    `top_entropy_quantile` < 1) makes the loss differentiable in it too. dr_grpo needs
+    `max_completion_length`; dapo / cispo divide by `num_items_in_batch` (default: the local token
+    count)."""
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"pref_kernels: GRPO loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError("pref_kernels: importance_sampling_level must be 'token' or 'sequence'")
+    if loss_type == "dr_grpo" and max_completion_length is None:
+        raise ValueError("pref_kernels: dr_grpo needs max_completion_length")
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    if n_seqs is None:
+        n_seqs = advantages.shape[0]
+    agg = float(max_completion_length if loss_type == "dr_grpo" else (num_items_in_batch or 0.0))
+    loss, metrics, _g, _ge = torch.ops.pref_kernels.grpo_loss(
+        logp, old_logp, ref_logp, mask, vllm_is_weights, entropy, advantages, cu_seqlens, int(n_seqs), int(seq_len),
+        GRPO_LOSS_TYPES.index(loss_type), 0 if importance_sampling_level == "token" else 1, float(epsilon),
+        float(epsilon if epsilon_high is None else epsilon_high), float(delta or 0.0), float(beta),
+        bool(use_bias_correction_kl), float(entropy_coef), float(top_entropy_quantile), agg,
+        float(sapo_temperature_pos), float(sapo_temperature_neg))
+    return loss, metrics

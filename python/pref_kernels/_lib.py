@@ -20,6 +20,13 @@ class PrefKernelsError(RuntimeError):
     configurations, out-of-range device data, a missing driver, ...)."""
 
 
+class PrefkGrpoConfig(ctypes.Structure):
+    _fields_ = [("loss_type", _u32), ("importance", _u32), ("epsilon_low", _f32), ("epsilon_high", _f32),
+                ("delta", _f32), ("beta", _f32), ("bias_corrected_kl", _u32), ("entropy_coef", _f32),
+                ("top_entropy_quantile", _f32), ("grad_scale", _f32), ("agg_param", _f32), ("tau_pos", _f32),
+                ("tau_neg", _f32)]
+
+
 class PrefkLossTerm(ctypes.Structure):
     _fields_ = [("kind", _u32), ("weight", _f32), ("beta", _f32), ("p0", _f32), ("p1", _f32), ("flags", _u32)]
 
@@ -34,6 +41,15 @@ _SIGNATURES = {
                                                           ctypes.POINTER(_i32), ctypes.POINTER(_i32)],
     "prefk_prefix_attn_forward": [_i32, _u64, _u32] + [_u64] * 7 + [_i64, _i64, _i32, _i32, _i32, _f32],
     "prefk_prefix_attn_backward": [_i32, _u64, _u32] + [_u64] * 12 + [_i64, _i64, _i32, _i32, _i32, _f32],
+    "prefk_linear_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32, _i64,
+                                                                                         ctypes.POINTER(_i64)],
+    "prefk_linear_logprobs_backward": [_i32, _u64, _u32, _u32] + [_u64] * 9 + [_i64] * 4 + [_f32, _i64],
+    "prefk_linear_preference_step": [_i32, _u64, _u32, _u32] + [_u64] * 7
+    + [ctypes.POINTER(_i32), _i64, _i64, ctypes.POINTER(_i32), ctypes.POINTER(_i32), _i64]
+    + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32] + [_u64] * 4
+    + [ctypes.POINTER(_f32), ctypes.POINTER(_f32)] + [_i64] * 4 + [_f32, _i64],
+    "prefk_grpo_loss": [_i32, _u64, ctypes.POINTER(PrefkGrpoConfig)] + [_u64] * 7 + [_i64, _u64, _i64, _i64]
+    + [_u64] * 5,
     "prefk_check_status": [_u32],
     "prefk_register_host_memory": [_u64, _i64, _i32],
     "prefk_unregister_host_memory": [_u64],
@@ -70,6 +86,8 @@ def lib():
                 for name in ("prefk_preference_loss_workspace_len",):
                     getattr(handle, name).argtypes = [_i64, _i64]
                     getattr(handle, name).restype = _i64
+                handle.prefk_grpo_workspace_len.argtypes = [_i64]
+                handle.prefk_grpo_workspace_len.restype = _i64
                 for name, args in _SIGNATURES.items():
                     fn = getattr(handle, name)
                     fn.argtypes = args

@@ -347,3 +347,283 @@ def _attn_grad(ctx, do, _dlse):
 
 
 torch.library.register_autograd("pref_kernels::shared_prefix_attention", _attn_grad, setup_context=_attn_setup)
+
+
+# ---- fused LM head (hidden states + LM-head weight, no [N, V] logits) ---------------------------
+
+DEFAULT_WORKSPACE_BYTES = 768 << 20
+
+
+def _check_head(hidden, weight, bias, targets):
+    for name, x in (("hidden", hidden), ("weight", weight)):
+        if x.dim() != 2:
+            raise ValueError(f"pref_kernels: {name} must be 2-D, got shape {list(x.shape)}")
+        _dtype(name, x, DTYPE_CODES)
+        _contiguous(name, x)
+        _same_device(name, x, hidden)
+    if weight.dtype != hidden.dtype:
+        raise TypeError(f"pref_kernels: hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one dtype")
+    if weight.shape[1] != hidden.shape[1]:
+        raise ValueError(f"pref_kernels: weight must be [V, H] with H = {hidden.shape[1]}, got {list(weight.shape)}")
+    _dtype("bias", bias, (torch.float32,))
+    _vector("bias", bias, weight.shape[0])
+    _contiguous("bias", bias)
+    _same_device("bias", bias, hidden)
+    _dtype("targets", targets, INDEX_CODES)
+    _vector("targets", targets, hidden.shape[0])
+    _contiguous("targets", targets)
+    _same_device("targets", targets, hidden)
+
+
+@torch.library.custom_op("pref_kernels::linear_token_logprobs", mutates_args=())
+def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+                          ignore_index: int, temperature: float, compute_entropy: bool,
+                          workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """log p(target), lse and (when `compute_entropy`) the entropy of `hidden @ weight.T (+ bias)`
+    per row, f32 [N] each, chunked within `workspace_bytes`: no [N, V] logits tensor."""
+    _check_head(hidden, weight, bias, targets)
+    n, h = hidden.shape
+    dev = hidden.device
+    logp, lse = _out(n, torch.float32, dev), _out(n, torch.float32, dev)
+    entropy = _out(n if compute_entropy else 0, torch.float32, dev)
+    if n == 0:
+        return logp, lse, entropy
+    with host_memory([hidden, weight, bias, targets], [logp, lse, entropy]):
+        call("prefk_linear_logprobs_forward", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
+             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(logp), ptr(lse),
+             ptr(entropy), n, h, weight.shape[0], ignore_index, temperature, workspace_bytes, None)
+    return logp, lse, entropy
+
+
+@linear_token_logprobs.register_fake
+def _(hidden, weight, bias, targets, ignore_index, temperature, compute_entropy, workspace_bytes):
+    n = hidden.shape[0]
+    f = dict(dtype=torch.float32, device=hidden.device)
+    return hidden.new_empty(n, **f), hidden.new_empty(n, **f), hidden.new_empty(n if compute_entropy else 0, **f)
+
+
+@torch.library.custom_op("pref_kernels::linear_token_logprobs_backward", mutates_args=())
+def linear_token_logprobs_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+                                   grad_logp: Tensor, grad_entropy: Optional[Tensor], ignore_index: int,
+                                   temperature: float, workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """d_hidden (hidden's dtype), d_weight (f32) and d_bias (f32, empty without a bias) of
+    sum(grad_logp * logp + grad_entropy * entropy), recomputing each chunk's logits."""
+    _check_head(hidden, weight, bias, targets)
+    n, h = hidden.shape
+    v = weight.shape[0]
+    for name, x in (("grad_logp", grad_logp), ("grad_entropy", grad_entropy)):
+        _dtype(name, x, (torch.float32,))
+        _vector(name, x, n)
+        _contiguous(name, x)
+        _same_device(name, x, hidden)
+    dev = hidden.device
+    d_hidden = _out((n, h), hidden.dtype, dev)
+    d_weight = _out((v, h), torch.float32, dev)
+    d_bias = _out(v if bias is not None else 0, torch.float32, dev)
+    with host_memory([hidden, weight, bias, targets, grad_logp, grad_entropy], [d_hidden, d_weight, d_bias]):
+        call("prefk_linear_logprobs_backward", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
+             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(grad_logp),
+             ptr(grad_entropy), ptr(d_hidden), ptr(d_weight), ptr(d_bias), n, h, v, ignore_index, temperature,
+             workspace_bytes)
+    return d_hidden, d_weight, d_bias
+
+
+@linear_token_logprobs_backward.register_fake
+def _(hidden, weight, bias, targets, grad_logp, grad_entropy, ignore_index, temperature, workspace_bytes):
+    v = weight.shape[0]
+    return (torch.empty_like(hidden), weight.new_empty(weight.shape, dtype=torch.float32),
+            weight.new_empty(v if bias is not None else 0, dtype=torch.float32))
+
+
+def _linear_setup(ctx, inputs, output):
+    hidden, weight, bias, targets, ignore_index, temperature, compute_entropy, workspace_bytes = inputs
+    ctx.save_for_backward(hidden, weight, bias, targets)
+    ctx.args = (ignore_index, temperature, compute_entropy, workspace_bytes)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _linear_grad(ctx, grad_logp, _grad_lse, grad_entropy):
+    hidden, weight, bias, targets = ctx.saved_tensors
+    ignore_index, temperature, compute_entropy, workspace_bytes = ctx.args
+    if grad_logp is None:
+        grad_logp = hidden.new_zeros(hidden.shape[0], dtype=torch.float32)
+    ge = grad_entropy.float().contiguous() if compute_entropy and grad_entropy is not None else None
+    d_hidden, d_weight, d_bias = torch.ops.pref_kernels.linear_token_logprobs_backward(
+        hidden, weight, bias, targets, grad_logp.float().contiguous(), ge, ignore_index, temperature,
+        workspace_bytes)
+    return d_hidden, d_weight.to(weight.dtype), (d_bias if bias is not None else None), None, None, None, None, None
+
+
+torch.library.register_autograd("pref_kernels::linear_token_logprobs", _linear_grad, setup_context=_linear_setup)
+
+
+def _host_i32(name, t):
+    if t is None:
+        return None
+    _dtype(name, t, (torch.int32,))
+    if t.dim() != 1:
+        raise ValueError(f"pref_kernels: {name} must be a vector, got shape {list(t.shape)}")
+    return t.detach().to("cpu").contiguous()
+
+
+@torch.library.custom_op("pref_kernels::linear_preference_step", mutates_args=())
+def linear_preference_step(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
+                           weights: Optional[Tensor], ref_logp: Optional[Tensor], ref_seq: Optional[Tensor],
+                           cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, chosen: Optional[Tensor],
+                           rejected: Optional[Tensor], kinds: List[int], term_weights: List[float],
+                           betas: List[float], p0: List[float], p1: List[float], flags: List[int], divergence: int,
+                           alpha: float, aggregation: int, ignore_index: int, temperature: float,
+                           workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The whole preference step from hidden states (3 GEMMs per used token, chunked by whole
+    groups of pairs): (loss [], metrics [16], per-pair values [P, 6], logp [N], d_hidden,
+    d_weight (f32), d_bias (f32, empty without a bias)). Token mask: targets != ignore_index."""
+    _check_head(hidden, weight, bias, targets)
+    n, h = hidden.shape
+    v = weight.shape[0]
+    for name, x, want in (("weights", weights, n), ("ref_logp", ref_logp, n), ("ref_seq", ref_seq, n_seqs)):
+        _dtype(name, x, (torch.float32,))
+        _vector(name, x, want)
+        _contiguous(name, x)
+        _same_device(name, x, hidden)
+    cu, ch, rj = _host_i32("cu_seqlens", cu_seqlens), _host_i32("chosen", chosen), _host_i32("rejected", rejected)
+    if (ch is None) != (rj is None) or (ch is not None and ch.shape != rj.shape):
+        raise ValueError("pref_kernels: give chosen and rejected of one length, or neither")
+    if cu is not None:
+        n_seqs = cu.shape[0] - 1
+    n_pairs = n_seqs // 2 if ch is None else ch.shape[0]
+    if not (len(kinds) == len(term_weights) == len(betas) == len(p0) == len(p1) == len(flags)) or not kinds:
+        raise ValueError("pref_kernels: kinds, term_weights, betas, p0, p1 and flags must be non-empty and equal length")
+    terms = (PrefkLossTerm * len(kinds))(*[PrefkLossTerm(k, w, b, a, c, f) for k, w, b, a, c, f in
+                                           zip(kinds, term_weights, betas, p0, p1, flags)])
+    dev = hidden.device
+    logp = _out(n, torch.float32, dev)
+    d_hidden = _out((n, h), hidden.dtype, dev)
+    d_weight = _out((v, h), torch.float32, dev)
+    d_bias = _out(v if bias is not None else 0, torch.float32, dev)
+    metrics = torch.empty(METRICS_LEN, dtype=torch.float32)
+    pairs = torch.empty((n_pairs, PAIR_COLUMNS), dtype=torch.float32)
+    host = lambda t: None if t is None else ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))  # noqa: E731
+    with host_memory([hidden, weight, bias, targets, weights, ref_logp, ref_seq], [logp, d_hidden, d_weight, d_bias]):
+        call("prefk_linear_preference_step", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
+             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(weights),
+             ptr(ref_logp), ptr(ref_seq), host(cu), n_seqs, seq_len, host(ch), host(rj), n_pairs, terms, len(kinds),
+             divergence, alpha, aggregation, ptr(logp), ptr(d_hidden), ptr(d_weight), ptr(d_bias),
+             ctypes.cast(metrics.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+             ctypes.cast(pairs.data_ptr(), ctypes.POINTER(ctypes.c_float)) if n_pairs else None,
+             n, h, v, ignore_index, temperature, workspace_bytes)
+    metrics = metrics.to(dev)
+    return metrics[0].clone(), metrics, pairs.to(dev), logp, d_hidden, d_weight, d_bias
+
+
+@linear_preference_step.register_fake
+def _(hidden, weight, bias, targets, weights, ref_logp, ref_seq, cu_seqlens, n_seqs, seq_len, chosen, rejected,
+      kinds, term_weights, betas, p0, p1, flags, divergence, alpha, aggregation, ignore_index, temperature,
+      workspace_bytes):
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    n_pairs = n_seqs // 2 if chosen is None else chosen.shape[0]
+    n, v = hidden.shape[0], weight.shape[0]
+    f = dict(dtype=torch.float32, device=hidden.device)
+    return (hidden.new_empty((), **f), hidden.new_empty(METRICS_LEN, **f), hidden.new_empty((n_pairs, PAIR_COLUMNS), **f),
+            hidden.new_empty(n, **f), torch.empty_like(hidden), weight.new_empty(weight.shape, **f),
+            weight.new_empty(v if bias is not None else 0, **f))
+
+
+def _linear_step_setup(ctx, inputs, output):
+    loss, metrics, pairs, logp, d_hidden, d_weight, d_bias = output
+    weight, bias = inputs[1], inputs[2]
+    ctx.save_for_backward(d_hidden, d_weight, d_bias)
+    ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
+    ctx.mark_non_differentiable(metrics, pairs, logp, d_hidden, d_weight, d_bias)
+
+
+def _linear_step_grad(ctx, grad_loss, *_):
+    d_hidden, d_weight, d_bias = ctx.saved_tensors
+    gl = grad_loss if grad_loss is not None else torch.zeros((), device=d_hidden.device)
+    gh = (d_hidden.float() * gl).to(d_hidden.dtype)
+    gw = (d_weight * gl).to(ctx.weight_dtype)
+    gb = d_bias * gl if ctx.has_bias else None
+    return (gh, gw, gb) + (None,) * 21
+
+
+torch.library.register_autograd("pref_kernels::linear_preference_step", _linear_step_grad,
+                                setup_context=_linear_step_setup)
+
+
+# ---- GRPO family ---------------------------------------------------------------------------------
+
+GRPO_METRICS_LEN = 8
+
+
+@torch.library.custom_op("pref_kernels::grpo_loss", mutates_args=())
+def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tensor], mask: Optional[Tensor],
+              is_weights: Optional[Tensor], entropy: Optional[Tensor], advantages: Tensor,
+              cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, loss_type: int, importance: int,
+              epsilon_low: float, epsilon_high: float, delta: float, beta: float, bias_corrected_kl: bool,
+              entropy_coef: float, top_entropy_quantile: float, agg_param: float, tau_pos: float,
+              tau_neg: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The GRPO-family loss on per-token log-probs [T] (f32): (loss [], metrics [8] in
+    GRPO_METRIC_NAMES order, dloss/dlogp [T], dloss/dentropy [T] or empty without `entropy`)."""
+    t = logp.shape[0] if logp.dim() == 1 else -1
+    _dtype("logp", logp, (torch.float32,))
+    _vector("logp", logp, t)
+    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("is_weights", is_weights),
+                    ("entropy", entropy)):
+        _dtype(name, x, (torch.float32,))
+        _vector(name, x, t)
+    _dtype("mask", mask, (torch.uint8, torch.bool))
+    _vector("mask", mask, t)
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
+    _dtype("advantages", advantages, (torch.float32,))
+    _vector("advantages", advantages, n_seqs)
+    for name, x in (("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask),
+                    ("is_weights", is_weights), ("entropy", entropy), ("advantages", advantages),
+                    ("cu_seqlens", cu_seqlens)):
+        _contiguous(name, x)
+        _same_device(name, x, logp)
+    cfg = _lib.PrefkGrpoConfig(loss_type, importance, epsilon_low, epsilon_high, delta, beta, int(bias_corrected_kl),
+                               entropy_coef, top_entropy_quantile, 1.0, agg_param, tau_pos, tau_neg)
+    dev = logp.device
+    metrics = _out(GRPO_METRICS_LEN, torch.float32, dev)
+    grad = _out(t, torch.float32, dev)
+    grad_entropy = _out(t if entropy is not None else 0, torch.float32, dev)
+    work_len = _lib.lib().prefk_grpo_workspace_len(n_seqs)
+    if work_len < 0:
+        raise ValueError(f"pref_kernels: {n_seqs} sequences overflow the workspace size")
+    work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
+    status = _status(logp)
+    mask_u8 = mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+    with host_memory([logp, old_logp, ref_logp, mask_u8, is_weights, entropy, advantages, cu_seqlens, status],
+                     [metrics, grad, grad_entropy, work]):
+        call("prefk_grpo_loss", device_code(logp), stream_of(logp), ctypes.byref(cfg), ptr(logp), ptr(old_logp),
+             ptr(ref_logp), ptr(mask_u8), ptr(is_weights), ptr(entropy), ptr(advantages), t, ptr(cu_seqlens), n_seqs,
+             seq_len, ptr(metrics), ptr(grad), ptr(grad_entropy), ptr(work), ptr(status))
+    check_status(status, dev.type == "cpu")
+    return metrics[0].clone(), metrics, grad, grad_entropy
+
+
+@grpo_loss.register_fake
+def _(logp, old_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, n_seqs, seq_len, loss_type,
+      importance, epsilon_low, epsilon_high, delta, beta, bias_corrected_kl, entropy_coef, top_entropy_quantile,
+      agg_param, tau_pos, tau_neg):
+    t = logp.shape[0]
+    return (logp.new_empty(()), logp.new_empty(GRPO_METRICS_LEN), torch.empty_like(logp),
+            logp.new_empty(t if entropy is not None else 0))
+
+
+def _grpo_setup(ctx, inputs, output):
+    loss, metrics, grad, grad_entropy = output
+    ctx.save_for_backward(grad, grad_entropy)
+    ctx.has_entropy = inputs[5] is not None
+    ctx.mark_non_differentiable(metrics, grad, grad_entropy)
+
+
+def _grpo_grad(ctx, grad_loss, *_):
+    grad, grad_entropy = ctx.saved_tensors
+    gl = grad_loss if grad_loss is not None else torch.zeros((), device=grad.device)
+    return ((grad * gl, None, None, None, None, grad_entropy * gl if ctx.has_entropy else None) + (None,) * 16)
+
+
+torch.library.register_autograd("pref_kernels::grpo_loss", _grpo_grad, setup_context=_grpo_setup)

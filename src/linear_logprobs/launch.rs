@@ -8,10 +8,13 @@ use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, Result};
 use crate::params::{LinearBiasParams, LinearRowsParams};
 use crate::runtime::gemm::Gemm;
-use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View};
+use crate::runtime::mem::{
+    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+};
 use crate::runtime::registry::{self, LINEAR_ROWS_THREADS};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
+use crate::token_logprobs::ensure_len;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::LogitsLayout;
 
@@ -70,6 +73,87 @@ pub struct LinearGradBuffers<T> {
     pub d_weight: DeviceBuffer<f32>,
     /// `[V]` f32 when the head has a bias.
     pub d_bias: Option<DeviceBuffer<f32>>,
+}
+
+/// Caller-owned outputs of the forward, `[N]` f32 each (every element is written: ignored rows 0).
+pub struct LinearForwardViews<'a> {
+    /// log p(target).
+    pub logp: ViewMut<'a, f32>,
+    /// logsumexp of the row's logits / T.
+    pub lse: ViewMut<'a, f32>,
+    /// Entropy: given exactly when `compute_entropy`.
+    pub entropy: Option<ViewMut<'a, f32>>,
+}
+
+/// Caller-owned gradient outputs (overwritten): `d_hidden` `[N, H]` in the hidden states' dtype,
+/// `d_weight` `[V, H]` f32, `d_bias` `[V]` f32 exactly when the head has a bias.
+pub struct LinearGradViews<'a, T> {
+    /// dL/dhidden (ignored rows 0).
+    pub d_hidden: ViewMut<'a, T>,
+    /// dL/dweight, accumulated in f32 in a fixed chunk order.
+    pub d_weight: ViewMut<'a, f32>,
+    /// dL/dbias.
+    pub d_bias: Option<ViewMut<'a, f32>>,
+}
+
+/// What a chunk loop ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearRun {
+    /// Chunks.
+    pub n_chunks: usize,
+    /// Workspace bytes it allocated.
+    pub workspace_bytes: usize,
+}
+
+impl<T: LogitElement> LinearGradViews<'_, T> {
+    /// Checks the lengths against `head` and zeroes the outputs unless `zeroed` (the loop
+    /// accumulates `d_weight` and scatters only the used rows of `d_hidden`).
+    pub(crate) fn prepare(&mut self, stream: &Stream, head: &LinearHead<'_, T>, zeroed: bool) -> Result<()> {
+        let s = head.shape;
+        ensure_len("d_hidden", self.d_hidden.len(), s.n_rows * s.hidden)?;
+        ensure_len("d_weight", self.d_weight.len(), s.vocab * s.hidden)?;
+        match (&self.d_bias, &head.bias) {
+            (Some(b), Some(_)) => ensure_len("d_bias", b.len(), s.vocab)?,
+            (None, None) => {}
+            _ => return Err(crate::error::invalid("d_bias", "give d_bias exactly when the head has a bias")),
+        }
+        if !zeroed {
+            stream.memset_zeros(&mut self.d_hidden)?;
+            stream.memset_zeros(&mut self.d_weight)?;
+            if let Some(b) = self.d_bias.as_mut() {
+                stream.memset_zeros(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The raw pointers (with their guards in `guards`).
+    pub(crate) fn ptrs<'s>(&'s mut self, stream: &Stream, guards: &mut Vec<Guard<'s>>) -> Result<GradPtrs> {
+        let (d_hidden, g0) = self.d_hidden.device_ptr_mut(stream)?;
+        guards.push(g0);
+        let (d_weight, g1) = self.d_weight.device_ptr_mut(stream)?;
+        guards.push(g1);
+        let d_bias = match self.d_bias.as_mut() {
+            Some(b) => {
+                let (p, g) = b.device_ptr_mut(stream)?;
+                guards.push(g);
+                p
+            }
+            None => 0,
+        };
+        Ok(GradPtrs { d_hidden, d_weight, d_bias })
+    }
+}
+
+impl<T> LinearGradBuffers<T> {
+    /// Writable views of the buffers.
+    pub fn as_views(&mut self) -> LinearGradViews<'_, T> {
+        LinearGradViews {
+            d_hidden: self.d_hidden.as_view_mut(),
+            d_weight: self.d_weight.as_view_mut(),
+            d_bias: self.d_bias.as_mut().map(DeviceBuffer::as_view_mut),
+        }
+    }
 }
 
 /// The head as raw pointers.
@@ -551,17 +635,56 @@ impl Gpu {
         targets: &View<'_, I>,
         cfg: &LinearConfig,
     ) -> Result<LinearForwardOutputs> {
+        let n = head.shape.n_rows;
+        let mut logp = stream.alloc_zeros::<f32>(n)?;
+        let mut lse = stream.alloc_zeros::<f32>(n)?;
+        let mut entropy = if cfg.token.compute_entropy { Some(stream.alloc_zeros::<f32>(n)?) } else { None };
+        let out = LinearForwardViews {
+            logp: logp.as_view_mut(),
+            lse: lse.as_view_mut(),
+            entropy: entropy.as_mut().map(DeviceBuffer::as_view_mut),
+        };
+        let run = self.linear_logprobs_forward_into(stream, head, targets, out, cfg)?;
+        Ok(LinearForwardOutputs {
+            logp,
+            lse,
+            entropy,
+            n_chunks: run.n_chunks,
+            workspace_bytes: run.workspace_bytes,
+        })
+    }
+
+    /// [`Gpu::linear_logprobs_forward`] into caller-owned outputs (a PyTorch caller's tensors):
+    /// the same loop, writing every element of `out`.
+    pub fn linear_logprobs_forward_into<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        targets: &View<'_, I>,
+        mut out: LinearForwardViews<'_>,
+        cfg: &LinearConfig,
+    ) -> Result<LinearRun> {
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
+        ensure_len("logp", out.logp.len(), s.n_rows)?;
+        ensure_len("lse", out.lse.len(), s.n_rows)?;
+        ensure(out.entropy.is_some() == cfg.token.compute_entropy, "entropy", || {
+            "give an entropy output exactly when compute_entropy is set".into()
+        })?;
+        if let Some(e) = &out.entropy {
+            ensure_len("entropy", e.len(), s.n_rows)?;
+        }
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
         let on_device = PlanOnDevice::upload(stream, &plan)?;
         let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
         let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
-        let n = s.n_rows.max(1);
-        let mut logp = stream.alloc_zeros::<f32>(n)?;
-        let mut lse = stream.alloc_zeros::<f32>(n)?;
-        let mut entropy = if cfg.token.compute_entropy { Some(stream.alloc_zeros::<f32>(n)?) } else { None };
+        // Ignored rows are never scattered to: they read 0.
+        stream.memset_zeros(&mut out.logp)?;
+        stream.memset_zeros(&mut out.lse)?;
+        if let Some(e) = out.entropy.as_mut() {
+            stream.memset_zeros(e)?;
+        }
         let mut status = StatusWord::new(stream, true)?;
         {
             let mut guards = Vec::new();
@@ -569,9 +692,9 @@ impl Gpu {
             let (wp, _g0) = work.device_ptr_mut(stream)?;
             let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
             let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
-            let (logp_p, _g3) = logp.device_ptr_mut(stream)?;
-            let (lse_p, _g4) = lse.device_ptr_mut(stream)?;
-            let ent = match entropy.as_mut() {
+            let (logp_p, _g3) = out.logp.device_ptr_mut(stream)?;
+            let (lse_p, _g4) = out.lse.device_ptr_mut(stream)?;
+            let ent = match out.entropy.as_mut() {
                 Some(e) => Some(e.device_ptr_mut(stream)?),
                 None => None,
             };
@@ -599,13 +722,7 @@ impl Gpu {
             }
         }
         check_status(status.read(stream)?)?;
-        Ok(LinearForwardOutputs {
-            logp,
-            lse,
-            entropy,
-            n_chunks: plan.chunks.len(),
-            workspace_bytes: work_bytes,
-        })
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
     }
 
     /// The backward of [`Gpu::linear_logprobs_forward`] for any per-token loss (the caller gives
@@ -622,34 +739,71 @@ impl Gpu {
         grad_entropy: Option<&View<'_, f32>>,
         cfg: &LinearConfig,
     ) -> Result<LinearGradBuffers<T>> {
+        let mut grads = zero_grads(stream, head)?;
+        self.linear_backward_impl(
+            stream,
+            head,
+            targets,
+            grad_logp,
+            grad_entropy,
+            grads.as_views(),
+            true,
+            cfg,
+        )?;
+        Ok(grads)
+    }
+
+    /// [`Gpu::linear_logprobs_backward`] into caller-owned gradients (overwritten).
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_logprobs_backward_into<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        targets: &View<'_, I>,
+        grad_logp: &View<'_, f32>,
+        grad_entropy: Option<&View<'_, f32>>,
+        grads: LinearGradViews<'_, T>,
+        cfg: &LinearConfig,
+    ) -> Result<LinearRun> {
+        self.linear_backward_impl(stream, head, targets, grad_logp, grad_entropy, grads, false, cfg)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_impl<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        targets: &View<'_, I>,
+        grad_logp: &View<'_, f32>,
+        grad_entropy: Option<&View<'_, f32>>,
+        mut grads: LinearGradViews<'_, T>,
+        zeroed: bool,
+        cfg: &LinearConfig,
+    ) -> Result<LinearRun> {
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
-        crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), s.n_rows)?;
+        ensure_len("grad_logp", grad_logp.len(), s.n_rows)?;
         if let Some(g) = grad_entropy {
-            crate::token_logprobs::ensure_len("grad_entropy", g.len(), s.n_rows)?;
+            ensure_len("grad_entropy", g.len(), s.n_rows)?;
         }
+        grads.prepare(stream, head, zeroed)?;
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
         let on_device = PlanOnDevice::upload(stream, &plan)?;
-        let mut work = stream.alloc_zeros::<u8>(ChunkWork::bytes(&s, T::DTYPE, plan.max_rows))?;
-        let mut grads = zero_grads(stream, head)?;
+        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
+        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
         let mut status = StatusWord::new(stream, true)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
             let gl = optional_ptr(stream, Some(grad_logp), &mut guards)?;
             let ge = optional_ptr(stream, grad_entropy, &mut guards)?;
+            let mut grad_guards = Vec::new();
+            let gp = grads.ptrs(stream, &mut grad_guards)?;
             let (wp, _g0) = work.device_ptr_mut(stream)?;
             let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
             let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
-            let (dh, _g3) = grads.d_hidden.device_ptr_mut(stream)?;
-            let (dw, _g4) = grads.d_weight.device_ptr_mut(stream)?;
-            let db = match grads.d_bias.as_mut() {
-                Some(b) => Some(b.device_ptr_mut(stream)?),
-                None => None,
-            };
             let (status_p, _g5) = status.ptr(stream)?;
-            let gp = GradPtrs { d_hidden: dh, d_weight: dw, d_bias: db.as_ref().map_or(0, |(p, _)| *p) };
             let lp = Loop {
                 head: head_p,
                 rows: rows_p,
@@ -674,6 +828,6 @@ impl Gpu {
             }
         }
         check_status(status.read(stream)?)?;
-        Ok(grads)
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
     }
 }

@@ -19,7 +19,8 @@ pub(crate) mod plan;
 pub mod reference;
 
 pub use launch::{
-    LinearConfig, LinearForwardOutputs, LinearGradBuffers, LinearHead, DEFAULT_WORKSPACE_BYTES,
+    LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers, LinearGradViews, LinearHead,
+    LinearRun, DEFAULT_WORKSPACE_BYTES,
 };
 pub use plan::workspace_bytes_per_row;
 

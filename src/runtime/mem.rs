@@ -108,6 +108,23 @@ impl Stream {
         }
     }
 
+    /// Sets every element of `dst` to zero (asynchronous on CUDA, ordered on this stream).
+    pub fn memset_zeros<T: Element>(&self, dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+        let bytes = dst.len() * std::mem::size_of::<T>();
+        if bytes == 0 {
+            return Ok(());
+        }
+        let (p, _g) = dst.device_ptr_mut(self)?;
+        match &self.0 {
+            // SAFETY: `p` is a live device range of `bytes`, ordered on `s`.
+            StreamInner::Cuda(s) => {
+                unsafe { cudarc::driver::result::memset_d8_async(p, 0, bytes, s.cu_stream()) }?
+            }
+            StreamInner::Emulator => emulator::memset(p, 0, bytes)?,
+        }
+        Ok(())
+    }
+
     /// A new buffer holding a copy of `host`.
     pub fn clone_htod<T: Element>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
         match &self.0 {
@@ -334,6 +351,17 @@ impl<'a, T> View<'a, T> {
         View { ptr, len: buf.len(), backend: BackendKind::Cuda, _m: PhantomData }
     }
 
+    /// Views `len` elements at raw device address `ptr` of `backend` (a C-ABI or PyTorch caller's
+    /// memory).
+    ///
+    /// # Safety
+    /// `ptr` is 0 with `len == 0`, or device memory of `backend` (on the emulator: inside one
+    /// emulator allocation or registered host memory) valid for `len` elements of `T`, readable
+    /// for the lifetime `'a` and not written by anyone else while kernels read it.
+    pub unsafe fn from_raw(ptr: u64, len: usize, backend: BackendKind) -> Self {
+        View { ptr, len, backend, _m: PhantomData }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len
@@ -369,6 +397,14 @@ impl<'a, T> ViewMut<'a, T> {
         let len = buf.len();
         let (ptr, _g) = buf.device_ptr_mut(stream);
         ViewMut { ptr, len, backend: BackendKind::Cuda, _m: PhantomData }
+    }
+
+    /// Views `len` writable elements at raw device address `ptr` of `backend`.
+    ///
+    /// # Safety
+    /// As [`View::from_raw`], and writable, with no other reader or writer during `'a`.
+    pub unsafe fn from_raw(ptr: u64, len: usize, backend: BackendKind) -> Self {
+        ViewMut { ptr, len, backend, _m: PhantomData }
     }
 
     /// Number of elements.

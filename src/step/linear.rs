@@ -8,17 +8,15 @@
 //! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
 //! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
 use crate::error::{ensure, Result};
-use crate::linear_logprobs::launch::{
-    check_head, head_ptrs, zero_grads, ChunkWork, GradPtrs, Loop, PlanOnDevice,
-};
+use crate::linear_logprobs::launch::{check_head, head_ptrs, zero_grads, ChunkWork, Loop, PlanOnDevice};
 use crate::linear_logprobs::plan::{pair_chunks, rows_for_budget};
-use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearHead};
+use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::pref_loss::launch::{RawPairs, SubBatch};
 use crate::pref_loss::{
     preference_loss_workspace_len, LossConfig, PairLossPtrs, Pairs, PreferenceLossOutputs, RefSource,
     METRICS_LEN, PAIR_COLUMNS,
 };
-use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View};
+use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::{DeviceSeqLayout, SeqLayout, SeqReducePtrs};
@@ -57,6 +55,14 @@ pub struct LinearStepOutputs<T> {
     pub workspace_bytes: usize,
 }
 
+/// Caller-owned outputs of [`Gpu::linear_preference_step_into`].
+pub struct LinearStepViews<'a, T> {
+    /// `[N]` per-token policy log-probs (every element written: 0 on ignored rows and rows in no pair).
+    pub logp: ViewMut<'a, f32>,
+    /// d_hidden, d_weight (f32), d_bias (overwritten).
+    pub grads: LinearGradViews<'a, T>,
+}
+
 /// Sums the chunks' metric rows in chunk order; `barrier/active_pct` from the summed counts.
 fn combine_metrics(rows: &[f32], n_chunks: usize) -> [f32; METRICS_LEN] {
     let mut acc = [0f64; METRICS_LEN];
@@ -85,6 +91,44 @@ impl Gpu {
         loss_cfg: &LossConfig,
         cfg: &LinearConfig,
     ) -> Result<LinearStepOutputs<T>> {
+        let mut logp = stream.alloc_zeros::<f32>(head.shape.n_rows)?;
+        let mut grads = zero_grads(stream, head)?;
+        let out = LinearStepViews { logp: logp.as_view_mut(), grads: grads.as_views() };
+        let (loss, run) = self.linear_step_impl(stream, head, batch, loss_cfg, cfg, out, true)?;
+        Ok(LinearStepOutputs {
+            loss,
+            logp,
+            grads,
+            n_chunks: run.n_chunks,
+            workspace_bytes: run.workspace_bytes,
+        })
+    }
+
+    /// [`Gpu::linear_preference_step`] into caller-owned outputs (a PyTorch caller's tensors);
+    /// returns the loss, metrics and per-pair values (host) and what the loop ran.
+    pub fn linear_preference_step_into<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        batch: &LinearStepBatch<'_, I>,
+        loss_cfg: &LossConfig,
+        cfg: &LinearConfig,
+        out: LinearStepViews<'_, T>,
+    ) -> Result<(PreferenceLossOutputs, LinearRun)> {
+        self.linear_step_impl(stream, head, batch, loss_cfg, cfg, out, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn linear_step_impl<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        batch: &LinearStepBatch<'_, I>,
+        loss_cfg: &LossConfig,
+        cfg: &LinearConfig,
+        mut out: LinearStepViews<'_, T>,
+        zeroed: bool,
+    ) -> Result<(PreferenceLossOutputs, LinearRun)> {
         ensure(!cfg.token.compute_entropy, "compute_entropy", || {
             "the preference step does not use the entropy; leave compute_entropy unset".into()
         })?;
@@ -131,8 +175,11 @@ impl Gpu {
         let mut ref_local = stream.alloc_zeros::<f32>(plan.max_seqs.max(1))?;
         let mut metrics = stream.alloc_zeros::<f32>(n_chunks.max(1) * METRICS_LEN)?;
         let mut pair_out = stream.alloc_zeros::<f32>((n_pairs * PAIR_COLUMNS).max(1))?;
-        let mut logp = stream.alloc_zeros::<f32>(s.n_rows.max(1))?;
-        let mut grads = zero_grads(stream, head)?;
+        crate::token_logprobs::ensure_len("logp", out.logp.len(), s.n_rows)?;
+        out.grads.prepare(stream, head, zeroed)?;
+        if !zeroed {
+            stream.memset_zeros(&mut out.logp)?;
+        }
         let mut status = StatusWord::new(stream, true)?;
         let sub_batch = SubBatch { pairs: n_pairs, nll_count: plan.nll_count as f32 };
         {
@@ -152,15 +199,10 @@ impl Gpu {
             let (rl_p, _g8) = ref_local.device_ptr_mut(stream)?;
             let (m_p, _g9) = metrics.device_ptr_mut(stream)?;
             let (po_p, _g10) = pair_out.device_ptr_mut(stream)?;
-            let (logp_p, _g11) = logp.device_ptr_mut(stream)?;
-            let (dh, _g12) = grads.d_hidden.device_ptr_mut(stream)?;
-            let (dw, _g13) = grads.d_weight.device_ptr_mut(stream)?;
-            let db = match grads.d_bias.as_mut() {
-                Some(b) => Some(b.device_ptr_mut(stream)?),
-                None => None,
-            };
+            let (logp_p, _g11) = out.logp.device_ptr_mut(stream)?;
+            let mut grad_guards = Vec::new();
+            let gp = out.grads.ptrs(stream, &mut grad_guards)?;
             let (status_p, _g14) = status.ptr(stream)?;
-            let gp = GradPtrs { d_hidden: dh, d_weight: dw, d_bias: db.as_ref().map_or(0, |(p, _)| *p) };
             let lp = Loop {
                 head: head_p,
                 rows: rows_p,
@@ -231,6 +273,6 @@ impl Gpu {
             pairs_out[i].copy_from_slice(&pair_rows[k * PAIR_COLUMNS..(k + 1) * PAIR_COLUMNS]);
         }
         let loss = PreferenceLossOutputs { loss: combined[0], metrics: combined, pairs: pairs_out };
-        Ok(LinearStepOutputs { loss, logp, grads, n_chunks, workspace_bytes: work_bytes })
+        Ok((loss, LinearRun { n_chunks, workspace_bytes: work_bytes }))
     }
 }

@@ -7,7 +7,7 @@
 //! From hidden states and the LM head instead of logits: [`Gpu::linear_preference_step`]
 //! ([`linear`]).
 pub mod linear;
-pub use linear::{LinearStepBatch, LinearStepOutputs};
+pub use linear::{LinearStepBatch, LinearStepOutputs, LinearStepViews};
 
 use crate::runtime::mem::{
     optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,

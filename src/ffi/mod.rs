@@ -24,6 +24,11 @@ use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::{Backend, Gpu, LogitsLayout};
 
+mod linear;
+pub use linear::{
+    prefk_linear_logprobs_backward, prefk_linear_logprobs_forward, prefk_linear_preference_step,
+};
+
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
 }
@@ -182,36 +187,29 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
     ignore_index: i64,
     temperature: f32,
 ) -> i32 {
-    ffi(|| {
-        let layout = LogitsLayout {
-            n_rows: size("n_rows", n_rows)?,
-            vocab: size("vocab", vocab)?,
-            row_stride: size("row_stride", row_stride)?,
-        };
-        let cfg =
-            TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
-        let ptrs = TokenLogprobsBwdPtrs {
+    // SAFETY: forwarded to the caller; no entropy gradient.
+    unsafe {
+        prefk_token_logprobs_backward_entropy(
+            device,
+            stream,
+            dtype_code,
+            index_code,
             logits,
             targets,
             lse,
+            0,
             grad_logp,
+            0,
             grad_logits,
             status,
-            ..Default::default()
-        };
-        // SAFETY: forwarded to the caller.
-        unsafe {
-            gpu(device)?.token_logprobs_backward_raw(
-                stream,
-                dtype(dtype_code)?,
-                index_type(index_code)?,
-                layout,
-                size("grad_stride", grad_stride)?,
-                &ptrs,
-                &cfg,
-            )
-        }
-    })
+            n_rows,
+            vocab,
+            row_stride,
+            grad_stride,
+            ignore_index,
+            temperature,
+        )
+    }
 }
 
 /// Token log-probs backward with the entropy's gradient: as [`prefk_token_logprobs_backward`], and
@@ -338,6 +336,43 @@ fn loss_of(t: &PrefkLossTerm) -> Result<Loss> {
     })
 }
 
+/// The loss configuration of the C ABI's loss terms, f-divergence and aggregation codes.
+///
+/// # Safety
+/// `terms` is null or points to `n_terms` host structs.
+unsafe fn loss_config(
+    terms: *const PrefkLossTerm,
+    n_terms: u32,
+    divergence: u32,
+    alpha: f32,
+    aggregation: u32,
+    grad_scale: f32,
+) -> Result<LossConfig> {
+    if terms.is_null() || n_terms == 0 || n_terms as usize > crate::pref_loss::MAX_LOSS_TERMS {
+        return Err(invalid("terms", format!("need 1 to {} terms", crate::pref_loss::MAX_LOSS_TERMS)));
+    }
+    // SAFETY: the caller passes n_terms host structs at `terms`.
+    let raw_terms = unsafe { std::slice::from_raw_parts(terms, n_terms as usize) };
+    Ok(LossConfig {
+        terms: raw_terms.iter().map(|t| Ok((loss_of(t)?, t.weight))).collect::<Result<_>>()?,
+        divergence: match divergence {
+            0 => FDivergence::ReverseKl,
+            1 => FDivergence::ForwardKl,
+            2 => FDivergence::JensenShannon,
+            3 => FDivergence::Alpha { alpha },
+            d => return Err(invalid("divergence", format!("0..=3, got {d}"))),
+        },
+        aggregation: match aggregation {
+            0 => ReduceMode::Sum,
+            1 => ReduceMode::Mean,
+            2 => ReduceMode::WeightedSum,
+            3 => ReduceMode::WeightedMean,
+            a => return Err(invalid("aggregation", format!("0..=3, got {a}"))),
+        },
+        grad_scale,
+    })
+}
+
 /// The preference loss on per-token log-probs ([`Gpu::preference_loss_raw`]). `cu_seqlens` 0
 /// selects the padded layout (`seq_len` tokens per sequence); `chosen` 0 selects first-half-chosen
 /// pairs. `aggregation` is the DPO-family `ReduceMode` code, `divergence` the `PREFK_DIV_*` code.
@@ -374,29 +409,8 @@ pub unsafe extern "C" fn prefk_preference_loss(
     status: u64,
 ) -> i32 {
     ffi(|| {
-        if terms.is_null() || n_terms == 0 || n_terms as usize > crate::pref_loss::MAX_LOSS_TERMS {
-            return Err(invalid("terms", format!("need 1 to {} terms", crate::pref_loss::MAX_LOSS_TERMS)));
-        }
         // SAFETY: the caller passes n_terms host structs at `terms`.
-        let raw_terms = unsafe { std::slice::from_raw_parts(terms, n_terms as usize) };
-        let cfg = LossConfig {
-            terms: raw_terms.iter().map(|t| Ok((loss_of(t)?, t.weight))).collect::<Result<_>>()?,
-            divergence: match divergence {
-                0 => FDivergence::ReverseKl,
-                1 => FDivergence::ForwardKl,
-                2 => FDivergence::JensenShannon,
-                3 => FDivergence::Alpha { alpha },
-                d => return Err(invalid("divergence", format!("0..=3, got {d}"))),
-            },
-            aggregation: match aggregation {
-                0 => ReduceMode::Sum,
-                1 => ReduceMode::Mean,
-                2 => ReduceMode::WeightedSum,
-                3 => ReduceMode::WeightedMean,
-                a => return Err(invalid("aggregation", format!("0..=3, got {a}"))),
-            },
-            grad_scale,
-        };
+        let cfg = unsafe { loss_config(terms, n_terms, divergence, alpha, aggregation, grad_scale) }?;
         let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
         let pairs = if chosen == 0 {
             RawPairs::FirstHalfChosen

@@ -1,0 +1,457 @@
+//! C ABI of the fused LM head: hidden states `[N, H]` and the LM-head weight `[V, H]` (+ an f32
+//! bias `[V]`) in, log-probs / gradients out, on the caller's stream, into the caller's buffers
+//! (the chunk workspace, at most `workspace_bytes`, is allocated and freed inside the call). Each
+//! call reads the targets back once to plan its chunks and synchronizes the stream at its end.
+use super::{dtype, ffi, gpu, index_type, loss_config, size, PrefkLossTerm};
+use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
+use crate::error::{ensure, invalid, Result};
+use crate::linear_logprobs::{
+    LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape,
+};
+use crate::pref_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
+use crate::runtime::args::check_ptr;
+use crate::runtime::{BackendKind, Gpu, Stream, View, ViewMut};
+use crate::seq_reduce::SeqLayout;
+use crate::step::{LinearStepBatch, LinearStepViews};
+use crate::TokenLogprobsConfig;
+use half::{bf16, f16};
+
+/// The pointers and sizes every linear entry point shares.
+#[derive(Clone, Copy)]
+struct Head {
+    hidden: u64,
+    weight: u64,
+    bias: u64,
+    targets: u64,
+    shape: LinearShape,
+}
+
+fn head(hidden: u64, weight: u64, bias: u64, targets: u64, n_rows: i64, h: i64, v: i64) -> Result<Head> {
+    let shape =
+        LinearShape { n_rows: size("n_rows", n_rows)?, hidden: size("hidden", h)?, vocab: size("vocab", v)? };
+    Ok(Head { hidden, weight, bias, targets, shape })
+}
+
+fn elems(arg: &'static str, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b).ok_or_else(|| invalid(arg, format!("{a} x {b} elements overflow")))
+}
+
+/// A read-only view of `len` elements at `ptr`, checked for null (when non-empty) and alignment.
+///
+/// # Safety
+/// As [`View::from_raw`], once the checks pass.
+unsafe fn view<'a, T>(arg: &'static str, ptr: u64, len: usize, backend: BackendKind) -> Result<View<'a, T>> {
+    check_ptr(arg, ptr, std::mem::align_of::<T>(), len > 0)?;
+    // SAFETY: forwarded to the caller; non-null and aligned checked above.
+    Ok(unsafe { View::from_raw(ptr, len, backend) })
+}
+
+/// As [`view`], writable.
+///
+/// # Safety
+/// As [`ViewMut::from_raw`], once the checks pass.
+unsafe fn view_mut<'a, T>(
+    arg: &'static str,
+    ptr: u64,
+    len: usize,
+    backend: BackendKind,
+) -> Result<ViewMut<'a, T>> {
+    check_ptr(arg, ptr, std::mem::align_of::<T>(), len > 0)?;
+    // SAFETY: forwarded to the caller; non-null and aligned checked above.
+    Ok(unsafe { ViewMut::from_raw(ptr, len, backend) })
+}
+
+/// The head's views and its targets.
+///
+/// # Safety
+/// The pointers of `h` are device memory of `backend` of the sizes its shape gives.
+unsafe fn head_views<'a, T: LogitElement, I: TargetIndex>(
+    h: &Head,
+    backend: BackendKind,
+) -> Result<(LinearHead<'a, T>, View<'a, I>)> {
+    let s = h.shape;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let head = LinearHead {
+            hidden: view("hidden", h.hidden, elems("hidden", s.n_rows, s.hidden)?, backend)?,
+            weight: view("weight", h.weight, elems("weight", s.vocab, s.hidden)?, backend)?,
+            bias: if h.bias != 0 { Some(view("bias", h.bias, s.vocab, backend)?) } else { None },
+            shape: s,
+        };
+        Ok((head, view("targets", h.targets, s.n_rows, backend)?))
+    }
+}
+
+/// Gradient output views.
+///
+/// # Safety
+/// Device memory of `backend` of the sizes `h`'s shape gives; `d_bias` non-zero exactly with a bias.
+unsafe fn grad_views<'a, T>(
+    h: &Head,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+    backend: BackendKind,
+) -> Result<LinearGradViews<'a, T>> {
+    let s = h.shape;
+    ensure((d_bias != 0) == (h.bias != 0), "d_bias", || {
+        "give d_bias exactly when the head has a bias".into()
+    })?;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        Ok(LinearGradViews {
+            d_hidden: view_mut("d_hidden", d_hidden, elems("d_hidden", s.n_rows, s.hidden)?, backend)?,
+            d_weight: view_mut("d_weight", d_weight, elems("d_weight", s.vocab, s.hidden)?, backend)?,
+            d_bias: if d_bias != 0 { Some(view_mut("d_bias", d_bias, s.vocab, backend)?) } else { None },
+        })
+    }
+}
+
+fn linear_config(
+    ignore_index: i64,
+    temperature: f32,
+    entropy: bool,
+    workspace_bytes: i64,
+) -> Result<LinearConfig> {
+    Ok(LinearConfig {
+        token: TokenLogprobsConfig {
+            ignore_index,
+            temperature,
+            compute_entropy: entropy,
+            check_targets: true,
+        },
+        workspace_bytes: size("workspace_bytes", workspace_bytes)?,
+    })
+}
+
+/// Calls `$f::<T, I>($args)` for the run-time dtype and index type.
+macro_rules! by_types {
+    ($dtype:expr, $index:expr, $f:ident($($arg:expr),*)) => {
+        match ($dtype, $index) {
+            (DType::F32, IndexType::I32) => $f::<f32, i32>($($arg),*),
+            (DType::F32, IndexType::I64) => $f::<f32, i64>($($arg),*),
+            (DType::F16, IndexType::I32) => $f::<f16, i32>($($arg),*),
+            (DType::F16, IndexType::I64) => $f::<f16, i64>($($arg),*),
+            (DType::BF16, IndexType::I32) => $f::<bf16, i32>($($arg),*),
+            (DType::BF16, IndexType::I64) => $f::<bf16, i64>($($arg),*),
+        }
+    };
+}
+
+struct ForwardOut {
+    logp: u64,
+    lse: u64,
+    entropy: u64,
+}
+
+/// # Safety
+/// As [`prefk_linear_logprobs_forward`].
+unsafe fn forward<T: LogitElement, I: TargetIndex>(
+    g: &Gpu,
+    stream: &Stream,
+    h: &Head,
+    out: &ForwardOut,
+    cfg: &LinearConfig,
+) -> Result<LinearRun> {
+    let b = g.backend();
+    let n = h.shape.n_rows;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let (head, targets) = head_views::<T, I>(h, b)?;
+        let views = LinearForwardViews {
+            logp: view_mut("logp", out.logp, n, b)?,
+            lse: view_mut("lse", out.lse, n, b)?,
+            entropy: if out.entropy != 0 { Some(view_mut("entropy", out.entropy, n, b)?) } else { None },
+        };
+        g.linear_logprobs_forward_into(stream, &head, &targets, views, cfg)
+    }
+}
+
+/// Log-probs (and entropy when `entropy` is non-zero) of `hidden · weightᵀ (+ bias)` at
+/// `temperature`, `[n_rows]` f32 each, without an `[N, V]` logits tensor
+/// ([`Gpu::linear_logprobs_forward_into`]). `dtype_code` is the hidden states' and weight's
+/// dtype; `bias` is 0 or `[vocab]` f32. Writes the number of chunks to `n_chunks` when non-null.
+///
+/// # Safety
+/// Every non-zero pointer is device memory of `device` (emulator: emulator allocations or
+/// registered host memory) of the documented size; `stream` is 0 or a live stream of the device's
+/// primary context; `n_chunks` is null or a valid host `i64`.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_linear_logprobs_forward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    hidden: u64,
+    weight: u64,
+    bias: u64,
+    targets: u64,
+    logp: u64,
+    lse: u64,
+    entropy: u64,
+    n_rows: i64,
+    hidden_dim: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+    workspace_bytes: i64,
+    n_chunks: *mut i64,
+) -> i32 {
+    ffi(|| {
+        let g = gpu(device)?;
+        let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
+        let cfg = linear_config(ignore_index, temperature, entropy != 0, workspace_bytes)?;
+        let out = ForwardOut { logp, lse, entropy };
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { g.borrow_stream(stream) };
+        // SAFETY: forwarded to the caller.
+        let run = unsafe {
+            by_types!(dtype(dtype_code)?, index_type(index_code)?, forward(&g, &s, &h, &out, &cfg))
+        }?;
+        if !n_chunks.is_null() {
+            // SAFETY: the caller passes null or a valid host i64.
+            unsafe { *n_chunks = run.n_chunks as i64 };
+        }
+        Ok(())
+    })
+}
+
+struct BackwardArgs {
+    grad_logp: u64,
+    grad_entropy: u64,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+}
+
+/// # Safety
+/// As [`prefk_linear_logprobs_backward`].
+unsafe fn backward<T: LogitElement, I: TargetIndex>(
+    g: &Gpu,
+    stream: &Stream,
+    h: &Head,
+    a: &BackwardArgs,
+    cfg: &LinearConfig,
+) -> Result<LinearRun> {
+    let b = g.backend();
+    let n = h.shape.n_rows;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let (head, targets) = head_views::<T, I>(h, b)?;
+        let gl = view::<f32>("grad_logp", a.grad_logp, n, b)?;
+        let ge =
+            if a.grad_entropy != 0 { Some(view::<f32>("grad_entropy", a.grad_entropy, n, b)?) } else { None };
+        let grads = grad_views::<T>(h, a.d_hidden, a.d_weight, a.d_bias, b)?;
+        g.linear_logprobs_backward_into(stream, &head, &targets, &gl, ge.as_ref(), grads, cfg)
+    }
+}
+
+/// The backward of [`prefk_linear_logprobs_forward`] for any per-token loss: from dL/dlogp (and
+/// dL/dH when `grad_entropy` is non-zero), `[n_rows]` f32, writes `d_hidden` `[n_rows, hidden]`
+/// (the hidden states' dtype), `d_weight` `[vocab, hidden]` f32 and, with a bias, `d_bias`
+/// `[vocab]` f32 (all overwritten) ([`Gpu::linear_logprobs_backward_into`]).
+///
+/// # Safety
+/// As [`prefk_linear_logprobs_forward`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_linear_logprobs_backward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    hidden: u64,
+    weight: u64,
+    bias: u64,
+    targets: u64,
+    grad_logp: u64,
+    grad_entropy: u64,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+    n_rows: i64,
+    hidden_dim: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+    workspace_bytes: i64,
+) -> i32 {
+    ffi(|| {
+        let g = gpu(device)?;
+        let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
+        let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;
+        let a = BackwardArgs { grad_logp, grad_entropy, d_hidden, d_weight, d_bias };
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { g.borrow_stream(stream) };
+        // SAFETY: forwarded to the caller.
+        unsafe { by_types!(dtype(dtype_code)?, index_type(index_code)?, backward(&g, &s, &h, &a, &cfg)) }?;
+        Ok(())
+    })
+}
+
+/// The step's host-side description (copied out of the caller's host arrays).
+struct StepArgs {
+    weights: u64,
+    ref_logp: u64,
+    ref_seq: u64,
+    cu_seqlens: Option<Vec<i32>>,
+    padded: (usize, usize),
+    pairs: Option<(Vec<i32>, Vec<i32>)>,
+    logp: u64,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+    loss: crate::pref_loss::LossConfig,
+}
+
+/// # Safety
+/// As [`prefk_linear_preference_step`].
+unsafe fn step<T: LogitElement, I: TargetIndex>(
+    g: &Gpu,
+    stream: &Stream,
+    h: &Head,
+    a: &StepArgs,
+    cfg: &LinearConfig,
+) -> Result<crate::pref_loss::PreferenceLossOutputs> {
+    let b = g.backend();
+    let n = h.shape.n_rows;
+    let seqs = match &a.cu_seqlens {
+        Some(cu) => SeqLayout::Packed { cu_seqlens: cu },
+        None => SeqLayout::Padded { n_seqs: a.padded.0, seq_len: a.padded.1 },
+    };
+    let pairs = match &a.pairs {
+        Some((c, r)) => Pairs::Explicit { chosen: c, rejected: r },
+        None => Pairs::FirstHalfChosen,
+    };
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let (head, targets) = head_views::<T, I>(h, b)?;
+        let opt = |arg, p: u64, len| if p != 0 { view::<f32>(arg, p, len, b).map(Some) } else { Ok(None) };
+        let batch = LinearStepBatch {
+            targets,
+            weights: opt("weights", a.weights, n)?,
+            ref_logp: opt("ref_logp", a.ref_logp, n)?,
+            ref_seq: opt("ref_seq", a.ref_seq, seqs.n_seqs())?,
+            seqs,
+            pairs,
+        };
+        let out = LinearStepViews {
+            logp: view_mut("logp", a.logp, n, b)?,
+            grads: grad_views::<T>(h, a.d_hidden, a.d_weight, a.d_bias, b)?,
+        };
+        g.linear_preference_step_into(stream, &head, &batch, &a.loss, cfg, out).map(|(loss, _)| loss)
+    }
+}
+
+/// Copies `n` host values at `p` (null or `n == 0` gives an empty vector).
+///
+/// # Safety
+/// `p` is null or valid for `n` reads.
+unsafe fn host_vec<T: Copy>(arg: &'static str, p: *const T, n: usize) -> Result<Vec<T>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    ensure(!p.is_null(), arg, || format!("null pointer for {n} host values"))?;
+    // SAFETY: forwarded to the caller.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
+}
+
+/// The whole preference step from hidden states, chunked by whole groups of pairs
+/// ([`Gpu::linear_preference_step_into`]): loss terms, divergence and aggregation as
+/// [`super::prefk_preference_loss`]; sequences packed (`cu_seqlens`: `n_seqs + 1` **host** i32) or
+/// padded (`cu_seqlens` null: `n_seqs` x `seq_len`); pairs first-half-chosen (`chosen` null) or
+/// explicit (`n_pairs` **host** i32 each). Token mask: `targets != ignore_index`. Writes `logp`
+/// `[n_rows]` f32, the gradients as [`prefk_linear_logprobs_backward`], the metrics (16 f32, in
+/// `METRIC_NAMES` order) into `metrics` and the per-pair values (`n_pairs` x 6 f32) into
+/// `pair_out` when non-null, both **host** memory.
+///
+/// # Safety
+/// As [`prefk_linear_logprobs_forward`]; `weights`, `ref_logp` (`[n_rows]`), `ref_seq`
+/// (`[n_seqs]`) are 0 or device f32; the host arrays are null or valid for their lengths.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_linear_preference_step(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    hidden: u64,
+    weight: u64,
+    bias: u64,
+    targets: u64,
+    weights: u64,
+    ref_logp: u64,
+    ref_seq: u64,
+    cu_seqlens: *const i32,
+    n_seqs: i64,
+    seq_len: i64,
+    chosen: *const i32,
+    rejected: *const i32,
+    n_pairs: i64,
+    terms: *const PrefkLossTerm,
+    n_terms: u32,
+    divergence: u32,
+    alpha: f32,
+    aggregation: u32,
+    logp: u64,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+    metrics: *mut f32,
+    pair_out: *mut f32,
+    n_rows: i64,
+    hidden_dim: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+    workspace_bytes: i64,
+) -> i32 {
+    ffi(|| {
+        let g = gpu(device)?;
+        let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
+        let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;
+        let n_seqs = size("n_seqs", n_seqs)?;
+        ensure(!metrics.is_null(), "metrics", || "a host buffer of 16 f32 is required".into())?;
+        // SAFETY: the caller's host arrays are null or valid for the lengths given.
+        let a = unsafe {
+            StepArgs {
+                weights,
+                ref_logp,
+                ref_seq,
+                cu_seqlens: if cu_seqlens.is_null() {
+                    None
+                } else {
+                    Some(host_vec("cu_seqlens", cu_seqlens, elems("cu_seqlens", n_seqs, 1)? + 1)?)
+                },
+                padded: (n_seqs, if cu_seqlens.is_null() { size("seq_len", seq_len)? } else { 0 }),
+                pairs: if chosen.is_null() {
+                    None
+                } else {
+                    let np = size("n_pairs", n_pairs)?;
+                    Some((host_vec("chosen", chosen, np)?, host_vec("rejected", rejected, np)?))
+                },
+                logp,
+                d_hidden,
+                d_weight,
+                d_bias,
+                loss: loss_config(terms, n_terms, divergence, alpha, aggregation, 1.0)?,
+            }
+        };
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { g.borrow_stream(stream) };
+        // SAFETY: forwarded to the caller.
+        let out =
+            unsafe { by_types!(dtype(dtype_code)?, index_type(index_code)?, step(&g, &s, &h, &a, &cfg)) }?;
+        // SAFETY: `metrics` holds 16 host f32; `pair_out` is null or holds n_pairs x 6.
+        unsafe {
+            std::ptr::copy_nonoverlapping(out.metrics.as_ptr(), metrics, METRICS_LEN);
+            if !pair_out.is_null() {
+                for (i, row) in out.pairs.iter().enumerate() {
+                    std::ptr::copy_nonoverlapping(row.as_ptr(), pair_out.add(i * PAIR_COLUMNS), PAIR_COLUMNS);
+                }
+            }
+        }
+        Ok(())
+    })
+}
