@@ -150,6 +150,11 @@ int32_t prefk_linear_preference_step(int32_t device, uint64_t stream, uint32_t d
                                      int64_t hidden_dim, int64_t vocab, int64_t ignore_index, float temperature,
                                      int64_t workspace_bytes);
 
+/* Validates n_seqs HOST labels for the group loss of these codes (KTO roles, LiPO labels, PRO ranking
+ * order), as the safe API does: the raw group loss uses device labels as given. */
+int32_t prefk_group_loss_check_labels(uint32_t kind, float beta, float p0, float p1, float kl_given, uint32_t flags,
+                                      int64_t list_size, const float* labels, int64_t n_seqs);
+
 /* 0 when the status word a kernel wrote (read back by the caller) has no bit set, else -1 with the
  * crate's message in the last-error string. */
 int32_t prefk_check_status(uint32_t status);

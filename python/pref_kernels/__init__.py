@@ -23,7 +23,8 @@ __all__ = [
     "PrefKernelsError", "backend", "library_path", "token_logprobs", "LossTerm", "loss_terms",
     "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
     "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "linear_token_logprobs", "linear_preference_loss", "linear_dpo_loss",
-    "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES",
+    "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
+    "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED",
 ]
 __version__ = "0.1.0"
 
@@ -271,3 +272,59 @@ def grpo_loss(logp: torch.Tensor, advantages: torch.Tensor, mask=None, old_logp=
         bool(use_bias_correction_kl), float(entropy_coef), float(top_entropy_quantile), agg,
         float(sapo_temperature_pos), float(sapo_temperature_neg))
     return loss, metrics
+
+
+#: KTO roles of `kto_loss`'s labels (the crate's KtoRole).
+KTO_UNDESIRABLE, KTO_DESIRABLE, KTO_KL_SAMPLE, KTO_IGNORED = 0, 1, 2, 3
+_GROUP_METRICS = {
+    0: ["loss", "kl", "rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected",
+        "count/chosen", "count/rejected"],
+    1: ["loss", "num_pairs", "rewards/accuracies"],
+    2: ["loss", "loss/ranking", "loss/sft", "ranking/accuracy"],
+}
+
+
+def _group(logp, labels, kind, mask, ref_logp, ref_seq, n_seqs, seq_len, cu_seqlens, beta=0.0, p0=0.0, p1=0.0,
+           kl_given=float("nan"), flags=0, list_size=0):
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    if n_seqs is None:
+        n_seqs = labels.shape[0]
+    loss, metrics, seq_out, _g = torch.ops.pref_kernels.group_loss(
+        logp, mask, ref_logp, ref_seq, labels.float(), cu_seqlens, int(n_seqs), int(seq_len), kind, float(beta),
+        float(p0), float(p1), float(kl_given), int(flags), int(list_size))
+    return loss, metrics, seq_out
+
+
+def kto_loss(logp, roles, mask=None, ref_logp=None, *, ref_seq=None, n_seqs=None, seq_len=0, cu_seqlens=None,
+             beta: float = 0.1, desirable_weight: float = 1.0, undesirable_weight: float = 1.0, kl=None,
+             loss_type: str = "kto"):
+    """TRL's KTO loss (`KTOConfig` names and defaults): `roles` [S] per sequence, one of
+    KTO_DESIRABLE / KTO_UNDESIRABLE / KTO_KL_SAMPLE (TRL's mismatched completions, for the detached
+    KL baseline) / KTO_IGNORED; or give the baseline as `kl` (e.g. gathered across processes).
+    `loss_type="apo_zero_unpaired"` for APO-zero unpaired. Returns (loss, metrics [12], per-sequence
+    rewards [S]); metric names in `group_metric_names("kto")`."""
+    if loss_type not in ("kto", "apo_zero_unpaired"):
+        raise ValueError("pref_kernels: KTO loss_type must be 'kto' or 'apo_zero_unpaired'")
+    return _group(logp, roles, 0, mask, ref_logp, ref_seq, n_seqs, seq_len, cu_seqlens, beta, desirable_weight,
+                  undesirable_weight, float("nan") if kl is None else float(kl),
+                  2 if loss_type == "apo_zero_unpaired" else 0)
+
+
+def lipo_loss(logp, relevance, list_size: int, mask=None, ref_logp=None, *, ref_seq=None, n_seqs=None, seq_len=0,
+              cu_seqlens=None, beta: float = 0.05, lambda_weights: bool = True):
+    """LiPO-λ over lists of `list_size` consecutive sequences with relevance labels [S]."""
+    return _group(logp, relevance, 1, mask, ref_logp, ref_seq, n_seqs, seq_len, cu_seqlens, beta,
+                  flags=4 if lambda_weights else 0, list_size=list_size)
+
+
+def pro_loss(logp, rewards, list_size: int, mask=None, *, n_seqs=None, seq_len=0, cu_seqlens=None,
+             sft_weight: float = 0.05):
+    """PRO over groups of `list_size` sequences in ranking order (best first), rewards [S]."""
+    return _group(logp, rewards, 2, mask, None, None, n_seqs, seq_len, cu_seqlens, p0=sft_weight,
+                  list_size=list_size)
+
+
+def group_metric_names(loss: str):
+    """Metric names of kto_loss / lipo_loss / pro_loss, in their metrics tensor's order."""
+    return _GROUP_METRICS[{"kto": 0, "lipo": 1, "pro": 2}[loss]]

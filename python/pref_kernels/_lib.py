@@ -50,6 +50,9 @@ _SIGNATURES = {
     + [ctypes.POINTER(_f32), ctypes.POINTER(_f32)] + [_i64] * 4 + [_f32, _i64],
     "prefk_grpo_loss": [_i32, _u64, ctypes.POINTER(PrefkGrpoConfig)] + [_u64] * 7 + [_i64, _u64, _i64, _i64]
     + [_u64] * 5,
+    "prefk_group_loss": [_i32, _u64, _u32, _f32, _f32, _f32, _f32, _u32, _i64] + [_u64] * 5
+    + [_i64, _u64, _i64, _i64, _f32] + [_u64] * 5,
+    "prefk_group_loss_check_labels": [_u32, _f32, _f32, _f32, _f32, _u32, _i64, ctypes.POINTER(_f32), _i64],
     "prefk_check_status": [_u32],
     "prefk_register_host_memory": [_u64, _i64, _i32],
     "prefk_unregister_host_memory": [_u64],
@@ -86,8 +89,9 @@ def lib():
                 for name in ("prefk_preference_loss_workspace_len",):
                     getattr(handle, name).argtypes = [_i64, _i64]
                     getattr(handle, name).restype = _i64
-                handle.prefk_grpo_workspace_len.argtypes = [_i64]
-                handle.prefk_grpo_workspace_len.restype = _i64
+                for name in ("prefk_grpo_workspace_len", "prefk_group_loss_workspace_len"):
+                    getattr(handle, name).argtypes = [_i64]
+                    getattr(handle, name).restype = _i64
                 for name, args in _SIGNATURES.items():
                     fn = getattr(handle, name)
                     fn.argtypes = args

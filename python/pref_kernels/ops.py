@@ -627,3 +627,77 @@ def _grpo_grad(ctx, grad_loss, *_):
 
 
 torch.library.register_autograd("pref_kernels::grpo_loss", _grpo_grad, setup_context=_grpo_setup)
+
+
+# ---- group / listwise losses (KTO, LiPO-lambda, PRO) ------------------------------------------
+
+GROUP_METRICS_LEN = 12
+
+
+@torch.library.custom_op("pref_kernels::group_loss", mutates_args=())
+def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor], ref_seq: Optional[Tensor],
+               labels: Tensor, cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, kind: int, beta: float,
+               p0: float, p1: float, kl_given: float, flags: int, list_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A group / listwise loss on per-token log-probs [T] (f32), one f32 label per sequence (KTO
+    roles, LiPO relevance, PRO rewards): (loss [], metrics [12], per-sequence values [S], dloss/dlogp [T])."""
+    t = logp.shape[0] if logp.dim() == 1 else -1
+    _dtype("logp", logp, (torch.float32,))
+    _vector("logp", logp, t)
+    _dtype("ref_logp", ref_logp, (torch.float32,))
+    _vector("ref_logp", ref_logp, t)
+    _dtype("mask", mask, (torch.uint8, torch.bool))
+    _vector("mask", mask, t)
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
+    for name, x in (("labels", labels), ("ref_seq", ref_seq)):
+        _dtype(name, x, (torch.float32,))
+        _vector(name, x, n_seqs)
+    for name, x in (("logp", logp), ("mask", mask), ("ref_logp", ref_logp), ("ref_seq", ref_seq), ("labels", labels),
+                    ("cu_seqlens", cu_seqlens)):
+        _contiguous(name, x)
+        _same_device(name, x, logp)
+    dev = logp.device
+    if dev.type == "cpu" or os.environ.get("PREF_KERNELS_CHECK") == "1":
+        # The labels are checked on the host (on CUDA that would synchronize: PREF_KERNELS_CHECK=1).
+        host = labels.detach().to("cpu").contiguous()
+        call("prefk_group_loss_check_labels", kind, beta, p0, p1, kl_given, flags, list_size,
+             ctypes.cast(host.data_ptr(), ctypes.POINTER(ctypes.c_float)), n_seqs)
+    metrics = _out(GROUP_METRICS_LEN, torch.float32, dev)
+    seq_out = _out(n_seqs, torch.float32, dev)
+    grad = _out(t, torch.float32, dev)
+    work_len = _lib.lib().prefk_group_loss_workspace_len(n_seqs)
+    if work_len < 0:
+        raise ValueError(f"pref_kernels: {n_seqs} sequences overflow the workspace size")
+    work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
+    status = _status(logp)
+    mask_u8 = mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+    with host_memory([logp, mask_u8, ref_logp, ref_seq, labels, cu_seqlens, status], [metrics, seq_out, grad, work]):
+        call("prefk_group_loss", device_code(logp), stream_of(logp), kind, beta, p0, p1, kl_given, flags, list_size,
+             ptr(logp), ptr(mask_u8), ptr(ref_logp), ptr(ref_seq), ptr(labels), t, ptr(cu_seqlens), n_seqs, seq_len,
+             1.0, ptr(seq_out), ptr(metrics), ptr(grad), ptr(work), ptr(status))
+    check_status(status, dev.type == "cpu")
+    return metrics[0].clone(), metrics, seq_out, grad
+
+
+@group_loss.register_fake
+def _(logp, mask, ref_logp, ref_seq, labels, cu_seqlens, n_seqs, seq_len, kind, beta, p0, p1, kl_given, flags,
+      list_size):
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    return (logp.new_empty(()), logp.new_empty(GROUP_METRICS_LEN), logp.new_empty(n_seqs), torch.empty_like(logp))
+
+
+def _group_setup(ctx, inputs, output):
+    loss, metrics, seq_out, grad = output
+    ctx.save_for_backward(grad)
+    ctx.mark_non_differentiable(metrics, seq_out, grad)
+
+
+def _group_grad(ctx, grad_loss, *_):
+    (grad,) = ctx.saved_tensors
+    gl = grad_loss if grad_loss is not None else torch.zeros((), device=grad.device)
+    return (grad * gl,) + (None,) * 14
+
+
+torch.library.register_autograd("pref_kernels::group_loss", _group_grad, setup_context=_group_setup)
