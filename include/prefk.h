@@ -150,6 +150,17 @@ int32_t prefk_linear_preference_step(int32_t device, uint64_t stream, uint32_t d
                                      int64_t hidden_dim, int64_t vocab, int64_t ignore_index, float temperature,
                                      int64_t workspace_bytes);
 
+/* Per-sequence scores of masked per-token log-probs: mode 0 sum, 1 mean, 2 weighted sum, 3 weighted
+ * mean; cu_seqlens 0 = padded. scores [n_seqs] f32 and stats [n_seqs, 10] f32 (either may be 0). */
+int32_t prefk_seq_reduce(int32_t device, uint64_t stream, uint64_t logp, uint64_t mask, uint64_t weights,
+                         int64_t n_tokens, uint64_t cu_seqlens, int64_t n_seqs, int64_t seq_len, uint32_t mode,
+                         uint64_t scores, uint64_t stats, uint64_t status);
+
+/* Its backward: grad_logp [n_tokens] f32 from dscores [n_seqs] and the forward's stats. */
+int32_t prefk_seq_reduce_backward(int32_t device, uint64_t stream, uint64_t logp, uint64_t mask, uint64_t weights,
+                                  int64_t n_tokens, uint64_t cu_seqlens, int64_t n_seqs, int64_t seq_len,
+                                  uint32_t mode, uint64_t dscores, uint64_t stats, uint64_t grad_logp);
+
 /* Validates n_seqs HOST labels for the group loss of these codes (KTO roles, LiPO labels, PRO ranking
  * order), as the safe API does: the raw group loss uses device labels as given. */
 int32_t prefk_group_loss_check_labels(uint32_t kind, float beta, float p0, float p1, float kl_given, uint32_t flags,

@@ -24,7 +24,8 @@ __all__ = [
     "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
     "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "linear_token_logprobs", "linear_preference_loss", "linear_dpo_loss",
     "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
-    "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED",
+    "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "sequence_scores",
+    "group_metric_names",
 ]
 __version__ = "0.1.0"
 
@@ -328,3 +329,20 @@ def pro_loss(logp, rewards, list_size: int, mask=None, *, n_seqs=None, seq_len=0
 def group_metric_names(loss: str):
     """Metric names of kto_loss / lipo_loss / pro_loss, in their metrics tensor's order."""
     return _GROUP_METRICS[{"kto": 0, "lipo": 1, "pro": 2}[loss]]
+
+
+def sequence_scores(logp: torch.Tensor, mask=None, weights=None, *, n_seqs: Optional[int] = None, seq_len: int = 0,
+                    cu_seqlens=None, mode: str = "sum"):
+    """Per-sequence scores [S] of per-token log-probs `logp` [T] (f32): `mode` "sum", "mean"
+    (over the mask), "weighted_sum" or "weighted_mean" (token `weights`), over a padded batch
+    (`n_seqs` x `seq_len`) or a packed one (`cu_seqlens` [S + 1] int32, the padding-free layout).
+    Differentiable in `logp` (the weights are constants, as TAB-PO and TIS-DPO use them)."""
+    if mode not in _AGGREGATION:
+        raise ValueError(f"pref_kernels: mode must be one of {', '.join(_AGGREGATION)}")
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    if n_seqs is None:
+        raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
+    scores, _stats = torch.ops.pref_kernels.seq_reduce(logp, mask, weights, cu_seqlens, int(n_seqs), int(seq_len),
+                                                       _AGGREGATION[mode])
+    return scores

@@ -53,6 +53,8 @@ _SIGNATURES = {
     "prefk_group_loss": [_i32, _u64, _u32, _f32, _f32, _f32, _f32, _u32, _i64] + [_u64] * 5
     + [_i64, _u64, _i64, _i64, _f32] + [_u64] * 5,
     "prefk_group_loss_check_labels": [_u32, _f32, _f32, _f32, _f32, _u32, _i64, ctypes.POINTER(_f32), _i64],
+    "prefk_seq_reduce": [_i32, _u64] + [_u64] * 3 + [_i64, _u64, _i64, _i64, _u32] + [_u64] * 3,
+    "prefk_seq_reduce_backward": [_i32, _u64] + [_u64] * 3 + [_i64, _u64, _i64, _i64, _u32] + [_u64] * 3,
     "prefk_check_status": [_u32],
     "prefk_register_host_memory": [_u64, _i64, _i32],
     "prefk_unregister_host_memory": [_u64],

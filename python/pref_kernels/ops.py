@@ -701,3 +701,90 @@ def _group_grad(ctx, grad_loss, *_):
 
 
 torch.library.register_autograd("pref_kernels::group_loss", _group_grad, setup_context=_group_setup)
+
+
+# ---- per-sequence reductions ---------------------------------------------------------------------
+
+SEQ_STATS_LEN = 10
+
+
+def _check_reduce(logp, mask, weights, cu_seqlens, n_seqs):
+    t = logp.shape[0] if logp.dim() == 1 else -1
+    _dtype("logp", logp, (torch.float32,))
+    _vector("logp", logp, t)
+    _dtype("weights", weights, (torch.float32,))
+    _vector("weights", weights, t)
+    _dtype("mask", mask, (torch.uint8, torch.bool))
+    _vector("mask", mask, t)
+    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
+    _vector("cu_seqlens", cu_seqlens, n_seqs + 1)
+    for name, x in (("logp", logp), ("mask", mask), ("weights", weights), ("cu_seqlens", cu_seqlens)):
+        _contiguous(name, x)
+        _same_device(name, x, logp)
+    return t, (mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask)
+
+
+@torch.library.custom_op("pref_kernels::seq_reduce", mutates_args=())
+def seq_reduce(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor], cu_seqlens: Optional[Tensor],
+               n_seqs: int, seq_len: int, mode: int) -> Tuple[Tensor, Tensor]:
+    """Per-sequence scores [S] of masked per-token log-probs (mode 0 sum, 1 mean, 2 weighted sum,
+    3 weighted mean) over a padded (n_seqs x seq_len) or packed (cu_seqlens) batch, and the
+    statistics [S, 10] its backward reads."""
+    t, mask_u8 = _check_reduce(logp, mask, weights, cu_seqlens, n_seqs)
+    dev = logp.device
+    scores = _out(n_seqs, torch.float32, dev)
+    stats = _out((n_seqs, SEQ_STATS_LEN), torch.float32, dev)
+    if n_seqs == 0:
+        return scores, stats
+    status = _status(logp)
+    with host_memory([logp, mask_u8, weights, cu_seqlens, status], [scores, stats]):
+        call("prefk_seq_reduce", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights), t,
+             ptr(cu_seqlens), n_seqs, seq_len, mode, ptr(scores), ptr(stats), ptr(status))
+    check_status(status, dev.type == "cpu")
+    return scores, stats
+
+
+@seq_reduce.register_fake
+def _(logp, mask, weights, cu_seqlens, n_seqs, seq_len, mode):
+    return logp.new_empty(n_seqs), logp.new_empty((n_seqs, SEQ_STATS_LEN))
+
+
+@torch.library.custom_op("pref_kernels::seq_reduce_backward", mutates_args=())
+def seq_reduce_backward(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor],
+                        cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, mode: int, dscores: Tensor,
+                        stats: Tensor) -> Tensor:
+    """d/dlogp [T] of sum(dscores * scores)."""
+    t, mask_u8 = _check_reduce(logp, mask, weights, cu_seqlens, n_seqs)
+    _dtype("dscores", dscores, (torch.float32,))
+    _vector("dscores", dscores, n_seqs)
+    _contiguous("dscores", dscores)
+    grad = _out(t, torch.float32, logp.device)
+    if t == 0:
+        return grad
+    with host_memory([logp, mask_u8, weights, cu_seqlens, dscores, stats], [grad]):
+        call("prefk_seq_reduce_backward", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights), t,
+             ptr(cu_seqlens), n_seqs, seq_len, mode, ptr(dscores), ptr(stats), ptr(grad))
+    return grad
+
+
+@seq_reduce_backward.register_fake
+def _(logp, mask, weights, cu_seqlens, n_seqs, seq_len, mode, dscores, stats):
+    return torch.empty_like(logp)
+
+
+def _reduce_setup(ctx, inputs, output):
+    logp, mask, weights, cu_seqlens, n_seqs, seq_len, mode = inputs
+    ctx.save_for_backward(logp, mask, weights, cu_seqlens, output[1])
+    ctx.args = (n_seqs, seq_len, mode)
+    ctx.mark_non_differentiable(output[1])
+
+
+def _reduce_grad(ctx, dscores, _dstats):
+    logp, mask, weights, cu_seqlens, stats = ctx.saved_tensors
+    n_seqs, seq_len, mode = ctx.args
+    grad = torch.ops.pref_kernels.seq_reduce_backward(logp, mask, weights, cu_seqlens, n_seqs, seq_len, mode,
+                                                      dscores.float().contiguous(), stats)
+    return grad, None, None, None, None, None, None
+
+
+torch.library.register_autograd("pref_kernels::seq_reduce", _reduce_grad, setup_context=_reduce_setup)

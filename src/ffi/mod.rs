@@ -20,7 +20,7 @@ use crate::group_loss::{GroupLoss, GroupLossPtrs, KtoKl};
 use crate::grpo::{GrpoConfig, GrpoLossType, GrpoPtrs, ImportanceLevel};
 use crate::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, PairLossPtrs, RawPairs};
 use crate::prefix_attn::{AttnShape, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout};
-use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs};
+use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs, TokenGradPtrs};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::{Backend, Gpu, LogitsLayout};
 
@@ -276,6 +276,103 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
     })
 }
 
+fn reduce_mode(code: u32) -> Result<ReduceMode> {
+    Ok(match code {
+        0 => ReduceMode::Sum,
+        1 => ReduceMode::Mean,
+        2 => ReduceMode::WeightedSum,
+        3 => ReduceMode::WeightedMean,
+        m => {
+            return Err(invalid(
+                "mode",
+                format!("0 (sum), 1 (mean), 2 (weighted sum), 3 (weighted mean), got {m}"),
+            ))
+        }
+    })
+}
+
+/// Per-sequence scores of masked per-token log-probs ([`Gpu::seq_reduce_raw`]): `mode` 0 sum,
+/// 1 mean, 2 weighted sum, 3 weighted mean; `cu_seqlens` 0 selects the padded layout. Writes
+/// `scores` (`[n_seqs]` f32, or 0) and `stats` (`[n_seqs, 10]` f32, or 0; the backward needs them).
+///
+/// # Safety
+/// As [`Gpu::seq_reduce_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_seq_reduce(
+    device: i32,
+    stream: u64,
+    logp: u64,
+    mask: u64,
+    weights: u64,
+    n_tokens: i64,
+    cu_seqlens: u64,
+    n_seqs: i64,
+    seq_len: i64,
+    mode: u32,
+    scores: u64,
+    stats: u64,
+    status: u64,
+) -> i32 {
+    ffi(|| {
+        let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
+        let tokens = SeqReducePtrs { logp, mask, weights, ref_logp: 0 };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.seq_reduce_raw(
+                stream,
+                &tokens,
+                size("n_tokens", n_tokens)?,
+                layout,
+                reduce_mode(mode)?,
+                scores,
+                stats,
+                status,
+            )
+        }
+    })
+}
+
+/// The backward of [`prefk_seq_reduce`]: `grad_logp[t] = dscores[s] · d score_s / d logp_t`
+/// (`[n_tokens]` f32, 0 on masked tokens), from the forward's `stats`.
+///
+/// # Safety
+/// As [`Gpu::seq_reduce_backward_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_seq_reduce_backward(
+    device: i32,
+    stream: u64,
+    logp: u64,
+    mask: u64,
+    weights: u64,
+    n_tokens: i64,
+    cu_seqlens: u64,
+    n_seqs: i64,
+    seq_len: i64,
+    mode: u32,
+    dscores: u64,
+    stats: u64,
+    grad_logp: u64,
+) -> i32 {
+    ffi(|| {
+        let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
+        let tokens = SeqReducePtrs { logp, mask, weights, ref_logp: 0 };
+        let ptrs = TokenGradPtrs { dscores, stats, grad_logp };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.seq_reduce_backward_raw(
+                stream,
+                &tokens,
+                size("n_tokens", n_tokens)?,
+                layout,
+                reduce_mode(mode)?,
+                &ptrs,
+            )
+        }
+    })
+}
+
 /// One loss term of the C ABI: `kind` uses the `PREFK_LOSS_*` codes of `kernels/params.h`;
 /// `p0`/`p1`/`flags` as there (label smoothing / epsilon / tau / alpha, gamma / lambda, hinge /
 /// barrier denominator; TAB-PO's `flags` bit 8 selects weighted-sum scores).
@@ -362,13 +459,7 @@ unsafe fn loss_config(
             3 => FDivergence::Alpha { alpha },
             d => return Err(invalid("divergence", format!("0..=3, got {d}"))),
         },
-        aggregation: match aggregation {
-            0 => ReduceMode::Sum,
-            1 => ReduceMode::Mean,
-            2 => ReduceMode::WeightedSum,
-            3 => ReduceMode::WeightedMean,
-            a => return Err(invalid("aggregation", format!("0..=3, got {a}"))),
-        },
+        aggregation: reduce_mode(aggregation)?,
         grad_scale,
     })
 }
