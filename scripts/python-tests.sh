@@ -26,7 +26,9 @@ echo "== python: pip install ./python (builds the crate's release library)"
 echo "== python: pytest (CPU tensors through the emulator; CUDA tensors when torch sees a GPU)"
 set +e
 # From the repository root, so `import pref_kernels` is the installed package with its own library.
-env -u PREF_KERNELS_LIB PREF_KERNELS_REQUIRE_TRL=1 "$venv/bin/python" -m pytest python/tests -q -rs -p no:cacheprovider
+# Nothing is downloaded: the TRL test builds its model and tokenizer from a config.
+env -u PREF_KERNELS_LIB PREF_KERNELS_REQUIRE_TRL=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 \
+  TOKENIZERS_PARALLELISM=false "$venv/bin/python" -m pytest python/tests -q -rs -p no:cacheprovider
 rc=$?
 set -e
 if [ "$rc" = 5 ]; then
