@@ -47,17 +47,9 @@ fn cpu_reference(c: &mut Criterion) {
     g.finish();
 }
 
-/// `n` pseudo-random bf16 values in `[lo, hi)` (a xorshift stream; fast enough for 600M values).
+/// `n` pseudo-random bf16 values in `[lo, hi)`.
 fn random_bf16(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<bf16> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            bf16::from_f32(lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32))
-        })
-        .collect()
+    pseudo(n, seed, lo, hi).into_iter().map(bf16::from_f32).collect()
 }
 
 fn gpu_benches(c: &mut Criterion) {
