@@ -1,0 +1,332 @@
+//! The C ABI of the fused LM head, the per-sequence reductions and the group-loss label check, on
+//! the emulator with caller-owned (registered) host memory, as the PyTorch package calls them:
+//! results equal the f64 references (and the linear step the safe API, bitwise), and hostile
+//! arguments (null, misaligned, negative or overflowing sizes, bad codes) give -1 with a message,
+//! never a panic (-2) or an access outside the caller's buffers.
+use std::ffi::CStr;
+
+use pref_kernels::ffi::{
+    prefk_group_loss_check_labels, prefk_last_error, prefk_linear_logprobs_backward,
+    prefk_linear_logprobs_forward, prefk_linear_preference_step, prefk_register_host_memory,
+    prefk_seq_reduce, prefk_unregister_host_memory, PrefkLossTerm, PREFK_DEVICE_EMULATOR,
+};
+use pref_kernels::linear_logprobs::{reference as lin_ref, LinearShape};
+use pref_kernels::pref_loss::{reference as loss_ref, LossConfig, Pairs};
+use pref_kernels::seq_reduce::{reference as reduce_ref, ReduceMode, SeqLayout, TokenInputs};
+use pref_kernels::TokenLogprobsConfig;
+
+const EMU: i32 = PREFK_DEVICE_EMULATOR;
+
+fn last() -> String {
+    // SAFETY: the library returns its thread-local NUL-terminated message.
+    unsafe { CStr::from_ptr(prefk_last_error()) }.to_string_lossy().into_owned()
+}
+
+/// Host buffers registered with the emulator for the test's duration.
+struct Registered(Vec<u64>);
+
+impl Registered {
+    fn new() -> Self {
+        Registered(Vec::new())
+    }
+    fn add<T>(&mut self, v: &mut [T], initialized: bool) -> u64 {
+        let p = v.as_mut_ptr() as u64;
+        let bytes = std::mem::size_of_val(v) as i64;
+        // SAFETY: `v` outlives the registration (dropped after `self` by declaration order).
+        assert_eq!(unsafe { prefk_register_host_memory(p, bytes, i32::from(initialized)) }, 0, "{}", last());
+        self.0.push(p);
+        p
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        for &p in &self.0 {
+            assert_eq!(prefk_unregister_host_memory(p), 0, "{}", last());
+        }
+    }
+}
+
+fn pseudo(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
+        })
+        .collect()
+}
+
+struct Problem {
+    n: usize,
+    h: usize,
+    v: usize,
+    hidden: Vec<f32>,
+    weight: Vec<f32>,
+    targets: Vec<i64>,
+}
+
+fn problem() -> Problem {
+    let (n, h, v) = (24, 12, 70);
+    let targets = (0..n).map(|i| if i % 6 < 2 { -100 } else { ((i * 37) % v) as i64 }).collect();
+    Problem { n, h, v, hidden: pseudo(n * h, 3, -2.0, 2.0), weight: pseudo(v * h, 5, -0.5, 0.5), targets }
+}
+
+#[test]
+fn linear_forward_and_backward_through_the_c_abi() {
+    let mut p = problem();
+    let (n, h, v) = (p.n, p.h, p.v);
+    let mut logp = vec![f32::NAN; n];
+    let mut lse = vec![f32::NAN; n];
+    let mut grad_logp = pseudo(n, 7, -1.0, 1.0);
+    let mut d_hidden = vec![f32::NAN; n * h];
+    let mut d_weight = vec![f32::NAN; v * h];
+    let mut reg = Registered::new();
+    let (hp, wp, tp) =
+        (reg.add(&mut p.hidden, true), reg.add(&mut p.weight, true), reg.add(&mut p.targets, true));
+    let (lp, sp) = (reg.add(&mut logp, false), reg.add(&mut lse, false));
+    let (gp, dhp, dwp) =
+        (reg.add(&mut grad_logp, true), reg.add(&mut d_hidden, false), reg.add(&mut d_weight, false));
+    let mut n_chunks = 0i64;
+    let row_bytes = ((v + h) * 4 + 48) as i64;
+    // SAFETY: registered buffers of the sizes given; n_chunks is a valid host i64.
+    let rc = unsafe {
+        prefk_linear_logprobs_forward(
+            EMU,
+            0,
+            0,
+            1,
+            hp,
+            wp,
+            0,
+            tp,
+            lp,
+            sp,
+            0,
+            n as i64,
+            h as i64,
+            v as i64,
+            -100,
+            1.0,
+            5 * row_bytes,
+            &mut n_chunks,
+        )
+    };
+    assert_eq!(rc, 0, "{}", last());
+    assert_eq!(n_chunks, 4, "16 used rows in chunks of 5");
+    let shape = LinearShape { n_rows: n, hidden: h, vocab: v };
+    let cfg = TokenLogprobsConfig::default();
+    let want = lin_ref::forward(&p.hidden, &p.weight, None, shape, &p.targets, &cfg).unwrap();
+    for r in 0..n {
+        assert!((logp[r] as f64 - want.logp[r]).abs() < 1e-5, "logp[{r}] {} vs {}", logp[r], want.logp[r]);
+    }
+    // SAFETY: as above.
+    let rc = unsafe {
+        prefk_linear_logprobs_backward(
+            EMU,
+            0,
+            0,
+            1,
+            hp,
+            wp,
+            0,
+            tp,
+            gp,
+            0,
+            dhp,
+            dwp,
+            0,
+            n as i64,
+            h as i64,
+            v as i64,
+            -100,
+            1.0,
+            3 * row_bytes,
+        )
+    };
+    assert_eq!(rc, 0, "{}", last());
+    let g = lin_ref::backward(&p.hidden, &p.weight, None, shape, &p.targets, &grad_logp, None, &cfg).unwrap();
+    for (i, (&a, &b)) in d_hidden.iter().zip(&g.d_hidden).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5, "d_hidden[{i}] {a} vs {b}");
+    }
+    for (i, (&a, &b)) in d_weight.iter().zip(&g.d_weight).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5, "d_weight[{i}] {a} vs {b}");
+    }
+}
+
+#[test]
+fn linear_step_through_the_c_abi_equals_the_references() {
+    let mut p = problem();
+    let (n, h, v) = (p.n, p.h, p.v);
+    let (n_seqs, seq_len) = (4usize, 6usize);
+    let mut ref_logp = pseudo(n, 11, -6.0, -1.0);
+    let mut logp = vec![f32::NAN; n];
+    let mut d_hidden = vec![f32::NAN; n * h];
+    let mut d_weight = vec![f32::NAN; v * h];
+    let mut metrics = [f32::NAN; 16];
+    let mut pair_out = [f32::NAN; 12];
+    let mut reg = Registered::new();
+    let (hp, wp, tp) =
+        (reg.add(&mut p.hidden, true), reg.add(&mut p.weight, true), reg.add(&mut p.targets, true));
+    let rp = reg.add(&mut ref_logp, true);
+    let (lp, dhp, dwp) =
+        (reg.add(&mut logp, false), reg.add(&mut d_hidden, false), reg.add(&mut d_weight, false));
+    let term = PrefkLossTerm { kind: 0, weight: 1.0, beta: 0.1, p0: 0.0, p1: 0.0, flags: 0 };
+    // SAFETY: registered device-side buffers; host metrics / pair_out of 16 and 2 x 6 f32.
+    let rc = unsafe {
+        prefk_linear_preference_step(
+            EMU,
+            0,
+            0,
+            1,
+            hp,
+            wp,
+            0,
+            tp,
+            0,
+            rp,
+            0,
+            std::ptr::null(),
+            n_seqs as i64,
+            seq_len as i64,
+            std::ptr::null(),
+            std::ptr::null(),
+            0,
+            &term,
+            1,
+            0,
+            0.5,
+            0,
+            lp,
+            dhp,
+            dwp,
+            0,
+            metrics.as_mut_ptr(),
+            pair_out.as_mut_ptr(),
+            n as i64,
+            h as i64,
+            v as i64,
+            -100,
+            1.0,
+            1 << 20,
+        )
+    };
+    assert_eq!(rc, 0, "{}", last());
+    let shape = LinearShape { n_rows: n, hidden: h, vocab: v };
+    let cfg = TokenLogprobsConfig::default();
+    let fwd = lin_ref::forward(&p.hidden, &p.weight, None, shape, &p.targets, &cfg).unwrap();
+    let logp32: Vec<f32> = fwd.logp.iter().map(|&x| x as f32).collect();
+    let mask: Vec<u8> = p.targets.iter().map(|&t| u8::from(t != -100)).collect();
+    let tokens = TokenInputs { logp: &logp32, mask: Some(&mask), weights: None, ref_logp: Some(&ref_logp) };
+    let seqs = SeqLayout::Padded { n_seqs, seq_len };
+    let want =
+        loss_ref::forward_backward(&tokens, &seqs, &Pairs::FirstHalfChosen, None, &LossConfig::dpo(0.1))
+            .unwrap();
+    assert!((metrics[0] as f64 - want.loss).abs() < 1e-5, "loss {} vs {}", metrics[0], want.loss);
+    for (k, (&a, &b)) in metrics.iter().zip(&want.metrics).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-4, "metric {k}: {a} vs {b}");
+    }
+    assert!(pair_out.iter().all(|x| x.is_finite()));
+    let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
+    let g = lin_ref::backward(&p.hidden, &p.weight, None, shape, &p.targets, &gl, None, &cfg).unwrap();
+    for (i, (&a, &b)) in d_weight.iter().zip(&g.d_weight).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5, "d_weight[{i}] {a} vs {b}");
+    }
+}
+
+#[test]
+fn hostile_linear_arguments_are_errors_not_panics() {
+    let mut p = problem();
+    let (n, h, v) = (p.n as i64, p.h as i64, p.v as i64);
+    let mut logp = vec![0f32; p.n];
+    let mut lse = vec![0f32; p.n];
+    let mut reg = Registered::new();
+    let (hp, wp, tp) =
+        (reg.add(&mut p.hidden, true), reg.add(&mut p.weight, true), reg.add(&mut p.targets, true));
+    let (lp, sp) = (reg.add(&mut logp, false), reg.add(&mut lse, false));
+    let call = |hidden: u64, weight: u64, n: i64, h: i64, v: i64, dtype: u32, work: i64| {
+        // SAFETY: every pointer is registered or hostile on purpose; the library checks before use
+        // and the emulator checks every access.
+        unsafe {
+            prefk_linear_logprobs_forward(
+                EMU,
+                0,
+                dtype,
+                1,
+                hidden,
+                weight,
+                0,
+                tp,
+                lp,
+                sp,
+                0,
+                n,
+                h,
+                v,
+                -100,
+                1.0,
+                work,
+                std::ptr::null_mut(),
+            )
+        }
+    };
+    type Case = (&'static str, (u64, u64, i64, i64, i64, u32, i64), &'static str);
+    let cases: [Case; 7] = [
+        ("null hidden", (0, wp, n, h, v, 0, 1 << 20), "hidden"),
+        ("misaligned weight", (hp, wp + 2, n, h, v, 0, 1 << 20), "weight"),
+        ("negative rows", (hp, wp, -1, h, v, 0, 1 << 20), "n_rows"),
+        ("overflowing size", (hp, wp, i64::MAX, 1 << 40, v, 0, 1 << 20), "overflow"),
+        ("unknown dtype", (hp, wp, n, h, v, 9, 1 << 20), "dtype"),
+        ("workspace below one row", (hp, wp, n, h, v, 0, 100), "minimum"),
+        ("vocab larger than the weight", (hp, wp, n, h, v + 1, 0, 1 << 20), "emulator"),
+    ];
+    for (what, (hid, w, n, h, v, dtype, work), needle) in cases {
+        let rc = call(hid, w, n, h, v, dtype, work);
+        assert_eq!(rc, -1, "{what}: expected an error");
+        assert!(last().contains(needle), "{what}: {}", last());
+    }
+}
+
+#[test]
+fn reductions_and_label_checks_through_the_c_abi() {
+    let cu = [0i32, 5, 5, 12, 20];
+    let mut logp = pseudo(20, 13, -4.0, 0.0);
+    let mut mask: Vec<u8> = (0..20).map(|i| u8::from(i % 4 != 0)).collect();
+    let mut cu_dev = cu.to_vec();
+    let mut scores = vec![f32::NAN; 4];
+    let mut reg = Registered::new();
+    let (lp, mp, cp) = (reg.add(&mut logp, true), reg.add(&mut mask, true), reg.add(&mut cu_dev, true));
+    let sp = reg.add(&mut scores, false);
+    for (code, mode) in [(0u32, ReduceMode::Sum), (1, ReduceMode::Mean)] {
+        // SAFETY: registered buffers of the sizes given.
+        let rc = unsafe { prefk_seq_reduce(EMU, 0, lp, mp, 0, 20, cp, 4, 0, code, sp, 0, 0) };
+        assert_eq!(rc, 0, "{}", last());
+        let tokens = TokenInputs { logp: &logp, mask: Some(&mask), weights: None, ref_logp: None };
+        let want = reduce_ref::reduce(&tokens, &SeqLayout::Packed { cu_seqlens: &cu }, mode).unwrap();
+        for (s, (&a, &b)) in scores.iter().zip(&want).enumerate() {
+            assert!((a as f64 - b).abs() < 1e-5, "{mode:?} seq {s}: {a} vs {b}");
+        }
+    }
+    // SAFETY: as above.
+    assert_eq!(unsafe { prefk_seq_reduce(EMU, 0, lp, mp, 0, 20, cp, 4, 0, 7, sp, 0, 0) }, -1);
+    assert!(last().contains("mode"), "{}", last());
+    // SAFETY: as above; weighted modes need weights.
+    assert_eq!(unsafe { prefk_seq_reduce(EMU, 0, lp, mp, 0, 20, cp, 4, 0, 2, sp, 0, 0) }, -1);
+    assert!(last().contains("weights"), "{}", last());
+
+    let roles = [1.0f32, 0.0, 2.0, 3.0];
+    // SAFETY: host labels of the length given.
+    let ok = unsafe { prefk_group_loss_check_labels(0, 0.1, 1.0, 1.0, f32::NAN, 0, 0, roles.as_ptr(), 4) };
+    assert_eq!(ok, 0, "{}", last());
+    let bad = [1.0f32, 5.0];
+    // SAFETY: as above.
+    let rc = unsafe { prefk_group_loss_check_labels(0, 0.1, 1.0, 1.0, f32::NAN, 0, 0, bad.as_ptr(), 2) };
+    assert_eq!(rc, -1);
+    let rising = [1.0f32, 2.0];
+    // SAFETY: as above; PRO rewards must be in ranking order.
+    let rc = unsafe { prefk_group_loss_check_labels(2, 0.0, 0.05, 0.0, f32::NAN, 0, 2, rising.as_ptr(), 2) };
+    assert_eq!(rc, -1);
+    assert!(last().contains("non-increasing"), "{}", last());
+}
