@@ -119,8 +119,8 @@ fn linear_forward_and_backward_through_the_c_abi() {
     let shape = LinearShape { n_rows: n, hidden: h, vocab: v };
     let cfg = TokenLogprobsConfig::default();
     let want = lin_ref::forward(&p.hidden, &p.weight, None, shape, &p.targets, &cfg).unwrap();
-    for r in 0..n {
-        assert!((logp[r] as f64 - want.logp[r]).abs() < 1e-5, "logp[{r}] {} vs {}", logp[r], want.logp[r]);
+    for (r, (&a, &b)) in logp.iter().zip(&want.logp).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5, "logp[{r}] {a} vs {b}");
     }
     // SAFETY: as above.
     let rc = unsafe {
