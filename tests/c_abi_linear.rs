@@ -193,7 +193,7 @@ fn linear_step_through_the_c_abi_equals_the_references() {
             seq_len as i64,
             std::ptr::null(),
             std::ptr::null(),
-            0,
+            2,
             &term,
             1,
             0,
@@ -229,6 +229,50 @@ fn linear_step_through_the_c_abi_equals_the_references() {
         assert!((a as f64 - b).abs() < 1e-4, "metric {k}: {a} vs {b}");
     }
     assert!(pair_out.iter().all(|x| x.is_finite()));
+    // pair_out with a wrong n_pairs is refused before anything is written (the buffer holds 2 rows).
+    let mut short = [f32::NAN; 6];
+    // SAFETY: as above; the call must fail before writing `short`.
+    let rc = unsafe {
+        prefk_linear_preference_step(
+            EMU,
+            0,
+            0,
+            1,
+            hp,
+            wp,
+            0,
+            tp,
+            0,
+            rp,
+            0,
+            std::ptr::null(),
+            n_seqs as i64,
+            seq_len as i64,
+            std::ptr::null(),
+            std::ptr::null(),
+            1,
+            &term,
+            1,
+            0,
+            0.5,
+            0,
+            lp,
+            dhp,
+            dwp,
+            0,
+            metrics.as_mut_ptr(),
+            short.as_mut_ptr(),
+            n as i64,
+            h as i64,
+            v as i64,
+            -100,
+            1.0,
+            1 << 20,
+        )
+    };
+    assert_eq!(rc, -1);
+    assert!(last().contains("n_pairs"), "{}", last());
+    assert!(short.iter().all(|x| x.is_nan()));
     let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
     let g = lin_ref::backward(&p.hidden, &p.weight, None, shape, &p.targets, &gl, None, &cfg).unwrap();
     for (i, (&a, &b)) in d_weight.iter().zip(&g.d_weight).enumerate() {

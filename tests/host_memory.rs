@@ -193,6 +193,10 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     for p in [addr(&grad_logp), addr(&grad_ent), addr(&grad)] {
         assert_eq!(prefk_unregister_host_memory(p), 0, "{}", last());
     }
+    // A range too large for the emulator's shadow state is an error, not an abort.
+    // SAFETY: refused before the range is touched.
+    assert_eq!(unsafe { prefk_register_host_memory(0x10000, 1i64 << 60, 0) }, -1);
+    assert!(last().contains("1 TiB"), "{}", last());
     // Unregistering twice, or memory never registered, is an error, not a free.
     assert_eq!(prefk_unregister_host_memory(addr(&logits)), -1);
     assert!(last().contains("did not register"), "{}", last());

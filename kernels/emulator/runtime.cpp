@@ -17,6 +17,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <exception>
 #include <map>
 #include <mutex>
 #include <string>
@@ -835,9 +836,18 @@ void* prefk_emu_alloc(size_t bytes) {
         return nullptr;
     }
     memset(raw, 0xCD, body + 2 * REDZONE);  // garbage, as fresh device memory
-    Alloc* al = new Alloc{(uintptr_t)(raw + REDZONE), bytes, raw, std::vector<uint8_t>(bytes, 0)};
-    if (bytes == 0) al->size = 0;
-    g_allocs[al->base] = al;
+    Alloc* al = nullptr;
+    try {  // no C++ exception may cross the C ABI
+        al = new Alloc{(uintptr_t)(raw + REDZONE), bytes, raw, std::vector<uint8_t>(bytes, 0)};
+        if (bytes == 0) al->size = 0;
+        g_allocs[al->base] = al;
+    } catch (const std::exception& e) {
+        delete al;
+        free(raw);
+        g_last_error = std::string("out of host memory for the shadow state of ") + std::to_string(bytes) +
+                       " bytes: " + e.what();
+        return nullptr;
+    }
     return raw + REDZONE;
 }
 
@@ -867,7 +877,16 @@ int prefk_emu_register_host(void* p, size_t bytes, int initialized) {
         g_last_error = "register_host: the range overlaps a live emulator allocation (" + describe_near(a, bytes) + ")";
         return -1;
     }
-    g_allocs[a] = new Alloc{a, bytes, nullptr, std::vector<uint8_t>(bytes, initialized ? 1 : 0)};
+    if (bytes > ((size_t)1 << 40)) {
+        g_last_error = "register_host: " + std::to_string(bytes) + " bytes exceed the emulator's 1 TiB limit";
+        return -1;
+    }
+    try {  // no C++ exception may cross the C ABI
+        g_allocs[a] = new Alloc{a, bytes, nullptr, std::vector<uint8_t>(bytes, initialized ? 1 : 0)};
+    } catch (const std::exception& e) {
+        g_last_error = std::string("register_host: out of host memory for the shadow state: ") + e.what();
+        return -1;
+    }
     return 0;
 }
 

@@ -190,6 +190,9 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
     if chosen is not None and (chosen.dim() != 1 or rejected.shape != chosen.shape):
         raise ValueError(f"pref_kernels: chosen and rejected must be equal-length vectors, got "
                          f"{list(chosen.shape)} and {list(rejected.shape)}")
+    if chosen is not None and chosen.numel() == 0:
+        # An empty index vector would read as "no pairs given" (first half chosen) at the C ABI.
+        raise ValueError("pref_kernels: chosen / rejected are empty: give at least one pair, or neither")
     n_pairs = n_seqs // 2 if chosen is None else chosen.shape[0]
     for name, x in (("mask", mask), ("weights", weights), ("ref_logp", ref_logp), ("ref_seq", ref_seq),
                     ("cu_seqlens", cu_seqlens), ("chosen", chosen), ("rejected", rejected)):
@@ -480,16 +483,18 @@ def linear_preference_step(hidden: Tensor, weight: Tensor, bias: Optional[Tensor
     _check_head(hidden, weight, bias, targets)
     n, h = hidden.shape
     v = weight.shape[0]
+    cu, ch, rj = _host_i32("cu_seqlens", cu_seqlens), _host_i32("chosen", chosen), _host_i32("rejected", rejected)
+    if cu is not None:
+        n_seqs = cu.shape[0] - 1
     for name, x, want in (("weights", weights, n), ("ref_logp", ref_logp, n), ("ref_seq", ref_seq, n_seqs)):
         _dtype(name, x, (torch.float32,))
         _vector(name, x, want)
         _contiguous(name, x)
         _same_device(name, x, hidden)
-    cu, ch, rj = _host_i32("cu_seqlens", cu_seqlens), _host_i32("chosen", chosen), _host_i32("rejected", rejected)
     if (ch is None) != (rj is None) or (ch is not None and ch.shape != rj.shape):
         raise ValueError("pref_kernels: give chosen and rejected of one length, or neither")
-    if cu is not None:
-        n_seqs = cu.shape[0] - 1
+    if ch is not None and ch.numel() == 0:
+        raise ValueError("pref_kernels: chosen / rejected are empty: give at least one pair, or neither")
     n_pairs = n_seqs // 2 if ch is None else ch.shape[0]
     if not (len(kinds) == len(term_weights) == len(betas) == len(p0) == len(p1) == len(flags)) or not kinds:
         raise ValueError("pref_kernels: kinds, term_weights, betas, p0, p1 and flags must be non-empty and equal length")
@@ -757,7 +762,13 @@ def seq_reduce_backward(logp: Tensor, mask: Optional[Tensor], weights: Optional[
     t, mask_u8 = _check_reduce(logp, mask, weights, cu_seqlens, n_seqs)
     _dtype("dscores", dscores, (torch.float32,))
     _vector("dscores", dscores, n_seqs)
-    _contiguous("dscores", dscores)
+    _dtype("stats", stats, (torch.float32,))
+    if tuple(stats.shape) != (n_seqs, SEQ_STATS_LEN):
+        raise ValueError(f"pref_kernels: stats must have shape [{n_seqs}, {SEQ_STATS_LEN}] (from seq_reduce), "
+                         f"got {list(stats.shape)}")
+    for name, x in (("dscores", dscores), ("stats", stats)):
+        _contiguous(name, x)
+        _same_device(name, x, logp)
     grad = _out(t, torch.float32, logp.device)
     if t == 0:
         return grad

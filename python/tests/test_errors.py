@@ -74,3 +74,24 @@ def test_attention_refuses_bad_shapes():
         pk.shared_prefix_attention(q, k, k[:, :, :32].contiguous(), layout)
     with pytest.raises(pk.PrefKernelsError, match="no response"):
         pk.prefix_layout([(0, [])], "cpu")
+
+
+def test_empty_pairs_and_inconsistent_layouts_are_refused():
+    logp, mask, ref = -torch.rand(12), torch.ones(12, dtype=torch.bool), -torch.rand(12)
+    empty = torch.empty(0, dtype=torch.int32)
+    with pytest.raises(ValueError, match="at least one pair"):
+        pk.preference_loss(logp, pk.loss_terms("sigmoid"), mask=mask, ref_logp=ref, n_seqs=4, seq_len=3,
+                           chosen=empty, rejected=empty)
+    hidden, weight = torch.randn(12, 8), torch.randn(20, 8)
+    targets = torch.randint(0, 20, (12,))
+    with pytest.raises(ValueError, match="at least one pair"):
+        pk.linear_preference_loss(hidden, weight, targets, pk.loss_terms("sigmoid"), ref_logp=ref, n_seqs=4,
+                                  seq_len=3, chosen=empty, rejected=empty)
+    cu = torch.tensor([0, 3, 6, 9, 12], dtype=torch.int32)
+    with pytest.raises(ValueError, match=r"ref_seq must have shape \[4\]"):
+        pk.linear_dpo_loss(hidden, weight, targets, ref_seq=-torch.rand(2), n_seqs=2, cu_seqlens=cu)
+    loss, _ = pk.linear_dpo_loss(hidden, weight, targets, ref_seq=-torch.rand(4), n_seqs=0, cu_seqlens=cu)
+    assert torch.isfinite(loss)
+    scores, stats = torch.ops.pref_kernels.seq_reduce(logp, mask, None, None, 4, 3, 0)
+    with pytest.raises(ValueError, match=r"stats must have shape \[4, 10\]"):
+        torch.ops.pref_kernels.seq_reduce_backward(logp, mask, None, None, 4, 3, 0, torch.ones(4), stats[:3])

@@ -364,7 +364,8 @@ unsafe fn host_vec<T: Copy>(arg: &'static str, p: *const T, n: usize) -> Result<
 /// explicit (`n_pairs` **host** i32 each). Token mask: `targets != ignore_index`. Writes `logp`
 /// `[n_rows]` f32, the gradients as [`prefk_linear_logprobs_backward`], the metrics (16 f32, in
 /// `METRIC_NAMES` order) into `metrics` and the per-pair values (`n_pairs` x 6 f32) into
-/// `pair_out` when non-null, both **host** memory.
+/// `pair_out` when non-null, both **host** memory; with `pair_out`, `n_pairs` must be the batch's
+/// pair count (`n_seqs / 2` when the first half is chosen), checked before anything is written.
 ///
 /// # Safety
 /// As [`prefk_linear_logprobs_forward`]; `weights`, `ref_logp` (`[n_rows]`), `ref_seq`
@@ -443,7 +444,16 @@ pub unsafe extern "C" fn prefk_linear_preference_step(
         // SAFETY: forwarded to the caller.
         let out =
             unsafe { by_types!(dtype(dtype_code)?, index_type(index_code)?, step(&g, &s, &h, &a, &cfg)) }?;
-        // SAFETY: `metrics` holds 16 host f32; `pair_out` is null or holds n_pairs x 6.
+        if !pair_out.is_null() {
+            ensure(n_pairs == out.pairs.len() as i64, "n_pairs", || {
+                format!(
+                    "pair_out holds n_pairs = {n_pairs} rows but the batch has {} pairs (first half chosen: n_seqs / 2)",
+                    out.pairs.len()
+                )
+            })?;
+        }
+        // SAFETY: `metrics` holds 16 host f32; `pair_out` is null or holds n_pairs x 6 (checked equal
+        // to the rows written).
         unsafe {
             std::ptr::copy_nonoverlapping(out.metrics.as_ptr(), metrics, METRICS_LEN);
             if !pair_out.is_null() {

@@ -594,7 +594,7 @@ pub(crate) fn zero_grads<T: LogitElement>(
 ) -> Result<LinearGradBuffers<T>> {
     let s = head.shape;
     Ok(LinearGradBuffers {
-        d_hidden: stream.alloc_zeros::<T>((s.n_rows * s.hidden).max(1))?,
+        d_hidden: stream.alloc_zeros::<T>(s.n_rows * s.hidden)?,
         d_weight: stream.alloc_zeros::<f32>(s.vocab * s.hidden)?,
         d_bias: match head.bias {
             Some(_) => Some(stream.alloc_zeros::<f32>(s.vocab)?),

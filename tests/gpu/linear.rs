@@ -217,6 +217,24 @@ fn linear_step_parity(gpu: &Gpu, seed: u64) {
     step_parity_for(gpu, seed, &LossConfig::single(pref_kernels::pref_loss::Loss::simpo()), false);
 }
 
+/// No rows at all: the forward, the backward and the step return empty outputs (d_weight zero).
+fn linear_empty_batch(gpu: &Gpu, seed: u64) {
+    let p = problem(seed, 91, 0, 8, 20);
+    let stream = gpu.default_stream();
+    let hidden = stream.alloc_zeros::<f32>(0).unwrap();
+    let weight = stream.clone_htod(&p.weight).unwrap();
+    let targets = stream.alloc_zeros::<i64>(0).unwrap();
+    let gl = stream.alloc_zeros::<f32>(0).unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
+    let cfg = LinearConfig::default();
+    let out = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
+    assert_eq!((out.logp.len(), out.n_chunks), (0, 0));
+    let g =
+        gpu.linear_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), None, &cfg).unwrap();
+    assert_eq!(g.d_hidden.len(), 0);
+    assert!(stream.clone_dtoh(&g.d_weight).unwrap().iter().all(|&x| x == 0.0));
+}
+
 fn linear_bad_input(gpu: &Gpu, seed: u64) {
     let p = problem(seed, 3, 8, 8, 20);
     let stream = gpu.default_stream();
@@ -274,5 +292,6 @@ pub fn cases() -> Vec<Case> {
         },
         Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },
         Case { name: "linear_bad_input_refused", run: Box::new(linear_bad_input) },
+        Case { name: "linear_empty_batch", run: Box::new(linear_empty_batch) },
     ]
 }
