@@ -67,6 +67,10 @@ if want bench; then
     echo '```'; } | log
 fi
 if want peers; then
+  if ls .whl/*.whl >/dev/null 2>&1; then  # peers carried as wheels (scripts/fetch-peer-wheels.sh)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   { echo; echo "## 4. Peers, same process and GPU ($(date -u +%H:%MZ))"
     PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 110 python3 bench/harness.py --out "$out"; } | log
 fi
