@@ -174,45 +174,50 @@ fn linear_step_through_the_c_abi_equals_the_references() {
     let (lp, dhp, dwp) =
         (reg.add(&mut logp, false), reg.add(&mut d_hidden, false), reg.add(&mut d_weight, false));
     let term = PrefkLossTerm { kind: 0, weight: 1.0, beta: 0.1, p0: 0.0, p1: 0.0, flags: 0 };
-    // SAFETY: registered device-side buffers; host metrics / pair_out of 16 and 2 x 6 f32.
-    let rc = unsafe {
-        prefk_linear_preference_step(
-            EMU,
-            0,
-            0,
-            1,
-            hp,
-            wp,
-            0,
-            tp,
-            0,
-            rp,
-            0,
-            std::ptr::null(),
-            n_seqs as i64,
-            seq_len as i64,
-            std::ptr::null(),
-            std::ptr::null(),
-            2,
-            &term,
-            1,
-            0,
-            0.5,
-            0,
-            lp,
-            dhp,
-            dwp,
-            0,
-            metrics.as_mut_ptr(),
-            pair_out.as_mut_ptr(),
-            n as i64,
-            h as i64,
-            v as i64,
-            -100,
-            1.0,
-            1 << 20,
-        )
+    // The DPO step on the padded batch (first half chosen) with `n_pairs` rows of `pair_out`.
+    let step = |n_pairs: i64, metrics: &mut [f32; 16], pair_out: &mut [f32]| {
+        // SAFETY: registered device-side buffers; host metrics of 16 f32 and `pair_out` of the
+        // rows the caller claims (the library must check them against the batch before writing).
+        unsafe {
+            prefk_linear_preference_step(
+                EMU,
+                0,
+                0,
+                1,
+                hp,
+                wp,
+                0,
+                tp,
+                0,
+                rp,
+                0,
+                std::ptr::null(),
+                n_seqs as i64,
+                seq_len as i64,
+                std::ptr::null(),
+                std::ptr::null(),
+                n_pairs,
+                &term,
+                1,
+                0,
+                0.5,
+                0,
+                lp,
+                dhp,
+                dwp,
+                0,
+                metrics.as_mut_ptr(),
+                pair_out.as_mut_ptr(),
+                n as i64,
+                h as i64,
+                v as i64,
+                -100,
+                1.0,
+                1 << 20,
+            )
+        }
     };
+    let rc = step(2, &mut metrics, &mut pair_out);
     assert_eq!(rc, 0, "{}", last());
     let shape = LinearShape { n_rows: n, hidden: h, vocab: v };
     let cfg = TokenLogprobsConfig::default();
@@ -231,45 +236,7 @@ fn linear_step_through_the_c_abi_equals_the_references() {
     assert!(pair_out.iter().all(|x| x.is_finite()));
     // pair_out with a wrong n_pairs is refused before anything is written (the buffer holds 2 rows).
     let mut short = [f32::NAN; 6];
-    // SAFETY: as above; the call must fail before writing `short`.
-    let rc = unsafe {
-        prefk_linear_preference_step(
-            EMU,
-            0,
-            0,
-            1,
-            hp,
-            wp,
-            0,
-            tp,
-            0,
-            rp,
-            0,
-            std::ptr::null(),
-            n_seqs as i64,
-            seq_len as i64,
-            std::ptr::null(),
-            std::ptr::null(),
-            1,
-            &term,
-            1,
-            0,
-            0.5,
-            0,
-            lp,
-            dhp,
-            dwp,
-            0,
-            metrics.as_mut_ptr(),
-            short.as_mut_ptr(),
-            n as i64,
-            h as i64,
-            v as i64,
-            -100,
-            1.0,
-            1 << 20,
-        )
-    };
+    let rc = step(1, &mut metrics, &mut short);
     assert_eq!(rc, -1);
     assert!(last().contains("n_pairs"), "{}", last());
     assert!(short.iter().all(|x| x.is_nan()));

@@ -123,18 +123,23 @@ def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_l
         n_seqs = cu_seqlens.shape[0] - 1
     if n_seqs is None:
         raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
+    loss, metrics, pairs, _grad = torch.ops.pref_kernels.preference_loss(
+        logp, mask, weights, ref_logp, ref_seq, cu_seqlens, int(n_seqs), int(seq_len), chosen, rejected,
+        *_loss_args(terms, f_divergence_type, f_alpha_divergence_coef, aggregation))
+    return (loss, metrics, pairs) if return_pairs else (loss, metrics)
+
+
+def _loss_args(terms, f_divergence_type, f_alpha_divergence_coef, aggregation):
+    """The loss configuration as the ops take it: the terms' six code lists, then the divergence
+    code, alpha (TRL's `f_alpha_divergence_coef`, HEAD convention) and the aggregation code."""
     if f_divergence_type not in _DIVERGENCE:
         raise ValueError(f"pref_kernels: f_divergence_type must be one of {', '.join(_DIVERGENCE)}")
     if aggregation not in _AGGREGATION:
         raise ValueError(f"pref_kernels: aggregation must be one of {', '.join(_AGGREGATION)}")
     terms = [terms] if isinstance(terms, LossTerm) else list(terms)
-    # TRL's alpha divergence coefficient is the crate's alpha (HEAD convention).
-    loss, metrics, pairs, _grad = torch.ops.pref_kernels.preference_loss(
-        logp, mask, weights, ref_logp, ref_seq, cu_seqlens, int(n_seqs), int(seq_len), chosen, rejected,
-        [_KIND[t.kind] for t in terms], [float(t.weight) for t in terms], [float(t.beta) for t in terms],
-        [float(t.p0) for t in terms], [float(t.p1) for t in terms], [int(t.flags) for t in terms],
-        _DIVERGENCE[f_divergence_type], float(f_alpha_divergence_coef), _AGGREGATION[aggregation])
-    return (loss, metrics, pairs) if return_pairs else (loss, metrics)
+    return ([_KIND[t.kind] for t in terms], [float(t.weight) for t in terms], [float(t.beta) for t in terms],
+            [float(t.p0) for t in terms], [float(t.p1) for t in terms], [int(t.flags) for t in terms],
+            _DIVERGENCE[f_divergence_type], float(f_alpha_divergence_coef), _AGGREGATION[aggregation])
 
 
 def metrics_dict(metrics: torch.Tensor) -> Dict[str, float]:
@@ -202,18 +207,11 @@ def linear_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: 
     the per-token log-probs [N]. The token mask is `targets != ignore_index`; layouts and pairs as
     `preference_loss` (`cu_seqlens`, `chosen`, `rejected` are read on the host)."""
     x, t, b = _flat_head(hidden, weight, targets, bias)
-    if f_divergence_type not in _DIVERGENCE:
-        raise ValueError(f"pref_kernels: f_divergence_type must be one of {', '.join(_DIVERGENCE)}")
-    if aggregation not in _AGGREGATION:
-        raise ValueError(f"pref_kernels: aggregation must be one of {', '.join(_AGGREGATION)}")
     if cu_seqlens is None and n_seqs is None:
         raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
-    terms = [terms] if isinstance(terms, LossTerm) else list(terms)
     loss, metrics, _pairs, logp, *_grads = torch.ops.pref_kernels.linear_preference_step(
         x, weight, b, t, weights, ref_logp, ref_seq, cu_seqlens, int(n_seqs or 0), int(seq_len), chosen, rejected,
-        [_KIND[k.kind] for k in terms], [float(k.weight) for k in terms], [float(k.beta) for k in terms],
-        [float(k.p0) for k in terms], [float(k.p1) for k in terms], [int(k.flags) for k in terms],
-        _DIVERGENCE[f_divergence_type], float(f_alpha_divergence_coef), _AGGREGATION[aggregation], ignore_index,
+        *_loss_args(terms, f_divergence_type, f_alpha_divergence_coef, aggregation), ignore_index,
         float(temperature), int(workspace_bytes))
     return (loss, metrics, logp) if return_logp else (loss, metrics)
 

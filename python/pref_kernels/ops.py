@@ -45,6 +45,61 @@ def _vector(name, t, n):
 _POISON = os.environ.get("PREF_KERNELS_POISON") == "1"
 
 
+_F32 = (torch.float32,)
+_MASK = (torch.uint8, torch.bool)
+
+
+def _input(name, t, dtypes, n, ref):
+    """An optional [n] input: its dtype, shape, contiguity and device."""
+    _dtype(name, t, dtypes)
+    _vector(name, t, n)
+    _contiguous(name, t)
+    _same_device(name, t, ref)
+
+
+def _token_batch(logp, cu_seqlens, n_seqs, per_token=(), per_seq=()):
+    """Checks per-token log-probs [T] (f32) with the batch tensors that come with them: `per_token`
+    (name, tensor) pairs of length T (f32; "mask" bool/uint8), `per_seq` pairs of length
+    S = `n_seqs` (f32), `cu_seqlens` [S + 1] int32. Returns T."""
+    t = logp.shape[0] if logp.dim() == 1 else -1
+    _input("logp", logp, _F32, t, logp)
+    _input("cu_seqlens", cu_seqlens, (torch.int32,), n_seqs + 1, logp)
+    for name, x in per_token:
+        _input(name, x, _MASK if name == "mask" else _F32, t, logp)
+    for name, x in per_seq:
+        _input(name, x, _F32, n_seqs, logp)
+    return t
+
+
+def _as_u8(mask):
+    """A bool mask as the kernels read it (uint8, the same bytes)."""
+    return mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+
+
+def _pair_count(chosen, rejected, n_seqs):
+    """The number of pairs: n_seqs // 2 when the first half is chosen (no index vectors), else the
+    length of the (equal-length, non-empty) index vectors."""
+    if (chosen is None) != (rejected is None):
+        raise ValueError("pref_kernels: give both chosen and rejected index vectors, or neither")
+    if chosen is None:
+        return n_seqs // 2
+    if chosen.dim() != 1 or rejected.shape != chosen.shape:
+        raise ValueError(f"pref_kernels: chosen and rejected must be equal-length vectors, got "
+                         f"{list(chosen.shape)} and {list(rejected.shape)}")
+    if chosen.numel() == 0:
+        # An empty index vector would read as "no pairs given" (first half chosen) at the C ABI.
+        raise ValueError("pref_kernels: chosen / rejected are empty: give at least one pair, or neither")
+    return chosen.shape[0]
+
+
+def _loss_terms(kinds, term_weights, betas, p0, p1, flags):
+    """The C ABI's loss-term array."""
+    if not (len(kinds) == len(term_weights) == len(betas) == len(p0) == len(p1) == len(flags)) or not kinds:
+        raise ValueError("pref_kernels: kinds, term_weights, betas, p0, p1 and flags must be non-empty and equal length")
+    return (PrefkLossTerm * len(kinds))(*[PrefkLossTerm(k, w, b, a, c, f) for k, w, b, a, c, f in
+                                          zip(kinds, term_weights, betas, p0, p1, flags)])
+
+
 def _out(shape, dtype, device):
     """An output buffer: uninitialized, or NaN-filled under PREF_KERNELS_POISON=1 (the tests), so
     that an element a kernel fails to write shows up as NaN."""
@@ -109,10 +164,7 @@ def token_logprobs_backward(logits: Tensor, targets: Tensor, lse: Tensor, entrop
     _check_logits(logits, targets)
     n, v = logits.shape
     for name, t in (("lse", lse), ("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
-        _dtype(name, t, (torch.float32,))
-        _vector(name, t, n)
-        _contiguous(name, t)
-        _same_device(name, t, logits)
+        _input(name, t, _F32, n, logits)
     if grad_entropy is not None and entropy is None:
         raise ValueError("pref_kernels: grad_entropy needs the forward's entropy (compute_entropy=True)")
     grad = _out((n, v), logits.dtype, logits.device)
@@ -171,38 +223,14 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
     in METRIC_NAMES order, per-pair values [P, 6] in PAIR_COLUMN_NAMES order, dloss/dlogp [T]).
     Padded layout (cu_seqlens None: n_seqs x seq_len) or packed (cu_seqlens [n_seqs + 1] int32);
     pairs first-half-chosen (chosen None) or explicit int32 index vectors."""
-    t = logp.shape[0] if logp.dim() == 1 else -1
-    _dtype("logp", logp, (torch.float32,))
-    _vector("logp", logp, t)
-    for name, x in (("weights", weights), ("ref_logp", ref_logp)):
-        _dtype(name, x, (torch.float32,))
-        _vector(name, x, t)
-    _dtype("mask", mask, (torch.uint8, torch.bool))
-    _vector("mask", mask, t)
-    _dtype("ref_seq", ref_seq, (torch.float32,))
-    _vector("ref_seq", ref_seq, n_seqs)
-    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
-    _vector("cu_seqlens", cu_seqlens, n_seqs + 1)
-    if (chosen is None) != (rejected is None):
-        raise ValueError("pref_kernels: give both chosen and rejected index vectors, or neither")
+    t = _token_batch(logp, cu_seqlens, n_seqs, (("mask", mask), ("weights", weights), ("ref_logp", ref_logp)),
+                     (("ref_seq", ref_seq),))
     for name, x in (("chosen", chosen), ("rejected", rejected)):
         _dtype(name, x, (torch.int32,))
-    if chosen is not None and (chosen.dim() != 1 or rejected.shape != chosen.shape):
-        raise ValueError(f"pref_kernels: chosen and rejected must be equal-length vectors, got "
-                         f"{list(chosen.shape)} and {list(rejected.shape)}")
-    if chosen is not None and chosen.numel() == 0:
-        # An empty index vector would read as "no pairs given" (first half chosen) at the C ABI.
-        raise ValueError("pref_kernels: chosen / rejected are empty: give at least one pair, or neither")
-    n_pairs = n_seqs // 2 if chosen is None else chosen.shape[0]
-    for name, x in (("mask", mask), ("weights", weights), ("ref_logp", ref_logp), ("ref_seq", ref_seq),
-                    ("cu_seqlens", cu_seqlens), ("chosen", chosen), ("rejected", rejected)):
         _contiguous(name, x)
         _same_device(name, x, logp)
-    _contiguous("logp", logp)
-    if not (len(kinds) == len(term_weights) == len(betas) == len(p0) == len(p1) == len(flags)) or not kinds:
-        raise ValueError("pref_kernels: kinds, term_weights, betas, p0, p1 and flags must be non-empty and equal length")
-    terms = (PrefkLossTerm * len(kinds))(*[PrefkLossTerm(k, w, b, a, c, f) for k, w, b, a, c, f in
-                                           zip(kinds, term_weights, betas, p0, p1, flags)])
+    n_pairs = _pair_count(chosen, rejected, n_seqs)
+    terms = _loss_terms(kinds, term_weights, betas, p0, p1, flags)
     dev = logp.device
     metrics = _out(METRICS_LEN, torch.float32, dev)
     pair_out = _out((n_pairs, PAIR_COLUMNS), torch.float32, dev)
@@ -212,7 +240,7 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
         raise ValueError(f"pref_kernels: {n_seqs} sequences / {n_pairs} pairs overflow the workspace size")
     work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
     status = _status(logp)
-    mask_u8 = mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+    mask_u8 = _as_u8(mask)
     with host_memory([logp, mask_u8, weights, ref_logp, ref_seq, cu_seqlens, chosen, rejected, status],
                      [metrics, pair_out, grad, work]):
         call("prefk_preference_loss", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights),
@@ -368,14 +396,8 @@ def _check_head(hidden, weight, bias, targets):
         raise TypeError(f"pref_kernels: hidden ({hidden.dtype}) and weight ({weight.dtype}) must share one dtype")
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"pref_kernels: weight must be [V, H] with H = {hidden.shape[1]}, got {list(weight.shape)}")
-    _dtype("bias", bias, (torch.float32,))
-    _vector("bias", bias, weight.shape[0])
-    _contiguous("bias", bias)
-    _same_device("bias", bias, hidden)
-    _dtype("targets", targets, INDEX_CODES)
-    _vector("targets", targets, hidden.shape[0])
-    _contiguous("targets", targets)
-    _same_device("targets", targets, hidden)
+    _input("bias", bias, _F32, weight.shape[0], hidden)
+    _input("targets", targets, INDEX_CODES, hidden.shape[0], hidden)
 
 
 @torch.library.custom_op("pref_kernels::linear_token_logprobs", mutates_args=())
@@ -415,10 +437,7 @@ def linear_token_logprobs_backward(hidden: Tensor, weight: Tensor, bias: Optiona
     n, h = hidden.shape
     v = weight.shape[0]
     for name, x in (("grad_logp", grad_logp), ("grad_entropy", grad_entropy)):
-        _dtype(name, x, (torch.float32,))
-        _vector(name, x, n)
-        _contiguous(name, x)
-        _same_device(name, x, hidden)
+        _input(name, x, _F32, n, hidden)
     dev = hidden.device
     d_hidden = _out((n, h), hidden.dtype, dev)
     d_weight = _out((v, h), torch.float32, dev)
@@ -487,19 +506,9 @@ def linear_preference_step(hidden: Tensor, weight: Tensor, bias: Optional[Tensor
     if cu is not None:
         n_seqs = cu.shape[0] - 1
     for name, x, want in (("weights", weights, n), ("ref_logp", ref_logp, n), ("ref_seq", ref_seq, n_seqs)):
-        _dtype(name, x, (torch.float32,))
-        _vector(name, x, want)
-        _contiguous(name, x)
-        _same_device(name, x, hidden)
-    if (ch is None) != (rj is None) or (ch is not None and ch.shape != rj.shape):
-        raise ValueError("pref_kernels: give chosen and rejected of one length, or neither")
-    if ch is not None and ch.numel() == 0:
-        raise ValueError("pref_kernels: chosen / rejected are empty: give at least one pair, or neither")
-    n_pairs = n_seqs // 2 if ch is None else ch.shape[0]
-    if not (len(kinds) == len(term_weights) == len(betas) == len(p0) == len(p1) == len(flags)) or not kinds:
-        raise ValueError("pref_kernels: kinds, term_weights, betas, p0, p1 and flags must be non-empty and equal length")
-    terms = (PrefkLossTerm * len(kinds))(*[PrefkLossTerm(k, w, b, a, c, f) for k, w, b, a, c, f in
-                                           zip(kinds, term_weights, betas, p0, p1, flags)])
+        _input(name, x, _F32, want, hidden)
+    n_pairs = _pair_count(ch, rj, n_seqs)
+    terms = _loss_terms(kinds, term_weights, betas, p0, p1, flags)
     dev = hidden.device
     logp = _out(n, torch.float32, dev)
     d_hidden = _out((n, h), hidden.dtype, dev)
@@ -569,25 +578,9 @@ def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tenso
               tau_neg: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The GRPO-family loss on per-token log-probs [T] (f32): (loss [], metrics [8] in
     GRPO_METRIC_NAMES order, dloss/dlogp [T], dloss/dentropy [T] or empty without `entropy`)."""
-    t = logp.shape[0] if logp.dim() == 1 else -1
-    _dtype("logp", logp, (torch.float32,))
-    _vector("logp", logp, t)
-    for name, x in (("old_logp", old_logp), ("ref_logp", ref_logp), ("is_weights", is_weights),
-                    ("entropy", entropy)):
-        _dtype(name, x, (torch.float32,))
-        _vector(name, x, t)
-    _dtype("mask", mask, (torch.uint8, torch.bool))
-    _vector("mask", mask, t)
-    if cu_seqlens is not None:
-        n_seqs = cu_seqlens.shape[0] - 1
-    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
-    _dtype("advantages", advantages, (torch.float32,))
-    _vector("advantages", advantages, n_seqs)
-    for name, x in (("logp", logp), ("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask),
-                    ("is_weights", is_weights), ("entropy", entropy), ("advantages", advantages),
-                    ("cu_seqlens", cu_seqlens)):
-        _contiguous(name, x)
-        _same_device(name, x, logp)
+    t = _token_batch(logp, cu_seqlens, n_seqs,
+                     (("old_logp", old_logp), ("ref_logp", ref_logp), ("is_weights", is_weights),
+                      ("entropy", entropy), ("mask", mask)), (("advantages", advantages),))
     cfg = _lib.PrefkGrpoConfig(loss_type, importance, epsilon_low, epsilon_high, delta, beta, int(bias_corrected_kl),
                                entropy_coef, top_entropy_quantile, 1.0, agg_param, tau_pos, tau_neg)
     dev = logp.device
@@ -599,7 +592,7 @@ def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tenso
         raise ValueError(f"pref_kernels: {n_seqs} sequences overflow the workspace size")
     work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
     status = _status(logp)
-    mask_u8 = mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+    mask_u8 = _as_u8(mask)
     with host_memory([logp, old_logp, ref_logp, mask_u8, is_weights, entropy, advantages, cu_seqlens, status],
                      [metrics, grad, grad_entropy, work]):
         call("prefk_grpo_loss", device_code(logp), stream_of(logp), ctypes.byref(cfg), ptr(logp), ptr(old_logp),
@@ -645,23 +638,8 @@ def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor],
                p0: float, p1: float, kl_given: float, flags: int, list_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """A group / listwise loss on per-token log-probs [T] (f32), one f32 label per sequence (KTO
     roles, LiPO relevance, PRO rewards): (loss [], metrics [12], per-sequence values [S], dloss/dlogp [T])."""
-    t = logp.shape[0] if logp.dim() == 1 else -1
-    _dtype("logp", logp, (torch.float32,))
-    _vector("logp", logp, t)
-    _dtype("ref_logp", ref_logp, (torch.float32,))
-    _vector("ref_logp", ref_logp, t)
-    _dtype("mask", mask, (torch.uint8, torch.bool))
-    _vector("mask", mask, t)
-    if cu_seqlens is not None:
-        n_seqs = cu_seqlens.shape[0] - 1
-    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
-    for name, x in (("labels", labels), ("ref_seq", ref_seq)):
-        _dtype(name, x, (torch.float32,))
-        _vector(name, x, n_seqs)
-    for name, x in (("logp", logp), ("mask", mask), ("ref_logp", ref_logp), ("ref_seq", ref_seq), ("labels", labels),
-                    ("cu_seqlens", cu_seqlens)):
-        _contiguous(name, x)
-        _same_device(name, x, logp)
+    t = _token_batch(logp, cu_seqlens, n_seqs, (("mask", mask), ("ref_logp", ref_logp)),
+                     (("labels", labels), ("ref_seq", ref_seq)))
     dev = logp.device
     if dev.type == "cpu" or os.environ.get("PREF_KERNELS_CHECK") == "1":
         # The labels are checked on the host (on CUDA that would synchronize: PREF_KERNELS_CHECK=1).
@@ -676,7 +654,7 @@ def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor],
         raise ValueError(f"pref_kernels: {n_seqs} sequences overflow the workspace size")
     work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
     status = _status(logp)
-    mask_u8 = mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask
+    mask_u8 = _as_u8(mask)
     with host_memory([logp, mask_u8, ref_logp, ref_seq, labels, cu_seqlens, status], [metrics, seq_out, grad, work]):
         call("prefk_group_loss", device_code(logp), stream_of(logp), kind, beta, p0, p1, kl_given, flags, list_size,
              ptr(logp), ptr(mask_u8), ptr(ref_logp), ptr(ref_seq), ptr(labels), t, ptr(cu_seqlens), n_seqs, seq_len,
@@ -688,8 +666,6 @@ def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor],
 @group_loss.register_fake
 def _(logp, mask, ref_logp, ref_seq, labels, cu_seqlens, n_seqs, seq_len, kind, beta, p0, p1, kl_given, flags,
       list_size):
-    if cu_seqlens is not None:
-        n_seqs = cu_seqlens.shape[0] - 1
     return (logp.new_empty(()), logp.new_empty(GROUP_METRICS_LEN), logp.new_empty(n_seqs), torch.empty_like(logp))
 
 
@@ -714,19 +690,7 @@ SEQ_STATS_LEN = 10
 
 
 def _check_reduce(logp, mask, weights, cu_seqlens, n_seqs):
-    t = logp.shape[0] if logp.dim() == 1 else -1
-    _dtype("logp", logp, (torch.float32,))
-    _vector("logp", logp, t)
-    _dtype("weights", weights, (torch.float32,))
-    _vector("weights", weights, t)
-    _dtype("mask", mask, (torch.uint8, torch.bool))
-    _vector("mask", mask, t)
-    _dtype("cu_seqlens", cu_seqlens, (torch.int32,))
-    _vector("cu_seqlens", cu_seqlens, n_seqs + 1)
-    for name, x in (("logp", logp), ("mask", mask), ("weights", weights), ("cu_seqlens", cu_seqlens)):
-        _contiguous(name, x)
-        _same_device(name, x, logp)
-    return t, (mask.view(torch.uint8) if mask is not None and mask.dtype == torch.bool else mask)
+    return _token_batch(logp, cu_seqlens, n_seqs, (("mask", mask), ("weights", weights))), _as_u8(mask)
 
 
 @torch.library.custom_op("pref_kernels::seq_reduce", mutates_args=())

@@ -786,9 +786,10 @@ impl Gpu {
         if let Some(g) = grad_entropy {
             ensure_len("grad_entropy", g.len(), s.n_rows)?;
         }
-        grads.prepare(stream, head, zeroed)?;
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
+        // Checked and planned: only now touch the caller's outputs.
+        grads.prepare(stream, head, zeroed)?;
         let on_device = PlanOnDevice::upload(stream, &plan)?;
         let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
         let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
