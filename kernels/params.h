@@ -354,4 +354,62 @@ static_assert(sizeof(LinearRowsParams) == 72, "LinearRowsParams layout changed: 
 static_assert(sizeof(LinearBiasParams) == 32, "LinearBiasParams layout changed: update src/params.rs");
 #endif
 
+// ---- vocabulary-parallel log-probs (a tensor-parallel LM head: each rank holds a vocabulary shard) --
+#define PREFK_STATUS_BAD_SHARDS 16u     // a used row's target held by no shard, or by several
+
+// Per row and shard, PREFK_VP_STATS f32 partial statistics over the shard's columns, in natural
+// units (y = x / T): the finalize combines the shards' rows, in shard order, into logp, lse, H.
+#define PREFK_VP_STATS 5
+#define PREFK_VP_MAX 0              // m = max_v y_v over the shard (-FLT_MAX ln2 when every y is -inf)
+#define PREFK_VP_SUMEXP 1           // s = sum_v exp(y_v - m)
+#define PREFK_VP_ENTROPY 2          // e = sum_v exp(y_v - m) (y_v - m); 0 when entropy is not computed
+#define PREFK_VP_TARGET 3           // y_t when the shard holds the target t, else 0
+#define PREFK_VP_OWNER 4            // 1 when the shard holds the target, else 0
+
+// Partial statistics of one shard: columns [vocab_start, vocab_start + shard_vocab) of a
+// vocabulary of `vocab` entries. Ignored rows get zeros; rows whose target is outside [0, vocab)
+// get NaN (and PREFK_STATUS_BAD_TARGET).
+typedef struct VocabShardFwdParams {
+    uint64_t logits;        // [n_rows, row_stride] the shard's logits, f32/f16/bf16
+    uint64_t targets;       // [n_rows] i32 or i64, ids in the whole vocabulary
+    uint64_t partials;      // out [n_rows, PREFK_VP_STATS] f32
+    uint64_t status;        // u32 status word, or 0
+    int64_t n_rows;
+    int64_t row_stride;     // in elements, >= shard_vocab
+    int64_t shard_vocab;    // columns of this shard (>= 1)
+    int64_t vocab_start;    // the shard's first column in the whole vocabulary
+    int64_t vocab;          // the whole vocabulary
+    int64_t ignore_index;
+    float inv_temperature;
+    uint32_t reserved;
+} VocabShardFwdParams;
+
+// The shards' partials (gathered in shard order) to logp, lse and entropy, identical on every rank.
+typedef struct VocabFinalizeParams {
+    uint64_t partials;      // [n_shards, n_rows, PREFK_VP_STATS] f32, shard-major (an all-gather's output)
+    uint64_t targets;       // [n_rows] i32 or i64
+    uint64_t logp;          // out [n_rows] f32 (0 on ignored rows, NaN on bad ones)
+    uint64_t lse;           // out [n_rows] f32
+    uint64_t entropy;       // out [n_rows] f32, or 0 (not computed)
+    uint64_t status;        // u32 status word, or 0
+    int64_t n_rows;
+    int64_t n_shards;
+    int64_t vocab;
+    int64_t ignore_index;
+} VocabFinalizeParams;
+
+// Backward of one shard from the global lse (and entropy): the token log-probs backward over the
+// shard's columns (rows.vocab = its size), whose targets are ids in the whole vocabulary.
+typedef struct VocabShardBwdParams {
+    TokenLogprobsBwdParams rows;
+    int64_t vocab_start;
+    int64_t vocab;
+} VocabShardBwdParams;
+
+#ifdef __cplusplus
+static_assert(sizeof(VocabShardFwdParams) == 88, "VocabShardFwdParams layout changed: update src/params.rs");
+static_assert(sizeof(VocabFinalizeParams) == 80, "VocabFinalizeParams layout changed: update src/params.rs");
+static_assert(sizeof(VocabShardBwdParams) == 128, "VocabShardBwdParams layout changed: update src/params.rs");
+#endif
+
 #endif  // PREF_KERNELS_PARAMS_H

@@ -76,6 +76,9 @@ pub enum Error {
     /// A cuBLAS call failed.
     #[error("cuBLAS: {0}")]
     Cublas(String),
+    /// A collective (NCCL, feature `nccl`) failed or could not be loaded.
+    #[error("collective: {0}")]
+    Collective(String),
     /// Any CUDA driver error.
     #[error(transparent)]
     Driver(#[from] cudarc::driver::DriverError),

@@ -11,6 +11,7 @@ pub const MODULES: &[(&str, Option<&[u8]>)] = &[
     ("grpo", GRPO),
     ("group_loss", GROUP_LOSS),
     ("linear_logprobs", LINEAR_LOGPROBS),
+    ("vocab_parallel", VOCAB_PARALLEL),
 ];
 
 /// True when the kernels were compiled into this build.

@@ -30,6 +30,7 @@ pub mod runtime;
 pub mod seq_reduce;
 pub mod step;
 pub mod token_logprobs;
+pub mod vocab_parallel;
 
 pub use dtype::{DType, IndexType, LogitElement, TargetIndex};
 pub use error::{Error, Result};

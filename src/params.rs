@@ -330,6 +330,78 @@ const _: () = {
 unsafe impl cudarc::driver::DeviceRepr for LinearRowsParams {}
 unsafe impl cudarc::driver::DeviceRepr for LinearBiasParams {}
 
+/// Status bit: a used row's target is held by no vocabulary shard, or by several (the shards do
+/// not tile the vocabulary).
+pub const STATUS_BAD_SHARDS: u32 = 16;
+/// f32 partial statistics per row and vocabulary shard (`PREFK_VP_STATS`).
+pub const VP_STATS: usize = 5;
+/// Index of the shard's max of `x / T` in a partial row.
+pub const VP_MAX: usize = 0;
+/// Index of `Σ exp(x/T - max)`.
+pub const VP_SUMEXP: usize = 1;
+/// Index of `Σ exp(x/T - max)·(x/T - max)` (0 without entropy).
+pub const VP_ENTROPY: usize = 2;
+/// Index of the target's `x_t / T` (0 when the shard does not hold the target).
+pub const VP_TARGET: usize = 3;
+/// Index of the owner flag (1 when the shard holds the target, else 0).
+pub const VP_OWNER: usize = 4;
+
+/// Mirror of `VocabShardFwdParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VocabShardFwdParams {
+    pub logits: u64,
+    pub targets: u64,
+    pub partials: u64,
+    pub status: u64,
+    pub n_rows: i64,
+    pub row_stride: i64,
+    pub shard_vocab: i64,
+    pub vocab_start: i64,
+    pub vocab: i64,
+    pub ignore_index: i64,
+    pub inv_temperature: f32,
+    pub reserved: u32,
+}
+
+/// Mirror of `VocabFinalizeParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VocabFinalizeParams {
+    pub partials: u64,
+    pub targets: u64,
+    pub logp: u64,
+    pub lse: u64,
+    pub entropy: u64,
+    pub status: u64,
+    pub n_rows: i64,
+    pub n_shards: i64,
+    pub vocab: i64,
+    pub ignore_index: i64,
+}
+
+/// Mirror of `VocabShardBwdParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct VocabShardBwdParams {
+    pub rows: TokenLogprobsBwdParams,
+    pub vocab_start: i64,
+    pub vocab: i64,
+}
+
+const _: () = {
+    assert!(size_of::<VocabShardFwdParams>() == 88);
+    assert!(offset_of!(VocabShardFwdParams, inv_temperature) == 80);
+    assert!(size_of::<VocabFinalizeParams>() == 80);
+    assert!(size_of::<VocabShardBwdParams>() == 128);
+    assert!(offset_of!(VocabShardBwdParams, vocab_start) == 112);
+};
+
+// SAFETY: plain-old-data #[repr(C)] structs, layout-checked above against kernels/params.h.
+unsafe impl cudarc::driver::DeviceRepr for VocabShardFwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for VocabFinalizeParams {}
+unsafe impl cudarc::driver::DeviceRepr for VocabShardBwdParams {}
+
 /// bindgen's output for `kernels/params.h` (feature `regen-bindings`, needs libclang).
 #[cfg(feature = "regen-bindings")]
 #[allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, missing_docs, clippy::all)]

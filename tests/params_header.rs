@@ -17,6 +17,8 @@ macro_rules! fields {
 /// Parses every `typedef struct Name { ... } Name;` of the header into (size, [(field, offset)]).
 fn parse_header(src: &str) -> HashMap<String, (usize, Vec<(String, usize)>)> {
     let mut out: HashMap<String, (usize, Vec<(String, usize)>)> = HashMap::new();
+    // A nested struct is aligned as its most aligned field.
+    let mut aligns: HashMap<String, usize> = HashMap::new();
     let mut lines = src.lines();
     let defines: HashMap<String, usize> = src
         .lines()
@@ -51,17 +53,15 @@ fn parse_header(src: &str) -> HashMap<String, (usize, Vec<(String, usize)>)> {
             let (size, align) = match ty.trim() {
                 "uint64_t" | "int64_t" => (8, 8),
                 "float" | "uint32_t" | "int32_t" => (4, 4),
-                other => {
-                    let (s, _) = &out[other];
-                    (*s, 4)
-                }
+                other => (out[other].0, aligns[other]),
             };
             offset = offset.div_ceil(align) * align;
             fields.push((field, offset));
             offset += size * count;
             align_max = align_max.max(align);
         }
-        out.insert(name, (offset.div_ceil(align_max) * align_max, fields));
+        out.insert(name.clone(), (offset.div_ceil(align_max) * align_max, fields));
+        aligns.insert(name, align_max);
     }
     out
 }
@@ -108,6 +108,15 @@ fn rust_mirrors_match_the_header_field_by_field() {
             fields!(LinearRowsParams: src, dst, index, status, n_rows, width, src_stride, dst_stride, bound),
         ),
         ("LinearBiasParams", fields!(LinearBiasParams: bias, logits, n_rows, vocab)),
+        (
+            "VocabShardFwdParams",
+            fields!(VocabShardFwdParams: logits, targets, partials, status, n_rows, row_stride, shard_vocab, vocab_start, vocab, ignore_index, inv_temperature, reserved),
+        ),
+        (
+            "VocabFinalizeParams",
+            fields!(VocabFinalizeParams: partials, targets, logp, lse, entropy, status, n_rows, n_shards, vocab, ignore_index),
+        ),
+        ("VocabShardBwdParams", fields!(VocabShardBwdParams: rows, vocab_start, vocab)),
     ];
     assert_eq!(header.len(), rust.len(), "structs in params.h: {:?}", header.keys().collect::<Vec<_>>());
     for (name, (size, fields)) in rust {
@@ -125,6 +134,13 @@ fn status_bits_and_constants_match_the_header() {
         ("PREFK_STATUS_BAD_SEQLENS", STATUS_BAD_SEQLENS as usize),
         ("PREFK_STATUS_BAD_PAIR", STATUS_BAD_PAIR as usize),
         ("PREFK_STATUS_BAD_ROW_INDEX", pref_kernels::params::STATUS_BAD_ROW_INDEX as usize),
+        ("PREFK_STATUS_BAD_SHARDS", STATUS_BAD_SHARDS as usize),
+        ("PREFK_VP_STATS", VP_STATS),
+        ("PREFK_VP_MAX", VP_MAX),
+        ("PREFK_VP_SUMEXP", VP_SUMEXP),
+        ("PREFK_VP_ENTROPY", VP_ENTROPY),
+        ("PREFK_VP_TARGET", VP_TARGET),
+        ("PREFK_VP_OWNER", VP_OWNER),
         ("PREFK_MAX_LOSS_TERMS", MAX_LOSS_TERMS),
         ("PREFK_SEQ_STATS", pref_kernels::seq_reduce::SEQ_STATS_LEN),
         ("PREFK_PAIR_COLUMNS", pref_kernels::pref_loss::PAIR_COLUMNS),
@@ -168,5 +184,8 @@ fn bindgen_output_matches_the_committed_structs() {
     same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);
     same!(LinearRowsParams: src, dst, index, status, n_rows, width, src_stride, dst_stride, bound);
     same!(LinearBiasParams: bias, logits, n_rows, vocab);
+    same!(VocabShardFwdParams: logits, targets, partials, status, n_rows, row_stride, shard_vocab, vocab_start, vocab, ignore_index, inv_temperature, reserved);
+    same!(VocabFinalizeParams: partials, targets, logp, lse, entropy, status, n_rows, n_shards, vocab, ignore_index);
+    same!(VocabShardBwdParams: rows, vocab_start, vocab);
     assert_eq!(g::PREFK_STATUS_BAD_PAIR, STATUS_BAD_PAIR);
 }

@@ -6,7 +6,7 @@ use super::plan::{rows_for_budget, token_chunks, RowPlan};
 use super::LinearShape;
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, Result};
-use crate::params::{LinearBiasParams, LinearRowsParams};
+use crate::params::{LinearBiasParams, LinearRowsParams, VP_STATS};
 use crate::runtime::gemm::Gemm;
 use crate::runtime::mem::{
     optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
@@ -175,7 +175,8 @@ pub(crate) struct GradPtrs {
 }
 
 /// The chunk workspace, carved out of one allocation: logits `[max_rows, V]` and hidden rows
-/// `[max_rows, H]` in the compute dtype, then `[max_rows]` f32 per-row scratch.
+/// `[max_rows, H]` in the compute dtype, then `[max_rows]` f32 per-row scratch and
+/// `[max_rows, VP_STATS]` f32 shard partials.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkWork {
     pub(crate) logits: u64,
@@ -187,6 +188,8 @@ pub(crate) struct ChunkWork {
     pub(crate) grad_entropy: u64,
     pub(crate) weights: u64,
     pub(crate) ref_logp: u64,
+    /// `[max_rows, VP_STATS]` f32: a vocabulary shard's partial statistics.
+    pub(crate) partials: u64,
 }
 
 const ALIGN: usize = 256;
@@ -199,7 +202,10 @@ impl ChunkWork {
     /// Bytes of the workspace for chunks of `max_rows` rows.
     pub(crate) fn bytes(shape: &LinearShape, dtype: DType, max_rows: usize) -> usize {
         let m = max_rows.max(1);
-        align(m * shape.vocab * dtype.size()) + align(m * shape.hidden * dtype.size()) + 7 * align(m * 4)
+        align(m * shape.vocab * dtype.size())
+            + align(m * shape.hidden * dtype.size())
+            + 7 * align(m * 4)
+            + align(m * VP_STATS * 4)
     }
 
     pub(crate) fn carve(base: u64, shape: &LinearShape, dtype: DType, max_rows: usize) -> Self {
@@ -220,6 +226,7 @@ impl ChunkWork {
             grad_entropy: take(m * 4),
             weights: take(m * 4),
             ref_logp: take(m * 4),
+            partials: take(m * VP_STATS * 4),
         }
     }
 }
@@ -438,6 +445,27 @@ impl Gpu {
         status: u64,
     ) -> Result<()> {
         let mv = RowMove { scatter: false, elem_bytes: 4, src, dst, index, n_rows: m, width: 1, bound };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.move_rows(stream, &mv, status) }
+    }
+
+    /// Scatters `m` rows of `width` f32 (`dst[index[r]] = src[r]`, `dst` of `bound` rows).
+    ///
+    /// # Safety
+    /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn scatter_rows_f32(
+        &self,
+        stream: u64,
+        src: u64,
+        dst: u64,
+        index: u64,
+        m: usize,
+        width: usize,
+        bound: usize,
+        status: u64,
+    ) -> Result<()> {
+        let mv = RowMove { scatter: true, elem_bytes: 4, src, dst, index, n_rows: m, width, bound };
         // SAFETY: forwarded to the caller.
         unsafe { self.move_rows(stream, &mv, status) }
     }

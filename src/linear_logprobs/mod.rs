@@ -17,6 +17,7 @@ use crate::error::{ensure, Result};
 pub(crate) mod launch;
 pub(crate) mod plan;
 pub mod reference;
+mod shard;
 
 pub use launch::{
     LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers, LinearGradViews, LinearHead,

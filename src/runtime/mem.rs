@@ -407,6 +407,11 @@ impl<'a, T> ViewMut<'a, T> {
         ViewMut { ptr, len, backend, _m: PhantomData }
     }
 
+    /// A shorter writable reborrow of the same memory (to pass it on and use it again after).
+    pub fn reborrow(&mut self) -> ViewMut<'_, T> {
+        ViewMut { ptr: self.ptr, len: self.len, backend: self.backend, _m: PhantomData }
+    }
+
     /// Number of elements.
     pub fn len(&self) -> usize {
         self.len

@@ -33,6 +33,8 @@ pub(crate) const GRPO_THREADS: u32 = 256;
 /// Block size of the group/listwise loss kernel (`GROUP_THREADS` in `kernels/group_loss.cu`).
 pub(crate) const GROUP_THREADS: u32 = 256;
 pub(crate) const ATTN_PRE_THREADS: u32 = 256;
+/// Block size of the vocabulary-parallel finalize (`FINALIZE_THREADS` in `kernels/vocab_parallel.cu`).
+pub(crate) const VOCAB_FINALIZE_THREADS: u32 = 256;
 /// Block size of the fused LM head's row-movement and bias kernels (`ROWS_THREADS`).
 pub(crate) const LINEAR_ROWS_THREADS: u32 = 256;
 const ATTN_BR: u32 = 64;
@@ -48,6 +50,24 @@ pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, entropy: bool, row
 pub(crate) fn token_logprobs_bwd(dtype: DType, it: IndexType, entropy: bool, row_threads: u32) -> String {
     let e = if entropy { "_entropy" } else { "" };
     format!("token_logprobs_bwd{e}_{}_{}_w{row_threads}", dtype.name(), it.name())
+}
+
+/// Name of a vocabulary-shard entry point: the partial statistics (`backward` false) or the
+/// shard's backward.
+pub(crate) fn vocab_shard(
+    backward: bool,
+    dtype: DType,
+    it: IndexType,
+    entropy: bool,
+    row_threads: u32,
+) -> String {
+    let (k, e) = (if backward { "bwd" } else { "partials" }, if entropy { "_entropy" } else { "" });
+    format!("vocab_shard_{k}{e}_{}_{}_w{row_threads}", dtype.name(), it.name())
+}
+
+/// Name of the vocabulary-parallel finalize kernel.
+pub(crate) fn vocab_finalize(it: IndexType) -> String {
+    format!("vocab_parallel_finalize_{}", it.name())
 }
 
 /// Name of the LM-head bias kernel: the broadcast into logits rows, or (`grad`) the column sum.
@@ -99,8 +119,14 @@ fn build() -> Vec<KernelSpec> {
                 add(token_logprobs_fwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
                 add(token_logprobs_bwd(d, i, false, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
                 add(token_logprobs_bwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                for (bwd, ent) in [(false, false), (false, true), (true, false), (true, true)] {
+                    add(vocab_shard(bwd, d, i, ent, rt), "vocab_parallel", TOKEN_LOGPROBS_THREADS, 0);
+                }
             }
         }
+    }
+    for i in [IndexType::I32, IndexType::I64] {
+        add(vocab_finalize(i), "vocab_parallel", VOCAB_FINALIZE_THREADS, 0);
     }
     add("seq_stats".into(), "seq_reduce", SEQ_THREADS, 0);
     add("token_grad".into(), "seq_reduce", SEQ_THREADS, 0);
@@ -159,7 +185,7 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        assert_eq!(all.len(), 48 + 2 + 1 + 16 + 4 + 1 + 5 + 6);
+        assert_eq!(all.len(), 48 + 48 + 2 + 2 + 1 + 16 + 4 + 1 + 5 + 6);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }

@@ -3,7 +3,9 @@
 //! the bits into errors here, for every op.
 use super::mem::{DeviceBuffer, DevicePtrMut as _, Guard, Stream};
 use crate::error::{Error, Result};
-use crate::params::{STATUS_BAD_PAIR, STATUS_BAD_ROW_INDEX, STATUS_BAD_SEQLENS, STATUS_BAD_TARGET};
+use crate::params::{
+    STATUS_BAD_PAIR, STATUS_BAD_ROW_INDEX, STATUS_BAD_SEQLENS, STATUS_BAD_SHARDS, STATUS_BAD_TARGET,
+};
 
 /// An optional zeroed u32 on the device that kernels OR status bits into.
 pub(crate) struct StatusWord(Option<DeviceBuffer<u32>>);
@@ -55,6 +57,13 @@ pub(crate) fn check_status(bits: u32) -> Result<()> {
     if bits & STATUS_BAD_ROW_INDEX != 0 {
         return Err(Error::DeviceCheck(
             "a row index of the fused LM head's gather/scatter is outside its array; those rows were not moved"
+                .into(),
+        ));
+    }
+    if bits & STATUS_BAD_SHARDS != 0 {
+        return Err(Error::DeviceCheck(
+            "vocabulary shards do not tile the vocabulary: a target was held by no shard or by several \
+             (check each rank's vocab_start and size, and the gather's rank order); those rows were written as NaN"
                 .into(),
         ));
     }

@@ -13,7 +13,7 @@ use crate::runtime::Gpu;
 
 /// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
 /// Depends on V only, so a row's result never depends on N.
-fn row_threads(vocab: usize) -> u32 {
+pub(crate) fn row_threads(vocab: usize) -> u32 {
     if vocab <= 1024 {
         32
     } else {
@@ -136,6 +136,80 @@ fn validate_forward_ptrs(
     Ok(())
 }
 
+/// Argument checks of the raw backward (everything but the pointers' validity): the layouts, the
+/// pointers' presence and alignment, the entropy pair, and gradient/logits ranges that overlap
+/// without being exactly in place.
+pub(crate) fn validate_backward_ptrs(
+    dtype: DType,
+    index_type: IndexType,
+    layout: LogitsLayout,
+    grad_stride: usize,
+    ptrs: &TokenLogprobsBwdPtrs,
+    cfg: &TokenLogprobsConfig,
+) -> Result<()> {
+    validate(&layout, cfg, layout.span()?, layout.n_rows)?;
+    let grad_layout = LogitsLayout { row_stride: grad_stride, ..layout };
+    grad_layout.validate().map_err(|_| {
+        crate::error::invalid(
+            "grad_stride",
+            format!("must be >= vocab ({}), got {grad_stride}", layout.vocab),
+        )
+    })?;
+    check_ptr("logits", ptrs.logits, dtype.size(), true)?;
+    check_ptr("targets", ptrs.targets, index_type.size(), true)?;
+    check_ptr("lse", ptrs.lse, 4, true)?;
+    check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
+    check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
+    check_ptr("status", ptrs.status, 4, false)?;
+    check_ptr("entropy", ptrs.entropy, 4, false)?;
+    check_ptr("grad_entropy", ptrs.grad_entropy, 4, false)?;
+    ensure((ptrs.entropy == 0) == (ptrs.grad_entropy == 0), "grad_entropy", || {
+        "the entropy gradient needs both the forward's entropy and grad_entropy (or neither)".into()
+    })?;
+    let es = dtype.size() as u64;
+    let in_bytes = layout.span()? as u64 * es;
+    let out_bytes = grad_layout.span()? as u64 * es;
+    if ptrs.grad_logits == ptrs.logits {
+        ensure(grad_stride == layout.row_stride, "grad_stride", || {
+            format!(
+                "in-place backward needs grad_stride == row_stride ({}), got {grad_stride}",
+                layout.row_stride
+            )
+        })?;
+    } else {
+        ensure(!ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes), "grad_logits", || {
+            "overlaps logits without being exactly in place".into()
+        })?;
+    }
+    Ok(())
+}
+
+/// The backward kernel's parameters for checked arguments.
+pub(crate) fn backward_params(
+    layout: LogitsLayout,
+    grad_stride: usize,
+    ptrs: &TokenLogprobsBwdPtrs,
+    cfg: &TokenLogprobsConfig,
+) -> TokenLogprobsBwdParams {
+    TokenLogprobsBwdParams {
+        logits: ptrs.logits,
+        targets: ptrs.targets,
+        lse: ptrs.lse,
+        grad_logp: ptrs.grad_logp,
+        grad_logits: ptrs.grad_logits,
+        status: ptrs.status,
+        n_rows: layout.n_rows as i64,
+        logits_stride: layout.row_stride as i64,
+        grad_stride: grad_stride as i64,
+        vocab: layout.vocab as i64,
+        ignore_index: cfg.ignore_index,
+        inv_temperature: 1.0 / cfg.temperature,
+        reserved: 0,
+        entropy: ptrs.entropy,
+        grad_entropy: ptrs.grad_entropy,
+    }
+}
+
 impl Gpu {
     /// Forward on raw device pointers. Launches one kernel on `stream`; never synchronizes.
     ///
@@ -209,62 +283,11 @@ impl Gpu {
         ptrs: &TokenLogprobsBwdPtrs,
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
-        validate(&layout, cfg, layout.span()?, layout.n_rows)?;
-        let grad_layout = LogitsLayout { row_stride: grad_stride, ..layout };
-        grad_layout.validate().map_err(|_| {
-            crate::error::invalid(
-                "grad_stride",
-                format!("must be >= vocab ({}), got {grad_stride}", layout.vocab),
-            )
-        })?;
-        check_ptr("logits", ptrs.logits, dtype.size(), true)?;
-        check_ptr("targets", ptrs.targets, index_type.size(), true)?;
-        check_ptr("lse", ptrs.lse, 4, true)?;
-        check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
-        check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
-        check_ptr("status", ptrs.status, 4, false)?;
-        check_ptr("entropy", ptrs.entropy, 4, false)?;
-        check_ptr("grad_entropy", ptrs.grad_entropy, 4, false)?;
-        ensure((ptrs.entropy == 0) == (ptrs.grad_entropy == 0), "grad_entropy", || {
-            "the entropy gradient needs both the forward's entropy and grad_entropy (or neither)".into()
-        })?;
-        let es = dtype.size() as u64;
-        let in_bytes = layout.span()? as u64 * es;
-        let out_bytes = grad_layout.span()? as u64 * es;
-        if ptrs.grad_logits == ptrs.logits {
-            ensure(grad_stride == layout.row_stride, "grad_stride", || {
-                format!(
-                    "in-place backward needs grad_stride == row_stride ({}), got {grad_stride}",
-                    layout.row_stride
-                )
-            })?;
-        } else {
-            ensure(
-                !ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes),
-                "grad_logits",
-                || "overlaps logits without being exactly in place".into(),
-            )?;
-        }
+        validate_backward_ptrs(dtype, index_type, layout, grad_stride, ptrs, cfg)?;
         if layout.n_rows == 0 {
             return Ok(());
         }
-        let params = TokenLogprobsBwdParams {
-            logits: ptrs.logits,
-            targets: ptrs.targets,
-            lse: ptrs.lse,
-            grad_logp: ptrs.grad_logp,
-            grad_logits: ptrs.grad_logits,
-            status: ptrs.status,
-            n_rows: layout.n_rows as i64,
-            logits_stride: layout.row_stride as i64,
-            grad_stride: grad_stride as i64,
-            vocab: layout.vocab as i64,
-            ignore_index: cfg.ignore_index,
-            inv_temperature: 1.0 / cfg.temperature,
-            reserved: 0,
-            entropy: ptrs.entropy,
-            grad_entropy: ptrs.grad_entropy,
-        };
+        let params = backward_params(layout, grad_stride, ptrs, cfg);
         let rt = row_threads(layout.vocab);
         let name = registry::token_logprobs_bwd(dtype, index_type, ptrs.grad_entropy != 0, rt);
         let grid = self.grid_for(layout.n_rows as u64, (TOKEN_LOGPROBS_THREADS / rt) as u64);

@@ -22,6 +22,7 @@ mod linear;
 mod pref_loss;
 mod prefix_attn;
 mod token_logprobs;
+mod vocab_parallel;
 
 /// A test body: gets the handle (CUDA or emulator) and the run's seed; panics on failure.
 pub type TestFn = Box<dyn Fn(&Gpu, u64)>;
@@ -36,6 +37,7 @@ pub struct Case {
 const HARDWARE_ONLY: &[(&str, &str)] = &[
     ("beyond_2_pow_31_elements", "4.3 GB of logits (2^31+ elements): needs device memory and speed"),
     ("emulator_matches_the_gpu", "compares the two backends: needs the GPU"),
+    ("vocab_parallel_nccl", "NCCL runs on CUDA devices only"),
 ];
 
 fn env_is(var: &str, value: &str) -> bool {
@@ -54,6 +56,7 @@ fn main() {
         .chain(linear::cases())
         .chain(prefix_attn::cases())
         .chain(backends::cases())
+        .chain(vocab_parallel::cases())
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))
         .collect();
     let seed = std::env::var("PREF_KERNELS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {

@@ -1,0 +1,250 @@
+//! The fused LM head over one vocabulary shard (a tensor-parallel rank's `weight[v0 .. v0 + Vs]`):
+//! the chunk loop of [`super::launch`] with the vocabulary-parallel kernels in place of the token
+//! log-probs ones. The forward writes the shard's partial statistics (all-gathered by the caller,
+//! then [`Gpu::vocab_parallel_finalize`]); the backward, from the global lse, writes the shard's
+//! `d_weight` (and `d_bias`) and its partial `d_hidden`, which the caller all-reduces (sum) over
+//! the group.
+use super::launch::{
+    check_head, head_ptrs, ChunkWork, LinearConfig, LinearGradViews, LinearHead, LinearRun, Loop,
+    PlanOnDevice,
+};
+use super::plan::{rows_for_budget, token_chunks};
+use crate::dtype::{IndexType, LogitElement, TargetIndex};
+use crate::error::{ensure, Result};
+use crate::params::VP_STATS;
+use crate::runtime::mem::{optional_ptr, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
+use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
+use crate::token_logprobs::{ensure_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
+use crate::vocab_parallel::{VocabShard, VocabShardPartialsPtrs};
+use crate::LogitsLayout;
+
+/// The head's shape against the shard: its weight holds the shard's rows.
+fn check_shard<T>(head: &LinearHead<'_, T>, shard: &VocabShard) -> Result<()> {
+    shard.validate()?;
+    ensure(head.shape.vocab == shard.len, "weight", || {
+        format!(
+            "holds {} vocabulary rows, the shard {} (pass the shard's rows of the LM head)",
+            head.shape.vocab, shard.len
+        )
+    })
+}
+
+impl Loop {
+    /// The shard's partials of chunk rows `r0 .. r0 + m` (logits in the workspace) into
+    /// `work.partials`.
+    ///
+    /// # Safety
+    /// The loop's pointers are live; `r0 + m` within the plan.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn shard_partials(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        shard: VocabShard,
+        token: &TokenLogprobsConfig,
+        status: u64,
+    ) -> Result<()> {
+        let ptrs = VocabShardPartialsPtrs {
+            logits: self.work.logits,
+            targets: self.targets + (r0 * 8) as u64,
+            partials: self.work.partials,
+            status,
+        };
+        let layout = LogitsLayout::contiguous(m, shard.len);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu.vocab_shard_partials_raw(stream, self.head.dtype, IndexType::I64, layout, shard, &ptrs, token)
+        }
+    }
+
+    /// d/dlogits of the shard's columns in place in the workspace, from the gathered global
+    /// `work.lse`, `work.grad_logp` (and `work.entropy`, `work.grad_entropy`).
+    ///
+    /// # Safety
+    /// As [`Loop::shard_partials`].
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn shard_backward(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        shard: VocabShard,
+        token: &TokenLogprobsConfig,
+        entropy_grad: bool,
+        status: u64,
+    ) -> Result<()> {
+        let layout = LogitsLayout::contiguous(m, shard.len);
+        let ptrs = TokenLogprobsBwdPtrs {
+            logits: self.work.logits,
+            targets: self.targets + (r0 * 8) as u64,
+            lse: self.work.lse,
+            grad_logp: self.work.grad_logp,
+            grad_logits: self.work.logits,
+            status,
+            entropy: if entropy_grad { self.work.entropy } else { 0 },
+            grad_entropy: if entropy_grad { self.work.grad_entropy } else { 0 },
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu.vocab_shard_backward_raw(
+                stream,
+                self.head.dtype,
+                IndexType::I64,
+                layout,
+                shard.len,
+                shard,
+                &ptrs,
+                token,
+            )
+        }
+    }
+}
+
+impl Gpu {
+    /// A vocabulary shard's partial statistics (`[N, VP_STATS]` f32 into `partials`) of
+    /// `hidden · weight_shardᵀ (+ bias_shard)`, without the shard's `[N, Vs]` logits: the chunk loop
+    /// of [`Gpu::linear_logprobs_forward`] (one GEMM per chunk), with the partials kernel on each
+    /// chunk's logits. `head.weight` is the shard's `[shard.len, H]` rows, `head.bias` its slice.
+    /// Ignored rows get zeros. Reads the targets back once to plan (checking them against
+    /// `[0, shard.vocab)`) and synchronizes once at the end.
+    pub fn linear_shard_partials_into<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        shard: VocabShard,
+        targets: &View<'_, I>,
+        mut partials: ViewMut<'_, f32>,
+        cfg: &LinearConfig,
+    ) -> Result<LinearRun> {
+        check_shard(head, &shard)?;
+        let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
+        let s = head.shape;
+        ensure_len("partials", partials.len(), s.n_rows * VP_STATS)?;
+        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
+        let plan = token_chunks(&host_targets, shard.vocab, cfg.token.ignore_index, max_rows)?;
+        let on_device = PlanOnDevice::upload(stream, &plan)?;
+        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
+        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
+        // Ignored rows are never scattered to: they read 0, as the kernel writes them.
+        stream.memset_zeros(&mut partials)?;
+        let mut status = StatusWord::new(stream, true)?;
+        {
+            let mut guards = Vec::new();
+            let head_p = head_ptrs(stream, head, &mut guards)?;
+            let (wp, _g0) = work.device_ptr_mut(stream)?;
+            let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
+            let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
+            let (partials_p, _g3) = partials.device_ptr_mut(stream)?;
+            let (status_p, _g4) = status.ptr(stream)?;
+            let lp = Loop {
+                head: head_p,
+                rows: rows_p,
+                targets: targets_p,
+                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.max_rows),
+            };
+            let raw = stream.raw();
+            for chunk in &plan.chunks {
+                let (r0, m) = (chunk.start, chunk.len());
+                let idx = lp.index(r0);
+                // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
+                unsafe {
+                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
+                    lp.shard_partials(self, raw, r0, m, shard, &cfg.token, status_p)?;
+                    self.scatter_rows_f32(
+                        raw,
+                        lp.work.partials,
+                        partials_p,
+                        idx,
+                        m,
+                        VP_STATS,
+                        s.n_rows,
+                        status_p,
+                    )?;
+                }
+            }
+        }
+        check_status(status.read(stream)?)?;
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+    }
+
+    /// The backward of a vocabulary shard of the fused LM head, from the global `lse` (and the
+    /// forward's `entropy` with its gradient) the finalize gave: chunks recompute the shard's
+    /// logits (one GEMM), write d/dlogits in place, then `d_weight_shard += dLᵀ X` (f32, chunk
+    /// order) and `d_hidden = dL · W_shard`, this rank's **partial** `d_hidden`: the caller sums it
+    /// over the tensor-parallel group (an all-reduce, as Megatron does for a column-parallel
+    /// layer's input). `grads` are overwritten. Synchronizes once to plan and once at the end.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear_shard_backward_into<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        head: &LinearHead<'_, T>,
+        shard: VocabShard,
+        targets: &View<'_, I>,
+        lse: &View<'_, f32>,
+        grad_logp: &View<'_, f32>,
+        entropy: Option<EntropyGrad<'_, '_>>,
+        mut grads: LinearGradViews<'_, T>,
+        cfg: &LinearConfig,
+    ) -> Result<LinearRun> {
+        check_shard(head, &shard)?;
+        let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
+        let s = head.shape;
+        ensure_len("lse", lse.len(), s.n_rows)?;
+        ensure_len("grad_logp", grad_logp.len(), s.n_rows)?;
+        if let Some(e) = &entropy {
+            ensure_len("entropy", e.entropy.len(), s.n_rows)?;
+            ensure_len("grad_entropy", e.grad_entropy.len(), s.n_rows)?;
+        }
+        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
+        let plan = token_chunks(&host_targets, shard.vocab, cfg.token.ignore_index, max_rows)?;
+        // Checked and planned: only now touch the caller's outputs.
+        grads.prepare(stream, head, false)?;
+        let on_device = PlanOnDevice::upload(stream, &plan)?;
+        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
+        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
+        let mut status = StatusWord::new(stream, true)?;
+        {
+            let mut guards = Vec::new();
+            let head_p = head_ptrs(stream, head, &mut guards)?;
+            let lse_p = optional_ptr(stream, Some(lse), &mut guards)?;
+            let gl = optional_ptr(stream, Some(grad_logp), &mut guards)?;
+            let ent = optional_ptr(stream, entropy.as_ref().map(|e| e.entropy), &mut guards)?;
+            let ge = optional_ptr(stream, entropy.as_ref().map(|e| e.grad_entropy), &mut guards)?;
+            let mut grad_guards = Vec::new();
+            let gp = grads.ptrs(stream, &mut grad_guards)?;
+            let (wp, _g0) = work.device_ptr_mut(stream)?;
+            let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
+            let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
+            let (status_p, _g3) = status.ptr(stream)?;
+            let lp = Loop {
+                head: head_p,
+                rows: rows_p,
+                targets: targets_p,
+                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.max_rows),
+            };
+            let raw = stream.raw();
+            for chunk in &plan.chunks {
+                let (r0, m) = (chunk.start, chunk.len());
+                let idx = lp.index(r0);
+                // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
+                unsafe {
+                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
+                    self.gather_f32(raw, lse_p, lp.work.lse, idx, m, s.n_rows, status_p)?;
+                    self.gather_f32(raw, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
+                    if ge != 0 {
+                        self.gather_f32(raw, ent, lp.work.entropy, idx, m, s.n_rows, status_p)?;
+                        self.gather_f32(raw, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;
+                    }
+                    lp.shard_backward(self, raw, r0, m, shard, &cfg.token, ge != 0, status_p)?;
+                    self.chunk_backward(raw, &lp.head, idx, m, &lp.work, &gp, status_p)?;
+                }
+            }
+        }
+        check_status(status.read(stream)?)?;
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+    }
+}
