@@ -150,6 +150,55 @@ int32_t prefk_linear_preference_step(int32_t device, uint64_t stream, uint32_t d
                                      int64_t hidden_dim, int64_t vocab, int64_t ignore_index, float temperature,
                                      int64_t workspace_bytes);
 
+/* ---- vocabulary parallel (a tensor-parallel LM head: each rank holds vocabulary ids
+ * [vocab_start, vocab_start + shard_vocab) of vocab). Per call: partials of this rank's shard,
+ * an all-gather of the [n_rows, 5] f32 partials over the group in rank order (the caller's NCCL or
+ * gloo), the finalize (bitwise the same on every rank), then each rank's backward into its own
+ * columns (or d_weight rows) from the global lse. Partials per row: max of x/T, sum of exp, entropy
+ * term, target logit (0 off the owning shard), owner flag. */
+
+/* A logits shard [n_rows, row_stride] -> partials [n_rows, 5] f32; targets are whole-vocabulary ids.
+ * No synchronization; bad targets set status bit 1. */
+int32_t prefk_vocab_shard_partials(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                   uint64_t logits, uint64_t targets, uint64_t partials, uint64_t status,
+                                   int64_t n_rows, int64_t shard_vocab, int64_t row_stride, int64_t vocab_start,
+                                   int64_t vocab, int64_t ignore_index, float temperature,
+                                   uint32_t compute_entropy);
+
+/* Gathered partials [n_shards, n_rows, 5] f32 -> logp, lse (and entropy, or 0) [n_rows] f32. Shards
+ * that do not tile the vocabulary at a target set status bit 16 and give that row NaN. */
+int32_t prefk_vocab_parallel_finalize(int32_t device, uint64_t stream, uint32_t index_code, uint64_t partials,
+                                      uint64_t targets, uint64_t logp, uint64_t lse, uint64_t entropy,
+                                      uint64_t status, int64_t n_rows, int64_t n_shards, int64_t vocab,
+                                      int64_t ignore_index, float temperature);
+
+/* d/dlogits of a shard's columns from the global lse (and entropy with grad_entropy, or 0): grad_logits
+ * [n_rows, grad_stride] (in place when equal to logits). */
+int32_t prefk_vocab_shard_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                   uint64_t logits, uint64_t targets, uint64_t lse, uint64_t entropy,
+                                   uint64_t grad_logp, uint64_t grad_entropy, uint64_t grad_logits,
+                                   uint64_t status, int64_t n_rows, int64_t shard_vocab, int64_t row_stride,
+                                   int64_t grad_stride, int64_t vocab_start, int64_t vocab, int64_t ignore_index,
+                                   float temperature);
+
+/* The fused LM head's shard: weight [shard_vocab, hidden_dim] (and bias [shard_vocab] f32, or 0) are
+ * its rows; partials [n_rows, 5] f32 out, no logits tensor. Synchronizes once to plan, once at the end. */
+int32_t prefk_linear_shard_partials(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                    uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets,
+                                    uint64_t partials, int64_t n_rows, int64_t hidden_dim, int64_t shard_vocab,
+                                    int64_t vocab_start, int64_t vocab, int64_t ignore_index, float temperature,
+                                    uint32_t compute_entropy, int64_t workspace_bytes);
+
+/* Its backward from the global lse (entropy and grad_entropy, or 0): d_weight [shard_vocab, hidden_dim]
+ * f32 and d_bias of the shard, and this rank's partial d_hidden [n_rows, hidden_dim], which the
+ * caller all-reduces (sum) over the group. */
+int32_t prefk_linear_shard_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
+                                    uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets, uint64_t lse,
+                                    uint64_t entropy, uint64_t grad_logp, uint64_t grad_entropy, uint64_t d_hidden,
+                                    uint64_t d_weight, uint64_t d_bias, int64_t n_rows, int64_t hidden_dim,
+                                    int64_t shard_vocab, int64_t vocab_start, int64_t vocab, int64_t ignore_index,
+                                    float temperature, int64_t workspace_bytes);
+
 /* Per-sequence scores of masked per-token log-probs: mode 0 sum, 1 mean, 2 weighted sum, 3 weighted
  * mean; cu_seqlens 0 = padded. scores [n_seqs] f32 and stats [n_seqs, 10] f32 (either may be 0). */
 int32_t prefk_seq_reduce(int32_t device, uint64_t stream, uint64_t logp, uint64_t mask, uint64_t weights,

@@ -22,6 +22,7 @@ fn arity_map(src: &str, marker: &str) -> HashMap<String, usize> {
 fn header_declares_every_entry_point() {
     let mut rust = arity_map(include_str!("../src/ffi/mod.rs"), "extern \"C\" fn prefk_");
     rust.extend(arity_map(include_str!("../src/ffi/linear.rs"), "extern \"C\" fn prefk_"));
+    rust.extend(arity_map(include_str!("../src/ffi/vocab_parallel.rs"), "extern \"C\" fn prefk_"));
     let header = arity_map(include_str!("../include/prefk.h"), " prefk_");
     assert!(rust.len() >= 8, "{rust:?}");
     for (name, n) in &rust {

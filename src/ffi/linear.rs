@@ -2,17 +2,21 @@
 //! bias `[V]`) in, log-probs / gradients out, on the caller's stream, into the caller's buffers
 //! (the chunk workspace, at most `workspace_bytes`, is allocated and freed inside the call). Each
 //! call reads the targets back once to plan its chunks and synchronizes the stream at its end.
+use super::vocab_parallel::shard;
 use super::{dtype, ffi, gpu, index_type, loss_config, size, PrefkLossTerm};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, invalid, Result};
 use crate::linear_logprobs::{
     LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape,
 };
+use crate::params::VP_STATS;
 use crate::pref_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
 use crate::runtime::args::check_ptr;
 use crate::runtime::{BackendKind, Gpu, Stream, View, ViewMut};
 use crate::seq_reduce::SeqLayout;
 use crate::step::{LinearStepBatch, LinearStepViews};
+use crate::token_logprobs::EntropyGrad;
+use crate::vocab_parallel::VocabShard;
 use crate::TokenLogprobsConfig;
 use half::{bf16, f16};
 
@@ -286,6 +290,166 @@ pub unsafe extern "C" fn prefk_linear_logprobs_backward(
         let s = unsafe { g.borrow_stream(stream) };
         // SAFETY: forwarded to the caller.
         unsafe { by_types!(dtype(dtype_code)?, index_type(index_code)?, backward(&g, &s, &h, &a, &cfg)) }?;
+        Ok(())
+    })
+}
+
+/// # Safety
+/// As [`prefk_linear_shard_partials`].
+unsafe fn shard_forward<T: LogitElement, I: TargetIndex>(
+    g: &Gpu,
+    stream: &Stream,
+    h: &Head,
+    sh: VocabShard,
+    partials: u64,
+    cfg: &LinearConfig,
+) -> Result<LinearRun> {
+    let b = g.backend();
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let (head, targets) = head_views::<T, I>(h, b)?;
+        let out = view_mut("partials", partials, elems("partials", h.shape.n_rows, VP_STATS)?, b)?;
+        g.linear_shard_partials_into(stream, &head, sh, &targets, out, cfg)
+    }
+}
+
+/// A vocabulary shard's partial statistics (`[n_rows, 5]` f32 into `partials`, see
+/// `prefk_vocab_shard_partials`) of `hidden · weightᵀ (+ bias)` where `weight` `[shard_vocab,
+/// hidden]` (and `bias`) are the LM head's rows `[vocab_start, vocab_start + shard_vocab)` of
+/// `vocab`, without the shard's logits tensor ([`Gpu::linear_shard_partials_into`]). The entropy
+/// term when `compute_entropy` is non-zero.
+///
+/// # Safety
+/// As [`prefk_linear_logprobs_forward`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_linear_shard_partials(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    hidden: u64,
+    weight: u64,
+    bias: u64,
+    targets: u64,
+    partials: u64,
+    n_rows: i64,
+    hidden_dim: i64,
+    shard_vocab: i64,
+    vocab_start: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+    compute_entropy: u32,
+    workspace_bytes: i64,
+) -> i32 {
+    ffi(|| {
+        let g = gpu(device)?;
+        let sh = shard(vocab_start, shard_vocab, vocab)?;
+        let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, shard_vocab)?;
+        let cfg = linear_config(ignore_index, temperature, compute_entropy != 0, workspace_bytes)?;
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { g.borrow_stream(stream) };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            by_types!(
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                shard_forward(&g, &s, &h, sh, partials, &cfg)
+            )
+        }?;
+        Ok(())
+    })
+}
+
+struct ShardBackwardArgs {
+    lse: u64,
+    entropy: u64,
+    grads: BackwardArgs,
+}
+
+/// # Safety
+/// As [`prefk_linear_shard_backward`].
+unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
+    g: &Gpu,
+    stream: &Stream,
+    h: &Head,
+    sh: VocabShard,
+    a: &ShardBackwardArgs,
+    cfg: &LinearConfig,
+) -> Result<LinearRun> {
+    let b = g.backend();
+    let n = h.shape.n_rows;
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let (head, targets) = head_views::<T, I>(h, b)?;
+        let lse = view::<f32>("lse", a.lse, n, b)?;
+        let gl = view::<f32>("grad_logp", a.grads.grad_logp, n, b)?;
+        let ent = if a.grads.grad_entropy != 0 {
+            ensure(a.entropy != 0, "entropy", || "grad_entropy needs the forward's entropy".into())?;
+            Some((
+                view::<f32>("entropy", a.entropy, n, b)?,
+                view::<f32>("grad_entropy", a.grads.grad_entropy, n, b)?,
+            ))
+        } else {
+            None
+        };
+        let eg = ent.as_ref().map(|(e, ge)| EntropyGrad { entropy: e, grad_entropy: ge });
+        let grads = grad_views::<T>(h, a.grads.d_hidden, a.grads.d_weight, a.grads.d_bias, b)?;
+        g.linear_shard_backward_into(stream, &head, sh, &targets, &lse, &gl, eg, grads, cfg)
+    }
+}
+
+/// The backward of [`prefk_linear_shard_partials`] from the finalize's global `lse` (and `entropy`
+/// with dL/dH when `grad_entropy` is non-zero): writes this shard's `d_weight` `[shard_vocab,
+/// hidden]` f32 (and `d_bias`) and its **partial** `d_hidden` `[n_rows, hidden]`, which the caller
+/// sums over the tensor-parallel group ([`Gpu::linear_shard_backward_into`]).
+///
+/// # Safety
+/// As [`prefk_linear_logprobs_forward`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_linear_shard_backward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    hidden: u64,
+    weight: u64,
+    bias: u64,
+    targets: u64,
+    lse: u64,
+    entropy: u64,
+    grad_logp: u64,
+    grad_entropy: u64,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+    n_rows: i64,
+    hidden_dim: i64,
+    shard_vocab: i64,
+    vocab_start: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+    workspace_bytes: i64,
+) -> i32 {
+    ffi(|| {
+        let g = gpu(device)?;
+        let sh = shard(vocab_start, shard_vocab, vocab)?;
+        let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, shard_vocab)?;
+        let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;
+        let a = ShardBackwardArgs {
+            lse,
+            entropy,
+            grads: BackwardArgs { grad_logp, grad_entropy, d_hidden, d_weight, d_bias },
+        };
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { g.borrow_stream(stream) };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            by_types!(dtype(dtype_code)?, index_type(index_code)?, shard_backward(&g, &s, &h, sh, &a, &cfg))
+        }?;
         Ok(())
     })
 }

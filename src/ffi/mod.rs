@@ -25,6 +25,7 @@ use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogp
 use crate::{Backend, Gpu, LogitsLayout};
 
 mod linear;
+mod vocab_parallel;
 pub use linear::{
     prefk_linear_logprobs_backward, prefk_linear_logprobs_forward, prefk_linear_preference_step,
 };

@@ -1,0 +1,180 @@
+//! C ABI of the vocabulary-parallel ops on logits shards (raw pointers, the caller's stream, no
+//! synchronization: bad device data sets bits in the optional status word, which
+//! `prefk_check_status` turns into an error). The fused LM head's shard entry points live in
+//! `linear.rs` beside the other linear ones.
+use super::{dtype, ffi, gpu, index_type, size};
+use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig};
+use crate::vocab_parallel::{VocabFinalizePtrs, VocabShard, VocabShardPartialsPtrs};
+use crate::LogitsLayout;
+
+fn config(ignore_index: i64, temperature: f32, entropy: bool) -> TokenLogprobsConfig {
+    TokenLogprobsConfig { ignore_index, temperature, compute_entropy: entropy, check_targets: false }
+}
+
+/// The shard `[vocab_start, vocab_start + shard_vocab)` of `vocab`, checked.
+pub(super) fn shard(vocab_start: i64, shard_vocab: i64, vocab: i64) -> crate::Result<VocabShard> {
+    VocabShard::new(
+        size("vocab_start", vocab_start)?,
+        size("shard_vocab", shard_vocab)?,
+        size("vocab", vocab)?,
+    )
+}
+
+/// A vocabulary shard's partial statistics: `logits` `[n_rows, row_stride]` (its `shard_vocab`
+/// columns are vocabulary ids `[vocab_start, vocab_start + shard_vocab)` of `vocab`), `targets`
+/// `[n_rows]` ids in the whole vocabulary, out `partials` `[n_rows, 5]` f32 (max, sum-exp,
+/// entropy term, target logit, owner flag; see `kernels/params.h`). The entropy term when
+/// `compute_entropy` is non-zero. One kernel on `stream` ([`crate::Gpu::vocab_shard_partials_raw`]).
+///
+/// # Safety
+/// As [`crate::Gpu::vocab_shard_partials_raw`]; `device` names an open device (or -1, the emulator).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_vocab_shard_partials(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    logits: u64,
+    targets: u64,
+    partials: u64,
+    status: u64,
+    n_rows: i64,
+    shard_vocab: i64,
+    row_stride: i64,
+    vocab_start: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+    compute_entropy: u32,
+) -> i32 {
+    ffi(|| {
+        let sh = shard(vocab_start, shard_vocab, vocab)?;
+        let layout = LogitsLayout {
+            n_rows: size("n_rows", n_rows)?,
+            vocab: sh.len,
+            row_stride: size("row_stride", row_stride)?,
+        };
+        let ptrs = VocabShardPartialsPtrs { logits, targets, partials, status };
+        let cfg = config(ignore_index, temperature, compute_entropy != 0);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.vocab_shard_partials_raw(
+                stream,
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                layout,
+                sh,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
+
+/// Combines the gathered partials `[n_shards, n_rows, 5]` f32 (shard-major, what an all-gather
+/// returns) into `logp`, `lse` and, when `entropy` is non-zero, the entropy (`[n_rows]` f32 each)
+/// ([`crate::Gpu::vocab_parallel_finalize_raw`]). Shards that do not tile the vocabulary at a
+/// target set `STATUS_BAD_SHARDS` (16) and give that row NaN.
+///
+/// # Safety
+/// As [`crate::Gpu::vocab_parallel_finalize_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_vocab_parallel_finalize(
+    device: i32,
+    stream: u64,
+    index_code: u32,
+    partials: u64,
+    targets: u64,
+    logp: u64,
+    lse: u64,
+    entropy: u64,
+    status: u64,
+    n_rows: i64,
+    n_shards: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+) -> i32 {
+    ffi(|| {
+        let ptrs = VocabFinalizePtrs { partials, targets, logp, lse, entropy, status };
+        let cfg = config(ignore_index, temperature, entropy != 0);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.vocab_parallel_finalize_raw(
+                stream,
+                index_type(index_code)?,
+                size("n_rows", n_rows)?,
+                size("n_shards", n_shards)?,
+                size("vocab", vocab)?,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
+
+/// A shard's backward: d/dlogits of its columns into `grad_logits` `[n_rows, grad_stride]`
+/// (in place when equal to `logits`) from the finalize's global `lse` (and, when `grad_entropy`
+/// is non-zero, its `entropy` with dL/dH) ([`crate::Gpu::vocab_shard_backward_raw`]).
+///
+/// # Safety
+/// As [`crate::Gpu::vocab_shard_backward_raw`].
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn prefk_vocab_shard_backward(
+    device: i32,
+    stream: u64,
+    dtype_code: u32,
+    index_code: u32,
+    logits: u64,
+    targets: u64,
+    lse: u64,
+    entropy: u64,
+    grad_logp: u64,
+    grad_entropy: u64,
+    grad_logits: u64,
+    status: u64,
+    n_rows: i64,
+    shard_vocab: i64,
+    row_stride: i64,
+    grad_stride: i64,
+    vocab_start: i64,
+    vocab: i64,
+    ignore_index: i64,
+    temperature: f32,
+) -> i32 {
+    ffi(|| {
+        let sh = shard(vocab_start, shard_vocab, vocab)?;
+        let layout = LogitsLayout {
+            n_rows: size("n_rows", n_rows)?,
+            vocab: sh.len,
+            row_stride: size("row_stride", row_stride)?,
+        };
+        let ptrs = TokenLogprobsBwdPtrs {
+            logits,
+            targets,
+            lse,
+            grad_logp,
+            grad_logits,
+            status,
+            entropy: if grad_entropy != 0 { entropy } else { 0 },
+            grad_entropy,
+        };
+        let cfg = config(ignore_index, temperature, false);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.vocab_shard_backward_raw(
+                stream,
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                layout,
+                size("grad_stride", grad_stride)?,
+                sh,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
