@@ -188,7 +188,9 @@ pub(crate) struct ChunkWork {
     pub(crate) grad_entropy: u64,
     pub(crate) weights: u64,
     pub(crate) ref_logp: u64,
-    /// `[max_rows, VP_STATS]` f32: a vocabulary shard's partial statistics.
+    /// `[max_rows, VP_STATS]` f32: a vocabulary shard's partial statistics. They share the bytes
+    /// of logp .. grad_entropy (five consecutive regions of at least 4 bytes per row), which the
+    /// shard's forward, the one user of the partials, never touches.
     pub(crate) partials: u64,
 }
 
@@ -202,10 +204,7 @@ impl ChunkWork {
     /// Bytes of the workspace for chunks of `max_rows` rows.
     pub(crate) fn bytes(shape: &LinearShape, dtype: DType, max_rows: usize) -> usize {
         let m = max_rows.max(1);
-        align(m * shape.vocab * dtype.size())
-            + align(m * shape.hidden * dtype.size())
-            + 7 * align(m * 4)
-            + align(m * VP_STATS * 4)
+        align(m * shape.vocab * dtype.size()) + align(m * shape.hidden * dtype.size()) + 7 * align(m * 4)
     }
 
     pub(crate) fn carve(base: u64, shape: &LinearShape, dtype: DType, max_rows: usize) -> Self {
@@ -216,17 +215,21 @@ impl ChunkWork {
             at += align(bytes) as u64;
             p
         };
+        let (logits, x) = (take(m * shape.vocab * dtype.size()), take(m * shape.hidden * dtype.size()));
+        let (logp, lse, entropy, grad_logp, grad_entropy) =
+            (take(m * 4), take(m * 4), take(m * 4), take(m * 4), take(m * 4));
+        debug_assert!(grad_entropy + align(m * 4) as u64 - logp >= (m * VP_STATS * 4) as u64);
         ChunkWork {
-            logits: take(m * shape.vocab * dtype.size()),
-            x: take(m * shape.hidden * dtype.size()),
-            logp: take(m * 4),
-            lse: take(m * 4),
-            entropy: take(m * 4),
-            grad_logp: take(m * 4),
-            grad_entropy: take(m * 4),
+            logits,
+            x,
+            logp,
+            lse,
+            entropy,
+            grad_logp,
+            grad_entropy,
             weights: take(m * 4),
             ref_logp: take(m * 4),
-            partials: take(m * VP_STATS * 4),
+            partials: logp,
         }
     }
 }
