@@ -175,8 +175,8 @@ pub(crate) struct GradPtrs {
 }
 
 /// The chunk workspace, carved out of one allocation: logits `[max_rows, V]` and hidden rows
-/// `[max_rows, H]` in the compute dtype, then `[max_rows]` f32 per-row scratch and
-/// `[max_rows, VP_STATS]` f32 shard partials.
+/// `[max_rows, H]` in the compute dtype, then `[max_rows]` f32 per-row scratch (a vocabulary
+/// shard's `[max_rows, VP_STATS]` partials over the first five regions).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkWork {
     pub(crate) logits: u64,
