@@ -16,6 +16,7 @@ from typing import Dict, Optional, Sequence, Union
 import torch
 
 from . import ops  # noqa: F401  (registers torch.ops.pref_kernels.*)
+from . import vocab_parallel as _vocab_parallel  # noqa: F401  (registers the vocabulary-parallel ops)
 from ._lib import PrefKernelsError, backend, library_path
 from .ops import DEFAULT_WORKSPACE_BYTES, METRICS_LEN, PAIR_COLUMNS, prefix_layout
 
@@ -25,7 +26,8 @@ __all__ = [
     "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "linear_token_logprobs", "linear_preference_loss", "linear_dpo_loss",
     "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
     "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "sequence_scores",
-    "group_metric_names",
+    "group_metric_names", "vocab_shard_range", "vocab_parallel_token_logprobs",
+    "vocab_parallel_linear_token_logprobs",
 ]
 __version__ = "0.1.0"
 
@@ -344,3 +346,61 @@ def sequence_scores(logp: torch.Tensor, mask=None, weights=None, *, n_seqs: Opti
     scores, _stats = torch.ops.pref_kernels.seq_reduce(logp, mask, weights, cu_seqlens, int(n_seqs), int(seq_len),
                                                        _AGGREGATION[mode])
     return scores
+
+
+# ---- vocabulary parallel (tensor-parallel LM head) ------------------------------------------------
+
+def _group_name(group):
+    import torch.distributed as dist
+    if not dist.is_initialized():
+        raise RuntimeError("pref_kernels: the vocabulary-parallel ops need torch.distributed initialized "
+                           "(init_process_group) and the tensor-parallel group")
+    return (group if group is not None else dist.group.WORLD).group_name
+
+
+def vocab_shard_range(vocab_size: int, group=None):
+    """(vocab_start, shard_size) of this rank when `vocab_size` ids are split over the group's ranks
+    as evenly as possible, in rank order (the first V % world ranks get one id more; Megatron pads V
+    to a multiple of the world size, and then every shard has V / world ids, as here)."""
+    import torch.distributed as dist
+    world, rank = dist.get_world_size(group), dist.get_rank(group)
+    if vocab_size < world:
+        raise ValueError(f"pref_kernels: {vocab_size} vocabulary ids cannot give {world} non-empty shards")
+    base, extra = divmod(vocab_size, world)
+    return rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+
+
+def vocab_parallel_token_logprobs(logits_shard: torch.Tensor, targets: torch.Tensor, vocab_start: int,
+                                  vocab_size: int, group=None, ignore_index: int = -100, temperature: float = 1.0,
+                                  return_entropy: bool = False):
+    """`token_logprobs` when this rank holds only the vocabulary shard [N, Vs] of the logits (ids
+    [vocab_start, vocab_start + Vs) of `vocab_size`; `targets` are ids in the whole vocabulary), as a
+    tensor-parallel LM head gives them. One all-gather over `group` (default: the world) of 5 floats
+    per token and rank; the result is bitwise the same on every rank, so the loss on it runs on every
+    rank; the backward writes this rank's columns only, with no collective. The ranks' shards must
+    tile the vocabulary (checked at every target)."""
+    logp, _lse, entropy = torch.ops.pref_kernels.vocab_parallel_token_logprobs(
+        logits_shard, targets, int(vocab_start), int(vocab_size), _group_name(group), ignore_index,
+        float(temperature), return_entropy)
+    return (logp, entropy) if return_entropy else logp
+
+
+def vocab_parallel_linear_token_logprobs(hidden: torch.Tensor, weight_shard: torch.Tensor, targets: torch.Tensor,
+                                         vocab_start: int, vocab_size: int, group=None, bias_shard=None,
+                                         ignore_index: int = -100, temperature: float = 1.0,
+                                         return_entropy: bool = False,
+                                         workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                                         reduce_grad_hidden: bool = True):
+    """`linear_token_logprobs` with a vocabulary-parallel LM head: this rank holds the weight rows
+    [vocab_start, vocab_start + Vs) (`weight_shard` [Vs, H], `bias_shard` [Vs]) and the (replicated)
+    hidden states; no rank ever holds logits. One all-gather of 5 floats per token and rank in the
+    forward. The backward gives this rank's weight (and bias) shard gradient and, with
+    `reduce_grad_hidden` (default), d_hidden summed over the group (one all-reduce of [N, H], in
+    f32); pass False when the trainer's own tensor-parallel region (Megatron's
+    `copy_to_tensor_model_parallel_region`) already all-reduces it."""
+    x, t, b = _flat_head(hidden, weight_shard, targets, bias_shard)
+    logp, _lse, entropy = torch.ops.pref_kernels.vocab_parallel_linear_token_logprobs(
+        x, weight_shard, b, t, int(vocab_start), int(vocab_size), _group_name(group), ignore_index,
+        float(temperature), return_entropy, int(workspace_bytes), bool(reduce_grad_hidden))
+    shape = targets.shape
+    return (logp.view(shape), entropy.view(shape)) if return_entropy else logp.view(shape)

@@ -241,7 +241,7 @@ impl Gpu {
         check_status(status.read(stream)?)
     }
 
-    /// The finalize: `partials` holds every shard's `[n_rows, VP_STATS]` block in shard order
+    /// The finalize: `partials` holds every shard's `[n_rows, VP_STATS]` block, gathered in the same order on every rank
     /// (what an all-gather over the tensor-parallel group returns); writes logp, lse (and entropy)
     /// into `out`, identical on every rank. With `cfg.check_targets` it synchronizes once and
     /// reports bad targets and shards that do not tile the vocabulary as errors.

@@ -8,12 +8,13 @@
 //!    columns, in natural units `y = x / T`: `m = max y`, `s = Σ exp(y − m)`,
 //!    `e = Σ exp(y − m)(y − m)` (entropy only), the target's `y_t` when the shard holds the
 //!    target (else 0) and an owner flag (1 or 0).
-//! 2. **All-gather** of the `[N, VP_STATS]` partials over the tensor-parallel group, rank order
-//!    = shard order (`torch.distributed.all_gather_into_tensor`, NCCL `ncclAllGather`, the
+//! 2. **All-gather** of the `[N, VP_STATS]` partials over the tensor-parallel group
+//!    (`torch.distributed.all_gather_into_tensor`, NCCL `ncclAllGather`, the
 //!    [`nccl`](mod@nccl) feature's [`nccl::VocabParallelComm`]): `VP_STATS · 4 = 20` bytes per
 //!    token per rank, against `2·V/tp` bytes per token for gathering bf16 logits.
-//! 3. **Finalize** ([`crate::Gpu::vocab_parallel_finalize`]): each row's shards combined in shard
-//!    order: `M = max m_k`, `S = Σ s_k e^(m_k − M)`, `lse = M + ln S`, `logp = Σ y_t,k − lse`,
+//! 3. **Finalize** ([`crate::Gpu::vocab_parallel_finalize`]): each row's shards combined in the
+//!    gathered order (rank order; which rank holds which columns does not matter, as long as the
+//!    shards tile the vocabulary): `M = max m_k`, `S = Σ s_k e^(m_k − M)`, `lse = M + ln S`, `logp = Σ y_t,k − lse`,
 //!    `H = ln S − Σ e^(m_k − M)(e_k + s_k (m_k − M)) / S`. Every rank computes bitwise the same
 //!    values (same inputs, same order), so the loss and its per-token gradient can run
 //!    redundantly on every rank. A used row whose owner flags do not sum to 1 (shards that do not

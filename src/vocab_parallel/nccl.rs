@@ -66,7 +66,7 @@ pub struct VocabParallelComm {
 }
 
 impl VocabParallelComm {
-    /// Pairs `comm` with `shard` (rank `comm.rank()` of `comm.world_size()`; shards in rank order
+    /// Pairs `comm` with `shard` (rank `comm.rank()` of `comm.world_size()`; the ranks' shards
     /// must tile the vocabulary, which the finalize checks at every target).
     pub fn new(comm: Comm, shard: VocabShard) -> Result<Self> {
         shard.validate()?;
