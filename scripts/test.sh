@@ -17,6 +17,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+echo "== cargo clippy --all-targets --features nccl (the NCCL path compiles without NCCL: loaded at run time)"
+cargo clippy --all-targets --features nccl -- -D warnings
 echo "== cargo doc (warnings are errors: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
 echo "== cargo test (kernels compiled with $NVCC)"

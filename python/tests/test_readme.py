@@ -1,4 +1,5 @@
-"""The README's Python snippets (sections "Use from PyTorch" and "Use with TRL") run as written."""
+"""The README's Python snippets (sections "Using it" (the vocabulary-parallel one), "Use from
+PyTorch" and "Use with TRL") run as written."""
 import re
 from pathlib import Path
 
@@ -17,7 +18,7 @@ def snippets(section):
     return blocks
 
 
-@pytest.mark.parametrize("section", ["Use from PyTorch", "Use with TRL"])
+@pytest.mark.parametrize("section", ["Using it", "Use from PyTorch", "Use with TRL"])
 def test_readme_snippets_run(section, tmp_path, monkeypatch):
     if section == "Use with TRL":
         import_or_skip("trl")
