@@ -562,12 +562,131 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
     });
 }
 
+/// The DPO step on top of the sharded log-probs: partials per shard, host all-gather, finalize,
+/// the preference loss on the (identical) log-probs, then each shard's backward with the loss's
+/// dL/dlogp; loss, metrics and the shards' d/dlogits equal the unsharded one-call step's.
+fn vocab_parallel_dpo_step(gpu: &Gpu, seed: u64) {
+    use pref_kernels::pref_loss::{DevicePairs, LossConfig};
+    use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens};
+    use pref_kernels::step::StepBatch;
+    let s = gpu.default_stream();
+    let mut r = rng(seed, 1600);
+    let (n_seqs, seq_len, vocab) = (4usize, 9usize, 600usize);
+    let n = n_seqs * seq_len;
+    let layout = LogitsLayout::contiguous(n, vocab);
+    let host: Vec<f32> = random_logits(&mut r, n * vocab);
+    let targets: Vec<i64> =
+        (0..n).map(|t| if t % seq_len < 3 { -100 } else { r.random_range(0..vocab as i64) }).collect();
+    let mask: Vec<u8> = targets.iter().map(|&t| u8::from(t != -100)).collect();
+    let ref_logp: Vec<f32> = (0..n).map(|_| r.random_range(-9.0f32..-1.0)).collect();
+    let (dt, dm, dr) =
+        (s.clone_htod(&targets).unwrap(), s.clone_htod(&mask).unwrap(), s.clone_htod(&ref_logp).unwrap());
+    let token = TokenLogprobsConfig::default();
+    let loss_cfg = LossConfig::dpo(0.1);
+    // One process, the whole vocabulary, one call.
+    let mut logits = s.clone_htod(&host).unwrap();
+    let mut full_grad = poisoned(&s, n * vocab);
+    let batch = StepBatch {
+        layout,
+        targets: dt.as_view(),
+        mask: Some(dm.as_view()),
+        weights: None,
+        ref_logp: Some(dr.as_view()),
+        ref_seq: None,
+        seqs: DeviceSeqs::Padded { n_seqs, seq_len },
+        pairs: DevicePairs::FirstHalfChosen,
+    };
+    let grad = GradLogits::Separate { grad: full_grad.as_view_mut(), row_stride: vocab };
+    let want = gpu.preference_step(&s, &mut logits.as_view_mut(), &batch, &token, &loss_cfg, grad).unwrap();
+    let want_grad = s.clone_dtoh(&full_grad).unwrap();
+    // Three unequal shards.
+    let shards = [
+        VocabShard::new(0, 250, vocab).unwrap(),
+        VocabShard::new(250, 101, vocab).unwrap(),
+        VocabShard::new(351, 249, vocab).unwrap(),
+    ];
+    let cfg = TokenLogprobsConfig { compute_entropy: true, ..token };
+    let blocks: Vec<Vec<f32>> = shards
+        .iter()
+        .map(|sh| {
+            let d = s.clone_htod(&columns(&host, n, vocab, sh)).unwrap();
+            let mut part = poisoned(&s, n * VP_STATS);
+            gpu.vocab_shard_partials(
+                &s,
+                &d,
+                LogitsLayout::contiguous(n, sh.len),
+                *sh,
+                &dt,
+                &mut part.as_view_mut(),
+                &cfg,
+            )
+            .unwrap();
+            s.clone_dtoh(&part).unwrap()
+        })
+        .collect();
+    let (logp, lse, _) = finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg).unwrap();
+    let (dlogp, dlse) = (s.clone_htod(&logp).unwrap(), s.clone_htod(&lse).unwrap());
+    let tokens = DeviceTokens {
+        logp: dlogp.as_view(),
+        mask: Some(dm.as_view()),
+        weights: None,
+        ref_logp: Some(dr.as_view()),
+    };
+    let mut grad_logp = poisoned(&s, n);
+    let got = gpu
+        .preference_loss(
+            &s,
+            &tokens,
+            &DeviceSeqs::Padded { n_seqs, seq_len },
+            &DevicePairs::FirstHalfChosen,
+            None,
+            &loss_cfg,
+            &mut grad_logp.as_view_mut(),
+        )
+        .unwrap();
+    assert_close("sharded DPO loss", got.loss as f64, want.loss.loss as f64, 1e-5, 1e-5);
+    for (i, (a, b)) in got.metrics.iter().zip(&want.loss.metrics).enumerate() {
+        assert_close(&format!("sharded DPO metric {i}"), *a as f64, *b as f64, 1e-4, 1e-4);
+    }
+    for sh in &shards {
+        let mut d = s.clone_htod(&columns(&host, n, vocab, sh)).unwrap();
+        let cfg_b = TokenLogprobsConfig { compute_entropy: false, ..token };
+        gpu.vocab_shard_backward(
+            &s,
+            &mut d.as_view_mut(),
+            LogitsLayout::contiguous(n, sh.len),
+            *sh,
+            &dt,
+            &dlse,
+            &grad_logp,
+            None,
+            GradLogits::InPlace,
+            &cfg_b,
+        )
+        .unwrap();
+        let got = s.clone_dtoh(&d).unwrap();
+        for i in 0..n {
+            for v in 0..sh.len {
+                let w = want_grad[i * vocab + sh.start + v] as f64;
+                assert_close(
+                    &format!("sharded DPO d/dlogits[{i}, {}]", sh.start + v),
+                    got[i * sh.len + v] as f64,
+                    w,
+                    1e-7,
+                    1e-4,
+                );
+            }
+        }
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         Case { name: "vocab_parallel_logits_parity", run: Box::new(vocab_parallel_logits_parity) },
         Case { name: "vocab_parallel_bad_shards", run: Box::new(vocab_parallel_bad_shards) },
         Case { name: "vocab_parallel_extreme_rows", run: Box::new(vocab_parallel_extreme_rows) },
         Case { name: "vocab_parallel_linear_parity", run: Box::new(vocab_parallel_linear_parity) },
+        Case { name: "vocab_parallel_dpo_step", run: Box::new(vocab_parallel_dpo_step) },
         #[cfg(feature = "nccl")]
         Case { name: "vocab_parallel_nccl", run: Box::new(vocab_parallel_nccl) },
     ]
