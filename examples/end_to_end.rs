@@ -8,7 +8,9 @@
 //! GRPO group: one prompt shared by G sampled responses through the shared-prefix attention
 //! (forward and backward) and the GRPO loss step from logits, with group advantages, and the DPO
 //! step from hidden states + LM-head weight (the fused LM head: no `[N, V]` logits tensor), on a
-//! GPU also at M = 4096, H = 4096, V = 128256 with its TFLOP/s and workspace.
+//! GPU also at M = 4096, H = 4096, V = 128256 with its TFLOP/s and workspace, and the same step
+//! with the LM head split over 4 vocabulary shards (a tensor-parallel head, the ranks simulated
+//! on one device, the all-gather by the host) against the unsharded step.
 //!
 //! `cargo run --release --example end_to_end [-- --cpu] [--pairs P --seq-len L --vocab V]`
 //! (`--cpu`: the f64 reference alone; `PREF_KERNELS_BACKEND=cuda|emulator` forces a backend).
@@ -29,6 +31,7 @@ use pref_kernels::seq_reduce::{
 };
 use pref_kernels::step::{GradLogits, GrpoStepBatch, LinearStepBatch, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
+use pref_kernels::vocab_parallel::{VocabShard, VP_STATS};
 use pref_kernels::{Backend, BackendKind, Gpu, LogitsLayout, TokenLogprobsConfig};
 
 struct Args {
@@ -113,6 +116,7 @@ fn main() -> pref_kernels::Result<()> {
         verify_against_reference(d)?;
         grpo_group(d)?;
         linear_head(d)?;
+        vocab_parallel_head(d)?;
     }
     let gpu = device.filter(|d| d.backend() == BackendKind::Cuda);
     // GPU default: the DPO batch (8 pairs x 1024 tokens, V = 128256); CPU: a small one.
@@ -854,6 +858,144 @@ fn linear_head(gpu: &Gpu) -> pref_kernels::Result<()> {
     if gpu.backend() == BackendKind::Cuda {
         linear_head_timed(gpu)?;
     }
+    Ok(())
+}
+
+/// The DPO step from hidden states with the LM head's vocabulary split over 4 shards of unequal
+/// size (a tensor-parallel head, each "rank" on this one device): every shard's partials (5 f32
+/// per token), their all-gather (here a host concatenation), the finalize, the preference loss on
+/// the log-probs (identical for every rank), each shard's backward into its d_weight rows and its
+/// partial d_hidden, the d_hidden all-reduce (host sum). Checked against the unsharded one-call
+/// step on the same inputs; fails on a mismatch.
+fn vocab_parallel_head(gpu: &Gpu) -> pref_kernels::Result<()> {
+    use pref_kernels::linear_logprobs::LinearGradViews;
+    let t0 = Instant::now();
+    let (pairs, seq_len, h, vocab, tp) = (2usize, 20usize, 48usize, 1229usize, 4usize);
+    let (n_seqs, n) = (2 * pairs, 2 * pairs * seq_len);
+    let mut st = 0x0DDB_1A5E_5BAD_5EEDu64;
+    let hidden: Vec<f32> = random_bf16(n * h, &mut st).into_iter().map(|x| x.to_f32()).collect();
+    let weight: Vec<f32> = random_bf16(vocab * h, &mut st).into_iter().map(|x| x.to_f32() * 0.15).collect();
+    let targets: Vec<i64> =
+        (0..n).map(|t| if t % seq_len < 5 { -100 } else { ((t * 104729 + 7) % vocab) as i64 }).collect();
+    let ref_logp: Vec<f32> = (0..n).map(|i| -7.0 + (i % 13) as f32 * 0.1).collect();
+    let mask: Vec<u8> = targets.iter().map(|&t| u8::from(t != -100)).collect();
+    let token = TokenLogprobsConfig::default();
+    let loss = LossConfig::dpo(0.1);
+    let cfg = LinearConfig { token, ..Default::default() };
+    println!(
+        "DPO step from hidden states with a vocabulary-parallel LM head (tp = {tp} shards on one device, {pairs} pairs x {seq_len} tokens, H = {h}, V = {vocab}, f32) on the {} backend:",
+        gpu.backend().name()
+    );
+    let s = gpu.default_stream();
+    let (hid_d, t_d, r_d, m_d) =
+        (s.clone_htod(&hidden)?, s.clone_htod(&targets)?, s.clone_htod(&ref_logp)?, s.clone_htod(&mask)?);
+    // Unsharded: the one-call step.
+    let w_full = s.clone_htod(&weight)?;
+    let head = LinearHead {
+        hidden: hid_d.as_view(),
+        weight: w_full.as_view(),
+        bias: None,
+        shape: LinearShape { n_rows: n, hidden: h, vocab },
+    };
+    let seqs = SeqLayout::Padded { n_seqs, seq_len };
+    let batch = LinearStepBatch {
+        targets: t_d.as_view(),
+        weights: None,
+        ref_logp: Some(r_d.as_view()),
+        ref_seq: None,
+        seqs,
+        pairs: Pairs::FirstHalfChosen,
+    };
+    let want = gpu.linear_preference_step(&s, &head, &batch, &loss, &cfg)?;
+    let want_dh = s.clone_dtoh(&want.grads.d_hidden)?;
+    let want_dw = s.clone_dtoh(&want.grads.d_weight)?;
+    // Sharded: the protocol, rank by rank.
+    let shards: Vec<VocabShard> =
+        (0..tp).map(|r| VocabShard::even(vocab, tp, r)).collect::<Result<_, _>>()?;
+    let w_shards = shards
+        .iter()
+        .map(|sh| s.clone_htod(&weight[sh.start * h..(sh.start + sh.len) * h]))
+        .collect::<Result<Vec<_>, _>>()?;
+    let heads: Vec<LinearHead<'_, f32>> = shards
+        .iter()
+        .zip(&w_shards)
+        .map(|(sh, w)| LinearHead {
+            hidden: hid_d.as_view(),
+            weight: w.as_view(),
+            bias: None,
+            shape: LinearShape { n_rows: n, hidden: h, vocab: sh.len },
+        })
+        .collect();
+    let mut gathered = Vec::with_capacity(tp * n * VP_STATS);
+    for (sh, hd) in shards.iter().zip(&heads) {
+        let mut part = s.alloc_zeros::<f32>(n * VP_STATS)?;
+        gpu.linear_shard_partials_into(&s, hd, *sh, &t_d.as_view(), part.as_view_mut(), &cfg)?;
+        gathered.extend(s.clone_dtoh(&part)?);
+    }
+    let g_d = s.clone_htod(&gathered)?;
+    let (mut logp, mut lse) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
+    let out = TokenLogprobsOutputs { logp: logp.as_view_mut(), lse: lse.as_view_mut(), entropy: None };
+    gpu.vocab_parallel_finalize(&s, &g_d.as_view(), tp, vocab, &t_d, out, &token)?;
+    let tokens = DeviceTokens {
+        logp: logp.as_view(),
+        mask: Some(m_d.as_view()),
+        weights: None,
+        ref_logp: Some(r_d.as_view()),
+    };
+    let mut grad_logp = s.alloc_zeros::<f32>(n)?;
+    let got = gpu.preference_loss(
+        &s,
+        &tokens,
+        &DeviceSeqs::Padded { n_seqs, seq_len },
+        &DevicePairs::FirstHalfChosen,
+        None,
+        &loss,
+        &mut grad_logp.as_view_mut(),
+    )?;
+    let mut d_hidden = vec![0f64; n * h];
+    let mut d_weight = Vec::with_capacity(vocab * h);
+    for (sh, hd) in shards.iter().zip(&heads) {
+        let (mut dh, mut dw) = (s.alloc_zeros::<f32>(n * h)?, s.alloc_zeros::<f32>(sh.len * h)?);
+        let grads = LinearGradViews { d_hidden: dh.as_view_mut(), d_weight: dw.as_view_mut(), d_bias: None };
+        gpu.linear_shard_backward_into(
+            &s,
+            hd,
+            *sh,
+            &t_d.as_view(),
+            &lse.as_view(),
+            &grad_logp.as_view(),
+            None,
+            grads,
+            &cfg,
+        )?;
+        for (acc, x) in d_hidden.iter_mut().zip(s.clone_dtoh(&dh)?) {
+            *acc += x as f64;
+        }
+        d_weight.extend(s.clone_dtoh(&dw)?);
+    }
+    let d_logp = max_diff(
+        s.clone_dtoh(&logp)?.into_iter().map(f64::from),
+        s.clone_dtoh(&want.logp)?.into_iter().map(f64::from),
+    );
+    let d_dh = max_diff(d_hidden.iter().copied(), want_dh.iter().map(|&x| x as f64));
+    let d_dw = max_diff(d_weight.iter().map(|&x| x as f64), want_dw.iter().map(|&x| x as f64));
+    println!(
+        "  loss {:.6} (unsharded {:.6}); max |diff| logp {d_logp:.2e}, d_hidden (summed over shards) {d_dh:.2e}, d_weight {d_dw:.2e}; all-gathered {} B per token",
+        got.loss, want.loss.loss, tp * VP_STATS * 4
+    );
+    for (what, diff, tol) in [
+        ("loss", (got.loss - want.loss.loss).abs() as f64, 1e-5),
+        ("logp", d_logp, 1e-4),
+        ("d_hidden", d_dh, 1e-5),
+        ("d_weight", d_dw, 1e-5),
+    ] {
+        if diff.is_nan() || diff > tol {
+            return Err(pref_kernels::Error::KernelCheck(format!(
+                "vocabulary-parallel step: {what} differs from the unsharded step by {diff:e} (> {tol:e})"
+            )));
+        }
+    }
+    println!("  verified in {:.1} s", t0.elapsed().as_secs_f64());
     Ok(())
 }
 

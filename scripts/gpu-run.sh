@@ -6,7 +6,8 @@
 #      the emulator-vs-GPU comparison                                          (cap 170 s)
 #   2. compute-sanitizer memcheck and racecheck on a few small GPU cases      (cap 100 s)
 #   3. short benches: d2d copy bandwidth, token log-probs GB/s and fraction of the copy bandwidth,
-#      the step, attention and fused-LM-head benches, the main job            (cap 190 s)
+#      the step, attention, fused-LM-head and vocabulary-parallel (tp as shards on one device)
+#      benches, the main job                                                   (cap 220 s)
 #   4. the same-run peers (PyTorch eager, Liger, CCE, SDPA, FlexAttention)    (cap 110 s)
 # Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>` with
 # stage tests | sanitize | bench | peers.
@@ -47,7 +48,7 @@ fi
 if want sanitize; then
   { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
     for tool in memcheck racecheck; do
-      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity linear_logprobs_forward; do
+      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity linear_logprobs_forward vocab_parallel_logits; do
         PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
           run 25 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
       done
@@ -57,11 +58,12 @@ fi
 if want bench; then
   { echo; echo "## 3. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
     short=(--warm-up-time 0.5 --measurement-time 2 --sample-size 10)
-    run 60 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
+    run 55 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 25 device-bin/bench-pref_step --bench gpu "${short[@]}"
     run 25 device-bin/bench-prefix_attn --bench gpu "${short[@]}"
     run 15 device-bin/bench-group_loss --bench gpu "${short[@]}"
-    run 60 device-bin/bench-linear_logprobs --bench gpu "${short[@]}"
+    run 55 device-bin/bench-linear_logprobs --bench gpu "${short[@]}"
+    run 25 device-bin/bench-vocab_parallel --bench gpu "${short[@]}"
     echo '```'; echo; echo '### Main job'; echo '```'
     PREF_KERNELS_BACKEND=cuda run 20 device-bin/end_to_end
     echo '```'; } | log

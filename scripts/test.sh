@@ -21,6 +21,7 @@ echo "== cargo clippy --all-targets --features nccl (the NCCL path compiles with
 cargo clippy --all-targets --features nccl -- -D warnings
 echo "== cargo doc (warnings are errors: broken links, missing docs)"
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features nccl
 echo "== cargo test (kernels compiled with $NVCC)"
 cargo test --all-targets
 cargo test --doc

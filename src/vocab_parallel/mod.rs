@@ -10,7 +10,7 @@
 //!    target (else 0) and an owner flag (1 or 0).
 //! 2. **All-gather** of the `[N, VP_STATS]` partials over the tensor-parallel group
 //!    (`torch.distributed.all_gather_into_tensor`, NCCL `ncclAllGather`, the
-//!    [`nccl`](mod@nccl) feature's [`nccl::VocabParallelComm`]): `VP_STATS · 4 = 20` bytes per
+//!    `nccl` feature's `vocab_parallel::nccl::VocabParallelComm`): `VP_STATS · 4 = 20` bytes per
 //!    token per rank, against `2·V/tp` bytes per token for gathering bf16 logits.
 //! 3. **Finalize** ([`crate::Gpu::vocab_parallel_finalize`]): each row's shards combined in the
 //!    gathered order (rank order; which rank holds which columns does not matter, as long as the
