@@ -533,6 +533,58 @@ impl PlanOnDevice {
     }
 }
 
+/// The device state of one chunk loop over a row plan: the plan's rows and targets, the
+/// workspace sized for its largest chunk, and the status word the kernels report into.
+pub(crate) struct ChunkPass {
+    plan: PlanOnDevice,
+    work: DeviceBuffer<u8>,
+    status: StatusWord,
+    shape: LinearShape,
+    dtype: DType,
+    max_rows: usize,
+}
+
+impl ChunkPass {
+    /// Uploads `plan` and allocates the workspace for `shape` in `dtype`.
+    pub(crate) fn new(stream: &Stream, shape: &LinearShape, dtype: DType, plan: &RowPlan) -> Result<Self> {
+        Ok(ChunkPass {
+            plan: PlanOnDevice::upload(stream, plan)?,
+            work: stream.alloc_zeros::<u8>(ChunkWork::bytes(shape, dtype, plan.max_rows))?,
+            status: StatusWord::new(stream, true)?,
+            shape: *shape,
+            dtype,
+            max_rows: plan.max_rows,
+        })
+    }
+
+    /// Bytes of the workspace.
+    pub(crate) fn work_bytes(&self) -> usize {
+        ChunkWork::bytes(&self.shape, self.dtype, self.max_rows)
+    }
+
+    /// The loop's raw pointers over `head` and the status word's, the borrows kept in `guards`.
+    pub(crate) fn bind<'s>(
+        &'s mut self,
+        stream: &Stream,
+        head: HeadPtrs,
+        guards: &mut Vec<Guard<'s>>,
+    ) -> Result<(Loop, u64)> {
+        let (wp, g0) = self.work.device_ptr_mut(stream)?;
+        let (rows, g1) = self.plan.rows.device_ptr(stream)?;
+        let (targets, g2) = self.plan.targets.device_ptr(stream)?;
+        let (status, g3) = self.status.ptr(stream)?;
+        guards.extend([g0, g1, g2]);
+        guards.extend(g3);
+        let work = ChunkWork::carve(wp, &self.shape, self.dtype, self.max_rows);
+        Ok((Loop { head, rows, targets, work }, status))
+    }
+
+    /// Waits for the loop and turns the kernels' status bits into an error.
+    pub(crate) fn finish(&self, stream: &Stream) -> Result<()> {
+        check_status(self.status.read(stream)?)
+    }
+}
+
 /// Everything a chunk loop enqueues with: the head, the plan's device arrays, the workspace.
 pub(crate) struct Loop {
     pub(crate) head: HeadPtrs,
@@ -707,35 +759,24 @@ impl Gpu {
         }
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
-        let on_device = PlanOnDevice::upload(stream, &plan)?;
-        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
-        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
+        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
         // Ignored rows are never scattered to: they read 0.
         stream.memset_zeros(&mut out.logp)?;
         stream.memset_zeros(&mut out.lse)?;
         if let Some(e) = out.entropy.as_mut() {
             stream.memset_zeros(e)?;
         }
-        let mut status = StatusWord::new(stream, true)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
-            let (wp, _g0) = work.device_ptr_mut(stream)?;
-            let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
-            let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
             let (logp_p, _g3) = out.logp.device_ptr_mut(stream)?;
             let (lse_p, _g4) = out.lse.device_ptr_mut(stream)?;
             let ent = match out.entropy.as_mut() {
                 Some(e) => Some(e.device_ptr_mut(stream)?),
                 None => None,
             };
-            let (status_p, _g5) = status.ptr(stream)?;
-            let lp = Loop {
-                head: head_p,
-                rows: rows_p,
-                targets: targets_p,
-                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.max_rows),
-            };
+            let mut pass_guards = Vec::new();
+            let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
             for chunk in &plan.chunks {
                 let (r0, m) = (chunk.start, chunk.len());
@@ -752,8 +793,8 @@ impl Gpu {
                 }
             }
         }
-        check_status(status.read(stream)?)?;
-        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+        pass.finish(stream)?;
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
 
     /// The backward of [`Gpu::linear_logprobs_forward`] for any per-token loss (the caller gives
@@ -821,10 +862,7 @@ impl Gpu {
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
         // Checked and planned: only now touch the caller's outputs.
         grads.prepare(stream, head, zeroed)?;
-        let on_device = PlanOnDevice::upload(stream, &plan)?;
-        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
-        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
-        let mut status = StatusWord::new(stream, true)?;
+        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
@@ -832,16 +870,8 @@ impl Gpu {
             let ge = optional_ptr(stream, grad_entropy, &mut guards)?;
             let mut grad_guards = Vec::new();
             let gp = grads.ptrs(stream, &mut grad_guards)?;
-            let (wp, _g0) = work.device_ptr_mut(stream)?;
-            let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
-            let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
-            let (status_p, _g5) = status.ptr(stream)?;
-            let lp = Loop {
-                head: head_p,
-                rows: rows_p,
-                targets: targets_p,
-                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.max_rows),
-            };
+            let mut pass_guards = Vec::new();
+            let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
             for chunk in &plan.chunks {
                 let (r0, m) = (chunk.start, chunk.len());
@@ -859,7 +889,7 @@ impl Gpu {
                 }
             }
         }
-        check_status(status.read(stream)?)?;
-        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+        pass.finish(stream)?;
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
 }

@@ -5,15 +5,13 @@
 //! `d_weight` (and `d_bias`) and its partial `d_hidden`, which the caller all-reduces (sum) over
 //! the group.
 use super::launch::{
-    check_head, head_ptrs, ChunkWork, LinearConfig, LinearGradViews, LinearHead, LinearRun, Loop,
-    PlanOnDevice,
+    check_head, head_ptrs, ChunkPass, LinearConfig, LinearGradViews, LinearHead, LinearRun, Loop,
 };
 use super::plan::{rows_for_budget, token_chunks};
 use crate::dtype::{IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, Result};
 use crate::params::VP_STATS;
-use crate::runtime::mem::{optional_ptr, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
-use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::mem::{optional_ptr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::Gpu;
 use crate::token_logprobs::{ensure_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
 use crate::vocab_parallel::{VocabShard, VocabShardPartialsPtrs};
@@ -126,26 +124,14 @@ impl Gpu {
         ensure_len("partials", partials.len(), s.n_rows * VP_STATS)?;
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, shard.vocab, cfg.token.ignore_index, max_rows)?;
-        let on_device = PlanOnDevice::upload(stream, &plan)?;
-        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
-        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
+        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
         // Ignored rows are never scattered to: they read 0, as the kernel writes them.
         stream.memset_zeros(&mut partials)?;
-        let mut status = StatusWord::new(stream, true)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
-            let (wp, _g0) = work.device_ptr_mut(stream)?;
-            let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
-            let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
             let (partials_p, _g3) = partials.device_ptr_mut(stream)?;
-            let (status_p, _g4) = status.ptr(stream)?;
-            let lp = Loop {
-                head: head_p,
-                rows: rows_p,
-                targets: targets_p,
-                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.max_rows),
-            };
+            let (lp, status_p) = pass.bind(stream, head_p, &mut guards)?;
             let raw = stream.raw();
             for chunk in &plan.chunks {
                 let (r0, m) = (chunk.start, chunk.len());
@@ -167,8 +153,8 @@ impl Gpu {
                 }
             }
         }
-        check_status(status.read(stream)?)?;
-        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+        pass.finish(stream)?;
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
 
     /// The backward of a vocabulary shard of the fused LM head, from the global `lse` (and the
@@ -203,10 +189,7 @@ impl Gpu {
         let plan = token_chunks(&host_targets, shard.vocab, cfg.token.ignore_index, max_rows)?;
         // Checked and planned: only now touch the caller's outputs.
         grads.prepare(stream, head, false)?;
-        let on_device = PlanOnDevice::upload(stream, &plan)?;
-        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.max_rows);
-        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
-        let mut status = StatusWord::new(stream, true)?;
+        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
@@ -216,16 +199,7 @@ impl Gpu {
             let ge = optional_ptr(stream, entropy.as_ref().map(|e| e.grad_entropy), &mut guards)?;
             let mut grad_guards = Vec::new();
             let gp = grads.ptrs(stream, &mut grad_guards)?;
-            let (wp, _g0) = work.device_ptr_mut(stream)?;
-            let (rows_p, _g1) = on_device.rows.device_ptr(stream)?;
-            let (targets_p, _g2) = on_device.targets.device_ptr(stream)?;
-            let (status_p, _g3) = status.ptr(stream)?;
-            let lp = Loop {
-                head: head_p,
-                rows: rows_p,
-                targets: targets_p,
-                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.max_rows),
-            };
+            let (lp, status_p) = pass.bind(stream, head_p, &mut guards)?;
             let raw = stream.raw();
             for chunk in &plan.chunks {
                 let (r0, m) = (chunk.start, chunk.len());
@@ -244,7 +218,7 @@ impl Gpu {
                 }
             }
         }
-        check_status(status.read(stream)?)?;
-        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: work_bytes })
+        pass.finish(stream)?;
+        Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
 }

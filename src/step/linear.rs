@@ -8,7 +8,7 @@
 //! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
 //! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
 use crate::error::{ensure, Result};
-use crate::linear_logprobs::launch::{check_head, head_ptrs, zero_grads, ChunkWork, Loop, PlanOnDevice};
+use crate::linear_logprobs::launch::{check_head, head_ptrs, zero_grads, ChunkPass};
 use crate::linear_logprobs::plan::{pair_chunks, rows_for_budget};
 use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::pref_loss::launch::{RawPairs, SubBatch};
@@ -17,7 +17,6 @@ use crate::pref_loss::{
     METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
-use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::{DeviceSeqLayout, SeqLayout, SeqReducePtrs};
 use crate::{LogitElement, TargetIndex};
@@ -163,13 +162,11 @@ impl Gpu {
         )?;
         let n_chunks = plan.rows.chunks.len();
         let n_pairs = plan.n_pairs;
-        let rows_dev = PlanOnDevice::upload(stream, &plan.rows)?;
+        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan.rows)?;
         let cu_dev = stream.clone_htod(&plan.local_cu)?;
         let seq_order_dev = stream.clone_htod(&plan.seq_order)?;
         let chosen_dev = stream.clone_htod(&plan.local_chosen)?;
         let rejected_dev = stream.clone_htod(&plan.local_rejected)?;
-        let work_bytes = ChunkWork::bytes(&s, T::DTYPE, plan.rows.max_rows);
-        let mut work = stream.alloc_zeros::<u8>(work_bytes)?;
         let mut loss_work =
             stream.alloc_zeros::<f32>(preference_loss_workspace_len(plan.max_seqs, plan.max_pairs).max(1))?;
         let mut ref_local = stream.alloc_zeros::<f32>(plan.max_seqs.max(1))?;
@@ -180,7 +177,6 @@ impl Gpu {
         if !zeroed {
             stream.memset_zeros(&mut out.logp)?;
         }
-        let mut status = StatusWord::new(stream, true)?;
         let sub_batch = SubBatch { pairs: n_pairs, nll_count: plan.nll_count as f32 };
         {
             let mut guards = Vec::new();
@@ -188,9 +184,6 @@ impl Gpu {
             let weights_p = optional_ptr(stream, batch.weights.as_ref(), &mut guards)?;
             let ref_logp_p = optional_ptr(stream, batch.ref_logp.as_ref(), &mut guards)?;
             let ref_seq_p = optional_ptr(stream, batch.ref_seq.as_ref(), &mut guards)?;
-            let (wp, _g0) = work.device_ptr_mut(stream)?;
-            let (rows_p, _g1) = rows_dev.rows.device_ptr(stream)?;
-            let (targets_p, _g2) = rows_dev.targets.device_ptr(stream)?;
             let (cu_p, _g3) = cu_dev.device_ptr(stream)?;
             let (order_p, _g4) = seq_order_dev.device_ptr(stream)?;
             let (ch_p, _g5) = chosen_dev.device_ptr(stream)?;
@@ -202,13 +195,8 @@ impl Gpu {
             let (logp_p, _g11) = out.logp.device_ptr_mut(stream)?;
             let mut grad_guards = Vec::new();
             let gp = out.grads.ptrs(stream, &mut grad_guards)?;
-            let (status_p, _g14) = status.ptr(stream)?;
-            let lp = Loop {
-                head: head_p,
-                rows: rows_p,
-                targets: targets_p,
-                work: ChunkWork::carve(wp, &s, T::DTYPE, plan.rows.max_rows),
-            };
+            let mut pass_guards = Vec::new();
+            let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
             for c in 0..n_chunks {
                 let rows = &plan.rows.chunks[c];
@@ -264,7 +252,7 @@ impl Gpu {
                 }
             }
         }
-        check_status(status.read(stream)?)?;
+        pass.finish(stream)?;
         let metric_rows = stream.clone_dtoh(&metrics)?;
         let pair_rows = stream.clone_dtoh(&pair_out)?;
         let combined = combine_metrics(&metric_rows, n_chunks);
@@ -273,6 +261,6 @@ impl Gpu {
             pairs_out[i].copy_from_slice(&pair_rows[k * PAIR_COLUMNS..(k + 1) * PAIR_COLUMNS]);
         }
         let loss = PreferenceLossOutputs { loss: combined[0], metrics: combined, pairs: pairs_out };
-        Ok((loss, LinearRun { n_chunks, workspace_bytes: work_bytes }))
+        Ok((loss, LinearRun { n_chunks, workspace_bytes: pass.work_bytes() }))
     }
 }
