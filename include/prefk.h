@@ -165,8 +165,13 @@ int32_t prefk_vocab_shard_partials(int32_t device, uint64_t stream, uint32_t dty
                                    int64_t vocab, int64_t ignore_index, float temperature,
                                    uint32_t compute_entropy);
 
+/* Whether a group's shards (host starts[n_shards], sizes[n_shards]; any order) tile [0, vocab): no gap,
+ * no overlap. The finalize sees a bad tiling only at a target: run this once per group. */
+int32_t prefk_vocab_check_tiling(const int64_t* starts, const int64_t* sizes, int64_t n_shards, int64_t vocab);
+
 /* Gathered partials [n_shards, n_rows, 5] f32 -> logp, lse (and entropy, or 0) [n_rows] f32. Shards
- * that do not tile the vocabulary at a target set status bit 16 and give that row NaN. */
+ * that do not tile the vocabulary at a target set status bit 16 and give that row NaN (gaps and
+ * overlaps no target falls in are for the tiling check above). */
 int32_t prefk_vocab_parallel_finalize(int32_t device, uint64_t stream, uint32_t index_code, uint64_t partials,
                                       uint64_t targets, uint64_t logp, uint64_t lse, uint64_t entropy,
                                       uint64_t status, int64_t n_rows, int64_t n_shards, int64_t vocab,

@@ -104,7 +104,8 @@ __device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&z
 #pragma unroll
     for (int k = 0; k < K; ++k) cm = fmaxf(cm, z[k]);
     const float r = exp2f(st.m - cm);
-    if (ENTROPY) st.t = r * (st.t + st.s * (st.m - cm));
+    // r = 0: the old state is negligible (st.m - cm may even overflow to -inf; 0 · -inf is NaN).
+    if (ENTROPY) st.t = r > 0.f ? r * (st.t + st.s * (st.m - cm)) : 0.f;
     st.s *= r;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -124,7 +125,10 @@ __device__ __forceinline__ SoftmaxState softmax_combine(const SoftmaxState& a, c
     c.m = fmaxf(a.m, b.m);
     const float ra = exp2f(a.m - c.m), rb = exp2f(b.m - c.m);
     c.s = a.s * ra + b.s * rb;
-    c.t = ENTROPY ? ra * (a.t + a.s * (a.m - c.m)) + rb * (b.t + b.s * (b.m - c.m)) : 0.f;
+    // A side whose weight underflowed to 0 adds nothing, even when its m - c.m overflowed.
+    c.t = ENTROPY ? (ra > 0.f ? ra * (a.t + a.s * (a.m - c.m)) : 0.f) +
+                        (rb > 0.f ? rb * (b.t + b.s * (b.m - c.m)) : 0.f)
+                  : 0.f;
     return c;
 }
 

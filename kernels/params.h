@@ -362,7 +362,7 @@ static_assert(sizeof(LinearBiasParams) == 32, "LinearBiasParams layout changed: 
 #define PREFK_VP_STATS 5
 #define PREFK_VP_MAX 0              // m = max_v y_v over the shard (-FLT_MAX ln2 when every y is -inf)
 #define PREFK_VP_SUMEXP 1           // s = sum_v exp(y_v - m)
-#define PREFK_VP_ENTROPY 2          // e = sum_v exp(y_v - m) (y_v - m); 0 when entropy is not computed
+#define PREFK_VP_ENTROPY 2          // e = sum_v exp(y_v - m) (y_v - m); NaN when entropy is not computed
 #define PREFK_VP_TARGET 3           // y_t when the shard holds the target t, else 0
 #define PREFK_VP_OWNER 4            // 1 when the shard holds the target, else 0
 

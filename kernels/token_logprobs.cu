@@ -36,7 +36,9 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
         // +inf anywhere in the row makes m = +inf: the distribution is undefined, report NaN.
         const float log2s = (st->m == INFINITY) ? __int_as_float(0x7fc00000) : log2f(st->s);
         const float lse2 = st->m + log2s;
-        logp[row] = (zt - lse2) * PREFK_LN2;
+        // (z_t - m) - log2 s, not z_t - (m + log2 s): where |m| dwarfs log2 s the sum would
+        // round log2 s away (logits of 1e38 with the target at the max gave logp 0, not -ln k).
+        logp[row] = ((zt - st->m) - log2s) * PREFK_LN2;
         lse[row] = lse2 * PREFK_LN2;
         if (entropy) entropy[row] = ENTROPY ? (log2s - st->t / st->s) * PREFK_LN2 : 0.f;
     });

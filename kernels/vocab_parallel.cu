@@ -31,7 +31,9 @@ __device__ __forceinline__ void vocab_shard_partials(const VocabShardFwdParams& 
         const bool owner = local >= 0 && local < p.shard_vocab;
         out[PREFK_VP_MAX] = st->m * PREFK_LN2;
         out[PREFK_VP_SUMEXP] = st->s;
-        out[PREFK_VP_ENTROPY] = ENTROPY ? st->t * PREFK_LN2 : 0.f;
+        // NaN, not 0, without entropy: a finalize that asks for entropy then returns NaN
+        // instead of a plausible ln S.
+        out[PREFK_VP_ENTROPY] = ENTROPY ? st->t * PREFK_LN2 : __int_as_float(0x7fc00000);
         out[PREFK_VP_TARGET] = owner ? xt * p.inv_temperature : 0.f;
         out[PREFK_VP_OWNER] = owner ? 1.f : 0.f;
     });
@@ -68,8 +70,10 @@ __device__ void vocab_parallel_finalize(const VocabFinalizeParams& p) {
                 inf = inf || mk == INFINITY;
                 const float c = fmaxf(m, mk);
                 const float ra = expf(m - c), rb = expf(mk - c);
-                // A shard whose logits are all -inf (s = 0) adds nothing, even when m - c overflows.
-                e = ra * (e + (s > 0.f ? s * (m - c) : 0.f)) + rb * (ek + (sk > 0.f ? sk * (mk - c) : 0.f));
+                // A side whose weight underflowed to 0 (or whose logits are all -inf, s = 0) adds
+                // nothing, even when m - c overflows to -inf (0 · -inf would be NaN).
+                e = (ra > 0.f && s > 0.f ? ra * (e + s * (m - c)) : 0.f) +
+                    (rb > 0.f && sk > 0.f ? rb * (ek + sk * (mk - c)) : 0.f);
                 s = s * ra + sk * rb;
                 m = c;
                 target += q[PREFK_VP_TARGET];
@@ -84,7 +88,7 @@ __device__ void vocab_parallel_finalize(const VocabFinalizeParams& p) {
                 // +inf anywhere in the row: the distribution is undefined, report NaN.
                 const float log_s = inf ? __int_as_float(0x7fc00000) : logf(s);
                 out_lse = m + log_s;
-                out_logp = target - out_lse;
+                out_logp = (target - m) - log_s;  // not target - lse: see token_logprobs.cu
                 out_entropy = log_s - e / s;
             }
         }

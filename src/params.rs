@@ -339,7 +339,7 @@ pub const VP_STATS: usize = 5;
 pub const VP_MAX: usize = 0;
 /// Index of `Σ exp(x/T - max)`.
 pub const VP_SUMEXP: usize = 1;
-/// Index of `Σ exp(x/T - max)·(x/T - max)` (0 without entropy).
+/// Index of `Σ exp(x/T - max)·(x/T - max)` (NaN without entropy).
 pub const VP_ENTROPY: usize = 2;
 /// Index of the target's `x_t / T` (0 when the shard does not hold the target).
 pub const VP_TARGET: usize = 3;

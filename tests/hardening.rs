@@ -53,6 +53,30 @@ proptest! {
     }
 
     #[test]
+    fn shard_tilings_never_panic_and_agree_with_the_c_abi(
+        shards in prop::collection::vec((extreme_i64(), extreme_i64()), 0..5),
+        vocab in extreme_i64(),
+    ) {
+        let (starts, sizes): (Vec<i64>, Vec<i64>) = shards.iter().cloned().unzip();
+        // SAFETY: host arrays of n_shards values each.
+        let rc = unsafe {
+            pref_kernels::ffi::prefk_vocab_check_tiling(starts.as_ptr(), sizes.as_ptr(), starts.len() as i64, vocab)
+        };
+        prop_assert!(rc == 0 || rc == -1, "rc {}", rc);
+        if rc == 0 {
+            // A tiling: sorted by start, each shard begins where the last ended, ending at vocab.
+            let mut v: Vec<(i64, i64)> = shards.clone();
+            v.sort();
+            let mut next = 0i64;
+            for (a, b) in v {
+                prop_assert!(a == next && b >= 1);
+                next = a + b;
+            }
+            prop_assert_eq!(next, vocab);
+        }
+    }
+
+    #[test]
     fn prefix_layouts_from_descriptors_never_panic(
         starts in prop::collection::vec(extreme_usize(), 0..3),
         prefixes in prop::collection::vec(extreme_usize(), 0..3),
@@ -170,6 +194,31 @@ proptest! {
         let empty = n == 0 && v >= 1 && stride >= v && temperature == 1.0 && ptrs.iter().all(|&p| p != 0);
         prop_assert!(rc == -1 || (rc == 0 && empty), "rc {} for n {} v {} stride {} ptrs {:x?}", rc, n, v, stride, ptrs);
     }
+}
+
+#[test]
+fn shard_tilings_through_the_c_abi() {
+    let check = |starts: &[i64], sizes: &[i64], vocab: i64| {
+        // SAFETY: host arrays of starts.len() values each.
+        unsafe {
+            pref_kernels::ffi::prefk_vocab_check_tiling(
+                starts.as_ptr(),
+                sizes.as_ptr(),
+                starts.len() as i64,
+                vocab,
+            )
+        }
+    };
+    assert_eq!(check(&[13, 0, 27], &[14, 13, 13], 40), 0, "a tiling in any rank order");
+    assert_eq!(check(&[0, 13], &[13, 14], 40), -1, "a gap at the end");
+    assert_eq!(check(&[0, 14], &[13, 26], 40), -1, "a gap in the middle");
+    assert_eq!(check(&[0, 12], &[13, 28], 40), -1, "an overlap");
+    assert_eq!(check(&[], &[], 40), -1, "no shards");
+    // SAFETY: null is refused before any read.
+    assert_eq!(
+        unsafe { pref_kernels::ffi::prefk_vocab_check_tiling(std::ptr::null(), std::ptr::null(), 2, 40) },
+        -1
+    );
 }
 
 #[test]

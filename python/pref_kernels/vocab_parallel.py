@@ -24,6 +24,8 @@ from ._lib import DTYPE_CODES, INDEX_CODES, call, check_status, device_code, hos
 from .ops import _F32, _check_head, _check_logits, _input, _out, _status
 
 VP_STATS = 5
+# The status bit of shards that do not tile the vocabulary (params.h: PREFK_STATUS_BAD_SHARDS).
+_STATUS_BAD_SHARDS = 16
 
 
 def _check_shard(vocab_start, shard_vocab, vocab):
@@ -37,14 +39,31 @@ def _group(group_name):
     return _resolve_process_group(group_name)
 
 
-def _all_gather(partials, group_name):
-    """[world, N, 5]: every rank's partials, in rank order."""
+def _all_gather(partials, group_name, vocab_start, shard_vocab, vocab):
+    """[world, N, 5]: every rank's partials, in rank order, and a device bool: whether the ranks'
+    shards tile [0, vocab).
+
+    The finalize's owner flags catch a bad tiling only at a target; a gap or an overlap that no
+    target falls in would skew every row's lse silently. So each rank's shard descriptor (start,
+    size, vocab as int32 bits in 4 extra floats) travels in the same all-gather as its partials,
+    and the check runs on the device: no second collective, no synchronization, and every rank
+    sees the same descriptors, so every rank reaches the same verdict."""
     pg = _group(group_name)
     world = dist.get_world_size(pg)
-    # Gathered along dim 0 (the layout every backend accepts), then seen as [world, N, 5].
-    out = torch.empty((world * partials.shape[0], VP_STATS), dtype=partials.dtype, device=partials.device)
-    dist.all_gather_into_tensor(out, partials.contiguous(), group=pg)
-    return out.view(world, partials.shape[0], VP_STATS)
+    n = partials.shape[0]
+    desc = torch.tensor([vocab_start, shard_vocab, vocab, 0], dtype=torch.int32)
+    send = torch.cat([partials.reshape(-1), desc.to(partials.device).view(torch.float32)])
+    # Gathered along dim 0 (the layout every backend accepts), then seen as [world, N * 5 + 4].
+    out = torch.empty(world * send.numel(), dtype=torch.float32, device=partials.device)
+    dist.all_gather_into_tensor(out, send, group=pg)
+    out = out.view(world, send.numel())
+    shards = out[:, n * VP_STATS:].contiguous().view(torch.int32).long()
+    order = shards[:, 0].argsort(stable=True)
+    start, size = shards[order, 0], shards[order, 1]
+    ends = start + size
+    tiles = ((shards[:, 2] == vocab).all() & (start[0] == 0) & (ends[-1] == vocab)
+             & (start[1:] == ends[:-1]).all() & (size >= 1).all())
+    return out[:, :n * VP_STATS].reshape(world, n, VP_STATS), tiles
 
 
 # ---- kernel-level ops (no collective) -----------------------------------------------------------
@@ -78,7 +97,7 @@ def _(logits, targets, vocab_start, vocab, ignore_index, temperature, compute_en
     return logits.new_empty((logits.shape[0], VP_STATS), dtype=torch.float32)
 
 
-def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entropy):
+def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entropy, tiles=None):
     if gathered.dim() != 3 or gathered.shape[2] != VP_STATS or gathered.dtype != torch.float32:
         raise ValueError(f"pref_kernels: gathered partials must be f32 [world, N, {VP_STATS}], got "
                          f"{list(gathered.shape)} {gathered.dtype}")
@@ -94,6 +113,11 @@ def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entro
         call("prefk_vocab_parallel_finalize", device_code(gathered), stream_of(gathered), INDEX_CODES[targets.dtype],
              ptr(gathered), ptr(targets), ptr(logp), ptr(lse), ptr(entropy), ptr(status), n, n_shards, vocab,
              ignore_index, temperature)
+    if tiles is not None:
+        # A bad tiling fails like the kernel's own shard check: NaN rows and the status bit.
+        status |= torch.where(tiles, 0, _STATUS_BAD_SHARDS).to(torch.int32)
+        nan = torch.tensor(float("nan"), dtype=torch.float32, device=gathered.device)
+        logp, lse, entropy = (torch.where(tiles, x, nan) for x in (logp, lse, entropy))
     check_status(status, gathered.device.type == "cpu")
     return logp, lse, entropy
 
@@ -230,7 +254,8 @@ def vocab_parallel_token_logprobs(logits: Tensor, targets: Tensor, vocab_start: 
     """logp, lse, entropy (f32 [N], identical on every rank) of the logits whose shard [N, Vs] this
     rank holds: partials, one all-gather over the group, finalize."""
     partials = _shard_partials(logits, targets, vocab_start, vocab, ignore_index, temperature, compute_entropy)
-    return _finalize(_all_gather(partials, group_name), targets, vocab, ignore_index, temperature, compute_entropy)
+    gathered, tiles = _all_gather(partials, group_name, vocab_start, logits.shape[1], vocab)
+    return _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entropy, tiles)
 
 
 @vocab_parallel_token_logprobs.register_fake
@@ -274,7 +299,8 @@ def vocab_parallel_linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: O
     holds W's rows [vocab_start, vocab_start + Vs) (and b's): no logits tensor on any rank."""
     partials = _linear_shard_partials(hidden, weight, bias, targets, vocab_start, vocab, ignore_index, temperature,
                                       compute_entropy, workspace_bytes)
-    return _finalize(_all_gather(partials, group_name), targets, vocab, ignore_index, temperature, compute_entropy)
+    gathered, tiles = _all_gather(partials, group_name, vocab_start, weight.shape[0], vocab)
+    return _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entropy, tiles)
 
 
 @vocab_parallel_linear_token_logprobs.register_fake

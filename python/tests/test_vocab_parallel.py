@@ -118,6 +118,17 @@ def _check(rank, world, dtype, backend, tol, temperature):
             t = torch.full_like(p["targets"], _boundary_target(world))
             with pytest.raises(pk.PrefKernelsError, match="tile the vocabulary"):
                 pk.vocab_parallel_token_logprobs(logits, t, s0, V)
+        # The same overlap and gap where no target falls (every target is id 0, on rank 0): the
+        # owner flags cannot see them, the shard descriptors gathered with the partials do.
+        for bad_size in (size + 1, size - 1):
+            sz = bad_size if rank == 0 else size
+            logits = p["logits"][:, start:start + sz].contiguous()
+            t = torch.zeros_like(p["targets"])
+            with pytest.raises(pk.PrefKernelsError, match="tile the vocabulary"):
+                pk.vocab_parallel_token_logprobs(logits, t, start, V)
+            w = p["weight"][start:start + sz].contiguous()
+            with pytest.raises(pk.PrefKernelsError, match="tile the vocabulary"):
+                pk.vocab_parallel_linear_token_logprobs(p["hidden"], w, t, start, V)
 
 
 def _boundary_target(world):

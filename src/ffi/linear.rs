@@ -3,7 +3,7 @@
 //! (the chunk workspace, at most `workspace_bytes`, is allocated and freed inside the call). Each
 //! call reads the targets back once to plan its chunks and synchronizes the stream at its end.
 use super::vocab_parallel::shard;
-use super::{dtype, ffi, gpu, index_type, loss_config, size, PrefkLossTerm};
+use super::{dtype, ffi, gpu, host_vec, index_type, loss_config, size, PrefkLossTerm};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, invalid, Result};
 use crate::linear_logprobs::{
@@ -506,19 +506,6 @@ unsafe fn step<T: LogitElement, I: TargetIndex>(
         };
         g.linear_preference_step_into(stream, &head, &batch, &a.loss, cfg, out).map(|(loss, _)| loss)
     }
-}
-
-/// Copies `n` host values at `p` (null or `n == 0` gives an empty vector).
-///
-/// # Safety
-/// `p` is null or valid for `n` reads.
-unsafe fn host_vec<T: Copy>(arg: &'static str, p: *const T, n: usize) -> Result<Vec<T>> {
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    ensure(!p.is_null(), arg, || format!("null pointer for {n} host values"))?;
-    // SAFETY: forwarded to the caller.
-    Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
 }
 
 /// The whole preference step from hidden states, chunked by whole groups of pairs

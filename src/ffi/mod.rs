@@ -29,6 +29,10 @@ mod vocab_parallel;
 pub use linear::{
     prefk_linear_logprobs_backward, prefk_linear_logprobs_forward, prefk_linear_preference_step,
 };
+pub use vocab_parallel::{
+    prefk_vocab_check_tiling, prefk_vocab_parallel_finalize, prefk_vocab_shard_backward,
+    prefk_vocab_shard_partials,
+};
 
 thread_local! {
     static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
@@ -93,6 +97,23 @@ fn index_type(code: u32) -> Result<IndexType> {
         1 => Ok(IndexType::I64),
         _ => Err(invalid("index_type", format!("0 (i32) or 1 (i64), got {code}"))),
     }
+}
+
+/// Copies `n` host values at `p` (null or `n == 0` gives an empty vector; a misaligned `p` is an
+/// error, not undefined behaviour).
+///
+/// # Safety
+/// `p` is null or valid for `n` reads.
+pub(super) unsafe fn host_vec<T: Copy>(arg: &'static str, p: *const T, n: usize) -> Result<Vec<T>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    ensure(!p.is_null(), arg, || format!("null pointer for {n} host values"))?;
+    ensure((p as usize) % std::mem::align_of::<T>() == 0, arg, || {
+        format!("host pointer {p:?} is not aligned to {} bytes", std::mem::align_of::<T>())
+    })?;
+    // SAFETY: forwarded to the caller; non-null and aligned checked above.
+    Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
 }
 
 fn size(arg: &'static str, v: i64) -> Result<usize> {

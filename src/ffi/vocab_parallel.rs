@@ -2,7 +2,7 @@
 //! synchronization: bad device data sets bits in the optional status word, which
 //! `prefk_check_status` turns into an error). The fused LM head's shard entry points live in
 //! `linear.rs` beside the other linear ones.
-use super::{dtype, ffi, gpu, index_type, size};
+use super::{dtype, ffi, gpu, host_vec, index_type, size};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig};
 use crate::vocab_parallel::{VocabFinalizePtrs, VocabShard, VocabShardPartialsPtrs};
 use crate::LogitsLayout;
@@ -69,6 +69,31 @@ pub unsafe extern "C" fn prefk_vocab_shard_partials(
                 &cfg,
             )
         }
+    })
+}
+
+/// Checks that a tensor-parallel group's shards tile `[0, vocab)` (no gap, no overlap, any order):
+/// `starts` and `sizes` are `n_shards` **host** i64 each, one per rank
+/// ([`VocabShard::check_tiling`]). The finalize sees a bad tiling only at a target (a gap or an
+/// overlap where no target falls would skew every row's lse silently), so run this once per group
+/// on the gathered shard descriptors. No device work.
+///
+/// # Safety
+/// `starts` and `sizes` are null (an error) or valid for `n_shards` reads.
+#[no_mangle]
+pub unsafe extern "C" fn prefk_vocab_check_tiling(
+    starts: *const i64,
+    sizes: *const i64,
+    n_shards: i64,
+    vocab: i64,
+) -> i32 {
+    ffi(|| {
+        let n = size("n_shards", n_shards)?;
+        // SAFETY: forwarded to the caller.
+        let (st, sz) = unsafe { (host_vec("starts", starts, n)?, host_vec("sizes", sizes, n)?) };
+        let shards =
+            st.iter().zip(&sz).map(|(&a, &b)| shard(a, b, vocab)).collect::<crate::Result<Vec<_>>>()?;
+        VocabShard::check_tiling(&shards)
     })
 }
 

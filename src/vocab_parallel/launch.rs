@@ -244,7 +244,9 @@ impl Gpu {
     /// The finalize: `partials` holds every shard's `[n_rows, VP_STATS]` block, gathered in the same order on every rank
     /// (what an all-gather over the tensor-parallel group returns); writes logp, lse (and entropy)
     /// into `out`, identical on every rank. With `cfg.check_targets` it synchronizes once and
-    /// reports bad targets and shards that do not tile the vocabulary as errors.
+    /// reports bad targets and shards that do not tile the vocabulary at a used target as errors
+    /// (a gap or an overlap that no target falls in is invisible here: check the group's shards
+    /// once with [`VocabShard::check_tiling`]).
     #[allow(clippy::too_many_arguments)]
     pub fn vocab_parallel_finalize<I: TargetIndex>(
         &self,

@@ -6,7 +6,7 @@
 //! 1. **Partials** ([`crate::Gpu::vocab_shard_partials`], or from hidden states
 //!    [`crate::Gpu::linear_shard_partials_into`]): per row, [`VP_STATS`] f32 over the shard's
 //!    columns, in natural units `y = x / T`: `m = max y`, `s = Σ exp(y − m)`,
-//!    `e = Σ exp(y − m)(y − m)` (entropy only), the target's `y_t` when the shard holds the
+//!    `e = Σ exp(y − m)(y − m)` (NaN without entropy), the target's `y_t` when the shard holds the
 //!    target (else 0) and an owner flag (1 or 0).
 //! 2. **All-gather** of the `[N, VP_STATS]` partials over the tensor-parallel group
 //!    (`torch.distributed.all_gather_into_tensor`, NCCL `ncclAllGather`, the
@@ -91,6 +91,41 @@ impl VocabShard {
     /// Whether vocabulary id `t` lies in the shard.
     pub fn holds(&self, t: i64) -> bool {
         t >= self.start as i64 && t < (self.start + self.len) as i64
+    }
+
+    /// Checks that the group's shards (one per rank, any order) tile the vocabulary: each one
+    /// valid, all of the same `vocab`, no gap and no overlap. The finalize's owner flags catch a
+    /// bad tiling only at a target (a gap or an overlap that no target falls in would silently
+    /// skew every row's lse), so the collective paths run this once per group on the gathered
+    /// shard descriptors (`VocabParallelComm::new`, the Python ops' first call per group).
+    pub fn check_tiling(shards: &[VocabShard]) -> Result<()> {
+        ensure(!shards.is_empty(), "shards", || "needs at least one shard".into())?;
+        let vocab = shards[0].vocab;
+        for s in shards {
+            s.validate()?;
+            ensure(s.vocab == vocab, "shards", || {
+                format!("{s:?}: every shard must split the same vocabulary ({vocab})")
+            })?;
+        }
+        let mut sorted = shards.to_vec();
+        sorted.sort_by_key(|s| s.start);
+        let mut next = 0usize;
+        for s in &sorted {
+            ensure(s.start == next, "shards", || {
+                if s.start < next {
+                    format!("{s:?} overlaps the shard before it (which ends at {next}): the shards must tile [0, {vocab})")
+                } else {
+                    format!(
+                        "columns [{next}, {}) belong to no shard: the shards must tile [0, {vocab})",
+                        s.start
+                    )
+                }
+            })?;
+            next = s.start + s.len;
+        }
+        ensure(next == vocab, "shards", || {
+            format!("columns [{next}, {vocab}) belong to no shard: the shards must tile [0, {vocab})")
+        })
     }
 }
 

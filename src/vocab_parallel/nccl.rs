@@ -66,12 +66,25 @@ pub struct VocabParallelComm {
 }
 
 impl VocabParallelComm {
-    /// Pairs `comm` with `shard` (rank `comm.rank()` of `comm.world_size()`; the ranks' shards
-    /// must tile the vocabulary, which the finalize checks at every target).
+    /// Pairs `comm` with `shard` (rank `comm.rank()` of `comm.world_size()`). Collective: every
+    /// rank of the group calls it; the ranks' shards are all-gathered once and must tile the
+    /// vocabulary ([`VocabShard::check_tiling`]), so a gap or an overlap is an error here on
+    /// every rank instead of silently wrong rows later.
     pub fn new(comm: Comm, shard: VocabShard) -> Result<Self> {
         shard.validate()?;
         let stream = Stream::from_cuda(comm.stream());
-        Ok(VocabParallelComm { comm, shard, stream })
+        let vp = VocabParallelComm { comm, shard, stream };
+        let mine = [shard.start as u64, shard.len as u64, shard.vocab as u64];
+        let send = vp.stream.clone_htod(&mine)?;
+        let mut all = vp.stream.alloc_zeros::<u64>(3 * vp.world_size())?;
+        vp.all_gather(&send.as_view(), &mut all.as_view_mut())?;
+        let all = vp.stream.clone_dtoh(&all)?;
+        let shards: Vec<VocabShard> = all
+            .chunks_exact(3)
+            .map(|d| VocabShard { start: d[0] as usize, len: d[1] as usize, vocab: d[2] as usize })
+            .collect();
+        VocabShard::check_tiling(&shards)?;
+        Ok(vp)
     }
 
     /// Pairs `comm` with the even split of `vocab` ([`VocabShard::even`]).
@@ -106,15 +119,23 @@ impl VocabParallelComm {
         partials: &View<'_, f32>,
         gathered: &mut ViewMut<'_, f32>,
     ) -> Result<()> {
+        self.all_gather(partials, gathered)
+    }
+
+    fn all_gather<T: NcclType + crate::runtime::mem::Element>(
+        &self,
+        send: &View<'_, T>,
+        recv: &mut ViewMut<'_, T>,
+    ) -> Result<()> {
         let world = self.world_size();
-        ensure(gathered.len() == partials.len() * world, "gathered", || {
-            format!("needs world · partials = {} f32, got {}", partials.len() * world, gathered.len())
+        ensure(recv.len() == send.len() * world, "gathered", || {
+            format!("needs world · sent = {} elements, got {}", send.len() * world, recv.len())
         })?;
-        let (src, _g0) = partials.device_ptr(&self.stream)?;
-        let (dst, _g1) = gathered.device_ptr_mut(&self.stream)?;
+        let (src, _g0) = send.device_ptr(&self.stream)?;
+        let (dst, _g1) = recv.device_ptr_mut(&self.stream)?;
         let s = self.cuda();
-        let send = Span::<f32> { ptr: src, len: partials.len(), stream: s, _t: PhantomData };
-        let mut recv = Span::<f32> { ptr: dst, len: gathered.len(), stream: s, _t: PhantomData };
+        let send = Span::<T> { ptr: src, len: send.len(), stream: s, _t: PhantomData };
+        let mut recv = Span::<T> { ptr: dst, len: recv.len(), stream: s, _t: PhantomData };
         self.comm.all_gather(&send, &mut recv).map_err(nccl_err)?;
         Ok(())
     }

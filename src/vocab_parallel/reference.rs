@@ -24,7 +24,8 @@ fn check_layout(layout: &LogitsLayout, shard: &VocabShard) -> Result<()> {
 }
 
 /// Per row, the shard's partials: `m = max y`, `s = Σ exp(y − m)`, `e = Σ exp(y − m)(y − m)`,
-/// `y_t` and the owner flag (`y = x / T` over the shard's columns). Ignored rows give zeros; a
+/// `y_t` and the owner flag (`y = x / T` over the shard's columns; `e` is NaN without
+/// `compute_entropy`). Ignored rows give zeros; a
 /// NaN or +inf logit gives NaN statistics; a shard of -inf logits gives `m = -inf`, `s = e = 0`.
 /// A target outside `[0, vocab)` is [`crate::Error::TargetOutOfRange`].
 pub fn shard_partials<T: LogitElement, I: TargetIndex>(
@@ -62,6 +63,9 @@ pub fn shard_partials<T: LogitElement, I: TargetIndex>(
                     }
                 }));
             }
+        }
+        if !cfg.compute_entropy {
+            q[VP_ENTROPY] = f64::NAN; // as the kernel: a finalize asking for entropy gets NaN
         }
         if shard.holds(t as i64) {
             q[VP_TARGET] = y[t - shard.start];

@@ -406,6 +406,29 @@ fn nan_and_inf_propagate(gpu: &Gpu, _seed: u64) {
     check_forward(&p, &got, &cfg);
 }
 
+/// Finite logits of ±1.2e38: in the kernels' base 2 (z = x log2 e) two row maxima differ by more
+/// than FLT_MAX, so rescaling an old state gives a weight of 0 times an offset of -inf. The
+/// entropy must stay the reference's finite value, not NaN (a 0 · -inf), in both the per-thread
+/// chunk update (a thread's negative chunks before its positive one) and the cross-thread combine.
+fn huge_finite_logits(gpu: &Gpu, _seed: u64) {
+    let s = gpu.default_stream();
+    let (vocab, big) = (3000usize, 1.2e38f32);
+    let mut p = problem::<f32, i32>(2, 13, 3, vocab, 0, 0);
+    for v in 0..vocab {
+        p.host[v] = if v >= vocab - 40 { big } else { -big }; // the maxima come last
+        p.host[vocab + v] = if v % 2 == 0 { -big } else { big }; // alternating
+        p.host[2 * vocab + v] = if v == 1500 { big } else { -big }; // one max mid-row
+    }
+    p.targets = vec![vocab as i32 - 1, 1, 1500]; // at a maximum: logp = -ln(count), finite
+    let logits = s.clone_htod(&p.host).unwrap();
+    let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let got = run_forward(gpu, &s, &logits, &p, &cfg).unwrap();
+    for (r, e) in got.entropy.as_ref().unwrap().iter().enumerate() {
+        assert!(e.is_finite(), "row {r}: entropy {e}");
+    }
+    check_forward(&p, &got, &cfg);
+}
+
 fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
     let cfg = TokenLogprobsConfig::default();
     let layout = LogitsLayout::contiguous(4, 10);
@@ -566,6 +589,7 @@ pub fn cases() -> Vec<Case> {
         run: Box::new(determinism_and_batch_invariance),
     });
     v.push(Case { name: "nan_and_inf_propagate", run: Box::new(nan_and_inf_propagate) });
+    v.push(Case { name: "huge_finite_logits", run: Box::new(huge_finite_logits) });
     v.push(Case {
         name: "alignment_and_batch_invariance_f32",
         run: Box::new(alignment_and_batch_invariance::<f32>),

@@ -189,18 +189,20 @@ fn vocab_parallel_bad_shards(gpu: &Gpu, seed: u64) {
     let targets: Vec<i64> = vec![3, 25, -100, 39, 20, 0];
     let dt = s.clone_htod(&targets).unwrap();
     let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
-    let run = |shards: &[VocabShard]| {
-        let blocks: Vec<Vec<f32>> = shards
+    let blocks_of = |shards: &[VocabShard], cfg: &TokenLogprobsConfig| -> Vec<Vec<f32>> {
+        shards
             .iter()
             .map(|sh| {
                 let d = s.clone_htod(&columns(&host, n, vocab, sh)).unwrap();
                 let mut part = poisoned(&s, n * VP_STATS);
                 let layout = LogitsLayout::contiguous(n, sh.len);
-                gpu.vocab_shard_partials(&s, &d, layout, *sh, &dt, &mut part.as_view_mut(), &cfg).unwrap();
+                gpu.vocab_shard_partials(&s, &d, layout, *sh, &dt, &mut part.as_view_mut(), cfg).unwrap();
                 s.clone_dtoh(&part).unwrap()
             })
-            .collect();
-        finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg)
+            .collect()
+    };
+    let run = |shards: &[VocabShard]| {
+        finalize(gpu, &s, &gather(&blocks_of(shards, &cfg)), shards.len(), vocab, &dt, &cfg)
     };
     let sh = |a, b| VocabShard::new(a, b - a, vocab).unwrap();
     // Overlap [18, 22) holds target 20 twice; a gap [24, 30) misses target 25.
@@ -226,6 +228,24 @@ fn vocab_parallel_bad_shards(gpu: &Gpu, seed: u64) {
     }
     let good = [sh(0, 13), sh(13, 40)];
     assert!(run(&good).is_ok());
+    // Tilings checked from the descriptors (what the collective paths do once per group): the
+    // gap and the overlap above, and ones that no target would reveal.
+    assert!(VocabShard::check_tiling(&[sh(13, 40), sh(0, 13)]).is_ok());
+    for bad in [vec![sh(0, 22), sh(18, 40)], vec![sh(0, 24), sh(30, 40)], vec![sh(0, 13)], vec![sh(1, 40)]] {
+        assert!(VocabShard::check_tiling(&bad).is_err(), "{bad:?}");
+    }
+    // Partials made without entropy, a finalize that asks for it: NaN entropy (the partials'
+    // entropy slot is NaN), not a plausible ln S; logp and lse are unaffected.
+    let no_entropy = TokenLogprobsConfig { compute_entropy: false, ..cfg };
+    let (logp, _, ent) =
+        finalize(gpu, &s, &gather(&blocks_of(&good, &no_entropy)), 2, vocab, &dt, &cfg).unwrap();
+    let (want_logp, _, _) = run(&good).unwrap();
+    for i in 0..n {
+        if targets[i] != -100 {
+            assert!(ent[i].is_nan(), "row {i}: entropy {} from partials without entropy", ent[i]);
+            assert_eq!(logp[i].to_bits(), want_logp[i].to_bits(), "row {i}: logp");
+        }
+    }
     // A target outside [0, V) is bad on every shard.
     let dt_bad = s.clone_htod(&[3i64, 40, -100, 1, 2, 3]).unwrap();
     let d = s.clone_htod(&columns(&host, n, vocab, &good[0])).unwrap();
@@ -406,16 +426,18 @@ fn vocab_parallel_linear_parity(gpu: &Gpu, seed: u64) {
 fn vocab_parallel_extreme_rows(gpu: &Gpu, _seed: u64) {
     let s = gpu.default_stream();
     let (ni, pi) = (f32::NEG_INFINITY, f32::INFINITY);
-    let rows: [[f32; 6]; 5] = [
+    let rows: [[f32; 6]; 6] = [
         [0.0, ni, 1.0, ni, ni, ni],
         [0.0, 1.0, f32::NAN, 0.0, 1.0, 2.0],
         [0.0, 1.0, 2.0, pi, 0.0, 0.0],
         [80.0, -80.0, 0.0, 0.0, 79.0, 81.0],
         [ni, ni, ni, ni, ni, ni],
+        // Shard maxima 2.4e38 apart: s · (m - c) overflows to -inf where the weight is 0.
+        [-1.2e38, -1.2e38, -1.2e38, 1.2e38, 0.0, -1.2e38],
     ];
     let (n, vocab) = (rows.len(), 6usize);
     let host: Vec<f32> = rows.concat();
-    let targets: Vec<i64> = vec![0, 1, 2, 5, 3];
+    let targets: Vec<i64> = vec![0, 1, 2, 5, 3, 0];
     let dt = s.clone_htod(&targets).unwrap();
     let cfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
     let want = tl_ref::forward(&host, LogitsLayout::contiguous(n, vocab), &targets, &cfg).unwrap();
