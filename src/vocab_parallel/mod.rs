@@ -96,8 +96,9 @@ impl VocabShard {
     /// Checks that the group's shards (one per rank, any order) tile the vocabulary: each one
     /// valid, all of the same `vocab`, no gap and no overlap. The finalize's owner flags catch a
     /// bad tiling only at a target (a gap or an overlap that no target falls in would silently
-    /// skew every row's lse), so the collective paths run this once per group on the gathered
-    /// shard descriptors (`VocabParallelComm::new`, the Python ops' first call per group).
+    /// skew every row's lse), so `VocabParallelComm::new` runs this once on the gathered shard
+    /// descriptors (the Python ops run the same check on the device, every call, on the
+    /// descriptors that travel with the partials).
     pub fn check_tiling(shards: &[VocabShard]) -> Result<()> {
         ensure(!shards.is_empty(), "shards", || "needs at least one shard".into())?;
         let vocab = shards[0].vocab;
