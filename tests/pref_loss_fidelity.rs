@@ -119,6 +119,7 @@ fn f_divergences_trl_refuses_are_refused() {
         Loss::NcaPair { beta: 0.1 },
         Loss::BcoPair { beta: 0.1 },
         Loss::SppoHard { beta: 0.1 },
+        Loss::ApoZero { beta: 0.1 },
         Loss::ApoDown { beta: 0.1 },
     ] {
         for div in [FDivergence::ForwardKl, FDivergence::JensenShannon, FDivergence::Alpha { alpha: 0.5 }] {

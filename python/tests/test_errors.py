@@ -57,6 +57,11 @@ def test_losses_refuse_bad_configurations():
         pk.preference_loss(logp, pk.loss_terms("sigmoid"), mask=mask, ref_logp=ref, n_seqs=4, seq_len=3,
                            chosen=torch.tensor([0, 9], dtype=torch.int32),
                            rejected=torch.tensor([2, 3], dtype=torch.int32))  # pair index 9 of 4 sequences
+    # TRL 1.16 refuses an f-divergence other than reverse KL for apo_zero (it would be reverse KL here).
+    for div in ("forward_kl", "js_divergence", "alpha_divergence"):
+        with pytest.raises(pk.PrefKernelsError, match="apo_zero.*reverse-KL"):
+            pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, loss_type="apo_zero", f_divergence_type=div)
+    pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, loss_type="apo_zero")
     bad_cu = torch.tensor([0, 5, 3, 9, 12], dtype=torch.int32)
     with pytest.raises(pk.PrefKernelsError, match="cu_seqlens"):
         pk.dpo_loss(logp, mask, ref, cu_seqlens=bad_cu)

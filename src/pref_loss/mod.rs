@@ -347,7 +347,7 @@ pub struct LossConfig {
     /// `(term, weight)`; `L = Σ weight · term`. 1 to [`MAX_LOSS_TERMS`] terms; at most one TAB-PO.
     pub terms: Vec<(Loss, f32)>,
     /// ψ for the DPO-family terms (default reverse KL), TRL's full transforms; refused (as TRL)
-    /// for `nca_pair`, `bco_pair`, `sppo_hard` and `apo_down` unless reverse KL.
+    /// for `nca_pair`, `bco_pair`, `sppo_hard`, `apo_zero` and `apo_down` unless reverse KL.
     pub divergence: FDivergence,
     /// Sequence aggregation of the DPO-family terms: `Sum` (default, DPO), `WeightedSum`
     /// (TIS-DPO-style token-weighted DPO), `WeightedMean`, or `Mean`.
@@ -441,14 +441,15 @@ impl LossConfig {
             ensure(alpha.is_finite(), "divergence", || format!("alpha must be finite, got {alpha}"))?;
         }
         if self.divergence != FDivergence::ReverseKl {
-            // These use each side's transformed log-ratio on its own (or, apo_down, mix the raw and
-            // the transformed): TRL refuses an f-divergence other than reverse KL for them.
+            // These use each side's transformed log-ratio on its own (or, apo_zero / apo_down, the
+            // raw one): TRL 1.16 refuses an f-divergence other than reverse KL for them.
             for (loss, _) in &self.terms {
                 let name = match loss {
                     Loss::NcaPair { .. } => "nca_pair",
                     Loss::BcoPair { .. } => "bco_pair",
                     Loss::SppoHard { .. } => "sppo_hard",
                     Loss::ApoDown { .. } => "apo_down",
+                    Loss::ApoZero { .. } => "apo_zero",
                     _ => continue,
                 };
                 return Err(crate::error::invalid(
