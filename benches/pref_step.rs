@@ -99,17 +99,22 @@ fn gpu_benches(c: &mut Criterion) {
     let mut grad = s.alloc_zeros::<bf16>(n * vocab).unwrap();
     let mut logp = s.alloc_zeros::<f32>(n).unwrap();
     let mut lse = s.alloc_zeros::<f32>(n).unwrap();
+    let mut stats = s.alloc_zeros::<f32>(2 * n).unwrap();
     let ones = s.clone_htod(&vec![1.0f32; n]).unwrap();
     let token_cfg = TokenLogprobsConfig { check_targets: false, ..Default::default() };
     g.throughput(Throughput::Bytes(3 * (n * vocab * 2) as u64));
     g.bench_function("token_logprobs_fwd_bwd", |b| {
         b.iter_custom(|it| {
             event_time(&gpu, it, || {
-                let out =
-                    TokenLogprobsOutputs { logp: logp.as_view_mut(), lse: lse.as_view_mut(), entropy: None };
+                let out = TokenLogprobsOutputs {
+                    logp: logp.as_view_mut(),
+                    lse: lse.as_view_mut(),
+                    entropy: None,
+                    stats: Some(stats.as_view_mut()),
+                };
                 gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &token_cfg).unwrap();
                 gpu.token_logprobs_backward(
-                    &s, &logits, layout, &targets, &lse, &ones, &mut grad, vocab, &token_cfg,
+                    &s, &logits, layout, &targets, &stats, &ones, &mut grad, vocab, &token_cfg,
                 )
                 .unwrap();
             })

@@ -69,6 +69,7 @@ fn gpu_benches(c: &mut Criterion) {
                 s.clone_htod(&(0..n as i64).map(|i| (i * 7919) % v as i64).collect::<Vec<_>>()).unwrap();
             let mut logp = s.alloc_zeros::<f32>(n).unwrap();
             let mut lse = s.alloc_zeros::<f32>(n).unwrap();
+            let mut stats = s.alloc_zeros::<f32>(2 * n).unwrap();
             let grad_logp = s.clone_htod(&vec![0.5f32; n]).unwrap();
             let mut grad = s.alloc_zeros::<bf16>(n * v).unwrap();
             let bytes = (n * v * 2) as u64;
@@ -82,6 +83,7 @@ fn gpu_benches(c: &mut Criterion) {
                             logp: logp.as_view_mut(),
                             lse: lse.as_view_mut(),
                             entropy: None,
+                            stats: Some(stats.as_view_mut()),
                         };
                         gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                     })
@@ -95,10 +97,11 @@ fn gpu_benches(c: &mut Criterion) {
                             logp: logp.as_view_mut(),
                             lse: lse.as_view_mut(),
                             entropy: None,
+                            stats: Some(stats.as_view_mut()),
                         };
                         gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                         gpu.token_logprobs_backward(
-                            &s, &logits, layout, &targets, &lse, &grad_logp, &mut grad, v, &cfg,
+                            &s, &logits, layout, &targets, &stats, &grad_logp, &mut grad, v, &cfg,
                         )
                         .unwrap();
                     })

@@ -62,6 +62,7 @@ fn gpu_benches(c: &mut Criterion) {
     let bytes = (n * v * 2) as u64;
     let (mut logp, mut lse) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(n).unwrap());
     let grad_logp = s.clone_htod(&vec![0.5f32; n]).unwrap();
+    let stats = s.alloc_zeros::<f32>(2 * n).unwrap();
     {
         let logits = s.clone_htod(&host).unwrap();
         let layout = LogitsLayout::contiguous(n, v);
@@ -73,6 +74,7 @@ fn gpu_benches(c: &mut Criterion) {
                         logp: logp.as_view_mut(),
                         lse: lse.as_view_mut(),
                         entropy: None,
+                        stats: None,
                     };
                     gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                 })
@@ -93,8 +95,14 @@ fn gpu_benches(c: &mut Criterion) {
         let mut gathered = s.alloc_zeros::<f32>(tp * n * VP_STATS).unwrap();
         let raw = s.raw();
         let base = logits.raw_ptr();
-        let (gp, tg, lp, ls, gl) =
-            (gathered.raw_ptr(), targets.raw_ptr(), logp.raw_ptr(), lse.raw_ptr(), grad_logp.raw_ptr());
+        let (gp, tg, lp, ls, gl, st) = (
+            gathered.raw_ptr(),
+            targets.raw_ptr(),
+            logp.raw_ptr(),
+            lse.raw_ptr(),
+            grad_logp.raw_ptr(),
+            stats.raw_ptr(),
+        );
         let forward = |gpu: &pref_kernels::Gpu| {
             let mut off = 0u64;
             for (k, sh) in shards.iter().enumerate() {
@@ -119,8 +127,15 @@ fn gpu_benches(c: &mut Criterion) {
                 .unwrap();
                 off += (n * sh.len * 2) as u64;
             }
-            let fin =
-                VocabFinalizePtrs { partials: gp, targets: tg, logp: lp, lse: ls, entropy: 0, status: 0 };
+            let fin = VocabFinalizePtrs {
+                partials: gp,
+                targets: tg,
+                logp: lp,
+                lse: ls,
+                entropy: 0,
+                status: 0,
+                stats: st,
+            };
             // SAFETY: as above.
             unsafe { gpu.vocab_parallel_finalize_raw(raw, IndexType::I64, n, tp, v, &fin, &cfg) }.unwrap();
         };
@@ -139,7 +154,7 @@ fn gpu_benches(c: &mut Criterion) {
                         let ptrs = TokenLogprobsBwdPtrs {
                             logits: base + off,
                             targets: tg,
-                            lse: ls,
+                            stats: st,
                             grad_logp: gl,
                             grad_logits: base + off,
                             ..Default::default()

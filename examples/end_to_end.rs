@@ -193,6 +193,7 @@ fn main() -> pref_kernels::Result<()> {
             // whole step is compared with.
             let mut logp = s.alloc_zeros::<f32>(n)?;
             let mut lse = s.alloc_zeros::<f32>(n)?;
+            let mut stats = s.alloc_zeros::<f32>(2 * n)?;
             let mut entropy = s.alloc_zeros::<f32>(n)?;
             let mut grad = s.alloc_zeros::<bf16>(n * vocab)?;
             let ones = s.clone_htod(&vec![1.0f32; n])?;
@@ -200,12 +201,16 @@ fn main() -> pref_kernels::Result<()> {
             let mut fb = Vec::new();
             for _ in 0..7 {
                 let e0 = cs.record_event(flags)?;
-                let out =
-                    TokenLogprobsOutputs { logp: logp.as_view_mut(), lse: lse.as_view_mut(), entropy: None };
+                let out = TokenLogprobsOutputs {
+                    logp: logp.as_view_mut(),
+                    lse: lse.as_view_mut(),
+                    entropy: None,
+                    stats: Some(stats.as_view_mut()),
+                };
                 gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &quiet)?;
                 let e1 = cs.record_event(flags)?;
                 gpu.token_logprobs_backward(
-                    &s, &logits0, layout, &targets, &lse, &ones, &mut grad, vocab, &quiet,
+                    &s, &logits0, layout, &targets, &stats, &ones, &mut grad, vocab, &quiet,
                 )?;
                 let e2 = cs.record_event(flags)?;
                 e2.synchronize()?;
@@ -225,6 +230,7 @@ fn main() -> pref_kernels::Result<()> {
                 logp: logp.as_view_mut(),
                 lse: lse.as_view_mut(),
                 entropy: Some(entropy.as_view_mut()),
+                stats: None,
             };
             gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &with_entropy)?;
             let (lp, ent) = (s.clone_dtoh(&logp)?, s.clone_dtoh(&entropy)?);
@@ -402,10 +408,12 @@ fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
     let targets = s.clone_htod(&data.targets)?;
     let (mut logp, mut lse, mut ent) =
         (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
+    let mut stats = s.alloc_zeros::<f32>(2 * n)?;
     let out = TokenLogprobsOutputs {
         logp: logp.as_view_mut(),
         lse: lse.as_view_mut(),
         entropy: Some(ent.as_view_mut()),
+        stats: Some(stats.as_view_mut()),
     };
     gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg)?;
     let want = tl_ref::forward(&data.logits, layout, &data.targets, &cfg)?;
@@ -420,7 +428,7 @@ fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
     let grad_logp: Vec<f32> = (0..n).map(|i| ((i % 7) as f32 - 3.0) * 0.25).collect();
     let g_dev = s.clone_htod(&grad_logp)?;
     let mut grad = s.alloc_zeros::<bf16>(n * vocab)?;
-    gpu.token_logprobs_backward(&s, &logits, layout, &targets, &lse, &g_dev, &mut grad, vocab, &cfg)?;
+    gpu.token_logprobs_backward(&s, &logits, layout, &targets, &stats, &g_dev, &mut grad, vocab, &cfg)?;
     let want_g = tl_ref::backward(&data.logits, layout, &data.targets, &grad_logp, &cfg)?;
     let got_g = s.clone_dtoh(&grad)?;
     println!(
@@ -934,7 +942,13 @@ fn vocab_parallel_head(gpu: &Gpu) -> pref_kernels::Result<()> {
     }
     let g_d = s.clone_htod(&gathered)?;
     let (mut logp, mut lse) = (s.alloc_zeros::<f32>(n)?, s.alloc_zeros::<f32>(n)?);
-    let out = TokenLogprobsOutputs { logp: logp.as_view_mut(), lse: lse.as_view_mut(), entropy: None };
+    let mut stats = s.alloc_zeros::<f32>(2 * n)?;
+    let out = TokenLogprobsOutputs {
+        logp: logp.as_view_mut(),
+        lse: lse.as_view_mut(),
+        entropy: None,
+        stats: Some(stats.as_view_mut()),
+    };
     gpu.vocab_parallel_finalize(&s, &g_d.as_view(), tp, vocab, &t_d, out, &token)?;
     let tokens = DeviceTokens {
         logp: logp.as_view(),
@@ -962,7 +976,7 @@ fn vocab_parallel_head(gpu: &Gpu) -> pref_kernels::Result<()> {
             hd,
             *sh,
             &t_d.as_view(),
-            &lse.as_view(),
+            &stats.as_view(),
             &grad_logp.as_view(),
             None,
             grads,

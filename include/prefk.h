@@ -1,4 +1,4 @@
-/* C ABI of pref-kernels (src/ffi.rs). Link against the cdylib (target/release/libpref_kernels.so).
+/* C ABI of pref-kernels (src/ffi/). Link against the cdylib (target/release/libpref_kernels.so).
  *
  * Every entry point takes a device (a CUDA ordinal, or PREFK_DEVICE_EMULATOR = -1 for the CPU
  * emulator, whose pointers are host addresses) and the caller's CUstream as an integer (0 = legacy
@@ -6,7 +6,11 @@
  * uint64_t (tensor.data_ptr()), and returns 0 on success, -1 on error, -2 if an internal panic
  * was caught; prefk_last_error() then describes it. Nothing synchronizes; work is ordered on
  * the given stream. Dtype codes: 0 f32, 1 f16, 2 bf16. Index codes: 0 i32, 1 i64.
- * Loss kinds, divergences and aggregations use the codes of kernels/params.h. */
+ * Loss kinds, divergences and aggregations use the codes of kernels/params.h.
+ *
+ * Softmax statistics ("stats", [n_rows, 2] f32 per row: the row max of the raw logits and
+ * log2 sum 2^((x - max) log2(e) / T)) are what every log-prob forward writes for its backward:
+ * the backward forms probabilities from x - max, exact near the max at any logit magnitude. */
 #ifndef PREFK_H
 #define PREFK_H
 
@@ -32,11 +36,11 @@ int32_t prefk_init(int32_t device);
 
 int32_t prefk_token_logprobs_forward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
                                      uint64_t logits, uint64_t targets, uint64_t logp, uint64_t lse,
-                                     uint64_t entropy, uint64_t status, int64_t n_rows, int64_t vocab,
+                                     uint64_t stats, uint64_t entropy, uint64_t status, int64_t n_rows, int64_t vocab,
                                      int64_t row_stride, int64_t ignore_index, float temperature);
 
 int32_t prefk_token_logprobs_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
-                                      uint64_t logits, uint64_t targets, uint64_t lse, uint64_t grad_logp,
+                                      uint64_t logits, uint64_t targets, uint64_t stats, uint64_t grad_logp,
                                       uint64_t grad_logits, uint64_t status, int64_t n_rows, int64_t vocab,
                                       int64_t row_stride, int64_t grad_stride, int64_t ignore_index,
                                       float temperature);
@@ -44,7 +48,7 @@ int32_t prefk_token_logprobs_backward(int32_t device, uint64_t stream, uint32_t 
 /* The backward above, plus the entropy's gradient when grad_entropy != 0 (entropy: the forward's
  * [n_rows] f32 entropy). */
 int32_t prefk_token_logprobs_backward_entropy(int32_t device, uint64_t stream, uint32_t dtype_code,
-                                              uint32_t index_code, uint64_t logits, uint64_t targets, uint64_t lse,
+                                              uint32_t index_code, uint64_t logits, uint64_t targets, uint64_t stats,
                                               uint64_t entropy, uint64_t grad_logp, uint64_t grad_entropy,
                                               uint64_t grad_logits, uint64_t status, int64_t n_rows, int64_t vocab,
                                               int64_t row_stride, int64_t grad_stride, int64_t ignore_index,
@@ -154,8 +158,9 @@ int32_t prefk_linear_preference_step(int32_t device, uint64_t stream, uint32_t d
  * [vocab_start, vocab_start + shard_vocab) of vocab). Per call: partials of this rank's shard,
  * an all-gather of the [n_rows, 5] f32 partials over the group in rank order (the caller's NCCL or
  * gloo), the finalize (bitwise the same on every rank), then each rank's backward into its own
- * columns (or d_weight rows) from the global lse. Partials per row: max of x/T, sum of exp, entropy
- * term, target logit (0 off the owning shard), owner flag. */
+ * columns (or d_weight rows) from the global softmax stats. Partials per row: max of the raw logits
+ * x, sum of 2^((x - max) log2(e) / T), its entropy term (base 2), the target's raw logit (0 off the
+ * owning shard), owner flag. */
 
 /* A logits shard [n_rows, row_stride] -> partials [n_rows, 5] f32; targets are whole-vocabulary ids.
  * No synchronization; bad targets set status bit 1. */
@@ -169,18 +174,19 @@ int32_t prefk_vocab_shard_partials(int32_t device, uint64_t stream, uint32_t dty
  * no overlap. The finalize sees a bad tiling only at a target: run this once per group. */
 int32_t prefk_vocab_check_tiling(const int64_t* starts, const int64_t* sizes, int64_t n_shards, int64_t vocab);
 
-/* Gathered partials [n_shards, n_rows, 5] f32 -> logp, lse (and entropy, or 0) [n_rows] f32. Shards
+/* Gathered partials [n_shards, n_rows, 5] f32 -> logp, lse (and entropy, or 0) [n_rows] f32 and the
+ * rows' softmax stats [n_rows, 2] f32 (or 0) for the shard backward. Shards
  * that do not tile the vocabulary at a target set status bit 16 and give that row NaN (gaps and
  * overlaps no target falls in are for the tiling check above). */
 int32_t prefk_vocab_parallel_finalize(int32_t device, uint64_t stream, uint32_t index_code, uint64_t partials,
-                                      uint64_t targets, uint64_t logp, uint64_t lse, uint64_t entropy,
+                                      uint64_t targets, uint64_t logp, uint64_t lse, uint64_t stats, uint64_t entropy,
                                       uint64_t status, int64_t n_rows, int64_t n_shards, int64_t vocab,
                                       int64_t ignore_index, float temperature);
 
-/* d/dlogits of a shard's columns from the global lse (and entropy with grad_entropy, or 0): grad_logits
+/* d/dlogits of a shard's columns from the global softmax stats (and entropy with grad_entropy, or 0): grad_logits
  * [n_rows, grad_stride] (in place when equal to logits). */
 int32_t prefk_vocab_shard_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
-                                   uint64_t logits, uint64_t targets, uint64_t lse, uint64_t entropy,
+                                   uint64_t logits, uint64_t targets, uint64_t stats, uint64_t entropy,
                                    uint64_t grad_logp, uint64_t grad_entropy, uint64_t grad_logits,
                                    uint64_t status, int64_t n_rows, int64_t shard_vocab, int64_t row_stride,
                                    int64_t grad_stride, int64_t vocab_start, int64_t vocab, int64_t ignore_index,
@@ -194,11 +200,11 @@ int32_t prefk_linear_shard_partials(int32_t device, uint64_t stream, uint32_t dt
                                     int64_t vocab_start, int64_t vocab, int64_t ignore_index, float temperature,
                                     uint32_t compute_entropy, int64_t workspace_bytes);
 
-/* Its backward from the global lse (entropy and grad_entropy, or 0): d_weight [shard_vocab, hidden_dim]
+/* Its backward from the global softmax stats (entropy and grad_entropy, or 0): d_weight [shard_vocab, hidden_dim]
  * f32 and d_bias of the shard, and this rank's partial d_hidden [n_rows, hidden_dim], which the
  * caller all-reduces (sum) over the group. */
 int32_t prefk_linear_shard_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
-                                    uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets, uint64_t lse,
+                                    uint64_t hidden, uint64_t weight, uint64_t bias, uint64_t targets, uint64_t stats,
                                     uint64_t entropy, uint64_t grad_logp, uint64_t grad_entropy, uint64_t d_hidden,
                                     uint64_t d_weight, uint64_t d_bias, int64_t n_rows, int64_t hidden_dim,
                                     int64_t shard_vocab, int64_t vocab_start, int64_t vocab, int64_t ignore_index,

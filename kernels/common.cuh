@@ -87,9 +87,13 @@ __device__ __forceinline__ RowSplit split_row(uint64_t addr, uint64_t other_addr
 }
 
 // ---- online softmax ------------------------------------------------------------------------------
-// State over values z (already scaled to base 2: z = x / T * log2(e)):
-//   m = max z (starts at -FLT_MAX, not -inf, so -inf logits contribute exactly 0 without NaN),
-//   s = sum 2^(z - m),  t = sum 2^(z - m) * (z - m)   (t only when entropy is requested).
+// State over the raw values x of a row (logits, not yet divided by T), with scale2 = log2(e) / T:
+//   m = max x (starts at -FLT_MAX, not -inf, so -inf logits contribute exactly 0 without NaN),
+//   s = sum 2^((x - m) scale2),  t = sum 2^(d) d with d = (x - m) scale2   (t only with entropy).
+// The max is kept in the logits' own units and every exponent is formed as (x - m) * scale2, never
+// x * scale2 - m * scale2: x - m is exact in f32 near the max (Sterbenz), so the elements that carry
+// the probability mass keep full precision at any magnitude, and x * scale2 (which overflows f32 for
+// |x| >= FLT_MAX / log2(e) * T) is never formed; x - m <= 0 can only overflow to -inf (p = 0).
 // Keeping t relative to m makes entropy = ln2 * (log2 s - t / s) shift-invariant and cancellation-free.
 // NaN inputs poison s (exp2(NaN) = NaN); +inf inputs are turned into NaN at finalization.
 struct SoftmaxState {
@@ -97,19 +101,24 @@ struct SoftmaxState {
 };
 __device__ __forceinline__ SoftmaxState softmax_identity() { return {-FLT_MAX, 0.f, 0.f}; }
 
-// Fold K values at once: one rescale per chunk, one exp2 per value.
+// log2 of the weight of a state of max `from` rescaled to max `to` (>= from): (from - to) * scale2,
+// with -inf when the difference overflows (the rescaled state then weighs exactly 0).
+__device__ __forceinline__ float softmax_shift(float from, float to, float scale2) { return (from - to) * scale2; }
+
+// Fold K raw values at once: one rescale per chunk, one exp2 per value.
 template <int K, bool ENTROPY>
-__device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&z)[K]) {
+__device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&x)[K], float scale2) {
     float cm = st.m;
 #pragma unroll
-    for (int k = 0; k < K; ++k) cm = fmaxf(cm, z[k]);
-    const float r = exp2f(st.m - cm);
-    // r = 0: the old state is negligible (st.m - cm may even overflow to -inf; 0 · -inf is NaN).
-    if (ENTROPY) st.t = r > 0.f ? r * (st.t + st.s * (st.m - cm)) : 0.f;
+    for (int k = 0; k < K; ++k) cm = fmaxf(cm, x[k]);
+    const float dm = softmax_shift(st.m, cm, scale2);
+    const float r = exp2f(dm);
+    // r = 0: the old state is negligible (dm may even be -inf; 0 * -inf is NaN).
+    if (ENTROPY) st.t = r > 0.f ? r * (st.t + st.s * dm) : 0.f;
     st.s *= r;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-        const float d = z[k] - cm;
+        const float d = softmax_shift(x[k], cm, scale2);
         const float e = exp2f(d);
         st.s += e;
         // A -inf logit has e = 0 and d = -inf: its term p ln p is 0 (clamping d keeps 0 * d = 0;
@@ -120,27 +129,27 @@ __device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&z
 }
 
 template <bool ENTROPY>
-__device__ __forceinline__ SoftmaxState softmax_combine(const SoftmaxState& a, const SoftmaxState& b) {
+__device__ __forceinline__ SoftmaxState softmax_combine(const SoftmaxState& a, const SoftmaxState& b, float scale2) {
     SoftmaxState c;
     c.m = fmaxf(a.m, b.m);
-    const float ra = exp2f(a.m - c.m), rb = exp2f(b.m - c.m);
+    const float da = softmax_shift(a.m, c.m, scale2), db = softmax_shift(b.m, c.m, scale2);
+    const float ra = exp2f(da), rb = exp2f(db);
     c.s = a.s * ra + b.s * rb;
-    // A side whose weight underflowed to 0 adds nothing, even when its m - c.m overflowed.
-    c.t = ENTROPY ? (ra > 0.f ? ra * (a.t + a.s * (a.m - c.m)) : 0.f) +
-                        (rb > 0.f ? rb * (b.t + b.s * (b.m - c.m)) : 0.f)
-                  : 0.f;
+    // A side whose weight underflowed to 0 adds nothing, even when its shift overflowed to -inf.
+    c.t = ENTROPY ? (ra > 0.f ? ra * (a.t + a.s * da) : 0.f) + (rb > 0.f ? rb * (b.t + b.s * db) : 0.f) : 0.f;
     return c;
 }
 
 // Butterfly over the lanes of a warp: a fixed combination order, so results are bitwise reproducible.
-template <bool ENTROPY> __device__ __forceinline__ SoftmaxState warp_reduce_softmax(SoftmaxState st) {
+template <bool ENTROPY>
+__device__ __forceinline__ SoftmaxState warp_reduce_softmax(SoftmaxState st, float scale2) {
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) {
         SoftmaxState o;
         o.m = __shfl_xor_sync(0xffffffffu, st.m, off);
         o.s = __shfl_xor_sync(0xffffffffu, st.s, off);
         o.t = __shfl_xor_sync(0xffffffffu, st.t, off);
-        st = softmax_combine<ENTROPY>(st, o);
+        st = softmax_combine<ENTROPY>(st, o, scale2);
     }
     return st;
 }
@@ -148,8 +157,8 @@ template <bool ENTROPY> __device__ __forceinline__ SoftmaxState warp_reduce_soft
 // Reduce over the THREADS threads of a block (THREADS a multiple of 32, <= 1024); every thread
 // receives the result. `scratch` must hold THREADS / 32 states. Fixed order: deterministic.
 template <int THREADS, bool ENTROPY>
-__device__ __forceinline__ SoftmaxState block_reduce_softmax(SoftmaxState st, SoftmaxState* scratch) {
-    st = warp_reduce_softmax<ENTROPY>(st);
+__device__ __forceinline__ SoftmaxState block_reduce_softmax(SoftmaxState st, SoftmaxState* scratch, float scale2) {
+    st = warp_reduce_softmax<ENTROPY>(st, scale2);
     if (THREADS == 32) return st;
     constexpr int WARPS = THREADS / 32;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -157,7 +166,12 @@ __device__ __forceinline__ SoftmaxState block_reduce_softmax(SoftmaxState st, So
     if (lane == 0) scratch[warp] = st;
     __syncthreads();
     st = lane < WARPS ? scratch[lane] : softmax_identity();
-    return warp_reduce_softmax<ENTROPY>(st);
+    return warp_reduce_softmax<ENTROPY>(st, scale2);
+}
+
+// log2 s of a finished state, NaN when +inf was in the row (m = +inf: no distribution is defined).
+__device__ __forceinline__ float softmax_log2_sum(const SoftmaxState& st) {
+    return st.m == INFINITY ? __int_as_float(0x7fc00000) : log2f(st.s);
 }
 
 // ---- targets -------------------------------------------------------------------------------------

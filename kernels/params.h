@@ -26,7 +26,15 @@ typedef struct TokenLogprobsFwdParams {
     int64_t ignore_index;
     float inv_temperature;  // 1 / T
     uint32_t reserved;
+    uint64_t stats;         // out [n_rows, PREFK_SOFTMAX_STATS] f32 for the backward, or 0 (not written)
 } TokenLogprobsFwdParams;
+
+// Per-row softmax statistics: what the backward needs to form p_v from x_v - m (exact in f32 near
+// the max) at any logit magnitude. A single rounded lse cannot carry it: its rounding error, half
+// an ulp of m / T, becomes a relative error of every p_v. Ignored rows hold 0, bad ones NaN.
+#define PREFK_SOFTMAX_STATS 2
+#define PREFK_STATS_MAX 0       // m = max_v x_v, in the logits' own units (not divided by T)
+#define PREFK_STATS_LOG2_SUM 1  // log2 sum_v 2^((x_v - m) log2(e) / T); lse = m / T + ln2 * this
 
 // Backward: grad_logits[r, v] = grad_logp[r] * (1[v == t_r] - p_v) / T
 //                              - grad_entropy[r] * p_v * (log p_v + H_r) / T,   p = softmax(logits[r] / T),
@@ -34,7 +42,7 @@ typedef struct TokenLogprobsFwdParams {
 typedef struct TokenLogprobsBwdParams {
     uint64_t logits;        // [n_rows, logits_stride] f32/f16/bf16
     uint64_t targets;       // [n_rows] i32 or i64
-    uint64_t lse;           // [n_rows] f32, from the forward
+    uint64_t stats;         // [n_rows, PREFK_SOFTMAX_STATS] f32, from the forward
     uint64_t grad_logp;     // [n_rows] f32
     uint64_t grad_logits;   // out [n_rows, grad_stride], logits dtype; may equal logits (in place)
     uint64_t status;        // u32 status word, or 0
@@ -50,7 +58,7 @@ typedef struct TokenLogprobsBwdParams {
 } TokenLogprobsBwdParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(TokenLogprobsFwdParams) == 88, "TokenLogprobsFwdParams layout changed: update src/params.rs");
+static_assert(sizeof(TokenLogprobsFwdParams) == 96, "TokenLogprobsFwdParams layout changed: update src/params.rs");
 static_assert(sizeof(TokenLogprobsBwdParams) == 112, "TokenLogprobsBwdParams layout changed: update src/params.rs");
 #endif
 
@@ -357,13 +365,15 @@ static_assert(sizeof(LinearBiasParams) == 32, "LinearBiasParams layout changed: 
 // ---- vocabulary-parallel log-probs (a tensor-parallel LM head: each rank holds a vocabulary shard) --
 #define PREFK_STATUS_BAD_SHARDS 16u     // a used row's target held by no shard, or by several
 
-// Per row and shard, PREFK_VP_STATS f32 partial statistics over the shard's columns, in natural
-// units (y = x / T): the finalize combines the shards' rows, in shard order, into logp, lse, H.
+// Per row and shard, PREFK_VP_STATS f32 partial statistics over the shard's columns, with the max
+// and the target in the logits' own units (as the token log-probs' softmax statistics) and
+// d_v = (x_v - m) log2(e) / T: the finalize combines the shards' rows, in shard order, into logp,
+// lse, H and the softmax statistics of the whole row.
 #define PREFK_VP_STATS 5
-#define PREFK_VP_MAX 0              // m = max_v y_v over the shard (-FLT_MAX ln2 when every y is -inf)
-#define PREFK_VP_SUMEXP 1           // s = sum_v exp(y_v - m)
-#define PREFK_VP_ENTROPY 2          // e = sum_v exp(y_v - m) (y_v - m); NaN when entropy is not computed
-#define PREFK_VP_TARGET 3           // y_t when the shard holds the target t, else 0
+#define PREFK_VP_MAX 0              // m = max_v x_v over the shard (-FLT_MAX when every x is -inf)
+#define PREFK_VP_SUMEXP 1           // s = sum_v 2^(d_v)
+#define PREFK_VP_ENTROPY 2          // e = sum_v 2^(d_v) d_v (base 2); NaN when entropy is not computed
+#define PREFK_VP_TARGET 3           // x_t when the shard holds the target t, else 0
 #define PREFK_VP_OWNER 4            // 1 when the shard holds the target, else 0
 
 // Partial statistics of one shard: columns [vocab_start, vocab_start + shard_vocab) of a
@@ -396,9 +406,12 @@ typedef struct VocabFinalizeParams {
     int64_t n_shards;
     int64_t vocab;
     int64_t ignore_index;
+    uint64_t stats;         // out [n_rows, PREFK_SOFTMAX_STATS] f32 of the whole row, or 0 (not written)
+    float inv_temperature;  // 1 / T, as given to the partials
+    uint32_t reserved;
 } VocabFinalizeParams;
 
-// Backward of one shard from the global lse (and entropy): the token log-probs backward over the
+// Backward of one shard from the global softmax statistics (and entropy): the token log-probs backward over the
 // shard's columns (rows.vocab = its size), whose targets are ids in the whole vocabulary.
 typedef struct VocabShardBwdParams {
     TokenLogprobsBwdParams rows;
@@ -408,7 +421,7 @@ typedef struct VocabShardBwdParams {
 
 #ifdef __cplusplus
 static_assert(sizeof(VocabShardFwdParams) == 88, "VocabShardFwdParams layout changed: update src/params.rs");
-static_assert(sizeof(VocabFinalizeParams) == 80, "VocabFinalizeParams layout changed: update src/params.rs");
+static_assert(sizeof(VocabFinalizeParams) == 96, "VocabFinalizeParams layout changed: update src/params.rs");
 static_assert(sizeof(VocabShardBwdParams) == 128, "VocabShardBwdParams layout changed: update src/params.rs");
 #endif
 

@@ -8,8 +8,8 @@
 constexpr int SOFTMAX_ROWS_UNROLL = 4;  // 16-byte loads in flight per thread
 constexpr int SOFTMAX_ROWS_BLOCK = 256;  // threads per block of every row kernel
 
-// The softmax state (m, s, t: see SoftmaxState) of `cols` values x[0 .. cols) scaled by `scale2`
-// (1/T in base 2), reduced over the row group: every thread of the group gets it. The fold order
+// The softmax state (m, s, t: see SoftmaxState) of `cols` values x[0 .. cols) under `scale2`
+// (log2(e) / T), reduced over the row group: every thread of the group gets it. The fold order
 // depends on the column index only (chunk j of VEC columns on thread j % ROW_THREADS in increasing
 // j, then the < VEC tail columns), never on the row's address, so a row's result is bitwise the
 // same wherever it sits in memory. A 16-byte aligned row loads each chunk with one 16-byte load.
@@ -34,16 +34,16 @@ __device__ __forceinline__ SoftmaxState row_softmax_state(const T* x, int64_t co
             if (base + (int64_t)u * ROW_THREADS < nvec) {
                 float z[VEC];
 #pragma unroll
-                for (int k = 0; k < VEC; ++k) z[k] = to_f32(v[u].v[k]) * scale2;
-                softmax_update<VEC, ENTROPY>(st, z);
+                for (int k = 0; k < VEC; ++k) z[k] = to_f32(v[u].v[k]);
+                softmax_update<VEC, ENTROPY>(st, z, scale2);
             }
         }
     }
     for (int64_t i = tail_start + tid; i < cols; i += ROW_THREADS) {
-        const float z[1] = {to_f32(x[i]) * scale2};
-        softmax_update<1, ENTROPY>(st, z);
+        const float z[1] = {to_f32(x[i])};
+        softmax_update<1, ENTROPY>(st, z, scale2);
     }
-    return block_reduce_softmax<ROW_THREADS, ENTROPY>(st, scratch);
+    return block_reduce_softmax<ROW_THREADS, ENTROPY>(st, scratch, scale2);
 }
 
 // The rows a forward visits: `cols` columns from `logits` (rows `row_stride` apart) that are
@@ -90,11 +90,15 @@ __device__ __forceinline__ void softmax_rows_fwd(const SoftmaxRows& p, Out out) 
 }
 
 // What the gradient of one row needs besides its values: d/dx_v of g * logp + gH * H over the
-// row's columns, with p_v = 2^(x_v * scale2 - lse2).
+// row's columns, with log2 p_v = (x_v - m) * scale2 - log2 s (the forward's softmax statistics).
+// p_v is formed from x_v - m, exact in f32 near the max, never from x_v * scale2 - lse2: a rounded
+// lse2 carries an absolute error of half its ulp (4 at logits of 1e8), which the exponent turns into
+// a relative error of p (the target's 1 - p went to 0.72 instead of 0 there).
 struct RowGrad {
     int64_t target;  // the target's column in this row, or any value outside [0, cols) (none here)
     float g;         // dL/dlogp: 0 for an ignored row, NaN for a bad one (with skip_read)
-    float lse2;      // the row's log-sum-exp in base 2 (over the whole vocabulary)
+    float m;         // the row's maximum logit (over the whole vocabulary), in the logits' units
+    float log2s;     // log2 sum_v 2^((x_v - m) * scale2) (over the whole vocabulary)
     float coef;      // g / T
     float ecoef;     // dL/dH / T (entropy gradient only)
     float h;         // H (entropy gradient only)
@@ -119,7 +123,7 @@ __device__ __forceinline__ void row_softmax_grad(const T* x, T* gx, int64_t cols
     };
     auto grad_of = [&](float xv, int64_t v) -> float {
         if (r.skip_read) return r.g;  // 0 or NaN
-        const float d = fmaf(xv, scale2, -r.lse2);  // log2 p_v
+        const float d = fmaf(xv - r.m, scale2, -r.log2s);  // log2 p_v
         const float pv = exp2f(d);
         return (v == t ? r.coef * -expm1f(d * PREFK_LN2) : -r.coef * pv) + entropy_term(d, pv);
     };
@@ -150,7 +154,7 @@ __device__ __forceinline__ void row_softmax_grad(const T* x, T* gx, int64_t cols
                     // redoes that one element with expm1.
                     float d[VEC];
 #pragma unroll
-                    for (int k = 0; k < VEC; ++k) d[k] = fmaf(to_f32(v[u].v[k]), scale2, -r.lse2);
+                    for (int k = 0; k < VEC; ++k) d[k] = fmaf(to_f32(v[u].v[k]) - r.m, scale2, -r.log2s);
                     const int64_t kt = t - (sp.head + i * VEC);
                     float target_grad = 0.f;
                     if (kt >= 0 && kt < VEC) {
@@ -199,7 +203,9 @@ __device__ __forceinline__ void softmax_rows_bwd(const TokenLogprobsBwdParams& p
         r.skip_read = ignored || bad;
         r.target = t - col_start;
         r.g = ignored ? 0.f : (bad ? __int_as_float(0x7fc00000) : reinterpret_cast<const float*>(p.grad_logp)[row]);
-        r.lse2 = r.skip_read ? 0.f : reinterpret_cast<const float*>(p.lse)[row] * PREFK_LOG2E;
+        const float* stats = reinterpret_cast<const float*>(p.stats) + row * PREFK_SOFTMAX_STATS;
+        r.m = r.skip_read ? 0.f : stats[PREFK_STATS_MAX];
+        r.log2s = r.skip_read ? 0.f : stats[PREFK_STATS_LOG2_SUM];
         r.coef = r.g * p.inv_temperature;
         r.ecoef = ENTROPY && !r.skip_read ? reinterpret_cast<const float*>(p.grad_entropy)[row] * p.inv_temperature : 0.f;
         r.h = ENTROPY && !r.skip_read ? reinterpret_cast<const float*>(p.entropy)[row] : 0.f;

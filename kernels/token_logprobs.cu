@@ -1,12 +1,13 @@
 // Fused token log-probs (log-softmax gather), forward and backward.
 //
 // Forward, one pass over each row of logits (never materializing log-softmax):
-//   logp[r] = x[r, t_r] / T - lse[r],   lse[r] = logsumexp_v(x[r, v] / T),   entropy[r] optional.
+//   logp[r] = x[r, t_r] / T - lse[r],   lse[r] = logsumexp_v(x[r, v] / T),   entropy[r] optional,
+//   and the softmax statistics the backward reads: (m = max_v x[r, v], log2 sum_v 2^((x - m) log2(e) / T)).
 // Backward, one read + one write per element, optionally in place over the logits:
-//   grad[r, v] = g[r] * (1[v == t_r] - exp(x[r, v] / T - lse[r])) / T
+//   grad[r, v] = g[r] * (1[v == t_r] - p_v) / T,   log2 p_v = (x[r, v] - m) log2(e) / T - log2 s
 //                - gH[r] * p_v (log p_v + H[r]) / T          (ENTROPY: an entropy gradient gH too)
-// with the target element computed as g * (-expm1(x_t / T - lse)) / T in f32, so 1 - p does not
-// cancel when p -> 1.
+// with the target element computed as g * (-expm1(ln p_t)) / T in f32, so 1 - p does not cancel
+// when p -> 1.
 //
 // Work split: a group of ROW_THREADS threads owns a row (32: a warp per row for small vocabularies;
 // 256: a block per row for large ones). The host chooses ROW_THREADS from V alone, so a row's result
@@ -21,26 +22,32 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
     float* logp = reinterpret_cast<float*>(p.logp);
     float* lse = reinterpret_cast<float*>(p.lse);
     float* entropy = reinterpret_cast<float*>(p.entropy);
+    float* stats = reinterpret_cast<float*>(p.stats);
     const SoftmaxRows rows = {p.logits, p.targets, p.status, p.n_rows, p.row_stride, p.vocab, 0, p.vocab,
                               p.ignore_index, p.inv_temperature};
     // Ignored rows give 0, bad ones NaN; a used row's statistics come from its state.
-    const float scale2 = p.inv_temperature * PREFK_LOG2E;
     softmax_rows_fwd<T, I, ROW_THREADS, ENTROPY>(rows, [&](int64_t row, const SoftmaxState* st, float xt) {
         if (st == nullptr) {
             logp[row] = xt;
             lse[row] = xt;
             if (entropy) entropy[row] = xt;
+            if (stats) stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = xt;
+            if (stats) stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = xt;
             return;
         }
-        const float zt = xt * scale2;
-        // +inf anywhere in the row makes m = +inf: the distribution is undefined, report NaN.
-        const float log2s = (st->m == INFINITY) ? __int_as_float(0x7fc00000) : log2f(st->s);
-        const float lse2 = st->m + log2s;
-        // (z_t - m) - log2 s, not z_t - (m + log2 s): where |m| dwarfs log2 s the sum would
-        // round log2 s away (logits of 1e38 with the target at the max gave logp 0, not -ln k).
-        logp[row] = ((zt - st->m) - log2s) * PREFK_LN2;
-        lse[row] = lse2 * PREFK_LN2;
+        const float log2s = softmax_log2_sum(*st);
+        // (x_t - m) / T - ln s, from the exact difference x_t - m: neither x_t / T (which overflows
+        // for huge logits at T < 1) nor lse (whose rounding would swallow ln s) is formed; and in
+        // natural units, as (x_t - m) * log2(e) may overflow where (x_t - m) / T does not.
+        logp[row] = fmaf(xt - st->m, p.inv_temperature, -log2s * PREFK_LN2);
+        // lse = m / T + ln s is the one output that may round to +-inf: its true value can exceed
+        // FLT_MAX (logits near FLT_MAX at T < 1); the backward reads the statistics instead.
+        lse[row] = fmaf(st->m, p.inv_temperature, log2s * PREFK_LN2);
         if (entropy) entropy[row] = ENTROPY ? (log2s - st->t / st->s) * PREFK_LN2 : 0.f;
+        if (stats) {
+            stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = st->m;
+            stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = log2s;
+        }
     });
 }
 

@@ -8,8 +8,8 @@
 //      rank (NCCL, gloo): PREFK_VP_STATS floats per token and rank, never the logits.
 //   3. vocab_parallel_finalize: combines the shards of each row in shard order (so every rank gets
 //      bitwise the same logp, lse, entropy) and checks that exactly one shard held the target.
-//   4. vocab_shard_bwd: each rank writes d/dlogits of its own columns from the global lse (and
-//      entropy): the token log-probs backward with the target shifted into the shard.
+//   4. vocab_shard_bwd: each rank writes d/dlogits of its own columns from the global softmax
+//      statistics (and entropy): the token log-probs backward with the target shifted into the shard.
 #include "softmax_rows.cuh"
 
 constexpr int BLOCK_THREADS = SOFTMAX_ROWS_BLOCK;
@@ -26,15 +26,15 @@ __device__ __forceinline__ void vocab_shard_partials(const VocabShardFwdParams& 
             for (int k = 0; k < PREFK_VP_STATS; ++k) out[k] = xt;
             return;
         }
-        // The state is in base 2 (z = y log2 e); s is the same number in either base.
+        // The state as it is: max and target in the logits' units, sums in base 2.
         const int64_t local = load_target<I>(p.targets, row) - p.vocab_start;
         const bool owner = local >= 0 && local < p.shard_vocab;
-        out[PREFK_VP_MAX] = st->m * PREFK_LN2;
+        out[PREFK_VP_MAX] = st->m;
         out[PREFK_VP_SUMEXP] = st->s;
         // NaN, not 0, without entropy: a finalize that asks for entropy then returns NaN
         // instead of a plausible ln S.
-        out[PREFK_VP_ENTROPY] = ENTROPY ? st->t * PREFK_LN2 : __int_as_float(0x7fc00000);
-        out[PREFK_VP_TARGET] = owner ? xt * p.inv_temperature : 0.f;
+        out[PREFK_VP_ENTROPY] = ENTROPY ? st->t : __int_as_float(0x7fc00000);
+        out[PREFK_VP_TARGET] = owner ? xt : 0.f;
         out[PREFK_VP_OWNER] = owner ? 1.f : 0.f;
     });
 }
@@ -47,19 +47,21 @@ __device__ void vocab_parallel_finalize(const VocabFinalizeParams& p) {
     float* logp = reinterpret_cast<float*>(p.logp);
     float* lse = reinterpret_cast<float*>(p.lse);
     float* entropy = reinterpret_cast<float*>(p.entropy);
+    float* stats = reinterpret_cast<float*>(p.stats);
+    const float scale2 = p.inv_temperature * PREFK_LOG2E;
     const int64_t shard_stride = p.n_rows * PREFK_VP_STATS;
     for (int64_t row = (int64_t)blockIdx.x * FINALIZE_THREADS + threadIdx.x; row < p.n_rows;
          row += (int64_t)gridDim.x * FINALIZE_THREADS) {
         const int64_t t = load_target<I>(p.targets, row);
         const bool ignored = t == p.ignore_index;
         const bool bad_target = !ignored && (t < 0 || t >= p.vocab);
-        float out_logp = 0.f, out_lse = 0.f, out_entropy = 0.f;
+        float out_logp = 0.f, out_lse = 0.f, out_entropy = 0.f, out_m = 0.f, out_log2s = 0.f;
         if (bad_target) {
             report_status(p.status, PREFK_STATUS_BAD_TARGET);
-            out_logp = out_lse = out_entropy = __int_as_float(0x7fc00000);
+            out_logp = out_lse = out_entropy = out_m = out_log2s = __int_as_float(0x7fc00000);
         } else if (!ignored) {
             // (m, s, e) of the shards seen so far, e relative to m: combining rescales both sides
-            // to the larger max, as softmax_combine does in base 2.
+            // to the larger max, as softmax_combine does.
             const float* q = partials + row * PREFK_VP_STATS;
             float m = q[PREFK_VP_MAX], s = q[PREFK_VP_SUMEXP], e = q[PREFK_VP_ENTROPY];
             float target = q[PREFK_VP_TARGET], owners = q[PREFK_VP_OWNER];
@@ -69,11 +71,11 @@ __device__ void vocab_parallel_finalize(const VocabFinalizeParams& p) {
                 const float mk = q[PREFK_VP_MAX], sk = q[PREFK_VP_SUMEXP], ek = q[PREFK_VP_ENTROPY];
                 inf = inf || mk == INFINITY;
                 const float c = fmaxf(m, mk);
-                const float ra = expf(m - c), rb = expf(mk - c);
+                const float da = softmax_shift(m, c, scale2), db = softmax_shift(mk, c, scale2);
+                const float ra = exp2f(da), rb = exp2f(db);
                 // A side whose weight underflowed to 0 (or whose logits are all -inf, s = 0) adds
-                // nothing, even when m - c overflows to -inf (0 · -inf would be NaN).
-                e = (ra > 0.f && s > 0.f ? ra * (e + s * (m - c)) : 0.f) +
-                    (rb > 0.f && sk > 0.f ? rb * (ek + sk * (mk - c)) : 0.f);
+                // nothing, even when its shift overflows to -inf (0 · -inf would be NaN).
+                e = (ra > 0.f && s > 0.f ? ra * (e + s * da) : 0.f) + (rb > 0.f && sk > 0.f ? rb * (ek + sk * db) : 0.f);
                 s = s * ra + sk * rb;
                 m = c;
                 target += q[PREFK_VP_TARGET];
@@ -83,18 +85,25 @@ __device__ void vocab_parallel_finalize(const VocabFinalizeParams& p) {
                 // The shards do not tile the vocabulary at this target (a wrong vocab_start, an
                 // overlap, a gap): no log-prob is defined.
                 report_status(p.status, PREFK_STATUS_BAD_SHARDS);
-                out_logp = out_lse = out_entropy = __int_as_float(0x7fc00000);
+                out_logp = out_lse = out_entropy = out_m = out_log2s = __int_as_float(0x7fc00000);
             } else {
                 // +inf anywhere in the row: the distribution is undefined, report NaN.
-                const float log_s = inf ? __int_as_float(0x7fc00000) : logf(s);
-                out_lse = m + log_s;
-                out_logp = (target - m) - log_s;  // not target - lse: see token_logprobs.cu
-                out_entropy = log_s - e / s;
+                const float log2s = inf ? __int_as_float(0x7fc00000) : log2f(s);
+                // As token_logprobs.cu: from target - m, never target / T or lse.
+                out_logp = fmaf(target - m, p.inv_temperature, -log2s * PREFK_LN2);
+                out_lse = fmaf(m, p.inv_temperature, log2s * PREFK_LN2);
+                out_entropy = (log2s - e / s) * PREFK_LN2;
+                out_m = m;
+                out_log2s = log2s;
             }
         }
         logp[row] = out_logp;
         lse[row] = out_lse;
         if (entropy) entropy[row] = out_entropy;
+        if (stats) {
+            stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = out_m;
+            stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = out_log2s;
+        }
     }
 }
 

@@ -11,6 +11,15 @@ use std::mem::{offset_of, size_of};
 /// Status bit: a target was outside `[0, vocab)` and not `ignore_index`.
 pub const STATUS_BAD_TARGET: u32 = 1;
 
+/// f32 softmax statistics per row (`PREFK_SOFTMAX_STATS`), written by the forward passes and read
+/// by the backward passes: the row max `m` of the raw logits and `log2 Σ_v 2^((x_v − m)·log2(e)/T)`.
+/// The backward forms `p_v` from `x_v − m` (exact near the max) instead of from a rounded lse.
+pub const SOFTMAX_STATS: usize = 2;
+/// Index of the row max `m` (in the logits' units, not divided by T).
+pub const STATS_MAX: usize = 0;
+/// Index of `log2 Σ_v 2^((x_v − m)·log2(e)/T)`; `lse = m/T + ln2·this`.
+pub const STATS_LOG2_SUM: usize = 1;
+
 /// Mirror of `TokenLogprobsFwdParams`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -27,6 +36,7 @@ pub struct TokenLogprobsFwdParams {
     pub ignore_index: i64,
     pub inv_temperature: f32,
     pub reserved: u32,
+    pub stats: u64,
 }
 
 /// Mirror of `TokenLogprobsBwdParams`.
@@ -35,7 +45,7 @@ pub struct TokenLogprobsFwdParams {
 pub struct TokenLogprobsBwdParams {
     pub logits: u64,
     pub targets: u64,
-    pub lse: u64,
+    pub stats: u64,
     pub grad_logp: u64,
     pub grad_logits: u64,
     pub status: u64,
@@ -51,7 +61,8 @@ pub struct TokenLogprobsBwdParams {
 }
 
 const _: () = {
-    assert!(size_of::<TokenLogprobsFwdParams>() == 88);
+    assert!(size_of::<TokenLogprobsFwdParams>() == 96);
+    assert!(offset_of!(TokenLogprobsFwdParams, stats) == 88);
     assert!(offset_of!(TokenLogprobsFwdParams, status) == 40);
     assert!(offset_of!(TokenLogprobsFwdParams, n_rows) == 48);
     assert!(offset_of!(TokenLogprobsFwdParams, ignore_index) == 72);
@@ -335,13 +346,13 @@ unsafe impl cudarc::driver::DeviceRepr for LinearBiasParams {}
 pub const STATUS_BAD_SHARDS: u32 = 16;
 /// f32 partial statistics per row and vocabulary shard (`PREFK_VP_STATS`).
 pub const VP_STATS: usize = 5;
-/// Index of the shard's max of `x / T` in a partial row.
+/// Index of the shard's max `m` of the raw logits `x` in a partial row.
 pub const VP_MAX: usize = 0;
-/// Index of `Σ exp(x/T - max)`.
+/// Index of `Σ 2^d`, `d = (x - m)·log2(e)/T`.
 pub const VP_SUMEXP: usize = 1;
-/// Index of `Σ exp(x/T - max)·(x/T - max)` (NaN without entropy).
+/// Index of `Σ 2^d·d` (base 2; NaN without entropy).
 pub const VP_ENTROPY: usize = 2;
-/// Index of the target's `x_t / T` (0 when the shard does not hold the target).
+/// Index of the target's raw logit `x_t` (0 when the shard does not hold the target).
 pub const VP_TARGET: usize = 3;
 /// Index of the owner flag (1 when the shard holds the target, else 0).
 pub const VP_OWNER: usize = 4;
@@ -378,6 +389,9 @@ pub struct VocabFinalizeParams {
     pub n_shards: i64,
     pub vocab: i64,
     pub ignore_index: i64,
+    pub stats: u64,
+    pub inv_temperature: f32,
+    pub reserved: u32,
 }
 
 /// Mirror of `VocabShardBwdParams`.
@@ -392,7 +406,8 @@ pub struct VocabShardBwdParams {
 const _: () = {
     assert!(size_of::<VocabShardFwdParams>() == 88);
     assert!(offset_of!(VocabShardFwdParams, inv_temperature) == 80);
-    assert!(size_of::<VocabFinalizeParams>() == 80);
+    assert!(size_of::<VocabFinalizeParams>() == 96);
+    assert!(offset_of!(VocabFinalizeParams, inv_temperature) == 88);
     assert!(size_of::<VocabShardBwdParams>() == 128);
     assert!(offset_of!(VocabShardBwdParams, vocab_start) == 112);
 };

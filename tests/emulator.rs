@@ -289,6 +289,7 @@ fn memcheck_catches_a_raw_api_caller_overstating_the_rows() {
         lse: lse.raw_ptr(),
         entropy: 0,
         status: 0,
+        stats: 0,
     };
     // SAFETY: deliberately violates the contract (5 rows of logits, 4 allocated); the emulator's
     // memcheck stops the kernel before any access outside its allocations.

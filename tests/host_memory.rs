@@ -49,7 +49,10 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     let mut logp = vec![f32::NAN; n];
     let mut lse = vec![f32::NAN; n];
     let mut entropy = vec![f32::NAN; n];
-    for (buf, init) in [(&mut logits[..], true), (&mut logp[..], false), (&mut lse[..], false)] {
+    let mut stats = vec![f32::NAN; 2 * n];
+    for (buf, init) in
+        [(&mut logits[..], true), (&mut logp[..], false), (&mut lse[..], false), (&mut stats[..], false)]
+    {
         assert_eq!(register(buf, init), 0, "{}", last());
     }
     assert_eq!(register(&mut targets, true), 0, "{}", last());
@@ -69,6 +72,7 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
             addr(&targets),
             addr(&logp),
             addr(&lse),
+            addr(&stats),
             addr(&entropy),
             0,
             n as i64,
@@ -103,7 +107,7 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
             1,
             addr(&logits),
             addr(&targets),
-            addr(&lse),
+            addr(&stats),
             addr(&entropy),
             addr(&grad_logp),
             addr(&grad_ent),
@@ -147,6 +151,7 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
             addr(&lse),
             0,
             0,
+            0,
             n as i64,
             v as i64,
             v as i64,
@@ -157,8 +162,8 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     assert_eq!(rc, -1);
     assert!(last().contains("memcheck"), "{}", last());
 
-    // An lse buffer registered as an output and never written: the backward's read of it is caught.
-    let mut stale_lse = vec![0f32; n];
+    // A stats buffer registered as an output and never written: the backward's read of it is caught.
+    let mut stale_lse = vec![0f32; 2 * n];
     assert_eq!(register(&mut stale_lse, false), 0, "{}", last());
     // SAFETY: registered buffers of the sizes given.
     let rc = unsafe {
@@ -187,7 +192,9 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     assert!(last().contains("initcheck"), "{}", last());
     assert_eq!(prefk_unregister_host_memory(addr(&stale_lse)), 0, "{}", last());
 
-    for p in [addr(&logits), addr(&targets), addr(&logp), addr(&lse), addr(&entropy), addr(&short)] {
+    for p in
+        [addr(&logits), addr(&targets), addr(&logp), addr(&lse), addr(&stats), addr(&entropy), addr(&short)]
+    {
         assert_eq!(prefk_unregister_host_memory(p), 0, "{}", last());
     }
     for p in [addr(&grad_logp), addr(&grad_ent), addr(&grad)] {

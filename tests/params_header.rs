@@ -72,11 +72,11 @@ fn rust_mirrors_match_the_header_field_by_field() {
     let rust = [
         (
             "TokenLogprobsFwdParams",
-            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved),
+            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats),
         ),
         (
             "TokenLogprobsBwdParams",
-            fields!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy),
+            fields!(TokenLogprobsBwdParams: logits, targets, stats, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy),
         ),
         (
             "SeqStatsParams",
@@ -114,7 +114,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ),
         (
             "VocabFinalizeParams",
-            fields!(VocabFinalizeParams: partials, targets, logp, lse, entropy, status, n_rows, n_shards, vocab, ignore_index),
+            fields!(VocabFinalizeParams: partials, targets, logp, lse, entropy, status, n_rows, n_shards, vocab, ignore_index, stats, inv_temperature, reserved),
         ),
         ("VocabShardBwdParams", fields!(VocabShardBwdParams: rows, vocab_start, vocab)),
     ];
@@ -173,8 +173,8 @@ fn bindgen_output_matches_the_committed_structs() {
             $(assert_eq!(offset_of!(g::$t, $f), offset_of!($t, $f), concat!(stringify!($t), ".", stringify!($f)));)*
         };
     }
-    same!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved);
-    same!(TokenLogprobsBwdParams: logits, targets, lse, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy);
+    same!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats);
+    same!(TokenLogprobsBwdParams: logits, targets, stats, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy);
     same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
     same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);
     same!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags);
@@ -185,7 +185,7 @@ fn bindgen_output_matches_the_committed_structs() {
     same!(LinearRowsParams: src, dst, index, status, n_rows, width, src_stride, dst_stride, bound);
     same!(LinearBiasParams: bias, logits, n_rows, vocab);
     same!(VocabShardFwdParams: logits, targets, partials, status, n_rows, row_stride, shard_vocab, vocab_start, vocab, ignore_index, inv_temperature, reserved);
-    same!(VocabFinalizeParams: partials, targets, logp, lse, entropy, status, n_rows, n_shards, vocab, ignore_index);
+    same!(VocabFinalizeParams: partials, targets, logp, lse, entropy, status, n_rows, n_shards, vocab, ignore_index, stats, inv_temperature, reserved);
     same!(VocabShardBwdParams: rows, vocab_start, vocab);
     assert_eq!(g::PREFK_STATUS_BAD_PAIR, STATUS_BAD_PAIR);
 }

@@ -103,7 +103,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
     fine) at `temperature`, as f32 [N]; 0 where the target is `ignore_index`. With
     `return_entropy`, also the entropy of each row's distribution. Both are differentiable (one
     fused backward pass; log-softmax is never materialized)."""
-    logp, _lse, entropy = torch.ops.pref_kernels.token_logprobs(logits, targets, ignore_index, float(temperature),
+    logp, _lse, entropy, _stats = torch.ops.pref_kernels.token_logprobs(logits, targets, ignore_index, float(temperature),
                                                                 return_entropy)
     return (logp, entropy) if return_entropy else logp
 
@@ -379,7 +379,7 @@ def vocab_parallel_token_logprobs(logits_shard: torch.Tensor, targets: torch.Ten
     per token and rank; the result is bitwise the same on every rank, so the loss on it runs on every
     rank; the backward writes this rank's columns only, with no collective. The ranks' shards must
     tile the vocabulary (checked at every target)."""
-    logp, _lse, entropy = torch.ops.pref_kernels.vocab_parallel_token_logprobs(
+    logp, _lse, entropy, _stats = torch.ops.pref_kernels.vocab_parallel_token_logprobs(
         logits_shard, targets, int(vocab_start), int(vocab_size), _group_name(group), ignore_index,
         float(temperature), return_entropy)
     return (logp, entropy) if return_entropy else logp
@@ -399,7 +399,7 @@ def vocab_parallel_linear_token_logprobs(hidden: torch.Tensor, weight_shard: tor
     f32); pass False when the trainer's own tensor-parallel region (Megatron's
     `copy_to_tensor_model_parallel_region`) already all-reduces it."""
     x, t, b = _flat_head(hidden, weight_shard, targets, bias_shard)
-    logp, _lse, entropy = torch.ops.pref_kernels.vocab_parallel_linear_token_logprobs(
+    logp, _lse, entropy, _stats = torch.ops.pref_kernels.vocab_parallel_linear_token_logprobs(
         x, weight_shard, b, t, int(vocab_start), int(vocab_size), _group_name(group), ignore_index,
         float(temperature), return_entropy, int(workspace_bytes), bool(reduce_grad_hidden))
     shape = targets.shape

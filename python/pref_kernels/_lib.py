@@ -33,7 +33,7 @@ class PrefkLossTerm(ctypes.Structure):
 
 _SIGNATURES = {
     "prefk_init": [_i32],
-    "prefk_token_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 6 + [_i64] * 4 + [_f32],
+    "prefk_token_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32],
     "prefk_token_logprobs_backward_entropy": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 5 + [_f32],
     "prefk_preference_loss": [_i32, _u64] + [_u64] * 5 + [_i64, _u64, _i64, _i64, _u64, _u64, _i64]
     + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32, _f32] + [_u64] * 5,
@@ -56,7 +56,7 @@ _SIGNATURES = {
     "prefk_seq_reduce": [_i32, _u64] + [_u64] * 3 + [_i64, _u64, _i64, _i64, _u32] + [_u64] * 3,
     "prefk_seq_reduce_backward": [_i32, _u64] + [_u64] * 3 + [_i64, _u64, _i64, _i64, _u32] + [_u64] * 3,
     "prefk_vocab_shard_partials": [_i32, _u64, _u32, _u32] + [_u64] * 4 + [_i64] * 6 + [_f32, _u32],
-    "prefk_vocab_parallel_finalize": [_i32, _u64, _u32] + [_u64] * 6 + [_i64] * 4 + [_f32],
+    "prefk_vocab_parallel_finalize": [_i32, _u64, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32],
     "prefk_vocab_shard_backward": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 7 + [_f32],
     "prefk_linear_shard_partials": [_i32, _u64, _u32, _u32] + [_u64] * 5 + [_i64] * 6 + [_f32, _u32, _i64],
     "prefk_linear_shard_backward": [_i32, _u64, _u32, _u32] + [_u64] * 11 + [_i64] * 6 + [_f32, _i64],

@@ -57,6 +57,16 @@ def _input(name, t, dtypes, n, ref):
     _same_device(name, t, ref)
 
 
+def _stats_input(stats, n, ref):
+    """The softmax statistics [n, 2] f32 a log-probs forward wrote for its backward."""
+    _dtype("stats", stats, _F32)
+    if stats.dim() != 2 or tuple(stats.shape) != (n, 2):
+        raise ValueError(f"pref_kernels: stats must have shape [{n}, 2] (the forward's softmax statistics), "
+                         f"got {list(stats.shape)}")
+    _contiguous("stats", stats)
+    _same_device("stats", stats, ref)
+
+
 def _token_batch(logp, cu_seqlens, n_seqs, per_token=(), per_seq=()):
     """Checks per-token log-probs [T] (f32) with the batch tensors that come with them: `per_token`
     (name, tensor) pairs of length T (f32; "mask" bool/uint8), `per_seq` pairs of length
@@ -129,41 +139,46 @@ def _check_logits(logits, targets):
 
 @torch.library.custom_op("pref_kernels::token_logprobs", mutates_args=())
 def token_logprobs(logits: Tensor, targets: Tensor, ignore_index: int, temperature: float,
-                   compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """log p(target) per row of logits [N, V] (f32/f16/bf16) at `temperature`, its log-sum-exp and,
-    when `compute_entropy`, the entropy (else an empty tensor); all f32 [N]. Rows whose target is
-    `ignore_index` give 0."""
+                   compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """log p(target) per row of logits [N, V] (f32/f16/bf16) at `temperature`, its log-sum-exp,
+    when `compute_entropy` the entropy (else an empty tensor), all f32 [N], and the softmax
+    statistics [N, 2] f32 the backward reads (row max of the raw logits, log2 of the sum relative
+    to it). Rows whose target is `ignore_index` give 0."""
     _check_logits(logits, targets)
     n, v = logits.shape
     logp = _out(n, torch.float32, logits.device)
     lse = _out(n, torch.float32, logits.device)
     entropy = _out(n if compute_entropy else 0, torch.float32, logits.device)
+    stats = _out((n, 2), torch.float32, logits.device)
     if n == 0:
-        return logp, lse, entropy
+        return logp, lse, entropy, stats
     status = _status(logits)
-    with host_memory([logits, targets, status], [logp, lse, entropy]):
+    with host_memory([logits, targets, status], [logp, lse, entropy, stats]):
         call("prefk_token_logprobs_forward", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
-             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(logp), ptr(lse), ptr(entropy), ptr(status),
-             n, v, logits.stride(0), ignore_index, temperature)
+             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(logp), ptr(lse), ptr(stats), ptr(entropy),
+             ptr(status), n, v, logits.stride(0), ignore_index, temperature)
     check_status(status, logits.device.type == "cpu")
-    return logp, lse, entropy
+    return logp, lse, entropy, stats
 
 
 @token_logprobs.register_fake
 def _(logits, targets, ignore_index, temperature, compute_entropy):
     n = logits.shape[0]
     f = dict(dtype=torch.float32, device=logits.device)
-    return logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n if compute_entropy else 0, **f)
+    return (logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n if compute_entropy else 0, **f),
+            logits.new_empty((n, 2), **f))
 
 
 @torch.library.custom_op("pref_kernels::token_logprobs_backward", mutates_args=())
-def token_logprobs_backward(logits: Tensor, targets: Tensor, lse: Tensor, entropy: Optional[Tensor],
+def token_logprobs_backward(logits: Tensor, targets: Tensor, stats: Tensor, entropy: Optional[Tensor],
                             grad_logp: Tensor, grad_entropy: Optional[Tensor], ignore_index: int,
                             temperature: float) -> Tensor:
-    """d/dlogits [N, V] (logits' dtype) of sum(grad_logp * logp + grad_entropy * entropy), in one pass."""
+    """d/dlogits [N, V] (logits' dtype) of sum(grad_logp * logp + grad_entropy * entropy), in one pass,
+    from the forward's softmax statistics `stats` [N, 2]."""
     _check_logits(logits, targets)
     n, v = logits.shape
-    for name, t in (("lse", lse), ("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
+    _stats_input(stats, n, logits)
+    for name, t in (("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
         _input(name, t, _F32, n, logits)
     if grad_entropy is not None and entropy is None:
         raise ValueError("pref_kernels: grad_entropy needs the forward's entropy (compute_entropy=True)")
@@ -171,9 +186,9 @@ def token_logprobs_backward(logits: Tensor, targets: Tensor, lse: Tensor, entrop
     if n == 0 or v == 0:
         return grad
     status = _status(logits)
-    with host_memory([logits, targets, lse, entropy, grad_logp, grad_entropy, status], [grad]):
+    with host_memory([logits, targets, stats, entropy, grad_logp, grad_entropy, status], [grad]):
         call("prefk_token_logprobs_backward_entropy", device_code(logits), stream_of(logits),
-             DTYPE_CODES[logits.dtype], INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(lse),
+             DTYPE_CODES[logits.dtype], INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(stats),
              ptr(entropy), ptr(grad_logp), ptr(grad_entropy), ptr(grad), ptr(status), n, v, logits.stride(0), v,
              ignore_index, temperature)
     check_status(status, logits.device.type == "cpu")
@@ -181,27 +196,27 @@ def token_logprobs_backward(logits: Tensor, targets: Tensor, lse: Tensor, entrop
 
 
 @token_logprobs_backward.register_fake
-def _(logits, targets, lse, entropy, grad_logp, grad_entropy, ignore_index, temperature):
+def _(logits, targets, stats, entropy, grad_logp, grad_entropy, ignore_index, temperature):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
 def _token_logprobs_setup(ctx, inputs, output):
     logits, targets, ignore_index, temperature, compute_entropy = inputs
-    logp, lse, entropy = output
-    ctx.save_for_backward(logits, targets, lse, entropy if compute_entropy else None)
+    logp, lse, entropy, stats = output
+    ctx.save_for_backward(logits, targets, stats, entropy if compute_entropy else None)
     ctx.args = (ignore_index, temperature, compute_entropy)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, stats)
 
 
-def _token_logprobs_grad(ctx, grad_logp, grad_lse, grad_entropy):
-    logits, targets, lse, entropy = ctx.saved_tensors
+def _token_logprobs_grad(ctx, grad_logp, grad_lse, grad_entropy, grad_stats):
+    logits, targets, stats, entropy = ctx.saved_tensors
     ignore_index, temperature, compute_entropy = ctx.args
     if grad_logp is None:
-        grad_logp = torch.zeros_like(lse)
+        grad_logp = stats.new_zeros(stats.shape[0])
     if not compute_entropy:
         grad_entropy = None
     grad = torch.ops.pref_kernels.token_logprobs_backward(
-        logits, targets, lse, entropy, grad_logp.float().contiguous(),
+        logits, targets, stats, entropy, grad_logp.float().contiguous(),
         None if grad_entropy is None else grad_entropy.float().contiguous(), ignore_index, temperature)
     return grad, None, None, None, None
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._lib import DTYPE_CODES, INDEX_CODES, call, check_status, device_code, host_memory, ptr, stream_of
-from .ops import _F32, _check_head, _check_logits, _input, _out, _status
+from .ops import _F32, _check_head, _check_logits, _input, _out, _stats_input, _status
 
 VP_STATS = 5
 # The status bit of shards that do not tile the vocabulary (params.h: PREFK_STATUS_BAD_SHARDS).
@@ -106,42 +106,47 @@ def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entro
     gathered = gathered.contiguous()
     logp, lse = _out(n, torch.float32, gathered.device), _out(n, torch.float32, gathered.device)
     entropy = _out(n if compute_entropy else 0, torch.float32, gathered.device)
+    stats = _out((n, 2), torch.float32, gathered.device)
     if n == 0:
-        return logp, lse, entropy
+        return logp, lse, entropy, stats
     status = _status(gathered)
-    with host_memory([gathered, targets, status], [logp, lse, entropy]):
+    with host_memory([gathered, targets, status], [logp, lse, entropy, stats]):
         call("prefk_vocab_parallel_finalize", device_code(gathered), stream_of(gathered), INDEX_CODES[targets.dtype],
-             ptr(gathered), ptr(targets), ptr(logp), ptr(lse), ptr(entropy), ptr(status), n, n_shards, vocab,
-             ignore_index, temperature)
+             ptr(gathered), ptr(targets), ptr(logp), ptr(lse), ptr(stats), ptr(entropy), ptr(status), n, n_shards,
+             vocab, ignore_index, temperature)
     if tiles is not None:
         # A bad tiling fails like the kernel's own shard check: NaN rows and the status bit.
         status |= torch.where(tiles, 0, _STATUS_BAD_SHARDS).to(torch.int32)
         nan = torch.tensor(float("nan"), dtype=torch.float32, device=gathered.device)
         logp, lse, entropy = (torch.where(tiles, x, nan) for x in (logp, lse, entropy))
+        stats = torch.where(tiles[:, None], stats, nan)
     check_status(status, gathered.device.type == "cpu")
-    return logp, lse, entropy
+    return logp, lse, entropy, stats
 
 
 @torch.library.custom_op("pref_kernels::vocab_parallel_finalize", mutates_args=())
 def vocab_parallel_finalize(gathered: Tensor, targets: Tensor, vocab: int, ignore_index: int, temperature: float,
-                            compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    """logp, lse and (when `compute_entropy`) entropy, f32 [N] each, from every rank's partials
-    [world, N, 5] (an all-gather's output)."""
+                            compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """logp, lse and (when `compute_entropy`) entropy, f32 [N] each, and the rows' softmax statistics
+    [N, 2] (what the shard backward reads), from every rank's partials [world, N, 5] (an
+    all-gather's output)."""
     return _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entropy)
 
 
 @vocab_parallel_finalize.register_fake
 def _(gathered, targets, vocab, ignore_index, temperature, compute_entropy):
     n = gathered.shape[1]
-    return gathered.new_empty(n), gathered.new_empty(n), gathered.new_empty(n if compute_entropy else 0)
+    return (gathered.new_empty(n), gathered.new_empty(n), gathered.new_empty(n if compute_entropy else 0),
+            gathered.new_empty((n, 2)))
 
 
-def _shard_backward(logits, targets, lse, entropy, grad_logp, grad_entropy, vocab_start, vocab, ignore_index,
+def _shard_backward(logits, targets, stats, entropy, grad_logp, grad_entropy, vocab_start, vocab, ignore_index,
                     temperature):
     _check_logits(logits, targets)
     n, vs = logits.shape
     _check_shard(vocab_start, vs, vocab)
-    for name, t in (("lse", lse), ("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
+    _stats_input(stats, n, logits)
+    for name, t in (("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
         _input(name, t, _F32, n, logits)
     if grad_entropy is not None and entropy is None:
         raise ValueError("pref_kernels: grad_entropy needs the forward's entropy")
@@ -149,9 +154,9 @@ def _shard_backward(logits, targets, lse, entropy, grad_logp, grad_entropy, voca
     if n == 0:
         return grad
     status = _status(logits)
-    with host_memory([logits, targets, lse, entropy, grad_logp, grad_entropy, status], [grad]):
+    with host_memory([logits, targets, stats, entropy, grad_logp, grad_entropy, status], [grad]):
         call("prefk_vocab_shard_backward", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
-             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(lse), ptr(entropy), ptr(grad_logp),
+             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(stats), ptr(entropy), ptr(grad_logp),
              ptr(grad_entropy), ptr(grad), ptr(status), n, vs, logits.stride(0), vs, vocab_start, vocab,
              ignore_index, temperature)
     check_status(status, logits.device.type == "cpu")
@@ -159,16 +164,17 @@ def _shard_backward(logits, targets, lse, entropy, grad_logp, grad_entropy, voca
 
 
 @torch.library.custom_op("pref_kernels::vocab_shard_backward", mutates_args=())
-def vocab_shard_backward(logits: Tensor, targets: Tensor, lse: Tensor, entropy: Optional[Tensor], grad_logp: Tensor,
-                         grad_entropy: Optional[Tensor], vocab_start: int, vocab: int, ignore_index: int,
-                         temperature: float) -> Tensor:
-    """d/dlogits [N, Vs] of a shard from the finalize's global lse (and entropy with its gradient)."""
-    return _shard_backward(logits, targets, lse, entropy, grad_logp, grad_entropy, vocab_start, vocab,
+def vocab_shard_backward(logits: Tensor, targets: Tensor, stats: Tensor, entropy: Optional[Tensor],
+                         grad_logp: Tensor, grad_entropy: Optional[Tensor], vocab_start: int, vocab: int,
+                         ignore_index: int, temperature: float) -> Tensor:
+    """d/dlogits [N, Vs] of a shard from the finalize's global softmax statistics [N, 2] (and entropy
+    with its gradient)."""
+    return _shard_backward(logits, targets, stats, entropy, grad_logp, grad_entropy, vocab_start, vocab,
                            ignore_index, temperature)
 
 
 @vocab_shard_backward.register_fake
-def _(logits, targets, lse, entropy, grad_logp, grad_entropy, vocab_start, vocab, ignore_index, temperature):
+def _(logits, targets, stats, entropy, grad_logp, grad_entropy, vocab_start, vocab, ignore_index, temperature):
     return torch.empty_like(logits, memory_format=torch.contiguous_format)
 
 
@@ -203,13 +209,14 @@ def _(hidden, weight, bias, targets, vocab_start, vocab, ignore_index, temperatu
     return hidden.new_empty((hidden.shape[0], VP_STATS), dtype=torch.float32)
 
 
-def _linear_shard_backward(hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy, vocab_start, vocab,
-                           ignore_index, temperature, workspace_bytes):
+def _linear_shard_backward(hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy, vocab_start,
+                           vocab, ignore_index, temperature, workspace_bytes):
     _check_head(hidden, weight, bias, targets)
     n, h = hidden.shape
     vs = weight.shape[0]
     _check_shard(vocab_start, vs, vocab)
-    for name, t in (("lse", lse), ("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
+    _stats_input(stats, n, hidden)
+    for name, t in (("grad_logp", grad_logp), ("entropy", entropy), ("grad_entropy", grad_entropy)):
         _input(name, t, _F32, n, hidden)
     if grad_entropy is not None and entropy is None:
         raise ValueError("pref_kernels: grad_entropy needs the forward's entropy")
@@ -217,28 +224,29 @@ def _linear_shard_backward(hidden, weight, bias, targets, lse, entropy, grad_log
     d_hidden = _out((n, h), hidden.dtype, dev)
     d_weight = _out((vs, h), torch.float32, dev)
     d_bias = _out(vs if bias is not None else 0, torch.float32, dev)
-    with host_memory([hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy],
+    with host_memory([hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy],
                      [d_hidden, d_weight, d_bias]):
         call("prefk_linear_shard_backward", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
-             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(lse), ptr(entropy),
+             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(stats), ptr(entropy),
              ptr(grad_logp), ptr(grad_entropy), ptr(d_hidden), ptr(d_weight), ptr(d_bias), n, h, vs, vocab_start,
              vocab, ignore_index, temperature, workspace_bytes)
     return d_hidden, d_weight, d_bias
 
 
 @torch.library.custom_op("pref_kernels::linear_shard_backward", mutates_args=())
-def linear_shard_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, lse: Tensor,
+def linear_shard_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, stats: Tensor,
                           entropy: Optional[Tensor], grad_logp: Tensor, grad_entropy: Optional[Tensor],
                           vocab_start: int, vocab: int, ignore_index: int, temperature: float,
                           workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor]:
     """This rank's partial d_hidden (hidden's dtype), its d_weight shard (f32) and d_bias shard (f32,
-    empty without a bias), from the finalize's global lse (and entropy with its gradient)."""
-    return _linear_shard_backward(hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy, vocab_start,
+    empty without a bias), from the finalize's global softmax statistics [N, 2] (and entropy with its
+    gradient)."""
+    return _linear_shard_backward(hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy, vocab_start,
                                   vocab, ignore_index, temperature, workspace_bytes)
 
 
 @linear_shard_backward.register_fake
-def _(hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy, vocab_start, vocab, ignore_index,
+def _(hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy, vocab_start, vocab, ignore_index,
       temperature, workspace_bytes):
     vs = weight.shape[0]
     return (torch.empty_like(hidden), weight.new_empty(weight.shape, dtype=torch.float32),
@@ -250,9 +258,10 @@ def _(hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy, voca
 @torch.library.custom_op("pref_kernels::vocab_parallel_token_logprobs", mutates_args=())
 def vocab_parallel_token_logprobs(logits: Tensor, targets: Tensor, vocab_start: int, vocab: int, group_name: str,
                                   ignore_index: int, temperature: float,
-                                  compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                                  compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """logp, lse, entropy (f32 [N], identical on every rank) of the logits whose shard [N, Vs] this
-    rank holds: partials, one all-gather over the group, finalize."""
+    rank holds, and the softmax statistics [N, 2] the backward reads: partials, one all-gather over
+    the group, finalize."""
     partials = _shard_partials(logits, targets, vocab_start, vocab, ignore_index, temperature, compute_entropy)
     gathered, tiles = _all_gather(partials, group_name, vocab_start, logits.shape[1], vocab)
     return _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entropy, tiles)
@@ -262,26 +271,27 @@ def vocab_parallel_token_logprobs(logits: Tensor, targets: Tensor, vocab_start: 
 def _(logits, targets, vocab_start, vocab, group_name, ignore_index, temperature, compute_entropy):
     n = logits.shape[0]
     f = dict(dtype=torch.float32)
-    return logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n if compute_entropy else 0, **f)
+    return (logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n if compute_entropy else 0, **f),
+            logits.new_empty((n, 2), **f))
 
 
 def _vp_setup(ctx, inputs, output):
     logits, targets, vocab_start, vocab, _group_name, ignore_index, temperature, compute_entropy = inputs
-    _logp, lse, entropy = output
-    ctx.save_for_backward(logits, targets, lse, entropy if compute_entropy else None)
+    _logp, lse, entropy, stats = output
+    ctx.save_for_backward(logits, targets, stats, entropy if compute_entropy else None)
     ctx.args = (vocab_start, vocab, ignore_index, temperature, compute_entropy)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, stats)
 
 
-def _vp_grad(ctx, grad_logp, _grad_lse, grad_entropy):
+def _vp_grad(ctx, grad_logp, _grad_lse, grad_entropy, _grad_stats):
     # The loss on the (identical) log-probs runs on every rank, so grad_logp is the same everywhere
     # and each rank's d/dlogits of its own columns needs no collective.
-    logits, targets, lse, entropy = ctx.saved_tensors
+    logits, targets, stats, entropy = ctx.saved_tensors
     vocab_start, vocab, ignore_index, temperature, compute_entropy = ctx.args
     if grad_logp is None:
-        grad_logp = torch.zeros_like(lse)
+        grad_logp = stats.new_zeros(stats.shape[0])
     ge = grad_entropy.float().contiguous() if compute_entropy and grad_entropy is not None else None
-    grad = torch.ops.pref_kernels.vocab_shard_backward(logits, targets, lse, entropy if ge is not None else None,
+    grad = torch.ops.pref_kernels.vocab_shard_backward(logits, targets, stats, entropy if ge is not None else None,
                                                        grad_logp.float().contiguous(), ge, vocab_start, vocab,
                                                        ignore_index, temperature)
     return grad, None, None, None, None, None, None, None
@@ -294,9 +304,10 @@ torch.library.register_autograd("pref_kernels::vocab_parallel_token_logprobs", _
 def vocab_parallel_linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                                          vocab_start: int, vocab: int, group_name: str, ignore_index: int,
                                          temperature: float, compute_entropy: bool, workspace_bytes: int,
-                                         reduce_grad_hidden: bool) -> Tuple[Tensor, Tensor, Tensor]:
+                                         reduce_grad_hidden: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """logp, lse, entropy (f32 [N], identical on every rank) of `hidden @ W.T (+ b)` where this rank
-    holds W's rows [vocab_start, vocab_start + Vs) (and b's): no logits tensor on any rank."""
+    holds W's rows [vocab_start, vocab_start + Vs) (and b's), and the softmax statistics [N, 2]: no
+    logits tensor on any rank."""
     partials = _linear_shard_partials(hidden, weight, bias, targets, vocab_start, vocab, ignore_index, temperature,
                                       compute_entropy, workspace_bytes)
     gathered, tiles = _all_gather(partials, group_name, vocab_start, weight.shape[0], vocab)
@@ -308,17 +319,18 @@ def _(hidden, weight, bias, targets, vocab_start, vocab, group_name, ignore_inde
       workspace_bytes, reduce_grad_hidden):
     n = hidden.shape[0]
     f = dict(dtype=torch.float32)
-    return hidden.new_empty(n, **f), hidden.new_empty(n, **f), hidden.new_empty(n if compute_entropy else 0, **f)
+    return (hidden.new_empty(n, **f), hidden.new_empty(n, **f), hidden.new_empty(n if compute_entropy else 0, **f),
+            hidden.new_empty((n, 2), **f))
 
 
 @torch.library.custom_op("pref_kernels::vocab_parallel_linear_backward", mutates_args=())
 def vocab_parallel_linear_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
-                                   lse: Tensor, entropy: Optional[Tensor], grad_logp: Tensor,
+                                   stats: Tensor, entropy: Optional[Tensor], grad_logp: Tensor,
                                    grad_entropy: Optional[Tensor], vocab_start: int, vocab: int, group_name: str,
                                    ignore_index: int, temperature: float, workspace_bytes: int,
                                    reduce_grad_hidden: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """The shard's backward; with `reduce_grad_hidden` d_hidden is summed over the group (in f32)."""
-    d_hidden, d_weight, d_bias = _linear_shard_backward(hidden, weight, bias, targets, lse, entropy, grad_logp,
+    d_hidden, d_weight, d_bias = _linear_shard_backward(hidden, weight, bias, targets, stats, entropy, grad_logp,
                                                         grad_entropy, vocab_start, vocab, ignore_index, temperature,
                                                         workspace_bytes)
     if reduce_grad_hidden:
@@ -329,7 +341,7 @@ def vocab_parallel_linear_backward(hidden: Tensor, weight: Tensor, bias: Optiona
 
 
 @vocab_parallel_linear_backward.register_fake
-def _(hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy, vocab_start, vocab, group_name,
+def _(hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy, vocab_start, vocab, group_name,
       ignore_index, temperature, workspace_bytes, reduce_grad_hidden):
     vs = weight.shape[0]
     return (torch.empty_like(hidden), weight.new_empty(weight.shape, dtype=torch.float32),
@@ -339,21 +351,21 @@ def _(hidden, weight, bias, targets, lse, entropy, grad_logp, grad_entropy, voca
 def _vpl_setup(ctx, inputs, output):
     (hidden, weight, bias, targets, vocab_start, vocab, group_name, ignore_index, temperature, compute_entropy,
      workspace_bytes, reduce_grad_hidden) = inputs
-    _logp, lse, entropy = output
-    ctx.save_for_backward(hidden, weight, bias, targets, lse, entropy if compute_entropy else None)
+    _logp, lse, entropy, stats = output
+    ctx.save_for_backward(hidden, weight, bias, targets, stats, entropy if compute_entropy else None)
     ctx.args = (vocab_start, vocab, group_name, ignore_index, temperature, compute_entropy, workspace_bytes,
                 reduce_grad_hidden)
-    ctx.mark_non_differentiable(lse)
+    ctx.mark_non_differentiable(lse, stats)
 
 
-def _vpl_grad(ctx, grad_logp, _grad_lse, grad_entropy):
-    hidden, weight, bias, targets, lse, entropy = ctx.saved_tensors
+def _vpl_grad(ctx, grad_logp, _grad_lse, grad_entropy, _grad_stats):
+    hidden, weight, bias, targets, stats, entropy = ctx.saved_tensors
     vocab_start, vocab, group_name, ignore_index, temperature, compute_entropy, workspace_bytes, reduce = ctx.args
     if grad_logp is None:
-        grad_logp = torch.zeros_like(lse)
+        grad_logp = stats.new_zeros(stats.shape[0])
     ge = grad_entropy.float().contiguous() if compute_entropy and grad_entropy is not None else None
     d_hidden, d_weight, d_bias = torch.ops.pref_kernels.vocab_parallel_linear_backward(
-        hidden, weight, bias, targets, lse, entropy if ge is not None else None, grad_logp.float().contiguous(), ge,
+        hidden, weight, bias, targets, stats, entropy if ge is not None else None, grad_logp.float().contiguous(), ge,
         vocab_start, vocab, group_name, ignore_index, temperature, workspace_bytes, reduce)
     return (d_hidden, d_weight.to(weight.dtype), d_bias if bias is not None else None, None, None, None, None, None,
             None, None, None, None)

@@ -193,7 +193,7 @@ def test_kernel_level_ops_pass_opcheck(gen):
     torch.library.opcheck(torch.ops.pref_kernels.vocab_shard_partials, (logits, targets, 5, 20, -100, 1.0, True))
     # One shard holding the whole vocabulary: the finalize is the token log-probs op.
     whole = torch.ops.pref_kernels.vocab_shard_partials(logits, targets.clamp(max=10), 0, 11, -100, 1.0, True)
-    logp, lse, ent = torch.ops.pref_kernels.vocab_parallel_finalize(whole[None], targets.clamp(max=10), 11, -100,
+    logp, lse, ent, stats = torch.ops.pref_kernels.vocab_parallel_finalize(whole[None], targets.clamp(max=10), 11, -100,
                                                                     1.0, True)
     want, want_ent = pk.token_logprobs(logits, targets.clamp(max=10), return_entropy=True)
     torch.testing.assert_close(logp, want, atol=2e-6, rtol=2e-6)
@@ -202,7 +202,7 @@ def test_kernel_level_ops_pass_opcheck(gen):
                           (whole[None], targets.clamp(max=10), 11, -100, 1.0, True))
     g = torch.randn(9, generator=gen)
     torch.library.opcheck(torch.ops.pref_kernels.vocab_shard_backward,
-                          (logits, targets.clamp(max=10), lse, None, g, None, 0, 11, -100, 1.0))
+                          (logits, targets.clamp(max=10), stats, None, g, None, 0, 11, -100, 1.0))
 
 
 def test_bad_input_is_refused(gen):

@@ -363,7 +363,7 @@ pub unsafe extern "C" fn prefk_linear_shard_partials(
 }
 
 struct ShardBackwardArgs {
-    lse: u64,
+    stats: u64,
     entropy: u64,
     grads: BackwardArgs,
 }
@@ -383,7 +383,7 @@ unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
     // SAFETY: forwarded to the caller.
     unsafe {
         let (head, targets) = head_views::<T, I>(h, b)?;
-        let lse = view::<f32>("lse", a.lse, n, b)?;
+        let stats = view::<f32>("stats", a.stats, crate::token_logprobs::launch::stats_len(n)?, b)?;
         let gl = view::<f32>("grad_logp", a.grads.grad_logp, n, b)?;
         let ent = if a.grads.grad_entropy != 0 {
             ensure(a.entropy != 0, "entropy", || "grad_entropy needs the forward's entropy".into())?;
@@ -396,11 +396,12 @@ unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
         };
         let eg = ent.as_ref().map(|(e, ge)| EntropyGrad { entropy: e, grad_entropy: ge });
         let grads = grad_views::<T>(h, a.grads.d_hidden, a.grads.d_weight, a.grads.d_bias, b)?;
-        g.linear_shard_backward_into(stream, &head, sh, &targets, &lse, &gl, eg, grads, cfg)
+        g.linear_shard_backward_into(stream, &head, sh, &targets, &stats, &gl, eg, grads, cfg)
     }
 }
 
-/// The backward of [`prefk_linear_shard_partials`] from the finalize's global `lse` (and `entropy`
+/// The backward of [`prefk_linear_shard_partials`] from the finalize's global softmax `stats`
+/// (`[n_rows, 2]` f32; and `entropy`
 /// with dL/dH when `grad_entropy` is non-zero): writes this shard's `d_weight` `[shard_vocab,
 /// hidden]` f32 (and `d_bias`) and its **partial** `d_hidden` `[n_rows, hidden]`, which the caller
 /// sums over the tensor-parallel group ([`Gpu::linear_shard_backward_into`]).
@@ -418,7 +419,7 @@ pub unsafe extern "C" fn prefk_linear_shard_backward(
     weight: u64,
     bias: u64,
     targets: u64,
-    lse: u64,
+    stats: u64,
     entropy: u64,
     grad_logp: u64,
     grad_entropy: u64,
@@ -440,7 +441,7 @@ pub unsafe extern "C" fn prefk_linear_shard_backward(
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, shard_vocab)?;
         let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;
         let a = ShardBackwardArgs {
-            lse,
+            stats,
             entropy,
             grads: BackwardArgs { grad_logp, grad_entropy, d_hidden, d_weight, d_bias },
         };

@@ -133,7 +133,8 @@ pub extern "C" fn prefk_init(device: i32) -> i32 {
     ffi(|| gpu(device).map(|_| ()))
 }
 
-/// Token log-probs forward ([`Gpu::token_logprobs_forward_raw`]). `entropy`, `status` may be 0.
+/// Token log-probs forward ([`Gpu::token_logprobs_forward_raw`]). `stats` (`[n_rows, 2]` f32,
+/// what the backward reads), `entropy` and `status` may be 0.
 ///
 /// # Safety
 /// As [`Gpu::token_logprobs_forward_raw`]: every non-zero pointer is device memory of `device`
@@ -149,6 +150,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(
     targets: u64,
     logp: u64,
     lse: u64,
+    stats: u64,
     entropy: u64,
     status: u64,
     n_rows: i64,
@@ -169,7 +171,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(
             compute_entropy: entropy != 0,
             check_targets: false,
         };
-        let ptrs = TokenLogprobsFwdPtrs { logits, targets, logp, lse, entropy, status };
+        let ptrs = TokenLogprobsFwdPtrs { logits, targets, logp, lse, entropy, status, stats };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.token_logprobs_forward_raw(
@@ -198,7 +200,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
     index_code: u32,
     logits: u64,
     targets: u64,
-    lse: u64,
+    stats: u64,
     grad_logp: u64,
     grad_logits: u64,
     status: u64,
@@ -218,7 +220,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
             index_code,
             logits,
             targets,
-            lse,
+            stats,
             0,
             grad_logp,
             0,
@@ -249,7 +251,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
     index_code: u32,
     logits: u64,
     targets: u64,
-    lse: u64,
+    stats: u64,
     entropy: u64,
     grad_logp: u64,
     grad_entropy: u64,
@@ -276,7 +278,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
         let ptrs = TokenLogprobsBwdPtrs {
             logits,
             targets,
-            lse,
+            stats,
             grad_logp,
             grad_logits,
             status,
@@ -1034,12 +1036,13 @@ mod tests {
     fn errors_are_codes_and_messages_never_panics() {
         // SAFETY: every call is rejected before touching memory (bad codes, no device here or
         // null pointers).
-        let rc = unsafe { prefk_token_logprobs_forward(0, 0, 9, 1, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) };
+        let rc =
+            unsafe { prefk_token_logprobs_forward(0, 0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) };
         assert_eq!(rc, -1);
         let msg = last();
         assert!(msg.contains("dtype") || msg.contains("driver") || msg.contains("kernels"), "{msg}");
         assert_eq!(
-            unsafe { prefk_token_logprobs_forward(-1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) },
+            unsafe { prefk_token_logprobs_forward(-1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) },
             -1
         );
         assert!(last().contains("device"));

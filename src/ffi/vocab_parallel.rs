@@ -98,7 +98,9 @@ pub unsafe extern "C" fn prefk_vocab_check_tiling(
 }
 
 /// Combines the gathered partials `[n_shards, n_rows, 5]` f32 (shard-major, what an all-gather
-/// returns) into `logp`, `lse` and, when `entropy` is non-zero, the entropy (`[n_rows]` f32 each)
+/// returns) into `logp`, `lse` and, when `entropy` is non-zero, the entropy (`[n_rows]` f32 each),
+/// and when `stats` is non-zero the whole rows' softmax statistics (`[n_rows, 2]` f32, what the
+/// shard backward reads)
 /// ([`crate::Gpu::vocab_parallel_finalize_raw`]). Shards that do not tile the vocabulary at a
 /// target set `STATUS_BAD_SHARDS` (16) and give that row NaN.
 ///
@@ -114,6 +116,7 @@ pub unsafe extern "C" fn prefk_vocab_parallel_finalize(
     targets: u64,
     logp: u64,
     lse: u64,
+    stats: u64,
     entropy: u64,
     status: u64,
     n_rows: i64,
@@ -123,7 +126,7 @@ pub unsafe extern "C" fn prefk_vocab_parallel_finalize(
     temperature: f32,
 ) -> i32 {
     ffi(|| {
-        let ptrs = VocabFinalizePtrs { partials, targets, logp, lse, entropy, status };
+        let ptrs = VocabFinalizePtrs { partials, targets, logp, lse, entropy, status, stats };
         let cfg = config(ignore_index, temperature, entropy != 0);
         // SAFETY: forwarded to the caller.
         unsafe {
@@ -141,7 +144,7 @@ pub unsafe extern "C" fn prefk_vocab_parallel_finalize(
 }
 
 /// A shard's backward: d/dlogits of its columns into `grad_logits` `[n_rows, grad_stride]`
-/// (in place when equal to `logits`) from the finalize's global `lse` (and, when `grad_entropy`
+/// (in place when equal to `logits`) from the finalize's global softmax `stats` (and, when `grad_entropy`
 /// is non-zero, its `entropy` with dL/dH) ([`crate::Gpu::vocab_shard_backward_raw`]).
 ///
 /// # Safety
@@ -155,7 +158,7 @@ pub unsafe extern "C" fn prefk_vocab_shard_backward(
     index_code: u32,
     logits: u64,
     targets: u64,
-    lse: u64,
+    stats: u64,
     entropy: u64,
     grad_logp: u64,
     grad_entropy: u64,
@@ -180,7 +183,7 @@ pub unsafe extern "C" fn prefk_vocab_shard_backward(
         let ptrs = TokenLogprobsBwdPtrs {
             logits,
             targets,
-            lse,
+            stats,
             grad_logp,
             grad_logits,
             status,

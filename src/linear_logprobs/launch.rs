@@ -6,7 +6,7 @@ use super::plan::{rows_for_budget, token_chunks, RowPlan};
 use super::LinearShape;
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, Result};
-use crate::params::{LinearBiasParams, LinearRowsParams, VP_STATS};
+use crate::params::{LinearBiasParams, LinearRowsParams, SOFTMAX_STATS, VP_STATS};
 use crate::runtime::gemm::Gemm;
 use crate::runtime::mem::{
     optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
@@ -188,6 +188,8 @@ pub(crate) struct ChunkWork {
     pub(crate) grad_entropy: u64,
     pub(crate) weights: u64,
     pub(crate) ref_logp: u64,
+    /// `[max_rows, SOFTMAX_STATS]` f32: the chunk rows' softmax statistics (forward to backward).
+    pub(crate) stats: u64,
     /// `[max_rows, VP_STATS]` f32: a vocabulary shard's partial statistics. They share the bytes
     /// of logp .. grad_entropy (five consecutive regions of at least 4 bytes per row), which the
     /// shard's forward, the one user of the partials, never touches.
@@ -204,7 +206,10 @@ impl ChunkWork {
     /// Bytes of the workspace for chunks of `max_rows` rows.
     pub(crate) fn bytes(shape: &LinearShape, dtype: DType, max_rows: usize) -> usize {
         let m = max_rows.max(1);
-        align(m * shape.vocab * dtype.size()) + align(m * shape.hidden * dtype.size()) + 7 * align(m * 4)
+        align(m * shape.vocab * dtype.size())
+            + align(m * shape.hidden * dtype.size())
+            + 7 * align(m * 4)
+            + align(m * SOFTMAX_STATS * 4)
     }
 
     pub(crate) fn carve(base: u64, shape: &LinearShape, dtype: DType, max_rows: usize) -> Self {
@@ -229,6 +234,7 @@ impl ChunkWork {
             grad_entropy,
             weights: take(m * 4),
             ref_logp: take(m * 4),
+            stats: take(m * SOFTMAX_STATS * 4),
             partials: logp,
         }
     }
@@ -432,6 +438,27 @@ impl Gpu {
         }
     }
 
+    /// Gathers `m` rows of `width` f32 (`dst[r] = src[index[r]]`, `src` of `bound` rows).
+    ///
+    /// # Safety
+    /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gather_rows_f32(
+        &self,
+        stream: u64,
+        src: u64,
+        dst: u64,
+        index: u64,
+        m: usize,
+        width: usize,
+        bound: usize,
+        status: u64,
+    ) -> Result<()> {
+        let mv = RowMove { scatter: false, elem_bytes: 4, src, dst, index, n_rows: m, width, bound };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.move_rows(stream, &mv, status) }
+    }
+
     /// Gathers `m` f32 values per row (`src[index[r]]`, `src` of `bound` values) into `dst`.
     ///
     /// # Safety
@@ -617,6 +644,7 @@ impl Loop {
             lse: self.work.lse,
             entropy: if entropy { self.work.entropy } else { 0 },
             status,
+            stats: self.work.stats,
         };
         let cfg = TokenLogprobsConfig { compute_entropy: entropy, ..*token };
         // SAFETY: forwarded to the caller.
@@ -626,7 +654,7 @@ impl Loop {
     /// d/dlogits in place in the workspace from `work.grad_logp` (and `work.grad_entropy`).
     ///
     /// # Safety
-    /// As [`Loop::logprobs_forward`], after it (lse, entropy in the workspace).
+    /// As [`Loop::logprobs_forward`], after it (softmax statistics, entropy in the workspace).
     #[allow(clippy::too_many_arguments)]
     pub(crate) unsafe fn logprobs_backward(
         &self,
@@ -642,7 +670,7 @@ impl Loop {
         let bwd = TokenLogprobsBwdPtrs {
             logits: self.work.logits,
             targets: self.targets + (r0 * 8) as u64,
-            lse: self.work.lse,
+            stats: self.work.stats,
             grad_logp: self.work.grad_logp,
             grad_logits: self.work.logits,
             status,

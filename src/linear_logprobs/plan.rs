@@ -11,8 +11,8 @@ use crate::pref_loss::Pairs;
 use crate::seq_reduce::SeqLayout;
 
 /// f32 scratch values kept per chunk row (logp, lse, entropy, dL/dlogp, dL/dH, weight, ref logp,
-/// one spare) and the two i64 a row costs (its index and target).
-pub(crate) const ROW_SCRATCH_F32: usize = 8;
+/// the two softmax statistics, one spare) and the two i64 a row costs (its index and target).
+pub(crate) const ROW_SCRATCH_F32: usize = 10;
 const ROW_INDEX_BYTES: usize = 16;
 
 /// Workspace bytes one chunk row costs: its logits (V), its gathered hidden state / d_hidden (H)

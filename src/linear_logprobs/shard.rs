@@ -10,10 +10,10 @@ use super::launch::{
 use super::plan::{rows_for_budget, token_chunks};
 use crate::dtype::{IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, Result};
-use crate::params::VP_STATS;
+use crate::params::{SOFTMAX_STATS, VP_STATS};
 use crate::runtime::mem::{optional_ptr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::Gpu;
-use crate::token_logprobs::{ensure_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
+use crate::token_logprobs::{ensure_len, stats_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
 use crate::vocab_parallel::{VocabShard, VocabShardPartialsPtrs};
 use crate::LogitsLayout;
 
@@ -59,7 +59,7 @@ impl Loop {
     }
 
     /// d/dlogits of the shard's columns in place in the workspace, from the gathered global
-    /// `work.lse`, `work.grad_logp` (and `work.entropy`, `work.grad_entropy`).
+    /// softmax statistics `work.stats`, `work.grad_logp` (and `work.entropy`, `work.grad_entropy`).
     ///
     /// # Safety
     /// As [`Loop::shard_partials`].
@@ -79,7 +79,7 @@ impl Loop {
         let ptrs = TokenLogprobsBwdPtrs {
             logits: self.work.logits,
             targets: self.targets + (r0 * 8) as u64,
-            lse: self.work.lse,
+            stats: self.work.stats,
             grad_logp: self.work.grad_logp,
             grad_logits: self.work.logits,
             status,
@@ -157,8 +157,9 @@ impl Gpu {
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
 
-    /// The backward of a vocabulary shard of the fused LM head, from the global `lse` (and the
-    /// forward's `entropy` with its gradient) the finalize gave: chunks recompute the shard's
+    /// The backward of a vocabulary shard of the fused LM head, from the global softmax
+    /// statistics `stats` (`[n_rows, SOFTMAX_STATS]`, and the forward's `entropy` with its
+    /// gradient) the finalize gave: chunks recompute the shard's
     /// logits (one GEMM), write d/dlogits in place, then `d_weight_shard += dLᵀ X` (f32, chunk
     /// order) and `d_hidden = dL · W_shard`, this rank's **partial** `d_hidden`: the caller sums it
     /// over the tensor-parallel group (an all-reduce, as Megatron does for a column-parallel
@@ -170,7 +171,7 @@ impl Gpu {
         head: &LinearHead<'_, T>,
         shard: VocabShard,
         targets: &View<'_, I>,
-        lse: &View<'_, f32>,
+        stats: &View<'_, f32>,
         grad_logp: &View<'_, f32>,
         entropy: Option<EntropyGrad<'_, '_>>,
         mut grads: LinearGradViews<'_, T>,
@@ -179,7 +180,7 @@ impl Gpu {
         check_shard(head, &shard)?;
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
-        ensure_len("lse", lse.len(), s.n_rows)?;
+        ensure_len("stats", stats.len(), stats_len(s.n_rows)?)?;
         ensure_len("grad_logp", grad_logp.len(), s.n_rows)?;
         if let Some(e) = &entropy {
             ensure_len("entropy", e.entropy.len(), s.n_rows)?;
@@ -193,7 +194,7 @@ impl Gpu {
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
-            let lse_p = optional_ptr(stream, Some(lse), &mut guards)?;
+            let stats_p = optional_ptr(stream, Some(stats), &mut guards)?;
             let gl = optional_ptr(stream, Some(grad_logp), &mut guards)?;
             let ent = optional_ptr(stream, entropy.as_ref().map(|e| e.entropy), &mut guards)?;
             let ge = optional_ptr(stream, entropy.as_ref().map(|e| e.grad_entropy), &mut guards)?;
@@ -207,7 +208,16 @@ impl Gpu {
                 // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
                 unsafe {
                     self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    self.gather_f32(raw, lse_p, lp.work.lse, idx, m, s.n_rows, status_p)?;
+                    self.gather_rows_f32(
+                        raw,
+                        stats_p,
+                        lp.work.stats,
+                        idx,
+                        m,
+                        SOFTMAX_STATS,
+                        s.n_rows,
+                        status_p,
+                    )?;
                     self.gather_f32(raw, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
                     if ge != 0 {
                         self.gather_f32(raw, ent, lp.work.entropy, idx, m, s.n_rows, status_p)?;

@@ -162,6 +162,7 @@ impl Gpu {
         let n = layout.n_rows;
         let mut logp = stream.alloc_zeros::<f32>(n.max(1))?;
         let mut lse = stream.alloc_zeros::<f32>(n.max(1))?;
+        let mut stats = stream.alloc_zeros::<f32>(n.max(1) * crate::params::SOFTMAX_STATS)?;
         let mut grad_logp = stream.alloc_zeros::<f32>(n.max(1))?;
         let mut ent = match entropy {
             EntropyUse::None => None,
@@ -178,6 +179,7 @@ impl Gpu {
             let (targets_p, _gt) = targets.device_ptr(stream)?;
             let (logp_p, _g0) = logp.device_ptr_mut(stream)?;
             let (lse_p, _g1) = lse.device_ptr_mut(stream)?;
+            let (stats_p, _gs) = stats.device_ptr_mut(stream)?;
             let (grad_logp_p, _g2) = grad_logp.device_ptr_mut(stream)?;
             let (status_p, _g3) = status.ptr(stream)?;
             let ent_p = match ent.as_mut() {
@@ -201,11 +203,12 @@ impl Gpu {
                 lse: lse_p,
                 entropy: entropy_p,
                 status: status_p,
+                stats: stats_p,
             };
             let bwd = TokenLogprobsBwdPtrs {
                 logits: logits_p,
                 targets: targets_p,
-                lse: lse_p,
+                stats: stats_p,
                 grad_logp: grad_logp_p,
                 grad_logits: grad_p,
                 status: status_p,

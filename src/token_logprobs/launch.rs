@@ -11,6 +11,13 @@ use crate::runtime::args::{check_ptr, ranges_overlap};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 
+/// Length of a softmax-statistics buffer for `n_rows` rows (`n_rows * SOFTMAX_STATS`), checked.
+pub(crate) fn stats_len(n_rows: usize) -> Result<usize> {
+    n_rows.checked_mul(crate::params::SOFTMAX_STATS).ok_or_else(|| {
+        crate::error::invalid("stats", format!("{n_rows} rows of softmax statistics overflow usize"))
+    })
+}
+
 /// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
 /// Depends on V only, so a row's result never depends on N.
 pub(crate) fn row_threads(vocab: usize) -> u32 {
@@ -31,12 +38,15 @@ pub struct TokenLogprobsFwdPtrs {
     pub targets: u64,
     /// Output `[n_rows]` f32.
     pub logp: u64,
-    /// Output `[n_rows]` f32 (needed by the backward).
+    /// Output `[n_rows]` f32 `logsumexp(logits / T)`.
     pub lse: u64,
     /// Output `[n_rows]` f32 entropy, or 0 when not wanted.
     pub entropy: u64,
     /// A u32 status word the kernel ORs bits into (not cleared by the kernel), or 0.
     pub status: u64,
+    /// Output `[n_rows, SOFTMAX_STATS]` f32 softmax statistics (row max, log2 of the sum; see
+    /// [`crate::params::SOFTMAX_STATS`]), what the backward reads; or 0 when no backward follows.
+    pub stats: u64,
 }
 
 /// Device pointers of a backward call (raw API).
@@ -46,8 +56,8 @@ pub struct TokenLogprobsBwdPtrs {
     pub logits: u64,
     /// Targets `[n_rows]`.
     pub targets: u64,
-    /// `[n_rows]` f32 from the forward.
-    pub lse: u64,
+    /// `[n_rows, SOFTMAX_STATS]` f32 softmax statistics from the forward.
+    pub stats: u64,
     /// `[n_rows]` f32 upstream gradient.
     pub grad_logp: u64,
     /// Output `[n_rows, grad_stride]` in the logits dtype; equal to `logits` for in place.
@@ -108,10 +118,12 @@ impl<T> GradLogits<'_, T> {
 pub struct TokenLogprobsOutputs<'a> {
     /// `[n_rows]` log p(target).
     pub logp: ViewMut<'a, f32>,
-    /// `[n_rows]` logsumexp, kept for the backward.
+    /// `[n_rows]` logsumexp of `logits / T`.
     pub lse: ViewMut<'a, f32>,
     /// `[n_rows]` entropy; required iff `compute_entropy` is set.
     pub entropy: Option<ViewMut<'a, f32>>,
+    /// `[n_rows * SOFTMAX_STATS]` softmax statistics for the backward, or `None` (forward only).
+    pub stats: Option<ViewMut<'a, f32>>,
 }
 
 /// Argument checks of the raw forward (everything but the pointers' validity, which the caller
@@ -130,6 +142,7 @@ fn validate_forward_ptrs(
     check_ptr("lse", ptrs.lse, 4, true)?;
     check_ptr("entropy", ptrs.entropy, 4, false)?;
     check_ptr("status", ptrs.status, 4, false)?;
+    check_ptr("stats", ptrs.stats, 4, false)?;
     ensure((ptrs.entropy != 0) == cfg.compute_entropy, "entropy", || {
         format!("must be given iff compute_entropy is set (compute_entropy = {})", cfg.compute_entropy)
     })?;
@@ -157,7 +170,7 @@ pub(crate) fn validate_backward_ptrs(
     })?;
     check_ptr("logits", ptrs.logits, dtype.size(), true)?;
     check_ptr("targets", ptrs.targets, index_type.size(), true)?;
-    check_ptr("lse", ptrs.lse, 4, true)?;
+    check_ptr("stats", ptrs.stats, 4, true)?;
     check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
     check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
     check_ptr("status", ptrs.status, 4, false)?;
@@ -194,7 +207,7 @@ pub(crate) fn backward_params(
     TokenLogprobsBwdParams {
         logits: ptrs.logits,
         targets: ptrs.targets,
-        lse: ptrs.lse,
+        stats: ptrs.stats,
         grad_logp: ptrs.grad_logp,
         grad_logits: ptrs.grad_logits,
         status: ptrs.status,
@@ -221,7 +234,8 @@ impl Gpu {
     /// # Safety
     /// - Every non-zero pointer is a device allocation of this GPU's context, valid for the
     ///   elements the layout implies (`logits`: `layout.span()` elements of `dtype`; `targets`,
-    ///   `logp`, `lse`, `entropy`: `n_rows` elements; `status`: one u32).
+    ///   `logp`, `lse`, `entropy`: `n_rows` elements; `stats`: `n_rows * SOFTMAX_STATS`; `status`:
+    ///   one u32).
     /// - `stream` is 0 (legacy default stream) or a live CUstream of this context.
     /// - The buffers stay alive, and no other work writes the inputs or touches the outputs, until
     ///   the launched work completes in stream order; the caller orders it against other streams.
@@ -253,6 +267,7 @@ impl Gpu {
             ignore_index: cfg.ignore_index,
             inv_temperature: 1.0 / cfg.temperature,
             reserved: 0,
+            stats: ptrs.stats,
         };
         let rt = row_threads(layout.vocab);
         let name = registry::token_logprobs_fwd(dtype, index_type, cfg.compute_entropy, rt);
@@ -270,7 +285,8 @@ impl Gpu {
     /// ranges that overlap without being exactly in place.
     ///
     /// # Safety
-    /// As [`Gpu::token_logprobs_forward_raw`]; `lse` and `grad_logp` hold `n_rows` f32 and
+    /// As [`Gpu::token_logprobs_forward_raw`]; `stats` holds `n_rows * SOFTMAX_STATS` f32,
+    /// `grad_logp` `n_rows` f32, and
     /// `grad_logits` spans `(n_rows - 1) * grad_stride + vocab` elements of `dtype`.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn token_logprobs_backward_raw(
@@ -317,6 +333,9 @@ impl Gpu {
         if let Some(e) = &out.entropy {
             ensure_len("entropy", e.len(), layout.n_rows)?;
         }
+        if let Some(st) = &out.stats {
+            ensure_len("stats", st.len(), stats_len(layout.n_rows)?)?;
+        }
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
             let (logits_p, _g0) = logits.device_ptr(stream)?;
@@ -330,6 +349,13 @@ impl Gpu {
                 }
                 None => (0, None),
             };
+            let (stats_p, _g6) = match &mut out.stats {
+                Some(st) => {
+                    let (p, g) = st.device_ptr_mut(stream)?;
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
             let (status_p, _g5) = status.ptr(stream)?;
             let ptrs = TokenLogprobsFwdPtrs {
                 logits: logits_p,
@@ -338,6 +364,7 @@ impl Gpu {
                 lse: lse_p,
                 entropy: entropy_p,
                 status: status_p,
+                stats: stats_p,
             };
             // SAFETY: every pointer comes from a live cudarc buffer of the checked length on this
             // stream's context; the guards keep cudarc's event tracking ordered around the launch.
@@ -357,7 +384,7 @@ impl Gpu {
         logits: &impl DevicePtr<T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
-        lse: &impl DevicePtr<f32>,
+        stats: &impl DevicePtr<f32>,
         grad_logp: &impl DevicePtr<f32>,
         grad_logits: &mut impl DevicePtrMut<T>,
         grad_stride: usize,
@@ -377,7 +404,7 @@ impl Gpu {
             grad_stride,
             layout,
             targets,
-            lse,
+            stats,
             grad_logp,
             cfg,
             None,
@@ -392,7 +419,7 @@ impl Gpu {
         logits: &mut impl DevicePtrMut<T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
-        lse: &impl DevicePtr<f32>,
+        stats: &impl DevicePtr<f32>,
         grad_logp: &impl DevicePtr<f32>,
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
@@ -405,7 +432,7 @@ impl Gpu {
             layout.row_stride,
             layout,
             targets,
-            lse,
+            stats,
             grad_logp,
             cfg,
             None,
@@ -424,7 +451,7 @@ impl Gpu {
         logits: &mut ViewMut<'_, T>,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
-        lse: &impl DevicePtr<f32>,
+        stats: &impl DevicePtr<f32>,
         grad_logp: &impl DevicePtr<f32>,
         entropy: EntropyGrad<'_, '_>,
         grad: GradLogits<'_, T>,
@@ -442,7 +469,7 @@ impl Gpu {
             grad_stride,
             layout,
             targets,
-            lse,
+            stats,
             grad_logp,
             cfg,
             Some(entropy),
@@ -460,12 +487,12 @@ impl Gpu {
         grad_stride: usize,
         layout: LogitsLayout,
         targets: &impl DevicePtr<I>,
-        lse: &impl DevicePtr<f32>,
+        stats: &impl DevicePtr<f32>,
         grad_logp: &impl DevicePtr<f32>,
         cfg: &TokenLogprobsConfig,
         entropy: Option<EntropyGrad<'_, '_>>,
     ) -> Result<()> {
-        ensure_len("lse", lse.len(), layout.n_rows)?;
+        ensure_len("stats", stats.len(), stats_len(layout.n_rows)?)?;
         ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
         if let Some(e) = &entropy {
             ensure_len("entropy", e.entropy.len(), layout.n_rows)?;
@@ -474,7 +501,7 @@ impl Gpu {
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
             let (targets_p, _g1) = targets.device_ptr(stream)?;
-            let (lse_p, _g2) = lse.device_ptr(stream)?;
+            let (stats_p, _g2) = stats.device_ptr(stream)?;
             let (grad_logp_p, _g3) = grad_logp.device_ptr(stream)?;
             let (status_p, _g5) = status.ptr(stream)?;
             let mut guards = Vec::new();
@@ -489,7 +516,7 @@ impl Gpu {
             let ptrs = TokenLogprobsBwdPtrs {
                 logits: logits_p,
                 targets: targets_p,
-                lse: lse_p,
+                stats: stats_p,
                 grad_logp: grad_logp_p,
                 grad_logits: grad_p,
                 status: status_p,
@@ -529,6 +556,7 @@ mod tests {
             lse: 0x4000,
             entropy: 0,
             status: 0,
+            stats: 0x6000,
         };
         let check = |p: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
             validate_forward_ptrs(DType::BF16, IndexType::I64, l, &p, &c).map_err(|e| e.to_string())
@@ -546,6 +574,10 @@ mod tests {
         assert!(check(TokenLogprobsFwdPtrs { lse: 0x4002, ..good }, layout, cfg)
             .unwrap_err()
             .contains("`lse`"));
+        assert!(check(TokenLogprobsFwdPtrs { stats: 0x6002, ..good }, layout, cfg)
+            .unwrap_err()
+            .contains("`stats`"));
+        assert!(check(TokenLogprobsFwdPtrs { stats: 0, ..good }, layout, cfg).is_ok());
         assert!(check(TokenLogprobsFwdPtrs { entropy: 0x5000, ..good }, layout, cfg)
             .unwrap_err()
             .contains("entropy"));

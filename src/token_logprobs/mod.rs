@@ -24,6 +24,7 @@
 use crate::error::{ensure, Result};
 
 pub(crate) mod launch;
+pub(crate) use launch::stats_len;
 pub mod reference;
 
 pub use launch::{EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs, TokenLogprobsOutputs};

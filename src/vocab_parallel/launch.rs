@@ -9,7 +9,7 @@ use crate::runtime::mem::{optional_ptr, DevicePtr, DevicePtrMut, Stream, View, V
 use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS, VOCAB_FINALIZE_THREADS};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::token_logprobs::launch::{backward_params, row_threads, validate_backward_ptrs};
+use crate::token_logprobs::launch::{backward_params, row_threads, stats_len, validate_backward_ptrs};
 use crate::token_logprobs::{
     ensure_len, validate, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsConfig,
     TokenLogprobsOutputs,
@@ -44,6 +44,9 @@ pub struct VocabFinalizePtrs {
     pub entropy: u64,
     /// A u32 status word, or 0.
     pub status: u64,
+    /// Output `[n_rows, SOFTMAX_STATS]` f32 softmax statistics of the whole row (what the shard
+    /// backward reads), or 0 when no backward follows.
+    pub stats: u64,
 }
 
 fn shard_layout(layout: &LogitsLayout, shard: &VocabShard) -> Result<()> {
@@ -107,11 +110,13 @@ impl Gpu {
     }
 
     /// The finalize on raw pointers: `n_shards` gathered partial blocks of `n_rows` rows to logp,
-    /// lse (and entropy when `cfg.compute_entropy`). One kernel, no synchronization.
+    /// lse (and entropy when `cfg.compute_entropy`, the softmax statistics when `ptrs.stats` is
+    /// given). One kernel, no synchronization.
     ///
     /// # Safety
     /// As [`Gpu::vocab_shard_partials_raw`]: `partials` holds `n_shards · n_rows · VP_STATS` f32,
-    /// `targets` `n_rows` indices, the outputs `n_rows` f32 each, none overlapping.
+    /// `targets` `n_rows` indices, the outputs `n_rows` f32 each (`stats` `n_rows · SOFTMAX_STATS`),
+    /// none overlapping.
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn vocab_parallel_finalize_raw(
         &self,
@@ -138,6 +143,7 @@ impl Gpu {
         check_ptr("lse", ptrs.lse, 4, true)?;
         check_ptr("entropy", ptrs.entropy, 4, false)?;
         check_ptr("status", ptrs.status, 4, false)?;
+        check_ptr("stats", ptrs.stats, 4, false)?;
         ensure((ptrs.entropy != 0) == cfg.compute_entropy, "entropy", || {
             format!("must be given iff compute_entropy is set (compute_entropy = {})", cfg.compute_entropy)
         })?;
@@ -155,13 +161,17 @@ impl Gpu {
             n_shards: n_shards as i64,
             vocab: vocab as i64,
             ignore_index: cfg.ignore_index,
+            stats: ptrs.stats,
+            inv_temperature: 1.0 / cfg.temperature,
+            reserved: 0,
         };
         let grid = self.grid_for(n_rows as u64, VOCAB_FINALIZE_THREADS as u64);
         // SAFETY: forwarded to the caller; params is the kernel's struct.
         unsafe { self.launch(stream, &registry::vocab_finalize(index_type), grid, &params) }
     }
 
-    /// A shard's backward on raw pointers: d/dlogits of its columns from the global `lse` (and
+    /// A shard's backward on raw pointers: d/dlogits of its columns from the global softmax
+    /// statistics (`ptrs.stats`, the finalize's) and
     /// entropy), as [`Gpu::token_logprobs_backward_raw`] with targets that are ids in the whole
     /// vocabulary. One kernel, no synchronization.
     ///
@@ -242,8 +252,8 @@ impl Gpu {
     }
 
     /// The finalize: `partials` holds every shard's `[n_rows, VP_STATS]` block, gathered in the same order on every rank
-    /// (what an all-gather over the tensor-parallel group returns); writes logp, lse (and entropy)
-    /// into `out`, identical on every rank. With `cfg.check_targets` it synchronizes once and
+    /// (what an all-gather over the tensor-parallel group returns); writes logp, lse (and entropy,
+    /// and the softmax statistics the shard backward reads) into `out`, identical on every rank. With `cfg.check_targets` it synchronizes once and
     /// reports bad targets and shards that do not tile the vocabulary at a used target as errors
     /// (a gap or an overlap that no target falls in is invisible here: check the group's shards
     /// once with [`VocabShard::check_tiling`]).
@@ -268,6 +278,9 @@ impl Gpu {
         if let Some(e) = &out.entropy {
             ensure_len("entropy", e.len(), n)?;
         }
+        if let Some(st) = &out.stats {
+            ensure_len("stats", st.len(), stats_len(n)?)?;
+        }
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
             let mut guards = Vec::new();
@@ -279,6 +292,10 @@ impl Gpu {
                 Some(e) => Some(e.device_ptr_mut(stream)?),
                 None => None,
             };
+            let stats = match out.stats.as_mut() {
+                Some(st) => Some(st.device_ptr_mut(stream)?),
+                None => None,
+            };
             let (status_p, _g4) = status.ptr(stream)?;
             let ptrs = VocabFinalizePtrs {
                 partials: partials_p,
@@ -287,6 +304,7 @@ impl Gpu {
                 lse: lse_p,
                 entropy: ent.as_ref().map_or(0, |(p, _)| *p),
                 status: status_p,
+                stats: stats.as_ref().map_or(0, |(p, _)| *p),
             };
             // SAFETY: live buffers of checked lengths on this stream's context, guards held.
             unsafe {
@@ -297,7 +315,7 @@ impl Gpu {
     }
 
     /// A shard's backward: d/dlogits of its columns of `Σ grad_logp·logp (+ Σ grad_entropy·H)`
-    /// from the global `lse` (and `entropy`) of the finalize, into `grad` (a separate buffer, or
+    /// from the global softmax statistics `stats` (and `entropy`) of the finalize, into `grad` (a separate buffer, or
     /// in place over the shard's logits). No collective is needed: each rank writes its own
     /// columns.
     #[allow(clippy::too_many_arguments)]
@@ -308,7 +326,7 @@ impl Gpu {
         layout: LogitsLayout,
         shard: VocabShard,
         targets: &impl DevicePtr<I>,
-        lse: &impl DevicePtr<f32>,
+        stats: &impl DevicePtr<f32>,
         grad_logp: &impl DevicePtr<f32>,
         entropy: Option<EntropyGrad<'_, '_>>,
         grad: GradLogits<'_, T>,
@@ -316,7 +334,7 @@ impl Gpu {
     ) -> Result<()> {
         validate(&layout, cfg, logits.len(), targets.len())?;
         shard_layout(&layout, &shard)?;
-        ensure_len("lse", lse.len(), layout.n_rows)?;
+        ensure_len("stats", stats.len(), stats_len(layout.n_rows)?)?;
         ensure_len("grad_logp", grad_logp.len(), layout.n_rows)?;
         if let Some(e) = &entropy {
             ensure_len("entropy", e.entropy.len(), layout.n_rows)?;
@@ -330,7 +348,7 @@ impl Gpu {
             let grad_p = grad_sep.as_ref().map_or(logits_p, |(p, _)| *p);
             let mut guards = Vec::new();
             let (targets_p, _g1) = targets.device_ptr(stream)?;
-            let (lse_p, _g2) = lse.device_ptr(stream)?;
+            let (stats_p, _g2) = stats.device_ptr(stream)?;
             let (grad_logp_p, _g3) = grad_logp.device_ptr(stream)?;
             let entropy_p = optional_ptr(stream, entropy.as_ref().map(|e| e.entropy), &mut guards)?;
             let grad_entropy_p = optional_ptr(stream, entropy.as_ref().map(|e| e.grad_entropy), &mut guards)?;
@@ -338,7 +356,7 @@ impl Gpu {
             let ptrs = TokenLogprobsBwdPtrs {
                 logits: logits_p,
                 targets: targets_p,
-                lse: lse_p,
+                stats: stats_p,
                 grad_logp: grad_logp_p,
                 grad_logits: grad_p,
                 status: status_p,

@@ -217,7 +217,8 @@ impl VocabParallelComm {
         Ok(run)
     }
 
-    /// The fused LM head's backward on this rank: its `d_weight` / `d_bias` shard, and `d_hidden`
+    /// The fused LM head's backward on this rank, from the softmax statistics `stats` the
+    /// forward's finalize wrote (`out.stats`): its `d_weight` / `d_bias` shard, and `d_hidden`
     /// summed over the group (all-reduce), so every rank holds the full `d_hidden`.
     #[allow(clippy::too_many_arguments)]
     pub fn linear_backward<T: LogitElement + NcclType, I: TargetIndex>(
@@ -225,7 +226,7 @@ impl VocabParallelComm {
         gpu: &Gpu,
         head: &LinearHead<'_, T>,
         targets: &View<'_, I>,
-        lse: &View<'_, f32>,
+        stats: &View<'_, f32>,
         grad_logp: &View<'_, f32>,
         entropy: Option<EntropyGrad<'_, '_>>,
         mut grads: LinearGradViews<'_, T>,
@@ -241,7 +242,7 @@ impl VocabParallelComm {
             head,
             self.shard,
             targets,
-            lse,
+            stats,
             grad_logp,
             entropy,
             views,

@@ -23,9 +23,9 @@ fn check_layout(layout: &LogitsLayout, shard: &VocabShard) -> Result<()> {
     Ok(())
 }
 
-/// Per row, the shard's partials: `m = max y`, `s = Σ exp(y − m)`, `e = Σ exp(y − m)(y − m)`,
-/// `y_t` and the owner flag (`y = x / T` over the shard's columns; `e` is NaN without
-/// `compute_entropy`). Ignored rows give zeros; a
+/// Per row, the shard's partials as the kernels lay them out: `m = max x` (the raw logits),
+/// `s = Σ exp((x − m)/T)`, `e = Σ exp((x − m)/T)·(x − m)/T·log2(e)` (base 2), the raw `x_t` and the
+/// owner flag (over the shard's columns; `e` is NaN without `compute_entropy`). Ignored rows give zeros; a
 /// NaN or +inf logit gives NaN statistics; a shard of -inf logits gives `m = -inf`, `s = e = 0`.
 /// A target outside `[0, vocab)` is [`crate::Error::TargetOutOfRange`].
 pub fn shard_partials<T: LogitElement, I: TargetIndex>(
@@ -44,22 +44,23 @@ pub fn shard_partials<T: LogitElement, I: TargetIndex>(
             continue;
         };
         let start = r * layout.row_stride;
-        let y: Vec<f64> = logits[start..start + shard.len].iter().map(|x| x.to_f64() * inv_t).collect();
+        let x: Vec<f64> = logits[start..start + shard.len].iter().map(|x| x.to_f64()).collect();
         let q = &mut out[r];
-        if y.iter().any(|v| v.is_nan() || *v == f64::INFINITY) {
+        if x.iter().any(|v| v.is_nan() || *v == f64::INFINITY) {
             q[VP_MAX] = f64::NAN;
             q[VP_SUMEXP] = f64::NAN;
             q[VP_ENTROPY] = f64::NAN;
         } else {
-            let m = y.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let m = x.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             q[VP_MAX] = m;
             if m > f64::NEG_INFINITY {
-                q[VP_SUMEXP] = pairwise_sum_iter(y.iter().map(|&v| (v - m).exp()));
-                q[VP_ENTROPY] = pairwise_sum_iter(y.iter().map(|&v| {
+                q[VP_SUMEXP] = pairwise_sum_iter(x.iter().map(|&v| ((v - m) * inv_t).exp()));
+                q[VP_ENTROPY] = pairwise_sum_iter(x.iter().map(|&v| {
                     if v == f64::NEG_INFINITY {
                         0.0
                     } else {
-                        (v - m).exp() * (v - m)
+                        let d = (v - m) * inv_t;
+                        d.exp() * d * std::f64::consts::LOG2_E
                     }
                 }));
             }
@@ -68,7 +69,7 @@ pub fn shard_partials<T: LogitElement, I: TargetIndex>(
             q[VP_ENTROPY] = f64::NAN; // as the kernel: a finalize asking for entropy gets NaN
         }
         if shard.holds(t as i64) {
-            q[VP_TARGET] = y[t - shard.start];
+            q[VP_TARGET] = x[t - shard.start];
             q[VP_OWNER] = 1.0;
         }
     }
@@ -105,14 +106,17 @@ pub fn finalize<I: TargetIndex>(
                 format!("row {r}: target {} is held by {owners} shards, not exactly one", target.to_i64()),
             ));
         }
+        let inv_t = 1.0 / cfg.temperature as f64;
         let m = partials.iter().map(|p| p[r][VP_MAX]).fold(f64::NEG_INFINITY, f64::max);
         let nan = partials.iter().any(|p| p[r][VP_MAX].is_nan());
-        // Each shard's s and e rescaled to the common max; a shard with s = 0 (all -inf) adds 0.
+        // Each shard's s and e (natural units here) rescaled to the common max; a shard with
+        // s = 0 (all -inf) adds 0.
         let scaled = |k: &Vec<Partial>| {
             let q = k[r];
-            let w = (q[VP_MAX] - m).exp();
+            let dm = (q[VP_MAX] - m) * inv_t;
+            let w = dm.exp();
             if q[VP_SUMEXP] > 0.0 {
-                (q[VP_SUMEXP] * w, w * (q[VP_ENTROPY] + q[VP_SUMEXP] * (q[VP_MAX] - m)))
+                (q[VP_SUMEXP] * w, w * (q[VP_ENTROPY] * std::f64::consts::LN_2 + q[VP_SUMEXP] * dm))
             } else {
                 (0.0, 0.0)
             }
@@ -126,8 +130,8 @@ pub fn finalize<I: TargetIndex>(
             out.entropy[r] = f64::NAN;
             continue;
         }
-        out.lse[r] = m + s.ln();
-        out.logp[r] = target - out.lse[r];
+        out.lse[r] = m * inv_t + s.ln();
+        out.logp[r] = (target - m) * inv_t - s.ln();
         out.entropy[r] = s.ln() - e / s;
     }
     Ok(out)

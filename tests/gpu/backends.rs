@@ -41,6 +41,7 @@ fn token_logprobs_on(
         logp: logp.as_view_mut(),
         lse: lse.as_view_mut(),
         entropy: Some(ent.as_view_mut()),
+        stats: None,
     };
     gpu.token_logprobs_forward(&s, &logits, layout, &t, out, &cfg).unwrap();
     (s.clone_dtoh(&logp).unwrap(), s.clone_dtoh(&ent).unwrap())

@@ -35,3 +35,28 @@ pub fn assert_close(what: &str, got: f64, want: f64, atol: f64, rtol: f64) {
         "{what}: got {got}, want {want} (err {err:e}, atol {atol:e}, rtol {rtol:e})"
     );
 }
+
+/// The softmax statistics a log-probs forward writes for its backward (`[n_rows, 2]`: the row max
+/// of the raw logits, log2 Σ 2^((x − max)·log2(e)/T)), computed on the host in f64 for rows of
+/// `vocab` values `row_stride` apart; ignored rows (target `ignore_index`) hold 0.
+pub fn softmax_stats<T: pref_kernels::LogitElement, I: pref_kernels::TargetIndex>(
+    host: &[T],
+    layout: pref_kernels::LogitsLayout,
+    targets: &[I],
+    cfg: &pref_kernels::TokenLogprobsConfig,
+) -> Vec<f32> {
+    let inv_t = 1.0 / cfg.temperature as f64;
+    let mut out = vec![0f32; 2 * layout.n_rows];
+    for (r, t) in targets.iter().enumerate() {
+        if t.to_i64() == cfg.ignore_index {
+            continue;
+        }
+        let row: Vec<f64> =
+            host[r * layout.row_stride..][..layout.vocab].iter().map(|x| x.to_f64()).collect();
+        let m = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let s: f64 = row.iter().map(|&x| ((x - m) * inv_t).exp()).sum();
+        out[2 * r] = m as f32;
+        out[2 * r + 1] = s.log2() as f32;
+    }
+    out
+}

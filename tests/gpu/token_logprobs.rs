@@ -106,6 +106,8 @@ struct Forward {
     logp: Vec<f32>,
     lse: Vec<f32>,
     entropy: Option<Vec<f32>>,
+    /// `[n, SOFTMAX_STATS]`: row max, log2 of the sum.
+    stats: Vec<f32>,
 }
 
 fn run_forward<T: LogitElement, I: Target>(
@@ -120,6 +122,7 @@ fn run_forward<T: LogitElement, I: Target>(
     let mut logp = s.clone_htod(&vec![POISON; n]).unwrap();
     let mut lse = s.clone_htod(&vec![POISON; n]).unwrap();
     let mut entropy = s.clone_htod(&vec![POISON; n]).unwrap();
+    let mut stats = s.clone_htod(&vec![POISON; 2 * n]).unwrap();
     let view = logits.slice(p.offset..);
     gpu.token_logprobs_forward(
         s,
@@ -130,6 +133,7 @@ fn run_forward<T: LogitElement, I: Target>(
             logp: logp.as_view_mut(),
             lse: lse.as_view_mut(),
             entropy: cfg.compute_entropy.then(|| entropy.as_view_mut()),
+            stats: Some(stats.as_view_mut()),
         },
         cfg,
     )?;
@@ -137,6 +141,7 @@ fn run_forward<T: LogitElement, I: Target>(
         logp: s.clone_dtoh(&logp).unwrap(),
         lse: s.clone_dtoh(&lse).unwrap(),
         entropy: cfg.compute_entropy.then(|| s.clone_dtoh(&entropy).unwrap()),
+        stats: s.clone_dtoh(&stats).unwrap(),
     })
 }
 
@@ -147,13 +152,43 @@ fn check_forward<T: LogitElement, I: Target>(
 ) -> reference::TokenLogprobsRef {
     let want = reference::forward(&p.host[p.offset..], p.layout, &p.targets, cfg).unwrap();
     for r in 0..p.layout.n_rows {
-        assert_close(&format!("logp[{r}]"), got.logp[r] as f64, want.logp[r], 2e-4, 1e-5);
-        assert_close(&format!("lse[{r}]"), got.lse[r] as f64, want.lse[r], 2e-4, 1e-5);
+        close_or_overflow(&format!("logp[{r}]"), got.logp[r], want.logp[r], 2e-4, 1e-5);
+        close_or_overflow(&format!("lse[{r}]"), got.lse[r], want.lse[r], 2e-4, 1e-5);
         if let Some(e) = &got.entropy {
             assert_close(&format!("entropy[{r}]"), e[r] as f64, want.entropy[r], 5e-4, 1e-4);
         }
+        // The statistics: the row max exactly, and log2 of the sum relative to it.
+        let (m, log2s) = (got.stats[2 * r], got.stats[2 * r + 1]);
+        if p.targets[r].to_i64() == cfg.ignore_index {
+            assert_eq!((m, log2s), (0.0, 0.0), "stats of ignored row {r}");
+            continue;
+        }
+        let row: Vec<f64> = p.host[p.offset + r * p.layout.row_stride..][..p.layout.vocab]
+            .iter()
+            .map(|x| x.to_f64())
+            .collect();
+        if want.lse[r].is_nan() {
+            assert!(log2s.is_nan(), "stats of row {r} (NaN or +inf in the row): log2 s {log2s}");
+            continue;
+        }
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        assert_eq!(m as f64, max, "stats max of row {r}");
+        let inv_t = 1.0 / cfg.temperature as f64;
+        let sum: f64 = row.iter().map(|&x| ((x - max) * inv_t).exp()).sum();
+        assert_close(&format!("stats log2 s[{r}]"), log2s as f64, sum.log2(), 2e-4, 1e-5);
     }
     want
+}
+
+/// `got` within `atol + rtol |want|` of the f64 value, or, where that value lies beyond f32's range
+/// (a log-prob or lse of logits near FLT_MAX divided by T < 1), the infinity of its sign: the
+/// correctly rounded f32 result.
+fn close_or_overflow(what: &str, got: f32, want: f64, atol: f64, rtol: f64) {
+    if want.is_finite() && want.abs() > f32::MAX as f64 {
+        assert!(got.is_infinite() && got.signum() as f64 == want.signum(), "{what}: got {got}, want {want}");
+    } else {
+        assert_close(what, got as f64, want, atol, rtol);
+    }
 }
 
 /// Compares a strided GPU gradient with the dense reference; padding columns must hold `pad_value`.
@@ -198,7 +233,7 @@ fn parity<T: LogitElement, I: Target>(
 
     let n = p.layout.n_rows;
     let targets = s.clone_htod(&p.targets).unwrap();
-    let lse = s.clone_htod(&fwd.lse).unwrap();
+    let stats = s.clone_htod(&fwd.stats).unwrap();
     let grad_logp = s.clone_htod(&p.grad_logp).unwrap();
     // Out of place, into a buffer with its own stride (and possibly a different misalignment).
     let gstride = p.layout.vocab + 1;
@@ -210,7 +245,7 @@ fn parity<T: LogitElement, I: Target>(
         &logits.slice(p.offset..),
         p.layout,
         &targets,
-        &lse,
+        &stats,
         &grad_logp,
         &mut gview,
         gstride,
@@ -223,7 +258,7 @@ fn parity<T: LogitElement, I: Target>(
     // In place over the logits: columns beyond vocab (row padding) must be left untouched.
     let mut inplace = s.clone_htod(&p.host).unwrap();
     let mut iview = inplace.slice_mut(p.offset..);
-    gpu.token_logprobs_backward_inplace(&s, &mut iview, p.layout, &targets, &lse, &grad_logp, cfg).unwrap();
+    gpu.token_logprobs_backward_inplace(&s, &mut iview, p.layout, &targets, &stats, &grad_logp, cfg).unwrap();
     let got = s.clone_dtoh(&inplace).unwrap();
     check_grad(p, &got[p.offset..], p.layout.row_stride, |i| p.host[p.offset + i].to_f64(), cfg);
 }
@@ -289,10 +324,10 @@ fn bad_targets(gpu: &Gpu, seed: u64) {
     }
     // Backward: error, and NaN rows.
     let targets = s.clone_htod(&p.targets).unwrap();
-    let lse = s.clone_htod(&got.lse).unwrap();
+    let stats = s.clone_htod(&got.stats).unwrap();
     let gl = s.clone_htod(&p.grad_logp).unwrap();
     let mut grad = s.alloc_zeros::<bf16>(64 * 5000).unwrap();
-    let e = gpu.token_logprobs_backward(&s, &logits, p.layout, &targets, &lse, &gl, &mut grad, 5000, &cfg);
+    let e = gpu.token_logprobs_backward(&s, &logits, p.layout, &targets, &stats, &gl, &mut grad, 5000, &cfg);
     assert!(matches!(e, Err(Error::DeviceCheck(_))));
     let g = s.clone_dtoh(&grad).unwrap();
     assert!(g[3 * 5000..4 * 5000].iter().all(|v| v.is_nan()));
@@ -429,6 +464,91 @@ fn huge_finite_logits(gpu: &Gpu, _seed: u64) {
     check_forward(&p, &got, &cfg);
 }
 
+/// One row of `extreme_rows`: (column, logit) entries over a fill value, and the target.
+type ExtremeRow = (Vec<(usize, f32)>, f32, i64);
+
+/// Finite logits at every magnitude, f32 and bf16, both row-group sizes, T = 1, 0.7 and 1.5: the
+/// forward (logp, lse, entropy, statistics) and the backward (out of place and in place) equal f64.
+/// Rows hold logits at and above FLT_MAX / log2(e) · T (x · log2(e) / T overflows f32: the whole
+/// row was NaN), a dominant target at 1e6 .. 1e30 (exact gradient 0 there: it was -0.015 at 1e6,
+/// 0.72 at 1e8 and NaN at 1e12, from a rounded lse), a tie at 1e12 (±0.5, was -inf), logits a few
+/// ulp apart at 1e8 (x · scale rounded their difference away), and a target far below the max.
+fn extreme_rows<T: LogitElement>(gpu: &Gpu, seed: u64) {
+    let s = gpu.default_stream();
+    for vocab in [8usize, 3000] {
+        for temperature in [1.0f32, 0.7, 1.5] {
+            let mut r = rng(seed, 1700 + vocab as u64);
+            let rows: Vec<ExtremeRow> = vec![
+                (vec![(0, 1e6)], 0.0, 0),
+                (vec![(0, 1e8)], 0.0, 0),
+                (vec![(0, 1e12)], 0.0, 0),
+                (vec![(0, 1e30)], 0.0, 0),
+                (vec![(0, 1e12), (1, 1e12)], 0.0, 1),
+                (vec![(0, 3e38)], -3e38, 0),
+                (vec![(0, 3e38), (1, 1.0), (2, -2.0)], 0.0, 1),
+                (vec![(0, 2.4e38), (5, 2.4e38)], 1.0, 5),
+                (vec![(0, 1e8), (1, 1e8 + 8.0), (2, 1e8 + 16.0)], 0.0, 1),
+                (vec![(0, -1e30), (1, 1e30)], 0.0, 0),
+                (vec![(vocab - 1, -3e38), (3, 3e38)], -1e30, 3),
+            ];
+            let n = rows.len() + 1;
+            let mut host = Vec::with_capacity(n * vocab);
+            let mut targets = Vec::with_capacity(n);
+            for (entries, fill, t) in &rows {
+                let mut row = vec![*fill; vocab];
+                for &(c, x) in entries {
+                    row[c] = x;
+                }
+                host.extend(row.into_iter().map(T::from_f32));
+                targets.push(*t);
+            }
+            // A plain row beside them: its result must not change with its neighbours'.
+            host.extend(random_logits(&mut r, vocab).into_iter().map(T::from_f32));
+            targets.push(r.random_range(0..vocab as i64));
+            let p = Problem {
+                host,
+                offset: 0,
+                layout: LogitsLayout::contiguous(n, vocab),
+                targets,
+                grad_logp: (0..n).map(|_| r.random_range(0.5f32..2.0)).collect(),
+            };
+            let cfg = TokenLogprobsConfig { temperature, compute_entropy: true, ..Default::default() };
+            let logits = s.clone_htod(&p.host).unwrap();
+            let fwd = run_forward(gpu, &s, &logits, &p, &cfg).unwrap();
+            for (i, e) in fwd.entropy.as_ref().unwrap().iter().enumerate() {
+                assert!(e.is_finite(), "V {vocab} T {temperature} row {i}: entropy {e}");
+            }
+            check_forward(&p, &fwd, &cfg);
+            let targets = s.clone_htod(&p.targets).unwrap();
+            let stats = s.clone_htod(&fwd.stats).unwrap();
+            let grad_logp = s.clone_htod(&p.grad_logp).unwrap();
+            let mut grad = s.clone_htod(&vec![T::from_f32(f32::NAN); n * vocab]).unwrap();
+            gpu.token_logprobs_backward(
+                &s, &logits, p.layout, &targets, &stats, &grad_logp, &mut grad, vocab, &cfg,
+            )
+            .unwrap();
+            let got = s.clone_dtoh(&grad).unwrap();
+            assert!(
+                got.iter().all(|g| g.to_f64().is_finite()),
+                "V {vocab} T {temperature}: a non-finite gradient"
+            );
+            check_grad(&p, &got, vocab, |_| f64::NAN, &cfg);
+            let mut inplace = s.clone_htod(&p.host).unwrap();
+            gpu.token_logprobs_backward_inplace(
+                &s,
+                &mut inplace,
+                p.layout,
+                &targets,
+                &stats,
+                &grad_logp,
+                &cfg,
+            )
+            .unwrap();
+            check_grad(&p, &s.clone_dtoh(&inplace).unwrap(), vocab, |_| f64::NAN, &cfg);
+        }
+    }
+}
+
 fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
     let cfg = TokenLogprobsConfig::default();
     let layout = LogitsLayout::contiguous(4, 10);
@@ -439,6 +559,7 @@ fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
         lse: 0x4000,
         entropy: 0,
         status: 0,
+        stats: 0x6000,
     };
     let call = |ptrs: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
         // SAFETY: every call below must be rejected by validation before any launch.
@@ -459,6 +580,7 @@ fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
     assert!(call(TokenLogprobsFwdPtrs { logits: 0x1001, ..good }, layout, cfg).contains("aligned"));
     assert!(call(TokenLogprobsFwdPtrs { targets: 0x2004, ..good }, layout, cfg).contains("targets"));
     assert!(call(TokenLogprobsFwdPtrs { entropy: 0x5000, ..good }, layout, cfg).contains("entropy"));
+    assert!(call(TokenLogprobsFwdPtrs { stats: 0x6001, ..good }, layout, cfg).contains("stats"));
     assert!(call(good, LogitsLayout { row_stride: 9, ..layout }, cfg).contains("row_stride"));
     assert!(call(good, layout, TokenLogprobsConfig { temperature: 0.0, ..cfg }).contains("temperature"));
 }
@@ -516,7 +638,15 @@ fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
         let (tp, _b) = targets.device_ptr(&own).unwrap();
         let (op, _c) = logp.device_ptr_mut(&own).unwrap();
         let (sp, _d) = lse.device_ptr_mut(&own).unwrap();
-        let ptrs = TokenLogprobsFwdPtrs { logits: lp, targets: tp, logp: op, lse: sp, entropy: 0, status: 0 };
+        let ptrs = TokenLogprobsFwdPtrs {
+            logits: lp,
+            targets: tp,
+            logp: op,
+            lse: sp,
+            entropy: 0,
+            status: 0,
+            stats: 0,
+        };
         // SAFETY: live buffers of the right sizes on this device; `own` is a live stream.
         unsafe {
             gpu.token_logprobs_forward_raw(
@@ -550,6 +680,7 @@ fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
                 tp,
                 op,
                 sp,
+                0,
                 0,
                 0,
                 300,
@@ -590,6 +721,8 @@ pub fn cases() -> Vec<Case> {
     });
     v.push(Case { name: "nan_and_inf_propagate", run: Box::new(nan_and_inf_propagate) });
     v.push(Case { name: "huge_finite_logits", run: Box::new(huge_finite_logits) });
+    v.push(Case { name: "extreme_rows_f32", run: Box::new(extreme_rows::<f32>) });
+    v.push(Case { name: "extreme_rows_bf16", run: Box::new(extreme_rows::<bf16>) });
     v.push(Case {
         name: "alignment_and_batch_invariance_f32",
         run: Box::new(alignment_and_batch_invariance::<f32>),

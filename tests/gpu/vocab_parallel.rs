@@ -62,18 +62,28 @@ fn finalize(
     vocab: usize,
     targets: &DeviceBuffer<i64>,
     cfg: &TokenLogprobsConfig,
-) -> pref_kernels::Result<(Vec<f32>, Vec<f32>, Vec<f32>)> {
+) -> pref_kernels::Result<Finalized> {
     let n = targets.len();
     let g = s.clone_htod(gathered).unwrap();
     let (mut logp, mut lse, mut ent) = (poisoned(s, n), poisoned(s, n), poisoned(s, n));
+    let mut stats = poisoned(s, 2 * n);
     let out = TokenLogprobsOutputs {
         logp: logp.as_view_mut(),
         lse: lse.as_view_mut(),
         entropy: Some(ent.as_view_mut()),
+        stats: Some(stats.as_view_mut()),
     };
     gpu.vocab_parallel_finalize(s, &g.as_view(), n_shards, vocab, targets, out, cfg)?;
-    Ok((s.clone_dtoh(&logp).unwrap(), s.clone_dtoh(&lse).unwrap(), s.clone_dtoh(&ent).unwrap()))
+    Ok((
+        s.clone_dtoh(&logp).unwrap(),
+        s.clone_dtoh(&lse).unwrap(),
+        s.clone_dtoh(&ent).unwrap(),
+        s.clone_dtoh(&stats).unwrap(),
+    ))
 }
+
+/// logp, lse, entropy and the softmax statistics of a finalize.
+type Finalized = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
 
 fn logits_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, vocab: usize, tp: usize) {
     let mut r = rng(seed, 1300 + vocab as u64 * 7 + tp as u64 + T::DTYPE as u64 * 1_000_003);
@@ -114,7 +124,8 @@ fn logits_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, vocab: usize, tp: us
         blocks.push(got);
     }
     // 2. Host all-gather, finalize, against the unsharded reference and kernel.
-    let (logp, lse, ent) = finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg).unwrap();
+    let (logp, lse, ent, stats) =
+        finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg).unwrap();
     let layout = LogitsLayout::contiguous(n, vocab);
     let want = tl_ref::forward(&host, layout, &targets, &cfg).unwrap();
     for i in 0..n {
@@ -125,12 +136,12 @@ fn logits_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, vocab: usize, tp: us
     let again = finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg).unwrap();
     assert_eq!(bits(&again.0), bits(&logp), "{what}: finalize run to run");
 
-    // 3. Backward per shard from the global lse / entropy, in place and separate.
+    // 3. Backward per shard from the global softmax statistics / entropy, in place and separate.
     let gl: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
     let ge: Vec<f32> = (0..n).map(|_| r.random_range(-0.5f32..0.5)).collect();
     let want_g = tl_ref::backward_with_entropy(&host, layout, &targets, &gl, &ge, &cfg).unwrap();
     let (dl, dgl, de, dge) = (
-        s.clone_htod(&lse).unwrap(),
+        s.clone_htod(&stats).unwrap(),
         s.clone_htod(&gl).unwrap(),
         s.clone_htod(&ent).unwrap(),
         s.clone_htod(&ge).unwrap(),
@@ -221,7 +232,7 @@ fn vocab_parallel_bad_shards(gpu: &Gpu, seed: u64) {
                 s.clone_dtoh(&part).unwrap()
             })
             .collect();
-        let (logp, _, _) = finalize(gpu, &s, &gather(&blocks), bad.len(), vocab, &dt, &unchecked).unwrap();
+        let (logp, _, _, _) = finalize(gpu, &s, &gather(&blocks), bad.len(), vocab, &dt, &unchecked).unwrap();
         for (i, lp) in logp.iter().enumerate() {
             assert_eq!(lp.is_nan(), bad_rows.contains(&i), "row {i} of {bad:?}: {lp}");
         }
@@ -237,9 +248,9 @@ fn vocab_parallel_bad_shards(gpu: &Gpu, seed: u64) {
     // Partials made without entropy, a finalize that asks for it: NaN entropy (the partials'
     // entropy slot is NaN), not a plausible ln S; logp and lse are unaffected.
     let no_entropy = TokenLogprobsConfig { compute_entropy: false, ..cfg };
-    let (logp, _, ent) =
+    let (logp, _, ent, _) =
         finalize(gpu, &s, &gather(&blocks_of(&good, &no_entropy)), 2, vocab, &dt, &cfg).unwrap();
-    let (want_logp, _, _) = run(&good).unwrap();
+    let (want_logp, _, _, _) = run(&good).unwrap();
     for i in 0..n {
         if targets[i] != -100 {
             assert!(ent[i].is_nan(), "row {i}: entropy {} from partials without entropy", ent[i]);
@@ -342,14 +353,15 @@ fn linear_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tp: usize, tol: f64)
         blocks.push(s.clone_dtoh(&part).unwrap());
         bufs.push((w, b));
     }
-    let (logp, lse, ent) = finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &token).unwrap();
+    let (logp, lse, ent, stats) =
+        finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &token).unwrap();
     for i in 0..n {
         assert_close(&format!("linear tp {tp} logp[{i}]"), logp[i] as f64, want.logp[i], tol, tol);
         assert_close(&format!("linear tp {tp} lse[{i}]"), lse[i] as f64, want.lse[i], tol, tol);
         assert_close(&format!("linear tp {tp} entropy[{i}]"), ent[i] as f64, want.entropy[i], tol, tol);
     }
     let (dl, dgl, de, dge) = (
-        s.clone_htod(&lse).unwrap(),
+        s.clone_htod(&stats).unwrap(),
         s.clone_htod(&gl).unwrap(),
         s.clone_htod(&ent).unwrap(),
         s.clone_htod(&ge).unwrap(),
@@ -460,7 +472,7 @@ fn vocab_parallel_extreme_rows(gpu: &Gpu, _seed: u64) {
             s.clone_dtoh(&part).unwrap()
         })
         .collect();
-    let (logp, lse, ent) = finalize(gpu, &s, &gather(&blocks), 2, vocab, &dt, &cfg).unwrap();
+    let (logp, lse, ent, _) = finalize(gpu, &s, &gather(&blocks), 2, vocab, &dt, &cfg).unwrap();
     for i in 0..n {
         assert_close(&format!("extreme row {i} logp"), logp[i] as f64, want.logp[i], 2e-4, 1e-5);
         if !want.lse[i].is_infinite() {
@@ -512,6 +524,7 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     logp: lp.as_view_mut(),
                     lse: ls.as_view_mut(),
                     entropy: Some(en.as_view_mut()),
+                    stats: None,
                 };
                 comm.token_logprobs(&g, &d, LogitsLayout::contiguous(n, sh.len), &dt, out, &cfg).unwrap();
                 let got = s.clone_dtoh(&lp).unwrap();
@@ -533,10 +546,12 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     shape: LinearShape { n_rows: n, hidden: h, vocab: sh.len },
                 };
                 let lcfg = LinearConfig { token: cfg, ..Default::default() };
+                let mut st = poisoned(s, 2 * n);
                 let out = TokenLogprobsOutputs {
                     logp: lp.as_view_mut(),
                     lse: ls.as_view_mut(),
                     entropy: Some(en.as_view_mut()),
+                    stats: Some(st.as_view_mut()),
                 };
                 comm.linear_token_logprobs(&g, &head, &dt.as_view(), out, &lcfg).unwrap();
                 let got = s.clone_dtoh(&lp).unwrap();
@@ -563,7 +578,7 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     &g,
                     &head,
                     &dt.as_view(),
-                    &ls.as_view(),
+                    &st.as_view(),
                     &dgl.as_view(),
                     None,
                     grads,
@@ -646,8 +661,8 @@ fn vocab_parallel_dpo_step(gpu: &Gpu, seed: u64) {
             s.clone_dtoh(&part).unwrap()
         })
         .collect();
-    let (logp, lse, _) = finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg).unwrap();
-    let (dlogp, dlse) = (s.clone_htod(&logp).unwrap(), s.clone_htod(&lse).unwrap());
+    let (logp, _, _, stats) = finalize(gpu, &s, &gather(&blocks), shards.len(), vocab, &dt, &cfg).unwrap();
+    let (dlogp, dlse) = (s.clone_htod(&logp).unwrap(), s.clone_htod(&stats).unwrap());
     let tokens = DeviceTokens {
         logp: dlogp.as_view(),
         mask: Some(dm.as_view()),
