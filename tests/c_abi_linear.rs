@@ -90,7 +90,7 @@ fn linear_forward_and_backward_through_the_c_abi() {
     let (gp, dhp, dwp) =
         (reg.add(&mut grad_logp, true), reg.add(&mut d_hidden, false), reg.add(&mut d_weight, false));
     let mut n_chunks = 0i64;
-    let row_bytes = ((v + h) * 4 + 48) as i64;
+    let row_bytes = ((v + h) * 4 + 56) as i64;
     // SAFETY: registered buffers of the sizes given; n_chunks is a valid host i64.
     let rc = unsafe {
         prefk_linear_logprobs_forward(

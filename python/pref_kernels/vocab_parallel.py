@@ -119,7 +119,7 @@ def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entro
         status |= torch.where(tiles, 0, _STATUS_BAD_SHARDS).to(torch.int32)
         nan = torch.tensor(float("nan"), dtype=torch.float32, device=gathered.device)
         logp, lse, entropy = (torch.where(tiles, x, nan) for x in (logp, lse, entropy))
-        stats = torch.where(tiles[:, None], stats, nan)
+        stats = torch.where(tiles, stats, nan)  # tiles is one flag for the whole group
     check_status(status, gathered.device.type == "cpu")
     return logp, lse, entropy, stats
 

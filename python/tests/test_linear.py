@@ -31,7 +31,7 @@ def torch_logprobs(hidden, weight, bias, targets, temperature=1.0):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-5), (torch.bfloat16, 3e-2)])
 def test_linear_logprobs_and_gradients(device, gen, dtype, tol):
     hidden, weight, bias, targets = head(gen, 29, 24, 150, dtype, device)
-    row_bytes = (150 + 24) * (4 if dtype == torch.float32 else 2) + 48
+    row_bytes = (150 + 24) * (4 if dtype == torch.float32 else 2) + 56
     for workspace in (row_bytes, 7 * row_bytes, pk.DEFAULT_WORKSPACE_BYTES):
         x, w, b = (t.detach().clone().requires_grad_() for t in (hidden, weight, bias))
         logp, ent = pk.linear_token_logprobs(x, w, targets, bias=b, temperature=0.8, return_entropy=True,
@@ -63,7 +63,7 @@ def test_linear_dpo_step_equals_the_torch_chain(device, gen):
     hidden, weight, _, targets = head(gen, n, h, v, torch.float32, device, bias=False)
     targets.view(n_seqs, seq_len)[:, :2] = -100
     ref = (-torch.rand(n, generator=gen) * 5).to(device)
-    row_bytes = (v + h) * 4 + 48
+    row_bytes = (v + h) * 4 + 56
     results = []
     for workspace in (2 * seq_len * row_bytes, 5 * seq_len * row_bytes, pk.DEFAULT_WORKSPACE_BYTES):
         x, w = (t.detach().clone().requires_grad_() for t in (hidden, weight))
