@@ -66,11 +66,10 @@ pub fn all_configs() -> Vec<(&'static str, LossConfig)> {
     ] {
         v.push((name, LossConfig { divergence: div, ..LossConfig::dpo(0.3) }));
         v.push((name, LossConfig { divergence: div, ..s(Loss::Ipo { beta: 0.3 }) }));
-        // exo_pair and discopop transform the margin; apo_zero ignores the divergence (raw
-        // log-ratios), as TRL. nca_pair, bco_pair, sppo_hard and apo_down refuse one.
+        // exo_pair and discopop transform the margin. nca_pair, bco_pair, sppo_hard, apo_zero and
+        // apo_down refuse a divergence other than reverse KL, as TRL 1.16.
         v.push((name, LossConfig { divergence: div, ..s(Loss::ExoPair { beta: 0.3, epsilon: 1e-3 }) }));
         v.push((name, LossConfig { divergence: div, ..s(Loss::DiscoPop { beta: 0.3, tau: 0.05 }) }));
-        v.push((name, LossConfig { divergence: div, ..s(Loss::ApoZero { beta: 0.3 }) }));
     }
     v
 }
