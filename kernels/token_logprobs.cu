@@ -31,8 +31,10 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
             logp[row] = xt;
             lse[row] = xt;
             if (entropy) entropy[row] = xt;
-            if (stats) stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = xt;
-            if (stats) stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = xt;
+            if (stats) {
+                stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = xt;
+                stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = xt;
+            }
             return;
         }
         const float log2s = softmax_log2_sum(*st);

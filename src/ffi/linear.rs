@@ -383,7 +383,7 @@ unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
     // SAFETY: forwarded to the caller.
     unsafe {
         let (head, targets) = head_views::<T, I>(h, b)?;
-        let stats = view::<f32>("stats", a.stats, crate::token_logprobs::launch::stats_len(n)?, b)?;
+        let stats = view::<f32>("stats", a.stats, crate::token_logprobs::stats_len(n)?, b)?;
         let gl = view::<f32>("grad_logp", a.grads.grad_logp, n, b)?;
         let ent = if a.grads.grad_entropy != 0 {
             ensure(a.entropy != 0, "entropy", || "grad_entropy needs the forward's entropy".into())?;

@@ -474,9 +474,8 @@ impl Gpu {
         bound: usize,
         status: u64,
     ) -> Result<()> {
-        let mv = RowMove { scatter: false, elem_bytes: 4, src, dst, index, n_rows: m, width: 1, bound };
         // SAFETY: forwarded to the caller.
-        unsafe { self.move_rows(stream, &mv, status) }
+        unsafe { self.gather_rows_f32(stream, src, dst, index, m, 1, bound, status) }
     }
 
     /// Scatters `m` rows of `width` f32 (`dst[index[r]] = src[r]`, `dst` of `bound` rows).
@@ -515,9 +514,8 @@ impl Gpu {
         bound: usize,
         status: u64,
     ) -> Result<()> {
-        let mv = RowMove { scatter: true, elem_bytes: 4, src, dst, index, n_rows: m, width: 1, bound };
         // SAFETY: forwarded to the caller.
-        unsafe { self.move_rows(stream, &mv, status) }
+        unsafe { self.scatter_rows_f32(stream, src, dst, index, m, 1, bound, status) }
     }
 }
 
