@@ -41,6 +41,7 @@ fn cpu_grpo(c: &mut Criterion) {
         let tokens = GrpoTokens {
             logp: &logp,
             old_logp: Some(&old),
+            sampling_logp: None,
             ref_logp: Some(&reference),
             mask: None,
             is_weights: None,
@@ -89,6 +90,7 @@ fn gpu_grpo(c: &mut Criterion) {
         let ptrs = GrpoPtrs {
             logp: lp,
             old_logp: op,
+            sampling_logp: 0,
             ref_logp: rp,
             mask: 0,
             is_weights: 0,

@@ -666,6 +666,7 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
         targets: targets.as_view(),
         mask: Some(mask.as_view()),
         old_logp: Some(dold.as_view()),
+        sampling_logp: None,
         ref_logp: Some(dref.as_view()),
         is_weights: None,
         advantages: dadv.as_view(),
@@ -677,6 +678,7 @@ fn grpo_group(gpu: &Gpu) -> pref_kernels::Result<()> {
     let toks = GrpoTokens {
         logp: &logp[..n],
         old_logp: Some(&old),
+        sampling_logp: None,
         ref_logp: Some(&reference),
         mask: Some(&data.mask),
         is_weights: None,

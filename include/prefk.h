@@ -63,9 +63,10 @@ int32_t prefk_preference_loss(int32_t device, uint64_t stream, uint64_t logp, ui
 
 int64_t prefk_preference_loss_workspace_len(int64_t n_seqs, int64_t n_pairs);
 
-/* GRPO family (see src/grpo): loss_type 0 grpo, 1 bnpo, 2 dr_grpo, 3 dapo, 4 cispo, 5 sapo;
- * importance 0 token, 1 sequence (GSPO); delta 0 = no cap; agg_param: dr_grpo's
- * max_completion_length, or the dapo/cispo normalizer (0 = the local token count). */
+/* GRPO family (see src/grpo): loss_type 0 grpo, 1 bnpo, 2 dr_grpo, 3 dapo, 4 cispo, 5 sapo,
+ * 6 luspo, 7 vespo; importance 0 token, 1 sequence (GSPO); delta 0 = no cap; agg_param: dr_grpo's
+ * max_completion_length, or the dapo/cispo/vespo normalizer (0 = the local token count);
+ * accumulation_steps 0 counts as 1; off_policy_mask_threshold NaN = off. */
 typedef struct PrefkGrpoConfig {
     uint32_t loss_type;
     uint32_t importance;
@@ -80,10 +81,16 @@ typedef struct PrefkGrpoConfig {
     float agg_param;
     float tau_pos;
     float tau_neg;
+    uint32_t accumulation_steps;
+    float off_policy_mask_threshold;
+    float vespo_k_pos;
+    float vespo_lambda_pos;
+    float vespo_k_neg;
+    float vespo_lambda_neg;
 } PrefkGrpoConfig;
 
 int32_t prefk_grpo_loss(int32_t device, uint64_t stream, const PrefkGrpoConfig* config, uint64_t logp,
-                        uint64_t old_logp, uint64_t ref_logp, uint64_t mask, uint64_t is_weights, uint64_t entropy,
+                        uint64_t old_logp, uint64_t sampling_logp, uint64_t ref_logp, uint64_t mask, uint64_t is_weights, uint64_t entropy,
                         uint64_t advantages, int64_t n_tokens, uint64_t cu_seqlens, int64_t n_seqs, int64_t seq_len,
                         uint64_t metrics, uint64_t grad_logp, uint64_t grad_entropy, uint64_t workspace,
                         uint64_t status);

@@ -5,8 +5,9 @@
 //   grpo_entropy_threshold  one block: the (1 - top_entropy_quantile) quantile of the completion
 //                           tokens' entropies, as torch.quantile (linear interpolation), by an exact
 //                           radix select (4 bits per pass, integer counts summed by block_sum: no atomics)
-//   grpo_seq                one block per sequence: N_s and sum (logp - old) (for the sequence ratio),
-//                           then every token's loss and metric terms, summed in a fixed order
+//   grpo_seq                one block per sequence: N_s, sum (logp - old) (the sequence ratio), the
+//                           off-policy mask's mean KL and vespo's log-weight, then every token's loss
+//                           and metric terms, summed in a fixed order
 //   grpo_batch              one block: aggregation weights a_s, the batch loss and metrics
 //   grpo_token_grad         one thread per token: dL/dlogp (and dL/dH) from its sequence's row
 #include "common.cuh"
@@ -24,22 +25,44 @@ struct GrpoToken {
     float low, high;
 };
 
+// What a token needs from its sequence: the sequence ratio, the off-policy mask, vespo's weight.
+struct GrpoSeq {
+    float rho;
+    float gate;
+    float phi;
+};
+
 // Clip metrics on the (delta-capped) ratio; CISPO logs its cap (cispo_clip_ratio, in `high`),
-// SAPO none.
+// SAPO and VESPO none.
 __device__ __forceinline__ void clip_flags(const GrpoParams& p, float rho, float a, float& low, float& high) {
     const float c1 = (p.flags & PREFK_GRPO_FLAG_DELTA) && rho > p.delta ? p.delta : rho;
     low = p.surrogate == PREFK_GRPO_SURR_CLIP && c1 < 1.f - p.eps_low && a < 0.f ? 1.f : 0.f;
-    high = p.surrogate == PREFK_GRPO_SURR_SAPO ? 0.f
+    const bool logs_high = p.surrogate == PREFK_GRPO_SURR_CLIP || p.surrogate == PREFK_GRPO_SURR_CISPO;
+    high = !logs_high ? 0.f
            : (p.surrogate == PREFK_GRPO_SURR_CISPO ? rho > p.eps_high : c1 > 1.f + p.eps_high) && a > 0.f ? 1.f : 0.f;
 }
 
-__device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, float a, float rho_seq,
+// VESPO's gamma weight phi(w) = e^lambda w^k e^(-lambda w), normalised so phi(1) = 1, evaluated in
+// log space from the clamped sequence log-ratio as TRL's get_gamma_weights; non-finite -> 0.
+__device__ __forceinline__ float vespo_phi(const GrpoParams& p, float a, float log_w) {
+    const float lo = -18.420680743952367f;  // log(1e-8)
+    const float lw = fminf(fmaxf(log_w, lo), 20.f);
+    const bool pos = a >= 0.f;
+    const float k = pos ? p.vespo_k_pos : p.vespo_k_neg;
+    const float lambda = fmaxf(pos ? p.vespo_lambda_pos : p.vespo_lambda_neg, 1e-4f);
+    const float phi = expf(lambda + k * lw - lambda * expf(lw));
+    return isfinite(phi) ? phi : 0.f;
+}
+
+__device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, float a, const GrpoSeq& seq,
                                                 float threshold) {
     const float l = reinterpret_cast<const float*>(p.logp)[t];
     const float old = p.old_logp ? reinterpret_cast<const float*>(p.old_logp)[t] : l;
     const float h = p.entropy ? reinterpret_cast<const float*>(p.entropy)[t] : 0.f;
-    const float v = p.is_weights ? reinterpret_cast<const float*>(p.is_weights)[t] : 1.f;
-    const float rho = (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) ? rho_seq : expf(l - old);
+    // VESPO folds the vLLM weights into phi instead of multiplying the loss by them (TRL).
+    const float v = p.is_weights && p.surrogate != PREFK_GRPO_SURR_VESPO
+                        ? reinterpret_cast<const float*>(p.is_weights)[t] : 1.f;
+    const float rho = (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) ? seq.rho : expf(l - old);
     // c1: the (delta-capped) unclipped ratio; clamp backward passes the gradient on closed bounds.
     const bool capped = (p.flags & PREFK_GRPO_FLAG_DELTA) && rho > p.delta;
     const float c1 = capped ? p.delta : rho;
@@ -59,6 +82,11 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
             dpg_drho = -4.f * s * (1.f - s) * a;
             break;
         }
+        case PREFK_GRPO_SURR_VESPO: {
+            pg = -seq.phi * a * l;  // phi detached
+            dpg_dl = -seq.phi * a;
+            break;
+        }
         default: {
             const float lo = 1.f - p.eps_low, hi = 1.f + p.eps_high;
             const float c2 = fminf(fmaxf(rho, lo), hi);
@@ -70,7 +98,9 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
             dpg_drho = -d;
         }
     }
+    // The off-policy mask and the top-entropy mask gate the policy term only (TRL's order).
     const float e = h >= threshold ? 1.f : 0.f;
+    const float gated = e * v * seq.gate;
     float k3 = 0.f, dk3 = 0.f;
     if (p.beta != 0.f) {
         const float r = reinterpret_cast<const float*>(p.ref_logp)[t] - l;
@@ -86,9 +116,9 @@ __device__ __forceinline__ GrpoToken grpo_token(const GrpoParams& p, int64_t t, 
     GrpoToken o;
     // TRL's order: the entropy mask and the vLLM weight multiply the policy term; the KL is added
     // after both.
-    o.loss = pg * e * v + p.beta * kl;
-    o.direct = dpg_dl * e * v + p.beta * dkl_dl;
-    o.drho = dpg_drho * e * v + p.beta * dkl_drho;
+    o.loss = pg * gated + p.beta * kl;
+    o.direct = dpg_dl * gated + p.beta * dkl_dl;
+    o.drho = dpg_drho * gated + p.beta * dkl_drho;
     o.rho = rho;
     o.kl = kl;
     o.e = e;
@@ -174,25 +204,43 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
     PREFK_SHARED_ARRAY(float, scratch, (GRPO_THREADS / 32) * 8);
     const float* logp = reinterpret_cast<const float*>(p.logp);
     const float* old = reinterpret_cast<const float*>(p.old_logp);
+    // The off-policy mask compares with the inference engine's log-probs, else the rollout's
+    // (TRL: sampling_per_token_logps, else old_per_token_logps, else logp itself).
+    const float* sampling = p.sampling_logp ? reinterpret_cast<const float*>(p.sampling_logp) : old;
+    const float* is_w = reinterpret_cast<const float*>(p.is_weights);
+    const bool vespo = p.surrogate == PREFK_GRPO_SURR_VESPO;
     const float threshold = grpo_threshold(p);
     for (int64_t s = blockIdx.x; s < p.n_seqs; s += gridDim.x) {
         int64_t begin, end;
         seq_range(p.cu_seqlens, p.seq_len, p.n_tokens, s, p.status, begin, end);
-        // Pass 1: the length and the summed log-ratio (the sequence ratio needs both).
-        float c[2] = {0.f, 0.f};
+        // Pass 1: the length and the summed log-ratio (the sequence ratio needs both), the
+        // off-policy mask's summed KL, and vespo's clamped log-ratio sum.
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
         for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) {
+            if (vespo && is_w) {
+                // TRL sums the log weights over the whole row, masked positions included.
+                c[3] += fminf(fmaxf(logf(is_w[t]), -18.420680743952367f), 20.f);
+            }
             if (!grpo_counts(p, t)) continue;
+            const float d = old ? logp[t] - old[t] : 0.f;
             c[0] += 1.f;
-            c[1] += old ? logp[t] - old[t] : 0.f;
+            c[1] += d;
+            const float kl = sampling ? sampling[t] - logp[t] : 0.f;
+            c[2] += isnan(kl) ? 0.f : kl;  // torch.nan_to_num: unscored tokens give no evidence
+            if (vespo) c[3] += fminf(fmaxf(d, -20.f), 20.f);
         }
-        block_sum<GRPO_THREADS, 2>(c, scratch);
-        const float rho_seq = expf(c[1] / fmaxf(c[0], 1.f));
+        block_sum<GRPO_THREADS, 4>(c, scratch);
         const float a = reinterpret_cast<const float*>(p.advantages)[s];
+        GrpoSeq seq;
+        seq.rho = expf(c[1] / fmaxf(c[0], 1.f));
+        seq.gate = (p.flags & PREFK_GRPO_FLAG_OFF_POLICY_MASK) && !(a >= 0.f) &&
+                           !(c[2] / fmaxf(c[0], 1.f) <= p.off_policy_threshold) ? 0.f : 1.f;
+        seq.phi = vespo ? vespo_phi(p, a, c[3]) : 0.f;
         // Pass 2: every token's loss, the ratio's gradient share and the metric terms.
         float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
         for (int64_t t = begin + threadIdx.x; t < end; t += GRPO_THREADS) {
             if (!grpo_counts(p, t)) continue;
-            const GrpoToken g = grpo_token(p, t, a, rho_seq, threshold);
+            const GrpoToken g = grpo_token(p, t, a, seq, threshold);
             const float h = p.entropy ? reinterpret_cast<const float*>(p.entropy)[t] : 0.f;
             v[0] += g.loss;
             v[1] += g.drho;
@@ -206,12 +254,12 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
         block_sum<GRPO_THREADS, 8>(v, scratch);
         // Sequence-level ratios: one clip indicator per sequence (TRL's (B, 1) metrics), empty
         // sequences included.
-        if (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) clip_flags(p, rho_seq, a, v[4], v[5]);
+        if (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) clip_flags(p, seq.rho, a, v[4], v[5]);
         if (threadIdx.x == 0) {
             float* row = reinterpret_cast<float*>(p.seq_work) + s * PREFK_GRPO_SEQ_FIELDS;
             row[PREFK_GRPO_COUNT] = c[0];
             row[PREFK_GRPO_DSUM] = c[1];
-            row[PREFK_GRPO_RHO] = rho_seq;
+            row[PREFK_GRPO_RHO] = seq.rho;
             row[PREFK_GRPO_LOSS] = v[0];
             row[PREFK_GRPO_CROSS] = v[1];
             row[PREFK_GRPO_KL] = v[2];
@@ -222,15 +270,19 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
             row[PREFK_GRPO_ECOUNT] = v[6];
             row[PREFK_GRPO_EH] = v[7];
             row[PREFK_GRPO_EWEIGHT] = 0.f;
+            row[PREFK_GRPO_GATE] = seq.gate;
+            row[PREFK_GRPO_PHI] = seq.phi;
         }
     }
 }
 
 // ---- batch: aggregation weights, loss, metrics ------------------------------------------------------
-// The entropy bonus is aggregated as TRL does: over the effective mask (completion and top-entropy
-// masks), divided by the dapo/cispo normalizer, or else by the effective token count.
+// TRL 1.16's aggregation: the policy term of every loss type but dapo/cispo/vespo (whose normalizer
+// already holds the accumulation) is divided by the accumulation steps G after `policy_loss` is
+// logged; the entropy bonus is the mean over the effective mask (completion and top-entropy masks)
+// divided by G, whatever the loss type.
 PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
-    PREFK_SHARED_ARRAY(float, scratch, (GRPO_THREADS / 32) * 6);
+    PREFK_SHARED_ARRAY(float, scratch, (GRPO_THREADS / 32) * 7);
     float* work = reinterpret_cast<float*>(p.seq_work);
     float n[2] = {0.f, 0.f};
     for (int64_t s = threadIdx.x; s < p.n_seqs; s += GRPO_THREADS) {
@@ -243,8 +295,9 @@ PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
     const float clip_count = (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) ? n_seqs : total;
     const bool per_normalizer = p.agg == PREFK_GRPO_AGG_CONSTANT_OR_TOKENS;
     const float normalizer = p.agg_param > 0.f ? p.agg_param : total;
-    const float ew = per_normalizer ? 1.f / normalizer : 1.f / fmaxf(n[1], 1.f);
-    float v[6] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    const float policy_scale = per_normalizer ? 1.f : 1.f / p.accum_steps;
+    const float ew = 1.f / (fmaxf(n[1], 1.f) * p.accum_steps);
+    float v[7] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
     for (int64_t s = threadIdx.x; s < p.n_seqs; s += GRPO_THREADS) {
         float* row = work + s * PREFK_GRPO_SEQ_FIELDS;
         float w;
@@ -252,9 +305,10 @@ PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
             case PREFK_GRPO_AGG_SEQ_MEAN: w = 1.f / (n_seqs * fmaxf(row[PREFK_GRPO_COUNT], 1.f)); break;
             case PREFK_GRPO_AGG_TOKEN_MEAN: w = 1.f / total; break;
             case PREFK_GRPO_AGG_CONSTANT: w = 1.f / (n_seqs * p.agg_param); break;
+            case PREFK_GRPO_AGG_SEQ_SUM: w = 1.f / n_seqs; break;
             default: w = 1.f / normalizer;
         }
-        row[PREFK_GRPO_WEIGHT] = w;
+        row[PREFK_GRPO_WEIGHT] = w * policy_scale;
         row[PREFK_GRPO_EWEIGHT] = ew;
         v[0] += w * row[PREFK_GRPO_LOSS];
         v[1] += row[PREFK_GRPO_KL];
@@ -262,18 +316,19 @@ PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
         v[3] += row[PREFK_GRPO_LOW];
         v[4] += row[PREFK_GRPO_HIGH];
         v[5] += row[PREFK_GRPO_EH];
+        v[6] += row[PREFK_GRPO_PHI];
     }
-    block_sum<GRPO_THREADS, 6>(v, scratch);
+    block_sum<GRPO_THREADS, 7>(v, scratch);
     if (threadIdx.x == 0) {
         float* m = reinterpret_cast<float*>(p.metrics);
-        m[0] = v[0] - p.entropy_coef * ew * v[5];
+        m[0] = v[0] * policy_scale - p.entropy_coef * ew * v[5];
         m[1] = v[1] / total;
         m[2] = v[2] / total;
         m[3] = v[3] / clip_count;
         m[4] = v[4] / clip_count;
         m[5] = (v[3] + v[4]) / clip_count;
-        m[6] = v[0];  // the policy loss without the entropy bonus (TRL `policy_loss`)
-        m[7] = 0.f;
+        m[6] = v[0];  // TRL `policy_loss`: before the entropy bonus and the division by G
+        m[7] = v[6] / n_seqs;  // TRL `vespo/phi_seq_mean` (0 for other surrogates)
     }
 }
 
@@ -295,7 +350,8 @@ PREFK_KERNEL(grpo_token_grad, GrpoParams, GRPO_THREADS) {
         }
         const float w = row[PREFK_GRPO_WEIGHT] * p.grad_scale;
         const float a = reinterpret_cast<const float*>(p.advantages)[s];
-        const GrpoToken g = grpo_token(p, t, a, row[PREFK_GRPO_RHO], threshold);
+        const GrpoSeq seq = {row[PREFK_GRPO_RHO], row[PREFK_GRPO_GATE], row[PREFK_GRPO_PHI]};
+        const GrpoToken g = grpo_token(p, t, a, seq, threshold);
         // Sequence ratio: d rho_s / d logp_t = rho_s / N_s for every counted token of s.
         const float via_rho = seq_is ? row[PREFK_GRPO_CROSS] * row[PREFK_GRPO_RHO] / fmaxf(row[PREFK_GRPO_COUNT], 1.f)
                                      : g.drho * g.rho;

@@ -230,17 +230,20 @@ static_assert(sizeof(PrefixAttnParams) == 128, "PrefixAttnParams layout changed:
 #define PREFK_GRPO_AGG_SEQ_MEAN 0u            // grpo, sapo: a_s = 1 / (S max(N_s, 1))
 #define PREFK_GRPO_AGG_TOKEN_MEAN 1u          // bnpo: a = 1 / max(sum N, 1)
 #define PREFK_GRPO_AGG_CONSTANT 2u            // dr_grpo: a = 1 / (S agg_param)
-#define PREFK_GRPO_AGG_CONSTANT_OR_TOKENS 3u  // dapo, cispo: a = 1 / agg_param, or 1 / max(sum N, 1) if 0
+#define PREFK_GRPO_AGG_CONSTANT_OR_TOKENS 3u  // dapo, cispo, vespo: a = 1 / agg_param, or 1 / max(sum N, 1) if 0
+#define PREFK_GRPO_AGG_SEQ_SUM 4u             // luspo: a = 1 / S (per-sequence sums, mean over sequences)
 #define PREFK_GRPO_SURR_CLIP 0u
 #define PREFK_GRPO_SURR_CISPO 1u
 #define PREFK_GRPO_SURR_SAPO 2u
+#define PREFK_GRPO_SURR_VESPO 3u              // -sg(phi_s) A logp, phi_s the gamma weight of the sequence
 #define PREFK_GRPO_FLAG_SEQUENCE_IS 1u        // one ratio per sequence (GSPO)
 #define PREFK_GRPO_FLAG_BIAS_KL 2u            // k3 times the (capped) ratio
 #define PREFK_GRPO_FLAG_DELTA 4u              // cap the unclipped ratio at delta
 #define PREFK_GRPO_FLAG_ENTROPY_MASK 8u       // threshold is computed (top-entropy quantile)
+#define PREFK_GRPO_FLAG_OFF_POLICY_MASK 16u   // drop A < 0 sequences whose mean (sampling - logp) > threshold
 
 // Per-sequence workspace row (f32): sums over the sequence's completion tokens.
-#define PREFK_GRPO_SEQ_FIELDS 13
+#define PREFK_GRPO_SEQ_FIELDS 15
 #define PREFK_GRPO_COUNT 0      // N_s
 #define PREFK_GRPO_DSUM 1       // sum (logp - old)
 #define PREFK_GRPO_RHO 2        // the sequence ratio exp(DSUM / max(N_s, 1))
@@ -254,11 +257,14 @@ static_assert(sizeof(PrefixAttnParams) == 128, "PrefixAttnParams layout changed:
 #define PREFK_GRPO_ECOUNT 10    // sum e (tokens the top-entropy mask keeps)
 #define PREFK_GRPO_EH 11        // sum e H
 #define PREFK_GRPO_EWEIGHT 12   // the entropy bonus's aggregation weight (written by grpo_batch)
-#define PREFK_GRPO_METRICS 8    // loss, kl, entropy, clip low, clip high, clip region, policy loss, 0
+#define PREFK_GRPO_GATE 13      // the off-policy sequence mask (1 keep, 0 drop)
+#define PREFK_GRPO_PHI 14       // vespo's gamma weight phi_s (0 for other surrogates)
+#define PREFK_GRPO_METRICS 8    // loss, kl, entropy, clip low, clip high, clip region, policy loss, phi mean
 
 typedef struct GrpoParams {
     uint64_t logp;          // [n_tokens] f32 policy log-probs
     uint64_t old_logp;      // [n_tokens] f32 rollout log-probs, or 0 (on-policy: ratio 1)
+    uint64_t sampling_logp; // [n_tokens] f32 inference-engine log-probs for the off-policy mask, or 0 (old_logp)
     uint64_t ref_logp;      // [n_tokens] f32 reference log-probs, or 0 (beta = 0)
     uint64_t mask;          // [n_tokens] u8 completion mask, or 0
     uint64_t is_weights;    // [n_tokens] f32 vLLM importance-sampling weights, or 0
@@ -287,11 +293,17 @@ typedef struct GrpoParams {
     float tau_pos;          // sapo
     float tau_neg;
     float grad_scale;
+    float accum_steps;      // G: non-dapo-style policy terms and the entropy bonus are divided by it
+    float off_policy_threshold;
+    float vespo_k_pos;      // vespo gamma shape k and rate lambda, A >= 0 / A < 0
+    float vespo_lambda_pos;
+    float vespo_k_neg;
+    float vespo_lambda_neg;
     uint32_t reserved;
 } GrpoParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(GrpoParams) == 192, "GrpoParams layout changed: update src/params.rs");
+static_assert(sizeof(GrpoParams) == 224, "GrpoParams layout changed: update src/params.rs");
 #endif
 
 // ---- group and listwise losses on sequence scores (KTO, LiPO-lambda, PRO) ---------------------------

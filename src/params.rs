@@ -230,6 +230,7 @@ unsafe impl cudarc::driver::DeviceRepr for PrefixAttnParams {}
 pub struct GrpoParams {
     pub logp: u64,
     pub old_logp: u64,
+    pub sampling_logp: u64,
     pub ref_logp: u64,
     pub mask: u64,
     pub is_weights: u64,
@@ -258,17 +259,24 @@ pub struct GrpoParams {
     pub tau_pos: f32,
     pub tau_neg: f32,
     pub grad_scale: f32,
+    pub accum_steps: f32,
+    pub off_policy_threshold: f32,
+    pub vespo_k_pos: f32,
+    pub vespo_lambda_pos: f32,
+    pub vespo_k_neg: f32,
+    pub vespo_lambda_neg: f32,
     pub reserved: u32,
 }
 
 /// Fields per sequence of the GRPO workspace (`PREFK_GRPO_SEQ_FIELDS`).
-pub const GRPO_SEQ_FIELDS: usize = 13;
+pub const GRPO_SEQ_FIELDS: usize = 15;
 
 const _: () = {
-    assert!(size_of::<GrpoParams>() == 192);
-    assert!(offset_of!(GrpoParams, n_tokens) == 112);
-    assert!(offset_of!(GrpoParams, agg) == 136);
-    assert!(offset_of!(GrpoParams, grad_scale) == 184);
+    assert!(size_of::<GrpoParams>() == 224);
+    assert!(offset_of!(GrpoParams, n_tokens) == 120);
+    assert!(offset_of!(GrpoParams, agg) == 144);
+    assert!(offset_of!(GrpoParams, grad_scale) == 192);
+    assert!(offset_of!(GrpoParams, vespo_lambda_neg) == 216);
 };
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.

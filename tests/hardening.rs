@@ -269,12 +269,14 @@ proptest! {
         let cfg = pref_kernels::ffi::PrefkGrpoConfig {
             loss_type, importance: loss_type % 2, epsilon_low: hyper[0], epsilon_high: hyper[1], delta: 0.0,
             beta: hyper[2], bias_corrected_kl: 0, entropy_coef: 0.0, top_entropy_quantile: 1.0, grad_scale: 1.0,
-            agg_param: hyper[3], tau_pos: 1.0, tau_neg: 1.05,
+            agg_param: hyper[3], tau_pos: 1.0, tau_neg: 1.05, accumulation_steps: loss_type % 3,
+            off_policy_mask_threshold: hyper[1], vespo_k_pos: hyper[2], vespo_lambda_pos: 3.0, vespo_k_neg: 3.0,
+            vespo_lambda_neg: hyper[0],
         };
         // SAFETY: deliberately invalid arguments; `cfg` is valid host memory.
         let rc = unsafe {
             pref_kernels::ffi::prefk_grpo_loss(
-                PREFK_DEVICE_EMULATOR, 0, &cfg, p[0], p[1], p[2], p[3], 0, 0, p[4], n_tokens, p[5], n_seqs,
+                PREFK_DEVICE_EMULATOR, 0, &cfg, p[0], p[1], p[2], p[2], p[3], 0, 0, p[4], n_tokens, p[5], n_seqs,
                 seq_len, p[6], p[7], 0, p[0], 0,
             )
         };
@@ -290,7 +292,7 @@ proptest! {
         // SAFETY: a null config is refused.
         let rc = unsafe {
             pref_kernels::ffi::prefk_grpo_loss(
-                PREFK_DEVICE_EMULATOR, 0, std::ptr::null(), p[0], 0, 0, 0, 0, 0, p[4], n_tokens, 0, n_seqs,
+                PREFK_DEVICE_EMULATOR, 0, std::ptr::null(), p[0], 0, 0, 0, 0, 0, 0, p[4], n_tokens, 0, n_seqs,
                 seq_len, p[6], p[7], 0, p[0], 0,
             )
         };
@@ -300,7 +302,7 @@ proptest! {
     #[test]
     fn c_abi_group_workspace_sizes_never_wrap(s in extreme_i64()) {
         let g = pref_kernels::ffi::prefk_grpo_workspace_len(s);
-        let exact = s.max(0) as i128 * 13 + 4;
+        let exact = s.max(0) as i128 * pref_kernels::params::GRPO_SEQ_FIELDS as i128 + 4;
         prop_assert!(g == exact as i64 && exact <= i64::MAX as i128 || g == -1, "{} for {}", g, s);
         let k = pref_kernels::ffi::prefk_group_loss_workspace_len(s);
         let exact = s.max(0) as i128 * 15;

@@ -235,43 +235,95 @@ def linear_dpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.T
 
 #: The crate's GRPO metric order (grpo::GRPO_METRIC_NAMES), as TRL logs them.
 GRPO_METRIC_NAMES = ["loss", "kl", "entropy", "clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean",
-                     "policy_loss"]
+                     "policy_loss", "vespo/phi_seq_mean"]
 #: TRL `GRPOConfig.loss_type` names served.
-GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo")
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo", "cispo", "sapo", "luspo", "vespo")
+_GRPO_NORMALIZED = ("dapo", "cispo", "vespo")
+
+
+def _per_token(x, name, shape):
+    """A [B, T] per-token tensor of TRL's layout, flattened to the kernels' [B * T]."""
+    if x is None:
+        return None
+    if tuple(x.shape) != tuple(shape):
+        raise ValueError(f"pref_kernels: {name} must have logp's shape {list(shape)}, got {list(x.shape)}")
+    return x.reshape(-1)
 
 
 def grpo_loss(logp: torch.Tensor, advantages: torch.Tensor, mask=None, old_logp=None, ref_logp=None, *,
               n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None, loss_type: str = "dapo",
               beta: float = 0.0, epsilon: float = 0.2, epsilon_high: Optional[float] = None,
               delta: Optional[float] = None, importance_sampling_level: str = "token",
-              max_completion_length: Optional[int] = None, num_items_in_batch: Optional[float] = None,
-              entropy=None, entropy_coef: float = 0.0, top_entropy_quantile: float = 1.0, vllm_is_weights=None,
-              use_bias_correction_kl: bool = False, sapo_temperature_pos: float = 1.0,
-              sapo_temperature_neg: float = 1.05):
-    """TRL's GRPO-family loss (`GRPOConfig` names and defaults) on per-token log-probs [T] (f32):
-    returns `(loss, metrics)`, metrics [8] in GRPO_METRIC_NAMES order. `advantages` [S] per
-    sequence (group-normalized by the caller, as TRL does); `old_logp` None means on-policy,
-    `ref_logp` is needed when beta > 0; `entropy` [T] (with `entropy_coef`, or for
-    `top_entropy_quantile` < 1) makes the loss differentiable in it too. dr_grpo needs
-    `max_completion_length`; dapo / cispo divide by `num_items_in_batch` (default: the local token
-    count)."""
+              max_completion_length: int = 512, num_items_in_batch: Optional[float] = None,
+              num_processes: int = 1, gradient_accumulation_steps: int = 1,
+              steps_per_generation: Optional[int] = None, entropy=None, entropy_coef: float = 0.0,
+              top_entropy_quantile: float = 1.0, vllm_is_weights=None, sampling_logp=None,
+              off_policy_mask_threshold: Optional[float] = None, use_bias_correction_kl: bool = True,
+              sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05, vespo_k_pos: float = 2.0,
+              vespo_lambda_pos: float = 3.0, vespo_k_neg: float = 3.0, vespo_lambda_neg: float = 2.0):
+    """TRL 1.16's GRPO-family loss (`GRPOConfig` names and defaults, `GRPOTrainer._compute_loss`)
+    on per-token log-probs: returns `(loss, metrics)`, metrics [8] in GRPO_METRIC_NAMES order.
+
+    Layouts: TRL's padded `[B, T]` tensors (logp, mask, old_logp, ref_logp, entropy,
+    vllm_is_weights, sampling_logp all `[B, T]`, advantages `[B]` or `[B, 1]`), or flat `[T]`
+    per-token tensors with `n_seqs` x `seq_len` (padded) or `cu_seqlens` (packed).
+
+    `advantages` per sequence (group-normalized by the caller, as TRL does); `old_logp` None means
+    on-policy, `ref_logp` is needed when beta > 0; `entropy` (with `entropy_coef`, or for
+    `top_entropy_quantile` < 1) makes the loss differentiable in it too. `sampling_logp` is TRL's
+    `sampling_per_token_logps` for the off-policy mask (default `old_logp`).
+
+    Normalization as TRL's in training: `gradient_accumulation_steps` is TRL's
+    `current_gradient_accumulation_steps` G (pass 1 in evaluation); grpo/bnpo/dr_grpo/sapo/luspo
+    and the entropy bonus are divided by it. dapo/cispo/vespo divide by TRL's normalizer
+    `max(num_items_in_batch, 1) / num_processes * G / steps_per_generation`, with
+    `num_items_in_batch` the global completion-token count of the generation batch as TRL's
+    trainer passes it and `steps_per_generation` defaulting to G as in `GRPOConfig`. Without
+    `num_items_in_batch` they divide by the local count, which is TRL's normalizer only for one
+    process without accumulation; anything else without it is refused rather than guessed."""
     if loss_type not in GRPO_LOSS_TYPES:
         raise ValueError(f"pref_kernels: GRPO loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
     if importance_sampling_level not in ("token", "sequence"):
         raise ValueError("pref_kernels: importance_sampling_level must be 'token' or 'sequence'")
-    if loss_type == "dr_grpo" and max_completion_length is None:
-        raise ValueError("pref_kernels: dr_grpo needs max_completion_length")
+    if int(gradient_accumulation_steps) < 1 or int(num_processes) < 1:
+        raise ValueError("pref_kernels: gradient_accumulation_steps and num_processes must be >= 1")
+    if logp.dim() == 2:
+        if cu_seqlens is not None:
+            raise ValueError("pref_kernels: a [B, T] logp is a padded batch; cu_seqlens is for flat [T] inputs")
+        shape = tuple(logp.shape)
+        n_seqs, seq_len = shape
+        logp = logp.reshape(-1)
+        if mask is not None and mask.dtype not in (torch.bool, torch.uint8):
+            mask = mask != 0  # TRL's completion_mask is an integer tensor
+        mask, old_logp, ref_logp, entropy, vllm_is_weights, sampling_logp = (
+            _per_token(x, name, shape) for x, name in (
+                (mask, "mask"), (old_logp, "old_logp"), (ref_logp, "ref_logp"), (entropy, "entropy"),
+                (vllm_is_weights, "vllm_is_weights"), (sampling_logp, "sampling_logp")))
+        if advantages.dim() == 2 and advantages.shape[1] == 1:
+            advantages = advantages.reshape(-1)
     if cu_seqlens is not None:
         n_seqs = cu_seqlens.shape[0] - 1
     if n_seqs is None:
         n_seqs = advantages.shape[0]
-    agg = float(max_completion_length if loss_type == "dr_grpo" else (num_items_in_batch or 0.0))
+    g = int(gradient_accumulation_steps)
+    if loss_type == "dr_grpo":
+        agg = float(max_completion_length)
+    elif loss_type in _GRPO_NORMALIZED and num_items_in_batch is not None:
+        spg = g if steps_per_generation is None else int(steps_per_generation)
+        agg = max(float(num_items_in_batch), 1.0) / int(num_processes) * g / spg
+    elif loss_type in _GRPO_NORMALIZED and (g > 1 or int(num_processes) > 1):
+        raise ValueError(f"pref_kernels: {loss_type} with {num_processes} processes and {g} accumulation steps "
+                         "divides by TRL's num_items_in_batch (the global completion-token count); pass it")
+    else:
+        agg = 0.0  # the local completion-token count
     loss, metrics, _g, _ge = torch.ops.pref_kernels.grpo_loss(
         logp, old_logp, ref_logp, mask, vllm_is_weights, entropy, advantages, cu_seqlens, int(n_seqs), int(seq_len),
         GRPO_LOSS_TYPES.index(loss_type), 0 if importance_sampling_level == "token" else 1, float(epsilon),
         float(epsilon if epsilon_high is None else epsilon_high), float(delta or 0.0), float(beta),
         bool(use_bias_correction_kl), float(entropy_coef), float(top_entropy_quantile), agg,
-        float(sapo_temperature_pos), float(sapo_temperature_neg))
+        float(sapo_temperature_pos), float(sapo_temperature_neg), sampling_logp, g,
+        float("nan") if off_policy_mask_threshold is None else float(off_policy_mask_threshold),
+        float(vespo_k_pos), float(vespo_lambda_pos), float(vespo_k_neg), float(vespo_lambda_neg))
     return loss, metrics
 
 

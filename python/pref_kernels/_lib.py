@@ -24,7 +24,8 @@ class PrefkGrpoConfig(ctypes.Structure):
     _fields_ = [("loss_type", _u32), ("importance", _u32), ("epsilon_low", _f32), ("epsilon_high", _f32),
                 ("delta", _f32), ("beta", _f32), ("bias_corrected_kl", _u32), ("entropy_coef", _f32),
                 ("top_entropy_quantile", _f32), ("grad_scale", _f32), ("agg_param", _f32), ("tau_pos", _f32),
-                ("tau_neg", _f32)]
+                ("tau_neg", _f32), ("accumulation_steps", _u32), ("off_policy_mask_threshold", _f32),
+                ("vespo_k_pos", _f32), ("vespo_lambda_pos", _f32), ("vespo_k_neg", _f32), ("vespo_lambda_neg", _f32)]
 
 
 class PrefkLossTerm(ctypes.Structure):
@@ -48,7 +49,7 @@ _SIGNATURES = {
     + [ctypes.POINTER(_i32), _i64, _i64, ctypes.POINTER(_i32), ctypes.POINTER(_i32), _i64]
     + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32] + [_u64] * 4
     + [ctypes.POINTER(_f32), ctypes.POINTER(_f32)] + [_i64] * 4 + [_f32, _i64],
-    "prefk_grpo_loss": [_i32, _u64, ctypes.POINTER(PrefkGrpoConfig)] + [_u64] * 7 + [_i64, _u64, _i64, _i64]
+    "prefk_grpo_loss": [_i32, _u64, ctypes.POINTER(PrefkGrpoConfig)] + [_u64] * 8 + [_i64, _u64, _i64, _i64]
     + [_u64] * 5,
     "prefk_group_loss": [_i32, _u64, _u32, _f32, _f32, _f32, _f32, _u32, _i64] + [_u64] * 5
     + [_i64, _u64, _i64, _i64, _f32] + [_u64] * 5,

@@ -71,7 +71,11 @@ def _token_batch(logp, cu_seqlens, n_seqs, per_token=(), per_seq=()):
     """Checks per-token log-probs [T] (f32) with the batch tensors that come with them: `per_token`
     (name, tensor) pairs of length T (f32; "mask" bool/uint8), `per_seq` pairs of length
     S = `n_seqs` (f32), `cu_seqlens` [S + 1] int32. Returns T."""
-    t = logp.shape[0] if logp.dim() == 1 else -1
+    if logp.dim() != 1:
+        raise ValueError(f"pref_kernels: logp must be per-token log-probs of shape [T] (a padded [B, T] batch "
+                         f"flattened, with n_seqs=B and seq_len=T, or a packed one with cu_seqlens), got shape "
+                         f"{list(logp.shape)}")
+    t = logp.shape[0]
     _input("logp", logp, _F32, t, logp)
     _input("cu_seqlens", cu_seqlens, (torch.int32,), n_seqs + 1, logp)
     for name, x in per_token:
@@ -590,14 +594,20 @@ def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tenso
               cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, loss_type: int, importance: int,
               epsilon_low: float, epsilon_high: float, delta: float, beta: float, bias_corrected_kl: bool,
               entropy_coef: float, top_entropy_quantile: float, agg_param: float, tau_pos: float,
-              tau_neg: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+              tau_neg: float, sampling_logp: Optional[Tensor], accumulation_steps: int,
+              off_policy_mask_threshold: float, vespo_k_pos: float, vespo_lambda_pos: float, vespo_k_neg: float,
+              vespo_lambda_neg: float) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The GRPO-family loss on per-token log-probs [T] (f32): (loss [], metrics [8] in
-    GRPO_METRIC_NAMES order, dloss/dlogp [T], dloss/dentropy [T] or empty without `entropy`)."""
+    GRPO_METRIC_NAMES order, dloss/dlogp [T], dloss/dentropy [T] or empty without `entropy`).
+    `off_policy_mask_threshold` NaN = off."""
     t = _token_batch(logp, cu_seqlens, n_seqs,
                      (("old_logp", old_logp), ("ref_logp", ref_logp), ("is_weights", is_weights),
-                      ("entropy", entropy), ("mask", mask)), (("advantages", advantages),))
+                      ("entropy", entropy), ("mask", mask), ("sampling_logp", sampling_logp)),
+                     (("advantages", advantages),))
     cfg = _lib.PrefkGrpoConfig(loss_type, importance, epsilon_low, epsilon_high, delta, beta, int(bias_corrected_kl),
-                               entropy_coef, top_entropy_quantile, 1.0, agg_param, tau_pos, tau_neg)
+                               entropy_coef, top_entropy_quantile, 1.0, agg_param, tau_pos, tau_neg,
+                               accumulation_steps, off_policy_mask_threshold, vespo_k_pos, vespo_lambda_pos,
+                               vespo_k_neg, vespo_lambda_neg)
     dev = logp.device
     metrics = _out(GRPO_METRICS_LEN, torch.float32, dev)
     grad = _out(t, torch.float32, dev)
@@ -608,10 +618,10 @@ def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tenso
     work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
     status = _status(logp)
     mask_u8 = _as_u8(mask)
-    with host_memory([logp, old_logp, ref_logp, mask_u8, is_weights, entropy, advantages, cu_seqlens, status],
-                     [metrics, grad, grad_entropy, work]):
+    with host_memory([logp, old_logp, sampling_logp, ref_logp, mask_u8, is_weights, entropy, advantages, cu_seqlens,
+                      status], [metrics, grad, grad_entropy, work]):
         call("prefk_grpo_loss", device_code(logp), stream_of(logp), ctypes.byref(cfg), ptr(logp), ptr(old_logp),
-             ptr(ref_logp), ptr(mask_u8), ptr(is_weights), ptr(entropy), ptr(advantages), t, ptr(cu_seqlens), n_seqs,
+             ptr(sampling_logp), ptr(ref_logp), ptr(mask_u8), ptr(is_weights), ptr(entropy), ptr(advantages), t, ptr(cu_seqlens), n_seqs,
              seq_len, ptr(metrics), ptr(grad), ptr(grad_entropy), ptr(work), ptr(status))
     check_status(status, dev.type == "cpu")
     return metrics[0].clone(), metrics, grad, grad_entropy
@@ -620,7 +630,8 @@ def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tenso
 @grpo_loss.register_fake
 def _(logp, old_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, n_seqs, seq_len, loss_type,
       importance, epsilon_low, epsilon_high, delta, beta, bias_corrected_kl, entropy_coef, top_entropy_quantile,
-      agg_param, tau_pos, tau_neg):
+      agg_param, tau_pos, tau_neg, sampling_logp, accumulation_steps, off_policy_mask_threshold, vespo_k_pos,
+      vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg):
     t = logp.shape[0]
     return (logp.new_empty(()), logp.new_empty(GRPO_METRICS_LEN), torch.empty_like(logp),
             logp.new_empty(t if entropy is not None else 0))
@@ -636,7 +647,7 @@ def _grpo_setup(ctx, inputs, output):
 def _grpo_grad(ctx, grad_loss, *_):
     grad, grad_entropy = ctx.saved_tensors
     gl = grad_loss if grad_loss is not None else torch.zeros((), device=grad.device)
-    return ((grad * gl, None, None, None, None, grad_entropy * gl if ctx.has_entropy else None) + (None,) * 16)
+    return ((grad * gl, None, None, None, None, grad_entropy * gl if ctx.has_entropy else None) + (None,) * 23)
 
 
 torch.library.register_autograd("pref_kernels::grpo_loss", _grpo_grad, setup_context=_grpo_setup)

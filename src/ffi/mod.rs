@@ -561,7 +561,7 @@ pub extern "C" fn prefk_preference_loss_workspace_len(n_seqs: i64, n_pairs: i64)
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 pub struct PrefkGrpoConfig {
-    /// 0 grpo, 1 bnpo, 2 dr_grpo, 3 dapo, 4 cispo, 5 sapo.
+    /// 0 grpo, 1 bnpo, 2 dr_grpo, 3 dapo, 4 cispo, 5 sapo, 6 luspo, 7 vespo.
     pub loss_type: u32,
     /// 0 token, 1 sequence (GSPO).
     pub importance: u32,
@@ -581,12 +581,26 @@ pub struct PrefkGrpoConfig {
     pub top_entropy_quantile: f32,
     /// Gradient scale.
     pub grad_scale: f32,
-    /// dr_grpo's max_completion_length; dapo / cispo normalizer (0 = the local token count).
+    /// dr_grpo's max_completion_length; dapo / cispo / vespo normalizer (0 = the local token
+    /// count).
     pub agg_param: f32,
     /// SAPO τ for positive advantages.
     pub tau_pos: f32,
     /// SAPO τ otherwise.
     pub tau_neg: f32,
+    /// G, the gradient-accumulation steps (TRL `current_gradient_accumulation_steps`); 0 counts
+    /// as 1.
+    pub accumulation_steps: u32,
+    /// TRL `off_policy_mask_threshold`; NaN = off.
+    pub off_policy_mask_threshold: f32,
+    /// VESPO gamma parameters k, λ for A ≥ 0 and for A < 0 (TRL defaults 2, 3, 3, 2).
+    pub vespo_k_pos: f32,
+    /// See `vespo_k_pos`.
+    pub vespo_lambda_pos: f32,
+    /// See `vespo_k_pos`.
+    pub vespo_k_neg: f32,
+    /// See `vespo_k_pos`.
+    pub vespo_lambda_neg: f32,
 }
 
 fn grpo_config_of(c: &PrefkGrpoConfig) -> Result<GrpoConfig> {
@@ -610,10 +624,18 @@ fn grpo_config_of(c: &PrefkGrpoConfig) -> Result<GrpoConfig> {
         3 => GrpoLossType::Dapo { normalizer },
         4 => GrpoLossType::Cispo { normalizer },
         5 => GrpoLossType::Sapo { tau_pos: c.tau_pos, tau_neg: c.tau_neg },
+        6 => GrpoLossType::Luspo,
+        7 => GrpoLossType::Vespo {
+            normalizer,
+            k_pos: c.vespo_k_pos,
+            lambda_pos: c.vespo_lambda_pos,
+            k_neg: c.vespo_k_neg,
+            lambda_neg: c.vespo_lambda_neg,
+        },
         k => {
             return Err(invalid(
                 "loss_type",
-                format!("0..=5 (grpo, bnpo, dr_grpo, dapo, cispo, sapo), got {k}"),
+                format!("0..=7 (grpo, bnpo, dr_grpo, dapo, cispo, sapo, luspo, vespo), got {k}"),
             ))
         }
     };
@@ -631,6 +653,9 @@ fn grpo_config_of(c: &PrefkGrpoConfig) -> Result<GrpoConfig> {
         bias_corrected_kl: c.bias_corrected_kl != 0,
         entropy_coef: c.entropy_coef,
         top_entropy_quantile: c.top_entropy_quantile as f64,
+        off_policy_mask_threshold: (!c.off_policy_mask_threshold.is_nan())
+            .then_some(c.off_policy_mask_threshold),
+        accumulation_steps: c.accumulation_steps.max(1),
         grad_scale: c.grad_scale,
     })
 }
@@ -645,8 +670,8 @@ fn seq_layout(cu_seqlens: u64, n_seqs: i64, seq_len: i64) -> Result<DeviceSeqLay
 }
 
 /// The GRPO-family loss on per-token log-probs ([`Gpu::grpo_loss_raw`]); per-token pointers may be
-/// 0 where optional (old_logp: on-policy; ref_logp: β = 0; mask; is_weights; entropy;
-/// grad_entropy). `cu_seqlens` 0 selects the padded layout.
+/// 0 where optional (old_logp: on-policy; sampling_logp: old_logp; ref_logp: β = 0; mask;
+/// is_weights; entropy; grad_entropy). `cu_seqlens` 0 selects the padded layout.
 ///
 /// # Safety
 /// As [`Gpu::grpo_loss_raw`]; `config` points to one host struct.
@@ -658,6 +683,7 @@ pub unsafe extern "C" fn prefk_grpo_loss(
     config: *const PrefkGrpoConfig,
     logp: u64,
     old_logp: u64,
+    sampling_logp: u64,
     ref_logp: u64,
     mask: u64,
     is_weights: u64,
@@ -681,6 +707,7 @@ pub unsafe extern "C" fn prefk_grpo_loss(
         let ptrs = GrpoPtrs {
             logp,
             old_logp,
+            sampling_logp,
             ref_logp,
             mask,
             is_weights,

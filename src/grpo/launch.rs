@@ -19,6 +19,8 @@ pub struct GrpoPtrs {
     pub logp: u64,
     /// Rollout log-probs, or 0 (on-policy).
     pub old_logp: u64,
+    /// Inference-engine log-probs for the off-policy mask, or 0 (`old_logp`).
+    pub sampling_logp: u64,
     /// Reference log-probs, or 0 (β = 0).
     pub ref_logp: u64,
     /// Completion mask (u8), or 0.
@@ -53,6 +55,8 @@ pub struct DeviceGrpoInputs<'a> {
     pub logp: View<'a, f32>,
     /// Rollout log-probs; `None` = on-policy.
     pub old_logp: Option<View<'a, f32>>,
+    /// Inference-engine log-probs for the off-policy mask (`None` = `old_logp`).
+    pub sampling_logp: Option<View<'a, f32>>,
     /// Reference log-probs (β > 0).
     pub ref_logp: Option<View<'a, f32>>,
     /// Completion mask.
@@ -112,6 +116,7 @@ impl Gpu {
         for (name, p, align, required) in [
             ("logp", ptrs.logp, 4, n_tokens > 0),
             ("old_logp", ptrs.old_logp, 4, false),
+            ("sampling_logp", ptrs.sampling_logp, 4, false),
             ("ref_logp", ptrs.ref_logp, 4, false),
             ("mask", ptrs.mask, 1, false),
             ("is_weights", ptrs.is_weights, 4, false),
@@ -134,15 +139,23 @@ impl Gpu {
         let flags = u32::from(cfg.importance == ImportanceLevel::Sequence)
             | (u32::from(cfg.bias_corrected_kl) << 1)
             | (u32::from(cfg.delta.is_some()) << 2)
-            | (u32::from(entropy_mask) << 3);
+            | (u32::from(entropy_mask) << 3)
+            | (u32::from(cfg.off_policy_mask_threshold.is_some()) << 4);
         let (tau_pos, tau_neg) = match cfg.loss_type {
             super::GrpoLossType::Sapo { tau_pos, tau_neg } => (tau_pos, tau_neg),
             _ => (0.0, 0.0),
+        };
+        let vespo = match cfg.loss_type {
+            super::GrpoLossType::Vespo { k_pos, lambda_pos, k_neg, lambda_neg, .. } => {
+                [k_pos, lambda_pos, k_neg, lambda_neg]
+            }
+            _ => [0.0; 4],
         };
         let work = ptrs.workspace;
         let params = GrpoParams {
             logp: ptrs.logp,
             old_logp: ptrs.old_logp,
+            sampling_logp: ptrs.sampling_logp,
             ref_logp: ptrs.ref_logp,
             mask: ptrs.mask,
             is_weights: ptrs.is_weights,
@@ -171,6 +184,12 @@ impl Gpu {
             tau_pos,
             tau_neg,
             grad_scale: cfg.grad_scale,
+            accum_steps: cfg.accumulation_steps as f32,
+            off_policy_threshold: cfg.off_policy_mask_threshold.unwrap_or(0.0),
+            vespo_k_pos: vespo[0],
+            vespo_lambda_pos: vespo[1],
+            vespo_k_neg: vespo[2],
+            vespo_lambda_neg: vespo[3],
             reserved: 0,
         };
         // SAFETY (every launch): forwarded to the caller; params is the kernels' GrpoParams (layout
@@ -209,6 +228,7 @@ impl Gpu {
             inputs.advantages.len(),
             &[
                 ("old_logp", inputs.old_logp.as_ref().map(View::len)),
+                ("sampling_logp", inputs.sampling_logp.as_ref().map(View::len)),
                 ("ref_logp", inputs.ref_logp.as_ref().map(View::len)),
                 ("mask", inputs.mask.as_ref().map(View::len)),
                 ("is_weights", inputs.is_weights.as_ref().map(View::len)),
@@ -224,6 +244,7 @@ impl Gpu {
             let mut guards: Vec<Guard<'_>> = Vec::new();
             let logp = optional_ptr(stream, Some(&inputs.logp), &mut guards)?;
             let old_logp = optional_ptr(stream, inputs.old_logp.as_ref(), &mut guards)?;
+            let sampling_logp = optional_ptr(stream, inputs.sampling_logp.as_ref(), &mut guards)?;
             let ref_logp = optional_ptr(stream, inputs.ref_logp.as_ref(), &mut guards)?;
             let is_weights = optional_ptr(stream, inputs.is_weights.as_ref(), &mut guards)?;
             let entropy = optional_ptr(stream, inputs.entropy.as_ref(), &mut guards)?;
@@ -242,6 +263,7 @@ impl Gpu {
             let ptrs = GrpoPtrs {
                 logp,
                 old_logp,
+                sampling_logp,
                 ref_logp,
                 mask,
                 is_weights,
@@ -288,6 +310,9 @@ mod tests {
         assert_eq!(SURR_CLIP, define("PREFK_GRPO_SURR_CLIP"));
         assert_eq!(SURR_CISPO, define("PREFK_GRPO_SURR_CISPO"));
         assert_eq!(SURR_SAPO, define("PREFK_GRPO_SURR_SAPO"));
+        assert_eq!(SURR_VESPO, define("PREFK_GRPO_SURR_VESPO"));
+        assert_eq!(AGG_SEQ_SUM, define("PREFK_GRPO_AGG_SEQ_SUM"));
+        assert_eq!(define("PREFK_GRPO_FLAG_OFF_POLICY_MASK"), 16);
         assert_eq!(ImportanceLevel::Sequence as u32, define("PREFK_GRPO_FLAG_SEQUENCE_IS"));
         assert_eq!(define("PREFK_GRPO_FLAG_BIAS_KL"), 2);
         assert_eq!(define("PREFK_GRPO_FLAG_DELTA"), 4);

@@ -11,6 +11,9 @@ pub struct GrpoTokens<'a> {
     pub logp: &'a [f32],
     /// Rollout (old) log-probs; `None` = on-policy (ratio 1, gradient kept).
     pub old_logp: Option<&'a [f32]>,
+    /// Inference-engine log-probs for the off-policy mask (TRL `sampling_per_token_logps`);
+    /// `None` = `old_logp`.
+    pub sampling_logp: Option<&'a [f32]>,
     /// Reference log-probs (needed when β > 0).
     pub ref_logp: Option<&'a [f32]>,
     /// Completion mask (u8, 0 = not a completion token); `None` = every token of a sequence.
@@ -52,6 +55,7 @@ pub(crate) fn validate(
         advantages.len(),
         &[
             ("old_logp", tokens.old_logp.map(<[f32]>::len)),
+            ("sampling_logp", tokens.sampling_logp.map(<[f32]>::len)),
             ("ref_logp", tokens.ref_logp.map(<[f32]>::len)),
             ("mask", tokens.mask.map(<[u8]>::len)),
             ("is_weights", tokens.is_weights.map(<[f32]>::len)),
@@ -94,7 +98,7 @@ pub fn quantile_f32(mut x: Vec<f32>, q: f32) -> f32 {
     }
 }
 
-/// Aggregation weight a_s of every sequence.
+/// Aggregation weight a_s of every sequence (before TRL's division by the accumulation steps).
 fn aggregation_weights(cfg: &GrpoConfig, counts: &[f64]) -> Vec<f64> {
     let s = counts.len() as f64;
     let total = pairwise_sum(counts);
@@ -104,9 +108,10 @@ fn aggregation_weights(cfg: &GrpoConfig, counts: &[f64]) -> Vec<f64> {
             GrpoLossType::Grpo | GrpoLossType::Sapo { .. } => 1.0 / (s * n.max(1.0)),
             GrpoLossType::Bnpo => 1.0 / total.max(1.0),
             GrpoLossType::DrGrpo { max_completion_length } => 1.0 / (s * max_completion_length as f64),
-            GrpoLossType::Dapo { normalizer } | GrpoLossType::Cispo { normalizer } => {
-                1.0 / normalizer.map_or(total.max(1.0), |v| v as f64)
-            }
+            GrpoLossType::Luspo => 1.0 / s,
+            GrpoLossType::Dapo { normalizer }
+            | GrpoLossType::Cispo { normalizer }
+            | GrpoLossType::Vespo { normalizer, .. } => 1.0 / normalizer.map_or(total.max(1.0), |v| v as f64),
         })
         .collect()
 }
@@ -119,7 +124,7 @@ struct Surrogate {
     c1: f64,
 }
 
-fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
+fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64, phi: f64) -> Surrogate {
     let (c1, dc1) = match cfg.delta {
         Some(d) if rho > d as f64 => (d as f64, 0.0),
         _ => (rho, 1.0),
@@ -135,6 +140,7 @@ fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
             let sig = 1.0 / (1.0 + (-x).exp());
             Surrogate { pg: -sig * 4.0 / tau * a, dpg_drho: -4.0 * sig * (1.0 - sig) * a, dpg_dl: 0.0, c1 }
         }
+        GrpoLossType::Vespo { .. } => Surrogate { pg: -phi * a * l, dpg_drho: 0.0, dpg_dl: -phi * a, c1 },
         _ => {
             let (lo, hi) = (1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64);
             let c2 = rho.clamp(lo, hi);
@@ -156,9 +162,25 @@ fn surrogate(cfg: &GrpoConfig, rho: f64, a: f64, l: f64) -> Surrogate {
 fn clip_flags(cfg: &GrpoConfig, rho: f64, c1: f64, a: f64) -> (bool, bool) {
     let (lo, hi) = (1.0 - cfg.epsilon_low as f64, 1.0 + cfg.epsilon_high as f64);
     match cfg.loss_type {
-        GrpoLossType::Sapo { .. } => (false, false),
+        GrpoLossType::Sapo { .. } | GrpoLossType::Vespo { .. } => (false, false),
         GrpoLossType::Cispo { .. } => (false, rho > cfg.epsilon_high as f64 && a > 0.0),
         _ => (c1 < lo && a < 0.0, c1 > hi && a > 0.0),
+    }
+}
+
+/// VESPO's gamma weight φ_s from the sequence's log-ratio sum (TRL `get_gamma_weights`).
+fn vespo_phi(cfg: &GrpoConfig, a: f64, log_ratio_sum: f64) -> f64 {
+    let GrpoLossType::Vespo { k_pos, lambda_pos, k_neg, lambda_neg, .. } = cfg.loss_type else {
+        return 0.0;
+    };
+    let lw = log_ratio_sum.clamp(1e-8f64.ln(), 20.0);
+    let (k, lambda) = if a >= 0.0 { (k_pos, lambda_pos) } else { (k_neg, lambda_neg) };
+    let lambda = (lambda as f64).max(1e-4);
+    let phi = (lambda + k as f64 * lw - lambda * lw.exp()).exp();
+    if phi.is_finite() {
+        phi
+    } else {
+        0.0
     }
 }
 
@@ -175,8 +197,11 @@ pub fn grpo_loss(
     let m = |t: usize| tokens.mask.is_none_or(|k| k[t] != 0);
     let l = |t: usize| tokens.logp[t] as f64;
     let old = |t: usize| tokens.old_logp.map_or(l(t), |o| o[t] as f64);
+    let samp = |t: usize| tokens.sampling_logp.map_or(old(t), |o| o[t] as f64);
     let h = |t: usize| tokens.entropy.map_or(0.0, |e| e[t] as f64);
-    let v = |t: usize| tokens.is_weights.map_or(1.0, |w| w[t] as f64);
+    let vespo = matches!(cfg.loss_type, GrpoLossType::Vespo { .. });
+    // VESPO folds the vLLM weights into φ instead of weighting the loss (TRL).
+    let v = |t: usize| if vespo { 1.0 } else { tokens.is_weights.map_or(1.0, |w| w[t] as f64) };
     let seq_tokens: Vec<Vec<usize>> =
         (0..n_seqs).map(|s| layout.range(s).filter(|&t| m(t)).collect()).collect();
     let counts: Vec<f64> = seq_tokens.iter().map(|ts| ts.len() as f64).collect();
@@ -191,28 +216,63 @@ pub fn grpo_loss(
     let weights = aggregation_weights(cfg, &counts);
     let beta = cfg.beta as f64;
     let keep = |t: usize| if h(t) >= threshold { 1.0 } else { 0.0 };
-    // The entropy bonus: over the effective mask, by the dapo/cispo normalizer or else by the
-    // effective token count (TRL).
-    let entropy_weight = match cfg.loss_type {
-        GrpoLossType::Dapo { .. } | GrpoLossType::Cispo { .. } => weights.first().copied().unwrap_or(1.0),
-        _ => 1.0 / pairwise_sum(&all.iter().map(|&t| keep(t)).collect::<Vec<_>>()).max(1.0),
-    };
+    // TRL 1.16: the policy term is divided by G except where the normalizer holds it; the entropy
+    // bonus is the mean over the effective mask, divided by G, for every loss type.
+    let g = cfg.accumulation_steps as f64;
+    let policy_scale = if cfg.loss_type.has_normalizer() { 1.0 } else { 1.0 / g };
+    let entropy_weight = 1.0 / (pairwise_sum(&all.iter().map(|&t| keep(t)).collect::<Vec<_>>()).max(1.0) * g);
     let mut grad = vec![0.0; n_tok];
     let mut grad_h = vec![0.0; n_tok];
     let (mut loss_terms, mut kl, mut ent, mut low, mut high) = (vec![], vec![], vec![], vec![], vec![]);
-    let mut bonus = vec![];
+    let (mut bonus, mut phis) = (vec![], vec![]);
     for (s, ts) in seq_tokens.iter().enumerate() {
         let a = advantages[s] as f64;
-        let w = weights[s];
+        let w = weights[s] * policy_scale;
         let n = counts[s].max(1.0);
-        let rho_seq = (pairwise_sum(&ts.iter().map(|&t| l(t) - old(t)).collect::<Vec<_>>()) / n).exp();
+        let sum = |f: &dyn Fn(usize) -> f64| pairwise_sum(&ts.iter().map(|&t| f(t)).collect::<Vec<_>>());
+        let rho_seq = (sum(&|t| l(t) - old(t)) / n).exp();
+        // The off-policy mask: torch.nan_to_num on ℓ^samp − ℓ, the mean over completion tokens.
+        let gate = match cfg.off_policy_mask_threshold {
+            Some(thr) if a < 0.0 => {
+                let mean_kl = sum(&|t| {
+                    let d = samp(t) - l(t);
+                    if d.is_nan() {
+                        0.0
+                    } else {
+                        d
+                    }
+                }) / n;
+                if mean_kl <= thr as f64 {
+                    1.0
+                } else {
+                    0.0
+                }
+            }
+            _ => 1.0,
+        };
+        let phi = if vespo {
+            let mut lw = sum(&|t| (l(t) - old(t)).clamp(-20.0, 20.0));
+            if let Some(iw) = tokens.is_weights {
+                // Over the whole row, masked positions included (TRL sums over dim -1).
+                lw += pairwise_sum(
+                    &layout
+                        .range(s)
+                        .map(|t| (iw[t] as f64).ln().clamp(1e-8f64.ln(), 20.0))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            vespo_phi(cfg, a, lw)
+        } else {
+            0.0
+        };
+        phis.push(phi);
         let mut cross = 0.0; // Σ_t a_s (e v dpg/dρ + β k3 [bias-corrected]): the sequence ratio's share
         for &t in ts {
             let rho = match cfg.importance {
                 ImportanceLevel::Token => (l(t) - old(t)).exp(),
                 ImportanceLevel::Sequence => rho_seq,
             };
-            let sur = surrogate(cfg, rho, a, l(t));
+            let sur = surrogate(cfg, rho, a, l(t), phi);
             let e = keep(t);
             let (mut k3, mut dk3) = (0.0, 0.0);
             if beta != 0.0 {
@@ -223,11 +283,13 @@ pub fn grpo_loss(
             // TRL multiplies by the raw ratio (before the delta cap, not detached).
             let (kl_t, dkl_dl, dkl_drho) =
                 if cfg.bias_corrected_kl { (k3 * rho, dk3 * rho, k3) } else { (k3, dk3, 0.0) };
-            // TRL's order: entropy mask and vLLM weight on the policy term, the KL added after.
-            loss_terms.push(w * (sur.pg * e * v(t) + beta * kl_t));
+            // TRL's order: off-policy mask, entropy mask and vLLM weight on the policy term, the
+            // KL added after.
+            let gated = gate * e * v(t);
+            loss_terms.push(weights[s] * (sur.pg * gated + beta * kl_t));
             bonus.push(entropy_weight * e * h(t));
-            let drho = sur.dpg_drho * e * v(t) + beta * dkl_drho;
-            grad[t] = w * (sur.dpg_dl * e * v(t) + beta * dkl_dl);
+            let drho = sur.dpg_drho * gated + beta * dkl_drho;
+            grad[t] = w * (sur.dpg_dl * gated + beta * dkl_dl);
             match cfg.importance {
                 ImportanceLevel::Token => grad[t] += w * drho * rho,
                 ImportanceLevel::Sequence => cross += w * drho,
@@ -263,7 +325,7 @@ pub fn grpo_loss(
     };
     let region: Vec<f64> = low.iter().zip(&high).map(|(a, b)| a + b).collect();
     let policy_loss = pairwise_sum(&loss_terms);
-    let loss = policy_loss - cfg.entropy_coef as f64 * pairwise_sum(&bonus);
+    let loss = policy_loss * policy_scale - cfg.entropy_coef as f64 * pairwise_sum(&bonus);
     let mut metrics = [0.0; GRPO_METRICS_LEN];
     metrics[0] = loss;
     metrics[6] = policy_loss;
@@ -272,5 +334,6 @@ pub fn grpo_loss(
     metrics[3] = clip_mean(&low);
     metrics[4] = clip_mean(&high);
     metrics[5] = clip_mean(&region);
+    metrics[7] = pairwise_sum(&phis) / n_seqs as f64;
     Ok(GrpoReference { loss, metrics, grad_logp: grad, grad_entropy: grad_h, entropy_threshold: threshold })
 }

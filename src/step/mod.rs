@@ -74,6 +74,8 @@ pub struct GrpoStepBatch<'a, I> {
     pub mask: Option<View<'a, u8>>,
     /// `[T]` rollout log-probs; `None` = on-policy.
     pub old_logp: Option<View<'a, f32>>,
+    /// `[T]` inference-engine log-probs for the off-policy mask; `None` = `old_logp`.
+    pub sampling_logp: Option<View<'a, f32>>,
     /// `[T]` reference log-probs (β > 0).
     pub ref_logp: Option<View<'a, f32>>,
     /// `[T]` vLLM importance-sampling weights.
@@ -338,6 +340,7 @@ impl Gpu {
             batch.advantages.len(),
             &[
                 ("old_logp", batch.old_logp.as_ref().map(View::len)),
+                ("sampling_logp", batch.sampling_logp.as_ref().map(View::len)),
                 ("ref_logp", batch.ref_logp.as_ref().map(View::len)),
                 ("mask", batch.mask.as_ref().map(View::len)),
                 ("is_weights", batch.is_weights.as_ref().map(View::len)),
@@ -359,6 +362,7 @@ impl Gpu {
                 // Lengths were checked above (check_lengths).
                 let mask = optional_ptr(stream, batch.mask.as_ref(), &mut guards)?;
                 let old_logp = optional_ptr(stream, batch.old_logp.as_ref(), &mut guards)?;
+                let sampling_logp = optional_ptr(stream, batch.sampling_logp.as_ref(), &mut guards)?;
                 let ref_logp = optional_ptr(stream, batch.ref_logp.as_ref(), &mut guards)?;
                 let is_weights = optional_ptr(stream, batch.is_weights.as_ref(), &mut guards)?;
                 let adv_p = optional_ptr(stream, Some(&batch.advantages), &mut guards)?;
@@ -368,6 +372,7 @@ impl Gpu {
                 let ptrs = GrpoPtrs {
                     logp: tok.logp,
                     old_logp,
+                    sampling_logp,
                     ref_logp,
                     mask,
                     is_weights,

@@ -28,6 +28,7 @@ use crate::Case;
 struct Host {
     logp: Vec<f32>,
     old: Vec<f32>,
+    sampling: Vec<f32>,
     reference: Vec<f32>,
     mask: Vec<u8>,
     isw: Vec<f32>,
@@ -51,6 +52,7 @@ fn host(r: &mut StdRng, n_seqs: usize, max_len: usize) -> Host {
     let logp: Vec<f32> = (0..t).map(|_| r.random_range(-5.0f32..-0.02)).collect();
     Host {
         old: logp.iter().map(|&l| l + r.random_range(-0.4f32..0.4)).collect(),
+        sampling: logp.iter().map(|&l| l + r.random_range(-0.4f32..0.45)).collect(),
         reference: logp.iter().map(|&l| l + r.random_range(-0.5f32..0.5)).collect(),
         mask: (0..t).map(|_| u8::from(r.random_ratio(4, 5))).collect(),
         isw: (0..t).map(|_| r.random_range(0.3f32..2.0)).collect(),
@@ -70,6 +72,15 @@ fn grpo_configs() -> Vec<(String, GrpoConfig, bool, bool)> {
         GrpoLossType::Dapo { normalizer: Some(123.0) },
         GrpoLossType::Cispo { normalizer: None },
         GrpoLossType::Sapo { tau_pos: 1.0, tau_neg: 1.05 },
+        GrpoLossType::Luspo,
+        GrpoLossType::vespo(None),
+        GrpoLossType::Vespo {
+            normalizer: Some(99.0),
+            k_pos: 1.5,
+            lambda_pos: 2.5,
+            k_neg: 2.5,
+            lambda_neg: 1.5,
+        },
     ];
     let mut out = vec![];
     for lt in types {
@@ -102,6 +113,16 @@ fn grpo_configs() -> Vec<(String, GrpoConfig, bool, bool)> {
                 true,
                 false,
             ));
+            // With vLLM weights the off-policy mask reads the sampling log-probs (run_grpo).
+            let off_policy =
+                GrpoConfig { off_policy_mask_threshold: Some(0.01), accumulation_steps: 4, ..base };
+            out.push((format!("{tag}/off_policy_mask"), off_policy, true, false));
+            out.push((
+                format!("{tag}/off_policy_mask_sampling_entropy"),
+                GrpoConfig { entropy_coef: 0.03, ..off_policy },
+                true,
+                true,
+            ));
         }
     }
     out
@@ -131,11 +152,13 @@ fn run_grpo(
     let up = |v: &[f32]| s.clone_htod(v).unwrap();
     let (logp, old, reference, weights, entropy, adv) =
         (up(&h.logp), up(&h.old), up(&h.reference), up(&h.isw), up(&h.entropy), up(&h.adv));
+    let sampling = up(&h.sampling);
     let mask = s.clone_htod(&h.mask).unwrap();
     let cu = s.clone_htod(&h.cu).unwrap();
     let inputs = DeviceGrpoInputs {
         logp: logp.slice(0..n),
         old_logp: off.then(|| old.slice(0..n)),
+        sampling_logp: isw.then(|| sampling.slice(0..n)),
         ref_logp: Some(reference.slice(0..n)),
         mask: Some(mask.slice(0..n)),
         is_weights: isw.then(|| weights.slice(0..n)),
@@ -168,7 +191,7 @@ fn with_stray_tokens(r: &mut StdRng, mut h: Host) -> Host {
         v.splice(0..0, head);
         v.extend((0..5).map(|_| r.random_range(-3.0f32..-0.1)));
     };
-    for v in [&mut h.logp, &mut h.old, &mut h.reference, &mut h.isw, &mut h.entropy] {
+    for v in [&mut h.logp, &mut h.old, &mut h.sampling, &mut h.reference, &mut h.isw, &mut h.entropy] {
         pad(v, r);
     }
     h.mask.splice(0..0, [1u8; 3]);
@@ -189,6 +212,7 @@ fn grpo_parity_every_config(gpu: &Gpu, seed: u64) {
             let toks = GrpoTokens {
                 logp: &h.logp,
                 old_logp: off.then_some(&h.old[..]),
+                sampling_logp: isw.then_some(&h.sampling[..]),
                 ref_logp: Some(&h.reference),
                 mask: Some(&h.mask),
                 is_weights: isw.then_some(&h.isw[..]),
@@ -229,6 +253,7 @@ fn grpo_bad_input(gpu: &Gpu, seed: u64) {
     let inputs = DeviceGrpoInputs {
         logp: logp.as_view(),
         old_logp: None,
+        sampling_logp: None,
         ref_logp: None,
         mask: None,
         is_weights: None,
@@ -531,6 +556,7 @@ fn grpo_step_parity(gpu: &Gpu, seed: u64) {
         targets: dt.as_view(),
         mask: Some(dm.as_view()),
         old_logp: Some(dold.as_view()),
+        sampling_logp: None,
         ref_logp: Some(dref.as_view()),
         is_weights: None,
         advantages: dadv.as_view(),
@@ -547,6 +573,7 @@ fn grpo_step_parity(gpu: &Gpu, seed: u64) {
     let toks = GrpoTokens {
         logp: &logp[..n],
         old_logp: Some(&old),
+        sampling_logp: None,
         ref_logp: Some(&reference),
         mask: Some(&mask),
         is_weights: None,
@@ -632,6 +659,8 @@ fn c_abi_grpo_matches_the_safe_api(gpu: &Gpu, seed: u64) {
         beta: 0.04,
         entropy_coef: 0.01,
         importance: ImportanceLevel::Sequence,
+        off_policy_mask_threshold: Some(0.01),
+        accumulation_steps: 2,
         ..GrpoConfig::trl()
     };
     let (out, gl, gh) = run_grpo(gpu, &h, &cfg, true, false);
@@ -648,13 +677,19 @@ fn c_abi_grpo_matches_the_safe_api(gpu: &Gpu, seed: u64) {
         epsilon_high: 0.2,
         delta: 0.0,
         beta: 0.04,
-        bias_corrected_kl: 0,
+        bias_corrected_kl: 1,
         entropy_coef: 0.01,
         top_entropy_quantile: 1.0,
         grad_scale: 1.0,
         agg_param: 0.0,
         tau_pos: 1.0,
         tau_neg: 1.05,
+        accumulation_steps: 2,
+        off_policy_mask_threshold: 0.01,
+        vespo_k_pos: 0.0,
+        vespo_lambda_pos: 0.0,
+        vespo_k_neg: 0.0,
+        vespo_lambda_neg: 0.0,
     };
     let device = if gpu.backend() == pref_kernels::BackendKind::Emulator { PREFK_DEVICE_EMULATOR } else { 0 };
     {
@@ -672,7 +707,7 @@ fn c_abi_grpo_matches_the_safe_api(gpu: &Gpu, seed: u64) {
         // SAFETY: live buffers of the documented sizes; the default stream of this context.
         let rc = unsafe {
             prefk_grpo_loss(
-                device, 0, &c, lp, op, rp, mp, 0, ep, ap, n as i64, cp, 9, 0, metp, gp, gep, wp, 0,
+                device, 0, &c, lp, op, 0, rp, mp, 0, ep, ap, n as i64, cp, 9, 0, metp, gp, gep, wp, 0,
             )
         };
         assert_eq!(rc, 0, "{:?}", unsafe { std::ffi::CStr::from_ptr(pref_kernels::ffi::prefk_last_error()) });
