@@ -67,8 +67,15 @@ fn gpu_benches(c: &mut Criterion) {
         let (mp, _e) = metrics.device_ptr_mut(&s).unwrap();
         let (kp, _f) = work.device_ptr_mut(&s).unwrap();
         let tokens = SeqReducePtrs { logp: lp, mask: 0, weights: wp, ref_logp: rp };
-        let ptrs =
-            PairLossPtrs { ref_seq: 0, pair_out: 0, metrics: mp, grad_logp: gp, workspace: kp, status: 0 };
+        let ptrs = PairLossPtrs {
+            ref_seq: 0,
+            seq_weights: 0,
+            pair_out: 0,
+            metrics: mp,
+            grad_logp: gp,
+            workspace: kp,
+            status: 0,
+        };
         let layout = DeviceSeqLayout::Padded { n_seqs: 2 * pairs, seq_len: SEQ_LEN };
         g.throughput(Throughput::Bytes((n * 4 * 4) as u64)); // logp, ref, weights read + grad written
         for (name, cfg) in [("dpo", LossConfig::dpo(0.1)), ("tabpo", LossConfig::tabpo())] {

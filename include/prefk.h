@@ -55,8 +55,9 @@ int32_t prefk_token_logprobs_backward_entropy(int32_t device, uint64_t stream, u
                                               float temperature);
 
 int32_t prefk_preference_loss(int32_t device, uint64_t stream, uint64_t logp, uint64_t mask, uint64_t weights,
-                              uint64_t ref_logp, uint64_t ref_seq, int64_t n_tokens, uint64_t cu_seqlens,
-                              int64_t n_seqs, int64_t seq_len, uint64_t chosen, uint64_t rejected, int64_t n_pairs,
+                              uint64_t ref_logp, uint64_t ref_seq, uint64_t seq_weights, int64_t n_tokens,
+                              uint64_t cu_seqlens, int64_t n_seqs, int64_t seq_len, uint64_t chosen,
+                              uint64_t rejected, int64_t n_pairs,
                               const PrefkLossTerm* terms, uint32_t n_terms, uint32_t divergence, float alpha,
                               uint32_t aggregation, float grad_scale, uint64_t pair_out, uint64_t metrics,
                               uint64_t grad_logp, uint64_t workspace, uint64_t status);

@@ -196,6 +196,16 @@ __device__ __forceinline__ float sigmoid_prime_(float x) {
 }
 __device__ __forceinline__ float softplus_(float x) { return fmaxf(x, 0.f) + log1pf(expf(-fabsf(x))); }
 
+// Order-preserving u32 key of a float (negative values flipped, positive ones offset): a total
+// order (NaNs included, by their bits) that integer comparisons and radix selects can use.
+__device__ __forceinline__ uint32_t order_key(float x) {
+    const uint32_t b = __float_as_uint(x);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+__device__ __forceinline__ float key_value(uint32_t k) {
+    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
+}
+
 // ---- sums of several values over a block, fixed order ---------------------------------------------
 // Every thread passes K partial sums; every thread receives the block totals. `scratch` holds
 // (THREADS / 32) * K floats. Butterfly inside warps, then warp 0's lanes combine the warps in order.

@@ -131,14 +131,6 @@ __device__ __forceinline__ bool grpo_counts(const GrpoParams& p, int64_t t) {
 }
 
 // ---- top-entropy threshold -------------------------------------------------------------------------
-// Order-preserving u32 key of a float (negative values flipped, positive ones offset).
-__device__ __forceinline__ uint32_t order_key(float x) {
-    const uint32_t b = __float_as_uint(x);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-__device__ __forceinline__ float key_value(uint32_t k) {
-    return __uint_as_float((k & 0x80000000u) ? (k & 0x7fffffffu) : ~k);
-}
 
 // The k-th smallest (0-based) key among the completion tokens, 4 bits per pass from the top.
 __device__ uint32_t select_key(const GrpoParams& p, unsigned long long k, unsigned long long* scratch) {

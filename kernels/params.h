@@ -140,6 +140,9 @@ typedef struct TokenGradParams {
 #define PREFK_LOSS_TGDPO 14u
 #define PREFK_LOSS_TABPO 15u
 #define PREFK_LOSS_NLL 16u
+#define PREFK_LOSS_SIGMOID_NORM 17u     // DPO family: sigmoid on length-normalized psi(Delta)
+#define PREFK_LOSS_AOT 18u              // sorted policy vs sorted reference log-ratio margins
+#define PREFK_LOSS_AOT_UNPAIRED 19u     // sorted chosen vs sorted rejected log-ratios
 
 #define PREFK_DIV_REVERSE_KL 0u
 #define PREFK_DIV_FORWARD_KL 1u
@@ -150,6 +153,8 @@ typedef struct TokenGradParams {
 #define PREFK_PAIR_COLUMNS 6        // loss, chosen_reward, rejected_reward, chosen_logps, rejected_logps, barrier
 #define PREFK_METRICS 16
 #define PREFK_PAIR_COEF 6           // workspace per pair: chosen (c0, c1, c2), rejected (c0, c1, c2)
+#define PREFK_PAIR_SORT 8           // workspace per pair for the AOT sorts (see pref_loss.cu)
+#define PREFK_PAIR_FLAG_AOT 1u      // some term sorts the batch (aot, aot_unpaired)
 
 // One loss term: p0..p2 are the kind's extra hyperparameters (label smoothing / epsilon / gamma /
 // tau / alpha / lambda), flags its switches (hinge; TAB-PO barrier denominator), agg its aggregation.
@@ -186,14 +191,16 @@ typedef struct PairLossParams {
     // sub-batch's own chosen-token count), so per-chunk metrics and gradients sum to the batch's.
     int64_t batch_pairs;
     float batch_nll_count;
-    uint32_t reserved;
+    uint32_t flags;         // PREFK_PAIR_FLAG_*
+    uint64_t seq_weights;   // [n_seqs] f32 detached sequence weights (WPO), or 0: pair loss x w_c w_r
+    uint64_t pair_sort;     // workspace [n_pairs, PREFK_PAIR_SORT] f32 (used with PREFK_PAIR_FLAG_AOT)
 } PairLossParams;
 
 #ifdef __cplusplus
 static_assert(sizeof(SeqStatsParams) == 96, "SeqStatsParams layout changed: update src/params.rs");
 static_assert(sizeof(TokenGradParams) == 104, "TokenGradParams layout changed: update src/params.rs");
 static_assert(sizeof(LossTerm) == 32, "LossTerm layout changed: update src/params.rs");
-static_assert(sizeof(PairLossParams) == 248, "PairLossParams layout changed: update src/params.rs");
+static_assert(sizeof(PairLossParams) == 264, "PairLossParams layout changed: update src/params.rs");
 #endif
 
 // ---- shared-prefix group attention ------------------------------------------------------------------

@@ -1,6 +1,9 @@
 // Fused preference losses: one block evaluates every pair (per-pair loss, metrics, gradient
 // coefficients), reduces the batch metrics in a fixed order, then gathers each sequence's token
 // coefficients from the pairs that use it (in pair order). Deterministic; no float atomics.
+// AOT terms compare sorted batch statistics: the block first writes every pair's log-ratios, then
+// each pair finds its stable rank by counting (O(P^2) comparisons, no sort network to get wrong)
+// and scatters its value to that rank, so each pair can read the value it is matched with.
 // The per-token gradient is then applied by token_grad (seq_reduce.cu). Formulas: src/pref_loss
 // (reference.rs mirrors this file in f64).
 #include "common.cuh"
@@ -71,7 +74,7 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
     o.reward_r = beta * dr;
     float gc = 0.f, gr = 0.f;  // dphi/dS_c, dphi/dS_r
 
-    if (L.kind <= PREFK_LOSS_DISCOPOP) {  // DPO family: psi-transformed log-ratios
+    if (L.kind <= PREFK_LOSS_DISCOPOP || L.kind == PREFK_LOSS_SIGMOID_NORM) {  // DPO family: psi(log-ratios)
         float pc, qc, pr, qr;
         psi(p.divergence, p.alpha_div, dc, pc, qc);
         psi(p.divergence, p.alpha_div, dr, pr, qr);
@@ -99,6 +102,15 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
                 const float dx = x < 1.f ? -1.f : 0.f;
                 dpc = beta * dx;
                 dpr = -beta * dx;
+                break;
+            }
+            case PREFK_LOSS_SIGMOID_NORM: {  // TRL: per-side length normalization, as IPO
+                const float nc = fmaxf(c.count, 1.f), nr = fmaxf(r.count, 1.f);
+                const float y = beta * (pc / nc - pr / nr);
+                phi = softplus_(-y);
+                const float dy = -sigmoid_(-y);
+                dpc = beta * dy / nc;
+                dpr = -beta * dy / nr;
                 break;
             }
             case PREFK_LOSS_IPO: {
@@ -248,6 +260,65 @@ __device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const S
     return o;
 }
 
+// ---- AOT: sorted batch statistics ------------------------------------------------------------------
+// pair_sort row i: [0] policy margin Sc - Sr, [1] reference margin, [2] Delta_c, [3] Delta_r, and at
+// row k the k-th smallest [4] reference margin, [5] Delta_c, [6] Delta_r (stable: ties by index).
+__device__ __forceinline__ int64_t stable_rank(const float* ps, int col, int64_t n, int64_t i) {
+    const uint32_t ki = order_key(ps[i * PREFK_PAIR_SORT + col]);
+    int64_t rank = 0;
+    for (int64_t j = 0; j < n; ++j) {
+        const uint32_t kj = order_key(ps[j * PREFK_PAIR_SORT + col]);
+        rank += (kj < ki || (kj == ki && j < i)) ? 1 : 0;
+    }
+    return rank;
+}
+
+// The label-smoothed logistic loss of x and its derivative (TRL's aot form).
+__device__ __forceinline__ void smoothed_logistic(float x, float e, float& phi, float& dx) {
+    phi = (1.f - e) * softplus_(-x) + e * softplus_(x);
+    dx = e - sigmoid_(-x);
+}
+
+// Pair i of an AOT term: its value at its rank, matched with the other sorted column's value there.
+__device__ TermOut aot_term(const LossTerm& L, const PairLossParams& p, int64_t i, const Stats& c, const Stats& r) {
+    TermOut o = {};
+    const float beta = L.beta;
+    const float* ps = reinterpret_cast<const float*>(p.pair_sort);
+    const float* row = ps + i * PREFK_PAIR_SORT;
+    const float sc = aggregate(L.agg, c.sum, c.wsum, c.count, c.wmass);
+    const float sr = aggregate(L.agg, r.sum, r.wsum, r.count, r.wmass);
+    o.score_c = sc;
+    o.score_r = sr;
+    o.reward_c = beta * row[2];
+    o.reward_r = beta * row[3];
+    float gc, gr, dx;
+    if (L.kind == PREFK_LOSS_AOT) {
+        const int64_t k = stable_rank(ps, 0, p.n_pairs, i);
+        smoothed_logistic(beta * (row[0] - ps[k * PREFK_PAIR_SORT + 4]), L.p0, o.phi, dx);
+        gc = beta * dx;
+        gr = -gc;
+    } else {
+        const int64_t kc = stable_rank(ps, 2, p.n_pairs, i), kr = stable_rank(ps, 3, p.n_pairs, i);
+        smoothed_logistic(beta * (row[2] - ps[kc * PREFK_PAIR_SORT + 6]), L.p0, o.phi, dx);
+        gc = beta * dx;
+        float phi_r;
+        smoothed_logistic(beta * (ps[kr * PREFK_PAIR_SORT + 5] - row[3]), L.p0, phi_r, dx);
+        gr = -beta * dx;
+    }
+    float kc0, kc1, kr0, kr1;
+    token_coef(L.agg, c.count, c.wmass, kc0, kc1);
+    token_coef(L.agg, r.count, r.wmass, kr0, kr1);
+    o.cc[0] = gc * kc0;
+    o.cc[1] = gc * kc1;
+    o.cr[0] = gr * kr0;
+    o.cr[1] = gr * kr1;
+    return o;
+}
+
+__device__ __forceinline__ bool is_aot(uint32_t kind) {
+    return kind == PREFK_LOSS_AOT || kind == PREFK_LOSS_AOT_UNPAIRED;
+}
+
 // Pair i's sequences; false (and a status bit) when an explicit index is out of range.
 __device__ __forceinline__ bool pair_seqs(const PairLossParams& p, int64_t i, int64_t& c, int64_t& r) {
     if (p.chosen == 0) {
@@ -269,19 +340,57 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
     const float inv_p = 1.f / (float)(p.batch_pairs > 0 ? p.batch_pairs : p.n_pairs);
     float* pair_coef = reinterpret_cast<float*>(p.pair_coef);
     const float* ref_seq = reinterpret_cast<const float*>(p.ref_seq);
+    const float* seq_w = reinterpret_cast<const float*>(p.seq_weights);
+    // WPO: each pair's loss (every term) times the detached w_c w_r.
+    auto pair_weight = [&](int64_t c, int64_t r) -> float { return seq_w ? seq_w[c] * seq_w[r] : 1.f; };
 
-    // 1. Batch NLL over all chosen tokens (a sequence counts once per pair it is chosen in).
-    float nll[2] = {0.f, 0.f};
+    // 0. AOT: every pair's log-ratios, then the sorted columns (see aot_term).
+    if (p.flags & PREFK_PAIR_FLAG_AOT) {
+        float* ps = reinterpret_cast<float*>(p.pair_sort);
+        uint32_t agg = PREFK_AGG_SUM;
+        for (int k = 0; k < (int)p.n_terms; ++k)
+            if (is_aot(p.terms[k].kind)) agg = p.terms[k].agg;
+        for (int64_t i = threadIdx.x; i < p.n_pairs; i += PAIR_THREADS) {
+            float v[4] = {0.f, 0.f, 0.f, 0.f};
+            int64_t c, r;
+            if (pair_seqs(p, i, c, r)) {
+                const Stats a = load_stats(p.stats, c), b = load_stats(p.stats, r);
+                const float sc = aggregate(agg, a.sum, a.wsum, a.count, a.wmass);
+                const float sr = aggregate(agg, b.sum, b.wsum, b.count, b.wmass);
+                const float dc = ref_seq ? sc - ref_seq[c] : aggregate(agg, a.dsum, a.dwsum, a.count, a.wmass);
+                const float dr = ref_seq ? sr - ref_seq[r] : aggregate(agg, b.dsum, b.dwsum, b.count, b.wmass);
+                v[0] = sc - sr;
+                v[1] = ref_seq ? ref_seq[c] - ref_seq[r] : (sc - dc) - (sr - dr);
+                v[2] = dc;
+                v[3] = dr;
+            }
+            for (int j = 0; j < 4; ++j) ps[i * PREFK_PAIR_SORT + j] = v[j];
+        }
+        __syncthreads();
+        for (int64_t i = threadIdx.x; i < p.n_pairs; i += PAIR_THREADS) {
+            for (int col = 1; col <= 3; ++col) {  // ranks are a permutation: one writer per slot
+                const int64_t k = stable_rank(ps, col, p.n_pairs, i);
+                ps[k * PREFK_PAIR_SORT + 3 + col] = ps[i * PREFK_PAIR_SORT + col];
+            }
+        }
+        __syncthreads();
+    }
+
+    // 1. Batch NLL over all chosen tokens (a sequence counts once per pair it is chosen in), and
+    // the WPO weights' sum (the NLL term, a batch scalar in TRL, is scaled by their mean).
+    float nll[3] = {0.f, 0.f, 0.f};
     for (int64_t i = threadIdx.x; i < p.n_pairs; i += PAIR_THREADS) {
         int64_t c, r;
         if (!pair_seqs(p, i, c, r)) continue;
         const Stats sc = load_stats(p.stats, c);
         nll[0] -= sc.sum;
         nll[1] += sc.count;
+        nll[2] += pair_weight(c, r);
     }
-    block_sum<PAIR_THREADS, 2>(nll, scratch);
+    block_sum<PAIR_THREADS, 3>(nll, scratch);
     if (p.batch_nll_count >= 0.f) nll[1] = p.batch_nll_count;
     const float nll_loss = nll[1] > 0.f ? nll[0] / nll[1] : 0.f;
+    const float nll_weight_mean = seq_w ? nll[2] / (float)p.n_pairs : 1.f;
 
     // 2. Every pair: loss, metrics, gradient coefficients (into the pair_coef workspace).
     int first_pairwise = -1;
@@ -299,14 +408,25 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
             const Stats sc = load_stats(p.stats, c), sr = load_stats(p.stats, r);
             const bool has_ref = ref_seq != nullptr;
             const float rfc = has_ref ? ref_seq[c] : 0.f, rfr = has_ref ? ref_seq[r] : 0.f;
+            const float pw = pair_weight(c, r);
             for (int k = 0; k < (int)p.n_terms; ++k) {
                 const LossTerm& L = p.terms[k];
                 const float w = L.weight;
                 if (L.kind == PREFK_LOSS_NLL) {
-                    if (nll[1] > 0.f) coef[0] -= p.grad_scale * w / nll[1];
+                    if (nll[1] > 0.f) coef[0] -= p.grad_scale * w * nll_weight_mean / nll[1];
                     continue;
                 }
-                const TermOut o = pair_term(L, p, sc, sr, has_ref, rfc, rfr);
+                TermOut o = is_aot(L.kind) ? aot_term(L, p, i, sc, sr)
+                                           : pair_term(L, p, sc, sr, has_ref, rfc, rfr);
+                if (seq_w) {
+                    o.phi *= pw;
+                    o.barrier_loss *= pw;
+#pragma unroll
+                    for (int j = 0; j < 3; ++j) {
+                        o.cc[j] *= pw;
+                        o.cr[j] *= pw;
+                    }
+                }
                 col[0] += w * o.phi;
                 const float g = p.grad_scale * w * inv_p;
 #pragma unroll
@@ -354,7 +474,7 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
         out[1] = m[0] * inv_p;
         out[2] = nll_loss;
         for (int j = 1; j <= 7; ++j) out[2 + j] = m[j] * inv_p;  // rewards .. loss/barrier
-        out[0] = out[1] + out[9] + nll_weight * nll_loss;
+        out[0] = out[1] + out[9] + nll_weight * nll_weight_mean * nll_loss;
         out[10] = m[10] > 0.f ? m[9] / m[10] : 0.f;
         out[11] = m[8] * inv_p;
         out[12] = m[9];  // gated and chosen token counts: a chunked batch sums them for out[10]

@@ -167,7 +167,9 @@ pub struct PairLossParams {
     pub batch_pairs: i64,
     /// Chosen tokens the NLL term divides by (< 0: the sub-batch's own count).
     pub batch_nll_count: f32,
-    pub reserved: u32,
+    pub flags: u32,
+    pub seq_weights: u64,
+    pub pair_sort: u64,
 }
 
 const _: () = {
@@ -179,7 +181,8 @@ const _: () = {
     assert!(offset_of!(TokenGradParams, scale) == 96);
     assert!(size_of::<LossTerm>() == 32);
     assert!(offset_of!(LossTerm, agg) == 24);
-    assert!(size_of::<PairLossParams>() == 248);
+    assert!(size_of::<PairLossParams>() == 264);
+    assert!(offset_of!(PairLossParams, pair_sort) == 256);
     assert!(offset_of!(PairLossParams, batch_pairs) == 232);
     assert!(offset_of!(PairLossParams, n_seqs) == 72);
     assert!(offset_of!(PairLossParams, n_terms) == 88);

@@ -121,7 +121,7 @@ proptest! {
     #[test]
     fn c_abi_workspace_size_never_wraps(s in extreme_i64(), p in extreme_i64()) {
         let n = pref_kernels::ffi::prefk_preference_loss_workspace_len(s, p);
-        let exact = s.max(0) as i128 * 13 + p.max(0) as i128 * 6;
+        let exact = s.max(0) as i128 * 13 + p.max(0) as i128 * (6 + 8);
         prop_assert!(n == exact as i64 && exact <= i64::MAX as i128 || n == -1, "{} for {} {}", n, s, p);
     }
 
@@ -157,7 +157,7 @@ proptest! {
         // SAFETY: deliberately invalid arguments (see above); `term` is valid host memory.
         let rc = unsafe {
             pref_kernels::ffi::prefk_preference_loss(
-                PREFK_DEVICE_EMULATOR, 0, p[0], p[1], 0, p[2], 0, n_tokens, p[3], n_seqs, seq_len, p[4], p[5],
+                PREFK_DEVICE_EMULATOR, 0, p[0], p[1], 0, p[2], 0, p[1], n_tokens, p[3], n_seqs, seq_len, p[4], p[5],
                 n_pairs, &term, 1, 0, 0.5, 0, 1.0, 0, p[6], p[7], p[0], 0,
             )
         };

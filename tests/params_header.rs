@@ -89,7 +89,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ("LossTerm", fields!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags)),
         (
             "PairLossParams",
-            fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, reserved),
+            fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, flags, seq_weights, pair_sort),
         ),
         (
             "PrefixAttnParams",
@@ -178,7 +178,7 @@ fn bindgen_output_matches_the_committed_structs() {
     same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
     same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);
     same!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags);
-    same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, reserved);
+    same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, flags, seq_weights, pair_sort);
     same!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
     same!(GrpoParams: logp, old_logp, sampling_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, accum_steps, off_policy_threshold, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, reserved);
     same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);

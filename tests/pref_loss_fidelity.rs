@@ -121,6 +121,8 @@ fn f_divergences_trl_refuses_are_refused() {
         Loss::SppoHard { beta: 0.1 },
         Loss::ApoZero { beta: 0.1 },
         Loss::ApoDown { beta: 0.1 },
+        Loss::Aot { beta: 0.1, label_smoothing: 0.0 },
+        Loss::AotUnpaired { beta: 0.1, label_smoothing: 0.0 },
     ] {
         for div in [FDivergence::ForwardKl, FDivergence::JensenShannon, FDivergence::Alpha { alpha: 0.5 }] {
             let cfg = LossConfig { divergence: div, ..LossConfig::single(loss) };

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{batch, Batch};
-use pref_kernels::pref_loss::reference::forward_backward;
+use pref_kernels::pref_loss::reference::{forward_backward, forward_backward_weighted, wpo_weights};
 use pref_kernels::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, Pairs};
 use pref_kernels::seq_reduce::{ReduceMode, SeqLayout, TokenInputs};
 use proptest::prelude::*;
@@ -314,4 +314,78 @@ fn per_sequence_reference_equals_per_token_sums() {
     assert_eq!(a, b);
     // Sequence 1 is rejected in both pairs: its gradient is the sum of the two pairs' terms.
     assert!(a.grad_logp[2] > 0.0);
+}
+
+/// WPO: every pair's loss times the detached w_c w_r, the NLL term times their mean; the
+/// weights are TRL's exp(mean over the mask of logp - log sum p^2).
+#[test]
+fn wpo_weights_scale_each_pair_and_the_nll() {
+    let logp = [-1.0f32, -2.0, -4.0, -0.5, -3.0, -1.5];
+    let ref_logp = [-1.5f32, -2.0, -3.0, -0.25, -2.0, -1.0];
+    let lss = [-0.7f32, -1.1, -2.0, -0.3, -0.9, -1.2];
+    let mask = [1u8, 1, 1, 0, 1, 1];
+    let cu = [0i32, 2, 4, 5, 6];
+    let l = SeqLayout::Packed { cu_seqlens: &cu };
+    let t = TokenInputs { logp: &logp, mask: Some(&mask), weights: None, ref_logp: Some(&ref_logp) };
+    let w = wpo_weights(&t, &lss, &l).unwrap();
+    let want_w0 = (((-1.0f64 - -0.7) + (-2.0 - -1.1)) / 2.0).exp();
+    assert!((w[0] - want_w0).abs() < 1e-7, "{} vs {want_w0}", w[0]);
+    assert!((w[1] - ((-4.0f64 - -2.0) / 1.0).exp()).abs() < 1e-7); // the masked token is not counted
+    let wf: Vec<f32> = w.iter().map(|&x| x as f32).collect();
+    let cfg = LossConfig { terms: vec![(Loss::dpo(), 1.0), (Loss::Nll, 0.5)], ..LossConfig::dpo(0.1) };
+    let p = Pairs::FirstHalfChosen;
+    let plain = forward_backward(&t, &l, &p, None, &cfg).unwrap();
+    let got = forward_backward_weighted(&t, &l, &p, None, Some(&wf), &cfg).unwrap();
+    let om: Vec<f64> = (0..2).map(|i| wf[i] as f64 * wf[i + 2] as f64).collect();
+    let mean_om = (om[0] + om[1]) / 2.0;
+    let dpo: f64 = (0..2).map(|i| om[i] * plain.pairs[i][0]).sum::<f64>() / 2.0;
+    // plain.pairs[i][0] holds w_dpo * phi_dpo only (the NLL is a batch term).
+    let want = dpo + 0.5 * mean_om * plain.metrics[2];
+    assert!((got.loss - want).abs() < 1e-12, "{} vs {want}", got.loss);
+    for i in 0..2 {
+        assert!((got.pairs[i][0] - om[i] * plain.pairs[i][0]).abs() < 1e-12);
+        assert_eq!(got.pairs[i][1..5], plain.pairs[i][1..5], "rewards and scores are not weighted");
+    }
+    // The gradient: finite differences with the weights held (TRL detaches them).
+    for k in 0..logp.len() {
+        let f = |d: f32| {
+            let mut x = logp;
+            x[k] += d;
+            let tk = TokenInputs { logp: &x, ..t };
+            forward_backward_weighted(&tk, &l, &p, None, Some(&wf), &cfg).unwrap().loss
+        };
+        let g = (f(1e-3) - f(-1e-3)) / (((logp[k] + 1e-3) - (logp[k] - 1e-3)) as f64);
+        assert!((got.grad_logp[k] - g).abs() < 1e-6, "token {k}: {} vs {g}", got.grad_logp[k]);
+    }
+    // AOT sorts samples: WPO weights are refused, as TRL.
+    let aot = LossConfig::single(Loss::Aot { beta: 0.1, label_smoothing: 0.0 });
+    let e = forward_backward_weighted(&t, &l, &p, None, Some(&wf), &aot).unwrap_err().to_string();
+    assert!(e.contains("aot"), "{e}");
+}
+
+/// LD-DPO: the first min(N_c, N_r) completion tokens weigh 1, the longer side's rest alpha.
+#[test]
+fn ld_weights_weigh_the_tail_past_the_shorter_side() {
+    use pref_kernels::pref_loss::ld_weights;
+    // Two pairs over padded rows of 4: chosen 0 (3 tokens), 1 (1 token); rejected 2 (2), 3 (4).
+    let mask = [0u8, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1];
+    let l = SeqLayout::Padded { n_seqs: 4, seq_len: 4 };
+    let w = ld_weights(&l, Some(&mask), &Pairs::FirstHalfChosen, 0.5).unwrap();
+    assert_eq!(
+        w,
+        [0.0, 1.0, 1.0, 0.5, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.5, 0.5, 0.5],
+        "pair 0 shares 2 tokens, pair 1 one"
+    );
+    // With these weights, weighted-sum DPO scores shared + alpha * tail for policy and reference.
+    let logp: Vec<f32> = (0..16).map(|i| -0.1 * (i + 1) as f32).collect();
+    let ref_logp: Vec<f32> = logp.iter().map(|x| x * 0.9).collect();
+    let t = TokenInputs { logp: &logp, mask: Some(&mask), weights: Some(&w), ref_logp: Some(&ref_logp) };
+    let cfg = LossConfig { aggregation: ReduceMode::WeightedSum, ..LossConfig::dpo(0.1) };
+    let r = forward_backward(&t, &l, &Pairs::FirstHalfChosen, None, &cfg).unwrap();
+    let chosen0 = (logp[1] + logp[2]) as f64 + 0.5 * logp[3] as f64;
+    assert!((r.pairs[0][3] - chosen0).abs() < 1e-6, "{} vs {chosen0}", r.pairs[0][3]);
+    let e = ld_weights(&l, Some(&mask), &Pairs::Explicit { chosen: &[0, 0], rejected: &[1, 2] }, 0.5)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than one pair"), "{e}");
 }

@@ -11,6 +11,7 @@ synchronization checks on every access: slow, but exact, and how the ops are tes
     pk.metrics_dict(metrics)["rewards/accuracies"]
     loss.backward()                                                # d/dlogits through both ops
 """
+import math
 from typing import Dict, Optional, Sequence, Union
 
 import torch
@@ -23,7 +24,8 @@ from .ops import DEFAULT_WORKSPACE_BYTES, METRICS_LEN, PAIR_COLUMNS, prefix_layo
 __all__ = [
     "PrefKernelsError", "backend", "library_path", "token_logprobs", "LossTerm", "loss_terms",
     "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
-    "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "linear_token_logprobs", "linear_preference_loss", "linear_dpo_loss",
+    "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "ld_weights", "wpo_weights", "linear_token_logprobs",
+    "linear_preference_loss", "linear_dpo_loss",
     "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
     "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "sequence_scores",
     "group_metric_names", "vocab_shard_range", "vocab_parallel_token_logprobs",
@@ -42,16 +44,12 @@ PAIR_COLUMN_NAMES = ["loss", "chosen_reward", "rejected_reward", "chosen_logps",
 _KIND = {
     "sigmoid": 0, "robust": 1, "hinge": 2, "ipo": 3, "exo_pair": 4, "nca_pair": 5, "bco_pair": 6,
     "sppo_hard": 7, "apo_zero": 8, "apo_down": 9, "discopop": 10, "simpo": 11, "cpo": 12, "orpo": 13,
-    "tgdpo": 14, "tabpo": 15, "nll": 16,
+    "tgdpo": 14, "tabpo": 15, "nll": 16, "sigmoid_norm": 17, "aot": 18, "aot_unpaired": 19,
 }
 #: TRL `DPOConfig.loss_type` names served (TRL's current semantics: sequence log-probs are sums,
 #: `label_smoothing` is read by robust and exo_pair only, `sft` is the token-mean NLL of chosen).
 TRL_LOSS_TYPES = ("sigmoid", "robust", "hinge", "ipo", "exo_pair", "nca_pair", "bco_pair", "sppo_hard",
-                  "apo_zero", "apo_down", "discopop", "sft")
-_TRL_REFUSED = {
-    "aot": "sorts the batch's margins (couples pairs)", "aot_unpaired": "sorts the batch's margins",
-    "aot_pair": "sorts the batch's margins", "sigmoid_norm": "not implemented in pref-kernels yet",
-}
+                  "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm", "aot", "aot_unpaired")
 _DIVERGENCE = {"reverse_kl": 0, "forward_kl": 1, "js_divergence": 2, "alpha_divergence": 3}
 _AGGREGATION = {"sum": 0, "mean": 1, "weighted_sum": 2, "weighted_mean": 3}
 
@@ -82,13 +80,11 @@ def loss_terms(loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0
         raise ValueError(f"pref_kernels: {len(types)} loss types but {len(weights)} loss_weights")
     out = []
     for t, w in zip(types, weights):
-        if t in _TRL_REFUSED:
-            raise NotImplementedError(f"pref_kernels: TRL loss_type {t!r} is not supported: {_TRL_REFUSED[t]}")
         if t not in TRL_LOSS_TYPES:
             raise ValueError(f"pref_kernels: unknown TRL loss_type {t!r}; supported: {', '.join(TRL_LOSS_TYPES)}")
         if t == "sft":
             out.append(LossTerm("nll", w))
-        elif t in ("robust", "exo_pair"):
+        elif t in ("robust", "exo_pair", "aot", "aot_unpaired"):
             out.append(LossTerm(t, w, beta, p0=label_smoothing))
         elif t == "discopop":
             out.append(LossTerm(t, w, beta, p0=discopop_tau))
@@ -111,7 +107,7 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
 def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_logp=None, ref_seq=None,
                     n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None, chosen=None, rejected=None,
                     f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
-                    aggregation: str = "sum", return_pairs: bool = False):
+                    aggregation: str = "sum", return_pairs: bool = False, seq_weights=None):
     """The fused preference loss on per-token log-probs `logp` [T] (f32): returns `(loss, metrics)`
     with `metrics` the f32 [16] tensor in METRIC_NAMES order (on the op's device, so nothing
     synchronizes; `metrics_dict` names them), and with `return_pairs` also the per-pair values
@@ -120,14 +116,15 @@ def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_l
     Layout: padded (`n_seqs` sequences of `seq_len` tokens) or packed (`cu_seqlens` [n_seqs + 1]
     int32). Pairs: the first half of the sequences are chosen, the second half rejected, unless
     `chosen` / `rejected` (int32 sequence indices) are given. `mask` [T] (bool/uint8) marks the
-    completion tokens; `ref_logp` [T] or `ref_seq` [n_seqs] the reference model."""
+    completion tokens; `ref_logp` [T] or `ref_seq` [n_seqs] the reference model; `seq_weights`
+    [n_seqs] WPO's detached sequence weights (`wpo_weights`)."""
     if cu_seqlens is not None:
         n_seqs = cu_seqlens.shape[0] - 1
     if n_seqs is None:
         raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
     loss, metrics, pairs, _grad = torch.ops.pref_kernels.preference_loss(
         logp, mask, weights, ref_logp, ref_seq, cu_seqlens, int(n_seqs), int(seq_len), chosen, rejected,
-        *_loss_args(terms, f_divergence_type, f_alpha_divergence_coef, aggregation))
+        *_loss_args(terms, f_divergence_type, f_alpha_divergence_coef, aggregation), seq_weights)
     return (loss, metrics, pairs) if return_pairs else (loss, metrics)
 
 
@@ -150,17 +147,78 @@ def metrics_dict(metrics: torch.Tensor) -> Dict[str, float]:
     return {n: vals[i] for i, n in enumerate(METRIC_NAMES)}
 
 
+def _segments(n_tokens, n_seqs, seq_len, cu_seqlens, device):
+    """Each token's sequence index and the [S + 1] offsets (padded or packed layout)."""
+    if cu_seqlens is None:
+        cu = torch.arange(n_seqs + 1, device=device, dtype=torch.int64) * seq_len
+    else:
+        cu = cu_seqlens.to(torch.int64)
+    seg = torch.repeat_interleave(torch.arange(n_seqs, device=device), cu[1:] - cu[:-1])
+    if seg.shape[0] != n_tokens:
+        raise ValueError(f"pref_kernels: the layout covers {seg.shape[0]} tokens, logp has {n_tokens}")
+    return seg, cu
+
+
+def ld_weights(mask, ld_alpha: float, *, n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None):
+    """LD-DPO's per-token weights (TRL `ld_alpha`) for a first-half-chosen batch: the first
+    min(N_chosen, N_rejected) completion tokens of both sides weigh 1, the longer side's rest
+    `ld_alpha`, masked tokens 0 (the crate's `pref_loss::ld_weights`). Use them with
+    aggregation "weighted_sum"; `dpo_loss(ld_alpha=...)` does."""
+    if not math.isfinite(ld_alpha):
+        raise ValueError(f"pref_kernels: ld_alpha must be finite, got {ld_alpha}")
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    if n_seqs is None or n_seqs % 2 != 0:
+        raise ValueError("pref_kernels: ld_weights needs an even number of sequences, first half chosen")
+    m = mask.reshape(-1).to(torch.float32)
+    seg, cu = _segments(m.shape[0], n_seqs, seq_len, cu_seqlens, m.device)
+    cum = m.cumsum(0)
+    before = torch.cat([cum.new_zeros(1), cum])[cu[:-1]]  # mask sum before each sequence
+    pos = cum - before[seg]  # 1-based completion position where m = 1
+    lens = torch.zeros(n_seqs, device=m.device).index_add_(0, seg, m)
+    half = n_seqs // 2
+    shared = torch.minimum(lens[:half], lens[half:]).repeat(2)
+    w = torch.where(pos <= shared[seg], torch.ones_like(m), torch.full_like(m, float(ld_alpha)))
+    return (w * m).reshape(mask.shape)
+
+
+def wpo_weights(logp, log_sum_sq, mask, *, n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None):
+    """WPO's detached sequence weights (TRL `use_weighting`): exp of each sequence's mean over the
+    mask of logp - log sum_v p_v^2, from `log_sum_sq` [T] (`token_logprobs(...,
+    return_log_sum_sq=True)`)."""
+    scores = sequence_scores((logp.detach() - log_sum_sq.detach()).float().contiguous(), mask, n_seqs=n_seqs,
+                             seq_len=seq_len, cu_seqlens=cu_seqlens, mode="mean")
+    return torch.exp(scores)
+
+
 def dpo_loss(logp: torch.Tensor, mask, ref_logp=None, *, n_seqs: Optional[int] = None, seq_len: int = 0,
              cu_seqlens=None, ref_seq=None, loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0.1,
              label_smoothing: float = 0.0, loss_weights=None, discopop_tau: float = 0.05,
              f_divergence_type: str = "reverse_kl", f_alpha_divergence_coef: float = 0.5,
+             ld_alpha: Optional[float] = None, use_weighting: bool = False, log_sum_sq=None,
              return_pairs: bool = False):
-    """TRL's DPO loss (`DPOConfig` names and defaults) on per-token log-probs: sequence scores are
-    masked sums, pairs first-half chosen. See `preference_loss` for the layouts and outputs."""
+    """TRL 1.16's DPO loss (`DPOConfig` names and defaults) on per-token log-probs: sequence
+    scores are masked sums, pairs first-half chosen. `ld_alpha` (LD-DPO) weighs each pair's tokens
+    past the shorter side's length by it (the policy's and a per-token `ref_logp`'s; a `ref_seq`
+    must hold reference sums weighted the same way, as TRL's `compute_ref_log_probs` returns them
+    with `ld_alpha` set); `use_weighting` (WPO) needs
+    `log_sum_sq` [T], the per-token log sum_v p_v^2 of the policy (`token_logprobs(...,
+    return_log_sum_sq=True)`). See `preference_loss` for the layouts and outputs."""
     terms = loss_terms(loss_type, beta, label_smoothing, loss_weights, discopop_tau)
-    return preference_loss(logp, terms, mask=mask, ref_logp=ref_logp, ref_seq=ref_seq, n_seqs=n_seqs,
+    weights, aggregation = None, "sum"
+    if ld_alpha is not None:
+        weights = ld_weights(mask, float(ld_alpha), n_seqs=n_seqs, seq_len=seq_len, cu_seqlens=cu_seqlens)
+        weights = weights.reshape(-1).contiguous()
+        aggregation = "weighted_sum"
+    seq_weights = None
+    if use_weighting:
+        if log_sum_sq is None:
+            raise ValueError("pref_kernels: use_weighting (WPO) needs log_sum_sq, the per-token log sum p^2")
+        seq_weights = wpo_weights(logp, log_sum_sq, mask, n_seqs=n_seqs, seq_len=seq_len, cu_seqlens=cu_seqlens)
+    return preference_loss(logp, terms, mask=mask, weights=weights, ref_logp=ref_logp, ref_seq=ref_seq, n_seqs=n_seqs,
                            seq_len=seq_len, cu_seqlens=cu_seqlens, f_divergence_type=f_divergence_type,
-                           f_alpha_divergence_coef=f_alpha_divergence_coef, return_pairs=return_pairs)
+                           f_alpha_divergence_coef=f_alpha_divergence_coef, aggregation=aggregation,
+                           return_pairs=return_pairs, seq_weights=seq_weights)
 
 
 def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, scale: Optional[float] = None):

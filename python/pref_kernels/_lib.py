@@ -36,7 +36,7 @@ _SIGNATURES = {
     "prefk_init": [_i32],
     "prefk_token_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32],
     "prefk_token_logprobs_backward_entropy": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 5 + [_f32],
-    "prefk_preference_loss": [_i32, _u64] + [_u64] * 5 + [_i64, _u64, _i64, _i64, _u64, _u64, _i64]
+    "prefk_preference_loss": [_i32, _u64] + [_u64] * 6 + [_i64, _u64, _i64, _i64, _u64, _u64, _i64]
     + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32, _f32] + [_u64] * 5,
     "prefk_prefix_layout": [ctypes.POINTER(_i64)] * 3 + [_i64, ctypes.POINTER(_i64), ctypes.POINTER(_i64),
                                                           ctypes.POINTER(_i32), ctypes.POINTER(_i32)],

@@ -236,14 +236,15 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
                     ref_seq: Optional[Tensor], cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int,
                     chosen: Optional[Tensor], rejected: Optional[Tensor], kinds: List[int],
                     term_weights: List[float], betas: List[float], p0: List[float], p1: List[float],
-                    flags: List[int], divergence: int, alpha: float, aggregation: int
-                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                    flags: List[int], divergence: int, alpha: float, aggregation: int,
+                    seq_weights: Optional[Tensor] = None) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The fused preference loss on per-token log-probs [T] (f32): returns (loss [] f32, metrics [16]
     in METRIC_NAMES order, per-pair values [P, 6] in PAIR_COLUMN_NAMES order, dloss/dlogp [T]).
     Padded layout (cu_seqlens None: n_seqs x seq_len) or packed (cu_seqlens [n_seqs + 1] int32);
-    pairs first-half-chosen (chosen None) or explicit int32 index vectors."""
+    pairs first-half-chosen (chosen None) or explicit int32 index vectors; `seq_weights` [S] are
+    WPO's detached sequence weights (every pair's loss times w_c w_r)."""
     t = _token_batch(logp, cu_seqlens, n_seqs, (("mask", mask), ("weights", weights), ("ref_logp", ref_logp)),
-                     (("ref_seq", ref_seq),))
+                     (("ref_seq", ref_seq), ("seq_weights", seq_weights)))
     for name, x in (("chosen", chosen), ("rejected", rejected)):
         _dtype(name, x, (torch.int32,))
         _contiguous(name, x)
@@ -260,10 +261,10 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
     work = torch.empty(max(work_len, 1), dtype=torch.float32, device=dev)
     status = _status(logp)
     mask_u8 = _as_u8(mask)
-    with host_memory([logp, mask_u8, weights, ref_logp, ref_seq, cu_seqlens, chosen, rejected, status],
+    with host_memory([logp, mask_u8, weights, ref_logp, ref_seq, seq_weights, cu_seqlens, chosen, rejected, status],
                      [metrics, pair_out, grad, work]):
         call("prefk_preference_loss", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights),
-             ptr(ref_logp), ptr(ref_seq), t, ptr(cu_seqlens), n_seqs, seq_len, ptr(chosen), ptr(rejected), n_pairs,
+             ptr(ref_logp), ptr(ref_seq), ptr(seq_weights), t, ptr(cu_seqlens), n_seqs, seq_len, ptr(chosen), ptr(rejected), n_pairs,
              terms, len(kinds), divergence, alpha, aggregation, 1.0, ptr(pair_out), ptr(metrics), ptr(grad),
              ptr(work), ptr(status))
     check_status(status, dev.type == "cpu")
@@ -272,7 +273,7 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
 
 @preference_loss.register_fake
 def _(logp, mask, weights, ref_logp, ref_seq, cu_seqlens, n_seqs, seq_len, chosen, rejected, kinds, term_weights,
-      betas, p0, p1, flags, divergence, alpha, aggregation):
+      betas, p0, p1, flags, divergence, alpha, aggregation, seq_weights=None):
     n_pairs = n_seqs // 2 if chosen is None else chosen.shape[0]
     return (logp.new_empty(()), logp.new_empty(METRICS_LEN), logp.new_empty((n_pairs, PAIR_COLUMNS)),
             torch.empty_like(logp))
@@ -287,7 +288,7 @@ def _preference_loss_setup(ctx, inputs, output):
 def _preference_loss_grad(ctx, grad_loss, _m, _p, _g):
     (grad,) = ctx.saved_tensors
     g = grad * grad_loss if grad_loss is not None else torch.zeros_like(grad)
-    return (g,) + (None,) * 18
+    return (g,) + (None,) * 19
 
 
 torch.library.register_autograd("pref_kernels::preference_loss", _preference_loss_grad,

@@ -7,10 +7,12 @@ returns per-token log-probs without logits), the reference log-probs (precompute
 reference model / PEFT adapter, through `DPOTrainer.compute_ref_log_probs`), and the metrics read
 from the model outputs (entropy, token counts, mean logits, token accuracy).
 
-Refused, with the reason, at patch time: loss types pref-kernels does not serve (`aot`,
-`aot_unpaired`, `sigmoid_norm`), WPO weighting (`use_weighting`), LD-DPO (`ld_alpha`), and `ipo` with
-an f-divergence other than reverse KL (TRL's shifted scores do not cancel in IPO's length-normalized
-difference, so the crate's scores would give a different loss).
+Every TRL 1.16 `loss_type` is served, with WPO weighting (`use_weighting`: the weights come from
+the fused head's `log_sum_sq_probs`, as TRL's) and LD-DPO (`ld_alpha`: the policy's tokens past the
+shorter side weigh `ld_alpha`; TRL's reference sums are weighted the same way). Refused, with the
+reason, at patch time: `ipo` with an f-divergence other than reverse KL (TRL's shifted scores do
+not cancel in IPO's length-normalized difference, so the crate's scores would give a different
+loss).
 
     from trl import DPOTrainer
     from pref_kernels.trl import use_pref_kernels
@@ -37,10 +39,6 @@ def unsupported_reason(trainer):
     for t in trainer.loss_types:
         if t not in TRL_LOSS_TYPES:
             return f"loss_type {t!r} is not served (supported: {', '.join(TRL_LOSS_TYPES)})"
-    if getattr(trainer, "use_weighting", False):
-        return "WPO weighting (use_weighting=True) needs per-token log sum p^2, which the fused loss does not take"
-    if getattr(trainer, "ld_alpha", None) is not None:
-        return "LD-DPO (ld_alpha) splits sequences at the shared length, which the fused loss does not do"
     if "ipo" in trainer.loss_types and trainer.f_divergence_type != "reverse_kl":
         return "ipo with an f-divergence other than reverse_kl (TRL's score offsets do not cancel there)"
     return None
@@ -104,12 +102,16 @@ def _compute_loss(self, model, inputs, return_outputs):
         ref_chosen, ref_rejected = self.compute_ref_log_probs(ref_model, inputs)
 
     n_seqs = per_token_logps.size(0)
+    log_sum_sq = None
+    if self.use_weighting:
+        log_sum_sq = outputs.log_sum_sq_probs[:, -seq_len:].float().reshape(-1).contiguous()
     loss, metrics = dpo_loss(
         per_token_logps.float().reshape(-1).contiguous(), mask.reshape(-1).to(torch.uint8).contiguous(),
         ref_seq=torch.cat([ref_chosen, ref_rejected]).float().contiguous(), n_seqs=n_seqs, seq_len=seq_len,
         loss_type=list(self.loss_types), loss_weights=list(self.loss_weights), beta=self.beta,
         label_smoothing=self.label_smoothing, discopop_tau=self.args.discopop_tau,
-        f_divergence_type=self.f_divergence_type, f_alpha_divergence_coef=self.f_alpha_divergence_coef)
+        f_divergence_type=self.f_divergence_type, f_alpha_divergence_coef=self.f_alpha_divergence_coef,
+        ld_alpha=self.ld_alpha, use_weighting=self.use_weighting, log_sum_sq=log_sum_sq)
 
     if self.aux_loss_enabled:
         loss = loss + self.router_aux_loss_coef * outputs.aux_loss

@@ -448,6 +448,9 @@ fn loss_of(t: &PrefkLossTerm) -> Result<Loss> {
             seq_norm: if t.flags & 0x100 != 0 { ReduceMode::WeightedSum } else { ReduceMode::WeightedMean },
         },
         16 => Loss::Nll,
+        17 => Loss::SigmoidNorm { beta },
+        18 => Loss::Aot { beta, label_smoothing: t.p0 },
+        19 => Loss::AotUnpaired { beta, label_smoothing: t.p0 },
         k => {
             return Err(invalid(
                 "kind",
@@ -491,6 +494,7 @@ unsafe fn loss_config(
 /// The preference loss on per-token log-probs ([`Gpu::preference_loss_raw`]). `cu_seqlens` 0
 /// selects the padded layout (`seq_len` tokens per sequence); `chosen` 0 selects first-half-chosen
 /// pairs. `aggregation` is the DPO-family `ReduceMode` code, `divergence` the `PREFK_DIV_*` code.
+/// `seq_weights` (`[S]` f32, or 0) are WPO's detached sequence weights.
 ///
 /// # Safety
 /// As [`Gpu::preference_loss_raw`]; `terms` points to `n_terms` host structs.
@@ -504,6 +508,7 @@ pub unsafe extern "C" fn prefk_preference_loss(
     weights: u64,
     ref_logp: u64,
     ref_seq: u64,
+    seq_weights: u64,
     n_tokens: i64,
     cu_seqlens: u64,
     n_seqs: i64,
@@ -533,7 +538,7 @@ pub unsafe extern "C" fn prefk_preference_loss(
             RawPairs::Explicit { chosen, rejected, n_pairs: size("n_pairs", n_pairs)? }
         };
         let tokens = SeqReducePtrs { logp, mask, weights, ref_logp };
-        let ptrs = PairLossPtrs { ref_seq, pair_out, metrics, grad_logp, workspace, status };
+        let ptrs = PairLossPtrs { ref_seq, seq_weights, pair_out, metrics, grad_logp, workspace, status };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.preference_loss_raw(
@@ -1076,12 +1081,12 @@ mod tests {
         let term = PrefkLossTerm { kind: 99, ..Default::default() };
         let rc = unsafe {
             prefk_preference_loss(
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, &term, 1, 0, 0.0, 0, 1.0, 0, 0, 0, 0, 0,
+                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, &term, 1, 0, 0.0, 0, 1.0, 0, 0, 0, 0, 0,
             )
         };
         assert_eq!(rc, -1);
         assert!(last().contains("unknown loss kind"), "{}", last());
-        assert_eq!(prefk_preference_loss_workspace_len(4, 2), 4 * 13 + 2 * 6);
+        assert_eq!(prefk_preference_loss_workspace_len(4, 2), 4 * 13 + 2 * (6 + 8));
     }
 
     #[test]

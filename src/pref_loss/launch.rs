@@ -122,6 +122,9 @@ pub struct PairLossPtrs {
     /// `[S]` f32 per-sequence reference scores, or 0 (then `tokens.ref_logp` must be given for
     /// losses that need a reference).
     pub ref_seq: u64,
+    /// `[S]` f32 detached sequence weights (WPO, [`super::reference::wpo_weights`]), or 0: every
+    /// pair's loss is multiplied by `w_c · w_r`.
+    pub seq_weights: u64,
     /// Output `[n_pairs, PAIR_COLUMNS]` f32, or 0.
     pub pair_out: u64,
     /// Output `[METRICS_LEN]` f32 (required).
@@ -134,12 +137,20 @@ pub struct PairLossPtrs {
     pub status: u64,
 }
 
-/// f32 elements of workspace the raw loss needs: statistics, sequence and pair coefficients.
+/// f32 elements of workspace the raw loss needs: statistics, sequence and pair coefficients, and
+/// the AOT sort columns.
 pub fn preference_loss_workspace_len(n_seqs: usize, n_pairs: usize) -> usize {
     // Saturating: an impossible size stays impossible (allocation and validation refuse it)
     // instead of wrapping to a small one.
-    n_seqs.saturating_mul(SEQ_STATS_LEN + 3).saturating_add(n_pairs.saturating_mul(6))
+    n_seqs
+        .saturating_mul(SEQ_STATS_LEN + 3)
+        .saturating_add(n_pairs.saturating_mul(PAIR_COEF_LEN + PAIR_SORT_LEN))
 }
+
+/// Workspace f32 per pair: gradient coefficients (`PREFK_PAIR_COEF`).
+const PAIR_COEF_LEN: usize = 6;
+/// Workspace f32 per pair: the AOT sort columns (`PREFK_PAIR_SORT`).
+const PAIR_SORT_LEN: usize = 8;
 
 /// Results of the safe loss API (read back to the host).
 #[derive(Debug, Clone, PartialEq)]
@@ -178,6 +189,9 @@ fn term_params(loss: &Loss, weight: f32, cfg: &LossConfig) -> LossTerm {
         Loss::Tgdpo { alpha, .. } => (14, alpha, 0.0, 0),
         Loss::TabPo { tau, lambda, barrier, .. } => (15, tau, lambda, barrier as u32),
         Loss::Nll => (16, 0.0, 0.0, 0),
+        Loss::SigmoidNorm { .. } => (17, 0.0, 0.0, 0),
+        Loss::Aot { label_smoothing, .. } => (18, label_smoothing, 0.0, 0),
+        Loss::AotUnpaired { label_smoothing, .. } => (19, label_smoothing, 0.0, 0),
     };
     LossTerm {
         kind,
@@ -269,6 +283,12 @@ impl Gpu {
                 .into()
         })?;
         let n_seqs = layout.n_seqs();
+        let sorts = cfg.terms.iter().any(|(l, _)| l.sorts_batch());
+        ensure(!sorts || ptrs.seq_weights == 0, "seq_weights", || {
+            "WPO weighting is refused for aot / aot_unpaired, as TRL: they sort samples, which would \
+             misalign per-pair weights"
+                .into()
+        })?;
         let (chosen, rejected, n_pairs) = match pairs {
             RawPairs::FirstHalfChosen => {
                 ensure(n_seqs >= 2 && n_seqs % 2 == 0, "pairs", || {
@@ -283,8 +303,14 @@ impl Gpu {
                 (chosen, rejected, n_pairs)
             }
         };
+        ensure(!sorts || batch.pairs == 0 || batch.pairs == n_pairs, "loss_type", || {
+            "aot / aot_unpaired sort the whole batch; a sub-batch (a chunk of the fused LM head) \
+             cannot evaluate them: give the batch in one call"
+                .into()
+        })?;
         for (name, p, required) in [
             ("ref_seq", ptrs.ref_seq, false),
+            ("seq_weights", ptrs.seq_weights, false),
             ("pair_out", ptrs.pair_out, false),
             ("metrics", ptrs.metrics, true),
             ("grad_logp", ptrs.grad_logp, n_tokens > 0),
@@ -297,6 +323,7 @@ impl Gpu {
         let stats = ptrs.workspace;
         let seq_coef = stats + (n_seqs * SEQ_STATS_LEN * 4) as u64;
         let pair_coef = seq_coef + (n_seqs * 3 * 4) as u64;
+        let pair_sort = pair_coef + (n_pairs * PAIR_COEF_LEN * 4) as u64;
         let stream_ptr = stream;
         // 1. statistics
         // SAFETY: forwarded to the caller.
@@ -343,7 +370,9 @@ impl Gpu {
             terms,
             batch_pairs: batch.pairs as i64,
             batch_nll_count: batch.nll_count,
-            reserved: 0,
+            flags: u32::from(sorts),
+            seq_weights: ptrs.seq_weights,
+            pair_sort,
         };
         // One block evaluates every pair (fixed-order batch metrics).
         // SAFETY: forwarded to the caller; params is the kernel's PairLossParams (layout asserted
@@ -378,10 +407,30 @@ impl Gpu {
         cfg: &LossConfig,
         grad_logp: &mut ViewMut<'_, f32>,
     ) -> Result<PreferenceLossOutputs> {
+        self.preference_loss_weighted(stream, tokens, seqs, pairs, ref_seq, None, cfg, grad_logp)
+    }
+
+    /// [`Gpu::preference_loss`] with WPO's detached sequence weights `seq_weights` (`[S]` f32, from
+    /// [`super::reference::wpo_weights`]'s formula): every pair's loss times `w_c · w_r`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn preference_loss_weighted(
+        &self,
+        stream: &Stream,
+        tokens: &DeviceTokens<'_>,
+        seqs: &DeviceSeqs<'_>,
+        pairs: &DevicePairs<'_>,
+        ref_seq: Option<&View<'_, f32>>,
+        seq_weights: Option<&View<'_, f32>>,
+        cfg: &LossConfig,
+        grad_logp: &mut ViewMut<'_, f32>,
+    ) -> Result<PreferenceLossOutputs> {
         let n_seqs = seqs.n_seqs();
         crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
         if let Some(r) = ref_seq {
             crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
+        }
+        if let Some(w) = seq_weights {
+            crate::token_logprobs::ensure_len("seq_weights", w.len(), n_seqs)?;
         }
         let n_pairs = pairs.n_pairs(n_seqs)?;
         let mut work = stream.alloc_zeros::<f32>(preference_loss_workspace_len(n_seqs, n_pairs).max(1))?;
@@ -396,6 +445,7 @@ impl Gpu {
             let on_device = pairs.on_device(stream, &mut upload)?;
             let raw_pairs = on_device.raw;
             let rs = optional_ptr(stream, ref_seq, &mut guards)?;
+            let sw = optional_ptr(stream, seq_weights, &mut guards)?;
             let (wp, _g0) = work.device_ptr_mut(stream)?;
             let (mp, _g1) = metrics.device_ptr_mut(stream)?;
             let (pp, _g2) = pair_out.device_ptr_mut(stream)?;
@@ -403,6 +453,7 @@ impl Gpu {
             let (sp, _g4) = status.ptr(stream)?;
             let ptrs = PairLossPtrs {
                 ref_seq: rs,
+                seq_weights: sw,
                 pair_out: pp,
                 metrics: mp,
                 grad_logp: gp,
@@ -469,12 +520,20 @@ mod tests {
             (Loss::tgdpo(), "PREFK_LOSS_TGDPO"),
             (Loss::tabpo(), "PREFK_LOSS_TABPO"),
             (Loss::Nll, "PREFK_LOSS_NLL"),
+            (Loss::SigmoidNorm { beta: 0.1 }, "PREFK_LOSS_SIGMOID_NORM"),
+            (Loss::Aot { beta: 0.1, label_smoothing: 0.0 }, "PREFK_LOSS_AOT"),
+            (Loss::AotUnpaired { beta: 0.1, label_smoothing: 0.0 }, "PREFK_LOSS_AOT_UNPAIRED"),
         ];
         for (loss, name) in cases {
-            assert_eq!(term_params(&loss, 1.0, &cfg).kind, define(name), "{name}");
-            // Every DPO-family kind is <= DISCOPOP: the kernel's psi branch relies on it.
-            assert_eq!(loss.is_dpo_family(), define(name) <= define("PREFK_LOSS_DISCOPOP"), "{name}");
+            let kind = term_params(&loss, 1.0, &cfg).kind;
+            assert_eq!(kind, define(name), "{name}");
+            // The kernel's psi branch: kinds <= DISCOPOP and SIGMOID_NORM.
+            let psi_branch =
+                kind <= define("PREFK_LOSS_DISCOPOP") || kind == define("PREFK_LOSS_SIGMOID_NORM");
+            assert_eq!(loss.is_dpo_family(), psi_branch, "{name}");
         }
+        assert_eq!(PAIR_SORT_LEN as u32, define("PREFK_PAIR_SORT"));
+        assert_eq!(PAIR_COEF_LEN as u32, define("PREFK_PAIR_COEF"));
         assert_eq!(define("PREFK_DIV_ALPHA"), 3);
         let tab = term_params(&Loss::tabpo(), 1.0, &cfg);
         assert_eq!((tab.p0, tab.p1, tab.agg), (0.66, 0.5, ReduceMode::WeightedMean as u32));

@@ -23,6 +23,9 @@
 //! | `ApoZero` | 1 − σ(βΔc) + σ(βΔr) (raw Δ) |
 //! | `ApoDown` | σ(βΔc) + 1 − σ(x) |
 //! | `DiscoPop` | (1−μ) softplus(−x) + μ e^{−max(x, −80)}, μ = σ(x/τ) |
+//! | `SigmoidNorm` | softplus(−β(ψ(Δc)/Nc − ψ(Δr)/Nr)), N = max(count, 1) |
+//! | `Aot` | ℓ_ε(β(m_(k) − m^ref_(k))) at the pair's rank k of its margin m = Sc − Sr among the batch's |
+//! | `AotUnpaired` | ℓ_ε(β(Δc_(k) − Δr_(k))): chosen and rejected log-ratios sorted apart, matched by rank |
 //! | `SimPo` | sigmoid/hinge on β(S̄c − S̄r) − γ with mean scores, no reference |
 //! | `Cpo` | sigmoid/hinge on β(Sc − Sr) with sum scores, no reference |
 //! | `Orpo` | −β log σ(lo), lo = (S̄c − S̄r) − (log(1−e^{S̄c}) − log(1−e^{S̄r})) |
@@ -30,16 +33,24 @@
 //! | `TabPo` | softplus(−β z) with weighted-mean scores, + λ · barrier on under-confident chosen tokens |
 //! | `Nll` | −Σ_chosen m logp / Σ_chosen m (token mean over the batch; not divided by pairs) |
 //!
+//! with ℓ_ε(x) = (1−ε) softplus(−x) + ε softplus(x) and m^ref_(k) the k-th smallest reference
+//! margin (TRL's `torch.sort` over the batch; ties by pair index). AOT couples the pairs of a batch,
+//! so the per-pair loss column holds the value at the pair's rank (the mean is TRL's).
+//!
 //! The batch loss is `L = Σ_k weight_k · mean_pairs φ_k` (NLL: its batch value), as TRL combines
-//! `loss_type` lists with `loss_weights`.
+//! `loss_type` lists with `loss_weights`. With WPO sequence weights ω (TRL `use_weighting`), every
+//! pair's φ_k is multiplied by the detached ω_c ω_r (the NLL term by their batch mean, as TRL's
+//! expanded `sft` loss), see [`wpo_weights`](reference::wpo_weights).
 use crate::error::{ensure, Result};
 use crate::seq_reduce::ReduceMode;
 
 pub(crate) mod launch;
+pub mod ld_weights;
 pub mod reference;
 pub mod tabpo_weights;
 
 pub use launch::{preference_loss_workspace_len, DevicePairs, PairLossPtrs, PreferenceLossOutputs, RawPairs};
+pub use ld_weights::ld_weights;
 
 /// The f-divergence transform ψ applied to log-ratios Δ by the DPO-family terms (TRL
 /// `f_divergence_type`).
@@ -136,6 +147,25 @@ pub enum Loss {
         /// τ (default 0.05).
         tau: f32,
     },
+    /// TRL `sigmoid_norm`: DPO on per-side length-normalized (transformed) log-ratios.
+    SigmoidNorm {
+        /// β.
+        beta: f32,
+    },
+    /// AOT (`aot`): the sorted policy margins against the sorted reference margins of the batch.
+    Aot {
+        /// β.
+        beta: f32,
+        /// ε in [0, 0.5) (TRL `label_smoothing`).
+        label_smoothing: f32,
+    },
+    /// AOT unpaired (`aot_unpaired`): sorted chosen against sorted rejected log-ratios.
+    AotUnpaired {
+        /// β.
+        beta: f32,
+        /// ε in [0, 0.5).
+        label_smoothing: f32,
+    },
     /// SimPO: reference-free, mean scores, margin γ.
     SimPo {
         /// β (default 2.0).
@@ -224,6 +254,9 @@ impl Loss {
             | Loss::ApoZero { beta }
             | Loss::ApoDown { beta }
             | Loss::DiscoPop { beta, .. }
+            | Loss::SigmoidNorm { beta }
+            | Loss::Aot { beta, .. }
+            | Loss::AotUnpaired { beta, .. }
             | Loss::SimPo { beta, .. }
             | Loss::Cpo { beta, .. }
             | Loss::Orpo { beta }
@@ -236,6 +269,12 @@ impl Loss {
     /// True for terms that need reference log-probs.
     pub fn needs_reference(&self) -> bool {
         !matches!(self, Loss::SimPo { .. } | Loss::Cpo { .. } | Loss::Orpo { .. } | Loss::Nll)
+    }
+
+    /// True for the terms that sort the batch (aot, aot_unpaired): one pair's loss depends on
+    /// every other pair's.
+    pub fn sorts_batch(&self) -> bool {
+        matches!(self, Loss::Aot { .. } | Loss::AotUnpaired { .. })
     }
 
     /// True for the DPO-family terms that use the configurable aggregation and ψ.
@@ -253,6 +292,7 @@ impl Loss {
                 | Loss::ApoZero { .. }
                 | Loss::ApoDown { .. }
                 | Loss::DiscoPop { .. }
+                | Loss::SigmoidNorm { .. }
         )
     }
 
@@ -286,7 +326,9 @@ impl Loss {
             Loss::Sigmoid { label_smoothing, .. }
             | Loss::Robust { label_smoothing, .. }
             | Loss::SimPo { label_smoothing, .. }
-            | Loss::Cpo { label_smoothing, .. } => smoothing(label_smoothing)?,
+            | Loss::Cpo { label_smoothing, .. }
+            | Loss::Aot { label_smoothing, .. }
+            | Loss::AotUnpaired { label_smoothing, .. } => smoothing(label_smoothing)?,
             Loss::ExoPair { epsilon, .. } => ensure(epsilon > 0.0 && epsilon < 0.5, "epsilon", || {
                 format!("exo_pair needs 0 < epsilon < 0.5, got {epsilon}")
             })?,
@@ -347,7 +389,8 @@ pub struct LossConfig {
     /// `(term, weight)`; `L = Σ weight · term`. 1 to [`MAX_LOSS_TERMS`] terms; at most one TAB-PO.
     pub terms: Vec<(Loss, f32)>,
     /// ψ for the DPO-family terms (default reverse KL), TRL's full transforms; refused (as TRL)
-    /// for `nca_pair`, `bco_pair`, `sppo_hard`, `apo_zero` and `apo_down` unless reverse KL.
+    /// for `nca_pair`, `bco_pair`, `sppo_hard`, `apo_zero`, `apo_down`, `aot` and
+    /// `aot_unpaired` unless reverse KL.
     pub divergence: FDivergence,
     /// Sequence aggregation of the DPO-family terms: `Sum` (default, DPO), `WeightedSum`
     /// (TIS-DPO-style token-weighted DPO), `WeightedMean`, or `Mean`.
@@ -450,6 +493,8 @@ impl LossConfig {
                     Loss::SppoHard { .. } => "sppo_hard",
                     Loss::ApoDown { .. } => "apo_down",
                     Loss::ApoZero { .. } => "apo_zero",
+                    Loss::Aot { .. } => "aot",
+                    Loss::AotUnpaired { .. } => "aot_unpaired",
                     _ => continue,
                 };
                 return Err(crate::error::invalid(

@@ -137,6 +137,12 @@ pub(crate) fn pair_term(
                 let dx = if x < 1.0 { -1.0 } else { 0.0 };
                 ((1.0 - x).max(0.0), beta * dx, -beta * dx)
             }
+            Loss::SigmoidNorm { .. } => {
+                let (nc, nr) = (c.count.max(1.0), r.count.max(1.0));
+                let y = beta * (pc / nc - pr / nr);
+                let dy = -sigmoid(-y);
+                (softplus(-y), beta * dy / nc, -beta * dy / nr)
+            }
             Loss::Ipo { .. } => {
                 let (nc, nr) = (c.count.max(1.0), r.count.max(1.0));
                 let h = pc / nc - pr / nr - 1.0 / (2.0 * beta);
@@ -278,6 +284,95 @@ pub(crate) fn pair_term(
     out
 }
 
+/// The stable ranks of `v` (ties by index), as `torch.sort` orders distinct values.
+fn stable_ranks(v: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..v.len()).collect();
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]).then(a.cmp(&b)));
+    let mut rank = vec![0; v.len()];
+    for (k, &i) in order.iter().enumerate() {
+        rank[i] = k;
+    }
+    rank
+}
+
+/// An AOT term for every pair: TRL sorts the batch's margins (`aot`) or log-ratios
+/// (`aot_unpaired`) and matches them by rank; pair i gets the loss at its own rank and the
+/// gradient that `torch.sort`'s backward routes to it.
+fn aot_terms(
+    loss: &Loss,
+    cfg: &LossConfig,
+    stats: &[SeqStats],
+    pairs: &[(usize, usize)],
+    ref_seq: Option<&[f32]>,
+) -> Vec<TermOut> {
+    let agg = loss.aggregation(cfg.aggregation);
+    let beta = loss.beta() as f64;
+    let (Loss::Aot { label_smoothing, .. } | Loss::AotUnpaired { label_smoothing, .. }) = *loss else {
+        unreachable!()
+    };
+    let e = label_smoothing as f64;
+    let logistic = |x: f64| ((1.0 - e) * softplus(-x) + e * softplus(x), e - sigmoid(-x));
+    let score = |s: usize| stats[s].score(agg);
+    let reference = |s: usize| ref_seq.map_or_else(|| stats[s].ref_score(agg), |r| r[s] as f64);
+    let margin: Vec<f64> = pairs.iter().map(|&(c, r)| score(c) - score(r)).collect();
+    let ref_margin: Vec<f64> = pairs.iter().map(|&(c, r)| reference(c) - reference(r)).collect();
+    let dc: Vec<f64> = pairs.iter().map(|&(c, _)| score(c) - reference(c)).collect();
+    let dr: Vec<f64> = pairs.iter().map(|&(_, r)| score(r) - reference(r)).collect();
+    let sorted_at = |v: &[f64]| {
+        let rank = stable_ranks(v);
+        let mut sorted = vec![0.0; v.len()];
+        for (i, &k) in rank.iter().enumerate() {
+            sorted[k] = v[i];
+        }
+        (rank, sorted)
+    };
+    let (rank_m, _) = sorted_at(&margin);
+    let (_, ref_sorted) = sorted_at(&ref_margin);
+    let (rank_c, dc_sorted) = sorted_at(&dc);
+    let (rank_r, dr_sorted) = sorted_at(&dr);
+    pairs
+        .iter()
+        .enumerate()
+        .map(|(i, &(c, r))| {
+            let (phi, g_c, g_r) = if matches!(loss, Loss::Aot { .. }) {
+                let (phi, dx) = logistic(beta * (margin[i] - ref_sorted[rank_m[i]]));
+                (phi, beta * dx, -beta * dx)
+            } else {
+                let (phi, dx_c) = logistic(beta * (dc[i] - dr_sorted[rank_c[i]]));
+                let (_, dx_r) = logistic(beta * (dc_sorted[rank_r[i]] - dr[i]));
+                (phi, beta * dx_c, -beta * dx_r)
+            };
+            let (k_c, k_r) = (stats[c].token_coef(agg), stats[r].token_coef(agg));
+            TermOut {
+                phi,
+                coef_c: [g_c * k_c.0, g_c * k_c.1, 0.0],
+                coef_r: [g_r * k_r.0, g_r * k_r.1, 0.0],
+                reward_c: beta * dc[i],
+                reward_r: beta * dr[i],
+                score_c: score(c),
+                score_r: score(r),
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+/// WPO's sequence weights (TRL `use_weighting`, Eq. 2 of the paper): `w_s = exp(Σ_t m_t (ℓ_t −
+/// log Σ_v p_v²) / max(N_s, 1))` from the per-token log-probs and `log_sum_sq` = log Σ_v p_v² of
+/// each token's distribution (the logits pass's optional output). Detached: no gradient flows
+/// through them.
+pub fn wpo_weights(tokens: &TokenInputs, log_sum_sq: &[f32], layout: &SeqLayout) -> Result<Vec<f64>> {
+    tokens.validate(layout)?;
+    crate::token_logprobs::ensure_len("log_sum_sq", log_sum_sq.len(), tokens.n_tokens())?;
+    Ok((0..layout.n_seqs())
+        .map(|s| {
+            let ts: Vec<usize> = layout.range(s).filter(|&t| tokens.mask.is_none_or(|m| m[t] != 0)).collect();
+            let sum: Vec<f64> = ts.iter().map(|&t| tokens.logp[t] as f64 - log_sum_sq[t] as f64).collect();
+            (crate::numeric::pairwise_sum(&sum) / (ts.len() as f64).max(1.0)).exp()
+        })
+        .collect())
+}
+
 /// Loss, metrics and per-token gradient of a preference batch (f64 reference).
 ///
 /// `tokens.ref_logp` (per token) or `ref_seq` (per sequence, aggregated as the terms aggregate
@@ -287,6 +382,20 @@ pub fn forward_backward(
     layout: &SeqLayout,
     pairs: &Pairs,
     ref_seq: Option<&[f32]>,
+    cfg: &LossConfig,
+) -> Result<PrefLossRef> {
+    forward_backward_weighted(tokens, layout, pairs, ref_seq, None, cfg)
+}
+
+/// [`forward_backward`] with WPO's detached sequence weights (`[S]`, [`wpo_weights`]): every
+/// pair's loss times `w_c · w_r`, the NLL term times their batch mean (TRL multiplies its expanded
+/// `sft` loss too). Refused with the AOT terms, as TRL.
+pub fn forward_backward_weighted(
+    tokens: &TokenInputs,
+    layout: &SeqLayout,
+    pairs: &Pairs,
+    ref_seq: Option<&[f32]>,
+    seq_weights: Option<&[f32]>,
     cfg: &LossConfig,
 ) -> Result<PrefLossRef> {
     let source = RefSource::from_given(tokens.ref_logp.is_some(), ref_seq.is_some())?;
@@ -302,7 +411,24 @@ pub fn forward_backward(
     if cfg.needs_weights() {
         ensure(tokens.weights.is_some(), "weights", || "these losses read token weights; none given".into())?;
     }
+    if let Some(w) = seq_weights {
+        crate::token_logprobs::ensure_len("seq_weights", w.len(), n_seqs)?;
+        ensure(!cfg.terms.iter().any(|(l, _)| l.sorts_batch()), "seq_weights", || {
+            "WPO weighting is refused for aot / aot_unpaired, as TRL".into()
+        })?;
+    }
     let n_pairs = pairs.n_pairs(n_seqs);
+    let pair_list: Vec<(usize, usize)> = (0..n_pairs).map(|i| pairs.pair(i, n_seqs)).collect();
+    let pair_weight = |i: usize| {
+        let (c, r) = pair_list[i];
+        seq_weights.map_or(1.0, |w| w[c] as f64 * w[r] as f64)
+    };
+    let nll_weight_mean = (0..n_pairs).map(pair_weight).sum::<f64>() / n_pairs as f64;
+    let aot: Vec<Option<Vec<TermOut>>> = cfg
+        .terms
+        .iter()
+        .map(|(l, _)| l.sorts_batch().then(|| aot_terms(l, cfg, &stats, &pair_list, ref_seq)))
+        .collect();
     let inv_p = 1.0 / n_pairs as f64;
     let scale = cfg.grad_scale as f64;
     let mut seq_coef = vec![[0.0f64; 3]; n_seqs];
@@ -334,11 +460,18 @@ pub fn forward_backward(
             let w = *weight as f64;
             if matches!(loss, Loss::Nll) {
                 if nll_den > 0.0 {
-                    seq_coef[ci][0] -= scale * w / nll_den;
+                    seq_coef[ci][0] -= scale * w * nll_weight_mean / nll_den;
                 }
                 continue;
             }
-            let t = pair_term(loss, cfg, &stats[ci], &stats[ri], refs);
+            let mut t = match &aot[k] {
+                Some(terms) => terms[i],
+                None => pair_term(loss, cfg, &stats[ci], &stats[ri], refs),
+            };
+            let pw = pair_weight(i);
+            t.phi *= pw;
+            t.barrier_loss *= pw;
+            t.coef_c.iter_mut().chain(t.coef_r.iter_mut()).for_each(|g| *g *= pw);
             pair_loss += w * t.phi;
             let g = scale * w * inv_p;
             for (dst, src) in seq_coef[ci].iter_mut().zip(t.coef_c) {
@@ -375,7 +508,12 @@ pub fn forward_backward(
     m[10] = if chosen_tokens > 0.0 { gated / chosen_tokens } else { 0.0 };
     m[0] = m[1]
         + m[9]
-        + cfg.terms.iter().filter(|(l, _)| matches!(l, Loss::Nll)).map(|(_, w)| *w as f64 * nll).sum::<f64>();
+        + cfg
+            .terms
+            .iter()
+            .filter(|(l, _)| matches!(l, Loss::Nll))
+            .map(|(_, w)| *w as f64 * nll_weight_mean * nll)
+            .sum::<f64>();
     out.loss = m[0];
 
     let log_tau = cfg.log_tau();

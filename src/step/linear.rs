@@ -221,6 +221,8 @@ impl Gpu {
                 };
                 let ptrs = PairLossPtrs {
                     ref_seq: if ref_seq_p != 0 { rl_p } else { 0 },
+                    // WPO needs log sum p^2 per token, which the fused head does not produce yet.
+                    seq_weights: 0,
                     pair_out: po_p + (pairs.start * PAIR_COLUMNS * 4) as u64,
                     metrics: m_p + (c * METRICS_LEN * 4) as u64,
                     grad_logp: lp.work.grad_logp,

@@ -295,6 +295,7 @@ impl Gpu {
                     SeqReducePtrs { logp: tok.logp, mask: mask_p, weights: weights_p, ref_logp: ref_p };
                 let ptrs = PairLossPtrs {
                     ref_seq: ref_seq_p,
+                    seq_weights: 0,
                     pair_out: pair_p,
                     metrics: metrics_p,
                     grad_logp: tok.grad_logp,

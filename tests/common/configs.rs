@@ -18,6 +18,22 @@ pub fn all_configs() -> Vec<(&'static str, LossConfig)> {
         ("apo_zero", s(Loss::ApoZero { beta: 0.3 })),
         ("apo_down", s(Loss::ApoDown { beta: 0.3 })),
         ("discopop", s(Loss::DiscoPop { beta: 0.3, tau: 0.05 })),
+        ("sigmoid_norm", s(Loss::SigmoidNorm { beta: 0.3 })),
+        ("aot", s(Loss::Aot { beta: 0.3, label_smoothing: 0.0 })),
+        ("aot_smoothed", s(Loss::Aot { beta: 0.3, label_smoothing: 0.2 })),
+        ("aot_unpaired", s(Loss::AotUnpaired { beta: 0.3, label_smoothing: 0.1 })),
+        (
+            "aot_mix_wsum",
+            LossConfig {
+                terms: vec![
+                    (Loss::Aot { beta: 0.2, label_smoothing: 0.0 }, 0.5),
+                    (Loss::AotUnpaired { beta: 0.4, label_smoothing: 0.0 }, 0.5),
+                    (Loss::Nll, 0.3),
+                ],
+                aggregation: ReduceMode::WeightedSum,
+                ..LossConfig::dpo(0.2)
+            },
+        ),
         ("simpo", s(Loss::simpo())),
         ("simpo_hinge", s(Loss::SimPo { beta: 2.0, gamma: 0.5, label_smoothing: 0.0, hinge: true })),
         ("cpo", LossConfig::cpo(0.2, 1.0)),
@@ -70,6 +86,7 @@ pub fn all_configs() -> Vec<(&'static str, LossConfig)> {
         // apo_down refuse a divergence other than reverse KL, as TRL 1.16.
         v.push((name, LossConfig { divergence: div, ..s(Loss::ExoPair { beta: 0.3, epsilon: 1e-3 }) }));
         v.push((name, LossConfig { divergence: div, ..s(Loss::DiscoPop { beta: 0.3, tau: 0.05 }) }));
+        v.push((name, LossConfig { divergence: div, ..s(Loss::SigmoidNorm { beta: 0.3 }) }));
     }
     v
 }

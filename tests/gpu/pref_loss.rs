@@ -12,7 +12,7 @@
 //! - step d/dlogits: as the token log-probs backward (tests/gpu/token_logprobs.rs) with the
 //!   reference fed the GPU's own per-token log-probs.
 use half::bf16;
-use pref_kernels::pref_loss::reference::forward_backward;
+use pref_kernels::pref_loss::reference::{forward_backward, forward_backward_weighted};
 use pref_kernels::pref_loss::{DevicePairs, FDivergence, Loss, LossConfig, Pairs};
 use pref_kernels::seq_reduce::reference::{reduce, reduce_backward};
 use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs};
@@ -152,6 +152,7 @@ fn check_loss(
     d: &DeviceBatch,
     pairs: (&[i32], &[i32]),
     cfg: &LossConfig,
+    seq_w: Option<&[f32]>,
 ) -> Vec<u32> {
     let s = gpu.default_stream();
     let with_ref = cfg.needs_reference();
@@ -165,7 +166,19 @@ fn check_loss(
     let (dc, dr) = (s.clone_htod(pairs.0).unwrap(), s.clone_htod(pairs.1).unwrap());
     let dpairs = DevicePairs::Explicit { chosen: dc.as_view(), rejected: dr.as_view() };
     let mut grad = s.clone_htod(&vec![-7777.0f32; h.logp.len()]).unwrap();
-    let out = gpu.preference_loss(&s, &tokens, &seqs, &dpairs, None, cfg, &mut grad.as_view_mut()).unwrap();
+    let dw = seq_w.map(|w| s.clone_htod(w).unwrap());
+    let out = gpu
+        .preference_loss_weighted(
+            &s,
+            &tokens,
+            &seqs,
+            &dpairs,
+            None,
+            dw.as_ref().map(|w| w.as_view()).as_ref(),
+            cfg,
+            &mut grad.as_view_mut(),
+        )
+        .unwrap();
     let got = s.clone_dtoh(&grad).unwrap();
     let host = TokenInputs {
         logp: &h.logp,
@@ -173,11 +186,12 @@ fn check_loss(
         weights: Some(&h.weights),
         ref_logp: with_ref.then_some(&h.ref_logp[..]),
     };
-    let want = forward_backward(
+    let want = forward_backward_weighted(
         &host,
         &SeqLayout::Packed { cu_seqlens: &h.cu },
         &Pairs::Explicit { chosen: pairs.0, rejected: pairs.1 },
         None,
+        seq_w,
         cfg,
     )
     .unwrap();
@@ -216,9 +230,16 @@ fn loss_parity_every_config(gpu: &Gpu, seed: u64) {
     chosen.extend([0, 7, 7, 39]);
     rejected.extend([39, 20, 21, 5]);
     for (name, cfg) in configs::all_configs() {
-        let a = check_loss(name, gpu, &h, &d, (&chosen, &rejected), &cfg);
-        let b = check_loss(name, gpu, &h, &d, (&chosen, &rejected), &cfg);
+        let a = check_loss(name, gpu, &h, &d, (&chosen, &rejected), &cfg, None);
+        let b = check_loss(name, gpu, &h, &d, (&chosen, &rejected), &cfg, None);
         assert_eq!(a, b, "{name}: gradients differ run to run");
+    }
+    // WPO sequence weights (every pair's loss times w_c w_r, the NLL term times their mean).
+    let seq_w: Vec<f32> = (0..40).map(|_| r.random_range(0.05f32..1.0)).collect();
+    for (name, cfg) in configs::all_configs() {
+        if ["sigmoid", "ipo", "tabpo", "mpo_mix", "sigmoid_norm", "orpo"].contains(&name) {
+            check_loss(&format!("{name}+wpo"), gpu, &h, &d, (&chosen, &rejected), &cfg, Some(&seq_w));
+        }
     }
 }
 
@@ -301,7 +322,7 @@ fn loss_edges(gpu: &Gpu, _seed: u64) {
     let d = upload(gpu, &h);
     let chosen: Vec<i32> = (0..4).collect();
     let rejected: Vec<i32> = (4..8).collect();
-    check_loss("tabpo metrics", gpu, &h, &d, (&chosen, &rejected), &LossConfig::tabpo());
+    check_loss("tabpo metrics", gpu, &h, &d, (&chosen, &rejected), &LossConfig::tabpo(), None);
 }
 
 fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
@@ -395,8 +416,15 @@ fn bad_offsets_give_zero_gradients(gpu: &Gpu, seed: u64) {
         let (mp, _f) = metrics.device_ptr_mut(&s).unwrap();
         let (sp, _g) = status.device_ptr_mut(&s).unwrap();
         let tokens = SeqReducePtrs { logp: lp, mask: 0, weights: 0, ref_logp: rp };
-        let ptrs =
-            PairLossPtrs { ref_seq: 0, pair_out: 0, metrics: mp, grad_logp: gp, workspace: wp, status: sp };
+        let ptrs = PairLossPtrs {
+            ref_seq: 0,
+            seq_weights: 0,
+            pair_out: 0,
+            metrics: mp,
+            grad_logp: gp,
+            workspace: wp,
+            status: sp,
+        };
         let layout = DeviceSeqLayout::Packed { cu_seqlens: cp, n_seqs: 2 };
         // SAFETY: live buffers of the documented sizes on this stream.
         unsafe {
