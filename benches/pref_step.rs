@@ -118,6 +118,7 @@ fn gpu_benches(c: &mut Criterion) {
                     lse: lse.as_view_mut(),
                     entropy: None,
                     stats: Some(stats.as_view_mut()),
+                    log_sum_sq: None,
                 };
                 gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &token_cfg).unwrap();
                 gpu.token_logprobs_backward(

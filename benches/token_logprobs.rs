@@ -84,6 +84,7 @@ fn gpu_benches(c: &mut Criterion) {
                             lse: lse.as_view_mut(),
                             entropy: None,
                             stats: Some(stats.as_view_mut()),
+                            log_sum_sq: None,
                         };
                         gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                     })
@@ -98,6 +99,7 @@ fn gpu_benches(c: &mut Criterion) {
                             lse: lse.as_view_mut(),
                             entropy: None,
                             stats: Some(stats.as_view_mut()),
+                            log_sum_sq: None,
                         };
                         gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                         gpu.token_logprobs_backward(

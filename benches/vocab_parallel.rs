@@ -75,6 +75,7 @@ fn gpu_benches(c: &mut Criterion) {
                         lse: lse.as_view_mut(),
                         entropy: None,
                         stats: None,
+                        log_sum_sq: None,
                     };
                     gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                 })

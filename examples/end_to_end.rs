@@ -206,6 +206,7 @@ fn main() -> pref_kernels::Result<()> {
                     lse: lse.as_view_mut(),
                     entropy: None,
                     stats: Some(stats.as_view_mut()),
+                    log_sum_sq: None,
                 };
                 gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &quiet)?;
                 let e1 = cs.record_event(flags)?;
@@ -231,6 +232,7 @@ fn main() -> pref_kernels::Result<()> {
                 lse: lse.as_view_mut(),
                 entropy: Some(entropy.as_view_mut()),
                 stats: None,
+                log_sum_sq: None,
             };
             gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &with_entropy)?;
             let (lp, ent) = (s.clone_dtoh(&logp)?, s.clone_dtoh(&entropy)?);
@@ -414,6 +416,7 @@ fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
         lse: lse.as_view_mut(),
         entropy: Some(ent.as_view_mut()),
         stats: Some(stats.as_view_mut()),
+        log_sum_sq: None,
     };
     gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg)?;
     let want = tl_ref::forward(&data.logits, layout, &data.targets, &cfg)?;
@@ -950,6 +953,7 @@ fn vocab_parallel_head(gpu: &Gpu) -> pref_kernels::Result<()> {
         lse: lse.as_view_mut(),
         entropy: None,
         stats: Some(stats.as_view_mut()),
+        log_sum_sq: None,
     };
     gpu.vocab_parallel_finalize(&s, &g_d.as_view(), tp, vocab, &t_d, out, &token)?;
     let tokens = DeviceTokens {

@@ -36,8 +36,9 @@ int32_t prefk_init(int32_t device);
 
 int32_t prefk_token_logprobs_forward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
                                      uint64_t logits, uint64_t targets, uint64_t logp, uint64_t lse,
-                                     uint64_t stats, uint64_t entropy, uint64_t status, int64_t n_rows, int64_t vocab,
-                                     int64_t row_stride, int64_t ignore_index, float temperature);
+                                     uint64_t stats, uint64_t entropy, uint64_t log_sum_sq, uint64_t status,
+                                     int64_t n_rows, int64_t vocab, int64_t row_stride, int64_t ignore_index,
+                                     float temperature);
 
 int32_t prefk_token_logprobs_backward(int32_t device, uint64_t stream, uint32_t dtype_code, uint32_t index_code,
                                       uint64_t logits, uint64_t targets, uint64_t stats, uint64_t grad_logp,
@@ -97,6 +98,10 @@ int32_t prefk_grpo_loss(int32_t device, uint64_t stream, const PrefkGrpoConfig* 
                         uint64_t status);
 
 int64_t prefk_grpo_workspace_len(int64_t n_seqs);
+
+/* Bytes of workspace_bytes the fused LM head needs for chunks of `rows` rows (1: token log-probs;
+ * the largest group of pairs' tokens: the preference step); -1 for bad arguments or overflow. */
+int64_t prefk_linear_workspace_bytes(uint32_t dtype_code, int64_t hidden, int64_t vocab, int64_t rows);
 
 /* Group / listwise losses: kind 0 KTO (p0/p1 desirable/undesirable weights, kl_given NaN = from the
  * KL samples, flags bit 1 apo_zero_unpaired; labels = roles 0 undesirable, 1 desirable, 2 KL sample,

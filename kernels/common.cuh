@@ -89,7 +89,9 @@ __device__ __forceinline__ RowSplit split_row(uint64_t addr, uint64_t other_addr
 // ---- online softmax ------------------------------------------------------------------------------
 // State over the raw values x of a row (logits, not yet divided by T), with scale2 = log2(e) / T:
 //   m = max x (starts at -FLT_MAX, not -inf, so -inf logits contribute exactly 0 without NaN),
-//   s = sum 2^((x - m) scale2),  t = sum 2^(d) d with d = (x - m) scale2   (t only with entropy).
+//   s = sum 2^((x - m) scale2),  t = sum 2^(d) d with d = (x - m) scale2,  q = sum 2^(2d)
+//   (t and q only with entropy; q gives log sum p^2 = ln q - 2 ln s, WPO's weight, at one FMA an
+//   element: 2^(2d) is the square of the 2^d already formed; q >= 1 once the max is in, no underflow).
 // The max is kept in the logits' own units and every exponent is formed as (x - m) * scale2, never
 // x * scale2 - m * scale2: x - m is exact in f32 near the max (Sterbenz), so the elements that carry
 // the probability mass keep full precision at any magnitude, and x * scale2 (which overflows f32 for
@@ -97,9 +99,9 @@ __device__ __forceinline__ RowSplit split_row(uint64_t addr, uint64_t other_addr
 // Keeping t relative to m makes entropy = ln2 * (log2 s - t / s) shift-invariant and cancellation-free.
 // NaN inputs poison s (exp2(NaN) = NaN); +inf inputs are turned into NaN at finalization.
 struct SoftmaxState {
-    float m, s, t;
+    float m, s, t, q;
 };
-__device__ __forceinline__ SoftmaxState softmax_identity() { return {-FLT_MAX, 0.f, 0.f}; }
+__device__ __forceinline__ SoftmaxState softmax_identity() { return {-FLT_MAX, 0.f, 0.f, 0.f}; }
 
 // log2 of the weight of a state of max `from` rescaled to max `to` (>= from): (from - to) * scale2,
 // with -inf when the difference overflows (the rescaled state then weighs exactly 0).
@@ -114,7 +116,10 @@ __device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&x
     const float dm = softmax_shift(st.m, cm, scale2);
     const float r = exp2f(dm);
     // r = 0: the old state is negligible (dm may even be -inf; 0 * -inf is NaN).
-    if (ENTROPY) st.t = r > 0.f ? r * (st.t + st.s * dm) : 0.f;
+    if (ENTROPY) {
+        st.t = r > 0.f ? r * (st.t + st.s * dm) : 0.f;
+        st.q *= r * r;
+    }
     st.s *= r;
 #pragma unroll
     for (int k = 0; k < K; ++k) {
@@ -123,7 +128,10 @@ __device__ __forceinline__ void softmax_update(SoftmaxState& st, const float (&x
         st.s += e;
         // A -inf logit has e = 0 and d = -inf: its term p ln p is 0 (clamping d keeps 0 * d = 0;
         // fmaxf passes NaN's d through as -FLT_MAX, but then e is NaN and poisons s and t).
-        if (ENTROPY) st.t = fmaf(e, fmaxf(d, -FLT_MAX), st.t);
+        if (ENTROPY) {
+            st.t = fmaf(e, fmaxf(d, -FLT_MAX), st.t);
+            st.q = fmaf(e, e, st.q);
+        }
     }
     st.m = cm;
 }
@@ -137,6 +145,7 @@ __device__ __forceinline__ SoftmaxState softmax_combine(const SoftmaxState& a, c
     c.s = a.s * ra + b.s * rb;
     // A side whose weight underflowed to 0 adds nothing, even when its shift overflowed to -inf.
     c.t = ENTROPY ? (ra > 0.f ? ra * (a.t + a.s * da) : 0.f) + (rb > 0.f ? rb * (b.t + b.s * db) : 0.f) : 0.f;
+    c.q = ENTROPY ? a.q * (ra * ra) + b.q * (rb * rb) : 0.f;
     return c;
 }
 
@@ -148,7 +157,8 @@ __device__ __forceinline__ SoftmaxState warp_reduce_softmax(SoftmaxState st, flo
         SoftmaxState o;
         o.m = __shfl_xor_sync(0xffffffffu, st.m, off);
         o.s = __shfl_xor_sync(0xffffffffu, st.s, off);
-        o.t = __shfl_xor_sync(0xffffffffu, st.t, off);
+        o.t = ENTROPY ? __shfl_xor_sync(0xffffffffu, st.t, off) : 0.f;
+        o.q = ENTROPY ? __shfl_xor_sync(0xffffffffu, st.q, off) : 0.f;
         st = softmax_combine<ENTROPY>(st, o, scale2);
     }
     return st;

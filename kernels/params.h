@@ -27,6 +27,7 @@ typedef struct TokenLogprobsFwdParams {
     float inv_temperature;  // 1 / T
     uint32_t reserved;
     uint64_t stats;         // out [n_rows, PREFK_SOFTMAX_STATS] f32 for the backward, or 0 (not written)
+    uint64_t log_sum_sq;    // out [n_rows] f32 log sum_v p_v^2 (WPO), or 0; with the entropy only
 } TokenLogprobsFwdParams;
 
 // Per-row softmax statistics: what the backward needs to form p_v from x_v - m (exact in f32 near
@@ -58,7 +59,7 @@ typedef struct TokenLogprobsBwdParams {
 } TokenLogprobsBwdParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(TokenLogprobsFwdParams) == 96, "TokenLogprobsFwdParams layout changed: update src/params.rs");
+static_assert(sizeof(TokenLogprobsFwdParams) == 104, "TokenLogprobsFwdParams layout changed: update src/params.rs");
 static_assert(sizeof(TokenLogprobsBwdParams) == 112, "TokenLogprobsBwdParams layout changed: update src/params.rs");
 #endif
 

@@ -23,6 +23,7 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
     float* lse = reinterpret_cast<float*>(p.lse);
     float* entropy = reinterpret_cast<float*>(p.entropy);
     float* stats = reinterpret_cast<float*>(p.stats);
+    float* log_sum_sq = reinterpret_cast<float*>(p.log_sum_sq);
     const SoftmaxRows rows = {p.logits, p.targets, p.status, p.n_rows, p.row_stride, p.vocab, 0, p.vocab,
                               p.ignore_index, p.inv_temperature};
     // Ignored rows give 0, bad ones NaN; a used row's statistics come from its state.
@@ -31,6 +32,7 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
             logp[row] = xt;
             lse[row] = xt;
             if (entropy) entropy[row] = xt;
+            if (log_sum_sq) log_sum_sq[row] = xt;
             if (stats) {
                 stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = xt;
                 stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = xt;
@@ -46,6 +48,8 @@ __device__ __forceinline__ void token_logprobs_fwd(const TokenLogprobsFwdParams&
         // FLT_MAX (logits near FLT_MAX at T < 1); the backward reads the statistics instead.
         lse[row] = fmaf(st->m, p.inv_temperature, log2s * PREFK_LN2);
         if (entropy) entropy[row] = ENTROPY ? (log2s - st->t / st->s) * PREFK_LN2 : 0.f;
+        // log sum_v p_v^2 = log2(q / s^2) ln 2, both sums relative to the same max.
+        if (log_sum_sq) log_sum_sq[row] = ENTROPY ? (log2f(st->q) - 2.f * log2s) * PREFK_LN2 : 0.f;
         if (stats) {
             stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_MAX] = st->m;
             stats[row * PREFK_SOFTMAX_STATS + PREFK_STATS_LOG2_SUM] = log2s;

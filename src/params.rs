@@ -37,6 +37,7 @@ pub struct TokenLogprobsFwdParams {
     pub inv_temperature: f32,
     pub reserved: u32,
     pub stats: u64,
+    pub log_sum_sq: u64,
 }
 
 /// Mirror of `TokenLogprobsBwdParams`.
@@ -61,7 +62,8 @@ pub struct TokenLogprobsBwdParams {
 }
 
 const _: () = {
-    assert!(size_of::<TokenLogprobsFwdParams>() == 96);
+    assert!(size_of::<TokenLogprobsFwdParams>() == 104);
+    assert!(offset_of!(TokenLogprobsFwdParams, log_sum_sq) == 96);
     assert!(offset_of!(TokenLogprobsFwdParams, stats) == 88);
     assert!(offset_of!(TokenLogprobsFwdParams, status) == 40);
     assert!(offset_of!(TokenLogprobsFwdParams, n_rows) == 48);

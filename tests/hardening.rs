@@ -187,7 +187,7 @@ proptest! {
         // emulator's memcheck covers the pointers validation cannot judge).
         let rc = unsafe {
             prefk_token_logprobs_forward(
-                PREFK_DEVICE_EMULATOR, 0, 2, 1, ptrs[0], ptrs[1], ptrs[2], ptrs[3], 0, 0, 0, n, v, stride, -100,
+                PREFK_DEVICE_EMULATOR, 0, 2, 1, ptrs[0], ptrs[1], ptrs[2], ptrs[3], 0, 0, 0, 0, n, v, stride, -100,
                 temperature,
             )
         };

@@ -72,7 +72,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
     let rust = [
         (
             "TokenLogprobsFwdParams",
-            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats),
+            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats, log_sum_sq),
         ),
         (
             "TokenLogprobsBwdParams",
@@ -173,7 +173,7 @@ fn bindgen_output_matches_the_committed_structs() {
             $(assert_eq!(offset_of!(g::$t, $f), offset_of!($t, $f), concat!(stringify!($t), ".", stringify!($f)));)*
         };
     }
-    same!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats);
+    same!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats, log_sum_sq);
     same!(TokenLogprobsBwdParams: logits, targets, stats, grad_logp, grad_logits, status, n_rows, logits_stride, grad_stride, vocab, ignore_index, inv_temperature, reserved, entropy, grad_entropy);
     same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
     same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);

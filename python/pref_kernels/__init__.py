@@ -25,7 +25,7 @@ __all__ = [
     "PrefKernelsError", "backend", "library_path", "token_logprobs", "LossTerm", "loss_terms",
     "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
     "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "ld_weights", "wpo_weights", "linear_token_logprobs",
-    "linear_preference_loss", "linear_dpo_loss",
+    "linear_preference_loss", "linear_dpo_loss", "linear_workspace_bytes",
     "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
     "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "sequence_scores",
     "group_metric_names", "vocab_shard_range", "vocab_parallel_token_logprobs",
@@ -94,14 +94,21 @@ def loss_terms(loss_type: Union[str, Sequence[str]] = "sigmoid", beta: float = 0
 
 
 def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100, temperature: float = 1.0,
-                   return_entropy: bool = False):
+                   return_entropy: bool = False, return_lse: bool = False, return_log_sum_sq: bool = False):
     """log p(target) per row of `logits` [N, V] (f32/f16/bf16, rows contiguous; a row stride is
-    fine) at `temperature`, as f32 [N]; 0 where the target is `ignore_index`. With
-    `return_entropy`, also the entropy of each row's distribution. Both are differentiable (one
-    fused backward pass; log-softmax is never materialized)."""
-    logp, _lse, entropy, _stats = torch.ops.pref_kernels.token_logprobs(logits, targets, ignore_index, float(temperature),
-                                                                return_entropy)
-    return (logp, entropy) if return_entropy else logp
+    fine) at `temperature`, as f32 [N]; 0 where the target is `ignore_index`.
+
+    Extra f32 [N] outputs, returned after logp in this order when asked for: `return_entropy`,
+    the entropy of each row's distribution (differentiable, in the same fused backward pass as
+    logp; log-softmax is never materialized); `return_lse`, logsumexp(logits / T) (not
+    differentiable; +-inf where the true value lies beyond f32); `return_log_sum_sq`, log sum_v
+    p_v^2 (WPO's term, TRL's `log_sum_sq_probs`; computed in the entropy's pass, not
+    differentiable). With none of them, logp alone."""
+    compute_entropy = bool(return_entropy or return_log_sum_sq)
+    logp, lse, entropy, _stats, log_sum_sq = torch.ops.pref_kernels.token_logprobs(
+        logits, targets, ignore_index, float(temperature), compute_entropy)
+    extra = [x for x, want in ((entropy, return_entropy), (lse, return_lse), (log_sum_sq, return_log_sum_sq)) if want]
+    return (logp, *extra) if extra else logp
 
 
 def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_logp=None, ref_seq=None,
@@ -221,17 +228,36 @@ def dpo_loss(logp: torch.Tensor, mask, ref_logp=None, *, n_seqs: Optional[int] =
                            return_pairs=return_pairs, seq_weights=seq_weights)
 
 
-def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, scale: Optional[float] = None):
+def shared_prefix_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout, scale: Optional[float] = None,
+                            return_lse: bool = False):
     """Causal attention where the G responses of each group share one prompt, packed token-major:
     q [T, Hq, d], k / v [T, Hkv, d] (bf16/f16, contiguous, GQA when Hkv < Hq) laid out
     [prefix | r_1 | ... | r_G] per group; `layout` from `prefix_layout(groups, device)`. Returns
-    O [T, Hq, d]; differentiable in q, k, v."""
+    O [T, Hq, d], differentiable in q, k, v; with `return_lse` also the softmax log-sum-exp of
+    every query row, f32 [Hq, T] (as FlashAttention returns it; not differentiable)."""
     tiles, seg_lo2, n_tokens, n_tiles = layout
     if q.shape[0] != n_tokens:
         raise ValueError(f"pref_kernels: the layout has {n_tokens} tokens but q has {q.shape[0]}")
     scale = scale if scale is not None else q.shape[-1] ** -0.5
-    o, _lse = torch.ops.pref_kernels.shared_prefix_attention(q, k, v, tiles, seg_lo2, n_tiles, float(scale))
-    return o
+    o, lse = torch.ops.pref_kernels.shared_prefix_attention(q, k, v, tiles, seg_lo2, n_tiles, float(scale))
+    return (o, lse) if return_lse else o
+
+
+def linear_workspace_bytes(hidden_size: int, vocab_size: int, dtype: torch.dtype = torch.bfloat16,
+                           rows: int = 1) -> int:
+    """The smallest `workspace_bytes` the fused LM head ops accept for chunks of `rows` rows at
+    this hidden size, vocabulary and compute dtype: `rows=1` for `linear_token_logprobs`; for
+    `linear_preference_loss` / `linear_dpo_loss`, whose chunks hold whole pairs, the largest
+    chosen + rejected token count of a pair. More workspace means fewer, larger chunks (each a GEMM);
+    the default `DEFAULT_WORKSPACE_BYTES` holds tens of thousands of rows at common sizes."""
+    from ._lib import DTYPE_CODES, lib
+    if dtype not in DTYPE_CODES:
+        raise ValueError(f"pref_kernels: dtype must be one of {list(DTYPE_CODES)}, got {dtype}")
+    n = lib().prefk_linear_workspace_bytes(DTYPE_CODES[dtype], int(hidden_size), int(vocab_size), int(rows))
+    if n < 0:
+        raise ValueError(f"pref_kernels: no workspace size for hidden_size={hidden_size}, vocab_size={vocab_size}, "
+                         f"rows={rows} (sizes must be >= 1 and the product must fit in 64 bits)")
+    return n
 
 
 def _flat_head(hidden, weight, targets, bias):

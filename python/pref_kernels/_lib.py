@@ -34,7 +34,7 @@ class PrefkLossTerm(ctypes.Structure):
 
 _SIGNATURES = {
     "prefk_init": [_i32],
-    "prefk_token_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32],
+    "prefk_token_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 4 + [_f32],
     "prefk_token_logprobs_backward_entropy": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 5 + [_f32],
     "prefk_preference_loss": [_i32, _u64] + [_u64] * 6 + [_i64, _u64, _i64, _i64, _u64, _u64, _i64]
     + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32, _f32] + [_u64] * 5,
@@ -100,6 +100,8 @@ def lib():
                 for name in ("prefk_grpo_workspace_len", "prefk_group_loss_workspace_len"):
                     getattr(handle, name).argtypes = [_i64]
                     getattr(handle, name).restype = _i64
+                handle.prefk_linear_workspace_bytes.argtypes = [_u32, _i64, _i64, _i64]
+                handle.prefk_linear_workspace_bytes.restype = _i64
                 for name, args in _SIGNATURES.items():
                     fn = getattr(handle, name)
                     fn.argtypes = args

@@ -143,34 +143,36 @@ def _check_logits(logits, targets):
 
 @torch.library.custom_op("pref_kernels::token_logprobs", mutates_args=())
 def token_logprobs(logits: Tensor, targets: Tensor, ignore_index: int, temperature: float,
-                   compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                   compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """log p(target) per row of logits [N, V] (f32/f16/bf16) at `temperature`, its log-sum-exp,
-    when `compute_entropy` the entropy (else an empty tensor), all f32 [N], and the softmax
-    statistics [N, 2] f32 the backward reads (row max of the raw logits, log2 of the sum relative
-    to it). Rows whose target is `ignore_index` give 0."""
+    when `compute_entropy` the entropy and log sum_v p_v^2 (WPO's term; else empty tensors), all
+    f32 [N], and the softmax statistics [N, 2] f32 the backward reads (row max of the raw logits,
+    log2 of the sum relative to it). Rows whose target is `ignore_index` give 0."""
     _check_logits(logits, targets)
     n, v = logits.shape
     logp = _out(n, torch.float32, logits.device)
     lse = _out(n, torch.float32, logits.device)
     entropy = _out(n if compute_entropy else 0, torch.float32, logits.device)
+    log_sum_sq = _out(n if compute_entropy else 0, torch.float32, logits.device)
     stats = _out((n, 2), torch.float32, logits.device)
     if n == 0:
-        return logp, lse, entropy, stats
+        return logp, lse, entropy, stats, log_sum_sq
     status = _status(logits)
-    with host_memory([logits, targets, status], [logp, lse, entropy, stats]):
+    with host_memory([logits, targets, status], [logp, lse, entropy, stats, log_sum_sq]):
         call("prefk_token_logprobs_forward", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
              INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(logp), ptr(lse), ptr(stats), ptr(entropy),
-             ptr(status), n, v, logits.stride(0), ignore_index, temperature)
+             ptr(log_sum_sq), ptr(status), n, v, logits.stride(0), ignore_index, temperature)
     check_status(status, logits.device.type == "cpu")
-    return logp, lse, entropy, stats
+    return logp, lse, entropy, stats, log_sum_sq
 
 
 @token_logprobs.register_fake
 def _(logits, targets, ignore_index, temperature, compute_entropy):
     n = logits.shape[0]
     f = dict(dtype=torch.float32, device=logits.device)
-    return (logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n if compute_entropy else 0, **f),
-            logits.new_empty((n, 2), **f))
+    k = n if compute_entropy else 0
+    return (logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(k, **f),
+            logits.new_empty((n, 2), **f), logits.new_empty(k, **f))
 
 
 @torch.library.custom_op("pref_kernels::token_logprobs_backward", mutates_args=())
@@ -206,13 +208,14 @@ def _(logits, targets, stats, entropy, grad_logp, grad_entropy, ignore_index, te
 
 def _token_logprobs_setup(ctx, inputs, output):
     logits, targets, ignore_index, temperature, compute_entropy = inputs
-    logp, lse, entropy, stats = output
+    logp, lse, entropy, stats, log_sum_sq = output
     ctx.save_for_backward(logits, targets, stats, entropy if compute_entropy else None)
     ctx.args = (ignore_index, temperature, compute_entropy)
-    ctx.mark_non_differentiable(lse, stats)
+    # log sum p^2 only feeds WPO's detached weights: not differentiable here.
+    ctx.mark_non_differentiable(lse, stats, log_sum_sq)
 
 
-def _token_logprobs_grad(ctx, grad_logp, grad_lse, grad_entropy, grad_stats):
+def _token_logprobs_grad(ctx, grad_logp, grad_lse, grad_entropy, grad_stats, grad_log_sum_sq):
     logits, targets, stats, entropy = ctx.saved_tensors
     ignore_index, temperature, compute_entropy = ctx.args
     if grad_logp is None:

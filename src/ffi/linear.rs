@@ -36,6 +36,21 @@ fn head(hidden: u64, weight: u64, bias: u64, targets: u64, n_rows: i64, h: i64, 
     Ok(Head { hidden, weight, bias, targets, shape })
 }
 
+/// Bytes of `workspace_bytes` the fused LM head needs for chunks of `rows` rows (1 for the token
+/// log-probs; the largest pair group's tokens for the preference step) at hidden size `hidden`,
+/// vocabulary `vocab` and `dtype_code`; -1 for an invalid argument or an overflow.
+#[no_mangle]
+pub extern "C" fn prefk_linear_workspace_bytes(dtype_code: u32, hidden: i64, vocab: i64, rows: i64) -> i64 {
+    let Ok(dt) = dtype(dtype_code) else { return -1 };
+    if hidden < 1 || vocab < 1 || rows < 0 {
+        return -1;
+    }
+    let shape = LinearShape { n_rows: 0, hidden: hidden as usize, vocab: vocab as usize };
+    crate::linear_logprobs::min_workspace_bytes(&shape, dt, rows as usize)
+        .and_then(|b| i64::try_from(b).ok())
+        .unwrap_or(-1)
+}
+
 fn elems(arg: &'static str, a: usize, b: usize) -> Result<usize> {
     a.checked_mul(b).ok_or_else(|| invalid(arg, format!("{a} x {b} elements overflow")))
 }

@@ -134,7 +134,8 @@ pub extern "C" fn prefk_init(device: i32) -> i32 {
 }
 
 /// Token log-probs forward ([`Gpu::token_logprobs_forward_raw`]). `stats` (`[n_rows, 2]` f32,
-/// what the backward reads), `entropy` and `status` may be 0.
+/// what the backward reads), `entropy`, `log_sum_sq` (`[n_rows]` f32 log Σ p², WPO's term; needs
+/// `entropy`) and `status` may be 0.
 ///
 /// # Safety
 /// As [`Gpu::token_logprobs_forward_raw`]: every non-zero pointer is device memory of `device`
@@ -152,6 +153,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(
     lse: u64,
     stats: u64,
     entropy: u64,
+    log_sum_sq: u64,
     status: u64,
     n_rows: i64,
     vocab: i64,
@@ -171,7 +173,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(
             compute_entropy: entropy != 0,
             check_targets: false,
         };
-        let ptrs = TokenLogprobsFwdPtrs { logits, targets, logp, lse, entropy, status, stats };
+        let ptrs = TokenLogprobsFwdPtrs { logits, targets, logp, lse, entropy, status, stats, log_sum_sq };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.token_logprobs_forward_raw(
@@ -1069,12 +1071,14 @@ mod tests {
         // SAFETY: every call is rejected before touching memory (bad codes, no device here or
         // null pointers).
         let rc =
-            unsafe { prefk_token_logprobs_forward(0, 0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) };
+            unsafe { prefk_token_logprobs_forward(0, 0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) };
         assert_eq!(rc, -1);
         let msg = last();
         assert!(msg.contains("dtype") || msg.contains("driver") || msg.contains("kernels"), "{msg}");
         assert_eq!(
-            unsafe { prefk_token_logprobs_forward(-1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) },
+            unsafe {
+                prefk_token_logprobs_forward(-1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0)
+            },
             -1
         );
         assert!(last().contains("device"));

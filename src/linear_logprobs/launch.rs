@@ -643,6 +643,7 @@ impl Loop {
             entropy: if entropy { self.work.entropy } else { 0 },
             status,
             stats: self.work.stats,
+            log_sum_sq: 0,
         };
         let cfg = TokenLogprobsConfig { compute_entropy: entropy, ..*token };
         // SAFETY: forwarded to the caller.

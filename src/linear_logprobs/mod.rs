@@ -23,7 +23,7 @@ pub use launch::{
     LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers, LinearGradViews, LinearHead,
     LinearRun, DEFAULT_WORKSPACE_BYTES,
 };
-pub use plan::workspace_bytes_per_row;
+pub use plan::{min_workspace_bytes, workspace_bytes_per_row};
 
 /// Shape of a linear log-probs problem: `n_rows` hidden states of width `hidden`, a vocabulary of
 /// `vocab` rows in the weight (row-major `[vocab, hidden]`, contiguous).

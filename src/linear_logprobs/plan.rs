@@ -21,6 +21,13 @@ pub fn workspace_bytes_per_row(shape: &LinearShape, dtype: DType) -> usize {
     (shape.vocab + shape.hidden) * dtype.size() + ROW_SCRATCH_F32 * 4 + ROW_INDEX_BYTES
 }
 
+/// The smallest `workspace_bytes` that lets the fused LM head run chunks of `rows` rows
+/// (`rows * workspace_bytes_per_row`): 1 row for the token log-probs, the largest group of pairs'
+/// tokens (chosen + rejected) for the preference step. `None` when it overflows `usize`.
+pub fn min_workspace_bytes(shape: &LinearShape, dtype: DType, rows: usize) -> Option<usize> {
+    workspace_bytes_per_row(shape, dtype).checked_mul(rows.max(1))
+}
+
 /// The largest chunk (rows) `workspace_bytes` holds; an error naming the minimum when it holds
 /// fewer than `min_rows`.
 pub(crate) fn rows_for_budget(

@@ -131,3 +131,66 @@ pub fn backward<T: LogitElement>(
     }
     Ok(g)
 }
+
+/// Per-element error bounds of a kernel that computes in f32 but rounds `P` (before `P V` and
+/// `Pᵀ dO`), `dS` (before `dS K` and `dSᵀ Q`), `O` (its output, which `D = rowsum(dO ∘ O)` reads)
+/// and every output once to a 16-bit type of unit roundoff `r` (2⁻⁸ bf16, 2⁻¹¹ f16), with the
+/// products exact and the f32 arithmetic `f32_rel` relative:
+///
+/// ```text
+/// |δO_i|    ≤ (r + f32_rel) (P |V|)_i + r |O_i|
+/// |δdS_ij|  ≤ r |dS_ij| + P_ij r (|dO_i| · |O_i|) + f32_rel P_ij (|dP_ij| + |D_i|)
+/// |δdQ|     ≤ scale (|δdS| |K|) + r |dQ|,   |δdK| ≤ scale (|δdS|ᵀ |Q|) + r |dK|,
+/// |δdV|     ≤ (r + f32_rel) (Pᵀ |dO|) + r |dV|   (K/V terms summed over the heads they serve)
+/// ```
+///
+/// Returned as `(O bound, gradient bounds)` in the layouts of [`forward`] and [`backward`]: what the
+/// GPU parity tests hold the kernels to, derived rather than tuned.
+#[allow(clippy::too_many_arguments)]
+pub fn rounding_bounds<T: LogitElement>(
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dout: &[T],
+    layout: &SharedPrefixLayout,
+    shape: &AttnShape,
+    r: f64,
+    f32_rel: f64,
+) -> Result<(Vec<f64>, AttnGrads)> {
+    let fwd = forward(q, k, v, layout, shape)?;
+    let grads = backward(q, k, v, dout, layout, shape)?;
+    let (t, d, hq, hkv) = (layout.total_tokens(), shape.head_dim, shape.q_heads, shape.kv_heads);
+    let (q, k, v, dout) = (widen(q), widen(k), widen(v), widen(dout));
+    let seg = layout.token_segments();
+    let scale = shape.scale as f64;
+    let mut ob: Vec<f64> = fwd.o.iter().map(|o| r * o.abs()).collect();
+    let mut g = AttnGrads {
+        dq: grads.dq.iter().map(|x| r * x.abs()).collect(),
+        dk: grads.dk.iter().map(|x| r * x.abs()).collect(),
+        dv: grads.dv.iter().map(|x| r * x.abs()).collect(),
+    };
+    for h in 0..hq {
+        let kvh = h / (hq / hkv);
+        for i in 0..t {
+            let qo = (i * hq + h) * d;
+            let (probs, _) = row_probs(&q, &k, &seg, shape, h, i);
+            let do_i = &dout[qo..qo + d];
+            let o_i = &fwd.o[qo..qo + d];
+            let dd: f64 = do_i.iter().zip(o_i).map(|(a, b)| a * b).sum();
+            let dd_err: f64 = r * do_i.iter().zip(o_i).map(|(a, b)| (a * b).abs()).sum::<f64>();
+            for (j, p) in probs {
+                let ko = (j * hkv + kvh) * d;
+                let dp: f64 = do_i.iter().zip(&v[ko..ko + d]).map(|(a, b)| a * b).sum();
+                let ds = p * (dp - dd);
+                let ds_err = r * ds.abs() + p * dd_err + f32_rel * p * (dp.abs() + dd.abs());
+                for c in 0..d {
+                    ob[qo + c] += (r + f32_rel) * p * v[ko + c].abs();
+                    g.dq[qo + c] += scale * ds_err * k[ko + c].abs();
+                    g.dk[ko + c] += scale * ds_err * q[qo + c].abs();
+                    g.dv[ko + c] += (r + f32_rel) * p * do_i[c].abs();
+                }
+            }
+        }
+    }
+    Ok((ob, g))
+}

@@ -206,6 +206,7 @@ impl Gpu {
                 entropy: entropy_p,
                 status: status_p,
                 stats: stats_p,
+                log_sum_sq: 0,
             };
             let bwd = TokenLogprobsBwdPtrs {
                 logits: logits_p,

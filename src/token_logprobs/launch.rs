@@ -47,6 +47,9 @@ pub struct TokenLogprobsFwdPtrs {
     /// Output `[n_rows, SOFTMAX_STATS]` f32 softmax statistics (row max, log2 of the sum; see
     /// [`crate::params::SOFTMAX_STATS`]), what the backward reads; or 0 when no backward follows.
     pub stats: u64,
+    /// Output `[n_rows]` f32 `log Σ_v p_v²` (WPO's per-token term, TRL's `log_sum_sq_probs`),
+    /// or 0. Computed in the entropy's pass: needs `compute_entropy`.
+    pub log_sum_sq: u64,
 }
 
 /// Device pointers of a backward call (raw API).
@@ -124,6 +127,8 @@ pub struct TokenLogprobsOutputs<'a> {
     pub entropy: Option<ViewMut<'a, f32>>,
     /// `[n_rows * SOFTMAX_STATS]` softmax statistics for the backward, or `None` (forward only).
     pub stats: Option<ViewMut<'a, f32>>,
+    /// `[n_rows]` `log Σ_v p_v²` (WPO), or `None`; needs `compute_entropy`.
+    pub log_sum_sq: Option<ViewMut<'a, f32>>,
 }
 
 /// Argument checks of the raw forward (everything but the pointers' validity, which the caller
@@ -145,6 +150,10 @@ fn validate_forward_ptrs(
     check_ptr("stats", ptrs.stats, 4, false)?;
     ensure((ptrs.entropy != 0) == cfg.compute_entropy, "entropy", || {
         format!("must be given iff compute_entropy is set (compute_entropy = {})", cfg.compute_entropy)
+    })?;
+    check_ptr("log_sum_sq", ptrs.log_sum_sq, 4, false)?;
+    ensure(ptrs.log_sum_sq == 0 || cfg.compute_entropy, "log_sum_sq", || {
+        "is computed in the entropy's pass: set compute_entropy (and give entropy) too".into()
     })?;
     Ok(())
 }
@@ -268,6 +277,7 @@ impl Gpu {
             inv_temperature: 1.0 / cfg.temperature,
             reserved: 0,
             stats: ptrs.stats,
+            log_sum_sq: ptrs.log_sum_sq,
         };
         let rt = row_threads(layout.vocab);
         let name = registry::token_logprobs_fwd(dtype, index_type, cfg.compute_entropy, rt);
@@ -336,6 +346,9 @@ impl Gpu {
         if let Some(st) = &out.stats {
             ensure_len("stats", st.len(), stats_len(layout.n_rows)?)?;
         }
+        if let Some(q) = &out.log_sum_sq {
+            ensure_len("log_sum_sq", q.len(), layout.n_rows)?;
+        }
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
             let (logits_p, _g0) = logits.device_ptr(stream)?;
@@ -356,6 +369,13 @@ impl Gpu {
                 }
                 None => (0, None),
             };
+            let (lss_p, _g7) = match &mut out.log_sum_sq {
+                Some(q) => {
+                    let (p, g) = q.device_ptr_mut(stream)?;
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
             let (status_p, _g5) = status.ptr(stream)?;
             let ptrs = TokenLogprobsFwdPtrs {
                 logits: logits_p,
@@ -365,6 +385,7 @@ impl Gpu {
                 entropy: entropy_p,
                 status: status_p,
                 stats: stats_p,
+                log_sum_sq: lss_p,
             };
             // SAFETY: every pointer comes from a live cudarc buffer of the checked length on this
             // stream's context; the guards keep cudarc's event tracking ordered around the launch.
@@ -557,6 +578,7 @@ mod tests {
             entropy: 0,
             status: 0,
             stats: 0x6000,
+            log_sum_sq: 0,
         };
         let check = |p: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
             validate_forward_ptrs(DType::BF16, IndexType::I64, l, &p, &c).map_err(|e| e.to_string())

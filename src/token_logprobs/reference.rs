@@ -13,6 +13,8 @@ pub struct TokenLogprobsRef {
     pub lse: Vec<f64>,
     /// Per-row entropy of softmax(logits / T); 0 on ignored rows (always computed here).
     pub entropy: Vec<f64>,
+    /// Per-row `log Σ_v p_v²` (WPO's term); 0 on ignored rows (always computed here).
+    pub log_sum_sq: Vec<f64>,
 }
 
 /// Checks one target: `Ok(None)` for an ignored row, `Ok(Some(t))` for a usable one.
@@ -55,6 +57,12 @@ pub(crate) fn row_log_softmax_f64(y: Vec<f64>) -> (Vec<f64>, f64) {
     (y.iter().map(|&v| (v - m) - l).collect(), m + l)
 }
 
+/// `log Σ_v p_v²` of a row's log-probs: logsumexp(2 log p), shifted by the largest log p.
+pub(crate) fn log_sum_sq(logp: &[f64]) -> f64 {
+    let top = logp.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    2.0 * top + pairwise_sum_iter(logp.iter().map(|&lp| (2.0 * (lp - top)).exp())).ln()
+}
+
 /// Forward reference: logp, lse and entropy for every row (see the module docs for the formulas).
 pub fn forward<T: LogitElement, I: TargetIndex>(
     logits: &[T],
@@ -65,7 +73,12 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
     validate(&layout, cfg, logits.len(), targets.len())?;
     let inv_t = 1.0 / cfg.temperature as f64;
     let n = layout.n_rows;
-    let mut out = TokenLogprobsRef { logp: vec![0.0; n], lse: vec![0.0; n], entropy: vec![0.0; n] };
+    let mut out = TokenLogprobsRef {
+        logp: vec![0.0; n],
+        lse: vec![0.0; n],
+        entropy: vec![0.0; n],
+        log_sum_sq: vec![0.0; n],
+    };
     for (r, target) in targets.iter().enumerate() {
         let Some(t) = checked_target(r, target.to_i64(), layout.vocab, cfg.ignore_index)? else {
             continue;
@@ -74,6 +87,7 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
         let (logp, lse) = row_log_softmax(&logits[start..start + layout.vocab], inv_t);
         out.lse[r] = lse;
         out.logp[r] = logp[t];
+        out.log_sum_sq[r] = log_sum_sq(&logp);
         // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
         out.entropy[r] = -pairwise_sum_iter(logp.iter().map(|&lp| {
             let p = lp.exp();

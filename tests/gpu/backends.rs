@@ -42,6 +42,7 @@ fn token_logprobs_on(
         lse: lse.as_view_mut(),
         entropy: Some(ent.as_view_mut()),
         stats: None,
+        log_sum_sq: None,
     };
     gpu.token_logprobs_forward(&s, &logits, layout, &t, out, &cfg).unwrap();
     (s.clone_dtoh(&logp).unwrap(), s.clone_dtoh(&ent).unwrap())

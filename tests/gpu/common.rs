@@ -60,3 +60,42 @@ pub fn softmax_stats<T: pref_kernels::LogitElement, I: pref_kernels::TargetIndex
     }
     out
 }
+
+/// Tolerances of the kernels against the f64 references on the very same (rounded) inputs, derived
+/// rather than tuned: input rounding cancels, so what remains is the kernels' f32 arithmetic and
+/// the one rounding of an f16/bf16 output. The GPU's exp2f is within 2 ulp and log2f within 1 ulp
+/// (CUDA programming guide, single-precision function table: what ex2.approx / lg2.approx give);
+/// the emulator's libm is closer, so a bound that holds here with these terms holds on a GPU.
+pub mod tol {
+    use pref_kernels::{DType, LogitElement};
+
+    /// f32 unit roundoff.
+    pub const U: f64 = 1.0 / 16_777_216.0;
+
+    /// Absolute error of a row's log-prob, lse, entropy or log Σp² (natural log, logits up to
+    /// ~|45| in units of T): each term 2^d carries 2 ulp (exp2f) plus |d| 2^-23 from forming
+    /// d = (x − m) log2(e) / T; a thread sums V/256 terms in sequence and the tree 8 more levels
+    /// ((V/256 + 8) u of the sum, worst case); log2f adds 1 ulp of log2 s, and (x_t − m)/T its own
+    /// rounding: ~3e-6 at small V, 2e-5 leaves 4x, plus the worst case of the long sums.
+    pub fn row_atol(vocab: usize) -> f64 {
+        2e-5 + (vocab as f64 / 256.0 + 8.0) * U
+    }
+
+    /// Relative error of an f32 gradient entry of a softmax row before its output rounding:
+    /// p_v = 2^(d − log2 s) to ln2 (|d| + |log2 s|) 2^-23 + 2 ulp (~3e-6 at |d| <= 45).
+    pub const GRAD_F32_REL: f64 = 1e-5;
+
+    /// Half an ulp of the output dtype, relative (0 for f32).
+    pub fn rounding(dtype: DType) -> f64 {
+        match dtype {
+            DType::F32 => 0.0,
+            DType::F16 => 2f64.powi(-11),
+            DType::BF16 => 2f64.powi(-8),
+        }
+    }
+
+    /// Relative tolerance of a gradient entry written as `T`: the f32 error, then one rounding.
+    pub fn grad_rtol<T: LogitElement>() -> f64 {
+        GRAD_F32_REL + rounding(T::DTYPE)
+    }
+}

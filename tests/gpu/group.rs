@@ -503,6 +503,9 @@ fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
         .unwrap();
         let got = if in_place { s.clone_dtoh(&logits).unwrap() } else { s.clone_dtoh(&sep).unwrap() };
         for row in 0..n {
+            // An entry is (g (1[v = t] − p) − gH p (ln p + H)) / T: its f32 error is relative
+            // (common::tol) except where ln p + H cancels, where p times the ~3e-6 absolute error
+            // of ln p + H remains: `atol_rel` times the row's gradient scale. Then one rounding.
             let scale = (gl[row].abs() + ge[row].abs() * (1.0 + entropy[row].abs())) as f64 / 0.7;
             for v in 0..vocab {
                 let (g, w) = (got[row * vocab + v].to_f64(), want[row * vocab + v]);
@@ -511,7 +514,7 @@ fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
                     g,
                     w,
                     scale * atol_rel + 1e-12,
-                    1e-2,
+                    crate::common::tol::grad_rtol::<T>(),
                 );
             }
         }
@@ -521,8 +524,8 @@ fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
 fn entropy_backward_parity(gpu: &Gpu, seed: u64) {
     let mut r = rng(seed, 904);
     for vocab in [37, 5003] {
-        entropy_backward_case::<f32>(gpu, &mut r, vocab, 2e-6);
-        entropy_backward_case::<bf16>(gpu, &mut r, vocab, 1e-2);
+        entropy_backward_case::<f32>(gpu, &mut r, vocab, 1e-5);
+        entropy_backward_case::<bf16>(gpu, &mut r, vocab, 1e-5);
     }
 }
 
@@ -586,10 +589,20 @@ fn grpo_step_parity(gpu: &Gpu, seed: u64) {
     let want_grad = tl_ref::backward_with_entropy(&host, layout, &targets, &gl, &ge, &token_cfg).unwrap();
     let got = s.clone_dtoh(&logits).unwrap();
     for t in 0..n {
+        // As entropy_backward_case: relative f32 error and one bf16 rounding, plus the absolute
+        // error where ln p + H cancels. The reference's gradient inputs are f32 roundings of the
+        // f64 loss gradients the kernel computed in f32 (2e-4 relative above): that error scales
+        // every entry of a row alike.
         let scale = (gl[t].abs() + ge[t].abs() * (1.0 + entropy[t].abs())) as f64;
         for v in 0..vocab {
             let (g, w) = (got[t * vocab + v].to_f64(), want_grad[t * vocab + v]);
-            assert_close(&format!("dlogits[{t}, {v}]"), g, w, scale * 1e-2 + 1e-12, 1e-2);
+            assert_close(
+                &format!("dlogits[{t}, {v}]"),
+                g,
+                w,
+                scale * 1e-5 + 1e-12,
+                2e-4 + crate::common::tol::grad_rtol::<bf16>(),
+            );
         }
     }
 }

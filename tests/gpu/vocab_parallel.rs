@@ -72,6 +72,7 @@ fn finalize(
         lse: lse.as_view_mut(),
         entropy: Some(ent.as_view_mut()),
         stats: Some(stats.as_view_mut()),
+        log_sum_sq: None,
     };
     gpu.vocab_parallel_finalize(s, &g.as_view(), n_shards, vocab, targets, out, cfg)?;
     Ok((
@@ -525,6 +526,7 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     lse: ls.as_view_mut(),
                     entropy: Some(en.as_view_mut()),
                     stats: None,
+                    log_sum_sq: None,
                 };
                 comm.token_logprobs(&g, &d, LogitsLayout::contiguous(n, sh.len), &dt, out, &cfg).unwrap();
                 let got = s.clone_dtoh(&lp).unwrap();
@@ -552,6 +554,7 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     lse: ls.as_view_mut(),
                     entropy: Some(en.as_view_mut()),
                     stats: Some(st.as_view_mut()),
+                    log_sum_sq: None,
                 };
                 comm.linear_token_logprobs(&g, &head, &dt.as_view(), out, &lcfg).unwrap();
                 let got = s.clone_dtoh(&lp).unwrap();
