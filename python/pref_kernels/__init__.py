@@ -137,7 +137,7 @@ def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_l
 
 def _loss_args(terms, f_divergence_type, f_alpha_divergence_coef, aggregation):
     """The loss configuration as the ops take it: the terms' six code lists, then the divergence
-    code, alpha (TRL's `f_alpha_divergence_coef`, HEAD convention) and the aggregation code."""
+    code, alpha (TRL's `f_alpha_divergence_coef`, TRL 1.16 convention) and the aggregation code."""
     if f_divergence_type not in _DIVERGENCE:
         raise ValueError(f"pref_kernels: f_divergence_type must be one of {', '.join(_DIVERGENCE)}")
     if aggregation not in _AGGREGATION:

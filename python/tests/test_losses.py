@@ -12,7 +12,7 @@ import pref_kernels as pk
 
 
 def trl_loss(logp, ref, mask, n_seqs, seq_len, loss_type, beta, label_smoothing=0.0, tau=0.05):
-    """TRL DPOTrainer's per-pair losses (as in trl/trainer/dpo_trainer.py at HEAD), mean over pairs."""
+    """TRL DPOTrainer's per-pair losses (as in TRL 1.16.0's trl/trainer/dpo_trainer.py), mean over pairs."""
     m = mask.double()
     s = (logp * m).view(n_seqs, seq_len).sum(-1)
     r = (ref.double() * m).view(n_seqs, seq_len).sum(-1)

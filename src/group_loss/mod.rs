@@ -12,7 +12,7 @@
 //! | `Lipo` | s = β(S − S^ref) (sums) | Σ_{ψi>ψj} λ_ij softplus(−(s_i − s_j)) / #pairs, pooled over the batch |
 //! | `Pro` | s = S / N (means) | Σ_k mean_b[log(1e-10 + e^{s_k T_kk} + Σ_{i>k} e^{s_i T_ki}) − s_k T_kk] + w_sft (n−1)² mean_b(−S_0) |
 //!
-//! **KTO** (TRL HEAD): z0 = max(mean over the KL samples of S − S^ref, 0), detached; the KL
+//! **KTO** (TRL 1.16.0): z0 = max(mean over the KL samples of S − S^ref, 0), detached; the KL
 //! samples are the mismatched (prompt, completion) sequences TRL builds by shifting completions
 //! by one inside the batch — give them in the token batch with role [`KtoRole::KlSample`]
 //! (they get no gradient), or pass the gathered value ([`KtoKl::Given`]).

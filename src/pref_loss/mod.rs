@@ -6,7 +6,8 @@
 //! sequence), one call computes the mean loss, per-pair losses, the metrics trainers log, and the
 //! gradient of the loss with respect to every token's log-prob (f32, zero on masked tokens).
 //!
-//! Formulas follow `shared/spec/losses.md` (TRL HEAD, the TAB-PO reference implementation):
+//! Formulas follow TRL 1.16.0's `DPOTrainer._compute_loss` and `shared/spec/losses.md` (the TAB-PO
+//! reference implementation):
 //! with per-sequence scores S (aggregation per term), Δ = S − S^ref, ψ the f-divergence transform,
 //! δ = ψ(Δc) − ψ(Δr), x = βδ, ρ = βΔ:
 //!
