@@ -188,7 +188,7 @@ unsafe fn forward<T: LogitElement, I: TargetIndex>(
 
 /// Log-probs (and entropy when `entropy` is non-zero) of `hidden · weightᵀ (+ bias)` at
 /// `temperature`, `[n_rows]` f32 each, without an `[N, V]` logits tensor
-/// ([`Gpu::linear_logprobs_forward_into`]). `dtype_code` is the hidden states' and weight's
+/// ([`Gpu::linear_logprobs_forward_into`](crate::Gpu::linear_logprobs_forward_into)). `dtype_code` is the hidden states' and weight's
 /// dtype; `bias` is 0 or `[vocab]` f32. Writes the number of chunks to `n_chunks` when non-null.
 ///
 /// # Safety
@@ -269,7 +269,7 @@ unsafe fn backward<T: LogitElement, I: TargetIndex>(
 /// The backward of [`prefk_linear_logprobs_forward`] for any per-token loss: from dL/dlogp (and
 /// dL/dH when `grad_entropy` is non-zero), `[n_rows]` f32, writes `d_hidden` `[n_rows, hidden]`
 /// (the hidden states' dtype), `d_weight` `[vocab, hidden]` f32 and, with a bias, `d_bias`
-/// `[vocab]` f32 (all overwritten) ([`Gpu::linear_logprobs_backward_into`]).
+/// `[vocab]` f32 (all overwritten) ([`Gpu::linear_logprobs_backward_into`](crate::Gpu::linear_logprobs_backward_into)).
 ///
 /// # Safety
 /// As [`prefk_linear_logprobs_forward`].
@@ -331,7 +331,7 @@ unsafe fn shard_forward<T: LogitElement, I: TargetIndex>(
 /// A vocabulary shard's partial statistics (`[n_rows, 5]` f32 into `partials`, see
 /// `prefk_vocab_shard_partials`) of `hidden · weightᵀ (+ bias)` where `weight` `[shard_vocab,
 /// hidden]` (and `bias`) are the LM head's rows `[vocab_start, vocab_start + shard_vocab)` of
-/// `vocab`, without the shard's logits tensor ([`Gpu::linear_shard_partials_into`]). The entropy
+/// `vocab`, without the shard's logits tensor ([`Gpu::linear_shard_partials_into`](crate::Gpu::linear_shard_partials_into)). The entropy
 /// term when `compute_entropy` is non-zero.
 ///
 /// # Safety
@@ -419,7 +419,7 @@ unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
 /// (`[n_rows, 2]` f32; and `entropy`
 /// with dL/dH when `grad_entropy` is non-zero): writes this shard's `d_weight` `[shard_vocab,
 /// hidden]` f32 (and `d_bias`) and its **partial** `d_hidden` `[n_rows, hidden]`, which the caller
-/// sums over the tensor-parallel group ([`Gpu::linear_shard_backward_into`]).
+/// sums over the tensor-parallel group ([`Gpu::linear_shard_backward_into`](crate::Gpu::linear_shard_backward_into)).
 ///
 /// # Safety
 /// As [`prefk_linear_logprobs_forward`].
@@ -525,7 +525,7 @@ unsafe fn step<T: LogitElement, I: TargetIndex>(
 }
 
 /// The whole preference step from hidden states, chunked by whole groups of pairs
-/// ([`Gpu::linear_preference_step_into`]): loss terms, divergence and aggregation as
+/// ([`Gpu::linear_preference_step_into`](crate::Gpu::linear_preference_step_into)): loss terms, divergence and aggregation as
 /// [`super::prefk_preference_loss`]; sequences packed (`cu_seqlens`: `n_seqs + 1` **host** i32) or
 /// padded (`cu_seqlens` null: `n_seqs` x `seq_len`); pairs first-half-chosen (`chosen` null) or
 /// explicit (`n_pairs` **host** i32 each). Token mask: `targets != ignore_index`. Writes `logp`
