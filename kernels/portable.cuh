@@ -36,6 +36,7 @@ extern "C" const char PREFK_EMU_ANCHOR = 0;
                                                                sizeof(T) * (COUNT), alignof(T)))
 
 #define PREFK_DYNAMIC_SHARED(T, NAME) T* const NAME = static_cast<T*>(::prefk_emu::dynamic_shared())
+#define PREFK_NOINLINE __attribute__((noinline))
 
 __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                              __nv_bfloat16) {
@@ -50,6 +51,7 @@ __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[
 #else  // CUDA device code
 
 #define PREFK_KERNEL(NAME, PARAMS, ...) extern "C" __global__ void __launch_bounds__(__VA_ARGS__) NAME(PARAMS p)
+#define PREFK_NOINLINE __noinline__
 #define PREFK_SHARED_ARRAY(T, NAME, COUNT) __shared__ T NAME[COUNT]
 #define PREFK_DYNAMIC_SHARED(T, NAME)                   \
     extern __shared__ __align__(16) unsigned char NAME##_bytes[]; \

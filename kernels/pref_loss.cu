@@ -280,7 +280,7 @@ __device__ __forceinline__ void smoothed_logistic(float x, float e, float& phi, 
 }
 
 // Pair i of an AOT term: its value at its rank, matched with the other sorted column's value there.
-__device__ TermOut aot_term(const LossTerm& L, const PairLossParams& p, int64_t i, const Stats& c, const Stats& r) {
+__device__ PREFK_NOINLINE TermOut aot_term(const LossTerm& L, const PairLossParams& p, int64_t i, const Stats& c, const Stats& r) {
     TermOut o = {};
     const float beta = L.beta;
     const float* ps = reinterpret_cast<const float*>(p.pair_sort);
@@ -416,19 +416,12 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
                     if (nll[1] > 0.f) coef[0] -= p.grad_scale * w * nll_weight_mean / nll[1];
                     continue;
                 }
-                TermOut o = is_aot(L.kind) ? aot_term(L, p, i, sc, sr)
-                                           : pair_term(L, p, sc, sr, has_ref, rfc, rfr);
-                if (seq_w) {
-                    o.phi *= pw;
-                    o.barrier_loss *= pw;
-#pragma unroll
-                    for (int j = 0; j < 3; ++j) {
-                        o.cc[j] *= pw;
-                        o.cr[j] *= pw;
-                    }
-                }
-                col[0] += w * o.phi;
-                const float g = p.grad_scale * w * inv_p;
+                const TermOut o = is_aot(L.kind) ? aot_term(L, p, i, sc, sr)
+                                                 : pair_term(L, p, sc, sr, has_ref, rfc, rfr);
+                // WPO's pair weight scales the term's loss and gradient (not its rewards).
+                const float wp = w * pw;
+                col[0] += wp * o.phi;
+                const float g = p.grad_scale * wp * inv_p;
 #pragma unroll
                 for (int j = 0; j < 3; ++j) {
                     coef[j] += g * o.cc[j];
@@ -436,7 +429,7 @@ PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
                 }
                 if (L.kind == PREFK_LOSS_TABPO) {
                     col[5] = o.barrier;
-                    barrier_loss = w * o.barrier_loss;
+                    barrier_loss = wp * o.barrier_loss;
                     m[9] += sc.gcount;
                     m[10] += sc.count;
                 }
