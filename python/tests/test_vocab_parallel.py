@@ -146,6 +146,7 @@ def _worker(rank, world, init_file, dtype, backend, tol, temperature, errors):
         # group while a peer's last all-gather is still in flight aborts that peer (SIGABRT,
         # "terminate called without an active exception", seen in about 1 run in 3 at world 2).
         dist.barrier()
+        errors.put((rank, None))  # this rank's checks all passed
     except BaseException:
         errors.put((rank, traceback.format_exc()))
         raise
@@ -161,10 +162,19 @@ def _run(world, dtype, backend, tol, tmp_path, temperature=0.9):
         mp.start_processes(_worker, args=(world, str(init_file), dtype, backend, tol, temperature, errors),
                            nprocs=world, join=True, start_method="spawn")
     except Exception as e:
-        msgs = []
+        msgs, passed = [], set()
         while not errors.empty():
             r, tb = errors.get()
-            msgs.append(f"--- rank {r} ---\n{tb}")
+            if tb is None:
+                passed.add(r)
+            else:
+                msgs.append(f"--- rank {r} ---\n{tb}")
+        if not msgs and len(passed) == world:
+            # Every rank finished its checks and the closing barrier; gloo then aborted a process
+            # while tearing its connections down (torch's, after our last collective), which says
+            # nothing about the kernels. Reported, not failed.
+            print(f"gloo teardown aborted a process after every rank passed: {e}")
+            return
         raise AssertionError("\n".join(msgs) or str(e)) from e
 
 
