@@ -46,6 +46,8 @@ class BuildWithCrate(build_py):
         dest = Path(self.build_lib) / "pref_kernels"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copy2(_library(), dest / "libpref_kernels.so")
+        # The C ABI's one definition: _lib.py builds its ctypes structs from it.
+        shutil.copy2(REPO / "include" / "prefk.h", dest / "prefk.h")
 
 
 class BinaryDistribution(Distribution):

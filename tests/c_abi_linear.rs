@@ -93,26 +93,27 @@ fn linear_forward_and_backward_through_the_c_abi() {
     let row_bytes = ((v + h) * 4 + 56) as i64;
     // SAFETY: registered buffers of the sizes given; n_chunks is a valid host i64.
     let rc = unsafe {
-        prefk_linear_logprobs_forward(
-            EMU,
-            0,
-            0,
-            1,
-            hp,
-            wp,
-            0,
-            tp,
-            lp,
-            sp,
-            0,
-            n as i64,
-            h as i64,
-            v as i64,
-            -100,
-            1.0,
-            5 * row_bytes,
-            &mut n_chunks,
-        )
+        prefk_linear_logprobs_forward(&pref_kernels::ffi::PrefkLinearLogprobsForwardArgs {
+            device: EMU,
+            stream: 0,
+            dtype_code: 0,
+            index_code: 1,
+            hidden: hp,
+            weight: wp,
+            bias: 0,
+            targets: tp,
+            logp: lp,
+            lse: sp,
+            entropy: 0,
+            n_rows: n as i64,
+            hidden_dim: h as i64,
+            vocab: v as i64,
+            ignore_index: -100,
+            temperature: 1.0,
+            workspace_bytes: 5 * row_bytes,
+            n_chunks: &mut n_chunks,
+            ..pref_kernels::ffi::PrefkLinearLogprobsForwardArgs::new()
+        })
     };
     assert_eq!(rc, 0, "{}", last());
     assert_eq!(n_chunks, 4, "16 used rows in chunks of 5");
@@ -124,27 +125,28 @@ fn linear_forward_and_backward_through_the_c_abi() {
     }
     // SAFETY: as above.
     let rc = unsafe {
-        prefk_linear_logprobs_backward(
-            EMU,
-            0,
-            0,
-            1,
-            hp,
-            wp,
-            0,
-            tp,
-            gp,
-            0,
-            dhp,
-            dwp,
-            0,
-            n as i64,
-            h as i64,
-            v as i64,
-            -100,
-            1.0,
-            3 * row_bytes,
-        )
+        prefk_linear_logprobs_backward(&pref_kernels::ffi::PrefkLinearLogprobsBackwardArgs {
+            device: EMU,
+            stream: 0,
+            dtype_code: 0,
+            index_code: 1,
+            hidden: hp,
+            weight: wp,
+            bias: 0,
+            targets: tp,
+            grad_logp: gp,
+            grad_entropy: 0,
+            d_hidden: dhp,
+            d_weight: dwp,
+            d_bias: 0,
+            n_rows: n as i64,
+            hidden_dim: h as i64,
+            vocab: v as i64,
+            ignore_index: -100,
+            temperature: 1.0,
+            workspace_bytes: 3 * row_bytes,
+            ..pref_kernels::ffi::PrefkLinearLogprobsBackwardArgs::new()
+        })
     };
     assert_eq!(rc, 0, "{}", last());
     let g = lin_ref::backward(&p.hidden, &p.weight, None, shape, &p.targets, &grad_logp, None, &cfg).unwrap();
@@ -179,42 +181,43 @@ fn linear_step_through_the_c_abi_equals_the_references() {
         // SAFETY: registered device-side buffers; host metrics of 16 f32 and `pair_out` of the
         // rows the caller claims (the library must check them against the batch before writing).
         unsafe {
-            prefk_linear_preference_step(
-                EMU,
-                0,
-                0,
-                1,
-                hp,
-                wp,
-                0,
-                tp,
-                0,
-                rp,
-                0,
-                std::ptr::null(),
-                n_seqs as i64,
-                seq_len as i64,
-                std::ptr::null(),
-                std::ptr::null(),
+            prefk_linear_preference_step(&pref_kernels::ffi::PrefkLinearPreferenceStepArgs {
+                device: EMU,
+                stream: 0,
+                dtype_code: 0,
+                index_code: 1,
+                hidden: hp,
+                weight: wp,
+                bias: 0,
+                targets: tp,
+                weights: 0,
+                ref_logp: rp,
+                ref_seq: 0,
+                cu_seqlens: std::ptr::null(),
+                n_seqs: n_seqs as i64,
+                seq_len: seq_len as i64,
+                chosen: std::ptr::null(),
+                rejected: std::ptr::null(),
                 n_pairs,
-                &term,
-                1,
-                0,
-                0.5,
-                0,
-                lp,
-                dhp,
-                dwp,
-                0,
-                metrics.as_mut_ptr(),
-                pair_out.as_mut_ptr(),
-                n as i64,
-                h as i64,
-                v as i64,
-                -100,
-                1.0,
-                1 << 20,
-            )
+                terms: &term,
+                n_terms: 1,
+                divergence: 0,
+                alpha: 0.5,
+                aggregation: 0,
+                logp: lp,
+                d_hidden: dhp,
+                d_weight: dwp,
+                d_bias: 0,
+                metrics: metrics.as_mut_ptr(),
+                pair_out: pair_out.as_mut_ptr(),
+                n_rows: n as i64,
+                hidden_dim: h as i64,
+                vocab: v as i64,
+                ignore_index: -100,
+                temperature: 1.0,
+                workspace_bytes: 1 << 20,
+                ..pref_kernels::ffi::PrefkLinearPreferenceStepArgs::new()
+            })
         }
     };
     let rc = step(2, &mut metrics, &mut pair_out);
@@ -261,26 +264,27 @@ fn hostile_linear_arguments_are_errors_not_panics() {
         // SAFETY: every pointer is registered or hostile on purpose; the library checks before use
         // and the emulator checks every access.
         unsafe {
-            prefk_linear_logprobs_forward(
-                EMU,
-                0,
-                dtype,
-                1,
+            prefk_linear_logprobs_forward(&pref_kernels::ffi::PrefkLinearLogprobsForwardArgs {
+                device: EMU,
+                stream: 0,
+                dtype_code: dtype,
+                index_code: 1,
                 hidden,
                 weight,
-                0,
-                tp,
-                lp,
-                sp,
-                0,
-                n,
-                h,
-                v,
-                -100,
-                1.0,
-                work,
-                std::ptr::null_mut(),
-            )
+                bias: 0,
+                targets: tp,
+                logp: lp,
+                lse: sp,
+                entropy: 0,
+                n_rows: n,
+                hidden_dim: h,
+                vocab: v,
+                ignore_index: -100,
+                temperature: 1.0,
+                workspace_bytes: work,
+                n_chunks: std::ptr::null_mut(),
+                ..pref_kernels::ffi::PrefkLinearLogprobsForwardArgs::new()
+            })
         }
     };
     type Case = (&'static str, (u64, u64, i64, i64, i64, u32, i64), &'static str);
@@ -312,7 +316,24 @@ fn reductions_and_label_checks_through_the_c_abi() {
     let sp = reg.add(&mut scores, false);
     for (code, mode) in [(0u32, ReduceMode::Sum), (1, ReduceMode::Mean)] {
         // SAFETY: registered buffers of the sizes given.
-        let rc = unsafe { prefk_seq_reduce(EMU, 0, lp, mp, 0, 20, cp, 4, 0, code, sp, 0, 0) };
+        let rc = unsafe {
+            prefk_seq_reduce(&pref_kernels::ffi::PrefkSeqReduceArgs {
+                device: EMU,
+                stream: 0,
+                logp: lp,
+                mask: mp,
+                weights: 0,
+                n_tokens: 20,
+                cu_seqlens: cp,
+                n_seqs: 4,
+                seq_len: 0,
+                mode: code,
+                scores: sp,
+                stats: 0,
+                status: 0,
+                ..pref_kernels::ffi::PrefkSeqReduceArgs::new()
+            })
+        };
         assert_eq!(rc, 0, "{}", last());
         let tokens = TokenInputs { logp: &logp, mask: Some(&mask), weights: None, ref_logp: None };
         let want = reduce_ref::reduce(&tokens, &SeqLayout::Packed { cu_seqlens: &cu }, mode).unwrap();
@@ -321,23 +342,102 @@ fn reductions_and_label_checks_through_the_c_abi() {
         }
     }
     // SAFETY: as above.
-    assert_eq!(unsafe { prefk_seq_reduce(EMU, 0, lp, mp, 0, 20, cp, 4, 0, 7, sp, 0, 0) }, -1);
+    assert_eq!(
+        unsafe {
+            prefk_seq_reduce(&pref_kernels::ffi::PrefkSeqReduceArgs {
+                device: EMU,
+                stream: 0,
+                logp: lp,
+                mask: mp,
+                weights: 0,
+                n_tokens: 20,
+                cu_seqlens: cp,
+                n_seqs: 4,
+                seq_len: 0,
+                mode: 7,
+                scores: sp,
+                stats: 0,
+                status: 0,
+                ..pref_kernels::ffi::PrefkSeqReduceArgs::new()
+            })
+        },
+        -1
+    );
     assert!(last().contains("mode"), "{}", last());
     // SAFETY: as above; weighted modes need weights.
-    assert_eq!(unsafe { prefk_seq_reduce(EMU, 0, lp, mp, 0, 20, cp, 4, 0, 2, sp, 0, 0) }, -1);
+    assert_eq!(
+        unsafe {
+            prefk_seq_reduce(&pref_kernels::ffi::PrefkSeqReduceArgs {
+                device: EMU,
+                stream: 0,
+                logp: lp,
+                mask: mp,
+                weights: 0,
+                n_tokens: 20,
+                cu_seqlens: cp,
+                n_seqs: 4,
+                seq_len: 0,
+                mode: 2,
+                scores: sp,
+                stats: 0,
+                status: 0,
+                ..pref_kernels::ffi::PrefkSeqReduceArgs::new()
+            })
+        },
+        -1
+    );
     assert!(last().contains("weights"), "{}", last());
 
     let roles = [1.0f32, 0.0, 2.0, 3.0];
     // SAFETY: host labels of the length given.
-    let ok = unsafe { prefk_group_loss_check_labels(0, 0.1, 1.0, 1.0, f32::NAN, 0, 0, roles.as_ptr(), 4) };
+    let ok = unsafe {
+        prefk_group_loss_check_labels(&pref_kernels::ffi::PrefkGroupLossCheckLabelsArgs {
+            kind: 0,
+            beta: 0.1,
+            p0: 1.0,
+            p1: 1.0,
+            kl_given: f32::NAN,
+            flags: 0,
+            list_size: 0,
+            labels: roles.as_ptr(),
+            n_seqs: 4,
+            ..pref_kernels::ffi::PrefkGroupLossCheckLabelsArgs::new()
+        })
+    };
     assert_eq!(ok, 0, "{}", last());
     let bad = [1.0f32, 5.0];
     // SAFETY: as above.
-    let rc = unsafe { prefk_group_loss_check_labels(0, 0.1, 1.0, 1.0, f32::NAN, 0, 0, bad.as_ptr(), 2) };
+    let rc = unsafe {
+        prefk_group_loss_check_labels(&pref_kernels::ffi::PrefkGroupLossCheckLabelsArgs {
+            kind: 0,
+            beta: 0.1,
+            p0: 1.0,
+            p1: 1.0,
+            kl_given: f32::NAN,
+            flags: 0,
+            list_size: 0,
+            labels: bad.as_ptr(),
+            n_seqs: 2,
+            ..pref_kernels::ffi::PrefkGroupLossCheckLabelsArgs::new()
+        })
+    };
     assert_eq!(rc, -1);
     let rising = [1.0f32, 2.0];
     // SAFETY: as above; PRO rewards must be in ranking order.
-    let rc = unsafe { prefk_group_loss_check_labels(2, 0.0, 0.05, 0.0, f32::NAN, 0, 2, rising.as_ptr(), 2) };
+    let rc = unsafe {
+        prefk_group_loss_check_labels(&pref_kernels::ffi::PrefkGroupLossCheckLabelsArgs {
+            kind: 2,
+            beta: 0.0,
+            p0: 0.05,
+            p1: 0.0,
+            kl_given: f32::NAN,
+            flags: 0,
+            list_size: 2,
+            labels: rising.as_ptr(),
+            n_seqs: 2,
+            ..pref_kernels::ffi::PrefkGroupLossCheckLabelsArgs::new()
+        })
+    };
     assert_eq!(rc, -1);
     assert!(last().contains("non-increasing"), "{}", last());
 }

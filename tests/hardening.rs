@@ -101,16 +101,7 @@ proptest! {
         let (mut n_tokens, mut n_tiles) = (0i64, 0i64);
         // SAFETY: the arrays hold n_groups and sum(counts) elements; outputs are queried with null.
         let rc = unsafe {
-            prefk_prefix_layout(
-                prefix.as_ptr(),
-                counts.as_ptr(),
-                lens.as_ptr(),
-                groups.len() as i64,
-                &mut n_tokens,
-                &mut n_tiles,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            )
+            prefk_prefix_layout(&pref_kernels::ffi::PrefkPrefixLayoutArgs { prefix_lens: prefix.as_ptr(), resp_counts: counts.as_ptr(), resp_lens: lens.as_ptr(), n_groups: groups.len() as i64, n_tokens: &mut n_tokens, n_tiles: &mut n_tiles, tiles: std::ptr::null_mut(), seg_lo2: std::ptr::null_mut(), ..pref_kernels::ffi::PrefkPrefixLayoutArgs::new() })
         };
         prop_assert!(rc == 0 || rc == -1, "rc {}", rc);
         if rc == 0 {
@@ -156,18 +147,12 @@ proptest! {
         let term = pref_kernels::ffi::PrefkLossTerm { kind: 0, weight: 1.0, beta: 0.1, p0: 0.0, p1: 0.0, flags: 0 };
         // SAFETY: deliberately invalid arguments (see above); `term` is valid host memory.
         let rc = unsafe {
-            pref_kernels::ffi::prefk_preference_loss(
-                PREFK_DEVICE_EMULATOR, 0, p[0], p[1], 0, p[2], 0, p[1], n_tokens, p[3], n_seqs, seq_len, p[4], p[5],
-                n_pairs, &term, 1, 0, 0.5, 0, 1.0, 0, p[6], p[7], p[0], 0,
-            )
+            pref_kernels::ffi::prefk_preference_loss(&pref_kernels::ffi::PrefkPreferenceLossArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, logp: p[0], mask: p[1], weights: 0, ref_logp: p[2], ref_seq: 0, seq_weights: p[1], n_tokens, cu_seqlens: p[3], n_seqs, seq_len, chosen: p[4], rejected: p[5], n_pairs, terms: &term, n_terms: 1, divergence: 0, alpha: 0.5, aggregation: 0, grad_scale: 1.0, pair_out: 0, metrics: p[6], grad_logp: p[7], workspace: p[0], status: 0, ..pref_kernels::ffi::PrefkPreferenceLossArgs::new() })
         };
         prop_assert!(rc == -1 || rc == 0, "loss rc {}", rc);
         // SAFETY: as above.
         let rc = unsafe {
-            pref_kernels::ffi::prefk_prefix_attn_forward(
-                PREFK_DEVICE_EMULATOR, 0, 2, p[0], p[1], p[2], p[3], p[4], p[5], p[6], n_tiles, n_tokens,
-                heads.0, heads.1, heads.2, 0.125,
-            )
+            pref_kernels::ffi::prefk_prefix_attn_forward(&pref_kernels::ffi::PrefkPrefixAttnForwardArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, dtype_code: 2, q: p[0], k: p[1], v: p[2], o: p[3], lse: p[4], tiles: p[5], seg_lo2: p[6], n_tiles, n_tokens, q_heads: heads.0, kv_heads: heads.1, head_dim: heads.2, scale: 0.125, ..pref_kernels::ffi::PrefkPrefixAttnForwardArgs::new() })
         };
         prop_assert!(rc == -1, "attention rc {}", rc);
     }
@@ -186,10 +171,7 @@ proptest! {
         // SAFETY: deliberately invalid arguments; the contract is that they are rejected (the
         // emulator's memcheck covers the pointers validation cannot judge).
         let rc = unsafe {
-            prefk_token_logprobs_forward(
-                PREFK_DEVICE_EMULATOR, 0, 2, 1, ptrs[0], ptrs[1], ptrs[2], ptrs[3], 0, 0, 0, 0, n, v, stride, -100,
-                temperature,
-            )
+            prefk_token_logprobs_forward(&pref_kernels::ffi::PrefkTokenLogprobsForwardArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, dtype_code: 2, index_code: 1, logits: ptrs[0], targets: ptrs[1], logp: ptrs[2], lse: ptrs[3], stats: 0, entropy: 0, log_sum_sq: 0, status: 0, n_rows: n, vocab: v, row_stride: stride, ignore_index: -100, temperature, ..pref_kernels::ffi::PrefkTokenLogprobsForwardArgs::new() })
         };
         let empty = n == 0 && v >= 1 && stride >= v && temperature == 1.0 && ptrs.iter().all(|&p| p != 0);
         prop_assert!(rc == -1 || (rc == 0 && empty), "rc {} for n {} v {} stride {} ptrs {:x?}", rc, n, v, stride, ptrs);
@@ -237,16 +219,17 @@ fn the_issue_examples_are_errors() {
     let (mut t, mut k) = (0i64, 0i64);
     // SAFETY: arrays of the declared sizes; outputs queried with null.
     let rc = unsafe {
-        prefk_prefix_layout(
-            prefix.as_ptr(),
-            counts.as_ptr(),
-            lens.as_ptr(),
-            1,
-            &mut t,
-            &mut k,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        )
+        prefk_prefix_layout(&pref_kernels::ffi::PrefkPrefixLayoutArgs {
+            prefix_lens: prefix.as_ptr(),
+            resp_counts: counts.as_ptr(),
+            resp_lens: lens.as_ptr(),
+            n_groups: 1,
+            n_tokens: &mut t,
+            n_tiles: &mut k,
+            tiles: std::ptr::null_mut(),
+            seg_lo2: std::ptr::null_mut(),
+            ..pref_kernels::ffi::PrefkPrefixLayoutArgs::new()
+        })
     };
     assert_eq!(rc, -1, "an overflowing layout must be an error, not a caught panic");
 }
@@ -275,26 +258,17 @@ proptest! {
         };
         // SAFETY: deliberately invalid arguments; `cfg` is valid host memory.
         let rc = unsafe {
-            pref_kernels::ffi::prefk_grpo_loss(
-                PREFK_DEVICE_EMULATOR, 0, &cfg, p[0], p[1], p[2], p[2], p[3], 0, 0, p[4], n_tokens, p[5], n_seqs,
-                seq_len, p[6], p[7], 0, p[0], 0,
-            )
+            pref_kernels::ffi::prefk_grpo_loss(&pref_kernels::ffi::PrefkGrpoLossArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, config: &cfg, logp: p[0], old_logp: p[1], sampling_logp: p[2], ref_logp: p[2], mask: p[3], is_weights: 0, entropy: 0, advantages: p[4], n_tokens, cu_seqlens: p[5], n_seqs, seq_len, metrics: p[6], grad_logp: p[7], grad_entropy: 0, workspace: p[0], status: 0, ..pref_kernels::ffi::PrefkGrpoLossArgs::new() })
         };
         prop_assert!(rc == -1 || rc == 0, "grpo rc {}", rc);
         // SAFETY: as above.
         let rc = unsafe {
-            pref_kernels::ffi::prefk_group_loss(
-                PREFK_DEVICE_EMULATOR, 0, kind, hyper[0], 1.0, 1.0, f32::NAN, 4, list, p[0], p[1], p[2], 0, p[3],
-                n_tokens, p[4], n_seqs, seq_len, 1.0, 0, p[5], p[6], p[7], 0,
-            )
+            pref_kernels::ffi::prefk_group_loss(&pref_kernels::ffi::PrefkGroupLossArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, kind, beta: hyper[0], p0: 1.0, p1: 1.0, kl_given: f32::NAN, flags: 4, list_size: list, logp: p[0], mask: p[1], ref_logp: p[2], ref_seq: 0, labels: p[3], n_tokens, cu_seqlens: p[4], n_seqs, seq_len, grad_scale: 1.0, seq_out: 0, metrics: p[5], grad_logp: p[6], workspace: p[7], status: 0, ..pref_kernels::ffi::PrefkGroupLossArgs::new() })
         };
         prop_assert!(rc == -1 || rc == 0, "group rc {}", rc);
         // SAFETY: a null config is refused.
         let rc = unsafe {
-            pref_kernels::ffi::prefk_grpo_loss(
-                PREFK_DEVICE_EMULATOR, 0, std::ptr::null(), p[0], 0, 0, 0, 0, 0, 0, p[4], n_tokens, 0, n_seqs,
-                seq_len, p[6], p[7], 0, p[0], 0,
-            )
+            pref_kernels::ffi::prefk_grpo_loss(&pref_kernels::ffi::PrefkGrpoLossArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, config: std::ptr::null(), logp: p[0], old_logp: 0, sampling_logp: 0, ref_logp: 0, mask: 0, is_weights: 0, entropy: 0, advantages: p[4], n_tokens, cu_seqlens: 0, n_seqs, seq_len, metrics: p[6], grad_logp: p[7], grad_entropy: 0, workspace: p[0], status: 0, ..pref_kernels::ffi::PrefkGrpoLossArgs::new() })
         };
         prop_assert_eq!(rc, -1);
     }

@@ -63,25 +63,26 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
 
     // SAFETY: every pointer is a registered buffer of the sizes given.
     let rc = unsafe {
-        prefk_token_logprobs_forward(
-            PREFK_DEVICE_EMULATOR,
-            0,
-            0,
-            1,
-            addr(&logits),
-            addr(&targets),
-            addr(&logp),
-            addr(&lse),
-            addr(&stats),
-            addr(&entropy),
-            0,
-            0,
-            n as i64,
-            v as i64,
-            v as i64,
-            -100,
-            0.7,
-        )
+        prefk_token_logprobs_forward(&pref_kernels::ffi::PrefkTokenLogprobsForwardArgs {
+            device: PREFK_DEVICE_EMULATOR,
+            stream: 0,
+            dtype_code: 0,
+            index_code: 1,
+            logits: addr(&logits),
+            targets: addr(&targets),
+            logp: addr(&logp),
+            lse: addr(&lse),
+            stats: addr(&stats),
+            entropy: addr(&entropy),
+            log_sum_sq: 0,
+            status: 0,
+            n_rows: n as i64,
+            vocab: v as i64,
+            row_stride: v as i64,
+            ignore_index: -100,
+            temperature: 0.7,
+            ..pref_kernels::ffi::PrefkTokenLogprobsForwardArgs::new()
+        })
     };
     assert_eq!(rc, 0, "{}", last());
     let cfg = TokenLogprobsConfig { temperature: 0.7, compute_entropy: true, ..Default::default() };
@@ -101,26 +102,27 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     assert_eq!(register(&mut grad, false), 0, "{}", last());
     // SAFETY: registered buffers of the sizes given.
     let rc = unsafe {
-        prefk_token_logprobs_backward_entropy(
-            PREFK_DEVICE_EMULATOR,
-            0,
-            0,
-            1,
-            addr(&logits),
-            addr(&targets),
-            addr(&stats),
-            addr(&entropy),
-            addr(&grad_logp),
-            addr(&grad_ent),
-            addr(&grad),
-            0,
-            n as i64,
-            v as i64,
-            v as i64,
-            v as i64,
-            -100,
-            0.7,
-        )
+        prefk_token_logprobs_backward_entropy(&pref_kernels::ffi::PrefkTokenLogprobsBackwardEntropyArgs {
+            device: PREFK_DEVICE_EMULATOR,
+            stream: 0,
+            dtype_code: 0,
+            index_code: 1,
+            logits: addr(&logits),
+            targets: addr(&targets),
+            stats: addr(&stats),
+            entropy: addr(&entropy),
+            grad_logp: addr(&grad_logp),
+            grad_entropy: addr(&grad_ent),
+            grad_logits: addr(&grad),
+            status: 0,
+            n_rows: n as i64,
+            vocab: v as i64,
+            row_stride: v as i64,
+            grad_stride: v as i64,
+            ignore_index: -100,
+            temperature: 0.7,
+            ..pref_kernels::ffi::PrefkTokenLogprobsBackwardEntropyArgs::new()
+        })
     };
     assert_eq!(rc, 0, "{}", last());
     let g = pref_kernels::token_logprobs::reference::backward_with_entropy(
@@ -141,25 +143,26 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     assert_eq!(register(&mut short, true), 0, "{}", last());
     // SAFETY: the emulator checks every access; nothing outside registered memory is touched.
     let rc = unsafe {
-        prefk_token_logprobs_forward(
-            PREFK_DEVICE_EMULATOR,
-            0,
-            0,
-            1,
-            addr(&short),
-            addr(&targets),
-            addr(&logp),
-            addr(&lse),
-            0,
-            0,
-            0,
-            0,
-            n as i64,
-            v as i64,
-            v as i64,
-            -100,
-            1.0,
-        )
+        prefk_token_logprobs_forward(&pref_kernels::ffi::PrefkTokenLogprobsForwardArgs {
+            device: PREFK_DEVICE_EMULATOR,
+            stream: 0,
+            dtype_code: 0,
+            index_code: 1,
+            logits: addr(&short),
+            targets: addr(&targets),
+            logp: addr(&logp),
+            lse: addr(&lse),
+            stats: 0,
+            entropy: 0,
+            log_sum_sq: 0,
+            status: 0,
+            n_rows: n as i64,
+            vocab: v as i64,
+            row_stride: v as i64,
+            ignore_index: -100,
+            temperature: 1.0,
+            ..pref_kernels::ffi::PrefkTokenLogprobsForwardArgs::new()
+        })
     };
     assert_eq!(rc, -1);
     assert!(last().contains("memcheck"), "{}", last());
@@ -169,26 +172,27 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     assert_eq!(register(&mut stale_lse, false), 0, "{}", last());
     // SAFETY: registered buffers of the sizes given.
     let rc = unsafe {
-        prefk_token_logprobs_backward_entropy(
-            PREFK_DEVICE_EMULATOR,
-            0,
-            0,
-            1,
-            addr(&logits),
-            addr(&targets),
-            addr(&stale_lse),
-            0,
-            addr(&grad_logp),
-            0,
-            addr(&grad),
-            0,
-            n as i64,
-            v as i64,
-            v as i64,
-            v as i64,
-            -100,
-            1.0,
-        )
+        prefk_token_logprobs_backward_entropy(&pref_kernels::ffi::PrefkTokenLogprobsBackwardEntropyArgs {
+            device: PREFK_DEVICE_EMULATOR,
+            stream: 0,
+            dtype_code: 0,
+            index_code: 1,
+            logits: addr(&logits),
+            targets: addr(&targets),
+            stats: addr(&stale_lse),
+            entropy: 0,
+            grad_logp: addr(&grad_logp),
+            grad_entropy: 0,
+            grad_logits: addr(&grad),
+            status: 0,
+            n_rows: n as i64,
+            vocab: v as i64,
+            row_stride: v as i64,
+            grad_stride: v as i64,
+            ignore_index: -100,
+            temperature: 1.0,
+            ..pref_kernels::ffi::PrefkTokenLogprobsBackwardEntropyArgs::new()
+        })
     };
     assert_eq!(rc, -1);
     assert!(last().contains("initcheck"), "{}", last());

@@ -4,6 +4,7 @@ emulator registration of CPU tensors)."""
 import contextlib
 import ctypes
 import os
+import re
 import threading
 
 import torch
@@ -20,47 +21,51 @@ class PrefKernelsError(RuntimeError):
     configurations, out-of-range device data, a missing driver, ...)."""
 
 
-class PrefkGrpoConfig(ctypes.Structure):
-    _fields_ = [("loss_type", _u32), ("importance", _u32), ("epsilon_low", _f32), ("epsilon_high", _f32),
-                ("delta", _f32), ("beta", _f32), ("bias_corrected_kl", _u32), ("entropy_coef", _f32),
-                ("top_entropy_quantile", _f32), ("grad_scale", _f32), ("agg_param", _f32), ("tau_pos", _f32),
-                ("tau_neg", _f32), ("accumulation_steps", _u32), ("off_policy_mask_threshold", _f32),
-                ("vespo_k_pos", _f32), ("vespo_lambda_pos", _f32), ("vespo_k_neg", _f32), ("vespo_lambda_neg", _f32)]
+_C_TYPES = {"uint64_t": _u64, "int64_t": _i64, "uint32_t": _u32, "int32_t": _i32, "float": _f32}
 
 
-class PrefkLossTerm(ctypes.Structure):
-    _fields_ = [("kind", _u32), ("weight", _f32), ("beta", _f32), ("p0", _f32), ("p1", _f32), ("flags", _u32)]
+def header_path():
+    """include/prefk.h: shipped inside the package, or the repository's when run from a checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for path in (os.path.join(here, "prefk.h"), os.path.join(here, "..", "..", "include", "prefk.h")):
+        if os.path.exists(path):
+            return os.path.normpath(path)
+    raise PrefKernelsError("include/prefk.h is neither in the package nor in a repository checkout above it")
 
 
+def parse_header(text):
+    """The header's structs as ctypes classes ({name: Structure}) and its entry points that take an
+    argument struct ({function: Structure}): the header is the one definition of the C ABI."""
+    structs, order = {}, []
+    body = re.sub(r"/\*.*?\*/", "", text, flags=re.S)
+    for m in re.finditer(r"typedef struct (\w+) \{(.*?)\} \1;", body, re.S):
+        name, fields = m.group(1), []
+        for decl in m.group(2).split(";"):
+            decl = " ".join(decl.split())
+            if not decl:
+                continue
+            ty, field = decl.rsplit(" ", 1)
+            ty = ty.replace("const ", "")
+            if ty.endswith("*"):
+                base = ty[:-1].strip()
+                fields.append((field, ctypes.POINTER(structs[base] if base in structs else _C_TYPES[base])))
+            else:
+                fields.append((field, structs[ty] if ty in structs else _C_TYPES[ty]))
+        structs[name] = type(name, (ctypes.Structure,), {"_fields_": fields})
+        order.append(name)
+    entry = {m.group(1): structs[m.group(2)]
+             for m in re.finditer(r"int32_t (prefk_\w+)\(const (\w+)\* args\);", body)}
+    return structs, entry
+
+
+with open(header_path()) as _f:
+    STRUCTS, _ARG_STRUCTS = parse_header(_f.read())
+PrefkGrpoConfig = STRUCTS["PrefkGrpoConfig"]
+PrefkLossTerm = STRUCTS["PrefkLossTerm"]
+
+# The entry points that keep plain arguments (no device work: sizes, status words, registration).
 _SIGNATURES = {
     "prefk_init": [_i32],
-    "prefk_token_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 4 + [_f32],
-    "prefk_token_logprobs_backward_entropy": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 5 + [_f32],
-    "prefk_preference_loss": [_i32, _u64] + [_u64] * 6 + [_i64, _u64, _i64, _i64, _u64, _u64, _i64]
-    + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32, _f32] + [_u64] * 5,
-    "prefk_prefix_layout": [ctypes.POINTER(_i64)] * 3 + [_i64, ctypes.POINTER(_i64), ctypes.POINTER(_i64),
-                                                          ctypes.POINTER(_i32), ctypes.POINTER(_i32)],
-    "prefk_prefix_attn_forward": [_i32, _u64, _u32] + [_u64] * 7 + [_i64, _i64, _i32, _i32, _i32, _f32],
-    "prefk_prefix_attn_backward": [_i32, _u64, _u32] + [_u64] * 12 + [_i64, _i64, _i32, _i32, _i32, _f32],
-    "prefk_linear_logprobs_forward": [_i32, _u64, _u32, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32, _i64,
-                                                                                         ctypes.POINTER(_i64)],
-    "prefk_linear_logprobs_backward": [_i32, _u64, _u32, _u32] + [_u64] * 9 + [_i64] * 4 + [_f32, _i64],
-    "prefk_linear_preference_step": [_i32, _u64, _u32, _u32] + [_u64] * 7
-    + [ctypes.POINTER(_i32), _i64, _i64, ctypes.POINTER(_i32), ctypes.POINTER(_i32), _i64]
-    + [ctypes.POINTER(PrefkLossTerm), _u32, _u32, _f32, _u32] + [_u64] * 4
-    + [ctypes.POINTER(_f32), ctypes.POINTER(_f32)] + [_i64] * 4 + [_f32, _i64],
-    "prefk_grpo_loss": [_i32, _u64, ctypes.POINTER(PrefkGrpoConfig)] + [_u64] * 8 + [_i64, _u64, _i64, _i64]
-    + [_u64] * 5,
-    "prefk_group_loss": [_i32, _u64, _u32, _f32, _f32, _f32, _f32, _u32, _i64] + [_u64] * 5
-    + [_i64, _u64, _i64, _i64, _f32] + [_u64] * 5,
-    "prefk_group_loss_check_labels": [_u32, _f32, _f32, _f32, _f32, _u32, _i64, ctypes.POINTER(_f32), _i64],
-    "prefk_seq_reduce": [_i32, _u64] + [_u64] * 3 + [_i64, _u64, _i64, _i64, _u32] + [_u64] * 3,
-    "prefk_seq_reduce_backward": [_i32, _u64] + [_u64] * 3 + [_i64, _u64, _i64, _i64, _u32] + [_u64] * 3,
-    "prefk_vocab_shard_partials": [_i32, _u64, _u32, _u32] + [_u64] * 4 + [_i64] * 6 + [_f32, _u32],
-    "prefk_vocab_parallel_finalize": [_i32, _u64, _u32] + [_u64] * 7 + [_i64] * 4 + [_f32],
-    "prefk_vocab_shard_backward": [_i32, _u64, _u32, _u32] + [_u64] * 8 + [_i64] * 7 + [_f32],
-    "prefk_linear_shard_partials": [_i32, _u64, _u32, _u32] + [_u64] * 5 + [_i64] * 6 + [_f32, _u32, _i64],
-    "prefk_linear_shard_backward": [_i32, _u64, _u32, _u32] + [_u64] * 11 + [_i64] * 6 + [_f32, _i64],
     "prefk_check_status": [_u32],
     "prefk_register_host_memory": [_u64, _i64, _i32],
     "prefk_unregister_host_memory": [_u64],
@@ -106,13 +111,47 @@ def lib():
                     fn = getattr(handle, name)
                     fn.argtypes = args
                     fn.restype = _i32
+                for name, struct in _ARG_STRUCTS.items():
+                    fn = getattr(handle, name)
+                    fn.argtypes = [ctypes.POINTER(struct)]
+                    fn.restype = _i32
                 _lib = handle
     return _lib
 
 
-def call(name, *args):
-    """Calls entry point `name`; a non-zero return raises PrefKernelsError with the crate's text."""
-    rc = getattr(lib(), name)(*args)
+def _field_value(ftype, value):
+    """`value` as a field of type `ftype`: pointers from None, ctypes arrays, byref() or addresses."""
+    if not (isinstance(ftype, type) and issubclass(ftype, ctypes._Pointer)):
+        return value
+    if value is None:
+        return None
+    if isinstance(value, type(ctypes.byref(ctypes.c_int()))):
+        value = ctypes.pointer(value._obj)
+    return ctypes.cast(value, ftype)
+
+
+def args_struct(name, **fields):
+    """Entry point `name`'s argument struct (from the header), `struct_size` set, then `fields`."""
+    struct = _ARG_STRUCTS[name]
+    a = struct()
+    a.struct_size = ctypes.sizeof(struct)
+    types = dict(struct._fields_)
+    for k, v in fields.items():
+        if k not in types or k == "struct_size":
+            raise TypeError(f"pref_kernels: {struct.__name__} has no field {k!r}")
+        setattr(a, k, _field_value(types[k], v))
+    return a
+
+
+def call(name, *args, **fields):
+    """Calls entry point `name` with plain arguments, or, for an op entry point, with its argument
+    struct's fields by name; a non-zero return raises PrefKernelsError with the crate's text."""
+    if name in _ARG_STRUCTS:
+        if args:
+            raise TypeError(f"pref_kernels: {name} takes its argument struct's fields by name")
+        rc = getattr(lib(), name)(ctypes.byref(args_struct(name, **fields)))
+    else:
+        rc = getattr(lib(), name)(*args)
     if rc != 0:
         msg = lib().prefk_last_error().decode(errors="replace")
         kind = "internal error (a caught panic)" if rc == -2 else "error"

@@ -159,9 +159,11 @@ def token_logprobs(logits: Tensor, targets: Tensor, ignore_index: int, temperatu
         return logp, lse, entropy, stats, log_sum_sq
     status = _status(logits)
     with host_memory([logits, targets, status], [logp, lse, entropy, stats, log_sum_sq]):
-        call("prefk_token_logprobs_forward", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
-             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(logp), ptr(lse), ptr(stats), ptr(entropy),
-             ptr(log_sum_sq), ptr(status), n, v, logits.stride(0), ignore_index, temperature)
+        call("prefk_token_logprobs_forward",
+             device=device_code(logits), stream=stream_of(logits), dtype_code=DTYPE_CODES[logits.dtype],
+             index_code=INDEX_CODES[targets.dtype], logits=ptr(logits), targets=ptr(targets), logp=ptr(logp),
+             lse=ptr(lse), stats=ptr(stats), entropy=ptr(entropy), log_sum_sq=ptr(log_sum_sq), status=ptr(status),
+             n_rows=n, vocab=v, row_stride=logits.stride(0), ignore_index=ignore_index, temperature=temperature)
     check_status(status, logits.device.type == "cpu")
     return logp, lse, entropy, stats, log_sum_sq
 
@@ -193,10 +195,12 @@ def token_logprobs_backward(logits: Tensor, targets: Tensor, stats: Tensor, entr
         return grad
     status = _status(logits)
     with host_memory([logits, targets, stats, entropy, grad_logp, grad_entropy, status], [grad]):
-        call("prefk_token_logprobs_backward_entropy", device_code(logits), stream_of(logits),
-             DTYPE_CODES[logits.dtype], INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(stats),
-             ptr(entropy), ptr(grad_logp), ptr(grad_entropy), ptr(grad), ptr(status), n, v, logits.stride(0), v,
-             ignore_index, temperature)
+        call("prefk_token_logprobs_backward_entropy",
+             device=device_code(logits), stream=stream_of(logits), dtype_code=DTYPE_CODES[logits.dtype],
+             index_code=INDEX_CODES[targets.dtype], logits=ptr(logits), targets=ptr(targets), stats=ptr(stats),
+             entropy=ptr(entropy), grad_logp=ptr(grad_logp), grad_entropy=ptr(grad_entropy), grad_logits=ptr(grad),
+             status=ptr(status), n_rows=n, vocab=v, row_stride=logits.stride(0), grad_stride=v,
+             ignore_index=ignore_index, temperature=temperature)
     check_status(status, logits.device.type == "cpu")
     return grad
 
@@ -266,10 +270,13 @@ def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tens
     mask_u8 = _as_u8(mask)
     with host_memory([logp, mask_u8, weights, ref_logp, ref_seq, seq_weights, cu_seqlens, chosen, rejected, status],
                      [metrics, pair_out, grad, work]):
-        call("prefk_preference_loss", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights),
-             ptr(ref_logp), ptr(ref_seq), ptr(seq_weights), t, ptr(cu_seqlens), n_seqs, seq_len, ptr(chosen), ptr(rejected), n_pairs,
-             terms, len(kinds), divergence, alpha, aggregation, 1.0, ptr(pair_out), ptr(metrics), ptr(grad),
-             ptr(work), ptr(status))
+        call("prefk_preference_loss",
+             device=device_code(logp), stream=stream_of(logp), logp=ptr(logp), mask=ptr(mask_u8),
+             weights=ptr(weights), ref_logp=ptr(ref_logp), ref_seq=ptr(ref_seq), seq_weights=ptr(seq_weights),
+             n_tokens=t, cu_seqlens=ptr(cu_seqlens), n_seqs=n_seqs, seq_len=seq_len, chosen=ptr(chosen),
+             rejected=ptr(rejected), n_pairs=n_pairs, terms=terms, n_terms=len(kinds), divergence=divergence,
+             alpha=alpha, aggregation=aggregation, grad_scale=1.0, pair_out=ptr(pair_out), metrics=ptr(metrics),
+             grad_logp=ptr(grad), workspace=ptr(work), status=ptr(status))
     check_status(status, dev.type == "cpu")
     return metrics[0].clone(), metrics, pair_out, grad
 
@@ -309,10 +316,14 @@ def prefix_layout(groups, device):
     flat = [r for g in groups for r in g[1]]
     rl = (i64 * max(1, len(flat)))(*flat)
     nt, ntiles = i64(), i64()
-    call("prefk_prefix_layout", pl, rc, rl, len(groups), ctypes.byref(nt), ctypes.byref(ntiles), None, None)
+    call("prefk_prefix_layout",
+         prefix_lens=pl, resp_counts=rc, resp_lens=rl, n_groups=len(groups), n_tokens=ctypes.byref(nt),
+         n_tiles=ctypes.byref(ntiles), tiles=None, seg_lo2=None)
     tiles = (i32 * max(1, 8 * ntiles.value))()
     lo2 = (i32 * max(1, nt.value))()
-    call("prefk_prefix_layout", pl, rc, rl, len(groups), ctypes.byref(nt), ctypes.byref(ntiles), tiles, lo2)
+    call("prefk_prefix_layout",
+         prefix_lens=pl, resp_counts=rc, resp_lens=rl, n_groups=len(groups), n_tokens=ctypes.byref(nt),
+         n_tiles=ctypes.byref(ntiles), tiles=tiles, seg_lo2=lo2)
     as_t = lambda a, n: torch.tensor(list(a)[:n], dtype=torch.int32, device=device)  # noqa: E731
     return as_t(tiles, 8 * ntiles.value), as_t(lo2, nt.value), nt.value, ntiles.value
 
@@ -347,8 +358,10 @@ def shared_prefix_attention(q: Tensor, k: Tensor, v: Tensor, tiles: Tensor, seg_
     if t == 0:
         return o, lse
     with host_memory([q, k, v, tiles, seg_lo2], [o, lse]):
-        call("prefk_prefix_attn_forward", device_code(q), stream_of(q), DTYPE_CODES[q.dtype], ptr(q), ptr(k), ptr(v),
-             ptr(o), ptr(lse), ptr(tiles), ptr(seg_lo2), n_tiles, t, hq, k.shape[1], d, scale)
+        call("prefk_prefix_attn_forward",
+             device=device_code(q), stream=stream_of(q), dtype_code=DTYPE_CODES[q.dtype], q=ptr(q), k=ptr(k),
+             v=ptr(v), o=ptr(o), lse=ptr(lse), tiles=ptr(tiles), seg_lo2=ptr(seg_lo2), n_tiles=n_tiles, n_tokens=t,
+             q_heads=hq, kv_heads=k.shape[1], head_dim=d, scale=scale)
     return o, lse
 
 
@@ -373,9 +386,11 @@ def shared_prefix_attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor,
         return dq, dk, dv
     delta = torch.empty((hq, t), dtype=torch.float32, device=q.device)
     with host_memory([q, k, v, o, lse, do, tiles, seg_lo2], [dq, dk, dv, delta]):
-        call("prefk_prefix_attn_backward", device_code(q), stream_of(q), DTYPE_CODES[q.dtype], ptr(q), ptr(k),
-             ptr(v), ptr(o), ptr(lse), ptr(do), ptr(dq), ptr(dk), ptr(dv), ptr(delta), ptr(tiles), ptr(seg_lo2),
-             n_tiles, t, hq, k.shape[1], d, scale)
+        call("prefk_prefix_attn_backward",
+             device=device_code(q), stream=stream_of(q), dtype_code=DTYPE_CODES[q.dtype], q=ptr(q), k=ptr(k),
+             v=ptr(v), o=ptr(o), lse=ptr(lse), dout=ptr(do), dq=ptr(dq), dk=ptr(dk), dv=ptr(dv), delta=ptr(delta),
+             tiles=ptr(tiles), seg_lo2=ptr(seg_lo2), n_tiles=n_tiles, n_tokens=t, q_heads=hq, kv_heads=k.shape[1],
+             head_dim=d, scale=scale)
     return dq, dk, dv
 
 
@@ -437,9 +452,12 @@ def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]
     if n == 0:
         return logp, lse, entropy
     with host_memory([hidden, weight, bias, targets], [logp, lse, entropy]):
-        call("prefk_linear_logprobs_forward", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
-             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(logp), ptr(lse),
-             ptr(entropy), n, h, weight.shape[0], ignore_index, temperature, workspace_bytes, None)
+        call("prefk_linear_logprobs_forward",
+             device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
+             index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
+             targets=ptr(targets), logp=ptr(logp), lse=ptr(lse), entropy=ptr(entropy), n_rows=n, hidden_dim=h,
+             vocab=weight.shape[0], ignore_index=ignore_index, temperature=temperature,
+             workspace_bytes=workspace_bytes, n_chunks=None)
     return logp, lse, entropy
 
 
@@ -466,10 +484,12 @@ def linear_token_logprobs_backward(hidden: Tensor, weight: Tensor, bias: Optiona
     d_weight = _out((v, h), torch.float32, dev)
     d_bias = _out(v if bias is not None else 0, torch.float32, dev)
     with host_memory([hidden, weight, bias, targets, grad_logp, grad_entropy], [d_hidden, d_weight, d_bias]):
-        call("prefk_linear_logprobs_backward", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
-             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(grad_logp),
-             ptr(grad_entropy), ptr(d_hidden), ptr(d_weight), ptr(d_bias), n, h, v, ignore_index, temperature,
-             workspace_bytes)
+        call("prefk_linear_logprobs_backward",
+             device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
+             index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
+             targets=ptr(targets), grad_logp=ptr(grad_logp), grad_entropy=ptr(grad_entropy), d_hidden=ptr(d_hidden),
+             d_weight=ptr(d_weight), d_bias=ptr(d_bias), n_rows=n, hidden_dim=h, vocab=v, ignore_index=ignore_index,
+             temperature=temperature, workspace_bytes=workspace_bytes)
     return d_hidden, d_weight, d_bias
 
 
@@ -541,13 +561,17 @@ def linear_preference_step(hidden: Tensor, weight: Tensor, bias: Optional[Tensor
     pairs = torch.empty((n_pairs, PAIR_COLUMNS), dtype=torch.float32)
     host = lambda t: None if t is None else ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))  # noqa: E731
     with host_memory([hidden, weight, bias, targets, weights, ref_logp, ref_seq], [logp, d_hidden, d_weight, d_bias]):
-        call("prefk_linear_preference_step", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
-             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(weights),
-             ptr(ref_logp), ptr(ref_seq), host(cu), n_seqs, seq_len, host(ch), host(rj), n_pairs, terms, len(kinds),
-             divergence, alpha, aggregation, ptr(logp), ptr(d_hidden), ptr(d_weight), ptr(d_bias),
-             ctypes.cast(metrics.data_ptr(), ctypes.POINTER(ctypes.c_float)),
-             ctypes.cast(pairs.data_ptr(), ctypes.POINTER(ctypes.c_float)) if n_pairs else None,
-             n, h, v, ignore_index, temperature, workspace_bytes)
+        call("prefk_linear_preference_step",
+             device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
+             index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
+             targets=ptr(targets), weights=ptr(weights), ref_logp=ptr(ref_logp), ref_seq=ptr(ref_seq),
+             cu_seqlens=host(cu), n_seqs=n_seqs, seq_len=seq_len, chosen=host(ch), rejected=host(rj), n_pairs=n_pairs,
+             terms=terms, n_terms=len(kinds), divergence=divergence, alpha=alpha, aggregation=aggregation,
+             logp=ptr(logp), d_hidden=ptr(d_hidden), d_weight=ptr(d_weight), d_bias=ptr(d_bias),
+             metrics=ctypes.cast(metrics.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+             pair_out=ctypes.cast(pairs.data_ptr(), ctypes.POINTER(ctypes.c_float)) if n_pairs else None, n_rows=n,
+             hidden_dim=h, vocab=v, ignore_index=ignore_index, temperature=temperature,
+             workspace_bytes=workspace_bytes)
     metrics = metrics.to(dev)
     return metrics[0].clone(), metrics, pairs.to(dev), logp, d_hidden, d_weight, d_bias
 
@@ -624,9 +648,12 @@ def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tenso
     mask_u8 = _as_u8(mask)
     with host_memory([logp, old_logp, sampling_logp, ref_logp, mask_u8, is_weights, entropy, advantages, cu_seqlens,
                       status], [metrics, grad, grad_entropy, work]):
-        call("prefk_grpo_loss", device_code(logp), stream_of(logp), ctypes.byref(cfg), ptr(logp), ptr(old_logp),
-             ptr(sampling_logp), ptr(ref_logp), ptr(mask_u8), ptr(is_weights), ptr(entropy), ptr(advantages), t, ptr(cu_seqlens), n_seqs,
-             seq_len, ptr(metrics), ptr(grad), ptr(grad_entropy), ptr(work), ptr(status))
+        call("prefk_grpo_loss",
+             device=device_code(logp), stream=stream_of(logp), config=ctypes.byref(cfg), logp=ptr(logp),
+             old_logp=ptr(old_logp), sampling_logp=ptr(sampling_logp), ref_logp=ptr(ref_logp), mask=ptr(mask_u8),
+             is_weights=ptr(is_weights), entropy=ptr(entropy), advantages=ptr(advantages), n_tokens=t,
+             cu_seqlens=ptr(cu_seqlens), n_seqs=n_seqs, seq_len=seq_len, metrics=ptr(metrics), grad_logp=ptr(grad),
+             grad_entropy=ptr(grad_entropy), workspace=ptr(work), status=ptr(status))
     check_status(status, dev.type == "cpu")
     return metrics[0].clone(), metrics, grad, grad_entropy
 
@@ -674,8 +701,9 @@ def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor],
     if dev.type == "cpu" or os.environ.get("PREF_KERNELS_CHECK") == "1":
         # The labels are checked on the host (on CUDA that would synchronize: PREF_KERNELS_CHECK=1).
         host = labels.detach().to("cpu").contiguous()
-        call("prefk_group_loss_check_labels", kind, beta, p0, p1, kl_given, flags, list_size,
-             ctypes.cast(host.data_ptr(), ctypes.POINTER(ctypes.c_float)), n_seqs)
+        call("prefk_group_loss_check_labels",
+             kind=kind, beta=beta, p0=p0, p1=p1, kl_given=kl_given, flags=flags, list_size=list_size,
+             labels=ctypes.cast(host.data_ptr(), ctypes.POINTER(ctypes.c_float)), n_seqs=n_seqs)
     metrics = _out(GROUP_METRICS_LEN, torch.float32, dev)
     seq_out = _out(n_seqs, torch.float32, dev)
     grad = _out(t, torch.float32, dev)
@@ -686,9 +714,12 @@ def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor],
     status = _status(logp)
     mask_u8 = _as_u8(mask)
     with host_memory([logp, mask_u8, ref_logp, ref_seq, labels, cu_seqlens, status], [metrics, seq_out, grad, work]):
-        call("prefk_group_loss", device_code(logp), stream_of(logp), kind, beta, p0, p1, kl_given, flags, list_size,
-             ptr(logp), ptr(mask_u8), ptr(ref_logp), ptr(ref_seq), ptr(labels), t, ptr(cu_seqlens), n_seqs, seq_len,
-             1.0, ptr(seq_out), ptr(metrics), ptr(grad), ptr(work), ptr(status))
+        call("prefk_group_loss",
+             device=device_code(logp), stream=stream_of(logp), kind=kind, beta=beta, p0=p0, p1=p1, kl_given=kl_given,
+             flags=flags, list_size=list_size, logp=ptr(logp), mask=ptr(mask_u8), ref_logp=ptr(ref_logp),
+             ref_seq=ptr(ref_seq), labels=ptr(labels), n_tokens=t, cu_seqlens=ptr(cu_seqlens), n_seqs=n_seqs,
+             seq_len=seq_len, grad_scale=1.0, seq_out=ptr(seq_out), metrics=ptr(metrics), grad_logp=ptr(grad),
+             workspace=ptr(work), status=ptr(status))
     check_status(status, dev.type == "cpu")
     return metrics[0].clone(), metrics, seq_out, grad
 
@@ -737,8 +768,10 @@ def seq_reduce(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor], 
         return scores, stats
     status = _status(logp)
     with host_memory([logp, mask_u8, weights, cu_seqlens, status], [scores, stats]):
-        call("prefk_seq_reduce", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights), t,
-             ptr(cu_seqlens), n_seqs, seq_len, mode, ptr(scores), ptr(stats), ptr(status))
+        call("prefk_seq_reduce",
+             device=device_code(logp), stream=stream_of(logp), logp=ptr(logp), mask=ptr(mask_u8),
+             weights=ptr(weights), n_tokens=t, cu_seqlens=ptr(cu_seqlens), n_seqs=n_seqs, seq_len=seq_len, mode=mode,
+             scores=ptr(scores), stats=ptr(stats), status=ptr(status))
     check_status(status, dev.type == "cpu")
     return scores, stats
 
@@ -767,8 +800,10 @@ def seq_reduce_backward(logp: Tensor, mask: Optional[Tensor], weights: Optional[
     if t == 0:
         return grad
     with host_memory([logp, mask_u8, weights, cu_seqlens, dscores, stats], [grad]):
-        call("prefk_seq_reduce_backward", device_code(logp), stream_of(logp), ptr(logp), ptr(mask_u8), ptr(weights), t,
-             ptr(cu_seqlens), n_seqs, seq_len, mode, ptr(dscores), ptr(stats), ptr(grad))
+        call("prefk_seq_reduce_backward",
+             device=device_code(logp), stream=stream_of(logp), logp=ptr(logp), mask=ptr(mask_u8),
+             weights=ptr(weights), n_tokens=t, cu_seqlens=ptr(cu_seqlens), n_seqs=n_seqs, seq_len=seq_len, mode=mode,
+             dscores=ptr(dscores), stats=ptr(stats), grad_logp=ptr(grad))
     return grad
 
 

@@ -77,9 +77,11 @@ def _shard_partials(logits, targets, vocab_start, vocab, ignore_index, temperatu
         return partials
     status = _status(logits)
     with host_memory([logits, targets, status], [partials]):
-        call("prefk_vocab_shard_partials", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
-             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(partials), ptr(status), n, vs,
-             logits.stride(0), vocab_start, vocab, ignore_index, temperature, int(compute_entropy))
+        call("prefk_vocab_shard_partials",
+             device=device_code(logits), stream=stream_of(logits), dtype_code=DTYPE_CODES[logits.dtype],
+             index_code=INDEX_CODES[targets.dtype], logits=ptr(logits), targets=ptr(targets), partials=ptr(partials),
+             status=ptr(status), n_rows=n, shard_vocab=vs, row_stride=logits.stride(0), vocab_start=vocab_start,
+             vocab=vocab, ignore_index=ignore_index, temperature=temperature, compute_entropy=int(compute_entropy))
     check_status(status, logits.device.type == "cpu")
     return partials
 
@@ -111,9 +113,11 @@ def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entro
         return logp, lse, entropy, stats
     status = _status(gathered)
     with host_memory([gathered, targets, status], [logp, lse, entropy, stats]):
-        call("prefk_vocab_parallel_finalize", device_code(gathered), stream_of(gathered), INDEX_CODES[targets.dtype],
-             ptr(gathered), ptr(targets), ptr(logp), ptr(lse), ptr(stats), ptr(entropy), ptr(status), n, n_shards,
-             vocab, ignore_index, temperature)
+        call("prefk_vocab_parallel_finalize",
+             device=device_code(gathered), stream=stream_of(gathered), index_code=INDEX_CODES[targets.dtype],
+             partials=ptr(gathered), targets=ptr(targets), logp=ptr(logp), lse=ptr(lse), stats=ptr(stats),
+             entropy=ptr(entropy), status=ptr(status), n_rows=n, n_shards=n_shards, vocab=vocab,
+             ignore_index=ignore_index, temperature=temperature)
     if tiles is not None:
         # A bad tiling fails like the kernel's own shard check: NaN rows and the status bit.
         status |= torch.where(tiles, 0, _STATUS_BAD_SHARDS).to(torch.int32)
@@ -155,10 +159,12 @@ def _shard_backward(logits, targets, stats, entropy, grad_logp, grad_entropy, vo
         return grad
     status = _status(logits)
     with host_memory([logits, targets, stats, entropy, grad_logp, grad_entropy, status], [grad]):
-        call("prefk_vocab_shard_backward", device_code(logits), stream_of(logits), DTYPE_CODES[logits.dtype],
-             INDEX_CODES[targets.dtype], ptr(logits), ptr(targets), ptr(stats), ptr(entropy), ptr(grad_logp),
-             ptr(grad_entropy), ptr(grad), ptr(status), n, vs, logits.stride(0), vs, vocab_start, vocab,
-             ignore_index, temperature)
+        call("prefk_vocab_shard_backward",
+             device=device_code(logits), stream=stream_of(logits), dtype_code=DTYPE_CODES[logits.dtype],
+             index_code=INDEX_CODES[targets.dtype], logits=ptr(logits), targets=ptr(targets), stats=ptr(stats),
+             entropy=ptr(entropy), grad_logp=ptr(grad_logp), grad_entropy=ptr(grad_entropy), grad_logits=ptr(grad),
+             status=ptr(status), n_rows=n, shard_vocab=vs, row_stride=logits.stride(0), grad_stride=vs,
+             vocab_start=vocab_start, vocab=vocab, ignore_index=ignore_index, temperature=temperature)
     check_status(status, logits.device.type == "cpu")
     return grad
 
@@ -188,9 +194,12 @@ def _linear_shard_partials(hidden, weight, bias, targets, vocab_start, vocab, ig
     if n == 0:
         return partials
     with host_memory([hidden, weight, bias, targets], [partials]):
-        call("prefk_linear_shard_partials", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
-             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(partials), n, h, vs,
-             vocab_start, vocab, ignore_index, temperature, int(compute_entropy), workspace_bytes)
+        call("prefk_linear_shard_partials",
+             device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
+             index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
+             targets=ptr(targets), partials=ptr(partials), n_rows=n, hidden_dim=h, shard_vocab=vs,
+             vocab_start=vocab_start, vocab=vocab, ignore_index=ignore_index, temperature=temperature,
+             compute_entropy=int(compute_entropy), workspace_bytes=workspace_bytes)
     return partials
 
 
@@ -226,10 +235,13 @@ def _linear_shard_backward(hidden, weight, bias, targets, stats, entropy, grad_l
     d_bias = _out(vs if bias is not None else 0, torch.float32, dev)
     with host_memory([hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy],
                      [d_hidden, d_weight, d_bias]):
-        call("prefk_linear_shard_backward", device_code(hidden), stream_of(hidden), DTYPE_CODES[hidden.dtype],
-             INDEX_CODES[targets.dtype], ptr(hidden), ptr(weight), ptr(bias), ptr(targets), ptr(stats), ptr(entropy),
-             ptr(grad_logp), ptr(grad_entropy), ptr(d_hidden), ptr(d_weight), ptr(d_bias), n, h, vs, vocab_start,
-             vocab, ignore_index, temperature, workspace_bytes)
+        call("prefk_linear_shard_backward",
+             device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
+             index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
+             targets=ptr(targets), stats=ptr(stats), entropy=ptr(entropy), grad_logp=ptr(grad_logp),
+             grad_entropy=ptr(grad_entropy), d_hidden=ptr(d_hidden), d_weight=ptr(d_weight), d_bias=ptr(d_bias),
+             n_rows=n, hidden_dim=h, shard_vocab=vs, vocab_start=vocab_start, vocab=vocab, ignore_index=ignore_index,
+             temperature=temperature, workspace_bytes=workspace_bytes)
     return d_hidden, d_weight, d_bias
 
 

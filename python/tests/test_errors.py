@@ -39,8 +39,14 @@ def test_losses_refuse_bad_configurations():
     logp = -torch.rand(12)
     mask = torch.ones(12, dtype=torch.bool)
     ref = -torch.rand(12)
-    with pytest.raises(NotImplementedError, match="aot"):
-        pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, loss_type="aot")
+    # aot sorts the batch: WPO weights and an f-divergence are refused, as TRL 1.16.
+    with pytest.raises(pk.PrefKernelsError, match="aot"):
+        pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, loss_type="aot", use_weighting=True,
+                    log_sum_sq=-torch.rand(12))
+    with pytest.raises(pk.PrefKernelsError, match="aot"):
+        pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, loss_type="aot", f_divergence_type="js_divergence")
+    with pytest.raises(ValueError, match="log_sum_sq"):
+        pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, use_weighting=True)
     with pytest.raises(ValueError, match="unknown TRL loss_type"):
         pk.dpo_loss(logp, mask, ref, n_seqs=4, seq_len=3, loss_type="sigmoidd")
     with pytest.raises(ValueError, match=r"mask must have shape \[12\]"):

@@ -1,5 +1,6 @@
 //! C ABI of the group / listwise losses (KTO, LiPO-λ, PRO).
 
+use super::args::*;
 use super::plumbing::*;
 use crate::error::{ensure, invalid, Result};
 use crate::group_loss::{GroupLoss, GroupLossPtrs, KtoKl};
@@ -35,21 +36,24 @@ pub(super) fn group_loss_of(
 /// safe API does; the raw entry point uses device labels as given.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkGroupLossCheckLabelsArgs`] whose `struct_size` is set (`PrefkGroupLossCheckLabelsArgs::new()`).
 /// `labels` is null or valid for `n_seqs` reads.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_group_loss_check_labels(
-    kind: u32,
-    beta: f32,
-    p0: f32,
-    p1: f32,
-    kl_given: f32,
-    flags: u32,
-    list_size: i64,
-    labels: *const f32,
-    n_seqs: i64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_group_loss_check_labels(args: *const PrefkGroupLossCheckLabelsArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkGroupLossCheckLabelsArgs {
+            kind,
+            beta,
+            p0,
+            p1,
+            kl_given,
+            flags,
+            list_size,
+            labels,
+            n_seqs,
+            ..
+        } = unsafe { read_args(args) }?;
         let loss = group_loss_of(kind, beta, p0, p1, kl_given, flags, list_size)?;
         let n = size("n_seqs", n_seqs)?;
         ensure(!labels.is_null() || n == 0, "labels", || "null pointer".into())?;
@@ -64,36 +68,39 @@ pub unsafe extern "C" fn prefk_group_loss_check_labels(
 /// 1 LiPO-λ (`flags` bit 2 = λ weights), 2 PRO (`p0` = sft weight); `list_size` for LiPO / PRO.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkGroupLossArgs`] whose `struct_size` is set (`PrefkGroupLossArgs::new()`).
 /// As [`Gpu::group_loss_raw`](crate::Gpu::group_loss_raw).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_group_loss(
-    device: i32,
-    stream: u64,
-    kind: u32,
-    beta: f32,
-    p0: f32,
-    p1: f32,
-    kl_given: f32,
-    flags: u32,
-    list_size: i64,
-    logp: u64,
-    mask: u64,
-    ref_logp: u64,
-    ref_seq: u64,
-    labels: u64,
-    n_tokens: i64,
-    cu_seqlens: u64,
-    n_seqs: i64,
-    seq_len: i64,
-    grad_scale: f32,
-    seq_out: u64,
-    metrics: u64,
-    grad_logp: u64,
-    workspace: u64,
-    status: u64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_group_loss(args: *const PrefkGroupLossArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkGroupLossArgs {
+            device,
+            stream,
+            kind,
+            beta,
+            p0,
+            p1,
+            kl_given,
+            flags,
+            list_size,
+            logp,
+            mask,
+            ref_logp,
+            ref_seq,
+            labels,
+            n_tokens,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            grad_scale,
+            seq_out,
+            metrics,
+            grad_logp,
+            workspace,
+            status,
+            ..
+        } = unsafe { read_args(args) }?;
         let loss = group_loss_of(kind, beta, p0, p1, kl_given, flags, list_size)?;
         let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;
         let tokens = SeqReducePtrs { logp, mask, weights: 0, ref_logp };

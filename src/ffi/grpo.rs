@@ -1,5 +1,6 @@
 //! C ABI of the GRPO-family losses (`PrefkGrpoConfig`).
 
+use super::args::*;
 use super::plumbing::*;
 use crate::error::{ensure, invalid, Result};
 use crate::grpo::{GrpoConfig, GrpoLossType, GrpoPtrs, ImportanceLevel};
@@ -112,32 +113,35 @@ pub(super) fn grpo_config_of(c: &PrefkGrpoConfig) -> Result<GrpoConfig> {
 /// is_weights; entropy; grad_entropy). `cu_seqlens` 0 selects the padded layout.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkGrpoLossArgs`] whose `struct_size` is set (`PrefkGrpoLossArgs::new()`).
 /// As [`Gpu::grpo_loss_raw`](crate::Gpu::grpo_loss_raw); `config` points to one host struct.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_grpo_loss(
-    device: i32,
-    stream: u64,
-    config: *const PrefkGrpoConfig,
-    logp: u64,
-    old_logp: u64,
-    sampling_logp: u64,
-    ref_logp: u64,
-    mask: u64,
-    is_weights: u64,
-    entropy: u64,
-    advantages: u64,
-    n_tokens: i64,
-    cu_seqlens: u64,
-    n_seqs: i64,
-    seq_len: i64,
-    metrics: u64,
-    grad_logp: u64,
-    grad_entropy: u64,
-    workspace: u64,
-    status: u64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_grpo_loss(args: *const PrefkGrpoLossArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkGrpoLossArgs {
+            device,
+            stream,
+            config,
+            logp,
+            old_logp,
+            sampling_logp,
+            ref_logp,
+            mask,
+            is_weights,
+            entropy,
+            advantages,
+            n_tokens,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            metrics,
+            grad_logp,
+            grad_entropy,
+            workspace,
+            status,
+            ..
+        } = unsafe { read_args(args) }?;
         ensure(!config.is_null(), "config", || "is null".into())?;
         // SAFETY: the caller passes one host struct at `config`.
         let cfg = grpo_config_of(unsafe { &*config })?;

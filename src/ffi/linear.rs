@@ -2,8 +2,10 @@
 //! bias `[V]`) in, log-probs / gradients out, on the caller's stream, into the caller's buffers
 //! (the chunk workspace, at most `workspace_bytes`, is allocated and freed inside the call). Each
 //! call reads the targets back once to plan its chunks and synchronizes the stream at its end.
+use super::args::*;
+use super::plumbing::read_args;
 use super::vocab_parallel::shard;
-use super::{dtype, ffi, gpu, host_vec, index_type, loss_config, size, PrefkLossTerm};
+use super::{dtype, ffi, gpu, host_vec, index_type, loss_config, size};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, invalid, Result};
 use crate::linear_logprobs::{
@@ -192,32 +194,35 @@ unsafe fn forward<T: LogitElement, I: TargetIndex>(
 /// dtype; `bias` is 0 or `[vocab]` f32. Writes the number of chunks to `n_chunks` when non-null.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkLinearLogprobsForwardArgs`] whose `struct_size` is set (`PrefkLinearLogprobsForwardArgs::new()`).
 /// Every non-zero pointer is device memory of `device` (emulator: emulator allocations or
 /// registered host memory) of the documented size; `stream` is 0 or a live stream of the device's
 /// primary context; `n_chunks` is null or a valid host `i64`.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_linear_logprobs_forward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    hidden: u64,
-    weight: u64,
-    bias: u64,
-    targets: u64,
-    logp: u64,
-    lse: u64,
-    entropy: u64,
-    n_rows: i64,
-    hidden_dim: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-    workspace_bytes: i64,
-    n_chunks: *mut i64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_linear_logprobs_forward(args: *const PrefkLinearLogprobsForwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkLinearLogprobsForwardArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            hidden,
+            weight,
+            bias,
+            targets,
+            logp,
+            lse,
+            entropy,
+            n_rows,
+            hidden_dim,
+            vocab,
+            ignore_index,
+            temperature,
+            workspace_bytes,
+            n_chunks,
+            ..
+        } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
         let cfg = linear_config(ignore_index, temperature, entropy != 0, workspace_bytes)?;
@@ -272,31 +277,34 @@ unsafe fn backward<T: LogitElement, I: TargetIndex>(
 /// `[vocab]` f32 (all overwritten) ([`Gpu::linear_logprobs_backward_into`](crate::Gpu::linear_logprobs_backward_into)).
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkLinearLogprobsBackwardArgs`] whose `struct_size` is set (`PrefkLinearLogprobsBackwardArgs::new()`).
 /// As [`prefk_linear_logprobs_forward`].
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_linear_logprobs_backward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    hidden: u64,
-    weight: u64,
-    bias: u64,
-    targets: u64,
-    grad_logp: u64,
-    grad_entropy: u64,
-    d_hidden: u64,
-    d_weight: u64,
-    d_bias: u64,
-    n_rows: i64,
-    hidden_dim: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-    workspace_bytes: i64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_linear_logprobs_backward(args: *const PrefkLinearLogprobsBackwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkLinearLogprobsBackwardArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            hidden,
+            weight,
+            bias,
+            targets,
+            grad_logp,
+            grad_entropy,
+            d_hidden,
+            d_weight,
+            d_bias,
+            n_rows,
+            hidden_dim,
+            vocab,
+            ignore_index,
+            temperature,
+            workspace_bytes,
+            ..
+        } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
         let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;
@@ -335,30 +343,33 @@ unsafe fn shard_forward<T: LogitElement, I: TargetIndex>(
 /// term when `compute_entropy` is non-zero.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkLinearShardPartialsArgs`] whose `struct_size` is set (`PrefkLinearShardPartialsArgs::new()`).
 /// As [`prefk_linear_logprobs_forward`].
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_linear_shard_partials(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    hidden: u64,
-    weight: u64,
-    bias: u64,
-    targets: u64,
-    partials: u64,
-    n_rows: i64,
-    hidden_dim: i64,
-    shard_vocab: i64,
-    vocab_start: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-    compute_entropy: u32,
-    workspace_bytes: i64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_linear_shard_partials(args: *const PrefkLinearShardPartialsArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkLinearShardPartialsArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            hidden,
+            weight,
+            bias,
+            targets,
+            partials,
+            n_rows,
+            hidden_dim,
+            shard_vocab,
+            vocab_start,
+            vocab,
+            ignore_index,
+            temperature,
+            compute_entropy,
+            workspace_bytes,
+            ..
+        } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let sh = shard(vocab_start, shard_vocab, vocab)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, shard_vocab)?;
@@ -422,35 +433,38 @@ unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
 /// sums over the tensor-parallel group ([`Gpu::linear_shard_backward_into`](crate::Gpu::linear_shard_backward_into)).
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkLinearShardBackwardArgs`] whose `struct_size` is set (`PrefkLinearShardBackwardArgs::new()`).
 /// As [`prefk_linear_logprobs_forward`].
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_linear_shard_backward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    hidden: u64,
-    weight: u64,
-    bias: u64,
-    targets: u64,
-    stats: u64,
-    entropy: u64,
-    grad_logp: u64,
-    grad_entropy: u64,
-    d_hidden: u64,
-    d_weight: u64,
-    d_bias: u64,
-    n_rows: i64,
-    hidden_dim: i64,
-    shard_vocab: i64,
-    vocab_start: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-    workspace_bytes: i64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_linear_shard_backward(args: *const PrefkLinearShardBackwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkLinearShardBackwardArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            hidden,
+            weight,
+            bias,
+            targets,
+            stats,
+            entropy,
+            grad_logp,
+            grad_entropy,
+            d_hidden,
+            d_weight,
+            d_bias,
+            n_rows,
+            hidden_dim,
+            shard_vocab,
+            vocab_start,
+            vocab,
+            ignore_index,
+            temperature,
+            workspace_bytes,
+            ..
+        } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let sh = shard(vocab_start, shard_vocab, vocab)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, shard_vocab)?;
@@ -535,47 +549,50 @@ unsafe fn step<T: LogitElement, I: TargetIndex>(
 /// pair count (`n_seqs / 2` when the first half is chosen), checked before anything is written.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkLinearPreferenceStepArgs`] whose `struct_size` is set (`PrefkLinearPreferenceStepArgs::new()`).
 /// As [`prefk_linear_logprobs_forward`]; `weights`, `ref_logp` (`[n_rows]`), `ref_seq`
 /// (`[n_seqs]`) are 0 or device f32; the host arrays are null or valid for their lengths.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_linear_preference_step(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    hidden: u64,
-    weight: u64,
-    bias: u64,
-    targets: u64,
-    weights: u64,
-    ref_logp: u64,
-    ref_seq: u64,
-    cu_seqlens: *const i32,
-    n_seqs: i64,
-    seq_len: i64,
-    chosen: *const i32,
-    rejected: *const i32,
-    n_pairs: i64,
-    terms: *const PrefkLossTerm,
-    n_terms: u32,
-    divergence: u32,
-    alpha: f32,
-    aggregation: u32,
-    logp: u64,
-    d_hidden: u64,
-    d_weight: u64,
-    d_bias: u64,
-    metrics: *mut f32,
-    pair_out: *mut f32,
-    n_rows: i64,
-    hidden_dim: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-    workspace_bytes: i64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_linear_preference_step(args: *const PrefkLinearPreferenceStepArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkLinearPreferenceStepArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            hidden,
+            weight,
+            bias,
+            targets,
+            weights,
+            ref_logp,
+            ref_seq,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            chosen,
+            rejected,
+            n_pairs,
+            terms,
+            n_terms,
+            divergence,
+            alpha,
+            aggregation,
+            logp,
+            d_hidden,
+            d_weight,
+            d_bias,
+            metrics,
+            pair_out,
+            n_rows,
+            hidden_dim,
+            vocab,
+            ignore_index,
+            temperature,
+            workspace_bytes,
+            ..
+        } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
         let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;

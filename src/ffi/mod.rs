@@ -1,6 +1,10 @@
-//! C ABI for callers outside Rust (PyTorch through ctypes, C++): plain integers and device
-//! pointers, the caller's stream, 0 on success, -1 on error (message from [`prefk_last_error`]),
-//! -2 when a Rust panic was caught (never unwinds across the boundary). Header: `include/prefk.h`.
+//! C ABI for callers outside Rust (PyTorch through ctypes, C++). Header: `include/prefk.h`, the
+//! one definition. Every op entry point takes one argument struct ([`args`]: plain integers,
+//! device pointers, the caller's stream), read by its `struct_size` (see `read_args` in
+//! `plumbing.rs` for the versioning rule); it returns 0 on success, -1 on error (message from
+//! [`prefk_last_error`]), -2 when a Rust panic was caught (never unwinds across the boundary).
+//! Files: `plumbing.rs` (errors, panics, the device cache, code decoders, argument reading),
+//! `runtime.rs` (library-level calls), and one file per op family.
 //!
 //! Each entry point takes the device: a CUDA ordinal (>= 0), or [`PREFK_DEVICE_EMULATOR`] (-1) for
 //! the CPU emulator, whose pointers are host addresses of emulator allocations (or, with
@@ -9,6 +13,7 @@
 //! context PyTorch uses, loads every module) and later calls reuse it. Load eagerly (e.g. call
 //! [`prefk_init`]) before capturing CUDA graphs.
 
+pub mod args;
 mod group_loss;
 mod grpo;
 mod linear;
@@ -26,11 +31,12 @@ use pref_loss::loss_config;
 #[cfg(test)]
 use pref_loss::loss_of;
 
+pub use args::*;
 pub use group_loss::{prefk_group_loss, prefk_group_loss_check_labels, prefk_group_loss_workspace_len};
 pub use grpo::{prefk_grpo_loss, prefk_grpo_workspace_len, PrefkGrpoConfig};
 pub use linear::{
     prefk_linear_logprobs_backward, prefk_linear_logprobs_forward, prefk_linear_preference_step,
-    prefk_linear_workspace_bytes,
+    prefk_linear_shard_backward, prefk_linear_shard_partials, prefk_linear_workspace_bytes,
 };
 pub use plumbing::PREFK_DEVICE_EMULATOR;
 pub use pref_loss::{prefk_preference_loss, prefk_preference_loss_workspace_len, PrefkLossTerm};
@@ -59,27 +65,118 @@ mod tests {
         unsafe { CStr::from_ptr(prefk_last_error()) }.to_string_lossy().into_owned()
     }
 
+    /// ABI versioning: a struct_size outside [first published size, this library's size] is
+    /// refused before anything is read past it; a null or misaligned struct too.
+    #[test]
+    fn argument_structs_are_read_by_their_struct_size() {
+        let size = std::mem::size_of::<PrefkSeqReduceArgs>() as u64;
+        for bad in [0, 8, size - 8, size + 8] {
+            let a = PrefkSeqReduceArgs {
+                device: PREFK_DEVICE_EMULATOR,
+                struct_size: bad,
+                ..PrefkSeqReduceArgs::new()
+            };
+            // SAFETY: a live struct; refused on its size before any field is used.
+            assert_eq!(unsafe { prefk_seq_reduce(&a) }, -1);
+            assert!(last().contains("struct_size") && last().contains(&size.to_string()), "{}", last());
+        }
+        // SAFETY: null is refused.
+        assert_eq!(unsafe { prefk_seq_reduce(std::ptr::null()) }, -1);
+        assert!(last().contains("null PrefkSeqReduceArgs"), "{}", last());
+        // Misaligned: refused with the alignment (the bytes are never read as the struct).
+        let buf = [0u64; 16];
+        let misaligned = (buf.as_ptr() as *const u8).wrapping_add(4) as *const PrefkSeqReduceArgs;
+        // SAFETY: refused on its alignment before any read.
+        assert_eq!(unsafe { prefk_seq_reduce(misaligned) }, -1);
+        assert!(last().contains("aligned"), "{}", last());
+    }
+
     #[test]
     fn errors_are_codes_and_messages_never_panics() {
         // SAFETY: every call is rejected before touching memory (bad codes, no device here or
         // null pointers).
-        let rc =
-            unsafe { prefk_token_logprobs_forward(0, 0, 9, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0) };
+        let rc = unsafe {
+            prefk_token_logprobs_forward(&PrefkTokenLogprobsForwardArgs {
+                device: 0,
+                stream: 0,
+                dtype_code: 9,
+                index_code: 1,
+                logits: 0,
+                targets: 0,
+                logp: 0,
+                lse: 0,
+                stats: 0,
+                entropy: 0,
+                log_sum_sq: 0,
+                status: 0,
+                n_rows: 4,
+                vocab: 10,
+                row_stride: 10,
+                ignore_index: -100,
+                temperature: 1.0,
+                ..PrefkTokenLogprobsForwardArgs::new()
+            })
+        };
         assert_eq!(rc, -1);
         let msg = last();
         assert!(msg.contains("dtype") || msg.contains("driver") || msg.contains("kernels"), "{msg}");
         assert_eq!(
             unsafe {
-                prefk_token_logprobs_forward(-1, 0, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 4, 10, 10, -100, 1.0)
+                prefk_token_logprobs_forward(&PrefkTokenLogprobsForwardArgs {
+                    device: -1,
+                    stream: 0,
+                    dtype_code: 2,
+                    index_code: 1,
+                    logits: 0,
+                    targets: 0,
+                    logp: 0,
+                    lse: 0,
+                    stats: 0,
+                    entropy: 0,
+                    log_sum_sq: 0,
+                    status: 0,
+                    n_rows: 4,
+                    vocab: 10,
+                    row_stride: 10,
+                    ignore_index: -100,
+                    temperature: 1.0,
+                    ..PrefkTokenLogprobsForwardArgs::new()
+                })
             },
             -1
         );
         assert!(last().contains("device"));
         let term = PrefkLossTerm { kind: 99, ..Default::default() };
         let rc = unsafe {
-            prefk_preference_loss(
-                0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, &term, 1, 0, 0.0, 0, 1.0, 0, 0, 0, 0, 0,
-            )
+            prefk_preference_loss(&PrefkPreferenceLossArgs {
+                device: 0,
+                stream: 0,
+                logp: 0,
+                mask: 0,
+                weights: 0,
+                ref_logp: 0,
+                ref_seq: 0,
+                seq_weights: 0,
+                n_tokens: 0,
+                cu_seqlens: 0,
+                n_seqs: 2,
+                seq_len: 0,
+                chosen: 0,
+                rejected: 0,
+                n_pairs: 0,
+                terms: &term,
+                n_terms: 1,
+                divergence: 0,
+                alpha: 0.0,
+                aggregation: 0,
+                grad_scale: 1.0,
+                pair_out: 0,
+                metrics: 0,
+                grad_logp: 0,
+                workspace: 0,
+                status: 0,
+                ..PrefkPreferenceLossArgs::new()
+            })
         };
         assert_eq!(rc, -1);
         assert!(last().contains("unknown loss kind"), "{}", last());
@@ -93,16 +190,17 @@ mod tests {
         // SAFETY: host arrays of the documented sizes.
         assert_eq!(
             unsafe {
-                prefk_prefix_layout(
-                    pl.as_ptr(),
-                    rc.as_ptr(),
-                    rl.as_ptr(),
-                    2,
-                    &mut nt,
-                    &mut ntiles,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
+                prefk_prefix_layout(&PrefkPrefixLayoutArgs {
+                    prefix_lens: pl.as_ptr(),
+                    resp_counts: rc.as_ptr(),
+                    resp_lens: rl.as_ptr(),
+                    n_groups: 2,
+                    n_tokens: &mut nt,
+                    n_tiles: &mut ntiles,
+                    tiles: std::ptr::null_mut(),
+                    seg_lo2: std::ptr::null_mut(),
+                    ..PrefkPrefixLayoutArgs::new()
+                })
             },
             0
         );
@@ -110,16 +208,17 @@ mod tests {
         // SAFETY: as above, with buffers sized by the first call.
         assert_eq!(
             unsafe {
-                prefk_prefix_layout(
-                    pl.as_ptr(),
-                    rc.as_ptr(),
-                    rl.as_ptr(),
-                    2,
-                    &mut nt,
-                    &mut ntiles,
-                    tiles.as_mut_ptr(),
-                    lo2.as_mut_ptr(),
-                )
+                prefk_prefix_layout(&PrefkPrefixLayoutArgs {
+                    prefix_lens: pl.as_ptr(),
+                    resp_counts: rc.as_ptr(),
+                    resp_lens: rl.as_ptr(),
+                    n_groups: 2,
+                    n_tokens: &mut nt,
+                    n_tiles: &mut ntiles,
+                    tiles: tiles.as_mut_ptr(),
+                    seg_lo2: lo2.as_mut_ptr(),
+                    ..PrefkPrefixLayoutArgs::new()
+                })
             },
             0
         );
@@ -135,16 +234,17 @@ mod tests {
         // SAFETY: host arrays of the documented sizes.
         assert_eq!(
             unsafe {
-                prefk_prefix_layout(
-                    bad.as_ptr(),
-                    [1i64].as_ptr(),
-                    bad.as_ptr(),
-                    1,
-                    &mut nt,
-                    &mut ntiles,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut(),
-                )
+                prefk_prefix_layout(&PrefkPrefixLayoutArgs {
+                    prefix_lens: bad.as_ptr(),
+                    resp_counts: [1i64].as_ptr(),
+                    resp_lens: bad.as_ptr(),
+                    n_groups: 1,
+                    n_tokens: &mut nt,
+                    n_tiles: &mut ntiles,
+                    tiles: std::ptr::null_mut(),
+                    seg_lo2: std::ptr::null_mut(),
+                    ..PrefkPrefixLayoutArgs::new()
+                })
             },
             -1
         );

@@ -121,3 +121,61 @@ pub(super) fn seq_layout(cu_seqlens: u64, n_seqs: i64, seq_len: i64) -> Result<D
         DeviceSeqLayout::Padded { n_seqs, seq_len: size("seq_len", seq_len)? }
     })
 }
+
+/// An entry point's argument struct: `#[repr(C)]`, `struct_size: u64` first, every field valid as
+/// zero bytes (integers, floats, raw pointers).
+///
+/// # Safety
+/// Implement only for such structs (`src/ffi/args.rs` does, with its layout asserted).
+pub unsafe trait AbiArgs: Copy {
+    /// The smallest `struct_size` accepted: the struct's size when it was first published. Fields
+    /// added since read as 0 from an older caller.
+    const MIN_SIZE: usize = std::mem::size_of::<Self>();
+}
+
+/// Reads an argument struct. ABI versioning: the caller's `struct_size` says which version of
+/// the struct it was compiled against. A size between [`AbiArgs::MIN_SIZE`] and this library's
+/// size is read as far as it goes, the fields after it as 0 (each field's 0 is its default); a
+/// smaller size, or a larger one (a header newer than the library, whose extra fields would be
+/// silently ignored), is refused with a message naming both sizes.
+///
+/// # Safety
+/// `p` is null or points to at least `struct_size` readable bytes (and at least 8).
+pub(super) unsafe fn read_args<T: AbiArgs>(p: *const T) -> Result<T> {
+    let name = std::any::type_name::<T>().rsplit("::").next().unwrap_or("args");
+    ensure(!p.is_null(), "args", || format!("null {name} pointer"))?;
+    ensure((p as usize) % std::mem::align_of::<T>() == 0, "args", || {
+        format!("{name} at {p:?} is not aligned to {} bytes", std::mem::align_of::<T>())
+    })?;
+    // SAFETY: non-null and aligned (checked); the caller guarantees the first 8 bytes are readable.
+    let size = unsafe { std::ptr::read(p as *const u64) };
+    let ours = std::mem::size_of::<T>();
+    ensure(size >= T::MIN_SIZE as u64 && size <= ours as u64, "struct_size", || {
+        format!(
+            "{name}.struct_size is {size}: this library reads {} to {ours} bytes (set it with {name}::new(), \
+             or build against this library's include/prefk.h)",
+            T::MIN_SIZE
+        )
+    })?;
+    // SAFETY: T's fields are valid as zero bytes (AbiArgs); `size <= size_of::<T>()` bytes are
+    // readable at `p` (the caller's guarantee) and copied over the zeroed value.
+    unsafe {
+        let mut out: T = std::mem::zeroed();
+        std::ptr::copy_nonoverlapping(p as *const u8, &mut out as *mut T as *mut u8, size as usize);
+        Ok(out)
+    }
+}
+
+/// [`read_args`] at the boundary: the struct, or the error code (message set) to return.
+///
+/// # Safety
+/// As [`read_args`].
+pub(super) unsafe fn ffi_args<T: AbiArgs>(p: *const T) -> std::result::Result<T, i32> {
+    let mut out = None;
+    // SAFETY: forwarded to the caller.
+    let rc = ffi(|| {
+        out = Some(unsafe { read_args(p) }?);
+        Ok(())
+    });
+    out.ok_or(rc)
+}

@@ -1,5 +1,6 @@
 //! C ABI of the fused preference losses (loss terms, f-divergence, aggregation codes).
 
+use super::args::*;
 use super::plumbing::*;
 use crate::error::{invalid, Result};
 use crate::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, PairLossPtrs, RawPairs};
@@ -105,38 +106,41 @@ pub(super) unsafe fn loss_config(
 /// `seq_weights` (`[S]` f32, or 0) are WPO's detached sequence weights.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkPreferenceLossArgs`] whose `struct_size` is set (`PrefkPreferenceLossArgs::new()`).
 /// As [`Gpu::preference_loss_raw`](crate::Gpu::preference_loss_raw); `terms` points to `n_terms` host structs.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_preference_loss(
-    device: i32,
-    stream: u64,
-    logp: u64,
-    mask: u64,
-    weights: u64,
-    ref_logp: u64,
-    ref_seq: u64,
-    seq_weights: u64,
-    n_tokens: i64,
-    cu_seqlens: u64,
-    n_seqs: i64,
-    seq_len: i64,
-    chosen: u64,
-    rejected: u64,
-    n_pairs: i64,
-    terms: *const PrefkLossTerm,
-    n_terms: u32,
-    divergence: u32,
-    alpha: f32,
-    aggregation: u32,
-    grad_scale: f32,
-    pair_out: u64,
-    metrics: u64,
-    grad_logp: u64,
-    workspace: u64,
-    status: u64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_preference_loss(args: *const PrefkPreferenceLossArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkPreferenceLossArgs {
+            device,
+            stream,
+            logp,
+            mask,
+            weights,
+            ref_logp,
+            ref_seq,
+            seq_weights,
+            n_tokens,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            chosen,
+            rejected,
+            n_pairs,
+            terms,
+            n_terms,
+            divergence,
+            alpha,
+            aggregation,
+            grad_scale,
+            pair_out,
+            metrics,
+            grad_logp,
+            workspace,
+            status,
+            ..
+        } = unsafe { read_args(args) }?;
         // SAFETY: the caller passes n_terms host structs at `terms`.
         let cfg = unsafe { loss_config(terms, n_terms, divergence, alpha, aggregation, grad_scale) }?;
         let layout = seq_layout(cu_seqlens, n_seqs, seq_len)?;

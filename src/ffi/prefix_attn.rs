@@ -1,5 +1,6 @@
 //! C ABI of shared-prefix group attention (layout builder, forward, backward).
 
+use super::args::*;
 use super::plumbing::*;
 use crate::error::{invalid, Result};
 use crate::prefix_attn::{AttnShape, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout};
@@ -33,28 +34,31 @@ pub(super) fn attn_args(
 /// device copy of the layout (`SharedPrefixLayout::tiles` flattened, segment starts).
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkPrefixAttnForwardArgs`] whose `struct_size` is set (`PrefkPrefixAttnForwardArgs::new()`).
 /// As [`Gpu::prefix_attn_forward_raw`](crate::Gpu::prefix_attn_forward_raw).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_prefix_attn_forward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
-    lse: u64,
-    tiles: u64,
-    seg_lo2: u64,
-    n_tiles: i64,
-    n_tokens: i64,
-    q_heads: i32,
-    kv_heads: i32,
-    head_dim: i32,
-    scale: f32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_prefix_attn_forward(args: *const PrefkPrefixAttnForwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkPrefixAttnForwardArgs {
+            device,
+            stream,
+            dtype_code,
+            q,
+            k,
+            v,
+            o,
+            lse,
+            tiles,
+            seg_lo2,
+            n_tiles,
+            n_tokens,
+            q_heads,
+            kv_heads,
+            head_dim,
+            scale,
+            ..
+        } = unsafe { read_args(args) }?;
         let (shape, layout) =
             attn_args([q_heads, kv_heads, head_dim], scale, tiles, seg_lo2, n_tiles, n_tokens)?;
         // SAFETY: forwarded to the caller.
@@ -74,33 +78,36 @@ pub unsafe extern "C" fn prefk_prefix_attn_forward(
 /// f32 workspace.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkPrefixAttnBackwardArgs`] whose `struct_size` is set (`PrefkPrefixAttnBackwardArgs::new()`).
 /// As [`Gpu::prefix_attn_backward_raw`](crate::Gpu::prefix_attn_backward_raw).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_prefix_attn_backward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    q: u64,
-    k: u64,
-    v: u64,
-    o: u64,
-    lse: u64,
-    dout: u64,
-    dq: u64,
-    dk: u64,
-    dv: u64,
-    delta: u64,
-    tiles: u64,
-    seg_lo2: u64,
-    n_tiles: i64,
-    n_tokens: i64,
-    q_heads: i32,
-    kv_heads: i32,
-    head_dim: i32,
-    scale: f32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_prefix_attn_backward(args: *const PrefkPrefixAttnBackwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkPrefixAttnBackwardArgs {
+            device,
+            stream,
+            dtype_code,
+            q,
+            k,
+            v,
+            o,
+            lse,
+            dout,
+            dq,
+            dk,
+            dv,
+            delta,
+            tiles,
+            seg_lo2,
+            n_tiles,
+            n_tokens,
+            q_heads,
+            kv_heads,
+            head_dim,
+            scale,
+            ..
+        } = unsafe { read_args(args) }?;
         let (shape, layout) =
             attn_args([q_heads, kv_heads, head_dim], scale, tiles, seg_lo2, n_tiles, n_tokens)?;
         let ptrs = PrefixAttnBwdPtrs { fwd: PrefixAttnFwdPtrs { q, k, v, o, lse }, dout, dq, dk, dv, delta };
@@ -115,20 +122,24 @@ pub unsafe extern "C" fn prefk_prefix_attn_backward(
 /// `8 * n_tiles` and `n_tokens` i32) fills them for upload to the device.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkPrefixLayoutArgs`] whose `struct_size` is set (`PrefkPrefixLayoutArgs::new()`).
 /// The length arrays hold `n_groups` (and `sum(resp_counts)`) host elements; output pointers are
 /// null or host buffers of the sizes above (call once with nulls to size them).
 #[no_mangle]
-pub unsafe extern "C" fn prefk_prefix_layout(
-    prefix_lens: *const i64,
-    resp_counts: *const i64,
-    resp_lens: *const i64,
-    n_groups: i64,
-    n_tokens: *mut i64,
-    n_tiles: *mut i64,
-    tiles: *mut i32,
-    seg_lo2: *mut i32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_prefix_layout(args: *const PrefkPrefixLayoutArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkPrefixLayoutArgs {
+            prefix_lens,
+            resp_counts,
+            resp_lens,
+            n_groups,
+            n_tokens,
+            n_tiles,
+            tiles,
+            seg_lo2,
+            ..
+        } = unsafe { read_args(args) }?;
         let n = size("n_groups", n_groups)?;
         if prefix_lens.is_null()
             || resp_counts.is_null()

@@ -1,5 +1,6 @@
 //! C ABI of the per-sequence reductions and their backward.
 
+use super::args::*;
 use super::plumbing::*;
 use crate::error::Result;
 use crate::seq_reduce::{DeviceSeqLayout, ReduceMode, SeqReducePtrs, TokenGradPtrs};
@@ -29,25 +30,28 @@ pub(super) fn reduce_inputs(
 /// `scores` (`[n_seqs]` f32, or 0) and `stats` (`[n_seqs, 10]` f32, or 0; the backward needs them).
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkSeqReduceArgs`] whose `struct_size` is set (`PrefkSeqReduceArgs::new()`).
 /// As [`Gpu::seq_reduce_raw`](crate::Gpu::seq_reduce_raw).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_seq_reduce(
-    device: i32,
-    stream: u64,
-    logp: u64,
-    mask: u64,
-    weights: u64,
-    n_tokens: i64,
-    cu_seqlens: u64,
-    n_seqs: i64,
-    seq_len: i64,
-    mode: u32,
-    scores: u64,
-    stats: u64,
-    status: u64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_seq_reduce(args: *const PrefkSeqReduceArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkSeqReduceArgs {
+            device,
+            stream,
+            logp,
+            mask,
+            weights,
+            n_tokens,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            mode,
+            scores,
+            stats,
+            status,
+            ..
+        } = unsafe { read_args(args) }?;
         let (tokens, n, layout, mode) =
             reduce_inputs(logp, mask, weights, n_tokens, cu_seqlens, n_seqs, seq_len, mode)?;
         // SAFETY: forwarded to the caller.
@@ -59,25 +63,28 @@ pub unsafe extern "C" fn prefk_seq_reduce(
 /// (`[n_tokens]` f32, 0 on masked tokens), from the forward's `stats`.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkSeqReduceBackwardArgs`] whose `struct_size` is set (`PrefkSeqReduceBackwardArgs::new()`).
 /// As [`Gpu::seq_reduce_backward_raw`](crate::Gpu::seq_reduce_backward_raw).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_seq_reduce_backward(
-    device: i32,
-    stream: u64,
-    logp: u64,
-    mask: u64,
-    weights: u64,
-    n_tokens: i64,
-    cu_seqlens: u64,
-    n_seqs: i64,
-    seq_len: i64,
-    mode: u32,
-    dscores: u64,
-    stats: u64,
-    grad_logp: u64,
-) -> i32 {
+pub unsafe extern "C" fn prefk_seq_reduce_backward(args: *const PrefkSeqReduceBackwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkSeqReduceBackwardArgs {
+            device,
+            stream,
+            logp,
+            mask,
+            weights,
+            n_tokens,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            mode,
+            dscores,
+            stats,
+            grad_logp,
+            ..
+        } = unsafe { read_args(args) }?;
         let (tokens, n, layout, mode) =
             reduce_inputs(logp, mask, weights, n_tokens, cu_seqlens, n_seqs, seq_len, mode)?;
         let ptrs = TokenGradPtrs { dscores, stats, grad_logp };

@@ -1,5 +1,6 @@
 //! C ABI of the token log-probs op (logits in, log-probs / entropy / gradients out).
 
+use super::args::*;
 use super::plumbing::*;
 use crate::error::ensure;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
@@ -10,30 +11,33 @@ use crate::LogitsLayout;
 /// `entropy`) and `status` may be 0.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkTokenLogprobsForwardArgs`] whose `struct_size` is set (`PrefkTokenLogprobsForwardArgs::new()`).
 /// As [`Gpu::token_logprobs_forward_raw`](crate::Gpu::token_logprobs_forward_raw): every non-zero pointer is device memory of `device`
 /// sized for the shapes given, `stream` is 0 or a live stream of that device's primary context.
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_token_logprobs_forward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    logits: u64,
-    targets: u64,
-    logp: u64,
-    lse: u64,
-    stats: u64,
-    entropy: u64,
-    log_sum_sq: u64,
-    status: u64,
-    n_rows: i64,
-    vocab: i64,
-    row_stride: i64,
-    ignore_index: i64,
-    temperature: f32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_token_logprobs_forward(args: *const PrefkTokenLogprobsForwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkTokenLogprobsForwardArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            logits,
+            targets,
+            logp,
+            lse,
+            stats,
+            entropy,
+            log_sum_sq,
+            status,
+            n_rows,
+            vocab,
+            row_stride,
+            ignore_index,
+            temperature,
+            ..
+        } = unsafe { read_args(args) }?;
         let layout = LogitsLayout {
             n_rows: size("n_rows", n_rows)?,
             vocab: size("vocab", vocab)?,
@@ -64,30 +68,51 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(
 /// `grad_logits == logits`.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkTokenLogprobsBackwardArgs`] whose `struct_size` is set (`PrefkTokenLogprobsBackwardArgs::new()`).
 /// As [`Gpu::token_logprobs_backward_raw`](crate::Gpu::token_logprobs_backward_raw).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_token_logprobs_backward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    logits: u64,
-    targets: u64,
-    stats: u64,
-    grad_logp: u64,
-    grad_logits: u64,
-    status: u64,
-    n_rows: i64,
-    vocab: i64,
-    row_stride: i64,
-    grad_stride: i64,
-    ignore_index: i64,
-    temperature: f32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_token_logprobs_backward(args: *const PrefkTokenLogprobsBackwardArgs) -> i32 {
+    let a = match ffi_args(args) {
+        Ok(a) => a,
+        Err(rc) => return rc,
+    };
+    let e = PrefkTokenLogprobsBackwardEntropyArgs {
+        device: a.device,
+        stream: a.stream,
+        dtype_code: a.dtype_code,
+        index_code: a.index_code,
+        logits: a.logits,
+        targets: a.targets,
+        stats: a.stats,
+        grad_logp: a.grad_logp,
+        grad_logits: a.grad_logits,
+        status: a.status,
+        n_rows: a.n_rows,
+        vocab: a.vocab,
+        row_stride: a.row_stride,
+        grad_stride: a.grad_stride,
+        ignore_index: a.ignore_index,
+        temperature: a.temperature,
+        ..PrefkTokenLogprobsBackwardEntropyArgs::new()
+    };
     // SAFETY: forwarded to the caller; no entropy gradient.
-    unsafe {
-        prefk_token_logprobs_backward_entropy(
+    unsafe { prefk_token_logprobs_backward_entropy(&e) }
+}
+
+/// Token log-probs backward with the entropy's gradient: as [`prefk_token_logprobs_backward`], and
+/// when `grad_entropy` is non-zero d/dlogits also holds `-grad_entropy · p_v (log p_v + H) / T`
+/// (`entropy`: the forward's `[n_rows]` f32 entropy, required then).
+///
+/// # Safety
+/// `args` points to a readable [`PrefkTokenLogprobsBackwardEntropyArgs`] whose `struct_size` is set (`PrefkTokenLogprobsBackwardEntropyArgs::new()`).
+/// As [`Gpu::token_logprobs_backward_raw`](crate::Gpu::token_logprobs_backward_raw); `entropy` and `grad_entropy` are 0 or hold `n_rows` f32.
+#[no_mangle]
+pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
+    args: *const PrefkTokenLogprobsBackwardEntropyArgs,
+) -> i32 {
+    ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkTokenLogprobsBackwardEntropyArgs {
             device,
             stream,
             dtype_code,
@@ -95,9 +120,9 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
             logits,
             targets,
             stats,
-            0,
+            entropy,
             grad_logp,
-            0,
+            grad_entropy,
             grad_logits,
             status,
             n_rows,
@@ -106,39 +131,8 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward(
             grad_stride,
             ignore_index,
             temperature,
-        )
-    }
-}
-
-/// Token log-probs backward with the entropy's gradient: as [`prefk_token_logprobs_backward`], and
-/// when `grad_entropy` is non-zero d/dlogits also holds `-grad_entropy · p_v (log p_v + H) / T`
-/// (`entropy`: the forward's `[n_rows]` f32 entropy, required then).
-///
-/// # Safety
-/// As [`Gpu::token_logprobs_backward_raw`](crate::Gpu::token_logprobs_backward_raw); `entropy` and `grad_entropy` are 0 or hold `n_rows` f32.
-#[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    logits: u64,
-    targets: u64,
-    stats: u64,
-    entropy: u64,
-    grad_logp: u64,
-    grad_entropy: u64,
-    grad_logits: u64,
-    status: u64,
-    n_rows: i64,
-    vocab: i64,
-    row_stride: i64,
-    grad_stride: i64,
-    ignore_index: i64,
-    temperature: f32,
-) -> i32 {
-    ffi(|| {
+            ..
+        } = unsafe { read_args(args) }?;
         ensure(grad_entropy == 0 || entropy != 0, "entropy", || {
             "grad_entropy needs the forward's entropy".into()
         })?;

@@ -2,6 +2,8 @@
 //! synchronization: bad device data sets bits in the optional status word, which
 //! `prefk_check_status` turns into an error). The fused LM head's shard entry points live in
 //! `linear.rs` beside the other linear ones.
+use super::args::*;
+use super::plumbing::read_args;
 use super::{dtype, ffi, gpu, host_vec, index_type, size};
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig};
 use crate::vocab_parallel::{VocabFinalizePtrs, VocabShard, VocabShardPartialsPtrs};
@@ -27,28 +29,31 @@ pub(super) fn shard(vocab_start: i64, shard_vocab: i64, vocab: i64) -> crate::Re
 /// `compute_entropy` is non-zero. One kernel on `stream` ([`crate::Gpu::vocab_shard_partials_raw`]).
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkVocabShardPartialsArgs`] whose `struct_size` is set (`PrefkVocabShardPartialsArgs::new()`).
 /// As [`crate::Gpu::vocab_shard_partials_raw`]; `device` names an open device (or -1, the emulator).
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_vocab_shard_partials(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    logits: u64,
-    targets: u64,
-    partials: u64,
-    status: u64,
-    n_rows: i64,
-    shard_vocab: i64,
-    row_stride: i64,
-    vocab_start: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-    compute_entropy: u32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_vocab_shard_partials(args: *const PrefkVocabShardPartialsArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkVocabShardPartialsArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            logits,
+            targets,
+            partials,
+            status,
+            n_rows,
+            shard_vocab,
+            row_stride,
+            vocab_start,
+            vocab,
+            ignore_index,
+            temperature,
+            compute_entropy,
+            ..
+        } = unsafe { read_args(args) }?;
         let sh = shard(vocab_start, shard_vocab, vocab)?;
         let layout = LogitsLayout {
             n_rows: size("n_rows", n_rows)?,
@@ -105,27 +110,30 @@ pub unsafe extern "C" fn prefk_vocab_check_tiling(
 /// target set `STATUS_BAD_SHARDS` (16) and give that row NaN.
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkVocabParallelFinalizeArgs`] whose `struct_size` is set (`PrefkVocabParallelFinalizeArgs::new()`).
 /// As [`crate::Gpu::vocab_parallel_finalize_raw`].
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_vocab_parallel_finalize(
-    device: i32,
-    stream: u64,
-    index_code: u32,
-    partials: u64,
-    targets: u64,
-    logp: u64,
-    lse: u64,
-    stats: u64,
-    entropy: u64,
-    status: u64,
-    n_rows: i64,
-    n_shards: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_vocab_parallel_finalize(args: *const PrefkVocabParallelFinalizeArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkVocabParallelFinalizeArgs {
+            device,
+            stream,
+            index_code,
+            partials,
+            targets,
+            logp,
+            lse,
+            stats,
+            entropy,
+            status,
+            n_rows,
+            n_shards,
+            vocab,
+            ignore_index,
+            temperature,
+            ..
+        } = unsafe { read_args(args) }?;
         let ptrs = VocabFinalizePtrs { partials, targets, logp, lse, entropy, status, stats };
         let cfg = config(ignore_index, temperature, entropy != 0);
         // SAFETY: forwarded to the caller.
@@ -148,32 +156,35 @@ pub unsafe extern "C" fn prefk_vocab_parallel_finalize(
 /// is non-zero, its `entropy` with dL/dH) ([`crate::Gpu::vocab_shard_backward_raw`]).
 ///
 /// # Safety
+/// `args` points to a readable [`PrefkVocabShardBackwardArgs`] whose `struct_size` is set (`PrefkVocabShardBackwardArgs::new()`).
 /// As [`crate::Gpu::vocab_shard_backward_raw`].
 #[no_mangle]
-#[allow(clippy::too_many_arguments)]
-pub unsafe extern "C" fn prefk_vocab_shard_backward(
-    device: i32,
-    stream: u64,
-    dtype_code: u32,
-    index_code: u32,
-    logits: u64,
-    targets: u64,
-    stats: u64,
-    entropy: u64,
-    grad_logp: u64,
-    grad_entropy: u64,
-    grad_logits: u64,
-    status: u64,
-    n_rows: i64,
-    shard_vocab: i64,
-    row_stride: i64,
-    grad_stride: i64,
-    vocab_start: i64,
-    vocab: i64,
-    ignore_index: i64,
-    temperature: f32,
-) -> i32 {
+pub unsafe extern "C" fn prefk_vocab_shard_backward(args: *const PrefkVocabShardBackwardArgs) -> i32 {
     ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkVocabShardBackwardArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            logits,
+            targets,
+            stats,
+            entropy,
+            grad_logp,
+            grad_entropy,
+            grad_logits,
+            status,
+            n_rows,
+            shard_vocab,
+            row_stride,
+            grad_stride,
+            vocab_start,
+            vocab,
+            ignore_index,
+            temperature,
+            ..
+        } = unsafe { read_args(args) }?;
         let sh = shard(vocab_start, shard_vocab, vocab)?;
         let layout = LogitsLayout {
             n_rows: size("n_rows", n_rows)?,

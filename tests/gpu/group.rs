@@ -719,9 +719,29 @@ fn c_abi_grpo_matches_the_safe_api(gpu: &Gpu, seed: u64) {
         let (wp, _k) = work.device_ptr_mut(&s).unwrap();
         // SAFETY: live buffers of the documented sizes; the default stream of this context.
         let rc = unsafe {
-            prefk_grpo_loss(
-                device, 0, &c, lp, op, 0, rp, mp, 0, ep, ap, n as i64, cp, 9, 0, metp, gp, gep, wp, 0,
-            )
+            prefk_grpo_loss(&pref_kernels::ffi::PrefkGrpoLossArgs {
+                device,
+                stream: 0,
+                config: &c,
+                logp: lp,
+                old_logp: op,
+                sampling_logp: 0,
+                ref_logp: rp,
+                mask: mp,
+                is_weights: 0,
+                entropy: ep,
+                advantages: ap,
+                n_tokens: n as i64,
+                cu_seqlens: cp,
+                n_seqs: 9,
+                seq_len: 0,
+                metrics: metp,
+                grad_logp: gp,
+                grad_entropy: gep,
+                workspace: wp,
+                status: 0,
+                ..pref_kernels::ffi::PrefkGrpoLossArgs::new()
+            })
         };
         assert_eq!(rc, 0, "{:?}", unsafe { std::ffi::CStr::from_ptr(pref_kernels::ffi::prefk_last_error()) });
     }

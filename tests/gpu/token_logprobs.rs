@@ -691,23 +691,26 @@ fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
         // SAFETY: as above, through the C ABI.
         let rc = unsafe {
             pref_kernels::ffi::prefk_token_logprobs_forward(
-                ordinal,
-                own.raw(),
-                2,
-                1,
-                lp,
-                tp,
-                op,
-                sp,
-                0,
-                0,
-                0,
-                0,
-                300,
-                32000,
-                32000,
-                -100,
-                1.0,
+                &pref_kernels::ffi::PrefkTokenLogprobsForwardArgs {
+                    device: ordinal,
+                    stream: own.raw(),
+                    dtype_code: 2,
+                    index_code: 1,
+                    logits: lp,
+                    targets: tp,
+                    logp: op,
+                    lse: sp,
+                    stats: 0,
+                    entropy: 0,
+                    log_sum_sq: 0,
+                    status: 0,
+                    n_rows: 300,
+                    vocab: 32000,
+                    row_stride: 32000,
+                    ignore_index: -100,
+                    temperature: 1.0,
+                    ..pref_kernels::ffi::PrefkTokenLogprobsForwardArgs::new()
+                },
             )
         };
         assert_eq!(rc, 0);

@@ -1,0 +1,1751 @@
+//! The argument structs of the C ABI's op entry points, mirrors of `include/prefk.h` (the
+//! source of truth; `tests/c_abi_header.rs` compares them field by field). Every struct starts
+//! with `struct_size`, set by `new()`. Versioning: a struct only grows at its end; the library
+//! reads `struct_size` bytes of it (from the size it was first published with up to its own),
+//! the fields past that as 0, and refuses any other size.
+use super::{PrefkGrpoConfig, PrefkLossTerm};
+use std::mem::{offset_of, size_of};
+
+/// The arguments of [`prefk_group_loss_check_labels`](super::prefk_group_loss_check_labels), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkGroupLossCheckLabelsArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// `list_size`: as documented on the entry point.
+    pub list_size: i64,
+    /// `labels`: as documented on the entry point.
+    pub labels: *const f32,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// `kind`: as documented on the entry point.
+    pub kind: u32,
+    /// `beta`: as documented on the entry point.
+    pub beta: f32,
+    /// `p0`: as documented on the entry point.
+    pub p0: f32,
+    /// `p1`: as documented on the entry point.
+    pub p1: f32,
+    /// `kl_given`: as documented on the entry point.
+    pub kl_given: f32,
+    /// `flags`: as documented on the entry point.
+    pub flags: u32,
+}
+
+impl PrefkGroupLossCheckLabelsArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkGroupLossCheckLabelsArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkGroupLossCheckLabelsArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkGroupLossCheckLabelsArgs>() == 56);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, list_size) == 8);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, labels) == 16);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, n_seqs) == 24);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, kind) == 32);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, beta) == 36);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, p0) == 40);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, p1) == 44);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, kl_given) == 48);
+    assert!(offset_of!(PrefkGroupLossCheckLabelsArgs, flags) == 52);
+};
+
+/// The arguments of [`prefk_group_loss`](super::prefk_group_loss), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkGroupLossArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `list_size`: as documented on the entry point.
+    pub list_size: i64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `mask`: as documented on the entry point.
+    pub mask: u64,
+    /// `ref_logp`: as documented on the entry point.
+    pub ref_logp: u64,
+    /// `ref_seq`: as documented on the entry point.
+    pub ref_seq: u64,
+    /// `labels`: as documented on the entry point.
+    pub labels: u64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
+    pub cu_seqlens: u64,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// `seq_out`: as documented on the entry point.
+    pub seq_out: u64,
+    /// `metrics`: as documented on the entry point.
+    pub metrics: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// Device workspace of the size the op's `*_workspace_len` gives.
+    pub workspace: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// `kind`: as documented on the entry point.
+    pub kind: u32,
+    /// `beta`: as documented on the entry point.
+    pub beta: f32,
+    /// `p0`: as documented on the entry point.
+    pub p0: f32,
+    /// `p1`: as documented on the entry point.
+    pub p1: f32,
+    /// `kl_given`: as documented on the entry point.
+    pub kl_given: f32,
+    /// `flags`: as documented on the entry point.
+    pub flags: u32,
+    /// `grad_scale`: as documented on the entry point.
+    pub grad_scale: f32,
+}
+
+impl PrefkGroupLossArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkGroupLossArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkGroupLossArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkGroupLossArgs>() == 168);
+    assert!(offset_of!(PrefkGroupLossArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkGroupLossArgs, stream) == 8);
+    assert!(offset_of!(PrefkGroupLossArgs, list_size) == 16);
+    assert!(offset_of!(PrefkGroupLossArgs, logp) == 24);
+    assert!(offset_of!(PrefkGroupLossArgs, mask) == 32);
+    assert!(offset_of!(PrefkGroupLossArgs, ref_logp) == 40);
+    assert!(offset_of!(PrefkGroupLossArgs, ref_seq) == 48);
+    assert!(offset_of!(PrefkGroupLossArgs, labels) == 56);
+    assert!(offset_of!(PrefkGroupLossArgs, n_tokens) == 64);
+    assert!(offset_of!(PrefkGroupLossArgs, cu_seqlens) == 72);
+    assert!(offset_of!(PrefkGroupLossArgs, n_seqs) == 80);
+    assert!(offset_of!(PrefkGroupLossArgs, seq_len) == 88);
+    assert!(offset_of!(PrefkGroupLossArgs, seq_out) == 96);
+    assert!(offset_of!(PrefkGroupLossArgs, metrics) == 104);
+    assert!(offset_of!(PrefkGroupLossArgs, grad_logp) == 112);
+    assert!(offset_of!(PrefkGroupLossArgs, workspace) == 120);
+    assert!(offset_of!(PrefkGroupLossArgs, status) == 128);
+    assert!(offset_of!(PrefkGroupLossArgs, device) == 136);
+    assert!(offset_of!(PrefkGroupLossArgs, kind) == 140);
+    assert!(offset_of!(PrefkGroupLossArgs, beta) == 144);
+    assert!(offset_of!(PrefkGroupLossArgs, p0) == 148);
+    assert!(offset_of!(PrefkGroupLossArgs, p1) == 152);
+    assert!(offset_of!(PrefkGroupLossArgs, kl_given) == 156);
+    assert!(offset_of!(PrefkGroupLossArgs, flags) == 160);
+    assert!(offset_of!(PrefkGroupLossArgs, grad_scale) == 164);
+};
+
+/// The arguments of [`prefk_grpo_loss`](super::prefk_grpo_loss), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkGrpoLossArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `config`: as documented on the entry point.
+    pub config: *const PrefkGrpoConfig,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `old_logp`: as documented on the entry point.
+    pub old_logp: u64,
+    /// `sampling_logp`: as documented on the entry point.
+    pub sampling_logp: u64,
+    /// `ref_logp`: as documented on the entry point.
+    pub ref_logp: u64,
+    /// `mask`: as documented on the entry point.
+    pub mask: u64,
+    /// `is_weights`: as documented on the entry point.
+    pub is_weights: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// `advantages`: as documented on the entry point.
+    pub advantages: u64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
+    pub cu_seqlens: u64,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// `metrics`: as documented on the entry point.
+    pub metrics: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// `grad_entropy`: as documented on the entry point.
+    pub grad_entropy: u64,
+    /// Device workspace of the size the op's `*_workspace_len` gives.
+    pub workspace: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
+}
+
+impl PrefkGrpoLossArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkGrpoLossArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkGrpoLossArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkGrpoLossArgs>() == 168);
+    assert!(offset_of!(PrefkGrpoLossArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkGrpoLossArgs, stream) == 8);
+    assert!(offset_of!(PrefkGrpoLossArgs, config) == 16);
+    assert!(offset_of!(PrefkGrpoLossArgs, logp) == 24);
+    assert!(offset_of!(PrefkGrpoLossArgs, old_logp) == 32);
+    assert!(offset_of!(PrefkGrpoLossArgs, sampling_logp) == 40);
+    assert!(offset_of!(PrefkGrpoLossArgs, ref_logp) == 48);
+    assert!(offset_of!(PrefkGrpoLossArgs, mask) == 56);
+    assert!(offset_of!(PrefkGrpoLossArgs, is_weights) == 64);
+    assert!(offset_of!(PrefkGrpoLossArgs, entropy) == 72);
+    assert!(offset_of!(PrefkGrpoLossArgs, advantages) == 80);
+    assert!(offset_of!(PrefkGrpoLossArgs, n_tokens) == 88);
+    assert!(offset_of!(PrefkGrpoLossArgs, cu_seqlens) == 96);
+    assert!(offset_of!(PrefkGrpoLossArgs, n_seqs) == 104);
+    assert!(offset_of!(PrefkGrpoLossArgs, seq_len) == 112);
+    assert!(offset_of!(PrefkGrpoLossArgs, metrics) == 120);
+    assert!(offset_of!(PrefkGrpoLossArgs, grad_logp) == 128);
+    assert!(offset_of!(PrefkGrpoLossArgs, grad_entropy) == 136);
+    assert!(offset_of!(PrefkGrpoLossArgs, workspace) == 144);
+    assert!(offset_of!(PrefkGrpoLossArgs, status) == 152);
+    assert!(offset_of!(PrefkGrpoLossArgs, device) == 160);
+    assert!(offset_of!(PrefkGrpoLossArgs, reserved) == 164);
+};
+
+/// The arguments of [`prefk_linear_logprobs_forward`](super::prefk_linear_logprobs_forward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkLinearLogprobsForwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `hidden`: as documented on the entry point.
+    pub hidden: u64,
+    /// `weight`: as documented on the entry point.
+    pub weight: u64,
+    /// `bias`: as documented on the entry point.
+    pub bias: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `lse`: as documented on the entry point.
+    pub lse: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `hidden_dim`: as documented on the entry point.
+    pub hidden_dim: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// Most bytes of device workspace the chunk loop may use.
+    pub workspace_bytes: i64,
+    /// `n_chunks`: as documented on the entry point.
+    pub n_chunks: *mut i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkLinearLogprobsForwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkLinearLogprobsForwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkLinearLogprobsForwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkLinearLogprobsForwardArgs>() == 136);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, logp) == 48);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, lse) == 56);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, entropy) == 64);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, n_rows) == 72);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, hidden_dim) == 80);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, vocab) == 88);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, ignore_index) == 96);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, workspace_bytes) == 104);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, n_chunks) == 112);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, device) == 120);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, dtype_code) == 124);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, index_code) == 128);
+    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, temperature) == 132);
+};
+
+/// The arguments of [`prefk_linear_logprobs_backward`](super::prefk_linear_logprobs_backward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkLinearLogprobsBackwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `hidden`: as documented on the entry point.
+    pub hidden: u64,
+    /// `weight`: as documented on the entry point.
+    pub weight: u64,
+    /// `bias`: as documented on the entry point.
+    pub bias: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// `grad_entropy`: as documented on the entry point.
+    pub grad_entropy: u64,
+    /// `d_hidden`: as documented on the entry point.
+    pub d_hidden: u64,
+    /// `d_weight`: as documented on the entry point.
+    pub d_weight: u64,
+    /// `d_bias`: as documented on the entry point.
+    pub d_bias: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `hidden_dim`: as documented on the entry point.
+    pub hidden_dim: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// Most bytes of device workspace the chunk loop may use.
+    pub workspace_bytes: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkLinearLogprobsBackwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkLinearLogprobsBackwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkLinearLogprobsBackwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkLinearLogprobsBackwardArgs>() == 144);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, grad_logp) == 48);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, grad_entropy) == 56);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, d_hidden) == 64);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, d_weight) == 72);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, d_bias) == 80);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, n_rows) == 88);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, hidden_dim) == 96);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, vocab) == 104);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, ignore_index) == 112);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, workspace_bytes) == 120);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, device) == 128);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, dtype_code) == 132);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, index_code) == 136);
+    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, temperature) == 140);
+};
+
+/// The arguments of [`prefk_linear_shard_partials`](super::prefk_linear_shard_partials), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkLinearShardPartialsArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `hidden`: as documented on the entry point.
+    pub hidden: u64,
+    /// `weight`: as documented on the entry point.
+    pub weight: u64,
+    /// `bias`: as documented on the entry point.
+    pub bias: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `partials`: as documented on the entry point.
+    pub partials: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `hidden_dim`: as documented on the entry point.
+    pub hidden_dim: i64,
+    /// `shard_vocab`: as documented on the entry point.
+    pub shard_vocab: i64,
+    /// `vocab_start`: as documented on the entry point.
+    pub vocab_start: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// Most bytes of device workspace the chunk loop may use.
+    pub workspace_bytes: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+    /// `compute_entropy`: as documented on the entry point.
+    pub compute_entropy: u32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
+}
+
+impl PrefkLinearShardPartialsArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkLinearShardPartialsArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkLinearShardPartialsArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkLinearShardPartialsArgs>() == 136);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, partials) == 48);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, n_rows) == 56);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, hidden_dim) == 64);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, shard_vocab) == 72);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, vocab_start) == 80);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, vocab) == 88);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, ignore_index) == 96);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, workspace_bytes) == 104);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, device) == 112);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, dtype_code) == 116);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, index_code) == 120);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, temperature) == 124);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, compute_entropy) == 128);
+    assert!(offset_of!(PrefkLinearShardPartialsArgs, reserved) == 132);
+};
+
+/// The arguments of [`prefk_linear_shard_backward`](super::prefk_linear_shard_backward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkLinearShardBackwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `hidden`: as documented on the entry point.
+    pub hidden: u64,
+    /// `weight`: as documented on the entry point.
+    pub weight: u64,
+    /// `bias`: as documented on the entry point.
+    pub bias: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// `grad_entropy`: as documented on the entry point.
+    pub grad_entropy: u64,
+    /// `d_hidden`: as documented on the entry point.
+    pub d_hidden: u64,
+    /// `d_weight`: as documented on the entry point.
+    pub d_weight: u64,
+    /// `d_bias`: as documented on the entry point.
+    pub d_bias: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `hidden_dim`: as documented on the entry point.
+    pub hidden_dim: i64,
+    /// `shard_vocab`: as documented on the entry point.
+    pub shard_vocab: i64,
+    /// `vocab_start`: as documented on the entry point.
+    pub vocab_start: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// Most bytes of device workspace the chunk loop may use.
+    pub workspace_bytes: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkLinearShardBackwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkLinearShardBackwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkLinearShardBackwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkLinearShardBackwardArgs>() == 176);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, stats) == 48);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, entropy) == 56);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, grad_logp) == 64);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, grad_entropy) == 72);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, d_hidden) == 80);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, d_weight) == 88);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, d_bias) == 96);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, n_rows) == 104);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, hidden_dim) == 112);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, shard_vocab) == 120);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, vocab_start) == 128);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, vocab) == 136);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, ignore_index) == 144);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, workspace_bytes) == 152);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, device) == 160);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, dtype_code) == 164);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, index_code) == 168);
+    assert!(offset_of!(PrefkLinearShardBackwardArgs, temperature) == 172);
+};
+
+/// The arguments of [`prefk_linear_preference_step`](super::prefk_linear_preference_step), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkLinearPreferenceStepArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `hidden`: as documented on the entry point.
+    pub hidden: u64,
+    /// `weight`: as documented on the entry point.
+    pub weight: u64,
+    /// `bias`: as documented on the entry point.
+    pub bias: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `weights`: as documented on the entry point.
+    pub weights: u64,
+    /// `ref_logp`: as documented on the entry point.
+    pub ref_logp: u64,
+    /// `ref_seq`: as documented on the entry point.
+    pub ref_seq: u64,
+    /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
+    pub cu_seqlens: *const i32,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// `chosen`: as documented on the entry point.
+    pub chosen: *const i32,
+    /// `rejected`: as documented on the entry point.
+    pub rejected: *const i32,
+    /// `n_pairs`: as documented on the entry point.
+    pub n_pairs: i64,
+    /// `terms`: as documented on the entry point.
+    pub terms: *const PrefkLossTerm,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `d_hidden`: as documented on the entry point.
+    pub d_hidden: u64,
+    /// `d_weight`: as documented on the entry point.
+    pub d_weight: u64,
+    /// `d_bias`: as documented on the entry point.
+    pub d_bias: u64,
+    /// `metrics`: as documented on the entry point.
+    pub metrics: *mut f32,
+    /// `pair_out`: as documented on the entry point.
+    pub pair_out: *mut f32,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `hidden_dim`: as documented on the entry point.
+    pub hidden_dim: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// Most bytes of device workspace the chunk loop may use.
+    pub workspace_bytes: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// `n_terms`: as documented on the entry point.
+    pub n_terms: u32,
+    /// `divergence`: as documented on the entry point.
+    pub divergence: u32,
+    /// `alpha`: as documented on the entry point.
+    pub alpha: f32,
+    /// `aggregation`: as documented on the entry point.
+    pub aggregation: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkLinearPreferenceStepArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkLinearPreferenceStepArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkLinearPreferenceStepArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkLinearPreferenceStepArgs>() == 248);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, weights) == 48);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, ref_logp) == 56);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, ref_seq) == 64);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, cu_seqlens) == 72);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, n_seqs) == 80);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, seq_len) == 88);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, chosen) == 96);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, rejected) == 104);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, n_pairs) == 112);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, terms) == 120);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, logp) == 128);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, d_hidden) == 136);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, d_weight) == 144);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, d_bias) == 152);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, metrics) == 160);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, pair_out) == 168);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, n_rows) == 176);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, hidden_dim) == 184);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, vocab) == 192);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, ignore_index) == 200);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, workspace_bytes) == 208);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, device) == 216);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, dtype_code) == 220);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, index_code) == 224);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, n_terms) == 228);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, divergence) == 232);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, alpha) == 236);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, aggregation) == 240);
+    assert!(offset_of!(PrefkLinearPreferenceStepArgs, temperature) == 244);
+};
+
+/// The arguments of [`prefk_preference_loss`](super::prefk_preference_loss), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkPreferenceLossArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `mask`: as documented on the entry point.
+    pub mask: u64,
+    /// `weights`: as documented on the entry point.
+    pub weights: u64,
+    /// `ref_logp`: as documented on the entry point.
+    pub ref_logp: u64,
+    /// `ref_seq`: as documented on the entry point.
+    pub ref_seq: u64,
+    /// `seq_weights`: as documented on the entry point.
+    pub seq_weights: u64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
+    pub cu_seqlens: u64,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// `chosen`: as documented on the entry point.
+    pub chosen: u64,
+    /// `rejected`: as documented on the entry point.
+    pub rejected: u64,
+    /// `n_pairs`: as documented on the entry point.
+    pub n_pairs: i64,
+    /// `terms`: as documented on the entry point.
+    pub terms: *const PrefkLossTerm,
+    /// `pair_out`: as documented on the entry point.
+    pub pair_out: u64,
+    /// `metrics`: as documented on the entry point.
+    pub metrics: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// Device workspace of the size the op's `*_workspace_len` gives.
+    pub workspace: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// `n_terms`: as documented on the entry point.
+    pub n_terms: u32,
+    /// `divergence`: as documented on the entry point.
+    pub divergence: u32,
+    /// `alpha`: as documented on the entry point.
+    pub alpha: f32,
+    /// `aggregation`: as documented on the entry point.
+    pub aggregation: u32,
+    /// `grad_scale`: as documented on the entry point.
+    pub grad_scale: f32,
+}
+
+impl PrefkPreferenceLossArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkPreferenceLossArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkPreferenceLossArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkPreferenceLossArgs>() == 192);
+    assert!(offset_of!(PrefkPreferenceLossArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkPreferenceLossArgs, stream) == 8);
+    assert!(offset_of!(PrefkPreferenceLossArgs, logp) == 16);
+    assert!(offset_of!(PrefkPreferenceLossArgs, mask) == 24);
+    assert!(offset_of!(PrefkPreferenceLossArgs, weights) == 32);
+    assert!(offset_of!(PrefkPreferenceLossArgs, ref_logp) == 40);
+    assert!(offset_of!(PrefkPreferenceLossArgs, ref_seq) == 48);
+    assert!(offset_of!(PrefkPreferenceLossArgs, seq_weights) == 56);
+    assert!(offset_of!(PrefkPreferenceLossArgs, n_tokens) == 64);
+    assert!(offset_of!(PrefkPreferenceLossArgs, cu_seqlens) == 72);
+    assert!(offset_of!(PrefkPreferenceLossArgs, n_seqs) == 80);
+    assert!(offset_of!(PrefkPreferenceLossArgs, seq_len) == 88);
+    assert!(offset_of!(PrefkPreferenceLossArgs, chosen) == 96);
+    assert!(offset_of!(PrefkPreferenceLossArgs, rejected) == 104);
+    assert!(offset_of!(PrefkPreferenceLossArgs, n_pairs) == 112);
+    assert!(offset_of!(PrefkPreferenceLossArgs, terms) == 120);
+    assert!(offset_of!(PrefkPreferenceLossArgs, pair_out) == 128);
+    assert!(offset_of!(PrefkPreferenceLossArgs, metrics) == 136);
+    assert!(offset_of!(PrefkPreferenceLossArgs, grad_logp) == 144);
+    assert!(offset_of!(PrefkPreferenceLossArgs, workspace) == 152);
+    assert!(offset_of!(PrefkPreferenceLossArgs, status) == 160);
+    assert!(offset_of!(PrefkPreferenceLossArgs, device) == 168);
+    assert!(offset_of!(PrefkPreferenceLossArgs, n_terms) == 172);
+    assert!(offset_of!(PrefkPreferenceLossArgs, divergence) == 176);
+    assert!(offset_of!(PrefkPreferenceLossArgs, alpha) == 180);
+    assert!(offset_of!(PrefkPreferenceLossArgs, aggregation) == 184);
+    assert!(offset_of!(PrefkPreferenceLossArgs, grad_scale) == 188);
+};
+
+/// The arguments of [`prefk_prefix_attn_forward`](super::prefk_prefix_attn_forward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkPrefixAttnForwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `q`: as documented on the entry point.
+    pub q: u64,
+    /// `k`: as documented on the entry point.
+    pub k: u64,
+    /// `v`: as documented on the entry point.
+    pub v: u64,
+    /// `o`: as documented on the entry point.
+    pub o: u64,
+    /// `lse`: as documented on the entry point.
+    pub lse: u64,
+    /// `tiles`: as documented on the entry point.
+    pub tiles: u64,
+    /// `seg_lo2`: as documented on the entry point.
+    pub seg_lo2: u64,
+    /// `n_tiles`: as documented on the entry point.
+    pub n_tiles: i64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// `q_heads`: as documented on the entry point.
+    pub q_heads: i32,
+    /// `kv_heads`: as documented on the entry point.
+    pub kv_heads: i32,
+    /// `head_dim`: as documented on the entry point.
+    pub head_dim: i32,
+    /// `scale`: as documented on the entry point.
+    pub scale: f32,
+}
+
+impl PrefkPrefixAttnForwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkPrefixAttnForwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkPrefixAttnForwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkPrefixAttnForwardArgs>() == 112);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, q) == 16);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, k) == 24);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, v) == 32);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, o) == 40);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, lse) == 48);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, tiles) == 56);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, seg_lo2) == 64);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, n_tiles) == 72);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, n_tokens) == 80);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, device) == 88);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, dtype_code) == 92);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, q_heads) == 96);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, kv_heads) == 100);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, head_dim) == 104);
+    assert!(offset_of!(PrefkPrefixAttnForwardArgs, scale) == 108);
+};
+
+/// The arguments of [`prefk_prefix_attn_backward`](super::prefk_prefix_attn_backward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkPrefixAttnBackwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `q`: as documented on the entry point.
+    pub q: u64,
+    /// `k`: as documented on the entry point.
+    pub k: u64,
+    /// `v`: as documented on the entry point.
+    pub v: u64,
+    /// `o`: as documented on the entry point.
+    pub o: u64,
+    /// `lse`: as documented on the entry point.
+    pub lse: u64,
+    /// `dout`: as documented on the entry point.
+    pub dout: u64,
+    /// `dq`: as documented on the entry point.
+    pub dq: u64,
+    /// `dk`: as documented on the entry point.
+    pub dk: u64,
+    /// `dv`: as documented on the entry point.
+    pub dv: u64,
+    /// `delta`: as documented on the entry point.
+    pub delta: u64,
+    /// `tiles`: as documented on the entry point.
+    pub tiles: u64,
+    /// `seg_lo2`: as documented on the entry point.
+    pub seg_lo2: u64,
+    /// `n_tiles`: as documented on the entry point.
+    pub n_tiles: i64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// `q_heads`: as documented on the entry point.
+    pub q_heads: i32,
+    /// `kv_heads`: as documented on the entry point.
+    pub kv_heads: i32,
+    /// `head_dim`: as documented on the entry point.
+    pub head_dim: i32,
+    /// `scale`: as documented on the entry point.
+    pub scale: f32,
+}
+
+impl PrefkPrefixAttnBackwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkPrefixAttnBackwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkPrefixAttnBackwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkPrefixAttnBackwardArgs>() == 152);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, q) == 16);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, k) == 24);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, v) == 32);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, o) == 40);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, lse) == 48);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dout) == 56);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dq) == 64);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dk) == 72);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dv) == 80);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, delta) == 88);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, tiles) == 96);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, seg_lo2) == 104);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, n_tiles) == 112);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, n_tokens) == 120);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, device) == 128);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dtype_code) == 132);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, q_heads) == 136);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, kv_heads) == 140);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, head_dim) == 144);
+    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, scale) == 148);
+};
+
+/// The arguments of [`prefk_prefix_layout`](super::prefk_prefix_layout), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkPrefixLayoutArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// `prefix_lens`: as documented on the entry point.
+    pub prefix_lens: *const i64,
+    /// `resp_counts`: as documented on the entry point.
+    pub resp_counts: *const i64,
+    /// `resp_lens`: as documented on the entry point.
+    pub resp_lens: *const i64,
+    /// `n_groups`: as documented on the entry point.
+    pub n_groups: i64,
+    /// Number of tokens.
+    pub n_tokens: *mut i64,
+    /// `n_tiles`: as documented on the entry point.
+    pub n_tiles: *mut i64,
+    /// `tiles`: as documented on the entry point.
+    pub tiles: *mut i32,
+    /// `seg_lo2`: as documented on the entry point.
+    pub seg_lo2: *mut i32,
+}
+
+impl PrefkPrefixLayoutArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkPrefixLayoutArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkPrefixLayoutArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkPrefixLayoutArgs>() == 72);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, prefix_lens) == 8);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, resp_counts) == 16);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, resp_lens) == 24);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, n_groups) == 32);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, n_tokens) == 40);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, n_tiles) == 48);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, tiles) == 56);
+    assert!(offset_of!(PrefkPrefixLayoutArgs, seg_lo2) == 64);
+};
+
+/// The arguments of [`prefk_seq_reduce`](super::prefk_seq_reduce), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkSeqReduceArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `mask`: as documented on the entry point.
+    pub mask: u64,
+    /// `weights`: as documented on the entry point.
+    pub weights: u64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
+    pub cu_seqlens: u64,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// `scores`: as documented on the entry point.
+    pub scores: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// `mode`: as documented on the entry point.
+    pub mode: u32,
+}
+
+impl PrefkSeqReduceArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkSeqReduceArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkSeqReduceArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkSeqReduceArgs>() == 104);
+    assert!(offset_of!(PrefkSeqReduceArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkSeqReduceArgs, stream) == 8);
+    assert!(offset_of!(PrefkSeqReduceArgs, logp) == 16);
+    assert!(offset_of!(PrefkSeqReduceArgs, mask) == 24);
+    assert!(offset_of!(PrefkSeqReduceArgs, weights) == 32);
+    assert!(offset_of!(PrefkSeqReduceArgs, n_tokens) == 40);
+    assert!(offset_of!(PrefkSeqReduceArgs, cu_seqlens) == 48);
+    assert!(offset_of!(PrefkSeqReduceArgs, n_seqs) == 56);
+    assert!(offset_of!(PrefkSeqReduceArgs, seq_len) == 64);
+    assert!(offset_of!(PrefkSeqReduceArgs, scores) == 72);
+    assert!(offset_of!(PrefkSeqReduceArgs, stats) == 80);
+    assert!(offset_of!(PrefkSeqReduceArgs, status) == 88);
+    assert!(offset_of!(PrefkSeqReduceArgs, device) == 96);
+    assert!(offset_of!(PrefkSeqReduceArgs, mode) == 100);
+};
+
+/// The arguments of [`prefk_seq_reduce_backward`](super::prefk_seq_reduce_backward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkSeqReduceBackwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `mask`: as documented on the entry point.
+    pub mask: u64,
+    /// `weights`: as documented on the entry point.
+    pub weights: u64,
+    /// Number of tokens.
+    pub n_tokens: i64,
+    /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
+    pub cu_seqlens: u64,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// `dscores`: as documented on the entry point.
+    pub dscores: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// `mode`: as documented on the entry point.
+    pub mode: u32,
+}
+
+impl PrefkSeqReduceBackwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkSeqReduceBackwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkSeqReduceBackwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkSeqReduceBackwardArgs>() == 104);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, logp) == 16);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, mask) == 24);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, weights) == 32);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, n_tokens) == 40);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, cu_seqlens) == 48);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, n_seqs) == 56);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, seq_len) == 64);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, dscores) == 72);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, stats) == 80);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, grad_logp) == 88);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, device) == 96);
+    assert!(offset_of!(PrefkSeqReduceBackwardArgs, mode) == 100);
+};
+
+/// The arguments of [`prefk_token_logprobs_forward`](super::prefk_token_logprobs_forward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkTokenLogprobsForwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logits`: as documented on the entry point.
+    pub logits: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `lse`: as documented on the entry point.
+    pub lse: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// `log_sum_sq`: as documented on the entry point.
+    pub log_sum_sq: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// `row_stride`: as documented on the entry point.
+    pub row_stride: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkTokenLogprobsForwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkTokenLogprobsForwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkTokenLogprobsForwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkTokenLogprobsForwardArgs>() == 128);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, logits) == 16);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, targets) == 24);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, logp) == 32);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, lse) == 40);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, stats) == 48);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, entropy) == 56);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, log_sum_sq) == 64);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, status) == 72);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, n_rows) == 80);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, vocab) == 88);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, row_stride) == 96);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, ignore_index) == 104);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, device) == 112);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, dtype_code) == 116);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, index_code) == 120);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, temperature) == 124);
+};
+
+/// The arguments of [`prefk_token_logprobs_backward`](super::prefk_token_logprobs_backward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkTokenLogprobsBackwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logits`: as documented on the entry point.
+    pub logits: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// `grad_logits`: as documented on the entry point.
+    pub grad_logits: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// `row_stride`: as documented on the entry point.
+    pub row_stride: i64,
+    /// `grad_stride`: as documented on the entry point.
+    pub grad_stride: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkTokenLogprobsBackwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkTokenLogprobsBackwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkTokenLogprobsBackwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkTokenLogprobsBackwardArgs>() == 120);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, logits) == 16);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, targets) == 24);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, stats) == 32);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, grad_logp) == 40);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, grad_logits) == 48);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, status) == 56);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, n_rows) == 64);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, vocab) == 72);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, row_stride) == 80);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, grad_stride) == 88);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, ignore_index) == 96);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, device) == 104);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, dtype_code) == 108);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, index_code) == 112);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardArgs, temperature) == 116);
+};
+
+/// The arguments of [`prefk_token_logprobs_backward_entropy`](super::prefk_token_logprobs_backward_entropy), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkTokenLogprobsBackwardEntropyArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logits`: as documented on the entry point.
+    pub logits: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// `grad_entropy`: as documented on the entry point.
+    pub grad_entropy: u64,
+    /// `grad_logits`: as documented on the entry point.
+    pub grad_logits: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// `row_stride`: as documented on the entry point.
+    pub row_stride: i64,
+    /// `grad_stride`: as documented on the entry point.
+    pub grad_stride: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkTokenLogprobsBackwardEntropyArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkTokenLogprobsBackwardEntropyArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkTokenLogprobsBackwardEntropyArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkTokenLogprobsBackwardEntropyArgs>() == 136);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, stream) == 8);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, logits) == 16);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, targets) == 24);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, stats) == 32);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, entropy) == 40);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, grad_logp) == 48);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, grad_entropy) == 56);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, grad_logits) == 64);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, status) == 72);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, n_rows) == 80);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, vocab) == 88);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, row_stride) == 96);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, grad_stride) == 104);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, ignore_index) == 112);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, device) == 120);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, dtype_code) == 124);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, index_code) == 128);
+    assert!(offset_of!(PrefkTokenLogprobsBackwardEntropyArgs, temperature) == 132);
+};
+
+/// The arguments of [`prefk_vocab_shard_partials`](super::prefk_vocab_shard_partials), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkVocabShardPartialsArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logits`: as documented on the entry point.
+    pub logits: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `partials`: as documented on the entry point.
+    pub partials: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `shard_vocab`: as documented on the entry point.
+    pub shard_vocab: i64,
+    /// `row_stride`: as documented on the entry point.
+    pub row_stride: i64,
+    /// `vocab_start`: as documented on the entry point.
+    pub vocab_start: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+    /// `compute_entropy`: as documented on the entry point.
+    pub compute_entropy: u32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
+}
+
+impl PrefkVocabShardPartialsArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkVocabShardPartialsArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkVocabShardPartialsArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkVocabShardPartialsArgs>() == 120);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, stream) == 8);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, logits) == 16);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, targets) == 24);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, partials) == 32);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, status) == 40);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, n_rows) == 48);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, shard_vocab) == 56);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, row_stride) == 64);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, vocab_start) == 72);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, vocab) == 80);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, ignore_index) == 88);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, device) == 96);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, dtype_code) == 100);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, index_code) == 104);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, temperature) == 108);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, compute_entropy) == 112);
+    assert!(offset_of!(PrefkVocabShardPartialsArgs, reserved) == 116);
+};
+
+/// The arguments of [`prefk_vocab_parallel_finalize`](super::prefk_vocab_parallel_finalize), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkVocabParallelFinalizeArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `partials`: as documented on the entry point.
+    pub partials: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `logp`: as documented on the entry point.
+    pub logp: u64,
+    /// `lse`: as documented on the entry point.
+    pub lse: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `n_shards`: as documented on the entry point.
+    pub n_shards: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
+}
+
+impl PrefkVocabParallelFinalizeArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkVocabParallelFinalizeArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkVocabParallelFinalizeArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkVocabParallelFinalizeArgs>() == 120);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, stream) == 8);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, partials) == 16);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, targets) == 24);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, logp) == 32);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, lse) == 40);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, stats) == 48);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, entropy) == 56);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, status) == 64);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, n_rows) == 72);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, n_shards) == 80);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, vocab) == 88);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, ignore_index) == 96);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, device) == 104);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, index_code) == 108);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, temperature) == 112);
+    assert!(offset_of!(PrefkVocabParallelFinalizeArgs, reserved) == 116);
+};
+
+/// The arguments of [`prefk_vocab_shard_backward`](super::prefk_vocab_shard_backward), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkVocabShardBackwardArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// `logits`: as documented on the entry point.
+    pub logits: u64,
+    /// `targets`: as documented on the entry point.
+    pub targets: u64,
+    /// `stats`: as documented on the entry point.
+    pub stats: u64,
+    /// `entropy`: as documented on the entry point.
+    pub entropy: u64,
+    /// `grad_logp`: as documented on the entry point.
+    pub grad_logp: u64,
+    /// `grad_entropy`: as documented on the entry point.
+    pub grad_entropy: u64,
+    /// `grad_logits`: as documented on the entry point.
+    pub grad_logits: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// `shard_vocab`: as documented on the entry point.
+    pub shard_vocab: i64,
+    /// `row_stride`: as documented on the entry point.
+    pub row_stride: i64,
+    /// `grad_stride`: as documented on the entry point.
+    pub grad_stride: i64,
+    /// `vocab_start`: as documented on the entry point.
+    pub vocab_start: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkVocabShardBackwardArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkVocabShardBackwardArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkVocabShardBackwardArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkVocabShardBackwardArgs>() == 152);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, logits) == 16);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, targets) == 24);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, stats) == 32);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, entropy) == 40);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, grad_logp) == 48);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, grad_entropy) == 56);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, grad_logits) == 64);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, status) == 72);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, n_rows) == 80);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, shard_vocab) == 88);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, row_stride) == 96);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, grad_stride) == 104);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, vocab_start) == 112);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, vocab) == 120);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, ignore_index) == 128);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, device) == 136);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, dtype_code) == 140);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, index_code) == 144);
+    assert!(offset_of!(PrefkVocabShardBackwardArgs, temperature) == 148);
+};
