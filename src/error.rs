@@ -100,3 +100,9 @@ pub(crate) fn ensure(cond: bool, arg: &'static str, msg: impl FnOnce() -> String
         Err(invalid(arg, msg()))
     }
 }
+
+/// `Ok` when a buffer or slice argument has the length the op needs, else an `InvalidArgument`
+/// naming both (shared by every op's length checks).
+pub(crate) fn ensure_len(arg: &'static str, len: usize, want: usize) -> Result<()> {
+    ensure(len == want, arg, || format!("length must be {want}, got {len}"))
+}

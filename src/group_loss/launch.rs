@@ -187,9 +187,9 @@ impl Gpu {
     ) -> Result<GroupLossOutputs> {
         let n_seqs = seqs.n_seqs();
         loss.validate(n_seqs, labels)?;
-        crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
+        crate::error::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
         if let Some(r) = ref_seq {
-            crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
+            crate::error::ensure_len("ref_seq", r.len(), n_seqs)?;
         }
         let labels_d = stream.clone_htod(labels)?;
         let mut work = stream.alloc_zeros::<f32>(group_loss_workspace_len(n_seqs).max(1))?;

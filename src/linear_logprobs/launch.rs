@@ -5,6 +5,7 @@
 use super::plan::{rows_for_budget, token_chunks, RowPlan};
 use super::LinearShape;
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
+use crate::error::ensure_len;
 use crate::error::{ensure, Result};
 use crate::params::{LinearBiasParams, LinearRowsParams, SOFTMAX_STATS, VP_STATS};
 use crate::runtime::gemm::Gemm;
@@ -14,7 +15,6 @@ use crate::runtime::mem::{
 use crate::runtime::registry::{self, LINEAR_ROWS_THREADS};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::token_logprobs::ensure_len;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::LogitsLayout;
 

@@ -94,9 +94,9 @@ pub fn backward<T: LogitElement, I: TargetIndex>(
     cfg: &TokenLogprobsConfig,
 ) -> Result<LinearGrads> {
     check(hidden, weight, bias, &shape, targets, cfg)?;
-    crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), shape.n_rows)?;
+    crate::error::ensure_len("grad_logp", grad_logp.len(), shape.n_rows)?;
     if let Some(g) = grad_entropy {
-        crate::token_logprobs::ensure_len("grad_entropy", g.len(), shape.n_rows)?;
+        crate::error::ensure_len("grad_entropy", g.len(), shape.n_rows)?;
     }
     let inv_t = 1.0 / cfg.temperature as f64;
     let (h, v_len) = (shape.hidden, shape.vocab);

@@ -9,11 +9,12 @@ use super::launch::{
 };
 use super::plan::{rows_for_budget, token_chunks};
 use crate::dtype::{IndexType, LogitElement, TargetIndex};
+use crate::error::ensure_len;
 use crate::error::{ensure, Result};
 use crate::params::{SOFTMAX_STATS, VP_STATS};
 use crate::runtime::mem::{optional_ptr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::Gpu;
-use crate::token_logprobs::{ensure_len, stats_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
+use crate::token_logprobs::{stats_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
 use crate::vocab_parallel::{VocabShard, VocabShardPartialsPtrs};
 use crate::LogitsLayout;
 

@@ -68,7 +68,7 @@ impl DevicePairs<'_> {
         match self {
             DevicePairs::FirstHalfChosen => Ok(n_seqs / 2),
             DevicePairs::Explicit { chosen, rejected } => {
-                crate::token_logprobs::ensure_len("rejected", rejected.len(), chosen.len())?;
+                crate::error::ensure_len("rejected", rejected.len(), chosen.len())?;
                 Ok(chosen.len())
             }
             DevicePairs::Host { chosen, rejected } => {
@@ -425,12 +425,12 @@ impl Gpu {
         grad_logp: &mut ViewMut<'_, f32>,
     ) -> Result<PreferenceLossOutputs> {
         let n_seqs = seqs.n_seqs();
-        crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
+        crate::error::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
         if let Some(r) = ref_seq {
-            crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
+            crate::error::ensure_len("ref_seq", r.len(), n_seqs)?;
         }
         if let Some(w) = seq_weights {
-            crate::token_logprobs::ensure_len("seq_weights", w.len(), n_seqs)?;
+            crate::error::ensure_len("seq_weights", w.len(), n_seqs)?;
         }
         let n_pairs = pairs.n_pairs(n_seqs)?;
         let mut work = stream.alloc_zeros::<f32>(preference_loss_workspace_len(n_seqs, n_pairs).max(1))?;

@@ -363,7 +363,7 @@ fn aot_terms(
 /// through them.
 pub fn wpo_weights(tokens: &TokenInputs, log_sum_sq: &[f32], layout: &SeqLayout) -> Result<Vec<f64>> {
     tokens.validate(layout)?;
-    crate::token_logprobs::ensure_len("log_sum_sq", log_sum_sq.len(), tokens.n_tokens())?;
+    crate::error::ensure_len("log_sum_sq", log_sum_sq.len(), tokens.n_tokens())?;
     Ok((0..layout.n_seqs())
         .map(|s| {
             let ts: Vec<usize> = layout.range(s).filter(|&t| tokens.mask.is_none_or(|m| m[t] != 0)).collect();
@@ -412,7 +412,7 @@ pub fn forward_backward_weighted(
         ensure(tokens.weights.is_some(), "weights", || "these losses read token weights; none given".into())?;
     }
     if let Some(w) = seq_weights {
-        crate::token_logprobs::ensure_len("seq_weights", w.len(), n_seqs)?;
+        crate::error::ensure_len("seq_weights", w.len(), n_seqs)?;
         ensure(!cfg.terms.iter().any(|(l, _)| l.sorts_batch()), "seq_weights", || {
             "WPO weighting is refused for aot / aot_unpaired, as TRL".into()
         })?;

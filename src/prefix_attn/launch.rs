@@ -266,7 +266,7 @@ impl Gpu {
             &shape,
             &[("q", q.len(), true), ("k", k.len(), false), ("v", v.len(), false), ("o", o.len(), true)],
         )?;
-        crate::token_logprobs::ensure_len("lse", lse.len(), shape.q_heads * layout.n_tokens)?;
+        crate::error::ensure_len("lse", lse.len(), shape.q_heads * layout.n_tokens)?;
         let (qp, _g0) = q.device_ptr(stream)?;
         let (kp, _g1) = k.device_ptr(stream)?;
         let (vp, _g2) = v.device_ptr(stream)?;
@@ -306,7 +306,7 @@ impl Gpu {
                 ("dv", dv.len(), false),
             ],
         )?;
-        crate::token_logprobs::ensure_len("lse", lse.len(), shape.q_heads * layout.n_tokens)?;
+        crate::error::ensure_len("lse", lse.len(), shape.q_heads * layout.n_tokens)?;
         let mut delta = stream.alloc_zeros::<f32>(shape.q_heads * layout.n_tokens)?;
         let (qp, _g0) = q.device_ptr(stream)?;
         let (kp, _g1) = k.device_ptr(stream)?;

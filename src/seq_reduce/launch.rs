@@ -300,7 +300,7 @@ impl Gpu {
         scores: &mut ViewMut<'_, f32>,
     ) -> Result<()> {
         let n_seqs = seqs.n_seqs();
-        crate::token_logprobs::ensure_len("scores", scores.len(), n_seqs)?;
+        crate::error::ensure_len("scores", scores.len(), n_seqs)?;
         let mut status = StatusWord::new(stream, true)?;
         {
             let mut guards = Vec::new();
@@ -326,8 +326,8 @@ impl Gpu {
         grad_logp: &mut ViewMut<'_, f32>,
     ) -> Result<()> {
         let n_seqs = seqs.n_seqs();
-        crate::token_logprobs::ensure_len("dscores", dscores.len(), n_seqs)?;
-        crate::token_logprobs::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
+        crate::error::ensure_len("dscores", dscores.len(), n_seqs)?;
+        crate::error::ensure_len("grad_logp", grad_logp.len(), tokens.logp.len())?;
         let mut stats = stream.alloc_zeros::<f32>(n_seqs.max(1) * SEQ_STATS_LEN)?;
         let mut status = StatusWord::new(stream, true)?;
         {
@@ -403,7 +403,7 @@ pub(crate) fn optional_token_ptrs<'s>(
             None => Ok(0),
             Some((len, ptr)) => {
                 let (p, g) = ptr?;
-                crate::token_logprobs::ensure_len(name, len, n)?;
+                crate::error::ensure_len(name, len, n)?;
                 guards.push(g);
                 Ok(p)
             }

@@ -140,7 +140,7 @@ impl Gpu {
             ("ref_seq", batch.ref_seq.as_ref().map(View::len), n_seqs),
         ] {
             if let Some(len) = len {
-                crate::token_logprobs::ensure_len(name, len, want)?;
+                crate::error::ensure_len(name, len, want)?;
             }
         }
         let source = RefSource::from_given(batch.ref_logp.is_some(), batch.ref_seq.is_some())?;
@@ -172,7 +172,7 @@ impl Gpu {
         let mut ref_local = stream.alloc_zeros::<f32>(plan.max_seqs.max(1))?;
         let mut metrics = stream.alloc_zeros::<f32>(n_chunks.max(1) * METRICS_LEN)?;
         let mut pair_out = stream.alloc_zeros::<f32>((n_pairs * PAIR_COLUMNS).max(1))?;
-        crate::token_logprobs::ensure_len("logp", out.logp.len(), s.n_rows)?;
+        crate::error::ensure_len("logp", out.logp.len(), s.n_rows)?;
         out.grads.prepare(stream, head, zeroed)?;
         if !zeroed {
             stream.memset_zeros(&mut out.logp)?;

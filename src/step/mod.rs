@@ -262,7 +262,7 @@ impl Gpu {
         let n_seqs = batch.seqs.n_seqs();
         let n_pairs = batch.pairs.n_pairs(n_seqs)?;
         if let Some(r) = &batch.ref_seq {
-            crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
+            crate::error::ensure_len("ref_seq", r.len(), n_seqs)?;
         }
         let mut work = stream.alloc_zeros::<f32>(preference_loss_workspace_len(n_seqs, n_pairs).max(1))?;
         let mut metrics = stream.alloc_zeros::<f32>(METRICS_LEN)?;
@@ -409,7 +409,7 @@ impl Gpu {
         let n_seqs = batch.seqs.n_seqs();
         loss.validate(n_seqs, batch.labels)?;
         if let Some(r) = &batch.ref_seq {
-            crate::token_logprobs::ensure_len("ref_seq", r.len(), n_seqs)?;
+            crate::error::ensure_len("ref_seq", r.len(), n_seqs)?;
         }
         let labels = stream.clone_htod(batch.labels)?;
         let mut work = stream.alloc_zeros::<f32>(group_loss_workspace_len(n_seqs).max(1))?;

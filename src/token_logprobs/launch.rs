@@ -3,8 +3,9 @@
 use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS};
 
-use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
+use super::{validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
+use crate::error::ensure_len;
 use crate::error::{ensure, Result};
 use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams};
 use crate::runtime::args::{check_ptr, ranges_overlap};

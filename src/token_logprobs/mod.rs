@@ -131,7 +131,3 @@ pub(crate) fn validate(
         format!("length must equal n_rows ({}), got {targets_len}", layout.n_rows)
     })
 }
-
-pub(crate) fn ensure_len(arg: &'static str, len: usize, want: usize) -> Result<()> {
-    ensure(len == want, arg, || format!("length must be {want}, got {len}"))
-}

@@ -1,6 +1,7 @@
 //! CPU reference of the token log-probs op, accumulating in f64: the oracle for the GPU tests.
-use super::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
+use super::{validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{LogitElement, TargetIndex};
+use crate::error::ensure_len;
 use crate::error::{Error, Result};
 use crate::numeric::pairwise_sum_iter;
 

@@ -2,6 +2,7 @@
 //! entry points and the safe wrappers.
 use super::{check_gathered, VocabShard, VP_STATS};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
+use crate::error::ensure_len;
 use crate::error::{ensure, Result};
 use crate::params::{VocabFinalizeParams, VocabShardBwdParams, VocabShardFwdParams};
 use crate::runtime::args::check_ptr;
@@ -11,8 +12,7 @@ use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::token_logprobs::launch::{backward_params, row_threads, stats_len, validate_backward_ptrs};
 use crate::token_logprobs::{
-    ensure_len, validate, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsConfig,
-    TokenLogprobsOutputs,
+    validate, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsOutputs,
 };
 use crate::LogitsLayout;
 

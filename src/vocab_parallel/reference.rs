@@ -4,10 +4,11 @@
 //! of unequal size, shards holding no target and ignored rows.
 use super::{VocabShard, VP_ENTROPY, VP_MAX, VP_OWNER, VP_STATS, VP_SUMEXP, VP_TARGET};
 use crate::dtype::{LogitElement, TargetIndex};
+use crate::error::ensure_len;
 use crate::error::{invalid, Result};
 use crate::numeric::pairwise_sum_iter;
 use crate::token_logprobs::reference::{checked_target, TokenLogprobsRef};
-use crate::token_logprobs::{ensure_len, validate, LogitsLayout, TokenLogprobsConfig};
+use crate::token_logprobs::{validate, LogitsLayout, TokenLogprobsConfig};
 
 /// One row's partial statistics over one shard (the layout of the kernels' `[N, VP_STATS]`).
 pub type Partial = [f64; VP_STATS];
