@@ -42,9 +42,6 @@ def _vector(name, t, n):
         raise ValueError(f"pref_kernels: {name} must have shape [{n}], got {list(t.shape)}")
 
 
-_POISON = os.environ.get("PREF_KERNELS_POISON") == "1"
-
-
 _F32 = (torch.float32,)
 _MASK = (torch.uint8, torch.bool)
 
@@ -115,11 +112,9 @@ def _loss_terms(kinds, term_weights, betas, p0, p1, flags):
 
 
 def _out(shape, dtype, device):
-    """An output buffer: uninitialized, or NaN-filled under PREF_KERNELS_POISON=1 (the tests), so
-    that an element a kernel fails to write shows up as NaN."""
+    """An output buffer, uninitialized (the tests replace this with a NaN-filled one, so that an
+    element a kernel fails to write shows up)."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    if _POISON and dtype.is_floating_point:
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
 

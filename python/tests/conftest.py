@@ -3,11 +3,24 @@ memory/race/init/sync checks) always, CUDA when a GPU is usable. Without one the
 with the reason, and fail instead when PREF_KERNELS_REQUIRE_GPU=1."""
 import os
 
-# Outputs NaN-filled before every kernel call, so an element a kernel does not write fails a test.
-os.environ.setdefault("PREF_KERNELS_POISON", "1")
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
+
+import pref_kernels.ops  # noqa: E402
+import pref_kernels.vocab_parallel  # noqa: E402
+
+
+def _poisoned_out(shape, dtype, device):
+    """Every floating-point op output NaN-filled before the kernel runs, so an element a kernel
+    does not write fails a test. Installed at import, so spawned test workers get it too."""
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    if dtype.is_floating_point:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+pref_kernels.ops._out = _poisoned_out
+pref_kernels.vocab_parallel._out = _poisoned_out
 
 DEVICES = ["cpu", "cuda"]
 

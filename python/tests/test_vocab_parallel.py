@@ -15,6 +15,8 @@ import torch.multiprocessing as mp
 
 import pref_kernels as pk
 
+import conftest  # noqa: F401  (NaN-poisoned outputs in the spawned workers too)
+
 N_SEQ, L, V, H = 4, 6, 37, 8
 N = N_SEQ * L
 
