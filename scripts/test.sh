@@ -25,6 +25,10 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features nccl
 echo "== cargo test (kernels compiled with $NVCC)"
 cargo test --all-targets
 cargo test --doc
+echo "== the example ladder runs (the kernels on the GPU if usable, else the emulator)"
+for ex in examples/0*.rs; do
+  cargo run --quiet --example "$(basename "$ex" .rs)" > /dev/null
+done
 echo "== the PyTorch package (python/): torch custom ops, the TRL drop-in, on the emulator"
 scripts/python-tests.sh
 echo "== bindgen: regenerate the params.h mirror and compare it with src/params.rs"

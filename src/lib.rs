@@ -47,3 +47,20 @@ pub use half;
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
+
+/// The Rust examples of `docs/`, compiled as doctests like the README's.
+#[cfg(doctest)]
+pub mod doc_examples {
+    #[doc = include_str!("../docs/losses.md")]
+    pub struct Losses;
+    #[doc = include_str!("../docs/grpo.md")]
+    pub struct Grpo;
+    #[doc = include_str!("../docs/fused-head.md")]
+    pub struct FusedHead;
+    #[doc = include_str!("../docs/vocab-parallel.md")]
+    pub struct VocabParallel;
+    #[doc = include_str!("../docs/attention.md")]
+    pub struct Attention;
+    #[doc = include_str!("../docs/rust-and-c-api.md")]
+    pub struct RustAndCApi;
+}

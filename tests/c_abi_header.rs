@@ -114,9 +114,9 @@ fn header_compiles_as_c() {
     let dir = std::env::temp_dir().join(format!("prefk-h-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let c = dir.join("t.c");
-    // The README's C example, inside a function that declares what it uses.
-    let readme = include_str!("../README.md");
-    let start = readme.find("```c\n").expect("the README has a C example") + 5;
+    // The docs' C example, inside a function that declares what it uses.
+    let readme = include_str!("../docs/rust-and-c-api.md");
+    let start = readme.find("```c\n").expect("docs/rust-and-c-api.md has a C example") + 5;
     let snippet = &readme[start..start + readme[start..].find("```").unwrap()];
     std::fs::write(
         &c,

@@ -1,27 +1,30 @@
-"""The README's Python snippets (sections "Using it" (the vocabulary-parallel one), "Use from
-PyTorch" and "Use with TRL") run as written."""
+"""The Python snippets of the README ("From PyTorch") and of the docs (the PyTorch package, the
+TRL drop-in, vocabulary parallel) run as written."""
 import re
 from pathlib import Path
 
 import pytest
 from conftest import import_or_skip
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+ROOT = Path(__file__).resolve().parents[2]
 
 
-def snippets(section):
-    text = README.read_text()
-    start = text.index(f"## {section}\n")
-    end = text.find("\n## ", start + 1)
-    blocks = re.findall(r"```python\n(.*?)```", text[start:end], flags=re.S)
-    assert blocks, f"README section {section!r} has no python snippet"
+def snippets(doc, section=None):
+    text = (ROOT / doc).read_text()
+    if section is not None:
+        start = text.index(f"## {section}\n")
+        end = text.find("\n## ", start + 1)
+        text = text[start:end if end >= 0 else len(text)]
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, f"{doc} {section or ''} has no python snippet"
     return blocks
 
 
-@pytest.mark.parametrize("section", ["Using it", "Use from PyTorch", "Use with TRL"])
-def test_readme_snippets_run(section, tmp_path, monkeypatch):
-    if section == "Use with TRL":
+@pytest.mark.parametrize("doc,section", [("README.md", "From PyTorch"), ("docs/pytorch.md", None),
+                                         ("docs/vocab-parallel.md", None), ("docs/trl.md", None)])
+def test_snippets_run(doc, section, tmp_path, monkeypatch):
+    if doc == "docs/trl.md":
         import_or_skip("trl")
     monkeypatch.chdir(tmp_path)
-    for code in snippets(section):
-        exec(compile(code, f"README.md[{section}]", "exec"), {"__name__": "readme"})
+    for code in snippets(doc, section):
+        exec(compile(code, f"{doc}[{section or ''}]", "exec"), {"__name__": "readme"})
