@@ -22,6 +22,7 @@ pub mod group_loss;
 pub mod grpo;
 pub mod kernels;
 pub mod linear_logprobs;
+mod lm_head;
 mod numeric;
 pub mod params;
 pub mod pref_loss;

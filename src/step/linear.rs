@@ -8,9 +8,9 @@
 //! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
 //! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
 use crate::error::{ensure, Result};
-use crate::linear_logprobs::launch::{check_head, head_ptrs, zero_grads, ChunkPass};
-use crate::linear_logprobs::plan::{pair_chunks, rows_for_budget};
 use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
+use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass};
+use crate::lm_head::plan::{pair_chunks, rows_for_budget};
 use crate::pref_loss::launch::{RawPairs, SubBatch};
 use crate::pref_loss::{
     preference_loss_workspace_len, LossConfig, PairLossPtrs, Pairs, PreferenceLossOutputs, RefSource,

@@ -38,6 +38,7 @@ use crate::error::{ensure, invalid, Result};
 pub use crate::params::{VP_ENTROPY, VP_MAX, VP_OWNER, VP_STATS, VP_SUMEXP, VP_TARGET};
 
 pub(crate) mod launch;
+mod linear_shard;
 #[cfg(feature = "nccl")]
 pub mod nccl;
 pub mod reference;

@@ -1,21 +1,20 @@
 //! The fused LM head over one vocabulary shard (a tensor-parallel rank's `weight[v0 .. v0 + Vs]`):
-//! the chunk loop of [`super::launch`] with the vocabulary-parallel kernels in place of the token
+//! the fused head's chunk loop (`crate::lm_head::chunk`) with the vocabulary-parallel kernels in place of the token
 //! log-probs ones. The forward writes the shard's partial statistics (all-gathered by the caller,
 //! then [`Gpu::vocab_parallel_finalize`]); the backward, from the global lse, writes the shard's
 //! `d_weight` (and `d_bias`) and its partial `d_hidden`, which the caller all-reduces (sum) over
 //! the group.
-use super::launch::{
-    check_head, head_ptrs, ChunkPass, LinearConfig, LinearGradViews, LinearHead, LinearRun, Loop,
-};
-use super::plan::{rows_for_budget, token_chunks};
+use super::{VocabShard, VocabShardPartialsPtrs};
 use crate::dtype::{IndexType, LogitElement, TargetIndex};
 use crate::error::ensure_len;
 use crate::error::{ensure, Result};
+use crate::lm_head::chunk::{check_head, head_ptrs, ChunkPass, Loop};
+use crate::lm_head::plan::{rows_for_budget, token_chunks};
+use crate::lm_head::{LinearConfig, LinearGradViews, LinearHead, LinearRun};
 use crate::params::{SOFTMAX_STATS, VP_STATS};
 use crate::runtime::mem::{optional_ptr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::Gpu;
 use crate::token_logprobs::{stats_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
-use crate::vocab_parallel::{VocabShard, VocabShardPartialsPtrs};
 use crate::LogitsLayout;
 
 /// The head's shape against the shard: its weight holds the shard's rows.

@@ -1,0 +1,588 @@
+//! The chunk loop of the fused LM head on the device: for each chunk of used rows, gather its
+//! hidden states, one GEMM into the chunk's logits (`[m, V]` in the workspace, never `[N, V]`),
+//! the token log-probs kernels on it, and for the backward d/dlogits in place followed by two
+//! GEMMs (`d_weight += dLᵀ X` in f32, in chunk order; `d_X = dL · W`, scattered to `d_hidden`).
+use super::plan::RowPlan;
+use super::{LinearGradBuffers, LinearHead, LinearShape};
+use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
+use crate::error::{ensure, Result};
+use crate::params::{LinearBiasParams, LinearRowsParams, SOFTMAX_STATS, VP_STATS};
+use crate::runtime::gemm::Gemm;
+use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View};
+use crate::runtime::registry::{self, LINEAR_ROWS_THREADS};
+use crate::runtime::status::{check_status, StatusWord};
+use crate::runtime::Gpu;
+use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
+use crate::LogitsLayout;
+
+/// The head as raw pointers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HeadPtrs {
+    pub(crate) hidden: u64,
+    pub(crate) weight: u64,
+    pub(crate) bias: u64,
+    pub(crate) shape: LinearShape,
+    pub(crate) dtype: DType,
+}
+
+/// Gradient outputs as raw pointers (pre-zeroed: the loop accumulates and scatters into them).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GradPtrs {
+    pub(crate) d_hidden: u64,
+    pub(crate) d_weight: u64,
+    pub(crate) d_bias: u64,
+}
+
+/// The chunk workspace, carved out of one allocation: logits `[max_rows, V]` and hidden rows
+/// `[max_rows, H]` in the compute dtype, then `[max_rows]` f32 per-row scratch (a vocabulary
+/// shard's `[max_rows, VP_STATS]` partials over the first five regions).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkWork {
+    pub(crate) logits: u64,
+    pub(crate) x: u64,
+    pub(crate) logp: u64,
+    pub(crate) lse: u64,
+    pub(crate) entropy: u64,
+    pub(crate) grad_logp: u64,
+    pub(crate) grad_entropy: u64,
+    pub(crate) weights: u64,
+    pub(crate) ref_logp: u64,
+    /// `[max_rows, SOFTMAX_STATS]` f32: the chunk rows' softmax statistics (forward to backward).
+    pub(crate) stats: u64,
+    /// `[max_rows, VP_STATS]` f32: a vocabulary shard's partial statistics. They share the bytes
+    /// of logp .. grad_entropy (five consecutive regions of at least 4 bytes per row), which the
+    /// shard's forward, the one user of the partials, never touches.
+    pub(crate) partials: u64,
+}
+
+const ALIGN: usize = 256;
+
+fn align(x: usize) -> usize {
+    x.div_ceil(ALIGN) * ALIGN
+}
+
+impl ChunkWork {
+    /// Bytes of the workspace for chunks of `max_rows` rows.
+    pub(crate) fn bytes(shape: &LinearShape, dtype: DType, max_rows: usize) -> usize {
+        let m = max_rows.max(1);
+        align(m * shape.vocab * dtype.size())
+            + align(m * shape.hidden * dtype.size())
+            + 7 * align(m * 4)
+            + align(m * SOFTMAX_STATS * 4)
+    }
+
+    pub(crate) fn carve(base: u64, shape: &LinearShape, dtype: DType, max_rows: usize) -> Self {
+        let m = max_rows.max(1);
+        let mut at = base;
+        let mut take = |bytes: usize| {
+            let p = at;
+            at += align(bytes) as u64;
+            p
+        };
+        let (logits, x) = (take(m * shape.vocab * dtype.size()), take(m * shape.hidden * dtype.size()));
+        let (logp, lse, entropy, grad_logp, grad_entropy) =
+            (take(m * 4), take(m * 4), take(m * 4), take(m * 4), take(m * 4));
+        debug_assert!(grad_entropy + align(m * 4) as u64 - logp >= (m * VP_STATS * 4) as u64);
+        ChunkWork {
+            logits,
+            x,
+            logp,
+            lse,
+            entropy,
+            grad_logp,
+            grad_entropy,
+            weights: take(m * 4),
+            ref_logp: take(m * 4),
+            stats: take(m * SOFTMAX_STATS * 4),
+            partials: logp,
+        }
+    }
+}
+
+/// One row movement: gather (`dst[r] = src[index[r]]`) or scatter (`dst[index[r]] = src[r]`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RowMove {
+    pub(crate) scatter: bool,
+    pub(crate) elem_bytes: usize,
+    pub(crate) src: u64,
+    pub(crate) dst: u64,
+    pub(crate) index: u64,
+    pub(crate) n_rows: usize,
+    pub(crate) width: usize,
+    /// Rows of the full side.
+    pub(crate) bound: usize,
+}
+
+impl Gpu {
+    /// Enqueues one row movement (contiguous rows of `width` on both sides).
+    ///
+    /// # Safety
+    /// The pointers are memory of this backend valid for the rows moved (`index` for `n_rows`
+    /// i64); `stream` as for every launch.
+    pub(crate) unsafe fn move_rows(&self, stream: u64, mv: &RowMove, status: u64) -> Result<()> {
+        if mv.n_rows == 0 || mv.width == 0 {
+            return Ok(());
+        }
+        let name = match (mv.scatter, mv.elem_bytes) {
+            (false, 2) => "linear_gather_rows_b2",
+            (false, 4) => "linear_gather_rows_b4",
+            (false, 8) => "linear_gather_rows_b8",
+            (true, 2) => "linear_scatter_rows_b2",
+            (true, 4) => "linear_scatter_rows_b4",
+            _ => return Err(crate::error::invalid("elem_bytes", format!("no row kernel for {mv:?}"))),
+        };
+        let params = LinearRowsParams {
+            src: mv.src,
+            dst: mv.dst,
+            index: mv.index,
+            status,
+            n_rows: mv.n_rows as i64,
+            width: mv.width as i64,
+            src_stride: mv.width as i64,
+            dst_stride: mv.width as i64,
+            bound: mv.bound as i64,
+        };
+        let grid = self.grid_for((mv.n_rows * mv.width) as u64, LINEAR_ROWS_THREADS as u64);
+        // SAFETY: forwarded to the caller; params is the kernel's LinearRowsParams.
+        unsafe { self.launch(stream, name, grid, &params) }
+    }
+
+    /// A chunk's logits: gather its `m` hidden rows (`index`: i64 row ids), broadcast the bias,
+    /// `logits = X · Wᵀ (+ bias)` into `work.logits`.
+    ///
+    /// # Safety
+    /// `head`, `index` (m i64) and `work` (for at least m rows) are live memory of this backend.
+    pub(crate) unsafe fn chunk_logits(
+        &self,
+        stream: u64,
+        head: &HeadPtrs,
+        index: u64,
+        m: usize,
+        work: &ChunkWork,
+        status: u64,
+    ) -> Result<()> {
+        let (h, v) = (head.shape.hidden, head.shape.vocab);
+        let es = head.dtype.size();
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.move_rows(
+                stream,
+                &RowMove {
+                    scatter: false,
+                    elem_bytes: es,
+                    src: head.hidden,
+                    dst: work.x,
+                    index,
+                    n_rows: m,
+                    width: h,
+                    bound: head.shape.n_rows,
+                },
+                status,
+            )?;
+            if head.bias != 0 {
+                let p = LinearBiasParams {
+                    bias: head.bias,
+                    logits: work.logits,
+                    n_rows: m as i64,
+                    vocab: v as i64,
+                };
+                let grid = self.grid_for((m * v) as u64, LINEAR_ROWS_THREADS as u64);
+                self.launch(stream, &registry::linear_bias(false, head.dtype), grid, &p)?;
+            }
+            self.gemm(
+                stream,
+                &Gemm {
+                    m,
+                    n: v,
+                    k: h,
+                    a: work.x,
+                    lda: h,
+                    a_trans: false,
+                    b: head.weight,
+                    ldb: h,
+                    b_trans: true,
+                    c: work.logits,
+                    ldc: v,
+                    ab: head.dtype,
+                    c_f32: false,
+                    beta: if head.bias != 0 { 1.0 } else { 0.0 },
+                },
+            )
+        }
+    }
+
+    /// A chunk's backward after d/dlogits is in `work.logits`: `d_weight += dLᵀ X` (f32),
+    /// `d_bias += Σ_rows dL`, then `dX = dL · W` into `work.x` (X is consumed) scattered to the
+    /// chunk's rows of `d_hidden`.
+    ///
+    /// # Safety
+    /// As [`Gpu::chunk_logits`], with `work.x` still holding the chunk's gathered rows and the
+    /// gradient pointers live outputs of the head's shape.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn chunk_backward(
+        &self,
+        stream: u64,
+        head: &HeadPtrs,
+        index: u64,
+        m: usize,
+        work: &ChunkWork,
+        grads: &GradPtrs,
+        status: u64,
+    ) -> Result<()> {
+        let (h, v) = (head.shape.hidden, head.shape.vocab);
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.gemm(
+                stream,
+                &Gemm {
+                    m: v,
+                    n: h,
+                    k: m,
+                    a: work.logits,
+                    lda: v,
+                    a_trans: true,
+                    b: work.x,
+                    ldb: h,
+                    b_trans: false,
+                    c: grads.d_weight,
+                    ldc: h,
+                    ab: head.dtype,
+                    c_f32: true,
+                    beta: 1.0,
+                },
+            )?;
+            if grads.d_bias != 0 {
+                let p = LinearBiasParams {
+                    bias: grads.d_bias,
+                    logits: work.logits,
+                    n_rows: m as i64,
+                    vocab: v as i64,
+                };
+                let grid = self.grid_for(v as u64, LINEAR_ROWS_THREADS as u64);
+                self.launch(stream, &registry::linear_bias(true, head.dtype), grid, &p)?;
+            }
+            self.gemm(
+                stream,
+                &Gemm {
+                    m,
+                    n: h,
+                    k: v,
+                    a: work.logits,
+                    lda: v,
+                    a_trans: false,
+                    b: head.weight,
+                    ldb: h,
+                    b_trans: false,
+                    c: work.x,
+                    ldc: h,
+                    ab: head.dtype,
+                    c_f32: false,
+                    beta: 0.0,
+                },
+            )?;
+            self.move_rows(
+                stream,
+                &RowMove {
+                    scatter: true,
+                    elem_bytes: head.dtype.size(),
+                    src: work.x,
+                    dst: grads.d_hidden,
+                    index,
+                    n_rows: m,
+                    width: h,
+                    bound: head.shape.n_rows,
+                },
+                status,
+            )
+        }
+    }
+
+    /// Gathers `m` rows of `width` f32 (`dst[r] = src[index[r]]`, `src` of `bound` rows).
+    ///
+    /// # Safety
+    /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gather_rows_f32(
+        &self,
+        stream: u64,
+        src: u64,
+        dst: u64,
+        index: u64,
+        m: usize,
+        width: usize,
+        bound: usize,
+        status: u64,
+    ) -> Result<()> {
+        let mv = RowMove { scatter: false, elem_bytes: 4, src, dst, index, n_rows: m, width, bound };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.move_rows(stream, &mv, status) }
+    }
+
+    /// Gathers `m` f32 values per row (`src[index[r]]`, `src` of `bound` values) into `dst`.
+    ///
+    /// # Safety
+    /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn gather_f32(
+        &self,
+        stream: u64,
+        src: u64,
+        dst: u64,
+        index: u64,
+        m: usize,
+        bound: usize,
+        status: u64,
+    ) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.gather_rows_f32(stream, src, dst, index, m, 1, bound, status) }
+    }
+
+    /// Scatters `m` rows of `width` f32 (`dst[index[r]] = src[r]`, `dst` of `bound` rows).
+    ///
+    /// # Safety
+    /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn scatter_rows_f32(
+        &self,
+        stream: u64,
+        src: u64,
+        dst: u64,
+        index: u64,
+        m: usize,
+        width: usize,
+        bound: usize,
+        status: u64,
+    ) -> Result<()> {
+        let mv = RowMove { scatter: true, elem_bytes: 4, src, dst, index, n_rows: m, width, bound };
+        // SAFETY: forwarded to the caller.
+        unsafe { self.move_rows(stream, &mv, status) }
+    }
+
+    /// Scatters `m` f32 values (`dst[index[r]] = src[r]`, `dst` of `bound` values).
+    ///
+    /// # Safety
+    /// Live memory of this backend of the sizes named.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn scatter_f32(
+        &self,
+        stream: u64,
+        src: u64,
+        dst: u64,
+        index: u64,
+        m: usize,
+        bound: usize,
+        status: u64,
+    ) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.scatter_rows_f32(stream, src, dst, index, m, 1, bound, status) }
+    }
+}
+
+/// Validation shared by the safe entry points; returns the head's targets (read back to the host
+/// for planning: the one synchronization before the loop) as i64.
+pub(crate) fn check_head<T: LogitElement, I: TargetIndex>(
+    gpu: &Gpu,
+    stream: &Stream,
+    head: &LinearHead<'_, T>,
+    targets: &View<'_, I>,
+    token: &TokenLogprobsConfig,
+) -> Result<Vec<i64>> {
+    token.validate()?;
+    head.shape.validate(
+        head.hidden.len(),
+        head.weight.len(),
+        head.bias.as_ref().map(View::len),
+        targets.len(),
+    )?;
+    ensure(head.shape.vocab <= i32::MAX as usize, "vocab", || {
+        format!("must be <= {} for the log-probs kernels, got {}", i32::MAX, head.shape.vocab)
+    })?;
+    gpu.gemm_available()?;
+    Ok(stream.clone_dtoh(targets)?.into_iter().map(TargetIndex::to_i64).collect())
+}
+
+/// Device copies of a row plan's rows and targets.
+pub(crate) struct PlanOnDevice {
+    pub(crate) rows: DeviceBuffer<i64>,
+    pub(crate) targets: DeviceBuffer<i64>,
+}
+
+impl PlanOnDevice {
+    pub(crate) fn upload(stream: &Stream, plan: &RowPlan) -> Result<Self> {
+        let pad = |v: &[i64]| if v.is_empty() { vec![0] } else { v.to_vec() };
+        Ok(PlanOnDevice {
+            rows: stream.clone_htod(&pad(&plan.rows))?,
+            targets: stream.clone_htod(&pad(&plan.targets))?,
+        })
+    }
+}
+
+/// The device state of one chunk loop over a row plan: the plan's rows and targets, the
+/// workspace sized for its largest chunk, and the status word the kernels report into.
+pub(crate) struct ChunkPass {
+    plan: PlanOnDevice,
+    work: DeviceBuffer<u8>,
+    status: StatusWord,
+    shape: LinearShape,
+    dtype: DType,
+    max_rows: usize,
+}
+
+impl ChunkPass {
+    /// Uploads `plan` and allocates the workspace for `shape` in `dtype`.
+    pub(crate) fn new(stream: &Stream, shape: &LinearShape, dtype: DType, plan: &RowPlan) -> Result<Self> {
+        Ok(ChunkPass {
+            plan: PlanOnDevice::upload(stream, plan)?,
+            work: stream.alloc_zeros::<u8>(ChunkWork::bytes(shape, dtype, plan.max_rows))?,
+            status: StatusWord::new(stream, true)?,
+            shape: *shape,
+            dtype,
+            max_rows: plan.max_rows,
+        })
+    }
+
+    /// Bytes of the workspace.
+    pub(crate) fn work_bytes(&self) -> usize {
+        ChunkWork::bytes(&self.shape, self.dtype, self.max_rows)
+    }
+
+    /// The loop's raw pointers over `head` and the status word's, the borrows kept in `guards`.
+    pub(crate) fn bind<'s>(
+        &'s mut self,
+        stream: &Stream,
+        head: HeadPtrs,
+        guards: &mut Vec<Guard<'s>>,
+    ) -> Result<(Loop, u64)> {
+        let (wp, g0) = self.work.device_ptr_mut(stream)?;
+        let (rows, g1) = self.plan.rows.device_ptr(stream)?;
+        let (targets, g2) = self.plan.targets.device_ptr(stream)?;
+        let (status, g3) = self.status.ptr(stream)?;
+        guards.extend([g0, g1, g2]);
+        guards.extend(g3);
+        let work = ChunkWork::carve(wp, &self.shape, self.dtype, self.max_rows);
+        Ok((Loop { head, rows, targets, work }, status))
+    }
+
+    /// Waits for the loop and turns the kernels' status bits into an error.
+    pub(crate) fn finish(&self, stream: &Stream) -> Result<()> {
+        check_status(self.status.read(stream)?)
+    }
+}
+
+/// Everything a chunk loop enqueues with: the head, the plan's device arrays, the workspace.
+pub(crate) struct Loop {
+    pub(crate) head: HeadPtrs,
+    pub(crate) rows: u64,
+    pub(crate) targets: u64,
+    pub(crate) work: ChunkWork,
+}
+
+impl Loop {
+    /// Token log-probs forward over chunk rows `r0 .. r0 + m` (logits already in the workspace).
+    ///
+    /// # Safety
+    /// The loop's pointers are live; `r0 + m` within the plan.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn logprobs_forward(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        token: &TokenLogprobsConfig,
+        entropy: bool,
+        status: u64,
+    ) -> Result<()> {
+        let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
+        let fwd = TokenLogprobsFwdPtrs {
+            logits: self.work.logits,
+            targets: self.targets + (r0 * 8) as u64,
+            logp: self.work.logp,
+            lse: self.work.lse,
+            entropy: if entropy { self.work.entropy } else { 0 },
+            status,
+            stats: self.work.stats,
+            log_sum_sq: 0,
+        };
+        let cfg = TokenLogprobsConfig { compute_entropy: entropy, ..*token };
+        // SAFETY: forwarded to the caller.
+        unsafe { gpu.token_logprobs_forward_raw(stream, self.head.dtype, IndexType::I64, layout, &fwd, &cfg) }
+    }
+
+    /// d/dlogits in place in the workspace from `work.grad_logp` (and `work.grad_entropy`).
+    ///
+    /// # Safety
+    /// As [`Loop::logprobs_forward`], after it (softmax statistics, entropy in the workspace).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn logprobs_backward(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        token: &TokenLogprobsConfig,
+        entropy_grad: bool,
+        status: u64,
+    ) -> Result<()> {
+        let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
+        let bwd = TokenLogprobsBwdPtrs {
+            logits: self.work.logits,
+            targets: self.targets + (r0 * 8) as u64,
+            stats: self.work.stats,
+            grad_logp: self.work.grad_logp,
+            grad_logits: self.work.logits,
+            status,
+            entropy: if entropy_grad { self.work.entropy } else { 0 },
+            grad_entropy: if entropy_grad { self.work.grad_entropy } else { 0 },
+        };
+        let cfg = TokenLogprobsConfig { compute_entropy: false, ..*token };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu.token_logprobs_backward_raw(
+                stream,
+                self.head.dtype,
+                IndexType::I64,
+                layout,
+                layout.vocab,
+                &bwd,
+                &cfg,
+            )
+        }
+    }
+
+    /// The row ids of chunk rows from `r0`.
+    pub(crate) fn index(&self, r0: usize) -> u64 {
+        self.rows + (r0 * 8) as u64
+    }
+}
+
+/// Zeroed gradient buffers for `head`.
+pub(crate) fn zero_grads<T: LogitElement>(
+    stream: &Stream,
+    head: &LinearHead<'_, T>,
+) -> Result<LinearGradBuffers<T>> {
+    let s = head.shape;
+    Ok(LinearGradBuffers {
+        d_hidden: stream.alloc_zeros::<T>(s.n_rows * s.hidden)?,
+        d_weight: stream.alloc_zeros::<f32>(s.vocab * s.hidden)?,
+        d_bias: match head.bias {
+            Some(_) => Some(stream.alloc_zeros::<f32>(s.vocab)?),
+            None => None,
+        },
+    })
+}
+
+/// The head's pointers (with their guards in `guards`).
+pub(crate) fn head_ptrs<'s, T: LogitElement>(
+    stream: &'s Stream,
+    head: &'s LinearHead<'_, T>,
+    guards: &mut Vec<Guard<'s>>,
+) -> Result<HeadPtrs> {
+    Ok(HeadPtrs {
+        hidden: optional_ptr(stream, Some(&head.hidden), guards)?,
+        weight: optional_ptr(stream, Some(&head.weight), guards)?,
+        bias: optional_ptr(stream, head.bias.as_ref(), guards)?,
+        shape: head.shape,
+        dtype: T::DTYPE,
+    })
+}
