@@ -51,39 +51,9 @@ fn header_declares_every_entry_point() {
     }
 }
 
-/// Every `typedef struct Name { ... } Name;` of the header: (size, [(field, offset)]).
-fn parse_header(src: &str) -> HashMap<String, (usize, Vec<(String, usize)>)> {
-    let mut out = HashMap::new();
-    let mut lines = src.lines();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.trim().strip_prefix("typedef struct ") else { continue };
-        let name = rest.trim_end_matches('{').trim().to_string();
-        let (mut offset, mut align_max, mut fields) = (0usize, 1usize, Vec::new());
-        for l in lines.by_ref() {
-            let l = l.split("/*").next().unwrap().trim();
-            if l.starts_with('}') {
-                break;
-            }
-            if l.is_empty() {
-                continue;
-            }
-            let decl = l.trim_end_matches(';');
-            let (ty, field) = decl.rsplit_once(' ').unwrap();
-            let (size, align) = match ty.trim() {
-                t if t.ends_with('*') => (8, 8),
-                "uint64_t" | "int64_t" => (8, 8),
-                "float" | "uint32_t" | "int32_t" => (4, 4),
-                other => panic!("{name}.{field}: type {other} not in the C ABI's set"),
-            };
-            offset = offset.div_ceil(align) * align;
-            fields.push((field.to_string(), offset));
-            offset += size;
-            align_max = align_max.max(align);
-        }
-        out.insert(name, (offset.div_ceil(align_max) * align_max, fields));
-    }
-    out
-}
+#[path = "common/c_header.rs"]
+mod c_header;
+use c_header::parse_structs as parse_header;
 
 macro_rules! fields {
     ($t:ty: $($f:ident),* $(,)?) => {

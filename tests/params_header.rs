@@ -2,7 +2,6 @@
 //! the header (field types and names, in order), computes the C layout, and checks it field by
 //! field against the Rust mirrors in `src/params.rs`, so a field added, removed, renamed or
 //! reordered on one side only fails here (the compile-time asserts pin sizes and a few offsets).
-use std::collections::HashMap;
 use std::mem::{offset_of, size_of};
 
 use pref_kernels::params::*;
@@ -14,57 +13,9 @@ macro_rules! fields {
     };
 }
 
-/// Parses every `typedef struct Name { ... } Name;` of the header into (size, [(field, offset)]).
-fn parse_header(src: &str) -> HashMap<String, (usize, Vec<(String, usize)>)> {
-    let mut out: HashMap<String, (usize, Vec<(String, usize)>)> = HashMap::new();
-    // A nested struct is aligned as its most aligned field.
-    let mut aligns: HashMap<String, usize> = HashMap::new();
-    let mut lines = src.lines();
-    let defines: HashMap<String, usize> = src
-        .lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            (w.next() == Some("#define")).then_some(())?;
-            let (k, v) = (w.next()?, w.next()?);
-            v.parse().ok().map(|v| (k.to_string(), v))
-        })
-        .collect();
-    while let Some(line) = lines.next() {
-        let Some(rest) = line.trim().strip_prefix("typedef struct ") else { continue };
-        let name = rest.trim_end_matches('{').trim().to_string();
-        let (mut offset, mut align_max, mut fields) = (0usize, 1usize, Vec::new());
-        for l in lines.by_ref() {
-            let l = l.split("//").next().unwrap().trim();
-            if l.starts_with('}') {
-                break;
-            }
-            if l.is_empty() {
-                continue;
-            }
-            let decl = l.trim_end_matches(';');
-            let (ty, field) = decl.rsplit_once(' ').unwrap();
-            let (field, count) = match field.split_once('[') {
-                Some((f, n)) => {
-                    let n = n.trim_end_matches(']');
-                    (f.to_string(), n.parse().unwrap_or_else(|_| defines[n]))
-                }
-                None => (field.to_string(), 1),
-            };
-            let (size, align) = match ty.trim() {
-                "uint64_t" | "int64_t" => (8, 8),
-                "float" | "uint32_t" | "int32_t" => (4, 4),
-                other => (out[other].0, aligns[other]),
-            };
-            offset = offset.div_ceil(align) * align;
-            fields.push((field, offset));
-            offset += size * count;
-            align_max = align_max.max(align);
-        }
-        out.insert(name.clone(), (offset.div_ceil(align_max) * align_max, fields));
-        aligns.insert(name, align_max);
-    }
-    out
-}
+#[path = "common/c_header.rs"]
+mod c_header;
+use c_header::parse_structs as parse_header;
 
 #[test]
 fn rust_mirrors_match_the_header_field_by_field() {
