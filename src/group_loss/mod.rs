@@ -28,7 +28,7 @@
 //! sequences in ranking order (best first, non-increasing rewards), T_ki = r_k − r_i,
 //! T_kk = max_{i>k} T_ki; the SFT term on the top response's summed log-prob (the official
 //! preprocessing always sets `sft_index = 0`). The official mask counts one extra position per
-//! padded row (see the README); here the mask is the caller's.
+//! padded row (see docs/grpo.md); here the mask is the caller's.
 use crate::error::{ensure, Result};
 
 pub(crate) mod launch;
