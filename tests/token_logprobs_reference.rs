@@ -2,9 +2,12 @@
 //! compared against must itself satisfy the math.
 #![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 use half::{bf16, f16};
+use pref_kernels::token_logprobs::reference as tl_ref;
 use pref_kernels::token_logprobs::reference::{backward, forward};
 use pref_kernels::{Error, LogitsLayout, TokenLogprobsConfig};
 use proptest::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 
 fn cfg() -> TokenLogprobsConfig {
     TokenLogprobsConfig::default()
@@ -237,4 +240,41 @@ fn the_reference_stays_at_f64_precision_on_long_rows() {
         lp.exp() * lp
     }));
     assert!((r.entropy[0] - h).abs() <= 4e-16 * h.abs(), "entropy {} vs {h}", r.entropy[0]);
+}
+
+/// Central difference with the exact f32 step as the denominator.
+fn fd_step(x: f32, h: f32, f: impl Fn(f32) -> f64) -> f64 {
+    let (xp, xm) = (x + h, x - h);
+    (f(xp) - f(xm)) / (xp as f64 - xm as f64)
+}
+
+#[test]
+fn entropy_gradient_matches_finite_differences() {
+    let mut r = StdRng::seed_from_u64(4);
+    let (n, v) = (3, 37);
+    let logits: Vec<f32> = (0..n * v).map(|_| r.random_range(-4.0f32..4.0)).collect();
+    let targets = [3i64, -100, 36];
+    let layout = LogitsLayout::contiguous(n, v);
+    for temperature in [1.0f32, 0.7] {
+        let cfg = TokenLogprobsConfig { temperature, ..Default::default() };
+        let (gl, ge) = ([0.3f32, 0.9, -1.1], [-0.7f32, 2.0, 0.4]);
+        let grad = tl_ref::backward_with_entropy(&logits, layout, &targets, &gl, &ge, &cfg).unwrap();
+        let objective = |x: &[f32]| -> f64 {
+            let f = tl_ref::forward(x, layout, &targets, &cfg).unwrap();
+            (0..n).map(|i| gl[i] as f64 * f.logp[i] + ge[i] as f64 * f.entropy[i]).sum()
+        };
+        for i in 0..n * v {
+            let g = fd_step(logits[i], 1e-3, |x| {
+                let mut l = logits.clone();
+                l[i] = x;
+                objective(&l)
+            });
+            assert!(
+                (grad[i] - g).abs() < 1e-6 + 1e-4 * g.abs(),
+                "T {temperature}: [{i}] {} vs fd {g}",
+                grad[i]
+            );
+        }
+        assert!(grad[v..2 * v].iter().all(|&g| g == 0.0), "ignored row");
+    }
 }

@@ -99,3 +99,56 @@ pub mod tol {
         GRAD_F32_REL + rounding(T::DTYPE)
     }
 }
+
+/// A device buffer of `n` NaNs (at least one element): outputs are poisoned before a kernel
+/// writes them, so an element it does not write fails the comparison.
+pub fn poisoned(gpu: &pref_kernels::Gpu, n: usize) -> pref_kernels::DeviceBuffer<f32> {
+    gpu.default_stream().clone_htod(&vec![f32::NAN; n.max(1)]).unwrap()
+}
+
+#[track_caller]
+pub fn check_grad(what: &str, got: &[f32], want: &[f64]) {
+    let max = want.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        assert_close(&format!("{what}[{i}]"), g as f64, w, 1e-6 * max + 1e-30, 1e-4);
+    }
+}
+
+/// Per-token batches of the sequence losses (GRPO family, group losses): packed completions.
+pub struct Host {
+    pub logp: Vec<f32>,
+    pub old: Vec<f32>,
+    pub sampling: Vec<f32>,
+    pub reference: Vec<f32>,
+    pub mask: Vec<u8>,
+    pub isw: Vec<f32>,
+    pub entropy: Vec<f32>,
+    pub adv: Vec<f32>,
+    pub cu: Vec<i32>,
+}
+
+/// `n_seqs` completions of 0 ..= max_len tokens (some empty, some of one token), 20% masked.
+pub fn host(r: &mut StdRng, n_seqs: usize, max_len: usize) -> Host {
+    let mut cu = vec![0i32];
+    for s in 0..n_seqs {
+        let len = match s % 7 {
+            3 => 0,
+            5 => 1,
+            _ => r.random_range(0..=max_len),
+        };
+        cu.push(cu.last().unwrap() + len as i32);
+    }
+    let t = *cu.last().unwrap() as usize;
+    let logp: Vec<f32> = (0..t).map(|_| r.random_range(-5.0f32..-0.02)).collect();
+    Host {
+        old: logp.iter().map(|&l| l + r.random_range(-0.4f32..0.4)).collect(),
+        sampling: logp.iter().map(|&l| l + r.random_range(-0.4f32..0.45)).collect(),
+        reference: logp.iter().map(|&l| l + r.random_range(-0.5f32..0.5)).collect(),
+        mask: (0..t).map(|_| u8::from(r.random_ratio(4, 5))).collect(),
+        isw: (0..t).map(|_| r.random_range(0.3f32..2.0)).collect(),
+        entropy: (0..t).map(|_| r.random_range(0.05f32..5.0)).collect(),
+        adv: (0..n_seqs).map(|_| r.random_range(-2.0f32..2.0)).collect(),
+        logp,
+        cu,
+    }
+}

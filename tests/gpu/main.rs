@@ -17,7 +17,8 @@ use pref_kernels::{Backend, BackendKind, Gpu};
 
 mod backends;
 mod common;
-mod group;
+mod group_loss;
+mod grpo;
 mod linear;
 mod pref_loss;
 mod prefix_attn;
@@ -52,7 +53,8 @@ fn main() {
     let cases: Vec<Case> = token_logprobs::cases()
         .into_iter()
         .chain(pref_loss::cases())
-        .chain(group::cases())
+        .chain(grpo::cases())
+        .chain(group_loss::cases())
         .chain(linear::cases())
         .chain(prefix_attn::cases())
         .chain(backends::cases())

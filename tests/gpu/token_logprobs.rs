@@ -17,6 +17,10 @@ use rand::Rng;
 
 use crate::common::{assert_close, logits as random_logits, rng};
 use crate::Case;
+use pref_kernels::step::GradLogits;
+use pref_kernels::token_logprobs::reference as tl_ref;
+use pref_kernels::token_logprobs::EntropyGrad;
+use rand::rngs::StdRng;
 
 const POISON: f32 = -7777.0;
 const VOCABS: [usize; 6] = [1, 7, 32000, 128256, 151936, 262144];
@@ -722,8 +726,85 @@ fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|x| x.to_bits()).collect()
 }
 
+/// The entropy's gradient through the token log-probs backward (an entropy bonus), f32 and bf16.
+fn entropy_backward_case<T: LogitElement + pref_kernels::runtime::mem::Element>(
+    gpu: &Gpu,
+    r: &mut StdRng,
+    vocab: usize,
+    atol_rel: f64,
+) {
+    let s = gpu.default_stream();
+    let n = 37;
+    let layout = LogitsLayout::contiguous(n, vocab);
+    let host: Vec<T> = random_logits(r, n * vocab).into_iter().map(T::from_f32).collect();
+    let targets: Vec<i32> =
+        (0..n).map(|i| if i % 9 == 4 { -100 } else { r.random_range(0..vocab as i32) }).collect();
+    let cfg = TokenLogprobsConfig { temperature: 0.7, ..Default::default() };
+    let fwd = tl_ref::forward(&host, layout, &targets, &cfg).unwrap();
+    let entropy: Vec<f32> = fwd.entropy.iter().map(|&e| e as f32).collect();
+    let gl: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let ge: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let lse = crate::common::softmax_stats(&host, layout, &targets, &cfg);
+    let want = tl_ref::backward_with_entropy(&host, layout, &targets, &gl, &ge, &cfg).unwrap();
+    for in_place in [true, false] {
+        let mut logits = s.clone_htod(&host).unwrap();
+        let (dt, dl, dg, de, dge) = (
+            s.clone_htod(&targets).unwrap(),
+            s.clone_htod(&lse).unwrap(),
+            s.clone_htod(&gl).unwrap(),
+            s.clone_htod(&entropy).unwrap(),
+            s.clone_htod(&ge).unwrap(),
+        );
+        let mut sep = s.clone_htod(&vec![T::from_f32(f32::NAN); n * vocab]).unwrap();
+        let grad = if in_place {
+            GradLogits::InPlace
+        } else {
+            GradLogits::Separate { grad: sep.as_view_mut(), row_stride: vocab }
+        };
+        let (ev, gev) = (de.as_view(), dge.as_view());
+        gpu.token_logprobs_backward_with_entropy(
+            &s,
+            &mut logits.as_view_mut(),
+            layout,
+            &dt,
+            &dl,
+            &dg,
+            EntropyGrad { entropy: &ev, grad_entropy: &gev },
+            grad,
+            &cfg,
+        )
+        .unwrap();
+        let got = if in_place { s.clone_dtoh(&logits).unwrap() } else { s.clone_dtoh(&sep).unwrap() };
+        for row in 0..n {
+            // An entry is (g (1[v = t] − p) − gH p (ln p + H)) / T: its f32 error is relative
+            // (common::tol) except where ln p + H cancels, where p times the ~3e-6 absolute error
+            // of ln p + H remains: `atol_rel` times the row's gradient scale. Then one rounding.
+            let scale = (gl[row].abs() + ge[row].abs() * (1.0 + entropy[row].abs())) as f64 / 0.7;
+            for v in 0..vocab {
+                let (g, w) = (got[row * vocab + v].to_f64(), want[row * vocab + v]);
+                assert_close(
+                    &format!("V {vocab} {}: dlogits[{row}, {v}]", T::DTYPE.name()),
+                    g,
+                    w,
+                    scale * atol_rel + 1e-12,
+                    crate::common::tol::grad_rtol::<T>(),
+                );
+            }
+        }
+    }
+}
+
+fn entropy_backward_parity(gpu: &Gpu, seed: u64) {
+    let mut r = rng(seed, 904);
+    for vocab in [37, 5003] {
+        entropy_backward_case::<f32>(gpu, &mut r, vocab, 1e-5);
+        entropy_backward_case::<bf16>(gpu, &mut r, vocab, 1e-5);
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     let mut v = Vec::new();
+    v.push(Case { name: "entropy_backward_parity_f32_bf16", run: Box::new(entropy_backward_parity) });
     for vocab in VOCABS {
         v.push(parity_case::<f32, i32>(vocab));
         v.push(parity_case::<f32, i64>(vocab));
