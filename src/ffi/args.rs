@@ -12,23 +12,23 @@ use std::mem::{offset_of, size_of};
 pub struct PrefkGroupLossCheckLabelsArgs {
     /// `size_of` this struct as the caller compiled it (set by `new()`).
     pub struct_size: u64,
-    /// `list_size`: as documented on the entry point.
+    /// Sequences per list (LiPO, PRO).
     pub list_size: i64,
-    /// `labels`: as documented on the entry point.
+    /// Per-sequence labels (KTO roles, LiPO relevance, PRO rewards).
     pub labels: *const f32,
     /// Number of sequences.
     pub n_seqs: i64,
-    /// `kind`: as documented on the entry point.
+    /// Loss kind code (see the entry point).
     pub kind: u32,
-    /// `beta`: as documented on the entry point.
+    /// β of the loss.
     pub beta: f32,
-    /// `p0`: as documented on the entry point.
+    /// The loss kind's first parameter (see the entry point).
     pub p0: f32,
-    /// `p1`: as documented on the entry point.
+    /// The loss kind's second parameter (see the entry point).
     pub p1: f32,
-    /// `kl_given`: as documented on the entry point.
+    /// KTO: the detached KL baseline z0, or NaN to compute it from the KL samples.
     pub kl_given: f32,
-    /// `flags`: as documented on the entry point.
+    /// Bit flags of the loss kind (see the entry point).
     pub flags: u32,
 }
 
@@ -73,17 +73,17 @@ pub struct PrefkGroupLossArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `list_size`: as documented on the entry point.
+    /// Sequences per list (LiPO, PRO).
     pub list_size: i64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `mask`: as documented on the entry point.
+    /// Device `[n_tokens]` u8 loss mask (0 = ignored), or 0 for every token.
     pub mask: u64,
-    /// `ref_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 reference log-probs, or 0.
     pub ref_logp: u64,
-    /// `ref_seq`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 per-sequence reference scores, or 0.
     pub ref_seq: u64,
-    /// `labels`: as documented on the entry point.
+    /// Per-sequence labels (KTO roles, LiPO relevance, PRO rewards).
     pub labels: u64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -93,11 +93,11 @@ pub struct PrefkGroupLossArgs {
     pub n_seqs: i64,
     /// Tokens per sequence in the padded layout.
     pub seq_len: i64,
-    /// `seq_out`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 per-sequence output, or 0.
     pub seq_out: u64,
-    /// `metrics`: as documented on the entry point.
+    /// Output metrics (f32; the op's metric array, see its `*_METRIC_NAMES`).
     pub metrics: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
     /// Device workspace of the size the op's `*_workspace_len` gives.
     pub workspace: u64,
@@ -105,19 +105,19 @@ pub struct PrefkGroupLossArgs {
     pub status: u64,
     /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
     pub device: i32,
-    /// `kind`: as documented on the entry point.
+    /// Loss kind code (see the entry point).
     pub kind: u32,
-    /// `beta`: as documented on the entry point.
+    /// β of the loss.
     pub beta: f32,
-    /// `p0`: as documented on the entry point.
+    /// The loss kind's first parameter (see the entry point).
     pub p0: f32,
-    /// `p1`: as documented on the entry point.
+    /// The loss kind's second parameter (see the entry point).
     pub p1: f32,
-    /// `kl_given`: as documented on the entry point.
+    /// KTO: the detached KL baseline z0, or NaN to compute it from the KL samples.
     pub kl_given: f32,
-    /// `flags`: as documented on the entry point.
+    /// Bit flags of the loss kind (see the entry point).
     pub flags: u32,
-    /// `grad_scale`: as documented on the entry point.
+    /// Multiplies every gradient (an upstream dL).
     pub grad_scale: f32,
 }
 
@@ -177,23 +177,23 @@ pub struct PrefkGrpoLossArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `config`: as documented on the entry point.
+    /// Host GRPO configuration.
     pub config: *const PrefkGrpoConfig,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `old_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 rollout log-probs, or 0 (on-policy).
     pub old_logp: u64,
-    /// `sampling_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 inference-engine log-probs for the off-policy mask, or 0.
     pub sampling_logp: u64,
-    /// `ref_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 reference log-probs, or 0.
     pub ref_logp: u64,
-    /// `mask`: as documented on the entry point.
+    /// Device `[n_tokens]` u8 loss mask (0 = ignored), or 0 for every token.
     pub mask: u64,
-    /// `is_weights`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 vLLM importance-sampling weights, or 0.
     pub is_weights: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
-    /// `advantages`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 advantages.
     pub advantages: u64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -203,11 +203,11 @@ pub struct PrefkGrpoLossArgs {
     pub n_seqs: i64,
     /// Tokens per sequence in the padded layout.
     pub seq_len: i64,
-    /// `metrics`: as documented on the entry point.
+    /// Output metrics (f32; the op's metric array, see its `*_METRIC_NAMES`).
     pub metrics: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
-    /// `grad_entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 dL/dH, or 0 (no entropy gradient).
     pub grad_entropy: u64,
     /// Device workspace of the size the op's `*_workspace_len` gives.
     pub workspace: u64,
@@ -272,23 +272,23 @@ pub struct PrefkLinearLogprobsForwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `hidden`: as documented on the entry point.
+    /// Device `[N, H]` hidden states.
     pub hidden: u64,
-    /// `weight`: as documented on the entry point.
+    /// Device `[V, H]` LM-head weight (row-major, as `nn.Linear` stores it).
     pub weight: u64,
-    /// `bias`: as documented on the entry point.
+    /// Device `[V]` f32 LM-head bias, or 0.
     pub bias: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `lse`: as documented on the entry point.
+    /// Device `[n_rows]` f32 output: logsumexp(logits / T).
     pub lse: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `hidden_dim`: as documented on the entry point.
+    /// H, the hidden size.
     pub hidden_dim: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -296,7 +296,7 @@ pub struct PrefkLinearLogprobsForwardArgs {
     pub ignore_index: i64,
     /// Most bytes of device workspace the chunk loop may use.
     pub workspace_bytes: i64,
-    /// `n_chunks`: as documented on the entry point.
+    /// Host output: the number of chunks the loop ran.
     pub n_chunks: *mut i64,
     /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
     pub device: i32,
@@ -358,27 +358,27 @@ pub struct PrefkLinearLogprobsBackwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `hidden`: as documented on the entry point.
+    /// Device `[N, H]` hidden states.
     pub hidden: u64,
-    /// `weight`: as documented on the entry point.
+    /// Device `[V, H]` LM-head weight (row-major, as `nn.Linear` stores it).
     pub weight: u64,
-    /// `bias`: as documented on the entry point.
+    /// Device `[V]` f32 LM-head bias, or 0.
     pub bias: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
-    /// `grad_entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 dL/dH, or 0 (no entropy gradient).
     pub grad_entropy: u64,
-    /// `d_hidden`: as documented on the entry point.
+    /// Device `[N, H]` output dL/dhidden.
     pub d_hidden: u64,
-    /// `d_weight`: as documented on the entry point.
+    /// Device `[V, H]` f32 output dL/dweight.
     pub d_weight: u64,
-    /// `d_bias`: as documented on the entry point.
+    /// Device `[V]` f32 output dL/dbias, or 0.
     pub d_bias: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `hidden_dim`: as documented on the entry point.
+    /// H, the hidden size.
     pub hidden_dim: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -447,23 +447,23 @@ pub struct PrefkLinearShardPartialsArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `hidden`: as documented on the entry point.
+    /// Device `[N, H]` hidden states.
     pub hidden: u64,
-    /// `weight`: as documented on the entry point.
+    /// Device `[V, H]` LM-head weight (row-major, as `nn.Linear` stores it).
     pub weight: u64,
-    /// `bias`: as documented on the entry point.
+    /// Device `[V]` f32 LM-head bias, or 0.
     pub bias: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `partials`: as documented on the entry point.
+    /// Device `[n_rows, VP_STATS]` f32 per-shard partial statistics.
     pub partials: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `hidden_dim`: as documented on the entry point.
+    /// H, the hidden size.
     pub hidden_dim: i64,
-    /// `shard_vocab`: as documented on the entry point.
+    /// Vocabulary ids in this rank's shard.
     pub shard_vocab: i64,
-    /// `vocab_start`: as documented on the entry point.
+    /// First vocabulary id of this rank's shard.
     pub vocab_start: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -479,7 +479,7 @@ pub struct PrefkLinearShardPartialsArgs {
     pub index_code: u32,
     /// Softmax temperature T (> 0).
     pub temperature: f32,
-    /// `compute_entropy`: as documented on the entry point.
+    /// Non-zero: also compute the entropy.
     pub compute_entropy: u32,
     /// Padding to a multiple of 8 bytes; 0.
     pub reserved: u32,
@@ -536,35 +536,35 @@ pub struct PrefkLinearShardBackwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `hidden`: as documented on the entry point.
+    /// Device `[N, H]` hidden states.
     pub hidden: u64,
-    /// `weight`: as documented on the entry point.
+    /// Device `[V, H]` LM-head weight (row-major, as `nn.Linear` stores it).
     pub weight: u64,
-    /// `bias`: as documented on the entry point.
+    /// Device `[V]` f32 LM-head bias, or 0.
     pub bias: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
-    /// `grad_entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 dL/dH, or 0 (no entropy gradient).
     pub grad_entropy: u64,
-    /// `d_hidden`: as documented on the entry point.
+    /// Device `[N, H]` output dL/dhidden.
     pub d_hidden: u64,
-    /// `d_weight`: as documented on the entry point.
+    /// Device `[V, H]` f32 output dL/dweight.
     pub d_weight: u64,
-    /// `d_bias`: as documented on the entry point.
+    /// Device `[V]` f32 output dL/dbias, or 0.
     pub d_bias: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `hidden_dim`: as documented on the entry point.
+    /// H, the hidden size.
     pub hidden_dim: i64,
-    /// `shard_vocab`: as documented on the entry point.
+    /// Vocabulary ids in this rank's shard.
     pub shard_vocab: i64,
-    /// `vocab_start`: as documented on the entry point.
+    /// First vocabulary id of this rank's shard.
     pub vocab_start: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -637,19 +637,19 @@ pub struct PrefkLinearPreferenceStepArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `hidden`: as documented on the entry point.
+    /// Device `[N, H]` hidden states.
     pub hidden: u64,
-    /// `weight`: as documented on the entry point.
+    /// Device `[V, H]` LM-head weight (row-major, as `nn.Linear` stores it).
     pub weight: u64,
-    /// `bias`: as documented on the entry point.
+    /// Device `[V]` f32 LM-head bias, or 0.
     pub bias: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `weights`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 token weights, or 0 (weight 1).
     pub weights: u64,
-    /// `ref_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 reference log-probs, or 0.
     pub ref_logp: u64,
-    /// `ref_seq`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 per-sequence reference scores, or 0.
     pub ref_seq: u64,
     /// `[n_seqs + 1]` i32 sequence offsets, or 0 for the padded layout.
     pub cu_seqlens: *const i32,
@@ -657,29 +657,29 @@ pub struct PrefkLinearPreferenceStepArgs {
     pub n_seqs: i64,
     /// Tokens per sequence in the padded layout.
     pub seq_len: i64,
-    /// `chosen`: as documented on the entry point.
+    /// Device `[n_pairs]` i32 chosen sequence of each pair, or 0 (first half chosen).
     pub chosen: *const i32,
-    /// `rejected`: as documented on the entry point.
+    /// Device `[n_pairs]` i32 rejected sequence of each pair, or 0.
     pub rejected: *const i32,
-    /// `n_pairs`: as documented on the entry point.
+    /// Number of pairs (with explicit `chosen` / `rejected`).
     pub n_pairs: i64,
-    /// `terms`: as documented on the entry point.
+    /// Host array of `n_terms` loss terms.
     pub terms: *const PrefkLossTerm,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `d_hidden`: as documented on the entry point.
+    /// Device `[N, H]` output dL/dhidden.
     pub d_hidden: u64,
-    /// `d_weight`: as documented on the entry point.
+    /// Device `[V, H]` f32 output dL/dweight.
     pub d_weight: u64,
-    /// `d_bias`: as documented on the entry point.
+    /// Device `[V]` f32 output dL/dbias, or 0.
     pub d_bias: u64,
-    /// `metrics`: as documented on the entry point.
+    /// Output metrics (f32; the op's metric array, see its `*_METRIC_NAMES`).
     pub metrics: *mut f32,
-    /// `pair_out`: as documented on the entry point.
+    /// Device `[n_pairs, PAIR_COLUMNS]` f32 per-pair output, or 0.
     pub pair_out: *mut f32,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `hidden_dim`: as documented on the entry point.
+    /// H, the hidden size.
     pub hidden_dim: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -693,13 +693,13 @@ pub struct PrefkLinearPreferenceStepArgs {
     pub dtype_code: u32,
     /// Target index type code: 0 i32, 1 i64.
     pub index_code: u32,
-    /// `n_terms`: as documented on the entry point.
+    /// Number of loss terms (1 to 4).
     pub n_terms: u32,
-    /// `divergence`: as documented on the entry point.
+    /// f-divergence code (`PREFK_DIV_*`).
     pub divergence: u32,
-    /// `alpha`: as documented on the entry point.
+    /// α of the α-divergence.
     pub alpha: f32,
-    /// `aggregation`: as documented on the entry point.
+    /// DPO-family sequence aggregation code (`PREFK_AGG_*`).
     pub aggregation: u32,
     /// Softmax temperature T (> 0).
     pub temperature: f32,
@@ -771,17 +771,17 @@ pub struct PrefkPreferenceLossArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `mask`: as documented on the entry point.
+    /// Device `[n_tokens]` u8 loss mask (0 = ignored), or 0 for every token.
     pub mask: u64,
-    /// `weights`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 token weights, or 0 (weight 1).
     pub weights: u64,
-    /// `ref_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 reference log-probs, or 0.
     pub ref_logp: u64,
-    /// `ref_seq`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 per-sequence reference scores, or 0.
     pub ref_seq: u64,
-    /// `seq_weights`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 WPO sequence weights, or 0.
     pub seq_weights: u64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -791,19 +791,19 @@ pub struct PrefkPreferenceLossArgs {
     pub n_seqs: i64,
     /// Tokens per sequence in the padded layout.
     pub seq_len: i64,
-    /// `chosen`: as documented on the entry point.
+    /// Device `[n_pairs]` i32 chosen sequence of each pair, or 0 (first half chosen).
     pub chosen: u64,
-    /// `rejected`: as documented on the entry point.
+    /// Device `[n_pairs]` i32 rejected sequence of each pair, or 0.
     pub rejected: u64,
-    /// `n_pairs`: as documented on the entry point.
+    /// Number of pairs (with explicit `chosen` / `rejected`).
     pub n_pairs: i64,
-    /// `terms`: as documented on the entry point.
+    /// Host array of `n_terms` loss terms.
     pub terms: *const PrefkLossTerm,
-    /// `pair_out`: as documented on the entry point.
+    /// Device `[n_pairs, PAIR_COLUMNS]` f32 per-pair output, or 0.
     pub pair_out: u64,
-    /// `metrics`: as documented on the entry point.
+    /// Output metrics (f32; the op's metric array, see its `*_METRIC_NAMES`).
     pub metrics: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
     /// Device workspace of the size the op's `*_workspace_len` gives.
     pub workspace: u64,
@@ -811,15 +811,15 @@ pub struct PrefkPreferenceLossArgs {
     pub status: u64,
     /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
     pub device: i32,
-    /// `n_terms`: as documented on the entry point.
+    /// Number of loss terms (1 to 4).
     pub n_terms: u32,
-    /// `divergence`: as documented on the entry point.
+    /// f-divergence code (`PREFK_DIV_*`).
     pub divergence: u32,
-    /// `alpha`: as documented on the entry point.
+    /// α of the α-divergence.
     pub alpha: f32,
-    /// `aggregation`: as documented on the entry point.
+    /// DPO-family sequence aggregation code (`PREFK_AGG_*`).
     pub aggregation: u32,
-    /// `grad_scale`: as documented on the entry point.
+    /// Multiplies every gradient (an upstream dL).
     pub grad_scale: f32,
 }
 
@@ -881,21 +881,21 @@ pub struct PrefkPrefixAttnForwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `q`: as documented on the entry point.
+    /// Device `[T, Hq, d]` queries.
     pub q: u64,
-    /// `k`: as documented on the entry point.
+    /// Device `[T, Hkv, d]` keys.
     pub k: u64,
-    /// `v`: as documented on the entry point.
+    /// Device `[T, Hkv, d]` values.
     pub v: u64,
-    /// `o`: as documented on the entry point.
+    /// Device `[T, Hq, d]` attention output.
     pub o: u64,
-    /// `lse`: as documented on the entry point.
+    /// Device `[n_rows]` f32 output: logsumexp(logits / T).
     pub lse: u64,
-    /// `tiles`: as documented on the entry point.
+    /// Device attention tile table from `prefk_prefix_layout`.
     pub tiles: u64,
-    /// `seg_lo2`: as documented on the entry point.
+    /// Device `[n_tokens]` i32 segment starts from `prefk_prefix_layout`.
     pub seg_lo2: u64,
-    /// `n_tiles`: as documented on the entry point.
+    /// Number of attention tiles in `tiles`.
     pub n_tiles: i64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -903,13 +903,13 @@ pub struct PrefkPrefixAttnForwardArgs {
     pub device: i32,
     /// Element type code: 0 f32, 1 f16, 2 bf16.
     pub dtype_code: u32,
-    /// `q_heads`: as documented on the entry point.
+    /// Query heads Hq.
     pub q_heads: i32,
-    /// `kv_heads`: as documented on the entry point.
+    /// Key/value heads Hkv (divides Hq).
     pub kv_heads: i32,
-    /// `head_dim`: as documented on the entry point.
+    /// Head dimension d (64 or 128).
     pub head_dim: i32,
-    /// `scale`: as documented on the entry point.
+    /// Attention softmax scale (usually head_dim^-1/2).
     pub scale: f32,
 }
 
@@ -961,31 +961,31 @@ pub struct PrefkPrefixAttnBackwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `q`: as documented on the entry point.
+    /// Device `[T, Hq, d]` queries.
     pub q: u64,
-    /// `k`: as documented on the entry point.
+    /// Device `[T, Hkv, d]` keys.
     pub k: u64,
-    /// `v`: as documented on the entry point.
+    /// Device `[T, Hkv, d]` values.
     pub v: u64,
-    /// `o`: as documented on the entry point.
+    /// Device `[T, Hq, d]` attention output.
     pub o: u64,
-    /// `lse`: as documented on the entry point.
+    /// Device `[n_rows]` f32 output: logsumexp(logits / T).
     pub lse: u64,
-    /// `dout`: as documented on the entry point.
+    /// Device `[T, Hq, d]` upstream dL/dO.
     pub dout: u64,
-    /// `dq`: as documented on the entry point.
+    /// Device `[T, Hq, d]` output dL/dq.
     pub dq: u64,
-    /// `dk`: as documented on the entry point.
+    /// Device `[T, Hkv, d]` output dL/dk.
     pub dk: u64,
-    /// `dv`: as documented on the entry point.
+    /// Device `[T, Hkv, d]` output dL/dv.
     pub dv: u64,
-    /// `delta`: as documented on the entry point.
+    /// Device `[Hq, T]` f32 workspace: rowsum(dO ∘ O).
     pub delta: u64,
-    /// `tiles`: as documented on the entry point.
+    /// Device attention tile table from `prefk_prefix_layout`.
     pub tiles: u64,
-    /// `seg_lo2`: as documented on the entry point.
+    /// Device `[n_tokens]` i32 segment starts from `prefk_prefix_layout`.
     pub seg_lo2: u64,
-    /// `n_tiles`: as documented on the entry point.
+    /// Number of attention tiles in `tiles`.
     pub n_tiles: i64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -993,13 +993,13 @@ pub struct PrefkPrefixAttnBackwardArgs {
     pub device: i32,
     /// Element type code: 0 f32, 1 f16, 2 bf16.
     pub dtype_code: u32,
-    /// `q_heads`: as documented on the entry point.
+    /// Query heads Hq.
     pub q_heads: i32,
-    /// `kv_heads`: as documented on the entry point.
+    /// Key/value heads Hkv (divides Hq).
     pub kv_heads: i32,
-    /// `head_dim`: as documented on the entry point.
+    /// Head dimension d (64 or 128).
     pub head_dim: i32,
-    /// `scale`: as documented on the entry point.
+    /// Attention softmax scale (usually head_dim^-1/2).
     pub scale: f32,
 }
 
@@ -1054,21 +1054,21 @@ const _: () = {
 pub struct PrefkPrefixLayoutArgs {
     /// `size_of` this struct as the caller compiled it (set by `new()`).
     pub struct_size: u64,
-    /// `prefix_lens`: as documented on the entry point.
+    /// Host prefix (prompt) length per group.
     pub prefix_lens: *const i64,
-    /// `resp_counts`: as documented on the entry point.
+    /// Host responses per group.
     pub resp_counts: *const i64,
-    /// `resp_lens`: as documented on the entry point.
+    /// Host response lengths, group by group.
     pub resp_lens: *const i64,
-    /// `n_groups`: as documented on the entry point.
+    /// Number of groups.
     pub n_groups: i64,
     /// Number of tokens.
     pub n_tokens: *mut i64,
-    /// `n_tiles`: as documented on the entry point.
+    /// Number of attention tiles in `tiles`.
     pub n_tiles: *mut i64,
-    /// `tiles`: as documented on the entry point.
+    /// Device attention tile table from `prefk_prefix_layout`.
     pub tiles: *mut i32,
-    /// `seg_lo2`: as documented on the entry point.
+    /// Device `[n_tokens]` i32 segment starts from `prefk_prefix_layout`.
     pub seg_lo2: *mut i32,
 }
 
@@ -1112,11 +1112,11 @@ pub struct PrefkSeqReduceArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `mask`: as documented on the entry point.
+    /// Device `[n_tokens]` u8 loss mask (0 = ignored), or 0 for every token.
     pub mask: u64,
-    /// `weights`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 token weights, or 0 (weight 1).
     pub weights: u64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -1126,15 +1126,15 @@ pub struct PrefkSeqReduceArgs {
     pub n_seqs: i64,
     /// Tokens per sequence in the padded layout.
     pub seq_len: i64,
-    /// `scores`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 sequence scores (output of the reduction).
     pub scores: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
     /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
     pub device: i32,
-    /// `mode`: as documented on the entry point.
+    /// Reduction mode code (0 sum, 1 mean, 2 weighted sum, 3 weighted mean).
     pub mode: u32,
 }
 
@@ -1183,11 +1183,11 @@ pub struct PrefkSeqReduceBackwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `mask`: as documented on the entry point.
+    /// Device `[n_tokens]` u8 loss mask (0 = ignored), or 0 for every token.
     pub mask: u64,
-    /// `weights`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 token weights, or 0 (weight 1).
     pub weights: u64,
     /// Number of tokens.
     pub n_tokens: i64,
@@ -1197,15 +1197,15 @@ pub struct PrefkSeqReduceBackwardArgs {
     pub n_seqs: i64,
     /// Tokens per sequence in the padded layout.
     pub seq_len: i64,
-    /// `dscores`: as documented on the entry point.
+    /// Device `[n_seqs]` f32 upstream dL/dscores.
     pub dscores: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
     /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
     pub device: i32,
-    /// `mode`: as documented on the entry point.
+    /// Reduction mode code (0 sum, 1 mean, 2 weighted sum, 3 weighted mean).
     pub mode: u32,
 }
 
@@ -1254,19 +1254,19 @@ pub struct PrefkTokenLogprobsForwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logits`: as documented on the entry point.
+    /// Device `[n_rows, row_stride]` logits of `dtype_code`.
     pub logits: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `lse`: as documented on the entry point.
+    /// Device `[n_rows]` f32 output: logsumexp(logits / T).
     pub lse: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
-    /// `log_sum_sq`: as documented on the entry point.
+    /// Device `[n_rows]` f32 output log Σ p² (WPO), or 0; needs `entropy`.
     pub log_sum_sq: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
@@ -1274,7 +1274,7 @@ pub struct PrefkTokenLogprobsForwardArgs {
     pub n_rows: i64,
     /// Vocabulary size V.
     pub vocab: i64,
-    /// `row_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of the logits (>= the vocabulary).
     pub row_stride: i64,
     /// Target value of rows that are ignored.
     pub ignore_index: i64,
@@ -1337,15 +1337,15 @@ pub struct PrefkTokenLogprobsBackwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logits`: as documented on the entry point.
+    /// Device `[n_rows, row_stride]` logits of `dtype_code`.
     pub logits: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
-    /// `grad_logits`: as documented on the entry point.
+    /// Device output d/dlogits (may equal `logits`: in place).
     pub grad_logits: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
@@ -1353,9 +1353,9 @@ pub struct PrefkTokenLogprobsBackwardArgs {
     pub n_rows: i64,
     /// Vocabulary size V.
     pub vocab: i64,
-    /// `row_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of the logits (>= the vocabulary).
     pub row_stride: i64,
-    /// `grad_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of `grad_logits`.
     pub grad_stride: i64,
     /// Target value of rows that are ignored.
     pub ignore_index: i64,
@@ -1417,19 +1417,19 @@ pub struct PrefkTokenLogprobsBackwardEntropyArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logits`: as documented on the entry point.
+    /// Device `[n_rows, row_stride]` logits of `dtype_code`.
     pub logits: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
-    /// `grad_entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 dL/dH, or 0 (no entropy gradient).
     pub grad_entropy: u64,
-    /// `grad_logits`: as documented on the entry point.
+    /// Device output d/dlogits (may equal `logits`: in place).
     pub grad_logits: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
@@ -1437,9 +1437,9 @@ pub struct PrefkTokenLogprobsBackwardEntropyArgs {
     pub n_rows: i64,
     /// Vocabulary size V.
     pub vocab: i64,
-    /// `row_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of the logits (>= the vocabulary).
     pub row_stride: i64,
-    /// `grad_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of `grad_logits`.
     pub grad_stride: i64,
     /// Target value of rows that are ignored.
     pub ignore_index: i64,
@@ -1503,21 +1503,21 @@ pub struct PrefkVocabShardPartialsArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logits`: as documented on the entry point.
+    /// Device `[n_rows, row_stride]` logits of `dtype_code`.
     pub logits: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `partials`: as documented on the entry point.
+    /// Device `[n_rows, VP_STATS]` f32 per-shard partial statistics.
     pub partials: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `shard_vocab`: as documented on the entry point.
+    /// Vocabulary ids in this rank's shard.
     pub shard_vocab: i64,
-    /// `row_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of the logits (>= the vocabulary).
     pub row_stride: i64,
-    /// `vocab_start`: as documented on the entry point.
+    /// First vocabulary id of this rank's shard.
     pub vocab_start: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -1531,7 +1531,7 @@ pub struct PrefkVocabShardPartialsArgs {
     pub index_code: u32,
     /// Softmax temperature T (> 0).
     pub temperature: f32,
-    /// `compute_entropy`: as documented on the entry point.
+    /// Non-zero: also compute the entropy.
     pub compute_entropy: u32,
     /// Padding to a multiple of 8 bytes; 0.
     pub reserved: u32,
@@ -1586,23 +1586,23 @@ pub struct PrefkVocabParallelFinalizeArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `partials`: as documented on the entry point.
+    /// Device `[n_rows, VP_STATS]` f32 per-shard partial statistics.
     pub partials: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 per-token log-probs (input of the losses; output of the log-prob forwards).
     pub logp: u64,
-    /// `lse`: as documented on the entry point.
+    /// Device `[n_rows]` f32 output: logsumexp(logits / T).
     pub lse: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `n_shards`: as documented on the entry point.
+    /// Number of vocabulary shards (ranks).
     pub n_shards: i64,
     /// Vocabulary size V.
     pub vocab: i64,
@@ -1666,31 +1666,31 @@ pub struct PrefkVocabShardBackwardArgs {
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
     pub stream: u64,
-    /// `logits`: as documented on the entry point.
+    /// Device `[n_rows, row_stride]` logits of `dtype_code`.
     pub logits: u64,
-    /// `targets`: as documented on the entry point.
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
     pub targets: u64,
-    /// `stats`: as documented on the entry point.
+    /// Device `[n_rows, 2]` f32 softmax statistics (row max, log2 of the sum): written by the forward, read by the backward.
     pub stats: u64,
-    /// `entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 entropies, or 0.
     pub entropy: u64,
-    /// `grad_logp`: as documented on the entry point.
+    /// Device `[n_tokens]` f32 dL/dlogp (input of the backwards; output of the losses).
     pub grad_logp: u64,
-    /// `grad_entropy`: as documented on the entry point.
+    /// Device `[n_rows]` f32 dL/dH, or 0 (no entropy gradient).
     pub grad_entropy: u64,
-    /// `grad_logits`: as documented on the entry point.
+    /// Device output d/dlogits (may equal `logits`: in place).
     pub grad_logits: u64,
     /// A u32 status word the kernels OR bits into, or 0.
     pub status: u64,
     /// Number of rows (tokens).
     pub n_rows: i64,
-    /// `shard_vocab`: as documented on the entry point.
+    /// Vocabulary ids in this rank's shard.
     pub shard_vocab: i64,
-    /// `row_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of the logits (>= the vocabulary).
     pub row_stride: i64,
-    /// `grad_stride`: as documented on the entry point.
+    /// Elements between consecutive rows of `grad_logits`.
     pub grad_stride: i64,
-    /// `vocab_start`: as documented on the entry point.
+    /// First vocabulary id of this rank's shard.
     pub vocab_start: i64,
     /// Vocabulary size V.
     pub vocab: i64,
