@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use pref_kernels::pref_loss::{
-    preference_loss_workspace_len, reference, DevicePairs, LossConfig, PairLossPtrs, Pairs, RawPairs,
+use pref_kernels::preference_loss::{
+    preference_loss_workspace_len, reference, DevicePairs, LossConfig, Pairs, PreferenceLossPtrs, RawPairs,
     METRICS_LEN,
 };
 use pref_kernels::seq_reduce::{DeviceSeqLayout, DeviceSeqs, SeqLayout, SeqReducePtrs, TokenInputs};
@@ -49,7 +49,7 @@ fn cpu_losses(c: &mut Criterion) {
 fn gpu_benches(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip() else { return };
     let s = gpu.default_stream();
-    let mut g = c.benchmark_group("gpu_pref_loss");
+    let mut g = c.benchmark_group("gpu_preference_loss");
     g.sample_size(30).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for pairs in [8usize, 64, 512] {
         let n = 2 * pairs * SEQ_LEN;
@@ -67,7 +67,7 @@ fn gpu_benches(c: &mut Criterion) {
         let (mp, _e) = metrics.device_ptr_mut(&s).unwrap();
         let (kp, _f) = work.device_ptr_mut(&s).unwrap();
         let tokens = SeqReducePtrs { logp: lp, mask: 0, weights: wp, ref_logp: rp };
-        let ptrs = PairLossPtrs {
+        let ptrs = PreferenceLossPtrs {
             ref_seq: 0,
             seq_weights: 0,
             pair_out: 0,

@@ -1,7 +1,7 @@
 //! A DPO loss (TRL's `sigmoid`, β 0.1) on per-token log-probs: loss, TRL's metrics and every
 //! token's gradient in one call, checked against the f64 reference. `cargo run --example 02_dpo_loss`
-use pref_kernels::pref_loss::reference::forward_backward;
-use pref_kernels::pref_loss::{DevicePairs, LossConfig, Pairs, METRIC_NAMES};
+use pref_kernels::preference_loss::reference::forward_backward;
+use pref_kernels::preference_loss::{DevicePairs, LossConfig, Pairs, METRIC_NAMES};
 use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens, SeqLayout, TokenInputs};
 use pref_kernels::{Backend, Gpu};
 

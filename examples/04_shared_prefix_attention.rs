@@ -2,8 +2,8 @@
 //! the prompt's K/V read once, never copied per response; O and the softmax LSE against the f64
 //! reference with the explicit mask. `cargo run --example 04_shared_prefix_attention`
 use half::bf16;
-use pref_kernels::prefix_attn::reference::forward;
-use pref_kernels::prefix_attn::{AttnShape, PrefixGroup, SharedPrefixLayout};
+use pref_kernels::shared_prefix_attention::reference::forward;
+use pref_kernels::shared_prefix_attention::{AttnShape, PrefixGroup, SharedPrefixLayout};
 use pref_kernels::{Backend, Gpu};
 
 fn main() -> pref_kernels::Result<()> {
@@ -23,7 +23,16 @@ fn main() -> pref_kernels::Result<()> {
     let mut o = s.alloc_zeros::<bf16>(q.len())?;
     let mut lse = s.alloc_zeros::<f32>(4 * t)?;
     let (qv, kv, vv) = (dq.as_view(), dk.as_view(), dv.as_view());
-    gpu.prefix_attn_forward(&s, &qv, &kv, &vv, &dl, shape, &mut o.as_view_mut(), &mut lse.as_view_mut())?;
+    gpu.shared_prefix_attention_forward(
+        &s,
+        &qv,
+        &kv,
+        &vv,
+        &dl,
+        shape,
+        &mut o.as_view_mut(),
+        &mut lse.as_view_mut(),
+    )?;
 
     let want = forward(&q, &k, &v, &layout, &shape)?;
     let got = s.clone_dtoh(&o)?;

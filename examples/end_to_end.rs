@@ -19,15 +19,15 @@ use std::time::Instant;
 use half::bf16;
 use pref_kernels::grpo::reference::{grpo_loss as grpo_ref, GrpoTokens};
 use pref_kernels::grpo::{group_advantages, Groups, GrpoConfig, ScaleRewards, GRPO_METRIC_NAMES};
-use pref_kernels::linear_logprobs::{
+use pref_kernels::linear_token_logprobs::{
     reference as lin_ref, workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape,
 };
-use pref_kernels::pref_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
-use pref_kernels::prefix_attn::{
-    reference as attn_ref, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
-};
+use pref_kernels::preference_loss::{reference as loss_ref, DevicePairs, LossConfig, Pairs, METRIC_NAMES};
 use pref_kernels::seq_reduce::{
     reference as reduce_ref, DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs,
+};
+use pref_kernels::shared_prefix_attention::{
+    reference as attn_ref, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
 };
 use pref_kernels::step::{GradLogits, GrpoStepBatch, LinearStepBatch, StepBatch};
 use pref_kernels::token_logprobs::{reference as tl_ref, TokenLogprobsOutputs};
@@ -548,7 +548,7 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
             let mut times = Vec::new();
             for _ in 0..5 {
                 let e0 = cs.record_event(flags)?;
-                gpu.prefix_attn_forward(
+                gpu.shared_prefix_attention_forward(
                     &s,
                     &dq_.as_view(),
                     &dk_.as_view(),
@@ -566,7 +566,7 @@ fn attention(gpu: Option<&Gpu>) -> pref_kernels::Result<()> {
                     o: o.as_view(),
                     lse: lse.as_view(),
                 };
-                gpu.prefix_attn_backward(
+                gpu.shared_prefix_attention_backward(
                     &s,
                     &saved,
                     &ddo.as_view(),
@@ -741,7 +741,7 @@ fn attention_diffs(
         (s.clone_htod(&q)?, s.clone_htod(&k)?, s.clone_htod(&v)?, s.clone_htod(&dout)?);
     let mut o = s.alloc_zeros::<bf16>(t * wq)?;
     let mut alse = s.alloc_zeros::<f32>(shape.q_heads * t)?;
-    gpu.prefix_attn_forward(
+    gpu.shared_prefix_attention_forward(
         &s,
         &dq_.as_view(),
         &dk_.as_view(),
@@ -760,7 +760,7 @@ fn attention_diffs(
         o: o.as_view(),
         lse: alse.as_view(),
     };
-    gpu.prefix_attn_backward(
+    gpu.shared_prefix_attention_backward(
         &s,
         &saved,
         &ddo.as_view(),
@@ -881,7 +881,7 @@ fn linear_head(gpu: &Gpu) -> pref_kernels::Result<()> {
 /// partial d_hidden, the d_hidden all-reduce (host sum). Checked against the unsharded one-call
 /// step on the same inputs; fails on a mismatch.
 fn vocab_parallel_head(gpu: &Gpu) -> pref_kernels::Result<()> {
-    use pref_kernels::linear_logprobs::LinearGradViews;
+    use pref_kernels::linear_token_logprobs::LinearGradViews;
     let t0 = Instant::now();
     let (pairs, seq_len, h, vocab, tp) = (2usize, 20usize, 48usize, 1229usize, 4usize);
     let (n_seqs, n) = (2 * pairs, 2 * pairs * seq_len);

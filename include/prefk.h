@@ -253,7 +253,7 @@ typedef struct PrefkPrefixLayoutArgs {
 } PrefkPrefixLayoutArgs;
 int32_t prefk_prefix_layout(const PrefkPrefixLayoutArgs* args);
 
-typedef struct PrefkPrefixAttnForwardArgs {
+typedef struct PrefkSharedPrefixAttentionForwardArgs {
     uint64_t struct_size;
     uint64_t stream;
     uint64_t q;
@@ -271,10 +271,10 @@ typedef struct PrefkPrefixAttnForwardArgs {
     int32_t kv_heads;
     int32_t head_dim;
     float scale;
-} PrefkPrefixAttnForwardArgs;
-int32_t prefk_prefix_attn_forward(const PrefkPrefixAttnForwardArgs* args);
+} PrefkSharedPrefixAttentionForwardArgs;
+int32_t prefk_shared_prefix_attention_forward(const PrefkSharedPrefixAttentionForwardArgs* args);
 
-typedef struct PrefkPrefixAttnBackwardArgs {
+typedef struct PrefkSharedPrefixAttentionBackwardArgs {
     uint64_t struct_size;
     uint64_t stream;
     uint64_t q;
@@ -297,14 +297,14 @@ typedef struct PrefkPrefixAttnBackwardArgs {
     int32_t kv_heads;
     int32_t head_dim;
     float scale;
-} PrefkPrefixAttnBackwardArgs;
-int32_t prefk_prefix_attn_backward(const PrefkPrefixAttnBackwardArgs* args);
+} PrefkSharedPrefixAttentionBackwardArgs;
+int32_t prefk_shared_prefix_attention_backward(const PrefkSharedPrefixAttentionBackwardArgs* args);
 
 /* Fused LM head: hidden [n_rows, hidden_dim] and weight [vocab, hidden_dim] (dtype_code), bias 0 or
  * [vocab] f32; no [n_rows, vocab] logits tensor; chunks within workspace_bytes of device workspace
  * allocated inside the call; targets read back once to plan; the stream is synchronized at the end.
  * logp, lse, entropy (0 to skip): [n_rows] f32. n_chunks: null or a host int64. */
-typedef struct PrefkLinearLogprobsForwardArgs {
+typedef struct PrefkLinearTokenLogprobsForwardArgs {
     uint64_t struct_size;
     uint64_t stream;
     uint64_t hidden;
@@ -324,13 +324,13 @@ typedef struct PrefkLinearLogprobsForwardArgs {
     uint32_t dtype_code;
     uint32_t index_code;
     float temperature;
-} PrefkLinearLogprobsForwardArgs;
-int32_t prefk_linear_logprobs_forward(const PrefkLinearLogprobsForwardArgs* args);
+} PrefkLinearTokenLogprobsForwardArgs;
+int32_t prefk_linear_token_logprobs_forward(const PrefkLinearTokenLogprobsForwardArgs* args);
 
 /* Its backward for any per-token loss: grad_logp (and grad_entropy, or 0) [n_rows] f32 in;
  * d_hidden [n_rows, hidden_dim] (dtype_code), d_weight [vocab, hidden_dim] f32, d_bias [vocab] f32
  * (exactly with a bias) overwritten. */
-typedef struct PrefkLinearLogprobsBackwardArgs {
+typedef struct PrefkLinearTokenLogprobsBackwardArgs {
     uint64_t struct_size;
     uint64_t stream;
     uint64_t hidden;
@@ -351,8 +351,8 @@ typedef struct PrefkLinearLogprobsBackwardArgs {
     uint32_t dtype_code;
     uint32_t index_code;
     float temperature;
-} PrefkLinearLogprobsBackwardArgs;
-int32_t prefk_linear_logprobs_backward(const PrefkLinearLogprobsBackwardArgs* args);
+} PrefkLinearTokenLogprobsBackwardArgs;
+int32_t prefk_linear_token_logprobs_backward(const PrefkLinearTokenLogprobsBackwardArgs* args);
 
 /* The whole preference step from hidden states, chunked by whole groups of pairs (3 GEMMs per used
  * token). Loss terms as the preference loss above. cu_seqlens: null (padded n_seqs x seq_len) or n_seqs + 1

@@ -154,7 +154,7 @@ typedef struct TokenGradParams {
 #define PREFK_PAIR_COLUMNS 6        // loss, chosen_reward, rejected_reward, chosen_logps, rejected_logps, barrier
 #define PREFK_METRICS 16
 #define PREFK_PAIR_COEF 6           // workspace per pair: chosen (c0, c1, c2), rejected (c0, c1, c2)
-#define PREFK_PAIR_SORT 8           // workspace per pair for the AOT sorts (see pref_loss.cu)
+#define PREFK_PAIR_SORT 8           // workspace per pair for the AOT sorts (see preference_loss.cu)
 #define PREFK_PAIR_FLAG_AOT 1u      // some term sorts the batch (aot, aot_unpaired)
 
 // One loss term: p0..p2 are the kind's extra hyperparameters (label smoothing / epsilon / gamma /
@@ -170,7 +170,7 @@ typedef struct LossTerm {
     uint32_t flags;
 } LossTerm;
 
-typedef struct PairLossParams {
+typedef struct PreferenceLossParams {
     uint64_t stats;         // [n_seqs, PREFK_SEQ_STATS] f32 from the statistics kernel
     uint64_t ref_seq;       // [n_seqs] f32 per-sequence reference scores, or 0 (per-token sums in stats)
     uint64_t chosen;        // [n_pairs] i32, or 0: pair i = (i, i + n_pairs) (first half chosen)
@@ -195,13 +195,13 @@ typedef struct PairLossParams {
     uint32_t flags;         // PREFK_PAIR_FLAG_*
     uint64_t seq_weights;   // [n_seqs] f32 detached sequence weights (WPO), or 0: pair loss x w_c w_r
     uint64_t pair_sort;     // workspace [n_pairs, PREFK_PAIR_SORT] f32 (used with PREFK_PAIR_FLAG_AOT)
-} PairLossParams;
+} PreferenceLossParams;
 
 #ifdef __cplusplus
 static_assert(sizeof(SeqStatsParams) == 96, "SeqStatsParams layout changed: update src/params.rs");
 static_assert(sizeof(TokenGradParams) == 104, "TokenGradParams layout changed: update src/params.rs");
 static_assert(sizeof(LossTerm) == 32, "LossTerm layout changed: update src/params.rs");
-static_assert(sizeof(PairLossParams) == 264, "PairLossParams layout changed: update src/params.rs");
+static_assert(sizeof(PreferenceLossParams) == 264, "PreferenceLossParams layout changed: update src/params.rs");
 #endif
 
 // ---- shared-prefix group attention ------------------------------------------------------------------
@@ -209,7 +209,7 @@ static_assert(sizeof(PairLossParams) == 264, "PairLossParams layout changed: upd
 #define PREFK_ATTN_TILE_FIELDS 8    // start, end, group start, prefix end, group end, min own-segment
                                     // start of the tile's response rows, end of rows seeing its keys, 0
 
-typedef struct PrefixAttnParams {
+typedef struct SharedPrefixAttentionParams {
     uint64_t q;             // [T, Hq, d] bf16/f16
     uint64_t k;             // [T, Hkv, d]
     uint64_t v;             // [T, Hkv, d]
@@ -228,10 +228,10 @@ typedef struct PrefixAttnParams {
     int32_t kv_heads;
     float scale;            // softmax scale
     uint32_t reserved;
-} PrefixAttnParams;
+} SharedPrefixAttentionParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(PrefixAttnParams) == 128, "PrefixAttnParams layout changed: update src/params.rs");
+static_assert(sizeof(SharedPrefixAttentionParams) == 128, "SharedPrefixAttentionParams layout changed: update src/params.rs");
 #endif
 
 // ---- GRPO family (per-token policy-gradient losses) -------------------------------------------------

@@ -9,7 +9,7 @@ export NVCC PREF_KERNELS_REQUIRE_NVCC=1
 rm -rf device-bin && mkdir -p device-bin
 cargo build --release --lib --examples
 cargo test --release --no-run --test gpu 2>&1 | tee /dev/stderr | grep -o 'target/release/deps/gpu-[0-9a-f]*' | head -n1 | xargs -I{} cp {} device-bin/gpu-tests
-for b in token_logprobs pref_step prefix_attn group_loss linear_logprobs vocab_parallel; do
+for b in token_logprobs pref_step shared_prefix_attention group_loss linear_token_logprobs vocab_parallel; do
   cargo bench --no-run --bench "$b" 2>&1 | tee /dev/stderr | grep -o "target/release/deps/$b-[0-9a-f]*" | head -n1 | xargs -I{} cp {} "device-bin/bench-$b"
 done
 cp target/release/examples/end_to_end target/release/libpref_kernels.so device-bin/

@@ -48,7 +48,7 @@ fi
 if want sanitize; then
   { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
     for tool in memcheck racecheck; do
-      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity linear_logprobs_forward vocab_parallel_logits; do
+      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity linear_token_logprobs_forward vocab_parallel_logits; do
         PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
           run 25 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
       done
@@ -60,9 +60,9 @@ if want bench; then
     short=(--warm-up-time 0.5 --measurement-time 2 --sample-size 10)
     run 55 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 25 device-bin/bench-pref_step --bench gpu "${short[@]}"
-    run 25 device-bin/bench-prefix_attn --bench gpu "${short[@]}"
+    run 25 device-bin/bench-shared_prefix_attention --bench gpu "${short[@]}"
     run 15 device-bin/bench-group_loss --bench gpu "${short[@]}"
-    run 55 device-bin/bench-linear_logprobs --bench gpu "${short[@]}"
+    run 55 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"
     run 25 device-bin/bench-vocab_parallel --bench gpu "${short[@]}"
     echo '```'; echo; echo '### Main job'; echo '```'
     PREF_KERNELS_BACKEND=cuda run 20 device-bin/end_to_end

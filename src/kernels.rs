@@ -6,11 +6,11 @@ include!(concat!(env!("OUT_DIR"), "/kernels.rs"));
 pub const MODULES: &[(&str, Option<&[u8]>)] = &[
     ("token_logprobs", TOKEN_LOGPROBS),
     ("seq_reduce", SEQ_REDUCE),
-    ("pref_loss", PREF_LOSS),
-    ("prefix_attn", PREFIX_ATTN),
+    ("preference_loss", PREFERENCE_LOSS),
+    ("shared_prefix_attention", SHARED_PREFIX_ATTENTION),
     ("grpo", GRPO),
     ("group_loss", GROUP_LOSS),
-    ("linear_logprobs", LINEAR_LOGPROBS),
+    ("linear_token_logprobs", LINEAR_TOKEN_LOGPROBS),
     ("vocab_parallel", VOCAB_PARALLEL),
 ];
 

@@ -145,10 +145,10 @@ pub struct LossTerm {
 /// Most loss terms per call (`PREFK_MAX_LOSS_TERMS`).
 pub const MAX_LOSS_TERMS: usize = 4;
 
-/// Mirror of `PairLossParams`.
+/// Mirror of `PreferenceLossParams`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PairLossParams {
+pub struct PreferenceLossParams {
     pub stats: u64,
     pub ref_seq: u64,
     pub chosen: u64,
@@ -183,23 +183,23 @@ const _: () = {
     assert!(offset_of!(TokenGradParams, scale) == 96);
     assert!(size_of::<LossTerm>() == 32);
     assert!(offset_of!(LossTerm, agg) == 24);
-    assert!(size_of::<PairLossParams>() == 264);
-    assert!(offset_of!(PairLossParams, pair_sort) == 256);
-    assert!(offset_of!(PairLossParams, batch_pairs) == 232);
-    assert!(offset_of!(PairLossParams, n_seqs) == 72);
-    assert!(offset_of!(PairLossParams, n_terms) == 88);
-    assert!(offset_of!(PairLossParams, terms) == 104);
+    assert!(size_of::<PreferenceLossParams>() == 264);
+    assert!(offset_of!(PreferenceLossParams, pair_sort) == 256);
+    assert!(offset_of!(PreferenceLossParams, batch_pairs) == 232);
+    assert!(offset_of!(PreferenceLossParams, n_seqs) == 72);
+    assert!(offset_of!(PreferenceLossParams, n_terms) == 88);
+    assert!(offset_of!(PreferenceLossParams, terms) == 104);
 };
 
 // SAFETY: plain-old-data #[repr(C)] structs, layout-checked above against kernels/params.h.
 unsafe impl cudarc::driver::DeviceRepr for SeqStatsParams {}
 unsafe impl cudarc::driver::DeviceRepr for TokenGradParams {}
-unsafe impl cudarc::driver::DeviceRepr for PairLossParams {}
+unsafe impl cudarc::driver::DeviceRepr for PreferenceLossParams {}
 
-/// Mirror of `PrefixAttnParams`.
+/// Mirror of `SharedPrefixAttentionParams`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct PrefixAttnParams {
+pub struct SharedPrefixAttentionParams {
     pub q: u64,
     pub k: u64,
     pub v: u64,
@@ -221,13 +221,13 @@ pub struct PrefixAttnParams {
 }
 
 const _: () = {
-    assert!(size_of::<PrefixAttnParams>() == 128);
-    assert!(offset_of!(PrefixAttnParams, n_tokens) == 96);
-    assert!(offset_of!(PrefixAttnParams, scale) == 120);
+    assert!(size_of::<SharedPrefixAttentionParams>() == 128);
+    assert!(offset_of!(SharedPrefixAttentionParams, n_tokens) == 96);
+    assert!(offset_of!(SharedPrefixAttentionParams, scale) == 120);
 };
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.
-unsafe impl cudarc::driver::DeviceRepr for PrefixAttnParams {}
+unsafe impl cudarc::driver::DeviceRepr for SharedPrefixAttentionParams {}
 
 /// Mirror of `GrpoParams`.
 #[repr(C)]

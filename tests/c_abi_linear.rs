@@ -6,12 +6,12 @@
 use std::ffi::CStr;
 
 use pref_kernels::ffi::{
-    prefk_group_loss_check_labels, prefk_last_error, prefk_linear_logprobs_backward,
-    prefk_linear_logprobs_forward, prefk_linear_preference_step, prefk_register_host_memory,
+    prefk_group_loss_check_labels, prefk_last_error, prefk_linear_preference_step,
+    prefk_linear_token_logprobs_backward, prefk_linear_token_logprobs_forward, prefk_register_host_memory,
     prefk_seq_reduce, prefk_unregister_host_memory, PrefkLossTerm, PREFK_DEVICE_EMULATOR,
 };
-use pref_kernels::linear_logprobs::{reference as lin_ref, LinearShape};
-use pref_kernels::pref_loss::{reference as loss_ref, LossConfig, Pairs};
+use pref_kernels::linear_token_logprobs::{reference as lin_ref, LinearShape};
+use pref_kernels::preference_loss::{reference as loss_ref, LossConfig, Pairs};
 use pref_kernels::seq_reduce::{reference as reduce_ref, ReduceMode, SeqLayout, TokenInputs};
 use pref_kernels::TokenLogprobsConfig;
 
@@ -93,7 +93,7 @@ fn linear_forward_and_backward_through_the_c_abi() {
     let row_bytes = ((v + h) * 4 + 56) as i64;
     // SAFETY: registered buffers of the sizes given; n_chunks is a valid host i64.
     let rc = unsafe {
-        prefk_linear_logprobs_forward(&pref_kernels::ffi::PrefkLinearLogprobsForwardArgs {
+        prefk_linear_token_logprobs_forward(&pref_kernels::ffi::PrefkLinearTokenLogprobsForwardArgs {
             device: EMU,
             stream: 0,
             dtype_code: 0,
@@ -112,7 +112,7 @@ fn linear_forward_and_backward_through_the_c_abi() {
             temperature: 1.0,
             workspace_bytes: 5 * row_bytes,
             n_chunks: &mut n_chunks,
-            ..pref_kernels::ffi::PrefkLinearLogprobsForwardArgs::new()
+            ..pref_kernels::ffi::PrefkLinearTokenLogprobsForwardArgs::new()
         })
     };
     assert_eq!(rc, 0, "{}", last());
@@ -125,7 +125,7 @@ fn linear_forward_and_backward_through_the_c_abi() {
     }
     // SAFETY: as above.
     let rc = unsafe {
-        prefk_linear_logprobs_backward(&pref_kernels::ffi::PrefkLinearLogprobsBackwardArgs {
+        prefk_linear_token_logprobs_backward(&pref_kernels::ffi::PrefkLinearTokenLogprobsBackwardArgs {
             device: EMU,
             stream: 0,
             dtype_code: 0,
@@ -145,7 +145,7 @@ fn linear_forward_and_backward_through_the_c_abi() {
             ignore_index: -100,
             temperature: 1.0,
             workspace_bytes: 3 * row_bytes,
-            ..pref_kernels::ffi::PrefkLinearLogprobsBackwardArgs::new()
+            ..pref_kernels::ffi::PrefkLinearTokenLogprobsBackwardArgs::new()
         })
     };
     assert_eq!(rc, 0, "{}", last());
@@ -264,7 +264,7 @@ fn hostile_linear_arguments_are_errors_not_panics() {
         // SAFETY: every pointer is registered or hostile on purpose; the library checks before use
         // and the emulator checks every access.
         unsafe {
-            prefk_linear_logprobs_forward(&pref_kernels::ffi::PrefkLinearLogprobsForwardArgs {
+            prefk_linear_token_logprobs_forward(&pref_kernels::ffi::PrefkLinearTokenLogprobsForwardArgs {
                 device: EMU,
                 stream: 0,
                 dtype_code: dtype,
@@ -283,7 +283,7 @@ fn hostile_linear_arguments_are_errors_not_panics() {
                 temperature: 1.0,
                 workspace_bytes: work,
                 n_chunks: std::ptr::null_mut(),
-                ..pref_kernels::ffi::PrefkLinearLogprobsForwardArgs::new()
+                ..pref_kernels::ffi::PrefkLinearTokenLogprobsForwardArgs::new()
             })
         }
     };

@@ -3,8 +3,8 @@
 #![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
 use pref_kernels::group_loss::reference::group_loss;
 use pref_kernels::group_loss::{GroupLoss, KtoKl, KtoRole};
-use pref_kernels::pref_loss::reference::forward_backward;
-use pref_kernels::pref_loss::{LossConfig, Pairs};
+use pref_kernels::preference_loss::reference::forward_backward;
+use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::{SeqLayout, TokenInputs};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

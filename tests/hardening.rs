@@ -3,7 +3,7 @@
 //! (never -2, a caught panic). Kernels reached with garbage pointers run on the emulator, whose
 //! memcheck stops them before any access outside its allocations.
 use pref_kernels::ffi::{prefk_prefix_layout, prefk_token_logprobs_forward, PREFK_DEVICE_EMULATOR};
-use pref_kernels::prefix_attn::{AttnShape, PrefixGroup, SharedPrefixLayout};
+use pref_kernels::shared_prefix_attention::{AttnShape, PrefixGroup, SharedPrefixLayout};
 use pref_kernels::{LogitsLayout, TokenLogprobsConfig};
 use proptest::prelude::*;
 
@@ -152,7 +152,7 @@ proptest! {
         prop_assert!(rc == -1 || rc == 0, "loss rc {}", rc);
         // SAFETY: as above.
         let rc = unsafe {
-            pref_kernels::ffi::prefk_prefix_attn_forward(&pref_kernels::ffi::PrefkPrefixAttnForwardArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, dtype_code: 2, q: p[0], k: p[1], v: p[2], o: p[3], lse: p[4], tiles: p[5], seg_lo2: p[6], n_tiles, n_tokens, q_heads: heads.0, kv_heads: heads.1, head_dim: heads.2, scale: 0.125, ..pref_kernels::ffi::PrefkPrefixAttnForwardArgs::new() })
+            pref_kernels::ffi::prefk_shared_prefix_attention_forward(&pref_kernels::ffi::PrefkSharedPrefixAttentionForwardArgs { device: PREFK_DEVICE_EMULATOR, stream: 0, dtype_code: 2, q: p[0], k: p[1], v: p[2], o: p[3], lse: p[4], tiles: p[5], seg_lo2: p[6], n_tiles, n_tokens, q_heads: heads.0, kv_heads: heads.1, head_dim: heads.2, scale: 0.125, ..pref_kernels::ffi::PrefkSharedPrefixAttentionForwardArgs::new() })
         };
         prop_assert!(rc == -1, "attention rc {}", rc);
     }

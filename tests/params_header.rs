@@ -39,12 +39,12 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ),
         ("LossTerm", fields!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags)),
         (
-            "PairLossParams",
-            fields!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, flags, seq_weights, pair_sort),
+            "PreferenceLossParams",
+            fields!(PreferenceLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, flags, seq_weights, pair_sort),
         ),
         (
-            "PrefixAttnParams",
-            fields!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved),
+            "SharedPrefixAttentionParams",
+            fields!(SharedPrefixAttentionParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved),
         ),
         (
             "GrpoParams",
@@ -94,10 +94,10 @@ fn status_bits_and_constants_match_the_header() {
         ("PREFK_VP_OWNER", VP_OWNER),
         ("PREFK_MAX_LOSS_TERMS", MAX_LOSS_TERMS),
         ("PREFK_SEQ_STATS", pref_kernels::seq_reduce::SEQ_STATS_LEN),
-        ("PREFK_PAIR_COLUMNS", pref_kernels::pref_loss::PAIR_COLUMNS),
-        ("PREFK_METRICS", pref_kernels::pref_loss::METRICS_LEN),
+        ("PREFK_PAIR_COLUMNS", pref_kernels::preference_loss::PAIR_COLUMNS),
+        ("PREFK_METRICS", pref_kernels::preference_loss::METRICS_LEN),
         ("PREFK_AGG_WMEAN", pref_kernels::seq_reduce::ReduceMode::WeightedMean as usize),
-        ("PREFK_ATTN_TILE", pref_kernels::prefix_attn::TILE),
+        ("PREFK_ATTN_TILE", pref_kernels::shared_prefix_attention::TILE),
         ("PREFK_GRPO_SEQ_FIELDS", pref_kernels::params::GRPO_SEQ_FIELDS),
         ("PREFK_GRPO_METRICS", pref_kernels::grpo::GRPO_METRICS_LEN),
         ("PREFK_GRPO_AGG_CONSTANT_OR_TOKENS", 3),
@@ -129,8 +129,8 @@ fn bindgen_output_matches_the_committed_structs() {
     same!(SeqStatsParams: logp, mask, weights, ref_logp, cu_seqlens, stats, scores, status, n_tokens, n_seqs, seq_len, log_tau, mode);
     same!(TokenGradParams: logp, mask, weights, cu_seqlens, seq_coef, dscores, stats, grad_logp, n_tokens, n_seqs, seq_len, log_tau, mode, scale, reserved);
     same!(LossTerm: kind, weight, beta, p0, p1, p2, agg, flags);
-    same!(PairLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, flags, seq_weights, pair_sort);
-    same!(PrefixAttnParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
+    same!(PreferenceLossParams: stats, ref_seq, chosen, rejected, pair_out, metrics, pair_coef, seq_coef, status, n_seqs, n_pairs, n_terms, divergence, alpha_div, grad_scale, terms, batch_pairs, batch_nll_count, flags, seq_weights, pair_sort);
+    same!(SharedPrefixAttentionParams: q, k, v, o, lse, dout, dq, dk, dv, delta, tiles, seg_lo2, n_tokens, n_tiles, q_heads, kv_heads, scale, reserved);
     same!(GrpoParams: logp, old_logp, sampling_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, accum_steps, off_policy_threshold, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, reserved);
     same!(GroupLossParams: stats, ref_seq, labels, seq_coef, seq_out, scratch, metrics, n_seqs, group_size, kind, flags, beta, p0, p1, kl_given, grad_scale, reserved);
     same!(LinearRowsParams: src, dst, index, status, n_rows, width, src_stride, dst_stride, bound);

@@ -33,7 +33,7 @@ __all__ = [
 ]
 __version__ = "0.1.0"
 
-# The crate's metric order (pref_loss::METRIC_NAMES) and per-pair columns (PAIR_COLUMN_NAMES).
+# The crate's metric order (preference_loss::METRIC_NAMES) and per-pair columns (PAIR_COLUMN_NAMES).
 METRIC_NAMES = [
     "loss", "loss/pref", "nll_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
     "rewards/accuracies", "logps/chosen", "logps/rejected", "loss/barrier", "barrier/active_pct", "pref/p_pref",
@@ -169,7 +169,7 @@ def _segments(n_tokens, n_seqs, seq_len, cu_seqlens, device):
 def ld_weights(mask, ld_alpha: float, *, n_seqs: Optional[int] = None, seq_len: int = 0, cu_seqlens=None):
     """LD-DPO's per-token weights (TRL `ld_alpha`) for a first-half-chosen batch: the first
     min(N_chosen, N_rejected) completion tokens of both sides weigh 1, the longer side's rest
-    `ld_alpha`, masked tokens 0 (the crate's `pref_loss::ld_weights`). Use them with
+    `ld_alpha`, masked tokens 0 (the crate's `preference_loss::ld_weights`). Use them with
     aggregation "weighted_sum"; `dpo_loss(ld_alpha=...)` does."""
     if not math.isfinite(ld_alpha):
         raise ValueError(f"pref_kernels: ld_alpha must be finite, got {ld_alpha}")

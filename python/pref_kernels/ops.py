@@ -353,7 +353,7 @@ def shared_prefix_attention(q: Tensor, k: Tensor, v: Tensor, tiles: Tensor, seg_
     if t == 0:
         return o, lse
     with host_memory([q, k, v, tiles, seg_lo2], [o, lse]):
-        call("prefk_prefix_attn_forward",
+        call("prefk_shared_prefix_attention_forward",
              device=device_code(q), stream=stream_of(q), dtype_code=DTYPE_CODES[q.dtype], q=ptr(q), k=ptr(k),
              v=ptr(v), o=ptr(o), lse=ptr(lse), tiles=ptr(tiles), seg_lo2=ptr(seg_lo2), n_tiles=n_tiles, n_tokens=t,
              q_heads=hq, kv_heads=k.shape[1], head_dim=d, scale=scale)
@@ -381,7 +381,7 @@ def shared_prefix_attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor,
         return dq, dk, dv
     delta = torch.empty((hq, t), dtype=torch.float32, device=q.device)
     with host_memory([q, k, v, o, lse, do, tiles, seg_lo2], [dq, dk, dv, delta]):
-        call("prefk_prefix_attn_backward",
+        call("prefk_shared_prefix_attention_backward",
              device=device_code(q), stream=stream_of(q), dtype_code=DTYPE_CODES[q.dtype], q=ptr(q), k=ptr(k),
              v=ptr(v), o=ptr(o), lse=ptr(lse), dout=ptr(do), dq=ptr(dq), dk=ptr(dk), dv=ptr(dv), delta=ptr(delta),
              tiles=ptr(tiles), seg_lo2=ptr(seg_lo2), n_tiles=n_tiles, n_tokens=t, q_heads=hq, kv_heads=k.shape[1],
@@ -447,7 +447,7 @@ def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]
     if n == 0:
         return logp, lse, entropy
     with host_memory([hidden, weight, bias, targets], [logp, lse, entropy]):
-        call("prefk_linear_logprobs_forward",
+        call("prefk_linear_token_logprobs_forward",
              device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
              index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
              targets=ptr(targets), logp=ptr(logp), lse=ptr(lse), entropy=ptr(entropy), n_rows=n, hidden_dim=h,
@@ -479,7 +479,7 @@ def linear_token_logprobs_backward(hidden: Tensor, weight: Tensor, bias: Optiona
     d_weight = _out((v, h), torch.float32, dev)
     d_bias = _out(v if bias is not None else 0, torch.float32, dev)
     with host_memory([hidden, weight, bias, targets, grad_logp, grad_entropy], [d_hidden, d_weight, d_bias]):
-        call("prefk_linear_logprobs_backward",
+        call("prefk_linear_token_logprobs_backward",
              device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
              index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
              targets=ptr(targets), grad_logp=ptr(grad_logp), grad_entropy=ptr(grad_entropy), d_hidden=ptr(d_hidden),

@@ -264,10 +264,10 @@ const _: () = {
     assert!(offset_of!(PrefkGrpoLossArgs, reserved) == 164);
 };
 
-/// The arguments of [`prefk_linear_logprobs_forward`](super::prefk_linear_logprobs_forward), as `include/prefk.h` declares them.
+/// The arguments of [`prefk_linear_token_logprobs_forward`](super::prefk_linear_token_logprobs_forward), as `include/prefk.h` declares them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct PrefkLinearLogprobsForwardArgs {
+pub struct PrefkLinearTokenLogprobsForwardArgs {
     /// `size_of` this struct as the caller compiled it (set by `new()`).
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
@@ -308,7 +308,7 @@ pub struct PrefkLinearLogprobsForwardArgs {
     pub temperature: f32,
 }
 
-impl PrefkLinearLogprobsForwardArgs {
+impl PrefkLinearTokenLogprobsForwardArgs {
     /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
     pub fn new() -> Self {
         // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
@@ -318,42 +318,42 @@ impl PrefkLinearLogprobsForwardArgs {
     }
 }
 
-impl Default for PrefkLinearLogprobsForwardArgs {
+impl Default for PrefkLinearTokenLogprobsForwardArgs {
     fn default() -> Self {
         Self::new()
     }
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkLinearLogprobsForwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsForwardArgs {}
 
 const _: () = {
-    assert!(size_of::<PrefkLinearLogprobsForwardArgs>() == 136);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, struct_size) == 0);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, stream) == 8);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, hidden) == 16);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, weight) == 24);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, bias) == 32);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, targets) == 40);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, logp) == 48);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, lse) == 56);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, entropy) == 64);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, n_rows) == 72);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, hidden_dim) == 80);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, vocab) == 88);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, ignore_index) == 96);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, workspace_bytes) == 104);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, n_chunks) == 112);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, device) == 120);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, dtype_code) == 124);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, index_code) == 128);
-    assert!(offset_of!(PrefkLinearLogprobsForwardArgs, temperature) == 132);
+    assert!(size_of::<PrefkLinearTokenLogprobsForwardArgs>() == 136);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, logp) == 48);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, lse) == 56);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, entropy) == 64);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, n_rows) == 72);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, hidden_dim) == 80);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, vocab) == 88);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, ignore_index) == 96);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, workspace_bytes) == 104);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, n_chunks) == 112);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, device) == 120);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, dtype_code) == 124);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, index_code) == 128);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, temperature) == 132);
 };
 
-/// The arguments of [`prefk_linear_logprobs_backward`](super::prefk_linear_logprobs_backward), as `include/prefk.h` declares them.
+/// The arguments of [`prefk_linear_token_logprobs_backward`](super::prefk_linear_token_logprobs_backward), as `include/prefk.h` declares them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct PrefkLinearLogprobsBackwardArgs {
+pub struct PrefkLinearTokenLogprobsBackwardArgs {
     /// `size_of` this struct as the caller compiled it (set by `new()`).
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
@@ -396,7 +396,7 @@ pub struct PrefkLinearLogprobsBackwardArgs {
     pub temperature: f32,
 }
 
-impl PrefkLinearLogprobsBackwardArgs {
+impl PrefkLinearTokenLogprobsBackwardArgs {
     /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
     pub fn new() -> Self {
         // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
@@ -406,37 +406,37 @@ impl PrefkLinearLogprobsBackwardArgs {
     }
 }
 
-impl Default for PrefkLinearLogprobsBackwardArgs {
+impl Default for PrefkLinearTokenLogprobsBackwardArgs {
     fn default() -> Self {
         Self::new()
     }
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkLinearLogprobsBackwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsBackwardArgs {}
 
 const _: () = {
-    assert!(size_of::<PrefkLinearLogprobsBackwardArgs>() == 144);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, struct_size) == 0);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, stream) == 8);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, hidden) == 16);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, weight) == 24);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, bias) == 32);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, targets) == 40);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, grad_logp) == 48);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, grad_entropy) == 56);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, d_hidden) == 64);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, d_weight) == 72);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, d_bias) == 80);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, n_rows) == 88);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, hidden_dim) == 96);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, vocab) == 104);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, ignore_index) == 112);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, workspace_bytes) == 120);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, device) == 128);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, dtype_code) == 132);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, index_code) == 136);
-    assert!(offset_of!(PrefkLinearLogprobsBackwardArgs, temperature) == 140);
+    assert!(size_of::<PrefkLinearTokenLogprobsBackwardArgs>() == 144);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, hidden) == 16);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, weight) == 24);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, bias) == 32);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, targets) == 40);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, grad_logp) == 48);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, grad_entropy) == 56);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, d_hidden) == 64);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, d_weight) == 72);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, d_bias) == 80);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, n_rows) == 88);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, hidden_dim) == 96);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, vocab) == 104);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, ignore_index) == 112);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, workspace_bytes) == 120);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, device) == 128);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, dtype_code) == 132);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, index_code) == 136);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, temperature) == 140);
 };
 
 /// The arguments of [`prefk_linear_shard_partials`](super::prefk_linear_shard_partials), as `include/prefk.h` declares them.
@@ -873,10 +873,10 @@ const _: () = {
     assert!(offset_of!(PrefkPreferenceLossArgs, grad_scale) == 188);
 };
 
-/// The arguments of [`prefk_prefix_attn_forward`](super::prefk_prefix_attn_forward), as `include/prefk.h` declares them.
+/// The arguments of [`prefk_shared_prefix_attention_forward`](super::prefk_shared_prefix_attention_forward), as `include/prefk.h` declares them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct PrefkPrefixAttnForwardArgs {
+pub struct PrefkSharedPrefixAttentionForwardArgs {
     /// `size_of` this struct as the caller compiled it (set by `new()`).
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
@@ -913,7 +913,7 @@ pub struct PrefkPrefixAttnForwardArgs {
     pub scale: f32,
 }
 
-impl PrefkPrefixAttnForwardArgs {
+impl PrefkSharedPrefixAttentionForwardArgs {
     /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
     pub fn new() -> Self {
         // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
@@ -923,40 +923,40 @@ impl PrefkPrefixAttnForwardArgs {
     }
 }
 
-impl Default for PrefkPrefixAttnForwardArgs {
+impl Default for PrefkSharedPrefixAttentionForwardArgs {
     fn default() -> Self {
         Self::new()
     }
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkPrefixAttnForwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkSharedPrefixAttentionForwardArgs {}
 
 const _: () = {
-    assert!(size_of::<PrefkPrefixAttnForwardArgs>() == 112);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, struct_size) == 0);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, stream) == 8);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, q) == 16);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, k) == 24);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, v) == 32);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, o) == 40);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, lse) == 48);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, tiles) == 56);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, seg_lo2) == 64);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, n_tiles) == 72);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, n_tokens) == 80);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, device) == 88);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, dtype_code) == 92);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, q_heads) == 96);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, kv_heads) == 100);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, head_dim) == 104);
-    assert!(offset_of!(PrefkPrefixAttnForwardArgs, scale) == 108);
+    assert!(size_of::<PrefkSharedPrefixAttentionForwardArgs>() == 112);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, q) == 16);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, k) == 24);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, v) == 32);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, o) == 40);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, lse) == 48);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, tiles) == 56);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, seg_lo2) == 64);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, n_tiles) == 72);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, n_tokens) == 80);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, device) == 88);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, dtype_code) == 92);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, q_heads) == 96);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, kv_heads) == 100);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, head_dim) == 104);
+    assert!(offset_of!(PrefkSharedPrefixAttentionForwardArgs, scale) == 108);
 };
 
-/// The arguments of [`prefk_prefix_attn_backward`](super::prefk_prefix_attn_backward), as `include/prefk.h` declares them.
+/// The arguments of [`prefk_shared_prefix_attention_backward`](super::prefk_shared_prefix_attention_backward), as `include/prefk.h` declares them.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct PrefkPrefixAttnBackwardArgs {
+pub struct PrefkSharedPrefixAttentionBackwardArgs {
     /// `size_of` this struct as the caller compiled it (set by `new()`).
     pub struct_size: u64,
     /// The caller's CUstream as an integer (0: the legacy default stream).
@@ -1003,7 +1003,7 @@ pub struct PrefkPrefixAttnBackwardArgs {
     pub scale: f32,
 }
 
-impl PrefkPrefixAttnBackwardArgs {
+impl PrefkSharedPrefixAttentionBackwardArgs {
     /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
     pub fn new() -> Self {
         // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
@@ -1013,39 +1013,39 @@ impl PrefkPrefixAttnBackwardArgs {
     }
 }
 
-impl Default for PrefkPrefixAttnBackwardArgs {
+impl Default for PrefkSharedPrefixAttentionBackwardArgs {
     fn default() -> Self {
         Self::new()
     }
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkPrefixAttnBackwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkSharedPrefixAttentionBackwardArgs {}
 
 const _: () = {
-    assert!(size_of::<PrefkPrefixAttnBackwardArgs>() == 152);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, struct_size) == 0);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, stream) == 8);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, q) == 16);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, k) == 24);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, v) == 32);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, o) == 40);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, lse) == 48);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dout) == 56);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dq) == 64);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dk) == 72);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dv) == 80);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, delta) == 88);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, tiles) == 96);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, seg_lo2) == 104);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, n_tiles) == 112);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, n_tokens) == 120);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, device) == 128);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, dtype_code) == 132);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, q_heads) == 136);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, kv_heads) == 140);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, head_dim) == 144);
-    assert!(offset_of!(PrefkPrefixAttnBackwardArgs, scale) == 148);
+    assert!(size_of::<PrefkSharedPrefixAttentionBackwardArgs>() == 152);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, stream) == 8);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, q) == 16);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, k) == 24);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, v) == 32);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, o) == 40);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, lse) == 48);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, dout) == 56);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, dq) == 64);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, dk) == 72);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, dv) == 80);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, delta) == 88);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, tiles) == 96);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, seg_lo2) == 104);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, n_tiles) == 112);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, n_tokens) == 120);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, device) == 128);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, dtype_code) == 132);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, q_heads) == 136);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, kv_heads) == 140);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, head_dim) == 144);
+    assert!(offset_of!(PrefkSharedPrefixAttentionBackwardArgs, scale) == 148);
 };
 
 /// The arguments of [`prefk_prefix_layout`](super::prefk_prefix_layout), as `include/prefk.h` declares them.

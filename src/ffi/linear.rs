@@ -8,11 +8,11 @@ use super::vocab_parallel::shard;
 use super::{dtype, ffi, gpu, host_vec, index_type, loss_config, size};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, invalid, Result};
-use crate::linear_logprobs::{
+use crate::linear_token_logprobs::{
     LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape,
 };
 use crate::params::VP_STATS;
-use crate::pref_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
+use crate::preference_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
 use crate::runtime::args::check_ptr;
 use crate::runtime::{BackendKind, Gpu, Stream, View, ViewMut};
 use crate::seq_reduce::SeqLayout;
@@ -48,7 +48,7 @@ pub extern "C" fn prefk_linear_workspace_bytes(dtype_code: u32, hidden: i64, voc
         return -1;
     }
     let shape = LinearShape { n_rows: 0, hidden: hidden as usize, vocab: vocab as usize };
-    crate::linear_logprobs::min_workspace_bytes(&shape, dt, rows as usize)
+    crate::linear_token_logprobs::min_workspace_bytes(&shape, dt, rows as usize)
         .and_then(|b| i64::try_from(b).ok())
         .unwrap_or(-1)
 }
@@ -166,7 +166,7 @@ struct ForwardOut {
 }
 
 /// # Safety
-/// As [`prefk_linear_logprobs_forward`].
+/// As [`prefk_linear_token_logprobs_forward`].
 unsafe fn forward<T: LogitElement, I: TargetIndex>(
     g: &Gpu,
     stream: &Stream,
@@ -184,25 +184,27 @@ unsafe fn forward<T: LogitElement, I: TargetIndex>(
             lse: view_mut("lse", out.lse, n, b)?,
             entropy: if out.entropy != 0 { Some(view_mut("entropy", out.entropy, n, b)?) } else { None },
         };
-        g.linear_logprobs_forward_into(stream, &head, &targets, views, cfg)
+        g.linear_token_logprobs_forward_into(stream, &head, &targets, views, cfg)
     }
 }
 
 /// Log-probs (and entropy when `entropy` is non-zero) of `hidden · weightᵀ (+ bias)` at
 /// `temperature`, `[n_rows]` f32 each, without an `[N, V]` logits tensor
-/// ([`Gpu::linear_logprobs_forward_into`](crate::Gpu::linear_logprobs_forward_into)). `dtype_code` is the hidden states' and weight's
+/// ([`Gpu::linear_token_logprobs_forward_into`](crate::Gpu::linear_token_logprobs_forward_into)). `dtype_code` is the hidden states' and weight's
 /// dtype; `bias` is 0 or `[vocab]` f32. Writes the number of chunks to `n_chunks` when non-null.
 ///
 /// # Safety
-/// `args` points to a readable [`PrefkLinearLogprobsForwardArgs`] whose `struct_size` is set (`PrefkLinearLogprobsForwardArgs::new()`).
+/// `args` points to a readable [`PrefkLinearTokenLogprobsForwardArgs`] whose `struct_size` is set (`PrefkLinearTokenLogprobsForwardArgs::new()`).
 /// Every non-zero pointer is device memory of `device` (emulator: emulator allocations or
 /// registered host memory) of the documented size; `stream` is 0 or a live stream of the device's
 /// primary context; `n_chunks` is null or a valid host `i64`.
 #[no_mangle]
-pub unsafe extern "C" fn prefk_linear_logprobs_forward(args: *const PrefkLinearLogprobsForwardArgs) -> i32 {
+pub unsafe extern "C" fn prefk_linear_token_logprobs_forward(
+    args: *const PrefkLinearTokenLogprobsForwardArgs,
+) -> i32 {
     ffi(|| {
         // SAFETY: the caller passes one argument struct (see # Safety).
-        let PrefkLinearLogprobsForwardArgs {
+        let PrefkLinearTokenLogprobsForwardArgs {
             device,
             stream,
             dtype_code,
@@ -250,7 +252,7 @@ struct BackwardArgs {
 }
 
 /// # Safety
-/// As [`prefk_linear_logprobs_backward`].
+/// As [`prefk_linear_token_logprobs_backward`].
 unsafe fn backward<T: LogitElement, I: TargetIndex>(
     g: &Gpu,
     stream: &Stream,
@@ -267,23 +269,25 @@ unsafe fn backward<T: LogitElement, I: TargetIndex>(
         let ge =
             if a.grad_entropy != 0 { Some(view::<f32>("grad_entropy", a.grad_entropy, n, b)?) } else { None };
         let grads = grad_views::<T>(h, a.d_hidden, a.d_weight, a.d_bias, b)?;
-        g.linear_logprobs_backward_into(stream, &head, &targets, &gl, ge.as_ref(), grads, cfg)
+        g.linear_token_logprobs_backward_into(stream, &head, &targets, &gl, ge.as_ref(), grads, cfg)
     }
 }
 
-/// The backward of [`prefk_linear_logprobs_forward`] for any per-token loss: from dL/dlogp (and
+/// The backward of [`prefk_linear_token_logprobs_forward`] for any per-token loss: from dL/dlogp (and
 /// dL/dH when `grad_entropy` is non-zero), `[n_rows]` f32, writes `d_hidden` `[n_rows, hidden]`
 /// (the hidden states' dtype), `d_weight` `[vocab, hidden]` f32 and, with a bias, `d_bias`
-/// `[vocab]` f32 (all overwritten) ([`Gpu::linear_logprobs_backward_into`](crate::Gpu::linear_logprobs_backward_into)).
+/// `[vocab]` f32 (all overwritten) ([`Gpu::linear_token_logprobs_backward_into`](crate::Gpu::linear_token_logprobs_backward_into)).
 ///
 /// # Safety
-/// `args` points to a readable [`PrefkLinearLogprobsBackwardArgs`] whose `struct_size` is set (`PrefkLinearLogprobsBackwardArgs::new()`).
-/// As [`prefk_linear_logprobs_forward`].
+/// `args` points to a readable [`PrefkLinearTokenLogprobsBackwardArgs`] whose `struct_size` is set (`PrefkLinearTokenLogprobsBackwardArgs::new()`).
+/// As [`prefk_linear_token_logprobs_forward`].
 #[no_mangle]
-pub unsafe extern "C" fn prefk_linear_logprobs_backward(args: *const PrefkLinearLogprobsBackwardArgs) -> i32 {
+pub unsafe extern "C" fn prefk_linear_token_logprobs_backward(
+    args: *const PrefkLinearTokenLogprobsBackwardArgs,
+) -> i32 {
     ffi(|| {
         // SAFETY: the caller passes one argument struct (see # Safety).
-        let PrefkLinearLogprobsBackwardArgs {
+        let PrefkLinearTokenLogprobsBackwardArgs {
             device,
             stream,
             dtype_code,
@@ -344,7 +348,7 @@ unsafe fn shard_forward<T: LogitElement, I: TargetIndex>(
 ///
 /// # Safety
 /// `args` points to a readable [`PrefkLinearShardPartialsArgs`] whose `struct_size` is set (`PrefkLinearShardPartialsArgs::new()`).
-/// As [`prefk_linear_logprobs_forward`].
+/// As [`prefk_linear_token_logprobs_forward`].
 #[no_mangle]
 pub unsafe extern "C" fn prefk_linear_shard_partials(args: *const PrefkLinearShardPartialsArgs) -> i32 {
     ffi(|| {
@@ -434,7 +438,7 @@ unsafe fn shard_backward<T: LogitElement, I: TargetIndex>(
 ///
 /// # Safety
 /// `args` points to a readable [`PrefkLinearShardBackwardArgs`] whose `struct_size` is set (`PrefkLinearShardBackwardArgs::new()`).
-/// As [`prefk_linear_logprobs_forward`].
+/// As [`prefk_linear_token_logprobs_forward`].
 #[no_mangle]
 pub unsafe extern "C" fn prefk_linear_shard_backward(args: *const PrefkLinearShardBackwardArgs) -> i32 {
     ffi(|| {
@@ -496,7 +500,7 @@ struct StepArgs {
     d_hidden: u64,
     d_weight: u64,
     d_bias: u64,
-    loss: crate::pref_loss::LossConfig,
+    loss: crate::preference_loss::LossConfig,
 }
 
 /// # Safety
@@ -507,7 +511,7 @@ unsafe fn step<T: LogitElement, I: TargetIndex>(
     h: &Head,
     a: &StepArgs,
     cfg: &LinearConfig,
-) -> Result<crate::pref_loss::PreferenceLossOutputs> {
+) -> Result<crate::preference_loss::PreferenceLossOutputs> {
     let b = g.backend();
     let n = h.shape.n_rows;
     let seqs = match &a.cu_seqlens {
@@ -543,14 +547,14 @@ unsafe fn step<T: LogitElement, I: TargetIndex>(
 /// [`super::prefk_preference_loss`]; sequences packed (`cu_seqlens`: `n_seqs + 1` **host** i32) or
 /// padded (`cu_seqlens` null: `n_seqs` x `seq_len`); pairs first-half-chosen (`chosen` null) or
 /// explicit (`n_pairs` **host** i32 each). Token mask: `targets != ignore_index`. Writes `logp`
-/// `[n_rows]` f32, the gradients as [`prefk_linear_logprobs_backward`], the metrics (16 f32, in
+/// `[n_rows]` f32, the gradients as [`prefk_linear_token_logprobs_backward`], the metrics (16 f32, in
 /// `METRIC_NAMES` order) into `metrics` and the per-pair values (`n_pairs` x 6 f32) into
 /// `pair_out` when non-null, both **host** memory; with `pair_out`, `n_pairs` must be the batch's
 /// pair count (`n_seqs / 2` when the first half is chosen), checked before anything is written.
 ///
 /// # Safety
 /// `args` points to a readable [`PrefkLinearPreferenceStepArgs`] whose `struct_size` is set (`PrefkLinearPreferenceStepArgs::new()`).
-/// As [`prefk_linear_logprobs_forward`]; `weights`, `ref_logp` (`[n_rows]`), `ref_seq`
+/// As [`prefk_linear_token_logprobs_forward`]; `weights`, `ref_logp` (`[n_rows]`), `ref_seq`
 /// (`[n_seqs]`) are 0 or device f32; the host arrays are null or valid for their lengths.
 #[no_mangle]
 pub unsafe extern "C" fn prefk_linear_preference_step(args: *const PrefkLinearPreferenceStepArgs) -> i32 {

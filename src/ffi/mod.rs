@@ -18,34 +18,36 @@ mod group_loss;
 mod grpo;
 mod linear;
 mod plumbing;
-mod pref_loss;
-mod prefix_attn;
+mod preference_loss;
 mod runtime;
 mod seq_reduce;
+mod shared_prefix_attention;
 mod token_logprobs;
 mod vocab_parallel;
 
 // The shared helpers, in scope for the op files (`super::…`) and the tests.
 use plumbing::*;
-use pref_loss::loss_config;
+use preference_loss::loss_config;
 #[cfg(test)]
-use pref_loss::loss_of;
+use preference_loss::loss_of;
 
 pub use args::*;
 pub use group_loss::{prefk_group_loss, prefk_group_loss_check_labels, prefk_group_loss_workspace_len};
 pub use grpo::{prefk_grpo_loss, prefk_grpo_workspace_len, PrefkGrpoConfig};
 pub use linear::{
-    prefk_linear_logprobs_backward, prefk_linear_logprobs_forward, prefk_linear_preference_step,
-    prefk_linear_shard_backward, prefk_linear_shard_partials, prefk_linear_workspace_bytes,
+    prefk_linear_preference_step, prefk_linear_shard_backward, prefk_linear_shard_partials,
+    prefk_linear_token_logprobs_backward, prefk_linear_token_logprobs_forward, prefk_linear_workspace_bytes,
 };
 pub use plumbing::PREFK_DEVICE_EMULATOR;
-pub use pref_loss::{prefk_preference_loss, prefk_preference_loss_workspace_len, PrefkLossTerm};
-pub use prefix_attn::{prefk_prefix_attn_backward, prefk_prefix_attn_forward, prefk_prefix_layout};
+pub use preference_loss::{prefk_preference_loss, prefk_preference_loss_workspace_len, PrefkLossTerm};
 pub use runtime::{
     prefk_check_status, prefk_init, prefk_last_error, prefk_register_host_memory,
     prefk_unregister_host_memory,
 };
 pub use seq_reduce::{prefk_seq_reduce, prefk_seq_reduce_backward};
+pub use shared_prefix_attention::{
+    prefk_prefix_layout, prefk_shared_prefix_attention_backward, prefk_shared_prefix_attention_forward,
+};
 pub use token_logprobs::{
     prefk_token_logprobs_backward, prefk_token_logprobs_backward_entropy, prefk_token_logprobs_forward,
 };
@@ -57,7 +59,7 @@ pub use vocab_parallel::{
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pref_loss::LossConfig;
+    use crate::preference_loss::LossConfig;
     use std::ffi::CStr;
 
     fn last() -> String {
@@ -222,9 +224,9 @@ mod tests {
             },
             0
         );
-        let l = crate::prefix_attn::SharedPrefixLayout::from_lengths(vec![
-            crate::prefix_attn::PrefixGroup { prefix_len: 3, resp_lens: vec![2, 70] },
-            crate::prefix_attn::PrefixGroup { prefix_len: 0, resp_lens: vec![5] },
+        let l = crate::shared_prefix_attention::SharedPrefixLayout::from_lengths(vec![
+            crate::shared_prefix_attention::PrefixGroup { prefix_len: 3, resp_lens: vec![2, 70] },
+            crate::shared_prefix_attention::PrefixGroup { prefix_len: 0, resp_lens: vec![5] },
         ])
         .unwrap();
         assert_eq!(nt as usize, l.total_tokens());
@@ -257,7 +259,7 @@ mod tests {
             let t = PrefkLossTerm { kind, weight: 1.0, beta: 0.5, p0: 0.1, p1: 0.5, flags: 0 };
             let loss = loss_of(&t).unwrap();
             let cfg = LossConfig::single(loss);
-            assert_eq!(crate::pref_loss::launch::kind_code(&loss, &cfg), kind);
+            assert_eq!(crate::preference_loss::launch::kind_code(&loss, &cfg), kind);
         }
     }
 }

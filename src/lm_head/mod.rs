@@ -1,8 +1,8 @@
-//! The fused LM head's shared machinery, below the op rooms that use it (`linear_logprobs`, the
+//! The fused LM head's shared machinery, below the op rooms that use it (`linear_token_logprobs`, the
 //! vocabulary-parallel shard loop in `vocab_parallel`, the preference step in `step::linear`):
 //! the head's shapes and views, the host chunk plan (`plan`), and the chunk loop on the device
 //! (`chunk`: row gathers and scatters, the chunk workspace, GEMM → log-probs kernels per chunk).
-//! The public types are re-exported by `linear_logprobs`.
+//! The public types are re-exported by `linear_token_logprobs`.
 use crate::dtype::LogitElement;
 use crate::error::ensure_len;
 use crate::error::{ensure, Result};

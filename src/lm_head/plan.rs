@@ -7,7 +7,7 @@ use std::ops::Range;
 use super::LinearShape;
 use crate::dtype::DType;
 use crate::error::{invalid, Error, Result};
-use crate::pref_loss::Pairs;
+use crate::preference_loss::Pairs;
 use crate::seq_reduce::SeqLayout;
 
 /// f32 scratch values kept per chunk row (logp, lse, entropy, dL/dlogp, dL/dH, weight, ref logp,

@@ -85,18 +85,18 @@ pub(crate) enum AttnKernel {
 }
 
 /// Name of an attention entry point.
-pub(crate) fn prefix_attn(kind: AttnKernel, dtype: DType, head_dim: usize) -> String {
+pub(crate) fn shared_prefix_attention(kind: AttnKernel, dtype: DType, head_dim: usize) -> String {
     let k = match kind {
         AttnKernel::Forward => "fwd",
         AttnKernel::BackwardPre => "bwd_pre",
         AttnKernel::BackwardDkDv => "bwd_dkdv",
         AttnKernel::BackwardDq => "bwd_dq",
     };
-    format!("prefix_attn_{k}_{}_d{head_dim}", dtype.name())
+    format!("shared_prefix_attention_{k}_{}_d{head_dim}", dtype.name())
 }
 
 /// Dynamic shared memory of an attention kernel: 16-bit tiles of `d + 8` columns (the padding
-/// avoids bank conflicts). `kernels/prefix_attn.cu` static-asserts the same numbers.
+/// avoids bank conflicts). `kernels/shared_prefix_attention.cu` static-asserts the same numbers.
 pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
     let ld = (head_dim as u32 + 8) * 2;
     match kind {
@@ -130,17 +130,17 @@ fn build() -> Vec<KernelSpec> {
     }
     add("seq_stats".into(), "seq_reduce", SEQ_THREADS, 0);
     add("token_grad".into(), "seq_reduce", SEQ_THREADS, 0);
-    add("pair_loss".into(), "pref_loss", PAIR_THREADS, 0);
+    add("preference_loss".into(), "preference_loss", PAIR_THREADS, 0);
     for k in ["grpo_entropy_threshold", "grpo_seq", "grpo_batch", "grpo_token_grad"] {
         add(k.into(), "grpo", GRPO_THREADS, 0);
     }
     add("group_loss".into(), "group_loss", GROUP_THREADS, 0);
     for k in ["gather_rows_b2", "gather_rows_b4", "gather_rows_b8", "scatter_rows_b2", "scatter_rows_b4"] {
-        add(format!("linear_{k}"), "linear_logprobs", LINEAR_ROWS_THREADS, 0);
+        add(format!("linear_{k}"), "linear_token_logprobs", LINEAR_ROWS_THREADS, 0);
     }
     for d in [DType::F32, DType::F16, DType::BF16] {
-        add(linear_bias(false, d), "linear_logprobs", LINEAR_ROWS_THREADS, 0);
-        add(linear_bias(true, d), "linear_logprobs", LINEAR_ROWS_THREADS, 0);
+        add(linear_bias(false, d), "linear_token_logprobs", LINEAR_ROWS_THREADS, 0);
+        add(linear_bias(true, d), "linear_token_logprobs", LINEAR_ROWS_THREADS, 0);
     }
     for dt in [DType::BF16, DType::F16] {
         for hd in [64, 128] {
@@ -151,7 +151,12 @@ fn build() -> Vec<KernelSpec> {
                 AttnKernel::BackwardDq,
             ] {
                 let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
-                add(prefix_attn(kind, dt, hd), "prefix_attn", threads, attn_smem(kind, hd));
+                add(
+                    shared_prefix_attention(kind, dt, hd),
+                    "shared_prefix_attention",
+                    threads,
+                    attn_smem(kind, hd),
+                );
             }
         }
     }
@@ -194,13 +199,13 @@ mod tests {
 
     #[test]
     fn attention_shared_memory_matches_the_kernels_static_asserts() {
-        // kernels/prefix_attn.cu: fwd 27648 / 52224, dq 36864 / 69632, dkdv 27904 / 52480.
+        // kernels/shared_prefix_attention.cu: fwd 27648 / 52224, dq 36864 / 69632, dkdv 27904 / 52480.
         assert_eq!(attn_smem(AttnKernel::Forward, 64), 27648);
         assert_eq!(attn_smem(AttnKernel::Forward, 128), 52224);
         assert_eq!(attn_smem(AttnKernel::BackwardDq, 64), 36864);
         assert_eq!(attn_smem(AttnKernel::BackwardDq, 128), 69632);
         assert_eq!(attn_smem(AttnKernel::BackwardDkDv, 64), 27904);
         assert_eq!(attn_smem(AttnKernel::BackwardDkDv, 128), 52480);
-        assert_eq!(spec("prefix_attn_bwd_dq_f16_d128").unwrap().dynamic_smem, 69632);
+        assert_eq!(spec("shared_prefix_attention_bwd_dq_f16_d128").unwrap().dynamic_smem, 69632);
     }
 }

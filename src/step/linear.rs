@@ -8,12 +8,12 @@
 //! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
 //! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
 use crate::error::{ensure, Result};
-use crate::linear_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
+use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass};
 use crate::lm_head::plan::{pair_chunks, rows_for_budget};
-use crate::pref_loss::launch::{RawPairs, SubBatch};
-use crate::pref_loss::{
-    preference_loss_workspace_len, LossConfig, PairLossPtrs, Pairs, PreferenceLossOutputs, RefSource,
+use crate::preference_loss::launch::{RawPairs, SubBatch};
+use crate::preference_loss::{
+    preference_loss_workspace_len, LossConfig, Pairs, PreferenceLossOutputs, PreferenceLossPtrs, RefSource,
     METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
@@ -219,7 +219,7 @@ impl Gpu {
                     rejected: rj_p + (pairs.start * 4) as u64,
                     n_pairs: pairs.len(),
                 };
-                let ptrs = PairLossPtrs {
+                let ptrs = PreferenceLossPtrs {
                     ref_seq: if ref_seq_p != 0 { rl_p } else { 0 },
                     // WPO needs log sum p^2 per token, which the fused head does not produce yet.
                     seq_weights: 0,

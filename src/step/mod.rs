@@ -20,10 +20,10 @@ use crate::group_loss::{
 };
 use crate::grpo::launch::read_grpo_outputs;
 use crate::grpo::{grpo_workspace_len, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN};
-use crate::pref_loss::launch::read_outputs;
-use crate::pref_loss::{
-    preference_loss_workspace_len, DevicePairs, LossConfig, PairLossPtrs, PreferenceLossOutputs, METRICS_LEN,
-    PAIR_COLUMNS,
+use crate::preference_loss::launch::read_outputs;
+use crate::preference_loss::{
+    preference_loss_workspace_len, DevicePairs, LossConfig, PreferenceLossOutputs, PreferenceLossPtrs,
+    METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -294,7 +294,7 @@ impl Gpu {
                 let (pair_p, _g2) = pair_out.device_ptr_mut(stream)?;
                 let tokens =
                     SeqReducePtrs { logp: tok.logp, mask: mask_p, weights: weights_p, ref_logp: ref_p };
-                let ptrs = PairLossPtrs {
+                let ptrs = PreferenceLossPtrs {
                     ref_seq: ref_seq_p,
                     seq_weights: 0,
                     pair_out: pair_p,

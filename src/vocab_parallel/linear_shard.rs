@@ -105,7 +105,7 @@ impl Loop {
 impl Gpu {
     /// A vocabulary shard's partial statistics (`[N, VP_STATS]` f32 into `partials`) of
     /// `hidden · weight_shardᵀ (+ bias_shard)`, without the shard's `[N, Vs]` logits: the chunk loop
-    /// of [`Gpu::linear_logprobs_forward`] (one GEMM per chunk), with the partials kernel on each
+    /// of [`Gpu::linear_token_logprobs_forward`] (one GEMM per chunk), with the partials kernel on each
     /// chunk's logits. `head.weight` is the shard's `[shard.len, H]` rows, `head.bias` its slice.
     /// Ignored rows get zeros. Reads the targets back once to plan (checking them against
     /// `[0, shard.vocab)`) and synchronizes once at the end.

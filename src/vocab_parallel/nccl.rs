@@ -18,7 +18,7 @@ use cudarc::nccl::safe::{Comm, NcclType, ReduceOp};
 use super::{VocabShard, VP_STATS};
 use crate::dtype::{LogitElement, TargetIndex};
 use crate::error::{ensure, Error, Result};
-use crate::linear_logprobs::{LinearConfig, LinearGradViews, LinearHead, LinearRun};
+use crate::linear_token_logprobs::{LinearConfig, LinearGradViews, LinearHead, LinearRun};
 use crate::runtime::mem::{DevicePtr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::Gpu;
 use crate::token_logprobs::{EntropyGrad, TokenLogprobsConfig, TokenLogprobsOutputs};

@@ -1,5 +1,5 @@
 //! Every loss configuration the crate offers, shared by the CPU and GPU loss tests.
-use pref_kernels::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig};
+use pref_kernels::preference_loss::{BarrierDenominator, FDivergence, Loss, LossConfig};
 use pref_kernels::seq_reduce::ReduceMode;
 
 /// Every loss configuration the crate offers, with non-default hyperparameters where they matter.

@@ -6,10 +6,10 @@ use rand::Rng;
 
 use crate::common::{assert_close, rng};
 use crate::Case;
-use pref_kernels::linear_logprobs::reference as lin_ref;
-use pref_kernels::linear_logprobs::{workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape};
-use pref_kernels::pref_loss::reference::forward_backward;
-use pref_kernels::pref_loss::{LossConfig, Pairs};
+use pref_kernels::linear_token_logprobs::reference as lin_ref;
+use pref_kernels::linear_token_logprobs::{workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape};
+use pref_kernels::preference_loss::reference::forward_backward;
+use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::{SeqLayout, TokenInputs};
 use pref_kernels::step::LinearStepBatch;
 use pref_kernels::{DType, Error, Gpu, LogitElement, TokenLogprobsConfig};
@@ -69,7 +69,7 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
     let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
     for rows in [1usize, 7, 1000] {
         let cfg = LinearConfig { token, workspace_bytes: budget::<T>(&p.shape, rows) };
-        let out = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
+        let out = gpu.linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
         let used = p.targets.iter().filter(|&&t| t != -100).count();
         assert_eq!(out.n_chunks, used.div_ceil(rows.min(used)), "chunks for {rows} rows");
         let logp = stream.clone_dtoh(&out.logp).unwrap();
@@ -82,7 +82,7 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
         }
         let cfg_b = LinearConfig { token: TokenLogprobsConfig { compute_entropy: false, ..token }, ..cfg };
         let g = gpu
-            .linear_logprobs_backward(
+            .linear_token_logprobs_backward(
                 &stream,
                 &head,
                 &targets.as_view(),
@@ -105,10 +105,10 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
             assert_close(&format!("d_bias[{i}]"), a as f64, b, tol * scale, tol);
         }
         // Bitwise across runs (same budget).
-        let again = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
+        let again = gpu.linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
         assert_eq!(logp, stream.clone_dtoh(&again.logp).unwrap(), "forward run to run");
         let g2 = gpu
-            .linear_logprobs_backward(
+            .linear_token_logprobs_backward(
                 &stream,
                 &head,
                 &targets.as_view(),
@@ -178,7 +178,7 @@ fn step_parity_for(gpu: &Gpu, seed: u64, loss: &LossConfig, with_weights: bool) 
         let cfg = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, rows) };
         let out = gpu.linear_preference_step(&stream, &head, &batch, loss, &cfg).unwrap();
         assert_close(&format!("loss rows {rows}"), out.loss.loss as f64, want.loss, 1e-5, 1e-4);
-        for (k, name) in pref_kernels::pref_loss::METRIC_NAMES.iter().enumerate() {
+        for (k, name) in pref_kernels::preference_loss::METRIC_NAMES.iter().enumerate() {
             assert_close(
                 &format!("{name} rows {rows}"),
                 out.loss.metrics[k] as f64,
@@ -211,10 +211,10 @@ fn step_parity_for(gpu: &Gpu, seed: u64, loss: &LossConfig, with_weights: bool) 
 
 fn linear_step_parity(gpu: &Gpu, seed: u64) {
     let mut dpo_nll = LossConfig::dpo(0.1);
-    dpo_nll.terms.push((pref_kernels::pref_loss::Loss::Nll, 0.5));
+    dpo_nll.terms.push((pref_kernels::preference_loss::Loss::Nll, 0.5));
     step_parity_for(gpu, seed, &dpo_nll, false);
     step_parity_for(gpu, seed, &LossConfig::tabpo(), true);
-    step_parity_for(gpu, seed, &LossConfig::single(pref_kernels::pref_loss::Loss::simpo()), false);
+    step_parity_for(gpu, seed, &LossConfig::single(pref_kernels::preference_loss::Loss::simpo()), false);
 }
 
 /// No rows at all: the forward, the backward and the step return empty outputs (d_weight zero).
@@ -227,10 +227,11 @@ fn linear_empty_batch(gpu: &Gpu, seed: u64) {
     let gl = stream.alloc_zeros::<f32>(0).unwrap();
     let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
     let cfg = LinearConfig::default();
-    let out = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
+    let out = gpu.linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &cfg).unwrap();
     assert_eq!((out.logp.len(), out.n_chunks), (0, 0));
-    let g =
-        gpu.linear_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), None, &cfg).unwrap();
+    let g = gpu
+        .linear_token_logprobs_backward(&stream, &head, &targets.as_view(), &gl.as_view(), None, &cfg)
+        .unwrap();
     assert_eq!(g.d_hidden.len(), 0);
     assert!(stream.clone_dtoh(&g.d_weight).unwrap().iter().all(|&x| x == 0.0));
 }
@@ -244,14 +245,17 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
     let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
     // Workspace below one row: the error names the minimum.
     let small = LinearConfig { workspace_bytes: 100, ..Default::default() };
-    let e =
-        gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &small).err().unwrap().to_string();
+    let e = gpu
+        .linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &small)
+        .err()
+        .unwrap()
+        .to_string();
     let min = workspace_bytes_per_row(&p.shape, DType::F32);
     assert!(e.contains(&format!("minimum is {min} bytes")), "{e}");
     // Mismatched H.
     let bad = LinearHead { shape: LinearShape { hidden: 7, ..p.shape }, ..head };
     let e = gpu
-        .linear_logprobs_forward(&stream, &bad, &targets.as_view(), &LinearConfig::default())
+        .linear_token_logprobs_forward(&stream, &bad, &targets.as_view(), &LinearConfig::default())
         .err()
         .unwrap();
     assert!(matches!(e, Error::InvalidArgument { arg: "hidden", .. }), "{e}");
@@ -260,7 +264,7 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
     t[3] = 20;
     let bad_t = stream.clone_htod(&t).unwrap();
     let e = gpu
-        .linear_logprobs_forward(&stream, &head, &bad_t.as_view(), &LinearConfig::default())
+        .linear_token_logprobs_forward(&stream, &head, &bad_t.as_view(), &LinearConfig::default())
         .err()
         .unwrap();
     assert!(matches!(e, Error::TargetOutOfRange { row: 3, .. }), "{e}");
@@ -276,7 +280,7 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
         pairs: Pairs::FirstHalfChosen,
     };
     let cfg = LinearConfig { workspace_bytes: 5 * min, ..Default::default() };
-    let loss = LossConfig::single(pref_kernels::pref_loss::Loss::simpo());
+    let loss = LossConfig::single(pref_kernels::preference_loss::Loss::simpo());
     let e = gpu.linear_preference_step(&stream, &head, &batch, &loss, &cfg).err().unwrap().to_string();
     assert!(
         e.contains("largest group of pairs") && e.contains(&format!("minimum is {} bytes", 8 * min)),
@@ -287,7 +291,7 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
-            name: "linear_logprobs_forward_backward_parity_every_chunk_size",
+            name: "linear_token_logprobs_forward_backward_parity_every_chunk_size",
             run: Box::new(linear_forward_backward_parity),
         },
         Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },

@@ -20,8 +20,8 @@ mod common;
 mod group_loss;
 mod grpo;
 mod linear;
-mod pref_loss;
-mod prefix_attn;
+mod preference_loss;
+mod shared_prefix_attention;
 mod token_logprobs;
 mod vocab_parallel;
 
@@ -52,11 +52,11 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let cases: Vec<Case> = token_logprobs::cases()
         .into_iter()
-        .chain(pref_loss::cases())
+        .chain(preference_loss::cases())
         .chain(grpo::cases())
         .chain(group_loss::cases())
         .chain(linear::cases())
-        .chain(prefix_attn::cases())
+        .chain(shared_prefix_attention::cases())
         .chain(backends::cases())
         .chain(vocab_parallel::cases())
         .filter(|c| filter.as_deref().is_none_or(|f| c.name.contains(f)))

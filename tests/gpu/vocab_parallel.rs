@@ -13,8 +13,8 @@ use rand::Rng;
 
 use crate::common::{assert_close, logits as random_logits, rng};
 use crate::Case;
-use pref_kernels::linear_logprobs::reference as lin_ref;
-use pref_kernels::linear_logprobs::{LinearConfig, LinearGradViews, LinearHead, LinearShape};
+use pref_kernels::linear_token_logprobs::reference as lin_ref;
+use pref_kernels::linear_token_logprobs::{LinearConfig, LinearGradViews, LinearHead, LinearShape};
 use pref_kernels::token_logprobs::reference as tl_ref;
 use pref_kernels::token_logprobs::{EntropyGrad, GradLogits, TokenLogprobsOutputs};
 use pref_kernels::vocab_parallel::{reference as vp_ref, VocabShard, VP_STATS};
@@ -330,7 +330,7 @@ fn linear_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tp: usize, tol: f64)
     // Two chunks' worth of rows per budget, so the loop runs more than once.
     let cfg_for = |len: usize| LinearConfig {
         token,
-        workspace_bytes: pref_kernels::linear_logprobs::workspace_bytes_per_row(
+        workspace_bytes: pref_kernels::linear_token_logprobs::workspace_bytes_per_row(
             &LinearShape { n_rows: n, hidden: h, vocab: len },
             T::DTYPE,
         ) * 11,
@@ -606,7 +606,7 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
 /// the preference loss on the (identical) log-probs, then each shard's backward with the loss's
 /// dL/dlogp; loss, metrics and the shards' d/dlogits equal the unsharded one-call step's.
 fn vocab_parallel_dpo_step(gpu: &Gpu, seed: u64) {
-    use pref_kernels::pref_loss::{DevicePairs, LossConfig};
+    use pref_kernels::preference_loss::{DevicePairs, LossConfig};
     use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens};
     use pref_kernels::step::StepBatch;
     let s = gpu.default_stream();

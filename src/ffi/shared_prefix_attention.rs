@@ -3,7 +3,9 @@
 use super::args::*;
 use super::plumbing::*;
 use crate::error::{invalid, Result};
-use crate::prefix_attn::{AttnShape, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout};
+use crate::shared_prefix_attention::{
+    AttnShape, RawPrefixLayout, SharedPrefixAttentionBwdPtrs, SharedPrefixAttentionFwdPtrs,
+};
 
 /// Shape and layout arguments of the attention entry points.
 pub(super) fn attn_args(
@@ -30,17 +32,19 @@ pub(super) fn attn_args(
     Ok((shape, layout))
 }
 
-/// Shared-prefix attention forward ([`Gpu::prefix_attn_forward_raw`](crate::Gpu::prefix_attn_forward_raw)); `tiles`/`seg_lo2` hold the
+/// Shared-prefix attention forward ([`Gpu::shared_prefix_attention_forward_raw`](crate::Gpu::shared_prefix_attention_forward_raw)); `tiles`/`seg_lo2` hold the
 /// device copy of the layout (`SharedPrefixLayout::tiles` flattened, segment starts).
 ///
 /// # Safety
-/// `args` points to a readable [`PrefkPrefixAttnForwardArgs`] whose `struct_size` is set (`PrefkPrefixAttnForwardArgs::new()`).
-/// As [`Gpu::prefix_attn_forward_raw`](crate::Gpu::prefix_attn_forward_raw).
+/// `args` points to a readable [`PrefkSharedPrefixAttentionForwardArgs`] whose `struct_size` is set (`PrefkSharedPrefixAttentionForwardArgs::new()`).
+/// As [`Gpu::shared_prefix_attention_forward_raw`](crate::Gpu::shared_prefix_attention_forward_raw).
 #[no_mangle]
-pub unsafe extern "C" fn prefk_prefix_attn_forward(args: *const PrefkPrefixAttnForwardArgs) -> i32 {
+pub unsafe extern "C" fn prefk_shared_prefix_attention_forward(
+    args: *const PrefkSharedPrefixAttentionForwardArgs,
+) -> i32 {
     ffi(|| {
         // SAFETY: the caller passes one argument struct (see # Safety).
-        let PrefkPrefixAttnForwardArgs {
+        let PrefkSharedPrefixAttentionForwardArgs {
             device,
             stream,
             dtype_code,
@@ -63,28 +67,30 @@ pub unsafe extern "C" fn prefk_prefix_attn_forward(args: *const PrefkPrefixAttnF
             attn_args([q_heads, kv_heads, head_dim], scale, tiles, seg_lo2, n_tiles, n_tokens)?;
         // SAFETY: forwarded to the caller.
         unsafe {
-            gpu(device)?.prefix_attn_forward_raw(
+            gpu(device)?.shared_prefix_attention_forward_raw(
                 stream,
                 dtype(dtype_code)?,
                 shape,
                 &layout,
-                &PrefixAttnFwdPtrs { q, k, v, o, lse },
+                &SharedPrefixAttentionFwdPtrs { q, k, v, o, lse },
             )
         }
     })
 }
 
-/// Shared-prefix attention backward ([`Gpu::prefix_attn_backward_raw`](crate::Gpu::prefix_attn_backward_raw)); `delta` is a `Hq * T`
+/// Shared-prefix attention backward ([`Gpu::shared_prefix_attention_backward_raw`](crate::Gpu::shared_prefix_attention_backward_raw)); `delta` is a `Hq * T`
 /// f32 workspace.
 ///
 /// # Safety
-/// `args` points to a readable [`PrefkPrefixAttnBackwardArgs`] whose `struct_size` is set (`PrefkPrefixAttnBackwardArgs::new()`).
-/// As [`Gpu::prefix_attn_backward_raw`](crate::Gpu::prefix_attn_backward_raw).
+/// `args` points to a readable [`PrefkSharedPrefixAttentionBackwardArgs`] whose `struct_size` is set (`PrefkSharedPrefixAttentionBackwardArgs::new()`).
+/// As [`Gpu::shared_prefix_attention_backward_raw`](crate::Gpu::shared_prefix_attention_backward_raw).
 #[no_mangle]
-pub unsafe extern "C" fn prefk_prefix_attn_backward(args: *const PrefkPrefixAttnBackwardArgs) -> i32 {
+pub unsafe extern "C" fn prefk_shared_prefix_attention_backward(
+    args: *const PrefkSharedPrefixAttentionBackwardArgs,
+) -> i32 {
     ffi(|| {
         // SAFETY: the caller passes one argument struct (see # Safety).
-        let PrefkPrefixAttnBackwardArgs {
+        let PrefkSharedPrefixAttentionBackwardArgs {
             device,
             stream,
             dtype_code,
@@ -110,9 +116,24 @@ pub unsafe extern "C" fn prefk_prefix_attn_backward(args: *const PrefkPrefixAttn
         } = unsafe { read_args(args) }?;
         let (shape, layout) =
             attn_args([q_heads, kv_heads, head_dim], scale, tiles, seg_lo2, n_tiles, n_tokens)?;
-        let ptrs = PrefixAttnBwdPtrs { fwd: PrefixAttnFwdPtrs { q, k, v, o, lse }, dout, dq, dk, dv, delta };
+        let ptrs = SharedPrefixAttentionBwdPtrs {
+            fwd: SharedPrefixAttentionFwdPtrs { q, k, v, o, lse },
+            dout,
+            dq,
+            dk,
+            dv,
+            delta,
+        };
         // SAFETY: forwarded to the caller.
-        unsafe { gpu(device)?.prefix_attn_backward_raw(stream, dtype(dtype_code)?, shape, &layout, &ptrs) }
+        unsafe {
+            gpu(device)?.shared_prefix_attention_backward_raw(
+                stream,
+                dtype(dtype_code)?,
+                shape,
+                &layout,
+                &ptrs,
+            )
+        }
     })
 }
 
@@ -163,13 +184,13 @@ pub unsafe extern "C" fn prefk_prefix_layout(args: *const PrefkPrefixLayoutArgs)
         for b in 0..n {
             let c = rc[b] as usize;
             let resp = rl[off..off + c].iter().map(|&r| size("resp_lens", r)).collect::<Result<Vec<_>>>()?;
-            groups.push(crate::prefix_attn::PrefixGroup {
+            groups.push(crate::shared_prefix_attention::PrefixGroup {
                 prefix_len: size("prefix_lens", pl[b])?,
                 resp_lens: resp,
             });
             off += c;
         }
-        let layout = crate::prefix_attn::SharedPrefixLayout::from_lengths(groups)?;
+        let layout = crate::shared_prefix_attention::SharedPrefixLayout::from_lengths(groups)?;
         let t = layout.tiles();
         // SAFETY: non-null output pointers are valid host memory (see # Safety).
         unsafe {

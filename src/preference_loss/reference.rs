@@ -7,7 +7,7 @@ use crate::seq_reduce::{SeqLayout, TokenInputs, WEIGHT_MASS_EPS};
 
 /// Results of the reference.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PrefLossRef {
+pub struct PreferenceLossRef {
     /// Batch loss `L`.
     pub loss: f64,
     /// Per pair: see [`super::PAIR_COLUMN_NAMES`].
@@ -383,7 +383,7 @@ pub fn forward_backward(
     pairs: &Pairs,
     ref_seq: Option<&[f32]>,
     cfg: &LossConfig,
-) -> Result<PrefLossRef> {
+) -> Result<PreferenceLossRef> {
     forward_backward_weighted(tokens, layout, pairs, ref_seq, None, cfg)
 }
 
@@ -397,7 +397,7 @@ pub fn forward_backward_weighted(
     ref_seq: Option<&[f32]>,
     seq_weights: Option<&[f32]>,
     cfg: &LossConfig,
-) -> Result<PrefLossRef> {
+) -> Result<PreferenceLossRef> {
     let source = RefSource::from_given(tokens.ref_logp.is_some(), ref_seq.is_some())?;
     cfg.validate(source)?;
     let stats = seq_stats(tokens, layout, cfg.log_tau())?;
@@ -432,7 +432,7 @@ pub fn forward_backward_weighted(
     let inv_p = 1.0 / n_pairs as f64;
     let scale = cfg.grad_scale as f64;
     let mut seq_coef = vec![[0.0f64; 3]; n_seqs];
-    let mut out = PrefLossRef {
+    let mut out = PreferenceLossRef {
         loss: 0.0,
         pairs: vec![[0.0; PAIR_COLUMNS]; n_pairs],
         metrics: [0.0; 12],
@@ -453,7 +453,7 @@ pub fn forward_backward_weighted(
     for i in 0..n_pairs {
         let (ci, ri) = pairs.pair(i, n_seqs);
         let refs = ref_seq.map(|rs| (rs[ci] as f64, rs[ri] as f64));
-        let mut pair_loss = 0.0;
+        let mut preference_loss = 0.0;
         let mut barrier = 0.0;
         let mut barrier_loss = 0.0;
         for (k, (loss, weight)) in cfg.terms.iter().enumerate() {
@@ -472,7 +472,7 @@ pub fn forward_backward_weighted(
             t.phi *= pw;
             t.barrier_loss *= pw;
             t.coef_c.iter_mut().chain(t.coef_r.iter_mut()).for_each(|g| *g *= pw);
-            pair_loss += w * t.phi;
+            preference_loss += w * t.phi;
             let g = scale * w * inv_p;
             for (dst, src) in seq_coef[ci].iter_mut().zip(t.coef_c) {
                 *dst += g * src;
@@ -490,11 +490,11 @@ pub fn forward_backward_weighted(
                 out.pairs[i][1..5].copy_from_slice(&[t.reward_c, t.reward_r, t.score_c, t.score_r]);
             }
         }
-        out.pairs[i][0] = pair_loss;
+        out.pairs[i][0] = preference_loss;
         out.pairs[i][5] = barrier;
         let p = &out.pairs[i];
         // TAB-PO's official metrics: the preference part without the barrier, and λ·mean(B).
-        m[1] += (pair_loss - barrier_loss) * inv_p;
+        m[1] += (preference_loss - barrier_loss) * inv_p;
         m[3] += p[1] * inv_p;
         m[4] += p[2] * inv_p;
         m[5] += (p[1] - p[2]) * inv_p;

@@ -4,8 +4,8 @@
 mod common;
 
 use common::{batch, Batch};
-use pref_kernels::pref_loss::reference::{forward_backward, forward_backward_weighted, wpo_weights};
-use pref_kernels::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, Pairs};
+use pref_kernels::preference_loss::reference::{forward_backward, forward_backward_weighted, wpo_weights};
+use pref_kernels::preference_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, Pairs};
 use pref_kernels::seq_reduce::{ReduceMode, SeqLayout, TokenInputs};
 use proptest::prelude::*;
 
@@ -18,7 +18,11 @@ fn tok(b: &Batch, weights: bool) -> TokenInputs<'_> {
     }
 }
 
-fn run(b: &Batch, pairs: &Pairs, cfg: &LossConfig) -> pref_kernels::pref_loss::reference::PrefLossRef {
+fn run(
+    b: &Batch,
+    pairs: &Pairs,
+    cfg: &LossConfig,
+) -> pref_kernels::preference_loss::reference::PreferenceLossRef {
     let needs_ref = cfg.needs_reference();
     let t = TokenInputs { ref_logp: needs_ref.then_some(&b.ref_logp[..]), ..tok(b, true) };
     forward_backward(&t, &SeqLayout::Packed { cu_seqlens: &b.cu_seqlens }, pairs, None, cfg).unwrap()
@@ -366,7 +370,7 @@ fn wpo_weights_scale_each_pair_and_the_nll() {
 /// LD-DPO: the first min(N_c, N_r) completion tokens weigh 1, the longer side's rest alpha.
 #[test]
 fn ld_weights_weigh_the_tail_past_the_shorter_side() {
-    use pref_kernels::pref_loss::ld_weights;
+    use pref_kernels::preference_loss::ld_weights;
     // Two pairs over padded rows of 4: chosen 0 (3 tokens), 1 (1 token); rejected 2 (2), 3 (4).
     let mask = [0u8, 1, 1, 1, 1, 0, 0, 0, 1, 1, 0, 0, 1, 1, 1, 1];
     let l = SeqLayout::Padded { n_seqs: 4, seq_len: 4 };

@@ -1,6 +1,6 @@
 //! GPU parity of shared-prefix group attention against the f64 reference.
 //!
-//! Tolerances, derived per element (`prefix_attn::reference::rounding_bounds`): the kernels'
+//! Tolerances, derived per element (`shared_prefix_attention::reference::rounding_bounds`): the kernels'
 //! products are exact and their arithmetic f32, but P and dS enter the tensor cores in 16 bits and
 //! O (which the backward's D reads) and every output round once, each by the dtype's unit roundoff
 //! r (2^-8 bf16, 2^-11 f16); the bounds propagate those roundings through the reference's own P,
@@ -8,8 +8,10 @@
 //! Σ|q k| scale, ~2e-6 here), exp2/log2 within 2/1 ulp on a GPU, the row sum of at most T terms:
 //! |err| <= 2e-5 (1 + |LSE|).
 use half::{bf16, f16};
-use pref_kernels::prefix_attn::reference::{backward, forward, rounding_bounds};
-use pref_kernels::prefix_attn::{AttnElement, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout};
+use pref_kernels::shared_prefix_attention::reference::{backward, forward, rounding_bounds};
+use pref_kernels::shared_prefix_attention::{
+    AttnElement, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
+};
 use pref_kernels::Gpu;
 use rand::Rng;
 
@@ -72,7 +74,7 @@ fn run_gpu<T: AttnElement>(
     let poison = T::from_f32(777.0);
     let mut o = s.clone_htod(&vec![poison; q.len()]).unwrap();
     let mut lse = s.clone_htod(&vec![-7777.0f32; shape.q_heads * l.total_tokens()]).unwrap();
-    gpu.prefix_attn_forward(
+    gpu.shared_prefix_attention_forward(
         &s,
         &dq_.as_view(),
         &dk_.as_view(),
@@ -86,7 +88,7 @@ fn run_gpu<T: AttnElement>(
     let mut gq = s.clone_htod(&vec![poison; q.len()]).unwrap();
     let mut gk = s.clone_htod(&vec![poison; k.len()]).unwrap();
     let mut gv = s.clone_htod(&vec![poison; v.len()]).unwrap();
-    gpu.prefix_attn_backward(
+    gpu.shared_prefix_attention_backward(
         &s,
         &AttnSaved {
             q: dq_.as_view(),
@@ -204,7 +206,7 @@ fn bad_arguments(gpu: &Gpu, _seed: u64) {
     let err = |shape: AttnShape,
                o: &mut pref_kernels::DeviceBuffer<bf16>,
                lse: &mut pref_kernels::DeviceBuffer<f32>| {
-        gpu.prefix_attn_forward(
+        gpu.shared_prefix_attention_forward(
             &s,
             &x.as_view(),
             &x.as_view(),

@@ -41,7 +41,7 @@ def torch_logprobs_with_logits(hidden, weight, bias, targets, temperature):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_logprobs_and_gradients(device, gen, dtype):
+def test_linear_token_logprobs_and_gradients(device, gen, dtype):
     """Tolerances derived per row from the data (the reference is f64 on the same rounded hidden
     states and weight): the chunk logits z are the GEMM's f32 sums rounded once to the compute
     dtype, |dz_v| <= r |z_v| with r = 2^-8 for bf16 (its unit roundoff) (f32: the GEMM's own H u sum, ~1e-6 here), so

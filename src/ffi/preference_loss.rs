@@ -3,7 +3,9 @@
 use super::args::*;
 use super::plumbing::*;
 use crate::error::{invalid, Result};
-use crate::pref_loss::{BarrierDenominator, FDivergence, Loss, LossConfig, PairLossPtrs, RawPairs};
+use crate::preference_loss::{
+    BarrierDenominator, FDivergence, Loss, LossConfig, PreferenceLossPtrs, RawPairs,
+};
 use crate::seq_reduce::{ReduceMode, SeqReducePtrs};
 
 /// One loss term of the C ABI: `kind` uses the `PREFK_LOSS_*` codes of `kernels/params.h`;
@@ -81,8 +83,8 @@ pub(super) unsafe fn loss_config(
     aggregation: u32,
     grad_scale: f32,
 ) -> Result<LossConfig> {
-    if terms.is_null() || n_terms == 0 || n_terms as usize > crate::pref_loss::MAX_LOSS_TERMS {
-        return Err(invalid("terms", format!("need 1 to {} terms", crate::pref_loss::MAX_LOSS_TERMS)));
+    if terms.is_null() || n_terms == 0 || n_terms as usize > crate::preference_loss::MAX_LOSS_TERMS {
+        return Err(invalid("terms", format!("need 1 to {} terms", crate::preference_loss::MAX_LOSS_TERMS)));
     }
     // SAFETY: the caller passes n_terms host structs at `terms`.
     let raw_terms = unsafe { std::slice::from_raw_parts(terms, n_terms as usize) };
@@ -150,7 +152,8 @@ pub unsafe extern "C" fn prefk_preference_loss(args: *const PrefkPreferenceLossA
             RawPairs::Explicit { chosen, rejected, n_pairs: size("n_pairs", n_pairs)? }
         };
         let tokens = SeqReducePtrs { logp, mask, weights, ref_logp };
-        let ptrs = PairLossPtrs { ref_seq, seq_weights, pair_out, metrics, grad_logp, workspace, status };
+        let ptrs =
+            PreferenceLossPtrs { ref_seq, seq_weights, pair_out, metrics, grad_logp, workspace, status };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.preference_loss_raw(
@@ -170,6 +173,9 @@ pub unsafe extern "C" fn prefk_preference_loss(args: *const PrefkPreferenceLossA
 #[no_mangle]
 /// Negative inputs count as 0; a size beyond `i64::MAX` returns -1.
 pub extern "C" fn prefk_preference_loss_workspace_len(n_seqs: i64, n_pairs: i64) -> i64 {
-    let n = crate::pref_loss::preference_loss_workspace_len(n_seqs.max(0) as usize, n_pairs.max(0) as usize);
+    let n = crate::preference_loss::preference_loss_workspace_len(
+        n_seqs.max(0) as usize,
+        n_pairs.max(0) as usize,
+    );
     i64::try_from(n).unwrap_or(-1)
 }

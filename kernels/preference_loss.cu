@@ -4,7 +4,7 @@
 // AOT terms compare sorted batch statistics: the block first writes every pair's log-ratios, then
 // each pair finds its stable rank by counting (O(P^2) comparisons, no sort network to get wrong)
 // and scatters its value to that rank, so each pair can read the value it is matched with.
-// The per-token gradient is then applied by token_grad (seq_reduce.cu). Formulas: src/pref_loss
+// The per-token gradient is then applied by token_grad (seq_reduce.cu). Formulas: src/preference_loss
 // (reference.rs mirrors this file in f64).
 #include "common.cuh"
 
@@ -22,7 +22,7 @@ __device__ __forceinline__ Stats load_stats(uint64_t stats, int64_t s) {
     return {p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]};
 }
 
-// psi(d) and psi'(d): TRL's full f-divergence transforms (src/pref_loss/reference.rs): forward KL
+// psi(d) and psi'(d): TRL's full f-divergence transforms (src/preference_loss/reference.rs): forward KL
 // 1 - e^-d (not clamped: inf beyond f32's range), JS log 2 + log sigmoid(d), alpha
 // (e^((alpha-1) d) - 1) / (alpha - 1) with the exponent clamped at 80 as TRL does.
 __device__ __forceinline__ void psi(uint32_t div, float alpha, float d, float& v, float& dv) {
@@ -56,7 +56,7 @@ struct TermOut {
     float barrier_loss;  // lambda * barrier, the part of phi TAB-PO logs as loss/barrier
 };
 
-__device__ TermOut pair_term(const LossTerm& L, const PairLossParams& p, const Stats& c, const Stats& r,
+__device__ TermOut pair_term(const LossTerm& L, const PreferenceLossParams& p, const Stats& c, const Stats& r,
                              bool has_ref_seq, float ref_c_seq, float ref_r_seq) {
     TermOut o = {};
     const float beta = L.beta;
@@ -280,7 +280,7 @@ __device__ __forceinline__ void smoothed_logistic(float x, float e, float& phi, 
 }
 
 // Pair i of an AOT term: its value at its rank, matched with the other sorted column's value there.
-__device__ PREFK_NOINLINE TermOut aot_term(const LossTerm& L, const PairLossParams& p, int64_t i, const Stats& c, const Stats& r) {
+__device__ PREFK_NOINLINE TermOut aot_term(const LossTerm& L, const PreferenceLossParams& p, int64_t i, const Stats& c, const Stats& r) {
     TermOut o = {};
     const float beta = L.beta;
     const float* ps = reinterpret_cast<const float*>(p.pair_sort);
@@ -320,7 +320,7 @@ __device__ __forceinline__ bool is_aot(uint32_t kind) {
 }
 
 // Pair i's sequences; false (and a status bit) when an explicit index is out of range.
-__device__ __forceinline__ bool pair_seqs(const PairLossParams& p, int64_t i, int64_t& c, int64_t& r) {
+__device__ __forceinline__ bool pair_seqs(const PreferenceLossParams& p, int64_t i, int64_t& c, int64_t& r) {
     if (p.chosen == 0) {
         c = i;
         r = i + p.n_pairs;
@@ -335,7 +335,7 @@ __device__ __forceinline__ bool pair_seqs(const PairLossParams& p, int64_t i, in
     return true;
 }
 
-PREFK_KERNEL(pair_loss, PairLossParams, PAIR_THREADS) {
+PREFK_KERNEL(preference_loss, PreferenceLossParams, PAIR_THREADS) {
     PREFK_SHARED_ARRAY(float, scratch, (PAIR_THREADS / 32) * 12);
     const float inv_p = 1.f / (float)(p.batch_pairs > 0 ? p.batch_pairs : p.n_pairs);
     float* pair_coef = reinterpret_cast<float*>(p.pair_coef);

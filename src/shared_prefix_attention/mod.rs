@@ -19,7 +19,8 @@ pub(crate) mod launch;
 pub mod reference;
 
 pub use launch::{
-    AttnElement, AttnSaved, DevicePrefixLayout, PrefixAttnBwdPtrs, PrefixAttnFwdPtrs, RawPrefixLayout,
+    AttnElement, AttnSaved, DevicePrefixLayout, RawPrefixLayout, SharedPrefixAttentionBwdPtrs,
+    SharedPrefixAttentionFwdPtrs,
 };
 
 /// Query/key tile size of the kernels: tiles never cross a group boundary.

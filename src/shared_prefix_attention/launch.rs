@@ -1,4 +1,4 @@
-//! GPU launch of shared-prefix group attention (`kernels/prefix_attn.cu`): raw-pointer entry points
+//! GPU launch of shared-prefix group attention (`kernels/shared_prefix_attention.cu`): raw-pointer entry points
 //! and safe wrappers.
 use crate::runtime::mem::{DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use half::{bf16, f16};
@@ -6,7 +6,7 @@ use half::{bf16, f16};
 use super::{AttnShape, SharedPrefixLayout};
 use crate::dtype::{DType, LogitElement};
 use crate::error::{ensure, invalid, Result};
-use crate::params::PrefixAttnParams;
+use crate::params::SharedPrefixAttentionParams;
 use crate::runtime::args::check_ptr;
 use crate::runtime::registry::{self, AttnKernel};
 use crate::runtime::Gpu;
@@ -66,7 +66,7 @@ pub struct RawPrefixLayout {
 
 /// Device pointers of the forward (raw API).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PrefixAttnFwdPtrs {
+pub struct SharedPrefixAttentionFwdPtrs {
     /// `[T, Hq, d]`.
     pub q: u64,
     /// `[T, Hkv, d]`.
@@ -81,9 +81,9 @@ pub struct PrefixAttnFwdPtrs {
 
 /// Device pointers of the backward (raw API).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PrefixAttnBwdPtrs {
+pub struct SharedPrefixAttentionBwdPtrs {
     /// Forward inputs and outputs.
-    pub fwd: PrefixAttnFwdPtrs,
+    pub fwd: SharedPrefixAttentionFwdPtrs,
     /// `[T, Hq, d]` upstream gradient of O.
     pub dout: u64,
     /// Output `[T, Hq, d]`.
@@ -96,7 +96,7 @@ pub struct PrefixAttnBwdPtrs {
     pub delta: u64,
 }
 
-fn check_fwd(ptrs: &PrefixAttnFwdPtrs, shape: &AttnShape, layout: &RawPrefixLayout) -> Result<()> {
+fn check_fwd(ptrs: &SharedPrefixAttentionFwdPtrs, shape: &AttnShape, layout: &RawPrefixLayout) -> Result<()> {
     shape.validate()?;
     ensure(layout.n_tokens >= 1 && layout.n_tokens <= i32::MAX as usize, "layout", || {
         format!("needs 1 to {} tokens, got {}", i32::MAX, layout.n_tokens)
@@ -138,10 +138,10 @@ impl Gpu {
         dtype: DType,
         head_dim: usize,
         grid: (u32, u32),
-        params: &PrefixAttnParams,
+        params: &SharedPrefixAttentionParams,
     ) -> Result<()> {
-        let name = registry::prefix_attn(kind, dtype, head_dim);
-        // SAFETY: forwarded to the caller; params is the kernels' PrefixAttnParams (layout asserted
+        let name = registry::shared_prefix_attention(kind, dtype, head_dim);
+        // SAFETY: forwarded to the caller; params is the kernels' SharedPrefixAttentionParams (layout asserted
         // in params.rs).
         unsafe { self.launch(stream, &name, grid, params) }
     }
@@ -157,17 +157,17 @@ impl Gpu {
     /// from [`Gpu::upload_prefix_layout`] (or holds the same values) for these T tokens; everything
     /// stays alive and unmodified by other work until the launch completes in stream order;
     /// `stream` is 0 or a live CUstream of this context.
-    pub unsafe fn prefix_attn_forward_raw(
+    pub unsafe fn shared_prefix_attention_forward_raw(
         &self,
         stream: u64,
         dtype: DType,
         shape: AttnShape,
         layout: &RawPrefixLayout,
-        ptrs: &PrefixAttnFwdPtrs,
+        ptrs: &SharedPrefixAttentionFwdPtrs,
     ) -> Result<()> {
         check_fwd(ptrs, &shape, layout)?;
         ensure(dtype != DType::F32, "dtype", || "attention kernels take bf16 or f16".into())?;
-        let params = PrefixAttnParams {
+        let params = SharedPrefixAttentionParams {
             q: ptrs.q,
             k: ptrs.k,
             v: ptrs.v,
@@ -191,16 +191,16 @@ impl Gpu {
     /// accumulation into the outputs). Three launches (preprocess, dK/dV, dQ); never synchronizes.
     ///
     /// # Safety
-    /// As [`Gpu::prefix_attn_forward_raw`], plus: `o` and `lse` are this forward's outputs; dout
+    /// As [`Gpu::shared_prefix_attention_forward_raw`], plus: `o` and `lse` are this forward's outputs; dout
     /// and dq hold `T * Hq * d`, dk and dv `T * Hkv * d` elements; `delta` is a `Hq * T` f32
     /// workspace; the outputs do not overlap the inputs or each other.
-    pub unsafe fn prefix_attn_backward_raw(
+    pub unsafe fn shared_prefix_attention_backward_raw(
         &self,
         stream: u64,
         dtype: DType,
         shape: AttnShape,
         layout: &RawPrefixLayout,
-        ptrs: &PrefixAttnBwdPtrs,
+        ptrs: &SharedPrefixAttentionBwdPtrs,
     ) -> Result<()> {
         check_fwd(&ptrs.fwd, &shape, layout)?;
         ensure(dtype != DType::F32, "dtype", || "attention kernels take bf16 or f16".into())?;
@@ -209,7 +209,7 @@ impl Gpu {
         }
         check_ptr("delta", ptrs.delta, 4, true)?;
         let f = &ptrs.fwd;
-        let params = PrefixAttnParams {
+        let params = SharedPrefixAttentionParams {
             q: f.q,
             k: f.k,
             v: f.v,
@@ -250,7 +250,7 @@ impl Gpu {
 
     /// Forward on device buffers (lengths checked against `layout` and `shape`), on `stream`.
     #[allow(clippy::too_many_arguments)]
-    pub fn prefix_attn_forward<T: AttnElement>(
+    pub fn shared_prefix_attention_forward<T: AttnElement>(
         &self,
         stream: &Stream,
         q: &View<'_, T>,
@@ -273,14 +273,14 @@ impl Gpu {
         let (op, _g3) = o.device_ptr_mut(stream)?;
         let (lp, _g4) = lse.device_ptr_mut(stream)?;
         let (raw, _layout_guards) = layout.raw(stream)?;
-        let ptrs = PrefixAttnFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp };
+        let ptrs = SharedPrefixAttentionFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
-        unsafe { self.prefix_attn_forward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
+        unsafe { self.shared_prefix_attention_forward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
     }
 
     /// Backward on cudarc buffers: dQ, dK, dV from dO and the forward's O and LSE.
     #[allow(clippy::too_many_arguments)]
-    pub fn prefix_attn_backward<T: AttnElement>(
+    pub fn shared_prefix_attention_backward<T: AttnElement>(
         &self,
         stream: &Stream,
         saved: &AttnSaved<'_, T>,
@@ -319,8 +319,8 @@ impl Gpu {
         let (dvp, _g8) = dv.device_ptr_mut(stream)?;
         let (dlp, _g9) = delta.device_ptr_mut(stream)?;
         let (raw, _layout_guards) = layout.raw(stream)?;
-        let ptrs = PrefixAttnBwdPtrs {
-            fwd: PrefixAttnFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp },
+        let ptrs = SharedPrefixAttentionBwdPtrs {
+            fwd: SharedPrefixAttentionFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp },
             dout: dop,
             dq: dqp,
             dk: dkp,
@@ -328,7 +328,7 @@ impl Gpu {
             delta: dlp,
         };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
-        unsafe { self.prefix_attn_backward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
+        unsafe { self.shared_prefix_attention_backward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
     }
 }
 

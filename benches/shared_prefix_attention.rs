@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use pref_kernels::prefix_attn::{reference, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout};
+use pref_kernels::shared_prefix_attention::{
+    reference, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
+};
 
 mod common;
 use common::{event_time, gpu_or_skip};
@@ -19,7 +21,7 @@ fn pseudo(n: usize, seed: u64) -> Vec<bf16> {
 }
 
 fn cpu_reference(c: &mut Criterion) {
-    let mut g = c.benchmark_group("cpu_reference_prefix_attn");
+    let mut g = c.benchmark_group("cpu_reference_shared_prefix_attention");
     g.sample_size(10).measurement_time(Duration::from_secs(2));
     let l = SharedPrefixLayout::from_lengths(vec![PrefixGroup { prefix_len: 64, resp_lens: vec![16, 16] }])
         .unwrap();
@@ -34,7 +36,7 @@ fn gpu_benches(c: &mut Criterion) {
     let Some(gpu) = gpu_or_skip() else { return };
     let s = gpu.default_stream();
     let shape = AttnShape::new(32, 8, 128);
-    let mut grp = c.benchmark_group("gpu_prefix_attn_bf16_h32_kv8_d128");
+    let mut grp = c.benchmark_group("gpu_shared_prefix_attention_bf16_h32_kv8_d128");
     grp.sample_size(10).warm_up_time(Duration::from_millis(300)).measurement_time(Duration::from_secs(2));
     for groups in [2usize, 8, 16] {
         for p in [1024usize, 4096] {
@@ -61,7 +63,7 @@ fn gpu_benches(c: &mut Criterion) {
                 grp.bench_function(BenchmarkId::new("forward", &id), |b| {
                     b.iter_custom(|it| {
                         event_time(&gpu, it, || {
-                            gpu.prefix_attn_forward(
+                            gpu.shared_prefix_attention_forward(
                                 &s,
                                 &q.as_view(),
                                 &k.as_view(),
@@ -79,7 +81,7 @@ fn gpu_benches(c: &mut Criterion) {
                 grp.bench_function(BenchmarkId::new("forward_backward", &id), |b| {
                     b.iter_custom(|it| {
                         event_time(&gpu, it, || {
-                            gpu.prefix_attn_forward(
+                            gpu.shared_prefix_attention_forward(
                                 &s,
                                 &q.as_view(),
                                 &k.as_view(),
@@ -90,7 +92,7 @@ fn gpu_benches(c: &mut Criterion) {
                                 &mut lse.as_view_mut(),
                             )
                             .unwrap();
-                            gpu.prefix_attn_backward(
+                            gpu.shared_prefix_attention_backward(
                                 &s,
                                 &AttnSaved {
                                     q: q.as_view(),

@@ -12,8 +12,8 @@
 //! - step d/dlogits: as the token log-probs backward (tests/gpu/token_logprobs.rs) with the
 //!   reference fed the GPU's own per-token log-probs.
 use half::bf16;
-use pref_kernels::pref_loss::reference::{forward_backward, forward_backward_weighted};
-use pref_kernels::pref_loss::{DevicePairs, FDivergence, Loss, LossConfig, Pairs};
+use pref_kernels::preference_loss::reference::{forward_backward, forward_backward_weighted};
+use pref_kernels::preference_loss::{DevicePairs, FDivergence, Loss, LossConfig, Pairs};
 use pref_kernels::seq_reduce::reference::{reduce, reduce_backward};
 use pref_kernels::seq_reduce::{DeviceSeqs, DeviceTokens, ReduceMode, SeqLayout, TokenInputs};
 use pref_kernels::step::{GradLogits, StepBatch};
@@ -196,7 +196,7 @@ fn check_loss(
     )
     .unwrap();
     assert_close(&format!("{name}: loss"), out.loss as f64, want.loss, 2e-4, 2e-4);
-    for (k, n) in pref_kernels::pref_loss::METRIC_NAMES.iter().enumerate() {
+    for (k, n) in pref_kernels::preference_loss::METRIC_NAMES.iter().enumerate() {
         assert_close(&format!("{name}: {n}"), out.metrics[k] as f64, want.metrics[k], 2e-4, 2e-4);
     }
     for (i, (g, w)) in out.pairs.iter().zip(&want.pairs).enumerate() {
@@ -243,7 +243,7 @@ fn loss_parity_every_config(gpu: &Gpu, seed: u64) {
     }
 }
 
-/// The kernels at the edges the f64 reference is held to (tests/pref_loss_fidelity.rs): margins
+/// The kernels at the edges the f64 reference is held to (tests/preference_loss_fidelity.rs): margins
 /// |beta z| up to 80 (exact gradients, not 0), forward KL past the old clamp, ORPO near a mean
 /// log-prob of 0, empty sequences, TAB-PO's metrics. One pair of one-token sequences (plus an
 /// empty pair) per config; f32 against f64 on identical inputs.
@@ -390,7 +390,9 @@ fn loss_bad_pairs_reported(gpu: &Gpu, seed: u64) {
 /// Raw API with offsets that run past the tokens: the status reports them, the sequence reads as
 /// empty, and its tokens get zero gradient (the loss and the gradient agree).
 fn bad_offsets_give_zero_gradients(gpu: &Gpu, seed: u64) {
-    use pref_kernels::pref_loss::{preference_loss_workspace_len, PairLossPtrs, RawPairs, METRICS_LEN};
+    use pref_kernels::preference_loss::{
+        preference_loss_workspace_len, PreferenceLossPtrs, RawPairs, METRICS_LEN,
+    };
     use pref_kernels::runtime::{DevicePtr, DevicePtrMut};
     use pref_kernels::seq_reduce::{DeviceSeqLayout, SeqReducePtrs};
     let s = gpu.default_stream();
@@ -416,7 +418,7 @@ fn bad_offsets_give_zero_gradients(gpu: &Gpu, seed: u64) {
         let (mp, _f) = metrics.device_ptr_mut(&s).unwrap();
         let (sp, _g) = status.device_ptr_mut(&s).unwrap();
         let tokens = SeqReducePtrs { logp: lp, mask: 0, weights: 0, ref_logp: rp };
-        let ptrs = PairLossPtrs {
+        let ptrs = PreferenceLossPtrs {
             ref_seq: 0,
             seq_weights: 0,
             pair_out: 0,

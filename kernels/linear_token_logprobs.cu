@@ -1,4 +1,4 @@
-// Row movement and bias for the fused LM head (src/linear_logprobs): the GEMMs are cuBLAS (or the
+// Row movement and bias for the fused LM head (src/linear_token_logprobs): the GEMMs are cuBLAS (or the
 // emulator's host GEMM); these kernels move the used rows of the hidden states into a chunk
 // before the logits GEMM (ignored rows never reach it), move the chunk's per-row results and
 // d_hidden rows back, broadcast the bias into a chunk's logits and sum d/dlogits into d_bias.

@@ -124,7 +124,7 @@ struct Tile {
     int a, b, lo1, hi1, gend, min_lo2, rows_end;
 };
 // Reads and sanity-checks a tile entry; a malformed one is skipped (never indexes out of bounds).
-__device__ __forceinline__ bool load_tile(const PrefixAttnParams& p, int64_t idx, Tile& t) {
+__device__ __forceinline__ bool load_tile(const SharedPrefixAttentionParams& p, int64_t idx, Tile& t) {
     const int* e = reinterpret_cast<const int*>(p.tiles) + idx * PREFK_ATTN_TILE_FIELDS;
     t = {e[0], e[1], e[2], e[3], e[4], e[5], e[6]};
     return 0 <= t.lo1 && t.lo1 <= t.a && t.a < t.b && t.b <= t.gend && t.lo1 <= t.hi1 && t.hi1 <= t.gend &&
@@ -167,7 +167,7 @@ template <typename T, int D> constexpr int dkdv_smem() { return (2 * BC + 2 * BQ
 
 // ---- forward -----------------------------------------------------------------------------------------
 template <typename T, int D>
-__device__ void forward(const PrefixAttnParams& p) {
+__device__ void forward(const SharedPrefixAttentionParams& p) {
     constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
     PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Qs = reinterpret_cast<T*>(smem);
@@ -248,7 +248,7 @@ __device__ void forward(const PrefixAttnParams& p) {
 
 // ---- backward: delta = rowsum(dO * O) ----------------------------------------------------------------
 template <typename T, int D>
-__device__ void preprocess(const PrefixAttnParams& p) {
+__device__ void preprocess(const SharedPrefixAttentionParams& p) {
     const int64_t warps = (int64_t)gridDim.x * (blockDim.x / 32);
     const int lane = threadIdx.x % 32;
     for (int64_t w = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32; w < p.n_tokens * p.q_heads; w += warps) {
@@ -267,7 +267,7 @@ __device__ void preprocess(const PrefixAttnParams& p) {
 
 // ---- backward: dQ per query tile ---------------------------------------------------------------------
 template <typename T, int D>
-__device__ void backward_dq(const PrefixAttnParams& p) {
+__device__ void backward_dq(const SharedPrefixAttentionParams& p) {
     constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
     PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Qs = reinterpret_cast<T*>(smem);
@@ -327,7 +327,7 @@ __device__ void backward_dq(const PrefixAttnParams& p) {
 
 // ---- backward: dK, dV per key tile (all query heads of the GQA group, all rows that see it) ----------
 template <typename T, int D>
-__device__ void backward_dkdv(const PrefixAttnParams& p) {
+__device__ void backward_dkdv(const SharedPrefixAttentionParams& p) {
     constexpr int LD = D + 8, NT = BQ / 8, DN = D / 8;
     PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Ks = reinterpret_cast<T*>(smem);
@@ -398,16 +398,16 @@ __device__ void backward_dkdv(const PrefixAttnParams& p) {
 
 // ---- entry points ------------------------------------------------------------------------------------
 #define PREFK_ATTN(DT, T, D)                                                          \
-    PREFK_KERNEL(prefix_attn_fwd_##DT##_d##D, PrefixAttnParams, attn::THREADS) {      \
+    PREFK_KERNEL(shared_prefix_attention_fwd_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) {      \
         attn::forward<T, D>(p);                                                       \
     }                                                                                 \
-    PREFK_KERNEL(prefix_attn_bwd_dq_##DT##_d##D, PrefixAttnParams, attn::THREADS) {   \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dq_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) {   \
         attn::backward_dq<T, D>(p);                                                   \
     }                                                                                 \
-    PREFK_KERNEL(prefix_attn_bwd_dkdv_##DT##_d##D, PrefixAttnParams, attn::THREADS) { \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dkdv_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) { \
         attn::backward_dkdv<T, D>(p);                                                 \
     }                                                                                 \
-    PREFK_KERNEL(prefix_attn_bwd_pre_##DT##_d##D, PrefixAttnParams, 256) {            \
+    PREFK_KERNEL(shared_prefix_attention_bwd_pre_##DT##_d##D, SharedPrefixAttentionParams, 256) {            \
         attn::preprocess<T, D>(p);                                                    \
     }
 
@@ -417,7 +417,7 @@ PREFK_ATTN(f16, __half, 64)
 PREFK_ATTN(f16, __half, 128)
 
 // Dynamic shared memory of each kernel. The host launches with the same sizes
-// (src/prefix_attn/launch.rs `dynamic_smem`, whose unit test pins these numbers too).
+// (src/shared_prefix_attention/launch.rs `dynamic_smem`, whose unit test pins these numbers too).
 static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 128>() == 52224, "fwd smem");
 static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");
 static_assert(attn::dkdv_smem<__half, 64>() == 27904 && attn::dkdv_smem<__half, 128>() == 52480, "dkdv smem");

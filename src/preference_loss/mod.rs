@@ -50,7 +50,9 @@ pub mod ld_weights;
 pub mod reference;
 pub mod tabpo_weights;
 
-pub use launch::{preference_loss_workspace_len, DevicePairs, PairLossPtrs, PreferenceLossOutputs, RawPairs};
+pub use launch::{
+    preference_loss_workspace_len, DevicePairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs,
+};
 pub use ld_weights::ld_weights;
 
 /// The f-divergence transform ψ applied to log-ratios Δ by the DPO-family terms (TRL

@@ -24,7 +24,7 @@ impl Gpu {
     ///
     /// Logits are the GEMM's output rounded to `T` (f32 accumulation), as `hidden @ W.T` gives in
     /// PyTorch; pass f32 hidden states and weight for an f32 LM head.
-    pub fn linear_logprobs_forward<T: LogitElement, I: TargetIndex>(
+    pub fn linear_token_logprobs_forward<T: LogitElement, I: TargetIndex>(
         &self,
         stream: &Stream,
         head: &LinearHead<'_, T>,
@@ -40,7 +40,7 @@ impl Gpu {
             lse: lse.as_view_mut(),
             entropy: entropy.as_mut().map(DeviceBuffer::as_view_mut),
         };
-        let run = self.linear_logprobs_forward_into(stream, head, targets, out, cfg)?;
+        let run = self.linear_token_logprobs_forward_into(stream, head, targets, out, cfg)?;
         Ok(LinearForwardOutputs {
             logp,
             lse,
@@ -50,9 +50,9 @@ impl Gpu {
         })
     }
 
-    /// [`Gpu::linear_logprobs_forward`] into caller-owned outputs (a PyTorch caller's tensors):
+    /// [`Gpu::linear_token_logprobs_forward`] into caller-owned outputs (a PyTorch caller's tensors):
     /// the same loop, writing every element of `out`.
-    pub fn linear_logprobs_forward_into<T: LogitElement, I: TargetIndex>(
+    pub fn linear_token_logprobs_forward_into<T: LogitElement, I: TargetIndex>(
         &self,
         stream: &Stream,
         head: &LinearHead<'_, T>,
@@ -110,12 +110,12 @@ impl Gpu {
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
 
-    /// The backward of [`Gpu::linear_logprobs_forward`] for any per-token loss (the caller gives
+    /// The backward of [`Gpu::linear_token_logprobs_forward`] for any per-token loss (the caller gives
     /// dL/dlogp and optionally dL/dH, `[N]` f32): chunks of used rows recompute their logits
     /// (GEMM), run the log-probs backward in place, then `d_weight += dLᵀ X` (f32, chunk order:
     /// deterministic) and `d_hidden = dL · W`, i.e. three GEMMs per token. Synchronizes once to
     /// plan and once at the end.
-    pub fn linear_logprobs_backward<T: LogitElement, I: TargetIndex>(
+    pub fn linear_token_logprobs_backward<T: LogitElement, I: TargetIndex>(
         &self,
         stream: &Stream,
         head: &LinearHead<'_, T>,
@@ -138,9 +138,9 @@ impl Gpu {
         Ok(grads)
     }
 
-    /// [`Gpu::linear_logprobs_backward`] into caller-owned gradients (overwritten).
+    /// [`Gpu::linear_token_logprobs_backward`] into caller-owned gradients (overwritten).
     #[allow(clippy::too_many_arguments)]
-    pub fn linear_logprobs_backward_into<T: LogitElement, I: TargetIndex>(
+    pub fn linear_token_logprobs_backward_into<T: LogitElement, I: TargetIndex>(
         &self,
         stream: &Stream,
         head: &LinearHead<'_, T>,

@@ -7,7 +7,7 @@
 //!   1. the floor: one cuBLAS bf16 GEMM `[M, H] x [H, V]` (f32 accumulate, bf16 out) through
 //!      cudarc, the same GEMM the fused path runs per chunk. Throughput is counted in "elements"
 //!      = FLOPs (2MHV), so criterion's elem/s is FLOP/s: the measured GEMM rate.
-//!   2. `linear_logprobs_forward` (2MHV FLOPs: one GEMM per token) and
+//!   2. `linear_token_logprobs_forward` (2MHV FLOPs: one GEMM per token) and
 //!      `linear_preference_step` (DPO, 6MHV FLOPs: logits, d_hidden, d_weight GEMMs) with the
 //!      default 768 MiB workspace; the fraction of the floor is (their FLOP/s) / (the GEMM's).
 //!
@@ -20,8 +20,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use pref_kernels::linear_logprobs::{reference, LinearConfig, LinearHead, LinearShape};
-use pref_kernels::pref_loss::{LossConfig, Pairs};
+use pref_kernels::linear_token_logprobs::{reference, LinearConfig, LinearHead, LinearShape};
+use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::SeqLayout;
 use pref_kernels::step::LinearStepBatch;
 use pref_kernels::{TokenLogprobsConfig, View};
@@ -112,7 +112,7 @@ fn gpu_benches(c: &mut Criterion) {
                 token: TokenLogprobsConfig { check_targets: false, ..Default::default() },
                 ..Default::default()
             };
-            let probe = gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &lin).unwrap();
+            let probe = gpu.linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &lin).unwrap();
             println!(
                 "{id}: workspace {:.3} GB in {} chunks (d_weight f32 output {:.2} GB)",
                 probe.workspace_bytes as f64 / 1e9,
@@ -124,7 +124,7 @@ fn gpu_benches(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("forward", &id), |b| {
                 b.iter_custom(|it| {
                     event_time(&gpu, it, || {
-                        gpu.linear_logprobs_forward(&stream, &head, &targets.as_view(), &lin).unwrap();
+                        gpu.linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &lin).unwrap();
                     })
                 })
             });

@@ -1,8 +1,8 @@
 //! Tests of the shared-prefix attention reference and layout: finite differences, equivalence with
 //! G separate causal attentions over [prefix ++ r_g], isolation, descriptors and helpers.
 #![allow(clippy::needless_range_loop)] // tests index several parallel arrays by position
-use pref_kernels::prefix_attn::reference::{backward, forward};
-use pref_kernels::prefix_attn::{AttnShape, PrefixGroup, SharedPrefixLayout, TILE};
+use pref_kernels::shared_prefix_attention::reference::{backward, forward};
+use pref_kernels::shared_prefix_attention::{AttnShape, PrefixGroup, SharedPrefixLayout, TILE};
 use proptest::prelude::*;
 
 fn layout(groups: &[(usize, &[usize])]) -> SharedPrefixLayout {

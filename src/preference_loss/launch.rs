@@ -1,5 +1,5 @@
 //! GPU launch of the preference losses: statistics (`seq_stats`), the pair kernel
-//! (`kernels/pref_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
+//! (`kernels/preference_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
 //! read only per-token f32 data (never the logits).
 use crate::runtime::mem::{
     optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
@@ -9,7 +9,7 @@ use super::{
     BarrierDenominator, FDivergence, Loss, LossConfig, RefSource, METRICS_LEN, METRIC_NAMES, PAIR_COLUMNS,
 };
 use crate::error::{ensure, Result};
-use crate::params::{LossTerm, PairLossParams, MAX_LOSS_TERMS};
+use crate::params::{LossTerm, PreferenceLossParams, MAX_LOSS_TERMS};
 use crate::runtime::args::check_ptr;
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -118,7 +118,7 @@ impl SubBatch {
 
 /// Output and workspace pointers of [`Gpu::preference_loss_raw`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct PairLossPtrs {
+pub struct PreferenceLossPtrs {
     /// `[S]` f32 per-sequence reference scores, or 0 (then `tokens.ref_logp` must be given for
     /// losses that need a reference).
     pub ref_seq: u64,
@@ -226,7 +226,7 @@ impl Gpu {
     /// # Safety
     /// Non-zero pointers are device memory of this context: per-token arrays of `n_tokens`
     /// elements, `cu_seqlens` of `S + 1` i32, pair arrays of `n_pairs` i32, `ref_seq` of S f32,
-    /// outputs as documented on [`PairLossPtrs`], a workspace of
+    /// outputs as documented on [`PreferenceLossPtrs`], a workspace of
     /// [`preference_loss_workspace_len`]`(S, n_pairs)` f32; all alive and not concurrently written
     /// until the work completes in stream order. `stream` is 0 or a live CUstream of this context.
     #[allow(clippy::too_many_arguments)]
@@ -238,7 +238,7 @@ impl Gpu {
         layout: DeviceSeqLayout,
         pairs: RawPairs,
         cfg: &LossConfig,
-        ptrs: &PairLossPtrs,
+        ptrs: &PreferenceLossPtrs,
     ) -> Result<()> {
         // SAFETY: forwarded to the caller.
         unsafe {
@@ -271,7 +271,7 @@ impl Gpu {
         layout: DeviceSeqLayout,
         pairs: RawPairs,
         cfg: &LossConfig,
-        ptrs: &PairLossPtrs,
+        ptrs: &PreferenceLossPtrs,
         batch: SubBatch,
     ) -> Result<()> {
         check_tokens(tokens, n_tokens)?;
@@ -351,7 +351,7 @@ impl Gpu {
             FDivergence::JensenShannon => (2, 1.0),
             FDivergence::Alpha { alpha } => (3, alpha),
         };
-        let params = PairLossParams {
+        let params = PreferenceLossParams {
             stats,
             ref_seq: ptrs.ref_seq,
             chosen,
@@ -375,9 +375,9 @@ impl Gpu {
             pair_sort,
         };
         // One block evaluates every pair (fixed-order batch metrics).
-        // SAFETY: forwarded to the caller; params is the kernel's PairLossParams (layout asserted
+        // SAFETY: forwarded to the caller; params is the kernel's PreferenceLossParams (layout asserted
         // in params.rs).
-        unsafe { self.launch(stream_ptr, "pair_loss", (1, 1), &params) }?;
+        unsafe { self.launch(stream_ptr, "preference_loss", (1, 1), &params) }?;
         // 3. per-token gradient
         // SAFETY: forwarded to the caller.
         unsafe {
@@ -451,7 +451,7 @@ impl Gpu {
             let (pp, _g2) = pair_out.device_ptr_mut(stream)?;
             let (gp, _g3) = grad_logp.device_ptr_mut(stream)?;
             let (sp, _g4) = status.ptr(stream)?;
-            let ptrs = PairLossPtrs {
+            let ptrs = PreferenceLossPtrs {
                 ref_seq: rs,
                 seq_weights: sw,
                 pair_out: pp,

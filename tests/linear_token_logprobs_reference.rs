@@ -1,7 +1,7 @@
 //! The f64 reference of the linear forms (hidden states · LM-head weight): equal to the token
 //! log-probs reference on the same logits, gradients against finite differences, bad input.
-use pref_kernels::linear_logprobs::reference::{backward, forward};
-use pref_kernels::linear_logprobs::LinearShape;
+use pref_kernels::linear_token_logprobs::reference::{backward, forward};
+use pref_kernels::linear_token_logprobs::LinearShape;
 use pref_kernels::token_logprobs::reference as tl_ref;
 use pref_kernels::{LogitsLayout, TokenLogprobsConfig};
 use rand::rngs::StdRng;

@@ -3,8 +3,8 @@
 //! an f-divergence (TRL's full transforms, whose constants survive the per-side length
 //! normalization), combinations TRL refuses, TAB-PO's logged metrics, the clamps that used to
 //! change results, and empty sequences. The kernels are held to the same cases in tests/gpu.
-use pref_kernels::pref_loss::reference::{forward_backward, PrefLossRef};
-use pref_kernels::pref_loss::{FDivergence, Loss, LossConfig, Pairs};
+use pref_kernels::preference_loss::reference::{forward_backward, PreferenceLossRef};
+use pref_kernels::preference_loss::{FDivergence, Loss, LossConfig, Pairs};
 use pref_kernels::seq_reduce::{SeqLayout, TokenInputs};
 
 /// σ'(u) = e^{-|u|} / (1 + e^{-|u|})^2: exact in f64 for any |u| (no 1 - σ cancellation).
@@ -24,7 +24,7 @@ fn softplus(u: f64) -> f64 {
 }
 
 /// One pair of one-token sequences with log-ratios `dc`, `dr` (policy log-prob -1 on each).
-fn one_pair(dc: f64, dr: f64, cfg: &LossConfig) -> PrefLossRef {
+fn one_pair(dc: f64, dr: f64, cfg: &LossConfig) -> PreferenceLossRef {
     let logp = [-1.0f32, -1.0];
     let ref_logp = [(-1.0 - dc) as f32, (-1.0 - dr) as f32];
     assert_eq!(-1.0 - ref_logp[0] as f64, dc, "dc must be exact in f32");
@@ -126,11 +126,11 @@ fn f_divergences_trl_refuses_are_refused() {
     ] {
         for div in [FDivergence::ForwardKl, FDivergence::JensenShannon, FDivergence::Alpha { alpha: 0.5 }] {
             let cfg = LossConfig { divergence: div, ..LossConfig::single(loss) };
-            let e = cfg.validate(pref_kernels::pref_loss::RefSource::PerToken).unwrap_err().to_string();
+            let e = cfg.validate(pref_kernels::preference_loss::RefSource::PerToken).unwrap_err().to_string();
             assert!(e.contains("supports only the reverse-KL f-divergence"), "{e}");
             assert!(e.contains(&format!("{div:?}")), "{e}");
         }
-        LossConfig::single(loss).validate(pref_kernels::pref_loss::RefSource::PerToken).unwrap();
+        LossConfig::single(loss).validate(pref_kernels::preference_loss::RefSource::PerToken).unwrap();
     }
 }
 
@@ -151,7 +151,7 @@ fn tabpo_logs_the_official_metrics() {
     )
     .unwrap();
     let (lambda, beta) = (0.5f64, 0.5f32 as f64);
-    let names = pref_kernels::pref_loss::METRIC_NAMES;
+    let names = pref_kernels::preference_loss::METRIC_NAMES;
     let metric = |n: &str| r.metrics[names.iter().position(|m| *m == n).unwrap()];
     // Official: loss/dpo (our loss/pref) = mean(-logsigmoid(beta z)); loss/barrier = mean(B) * lambda.
     let pref: f64 = r.pairs.iter().map(|p| softplus(-(p[1] - p[2]))).sum::<f64>() / 2.0;

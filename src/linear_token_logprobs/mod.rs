@@ -9,7 +9,7 @@
 //! GEMM. GEMMs are cuBLAS on CUDA and a host GEMM on the emulator.
 //!
 //! Layers: [`reference`](mod@reference) (f64, naive GEMMs: the oracle), the safe API
-//! ([`crate::Gpu::linear_logprobs_forward`], [`crate::Gpu::linear_logprobs_backward`] for any
+//! ([`crate::Gpu::linear_token_logprobs_forward`], [`crate::Gpu::linear_token_logprobs_backward`] for any
 //! per-token loss, and the whole preference step [`crate::Gpu::linear_preference_step`], chunked
 //! by pairs so each chunk's loss gradient is known inside it: three GEMMs per token).
 
