@@ -201,6 +201,7 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
     const float* sampling = p.sampling_logp ? reinterpret_cast<const float*>(p.sampling_logp) : old;
     const float* is_w = reinterpret_cast<const float*>(p.is_weights);
     const bool vespo = p.surrogate == PREFK_GRPO_SURR_VESPO;
+    const bool off_policy = p.flags & PREFK_GRPO_FLAG_OFF_POLICY_MASK;
     const float threshold = grpo_threshold(p);
     for (int64_t s = blockIdx.x; s < p.n_seqs; s += gridDim.x) {
         int64_t begin, end;
@@ -217,16 +218,17 @@ PREFK_KERNEL(grpo_seq, GrpoParams, GRPO_THREADS) {
             const float d = old ? logp[t] - old[t] : 0.f;
             c[0] += 1.f;
             c[1] += d;
-            const float kl = sampling ? sampling[t] - logp[t] : 0.f;
-            c[2] += isnan(kl) ? 0.f : kl;  // torch.nan_to_num: unscored tokens give no evidence
+            if (off_policy && sampling) {
+                const float kl = sampling[t] - logp[t];
+                c[2] += isnan(kl) ? 0.f : kl;  // torch.nan_to_num: unscored tokens give no evidence
+            }
             if (vespo) c[3] += fminf(fmaxf(d, -20.f), 20.f);
         }
         block_sum<GRPO_THREADS, 4>(c, scratch);
         const float a = reinterpret_cast<const float*>(p.advantages)[s];
         GrpoSeq seq;
         seq.rho = expf(c[1] / fmaxf(c[0], 1.f));
-        seq.gate = (p.flags & PREFK_GRPO_FLAG_OFF_POLICY_MASK) && !(a >= 0.f) &&
-                           !(c[2] / fmaxf(c[0], 1.f) <= p.off_policy_threshold) ? 0.f : 1.f;
+        seq.gate = off_policy && !(a >= 0.f) && !(c[2] / fmaxf(c[0], 1.f) <= p.off_policy_threshold) ? 0.f : 1.f;
         seq.phi = vespo ? vespo_phi(p, a, c[3]) : 0.f;
         // Pass 2: every token's loss, the ratio's gradient share and the metric terms.
         float v[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
