@@ -3,7 +3,7 @@
 use super::{GroupLoss, KtoKl, GROUP_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::GroupLossParams;
-use crate::runtime::args::check_ptr;
+use crate::runtime::args::{check_ptr, check_span};
 use crate::runtime::mem::{
     optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
 };
@@ -114,6 +114,7 @@ impl Gpu {
         ] {
             check_ptr(name, p, 4, required)?;
         }
+        check_span("workspace", ptrs.workspace, group_loss_workspace_len(n_seqs), 4)?;
         let stats = ptrs.workspace;
         let seq_coef = stats + (n_seqs * SEQ_STATS_LEN * 4) as u64;
         let scratch = seq_coef + (n_seqs * 3 * 4) as u64;

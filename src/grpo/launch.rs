@@ -4,7 +4,7 @@ use super::reference::need_inputs;
 use super::{GrpoConfig, ImportanceLevel, GRPO_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::{GrpoParams, GRPO_SEQ_FIELDS};
-use crate::runtime::args::check_ptr;
+use crate::runtime::args::{check_ptr, check_span};
 use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::registry::GRPO_THREADS;
 use crate::runtime::status::{check_status, StatusWord};
@@ -151,6 +151,7 @@ impl Gpu {
             }
             _ => [0.0; 4],
         };
+        check_span("workspace", ptrs.workspace, grpo_workspace_len(n_seqs), 4)?;
         let work = ptrs.workspace;
         let params = GrpoParams {
             logp: ptrs.logp,

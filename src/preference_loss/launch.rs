@@ -10,7 +10,7 @@ use super::{
 };
 use crate::error::{ensure, Result};
 use crate::params::{LossTerm, PreferenceLossParams, MAX_LOSS_TERMS};
-use crate::runtime::args::check_ptr;
+use crate::runtime::args::{check_ptr, check_span};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::seq_reduce::launch::check_tokens;
@@ -319,6 +319,7 @@ impl Gpu {
         ] {
             check_ptr(name, p, 4, required)?;
         }
+        check_span("workspace", ptrs.workspace, preference_loss_workspace_len(n_seqs, n_pairs), 4)?;
         let log_tau = cfg.log_tau() as f32;
         let stats = ptrs.workspace;
         let seq_coef = stats + (n_seqs * SEQ_STATS_LEN * 4) as u64;
