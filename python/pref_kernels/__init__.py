@@ -27,7 +27,7 @@ __all__ = [
     "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "ld_weights", "wpo_weights", "linear_token_logprobs",
     "linear_preference_loss", "linear_dpo_loss", "linear_workspace_bytes",
     "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
-    "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "sequence_scores",
+    "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "seq_reduce",
     "group_metric_names", "vocab_shard_range", "vocab_parallel_token_logprobs",
     "vocab_parallel_linear_token_logprobs",
 ]
@@ -193,7 +193,7 @@ def wpo_weights(logp, log_sum_sq, mask, *, n_seqs: Optional[int] = None, seq_len
     """WPO's detached sequence weights (TRL `use_weighting`): exp of each sequence's mean over the
     mask of logp - log sum_v p_v^2, from `log_sum_sq` [T] (`token_logprobs(...,
     return_log_sum_sq=True)`)."""
-    scores = sequence_scores((logp.detach() - log_sum_sq.detach()).float().contiguous(), mask, n_seqs=n_seqs,
+    scores = seq_reduce((logp.detach() - log_sum_sq.detach()).float().contiguous(), mask, n_seqs=n_seqs,
                              seq_len=seq_len, cu_seqlens=cu_seqlens, mode="mean")
     return torch.exp(scores)
 
@@ -467,7 +467,7 @@ def group_metric_names(loss: str):
     return _GROUP_METRICS[{"kto": 0, "lipo": 1, "pro": 2}[loss]]
 
 
-def sequence_scores(logp: torch.Tensor, mask=None, weights=None, *, n_seqs: Optional[int] = None, seq_len: int = 0,
+def seq_reduce(logp: torch.Tensor, mask=None, weights=None, *, n_seqs: Optional[int] = None, seq_len: int = 0,
                     cu_seqlens=None, mode: str = "sum"):
     """Per-sequence scores [S] of per-token log-probs `logp` [T] (f32): `mode` "sum", "mean"
     (over the mask), "weighted_sum" or "weighted_mean" (token `weights`), over a padded batch

@@ -35,7 +35,7 @@ def test_packed_scores_and_gradient(device, gen, mode):
     weights = torch.rand(t, generator=gen) + 0.5
     x = logp.clone().to(device).requires_grad_()
     cu_t = torch.tensor(cu, dtype=torch.int32, device=device)
-    scores = pk.sequence_scores(x, mask.to(device), weights.to(device), cu_seqlens=cu_t, mode=mode)
+    scores = pk.seq_reduce(x, mask.to(device), weights.to(device), cu_seqlens=cu_t, mode=mode)
     g = torch.randn(len(lengths), generator=gen)
     (scores * g.to(device)).sum().backward()
     xr = logp.double().requires_grad_()
@@ -48,15 +48,15 @@ def test_packed_scores_and_gradient(device, gen, mode):
 def test_padded_equals_packed(device, gen):
     logp = (-torch.rand(24, generator=gen)).to(device)
     mask = (torch.rand(24, generator=gen) > 0.2).to(device)
-    padded = pk.sequence_scores(logp, mask, n_seqs=4, seq_len=6)
-    packed = pk.sequence_scores(logp, mask, cu_seqlens=torch.arange(0, 25, 6, dtype=torch.int32, device=device))
+    padded = pk.seq_reduce(logp, mask, n_seqs=4, seq_len=6)
+    packed = pk.seq_reduce(logp, mask, cu_seqlens=torch.arange(0, 25, 6, dtype=torch.int32, device=device))
     torch.testing.assert_close(padded, packed, atol=0, rtol=0)
 
 
 def test_bad_offsets_refused():
     with pytest.raises(pk.PrefKernelsError, match="cu_seqlens"):
-        pk.sequence_scores(-torch.rand(10), cu_seqlens=torch.tensor([0, 6, 4, 10], dtype=torch.int32))
+        pk.seq_reduce(-torch.rand(10), cu_seqlens=torch.tensor([0, 6, 4, 10], dtype=torch.int32))
     with pytest.raises(ValueError, match="mode"):
-        pk.sequence_scores(-torch.rand(10), n_seqs=2, seq_len=5, mode="max")
+        pk.seq_reduce(-torch.rand(10), n_seqs=2, seq_len=5, mode="max")
     with pytest.raises(pk.PrefKernelsError, match="weights"):
-        pk.sequence_scores(-torch.rand(10), n_seqs=2, seq_len=5, mode="weighted_sum")
+        pk.seq_reduce(-torch.rand(10), n_seqs=2, seq_len=5, mode="weighted_sum")

@@ -9,7 +9,6 @@ use crate::runtime::mem::{
 };
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::seq_reduce::launch::check_tokens;
 use crate::seq_reduce::{
     DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN,
 };
@@ -93,7 +92,7 @@ impl Gpu {
         grad_scale: f32,
         ptrs: &GroupLossPtrs,
     ) -> Result<()> {
-        check_tokens(tokens, n_tokens)?;
+        tokens.validate(n_tokens)?;
         layout.validate(n_tokens)?;
         let n_seqs = layout.n_seqs();
         loss.validate_config(n_seqs)?;
@@ -223,21 +222,29 @@ impl Gpu {
             }?;
         }
         check_status(status.read(stream)?)?;
-        read_group_outputs(stream, &metrics, &seq_out, n_seqs)
+        GroupLossOutputs::read(stream, &metrics, &seq_out, n_seqs)
     }
 }
 
-/// Reads the metrics and the per-sequence values back.
-pub(crate) fn read_group_outputs(
-    stream: &Stream,
-    metrics: &DeviceBuffer<f32>,
-    seq_out: &DeviceBuffer<f32>,
-    n_seqs: usize,
-) -> Result<GroupLossOutputs> {
-    let m = stream.clone_dtoh(metrics)?;
-    let mut seq_values = stream.clone_dtoh(seq_out)?;
-    seq_values.truncate(n_seqs);
-    let mut out = GroupLossOutputs { loss: m[0], metrics: [0.0; GROUP_METRICS_LEN], seq_values };
-    out.metrics.copy_from_slice(&m[..GROUP_METRICS_LEN]);
-    Ok(out)
+impl GroupLossOutputs {
+    /// Reads the outputs of a raw launch ([`Gpu::group_loss_raw`]) back to the host: `metrics`
+    /// ([`GROUP_METRICS_LEN`] f32) and the first `n_seqs` values of `seq_out`. Synchronizes
+    /// `stream`.
+    pub fn read(
+        stream: &Stream,
+        metrics: &DeviceBuffer<f32>,
+        seq_out: &DeviceBuffer<f32>,
+        n_seqs: usize,
+    ) -> Result<Self> {
+        ensure(metrics.len() >= GROUP_METRICS_LEN, "metrics", || {
+            format!("needs {GROUP_METRICS_LEN} f32, got {}", metrics.len())
+        })?;
+        ensure(seq_out.len() >= n_seqs, "seq_out", || format!("needs {n_seqs} f32, got {}", seq_out.len()))?;
+        let m = stream.clone_dtoh(metrics)?;
+        let mut seq_values = stream.clone_dtoh(seq_out)?;
+        seq_values.truncate(n_seqs);
+        let mut out = Self { loss: m[0], metrics: [0.0; GROUP_METRICS_LEN], seq_values };
+        out.metrics.copy_from_slice(&m[..GROUP_METRICS_LEN]);
+        Ok(out)
+    }
 }

@@ -280,16 +280,22 @@ impl Gpu {
             unsafe { self.grpo_loss_raw(stream.raw(), &ptrs, n, layout, cfg) }?;
         }
         check_status(status.read(stream)?)?;
-        read_grpo_outputs(stream, &metrics)
+        GrpoOutputs::read(stream, &metrics)
     }
 }
 
-/// Reads the metrics array back.
-pub(crate) fn read_grpo_outputs(stream: &Stream, metrics: &DeviceBuffer<f32>) -> Result<GrpoOutputs> {
-    let m = stream.clone_dtoh(metrics)?;
-    let mut out = GrpoOutputs { loss: m[0], metrics: [0.0; GRPO_METRICS_LEN] };
-    out.metrics.copy_from_slice(&m[..GRPO_METRICS_LEN]);
-    Ok(out)
+impl GrpoOutputs {
+    /// Reads the outputs of a raw launch ([`Gpu::grpo_loss_raw`]) back to the host from its
+    /// `metrics` buffer ([`GRPO_METRICS_LEN`] f32). Synchronizes `stream`.
+    pub fn read(stream: &Stream, metrics: &DeviceBuffer<f32>) -> Result<Self> {
+        ensure(metrics.len() >= GRPO_METRICS_LEN, "metrics", || {
+            format!("needs {GRPO_METRICS_LEN} f32, got {}", metrics.len())
+        })?;
+        let m = stream.clone_dtoh(metrics)?;
+        let mut out = Self { loss: m[0], metrics: [0.0; GRPO_METRICS_LEN] };
+        out.metrics.copy_from_slice(&m[..GRPO_METRICS_LEN]);
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,6 @@ use crate::params::{LossTerm, PreferenceLossParams, MAX_LOSS_TERMS};
 use crate::runtime::args::{check_ptr, check_span};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::seq_reduce::launch::check_tokens;
 use crate::seq_reduce::{
     DeviceSeqLayout, DeviceSeqs, DeviceTokens, ReduceMode, SeqReducePtrs, SEQ_STATS_LEN,
 };
@@ -103,17 +102,20 @@ impl DevicePairs<'_> {
     }
 }
 
-/// The batch a sub-batch of pairs belongs to: the denominators of its means.
+/// The batch a sub-batch of pairs belongs to: the denominators of its means, so that a loss
+/// evaluated chunk by chunk ([`Gpu::preference_loss_raw_in_batch`], as the fused LM head step does)
+/// gives the whole batch's gradients.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct SubBatch {
+pub struct SubBatch {
     /// Pairs in the batch (0: the sub-batch is the batch).
-    pub(crate) pairs: usize,
+    pub pairs: usize,
     /// Chosen tokens of the batch the NLL term averages over (< 0: count them in the sub-batch).
-    pub(crate) nll_count: f32,
+    pub nll_count: f32,
 }
 
 impl SubBatch {
-    pub(crate) const WHOLE: SubBatch = SubBatch { pairs: 0, nll_count: -1.0 };
+    /// The sub-batch is the whole batch.
+    pub const WHOLE: SubBatch = SubBatch { pairs: 0, nll_count: -1.0 };
 }
 
 /// Output and workspace pointers of [`Gpu::preference_loss_raw`].
@@ -263,7 +265,7 @@ impl Gpu {
     /// # Safety
     /// As [`Gpu::preference_loss_raw`].
     #[allow(clippy::too_many_arguments)]
-    pub(crate) unsafe fn preference_loss_raw_in_batch(
+    pub unsafe fn preference_loss_raw_in_batch(
         &self,
         stream: u64,
         tokens: &SeqReducePtrs,
@@ -274,7 +276,7 @@ impl Gpu {
         ptrs: &PreferenceLossPtrs,
         batch: SubBatch,
     ) -> Result<()> {
-        check_tokens(tokens, n_tokens)?;
+        tokens.validate(n_tokens)?;
         layout.validate(n_tokens)?;
         let source = RefSource::from_given(tokens.ref_logp != 0, ptrs.ref_seq != 0)?;
         cfg.validate(source)?;
@@ -303,6 +305,12 @@ impl Gpu {
                 (chosen, rejected, n_pairs)
             }
         };
+        ensure(batch.pairs == 0 || batch.pairs >= n_pairs, "batch", || {
+            format!("a sub-batch of {n_pairs} pairs cannot belong to a batch of {}", batch.pairs)
+        })?;
+        ensure(batch.nll_count.is_finite(), "batch", || {
+            format!("nll_count must be finite (< 0: count in the sub-batch), got {}", batch.nll_count)
+        })?;
         ensure(!sorts || batch.pairs == 0 || batch.pairs == n_pairs, "loss_type", || {
             "aot / aot_unpaired sort the whole batch; a sub-batch (a chunk of the fused LM head) \
              cannot evaluate them: give the batch in one call"
@@ -467,27 +475,38 @@ impl Gpu {
             }?;
         }
         check_status(status.read(stream)?)?;
-        read_outputs(stream, &metrics, &pair_out, n_pairs)
+        PreferenceLossOutputs::read(stream, &metrics, &pair_out, n_pairs)
     }
 }
 
-pub(crate) fn read_outputs(
-    stream: &Stream,
-    metrics: &DeviceBuffer<f32>,
-    pair_out: &DeviceBuffer<f32>,
-    n_pairs: usize,
-) -> Result<PreferenceLossOutputs> {
-    let m = stream.clone_dtoh(metrics)?;
-    let p = stream.clone_dtoh(pair_out)?;
-    let mut out =
-        PreferenceLossOutputs { loss: m[0], metrics: [0.0; METRICS_LEN], pairs: Vec::with_capacity(n_pairs) };
-    out.metrics.copy_from_slice(&m[..METRICS_LEN]);
-    for i in 0..n_pairs {
-        let mut row = [0.0; PAIR_COLUMNS];
-        row.copy_from_slice(&p[i * PAIR_COLUMNS..(i + 1) * PAIR_COLUMNS]);
-        out.pairs.push(row);
+impl PreferenceLossOutputs {
+    /// Reads the outputs of a raw launch ([`Gpu::preference_loss_raw`]) back to the host: the
+    /// `metrics` buffer ([`METRICS_LEN`] f32) and the first `n_pairs` rows of `pair_out`
+    /// ([`PAIR_COLUMNS`] f32 each). Synchronizes `stream`.
+    pub fn read(
+        stream: &Stream,
+        metrics: &DeviceBuffer<f32>,
+        pair_out: &DeviceBuffer<f32>,
+        n_pairs: usize,
+    ) -> Result<Self> {
+        ensure(metrics.len() >= METRICS_LEN, "metrics", || {
+            format!("needs {METRICS_LEN} f32, got {}", metrics.len())
+        })?;
+        let rows = n_pairs.checked_mul(PAIR_COLUMNS).filter(|&r| r <= pair_out.len());
+        ensure(rows.is_some(), "pair_out", || {
+            format!("needs {n_pairs} x {PAIR_COLUMNS} f32, got {}", pair_out.len())
+        })?;
+        let m = stream.clone_dtoh(metrics)?;
+        let p = stream.clone_dtoh(pair_out)?;
+        let mut out = Self { loss: m[0], metrics: [0.0; METRICS_LEN], pairs: Vec::with_capacity(n_pairs) };
+        out.metrics.copy_from_slice(&m[..METRICS_LEN]);
+        out.pairs.extend(p.chunks_exact(PAIR_COLUMNS).take(n_pairs).map(|row| {
+            let mut r = [0.0; PAIR_COLUMNS];
+            r.copy_from_slice(row);
+            r
+        }));
+        Ok(out)
     }
-    Ok(out)
 }
 
 #[cfg(test)]

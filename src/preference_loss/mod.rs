@@ -51,7 +51,7 @@ pub mod reference;
 pub mod tabpo_weights;
 
 pub use launch::{
-    preference_loss_workspace_len, DevicePairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs,
+    preference_loss_workspace_len, DevicePairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs, SubBatch,
 };
 pub use ld_weights::ld_weights;
 

@@ -510,6 +510,20 @@ impl<T> DevicePtrMut<T> for ViewMut<'_, T> {
     }
 }
 
+/// [`optional_ptr`] of a view that must hold exactly `n` elements (named `arg` in the error).
+pub(crate) fn optional_ptr_of_len<'s, T>(
+    stream: &'s Stream,
+    arg: &'static str,
+    v: Option<&'s View<'_, T>>,
+    n: usize,
+    guards: &mut Vec<Guard<'s>>,
+) -> Result<u64> {
+    if let Some(v) = v {
+        crate::error::ensure_len(arg, v.len(), n)?;
+    }
+    optional_ptr(stream, v, guards)
+}
+
 /// The device pointer of an optional view (0 for `None`), its guard kept in `guards` until the
 /// caller's launches are enqueued.
 pub(crate) fn optional_ptr<'s, T>(

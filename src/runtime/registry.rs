@@ -22,6 +22,16 @@ pub struct KernelSpec {
 
 /// Threads per block of the token log-probs kernels.
 pub(crate) const TOKEN_LOGPROBS_THREADS: u32 = 256;
+/// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
+/// Depends on V only, so a row's result never depends on N.
+pub(crate) fn row_threads(vocab: usize) -> u32 {
+    if vocab <= 1024 {
+        32
+    } else {
+        TOKEN_LOGPROBS_THREADS
+    }
+}
+
 /// Threads per block of the per-sequence statistics and token-gradient kernels.
 pub(crate) const SEQ_THREADS: u32 = 256;
 /// Threads per block of the pair-loss kernel.

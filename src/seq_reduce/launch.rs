@@ -1,6 +1,6 @@
 //! GPU launch of the per-sequence reductions (`kernels/seq_reduce.cu`): raw-pointer entry points and
 //! safe wrappers. The statistics and token-gradient kernels are shared with the preference losses.
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{optional_ptr_of_len, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 
 use super::{ReduceMode, SEQ_STATS_LEN};
 use crate::error::{ensure, Result};
@@ -85,12 +85,16 @@ pub struct TokenGradPtrs {
     pub grad_logp: u64,
 }
 
-pub(crate) fn check_tokens(p: &SeqReducePtrs, n_tokens: usize) -> Result<()> {
-    check_ptr("logp", p.logp, 4, n_tokens > 0)?;
-    check_ptr("mask", p.mask, 1, false)?;
-    check_ptr("weights", p.weights, 4, false)?;
-    check_ptr("ref_logp", p.ref_logp, 4, false)?;
-    ensure(n_tokens <= i64::MAX as usize / 8, "n_tokens", || format!("too large: {n_tokens}"))
+impl SeqReducePtrs {
+    /// Checks the pointers' presence and alignment for `n_tokens` tokens (their validity only the
+    /// caller can vouch for) and that the count fits the kernels' 64-bit indexing.
+    pub fn validate(&self, n_tokens: usize) -> Result<()> {
+        check_ptr("logp", self.logp, 4, n_tokens > 0)?;
+        check_ptr("mask", self.mask, 1, false)?;
+        check_ptr("weights", self.weights, 4, false)?;
+        check_ptr("ref_logp", self.ref_logp, 4, false)?;
+        ensure(n_tokens <= i64::MAX as usize / 8, "n_tokens", || format!("too large: {n_tokens}"))
+    }
 }
 
 impl Gpu {
@@ -218,7 +222,7 @@ impl Gpu {
         stats: u64,
         status: u64,
     ) -> Result<()> {
-        check_tokens(tokens, n_tokens)?;
+        tokens.validate(n_tokens)?;
         layout.validate(n_tokens)?;
         check_ptr("scores", scores, 4, false)?;
         check_ptr("stats", stats, 4, false)?;
@@ -259,7 +263,7 @@ impl Gpu {
         mode: ReduceMode,
         ptrs: &TokenGradPtrs,
     ) -> Result<()> {
-        check_tokens(tokens, n_tokens)?;
+        tokens.validate(n_tokens)?;
         layout.validate(n_tokens)?;
         check_ptr("dscores", ptrs.dscores, 4, layout.n_seqs() > 0)?;
         check_ptr("stats", ptrs.stats, 4, layout.n_seqs() > 0)?;
@@ -376,44 +380,12 @@ impl DeviceTokens<'_> {
     ) -> Result<SeqReducePtrs> {
         let (logp, g) = self.logp.device_ptr(stream)?;
         guards.push(g);
-        let [mask, weights, ref_logp] = optional_token_ptrs(
-            stream,
-            self.logp.len(),
-            self.mask.as_ref(),
-            self.weights.as_ref(),
-            self.ref_logp.as_ref(),
-            guards,
-        )?;
+        let n = self.logp.len();
+        let mask = optional_ptr_of_len(stream, "mask", self.mask.as_ref(), n, guards)?;
+        let weights = optional_ptr_of_len(stream, "weights", self.weights.as_ref(), n, guards)?;
+        let ref_logp = optional_ptr_of_len(stream, "ref_logp", self.ref_logp.as_ref(), n, guards)?;
         Ok(SeqReducePtrs { logp, mask, weights, ref_logp })
     }
-}
-
-/// Device pointers of the optional per-token arrays (mask, weights, reference log-probs; 0 when
-/// absent), each checked to hold `n` elements; their guards go to `guards`.
-pub(crate) fn optional_token_ptrs<'s>(
-    stream: &'s Stream,
-    n: usize,
-    mask: Option<&'s View<'_, u8>>,
-    weights: Option<&'s View<'_, f32>>,
-    ref_logp: Option<&'s View<'_, f32>>,
-    guards: &mut Vec<Guard<'s>>,
-) -> Result<[u64; 3]> {
-    let mut get = |name: &'static str, v: Option<(usize, Result<(u64, Guard<'s>)>)>| -> Result<u64> {
-        match v {
-            None => Ok(0),
-            Some((len, ptr)) => {
-                let (p, g) = ptr?;
-                crate::error::ensure_len(name, len, n)?;
-                guards.push(g);
-                Ok(p)
-            }
-        }
-    };
-    Ok([
-        get("mask", mask.map(|m| (m.len(), m.device_ptr(stream))))?,
-        get("weights", weights.map(|m| (m.len(), m.device_ptr(stream))))?,
-        get("ref_logp", ref_logp.map(|m| (m.len(), m.device_ptr(stream))))?,
-    ])
 }
 
 /// Sequences on the device (safe API).

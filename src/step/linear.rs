@@ -7,14 +7,14 @@
 //! batch's pair count and chosen-token count, so gradients are the batch loss's) → token
 //! gradient → d/dlogits in place → `d_weight += dLᵀ X` (f32, chunk order) and `d_hidden = dL · W`.
 //! Metrics are the chunks' shares summed on the host in chunk order (exact over the batch).
+use super::pair_plan::pair_chunks;
 use crate::error::{ensure, Result};
 use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass};
-use crate::lm_head::plan::{pair_chunks, rows_for_budget};
-use crate::preference_loss::launch::{RawPairs, SubBatch};
+use crate::lm_head::plan::rows_for_budget;
 use crate::preference_loss::{
-    preference_loss_workspace_len, LossConfig, Pairs, PreferenceLossOutputs, PreferenceLossPtrs, RefSource,
-    METRICS_LEN, PAIR_COLUMNS,
+    preference_loss_workspace_len, LossConfig, Pairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs,
+    RefSource, SubBatch, METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
 use crate::runtime::Gpu;

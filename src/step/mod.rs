@@ -7,27 +7,24 @@
 //! From hidden states and the LM head instead of logits: [`Gpu::linear_preference_step`]
 //! ([`linear`]).
 pub mod linear;
+mod pair_plan;
 pub use linear::{LinearStepBatch, LinearStepOutputs, LinearStepViews};
 
 use crate::runtime::mem::{
-    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+    optional_ptr, optional_ptr_of_len, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
 };
 
 use crate::error::{ensure, Result};
-use crate::group_loss::launch::read_group_outputs;
 use crate::group_loss::{
     group_loss_workspace_len, GroupLoss, GroupLossOutputs, GroupLossPtrs, GROUP_METRICS_LEN,
 };
-use crate::grpo::launch::read_grpo_outputs;
 use crate::grpo::{grpo_workspace_len, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN};
-use crate::preference_loss::launch::read_outputs;
 use crate::preference_loss::{
     preference_loss_workspace_len, DevicePairs, LossConfig, PreferenceLossOutputs, PreferenceLossPtrs,
     METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::seq_reduce::launch::optional_token_ptrs;
 use crate::seq_reduce::{DeviceSeqs, SeqReducePtrs};
 pub use crate::token_logprobs::GradLogits;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
@@ -278,14 +275,10 @@ impl Gpu {
             EntropyUse::None,
             |tok| {
                 let mut guards: Vec<Guard<'_>> = Vec::new();
-                let [mask_p, weights_p, ref_p] = optional_token_ptrs(
-                    stream,
-                    n,
-                    batch.mask.as_ref(),
-                    batch.weights.as_ref(),
-                    batch.ref_logp.as_ref(),
-                    &mut guards,
-                )?;
+                let mask_p = optional_ptr_of_len(stream, "mask", batch.mask.as_ref(), n, &mut guards)?;
+                let weights_p =
+                    optional_ptr_of_len(stream, "weights", batch.weights.as_ref(), n, &mut guards)?;
+                let ref_p = optional_ptr_of_len(stream, "ref_logp", batch.ref_logp.as_ref(), n, &mut guards)?;
                 let ref_seq_p = optional_ptr(stream, batch.ref_seq.as_ref(), &mut guards)?;
                 let seq_layout = batch.seqs.raw(stream, &mut guards)?;
                 let on_device = batch.pairs.on_device(stream, &mut upload)?;
@@ -317,7 +310,7 @@ impl Gpu {
                 }
             },
         )?;
-        let loss = read_outputs(stream, &metrics, &pair_out, n_pairs)?;
+        let loss = PreferenceLossOutputs::read(stream, &metrics, &pair_out, n_pairs)?;
         Ok(StepOutputs { loss, logp: bufs.logp, grad_logp: bufs.grad_logp })
     }
 
@@ -390,7 +383,7 @@ impl Gpu {
                 unsafe { self.grpo_loss_raw(stream.raw(), &ptrs, n, layout, cfg) }
             },
         )?;
-        let loss = read_grpo_outputs(stream, &metrics)?;
+        let loss = GrpoOutputs::read(stream, &metrics)?;
         Ok(LossStepOutputs { loss, logp: bufs.logp, entropy: bufs.entropy, grad_logp: bufs.grad_logp })
     }
 
@@ -425,14 +418,8 @@ impl Gpu {
             EntropyUse::None,
             |tok| {
                 let mut guards: Vec<Guard<'_>> = Vec::new();
-                let [mask_p, _, ref_p] = optional_token_ptrs(
-                    stream,
-                    n,
-                    batch.mask.as_ref(),
-                    None,
-                    batch.ref_logp.as_ref(),
-                    &mut guards,
-                )?;
+                let mask_p = optional_ptr_of_len(stream, "mask", batch.mask.as_ref(), n, &mut guards)?;
+                let ref_p = optional_ptr_of_len(stream, "ref_logp", batch.ref_logp.as_ref(), n, &mut guards)?;
                 let ref_seq_p = optional_ptr(stream, batch.ref_seq.as_ref(), &mut guards)?;
                 let layout = batch.seqs.raw(stream, &mut guards)?;
                 let (lp, _g0) = labels.device_ptr(stream)?;
@@ -453,7 +440,7 @@ impl Gpu {
                 unsafe { self.group_loss_raw(stream.raw(), &tokens, n, layout, loss, 1.0, &ptrs) }
             },
         )?;
-        let out = read_group_outputs(stream, &metrics, &seq_out, n_seqs)?;
+        let out = GroupLossOutputs::read(stream, &metrics, &seq_out, n_seqs)?;
         Ok(LossStepOutputs { loss: out, logp: bufs.logp, entropy: None, grad_logp: bufs.grad_logp })
     }
 }

@@ -1,7 +1,7 @@
 //! GPU launch of the token log-probs kernels (`kernels/token_logprobs.cu`): the unsafe raw-pointer
 //! entry points and the safe wrappers over cudarc buffers.
 use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
-use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS};
+use crate::runtime::registry::{self, row_threads, TOKEN_LOGPROBS_THREADS};
 
 use super::{validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
@@ -13,20 +13,10 @@ use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 
 /// Length of a softmax-statistics buffer for `n_rows` rows (`n_rows * SOFTMAX_STATS`), checked.
-pub(crate) fn stats_len(n_rows: usize) -> Result<usize> {
+pub fn stats_len(n_rows: usize) -> Result<usize> {
     n_rows.checked_mul(crate::params::SOFTMAX_STATS).ok_or_else(|| {
         crate::error::invalid("stats", format!("{n_rows} rows of softmax statistics overflow usize"))
     })
-}
-
-/// Threads that share one row: a warp for small vocabularies, the whole block for large ones.
-/// Depends on V only, so a row's result never depends on N.
-pub(crate) fn row_threads(vocab: usize) -> u32 {
-    if vocab <= 1024 {
-        32
-    } else {
-        TOKEN_LOGPROBS_THREADS
-    }
 }
 
 /// Device pointers of a forward call (raw API). Pointers are CUdeviceptr values (e.g. PyTorch's
@@ -159,77 +149,84 @@ fn validate_forward_ptrs(
     Ok(())
 }
 
-/// Argument checks of the raw backward (everything but the pointers' validity): the layouts, the
-/// pointers' presence and alignment, the entropy pair, and gradient/logits ranges that overlap
-/// without being exactly in place.
-pub(crate) fn validate_backward_ptrs(
-    dtype: DType,
-    index_type: IndexType,
-    layout: LogitsLayout,
-    grad_stride: usize,
-    ptrs: &TokenLogprobsBwdPtrs,
-    cfg: &TokenLogprobsConfig,
-) -> Result<()> {
-    validate(&layout, cfg, layout.span()?, layout.n_rows)?;
-    let grad_layout = LogitsLayout { row_stride: grad_stride, ..layout };
-    grad_layout.validate().map_err(|_| {
-        crate::error::invalid(
-            "grad_stride",
-            format!("must be >= vocab ({}), got {grad_stride}", layout.vocab),
-        )
-    })?;
-    check_ptr("logits", ptrs.logits, dtype.size(), true)?;
-    check_ptr("targets", ptrs.targets, index_type.size(), true)?;
-    check_ptr("stats", ptrs.stats, 4, true)?;
-    check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
-    check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
-    check_ptr("status", ptrs.status, 4, false)?;
-    check_ptr("entropy", ptrs.entropy, 4, false)?;
-    check_ptr("grad_entropy", ptrs.grad_entropy, 4, false)?;
-    ensure((ptrs.entropy == 0) == (ptrs.grad_entropy == 0), "grad_entropy", || {
-        "the entropy gradient needs both the forward's entropy and grad_entropy (or neither)".into()
-    })?;
-    let es = dtype.size() as u64;
-    let in_bytes = layout.span()? as u64 * es;
-    let out_bytes = grad_layout.span()? as u64 * es;
-    if ptrs.grad_logits == ptrs.logits {
-        ensure(grad_stride == layout.row_stride, "grad_stride", || {
-            format!(
-                "in-place backward needs grad_stride == row_stride ({}), got {grad_stride}",
-                layout.row_stride
+impl TokenLogprobsBwdPtrs {
+    /// Argument checks of the raw backward (everything but the pointers' validity, which only the
+    /// caller can vouch for): the layouts, the
+    /// pointers' presence and alignment, the entropy pair, and gradient/logits ranges that overlap
+    /// without being exactly in place.
+    pub fn validate(
+        &self,
+        dtype: DType,
+        index_type: IndexType,
+        layout: LogitsLayout,
+        grad_stride: usize,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        let ptrs = self;
+        validate(&layout, cfg, layout.span()?, layout.n_rows)?;
+        let grad_layout = LogitsLayout { row_stride: grad_stride, ..layout };
+        grad_layout.validate().map_err(|_| {
+            crate::error::invalid(
+                "grad_stride",
+                format!("must be >= vocab ({}), got {grad_stride}", layout.vocab),
             )
         })?;
-    } else {
-        ensure(!ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes), "grad_logits", || {
-            "overlaps logits without being exactly in place".into()
+        check_ptr("logits", ptrs.logits, dtype.size(), true)?;
+        check_ptr("targets", ptrs.targets, index_type.size(), true)?;
+        check_ptr("stats", ptrs.stats, 4, true)?;
+        check_ptr("grad_logp", ptrs.grad_logp, 4, true)?;
+        check_ptr("grad_logits", ptrs.grad_logits, dtype.size(), true)?;
+        check_ptr("status", ptrs.status, 4, false)?;
+        check_ptr("entropy", ptrs.entropy, 4, false)?;
+        check_ptr("grad_entropy", ptrs.grad_entropy, 4, false)?;
+        ensure((ptrs.entropy == 0) == (ptrs.grad_entropy == 0), "grad_entropy", || {
+            "the entropy gradient needs both the forward's entropy and grad_entropy (or neither)".into()
         })?;
+        let es = dtype.size() as u64;
+        let in_bytes = layout.span()? as u64 * es;
+        let out_bytes = grad_layout.span()? as u64 * es;
+        if ptrs.grad_logits == ptrs.logits {
+            ensure(grad_stride == layout.row_stride, "grad_stride", || {
+                format!(
+                    "in-place backward needs grad_stride == row_stride ({}), got {grad_stride}",
+                    layout.row_stride
+                )
+            })?;
+        } else {
+            ensure(
+                !ranges_overlap(ptrs.logits, in_bytes, ptrs.grad_logits, out_bytes),
+                "grad_logits",
+                || "overlaps logits without being exactly in place".into(),
+            )?;
+        }
+        Ok(())
     }
-    Ok(())
-}
 
-/// The backward kernel's parameters for checked arguments.
-pub(crate) fn backward_params(
-    layout: LogitsLayout,
-    grad_stride: usize,
-    ptrs: &TokenLogprobsBwdPtrs,
-    cfg: &TokenLogprobsConfig,
-) -> TokenLogprobsBwdParams {
-    TokenLogprobsBwdParams {
-        logits: ptrs.logits,
-        targets: ptrs.targets,
-        stats: ptrs.stats,
-        grad_logp: ptrs.grad_logp,
-        grad_logits: ptrs.grad_logits,
-        status: ptrs.status,
-        n_rows: layout.n_rows as i64,
-        logits_stride: layout.row_stride as i64,
-        grad_stride: grad_stride as i64,
-        vocab: layout.vocab as i64,
-        ignore_index: cfg.ignore_index,
-        inv_temperature: 1.0 / cfg.temperature,
-        reserved: 0,
-        entropy: ptrs.entropy,
-        grad_entropy: ptrs.grad_entropy,
+    /// The backward kernel's parameters for arguments [`Self::validate`] accepted.
+    pub fn params(
+        &self,
+        layout: LogitsLayout,
+        grad_stride: usize,
+        cfg: &TokenLogprobsConfig,
+    ) -> TokenLogprobsBwdParams {
+        let ptrs = self;
+        TokenLogprobsBwdParams {
+            logits: ptrs.logits,
+            targets: ptrs.targets,
+            stats: ptrs.stats,
+            grad_logp: ptrs.grad_logp,
+            grad_logits: ptrs.grad_logits,
+            status: ptrs.status,
+            n_rows: layout.n_rows as i64,
+            logits_stride: layout.row_stride as i64,
+            grad_stride: grad_stride as i64,
+            vocab: layout.vocab as i64,
+            ignore_index: cfg.ignore_index,
+            inv_temperature: 1.0 / cfg.temperature,
+            reserved: 0,
+            entropy: ptrs.entropy,
+            grad_entropy: ptrs.grad_entropy,
+        }
     }
 }
 
@@ -310,11 +307,11 @@ impl Gpu {
         ptrs: &TokenLogprobsBwdPtrs,
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
-        validate_backward_ptrs(dtype, index_type, layout, grad_stride, ptrs, cfg)?;
+        ptrs.validate(dtype, index_type, layout, grad_stride, cfg)?;
         if layout.n_rows == 0 {
             return Ok(());
         }
-        let params = backward_params(layout, grad_stride, ptrs, cfg);
+        let params = ptrs.params(layout, grad_stride, cfg);
         let rt = row_threads(layout.vocab);
         let name = registry::token_logprobs_bwd(dtype, index_type, ptrs.grad_entropy != 0, rt);
         let grid = self.grid_for(layout.n_rows as u64, (TOKEN_LOGPROBS_THREADS / rt) as u64);
@@ -619,7 +616,7 @@ mod tests {
         assert!(
             registry::spec(&registry::token_logprobs_fwd(DType::BF16, IndexType::I64, true, 256)).is_some()
         );
-        assert_eq!(row_threads(1024), 32);
-        assert_eq!(row_threads(1025), 256);
+        assert_eq!(registry::row_threads(1024), 32);
+        assert_eq!(registry::row_threads(1025), 256);
     }
 }

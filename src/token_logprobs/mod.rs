@@ -24,10 +24,11 @@
 use crate::error::{ensure, Result};
 
 pub(crate) mod launch;
-pub(crate) use launch::stats_len;
 pub mod reference;
 
-pub use launch::{EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs, TokenLogprobsOutputs};
+pub use launch::{
+    stats_len, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs, TokenLogprobsOutputs,
+};
 
 /// Hyperparameters of the token log-probs op.
 #[derive(Debug, Clone, Copy, PartialEq)]

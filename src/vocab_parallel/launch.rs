@@ -7,10 +7,10 @@ use crate::error::{ensure, Result};
 use crate::params::{VocabFinalizeParams, VocabShardBwdParams, VocabShardFwdParams};
 use crate::runtime::args::check_ptr;
 use crate::runtime::mem::{optional_ptr, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
-use crate::runtime::registry::{self, TOKEN_LOGPROBS_THREADS, VOCAB_FINALIZE_THREADS};
+use crate::runtime::registry::{self, row_threads, TOKEN_LOGPROBS_THREADS, VOCAB_FINALIZE_THREADS};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::token_logprobs::launch::{backward_params, row_threads, stats_len, validate_backward_ptrs};
+use crate::token_logprobs::stats_len;
 use crate::token_logprobs::{
     validate, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsOutputs,
 };
@@ -189,13 +189,13 @@ impl Gpu {
         ptrs: &TokenLogprobsBwdPtrs,
         cfg: &TokenLogprobsConfig,
     ) -> Result<()> {
-        validate_backward_ptrs(dtype, index_type, layout, grad_stride, ptrs, cfg)?;
+        ptrs.validate(dtype, index_type, layout, grad_stride, cfg)?;
         shard_layout(&layout, &shard)?;
         if layout.n_rows == 0 {
             return Ok(());
         }
         let params = VocabShardBwdParams {
-            rows: backward_params(layout, grad_stride, ptrs, cfg),
+            rows: ptrs.params(layout, grad_stride, cfg),
             vocab_start: shard.start as i64,
             vocab: shard.vocab as i64,
         };
