@@ -1,37 +1,187 @@
-"""TRL drop-in: `use_pref_kernels(trainer)` makes a `trl.DPOTrainer` compute its preference loss (every
-served `loss_type`, weighted lists such as MPO's, the f-divergences) and its reward/log-prob metrics
-with pref-kernels' fused loss, in one kernel call per step instead of TRL's chain of small ops.
+"""TRL drop-in: `use_pref_kernels(trainer)` puts pref-kernels where a TRL 1.16 trainer spends its time.
 
-What stays TRL's: the model forward through TRL's own fused LM head (`fused_lm_head=True`, which
-returns per-token log-probs without logits), the reference log-probs (precomputed or from the
-reference model / PEFT adapter, through `DPOTrainer.compute_ref_log_probs`), and the metrics read
-from the model outputs (entropy, token counts, mean logits, token accuracy).
+- `GRPOTrainer`: the policy, old-policy and reference log-probs and entropies come from pref-kernels'
+  fused LM head (hidden states + LM-head weight, no `[N, V]` logits, chunks of the completion rows
+  only), and the GRPO-family loss (every TRL 1.16 `loss_type`, with its clipping, KL, off-policy mask,
+  entropy mask and bonus, vLLM importance weights and normalizers) with its metrics and every token's
+  gradient comes from one fused kernel call; TRL's metric names are logged.
+- `RLOOTrainer`: its log-probs and entropies through the fused head (its loss is a handful of `[B]`
+  operations on sequence sums and stays TRL's).
+- `DPOTrainer`: the preference loss (every served `loss_type`, weighted lists such as MPO's, the
+  f-divergences, WPO, LD-DPO) and its reward/log-prob metrics in one kernel call. Its model forward
+  stays on TRL's own fused head: DPO's metrics ask that head for `mean_logits` and `is_top1`, which
+  pref-kernels' fused head does not compute yet (no silent mix of the two).
 
-Every TRL 1.16 `loss_type` is served, with WPO weighting (`use_weighting`: the weights come from
-the fused head's `log_sum_sq_probs`, as TRL's) and LD-DPO (`ld_alpha`: the policy's tokens past the
-shorter side weigh `ld_alpha`; TRL's reference sums are weighted the same way). Refused, with the
-reason, at patch time: `ipo` with an f-divergence other than reverse KL (TRL's shifted scores do
-not cancel in IPO's length-normalized difference, so the crate's scores would give a different
-loss).
+What is not served is refused, with the reason, when `use_pref_kernels` is called: final-logit
+soft-capping (Gemma 2), a non-positive logit scale, adaptive entropy control, for DPO `ipo` with an
+f-divergence other than reverse KL.
 
-    from trl import DPOTrainer
+    from trl import GRPOTrainer
     from pref_kernels.trl import use_pref_kernels
-    trainer = use_pref_kernels(DPOTrainer(model=model, args=args, train_dataset=ds, processing_class=tok))
+    trainer = use_pref_kernels(GRPOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=ds))
     trainer.train()
 """
+import contextlib
+import math
 import types
 
 import torch
 
-from . import METRIC_NAMES, TRL_LOSS_TYPES, dpo_loss
+from . import GRPO_LOSS_TYPES, GRPO_METRIC_NAMES, METRIC_NAMES, TRL_LOSS_TYPES, dpo_loss, grpo_loss
+from . import linear_token_logprobs
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 _REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                    "logps/rejected")
 
 
+def _trainer_kind(trainer):
+    for cls in type(trainer).__mro__:
+        if cls.__module__.startswith("trl.") and cls.__name__ in ("DPOTrainer", "GRPOTrainer", "RLOOTrainer"):
+            return cls.__name__
+    return None
+
+
+def _model_config(trainer):
+    model = trainer.model
+    model = getattr(model, "module", model)  # DDP
+    cfg = getattr(model, "config", None)
+    return cfg.get_text_config() if cfg is not None and hasattr(cfg, "get_text_config") else cfg
+
+
+# ---- the fused LM head inside TRL ------------------------------------------------------------------
+
+#: `FusedCausalLMOutput` fields pref-kernels' fused head computes.
+HEAD_OUTPUTS = ("log_probs", "entropy")
+
+
+def head_refusal(final_logit_softcapping=None, logit_scale=1.0, outputs=("log_probs",)):
+    """Why pref-kernels' fused head cannot serve a TRL fused-head call with these settings (None when
+    it can)."""
+    if final_logit_softcapping is not None:
+        return (f"final-logit soft-capping ({final_logit_softcapping}) is not implemented by pref-kernels' fused "
+                "head (its gradient needs the capped logits)")
+    if not (isinstance(logit_scale, (int, float)) and math.isfinite(logit_scale) and logit_scale > 0):
+        return f"logit scale {logit_scale!r}: pref-kernels folds it into the temperature and needs it finite and > 0"
+    missing = [o for o in outputs if o not in HEAD_OUTPUTS]
+    if missing:
+        return f"the fused head cannot produce {', '.join(missing)} (it serves {', '.join(HEAD_OUTPUTS)})"
+    return None
+
+
+class FusedHead:
+    """Drop-in for TRL 1.16's `ChunkedLogProbFunction` (same `apply` signature and outputs): the
+    per-token log-probs (and entropy) of `hidden @ weight.T + bias` through pref-kernels' fused head.
+    Logits are scaled by `logit_scale` and divided by `temperature` (folded into one temperature);
+    computed in the autocast dtype when autocast is on, else in `hidden`'s dtype, as TRL's; TRL's
+    `chunk_size` is replaced by pref-kernels' workspace budget."""
+
+    @staticmethod
+    def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
+              logit_scale=1.0, outputs=("log_probs",)):
+        del chunk_size
+        reason = head_refusal(final_logit_softcapping, logit_scale, outputs)
+        if reason is not None:
+            raise NotImplementedError(f"pref_kernels: {reason}")
+        dev = hidden.device
+        dtype = torch.get_autocast_dtype(dev.type) if torch.is_autocast_enabled(dev.type) else hidden.dtype
+        h = hidden.to(dtype).contiguous()
+        w = weight.to(dtype).contiguous()
+        b = None if bias is None else bias.float().contiguous()
+        entropy = "entropy" in outputs
+        out = linear_token_logprobs(h, w, targets.contiguous(), bias=b, temperature=float(temperature) / logit_scale,
+                                    return_entropy=entropy)
+        logp, ent = out if entropy else (out, None)
+        return logp, ent, None, None, None
+
+
+@contextlib.contextmanager
+def fused_head():
+    """Within this context, TRL's fused LM head (`add_fused_lm_head`, `fused_lm_head=True`) runs on
+    pref-kernels: TRL's label shifting, masking, PEFT/FSDP handling and output assembly stay, the
+    chunked projection and its backward are pref-kernels'. Only rows with a label are projected, on
+    every device (TRL scores every row where Triton is unavailable)."""
+    import trl.trainer.utils as tu
+
+    saved = (tu._ChunkedLogProbFunction, tu._use_triton)
+    tu._ChunkedLogProbFunction, tu._use_triton = FusedHead, (lambda device: True)
+    try:
+        yield
+    finally:
+        tu._ChunkedLogProbFunction, tu._use_triton = saved
+
+
+def _with_fused_head(method):
+    def wrapped(*args, **kwargs):
+        with fused_head():
+            return method(*args, **kwargs)
+    return wrapped
+
+
+# ---- patching ----------------------------------------------------------------------------------------
+
 def unsupported_reason(trainer):
-    """Why `trainer` cannot use pref-kernels' loss (None when it can)."""
+    """Why pref-kernels cannot serve `trainer` (None when it can)."""
+    kind = _trainer_kind(trainer)
+    if kind is None:
+        return f"{type(trainer).__name__} is not a TRL DPOTrainer, GRPOTrainer or RLOOTrainer"
+    if kind == "DPOTrainer":
+        return _dpo_unsupported_reason(trainer)
+    missing = [a for a in ("_compute_loss", "_get_per_token_logps_and_entropies", "_metrics", "loss_type"
+                           if kind == "GRPOTrainer" else "_metrics") if not hasattr(trainer, a)]
+    if missing:
+        return f"this TRL version's {kind} lacks {', '.join(missing)} (tested with TRL 1.16)"
+    cfg = _model_config(trainer)
+    reason = head_refusal(getattr(cfg, "final_logit_softcapping", None), _logit_scale(cfg), ("log_probs", "entropy"))
+    if reason is not None:
+        return reason
+    if kind == "GRPOTrainer":
+        if trainer.loss_type not in GRPO_LOSS_TYPES:
+            return f"loss_type {trainer.loss_type!r} is not served (supported: {', '.join(GRPO_LOSS_TYPES)})"
+        if getattr(trainer, "use_adaptive_entropy", False):
+            return "adaptive entropy control (entropy_target) is not served yet: its controller reads the entropy " \
+                   "mask the fused loss computes internally"
+        if trainer.top_entropy_quantile < 1.0 and trainer.accelerator.num_processes > 1:
+            return "top_entropy_quantile < 1 over several processes: TRL's quantile is over every process's " \
+                   "tokens, the fused loss's over this process's"
+        if getattr(trainer, "importance_sampling_level", "token") not in ("token", "sequence"):
+            return f"importance_sampling_level {trainer.importance_sampling_level!r}"
+    return None
+
+
+def _logit_scale(cfg):
+    """The logit multiplier TRL 1.16's `add_fused_lm_head` reads from a text config."""
+    if cfg is None:
+        return 1.0
+    scale = getattr(cfg, "logit_scale", None)
+    if scale is None:
+        scale = getattr(cfg, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(cfg, "lm_head_multiplier", None)
+    if scale is None and getattr(cfg, "logits_scaling", None) is not None:
+        scale = cfg.logits_scaling if cfg.model_type == "hyperclovax" else 1 / cfg.logits_scaling
+    return 1.0 if scale is None else scale
+
+
+def use_pref_kernels(trainer):
+    """Patches `trainer` (a trl DPOTrainer, GRPOTrainer or RLOOTrainer) in place to run on pref-kernels
+    (see the module's docstring for what each gets); returns it. Raises NotImplementedError, with the
+    reason, for configurations pref-kernels does not serve."""
+    reason = unsupported_reason(trainer)
+    if reason is not None:
+        raise NotImplementedError(f"pref_kernels cannot serve this {type(trainer).__name__}: {reason}")
+    kind = _trainer_kind(trainer)
+    if kind == "DPOTrainer":
+        trainer._compute_loss = types.MethodType(_compute_loss, trainer)
+    else:
+        trainer._get_per_token_logps_and_entropies = _with_fused_head(trainer._get_per_token_logps_and_entropies)
+        if kind == "GRPOTrainer":
+            trainer._compute_loss = types.MethodType(_grpo_compute_loss, trainer)
+    trainer.pref_kernels_enabled = True
+    return trainer
+
+
+def _dpo_unsupported_reason(trainer):
     missing = [a for a in ("_compute_loss", "compute_ref_log_probs", "loss_types", "loss_weights", "_metrics")
                if not hasattr(trainer, a)]
     if missing:
@@ -42,17 +192,6 @@ def unsupported_reason(trainer):
     if "ipo" in trainer.loss_types and trainer.f_divergence_type != "reverse_kl":
         return "ipo with an f-divergence other than reverse_kl (TRL's score offsets do not cancel there)"
     return None
-
-
-def use_pref_kernels(trainer):
-    """Patches `trainer` (a trl.DPOTrainer) in place to compute its loss with pref-kernels; returns it.
-    Raises NotImplementedError, with the reason, for configurations pref-kernels does not serve."""
-    reason = unsupported_reason(trainer)
-    if reason is not None:
-        raise NotImplementedError(f"pref_kernels cannot serve this DPOTrainer: {reason}")
-    trainer._compute_loss = types.MethodType(_compute_loss, trainer)
-    trainer.pref_kernels_enabled = True
-    return trainer
 
 
 def _log_model_output_metrics(self, mode, outputs, inputs, mask):
@@ -129,3 +268,119 @@ def _compute_loss(self, model, inputs, return_outputs):
             outputs = model(**model_kwargs)
         return loss, outputs
     return loss
+
+
+# ---- GRPOTrainer ----------------------------------------------------------------------------------
+
+def _grpo_compute_loss(self, model, inputs):
+    """TRL 1.16's `GRPOTrainer._compute_loss` with the loss, its gradients and its metrics from one
+    fused call (`pref_kernels.grpo_loss`) and the log-probs from the fused head."""
+    prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+    completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+    input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+    attention_mask = torch.cat([prompt_mask, completion_mask], dim=1)
+    logits_to_keep = completion_ids.size(1)
+    mask = completion_mask if "tool_mask" not in inputs else completion_mask * inputs["tool_mask"]
+    extra = {k: inputs.get(k) for k in ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
+                                        "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
+                                        "mm_token_type_ids", "image_position_ids")}
+    per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+        model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
+        compute_aux_loss=self.aux_loss_enabled, **extra)
+
+    advantages = inputs["advantages"]
+    if advantages.dim() == 2 and advantages.size(1) == 1:
+        advantages = advantages.squeeze(1)
+    if advantages.dim() != 1:
+        raise NotImplementedError("pref_kernels: per-token advantages [B, T] (a GRPOTrainer subclass) are not "
+                                  "served; the fused loss takes one advantage per sequence")
+    mode = "train" if self.model.training else "eval"
+    args = self.args
+    g = self.current_gradient_accumulation_steps if mode == "train" else 1
+    old = inputs.get("old_per_token_logps")
+    is_weights = None
+    if self.loss_type == "vespo":
+        is_weights = inputs.get("importance_sampling_ratio")
+    elif self.use_vllm and self.vllm_importance_sampling_correction:
+        is_weights = inputs["importance_sampling_ratio"]
+    entropy_coef = 0.0
+    if self._entropy_bonus_enabled:
+        entropy_coef = self.entropy_coef
+    n_items = inputs.get("num_items_in_batch")
+    loss, metrics = grpo_loss(
+        per_token_logps, advantages, mask, old, inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
+        loss_type=self.loss_type, beta=self.beta, epsilon=self.epsilon_low, epsilon_high=self.epsilon_high,
+        delta=args.delta, importance_sampling_level=self.importance_sampling_level,
+        max_completion_length=self.max_completion_length,
+        num_items_in_batch=None if n_items is None else float(n_items), num_processes=self.accelerator.num_processes,
+        gradient_accumulation_steps=g, steps_per_generation=args.steps_per_generation if mode == "train" else 1,
+        entropy=entropies, entropy_coef=entropy_coef, top_entropy_quantile=self.top_entropy_quantile,
+        vllm_is_weights=is_weights,
+        sampling_logp=inputs.get("sampling_per_token_logps") if self.off_policy_mask_threshold is not None else None,
+        off_policy_mask_threshold=self.off_policy_mask_threshold,
+        use_bias_correction_kl=args.use_bias_correction_kl, sapo_temperature_pos=args.sapo_temperature_pos,
+        sapo_temperature_neg=args.sapo_temperature_neg, vespo_k_pos=args.vespo_k_pos,
+        vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg, vespo_lambda_neg=args.vespo_lambda_neg)
+
+    acc = self.accelerator
+    m = self._metrics[mode]
+    values = dict(zip(GRPO_METRIC_NAMES, metrics.detach()))
+    if self._entropy_bonus_enabled:
+        m["policy_loss"].append(acc.gather(values["policy_loss"][None]).nanmean().item())
+        if mode == "train" and acc.sync_gradients:
+            m["entropy_coef"].append(self.entropy_coef)
+    if self.aux_loss_enabled:
+        loss = loss + self.router_aux_loss_coef * aux_loss / g
+        m["aux_loss"].append(acc.gather_for_metrics(aux_loss).mean().item())
+
+    # The fused metrics are means on this process over the completion tokens (or, for sequence-level
+    # importance sampling, over the sequences); TRL reduces sums and counts across processes.
+    tokens = mask.sum().float()
+    seqs = torch.tensor(float(mask.size(0)), device=mask.device)
+    sequence_level = self.importance_sampling_level == "sequence"
+
+    def global_mean(name, count):
+        totals = acc.reduce(torch.stack([values[name].to(count.device) * count, count]), reduction="sum")
+        return (totals[0] / totals[1].clamp(min=1.0)).item()
+
+    if self.beta != 0.0:
+        m["kl"].append(global_mean("kl", tokens))
+    m["entropy"].append(global_mean("entropy", tokens))
+    per_ratio = seqs if sequence_level else tokens
+    if self.loss_type in ("grpo", "bnpo", "dr_grpo", "dapo", "luspo"):
+        for name in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
+            m[name].append(global_mean(name, per_ratio))
+        low, high = _clip_fractions_per_sequence(self, per_token_logps, old, advantages, mask)
+        m["clip_ratio/low_min"].append(_nan_reduce(acc.gather(low), torch.min))
+        m["clip_ratio/high_max"].append(_nan_reduce(acc.gather(high), torch.max))
+    elif self.loss_type == "cispo":
+        m["cispo_clip_ratio"].append(global_mean("clip_ratio/high_mean", per_ratio))
+    elif self.loss_type == "vespo":
+        m["vespo/phi_seq_mean"].append(global_mean("vespo/phi_seq_mean", seqs))
+    return loss
+
+
+@torch.no_grad()
+def _clip_fractions_per_sequence(self, logp, old, advantages, mask):
+    """Per sequence, the fraction of its tokens clipped low and high (TRL's `clip_ratio/low_min` and
+    `clip_ratio/high_max` are the min and max of these over the batch): a few [B, T] element-wise
+    operations, for logging only."""
+    log_ratio = torch.zeros_like(logp) if old is None else logp.detach() - old
+    maskf = mask.to(logp.dtype)
+    if self.importance_sampling_level == "sequence":
+        log_ratio = ((log_ratio * maskf).sum(-1) / maskf.sum(-1).clamp(min=1.0))[:, None]
+    coef = torch.exp(log_ratio)
+    if self.args.delta is not None:
+        coef = coef.clamp(max=self.args.delta)
+    a = advantages[:, None]
+    low = ((coef < 1 - self.epsilon_low) & (a < 0)).to(logp.dtype)
+    high = ((coef > 1 + self.epsilon_high) & (a > 0)).to(logp.dtype)
+
+    def per_seq(x):
+        return x.squeeze(1) if x.size(1) == 1 else (x * maskf).sum(-1) / maskf.sum(-1)
+    return per_seq(low), per_seq(high)
+
+
+def _nan_reduce(x, op):
+    x = x[~torch.isnan(x)]
+    return op(x).item() if x.numel() else float("nan")

@@ -16,16 +16,7 @@ tokenizers = import_or_skip("tokenizers")
 import pref_kernels.trl  # noqa: E402
 from pref_kernels.trl import unsupported_reason, use_pref_kernels  # noqa: E402
 
-WORDS = ["red", "green", "blue", "cat", "dog", "bird", "runs", "sits", "flies", "the", "a", "is", "very", "not",
-         "and", "big", "small", "fast", "slow", "yes", "no"]
-
-
-def tokenizer():
-    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + WORDS)}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                                bos_token="<s>", eos_token="</s>")
+from tiny_models import WORDS, causal_lm, tokenizer  # noqa: E402
 
 
 def dataset(n=8, seed=0):
@@ -41,12 +32,7 @@ def dataset(n=8, seed=0):
 
 
 def model(tok):
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-                                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id,
-                                   eos_token_id=tok.eos_token_id, tie_word_embeddings=False)
-    return transformers.LlamaForCausalLM(cfg)
+    return causal_lm(tok, "llama")
 
 
 def reference_model(tok):

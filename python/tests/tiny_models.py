@@ -1,0 +1,31 @@
+"""Tiny randomly initialised causal LMs and a word-level tokenizer built in the test (nothing
+downloaded), shared by the TRL tests. The vocabulary size (25) differs from every other dimension
+(hidden 32, MLP 64, sequence lengths < 25), so a `[..., V]` tensor is recognisable by its shape."""
+import torch
+import transformers
+import tokenizers
+
+WORDS = ["red", "green", "blue", "cat", "dog", "bird", "runs", "sits", "flies", "the", "a", "is", "very", "not",
+         "and", "big", "small", "fast", "slow", "yes", "no"]
+
+
+def tokenizer():
+    vocab = {w: i for i, w in enumerate(["<pad>", "<unk>", "<s>", "</s>"] + WORDS)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                                bos_token="<s>", eos_token="</s>")
+
+
+def causal_lm(tok, family="llama", seed=0):
+    """A 2-layer Llama or Qwen2 (GQA, untied head; Qwen2 has q/k/v biases) with random weights."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                  tie_word_embeddings=False)
+    if family == "llama":
+        return transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
+    if family == "qwen2":
+        return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
+    raise ValueError(family)
