@@ -64,18 +64,18 @@ def guarded(method, guard):
     return run
 
 
-def train(tmp_path, drop_in, family="llama", guard=False, **config):
+def train(tmp_path, drop_in, family="llama", guard=False, trainer_cls="GRPO", **config):
     tok = tokenizer()
     config = {"per_device_train_batch_size": 8, "num_generations": 4, "max_completion_length": 6, "max_steps": 2,
               **config}
     # Plain SGD: Adam's first step is sign(gradient) * lr, which turns a last-bit difference of a
     # near-zero gradient element into a full-lr weight difference.
-    args = trl.GRPOConfig(output_dir=str(tmp_path), learning_rate=0.1, optim="sgd", logging_steps=1, report_to=[],
+    args = getattr(trl, f"{trainer_cls}Config")(output_dir=str(tmp_path), learning_rate=0.1, optim="sgd", logging_steps=1, report_to=[],
                           use_cpu=True, seed=0, save_strategy="no", dataloader_num_workers=0, **config)
     # Saved and passed by path: with beta > 0 TRL loads the reference model from the policy's path.
     path = tmp_path / "model"
     causal_lm(tok, family).save_pretrained(path)
-    trainer = trl.GRPOTrainer(model=str(path), reward_funcs=reward, args=args, train_dataset=prompts(),
+    trainer = getattr(trl, f"{trainer_cls}Trainer")(model=str(path), reward_funcs=reward, args=args, train_dataset=prompts(),
                               processing_class=tok)
     if trainer.ref_model is not None:
         # A reference that differs from the policy, so the KL term and its gradient count from step 0.
@@ -137,6 +137,27 @@ def test_grpo_trainer_with_and_without_the_drop_in(tmp_path, monkeypatch, family
             # other orders than TRL's torch ops (measured: 1e-7 relative). Later steps start from
             # weights that differ by the gradient difference times lr (see the module docstring), and
             # their losses are themselves first order in that update, so they get a looser band.
+            rel, abs_ = (2e-4, 2e-5) if step == 0 else (2e-2, 1e-4)
+            assert g[k] == pytest.approx(w[k], rel=rel, abs=abs_), f"step {step} {k}: {g[k]} vs {w[k]}"
+    for k in want_w:
+        torch.testing.assert_close(got_w[k], want_w[k], atol=5e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+
+
+def test_rloo_trainer_log_probs_through_the_fused_head(tmp_path, monkeypatch):
+    """RLOOTrainer shares GRPO's log-prob path: with the drop-in every one of its forwards (policy,
+    old policy, reference) goes through pref-kernels' head, and losses, metrics and weights agree."""
+    calls = []
+    fused_head = pref_kernels.trl.FusedHead.apply
+    monkeypatch.setattr(pref_kernels.trl.FusedHead, "apply",
+                        staticmethod(lambda *a, **k: calls.append(1) or fused_head(*a, **k)))
+    want_logs, want_w, _ = train(tmp_path / "trl", False, "qwen2", trainer_cls="RLOO", beta=0.05)
+    assert not calls
+    got_logs, got_w, _ = train(tmp_path / "pk", True, "qwen2", trainer_cls="RLOO", beta=0.05)
+    assert len(calls) >= 4, "the policy and reference forwards of both steps"
+    for step, (g, w) in enumerate(zip(got_logs, want_logs)):
+        keys = [k for k in w if k.startswith(("loss", "kl", "entropy", "clip_ratio", "reward"))]
+        assert {"loss", "kl", "entropy"} <= set(keys), keys
+        for k in keys:
             rel, abs_ = (2e-4, 2e-5) if step == 0 else (2e-2, 1e-4)
             assert g[k] == pytest.approx(w[k], rel=rel, abs=abs_), f"step {step} {k}: {g[k]} vs {w[k]}"
     for k in want_w:
