@@ -5,7 +5,7 @@ use crate::error::{ensure, Result};
 use crate::params::GroupLossParams;
 use crate::runtime::args::{check_ptr, check_span};
 use crate::runtime::mem::{
-    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+    optional_ptr, read_metrics, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
 };
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -236,15 +236,10 @@ impl GroupLossOutputs {
         seq_out: &DeviceBuffer<f32>,
         n_seqs: usize,
     ) -> Result<Self> {
-        ensure(metrics.len() >= GROUP_METRICS_LEN, "metrics", || {
-            format!("needs {GROUP_METRICS_LEN} f32, got {}", metrics.len())
-        })?;
         ensure(seq_out.len() >= n_seqs, "seq_out", || format!("needs {n_seqs} f32, got {}", seq_out.len()))?;
-        let m = stream.clone_dtoh(metrics)?;
+        let metrics: [f32; GROUP_METRICS_LEN] = read_metrics(stream, "metrics", metrics)?;
         let mut seq_values = stream.clone_dtoh(seq_out)?;
         seq_values.truncate(n_seqs);
-        let mut out = Self { loss: m[0], metrics: [0.0; GROUP_METRICS_LEN], seq_values };
-        out.metrics.copy_from_slice(&m[..GROUP_METRICS_LEN]);
-        Ok(out)
+        Ok(Self { loss: metrics[0], metrics, seq_values })
     }
 }

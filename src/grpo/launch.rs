@@ -5,7 +5,9 @@ use super::{GrpoConfig, ImportanceLevel, GRPO_METRICS_LEN};
 use crate::error::{ensure, Result};
 use crate::params::{GrpoParams, GRPO_SEQ_FIELDS};
 use crate::runtime::args::{check_ptr, check_span};
-use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{
+    optional_ptr, read_metrics, DeviceBuffer, DevicePtrMut, Guard, Stream, View, ViewMut,
+};
 use crate::runtime::registry::GRPO_THREADS;
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -288,13 +290,8 @@ impl GrpoOutputs {
     /// Reads the outputs of a raw launch ([`Gpu::grpo_loss_raw`]) back to the host from its
     /// `metrics` buffer ([`GRPO_METRICS_LEN`] f32). Synchronizes `stream`.
     pub fn read(stream: &Stream, metrics: &DeviceBuffer<f32>) -> Result<Self> {
-        ensure(metrics.len() >= GRPO_METRICS_LEN, "metrics", || {
-            format!("needs {GRPO_METRICS_LEN} f32, got {}", metrics.len())
-        })?;
-        let m = stream.clone_dtoh(metrics)?;
-        let mut out = Self { loss: m[0], metrics: [0.0; GRPO_METRICS_LEN] };
-        out.metrics.copy_from_slice(&m[..GRPO_METRICS_LEN]);
-        Ok(out)
+        let metrics: [f32; GRPO_METRICS_LEN] = read_metrics(stream, "metrics", metrics)?;
+        Ok(Self { loss: metrics[0], metrics })
     }
 }
 

@@ -2,7 +2,7 @@
 //! (`kernels/preference_loss.cu`) and the per-token gradient (`token_grad`), three small launches that
 //! read only per-token f32 data (never the logits).
 use crate::runtime::mem::{
-    optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
+    optional_ptr, read_metrics, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,
 };
 
 use super::{
@@ -489,17 +489,13 @@ impl PreferenceLossOutputs {
         pair_out: &DeviceBuffer<f32>,
         n_pairs: usize,
     ) -> Result<Self> {
-        ensure(metrics.len() >= METRICS_LEN, "metrics", || {
-            format!("needs {METRICS_LEN} f32, got {}", metrics.len())
-        })?;
+        let metrics: [f32; METRICS_LEN] = read_metrics(stream, "metrics", metrics)?;
         let rows = n_pairs.checked_mul(PAIR_COLUMNS).filter(|&r| r <= pair_out.len());
         ensure(rows.is_some(), "pair_out", || {
             format!("needs {n_pairs} x {PAIR_COLUMNS} f32, got {}", pair_out.len())
         })?;
-        let m = stream.clone_dtoh(metrics)?;
         let p = stream.clone_dtoh(pair_out)?;
-        let mut out = Self { loss: m[0], metrics: [0.0; METRICS_LEN], pairs: Vec::with_capacity(n_pairs) };
-        out.metrics.copy_from_slice(&m[..METRICS_LEN]);
+        let mut out = Self { loss: metrics[0], metrics, pairs: Vec::with_capacity(n_pairs) };
         out.pairs.extend(p.chunks_exact(PAIR_COLUMNS).take(n_pairs).map(|row| {
             let mut r = [0.0; PAIR_COLUMNS];
             r.copy_from_slice(row);

@@ -510,6 +510,20 @@ impl<T> DevicePtrMut<T> for ViewMut<'_, T> {
     }
 }
 
+/// The first `N` values of a device metrics array, read back to the host (synchronizes `stream`);
+/// an error naming `arg` when the buffer is shorter.
+pub(crate) fn read_metrics<const N: usize>(
+    stream: &Stream,
+    arg: &'static str,
+    buf: &DeviceBuffer<f32>,
+) -> Result<[f32; N]> {
+    crate::error::ensure(buf.len() >= N, arg, || format!("needs {N} f32, got {}", buf.len()))?;
+    let host = stream.clone_dtoh(buf)?;
+    let mut out = [0.0; N];
+    out.copy_from_slice(&host[..N]);
+    Ok(out)
+}
+
 /// [`optional_ptr`] of a view that must hold exactly `n` elements (named `arg` in the error).
 pub(crate) fn optional_ptr_of_len<'s, T>(
     stream: &'s Stream,
