@@ -14,6 +14,9 @@ use pref_kernels::linear_token_logprobs::{reference as lin_ref, LinearShape};
 use pref_kernels::preference_loss::{reference as loss_ref, LossConfig, Pairs};
 use pref_kernels::seq_reduce::{reference as reduce_ref, ReduceMode, SeqLayout, TokenInputs};
 use pref_kernels::TokenLogprobsConfig;
+#[path = "common/pseudo.rs"]
+mod pseudo;
+use pseudo::pseudo;
 
 const EMU: i32 = PREFK_DEVICE_EMULATOR;
 
@@ -45,18 +48,6 @@ impl Drop for Registered {
             assert_eq!(prefk_unregister_host_memory(p), 0, "{}", last());
         }
     }
-}
-
-fn pseudo(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-        })
-        .collect()
 }
 
 struct Problem {

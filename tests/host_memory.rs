@@ -11,6 +11,9 @@ use pref_kernels::ffi::{
 };
 use pref_kernels::token_logprobs::reference;
 use pref_kernels::{LogitsLayout, TokenLogprobsConfig};
+#[path = "common/pseudo.rs"]
+mod pseudo;
+use pseudo::pseudo;
 
 fn last() -> String {
     // SAFETY: the library returns its thread-local NUL-terminated message.
@@ -26,25 +29,13 @@ fn register<T>(v: &mut [T], initialized: bool) -> i32 {
     unsafe { prefk_register_host_memory(addr(v), std::mem::size_of_val(v) as i64, i32::from(initialized)) }
 }
 
-fn pseudo(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
-        })
-        .collect()
-}
-
 #[test]
 fn registered_host_memory_runs_the_kernels_with_checks() {
     if !pref_kernels::runtime::emulator::built() {
         panic!("this build has no emulator: the C ABI's CPU path cannot be tested");
     }
     let (n, v) = (5usize, 37usize);
-    let mut logits = pseudo(n * v, 3);
+    let mut logits = pseudo(n * v, 3, -4.0, 4.0);
     let mut targets: Vec<i64> = vec![3, -100, 36, 0, 17];
     let mut logp = vec![f32::NAN; n];
     let mut lse = vec![f32::NAN; n];
@@ -94,8 +85,8 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     }
 
     // The backward with the entropy's gradient into a registered, never-written output.
-    let mut grad_logp = pseudo(n, 9);
-    let mut grad_ent = pseudo(n, 11);
+    let mut grad_logp = pseudo(n, 9, -4.0, 4.0);
+    let mut grad_ent = pseudo(n, 11, -4.0, 4.0);
     let mut grad = vec![f32::NAN; n * v];
     assert_eq!(register(&mut grad_logp, true), 0, "{}", last());
     assert_eq!(register(&mut grad_ent, true), 0, "{}", last());
@@ -139,7 +130,7 @@ fn registered_host_memory_runs_the_kernels_with_checks() {
     }
 
     // A logits buffer one element short: the kernel's read of the last element is caught.
-    let mut short = pseudo(n * v - 1, 5);
+    let mut short = pseudo(n * v - 1, 5, -4.0, 4.0);
     assert_eq!(register(&mut short, true), 0, "{}", last());
     // SAFETY: the emulator checks every access; nothing outside registered memory is touched.
     let rc = unsafe {

@@ -4,6 +4,9 @@
 use pref_kernels::shared_prefix_attention::reference::{backward, forward};
 use pref_kernels::shared_prefix_attention::{AttnShape, PrefixGroup, SharedPrefixLayout, TILE};
 use proptest::prelude::*;
+#[path = "common/pseudo.rs"]
+mod pseudo;
+use pseudo::pseudo;
 
 fn layout(groups: &[(usize, &[usize])]) -> SharedPrefixLayout {
     SharedPrefixLayout::from_lengths(
@@ -12,25 +15,14 @@ fn layout(groups: &[(usize, &[usize])]) -> SharedPrefixLayout {
     .unwrap()
 }
 
-fn randn(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
-        })
-        .collect()
-}
-
 #[test]
 fn reference_gradients_match_finite_differences() {
     let l = layout(&[(3, &[2, 1]), (0, &[2])]);
     let shape = AttnShape::new(2, 1, 64);
     let t = l.total_tokens();
-    let (q, k, v) = (randn(t * 2 * 64, 1), randn(t * 64, 2), randn(t * 64, 3));
-    let dout = randn(t * 2 * 64, 4);
+    let (q, k, v) =
+        (pseudo(t * 2 * 64, 1, -1.0, 1.0), pseudo(t * 64, 2, -1.0, 1.0), pseudo(t * 64, 3, -1.0, 1.0));
+    let dout = pseudo(t * 2 * 64, 4, -1.0, 1.0);
     let g = backward(&q, &k, &v, &dout, &l, &shape).unwrap();
     let objective = |q: &[f32], k: &[f32], v: &[f32]| -> f64 {
         forward(q, k, v, &l, &shape).unwrap().o.iter().zip(&dout).map(|(o, d)| o * *d as f64).sum()
@@ -63,7 +55,12 @@ fn shared_layout_equals_separate_causal_attention() {
     let shape = AttnShape::new(4, 2, 64);
     let (wq, wk) = (4 * 64, 2 * 64);
     let t = l.total_tokens();
-    let (q, k, v, dout) = (randn(t * wq, 5), randn(t * wk, 6), randn(t * wk, 7), randn(t * wq, 8));
+    let (q, k, v, dout) = (
+        pseudo(t * wq, 5, -1.0, 1.0),
+        pseudo(t * wk, 6, -1.0, 1.0),
+        pseudo(t * wk, 7, -1.0, 1.0),
+        pseudo(t * wq, 8, -1.0, 1.0),
+    );
     let shared = forward(&q, &k, &v, &l, &shape).unwrap();
     let gs = backward(&q, &k, &v, &dout, &l, &shape).unwrap();
 
@@ -115,7 +112,7 @@ fn changing_one_response_leaves_the_others_bitwise_unchanged() {
     let shape = AttnShape::new(2, 2, 64);
     let t = l.total_tokens();
     let w = 2 * 64;
-    let (q, k, v) = (randn(t * w, 9), randn(t * w, 10), randn(t * w, 11));
+    let (q, k, v) = (pseudo(t * w, 9, -1.0, 1.0), pseudo(t * w, 10, -1.0, 1.0), pseudo(t * w, 11, -1.0, 1.0));
     let base = forward(&q, &k, &v, &l, &shape).unwrap();
     // Response 1 of group 0 is tokens [7, 9).
     let (mut q2, mut k2, mut v2) = (q.clone(), k.clone(), v.clone());

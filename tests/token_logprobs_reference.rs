@@ -8,6 +8,9 @@ use pref_kernels::{Error, LogitsLayout, TokenLogprobsConfig};
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+#[path = "common/pseudo.rs"]
+mod pseudo;
+use pseudo::pseudo;
 
 fn cfg() -> TokenLogprobsConfig {
     TokenLogprobsConfig::default()
@@ -210,15 +213,7 @@ fn bad_inputs_are_clear_errors() {
 #[test]
 fn the_reference_stays_at_f64_precision_on_long_rows() {
     let v = 262144usize;
-    let mut s = 0x1234_5678_9abc_def1u64;
-    let logits: Vec<f32> = (0..v)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 8.0
-        })
-        .collect();
+    let logits = pseudo(v, 0x1234_5678_9abc_def1, -4.0, 4.0);
     let layout = pref_kernels::LogitsLayout::contiguous(1, v);
     let cfg = pref_kernels::TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
     let r = pref_kernels::token_logprobs::reference::forward(&logits, layout, &[3i64], &cfg).unwrap();

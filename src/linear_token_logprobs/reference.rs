@@ -61,22 +61,11 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
     check(hidden, weight, bias, &shape, targets, cfg)?;
     let inv_t = 1.0 / cfg.temperature as f64;
     let n = shape.n_rows;
-    let mut out = TokenLogprobsRef {
-        logp: vec![0.0; n],
-        lse: vec![0.0; n],
-        entropy: vec![0.0; n],
-        log_sum_sq: vec![0.0; n],
-    };
+    let mut out = TokenLogprobsRef::zeros(n);
     for (r, target) in targets.iter().enumerate() {
         let Some(t) = checked_target(r, target.to_i64(), shape.vocab, cfg.ignore_index)? else { continue };
         let (logp, lse) = row_log_softmax_f64(row_logits(hidden, weight, bias, &shape, r, inv_t));
-        out.logp[r] = logp[t];
-        out.lse[r] = lse;
-        out.log_sum_sq[r] = crate::token_logprobs::reference::log_sum_sq(&logp);
-        out.entropy[r] =
-            -pairwise_sum_iter(
-                logp.iter().map(|&lp| if lp == f64::NEG_INFINITY { 0.0 } else { lp.exp() * lp }),
-            );
+        out.set_row(r, t, &logp, lse);
     }
     Ok(out)
 }

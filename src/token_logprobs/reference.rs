@@ -18,6 +18,29 @@ pub struct TokenLogprobsRef {
     pub log_sum_sq: Vec<f64>,
 }
 
+impl TokenLogprobsRef {
+    /// Every output 0 for `n` rows (what ignored rows keep).
+    pub(crate) fn zeros(n: usize) -> Self {
+        Self { logp: vec![0.0; n], lse: vec![0.0; n], entropy: vec![0.0; n], log_sum_sq: vec![0.0; n] }
+    }
+
+    /// Fills row `r` from its f64 log-softmax `logp`, logsumexp `lse` and target `t`.
+    pub(crate) fn set_row(&mut self, r: usize, t: usize, logp: &[f64], lse: f64) {
+        self.lse[r] = lse;
+        self.logp[r] = logp[t];
+        self.log_sum_sq[r] = log_sum_sq(logp);
+        // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
+        self.entropy[r] = -pairwise_sum_iter(logp.iter().map(|&lp| {
+            let p = lp.exp();
+            if p == 0.0 && !lp.is_nan() {
+                0.0
+            } else {
+                p * lp
+            }
+        }));
+    }
+}
+
 /// Checks one target: `Ok(None)` for an ignored row, `Ok(Some(t))` for a usable one.
 pub(crate) fn checked_target(row: usize, t: i64, vocab: usize, ignore_index: i64) -> Result<Option<usize>> {
     if t == ignore_index {
@@ -74,30 +97,14 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
     validate(&layout, cfg, logits.len(), targets.len())?;
     let inv_t = 1.0 / cfg.temperature as f64;
     let n = layout.n_rows;
-    let mut out = TokenLogprobsRef {
-        logp: vec![0.0; n],
-        lse: vec![0.0; n],
-        entropy: vec![0.0; n],
-        log_sum_sq: vec![0.0; n],
-    };
+    let mut out = TokenLogprobsRef::zeros(n);
     for (r, target) in targets.iter().enumerate() {
         let Some(t) = checked_target(r, target.to_i64(), layout.vocab, cfg.ignore_index)? else {
             continue;
         };
         let start = r * layout.row_stride;
         let (logp, lse) = row_log_softmax(&logits[start..start + layout.vocab], inv_t);
-        out.lse[r] = lse;
-        out.logp[r] = logp[t];
-        out.log_sum_sq[r] = log_sum_sq(&logp);
-        // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
-        out.entropy[r] = -pairwise_sum_iter(logp.iter().map(|&lp| {
-            let p = lp.exp();
-            if p == 0.0 && !lp.is_nan() {
-                0.0
-            } else {
-                p * lp
-            }
-        }));
+        out.set_row(r, t, &logp, lse);
     }
     Ok(out)
 }

@@ -96,12 +96,7 @@ pub fn finalize<I: TargetIndex>(
         ensure_len("partials", p.len(), n)?;
     }
     // The shards' partials carry no sum of p² (log_sum_sq stays 0: not served vocabulary-parallel).
-    let mut out = TokenLogprobsRef {
-        logp: vec![0.0; n],
-        lse: vec![0.0; n],
-        entropy: vec![0.0; n],
-        log_sum_sq: vec![0.0; n],
-    };
+    let mut out = TokenLogprobsRef::zeros(n);
     for (r, target) in targets.iter().enumerate() {
         if checked_target(r, target.to_i64(), vocab, cfg.ignore_index)?.is_none() {
             continue;
