@@ -27,8 +27,8 @@ import types
 
 import torch
 
-from . import GRPO_LOSS_TYPES, GRPO_METRIC_NAMES, METRIC_NAMES, TRL_LOSS_TYPES, dpo_loss, grpo_loss
-from . import linear_token_logprobs
+from . import GRPO_LOSS_TYPES, GRPO_METRIC_NAMES, METRIC_NAMES, TRL_LOSS_TYPES, dpo_loss, grpo_loss, \
+    linear_token_logprobs
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 _REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -127,8 +127,8 @@ def unsupported_reason(trainer):
         return f"{type(trainer).__name__} is not a TRL DPOTrainer, GRPOTrainer or RLOOTrainer"
     if kind == "DPOTrainer":
         return _dpo_unsupported_reason(trainer)
-    missing = [a for a in ("_compute_loss", "_get_per_token_logps_and_entropies", "_metrics", "loss_type"
-                           if kind == "GRPOTrainer" else "_metrics") if not hasattr(trainer, a)]
+    needed = ("_compute_loss", "_get_per_token_logps_and_entropies", "_metrics")
+    missing = [a for a in needed + (("loss_type",) if kind == "GRPOTrainer" else ()) if not hasattr(trainer, a)]
     if missing:
         return f"this TRL version's {kind} lacks {', '.join(missing)} (tested with TRL 1.16)"
     cfg = _model_config(trainer)
@@ -351,8 +351,10 @@ def _grpo_compute_loss(self, model, inputs):
         for name in ("clip_ratio/low_mean", "clip_ratio/high_mean", "clip_ratio/region_mean"):
             m[name].append(global_mean(name, per_ratio))
         low, high = _clip_fractions_per_sequence(self, per_token_logps, old, advantages, mask)
-        m["clip_ratio/low_min"].append(_nan_reduce(acc.gather(low), torch.min))
-        m["clip_ratio/high_max"].append(_nan_reduce(acc.gather(high), torch.max))
+        from trl.trainer.utils import nanmax, nanmin
+
+        m["clip_ratio/low_min"].append(nanmin(acc.gather(low)).item())
+        m["clip_ratio/high_max"].append(nanmax(acc.gather(high)).item())
     elif self.loss_type == "cispo":
         m["cispo_clip_ratio"].append(global_mean("clip_ratio/high_mean", per_ratio))
     elif self.loss_type == "vespo":
@@ -380,7 +382,3 @@ def _clip_fractions_per_sequence(self, logp, old, advantages, mask):
         return x.squeeze(1) if x.size(1) == 1 else (x * maskf).sum(-1) / maskf.sum(-1)
     return per_seq(low), per_seq(high)
 
-
-def _nan_reduce(x, op):
-    x = x[~torch.isnan(x)]
-    return op(x).item() if x.numel() else float("nan")
