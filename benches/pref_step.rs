@@ -119,6 +119,8 @@ fn gpu_benches(c: &mut Criterion) {
                     entropy: None,
                     stats: Some(stats.as_view_mut()),
                     log_sum_sq: None,
+                    mean_logits: None,
+                    is_top1: None,
                 };
                 gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &token_cfg).unwrap();
                 gpu.token_logprobs_backward(

@@ -76,6 +76,8 @@ fn gpu_benches(c: &mut Criterion) {
                         entropy: None,
                         stats: None,
                         log_sum_sq: None,
+                        mean_logits: None,
+                        is_top1: None,
                     };
                     gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg).unwrap();
                 })

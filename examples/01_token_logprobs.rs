@@ -22,6 +22,8 @@ fn main() -> pref_kernels::Result<()> {
         entropy: Some(entropy.as_view_mut()),
         stats: Some(stats.as_view_mut()),
         log_sum_sq: None,
+        mean_logits: None,
+        is_top1: None,
     };
     gpu.token_logprobs_forward(&s, &d_logits, layout, &d_targets, out, &cfg)?;
 

@@ -207,6 +207,8 @@ fn main() -> pref_kernels::Result<()> {
                     entropy: None,
                     stats: Some(stats.as_view_mut()),
                     log_sum_sq: None,
+                    mean_logits: None,
+                    is_top1: None,
                 };
                 gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &quiet)?;
                 let e1 = cs.record_event(flags)?;
@@ -233,6 +235,8 @@ fn main() -> pref_kernels::Result<()> {
                 entropy: Some(entropy.as_view_mut()),
                 stats: None,
                 log_sum_sq: None,
+                mean_logits: None,
+                is_top1: None,
             };
             gpu.token_logprobs_forward(&s, &logits0, layout, &targets, out, &with_entropy)?;
             let (lp, ent) = (s.clone_dtoh(&logp)?, s.clone_dtoh(&entropy)?);
@@ -417,6 +421,8 @@ fn verify_against_reference(gpu: &Gpu) -> pref_kernels::Result<()> {
         entropy: Some(ent.as_view_mut()),
         stats: Some(stats.as_view_mut()),
         log_sum_sq: None,
+        mean_logits: None,
+        is_top1: None,
     };
     gpu.token_logprobs_forward(&s, &logits, layout, &targets, out, &cfg)?;
     let want = tl_ref::forward(&data.logits, layout, &data.targets, &cfg)?;
@@ -954,6 +960,8 @@ fn vocab_parallel_head(gpu: &Gpu) -> pref_kernels::Result<()> {
         entropy: None,
         stats: Some(stats.as_view_mut()),
         log_sum_sq: None,
+        mean_logits: None,
+        is_top1: None,
     };
     gpu.vocab_parallel_finalize(&s, &g_d.as_view(), tp, vocab, &t_d, out, &token)?;
     let tokens = DeviceTokens {

@@ -63,8 +63,34 @@ typedef struct PrefkTokenLogprobsForwardArgs {
     uint32_t dtype_code;
     uint32_t index_code;
     float temperature;
+    uint64_t mean_logits; /* [n_rows] f32 mean of logits / T (TRL's mean_logits), or 0 */
+    uint64_t is_top1;     /* [n_rows] u8: target is the first argmax (TRL's is_top1), or 0 */
 } PrefkTokenLogprobsForwardArgs;
 int32_t prefk_token_logprobs_forward(const PrefkTokenLogprobsForwardArgs* args);
+
+/* Top-k log-probs: per row the k (1..=64, <= vocab) largest log p_v of softmax(logits / T),
+ * descending (equal logits by ascending id), and their ids; stats from a forward on the same
+ * logits, targets and temperature (the target's entry is bitwise its logp). Ignored rows: 0, -1. */
+typedef struct PrefkTokenLogprobsTopkArgs {
+    uint64_t struct_size;
+    uint64_t stream;
+    uint64_t logits;
+    uint64_t targets;
+    uint64_t stats;
+    uint64_t topk_logp;
+    uint64_t topk_ids;
+    uint64_t status;
+    int64_t n_rows;
+    int64_t vocab;
+    int64_t row_stride;
+    int64_t ignore_index;
+    int64_t k;
+    int32_t device;
+    uint32_t dtype_code;
+    uint32_t index_code;
+    float temperature;
+} PrefkTokenLogprobsTopkArgs;
+int32_t prefk_token_logprobs_topk(const PrefkTokenLogprobsTopkArgs* args);
 
 typedef struct PrefkTokenLogprobsBackwardArgs {
     uint64_t struct_size;
@@ -324,6 +350,12 @@ typedef struct PrefkLinearTokenLogprobsForwardArgs {
     uint32_t dtype_code;
     uint32_t index_code;
     float temperature;
+    uint64_t log_sum_sq;  /* [n_rows] f32 log sum p^2 (WPO), or 0; needs entropy */
+    uint64_t mean_logits; /* [n_rows] f32 mean of logits / T, or 0 */
+    uint64_t is_top1;     /* [n_rows] u8 target is the first argmax, or 0 */
+    uint64_t topk_logp;   /* [n_rows, top_k] f32 largest log-probs, descending, or 0 */
+    uint64_t topk_ids;    /* [n_rows, top_k] i64 their ids (-1 on ignored rows), or 0 */
+    int64_t top_k;        /* 0 (none) ..= 64 */
 } PrefkLinearTokenLogprobsForwardArgs;
 int32_t prefk_linear_token_logprobs_forward(const PrefkLinearTokenLogprobsForwardArgs* args);
 

@@ -33,8 +33,10 @@ __device__ void move_rows(const LinearRowsParams& p) {
 PREFK_KERNEL(linear_gather_rows_b2, LinearRowsParams, ROWS_THREADS) { move_rows<uint16_t, false>(p); }
 PREFK_KERNEL(linear_gather_rows_b4, LinearRowsParams, ROWS_THREADS) { move_rows<uint32_t, false>(p); }
 PREFK_KERNEL(linear_gather_rows_b8, LinearRowsParams, ROWS_THREADS) { move_rows<uint64_t, false>(p); }
+PREFK_KERNEL(linear_scatter_rows_b1, LinearRowsParams, ROWS_THREADS) { move_rows<uint8_t, true>(p); }
 PREFK_KERNEL(linear_scatter_rows_b2, LinearRowsParams, ROWS_THREADS) { move_rows<uint16_t, true>(p); }
 PREFK_KERNEL(linear_scatter_rows_b4, LinearRowsParams, ROWS_THREADS) { move_rows<uint32_t, true>(p); }
+PREFK_KERNEL(linear_scatter_rows_b8, LinearRowsParams, ROWS_THREADS) { move_rows<uint64_t, true>(p); }
 
 // logits[r, v] = bias[v]: the logits GEMM then accumulates onto it (beta = 1).
 template <typename T>

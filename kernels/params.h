@@ -28,7 +28,29 @@ typedef struct TokenLogprobsFwdParams {
     uint32_t reserved;
     uint64_t stats;         // out [n_rows, PREFK_SOFTMAX_STATS] f32 for the backward, or 0 (not written)
     uint64_t log_sum_sq;    // out [n_rows] f32 log sum_v p_v^2 (WPO), or 0; with the entropy only
+    uint64_t mean_logits;   // out [n_rows] f32 mean_v logits[r, v] / T, or 0; "full" entry points only
+    uint64_t is_top1;       // out [n_rows] u8: the target is the first argmax of the row, or 0; "full" only
 } TokenLogprobsFwdParams;
+
+// Top-k log-probs of each row: the k largest log p_v (descending; equal values by ascending id) and
+// their ids, from the logits and the forward's softmax statistics, so topk_logp at the target's id
+// is bitwise the forward's logp. Ignored rows get logp 0 and id -1, rows with a bad target NaN, -1.
+typedef struct TokenTopkParams {
+    uint64_t logits;        // [n_rows, row_stride] f32/f16/bf16
+    uint64_t targets;       // [n_rows] i32 or i64 (ignored / bad rows are skipped)
+    uint64_t stats;         // [n_rows, PREFK_SOFTMAX_STATS] f32, from the forward
+    uint64_t topk_logp;     // out [n_rows, k] f32
+    uint64_t topk_ids;      // out [n_rows, k] i64
+    uint64_t status;        // u32 status word, or 0
+    int64_t n_rows;
+    int64_t row_stride;     // in elements, >= vocab
+    int64_t vocab;          // >= k
+    int64_t ignore_index;
+    int64_t k;              // 1 ..= PREFK_TOPK_MAX
+    float inv_temperature;
+    uint32_t reserved;
+} TokenTopkParams;
+#define PREFK_TOPK_MAX 64
 
 // Per-row softmax statistics: what the backward needs to form p_v from x_v - m (exact in f32 near
 // the max) at any logit magnitude. A single rounded lse cannot carry it: its rounding error, half
@@ -59,7 +81,8 @@ typedef struct TokenLogprobsBwdParams {
 } TokenLogprobsBwdParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(TokenLogprobsFwdParams) == 104, "TokenLogprobsFwdParams layout changed: update src/params.rs");
+static_assert(sizeof(TokenTopkParams) == 96, "TokenTopkParams layout changed: update src/params.rs");
+static_assert(sizeof(TokenLogprobsFwdParams) == 120, "TokenLogprobsFwdParams layout changed: update src/params.rs");
 static_assert(sizeof(TokenLogprobsBwdParams) == 112, "TokenLogprobsBwdParams layout changed: update src/params.rs");
 #endif
 

@@ -14,9 +14,47 @@ constexpr int SOFTMAX_ROWS_BLOCK = 256;  // threads per block of every row kerne
 // j, then the < VEC tail columns), never on the row's address, so a row's result is bitwise the
 // same wherever it sits in memory. A 16-byte aligned row loads each chunk with one 16-byte load.
 // `scratch` holds ROW_THREADS / 32 states (block-wide groups only).
-template <typename T, int ROW_THREADS, bool ENTROPY>
+// With EXTRAS it also folds what TRL's fused head reports besides the softmax (RowExtras): the sum
+// of the row's values and the largest value left of column `before` (the target's), each thread
+// over its own columns, then reduced over the group in a fixed order (`extras_scratch`:
+// ROW_THREADS / 32 entries).
+struct RowExtras {
+    float sum;         // sum_v x_v
+    float before_max;  // max_{v < before} x_v (-inf when before <= 0)
+};
+
+template <int ROW_THREADS>
+__device__ __forceinline__ RowExtras reduce_row_extras(RowExtras e, RowExtras* scratch) {
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+        e.sum += __shfl_xor_sync(0xffffffffu, e.sum, off);
+        e.before_max = fmaxf(e.before_max, __shfl_xor_sync(0xffffffffu, e.before_max, off));
+    }
+    if (ROW_THREADS == 32) return e;
+    constexpr int WARPS = ROW_THREADS / 32;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    __syncthreads();
+    if (lane == 0) scratch[warp] = e;
+    __syncthreads();
+    RowExtras acc = {0.f, -INFINITY};
+    for (int w = 0; w < WARPS; ++w) {  // same order in every thread
+        acc.sum += scratch[w].sum;
+        acc.before_max = fmaxf(acc.before_max, scratch[w].before_max);
+    }
+    return acc;
+}
+
+template <typename T, int ROW_THREADS, bool ENTROPY, bool EXTRAS = false>
 __device__ __forceinline__ SoftmaxState row_softmax_state(const T* x, int64_t cols, float scale2, int64_t tid,
-                                                          SoftmaxState* scratch) {
+                                                          SoftmaxState* scratch, RowExtras* extras = nullptr,
+                                                          int64_t before = 0, RowExtras* extras_scratch = nullptr) {
+    RowExtras ex = {0.f, -INFINITY};
+    auto fold_extras = [&](float z, int64_t col) {
+        if (EXTRAS) {
+            ex.sum += z;
+            if (col < before) ex.before_max = fmaxf(ex.before_max, z);
+        }
+    };
     constexpr int VEC = Vec16<T>::N;
     constexpr int UNROLL = SOFTMAX_ROWS_UNROLL;
     const bool aligned = ((uint64_t)x & 15u) == 0;
@@ -34,15 +72,20 @@ __device__ __forceinline__ SoftmaxState row_softmax_state(const T* x, int64_t co
             if (base + (int64_t)u * ROW_THREADS < nvec) {
                 float z[VEC];
 #pragma unroll
-                for (int k = 0; k < VEC; ++k) z[k] = to_f32(v[u].v[k]);
+                for (int k = 0; k < VEC; ++k) {
+                    z[k] = to_f32(v[u].v[k]);
+                    fold_extras(z[k], (base + (int64_t)u * ROW_THREADS) * VEC + k);
+                }
                 softmax_update<VEC, ENTROPY>(st, z, scale2);
             }
         }
     }
     for (int64_t i = tail_start + tid; i < cols; i += ROW_THREADS) {
         const float z[1] = {to_f32(x[i])};
+        fold_extras(z[0], i);
         softmax_update<1, ENTROPY>(st, z, scale2);
     }
+    if (EXTRAS) *extras = reduce_row_extras<ROW_THREADS>(ex, extras_scratch);
     return block_reduce_softmax<ROW_THREADS, ENTROPY>(st, scratch, scale2);
 }
 
@@ -56,14 +99,15 @@ struct SoftmaxRows {
 };
 
 // Forward row loop: a row group per row (64-bit grid-stride). On thread 0 of the group it calls
-// out(row, nullptr, v) for a row it does not read (v = 0 when ignored; NaN, with
+// out(row, nullptr, v, {}) for a row it does not read (v = 0 when ignored; NaN, with
 // PREFK_STATUS_BAD_TARGET reported, when the target is outside [0, full_vocab)), and
-// out(row, &state, xt) for a used row: its reduced state and xt, the target's logit (unscaled) when
-// the target lies in these columns, else 0.
-template <typename T, typename I, int ROW_THREADS, bool ENTROPY, typename Out>
+// out(row, &state, xt, extras) for a used row: its reduced state, xt, the target's logit (unscaled)
+// when the target lies in these columns, else 0, and (EXTRAS) the row's RowExtras.
+template <typename T, typename I, int ROW_THREADS, bool ENTROPY, bool EXTRAS = false, typename Out>
 __device__ __forceinline__ void softmax_rows_fwd(const SoftmaxRows& p, Out out) {
     constexpr int ROWS_PER_BLOCK = SOFTMAX_ROWS_BLOCK / ROW_THREADS;
     PREFK_SHARED_ARRAY(SoftmaxState, scratch, ROW_THREADS / 32);
+    PREFK_SHARED_ARRAY(RowExtras, extras_scratch, EXTRAS ? ROW_THREADS / 32 : 1);
     const int64_t tid = threadIdx.x % ROW_THREADS;
     const int64_t group = threadIdx.x / ROW_THREADS;
     const float scale2 = p.inv_temperature * PREFK_LOG2E;
@@ -76,15 +120,18 @@ __device__ __forceinline__ void softmax_rows_fwd(const SoftmaxRows& p, Out out) 
             if (tid == 0) {
                 const bool ignored = t == p.ignore_index;
                 if (!ignored) report_status(p.status, PREFK_STATUS_BAD_TARGET);
-                out(row, static_cast<const SoftmaxState*>(nullptr), ignored ? 0.f : __int_as_float(0x7fc00000));
+                out(row, static_cast<const SoftmaxState*>(nullptr), ignored ? 0.f : __int_as_float(0x7fc00000),
+                    RowExtras{0.f, -INFINITY});
             }
             continue;
         }
         const T* x = reinterpret_cast<const T*>(p.logits) + row * p.row_stride;
-        const SoftmaxState st = row_softmax_state<T, ROW_THREADS, ENTROPY>(x, p.cols, scale2, tid, scratch);
+        const int64_t local = t - p.col_start;
+        RowExtras ex = {0.f, -INFINITY};
+        const SoftmaxState st = row_softmax_state<T, ROW_THREADS, ENTROPY, EXTRAS>(x, p.cols, scale2, tid, scratch, &ex,
+                                                                                   local, extras_scratch);
         if (tid == 0) {
-            const int64_t local = t - p.col_start;
-            out(row, &st, (local >= 0 && local < p.cols) ? to_f32(x[local]) : 0.f);
+            out(row, &st, (local >= 0 && local < p.cols) ? to_f32(x[local]) : 0.f, ex);
         }
     }
 }

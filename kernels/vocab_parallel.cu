@@ -20,7 +20,7 @@ __device__ __forceinline__ void vocab_shard_partials(const VocabShardFwdParams& 
     float* partials = reinterpret_cast<float*>(p.partials);
     const SoftmaxRows rows = {p.logits, p.targets, p.status, p.n_rows, p.row_stride, p.shard_vocab,
                               p.vocab_start, p.vocab, p.ignore_index, p.inv_temperature};
-    softmax_rows_fwd<T, I, ROW_THREADS, ENTROPY>(rows, [&](int64_t row, const SoftmaxState* st, float xt) {
+    softmax_rows_fwd<T, I, ROW_THREADS, ENTROPY>(rows, [&](int64_t row, const SoftmaxState* st, float xt, RowExtras) {
         float* out = partials + row * PREFK_VP_STATS;
         if (st == nullptr) {  // ignored (0) or bad (NaN): the finalize writes the row's outputs
             for (int k = 0; k < PREFK_VP_STATS; ++k) out[k] = xt;

@@ -38,6 +38,30 @@ pub struct TokenLogprobsFwdParams {
     pub reserved: u32,
     pub stats: u64,
     pub log_sum_sq: u64,
+    pub mean_logits: u64,
+    pub is_top1: u64,
+}
+
+/// Largest k of the top-k log-probs (`PREFK_TOPK_MAX`).
+pub const TOPK_MAX: usize = 64;
+
+/// Mirror of `TokenTopkParams`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenTopkParams {
+    pub logits: u64,
+    pub targets: u64,
+    pub stats: u64,
+    pub topk_logp: u64,
+    pub topk_ids: u64,
+    pub status: u64,
+    pub n_rows: i64,
+    pub row_stride: i64,
+    pub vocab: i64,
+    pub ignore_index: i64,
+    pub k: i64,
+    pub inv_temperature: f32,
+    pub reserved: u32,
 }
 
 /// Mirror of `TokenLogprobsBwdParams`.
@@ -62,7 +86,11 @@ pub struct TokenLogprobsBwdParams {
 }
 
 const _: () = {
-    assert!(size_of::<TokenLogprobsFwdParams>() == 104);
+    assert!(size_of::<TokenLogprobsFwdParams>() == 120);
+    assert!(offset_of!(TokenLogprobsFwdParams, is_top1) == 112);
+    assert!(size_of::<TokenTopkParams>() == 96);
+    assert!(offset_of!(TokenTopkParams, k) == 80);
+    assert!(offset_of!(TokenTopkParams, inv_temperature) == 88);
     assert!(offset_of!(TokenLogprobsFwdParams, log_sum_sq) == 96);
     assert!(offset_of!(TokenLogprobsFwdParams, stats) == 88);
     assert!(offset_of!(TokenLogprobsFwdParams, status) == 40);
@@ -80,6 +108,7 @@ const _: () = {
 // header the kernels are compiled with.
 unsafe impl cudarc::driver::DeviceRepr for TokenLogprobsFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for TokenLogprobsBwdParams {}
+unsafe impl cudarc::driver::DeviceRepr for TokenTopkParams {}
 
 /// Status bit: `cu_seqlens` not non-decreasing within `[0, n_tokens]`.
 pub const STATUS_BAD_SEQLENS: u32 = 2;

@@ -291,6 +291,8 @@ fn memcheck_catches_a_raw_api_caller_overstating_the_rows() {
         status: 0,
         stats: 0,
         log_sum_sq: 0,
+        mean_logits: 0,
+        is_top1: 0,
     };
     // SAFETY: deliberately violates the contract (5 rows of logits, 4 allocated); the emulator's
     // memcheck stops the kernel before any access outside its allocations.

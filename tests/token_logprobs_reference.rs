@@ -32,6 +32,43 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
+    fn topk_is_sorted_distinct_and_agrees_with_the_forward((x, layout, t) in batch(), k in 1usize..64) {
+        // Integers in [-3, 3]: many exact ties, which the order must break by ascending id.
+        let x: Vec<f32> = x.iter().map(|v| (v / 2.7).round()).collect();
+        let k = k.min(layout.vocab);
+        let f = forward(&x, layout, &t, &cfg()).unwrap();
+        let top = tl_ref::topk(&x, layout, &t, k, &cfg()).unwrap();
+        for row in 0..layout.n_rows {
+            let (ids, lp) = (&top.ids[row * k..][..k], &top.logp[row * k..][..k]);
+            if t[row] == -100 {
+                prop_assert!(ids.iter().all(|&i| i == -1) && lp.iter().all(|&l| l == 0.0));
+                prop_assert!(!f.is_top1[row] && f.mean_logits[row] == 0.0);
+                continue;
+            }
+            let xr = &x[row * layout.row_stride..][..layout.vocab];
+            for j in 1..k {
+                let (a, b) = (ids[j - 1] as usize, ids[j] as usize);
+                prop_assert!(xr[a] > xr[b] || (xr[a] == xr[b] && a < b), "order at {j}: {a} then {b}");
+                prop_assert!(lp[j - 1] >= lp[j]);
+            }
+            // Nothing left out is larger than the last one kept.
+            let last = ids[k - 1] as usize;
+            for v in 0..layout.vocab {
+                if !ids.contains(&(v as i64)) {
+                    prop_assert!(xr[v] < xr[last] || (xr[v] == xr[last] && v > last));
+                }
+            }
+            if let Some(j) = ids.iter().position(|&i| i == t[row]) {
+                prop_assert!((lp[j] - f.logp[row]).abs() <= 1e-12);
+            }
+            // is_top1: the target is the first (lowest-id) maximum, i.e. the top-1 id.
+            prop_assert_eq!(f.is_top1[row], ids[0] == t[row]);
+            let mean = xr.iter().map(|&v| v as f64).sum::<f64>() / layout.vocab as f64;
+            prop_assert!((f.mean_logits[row] - mean).abs() <= 1e-9 * (1.0 + mean.abs()));
+        }
+    }
+
+    #[test]
     fn logp_is_at_most_zero_and_entropy_is_bounded((x, layout, t) in batch()) {
         let r = forward(&x, layout, &t, &cfg()).unwrap();
         for row in 0..layout.n_rows {

@@ -12,7 +12,7 @@ synchronization checks on every access: slow, but exact, and how the ops are tes
     loss.backward()                                                # d/dlogits through both ops
 """
 import math
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Union
 
 import torch
 
@@ -29,7 +29,7 @@ __all__ = [
     "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
     "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "seq_reduce",
     "group_metric_names", "vocab_shard_range", "vocab_parallel_token_logprobs",
-    "vocab_parallel_linear_token_logprobs",
+    "vocab_parallel_linear_token_logprobs", "TokenStats", "token_stats", "linear_token_stats",
 ]
 __version__ = "0.1.0"
 
@@ -109,6 +109,31 @@ def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, ignore_index: in
         logits, targets, ignore_index, float(temperature), compute_entropy)
     extra = [x for x, want in ((entropy, return_entropy), (lse, return_lse), (log_sum_sq, return_log_sum_sq)) if want]
     return (logp, *extra) if extra else logp
+
+
+class TokenStats(NamedTuple):
+    """Per-token outputs of `token_stats` / `linear_token_stats` (fields not asked for are None)."""
+    logp: torch.Tensor
+    entropy: Optional[torch.Tensor]
+    log_sum_sq: Optional[torch.Tensor]
+    mean_logits: Optional[torch.Tensor]
+    is_top1: Optional[torch.Tensor]
+    topk_logp: Optional[torch.Tensor]
+    topk_ids: Optional[torch.Tensor]
+
+
+def token_stats(logits: torch.Tensor, targets: Optional[torch.Tensor] = None, top_k: int = 0,
+                ignore_index: int = -100, temperature: float = 1.0) -> TokenStats:
+    """What distillation, train-inference mismatch checks and TRL's metrics read from a row of
+    logits [N, V], without log-softmax: log p(target), the mean logit / T, whether the target is
+    the row's first argmax (TRL's `is_top1`), and with `top_k` (1..64) the k largest log-probs
+    [N, k] (descending; equal logits by ascending id) and their ids (int64). Not differentiable.
+    `targets` None scores every row (log p of id 0). Ignored rows: 0, False, top-k 0 and id -1."""
+    if targets is None:
+        targets = torch.zeros(logits.shape[0], dtype=torch.int64, device=logits.device)
+    logp, mean, top1, topk_logp, topk_ids = torch.ops.pref_kernels.token_stats(
+        logits, targets, int(ignore_index), float(temperature), int(top_k))
+    return TokenStats(logp, None, None, mean, top1, topk_logp if top_k else None, topk_ids if top_k else None)
 
 
 def preference_loss(logp: torch.Tensor, terms, *, mask=None, weights=None, ref_logp=None, ref_seq=None,
@@ -275,10 +300,32 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
     logits (GEMM) and returns d_hidden, d_weight (accumulated in f32) and d_bias. For a preference
     loss use `linear_dpo_loss` / `linear_preference_loss` instead: they need no recompute."""
     x, t, b = _flat_head(hidden, weight, targets, bias)
-    logp, _lse, entropy = torch.ops.pref_kernels.linear_token_logprobs(
+    logp, _lse, entropy, *_ = torch.ops.pref_kernels.linear_token_logprobs(
         x, weight, b, t, ignore_index, float(temperature), return_entropy, int(workspace_bytes))
     shape = targets.shape
     return (logp.view(shape), entropy.view(shape)) if return_entropy else logp.view(shape)
+
+
+def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias=None, *,
+                       entropy: bool = False, log_sum_sq: bool = False, mean_logits: bool = False,
+                       is_top1: bool = False, top_k: int = 0, ignore_index: int = -100, temperature: float = 1.0,
+                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> TokenStats:
+    """`linear_token_logprobs` with every per-token field TRL's fused head can ask for, from the
+    same chunked pass (no [N, V] logits): log p (differentiable), the entropy (differentiable),
+    log sum p^2, the mean logit / T, `is_top1` (bool) and the `top_k` (1..64) largest log-probs
+    [..., k] with their ids (computed from each chunk's logits while they are in the workspace).
+    Fields not asked for are None."""
+    x, t, b = _flat_head(hidden, weight, targets, bias)
+    want_entropy = bool(entropy or log_sum_sq)
+    logp, _lse, ent, lss, mean, top1, tk_logp, tk_ids = torch.ops.pref_kernels.linear_token_logprobs(
+        x, weight, b, t, ignore_index, float(temperature), want_entropy, int(workspace_bytes), bool(log_sum_sq),
+        bool(mean_logits), bool(is_top1), int(top_k))
+    shape = targets.shape
+    kshape = (*shape, int(top_k))
+    return TokenStats(logp.view(shape), ent.view(shape) if entropy else None,
+                      lss.view(shape) if log_sum_sq else None, mean.view(shape) if mean_logits else None,
+                      top1.view(shape) if is_top1 else None, tk_logp.view(kshape) if top_k else None,
+                      tk_ids.view(kshape) if top_k else None)
 
 
 def linear_preference_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, terms, *, bias=None,

@@ -172,6 +172,43 @@ def _(logits, targets, ignore_index, temperature, compute_entropy):
             logits.new_empty((n, 2), **f), logits.new_empty(k, **f))
 
 
+@torch.library.custom_op("pref_kernels::token_stats", mutates_args=())
+def token_stats(logits: Tensor, targets: Tensor, ignore_index: int, temperature: float,
+                top_k: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Not differentiable: per row of logits [N, V], log p(target) (f32 [N]), the mean logit / T
+    (f32 [N]) and whether the target is the first argmax (bool [N]), from one pass over the row; and
+    the `top_k` largest log-probs with their ids ([N, k] f32 / int64; one more kernel over the rows,
+    reading the first pass's softmax statistics). Ignored rows: 0, False, top-k 0 and id -1."""
+    _check_logits(logits, targets)
+    n, v = logits.shape
+    dev = logits.device
+    logp, lse, stats = _out(n, torch.float32, dev), _out(n, torch.float32, dev), _out((n, 2), torch.float32, dev)
+    mean, top1 = _out(n, torch.float32, dev), _out(n, torch.bool, dev)
+    topk_logp, topk_ids = _out((n, top_k), torch.float32, dev), _out((n, top_k), torch.int64, dev)
+    if n == 0:
+        return logp, mean, top1, topk_logp, topk_ids
+    status = _status(logits)
+    common = dict(device=device_code(logits), stream=stream_of(logits), dtype_code=DTYPE_CODES[logits.dtype],
+                  index_code=INDEX_CODES[targets.dtype], logits=ptr(logits), targets=ptr(targets), stats=ptr(stats),
+                  status=ptr(status), n_rows=n, vocab=v, row_stride=logits.stride(0), ignore_index=ignore_index,
+                  temperature=temperature)
+    with host_memory([logits, targets, status], [logp, lse, stats, mean, top1, topk_logp, topk_ids]):
+        call("prefk_token_logprobs_forward", logp=ptr(logp), lse=ptr(lse), entropy=0, log_sum_sq=0,
+             mean_logits=ptr(mean), is_top1=ptr(top1), **common)
+        if top_k > 0:
+            call("prefk_token_logprobs_topk", topk_logp=ptr(topk_logp), topk_ids=ptr(topk_ids), k=top_k, **common)
+    check_status(status, logits.device.type == "cpu")
+    return logp, mean, top1, topk_logp, topk_ids
+
+
+@token_stats.register_fake
+def _(logits, targets, ignore_index, temperature, top_k):
+    n = logits.shape[0]
+    f = dict(dtype=torch.float32, device=logits.device)
+    return (logits.new_empty(n, **f), logits.new_empty(n, **f), logits.new_empty(n, dtype=torch.bool),
+            logits.new_empty((n, top_k), **f), logits.new_empty((n, top_k), dtype=torch.int64))
+
+
 @torch.library.custom_op("pref_kernels::token_logprobs_backward", mutates_args=())
 def token_logprobs_backward(logits: Tensor, targets: Tensor, stats: Tensor, entropy: Optional[Tensor],
                             grad_logp: Tensor, grad_entropy: Optional[Tensor], ignore_index: int,
@@ -436,31 +473,49 @@ def _check_head(hidden, weight, bias, targets):
 @torch.library.custom_op("pref_kernels::linear_token_logprobs", mutates_args=())
 def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                           ignore_index: int, temperature: float, compute_entropy: bool,
-                          workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor]:
-    """log p(target), lse and (when `compute_entropy`) the entropy of `hidden @ weight.T (+ bias)`
-    per row, f32 [N] each, chunked within `workspace_bytes`: no [N, V] logits tensor."""
+                          workspace_bytes: int, log_sum_sq: bool = False, mean_logits: bool = False,
+                          is_top1: bool = False, top_k: int = 0
+                          ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Per row of `hidden @ weight.T (+ bias)`, chunked within `workspace_bytes` (no [N, V] logits
+    tensor): log p(target), lse and (when `compute_entropy`) the entropy, f32 [N]; then, each when
+    asked (else empty), TRL's fused-head fields from the same pass: log sum p^2 (needs the entropy),
+    the mean logit / T (f32 [N]) and whether the target is the first argmax (bool [N]); and the
+    `top_k` largest log-probs and their ids ([N, k] f32 and int64, from the chunk's logits while
+    they are in the workspace). Ignored rows: 0, False, top-k 0 and id -1."""
     _check_head(hidden, weight, bias, targets)
     n, h = hidden.shape
     dev = hidden.device
-    logp, lse = _out(n, torch.float32, dev), _out(n, torch.float32, dev)
-    entropy = _out(n if compute_entropy else 0, torch.float32, dev)
+    f32 = torch.float32
+    logp, lse = _out(n, f32, dev), _out(n, f32, dev)
+    entropy = _out(n if compute_entropy else 0, f32, dev)
+    lss = _out(n if log_sum_sq else 0, f32, dev)
+    mean = _out(n if mean_logits else 0, f32, dev)
+    top1 = _out(n if is_top1 else 0, torch.bool, dev)
+    topk_logp = _out((n, top_k), f32, dev)
+    topk_ids = _out((n, top_k), torch.int64, dev)
+    outs = (logp, lse, entropy, lss, mean, top1, topk_logp, topk_ids)
     if n == 0:
-        return logp, lse, entropy
-    with host_memory([hidden, weight, bias, targets], [logp, lse, entropy]):
+        return outs
+    with host_memory([hidden, weight, bias, targets], list(outs)):
         call("prefk_linear_token_logprobs_forward",
              device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
              index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
              targets=ptr(targets), logp=ptr(logp), lse=ptr(lse), entropy=ptr(entropy), n_rows=n, hidden_dim=h,
              vocab=weight.shape[0], ignore_index=ignore_index, temperature=temperature,
-             workspace_bytes=workspace_bytes, n_chunks=None)
-    return logp, lse, entropy
+             workspace_bytes=workspace_bytes, n_chunks=None, log_sum_sq=ptr(lss), mean_logits=ptr(mean),
+             is_top1=ptr(top1), topk_logp=ptr(topk_logp), topk_ids=ptr(topk_ids), top_k=top_k)
+    return outs
 
 
 @linear_token_logprobs.register_fake
-def _(hidden, weight, bias, targets, ignore_index, temperature, compute_entropy, workspace_bytes):
+def _(hidden, weight, bias, targets, ignore_index, temperature, compute_entropy, workspace_bytes, log_sum_sq=False,
+      mean_logits=False, is_top1=False, top_k=0):
     n = hidden.shape[0]
     f = dict(dtype=torch.float32, device=hidden.device)
-    return hidden.new_empty(n, **f), hidden.new_empty(n, **f), hidden.new_empty(n if compute_entropy else 0, **f)
+    return (hidden.new_empty(n, **f), hidden.new_empty(n, **f), hidden.new_empty(n if compute_entropy else 0, **f),
+            hidden.new_empty(n if log_sum_sq else 0, **f), hidden.new_empty(n if mean_logits else 0, **f),
+            hidden.new_empty(n if is_top1 else 0, dtype=torch.bool, device=hidden.device),
+            hidden.new_empty((n, top_k), **f), hidden.new_empty((n, top_k), dtype=torch.int64, device=hidden.device))
 
 
 @torch.library.custom_op("pref_kernels::linear_token_logprobs_backward", mutates_args=())
@@ -496,13 +551,13 @@ def _(hidden, weight, bias, targets, grad_logp, grad_entropy, ignore_index, temp
 
 
 def _linear_setup(ctx, inputs, output):
-    hidden, weight, bias, targets, ignore_index, temperature, compute_entropy, workspace_bytes = inputs
+    hidden, weight, bias, targets, ignore_index, temperature, compute_entropy, workspace_bytes = inputs[:8]
     ctx.save_for_backward(hidden, weight, bias, targets)
     ctx.args = (ignore_index, temperature, compute_entropy, workspace_bytes)
-    ctx.mark_non_differentiable(output[1])
+    ctx.mark_non_differentiable(*output[1:2], *output[3:])
 
 
-def _linear_grad(ctx, grad_logp, _grad_lse, grad_entropy):
+def _linear_grad(ctx, grad_logp, _grad_lse, grad_entropy, *_extras):
     hidden, weight, bias, targets = ctx.saved_tensors
     ignore_index, temperature, compute_entropy, workspace_bytes = ctx.args
     if grad_logp is None:
@@ -511,7 +566,7 @@ def _linear_grad(ctx, grad_logp, _grad_lse, grad_entropy):
     d_hidden, d_weight, d_bias = torch.ops.pref_kernels.linear_token_logprobs_backward(
         hidden, weight, bias, targets, grad_logp.float().contiguous(), ge, ignore_index, temperature,
         workspace_bytes)
-    return d_hidden, d_weight.to(weight.dtype), (d_bias if bias is not None else None), None, None, None, None, None
+    return (d_hidden, d_weight.to(weight.dtype), (d_bias if bias is not None else None)) + (None,) * 9
 
 
 torch.library.register_autograd("pref_kernels::linear_token_logprobs", _linear_grad, setup_context=_linear_setup)

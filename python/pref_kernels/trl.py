@@ -7,10 +7,10 @@
   gradient comes from one fused kernel call; TRL's metric names are logged.
 - `RLOOTrainer`: its log-probs and entropies through the fused head (its loss is a handful of `[B]`
   operations on sequence sums and stays TRL's).
-- `DPOTrainer`: the preference loss (every served `loss_type`, weighted lists such as MPO's, the
-  f-divergences, WPO, LD-DPO) and its reward/log-prob metrics in one kernel call. Its model forward
-  stays on TRL's own fused head: DPO's metrics ask that head for `mean_logits` and `is_top1`, which
-  pref-kernels' fused head does not compute yet (no silent mix of the two).
+- `DPOTrainer`: the policy and reference log-probs through pref-kernels' fused head, with every
+  field DPO's metrics and WPO ask it for (entropy, mean logit, `is_top1`, log sum p^2) from the same
+  pass; then the preference loss (every served `loss_type`, weighted lists such as MPO's, the
+  f-divergences, WPO, LD-DPO) and its reward/log-prob metrics in one kernel call.
 
 What is not served is refused, with the reason, when `use_pref_kernels` is called: final-logit
 soft-capping (Gemma 2), a non-positive logit scale, adaptive entropy control, for DPO `ipo` with an
@@ -28,7 +28,7 @@ import types
 import torch
 
 from . import GRPO_LOSS_TYPES, GRPO_METRIC_NAMES, METRIC_NAMES, TRL_LOSS_TYPES, dpo_loss, grpo_loss, \
-    linear_token_logprobs
+    linear_token_stats
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 _REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -51,8 +51,8 @@ def _model_config(trainer):
 
 # ---- the fused LM head inside TRL ------------------------------------------------------------------
 
-#: `FusedCausalLMOutput` fields pref-kernels' fused head computes.
-HEAD_OUTPUTS = ("log_probs", "entropy")
+#: `FusedCausalLMOutput` fields pref-kernels' fused head computes (every one TRL 1.16 has).
+HEAD_OUTPUTS = ("log_probs", "entropy", "log_sum_sq_probs", "mean_logits", "is_top1")
 
 
 def head_refusal(final_logit_softcapping=None, logit_scale=1.0, outputs=("log_probs",)):
@@ -71,10 +71,12 @@ def head_refusal(final_logit_softcapping=None, logit_scale=1.0, outputs=("log_pr
 
 class FusedHead:
     """Drop-in for TRL 1.16's `ChunkedLogProbFunction` (same `apply` signature and outputs): the
-    per-token log-probs (and entropy) of `hidden @ weight.T + bias` through pref-kernels' fused head.
-    Logits are scaled by `logit_scale` and divided by `temperature` (folded into one temperature);
-    computed in the autocast dtype when autocast is on, else in `hidden`'s dtype, as TRL's; TRL's
-    `chunk_size` is replaced by pref-kernels' workspace budget."""
+    per-token log-probs and whichever of entropy, log sum p^2, mean logit and `is_top1` are asked
+    for, of `hidden @ weight.T + bias`, through pref-kernels' fused head in one pass. Logits are
+    scaled by `logit_scale` and divided by `temperature` (folded into one temperature); computed in
+    the autocast dtype when autocast is on, else in `hidden`'s dtype, as TRL's; TRL's `chunk_size`
+    is replaced by pref-kernels' workspace budget. `is_top1` compares the logits before the scaling
+    (TRL compares them after it: the same answer unless the division rounds two logits together)."""
 
     @staticmethod
     def apply(hidden, weight, bias, targets, temperature, chunk_size, final_logit_softcapping=None,
@@ -88,11 +90,10 @@ class FusedHead:
         h = hidden.to(dtype).contiguous()
         w = weight.to(dtype).contiguous()
         b = None if bias is None else bias.float().contiguous()
-        entropy = "entropy" in outputs
-        out = linear_token_logprobs(h, w, targets.contiguous(), bias=b, temperature=float(temperature) / logit_scale,
-                                    return_entropy=entropy)
-        logp, ent = out if entropy else (out, None)
-        return logp, ent, None, None, None
+        s = linear_token_stats(h, w, targets.contiguous(), bias=b, temperature=float(temperature) / logit_scale,
+                               entropy="entropy" in outputs, log_sum_sq="log_sum_sq_probs" in outputs,
+                               mean_logits="mean_logits" in outputs, is_top1="is_top1" in outputs)
+        return s.logp, s.entropy, s.log_sum_sq, s.mean_logits, s.is_top1
 
 
 @contextlib.contextmanager
@@ -172,7 +173,8 @@ def use_pref_kernels(trainer):
         raise NotImplementedError(f"pref_kernels cannot serve this {type(trainer).__name__}: {reason}")
     kind = _trainer_kind(trainer)
     if kind == "DPOTrainer":
-        trainer._compute_loss = types.MethodType(_compute_loss, trainer)
+        trainer._compute_loss = _with_fused_head(types.MethodType(_compute_loss, trainer))
+        trainer.compute_ref_log_probs = _with_fused_head(trainer.compute_ref_log_probs)
     else:
         trainer._get_per_token_logps_and_entropies = _with_fused_head(trainer._get_per_token_logps_and_entropies)
         if kind == "GRPOTrainer":
@@ -191,7 +193,8 @@ def _dpo_unsupported_reason(trainer):
             return f"loss_type {t!r} is not served (supported: {', '.join(TRL_LOSS_TYPES)})"
     if "ipo" in trainer.loss_types and trainer.f_divergence_type != "reverse_kl":
         return "ipo with an f-divergence other than reverse_kl (TRL's score offsets do not cancel there)"
-    return None
+    cfg = _model_config(trainer)
+    return head_refusal(getattr(cfg, "final_logit_softcapping", None), _logit_scale(cfg), HEAD_OUTPUTS)
 
 
 def _log_model_output_metrics(self, mode, outputs, inputs, mask):

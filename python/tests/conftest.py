@@ -11,12 +11,14 @@ import pref_kernels.vocab_parallel  # noqa: E402
 
 
 def _poisoned_out(shape, dtype, device):
-    """Every floating-point op output NaN-filled before the kernel runs, so an element a kernel
+    """Every op output poisoned (floats NaN, bools True, integers -7777) before the kernel runs, so an element a kernel
     does not write fails a test. Installed at import, so spawned test workers get it too."""
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     if dtype.is_floating_point:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
+    if dtype == torch.bool:
+        return torch.ones(shape, dtype=dtype, device=device)
+    return torch.full(shape, -7777, dtype=dtype, device=device)
 
 
 pref_kernels.ops._out = _poisoned_out

@@ -13,8 +13,6 @@ the log-probs): the model amplifies last-bit differences of its head gradient, f
 for ours. The weights are compared after SGD steps at that band (lr 0.1: ~4e-5 absolute)."""
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from conftest import import_or_skip  # noqa: E402
 
@@ -26,7 +24,7 @@ import_or_skip("tokenizers")
 import pref_kernels.trl  # noqa: E402
 from pref_kernels.trl import unsupported_reason, use_pref_kernels  # noqa: E402
 
-from tiny_models import WORDS, causal_lm, tokenizer  # noqa: E402
+from tiny_models import WORDS, LogitsGuard, causal_lm, tokenizer  # noqa: E402
 
 
 def prompts(n=8, seed=0):
@@ -40,21 +38,6 @@ def reward(completions, **kwargs):
     return [float(sum(w in c.split() for w in ("cat", "dog", "bird"))) - 0.1 * len(c.split()) for c in completions]
 
 
-class LogitsGuard(TorchDispatchMode):
-    """Records every tensor an op produces whose last dimension is the vocabulary and that spans at
-    least `min_rows` rows: a logits tensor (or chunk of one)."""
-
-    def __init__(self, vocab, min_rows=4):
-        super().__init__()
-        self.vocab, self.min_rows, self.seen = vocab, min_rows, []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab \
-                    and t.numel() >= self.min_rows * self.vocab:
-                self.seen.append((str(func), tuple(t.shape)))
-        return out
 
 
 def guarded(method, guard):
@@ -185,4 +168,5 @@ def test_unserved_grpo_configurations_are_refused(tmp_path):
     with pytest.raises(NotImplementedError, match="soft-capping"):
         use_pref_kernels(trainer)
     assert pref_kernels.trl.head_refusal(None, 0.0) is not None
-    assert "mean_logits" in pref_kernels.trl.head_refusal(None, 1.0, ("log_probs", "mean_logits"))
+    assert pref_kernels.trl.head_refusal(None, 1.0, pref_kernels.trl.HEAD_OUTPUTS) is None
+    assert "hidden_states" in pref_kernels.trl.head_refusal(None, 1.0, ("log_probs", "hidden_states"))

@@ -2,6 +2,8 @@
 downloaded), shared by the TRL tests. The vocabulary size (25) differs from every other dimension
 (hidden 32, MLP 64, sequence lengths < 25), so a `[..., V]` tensor is recognisable by its shape."""
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 import transformers
 import tokenizers
 
@@ -29,3 +31,20 @@ def causal_lm(tok, family="llama", seed=0):
     if family == "qwen2":
         return transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
     raise ValueError(family)
+
+
+class LogitsGuard(TorchDispatchMode):
+    """Records every tensor an op produces whose last dimension is the vocabulary and that spans at
+    least `min_rows` rows: a logits tensor (or chunk of one)."""
+
+    def __init__(self, vocab, min_rows=4):
+        super().__init__()
+        self.vocab, self.min_rows, self.seen = vocab, min_rows, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab \
+                    and t.numel() >= self.min_rows * self.vocab:
+                self.seen.append((str(func), tuple(t.shape)))
+        return out

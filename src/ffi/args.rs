@@ -306,6 +306,18 @@ pub struct PrefkLinearTokenLogprobsForwardArgs {
     pub index_code: u32,
     /// Softmax temperature T (> 0).
     pub temperature: f32,
+    /// Device `[n_rows]` f32 output log Σ p² (WPO), or 0; needs `entropy`. Added in 0.2.
+    pub log_sum_sq: u64,
+    /// Device `[n_rows]` f32 output: mean of logits / T (TRL's `mean_logits`), or 0. Added in 0.2.
+    pub mean_logits: u64,
+    /// Device `[n_rows]` u8 output: the target is the row's first argmax (TRL's `is_top1`), or 0. Added in 0.2.
+    pub is_top1: u64,
+    /// Device `[n_rows, top_k]` f32 output: the top_k largest log-probs per row, descending; 0 when top_k is 0. Added in 0.2.
+    pub topk_logp: u64,
+    /// Device `[n_rows, top_k]` i64 output: their token ids (-1 on ignored rows). Added in 0.2.
+    pub topk_ids: u64,
+    /// k of the top-k outputs, 0 ..= 64 (0: none). Added in 0.2.
+    pub top_k: i64,
 }
 
 impl PrefkLinearTokenLogprobsForwardArgs {
@@ -325,10 +337,15 @@ impl Default for PrefkLinearTokenLogprobsForwardArgs {
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsForwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsForwardArgs {
+    // As first published: through `temperature` (the TRL outputs and top-k came later).
+    const MIN_SIZE: usize = 136;
+}
 
 const _: () = {
-    assert!(size_of::<PrefkLinearTokenLogprobsForwardArgs>() == 136);
+    assert!(size_of::<PrefkLinearTokenLogprobsForwardArgs>() == 184);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, log_sum_sq) == 136);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, top_k) == 176);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, struct_size) == 0);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, stream) == 8);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, hidden) == 16);
@@ -1286,6 +1303,10 @@ pub struct PrefkTokenLogprobsForwardArgs {
     pub index_code: u32,
     /// Softmax temperature T (> 0).
     pub temperature: f32,
+    /// Device `[n_rows]` f32 output: mean of logits / T (TRL's `mean_logits`), or 0. Added in 0.2.
+    pub mean_logits: u64,
+    /// Device `[n_rows]` u8 output: the target is the row's first argmax (TRL's `is_top1`), or 0. Added in 0.2.
+    pub is_top1: u64,
 }
 
 impl PrefkTokenLogprobsForwardArgs {
@@ -1305,10 +1326,15 @@ impl Default for PrefkTokenLogprobsForwardArgs {
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkTokenLogprobsForwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkTokenLogprobsForwardArgs {
+    // As first published: through `temperature` (mean_logits and is_top1 came later).
+    const MIN_SIZE: usize = 128;
+}
 
 const _: () = {
-    assert!(size_of::<PrefkTokenLogprobsForwardArgs>() == 128);
+    assert!(size_of::<PrefkTokenLogprobsForwardArgs>() == 144);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, mean_logits) == 128);
+    assert!(offset_of!(PrefkTokenLogprobsForwardArgs, is_top1) == 136);
     assert!(offset_of!(PrefkTokenLogprobsForwardArgs, struct_size) == 0);
     assert!(offset_of!(PrefkTokenLogprobsForwardArgs, stream) == 8);
     assert!(offset_of!(PrefkTokenLogprobsForwardArgs, logits) == 16);
@@ -1748,4 +1774,70 @@ const _: () = {
     assert!(offset_of!(PrefkVocabShardBackwardArgs, dtype_code) == 140);
     assert!(offset_of!(PrefkVocabShardBackwardArgs, index_code) == 144);
     assert!(offset_of!(PrefkVocabShardBackwardArgs, temperature) == 148);
+};
+
+/// The arguments of [`prefk_token_logprobs_topk`](super::prefk_token_logprobs_topk), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkTokenLogprobsTopkArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// Device `[n_rows, row_stride]` logits of `dtype_code`.
+    pub logits: u64,
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
+    pub targets: u64,
+    /// Device `[n_rows, 2]` f32 softmax statistics a forward on the same logits wrote.
+    pub stats: u64,
+    /// Device `[n_rows, k]` f32 output: the k largest log-probs per row, descending.
+    pub topk_logp: u64,
+    /// Device `[n_rows, k]` i64 output: their token ids (-1 on ignored rows).
+    pub topk_ids: u64,
+    /// A u32 status word the kernels OR bits into, or 0.
+    pub status: u64,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Elements between consecutive rows of the logits (>= the vocabulary).
+    pub row_stride: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// k, 1 ..= 64 and <= V.
+    pub k: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+}
+
+impl PrefkTokenLogprobsTopkArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkTokenLogprobsTopkArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkTokenLogprobsTopkArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkTokenLogprobsTopkArgs>() == 120);
+    assert!(offset_of!(PrefkTokenLogprobsTopkArgs, k) == 96);
+    assert!(offset_of!(PrefkTokenLogprobsTopkArgs, device) == 104);
+    assert!(offset_of!(PrefkTokenLogprobsTopkArgs, temperature) == 116);
 };

@@ -9,7 +9,7 @@ use super::{dtype, ffi, gpu, host_vec, index_type, loss_config, size};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, invalid, Result};
 use crate::linear_token_logprobs::{
-    LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape,
+    LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape, TopkViews,
 };
 use crate::params::VP_STATS;
 use crate::preference_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
@@ -163,6 +163,12 @@ struct ForwardOut {
     logp: u64,
     lse: u64,
     entropy: u64,
+    log_sum_sq: u64,
+    mean_logits: u64,
+    is_top1: u64,
+    topk_logp: u64,
+    topk_ids: u64,
+    top_k: usize,
 }
 
 /// # Safety
@@ -179,10 +185,33 @@ unsafe fn forward<T: LogitElement, I: TargetIndex>(
     // SAFETY: forwarded to the caller.
     unsafe {
         let (head, targets) = head_views::<T, I>(h, b)?;
+        let optional =
+            |name, p: u64| if p != 0 { view_mut::<f32>(name, p, n, b).map(Some) } else { Ok(None) };
+        let topk = if out.top_k > 0 {
+            let len = crate::token_logprobs::topk_len(n, out.top_k)?;
+            Some(TopkViews {
+                k: out.top_k,
+                logp: view_mut("topk_logp", out.topk_logp, len, b)?,
+                ids: view_mut("topk_ids", out.topk_ids, len, b)?,
+            })
+        } else {
+            ensure(out.topk_logp == 0 && out.topk_ids == 0, "top_k", || {
+                "is 0 but topk_logp or topk_ids is given".into()
+            })?;
+            None
+        };
         let views = LinearForwardViews {
             logp: view_mut("logp", out.logp, n, b)?,
             lse: view_mut("lse", out.lse, n, b)?,
-            entropy: if out.entropy != 0 { Some(view_mut("entropy", out.entropy, n, b)?) } else { None },
+            entropy: optional("entropy", out.entropy)?,
+            log_sum_sq: optional("log_sum_sq", out.log_sum_sq)?,
+            mean_logits: optional("mean_logits", out.mean_logits)?,
+            is_top1: if out.is_top1 != 0 {
+                Some(view_mut::<u8>("is_top1", out.is_top1, n, b)?)
+            } else {
+                None
+            },
+            topk,
         };
         g.linear_token_logprobs_forward_into(stream, &head, &targets, views, cfg)
     }
@@ -223,12 +252,20 @@ pub unsafe extern "C" fn prefk_linear_token_logprobs_forward(
             temperature,
             workspace_bytes,
             n_chunks,
+            log_sum_sq,
+            mean_logits,
+            is_top1,
+            topk_logp,
+            topk_ids,
+            top_k,
             ..
         } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
         let cfg = linear_config(ignore_index, temperature, entropy != 0, workspace_bytes)?;
-        let out = ForwardOut { logp, lse, entropy };
+        let top_k = size("top_k", top_k)?;
+        let out =
+            ForwardOut { logp, lse, entropy, log_sum_sq, mean_logits, is_top1, topk_logp, topk_ids, top_k };
         // SAFETY: forwarded to the caller.
         let s = unsafe { g.borrow_stream(stream) };
         // SAFETY: forwarded to the caller.

@@ -50,6 +50,7 @@ pub use shared_prefix_attention::{
 };
 pub use token_logprobs::{
     prefk_token_logprobs_backward, prefk_token_logprobs_backward_entropy, prefk_token_logprobs_forward,
+    prefk_token_logprobs_topk,
 };
 pub use vocab_parallel::{
     prefk_vocab_check_tiling, prefk_vocab_parallel_finalize, prefk_vocab_shard_backward,

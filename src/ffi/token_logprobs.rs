@@ -3,7 +3,7 @@
 use super::args::*;
 use super::plumbing::*;
 use crate::error::ensure;
-use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
+use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs, TokenTopkPtrs};
 use crate::LogitsLayout;
 
 /// Token log-probs forward ([`Gpu::token_logprobs_forward_raw`](crate::Gpu::token_logprobs_forward_raw)). `stats` (`[n_rows, 2]` f32,
@@ -36,6 +36,8 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(args: *const PrefkTokenLog
             row_stride,
             ignore_index,
             temperature,
+            mean_logits,
+            is_top1,
             ..
         } = unsafe { read_args(args) }?;
         let layout = LogitsLayout {
@@ -49,7 +51,18 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(args: *const PrefkTokenLog
             compute_entropy: entropy != 0,
             check_targets: false,
         };
-        let ptrs = TokenLogprobsFwdPtrs { logits, targets, logp, lse, entropy, status, stats, log_sum_sq };
+        let ptrs = TokenLogprobsFwdPtrs {
+            logits,
+            targets,
+            logp,
+            lse,
+            entropy,
+            status,
+            stats,
+            log_sum_sq,
+            mean_logits,
+            is_top1,
+        };
         // SAFETY: forwarded to the caller.
         unsafe {
             gpu(device)?.token_logprobs_forward_raw(
@@ -57,6 +70,59 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(args: *const PrefkTokenLog
                 dtype(dtype_code)?,
                 index_type(index_code)?,
                 layout,
+                &ptrs,
+                &cfg,
+            )
+        }
+    })
+}
+
+/// Top-k log-probs ([`Gpu::token_logprobs_topk_raw`](crate::Gpu::token_logprobs_topk_raw)): per
+/// row the `k` largest log-probs and their ids, from the logits and a forward's `stats`.
+///
+/// # Safety
+/// `args` points to a readable [`PrefkTokenLogprobsTopkArgs`] whose `struct_size` is set (`PrefkTokenLogprobsTopkArgs::new()`).
+/// As [`Gpu::token_logprobs_topk_raw`](crate::Gpu::token_logprobs_topk_raw): every non-zero pointer is device memory of `device`
+/// sized for the shapes given, `stream` is 0 or a live stream of that device's primary context.
+#[no_mangle]
+pub unsafe extern "C" fn prefk_token_logprobs_topk(args: *const PrefkTokenLogprobsTopkArgs) -> i32 {
+    ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkTokenLogprobsTopkArgs {
+            device,
+            stream,
+            dtype_code,
+            index_code,
+            logits,
+            targets,
+            stats,
+            topk_logp,
+            topk_ids,
+            status,
+            n_rows,
+            vocab,
+            row_stride,
+            ignore_index,
+            k,
+            temperature,
+            ..
+        } = unsafe { read_args(args) }?;
+        let layout = LogitsLayout {
+            n_rows: size("n_rows", n_rows)?,
+            vocab: size("vocab", vocab)?,
+            row_stride: size("row_stride", row_stride)?,
+        };
+        let cfg =
+            TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
+        let ptrs = TokenTopkPtrs { logits, targets, stats, topk_logp, topk_ids, status };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu(device)?.token_logprobs_topk_raw(
+                stream,
+                dtype(dtype_code)?,
+                index_type(index_code)?,
+                layout,
+                size("k", k)?,
                 &ptrs,
                 &cfg,
             )

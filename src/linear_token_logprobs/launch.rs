@@ -5,14 +5,15 @@
 use crate::dtype::{LogitElement, TargetIndex};
 use crate::error::ensure_len;
 use crate::error::{ensure, Result};
-use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass};
+use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras, RowMove};
 use crate::lm_head::plan::{rows_for_budget, token_chunks};
 use crate::lm_head::{
     LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers, LinearGradViews, LinearHead,
     LinearRun,
 };
-use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtrMut, Stream, View};
+use crate::runtime::mem::{optional_ptr, optional_ptr_mut, DeviceBuffer, DevicePtrMut, Stream, View};
 use crate::runtime::Gpu;
+use crate::token_logprobs::{topk_len, validate_top_k};
 
 impl Gpu {
     /// Token log-probs (and entropy) of `hidden · weightᵀ (+ bias)` without an `[N, V]` logits
@@ -35,11 +36,11 @@ impl Gpu {
         let mut logp = stream.alloc_zeros::<f32>(n)?;
         let mut lse = stream.alloc_zeros::<f32>(n)?;
         let mut entropy = if cfg.token.compute_entropy { Some(stream.alloc_zeros::<f32>(n)?) } else { None };
-        let out = LinearForwardViews {
-            logp: logp.as_view_mut(),
-            lse: lse.as_view_mut(),
-            entropy: entropy.as_mut().map(DeviceBuffer::as_view_mut),
-        };
+        let out = LinearForwardViews::new(
+            logp.as_view_mut(),
+            lse.as_view_mut(),
+            entropy.as_mut().map(DeviceBuffer::as_view_mut),
+        );
         let run = self.linear_token_logprobs_forward_into(stream, head, targets, out, cfg)?;
         Ok(LinearForwardOutputs {
             logp,
@@ -51,7 +52,10 @@ impl Gpu {
     }
 
     /// [`Gpu::linear_token_logprobs_forward`] into caller-owned outputs (a PyTorch caller's tensors):
-    /// the same loop, writing every element of `out`.
+    /// the same loop, writing every element of `out`. The optional outputs (`log Σ p²`, mean
+    /// logits, `is_top1`: TRL's fused-head fields) come from the same pass over each chunk's
+    /// logits; the top-k from one more kernel over the chunk's logits while they are in the
+    /// workspace (no extra GEMM).
     pub fn linear_token_logprobs_forward_into<T: LogitElement, I: TargetIndex>(
         &self,
         stream: &Stream,
@@ -67,42 +71,117 @@ impl Gpu {
         ensure(out.entropy.is_some() == cfg.token.compute_entropy, "entropy", || {
             "give an entropy output exactly when compute_entropy is set".into()
         })?;
-        if let Some(e) = &out.entropy {
-            ensure_len("entropy", e.len(), s.n_rows)?;
+        ensure(out.log_sum_sq.is_none() || cfg.token.compute_entropy, "log_sum_sq", || {
+            "is computed in the entropy's pass: set compute_entropy too".into()
+        })?;
+        for (name, len) in [
+            ("entropy", out.entropy.as_ref().map(|e| e.len())),
+            ("log_sum_sq", out.log_sum_sq.as_ref().map(|e| e.len())),
+            ("mean_logits", out.mean_logits.as_ref().map(|e| e.len())),
+            ("is_top1", out.is_top1.as_ref().map(|e| e.len())),
+        ] {
+            if let Some(len) = len {
+                ensure_len(name, len, s.n_rows)?;
+            }
         }
+        if let Some(t) = &out.topk {
+            validate_top_k(t.k, s.vocab)?;
+            ensure_len("topk_logp", t.logp.len(), topk_len(s.n_rows, t.k)?)?;
+            ensure_len("topk_ids", t.ids.len(), topk_len(s.n_rows, t.k)?)?;
+        }
+        let extras = RowExtras {
+            log_sum_sq: out.log_sum_sq.is_some(),
+            mean_logits: out.mean_logits.is_some(),
+            is_top1: out.is_top1.is_some(),
+        };
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
         let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
-        // Ignored rows are never scattered to: they read 0.
+        // The top-k of a chunk's rows, before they are scattered (outside the workspace budget:
+        // k * 12 bytes per row).
+        let k = out.topk.as_ref().map_or(0, |t| t.k);
+        let mut topk_work = if k > 0 {
+            let n = topk_len(plan.max_rows.max(1), k)?;
+            Some((stream.alloc_zeros::<f32>(n)?, stream.alloc_zeros::<i64>(n)?))
+        } else {
+            None
+        };
+        // Ignored rows are never scattered to: they read 0 (top-k ids -1).
         stream.memset_zeros(&mut out.logp)?;
         stream.memset_zeros(&mut out.lse)?;
-        if let Some(e) = out.entropy.as_mut() {
-            stream.memset_zeros(e)?;
+        for v in
+            [out.entropy.as_mut(), out.log_sum_sq.as_mut(), out.mean_logits.as_mut()].into_iter().flatten()
+        {
+            stream.memset_zeros(v)?;
+        }
+        if let Some(v) = out.is_top1.as_mut() {
+            stream.memset_zeros(v)?;
+        }
+        if let Some(t) = out.topk.as_mut() {
+            stream.memset_zeros(&mut t.logp)?;
+            stream.memset_bytes(&mut t.ids, 0xff)?;
         }
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
             let (logp_p, _g3) = out.logp.device_ptr_mut(stream)?;
             let (lse_p, _g4) = out.lse.device_ptr_mut(stream)?;
-            let ent = match out.entropy.as_mut() {
-                Some(e) => Some(e.device_ptr_mut(stream)?),
+            let ent = optional_ptr_mut(stream, out.entropy.as_mut())?;
+            let lss = optional_ptr_mut(stream, out.log_sum_sq.as_mut())?;
+            let mean = optional_ptr_mut(stream, out.mean_logits.as_mut())?;
+            let top1 = optional_ptr_mut(stream, out.is_top1.as_mut())?;
+            let topk_out = match out.topk.as_mut() {
+                Some(t) => Some((t.logp.device_ptr_mut(stream)?, t.ids.device_ptr_mut(stream)?)),
+                None => None,
+            };
+            let topk_tmp = match topk_work.as_mut() {
+                Some((l, i)) => Some((l.device_ptr_mut(stream)?, i.device_ptr_mut(stream)?)),
                 None => None,
             };
             let mut pass_guards = Vec::new();
             let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
+            let scatter = |elem_bytes: usize, src: u64, dst: u64, idx: u64, m: usize, width: usize| {
+                let mv = RowMove {
+                    scatter: true,
+                    elem_bytes,
+                    src,
+                    dst,
+                    index: idx,
+                    n_rows: m,
+                    width,
+                    bound: s.n_rows,
+                };
+                // SAFETY: src holds m rows of `width` elements in the workspace, dst N rows of
+                // them (checked above); ordered on `stream`.
+                unsafe { self.move_rows(raw, &mv, status_p) }
+            };
             for chunk in &plan.chunks {
                 let (r0, m) = (chunk.start, chunk.len());
                 let idx = lp.index(r0);
                 // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
                 unsafe {
                     self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, ent.is_some(), status_p)?;
-                    self.scatter_f32(raw, lp.work.logp, logp_p, idx, m, s.n_rows, status_p)?;
-                    self.scatter_f32(raw, lp.work.lse, lse_p, idx, m, s.n_rows, status_p)?;
-                    if let Some((ep, _)) = &ent {
-                        self.scatter_f32(raw, lp.work.entropy, *ep, idx, m, s.n_rows, status_p)?;
+                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, ent.is_some(), extras, status_p)?;
+                    if let (Some(((tl, _), (ti, _))), Some(((ol, _), (oi, _)))) = (&topk_tmp, &topk_out) {
+                        lp.logprobs_topk(self, raw, r0, m, k, *tl, *ti, &cfg.token, status_p)?;
+                        scatter(4, *tl, *ol, idx, m, k)?;
+                        scatter(8, *ti, *oi, idx, m, k)?;
                     }
+                }
+                scatter(4, lp.work.logp, logp_p, idx, m, 1)?;
+                scatter(4, lp.work.lse, lse_p, idx, m, 1)?;
+                if let Some((p, _)) = &ent {
+                    scatter(4, lp.work.entropy, *p, idx, m, 1)?;
+                }
+                if let Some((p, _)) = &lss {
+                    scatter(4, lp.work.extra_log_sum_sq(), *p, idx, m, 1)?;
+                }
+                if let Some((p, _)) = &mean {
+                    scatter(4, lp.work.extra_mean_logits(), *p, idx, m, 1)?;
+                }
+                if let Some((p, _)) = &top1 {
+                    scatter(1, lp.work.extra_is_top1(), *p, idx, m, 1)?;
                 }
             }
         }
@@ -192,7 +271,16 @@ impl Gpu {
                 // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
                 unsafe {
                     self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, ge != 0, status_p)?;
+                    lp.logprobs_forward(
+                        self,
+                        raw,
+                        r0,
+                        m,
+                        &cfg.token,
+                        ge != 0,
+                        RowExtras::default(),
+                        status_p,
+                    )?;
                     self.gather_f32(raw, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
                     if ge != 0 {
                         self.gather_f32(raw, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;

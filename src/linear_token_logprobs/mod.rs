@@ -18,5 +18,6 @@ pub mod reference;
 
 pub use crate::lm_head::{
     min_workspace_bytes, workspace_bytes_per_row, LinearConfig, LinearForwardOutputs, LinearForwardViews,
-    LinearGradBuffers, LinearGradViews, LinearHead, LinearRun, LinearShape, DEFAULT_WORKSPACE_BYTES,
+    LinearGradBuffers, LinearGradViews, LinearHead, LinearRun, LinearShape, TopkViews,
+    DEFAULT_WORKSPACE_BYTES,
 };

@@ -4,7 +4,9 @@ use super::LinearShape;
 use crate::dtype::{LogitElement, TargetIndex};
 use crate::error::Result;
 use crate::numeric::pairwise_sum_iter;
-use crate::token_logprobs::reference::{checked_target, row_log_softmax_f64, TokenLogprobsRef};
+use crate::token_logprobs::reference::{
+    checked_target, order_value, row_log_softmax_f64, TokenLogprobsRef, TopkRef,
+};
 use crate::token_logprobs::TokenLogprobsConfig;
 
 /// Gradients of `Σ_r grad_logp[r] logp[r] + grad_entropy[r] H[r]` (f64).
@@ -66,6 +68,38 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
         let Some(t) = checked_target(r, target.to_i64(), shape.vocab, cfg.ignore_index)? else { continue };
         let (logp, lse) = row_log_softmax_f64(row_logits(hidden, weight, bias, &shape, r, inv_t));
         out.set_row(r, t, &logp, lse);
+    }
+    Ok(out)
+}
+
+/// Top-k: per row the `k` largest log-probs of `hidden · weightᵀ (+ bias)` and their ids, ordered
+/// by the f64 logit (descending), equal logits by ascending id; ignored rows 0 and -1.
+pub fn topk<T: LogitElement, I: TargetIndex>(
+    hidden: &[T],
+    weight: &[T],
+    bias: Option<&[f32]>,
+    shape: LinearShape,
+    targets: &[I],
+    k: usize,
+    cfg: &TokenLogprobsConfig,
+) -> Result<TopkRef> {
+    check(hidden, weight, bias, &shape, targets, cfg)?;
+    crate::token_logprobs::validate_top_k(k, shape.vocab)?;
+    let total = crate::token_logprobs::topk_len(shape.n_rows, k)?;
+    let inv_t = 1.0 / cfg.temperature as f64;
+    let mut out = TopkRef { logp: vec![0.0; total], ids: vec![-1; total] };
+    for (r, target) in targets.iter().enumerate() {
+        if checked_target(r, target.to_i64(), shape.vocab, cfg.ignore_index)?.is_none() {
+            continue;
+        }
+        let y = row_logits(hidden, weight, bias, &shape, r, inv_t);
+        let mut order: Vec<usize> = (0..shape.vocab).collect();
+        order.sort_by(|&a, &b| order_value(y[b]).total_cmp(&order_value(y[a])).then(a.cmp(&b)));
+        let (logp, _) = row_log_softmax_f64(y);
+        for (j, &v) in order.iter().take(k).enumerate() {
+            out.logp[r * k + j] = logp[v];
+            out.ids[r * k + j] = v as i64;
+        }
     }
     Ok(out)
 }

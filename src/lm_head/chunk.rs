@@ -12,7 +12,7 @@ use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, G
 use crate::runtime::registry::{self, LINEAR_ROWS_THREADS};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
-use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
+use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs, TokenTopkPtrs};
 use crate::LogitsLayout;
 
 /// The head as raw pointers.
@@ -53,6 +53,30 @@ pub(crate) struct ChunkWork {
     /// of logp .. grad_entropy (five consecutive regions of at least 4 bytes per row), which the
     /// shard's forward, the one user of the partials, never touches.
     pub(crate) partials: u64,
+}
+
+/// Per-row outputs of the forward beyond log p, lse and entropy (TRL's fused-head fields). A
+/// forward-only pass keeps them in workspace regions only the backward uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RowExtras {
+    pub(crate) log_sum_sq: bool,
+    pub(crate) mean_logits: bool,
+    pub(crate) is_top1: bool,
+}
+
+impl ChunkWork {
+    /// `[max_rows]` f32 `log Σ p²` of a forward-only pass (the backward's grad_logp region).
+    pub(crate) fn extra_log_sum_sq(&self) -> u64 {
+        self.grad_logp
+    }
+    /// `[max_rows]` f32 mean logits of a forward-only pass (the grad_entropy region).
+    pub(crate) fn extra_mean_logits(&self) -> u64 {
+        self.grad_entropy
+    }
+    /// `[max_rows]` u8 `is_top1` of a forward-only pass (the weights region).
+    pub(crate) fn extra_is_top1(&self) -> u64 {
+        self.weights
+    }
 }
 
 const ALIGN: usize = 256;
@@ -127,8 +151,10 @@ impl Gpu {
             (false, 2) => "linear_gather_rows_b2",
             (false, 4) => "linear_gather_rows_b4",
             (false, 8) => "linear_gather_rows_b8",
+            (true, 1) => "linear_scatter_rows_b1",
             (true, 2) => "linear_scatter_rows_b2",
             (true, 4) => "linear_scatter_rows_b4",
+            (true, 8) => "linear_scatter_rows_b8",
             _ => return Err(crate::error::invalid("elem_bytes", format!("no row kernel for {mv:?}"))),
         };
         let params = LinearRowsParams {
@@ -478,7 +504,8 @@ pub(crate) struct Loop {
 }
 
 impl Loop {
-    /// Token log-probs forward over chunk rows `r0 .. r0 + m` (logits already in the workspace).
+    /// Token log-probs forward over chunk rows `r0 .. r0 + m` (logits already in the workspace),
+    /// with the `extras` asked for written to their workspace rows (`ChunkWork::extra_*`).
     ///
     /// # Safety
     /// The loop's pointers are live; `r0 + m` within the plan.
@@ -491,22 +518,59 @@ impl Loop {
         m: usize,
         token: &TokenLogprobsConfig,
         entropy: bool,
+        extras: RowExtras,
         status: u64,
     ) -> Result<()> {
         let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
+        let on = |want: bool, at: u64| if want { at } else { 0 };
         let fwd = TokenLogprobsFwdPtrs {
             logits: self.work.logits,
             targets: self.targets + (r0 * 8) as u64,
             logp: self.work.logp,
             lse: self.work.lse,
-            entropy: if entropy { self.work.entropy } else { 0 },
+            entropy: on(entropy, self.work.entropy),
             status,
             stats: self.work.stats,
-            log_sum_sq: 0,
+            log_sum_sq: on(extras.log_sum_sq, self.work.extra_log_sum_sq()),
+            mean_logits: on(extras.mean_logits, self.work.extra_mean_logits()),
+            is_top1: on(extras.is_top1, self.work.extra_is_top1()),
         };
         let cfg = TokenLogprobsConfig { compute_entropy: entropy, ..*token };
         // SAFETY: forwarded to the caller.
         unsafe { gpu.token_logprobs_forward_raw(stream, self.head.dtype, IndexType::I64, layout, &fwd, &cfg) }
+    }
+
+    /// Top-k log-probs of chunk rows `r0 .. r0 + m` into `topk_logp` / `topk_ids` (`[m, k]`),
+    /// after [`Loop::logprobs_forward`] (its softmax statistics).
+    ///
+    /// # Safety
+    /// As [`Loop::logprobs_forward`]; the two outputs hold `m * k` elements.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn logprobs_topk(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        k: usize,
+        topk_logp: u64,
+        topk_ids: u64,
+        token: &TokenLogprobsConfig,
+        status: u64,
+    ) -> Result<()> {
+        let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
+        let ptrs = TokenTopkPtrs {
+            logits: self.work.logits,
+            targets: self.targets + (r0 * 8) as u64,
+            stats: self.work.stats,
+            topk_logp,
+            topk_ids,
+            status,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu.token_logprobs_topk_raw(stream, self.head.dtype, IndexType::I64, layout, k, &ptrs, token)
+        }
     }
 
     /// d/dlogits in place in the workspace from `work.grad_logp` (and `work.grad_entropy`).

@@ -127,6 +127,40 @@ pub struct LinearForwardViews<'a> {
     pub lse: ViewMut<'a, f32>,
     /// Entropy: given exactly when `compute_entropy`.
     pub entropy: Option<ViewMut<'a, f32>>,
+    /// `log Σ_v p_v²` (WPO, TRL's `log_sum_sq_probs`), or `None`; needs `compute_entropy`.
+    pub log_sum_sq: Option<ViewMut<'a, f32>>,
+    /// Mean of the row's logits / T (TRL's `mean_logits`), or `None`.
+    pub mean_logits: Option<ViewMut<'a, f32>>,
+    /// 1 where the target is the row's first argmax (TRL's `is_top1`), else 0; or `None`.
+    pub is_top1: Option<ViewMut<'a, u8>>,
+    /// The k largest log-probs per row and their ids, or `None`.
+    pub topk: Option<TopkViews<'a>>,
+}
+
+impl<'a> LinearForwardViews<'a> {
+    /// The three base outputs, none of the optional fields.
+    pub fn new(logp: ViewMut<'a, f32>, lse: ViewMut<'a, f32>, entropy: Option<ViewMut<'a, f32>>) -> Self {
+        LinearForwardViews {
+            logp,
+            lse,
+            entropy,
+            log_sum_sq: None,
+            mean_logits: None,
+            is_top1: None,
+            topk: None,
+        }
+    }
+}
+
+/// Caller-owned top-k outputs, row-major `[N, k]`: log-probs descending (equal logits by
+/// ascending id) and their ids; ignored rows hold 0 and -1.
+pub struct TopkViews<'a> {
+    /// k, `1..=TOPK_MAX` and at most the vocabulary.
+    pub k: usize,
+    /// `[N, k]` f32 log-probs.
+    pub logp: ViewMut<'a, f32>,
+    /// `[N, k]` i64 ids.
+    pub ids: ViewMut<'a, i64>,
 }
 
 /// Caller-owned gradient outputs (overwritten): `d_hidden` `[N, H]` in the hidden states' dtype,

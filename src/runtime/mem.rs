@@ -110,6 +110,11 @@ impl Stream {
 
     /// Sets every element of `dst` to zero (asynchronous on CUDA, ordered on this stream).
     pub fn memset_zeros<T: Element>(&self, dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+        self.memset_bytes(dst, 0)
+    }
+
+    /// Sets every byte of `dst` to `byte` (0xFF: -1 in every signed integer element).
+    pub fn memset_bytes<T: Element>(&self, dst: &mut impl DevicePtrMut<T>, byte: u8) -> Result<()> {
         let bytes = dst.len() * std::mem::size_of::<T>();
         if bytes == 0 {
             return Ok(());
@@ -118,9 +123,9 @@ impl Stream {
         match &self.0 {
             // SAFETY: `p` is a live device range of `bytes`, ordered on `s`.
             StreamInner::Cuda(s) => {
-                unsafe { cudarc::driver::result::memset_d8_async(p, 0, bytes, s.cu_stream()) }?
+                unsafe { cudarc::driver::result::memset_d8_async(p, byte, bytes, s.cu_stream()) }?
             }
-            StreamInner::Emulator => emulator::memset(p, 0, bytes)?,
+            StreamInner::Emulator => emulator::memset(p, byte, bytes)?,
         }
         Ok(())
     }
@@ -536,6 +541,14 @@ pub(crate) fn optional_ptr_of_len<'s, T>(
         crate::error::ensure_len(arg, v.len(), n)?;
     }
     optional_ptr(stream, v, guards)
+}
+
+/// The device pointer of an optional output view with its guard, or `None`.
+pub(crate) fn optional_ptr_mut<'s, T>(
+    stream: &'s Stream,
+    v: Option<&'s mut ViewMut<'_, T>>,
+) -> Result<Option<(u64, Guard<'s>)>> {
+    v.map(|v| v.device_ptr_mut(stream)).transpose()
 }
 
 /// The device pointer of an optional view (0 for `None`), its guard kept in `guards` until the

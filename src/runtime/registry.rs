@@ -50,10 +50,33 @@ pub(crate) const LINEAR_ROWS_THREADS: u32 = 256;
 const ATTN_BR: u32 = 64;
 const ATTN_BQ: u32 = 32;
 
+/// What a token log-probs forward entry point computes besides log p(target) and lse.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FwdMode {
+    /// Nothing more.
+    Plain,
+    /// The entropy (and `log Σ p²`).
+    Entropy,
+    /// The entropy, `log Σ p²`, the mean logit and `is_top1` (TRL's fused-head outputs).
+    Full,
+}
+
 /// Name of a token log-probs forward entry point.
-pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, entropy: bool, row_threads: u32) -> String {
-    let e = if entropy { "_entropy" } else { "" };
+pub(crate) fn token_logprobs_fwd(dtype: DType, it: IndexType, mode: FwdMode, row_threads: u32) -> String {
+    let e = match mode {
+        FwdMode::Plain => "",
+        FwdMode::Entropy => "_entropy",
+        FwdMode::Full => "_full",
+    };
     format!("token_logprobs_fwd{e}_{}_{}_w{row_threads}", dtype.name(), it.name())
+}
+
+/// Threads per block of the top-k kernel (`TOPK_THREADS`): a block per row.
+pub(crate) const TOPK_THREADS: u32 = 256;
+
+/// Name of the top-k log-probs entry point.
+pub(crate) fn token_logprobs_topk(dtype: DType, it: IndexType) -> String {
+    format!("token_logprobs_topk_{}_{}", dtype.name(), it.name())
 }
 
 /// Name of a token log-probs backward entry point.
@@ -125,14 +148,20 @@ fn build() -> Vec<KernelSpec> {
     for d in [DType::F32, DType::F16, DType::BF16] {
         for i in [IndexType::I32, IndexType::I64] {
             for rt in [32, TOKEN_LOGPROBS_THREADS] {
-                add(token_logprobs_fwd(d, i, false, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
-                add(token_logprobs_fwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                for mode in [FwdMode::Plain, FwdMode::Entropy, FwdMode::Full] {
+                    add(token_logprobs_fwd(d, i, mode, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
+                }
                 add(token_logprobs_bwd(d, i, false, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
                 add(token_logprobs_bwd(d, i, true, rt), "token_logprobs", TOKEN_LOGPROBS_THREADS, 0);
                 for (bwd, ent) in [(false, false), (false, true), (true, false), (true, true)] {
                     add(vocab_shard(bwd, d, i, ent, rt), "vocab_parallel", TOKEN_LOGPROBS_THREADS, 0);
                 }
             }
+        }
+    }
+    for d in [DType::F32, DType::F16, DType::BF16] {
+        for i in [IndexType::I32, IndexType::I64] {
+            add(token_logprobs_topk(d, i), "token_logprobs", TOPK_THREADS, 0);
         }
     }
     for i in [IndexType::I32, IndexType::I64] {
@@ -145,7 +174,15 @@ fn build() -> Vec<KernelSpec> {
         add(k.into(), "grpo", GRPO_THREADS, 0);
     }
     add("group_loss".into(), "group_loss", GROUP_THREADS, 0);
-    for k in ["gather_rows_b2", "gather_rows_b4", "gather_rows_b8", "scatter_rows_b2", "scatter_rows_b4"] {
+    for k in [
+        "gather_rows_b2",
+        "gather_rows_b4",
+        "gather_rows_b8",
+        "scatter_rows_b1",
+        "scatter_rows_b2",
+        "scatter_rows_b4",
+        "scatter_rows_b8",
+    ] {
         add(format!("linear_{k}"), "linear_token_logprobs", LINEAR_ROWS_THREADS, 0);
     }
     for d in [DType::F32, DType::F16, DType::BF16] {
@@ -200,7 +237,8 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), all.len());
-        assert_eq!(all.len(), 48 + 48 + 2 + 2 + 1 + 16 + 4 + 1 + 5 + 6);
+        // token_logprobs: 5 forward/backward kinds x 2 row groups x 6 (dtype, index), 6 top-k.
+        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 16 + 4 + 1 + 7 + 6);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }

@@ -10,7 +10,7 @@
 use super::pair_plan::pair_chunks;
 use crate::error::{ensure, Result};
 use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
-use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass};
+use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras};
 use crate::lm_head::plan::rows_for_budget;
 use crate::preference_loss::{
     preference_loss_workspace_len, LossConfig, Pairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs,
@@ -234,7 +234,7 @@ impl Gpu {
                 // work is ordered on `stream` and the buffers outlive the synchronization below.
                 unsafe {
                     self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, false, status_p)?;
+                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, false, RowExtras::default(), status_p)?;
                     if weights_p != 0 {
                         self.gather_f32(raw, weights_p, lp.work.weights, idx, m, s.n_rows, status_p)?;
                     }

@@ -204,6 +204,8 @@ impl Gpu {
                 status: status_p,
                 stats: stats_p,
                 log_sum_sq: 0,
+                mean_logits: 0,
+                is_top1: 0,
             };
             let bwd = TokenLogprobsBwdPtrs {
                 logits: logits_p,

@@ -1,13 +1,13 @@
 //! GPU launch of the token log-probs kernels (`kernels/token_logprobs.cu`): the unsafe raw-pointer
 //! entry points and the safe wrappers over cudarc buffers.
 use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
-use crate::runtime::registry::{self, row_threads, TOKEN_LOGPROBS_THREADS};
+use crate::runtime::registry::{self, row_threads, FwdMode, TOKEN_LOGPROBS_THREADS};
 
 use super::{validate, LogitsLayout, TokenLogprobsConfig};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::ensure_len;
 use crate::error::{ensure, Result};
-use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams};
+use crate::params::{TokenLogprobsBwdParams, TokenLogprobsFwdParams, TokenTopkParams, TOPK_MAX};
 use crate::runtime::args::{check_ptr, ranges_overlap};
 use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
@@ -41,6 +41,44 @@ pub struct TokenLogprobsFwdPtrs {
     /// Output `[n_rows]` f32 `log Σ_v p_v²` (WPO's per-token term, TRL's `log_sum_sq_probs`),
     /// or 0. Computed in the entropy's pass: needs `compute_entropy`.
     pub log_sum_sq: u64,
+    /// Output `[n_rows]` f32 mean of `logits / T` over the vocabulary (TRL's `mean_logits`), or 0.
+    pub mean_logits: u64,
+    /// Output `[n_rows]` u8 (a `torch.bool` works): 1 where the target is the row's first argmax
+    /// (TRL's `is_top1`: a tie with an earlier id does not count; 0 on ignored rows and rows with
+    /// NaN/+inf), or 0.
+    pub is_top1: u64,
+}
+
+impl TokenLogprobsFwdPtrs {
+    /// The entry point these outputs need: mean logits or `is_top1` take the full pass (which
+    /// computes the entropy whether or not it is written), the entropy the entropy pass.
+    fn mode(&self, cfg: &TokenLogprobsConfig) -> FwdMode {
+        if self.mean_logits != 0 || self.is_top1 != 0 {
+            FwdMode::Full
+        } else if cfg.compute_entropy {
+            FwdMode::Entropy
+        } else {
+            FwdMode::Plain
+        }
+    }
+}
+
+/// Device pointers of a top-k call (raw API): the k largest log-probs of every row and their ids,
+/// from the logits and the softmax statistics a forward wrote.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TokenTopkPtrs {
+    /// Logits `[n_rows, row_stride]` of the given dtype (the forward's).
+    pub logits: u64,
+    /// Targets `[n_rows]` (the forward's): ignored rows get log-prob 0 and id -1, bad ones NaN, -1.
+    pub targets: u64,
+    /// `[n_rows, SOFTMAX_STATS]` f32 softmax statistics from the forward.
+    pub stats: u64,
+    /// Output `[n_rows, k]` f32: the k largest `log p_v`, descending (equal values by ascending id).
+    pub topk_logp: u64,
+    /// Output `[n_rows, k]` i64: their ids.
+    pub topk_ids: u64,
+    /// A u32 status word, or 0.
+    pub status: u64,
 }
 
 /// Device pointers of a backward call (raw API).
@@ -120,6 +158,10 @@ pub struct TokenLogprobsOutputs<'a> {
     pub stats: Option<ViewMut<'a, f32>>,
     /// `[n_rows]` `log Σ_v p_v²` (WPO), or `None`; needs `compute_entropy`.
     pub log_sum_sq: Option<ViewMut<'a, f32>>,
+    /// `[n_rows]` mean of `logits / T` (TRL's `mean_logits`), or `None`.
+    pub mean_logits: Option<ViewMut<'a, f32>>,
+    /// `[n_rows]` 1 where the target is the first argmax (TRL's `is_top1`), else 0; or `None`.
+    pub is_top1: Option<ViewMut<'a, u8>>,
 }
 
 /// Argument checks of the raw forward (everything but the pointers' validity, which the caller
@@ -146,7 +188,45 @@ fn validate_forward_ptrs(
     ensure(ptrs.log_sum_sq == 0 || cfg.compute_entropy, "log_sum_sq", || {
         "is computed in the entropy's pass: set compute_entropy (and give entropy) too".into()
     })?;
+    check_ptr("mean_logits", ptrs.mean_logits, 4, false)?;
+    check_ptr("is_top1", ptrs.is_top1, 1, false)?;
     Ok(())
+}
+
+/// Checks k of a top-k call: 1 ..= [`TOPK_MAX`] and at most the vocabulary.
+pub fn validate_top_k(k: usize, vocab: usize) -> Result<()> {
+    ensure((1..=TOPK_MAX).contains(&k), "k", || format!("must be in 1..={TOPK_MAX}, got {k}"))?;
+    ensure(k <= vocab, "k", || format!("must be <= vocab ({vocab}), got {k}"))
+}
+
+/// `n_rows * k`, checked.
+pub fn topk_len(n_rows: usize, k: usize) -> Result<usize> {
+    n_rows
+        .checked_mul(k)
+        .filter(|&x| x <= i64::MAX as usize)
+        .ok_or_else(|| crate::error::invalid("k", format!("{n_rows} rows of {k} entries overflow")))
+}
+
+impl TokenTopkPtrs {
+    /// Argument checks of the raw top-k (everything but the pointers' validity).
+    pub fn validate(
+        &self,
+        dtype: DType,
+        index_type: IndexType,
+        layout: LogitsLayout,
+        k: usize,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, layout.span()?, layout.n_rows)?;
+        validate_top_k(k, layout.vocab)?;
+        topk_len(layout.n_rows, k)?;
+        check_ptr("logits", self.logits, dtype.size(), true)?;
+        check_ptr("targets", self.targets, index_type.size(), true)?;
+        check_ptr("stats", self.stats, 4, true)?;
+        check_ptr("topk_logp", self.topk_logp, 4, true)?;
+        check_ptr("topk_ids", self.topk_ids, 8, true)?;
+        check_ptr("status", self.status, 4, false)
+    }
 }
 
 impl TokenLogprobsBwdPtrs {
@@ -276,9 +356,11 @@ impl Gpu {
             reserved: 0,
             stats: ptrs.stats,
             log_sum_sq: ptrs.log_sum_sq,
+            mean_logits: ptrs.mean_logits,
+            is_top1: ptrs.is_top1,
         };
         let rt = row_threads(layout.vocab);
-        let name = registry::token_logprobs_fwd(dtype, index_type, cfg.compute_entropy, rt);
+        let name = registry::token_logprobs_fwd(dtype, index_type, ptrs.mode(cfg), rt);
         let grid = self.grid_for(layout.n_rows as u64, (TOKEN_LOGPROBS_THREADS / rt) as u64);
         // SAFETY: the caller guarantees the stream and pointers (see # Safety); params is the
         // kernel's by-value TokenLogprobsFwdParams (layout asserted).
@@ -320,6 +402,101 @@ impl Gpu {
         unsafe { self.launch(stream, &name, grid, &params) }
     }
 
+    /// Top-k log-probs on raw device pointers: for every row the `k` largest `log p_v` of
+    /// `softmax(logits / T)` (descending, equal values by ascending id) and their ids, from the
+    /// logits and the softmax statistics of a forward on the same logits, targets and config (the
+    /// entry at the target's id is bitwise that forward's logp). Launches one kernel (a block per
+    /// row, a radix select: a few reads of the row) on `stream`; never synchronizes.
+    ///
+    /// Errors (before any launch): as the forward, and `k` outside `1..=TOPK_MAX` or above the
+    /// vocabulary.
+    ///
+    /// # Safety
+    /// As [`Gpu::token_logprobs_forward_raw`]; `stats` holds the `n_rows * SOFTMAX_STATS` f32 the
+    /// forward wrote (ordered before this launch), `topk_logp` `n_rows * k` f32 and `topk_ids`
+    /// `n_rows * k` i64.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn token_logprobs_topk_raw(
+        &self,
+        stream: u64,
+        dtype: DType,
+        index_type: IndexType,
+        layout: LogitsLayout,
+        k: usize,
+        ptrs: &TokenTopkPtrs,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        ptrs.validate(dtype, index_type, layout, k, cfg)?;
+        if layout.n_rows == 0 {
+            return Ok(());
+        }
+        let params = TokenTopkParams {
+            logits: ptrs.logits,
+            targets: ptrs.targets,
+            stats: ptrs.stats,
+            topk_logp: ptrs.topk_logp,
+            topk_ids: ptrs.topk_ids,
+            status: ptrs.status,
+            n_rows: layout.n_rows as i64,
+            row_stride: layout.row_stride as i64,
+            vocab: layout.vocab as i64,
+            ignore_index: cfg.ignore_index,
+            k: k as i64,
+            inv_temperature: 1.0 / cfg.temperature,
+            reserved: 0,
+        };
+        let name = registry::token_logprobs_topk(dtype, index_type);
+        let grid = self.grid_for(layout.n_rows as u64, 1);
+        // SAFETY: the caller guarantees the stream and pointers (see # Safety); params is the
+        // kernel's by-value TokenTopkParams (layout asserted).
+        unsafe { self.launch(stream, &name, grid, &params) }
+    }
+
+    /// Top-k log-probs on cudarc buffers ([`Gpu::token_logprobs_topk_raw`]): `stats` from a
+    /// forward on the same logits; writes `topk_logp` and `topk_ids` (`n_rows * k` each). Status
+    /// handling as in the forward.
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_logprobs_topk<T: LogitElement, I: TargetIndex>(
+        &self,
+        stream: &Stream,
+        logits: &impl DevicePtr<T>,
+        layout: LogitsLayout,
+        targets: &impl DevicePtr<I>,
+        stats: &impl DevicePtr<f32>,
+        k: usize,
+        topk_logp: &mut impl DevicePtrMut<f32>,
+        topk_ids: &mut impl DevicePtrMut<i64>,
+        cfg: &TokenLogprobsConfig,
+    ) -> Result<()> {
+        validate(&layout, cfg, logits.len(), targets.len())?;
+        validate_top_k(k, layout.vocab)?;
+        ensure_len("stats", stats.len(), stats_len(layout.n_rows)?)?;
+        ensure_len("topk_logp", topk_logp.len(), topk_len(layout.n_rows, k)?)?;
+        ensure_len("topk_ids", topk_ids.len(), topk_len(layout.n_rows, k)?)?;
+        let mut status = StatusWord::new(stream, cfg.check_targets)?;
+        {
+            let (logits_p, _g0) = logits.device_ptr(stream)?;
+            let (targets_p, _g1) = targets.device_ptr(stream)?;
+            let (stats_p, _g2) = stats.device_ptr(stream)?;
+            let (logp_p, _g3) = topk_logp.device_ptr_mut(stream)?;
+            let (ids_p, _g4) = topk_ids.device_ptr_mut(stream)?;
+            let (status_p, _g5) = status.ptr(stream)?;
+            let ptrs = TokenTopkPtrs {
+                logits: logits_p,
+                targets: targets_p,
+                stats: stats_p,
+                topk_logp: logp_p,
+                topk_ids: ids_p,
+                status: status_p,
+            };
+            // SAFETY: pointers from live cudarc buffers of checked lengths on this stream.
+            unsafe {
+                self.token_logprobs_topk_raw(stream.raw(), T::DTYPE, I::INDEX_TYPE, layout, k, &ptrs, cfg)
+            }?;
+        }
+        check_status(status.read(stream)?)
+    }
+
     /// Forward on cudarc buffers, on `stream`.
     ///
     /// Lengths are checked against `layout` (`logits` must hold `layout.span()` elements, the
@@ -346,6 +523,12 @@ impl Gpu {
         }
         if let Some(q) = &out.log_sum_sq {
             ensure_len("log_sum_sq", q.len(), layout.n_rows)?;
+        }
+        if let Some(q) = &out.mean_logits {
+            ensure_len("mean_logits", q.len(), layout.n_rows)?;
+        }
+        if let Some(q) = &out.is_top1 {
+            ensure_len("is_top1", q.len(), layout.n_rows)?;
         }
         let mut status = StatusWord::new(stream, cfg.check_targets)?;
         {
@@ -374,6 +557,20 @@ impl Gpu {
                 }
                 None => (0, None),
             };
+            let (mean_p, _g8) = match &mut out.mean_logits {
+                Some(q) => {
+                    let (p, g) = q.device_ptr_mut(stream)?;
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
+            let (top1_p, _g9) = match &mut out.is_top1 {
+                Some(q) => {
+                    let (p, g) = q.device_ptr_mut(stream)?;
+                    (p, Some(g))
+                }
+                None => (0, None),
+            };
             let (status_p, _g5) = status.ptr(stream)?;
             let ptrs = TokenLogprobsFwdPtrs {
                 logits: logits_p,
@@ -384,6 +581,8 @@ impl Gpu {
                 status: status_p,
                 stats: stats_p,
                 log_sum_sq: lss_p,
+                mean_logits: mean_p,
+                is_top1: top1_p,
             };
             // SAFETY: every pointer comes from a live cudarc buffer of the checked length on this
             // stream's context; the guards keep cudarc's event tracking ordered around the launch.
@@ -577,6 +776,8 @@ mod tests {
             status: 0,
             stats: 0x6000,
             log_sum_sq: 0,
+            mean_logits: 0,
+            is_top1: 0,
         };
         let check = |p: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
             validate_forward_ptrs(DType::BF16, IndexType::I64, l, &p, &c).map_err(|e| e.to_string())
@@ -613,9 +814,13 @@ mod tests {
 
     #[test]
     fn row_group_size_depends_on_the_vocabulary_only() {
-        assert!(
-            registry::spec(&registry::token_logprobs_fwd(DType::BF16, IndexType::I64, true, 256)).is_some()
-        );
+        assert!(registry::spec(&registry::token_logprobs_fwd(
+            DType::BF16,
+            IndexType::I64,
+            FwdMode::Full,
+            256
+        ))
+        .is_some());
         assert_eq!(registry::row_threads(1024), 32);
         assert_eq!(registry::row_threads(1025), 256);
     }

@@ -6,6 +6,12 @@
 //! `entropy[r] = -sum_v p_v ln p_v` of `p = softmax(logits[r, :] / T)`.
 //! Backward: `grad_logits[r, v] = grad_logp[r] * (1[v = t] - p_v) / T`.
 //!
+//! Optional outputs of the same pass: `log Σ_v p_v²`, the mean of `logits / T` and whether the
+//! target is the row's first argmax (TRL's fused-head fields, [`TokenLogprobsFwdPtrs`]). The top-k
+//! log-probs (k ≤ [`crate::params::TOPK_MAX`], descending, equal logits by ascending id, with their
+//! ids) come from one more kernel over the rows that reads the forward's softmax statistics
+//! ([`crate::Gpu::token_logprobs_topk`]), so the target's entry is bitwise its `logp`.
+//!
 //! Rows whose target equals `ignore_index` get `logp = lse = entropy = 0` and zero gradient rows,
 //! and are never read. NaN or +inf anywhere in a used row gives NaN outputs for that row.
 //!
@@ -27,7 +33,8 @@ pub(crate) mod launch;
 pub mod reference;
 
 pub use launch::{
-    stats_len, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs, TokenLogprobsOutputs,
+    stats_len, topk_len, validate_top_k, EntropyGrad, GradLogits, TokenLogprobsBwdPtrs, TokenLogprobsFwdPtrs,
+    TokenLogprobsOutputs, TokenTopkPtrs,
 };
 
 /// Hyperparameters of the token log-probs op.

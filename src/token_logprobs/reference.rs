@@ -16,12 +16,33 @@ pub struct TokenLogprobsRef {
     pub entropy: Vec<f64>,
     /// Per-row `log Σ_v p_v²` (WPO's term); 0 on ignored rows (always computed here).
     pub log_sum_sq: Vec<f64>,
+    /// Per-row mean of `logits / T`; 0 on ignored rows.
+    pub mean_logits: Vec<f64>,
+    /// Per-row: the target is the first argmax of the row (false on ignored rows and rows with
+    /// NaN/+inf).
+    pub is_top1: Vec<bool>,
+}
+
+/// Top-k reference: row-major `[n_rows, k]` log-probs and ids.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopkRef {
+    /// The k largest `log p_v` per row, descending (equal logits by ascending id); 0 on ignored rows.
+    pub logp: Vec<f64>,
+    /// Their ids; -1 on ignored rows.
+    pub ids: Vec<i64>,
 }
 
 impl TokenLogprobsRef {
     /// Every output 0 for `n` rows (what ignored rows keep).
     pub(crate) fn zeros(n: usize) -> Self {
-        Self { logp: vec![0.0; n], lse: vec![0.0; n], entropy: vec![0.0; n], log_sum_sq: vec![0.0; n] }
+        Self {
+            logp: vec![0.0; n],
+            lse: vec![0.0; n],
+            entropy: vec![0.0; n],
+            log_sum_sq: vec![0.0; n],
+            mean_logits: vec![0.0; n],
+            is_top1: vec![false; n],
+        }
     }
 
     /// Fills row `r` from its f64 log-softmax `logp`, logsumexp `lse` and target `t`.
@@ -29,6 +50,9 @@ impl TokenLogprobsRef {
         self.lse[r] = lse;
         self.logp[r] = logp[t];
         self.log_sum_sq[r] = log_sum_sq(logp);
+        // mean_v y_v = lse + mean_v log p_v (y = logits / T).
+        self.mean_logits[r] = lse + pairwise_sum_iter(logp.iter().cloned()) / logp.len() as f64;
+        self.is_top1[r] = first_argmax(logp) == Some(t);
         // H = -sum p ln p; p = 0 terms contribute 0 (they are -inf logits).
         self.entropy[r] = -pairwise_sum_iter(logp.iter().map(|&lp| {
             let p = lp.exp();
@@ -81,6 +105,20 @@ pub(crate) fn row_log_softmax_f64(y: Vec<f64>) -> (Vec<f64>, f64) {
     (y.iter().map(|&v| (v - m) - l).collect(), m + l)
 }
 
+/// The first index of the largest value; `None` when a value is NaN.
+pub(crate) fn first_argmax(values: &[f64]) -> Option<usize> {
+    let mut best: Option<usize> = None;
+    for (i, &v) in values.iter().enumerate() {
+        if v.is_nan() {
+            return None;
+        }
+        if best.is_none_or(|b| v > values[b]) {
+            best = Some(i);
+        }
+    }
+    best
+}
+
 /// `log Σ_v p_v²` of a row's log-probs: logsumexp(2 log p), shifted by the largest log p.
 pub(crate) fn log_sum_sq(logp: &[f64]) -> f64 {
     let top = logp.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
@@ -107,6 +145,47 @@ pub fn forward<T: LogitElement, I: TargetIndex>(
         out.set_row(r, t, &logp, lse);
     }
     Ok(out)
+}
+
+/// Top-k reference: per row the `k` largest `log p_v` of `softmax(logits / T)` and their ids,
+/// ordered by the logit (descending), equal logits by ascending id; ignored rows get 0 and -1.
+pub fn topk<T: LogitElement, I: TargetIndex>(
+    logits: &[T],
+    layout: LogitsLayout,
+    targets: &[I],
+    k: usize,
+    cfg: &TokenLogprobsConfig,
+) -> Result<TopkRef> {
+    validate(&layout, cfg, logits.len(), targets.len())?;
+    super::launch::validate_top_k(k, layout.vocab)?;
+    let total = super::launch::topk_len(layout.n_rows, k)?;
+    let inv_t = 1.0 / cfg.temperature as f64;
+    let mut out = TopkRef { logp: vec![0.0; total], ids: vec![-1; total] };
+    for (r, target) in targets.iter().enumerate() {
+        if checked_target(r, target.to_i64(), layout.vocab, cfg.ignore_index)?.is_none() {
+            continue;
+        }
+        let row = &logits[r * layout.row_stride..r * layout.row_stride + layout.vocab];
+        let (logp, _) = row_log_softmax(row, inv_t);
+        let mut order: Vec<usize> = (0..layout.vocab).collect();
+        // NaN logits sort by their bits' order as the kernel's keys do; their log-probs are NaN anyway.
+        let key = |v: usize| order_value(row[v].to_f64());
+        order.sort_by(|&a, &b| key(b).total_cmp(&key(a)).then(a.cmp(&b)));
+        for (j, &v) in order.iter().take(k).enumerate() {
+            out.logp[r * k + j] = logp[v];
+            out.ids[r * k + j] = v as i64;
+        }
+    }
+    Ok(out)
+}
+
+/// The value a top-k orders by: -0 is +0 (equal logits tie, broken by id); NaNs by their bits.
+pub(crate) fn order_value(x: f64) -> f64 {
+    if x == 0.0 {
+        0.0
+    } else {
+        x
+    }
 }
 
 /// Backward reference: dense `[n_rows, vocab]` gradient (row stride = vocab) of

@@ -43,6 +43,8 @@ fn token_logprobs_on(
         entropy: Some(ent.as_view_mut()),
         stats: None,
         log_sum_sq: None,
+        mean_logits: None,
+        is_top1: None,
     };
     gpu.token_logprobs_forward(&s, &logits, layout, &t, out, &cfg).unwrap();
     (s.clone_dtoh(&logp).unwrap(), s.clone_dtoh(&ent).unwrap())

@@ -7,7 +7,9 @@ use rand::Rng;
 use crate::common::{assert_close, rng};
 use crate::Case;
 use pref_kernels::linear_token_logprobs::reference as lin_ref;
-use pref_kernels::linear_token_logprobs::{workspace_bytes_per_row, LinearConfig, LinearHead, LinearShape};
+use pref_kernels::linear_token_logprobs::{
+    workspace_bytes_per_row, LinearConfig, LinearForwardViews, LinearHead, LinearShape, TopkViews,
+};
 use pref_kernels::preference_loss::reference::forward_backward;
 use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::{SeqLayout, TokenInputs};
@@ -124,6 +126,102 @@ fn forward_backward_parity_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) 
             first = Some((logp, dw));
         }
     }
+}
+
+/// The optional outputs of the fused head (log Σp², mean logit, is_top1, top-k) for several
+/// budgets, on poisoned outputs, against the f64 reference. The head's logits are the GEMM's,
+/// rounded to T, so near-ties may order differently from the f64 logits: top-k values are
+/// compared by rank and each id's value with its f64 log-prob; `is_top1` where the top two f64
+/// logits are more than the tolerance apart.
+fn extras_and_topk_for<T: LogitElement>(gpu: &Gpu, seed: u64, tol: f64) {
+    let p = problem(seed, 131 + T::DTYPE as u64, 29, 24, 60);
+    let stream = gpu.default_stream();
+    let (hid, w): (Vec<T>, Vec<T>) = (cast(&p.hidden), cast(&p.weight));
+    let hidden = stream.clone_htod(&hid).unwrap();
+    let weight = stream.clone_htod(&w).unwrap();
+    let bias = stream.clone_htod(&p.bias).unwrap();
+    let targets = stream.clone_htod(&p.targets).unwrap();
+    let token = TokenLogprobsConfig { temperature: 0.8, compute_entropy: true, ..Default::default() };
+    let (n, v) = (p.shape.n_rows, p.shape.vocab);
+    let want = lin_ref::forward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &token).unwrap();
+    // Every id's f64 log-prob, in the reference's order.
+    let all = lin_ref::topk(&hid, &w, Some(&p.bias), p.shape, &p.targets, v, &token).unwrap();
+    let head = LinearHead {
+        hidden: hidden.as_view(),
+        weight: weight.as_view(),
+        bias: Some(bias.as_view()),
+        shape: p.shape,
+    };
+    let k = rng(seed, 9).random_range(1..=v);
+    let mut first: Option<Vec<i64>> = None;
+    for rows in [1usize, 5, 1000] {
+        let poison = |len: usize| stream.clone_htod(&vec![-7777f32; len]).unwrap();
+        let (mut logp, mut lse, mut ent, mut lss, mut mean, mut tk) =
+            (poison(n), poison(n), poison(n), poison(n), poison(n), poison(n * k));
+        let mut top1 = stream.clone_htod(&vec![0xAAu8; n]).unwrap();
+        let mut ids = stream.clone_htod(&vec![-7777i64; n * k]).unwrap();
+        let views = LinearForwardViews {
+            log_sum_sq: Some(lss.as_view_mut()),
+            mean_logits: Some(mean.as_view_mut()),
+            is_top1: Some(top1.as_view_mut()),
+            topk: Some(TopkViews { k, logp: tk.as_view_mut(), ids: ids.as_view_mut() }),
+            ..LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), Some(ent.as_view_mut()))
+        };
+        let cfg = LinearConfig { token, workspace_bytes: budget::<T>(&p.shape, rows) };
+        gpu.linear_token_logprobs_forward_into(&stream, &head, &targets.as_view(), views, &cfg).unwrap();
+        let (lp, lss, mean) = (
+            stream.clone_dtoh(&logp).unwrap(),
+            stream.clone_dtoh(&lss).unwrap(),
+            stream.clone_dtoh(&mean).unwrap(),
+        );
+        let (top1, tk, ids) = (
+            stream.clone_dtoh(&top1).unwrap(),
+            stream.clone_dtoh(&tk).unwrap(),
+            stream.clone_dtoh(&ids).unwrap(),
+        );
+        for i in 0..n {
+            assert_close(&format!("logp[{i}]"), lp[i] as f64, want.logp[i], tol, tol);
+            assert_close(&format!("log_sum_sq[{i}]"), lss[i] as f64, want.log_sum_sq[i], 2.0 * tol, tol);
+            assert_close(&format!("mean_logits[{i}]"), mean[i] as f64, want.mean_logits[i], tol, tol);
+            if p.targets[i] == -100 {
+                assert_eq!(top1[i], 0, "is_top1 of ignored row {i}");
+                assert!(
+                    tk[i * k..][..k].iter().all(|&x| x == 0.0) && ids[i * k..][..k].iter().all(|&x| x == -1)
+                );
+                continue;
+            }
+            let (ref_ids, ref_lp) = (&all.ids[i * v..][..v], &all.logp[i * v..][..v]);
+            if ref_lp[0] - ref_lp[1] > 2.0 * tol {
+                assert_eq!(top1[i], (ref_ids[0] == p.targets[i]) as u8, "is_top1[{i}]");
+            } else {
+                assert!(top1[i] <= 1, "is_top1[{i}] = {}", top1[i]);
+            }
+            for j in 0..k {
+                let (g, id) = (tk[i * k + j] as f64, ids[i * k + j]);
+                assert_close(&format!("topk_logp[{i}, {j}] by rank"), g, ref_lp[j], tol, tol);
+                let at =
+                    ref_ids.iter().position(|&x| x == id).unwrap_or_else(|| panic!("id {id} of row {i}"));
+                assert_close(&format!("topk_logp[{i}, {j}] of id {id}"), g, ref_lp[at], tol, tol);
+                if id == p.targets[i] {
+                    assert_eq!(tk[i * k + j].to_bits(), lp[i].to_bits(), "target's top-k entry, row {i}");
+                }
+            }
+            let mut seen = ids[i * k..][..k].to_vec();
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen.len(), k, "top-k ids of row {i} are distinct");
+        }
+        // A row's top-k does not depend on the chunk it sits in.
+        match &first {
+            Some(f) => assert_eq!(f, &ids, "top-k ids for budget {rows}"),
+            None => first = Some(ids),
+        }
+    }
+}
+
+fn linear_extras_and_topk(gpu: &Gpu, seed: u64) {
+    extras_and_topk_for::<f32>(gpu, seed, 2e-5);
+    extras_and_topk_for::<bf16>(gpu, seed, 3e-2);
 }
 
 fn linear_forward_backward_parity(gpu: &Gpu, seed: u64) {
@@ -294,6 +392,7 @@ pub fn cases() -> Vec<Case> {
             name: "linear_token_logprobs_forward_backward_parity_every_chunk_size",
             run: Box::new(linear_forward_backward_parity),
         },
+        Case { name: "linear_extras_and_topk_every_chunk_size", run: Box::new(linear_extras_and_topk) },
         Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },
         Case { name: "linear_bad_input_refused", run: Box::new(linear_bad_input) },
         Case { name: "linear_empty_batch", run: Box::new(linear_empty_batch) },

@@ -23,6 +23,7 @@ mod linear;
 mod preference_loss;
 mod shared_prefix_attention;
 mod token_logprobs;
+mod token_stats;
 mod vocab_parallel;
 
 /// A test body: gets the handle (CUDA or emulator) and the run's seed; panics on failure.
@@ -52,6 +53,7 @@ fn main() {
     let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
     let cases: Vec<Case> = token_logprobs::cases()
         .into_iter()
+        .chain(token_stats::cases())
         .chain(preference_loss::cases())
         .chain(grpo::cases())
         .chain(group_loss::cases())

@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 const POISON: f32 = -7777.0;
 const VOCABS: [usize; 6] = [1, 7, 32000, 128256, 151936, 262144];
 
-trait Target: TargetIndex {
+pub(crate) trait Target: TargetIndex {
     fn from_i64(v: i64) -> Self;
 }
 impl Target for i32 {
@@ -51,17 +51,17 @@ fn subnormal_half_ulp<T: LogitElement>() -> f64 {
     }
 }
 
-struct Problem<T, I> {
-    host: Vec<T>,
-    offset: usize,
-    layout: LogitsLayout,
-    targets: Vec<I>,
-    grad_logp: Vec<f32>,
+pub(crate) struct Problem<T, I> {
+    pub(crate) host: Vec<T>,
+    pub(crate) offset: usize,
+    pub(crate) layout: LogitsLayout,
+    pub(crate) targets: Vec<I>,
+    pub(crate) grad_logp: Vec<f32>,
 }
 
 /// Random problem: `n` rows, optional leading offset and row padding; ~15% ignored rows, and the
 /// first row made "confident" (p(target) ~ 1) to exercise the expm1 target gradient.
-fn problem<T: LogitElement, I: Target>(
+pub(crate) fn problem<T: LogitElement, I: Target>(
     seed: u64,
     tag: u64,
     n: usize,
@@ -103,14 +103,14 @@ impl<T: Copy, I: Copy> Problem<T, I> {
     }
 }
 
-struct Forward {
-    logp: Vec<f32>,
-    lse: Vec<f32>,
-    entropy: Option<Vec<f32>>,
+pub(crate) struct Forward {
+    pub(crate) logp: Vec<f32>,
+    pub(crate) lse: Vec<f32>,
+    pub(crate) entropy: Option<Vec<f32>>,
     /// `[n, SOFTMAX_STATS]`: row max, log2 of the sum.
-    stats: Vec<f32>,
+    pub(crate) stats: Vec<f32>,
     /// log Σ p², written with the entropy.
-    log_sum_sq: Option<Vec<f32>>,
+    pub(crate) log_sum_sq: Option<Vec<f32>>,
 }
 
 fn run_forward<T: LogitElement, I: Target>(
@@ -139,6 +139,8 @@ fn run_forward<T: LogitElement, I: Target>(
             entropy: cfg.compute_entropy.then(|| entropy.as_view_mut()),
             stats: Some(stats.as_view_mut()),
             log_sum_sq: cfg.compute_entropy.then(|| log_sum_sq.as_view_mut()),
+            mean_logits: None,
+            is_top1: None,
         },
         cfg,
     )?;
@@ -151,7 +153,7 @@ fn run_forward<T: LogitElement, I: Target>(
     })
 }
 
-fn check_forward<T: LogitElement, I: Target>(
+pub(crate) fn check_forward<T: LogitElement, I: Target>(
     p: &Problem<T, I>,
     got: &Forward,
     cfg: &TokenLogprobsConfig,
@@ -582,6 +584,8 @@ fn raw_api_rejects_bad_arguments(gpu: &Gpu, _seed: u64) {
         status: 0,
         stats: 0x6000,
         log_sum_sq: 0,
+        mean_logits: 0,
+        is_top1: 0,
     };
     let call = |ptrs: TokenLogprobsFwdPtrs, l: LogitsLayout, c: TokenLogprobsConfig| {
         // SAFETY: every call below must be rejected by validation before any launch.
@@ -669,6 +673,8 @@ fn raw_api_and_c_abi_on_a_borrowed_stream(gpu: &Gpu, seed: u64) {
             status: 0,
             stats: 0,
             log_sum_sq: 0,
+            mean_logits: 0,
+            is_top1: 0,
         };
         // SAFETY: live buffers of the right sizes on this device; `own` is a live stream.
         unsafe {

@@ -73,6 +73,8 @@ fn finalize(
         entropy: Some(ent.as_view_mut()),
         stats: Some(stats.as_view_mut()),
         log_sum_sq: None,
+        mean_logits: None,
+        is_top1: None,
     };
     gpu.vocab_parallel_finalize(s, &g.as_view(), n_shards, vocab, targets, out, cfg)?;
     Ok((
@@ -527,6 +529,8 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     entropy: Some(en.as_view_mut()),
                     stats: None,
                     log_sum_sq: None,
+                    mean_logits: None,
+                    is_top1: None,
                 };
                 comm.token_logprobs(&g, &d, LogitsLayout::contiguous(n, sh.len), &dt, out, &cfg).unwrap();
                 let got = s.clone_dtoh(&lp).unwrap();
@@ -555,6 +559,8 @@ fn vocab_parallel_nccl(gpu: &Gpu, seed: u64) {
                     entropy: Some(en.as_view_mut()),
                     stats: Some(st.as_view_mut()),
                     log_sum_sq: None,
+                    mean_logits: None,
+                    is_top1: None,
                 };
                 comm.linear_token_logprobs(&g, &head, &dt.as_view(), out, &lcfg).unwrap();
                 let got = s.clone_dtoh(&lp).unwrap();
