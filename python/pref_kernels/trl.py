@@ -5,6 +5,9 @@
   only), and the GRPO-family loss (every TRL 1.16 `loss_type`, with its clipping, KL, off-policy mask,
   entropy mask and bonus, vLLM importance weights and normalizers) with its metrics and every token's
   gradient comes from one fused kernel call; TRL's metric names are logged.
+- `shared_prompts=True` (GRPO / RLOO): those forwards run prompt-once (`pref_kernels.prompt_once`):
+  each group's prompt through the model once, completions attending to it through the shared-prefix
+  attention kernel, packed without padding.
 - `RLOOTrainer`: its log-probs and entropies through the fused head (its loss is a handful of `[B]`
   operations on sequence sums and stays TRL's).
 - `DPOTrainer`: the policy and reference log-probs through pref-kernels' fused head, with every
@@ -164,11 +167,19 @@ def _logit_scale(cfg):
     return 1.0 if scale is None else scale
 
 
-def use_pref_kernels(trainer):
+def use_pref_kernels(trainer, shared_prompts: bool = False):
     """Patches `trainer` (a trl DPOTrainer, GRPOTrainer or RLOOTrainer) in place to run on pref-kernels
     (see the module's docstring for what each gets); returns it. Raises NotImplementedError, with the
-    reason, for configurations pref-kernels does not serve."""
+    reason, for configurations pref-kernels does not serve.
+
+    `shared_prompts` (GRPO / RLOO): every log-prob forward runs prompt-once (`pref_kernels.prompt_once`):
+    each group's prompt goes through the model once, its completions attend to it through the
+    shared-prefix attention kernel, packed without padding, and only completion positions reach the
+    fused head. Position ids continue from the prompt's real tokens (those generation used; TRL's own
+    forward shifts them by the left padding, so the two agree when a batch's prompts need none)."""
     reason = unsupported_reason(trainer)
+    if reason is None and shared_prompts:
+        reason = _shared_prompts_refusal(trainer)
     if reason is not None:
         raise NotImplementedError(f"pref_kernels cannot serve this {type(trainer).__name__}: {reason}")
     kind = _trainer_kind(trainer)
@@ -176,11 +187,51 @@ def use_pref_kernels(trainer):
         trainer._compute_loss = _with_fused_head(types.MethodType(_compute_loss, trainer))
         trainer.compute_ref_log_probs = _with_fused_head(trainer.compute_ref_log_probs)
     else:
-        trainer._get_per_token_logps_and_entropies = _with_fused_head(trainer._get_per_token_logps_and_entropies)
+        if shared_prompts:
+            trainer._get_per_token_logps_and_entropies = types.MethodType(_prompt_once_logps_and_entropies, trainer)
+        else:
+            trainer._get_per_token_logps_and_entropies = _with_fused_head(trainer._get_per_token_logps_and_entropies)
         if kind == "GRPOTrainer":
             trainer._compute_loss = types.MethodType(_grpo_compute_loss, trainer)
     trainer.pref_kernels_enabled = True
     return trainer
+
+
+def _shared_prompts_refusal(trainer):
+    kind = _trainer_kind(trainer)
+    if kind not in ("GRPOTrainer", "RLOOTrainer"):
+        return f"shared_prompts is a GRPO / RLOO option, not a {kind} one"
+    if trainer.accelerator.num_processes > 1:
+        return "shared_prompts over several processes: the prompt-once forward calls the model's decoder " \
+               "directly, which a DDP wrapper's forward would not see (not served yet)"
+    cfg = _model_config(trainer)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    if head_dim not in (64, 128):
+        return f"shared_prompts needs attention head dim 64 or 128 (the kernel's), this model has {head_dim}"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) and \
+            getattr(cfg, "layer_types", None) and any(t != "full_attention" for t in cfg.layer_types):
+        return "shared_prompts with sliding-window layers (the kernel attends to the whole prompt)"
+    if getattr(trainer, "aux_loss_enabled", False):
+        return "shared_prompts with a MoE router aux loss (the decoder-only forward does not return it)"
+    return None
+
+
+def _prompt_once_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                     compute_entropy=False, compute_aux_loss=False, **multimodal):
+    """TRL 1.16's `_get_per_token_logps_and_entropies` (same signature and outputs: [B, C] log-probs
+    and entropies of the last `logits_to_keep` tokens) through the prompt-once forward."""
+    from .prompt_once import prompt_once_batch, prompt_once_logprobs
+
+    del batch_size  # the packed row has no padding to chunk away
+    given = [k for k, v in multimodal.items() if v is not None]
+    if given or compute_aux_loss:
+        raise NotImplementedError(f"pref_kernels: shared_prompts does not serve {given or ['the MoE aux loss']}")
+    c = logits_to_keep
+    batch = prompt_once_batch(input_ids[:, :-c], attention_mask[:, :-c], input_ids[:, -c:], attention_mask[:, -c:])
+    with self.accelerator.autocast():
+        logps, entropies = prompt_once_logprobs(getattr(model, "module", model), batch, temperature=self.temperature,
+                                                compute_entropy=compute_entropy)
+    return logps, entropies, None
 
 
 def _dpo_unsupported_reason(trainer):

@@ -19,11 +19,13 @@ def tokenizer():
                                                 bos_token="<s>", eos_token="</s>")
 
 
-def causal_lm(tok, family="llama", seed=0):
-    """A 2-layer Llama or Qwen2 (GQA, untied head; Qwen2 has q/k/v biases) with random weights."""
+def causal_lm(tok, family="llama", seed=0, head_dim=None):
+    """A 2-layer Llama or Qwen2 (GQA, untied head; Qwen2 has q/k/v biases) with random weights;
+    `head_dim` 64 for the shared-prefix attention kernel (its head dims are 64 and 128)."""
     torch.manual_seed(seed)
+    extra = {} if head_dim is None else {"head_dim": head_dim}
     common = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, **extra,
                   pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                   tie_word_embeddings=False)
     if family == "llama":
