@@ -13,8 +13,17 @@ On a GPU: the device-to-device copy bandwidth first (the floor of every memory-b
   3. shared-prefix attention forward+backward (32 q / 8 kv heads, d = 128) vs SDPA on the
      duplicated layout and FlexAttention with the shared-prefix mask;
   4. the fused LM head from hidden states (bf16, H = 4096, M in {4096, 16384}, V in {128256,
-     151936}): ours (the DPO step, and log-probs with their backward) vs PyTorch eager, Liger FLCE
-     and FusedLinearDPO, Apple CCE, with TFLOP/s and peak extra memory.
+     151936}): ours (the DPO step, and log-probs with their backward) vs PyTorch eager, TRL 1.16's
+     own fused head (`ChunkedLogProbFunction`), Liger FLCE and FusedLinearDPO, Apple CCE, with
+     TFLOP/s and peak extra memory;
+  5. the GRPO loss from hidden states (16 completions x 1024 tokens, Qwen2-1.5B's H = 1536 and
+     V = 151936, DAPO with beta = 0.04): ours (fused head with entropy + `grpo_loss`) vs TRL's head
+     + TRL-style eager loss, and Liger's `LigerFusedLinearGRPOLoss`;
+  6. a GRPO step through a Qwen2-1.5B-shaped decoder (28 layers, H 1536, MLP 8960, 12 q / 2 kv
+     heads, d 128, V 151936, random bf16 weights; written here in plain PyTorch, so the GPU machine
+     needs no transformers) on one group of G = 8 completions of 1024 tokens sharing a 512-token
+     prompt: the duplicated layout (SDPA, 8 x 1536 tokens) vs prompt-once (the shared-prefix kernel,
+     512 + 8 x 1024 tokens), both with the fused head and the fused loss: time and peak memory.
 Timing: CUDA events on the current stream around the op only, warm-up runs first (torch.compile's
 compile time reported apart), median and p20/p80 of >= 20 runs, inputs random (never constant)
 and rotated among enough independently allocated sets to exceed twice the L2; every timed output
@@ -110,6 +119,8 @@ class Harness:
             note = f"compile {t_compile:.1f} s" if t_compile is not None else ""
             self.rows.append((section, shape, provider, med, p20, p80, floor_ms, extra(med) if extra else "", peak,
                               note))
+            print(f"[{section}] {shape} | {provider}: {med:.3f} ms"
+                  f"{'' if peak is None else f', peak +{peak:.2f} GB'}", flush=True)
         except Exception as e:  # noqa: BLE001  (a peer that fails is listed, not dropped)
             self.rows.append((section, shape, provider, None, None, None, floor_ms, "", None,
                               f"skipped: {type(e).__name__}: {str(e).splitlines()[0][:140] if str(e) else ''}"))
@@ -407,6 +418,13 @@ def linear_head(h):
               step(lambda: pk.linear_token_logprobs(x, w, t).sum()), extra=tf(4 * fl))
         h.run(sec, shape, "PyTorch eager (x @ W.T, fp32 log_softmax, gather)",
               step(lambda: torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None]).sum()), extra=tf(3 * fl))
+        trl_head = trl_chunked_logprob()
+        if isinstance(trl_head, str):
+            h.skip(sec, shape, "TRL 1.16 fused head", trl_head)
+        else:
+            h.run(sec, shape, "TRL 1.16 fused head (ChunkedLogProbFunction, log-probs)",
+                  step(lambda: trl_head.apply(x, w, None, t, 1.0, 4096, None, 1.0, ("log_probs",))[0].sum()),
+                  extra=tf(4 * fl))
         if dev.type != "cuda":
             for prov in ("Liger FLCE", "Liger FusedLinearDPO", "cut_cross_entropy"):
                 h.skip(sec, shape, prov, "Triton kernels need a CUDA device")
@@ -436,8 +454,251 @@ def linear_head(h):
             torch.cuda.empty_cache()
 
 
+def trl_chunked_logprob():
+    """TRL 1.16's own fused head (`trl/kernels/chunked_logprob.py`, Triton kernels): imported from an
+    installed TRL, else loaded by file from wherever `trl/` is on sys.path (the peer wheel unpacked
+    without its dependencies) with stand-ins for its two imports outside the file: transformers'
+    `is_triton_available` and TRL's `maybe_gather_lm_head_ctx` (a no-op on one device). Returns
+    the `ChunkedLogProbFunction`, or why it is unavailable (a string)."""
+    try:
+        from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+        return ChunkedLogProbFunction
+    except Exception as e:  # noqa: BLE001
+        first = f"{type(e).__name__}: {e}"
+    import contextlib
+    import importlib.util
+    import types
+    path = next((os.path.join(d, "trl", "kernels", "chunked_logprob.py") for d in sys.path
+                 if os.path.isfile(os.path.join(d, "trl", "kernels", "chunked_logprob.py"))), None)
+    if path is None:
+        return f"TRL not importable ({first[:80]}) and no trl/kernels/chunked_logprob.py on sys.path"
+    saved = {k: sys.modules.get(k) for k in ("transformers", "transformers.utils", "trl", "trl.kernels",
+                                             "trl.trainer", "trl.trainer.utils")}
+    try:
+        tu = types.ModuleType("transformers.utils")
+        tu.is_triton_available = lambda: importlib.util.find_spec("triton") is not None
+        stubs = {"transformers": types.ModuleType("transformers"), "transformers.utils": tu}
+        for name in ("trl", "trl.kernels", "trl.trainer"):
+            stubs[name] = types.ModuleType(name)
+            stubs[name].__path__ = []
+        utils = types.ModuleType("trl.trainer.utils")
+        utils.maybe_gather_lm_head_ctx = lambda *a, **k: contextlib.nullcontext()
+        stubs["trl.trainer.utils"] = utils
+        sys.modules.update(stubs)
+        spec = importlib.util.spec_from_file_location("trl.kernels.chunked_logprob", path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        # Its backward imports `..trainer.utils` at call time: keep that stand-in registered.
+        for k, v in saved.items():
+            if k != "trl.trainer.utils" and k not in ("trl", "trl.trainer"):
+                if v is None:
+                    sys.modules.pop(k, None)
+                else:
+                    sys.modules[k] = v
+        return mod.ChunkedLogProbFunction
+    except Exception as e:  # noqa: BLE001
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+        return f"loading {path} failed: {type(e).__name__}: {e}"
+
+
+def trl_style_grpo(logp, old, ref, adv, mask, beta, eps_low=0.2, eps_high=0.28):
+    """TRL 1.16's DAPO loss in torch ops (`GRPOTrainer._compute_loss`, one process, no accumulation)."""
+    coef = torch.exp(logp - old)
+    clipped = torch.clamp(coef, 1 - eps_low, 1 + eps_high)
+    per_token = -torch.min(coef * adv[:, None], clipped * adv[:, None])
+    if beta:
+        per_token = per_token + beta * (torch.exp(ref - logp) - (ref - logp) - 1)
+    return (per_token * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def grpo_head(h):
+    """The GRPO loss from hidden states: head + loss + backward."""
+    sec = "GRPO loss from hidden states, forward+backward"
+    dev = h.device
+    b, t, hid, v = (4, 8, 32, 100) if h.smoke else (16, 1024, 1536, 151936)
+    gen = torch.Generator().manual_seed(7)
+    w = (torch.randn(v, hid, generator=gen) * 0.02).bfloat16().to(dev).requires_grad_()
+    x = torch.randn(b * t, hid, generator=gen).bfloat16().to(dev).requires_grad_()
+    ids = torch.randint(0, v, (b, t), generator=gen).to(dev)
+    mask = (torch.rand(b, t, generator=gen) < 0.9).float().to(dev)
+    old = (-torch.rand(b, t, generator=gen) * 3 - 9).to(dev)
+    ref = old + 0.05 * torch.randn(b, t, generator=gen).to(dev)
+    adv = torch.randn(b, generator=gen).to(dev)
+    beta = 0.04
+    shape = f"B={b} T={t} H={hid} V={v}"
+    fl = 2 * b * t * hid * v
+    tf = lambda f: (lambda ms: f"{f / ms / 1e9:.1f} TFLOP/s")  # noqa: E731
+
+    def step(fn):
+        def run():
+            x.grad = None
+            w.grad = None
+            out = fn()
+            out.backward()
+            return out
+        return lambda i: run
+
+    def ours():
+        s = pk.linear_token_stats(x, w, ids.reshape(-1), entropy=True)
+        logp, ent = s.logp.view(b, t), s.entropy.view(b, t)
+        return pk.grpo_loss(logp, adv, mask, old, ref, loss_type="dapo", beta=beta, epsilon_high=0.28,
+                            entropy=ent, max_completion_length=t)[0]
+    h.run(sec, shape, "pref-kernels fused head (+entropy) + grpo_loss", step(ours), extra=tf(4 * fl))
+    trl_head = trl_chunked_logprob()
+    if isinstance(trl_head, str):
+        h.skip(sec, shape, "TRL 1.16 fused head + TRL-style loss", trl_head)
+    else:
+        def trl_step():
+            logp, _ent, *_ = trl_head.apply(x, w, None, ids.reshape(-1), 1.0, 4096, None, 1.0, ("log_probs", "entropy"))
+            return trl_style_grpo(logp.view(b, t), old, ref, adv, mask, beta)
+        h.run(sec, shape, "TRL 1.16 fused head (+entropy) + TRL-style loss", step(trl_step), extra=tf(4 * fl))
+    if dev.type != "cuda":
+        h.skip(sec, shape, "Liger FusedLinearGRPO", "Triton kernels need a CUDA device")
+        return
+    try:
+        from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
+        liger = LigerFusedLinearGRPOLoss(beta=beta, loss_type="dapo", epsilon_low=0.2, epsilon_high=0.28,
+                                         max_completion_length=t)
+        xb = x.view(b, t, hid)
+        h.run(sec, shape, "Liger FusedLinearGRPO",
+              step(lambda: (lambda o: o[0] if isinstance(o, tuple) else o)(
+                  liger(xb, w, ids, mask, adv, ref_per_token_logps=ref, old_per_token_logps=old))),
+              extra=tf(3 * fl))
+    except Exception as e:  # noqa: BLE001
+        h.skip(sec, shape, "Liger FusedLinearGRPO", str(e))
+
+
+class Qwen2Shaped(torch.nn.Module):
+    """A Qwen2-shaped decoder in plain PyTorch (RMSNorm, RoPE, GQA attention with q/k/v biases,
+    SwiGLU MLP), random weights; `attend(q, k, v)` ([T, Hq, d], [T, Hkv, d] -> [T, Hq, d]) and the
+    position ids come from the caller, so one module serves both layouts."""
+
+    def __init__(self, layers, hid, mlp, hq, hkv, d, vocab, dtype, device):
+        super().__init__()
+        g = torch.Generator().manual_seed(11)
+        lin = lambda i, o, bias=False: torch.nn.Linear(i, o, bias=bias, dtype=dtype, device=device)  # noqa: E731
+        self.embed = torch.nn.Embedding(vocab, hid, dtype=dtype, device=device)
+        self.layers = torch.nn.ModuleList()
+        for _ in range(layers):
+            m = torch.nn.Module()
+            m.q, m.k, m.v, m.o = lin(hid, hq * d, True), lin(hid, hkv * d, True), lin(hid, hkv * d, True), lin(hq * d, hid)
+            m.gate, m.up, m.down = lin(hid, mlp), lin(hid, mlp), lin(mlp, hid)
+            m.n1 = torch.nn.Parameter(torch.ones(hid, dtype=dtype, device=device))
+            m.n2 = torch.nn.Parameter(torch.ones(hid, dtype=dtype, device=device))
+            self.layers.append(m)
+        self.norm = torch.nn.Parameter(torch.ones(hid, dtype=dtype, device=device))
+        self.head = lin(hid, vocab)
+        with torch.no_grad():
+            for p in self.parameters():
+                if p.dim() == 2:
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+        self.hq, self.hkv, self.d = hq, hkv, d
+
+    @staticmethod
+    def rms(x, w):
+        return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype) * w
+
+    def rope(self, x, pos):
+        half = self.d // 2
+        inv = 1e6 ** (-torch.arange(half, device=x.device, dtype=torch.float32) / half)
+        ang = pos[:, None].float() * inv[None]
+        cos, sin = ang.cos()[:, None].to(x.dtype), ang.sin()[:, None].to(x.dtype)
+        a, b = x[..., :half], x[..., half:]
+        return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
+
+    def forward(self, ids, pos, attend):
+        x = self.embed(ids)
+        t = ids.shape[0]
+        for m in self.layers:
+            y = self.rms(x, m.n1)
+            q = self.rope(m.q(y).view(t, self.hq, self.d), pos)
+            k = self.rope(m.k(y).view(t, self.hkv, self.d), pos)
+            v = m.v(y).view(t, self.hkv, self.d)
+            x = x + m.o(attend(q.contiguous(), k.contiguous(), v.contiguous()).reshape(t, -1))
+            y = self.rms(x, m.n2)
+            x = x + m.down(torch.nn.functional.silu(m.gate(y)) * m.up(y))
+        return self.rms(x, self.norm)
+
+
+def grpo_model_step(h):
+    """One GRPO step (forward, fused head, fused loss, backward) through a Qwen2-1.5B-shaped decoder,
+    duplicated layout vs prompt-once."""
+    sec = "GRPO step, Qwen2-1.5B-shaped decoder, one group"
+    dev = h.device
+    if h.smoke:
+        cfg, (p_len, c_len, g_n) = dict(layers=2, hid=64, mlp=128, hq=2, hkv=1, d=64, vocab=100), (8, 6, 3)
+    else:
+        cfg, (p_len, c_len, g_n) = dict(layers=28, hid=1536, mlp=8960, hq=12, hkv=2, d=128, vocab=151936), (512, 1024, 8)
+    shape = f"G={g_n} prompt={p_len} completion={c_len} (Qwen2-1.5B shape)" if not h.smoke else f"G={g_n} P={p_len} C={c_len}"
+    try:
+        model = Qwen2Shaped(dtype=torch.bfloat16, device=dev, **cfg)
+    except Exception as e:  # noqa: BLE001
+        h.skip(sec, shape, "both layouts", f"model: {type(e).__name__}: {e}")
+        return
+    gen = torch.Generator().manual_seed(5)
+    prompt = torch.randint(0, cfg["vocab"], (p_len,), generator=gen).to(dev)
+    comps = torch.randint(0, cfg["vocab"], (g_n, c_len), generator=gen).to(dev)
+    adv = torch.randn(g_n, generator=gen).to(dev)
+    old = (-torch.rand(g_n, c_len, generator=gen) * 3 - 9).to(dev)
+    rep = 2 * g_n * (p_len + c_len) * 6 * sum(p.numel() for p in model.parameters())
+    tf = lambda ms: f"{rep / 2 / ms / 1e9:.0f} model TFLOP/s (duplicated-layout FLOPs)"  # noqa: E731
+
+    def loss_of(logp):
+        return pk.grpo_loss(logp.view(g_n, c_len), adv, None, old, loss_type="dapo", epsilon_high=0.28,
+                            max_completion_length=c_len)[0]
+
+    def duplicated():
+        ids = torch.cat([prompt.expand(g_n, -1), comps], 1)  # [G, P + C]
+        pos = torch.arange(p_len + c_len, device=dev)
+
+        def sdpa(q, k, v):
+            t = q.shape[0] // g_n
+            qb, kb, vb = (z.view(g_n, t, z.shape[1], z.shape[2]).transpose(1, 2) for z in (q, k, v))
+            o = torch.nn.functional.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=True)
+            return o.transpose(1, 2).reshape(q.shape)
+        hidden = model(ids.reshape(-1), pos.repeat(g_n), sdpa).view(g_n, p_len + c_len, -1)
+        rows = hidden[:, p_len - 1:-1].reshape(-1, cfg["hid"])
+        return loss_of(pk.linear_token_logprobs(rows, model.head.weight, comps.reshape(-1)))
+
+    layout = prefix_layout_of(p_len, [c_len] * g_n, dev)
+
+    def prompt_once():
+        ids = torch.cat([prompt, comps.reshape(-1)])
+        pos = torch.cat([torch.arange(p_len, device=dev),
+                         (p_len + torch.arange(c_len, device=dev)).repeat(g_n)])
+        hidden = model(ids, pos, lambda q, k, v: pk.shared_prefix_attention(q, k, v, layout))
+        comp_h = hidden[p_len:].view(g_n, c_len, -1)
+        rows = torch.cat([hidden[p_len - 1].expand(g_n, 1, -1), comp_h[:, :-1]], 1).reshape(-1, cfg["hid"])
+        return loss_of(pk.linear_token_logprobs(rows, model.head.weight, comps.reshape(-1)))
+
+    def step(fn):
+        def run():
+            model.zero_grad(set_to_none=True)
+            out = fn()
+            out.backward()
+            return out
+        return lambda i: run
+    ref = {}
+    h.run(sec, shape, f"duplicated layout, SDPA ({g_n * (p_len + c_len)} tokens)", step(duplicated), extra=tf,
+          check=lambda out: ref.setdefault("loss", out.detach().float()))
+    h.run(sec, shape, f"prompt-once, pref-kernels shared-prefix ({p_len + g_n * c_len} tokens)", step(prompt_once),
+          extra=tf, check=lambda out: None if "loss" not in ref else torch.testing.assert_close(
+              out.detach().float(), ref["loss"], rtol=2e-2, atol=2e-2))
+    del model
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def prefix_layout_of(prefix_len, resp_lens, device):
+    return pk.prefix_layout([(prefix_len, list(resp_lens))], device)
+
+
 SECTIONS = {"token_logprobs": token_logprobs, "dpo_step": dpo_step, "attention": attention,
-            "linear_head": linear_head}
+            "linear_head": linear_head, "grpo_head": grpo_head, "grpo_model_step": grpo_model_step}
 
 
 def main(argv=None):
@@ -458,17 +719,26 @@ def main(argv=None):
         h.copy_bw = 2 * src.numel() * 2 / (med / 1e3)
         del src, dst
         torch.cuda.empty_cache()
-    for s in a.only.split(","):
-        SECTIONS[s](h)
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.date.today().isoformat()
-    prefix = os.path.join(a.out, f"{stamp}-{name.replace(' ', '_')}-torch{'-smoke' if smoke else ''}")
+    only = a.only.split(",")
+    tag = "" if only == list(SECTIONS) else "-" + "-".join(only)
+    prefix = os.path.join(a.out, f"{stamp}-{name.replace(' ', '_')}-torch{tag}{'-smoke' if smoke else ''}")
     title = (f"pref-kernels vs peers, {stamp}, {name}, torch {torch.__version__}, backend {pk.backend(device)}"
              f"{' (smoke: tiny shapes, timings meaningless)' if smoke else ''}")
-    text = h.markdown(title)
-    if h.copy_bw:
-        text = text.replace("\n\n", f"\n\nDevice-to-device copy: {h.copy_bw / 1e12:.2f} TB/s (read + write), the "
-                            "floor of the memory-bound rows.\n\n", 1)
+
+    def table():
+        text = h.markdown(title)
+        if h.copy_bw:
+            text = text.replace("\n\n", f"\n\nDevice-to-device copy: {h.copy_bw / 1e12:.2f} TB/s (read + write), "
+                                "the floor of the memory-bound rows.\n\n", 1)
+        return text
+    for s in only:
+        SECTIONS[s](h)
+        # Written after every section: a run stopped at its time cap still leaves what it measured.
+        with open(prefix + ".md", "w") as f:
+            f.write(table())
+    text = table()
     plots = h.plots(prefix)
     text += "\n" + "\n".join(f"- {p}" for p in plots) + "\n"
     with open(prefix + ".md", "w") as f:

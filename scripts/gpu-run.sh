@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# The GPU run: ONE device call of at most ~9.5 minutes (run stages separately when less device time
-# is left) over device-bin/ (from scripts/build-device-bundle.sh, built on a machine with Rust). Stages in priority order, each
-# time-capped, the report appended to $OUT as it goes (a timeout still returns what ran):
-#   1. kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1, including
-#      the emulator-vs-GPU comparison                                          (cap 170 s)
-#   2. compute-sanitizer memcheck and racecheck on a few small GPU cases      (cap 100 s)
-#   3. short benches: d2d copy bandwidth, token log-probs GB/s and fraction of the copy bandwidth,
-#      the step, attention, fused-LM-head and vocabulary-parallel (tp as shards on one device)
-#      benches, the main job                                                   (cap 220 s)
-#   4. the same-run peers (PyTorch eager, Liger, CCE, SDPA, FlexAttention)    (cap 110 s)
-# Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>` with
-# stage tests | sanitize | bench | peers.
+# The GPU run: ONE device call of at most ~8 minutes (run stages separately when less device time
+# is left) over device-bin/ (from scripts/build-device-bundle.sh, built on a machine with Rust).
+# Stages in priority order (the most information per device minute first), each time-capped, the
+# report appended to $OUT as it goes (a timeout still returns what ran); caps sum to 470 s:
+#   1. tests:    kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1,
+#                including the emulator-vs-GPU comparison                            (cap 120 s)
+#   2. bench:    d2d copy bandwidth first, token log-probs GB/s and fraction of it, the step,
+#                attention, fused-LM-head and vocabulary-parallel benches, the main job (cap 150 s)
+#   3. peers:    same-process peers: PyTorch eager, torch.compile, TRL 1.16's own fused head, Liger,
+#                CCE, SDPA / FlexAttention (bench/harness.py, rows written as measured) (cap 90 s)
+#   4. grpo:     the GRPO loss from hidden states (ours, TRL's head, Liger's GRPO loss) and a GRPO
+#                step through a Qwen2-1.5B-shaped decoder, G = 8, prompt 512, completions 1024,
+#                duplicated layout vs prompt-once: time and peak memory               (cap 60 s)
+#   5. sanitize: compute-sanitizer memcheck and racecheck on two small GPU cases, after a probe
+#                (the gVisor H200s refuse it: the stage is then skipped with the reason) (cap 50 s)
+# Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
@@ -29,6 +33,13 @@ run() {
   echo "(exit $rc)"
 }
 log() { tee -a "$report"; }
+# The Rust binaries dlopen libcublas.so.13: on the device image it comes from PyPI's nvidia-cublas.
+cublas_lib="$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)"
+[ -n "$cublas_lib" ] && export LD_LIBRARY_PATH="$cublas_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+if ls .whl/*.whl >/dev/null 2>&1; then  # peers carried as wheels (scripts/fetch-peer-wheels.sh)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
 
 if [ ! -s "$report" ]; then
   {
@@ -42,38 +53,44 @@ fi
 
 if want tests; then
   { echo; echo "## 1. Kernel tests, emulator and GPU ($(date -u +%H:%MZ))"; echo '```'
-    PREF_KERNELS_REQUIRE_GPU=1 run 170 device-bin/gpu-tests
-    echo '```'; } | log
-fi
-if want sanitize; then
-  { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
-    for tool in memcheck racecheck; do
-      for filter in _v7 strided_misaligned_views_bf16 loss_bad attn_f16_d64 grpo_bad group_loss_parity linear_token_logprobs_forward vocab_parallel_logits; do
-        PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
-          run 25 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
-      done
-    done
+    PREF_KERNELS_REQUIRE_GPU=1 run 120 device-bin/gpu-tests
     echo '```'; } | log
 fi
 if want bench; then
-  { echo; echo "## 3. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
-    short=(--warm-up-time 0.5 --measurement-time 2 --sample-size 10)
-    run 55 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
-    run 25 device-bin/bench-pref_step --bench gpu "${short[@]}"
-    run 25 device-bin/bench-shared_prefix_attention --bench gpu "${short[@]}"
-    run 15 device-bin/bench-group_loss --bench gpu "${short[@]}"
-    run 55 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"
-    run 25 device-bin/bench-vocab_parallel --bench gpu "${short[@]}"
+  { echo; echo "## 2. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
+    short=(--warm-up-time 0.3 --measurement-time 1.5 --sample-size 10)
+    run 40 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
+    run 20 device-bin/bench-pref_step --bench gpu "${short[@]}"
+    run 20 device-bin/bench-shared_prefix_attention --bench gpu "${short[@]}"
+    run 10 device-bin/bench-group_loss --bench gpu "${short[@]}"
+    run 35 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"
+    run 15 device-bin/bench-vocab_parallel --bench gpu "${short[@]}"
     echo '```'; echo; echo '### Main job'; echo '```'
-    PREF_KERNELS_BACKEND=cuda run 20 device-bin/end_to_end
+    PREF_KERNELS_BACKEND=cuda run 10 device-bin/end_to_end
     echo '```'; } | log
 fi
 if want peers; then
-  if ls .whl/*.whl >/dev/null 2>&1; then  # peers carried as wheels (scripts/fetch-peer-wheels.sh)
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
-  fi
-  { echo; echo "## 4. Peers, same process and GPU ($(date -u +%H:%MZ))"
-    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 110 python3 bench/harness.py --out "$out"; } | log
+  { echo; echo "## 3. Peers, same process and GPU ($(date -u +%H:%MZ))"
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 90 python3 bench/harness.py --out "$out" \
+      --only token_logprobs,linear_head,attention,dpo_step; } | log
+fi
+if want grpo; then
+  { echo; echo "## 4. GRPO: loss from hidden states, and a Qwen2-1.5B-shaped step ($(date -u +%H:%MZ))"
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 60 python3 bench/harness.py --out "$out" \
+      --only grpo_head,grpo_model_step --reps 5; } | log
+fi
+if want sanitize; then
+  { echo; echo "## 5. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
+    if timeout 20 compute-sanitizer --tool memcheck device-bin/gpu-tests _v7 >/dev/null 2>&1; then
+      for tool in memcheck racecheck; do
+        for filter in attn_f16_d64 linear_token_logprobs_forward; do
+          PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
+            run 12 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
+        done
+      done
+    else
+      echo "skipped: compute-sanitizer refused this device (or is missing) in a 20 s probe"
+    fi
+    echo '```'; } | log
 fi
 echo "report: $report"
