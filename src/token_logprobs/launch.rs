@@ -1,6 +1,6 @@
 //! GPU launch of the token log-probs kernels (`kernels/token_logprobs.cu`): the unsafe raw-pointer
 //! entry points and the safe wrappers over cudarc buffers.
-use crate::runtime::mem::{DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::mem::{optional_ptr_mut, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::registry::{self, row_threads, FwdMode, TOKEN_LOGPROBS_THREADS};
 
 use super::{validate, LogitsLayout, TokenLogprobsConfig};
@@ -536,41 +536,16 @@ impl Gpu {
             let (targets_p, _g1) = targets.device_ptr(stream)?;
             let (logp_p, _g2) = out.logp.device_ptr_mut(stream)?;
             let (lse_p, _g3) = out.lse.device_ptr_mut(stream)?;
-            let (entropy_p, _g4) = match &mut out.entropy {
-                Some(e) => {
-                    let (p, g) = e.device_ptr_mut(stream)?;
-                    (p, Some(g))
-                }
-                None => (0, None),
-            };
-            let (stats_p, _g6) = match &mut out.stats {
-                Some(st) => {
-                    let (p, g) = st.device_ptr_mut(stream)?;
-                    (p, Some(g))
-                }
-                None => (0, None),
-            };
-            let (lss_p, _g7) = match &mut out.log_sum_sq {
-                Some(q) => {
-                    let (p, g) = q.device_ptr_mut(stream)?;
-                    (p, Some(g))
-                }
-                None => (0, None),
-            };
-            let (mean_p, _g8) = match &mut out.mean_logits {
-                Some(q) => {
-                    let (p, g) = q.device_ptr_mut(stream)?;
-                    (p, Some(g))
-                }
-                None => (0, None),
-            };
-            let (top1_p, _g9) = match &mut out.is_top1 {
-                Some(q) => {
-                    let (p, g) = q.device_ptr_mut(stream)?;
-                    (p, Some(g))
-                }
-                None => (0, None),
-            };
+            let entropy_out = optional_ptr_mut(stream, out.entropy.as_mut())?;
+            let entropy_p = entropy_out.as_ref().map_or(0, |(p, _)| *p);
+            let stats_out = optional_ptr_mut(stream, out.stats.as_mut())?;
+            let stats_p = stats_out.as_ref().map_or(0, |(p, _)| *p);
+            let lss_out = optional_ptr_mut(stream, out.log_sum_sq.as_mut())?;
+            let lss_p = lss_out.as_ref().map_or(0, |(p, _)| *p);
+            let mean_out = optional_ptr_mut(stream, out.mean_logits.as_mut())?;
+            let mean_p = mean_out.as_ref().map_or(0, |(p, _)| *p);
+            let top1_out = optional_ptr_mut(stream, out.is_top1.as_mut())?;
+            let top1_p = top1_out.as_ref().map_or(0, |(p, _)| *p);
             let (status_p, _g5) = status.ptr(stream)?;
             let ptrs = TokenLogprobsFwdPtrs {
                 logits: logits_p,
