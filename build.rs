@@ -136,8 +136,66 @@ fn build_emulator(kernels_dir: &Path, sources: &[PathBuf], include: &Path) {
         .warnings_into_errors(true)
         .file(kernels_dir.join("emulator/runtime.cpp"))
         .file(&table_path)
-        .objects(objects);
+        .objects(objects.clone());
     runtime.compile("prefk_emu");
+    build_standin_driver(kernels_dir, include, &table_path, &objects, &out);
+}
+
+/// The test-only stand-in for libcuda.so.1 and libcublas.so.13 (`kernels/emulator/standin.cpp`):
+/// the same kernel objects and emulator runtime in one shared library, linked with -Bsymbolic and
+/// only the driver / cuBLAS entry points exported, so its emulator is its own. Written to
+/// `target/<profile>/pref-kernels-standin/` under the names cudarc loads (`libcuda.so`,
+/// `libcuda.so.1`, `libcublas.so`, `libcublas.so.13`: links to one file, so the driver and cuBLAS
+/// share one allocation table). Never part of the package; a failure here is a warning.
+fn build_standin_driver(kernels_dir: &Path, include: &Path, table: &Path, kernels: &[PathBuf], out: &Path) {
+    println!("cargo:rerun-if-changed={}", kernels_dir.join("emulator/standin.cpp").display());
+    let objects = cc::Build::new()
+        .cpp(true)
+        .cargo_metadata(false)
+        .flag("-std=c++17")
+        .opt_level(2)
+        .pic(true)
+        .flag("-fvisibility=hidden")
+        .include(kernels_dir.join("emulator"))
+        .include(include)
+        .warnings_into_errors(true)
+        .file(kernels_dir.join("emulator/runtime.cpp"))
+        .file(kernels_dir.join("emulator/standin.cpp"))
+        .file(table)
+        .compile_intermediates();
+    let dir = out.join("standin");
+    let _ = std::fs::create_dir_all(&dir);
+    let lib = dir.join("libcuda.so.1");
+    let compiler = cc::Build::new().cpp(true).get_compiler();
+    let status = Command::new(compiler.path())
+        .arg("-shared")
+        .arg("-Wl,-Bsymbolic")
+        .arg("-Wl,-soname,libcuda.so.1")
+        .arg("-o")
+        .arg(&lib)
+        .args(&objects)
+        .args(kernels)
+        .arg("-lpthread")
+        .status();
+    if !matches!(status, Ok(s) if s.success()) {
+        println!("cargo:warning=the stand-in CUDA driver did not link ({status:?}); the CUDA host path tests will skip");
+        return;
+    }
+    for name in ["libcuda.so", "libcublas.so", "libcublas.so.13"] {
+        let link = dir.join(name);
+        let _ = std::fs::remove_file(&link);
+        let _ = std::os::unix::fs::symlink("libcuda.so.1", &link);
+    }
+    // target/<profile>/build/<pkg>/out -> target/<profile>/pref-kernels-standin
+    if let Some(profile_dir) = out.ancestors().nth(3) {
+        let dest = profile_dir.join("pref-kernels-standin");
+        let _ = std::fs::remove_dir_all(&dest);
+        let _ = std::fs::create_dir_all(&dest);
+        let _ = std::fs::copy(&lib, dest.join("libcuda.so.1"));
+        for name in ["libcuda.so", "libcublas.so", "libcublas.so.13"] {
+            let _ = std::os::unix::fs::symlink("libcuda.so.1", dest.join(name));
+        }
+    }
 }
 
 fn gencode_flags(archs: &str) -> Vec<String> {

@@ -25,6 +25,13 @@ RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --quiet --features nccl
 echo "== cargo test (kernels compiled with $NVCC)"
 cargo test --all-targets
 cargo test --doc
+echo "== the CUDA host path through the stand-in driver (libcuda + libcublas running the emulator)"
+if nvidia-smi -L > /dev/null 2>&1; then
+  echo "skipped: this machine has a GPU and its driver (the GPU tests above ran on it)"
+else
+  LD_LIBRARY_PATH="$PWD/target/debug/pref-kernels-standin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
+    PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 cargo test --test gpu
+fi
 echo "== the example ladder runs (the kernels on the GPU if usable, else the emulator)"
 for ex in examples/0*.rs; do
   cargo run --quiet --example "$(basename "$ex" .rs)" > /dev/null

@@ -23,7 +23,11 @@ fn rust_mirrors_match_the_header_field_by_field() {
     let rust = [
         (
             "TokenLogprobsFwdParams",
-            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats, log_sum_sq),
+            fields!(TokenLogprobsFwdParams: logits, targets, logp, lse, entropy, status, n_rows, row_stride, vocab, ignore_index, inv_temperature, reserved, stats, log_sum_sq, mean_logits, is_top1),
+        ),
+        (
+            "TokenTopkParams",
+            fields!(TokenTopkParams: logits, targets, stats, topk_logp, topk_ids, status, n_rows, row_stride, vocab, ignore_index, k, inv_temperature, reserved),
         ),
         (
             "TokenLogprobsBwdParams",

@@ -823,6 +823,17 @@ const char* prefk_emu_kernel_name(size_t i) {
     return k ? k->name : nullptr;
 }
 
+// The parameter-struct size and __launch_bounds__ of kernel `name`; -1 when there is none.
+int prefk_emu_kernel_info(const char* name, size_t* params_size, int* max_threads) {
+    for (const KernelReg* k = g_kernels; k; k = k->next)
+        if (strcmp(k->name, name) == 0) {
+            *params_size = k->params_size;
+            *max_threads = k->max_threads;
+            return 0;
+        }
+    return -1;
+}
+
 void* prefk_emu_alloc(size_t bytes) {
     std::lock_guard<std::recursive_mutex> lock(g_lock);
     const size_t body = (bytes + REDZONE - 1) / REDZONE * REDZONE;

@@ -99,7 +99,13 @@ impl Stream {
     /// `n` zeroed elements.
     pub fn alloc_zeros<T: Element>(&self, n: usize) -> Result<DeviceBuffer<T>> {
         match &self.0 {
-            StreamInner::Cuda(s) => Ok(DeviceBuffer::from_cuda(s.alloc_zeros::<T>(n)?, s)),
+            // The driver refuses zero-byte allocations (cuMemAlloc: CUDA_ERROR_INVALID_VALUE), and
+            // cudarc passes the size through: an empty buffer holds one element it never exposes.
+            StreamInner::Cuda(s) => {
+                let mut b = DeviceBuffer::from_cuda(s.alloc_zeros::<T>(n.max(1))?, s);
+                b.len = n;
+                Ok(b)
+            }
             StreamInner::Emulator => {
                 let b = DeviceBuffer::emulator_uninitialized(n)?;
                 emulator::memset(b.ptr, 0, b.bytes())?;
@@ -132,6 +138,9 @@ impl Stream {
 
     /// A new buffer holding a copy of `host`.
     pub fn clone_htod<T: Element>(&self, host: &[T]) -> Result<DeviceBuffer<T>> {
+        if host.is_empty() {
+            return self.alloc_zeros(0);
+        }
         match &self.0 {
             StreamInner::Cuda(s) => Ok(DeviceBuffer::from_cuda(s.clone_htod(host)?, s)),
             StreamInner::Emulator => {
@@ -192,6 +201,9 @@ impl Stream {
 
     /// A new buffer holding a copy of device memory `src`.
     pub fn clone_dtod<T: Element>(&self, src: &impl DevicePtr<T>) -> Result<DeviceBuffer<T>> {
+        if src.len() == 0 {
+            return self.alloc_zeros(0);
+        }
         let mut dst = match &self.0 {
             StreamInner::Cuda(s) => DeviceBuffer::from_cuda(
                 // SAFETY: every byte is overwritten by the copy below before any read.
