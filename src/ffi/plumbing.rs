@@ -22,6 +22,9 @@ pub(super) fn set_error(msg: String) {
 }
 
 pub(super) fn ffi(f: impl FnOnce() -> Result<()>) -> i32 {
+    // The caller's current CUDA context (PyTorch's current device) is put back on return: a call
+    // on device k from a thread working on device j must not move the thread to k.
+    let _context = crate::runtime::CurrentContext::save();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {

@@ -24,6 +24,37 @@ pub(crate) mod status;
 pub use emulator::EmulatorChecks;
 pub use mem::{BackendKind, DeviceBuffer, DevicePtr, DevicePtrMut, Element, Guard, Stream, View, ViewMut};
 
+/// Set once a CUDA device has been opened in this process: before that the driver may not even be
+/// loaded, and nothing of ours can have changed a thread's current context.
+static CUDA_OPENED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The calling thread's current CUDA context, restored when dropped (C ABI entry points hold one,
+/// so an op never leaves the caller's thread on another device's context). Does nothing until a
+/// CUDA device has been opened in the process.
+pub(crate) struct CurrentContext(Option<sys::CUcontext>);
+
+impl CurrentContext {
+    pub(crate) fn save() -> Self {
+        if !CUDA_OPENED.load(std::sync::atomic::Ordering::Acquire) {
+            return CurrentContext(None);
+        }
+        let mut ctx = std::ptr::null_mut();
+        // SAFETY: the driver is loaded and initialized (a device was opened); writes one handle.
+        let ok = unsafe { sys::cuCtxGetCurrent(&mut ctx) } == sys::CUresult::CUDA_SUCCESS;
+        CurrentContext(ok.then_some(ctx))
+    }
+}
+
+impl Drop for CurrentContext {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.0 {
+            // SAFETY: `ctx` was current on this thread at save() (or null: no context); the primary
+            // contexts this crate retains are never destroyed while the process runs.
+            let _ = unsafe { sys::cuCtxSetCurrent(ctx) };
+        }
+    }
+}
+
 /// Minimum driver version (cuDriverGetVersion): the kernels' PTX is ISA 9.0 from nvcc 13.0.
 pub const MIN_DRIVER_VERSION: i32 = 13000;
 
@@ -144,6 +175,7 @@ impl Gpu {
             return Err(Error::NoSuchDevice { ordinal, count });
         }
         let ctx = CudaContext::new(ordinal)?;
+        CUDA_OPENED.store(true, std::sync::atomic::Ordering::Release);
         let sm_count =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
         let mut functions = HashMap::new();

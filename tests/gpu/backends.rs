@@ -70,6 +70,110 @@ fn emulator_matches_the_gpu(gpu: &Gpu, seed: u64) {
     }
 }
 
+/// Calls from a thread that never touched the device (PyTorch runs the backward on its own
+/// thread): every entry point binds the context itself. The stand-in driver refuses any driver
+/// call without a current context, as the real one does, so an unbound copy, memset, launch or
+/// GEMM fails here; the results equal the calling thread's bitwise.
+fn calls_from_a_fresh_thread(gpu: &Gpu, seed: u64) {
+    let mut r = rng(seed, 0x7EAD);
+    let layout = LogitsLayout::contiguous(6, 300);
+    let host: Vec<bf16> = random_logits(&mut r, 6 * 300).into_iter().map(bf16::from_f32).collect();
+    let targets: Vec<i64> = (0..6).map(|_| r.random_range(0..300)).collect();
+    let here = token_logprobs_on(gpu, &host, &targets, layout);
+    let hidden: Vec<f32> = (0..6 * 16).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let weight: Vec<f32> = (0..300 * 16).map(|_| r.random_range(-0.3f32..0.3)).collect();
+    let head_logp = |gpu: &Gpu| {
+        use pref_kernels::linear_token_logprobs::{LinearConfig, LinearHead, LinearShape};
+        let s = gpu.new_stream().unwrap();
+        let (h, w, t) =
+            (s.clone_htod(&hidden).unwrap(), s.clone_htod(&weight).unwrap(), s.clone_htod(&targets).unwrap());
+        let head = LinearHead {
+            hidden: h.as_view(),
+            weight: w.as_view(),
+            bias: None,
+            shape: LinearShape { n_rows: 6, hidden: 16, vocab: 300 },
+        };
+        let out =
+            gpu.linear_token_logprobs_forward(&s, &head, &t.as_view(), &LinearConfig::default()).unwrap();
+        s.clone_dtoh(&out.logp).unwrap()
+    };
+    let head_here = head_logp(gpu);
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                if gpu.backend() == BackendKind::Cuda {
+                    // The scenario is real: a new thread starts with no current context.
+                    let mut current = std::ptr::null_mut();
+                    // SAFETY: writes one handle; the driver is initialized (the device is open).
+                    let rc = unsafe { cudarc::driver::sys::cuCtxGetCurrent(&mut current) };
+                    assert!(rc == cudarc::driver::sys::CUresult::CUDA_SUCCESS && current.is_null());
+                }
+                assert_eq!(token_logprobs_on(gpu, &host, &targets, layout), here, "token log-probs");
+                assert_eq!(head_logp(gpu), head_here, "fused head (GEMMs)");
+            })
+            .join()
+            .expect("the calls from a fresh thread failed");
+    });
+}
+
+/// The C ABI puts the calling thread's current context back: a PyTorch thread working on one
+/// device that calls an op on another is not moved to it. Called from a fresh thread (no current
+/// context): after the call there still is none (on the emulator, nothing to check).
+fn c_abi_restores_the_callers_context(gpu: &Gpu, seed: u64) {
+    if gpu.backend() != BackendKind::Cuda {
+        return;
+    }
+    use cudarc::driver::sys;
+    use pref_kernels::ffi::{prefk_token_logprobs_forward, PrefkTokenLogprobsForwardArgs};
+    let mut r = rng(seed, 0xC7);
+    let s = gpu.default_stream();
+    let host: Vec<f32> = (0..4 * 50).map(|_| r.random_range(-3.0f32..3.0)).collect();
+    let logits = s.clone_htod(&host).unwrap();
+    let targets = s.clone_htod(&[1i64, 2, 3, 4]).unwrap();
+    let (logp, lse) = (s.alloc_zeros::<f32>(4).unwrap(), s.alloc_zeros::<f32>(4).unwrap());
+    let args = PrefkTokenLogprobsForwardArgs {
+        device: 0,
+        logits: logits.raw_ptr(),
+        targets: targets.raw_ptr(),
+        logp: logp.raw_ptr(),
+        lse: lse.raw_ptr(),
+        n_rows: 4,
+        vocab: 50,
+        row_stride: 50,
+        ignore_index: -100,
+        dtype_code: 0,
+        index_code: 1,
+        temperature: 1.0,
+        ..PrefkTokenLogprobsForwardArgs::new()
+    };
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let current = || {
+                    let mut c = std::ptr::null_mut();
+                    // SAFETY: writes one handle; the driver is initialized.
+                    assert_eq!(unsafe { sys::cuCtxGetCurrent(&mut c) }, sys::CUresult::CUDA_SUCCESS);
+                    c
+                };
+                assert!(current().is_null());
+                // SAFETY: device pointers of this device, sized for the shapes given.
+                assert_eq!(unsafe { prefk_token_logprobs_forward(&args) }, 0);
+                assert!(current().is_null(), "the op left its context current on the caller's thread");
+            })
+            .join()
+            .expect("the C ABI call from a fresh thread failed");
+    });
+    let got = s.clone_dtoh(&logp).unwrap();
+    assert!(got.iter().all(|x| x.is_finite() && *x < 0.0), "{got:?}");
+}
+
 pub fn cases() -> Vec<Case> {
-    vec![Case { name: "emulator_matches_the_gpu", run: Box::new(emulator_matches_the_gpu) }]
+    vec![
+        Case {
+            name: "c_abi_restores_the_callers_context",
+            run: Box::new(c_abi_restores_the_callers_context),
+        },
+        Case { name: "emulator_matches_the_gpu", run: Box::new(emulator_matches_the_gpu) },
+        Case { name: "calls_from_a_fresh_thread", run: Box::new(calls_from_a_fresh_thread) },
+    ]
 }
