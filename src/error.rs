@@ -82,6 +82,17 @@ pub enum Error {
     /// Any CUDA driver error.
     #[error(transparent)]
     Driver(#[from] cudarc::driver::DriverError),
+
+    /// A CUDA error from a kernel's launch, or (with `PREF_KERNELS_SYNC_LAUNCHES=1`) from the
+    /// stream synchronization right after it: the sticky error a faulting kernel leaves, named.
+    #[error("kernel `{kernel}`: {source}")]
+    Launch {
+        /// The kernel's entry point.
+        kernel: String,
+        /// The driver's error.
+        #[source]
+        source: cudarc::driver::DriverError,
+    },
 }
 
 /// `Result` with the crate's [`Error`].

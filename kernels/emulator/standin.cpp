@@ -11,8 +11,9 @@
 // calling thread for module, memory, stream, launch and cuBLAS-handle calls (each thread has its own
 // current context, as with the real driver); dynamic shared memory above 48 KiB needs
 // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES first; a block above the kernel's
-// __launch_bounds__ is refused; an error found by a checker is sticky
-// (CUDA_ERROR_ILLEGAL_ADDRESS from then on), the report printed to stderr with the kernel's name;
+// __launch_bounds__ is refused; an error found by a checker leaves the launch successful and the
+// context sticky (CUDA_ERROR_ILLEGAL_ADDRESS from the next call on), the report printed to stderr
+// with the kernel's name;
 // cublasGemmEx is column-major with its operation flags, leading-dimension rules, and only the
 // data/compute type combinations a GPU accepts. Not modeled: timing (events measure 0 ms), real
 // concurrency between streams (every operation runs when it is enqueued, in call order), more than
@@ -337,13 +338,18 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
         return CUDA_ERROR_INVALID_VALUE;
     }
     if (rc != 0) {
+        // As on a GPU: the launch itself succeeds (it is asynchronous there), the fault is sticky
+        // and surfaces at the next call that waits on or uses the context.
         fprintf(stderr, "[pref-kernels stand-in driver] kernel `%s` failed the emulator's checks:\n%s\n",
                 fn->name.c_str(), prefk_emu_last_error());
         g_sticky = CUDA_ERROR_ILLEGAL_ADDRESS;
-        return g_sticky;
     }
     return CUDA_SUCCESS;
 }
+
+// Test-only: clears the sticky error (a real context would have to be destroyed), so one test of
+// a faulting kernel does not end the run.
+EXPORT void prefk_standin_clear_sticky_error() { g_sticky = CUDA_SUCCESS; }
 
 // ---- memory -----------------------------------------------------------------------------------------
 EXPORT CUresult cuMemAlloc(CUdeviceptr* p, size_t n) {

@@ -124,6 +124,9 @@ struct CudaDevice {
     sm_count: u32,
     /// Created on the first GEMM (the ops without one never need libcublas).
     blas: std::sync::Mutex<Option<Arc<gemm::BlasHandle>>>,
+    /// `PREF_KERNELS_SYNC_LAUNCHES=1`: synchronize after every launch, so a faulting kernel's
+    /// sticky error is reported with its name (a debugging mode: it serializes host and device).
+    sync_launches: bool,
 }
 
 enum Inner {
@@ -195,7 +198,16 @@ impl Gpu {
                 functions.insert(spec.name.clone(), f);
             }
         }
-        Ok(Gpu { inner: Inner::Cuda(CudaDevice { ctx, functions, sm_count, blas: Default::default() }) })
+        let sync_launches = std::env::var("PREF_KERNELS_SYNC_LAUNCHES").is_ok_and(|v| v == "1");
+        Ok(Gpu {
+            inner: Inner::Cuda(CudaDevice {
+                ctx,
+                functions,
+                sm_count,
+                blas: Default::default(),
+                sync_launches,
+            }),
+        })
     }
 
     /// The CPU emulator with the checks of [`EmulatorChecks::from_env`] (all by default).
@@ -364,8 +376,12 @@ impl Gpu {
                 };
                 // SAFETY: forwarded to the caller (stream).
                 let s = unsafe { c.ctx.wrap_borrowed_stream(stream as sys::CUstream) };
+                let named = |source| Error::Launch { kernel: name.to_string(), source };
                 // SAFETY: params is the kernel's parameter struct by value (see # Safety).
-                unsafe { s.launch_builder(f).arg(params).launch(cfg) }?;
+                unsafe { s.launch_builder(f).arg(params).launch(cfg) }.map_err(named)?;
+                if c.sync_launches {
+                    s.synchronize().map_err(named)?;
+                }
                 Ok(())
             }
             Inner::Emulator(checks) => {

@@ -167,8 +167,60 @@ fn c_abi_restores_the_callers_context(gpu: &Gpu, seed: u64) {
     assert!(got.iter().all(|x| x.is_finite() && *x < 0.0), "{got:?}");
 }
 
+/// A kernel that faults leaves a sticky error that a GPU reports only at a later call, without a
+/// name; with `PREF_KERNELS_SYNC_LAUNCHES=1` the launch reports it with the kernel's name. Runs on
+/// the stand-in driver only (a real GPU's context does not survive the fault: the stand-in's
+/// test-only hook clears it afterwards).
+fn sticky_errors_name_the_kernel(gpu: &Gpu, _seed: u64) {
+    let standin = gpu.cuda_context().is_some_and(|c| c.name().is_ok_and(|n| n.contains("stand-in")));
+    if !standin {
+        return;
+    }
+    use pref_kernels::token_logprobs::TokenLogprobsFwdPtrs;
+    use pref_kernels::{DType, Error, IndexType};
+    std::env::set_var("PREF_KERNELS_SYNC_LAUNCHES", "1");
+    let checked = Gpu::new(0);
+    std::env::remove_var("PREF_KERNELS_SYNC_LAUNCHES");
+    let checked = checked.unwrap();
+    let s = checked.default_stream();
+    // 4 targets allocated, 5 rows launched: the kernel reads past the targets' allocation.
+    let logits = s.clone_htod(&vec![bf16::from_f32(0.5); 5 * 3000]).unwrap();
+    let targets = s.clone_htod(&[1i64, 2, 3, 4]).unwrap();
+    let (logp, lse) = (s.alloc_zeros::<f32>(5).unwrap(), s.alloc_zeros::<f32>(5).unwrap());
+    let ptrs = TokenLogprobsFwdPtrs {
+        logits: logits.raw_ptr(),
+        targets: targets.raw_ptr(),
+        logp: logp.raw_ptr(),
+        lse: lse.raw_ptr(),
+        ..Default::default()
+    };
+    let layout = LogitsLayout::contiguous(5, 3000);
+    let cfg = TokenLogprobsConfig::default();
+    // SAFETY: deliberately violates the contract (5 rows, 4 targets); the stand-in's memcheck stops
+    // the kernel before the access.
+    let r =
+        unsafe { checked.token_logprobs_forward_raw(0, DType::BF16, IndexType::I64, layout, &ptrs, &cfg) };
+    extern "C" {
+        fn dlopen(name: *const std::ffi::c_char, flags: i32) -> *mut std::ffi::c_void;
+        fn dlsym(h: *mut std::ffi::c_void, name: *const std::ffi::c_char) -> *mut std::ffi::c_void;
+    }
+    // SAFETY: the stand-in is loaded (RTLD_NOLOAD = 4 | RTLD_LAZY = 1); its hook takes no arguments.
+    unsafe {
+        let h = dlopen(c"libcuda.so.1".as_ptr(), 4 | 1);
+        assert!(!h.is_null(), "the stand-in driver is loaded");
+        let clear = dlsym(h, c"prefk_standin_clear_sticky_error".as_ptr());
+        assert!(!clear.is_null());
+        std::mem::transmute::<*mut std::ffi::c_void, extern "C" fn()>(clear)();
+    }
+    match r {
+        Err(Error::Launch { kernel, .. }) => assert!(kernel.starts_with("token_logprobs_fwd"), "{kernel}"),
+        other => panic!("expected the fault named by its kernel, got {other:?}"),
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        Case { name: "sticky_errors_name_the_kernel", run: Box::new(sticky_errors_name_the_kernel) },
         Case {
             name: "c_abi_restores_the_callers_context",
             run: Box::new(c_abi_restores_the_callers_context),
