@@ -75,6 +75,9 @@ impl BlasHandle {
     /// cannot be loaded.
     pub(crate) fn new() -> Result<Self> {
         // SAFETY: only tries to dlopen libcublas.
+        // A pip-installed cuBLAS (site-packages/nvidia/...) the loader cannot find by name is
+        // loaded by path first (see runtime::libs).
+        let _ = super::libs::preload_cublas();
         if !unsafe { blas::is_culib_present() } {
             return Err(Error::CublasMissing);
         }

@@ -17,6 +17,7 @@ use crate::kernels;
 pub(crate) mod args;
 pub mod emulator;
 pub(crate) mod gemm;
+pub mod libs;
 pub mod mem;
 pub mod registry;
 pub(crate) mod status;
@@ -335,14 +336,20 @@ impl Gpu {
         }
     }
 
-    /// Whether GEMMs can run here: always on the emulator; on CUDA when libcublas loads.
+    /// Whether GEMMs can run here: always on the emulator; on CUDA when libcublas loads (from the
+    /// library path, or from a Python environment's pip wheels: [`libs`]).
     pub fn gemm_available(&self) -> Result<()> {
         match &self.inner {
-            // SAFETY: only tries to dlopen libcublas.
-            Inner::Cuda(_) if !unsafe { cudarc::cublas::sys::is_culib_present() } => {
-                Err(Error::CublasMissing)
+            Inner::Cuda(_) => {
+                let _ = libs::preload_cublas();
+                // SAFETY: only tries to dlopen libcublas.
+                if unsafe { cudarc::cublas::sys::is_culib_present() } {
+                    Ok(())
+                } else {
+                    Err(Error::CublasMissing)
+                }
             }
-            _ => Ok(()),
+            Inner::Emulator(_) => Ok(()),
         }
     }
 

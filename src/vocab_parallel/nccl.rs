@@ -54,6 +54,15 @@ impl<T> CuPtrMut<T> for Span<'_, T> {
     }
 }
 
+/// Whether cudarc can load NCCL: `Ok`, or the reason with where a pip-installed `libnccl.so.2` is
+/// and what to link. Call it before creating a `cudarc::nccl::Comm`, which panics without NCCL.
+pub fn nccl_available() -> Result<()> {
+    match crate::runtime::libs::nccl_hint() {
+        None => Ok(()),
+        Some(why) => Err(Error::Collective(why)),
+    }
+}
+
 fn nccl_err(e: cudarc::nccl::result::NcclError) -> Error {
     Error::Collective(format!("NCCL: {e:?}"))
 }
