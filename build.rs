@@ -1,5 +1,8 @@
 //! Compiles every `kernels/*.cu` into one fatbin (SASS for each arch in `PREF_KERNELS_CUDA_ARCHS`,
-//! default `80;90`, plus PTX for the newest) and generates `$OUT_DIR/kernels.rs`, which embeds them.
+//! default `80;90`, plus PTX for the newest: another 8.x / 9.x part runs its major's SASS, a newer
+//! one (Blackwell sm_100 / sm_120) JIT-compiles the compute_90 PTX on its first load, seconds once
+//! per process; `PREF_KERNELS_CUDA_ARCHS=80;90;100` embeds Blackwell SASS, which today spills in
+//! two kernels, so no_kernel_spills_registers fails there) and generates `$OUT_DIR/kernels.rs`, which embeds them.
 //!
 //! nvcc discovery: `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then `/usr/local/cuda`.
 //! Without nvcc the crate still builds (the embedded modules are `None` and creating a GPU handle
@@ -288,6 +291,8 @@ fn main() {
                 "pub const BUILD_NOTE: &str = \"built without nvcc: no CUDA kernels are embedded (run scripts/fetch-nvcc.sh, set NVCC, rebuild)\";"
             )
             .unwrap();
+            writeln!(gen, "/// The SASS architectures embedded: none.").unwrap();
+            writeln!(gen, "pub const ARCHS: &str = \"\";").unwrap();
         }
         Some(nvcc) => {
             let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
@@ -352,6 +357,8 @@ fn main() {
                 format!("built with {} ({version}), archs {archs}", nvcc.display())
             )
             .unwrap();
+            writeln!(gen, "/// The SASS architectures embedded (`;`-separated, e.g. `80;90`).").unwrap();
+            writeln!(gen, "pub const ARCHS: &str = {archs:?};").unwrap();
             for (src, fatbin, log) in &results {
                 let stem = src.file_stem().unwrap().to_str().unwrap();
                 writeln!(

@@ -17,6 +17,14 @@ pub enum Error {
     /// The crate was built without nvcc, so no kernels are embedded.
     #[error("CUDA kernels were not built into this copy of pref-kernels: {0}")]
     KernelsNotBuilt(&'static str),
+    /// A GPU older than the kernels support.
+    #[error("CUDA device of compute capability {major}.{minor}: pref-kernels needs 8.0 or newer (A100, H100, ...)")]
+    UnsupportedDevice {
+        /// Compute capability major version.
+        major: i32,
+        /// Compute capability minor version.
+        minor: i32,
+    },
     /// The requested device ordinal does not exist.
     #[error("no CUDA device with ordinal {ordinal}: {count} device(s) visible")]
     NoSuchDevice {

@@ -24,11 +24,19 @@ fn every_entry_point_is_compiled_for_every_arch() {
         assert!(fatbin.is_some_and(|b| b.len() > 1024), "module {module} is empty");
         for spec in pref_kernels::runtime::registry::module_kernels(module) {
             let name = &spec.name;
-            for arch in ["sm_80", "sm_90"] {
+            for arch in kernels::ARCHS.split(';').map(|a| format!("sm_{a}")) {
                 let line = format!("Compiling entry function '{name}' for '{arch}'");
                 assert!(kernels::PTXAS_REPORT.contains(&line), "{name} not compiled for {arch}");
             }
         }
+    }
+}
+
+#[test]
+fn default_archs_are_ampere_and_hopper() {
+    // Blackwell runs the embedded compute_90 PTX (JIT); its SASS (100) is opt-in, see build.rs.
+    if kernels::built() && std::env::var("PREF_KERNELS_CUDA_ARCHS").is_err() {
+        assert_eq!(kernels::ARCHS, "80;90");
     }
 }
 

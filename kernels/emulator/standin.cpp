@@ -144,8 +144,13 @@ EXPORT CUresult cuDeviceGetAttribute(int* v, CUdevice_attribute a, CUdevice d) {
     if (d != 0) return CUDA_ERROR_INVALID_DEVICE;
     switch (a) {  // an H100's
         case CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT: *v = SM_COUNT; break;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: *v = 9; break;
-        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: *v = 0; break;
+        // PREFK_STANDIN_CC (e.g. 75) pretends to be another part, for the tests of old-GPU refusal.
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR:
+            *v = getenv("PREFK_STANDIN_CC") ? atoi(getenv("PREFK_STANDIN_CC")) / 10 : 9;
+            break;
+        case CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR:
+            *v = getenv("PREFK_STANDIN_CC") ? atoi(getenv("PREFK_STANDIN_CC")) % 10 : 0;
+            break;
         case CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: *v = 1024; break;
         case CU_DEVICE_ATTRIBUTE_WARP_SIZE: *v = 32; break;
         case CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: *v = DEFAULT_DYNAMIC_SMEM; break;

@@ -180,6 +180,13 @@ impl Gpu {
         }
         let ctx = CudaContext::new(ordinal)?;
         CUDA_OPENED.store(true, std::sync::atomic::Ordering::Release);
+        // The kernels need sm_80 (bf16 mma.sync, cp.async); older parts would fail at module load
+        // with a bare CUDA_ERROR_NO_BINARY_FOR_GPU.
+        let major = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if major < 8 {
+            return Err(Error::UnsupportedDevice { major, minor });
+        }
         let sm_count =
             ctx.attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?.max(1) as u32;
         let mut functions = HashMap::new();

@@ -218,8 +218,27 @@ fn sticky_errors_name_the_kernel(gpu: &Gpu, _seed: u64) {
     }
 }
 
+/// A GPU older than sm_80 is refused when the handle is opened, with its compute capability
+/// (the stand-in driver pretends to be a 7.5 part; a real GPU is what it is).
+fn old_gpus_are_refused_up_front(gpu: &Gpu, _seed: u64) {
+    let standin = gpu.cuda_context().is_some_and(|c| c.name().is_ok_and(|n| n.contains("stand-in")));
+    if !standin {
+        return;
+    }
+    std::env::set_var("PREFK_STANDIN_CC", "75");
+    let r = Gpu::new(0);
+    std::env::remove_var("PREFK_STANDIN_CC");
+    match r {
+        Err(e @ pref_kernels::Error::UnsupportedDevice { major: 7, minor: 5 }) => {
+            assert!(e.to_string().contains("8.0"), "{e}")
+        }
+        other => panic!("expected the 7.5 part refused, got {other:?}"),
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        Case { name: "old_gpus_are_refused_up_front", run: Box::new(old_gpus_are_refused_up_front) },
         Case { name: "sticky_errors_name_the_kernel", run: Box::new(sticky_errors_name_the_kernel) },
         Case {
             name: "c_abi_restores_the_callers_context",
