@@ -15,6 +15,8 @@
 #   5. sanitize: compute-sanitizer memcheck and racecheck on two small GPU cases, after a probe
 #                (the gVisor H200s refuse it: the stage is then skipped with the reason) (cap 50 s)
 # Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>`.
+# PREF_KERNELS_DRY_RUN=1 (CI, scripts/gpu-run-dry.sh: no GPU, the stand-in driver): every cap at most
+# 12 s, a short test filter, the harness in --smoke mode; it checks the script, not the numbers.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 stage="${1:-all}"
@@ -23,9 +25,12 @@ mkdir -p "$out"
 gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1 | tr ' ' '_')"
 report="$out/$(date -u +%Y-%m-%d)-${gpu_name:-no-gpu}.md"
 want() { [ "$stage" = all ] || [ "$stage" = "$1" ]; }
+dry="${PREF_KERNELS_DRY_RUN:-0}"
+py="${PYTHON:-python3}"
 # run CAP CMD...: runs CMD with a time cap, echoing the command line and its exit status.
 run() {
   local cap="$1"; shift
+  [ "$dry" = 1 ] && [ "$cap" -gt 12 ] && cap=12
   echo; echo "\$ $*"
   timeout --signal=INT --kill-after=10 "$cap" "$@" 2>&1
   local rc=$?
@@ -34,10 +39,10 @@ run() {
 }
 log() { tee -a "$report"; }
 # The Rust binaries dlopen libcublas.so.13: on the device image it comes from PyPI's nvidia-cublas.
-cublas_lib="$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)"
+cublas_lib="$("$py" -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null)"
 [ -n "$cublas_lib" ] && export LD_LIBRARY_PATH="$cublas_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 if ls .whl/*.whl >/dev/null 2>&1; then  # peers carried as wheels (scripts/fetch-peer-wheels.sh)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 fi
 
@@ -53,7 +58,8 @@ fi
 
 if want tests; then
   { echo; echo "## 1. Kernel tests, emulator and GPU ($(date -u +%H:%MZ))"; echo '```'
-    PREF_KERNELS_REQUIRE_GPU=1 run 120 device-bin/gpu-tests
+    filter=(); [ "$dry" = 1 ] && filter=(_v7)
+    PREF_KERNELS_REQUIRE_GPU=1 run 120 device-bin/gpu-tests "${filter[@]}"
     echo '```'; } | log
 fi
 if want bench; then
@@ -71,13 +77,16 @@ if want bench; then
 fi
 if want peers; then
   { echo; echo "## 3. Peers, same process and GPU ($(date -u +%H:%MZ))"
-    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 90 python3 bench/harness.py --out "$out" \
-      --only token_logprobs,linear_head,attention,dpo_step; } | log
+    sections=token_logprobs,linear_head,attention,dpo_step; smoke=()
+    [ "$dry" = 1 ] && { sections=linear_head; smoke=(--smoke --reps 2); }
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 90 "$py" bench/harness.py --out "$out" \
+      --only "$sections" "${smoke[@]}"; } | log
 fi
 if want grpo; then
   { echo; echo "## 4. GRPO: loss from hidden states, and a Qwen2-1.5B-shaped step ($(date -u +%H:%MZ))"
-    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 60 python3 bench/harness.py --out "$out" \
-      --only grpo_head,grpo_model_step --reps 5; } | log
+    smoke=(); [ "$dry" = 1 ] && smoke=(--smoke)
+    PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 60 "$py" bench/harness.py --out "$out" \
+      --only grpo_head,grpo_model_step --reps 5 "${smoke[@]}"; } | log
 fi
 if want sanitize; then
   { echo; echo "## 5. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'

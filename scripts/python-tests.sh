@@ -11,6 +11,11 @@ cd "$(dirname "$0")/.."
 requirements=(torch==2.15.0 trl==1.16.0 transformers==5.24.0 numpy pytest matplotlib)
 cache="${PREF_KERNELS_PY_CACHE:-$HOME/.cache/pref-kernels}"
 venv="$cache/py-$(echo "${requirements[*]}" | sha256sum | cut -c1-12)"
+# --print-python: the environment's interpreter, when it exists (for scripts/gpu-run-dry.sh).
+if [ "${1:-}" = --print-python ]; then
+  [ -f "$venv/.complete" ] && echo "$venv/bin/python" && exit 0
+  exit 1
+fi
 if [ ! -f "$venv/.complete" ]; then
   echo "== python: creating $venv"
   rm -rf "$venv"

@@ -2,8 +2,10 @@
 # Runs every check and test of pref-kernels. On a fresh machine it first fetches nvcc 13.0 from PyPI
 # into a cache outside the repository, then compiles every kernel (a kernel that does not compile
 # fails this script), runs fmt/clippy, the CPU reference and property tests, and the GPU parity
-# tests (which report SKIPPED without a GPU; export PREF_KERNELS_REQUIRE_GPU=1 to require one), and
-# the PyTorch package's tests (scripts/python-tests.sh: torch, TRL into a cache outside the repo).
+# tests (which report SKIPPED without a GPU; export PREF_KERNELS_REQUIRE_GPU=1 to require one) and,
+# without a GPU, the same tests on the CUDA backend through the stand-in driver, the PyTorch
+# package's tests (scripts/python-tests.sh: torch, TRL into a cache outside the repo), and a dry run
+# of the one-call GPU run (scripts/gpu-run-dry.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +40,12 @@ for ex in examples/0*.rs; do
 done
 echo "== the PyTorch package (python/): torch custom ops, the TRL drop-in, on the emulator"
 scripts/python-tests.sh
+echo "== the one-call GPU run, dry (scripts/gpu-run.sh over the debug bundle and the stand-in driver)"
+if nvidia-smi -L > /dev/null 2>&1; then
+  echo "skipped: this machine has a GPU: run scripts/gpu-run.sh itself"
+else
+  scripts/gpu-run-dry.sh
+fi
 echo "== bindgen: regenerate the params.h mirror and compare it with src/params.rs"
 LIBCLANG_PATH="$(scripts/fetch-libclang.sh)" cargo test --features regen-bindings --test params_header
 echo "== ptxas resource report: target/debug/pref-kernels-ptxas.txt"

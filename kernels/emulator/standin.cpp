@@ -15,12 +15,13 @@
 // context sticky (CUDA_ERROR_ILLEGAL_ADDRESS from the next call on), the report printed to stderr
 // with the kernel's name;
 // cublasGemmEx is column-major with its operation flags, leading-dimension rules, and only the
-// data/compute type combinations a GPU accepts. Not modeled: timing (events measure 0 ms), real
+// data/compute type combinations a GPU accepts. Not modeled: GPU timing (events time the emulator), real
 // concurrency between streams (every operation runs when it is enqueued, in call order), more than
-// one device, unified/managed memory, graphs.
+// one device, unified/managed memory, graphs; events measure the emulator's wall time.
 #include <cuda.h>
 #include <library_types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -66,7 +67,9 @@ struct Function {
     int max_dynamic_smem = DEFAULT_DYNAMIC_SMEM;
 };
 struct Stream {};
-struct Event {};
+struct Event {
+    std::chrono::steady_clock::time_point recorded = std::chrono::steady_clock::now();
+};
 
 std::recursive_mutex g_lock;
 bool g_initialized = false;
@@ -466,7 +469,10 @@ EXPORT CUresult cuEventDestroy(CUevent e) {
 }
 EXPORT CUresult cuEventRecord(CUevent e, CUstream s) {
     if (CUresult r = ready(true)) return r;
-    return valid_stream(s) && g_events.count(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_stream(s) || !g_events.count(e)) return CUDA_ERROR_INVALID_HANDLE;
+    // Work runs when it is enqueued, so the host time at the record is when the stream got there.
+    reinterpret_cast<Event*>(e)->recorded = std::chrono::steady_clock::now();
+    return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventSynchronize(CUevent e) {
     if (CUresult r = ready(false)) return r;
@@ -476,7 +482,9 @@ EXPORT CUresult cuEventQuery(CUevent e) { return cuEventSynchronize(e); }
 EXPORT CUresult cuEventElapsedTime(float* ms, CUevent a, CUevent b) {
     if (CUresult r = ready(false)) return r;
     if (!g_events.count(a) || !g_events.count(b)) return CUDA_ERROR_INVALID_HANDLE;
-    *ms = 0.f;  // timing is not modeled
+    // The emulator's wall time between the two records: not a GPU's, but never zero for real work.
+    const auto dt = reinterpret_cast<Event*>(b)->recorded - reinterpret_cast<Event*>(a)->recorded;
+    *ms = std::chrono::duration<float, std::milli>(dt).count();
     return CUDA_SUCCESS;
 }
 
