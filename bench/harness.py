@@ -58,6 +58,7 @@ class Harness:
         self.device, self.smoke, self.reps = device, smoke, reps
         self.rows = []       # (section, shape, provider, median, p20, p80, floor_ms, extra, peak_gb, note)
         self.copy_bw = None  # bytes/s
+        self.gemm_rate = None  # bf16 FLOP/s of cuBLAS (torch.mm), measured in the same run
 
     # ---- timing -----------------------------------------------------------------------------
     def sync(self):
@@ -411,11 +412,13 @@ def linear_head(h):
                 return out
             return lambda i: run
         n_seqs = m // seq
+        # Floor: the 3 GEMMs a step needs at the run's GEMM rate (a 4th, the recompute, is ours to lose).
+        floor = 3 * fl / h.gemm_rate * 1e3 if h.gemm_rate else None
         h.run(sec, shape, "pref-kernels linear_dpo_loss (DPO step, 3 GEMMs/token)",
               step(lambda: pk.linear_dpo_loss(x, w, t, ref, n_seqs=n_seqs, seq_len=seq, beta=0.1)[0]),
-              extra=tf(3 * fl))
+              extra=tf(3 * fl), floor_ms=floor)
         h.run(sec, shape, "pref-kernels linear_token_logprobs (4 GEMMs/token)",
-              step(lambda: pk.linear_token_logprobs(x, w, t).sum()), extra=tf(4 * fl))
+              step(lambda: pk.linear_token_logprobs(x, w, t).sum()), extra=tf(4 * fl), floor_ms=floor)
         h.run(sec, shape, "PyTorch eager (x @ W.T, fp32 log_softmax, gather)",
               step(lambda: torch.log_softmax((x @ w.T).float(), -1).gather(1, t[:, None]).sum()), extra=tf(3 * fl))
         trl_head = trl_chunked_logprob()
@@ -547,7 +550,8 @@ def grpo_head(h):
         logp, ent = s.logp.view(b, t), s.entropy.view(b, t)
         return pk.grpo_loss(logp, adv, mask, old, ref, loss_type="dapo", beta=beta, epsilon_high=0.28,
                             entropy=ent, max_completion_length=t)[0]
-    h.run(sec, shape, "pref-kernels fused head (+entropy) + grpo_loss", step(ours), extra=tf(4 * fl))
+    floor = 3 * fl / h.gemm_rate * 1e3 if h.gemm_rate else None
+    h.run(sec, shape, "pref-kernels fused head (+entropy) + grpo_loss", step(ours), extra=tf(4 * fl), floor_ms=floor)
     trl_head = trl_chunked_logprob()
     if isinstance(trl_head, str):
         h.skip(sec, shape, "TRL 1.16 fused head + TRL-style loss", trl_head)
@@ -718,6 +722,12 @@ def main(argv=None):
         med, _, _ = h.time([lambda: dst.copy_(src)])
         h.copy_bw = 2 * src.numel() * 2 / (med / 1e3)
         del src, dst
+        # The GEMM floor of the fused-head rows: a large square bf16 matmul, f32 accumulation.
+        a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+        med, _, _ = h.time([lambda: a @ b])
+        h.gemm_rate = 2 * 8192 ** 3 / (med / 1e3)
+        del a, b
         torch.cuda.empty_cache()
     os.makedirs(a.out, exist_ok=True)
     stamp = datetime.date.today().isoformat()
@@ -731,7 +741,8 @@ def main(argv=None):
         text = h.markdown(title)
         if h.copy_bw:
             text = text.replace("\n\n", f"\n\nDevice-to-device copy: {h.copy_bw / 1e12:.2f} TB/s (read + write), "
-                                "the floor of the memory-bound rows.\n\n", 1)
+                                "the floor of the memory-bound rows; bf16 GEMM (8192^3, torch.mm): "
+                                f"{h.gemm_rate / 1e12:.0f} TFLOP/s, the floor of the fused-head rows.\n\n", 1)
         return text
     for s in only:
         SECTIONS[s](h)

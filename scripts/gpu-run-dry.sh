@@ -16,7 +16,7 @@ LD_LIBRARY_PATH="$PWD/target/debug/pref-kernels-standin${LD_LIBRARY_PATH:+:$LD_L
 report="$(ls "$out"/*.md | grep -v torch | head -n1)"
 echo "dry-run report: $report"
 fail=0
-for stage in "## 1. Kernel tests" "## 2. Benches" "## 3. Peers" "## 4. GRPO" "## 5. compute-sanitizer"; do
+for stage in "## 1. Kernel tests" "## 2. compute-sanitizer" "## 3. Benches" "## 4. Peers" "## 5. GRPO"; do
   grep -q "$stage" "$report" || { echo "missing stage: $stage"; fail=1; }
 done
 # 0: ran, 124: stopped at its (dry-run) cap; anything else is the script's fault, not the GPU's.

@@ -5,15 +5,15 @@
 # report appended to $OUT as it goes (a timeout still returns what ran); caps sum to 470 s:
 #   1. tests:    kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1,
 #                including the emulator-vs-GPU comparison                            (cap 120 s)
-#   2. bench:    d2d copy bandwidth first, token log-probs GB/s and fraction of it, the step,
+#   2. sanitize: compute-sanitizer memcheck and racecheck on two small GPU cases, after a probe
+#                (the gVisor H200s refuse it: the stage is then skipped with the reason) (cap 50 s)
+#   3. bench:    d2d copy bandwidth first, token log-probs GB/s and fraction of it, the step,
 #                attention, fused-LM-head and vocabulary-parallel benches, the main job (cap 150 s)
-#   3. peers:    same-process peers: PyTorch eager, torch.compile, TRL 1.16's own fused head, Liger,
+#   4. peers:    same-process peers: PyTorch eager, torch.compile, TRL 1.16's own fused head, Liger,
 #                CCE, SDPA / FlexAttention (bench/harness.py, rows written as measured) (cap 90 s)
-#   4. grpo:     the GRPO loss from hidden states (ours, TRL's head, Liger's GRPO loss) and a GRPO
+#   5. grpo:     the GRPO loss from hidden states (ours, TRL's head, Liger's GRPO loss) and a GRPO
 #                step through a Qwen2-1.5B-shaped decoder, G = 8, prompt 512, completions 1024,
 #                duplicated layout vs prompt-once: time and peak memory               (cap 60 s)
-#   5. sanitize: compute-sanitizer memcheck and racecheck on two small GPU cases, after a probe
-#                (the gVisor H200s refuse it: the stage is then skipped with the reason) (cap 50 s)
 # Usage on the device: `scripts/gpu-run.sh` (everything) or `scripts/gpu-run.sh <stage>`.
 # PREF_KERNELS_DRY_RUN=1 (CI, scripts/gpu-run-dry.sh: no GPU, the stand-in driver): every cap at most
 # 12 s, a short test filter, the harness in --smoke mode; it checks the script, not the numbers.
@@ -62,8 +62,22 @@ if want tests; then
     PREF_KERNELS_REQUIRE_GPU=1 run 120 device-bin/gpu-tests "${filter[@]}"
     echo '```'; } | log
 fi
+if want sanitize; then
+  { echo; echo "## 2. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
+    if timeout 20 compute-sanitizer --tool memcheck device-bin/gpu-tests _v7 >/dev/null 2>&1; then
+      for tool in memcheck racecheck; do
+        for filter in attn_f16_d64 linear_token_logprobs_forward; do
+          PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
+            run 12 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
+        done
+      done
+    else
+      echo "skipped: compute-sanitizer refused this device (or is missing) in a 20 s probe"
+    fi
+    echo '```'; } | log
+fi
 if want bench; then
-  { echo; echo "## 2. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
+  { echo; echo "## 3. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
     short=(--warm-up-time 0.3 --measurement-time 1.5 --sample-size 10)
     run 40 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 20 device-bin/bench-pref_step --bench gpu "${short[@]}"
@@ -76,30 +90,16 @@ if want bench; then
     echo '```'; } | log
 fi
 if want peers; then
-  { echo; echo "## 3. Peers, same process and GPU ($(date -u +%H:%MZ))"
+  { echo; echo "## 4. Peers, same process and GPU ($(date -u +%H:%MZ))"
     sections=token_logprobs,linear_head,attention,dpo_step; smoke=()
     [ "$dry" = 1 ] && { sections=linear_head; smoke=(--smoke --reps 2); }
     PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 90 "$py" bench/harness.py --out "$out" \
       --only "$sections" "${smoke[@]}"; } | log
 fi
 if want grpo; then
-  { echo; echo "## 4. GRPO: loss from hidden states, and a Qwen2-1.5B-shaped step ($(date -u +%H:%MZ))"
+  { echo; echo "## 5. GRPO: loss from hidden states, and a Qwen2-1.5B-shaped step ($(date -u +%H:%MZ))"
     smoke=(); [ "$dry" = 1 ] && smoke=(--smoke)
     PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 60 "$py" bench/harness.py --out "$out" \
       --only grpo_head,grpo_model_step --reps 5 "${smoke[@]}"; } | log
-fi
-if want sanitize; then
-  { echo; echo "## 5. compute-sanitizer on small GPU cases ($(date -u +%H:%MZ))"; echo '```'
-    if timeout 20 compute-sanitizer --tool memcheck device-bin/gpu-tests _v7 >/dev/null 2>&1; then
-      for tool in memcheck racecheck; do
-        for filter in attn_f16_d64 linear_token_logprobs_forward; do
-          PREF_KERNELS_BACKEND=cuda PREF_KERNELS_REQUIRE_GPU=1 \
-            run 12 compute-sanitizer --tool "$tool" --error-exitcode 9 device-bin/gpu-tests "$filter"
-        done
-      done
-    else
-      echo "skipped: compute-sanitizer refused this device (or is missing) in a 20 s probe"
-    fi
-    echo '```'; } | log
 fi
 echo "report: $report"
