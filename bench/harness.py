@@ -387,6 +387,24 @@ def attention(h):
             h.skip(sec, shape, "FlexAttention", f"{type(e).__name__}: {e}")
 
 
+def tflops(flops):
+    """A row's throughput column: `flops` over its median time."""
+    return lambda ms: f"{flops / ms / 1e9:.1f} TFLOP/s"
+
+
+def backward_step(*leaves):
+    """`step(fn)`: a provider that clears the leaves' gradients, runs `fn()` and its backward."""
+    def step(fn):
+        def run():
+            for t in leaves:
+                t.grad = None
+            out = fn()
+            out.backward()
+            return out
+        return lambda i: run
+    return step
+
+
 def linear_head(h):
     """From hidden states: ours (no [N, V] logits anywhere) vs the peers, forward+backward."""
     sec = "fused LM head, forward+backward"
@@ -401,16 +419,8 @@ def linear_head(h):
         ref = (-torch.rand(m, generator=gen) * 3 - 10).to(dev)
         shape = f"M={m} H={hid} V={v}"
         fl = 2 * m * hid * v
-        tf = lambda f: (lambda ms: f"{f / ms / 1e9:.1f} TFLOP/s")  # noqa: E731
-
-        def step(fn):
-            def run():
-                x.grad = None
-                w.grad = None
-                out = fn()
-                out.backward()
-                return out
-            return lambda i: run
+        tf = tflops
+        step = backward_step(x, w)
         n_seqs = m // seq
         # Floor: the 3 GEMMs a step needs at the run's GEMM rate (a 4th, the recompute, is ours to lose).
         floor = 3 * fl / h.gemm_rate * 1e3 if h.gemm_rate else None
@@ -534,16 +544,8 @@ def grpo_head(h):
     beta = 0.04
     shape = f"B={b} T={t} H={hid} V={v}"
     fl = 2 * b * t * hid * v
-    tf = lambda f: (lambda ms: f"{f / ms / 1e9:.1f} TFLOP/s")  # noqa: E731
-
-    def step(fn):
-        def run():
-            x.grad = None
-            w.grad = None
-            out = fn()
-            out.backward()
-            return out
-        return lambda i: run
+    tf = tflops
+    step = backward_step(x, w)
 
     def ours():
         s = pk.linear_token_stats(x, w, ids.reshape(-1), entropy=True)

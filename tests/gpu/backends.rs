@@ -172,8 +172,7 @@ fn c_abi_restores_the_callers_context(gpu: &Gpu, seed: u64) {
 /// the stand-in driver only (a real GPU's context does not survive the fault: the stand-in's
 /// test-only hook clears it afterwards).
 fn sticky_errors_name_the_kernel(gpu: &Gpu, _seed: u64) {
-    let standin = gpu.cuda_context().is_some_and(|c| c.name().is_ok_and(|n| n.contains("stand-in")));
-    if !standin {
+    if !crate::is_standin(gpu) {
         return;
     }
     use pref_kernels::token_logprobs::TokenLogprobsFwdPtrs;
@@ -221,8 +220,7 @@ fn sticky_errors_name_the_kernel(gpu: &Gpu, _seed: u64) {
 /// A GPU older than sm_80 is refused when the handle is opened, with its compute capability
 /// (the stand-in driver pretends to be a 7.5 part; a real GPU is what it is).
 fn old_gpus_are_refused_up_front(gpu: &Gpu, _seed: u64) {
-    let standin = gpu.cuda_context().is_some_and(|c| c.name().is_ok_and(|n| n.contains("stand-in")));
-    if !standin {
+    if !crate::is_standin(gpu) {
         return;
     }
     std::env::set_var("PREFK_STANDIN_CC", "75");

@@ -26,6 +26,11 @@ mod token_logprobs;
 mod token_stats;
 mod vocab_parallel;
 
+/// True on the stand-in driver (libcuda running the emulator: kernels/emulator/standin.cpp).
+pub fn is_standin(gpu: &Gpu) -> bool {
+    gpu.cuda_context().is_some_and(|c| c.name().is_ok_and(|n| n.contains("stand-in")))
+}
+
 /// A test body: gets the handle (CUDA or emulator) and the run's seed; panics on failure.
 pub type TestFn = Box<dyn Fn(&Gpu, u64)>;
 
@@ -112,7 +117,7 @@ fn main() {
         println!("\nrunning {} tests on the {b} backend: {gpu:?}", cases.len());
         // The stand-in driver (libcuda running the emulator, see kernels/emulator/standin.cpp)
         // exercises the CUDA host path; what needs real hardware's memory and speed skips there too.
-        let standin = gpu.cuda_context().is_some_and(|c| c.name().is_ok_and(|n| n.contains("stand-in")));
+        let standin = is_standin(gpu);
         for c in &cases {
             let emulated =
                 gpu.backend() == BackendKind::Emulator || (standin && c.name != "emulator_matches_the_gpu");
