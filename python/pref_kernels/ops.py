@@ -20,6 +20,25 @@ from ._lib import DTYPE_CODES, INDEX_CODES, PrefkLossTerm, call, check_status, d
 METRICS_LEN = 16
 PAIR_COLUMNS = 6
 
+# CUDA graphs (torch.compile(mode="reduce-overhead")) may capture an op only if it neither waits on
+# the host nor allocates outside PyTorch's caching allocator. These do: the fused LM head plans its
+# chunks from the targets read back to the host and allocates its workspace itself, the preference
+# step and the group losses read their pair / label tables on the host. They carry
+# torch.Tag.cudagraph_unsafe (where this torch has it), so Inductor leaves them out of a graph; every
+# other op is capture-safe (no synchronization, outputs and workspaces from torch).
+GRAPH_UNSAFE_OPS = ("linear_token_logprobs", "linear_token_logprobs_backward", "linear_preference_step",
+                    "linear_shard_partials", "linear_shard_backward", "group_loss")
+
+
+def custom_op(name, **kwargs):
+    """torch.library.custom_op, with the cudagraph_unsafe tag for the ops of GRAPH_UNSAFE_OPS."""
+    tag = getattr(torch.Tag, "cudagraph_unsafe", None)
+    if name.split("::")[-1] in GRAPH_UNSAFE_OPS and tag is not None:
+        import inspect
+        if "tags" in inspect.signature(torch.library.custom_op).parameters:
+            kwargs["tags"] = (tag,)
+    return torch.library.custom_op(name, **kwargs)
+
 
 def _same_device(name, t, ref):
     if t is not None and t.device != ref.device:
@@ -136,7 +155,7 @@ def _check_logits(logits, targets):
     _same_device("targets", targets, logits)
 
 
-@torch.library.custom_op("pref_kernels::token_logprobs", mutates_args=())
+@custom_op("pref_kernels::token_logprobs", mutates_args=())
 def token_logprobs(logits: Tensor, targets: Tensor, ignore_index: int, temperature: float,
                    compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """log p(target) per row of logits [N, V] (f32/f16/bf16) at `temperature`, its log-sum-exp,
@@ -172,7 +191,7 @@ def _(logits, targets, ignore_index, temperature, compute_entropy):
             logits.new_empty((n, 2), **f), logits.new_empty(k, **f))
 
 
-@torch.library.custom_op("pref_kernels::token_stats", mutates_args=())
+@custom_op("pref_kernels::token_stats", mutates_args=())
 def token_stats(logits: Tensor, targets: Tensor, ignore_index: int, temperature: float,
                 top_k: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Not differentiable: per row of logits [N, V], log p(target) (f32 [N]), the mean logit / T
@@ -209,7 +228,7 @@ def _(logits, targets, ignore_index, temperature, top_k):
             logits.new_empty((n, top_k), **f), logits.new_empty((n, top_k), dtype=torch.int64))
 
 
-@torch.library.custom_op("pref_kernels::token_logprobs_backward", mutates_args=())
+@custom_op("pref_kernels::token_logprobs_backward", mutates_args=())
 def token_logprobs_backward(logits: Tensor, targets: Tensor, stats: Tensor, entropy: Optional[Tensor],
                             grad_logp: Tensor, grad_entropy: Optional[Tensor], ignore_index: int,
                             temperature: float) -> Tensor:
@@ -270,7 +289,7 @@ torch.library.register_autograd("pref_kernels::token_logprobs", _token_logprobs_
 
 # ---- preference losses -------------------------------------------------------------------------
 
-@torch.library.custom_op("pref_kernels::preference_loss", mutates_args=())
+@custom_op("pref_kernels::preference_loss", mutates_args=())
 def preference_loss(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor], ref_logp: Optional[Tensor],
                     ref_seq: Optional[Tensor], cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int,
                     chosen: Optional[Tensor], rejected: Optional[Tensor], kinds: List[int],
@@ -378,7 +397,7 @@ def _check_attn(q, k, v, tiles, seg_lo2):
         _same_device(name, x, q)
 
 
-@torch.library.custom_op("pref_kernels::shared_prefix_attention", mutates_args=())
+@custom_op("pref_kernels::shared_prefix_attention", mutates_args=())
 def shared_prefix_attention(q: Tensor, k: Tensor, v: Tensor, tiles: Tensor, seg_lo2: Tensor, n_tiles: int,
                             scale: float) -> Tuple[Tensor, Tensor]:
     """Causal attention where G responses share one prefix (per group), packed [T, H, d]: returns
@@ -402,7 +421,7 @@ def _(q, k, v, tiles, seg_lo2, n_tiles, scale):
     return torch.empty_like(q), q.new_empty((q.shape[1], q.shape[0]), dtype=torch.float32)
 
 
-@torch.library.custom_op("pref_kernels::shared_prefix_attention_backward", mutates_args=())
+@custom_op("pref_kernels::shared_prefix_attention_backward", mutates_args=())
 def shared_prefix_attention_backward(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, do: Tensor,
                                      tiles: Tensor, seg_lo2: Tensor, n_tiles: int,
                                      scale: float) -> Tuple[Tensor, Tensor, Tensor]:
@@ -470,7 +489,7 @@ def _check_head(hidden, weight, bias, targets):
     _input("targets", targets, INDEX_CODES, hidden.shape[0], hidden)
 
 
-@torch.library.custom_op("pref_kernels::linear_token_logprobs", mutates_args=())
+@custom_op("pref_kernels::linear_token_logprobs", mutates_args=())
 def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                           ignore_index: int, temperature: float, compute_entropy: bool,
                           workspace_bytes: int, log_sum_sq: bool = False, mean_logits: bool = False,
@@ -518,7 +537,7 @@ def _(hidden, weight, bias, targets, ignore_index, temperature, compute_entropy,
             hidden.new_empty((n, top_k), **f), hidden.new_empty((n, top_k), dtype=torch.int64, device=hidden.device))
 
 
-@torch.library.custom_op("pref_kernels::linear_token_logprobs_backward", mutates_args=())
+@custom_op("pref_kernels::linear_token_logprobs_backward", mutates_args=())
 def linear_token_logprobs_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                                    grad_logp: Tensor, grad_entropy: Optional[Tensor], ignore_index: int,
                                    temperature: float, workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -581,7 +600,7 @@ def _host_i32(name, t):
     return t.detach().to("cpu").contiguous()
 
 
-@torch.library.custom_op("pref_kernels::linear_preference_step", mutates_args=())
+@custom_op("pref_kernels::linear_preference_step", mutates_args=())
 def linear_preference_step(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                            weights: Optional[Tensor], ref_logp: Optional[Tensor], ref_seq: Optional[Tensor],
                            cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, chosen: Optional[Tensor],
@@ -666,7 +685,7 @@ torch.library.register_autograd("pref_kernels::linear_preference_step", _linear_
 GRPO_METRICS_LEN = 8
 
 
-@torch.library.custom_op("pref_kernels::grpo_loss", mutates_args=())
+@custom_op("pref_kernels::grpo_loss", mutates_args=())
 def grpo_loss(logp: Tensor, old_logp: Optional[Tensor], ref_logp: Optional[Tensor], mask: Optional[Tensor],
               is_weights: Optional[Tensor], entropy: Optional[Tensor], advantages: Tensor,
               cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, loss_type: int, importance: int,
@@ -739,7 +758,7 @@ torch.library.register_autograd("pref_kernels::grpo_loss", _grpo_grad, setup_con
 GROUP_METRICS_LEN = 12
 
 
-@torch.library.custom_op("pref_kernels::group_loss", mutates_args=())
+@custom_op("pref_kernels::group_loss", mutates_args=())
 def group_loss(logp: Tensor, mask: Optional[Tensor], ref_logp: Optional[Tensor], ref_seq: Optional[Tensor],
                labels: Tensor, cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, kind: int, beta: float,
                p0: float, p1: float, kl_given: float, flags: int, list_size: int) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -804,7 +823,7 @@ def _check_reduce(logp, mask, weights, cu_seqlens, n_seqs):
     return _token_batch(logp, cu_seqlens, n_seqs, (("mask", mask), ("weights", weights))), _as_u8(mask)
 
 
-@torch.library.custom_op("pref_kernels::seq_reduce", mutates_args=())
+@custom_op("pref_kernels::seq_reduce", mutates_args=())
 def seq_reduce(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor], cu_seqlens: Optional[Tensor],
                n_seqs: int, seq_len: int, mode: int) -> Tuple[Tensor, Tensor]:
     """Per-sequence scores [S] of masked per-token log-probs (mode 0 sum, 1 mean, 2 weighted sum,
@@ -831,7 +850,7 @@ def _(logp, mask, weights, cu_seqlens, n_seqs, seq_len, mode):
     return logp.new_empty(n_seqs), logp.new_empty((n_seqs, SEQ_STATS_LEN))
 
 
-@torch.library.custom_op("pref_kernels::seq_reduce_backward", mutates_args=())
+@custom_op("pref_kernels::seq_reduce_backward", mutates_args=())
 def seq_reduce_backward(logp: Tensor, mask: Optional[Tensor], weights: Optional[Tensor],
                         cu_seqlens: Optional[Tensor], n_seqs: int, seq_len: int, mode: int, dscores: Tensor,
                         stats: Tensor) -> Tensor:

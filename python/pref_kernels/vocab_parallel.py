@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ._lib import DTYPE_CODES, INDEX_CODES, call, check_status, device_code, host_memory, ptr, stream_of
-from .ops import _F32, _check_head, _check_logits, _input, _out, _stats_input, _status
+from .ops import _F32, _check_head, _check_logits, _input, _out, _stats_input, _status, custom_op
 
 VP_STATS = 5
 # The status bit of shards that do not tile the vocabulary (params.h: PREFK_STATUS_BAD_SHARDS).
@@ -86,7 +86,7 @@ def _shard_partials(logits, targets, vocab_start, vocab, ignore_index, temperatu
     return partials
 
 
-@torch.library.custom_op("pref_kernels::vocab_shard_partials", mutates_args=())
+@custom_op("pref_kernels::vocab_shard_partials", mutates_args=())
 def vocab_shard_partials(logits: Tensor, targets: Tensor, vocab_start: int, vocab: int, ignore_index: int,
                          temperature: float, compute_entropy: bool) -> Tensor:
     """[N, 5] f32 partial statistics of a logits shard [N, Vs] (vocabulary ids [vocab_start,
@@ -128,7 +128,7 @@ def _finalize(gathered, targets, vocab, ignore_index, temperature, compute_entro
     return logp, lse, entropy, stats
 
 
-@torch.library.custom_op("pref_kernels::vocab_parallel_finalize", mutates_args=())
+@custom_op("pref_kernels::vocab_parallel_finalize", mutates_args=())
 def vocab_parallel_finalize(gathered: Tensor, targets: Tensor, vocab: int, ignore_index: int, temperature: float,
                             compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """logp, lse and (when `compute_entropy`) entropy, f32 [N] each, and the rows' softmax statistics
@@ -169,7 +169,7 @@ def _shard_backward(logits, targets, stats, entropy, grad_logp, grad_entropy, vo
     return grad
 
 
-@torch.library.custom_op("pref_kernels::vocab_shard_backward", mutates_args=())
+@custom_op("pref_kernels::vocab_shard_backward", mutates_args=())
 def vocab_shard_backward(logits: Tensor, targets: Tensor, stats: Tensor, entropy: Optional[Tensor],
                          grad_logp: Tensor, grad_entropy: Optional[Tensor], vocab_start: int, vocab: int,
                          ignore_index: int, temperature: float) -> Tensor:
@@ -203,7 +203,7 @@ def _linear_shard_partials(hidden, weight, bias, targets, vocab_start, vocab, ig
     return partials
 
 
-@torch.library.custom_op("pref_kernels::linear_shard_partials", mutates_args=())
+@custom_op("pref_kernels::linear_shard_partials", mutates_args=())
 def linear_shard_partials(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, vocab_start: int,
                           vocab: int, ignore_index: int, temperature: float, compute_entropy: bool,
                           workspace_bytes: int) -> Tensor:
@@ -245,7 +245,7 @@ def _linear_shard_backward(hidden, weight, bias, targets, stats, entropy, grad_l
     return d_hidden, d_weight, d_bias
 
 
-@torch.library.custom_op("pref_kernels::linear_shard_backward", mutates_args=())
+@custom_op("pref_kernels::linear_shard_backward", mutates_args=())
 def linear_shard_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, stats: Tensor,
                           entropy: Optional[Tensor], grad_logp: Tensor, grad_entropy: Optional[Tensor],
                           vocab_start: int, vocab: int, ignore_index: int, temperature: float,
@@ -267,7 +267,7 @@ def _(hidden, weight, bias, targets, stats, entropy, grad_logp, grad_entropy, vo
 
 # ---- ops over a process group ---------------------------------------------------------------------
 
-@torch.library.custom_op("pref_kernels::vocab_parallel_token_logprobs", mutates_args=())
+@custom_op("pref_kernels::vocab_parallel_token_logprobs", mutates_args=())
 def vocab_parallel_token_logprobs(logits: Tensor, targets: Tensor, vocab_start: int, vocab: int, group_name: str,
                                   ignore_index: int, temperature: float,
                                   compute_entropy: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -312,7 +312,7 @@ def _vp_grad(ctx, grad_logp, _grad_lse, grad_entropy, _grad_stats):
 torch.library.register_autograd("pref_kernels::vocab_parallel_token_logprobs", _vp_grad, setup_context=_vp_setup)
 
 
-@torch.library.custom_op("pref_kernels::vocab_parallel_linear_token_logprobs", mutates_args=())
+@custom_op("pref_kernels::vocab_parallel_linear_token_logprobs", mutates_args=())
 def vocab_parallel_linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                                          vocab_start: int, vocab: int, group_name: str, ignore_index: int,
                                          temperature: float, compute_entropy: bool, workspace_bytes: int,
@@ -335,7 +335,7 @@ def _(hidden, weight, bias, targets, vocab_start, vocab, group_name, ignore_inde
             hidden.new_empty((n, 2), **f))
 
 
-@torch.library.custom_op("pref_kernels::vocab_parallel_linear_backward", mutates_args=())
+@custom_op("pref_kernels::vocab_parallel_linear_backward", mutates_args=())
 def vocab_parallel_linear_backward(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                                    stats: Tensor, entropy: Optional[Tensor], grad_logp: Tensor,
                                    grad_entropy: Optional[Tensor], vocab_start: int, vocab: int, group_name: str,

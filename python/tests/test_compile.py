@@ -59,3 +59,17 @@ def test_compiled_attention_has_no_graph_break(device, gen):
     want = f(q.detach(), k.detach(), v.detach())
     torch.testing.assert_close(out.detach(), want, atol=0, rtol=0)
     assert q.grad is not None and torch.isfinite(q.grad.float()).all()
+
+
+def test_graph_unsafe_ops_are_tagged_and_the_others_are_not():
+    """CUDA graphs (torch.compile mode="reduce-overhead") must leave out the ops that read back to the
+    host or allocate outside torch's allocator, and may capture the rest: the tag says which."""
+    import pref_kernels.ops as ops
+    tag = getattr(torch.Tag, "cudagraph_unsafe", None)
+    if tag is None:
+        pytest.skip("this torch has no cudagraph_unsafe tag")
+    for name in ops.GRAPH_UNSAFE_OPS:
+        assert tag in getattr(torch.ops.pref_kernels, name).default.tags, name
+    for name in ("token_logprobs", "token_logprobs_backward", "preference_loss", "grpo_loss",
+                 "shared_prefix_attention", "shared_prefix_attention_backward", "seq_reduce", "token_stats"):
+        assert tag not in getattr(torch.ops.pref_kernels, name).default.tags, name
