@@ -670,7 +670,7 @@ def grpo_model_step(h):
         rows = hidden[:, p_len - 1:-1].reshape(-1, cfg["hid"])
         return loss_of(pk.linear_token_logprobs(rows, model.head.weight, comps.reshape(-1)))
 
-    layout = prefix_layout_of(p_len, [c_len] * g_n, dev)
+    layout = pk.prefix_layout([(p_len, [c_len] * g_n)], dev)
 
     def prompt_once():
         ids = torch.cat([prompt, comps.reshape(-1)])
@@ -697,10 +697,6 @@ def grpo_model_step(h):
     del model
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-
-
-def prefix_layout_of(prefix_len, resp_lens, device):
-    return pk.prefix_layout([(prefix_len, list(resp_lens))], device)
 
 
 SECTIONS = {"token_logprobs": token_logprobs, "dpo_step": dpo_step, "attention": attention,

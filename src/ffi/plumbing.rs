@@ -97,6 +97,15 @@ pub(super) unsafe fn host_vec<T: Copy>(arg: &'static str, p: *const T, n: usize)
     Ok(unsafe { std::slice::from_raw_parts(p, n) }.to_vec())
 }
 
+/// The logits layout of a C caller's `n_rows`, `vocab`, `row_stride` (each checked non-negative).
+pub(super) fn logits_layout(n_rows: i64, vocab: i64, row_stride: i64) -> Result<crate::LogitsLayout> {
+    Ok(crate::LogitsLayout {
+        n_rows: size("n_rows", n_rows)?,
+        vocab: size("vocab", vocab)?,
+        row_stride: size("row_stride", row_stride)?,
+    })
+}
+
 pub(super) fn size(arg: &'static str, v: i64) -> Result<usize> {
     usize::try_from(v).map_err(|_| invalid(arg, format!("must be >= 0, got {v}")))
 }

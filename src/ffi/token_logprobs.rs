@@ -4,7 +4,6 @@ use super::args::*;
 use super::plumbing::*;
 use crate::error::ensure;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs, TokenTopkPtrs};
-use crate::LogitsLayout;
 
 /// Token log-probs forward ([`Gpu::token_logprobs_forward_raw`](crate::Gpu::token_logprobs_forward_raw)). `stats` (`[n_rows, 2]` f32,
 /// what the backward reads), `entropy`, `log_sum_sq` (`[n_rows]` f32 log Σ p², WPO's term; needs
@@ -40,11 +39,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_forward(args: *const PrefkTokenLog
             is_top1,
             ..
         } = unsafe { read_args(args) }?;
-        let layout = LogitsLayout {
-            n_rows: size("n_rows", n_rows)?,
-            vocab: size("vocab", vocab)?,
-            row_stride: size("row_stride", row_stride)?,
-        };
+        let layout = logits_layout(n_rows, vocab, row_stride)?;
         let cfg = TokenLogprobsConfig {
             ignore_index,
             temperature,
@@ -107,11 +102,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_topk(args: *const PrefkTokenLogpro
             temperature,
             ..
         } = unsafe { read_args(args) }?;
-        let layout = LogitsLayout {
-            n_rows: size("n_rows", n_rows)?,
-            vocab: size("vocab", vocab)?,
-            row_stride: size("row_stride", row_stride)?,
-        };
+        let layout = logits_layout(n_rows, vocab, row_stride)?;
         let cfg =
             TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
         let ptrs = TokenTopkPtrs { logits, targets, stats, topk_logp, topk_ids, status };
@@ -202,11 +193,7 @@ pub unsafe extern "C" fn prefk_token_logprobs_backward_entropy(
         ensure(grad_entropy == 0 || entropy != 0, "entropy", || {
             "grad_entropy needs the forward's entropy".into()
         })?;
-        let layout = LogitsLayout {
-            n_rows: size("n_rows", n_rows)?,
-            vocab: size("vocab", vocab)?,
-            row_stride: size("row_stride", row_stride)?,
-        };
+        let layout = logits_layout(n_rows, vocab, row_stride)?;
         let cfg =
             TokenLogprobsConfig { ignore_index, temperature, compute_entropy: false, check_targets: false };
         let ptrs = TokenLogprobsBwdPtrs {
