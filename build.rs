@@ -1,8 +1,7 @@
 //! Compiles every `kernels/*.cu` into one fatbin (SASS for each arch in `PREF_KERNELS_CUDA_ARCHS`,
-//! default `80;90`, plus PTX for the newest: another 8.x / 9.x part runs its major's SASS, a newer
-//! one (Blackwell sm_100 / sm_120) JIT-compiles the compute_90 PTX on its first load, seconds once
-//! per process; `PREF_KERNELS_CUDA_ARCHS=80;90;100` embeds Blackwell SASS, which today spills in
-//! two kernels, so no_kernel_spills_registers fails there) and generates `$OUT_DIR/kernels.rs`, which embeds them.
+//! default `80;90;100`, plus PTX for the newest: another 8.x / 9.x / 10.x part runs its major's
+//! SASS, a newer one (sm_120, and later) JIT-compiles the compute_100 PTX on its first load,
+//! seconds once per process) and generates `$OUT_DIR/kernels.rs`, which embeds them.
 //!
 //! nvcc discovery: `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then `/usr/local/cuda`.
 //! Without nvcc the crate still builds (the embedded modules are `None` and creating a GPU handle
@@ -295,7 +294,7 @@ fn main() {
             writeln!(gen, "pub const ARCHS: &str = \"\";").unwrap();
         }
         Some(nvcc) => {
-            let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90".into());
+            let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90;100".into());
             let gencode = gencode_flags(&archs);
             let results: Vec<(PathBuf, PathBuf, String)> = std::thread::scope(|s| {
                 let handles: Vec<_> = sources

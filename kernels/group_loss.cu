@@ -151,14 +151,20 @@ __device__ void lipo_group(const GroupLossParams& p, int64_t g, float inv_pairs,
 
 __device__ void lipo(const GroupLossParams& p, float* scratch) {
     const int64_t n_groups = p.n_seqs / p.group_size;
-    // Pass 1: the number of valid pairs (the batch mean's divisor).
+    // Pass 0: the number of valid pairs (the batch mean's divisor). Pass 1: the same sums again,
+    // the coefficients now scaled (a thread redoes its own lists). One loop, so lipo_group is
+    // inlined once (twice spilled on sm_100).
     float c[3] = {0.f, 0.f, 0.f};
-    for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) lipo_group(p, g, 0.f, c);
-    block_sum<GROUP_THREADS, 3>(c, scratch);
-    const float inv_pairs = c[1] > 0.f ? 1.f / c[1] : 0.f;
-    // Pass 2: the same sums again, the coefficients now scaled (a thread redoes its own lists).
-    float unused[3] = {0.f, 0.f, 0.f};
-    for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) lipo_group(p, g, inv_pairs, unused);
+    float inv_pairs = 0.f;
+    for (int pass = 0; pass < 2; ++pass) {
+        float acc[3] = {0.f, 0.f, 0.f};
+        for (int64_t g = threadIdx.x; g < n_groups; g += GROUP_THREADS) lipo_group(p, g, inv_pairs, acc);
+        if (pass == 0) {
+            block_sum<GROUP_THREADS, 3>(acc, scratch);
+            for (int k = 0; k < 3; ++k) c[k] = acc[k];
+            inv_pairs = c[1] > 0.f ? 1.f / c[1] : 0.f;
+        }
+    }
     if (threadIdx.x == 0) {
         float* m = reinterpret_cast<float*>(p.metrics);
         m[0] = c[0] * inv_pairs;
@@ -218,7 +224,9 @@ __device__ void pro(const GroupLossParams& p, float* scratch) {
     }
 }
 
-PREFK_KERNEL(group_loss, GroupLossParams, GROUP_THREADS) {
+// One block (the lists are few); without the minimum of one block per SM ptxas capped it at 64
+// registers for occupancy it cannot use, and spilled on sm_100.
+PREFK_KERNEL(group_loss, GroupLossParams, GROUP_THREADS, 1) {
     PREFK_SHARED_ARRAY(float, scratch, (GROUP_THREADS / 32) * 7);
     if (threadIdx.x == 0) {
         float* m = reinterpret_cast<float*>(p.metrics);

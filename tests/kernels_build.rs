@@ -33,10 +33,10 @@ fn every_entry_point_is_compiled_for_every_arch() {
 }
 
 #[test]
-fn default_archs_are_ampere_and_hopper() {
-    // Blackwell runs the embedded compute_90 PTX (JIT); its SASS (100) is opt-in, see build.rs.
+fn default_archs_are_ampere_hopper_and_blackwell() {
+    // Newer parts (sm_120 on) JIT the embedded compute_100 PTX, see build.rs.
     if kernels::built() && std::env::var("PREF_KERNELS_CUDA_ARCHS").is_err() {
-        assert_eq!(kernels::ARCHS, "80;90");
+        assert_eq!(kernels::ARCHS, "80;90;100");
     }
 }
 
