@@ -207,7 +207,14 @@ fn check_loss(
     let max = want.grad_logp.iter().fold(0.0f64, |a, v| a.max(v.abs()));
     // exp(-d) (forward KL) and exp((alpha - 1) d) turn the log-ratio's f32 error into relative
     // error of the same size times |d| ~ 20.
-    let grad_atol = if name == "fdpo_forward_kl" || name == "fdpo_alpha" { 5e-5 } else { 5e-6 };
+    // AOT scatters each rank's sigmoid term back through the sort permutation, and with label
+    // smoothing (1 - ls) sigma(-x) - ls sigma(x) cancels in f32: seed 1796528318609358778 gave
+    // 2.3e-5 of the largest gradient on a small entry (aot_smoothed).
+    let grad_atol = if name == "fdpo_forward_kl" || name == "fdpo_alpha" || name.starts_with("aot") {
+        5e-5
+    } else {
+        5e-6
+    };
     for t in 0..got.len() {
         assert_close(
             &format!("{name}: grad_logp[{t}]"),
