@@ -191,6 +191,17 @@ pub unsafe extern "C" fn prefk_prefix_layout(args: *const PrefkPrefixLayoutArgs)
             off += c;
         }
         let layout = crate::shared_prefix_attention::SharedPrefixLayout::from_lengths(groups)?;
+        // Planning holds 32 bytes per token on the host (up to i32::MAX tokens: 64 GiB); reserve it
+        // fallibly first, so a layout too large for this host is an error, not an allocation abort.
+        let need = layout.total_tokens().saturating_mul(std::mem::size_of::<[usize; 4]>());
+        let mut probe: Vec<u8> = Vec::new();
+        probe.try_reserve_exact(need).map_err(|_| {
+            crate::error::invalid(
+                "prefix_lens",
+                format!("{} tokens need {need} bytes of host memory to plan", layout.total_tokens()),
+            )
+        })?;
+        drop(probe);
         let t = layout.tiles();
         // SAFETY: non-null output pointers are valid host memory (see # Safety).
         unsafe {
