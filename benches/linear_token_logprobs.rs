@@ -10,6 +10,8 @@
 //!   2. `linear_token_logprobs_forward` (2MHV FLOPs: one GEMM per token) and
 //!      `linear_preference_step` (DPO, 6MHV FLOPs: logits, d_hidden, d_weight GEMMs) with the
 //!      default 768 MiB workspace; the fraction of the floor is (their FLOP/s) / (the GEMM's).
+//!   3. the stream-ordered forward and forward + backward (what the PyTorch ops run: every row,
+//!      the caller's workspace, no host synchronization, no gathers; 2MHV and 6MHV FLOPs).
 //!
 //! Each call includes what a trainer pays per step: the one read-back of the targets that plans
 //! the chunks, zero-filling the f32 `d_weight` (V x H x 4 bytes) and the final status check.
@@ -20,11 +22,14 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
-use pref_kernels::linear_token_logprobs::{reference, LinearConfig, LinearHead, LinearShape};
+use pref_kernels::linear_token_logprobs::{
+    ordered_workspace_bytes, reference, LinearConfig, LinearForwardViews, LinearGradViews, LinearHead,
+    LinearShape, OrderedWorkspace, DEFAULT_WORKSPACE_BYTES,
+};
 use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::SeqLayout;
 use pref_kernels::step::LinearStepBatch;
-use pref_kernels::{TokenLogprobsConfig, View};
+use pref_kernels::{DType, TokenLogprobsConfig, View};
 
 mod common;
 use common::{event_time, gpu_or_skip, pseudo};
@@ -125,6 +130,70 @@ fn gpu_benches(c: &mut Criterion) {
                 b.iter_custom(|it| {
                     event_time(&gpu, it, || {
                         gpu.linear_token_logprobs_forward(&stream, &head, &targets.as_view(), &lin).unwrap();
+                    })
+                })
+            });
+            // 3. The stream-ordered path the PyTorch ops take: every row, the caller's workspace
+            //    (the default budget), no synchronization; forward and forward + backward.
+            let ws_bytes =
+                ordered_workspace_bytes(&shape, DType::BF16, m).unwrap().min(DEFAULT_WORKSPACE_BYTES);
+            let mut work = stream.alloc_zeros::<u8>(ws_bytes).unwrap();
+            let (mut logp, mut lse) =
+                (stream.alloc_zeros::<f32>(m).unwrap(), stream.alloc_zeros::<f32>(m).unwrap());
+            let gl = stream.clone_htod(&vec![0.5f32; m]).unwrap();
+            let mut dh = stream.alloc_zeros::<bf16>(m * HIDDEN).unwrap();
+            let mut dw = stream.alloc_zeros::<f32>(vocab * HIDDEN).unwrap();
+            let token = TokenLogprobsConfig { check_targets: false, ..Default::default() };
+            g.throughput(Throughput::Elements(flops));
+            g.bench_function(BenchmarkId::new("forward_stream_ordered", &id), |b| {
+                b.iter_custom(|it| {
+                    event_time(&gpu, it, || {
+                        let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
+                        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
+                        gpu.linear_token_logprobs_forward_ordered(
+                            &stream,
+                            &head,
+                            &targets.as_view(),
+                            out,
+                            ws,
+                            &token,
+                        )
+                        .unwrap();
+                    })
+                })
+            });
+            g.throughput(Throughput::Elements(3 * flops));
+            g.bench_function(BenchmarkId::new("forward_backward_stream_ordered", &id), |b| {
+                b.iter_custom(|it| {
+                    event_time(&gpu, it, || {
+                        let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
+                        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
+                        gpu.linear_token_logprobs_forward_ordered(
+                            &stream,
+                            &head,
+                            &targets.as_view(),
+                            out,
+                            ws,
+                            &token,
+                        )
+                        .unwrap();
+                        let grads = LinearGradViews {
+                            d_hidden: dh.as_view_mut(),
+                            d_weight: dw.as_view_mut(),
+                            d_bias: None,
+                        };
+                        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
+                        gpu.linear_token_logprobs_backward_ordered(
+                            &stream,
+                            &head,
+                            &targets.as_view(),
+                            &gl.as_view(),
+                            None,
+                            grads,
+                            ws,
+                            &token,
+                        )
+                        .unwrap();
                     })
                 })
             });

@@ -228,6 +228,9 @@ int64_t prefk_grpo_workspace_len(int64_t n_seqs);
 /* Bytes of workspace_bytes the fused LM head needs for chunks of `rows` rows (1: token log-probs;
  * the largest group of pairs' tokens: the preference step); -1 for bad arguments or overflow. */
 int64_t prefk_linear_workspace_bytes(uint32_t dtype_code, int64_t hidden, int64_t vocab, int64_t rows);
+/* Bytes of a stream-ordered call's workspace for chunks of `rows` rows (rows = n_rows: one chunk);
+ * -1 for an invalid argument or an overflow. */
+int64_t prefk_linear_ordered_workspace_bytes(uint32_t dtype_code, int64_t hidden, int64_t vocab, int64_t rows);
 
 /* Group / listwise losses: kind 0 KTO (p0/p1 desirable/undesirable weights, kl_given NaN = from the
  * KL samples, flags bit 1 apo_zero_unpaired; labels = roles 0 undesirable, 1 desirable, 2 KL sample,
@@ -327,8 +330,11 @@ typedef struct PrefkSharedPrefixAttentionBackwardArgs {
 int32_t prefk_shared_prefix_attention_backward(const PrefkSharedPrefixAttentionBackwardArgs* args);
 
 /* Fused LM head: hidden [n_rows, hidden_dim] and weight [vocab, hidden_dim] (dtype_code), bias 0 or
- * [vocab] f32; no [n_rows, vocab] logits tensor; chunks within workspace_bytes of device workspace
- * allocated inside the call; targets read back once to plan; the stream is synchronized at the end.
+ * [vocab] f32; no [n_rows, vocab] logits tensor. With workspace == 0: chunks of the used rows within
+ * workspace_bytes of device workspace allocated inside the call; targets read back once to plan; the
+ * stream is synchronized at the end. With a workspace (stream-ordered): every row in order, in chunks
+ * that fit the caller's workspace_bytes (prefk_linear_ordered_workspace_bytes), nothing read back,
+ * allocated or synchronized (capturable in a CUDA graph); bad targets set bits in *status.
  * logp, lse, entropy (0 to skip): [n_rows] f32. n_chunks: null or a host int64. */
 typedef struct PrefkLinearTokenLogprobsForwardArgs {
     uint64_t struct_size;
@@ -356,6 +362,8 @@ typedef struct PrefkLinearTokenLogprobsForwardArgs {
     uint64_t topk_logp;   /* [n_rows, top_k] f32 largest log-probs, descending, or 0 */
     uint64_t topk_ids;    /* [n_rows, top_k] i64 their ids (-1 on ignored rows), or 0 */
     int64_t top_k;        /* 0 (none) ..= 64 */
+    uint64_t workspace;   /* 0.3: device workspace of workspace_bytes (16-byte aligned), or 0 (see above) */
+    uint64_t status;      /* 0.3: device u32 status word of a stream-ordered call, or 0 */
 } PrefkLinearTokenLogprobsForwardArgs;
 int32_t prefk_linear_token_logprobs_forward(const PrefkLinearTokenLogprobsForwardArgs* args);
 
@@ -383,6 +391,8 @@ typedef struct PrefkLinearTokenLogprobsBackwardArgs {
     uint32_t dtype_code;
     uint32_t index_code;
     float temperature;
+    uint64_t workspace;   /* 0.3: as in the forward */
+    uint64_t status;      /* 0.3: as in the forward */
 } PrefkLinearTokenLogprobsBackwardArgs;
 int32_t prefk_linear_token_logprobs_backward(const PrefkLinearTokenLogprobsBackwardArgs* args);
 

@@ -21,6 +21,7 @@
 #include <cuda.h>
 #include <library_types.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -75,7 +76,23 @@ std::recursive_mutex g_lock;
 bool g_initialized = false;
 Context g_primary;
 CUresult g_sticky = CUDA_SUCCESS;
+// Test-only counters of what makes the host wait or allocates: [0] host waits (stream, context and
+// event synchronizations, device-to-host copies), [1] host-to-device copies (a pageable upload
+// waits too), [2] allocations (device and pinned host), [3] cuBLAS handles created. A
+// stream-ordered op must not move the first three.
+std::atomic<uint64_t> g_counters[4];
+void count(int which) { g_counters[which].fetch_add(1, std::memory_order_relaxed); }
 std::set<const void*> g_modules, g_streams, g_events;
+// Streams in capture (cuStreamBeginCapture): while any is, the calls a capture in the driver's
+// global mode refuses (synchronous allocation, copies and synchronization; cuBLAS handle creation,
+// stricter than the real library may be) fail and invalidate it. Launches still run at once.
+std::set<const void*> g_capturing;
+bool g_capture_invalidated = false;
+CUresult capture_unsafe() {
+    if (g_capturing.empty()) return CUDA_SUCCESS;
+    g_capture_invalidated = true;
+    return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+}
 std::map<std::string, std::unique_ptr<Function>> g_functions;
 thread_local std::vector<CUcontext> t_stack;  // back() is the thread's current context
 
@@ -219,6 +236,8 @@ EXPORT CUresult cuCtxGetDevice(CUdevice* d) {
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuCtxSynchronize() {
+    count(0);
+    if (CUresult r = capture_unsafe()) return r;
     if (CUresult r = ready(true)) return r;
     return g_sticky;
 }
@@ -355,12 +374,20 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
     return CUDA_SUCCESS;
 }
 
+// Test-only: the counters above (four u64), so a test can assert that an op neither waits nor
+// allocates, and count cuBLAS handles.
+EXPORT void prefk_standin_counters(uint64_t* out) {
+    for (int i = 0; i < 4; ++i) out[i] = g_counters[i].load();
+}
+
 // Test-only: clears the sticky error (a real context would have to be destroyed), so one test of
 // a faulting kernel does not end the run.
 EXPORT void prefk_standin_clear_sticky_error() { g_sticky = CUDA_SUCCESS; }
 
 // ---- memory -----------------------------------------------------------------------------------------
-EXPORT CUresult cuMemAlloc(CUdeviceptr* p, size_t n) {
+namespace {
+CUresult alloc(CUdeviceptr* p, size_t n) {
+    count(2);
     if (CUresult r = ready(true)) return r;
     if (n == 0) return CUDA_ERROR_INVALID_VALUE;
     void* m = prefk_emu_alloc(n);
@@ -368,9 +395,15 @@ EXPORT CUresult cuMemAlloc(CUdeviceptr* p, size_t n) {
     *p = reinterpret_cast<CUdeviceptr>(m);
     return CUDA_SUCCESS;
 }
+}  // namespace
+EXPORT CUresult cuMemAlloc(CUdeviceptr* p, size_t n) {
+    if (CUresult r = capture_unsafe()) return r;
+    return alloc(p, n);
+}
+// Stream-ordered: legal while capturing.
 EXPORT CUresult cuMemAllocAsync(CUdeviceptr* p, size_t n, CUstream s) {
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
-    return cuMemAlloc(p, n);
+    return alloc(p, n);
 }
 EXPORT CUresult cuMemFree(CUdeviceptr p) {
     if (CUresult r = ready(true)) return r;
@@ -387,34 +420,56 @@ EXPORT CUresult cuMemGetInfo(size_t* free_bytes, size_t* total) {
     *total = (size_t)80 << 30;
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuMemcpyHtoD(CUdeviceptr d, const void* h, size_t n) {
+namespace {
+CUresult htod(CUdeviceptr d, const void* h, size_t n) {
+    count(1);
     return copy(reinterpret_cast<void*>(d), h, n, 0);
 }
-EXPORT CUresult cuMemcpyDtoH(void* h, CUdeviceptr d, size_t n) {
+CUresult dtoh(void* h, CUdeviceptr d, size_t n) {
+    count(0);
     return copy(h, reinterpret_cast<const void*>(d), n, 1);
 }
-EXPORT CUresult cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) {
-    return copy(reinterpret_cast<void*>(d), reinterpret_cast<const void*>(s), n, 2);
-}
-EXPORT CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void* h, size_t n, CUstream s) {
-    return valid_stream(s) ? cuMemcpyHtoD(d, h, n) : CUDA_ERROR_INVALID_HANDLE;
-}
-EXPORT CUresult cuMemcpyDtoHAsync(void* h, CUdeviceptr d, size_t n, CUstream s) {
-    return valid_stream(s) ? cuMemcpyDtoH(h, d, n) : CUDA_ERROR_INVALID_HANDLE;
-}
-EXPORT CUresult cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr src, size_t n, CUstream s) {
-    return valid_stream(s) ? cuMemcpyDtoD(d, src, n) : CUDA_ERROR_INVALID_HANDLE;
-}
-EXPORT CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) {
+CUresult memset8(CUdeviceptr d, unsigned char v, size_t n) {
     if (CUresult r = ready(true)) return r;
     if (g_sticky) return g_sticky;
     if (n == 0) return CUDA_SUCCESS;
     return prefk_emu_memset(reinterpret_cast<void*>(d), v, n) == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
+}  // namespace
+// The synchronous forms wait for the device: refused while capturing. The async forms are graph
+// nodes there (the stand-in runs them at once).
+EXPORT CUresult cuMemcpyHtoD(CUdeviceptr d, const void* h, size_t n) {
+    if (CUresult r = capture_unsafe()) return r;
+    return htod(d, h, n);
+}
+EXPORT CUresult cuMemcpyDtoH(void* h, CUdeviceptr d, size_t n) {
+    if (CUresult r = capture_unsafe()) return r;
+    return dtoh(h, d, n);
+}
+EXPORT CUresult cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) {
+    if (CUresult r = capture_unsafe()) return r;
+    return copy(reinterpret_cast<void*>(d), reinterpret_cast<const void*>(s), n, 2);
+}
+EXPORT CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void* h, size_t n, CUstream s) {
+    return valid_stream(s) ? htod(d, h, n) : CUDA_ERROR_INVALID_HANDLE;
+}
+EXPORT CUresult cuMemcpyDtoHAsync(void* h, CUdeviceptr d, size_t n, CUstream s) {
+    return valid_stream(s) ? dtoh(h, d, n) : CUDA_ERROR_INVALID_HANDLE;
+}
+EXPORT CUresult cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr src, size_t n, CUstream s) {
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    return copy(reinterpret_cast<void*>(d), reinterpret_cast<const void*>(src), n, 2);
+}
+EXPORT CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) {
+    if (CUresult r = capture_unsafe()) return r;
+    return memset8(d, v, n);
+}
 EXPORT CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) {
-    return valid_stream(s) ? cuMemsetD8(d, v, n) : CUDA_ERROR_INVALID_HANDLE;
+    return valid_stream(s) ? memset8(d, v, n) : CUDA_ERROR_INVALID_HANDLE;
 }
 EXPORT CUresult cuMemAllocHost(void** p, size_t n) {
+    count(2);
+    if (CUresult r = capture_unsafe()) return r;
     if (CUresult r = ready(true)) return r;
     *p = malloc(n ? n : 1);
     return *p ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
@@ -443,11 +498,34 @@ EXPORT CUresult cuStreamDestroy(CUstream s) {
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamSynchronize(CUstream s) {
+    count(0);
+    if (CUresult r = capture_unsafe()) return r;
     if (CUresult r = ready(true)) return r;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
     return g_sticky;
 }
 EXPORT CUresult cuStreamQuery(CUstream s) { return cuStreamSynchronize(s); }
+EXPORT CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode) {
+    if (CUresult r = ready(true)) return r;
+    if (reinterpret_cast<uintptr_t>(s) <= 2 || !g_streams.count(s)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if (!g_capturing.insert(s).second) return CUDA_ERROR_ILLEGAL_STATE;
+    return CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* graph) {
+    if (CUresult r = ready(true)) return r;
+    if (!g_capturing.erase(s)) return CUDA_ERROR_ILLEGAL_STATE;
+    static int g_graph;  // a stand-in graph handle: the work already ran
+    const bool invalid = g_capture_invalidated;
+    g_capture_invalidated = false;
+    *graph = invalid ? nullptr : reinterpret_cast<CUgraph>(&g_graph);
+    return invalid ? CUDA_ERROR_STREAM_CAPTURE_INVALIDATED : CUDA_SUCCESS;
+}
+EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
+    if (CUresult r = ready(true)) return r;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    *status = g_capturing.count(s) ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+    return CUDA_SUCCESS;
+}
 EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
     if (CUresult r = ready(true)) return r;
     return valid_stream(s) && g_events.count(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
@@ -475,6 +553,8 @@ EXPORT CUresult cuEventRecord(CUevent e, CUstream s) {
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventSynchronize(CUevent e) {
+    count(0);
+    if (CUresult r = capture_unsafe()) return r;
     if (CUresult r = ready(false)) return r;
     return g_events.count(e) ? g_sticky : CUDA_ERROR_INVALID_HANDLE;
 }
@@ -565,8 +645,10 @@ bool read_operand(const void* p, int rows, int cols, int ld, cudaDataType t, std
 EXPORT cublasStatus_t cublasCreate_v2(void** handle) {
     std::lock_guard<std::recursive_mutex> l(g_lock);
     if (ready(true) != CUDA_SUCCESS) return CUBLAS_STATUS_NOT_INITIALIZED;  // needs a current context
+    if (capture_unsafe() != CUDA_SUCCESS) return CUBLAS_STATUS_NOT_SUPPORTED;
     BlasHandle* h = new BlasHandle;
     g_handles.insert(h);
+    count(3);
     *handle = h;
     return CUBLAS_STATUS_SUCCESS;
 }

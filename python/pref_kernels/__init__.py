@@ -278,7 +278,11 @@ def linear_workspace_bytes(hidden_size: int, vocab_size: int, dtype: torch.dtype
     from ._lib import DTYPE_CODES, lib
     if dtype not in DTYPE_CODES:
         raise ValueError(f"pref_kernels: dtype must be one of {list(DTYPE_CODES)}, got {dtype}")
-    n = lib().prefk_linear_workspace_bytes(DTYPE_CODES[dtype], int(hidden_size), int(vocab_size), int(rows))
+    args = (DTYPE_CODES[dtype], int(hidden_size), int(vocab_size), int(rows))
+    # The host-planned loop (preference step, shards) and the stream-ordered one (token log-probs)
+    # lay their chunks out differently: the larger of the two minimums serves both.
+    planned, ordered = lib().prefk_linear_workspace_bytes(*args), lib().prefk_linear_ordered_workspace_bytes(*args)
+    n = -1 if min(planned, ordered) < 0 else max(planned, ordered)
     if n < 0:
         raise ValueError(f"pref_kernels: no workspace size for hidden_size={hidden_size}, vocab_size={vocab_size}, "
                          f"rows={rows} (sizes must be >= 1 and the product must fit in 64 bits)")
@@ -289,19 +293,46 @@ def _flat_head(hidden, weight, targets, bias):
     return hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1), (None if bias is None else bias.float())
 
 
+# What an ignored row holds in each output of pref_kernels::linear_token_logprobs.
+_HEAD_FILLS = (0.0, 0.0, 0.0, 0.0, 0.0, False, 0.0, -1)
+
+
+def _head(x, weight, b, t, ignore_index, temperature, workspace_bytes, skip_ignored_rows, entropy=False,
+          log_sum_sq=False, mean_logits=False, is_top1=False, top_k=0):
+    """pref_kernels::linear_token_logprobs over every row (stream-ordered: no host synchronization,
+    capturable in a CUDA graph), or with `skip_ignored_rows` over the labelled rows only, selected
+    here (one host synchronization to count them) and put back in place, differentiably."""
+    args = (ignore_index, float(temperature), bool(entropy), int(workspace_bytes), bool(log_sum_sq),
+            bool(mean_logits), bool(is_top1), int(top_k))
+    if not skip_ignored_rows:
+        return torch.ops.pref_kernels.linear_token_logprobs(x, weight, b, t, *args)
+    keep = (t != ignore_index).nonzero().squeeze(1)
+    outs = torch.ops.pref_kernels.linear_token_logprobs(x.index_select(0, keep), weight, b, t.index_select(0, keep),
+                                                        *args)
+    wanted = (True, True, entropy, log_sum_sq, mean_logits, is_top1, True, True)
+    n = t.shape[0]
+    return tuple(o.new_full((n, *o.shape[1:]), fill).index_copy(0, keep, o) if want else o
+                 for o, fill, want in zip(outs, _HEAD_FILLS, wanted))
+
+
 def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias=None,
                           ignore_index: int = -100, temperature: float = 1.0, return_entropy: bool = False,
-                          workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+                          workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, skip_ignored_rows: bool = False):
     """log p(target) of `hidden @ weight.T (+ bias)` (the LM head as `nn.Linear` stores it:
-    weight [V, H]) per token, f32, without an [N, V] logits tensor: chunks of the used rows
-    (targets other than `ignore_index`; the others give 0) within `workspace_bytes`. `hidden` is
-    [..., H] (flattened to [N, H]), `targets` the matching [...]. With `return_entropy`, also the
-    entropy. Differentiable in hidden, weight and bias: the backward recomputes each chunk's
-    logits (GEMM) and returns d_hidden, d_weight (accumulated in f32) and d_bias. For a preference
-    loss use `linear_dpo_loss` / `linear_preference_loss` instead: they need no recompute."""
+    weight [V, H]) per token, f32, without an [N, V] logits tensor: chunks of rows within
+    `workspace_bytes` (rows whose target is `ignore_index` give 0). `hidden` is [..., H] (flattened
+    to [N, H]), `targets` the matching [...]. With `return_entropy`, also the entropy.
+    Differentiable in hidden, weight and bias: the backward recomputes each chunk's logits (GEMM)
+    and returns d_hidden, d_weight (accumulated in f32) and d_bias. For a preference loss use
+    `linear_dpo_loss` / `linear_preference_loss` instead: they need no recompute.
+
+    Every row goes through the GEMMs and nothing synchronizes with the host (the workspace comes
+    from PyTorch's allocator), so the call can be captured in a CUDA graph. With many ignored rows
+    (prompt tokens, padding) `skip_ignored_rows=True` projects only the labelled ones, at the cost
+    of one synchronization to count them."""
     x, t, b = _flat_head(hidden, weight, targets, bias)
-    logp, _lse, entropy, *_ = torch.ops.pref_kernels.linear_token_logprobs(
-        x, weight, b, t, ignore_index, float(temperature), return_entropy, int(workspace_bytes))
+    logp, _lse, entropy, *_ = _head(x, weight, b, t, ignore_index, temperature, workspace_bytes, skip_ignored_rows,
+                                    entropy=return_entropy)
     shape = targets.shape
     return (logp.view(shape), entropy.view(shape)) if return_entropy else logp.view(shape)
 
@@ -309,17 +340,17 @@ def linear_token_logprobs(hidden: torch.Tensor, weight: torch.Tensor, targets: t
 def linear_token_stats(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias=None, *,
                        entropy: bool = False, log_sum_sq: bool = False, mean_logits: bool = False,
                        is_top1: bool = False, top_k: int = 0, ignore_index: int = -100, temperature: float = 1.0,
-                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> TokenStats:
+                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, skip_ignored_rows: bool = False) -> TokenStats:
     """`linear_token_logprobs` with every per-token field TRL's fused head can ask for, from the
     same chunked pass (no [N, V] logits): log p (differentiable), the entropy (differentiable),
     log sum p^2, the mean logit / T, `is_top1` (bool) and the `top_k` (1..64) largest log-probs
     [..., k] with their ids (computed from each chunk's logits while they are in the workspace).
-    Fields not asked for are None."""
+    Fields not asked for are None. `skip_ignored_rows` as in `linear_token_logprobs`."""
     x, t, b = _flat_head(hidden, weight, targets, bias)
-    want_entropy = bool(entropy or log_sum_sq)
-    logp, _lse, ent, lss, mean, top1, tk_logp, tk_ids = torch.ops.pref_kernels.linear_token_logprobs(
-        x, weight, b, t, ignore_index, float(temperature), want_entropy, int(workspace_bytes), bool(log_sum_sq),
-        bool(mean_logits), bool(is_top1), int(top_k))
+    logp, _lse, ent, lss, mean, top1, tk_logp, tk_ids = _head(
+        x, weight, b, t, ignore_index, temperature, workspace_bytes, skip_ignored_rows,
+        entropy=bool(entropy or log_sum_sq), log_sum_sq=log_sum_sq, mean_logits=mean_logits, is_top1=is_top1,
+        top_k=top_k)
     shape = targets.shape
     kshape = (*shape, int(top_k))
     return TokenStats(logp.view(shape), ent.view(shape) if entropy else None,

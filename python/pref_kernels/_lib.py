@@ -105,8 +105,9 @@ def lib():
                 for name in ("prefk_grpo_workspace_len", "prefk_group_loss_workspace_len"):
                     getattr(handle, name).argtypes = [_i64]
                     getattr(handle, name).restype = _i64
-                handle.prefk_linear_workspace_bytes.argtypes = [_u32, _i64, _i64, _i64]
-                handle.prefk_linear_workspace_bytes.restype = _i64
+                for name in ("prefk_linear_workspace_bytes", "prefk_linear_ordered_workspace_bytes"):
+                    getattr(handle, name).argtypes = [_u32, _i64, _i64, _i64]
+                    getattr(handle, name).restype = _i64
                 for name, args in _SIGNATURES.items():
                     fn = getattr(handle, name)
                     fn.argtypes = args

@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 from . import _lib
-from ._lib import DTYPE_CODES, INDEX_CODES, PrefkLossTerm, call, check_status, device_code, host_memory, ptr, stream_of
+from ._lib import (DTYPE_CODES, INDEX_CODES, PrefkLossTerm, call, check_status, device_code, host_memory, lib,
+                   ptr, stream_of)
 
 METRICS_LEN = 16
 PAIR_COLUMNS = 6
@@ -26,8 +27,7 @@ PAIR_COLUMNS = 6
 # step and the group losses read their pair / label tables on the host. They carry
 # torch.Tag.cudagraph_unsafe (where this torch has it), so Inductor leaves them out of a graph; every
 # other op is capture-safe (no synchronization, outputs and workspaces from torch).
-GRAPH_UNSAFE_OPS = ("linear_token_logprobs", "linear_token_logprobs_backward", "linear_preference_step",
-                    "linear_shard_partials", "linear_shard_backward", "group_loss")
+GRAPH_UNSAFE_OPS = ("linear_preference_step", "linear_shard_partials", "linear_shard_backward", "group_loss")
 
 
 def custom_op(name, **kwargs):
@@ -489,6 +489,18 @@ def _check_head(hidden, weight, bias, targets):
     _input("targets", targets, INDEX_CODES, hidden.shape[0], hidden)
 
 
+def _head_workspace(hidden, weight, workspace_bytes):
+    """The fused head's chunk workspace from PyTorch's caching allocator (the stream-ordered call:
+    no allocation, host read or synchronization inside it): `workspace_bytes`, or what one chunk
+    of every row needs when that is less."""
+    n, h = hidden.shape
+    need = lib().prefk_linear_ordered_workspace_bytes(DTYPE_CODES[hidden.dtype], h, weight.shape[0], n)
+    if need < 0:
+        raise ValueError(f"pref_kernels: the fused head's workspace for {n} rows of H = {h}, V = {weight.shape[0]} "
+                         "overflows 64 bits")
+    return torch.empty(min(need, max(int(workspace_bytes), 0)), dtype=torch.uint8, device=hidden.device)
+
+
 @custom_op("pref_kernels::linear_token_logprobs", mutates_args=())
 def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor,
                           ignore_index: int, temperature: float, compute_entropy: bool,
@@ -515,14 +527,17 @@ def linear_token_logprobs(hidden: Tensor, weight: Tensor, bias: Optional[Tensor]
     outs = (logp, lse, entropy, lss, mean, top1, topk_logp, topk_ids)
     if n == 0:
         return outs
-    with host_memory([hidden, weight, bias, targets], list(outs)):
+    work, status = _head_workspace(hidden, weight, workspace_bytes), _status(hidden)
+    with host_memory([hidden, weight, bias, targets, status], list(outs) + [work]):
         call("prefk_linear_token_logprobs_forward",
              device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
              index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
              targets=ptr(targets), logp=ptr(logp), lse=ptr(lse), entropy=ptr(entropy), n_rows=n, hidden_dim=h,
              vocab=weight.shape[0], ignore_index=ignore_index, temperature=temperature,
-             workspace_bytes=workspace_bytes, n_chunks=None, log_sum_sq=ptr(lss), mean_logits=ptr(mean),
-             is_top1=ptr(top1), topk_logp=ptr(topk_logp), topk_ids=ptr(topk_ids), top_k=top_k)
+             workspace_bytes=work.numel(), n_chunks=None, log_sum_sq=ptr(lss), mean_logits=ptr(mean),
+             is_top1=ptr(top1), topk_logp=ptr(topk_logp), topk_ids=ptr(topk_ids), top_k=top_k,
+             workspace=ptr(work), status=ptr(status))
+    check_status(status, hidden.device.type == "cpu")
     return outs
 
 
@@ -552,13 +567,20 @@ def linear_token_logprobs_backward(hidden: Tensor, weight: Tensor, bias: Optiona
     d_hidden = _out((n, h), hidden.dtype, dev)
     d_weight = _out((v, h), torch.float32, dev)
     d_bias = _out(v if bias is not None else 0, torch.float32, dev)
-    with host_memory([hidden, weight, bias, targets, grad_logp, grad_entropy], [d_hidden, d_weight, d_bias]):
+    if n == 0:
+        d_weight.zero_()
+        d_bias.zero_()
+        return d_hidden, d_weight, d_bias
+    work, status = _head_workspace(hidden, weight, workspace_bytes), _status(hidden)
+    with host_memory([hidden, weight, bias, targets, grad_logp, grad_entropy, status],
+                     [d_hidden, d_weight, d_bias, work]):
         call("prefk_linear_token_logprobs_backward",
              device=device_code(hidden), stream=stream_of(hidden), dtype_code=DTYPE_CODES[hidden.dtype],
              index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden), weight=ptr(weight), bias=ptr(bias),
              targets=ptr(targets), grad_logp=ptr(grad_logp), grad_entropy=ptr(grad_entropy), d_hidden=ptr(d_hidden),
              d_weight=ptr(d_weight), d_bias=ptr(d_bias), n_rows=n, hidden_dim=h, vocab=v, ignore_index=ignore_index,
-             temperature=temperature, workspace_bytes=workspace_bytes)
+             temperature=temperature, workspace_bytes=work.numel(), workspace=ptr(work), status=ptr(status))
+    check_status(status, hidden.device.type == "cpu")
     return d_hidden, d_weight, d_bias
 
 

@@ -95,7 +95,8 @@ class FusedHead:
         b = None if bias is None else bias.float().contiguous()
         s = linear_token_stats(h, w, targets.contiguous(), bias=b, temperature=float(temperature) / logit_scale,
                                entropy="entropy" in outputs, log_sum_sq="log_sum_sq_probs" in outputs,
-                               mean_logits="mean_logits" in outputs, is_top1="is_top1" in outputs)
+                               mean_logits="mean_logits" in outputs, is_top1="is_top1" in outputs,
+                               skip_ignored_rows=True)
         return s.logp, s.entropy, s.log_sum_sq, s.mean_logits, s.is_top1
 
 

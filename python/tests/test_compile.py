@@ -71,5 +71,6 @@ def test_graph_unsafe_ops_are_tagged_and_the_others_are_not():
     for name in ops.GRAPH_UNSAFE_OPS:
         assert tag in getattr(torch.ops.pref_kernels, name).default.tags, name
     for name in ("token_logprobs", "token_logprobs_backward", "preference_loss", "grpo_loss",
-                 "shared_prefix_attention", "shared_prefix_attention_backward", "seq_reduce", "token_stats"):
+                 "shared_prefix_attention", "shared_prefix_attention_backward", "seq_reduce", "token_stats",
+                 "linear_token_logprobs", "linear_token_logprobs_backward"):
         assert tag not in getattr(torch.ops.pref_kernels, name).default.tags, name

@@ -40,8 +40,9 @@ def torch_logprobs_with_logits(hidden, weight, bias, targets, temperature):
     return logp, -(lsm.exp() * lsm).sum(-1) * keep, logits
 
 
+@pytest.mark.parametrize("skip_ignored_rows", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_linear_token_logprobs_and_gradients(device, gen, dtype):
+def test_linear_token_logprobs_and_gradients(device, gen, dtype, skip_ignored_rows):
     """Tolerances derived per row from the data (the reference is f64 on the same rounded hidden
     states and weight): the chunk logits z are the GEMM's f32 sums rounded once to the compute
     dtype, |dz_v| <= r |z_v| with r = 2^-8 for bf16 (its unit roundoff) (f32: the GEMM's own H u sum, ~1e-6 here), so
@@ -53,11 +54,11 @@ def test_linear_token_logprobs_and_gradients(device, gen, dtype):
     hidden, weight, bias, targets = head(gen, 29, 24, 150, dtype, device)
     r = 2.0 ** -8 if dtype == torch.bfloat16 else 1e-6
     out_round = 2.0 ** -8 if dtype == torch.bfloat16 else 1e-6
-    row_bytes = (150 + 24) * (4 if dtype == torch.float32 else 2) + 56
+    row_bytes = pk.linear_workspace_bytes(24, 150, dtype)
     for workspace in (row_bytes, 7 * row_bytes, pk.DEFAULT_WORKSPACE_BYTES):
         x, w, b = (t.detach().clone().requires_grad_() for t in (hidden, weight, bias))
         logp, ent = pk.linear_token_logprobs(x, w, targets, bias=b, temperature=0.8, return_entropy=True,
-                                             workspace_bytes=workspace)
+                                             workspace_bytes=workspace, skip_ignored_rows=skip_ignored_rows)
         g1 = torch.randn(29, generator=gen).to(device)
         g2 = torch.randn(29, generator=gen).to(device)
         ((logp * g1).sum() + (ent * g2).sum()).backward()

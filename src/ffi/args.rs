@@ -318,6 +318,12 @@ pub struct PrefkLinearTokenLogprobsForwardArgs {
     pub topk_ids: u64,
     /// k of the top-k outputs, 0 ..= 64 (0: none). Added in 0.2.
     pub top_k: i64,
+    /// Device workspace of `workspace_bytes` bytes, 16-byte aligned, or 0. Given: the call is
+    /// stream-ordered (every row projected in order, no host read of the targets, no allocation,
+    /// no synchronization; bad targets only through `status`). 0: the host-planned loop. Added in 0.3.
+    pub workspace: u64,
+    /// Device u32 status word the kernels OR their bits into (stream-ordered calls), or 0. Added in 0.3.
+    pub status: u64,
 }
 
 impl PrefkLinearTokenLogprobsForwardArgs {
@@ -343,9 +349,11 @@ unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsForwardArgs {
 }
 
 const _: () = {
-    assert!(size_of::<PrefkLinearTokenLogprobsForwardArgs>() == 184);
+    assert!(size_of::<PrefkLinearTokenLogprobsForwardArgs>() == 200);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, log_sum_sq) == 136);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, top_k) == 176);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, workspace) == 184);
+    assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, status) == 192);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, struct_size) == 0);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, stream) == 8);
     assert!(offset_of!(PrefkLinearTokenLogprobsForwardArgs, hidden) == 16);
@@ -411,6 +419,10 @@ pub struct PrefkLinearTokenLogprobsBackwardArgs {
     pub index_code: u32,
     /// Softmax temperature T (> 0).
     pub temperature: f32,
+    /// Device workspace, as in [`PrefkLinearTokenLogprobsForwardArgs::workspace`]. Added in 0.3.
+    pub workspace: u64,
+    /// Device u32 status word, as in [`PrefkLinearTokenLogprobsForwardArgs::status`]. Added in 0.3.
+    pub status: u64,
 }
 
 impl PrefkLinearTokenLogprobsBackwardArgs {
@@ -430,10 +442,15 @@ impl Default for PrefkLinearTokenLogprobsBackwardArgs {
 }
 
 // SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
-unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsBackwardArgs {}
+unsafe impl super::plumbing::AbiArgs for PrefkLinearTokenLogprobsBackwardArgs {
+    // As first published: through `temperature` (the stream-ordered workspace came later).
+    const MIN_SIZE: usize = 144;
+}
 
 const _: () = {
-    assert!(size_of::<PrefkLinearTokenLogprobsBackwardArgs>() == 144);
+    assert!(size_of::<PrefkLinearTokenLogprobsBackwardArgs>() == 160);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, workspace) == 144);
+    assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, status) == 152);
     assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, struct_size) == 0);
     assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, stream) == 8);
     assert!(offset_of!(PrefkLinearTokenLogprobsBackwardArgs, hidden) == 16);

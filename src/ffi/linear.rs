@@ -9,7 +9,8 @@ use super::{dtype, ffi, gpu, host_vec, index_type, loss_config, size};
 use crate::dtype::{DType, IndexType, LogitElement, TargetIndex};
 use crate::error::{ensure, invalid, Result};
 use crate::linear_token_logprobs::{
-    LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape, TopkViews,
+    LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape, OrderedWorkspace,
+    TopkViews,
 };
 use crate::params::VP_STATS;
 use crate::preference_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
@@ -51,6 +52,61 @@ pub extern "C" fn prefk_linear_workspace_bytes(dtype_code: u32, hidden: i64, voc
     crate::linear_token_logprobs::min_workspace_bytes(&shape, dt, rows as usize)
         .and_then(|b| i64::try_from(b).ok())
         .unwrap_or(-1)
+}
+
+/// Bytes of a stream-ordered call's `workspace` for chunks of `rows` rows (`rows = n_rows`: the
+/// whole batch in one chunk) at hidden size `hidden`, vocabulary `vocab` and `dtype_code`; -1 for
+/// an invalid argument or an overflow.
+#[no_mangle]
+pub extern "C" fn prefk_linear_ordered_workspace_bytes(
+    dtype_code: u32,
+    hidden: i64,
+    vocab: i64,
+    rows: i64,
+) -> i64 {
+    let Ok(dt) = dtype(dtype_code) else { return -1 };
+    if hidden < 1 || vocab < 1 || rows < 0 {
+        return -1;
+    }
+    let shape = LinearShape { n_rows: 0, hidden: hidden as usize, vocab: vocab as usize };
+    crate::linear_token_logprobs::ordered_workspace_bytes(&shape, dt, rows as usize)
+        .and_then(|b| i64::try_from(b).ok())
+        .unwrap_or(-1)
+}
+
+/// A stream-ordered call's workspace and status word (`workspace` 0: the host-planned loop).
+#[derive(Clone, Copy)]
+struct Ordered {
+    workspace: u64,
+    workspace_bytes: i64,
+    status: u64,
+}
+
+impl Ordered {
+    /// The caller's workspace and status as views, or `None` for a host-planned call.
+    ///
+    /// # Safety
+    /// Non-zero pointers are device memory of `backend`: `workspace_bytes` bytes, one u32.
+    unsafe fn views<'a>(&self, backend: BackendKind) -> Result<Option<OrderedWorkspace<'a>>> {
+        if self.workspace == 0 {
+            ensure(self.status == 0, "status", || {
+                "is for stream-ordered calls: give a workspace too".into()
+            })?;
+            return Ok(None);
+        }
+        let bytes = size("workspace_bytes", self.workspace_bytes)?;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            Ok(Some(OrderedWorkspace {
+                workspace: view_mut("workspace", self.workspace, bytes, backend)?,
+                status: if self.status != 0 {
+                    Some(view_mut("status", self.status, 1, backend)?)
+                } else {
+                    None
+                },
+            }))
+        }
+    }
 }
 
 fn elems(arg: &'static str, a: usize, b: usize) -> Result<usize> {
@@ -178,6 +234,7 @@ unsafe fn forward<T: LogitElement, I: TargetIndex>(
     stream: &Stream,
     h: &Head,
     out: &ForwardOut,
+    ordered: Ordered,
     cfg: &LinearConfig,
 ) -> Result<LinearRun> {
     let b = g.backend();
@@ -213,7 +270,12 @@ unsafe fn forward<T: LogitElement, I: TargetIndex>(
             },
             topk,
         };
-        g.linear_token_logprobs_forward_into(stream, &head, &targets, views, cfg)
+        match ordered.views(b)? {
+            Some(ws) => {
+                g.linear_token_logprobs_forward_ordered(stream, &head, &targets, views, ws, &cfg.token)
+            }
+            None => g.linear_token_logprobs_forward_into(stream, &head, &targets, views, cfg),
+        }
     }
 }
 
@@ -258,6 +320,8 @@ pub unsafe extern "C" fn prefk_linear_token_logprobs_forward(
             topk_logp,
             topk_ids,
             top_k,
+            workspace,
+            status,
             ..
         } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
@@ -266,11 +330,12 @@ pub unsafe extern "C" fn prefk_linear_token_logprobs_forward(
         let top_k = size("top_k", top_k)?;
         let out =
             ForwardOut { logp, lse, entropy, log_sum_sq, mean_logits, is_top1, topk_logp, topk_ids, top_k };
+        let ordered = Ordered { workspace, workspace_bytes, status };
         // SAFETY: forwarded to the caller.
         let s = unsafe { g.borrow_stream(stream) };
         // SAFETY: forwarded to the caller.
         let run = unsafe {
-            by_types!(dtype(dtype_code)?, index_type(index_code)?, forward(&g, &s, &h, &out, &cfg))
+            by_types!(dtype(dtype_code)?, index_type(index_code)?, forward(&g, &s, &h, &out, ordered, &cfg))
         }?;
         if !n_chunks.is_null() {
             // SAFETY: the caller passes null or a valid host i64.
@@ -295,6 +360,7 @@ unsafe fn backward<T: LogitElement, I: TargetIndex>(
     stream: &Stream,
     h: &Head,
     a: &BackwardArgs,
+    ordered: Ordered,
     cfg: &LinearConfig,
 ) -> Result<LinearRun> {
     let b = g.backend();
@@ -306,7 +372,21 @@ unsafe fn backward<T: LogitElement, I: TargetIndex>(
         let ge =
             if a.grad_entropy != 0 { Some(view::<f32>("grad_entropy", a.grad_entropy, n, b)?) } else { None };
         let grads = grad_views::<T>(h, a.d_hidden, a.d_weight, a.d_bias, b)?;
-        g.linear_token_logprobs_backward_into(stream, &head, &targets, &gl, ge.as_ref(), grads, cfg)
+        match ordered.views(b)? {
+            Some(ws) => g.linear_token_logprobs_backward_ordered(
+                stream,
+                &head,
+                &targets,
+                &gl,
+                ge.as_ref(),
+                grads,
+                ws,
+                &cfg.token,
+            ),
+            None => {
+                g.linear_token_logprobs_backward_into(stream, &head, &targets, &gl, ge.as_ref(), grads, cfg)
+            }
+        }
     }
 }
 
@@ -344,16 +424,21 @@ pub unsafe extern "C" fn prefk_linear_token_logprobs_backward(
             ignore_index,
             temperature,
             workspace_bytes,
+            workspace,
+            status,
             ..
         } = unsafe { read_args(args) }?;
         let g = gpu(device)?;
         let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
         let cfg = linear_config(ignore_index, temperature, false, workspace_bytes)?;
         let a = BackwardArgs { grad_logp, grad_entropy, d_hidden, d_weight, d_bias };
+        let ordered = Ordered { workspace, workspace_bytes, status };
         // SAFETY: forwarded to the caller.
         let s = unsafe { g.borrow_stream(stream) };
         // SAFETY: forwarded to the caller.
-        unsafe { by_types!(dtype(dtype_code)?, index_type(index_code)?, backward(&g, &s, &h, &a, &cfg)) }?;
+        unsafe {
+            by_types!(dtype(dtype_code)?, index_type(index_code)?, backward(&g, &s, &h, &a, ordered, &cfg))
+        }?;
         Ok(())
     })
 }

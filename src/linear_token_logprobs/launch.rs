@@ -66,34 +66,7 @@ impl Gpu {
     ) -> Result<LinearRun> {
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
-        ensure_len("logp", out.logp.len(), s.n_rows)?;
-        ensure_len("lse", out.lse.len(), s.n_rows)?;
-        ensure(out.entropy.is_some() == cfg.token.compute_entropy, "entropy", || {
-            "give an entropy output exactly when compute_entropy is set".into()
-        })?;
-        ensure(out.log_sum_sq.is_none() || cfg.token.compute_entropy, "log_sum_sq", || {
-            "is computed in the entropy's pass: set compute_entropy too".into()
-        })?;
-        for (name, len) in [
-            ("entropy", out.entropy.as_ref().map(|e| e.len())),
-            ("log_sum_sq", out.log_sum_sq.as_ref().map(|e| e.len())),
-            ("mean_logits", out.mean_logits.as_ref().map(|e| e.len())),
-            ("is_top1", out.is_top1.as_ref().map(|e| e.len())),
-        ] {
-            if let Some(len) = len {
-                ensure_len(name, len, s.n_rows)?;
-            }
-        }
-        if let Some(t) = &out.topk {
-            validate_top_k(t.k, s.vocab)?;
-            ensure_len("topk_logp", t.logp.len(), topk_len(s.n_rows, t.k)?)?;
-            ensure_len("topk_ids", t.ids.len(), topk_len(s.n_rows, t.k)?)?;
-        }
-        let extras = RowExtras {
-            log_sum_sq: out.log_sum_sq.is_some(),
-            mean_logits: out.mean_logits.is_some(),
-            is_top1: out.is_top1.is_some(),
-        };
+        let extras = check_forward_outputs(&out, &s, &cfg.token)?;
         let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
         let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
         let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
@@ -293,4 +266,41 @@ impl Gpu {
         pass.finish(stream)?;
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
     }
+}
+
+/// Checks the forward's outputs against the shape and `token` (the entropy exactly with
+/// `compute_entropy`, `log Σ p²` only with it, lengths, k); returns the extras asked for.
+pub(crate) fn check_forward_outputs(
+    out: &LinearForwardViews<'_>,
+    s: &crate::lm_head::LinearShape,
+    token: &crate::TokenLogprobsConfig,
+) -> Result<RowExtras> {
+    ensure_len("logp", out.logp.len(), s.n_rows)?;
+    ensure_len("lse", out.lse.len(), s.n_rows)?;
+    ensure(out.entropy.is_some() == token.compute_entropy, "entropy", || {
+        "give an entropy output exactly when compute_entropy is set".into()
+    })?;
+    ensure(out.log_sum_sq.is_none() || token.compute_entropy, "log_sum_sq", || {
+        "is computed in the entropy's pass: set compute_entropy too".into()
+    })?;
+    for (name, len) in [
+        ("entropy", out.entropy.as_ref().map(|e| e.len())),
+        ("log_sum_sq", out.log_sum_sq.as_ref().map(|e| e.len())),
+        ("mean_logits", out.mean_logits.as_ref().map(|e| e.len())),
+        ("is_top1", out.is_top1.as_ref().map(|e| e.len())),
+    ] {
+        if let Some(len) = len {
+            ensure_len(name, len, s.n_rows)?;
+        }
+    }
+    if let Some(t) = &out.topk {
+        validate_top_k(t.k, s.vocab)?;
+        ensure_len("topk_logp", t.logp.len(), topk_len(s.n_rows, t.k)?)?;
+        ensure_len("topk_ids", t.ids.len(), topk_len(s.n_rows, t.k)?)?;
+    }
+    Ok(RowExtras {
+        log_sum_sq: out.log_sum_sq.is_some(),
+        mean_logits: out.mean_logits.is_some(),
+        is_top1: out.is_top1.is_some(),
+    })
 }

@@ -6,7 +6,10 @@
 //! caller-given workspace budget; each chunk is one GEMM into `[m, V]` workspace logits, the
 //! token log-probs kernels on them and, for a backward, d/dlogits in place followed by two GEMMs
 //! (`d_weight += dLᵀ X` in f32, chunk order; `d_hidden = dL · W`). Ignored rows never reach a
-//! GEMM. GEMMs are cuBLAS on CUDA and a host GEMM on the emulator.
+//! GEMM. GEMMs are cuBLAS on CUDA and a host GEMM on the emulator. The stream-ordered variants
+//! ([`crate::Gpu::linear_token_logprobs_forward_ordered`] and its backward) project every row
+//! instead, in the caller's workspace, with no host synchronization: what a PyTorch op and a
+//! CUDA graph need.
 //!
 //! Layers: [`reference`](mod@reference) (f64, naive GEMMs: the oracle), the safe API
 //! ([`crate::Gpu::linear_token_logprobs_forward`], [`crate::Gpu::linear_token_logprobs_backward`] for any
@@ -14,6 +17,7 @@
 //! by pairs so each chunk's loss gradient is known inside it: three GEMMs per token).
 
 pub(crate) mod launch;
+pub(crate) mod ordered;
 pub mod reference;
 
 pub use crate::lm_head::{
@@ -21,3 +25,4 @@ pub use crate::lm_head::{
     LinearGradBuffers, LinearGradViews, LinearHead, LinearRun, LinearShape, TopkViews,
     DEFAULT_WORKSPACE_BYTES,
 };
+pub use ordered::{ordered_workspace_bytes, OrderedWorkspace, ORDERED_WORKSPACE_ALIGN};

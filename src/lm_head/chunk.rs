@@ -79,23 +79,38 @@ impl ChunkWork {
     }
 }
 
-const ALIGN: usize = 256;
+/// Alignment of each workspace region: 16 bytes, what 128-bit accesses and cuBLAS's tensor-core
+/// kernels need (more would only cost tiny chunks their budget).
+const ALIGN: usize = 16;
 
 fn align(x: usize) -> usize {
     x.div_ceil(ALIGN) * ALIGN
 }
 
 impl ChunkWork {
-    /// Bytes of the workspace for chunks of `max_rows` rows.
-    pub(crate) fn bytes(shape: &LinearShape, dtype: DType, max_rows: usize) -> usize {
+    /// Bytes of the workspace for chunks of `max_rows` rows; `gathers`: with the `[max_rows, H]`
+    /// region for gathered hidden rows (a host-planned loop), else without it (a stream-ordered
+    /// loop reads and writes the caller's rows in place). `None` on overflow.
+    pub(crate) fn bytes(shape: &LinearShape, dtype: DType, max_rows: usize, gathers: bool) -> Option<usize> {
         let m = max_rows.max(1);
-        align(m * shape.vocab * dtype.size())
-            + align(m * shape.hidden * dtype.size())
-            + 7 * align(m * 4)
-            + align(m * SOFTMAX_STATS * 4)
+        let es = dtype.size();
+        let region = |cols: usize| m.checked_mul(cols)?.checked_add(ALIGN - 1).map(|b| b / ALIGN * ALIGN);
+        let x = if gathers { region(shape.hidden.checked_mul(es)?)? } else { 0 };
+        region(shape.vocab.checked_mul(es)?)?
+            .checked_add(x)?
+            .checked_add(7 * region(4)?)?
+            .checked_add(region(SOFTMAX_STATS * 4)?)
     }
 
-    pub(crate) fn carve(base: u64, shape: &LinearShape, dtype: DType, max_rows: usize) -> Self {
+    /// The regions of a workspace at `base` laid out as [`ChunkWork::bytes`] counts them (`x` is
+    /// 0 without `gathers`).
+    pub(crate) fn carve(
+        base: u64,
+        shape: &LinearShape,
+        dtype: DType,
+        max_rows: usize,
+        gathers: bool,
+    ) -> Self {
         let m = max_rows.max(1);
         let mut at = base;
         let mut take = |bytes: usize| {
@@ -103,7 +118,8 @@ impl ChunkWork {
             at += align(bytes) as u64;
             p
         };
-        let (logits, x) = (take(m * shape.vocab * dtype.size()), take(m * shape.hidden * dtype.size()));
+        let logits = take(m * shape.vocab * dtype.size());
+        let x = if gathers { take(m * shape.hidden * dtype.size()) } else { 0 };
         let (logp, lse, entropy, grad_logp, grad_entropy) =
             (take(m * 4), take(m * 4), take(m * 4), take(m * 4), take(m * 4));
         debug_assert!(grad_entropy + align(m * 4) as u64 - logp >= (m * VP_STATS * 4) as u64);
@@ -173,11 +189,12 @@ impl Gpu {
         unsafe { self.launch(stream, name, grid, &params) }
     }
 
-    /// A chunk's logits: gather its `m` hidden rows (`index`: i64 row ids), broadcast the bias,
-    /// `logits = X · Wᵀ (+ bias)` into `work.logits`.
+    /// A chunk's logits: gather its `m` hidden rows (`index`: i64 row ids) into `work.x`, then
+    /// [`Gpu::chunk_logits_of`] them.
     ///
     /// # Safety
-    /// `head`, `index` (m i64) and `work` (for at least m rows) are live memory of this backend.
+    /// `head`, `index` (m i64) and `work` (for at least m rows, with its `x` region) are live
+    /// memory of this backend.
     pub(crate) unsafe fn chunk_logits(
         &self,
         stream: u64,
@@ -187,24 +204,39 @@ impl Gpu {
         work: &ChunkWork,
         status: u64,
     ) -> Result<()> {
-        let (h, v) = (head.shape.hidden, head.shape.vocab);
-        let es = head.dtype.size();
+        let mv = RowMove {
+            scatter: false,
+            elem_bytes: head.dtype.size(),
+            src: head.hidden,
+            dst: work.x,
+            index,
+            n_rows: m,
+            width: head.shape.hidden,
+            bound: head.shape.n_rows,
+        };
         // SAFETY: forwarded to the caller.
         unsafe {
-            self.move_rows(
-                stream,
-                &RowMove {
-                    scatter: false,
-                    elem_bytes: es,
-                    src: head.hidden,
-                    dst: work.x,
-                    index,
-                    n_rows: m,
-                    width: h,
-                    bound: head.shape.n_rows,
-                },
-                status,
-            )?;
+            self.move_rows(stream, &mv, status)?;
+            self.chunk_logits_of(stream, head, work.x, m, work)
+        }
+    }
+
+    /// `work.logits = X · Wᵀ (+ bias)` for the `m` contiguous hidden rows at `x` (gathered into
+    /// the workspace, or the caller's own rows in a stream-ordered loop).
+    ///
+    /// # Safety
+    /// `head`, `x` (m rows of H) and `work` (for at least m rows) are live memory of this backend.
+    pub(crate) unsafe fn chunk_logits_of(
+        &self,
+        stream: u64,
+        head: &HeadPtrs,
+        x: u64,
+        m: usize,
+        work: &ChunkWork,
+    ) -> Result<()> {
+        let (h, v) = (head.shape.hidden, head.shape.vocab);
+        // SAFETY: forwarded to the caller.
+        unsafe {
             if head.bias != 0 {
                 let p = LinearBiasParams {
                     bias: head.bias,
@@ -221,7 +253,7 @@ impl Gpu {
                     m,
                     n: v,
                     k: h,
-                    a: work.x,
+                    a: x,
                     lda: h,
                     a_trans: false,
                     b: head.weight,
@@ -237,9 +269,9 @@ impl Gpu {
         }
     }
 
-    /// A chunk's backward after d/dlogits is in `work.logits`: `d_weight += dLᵀ X` (f32),
-    /// `d_bias += Σ_rows dL`, then `dX = dL · W` into `work.x` (X is consumed) scattered to the
-    /// chunk's rows of `d_hidden`.
+    /// A chunk's backward after d/dlogits is in `work.logits`: [`Gpu::chunk_backward_of`] the
+    /// gathered rows in `work.x` (consumed: dX overwrites it), then dX scattered to the chunk's
+    /// rows of `d_hidden`.
     ///
     /// # Safety
     /// As [`Gpu::chunk_logits`], with `work.x` still holding the chunk's gathered rows and the
@@ -255,6 +287,43 @@ impl Gpu {
         grads: &GradPtrs,
         status: u64,
     ) -> Result<()> {
+        let mv = RowMove {
+            scatter: true,
+            elem_bytes: head.dtype.size(),
+            src: work.x,
+            dst: grads.d_hidden,
+            index,
+            n_rows: m,
+            width: head.shape.hidden,
+            bound: head.shape.n_rows,
+        };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.chunk_backward_of(stream, head, work.x, work.x, m, work, grads, 1.0)?;
+            self.move_rows(stream, &mv, status)
+        }
+    }
+
+    /// The GEMMs of a chunk's backward after d/dlogits is in `work.logits`:
+    /// `d_weight = β·d_weight + dLᵀ X` (f32; β 0 only for the first chunk of a loop that writes
+    /// every row), `d_bias += Σ_rows dL`, then `dX = dL · W` into `dx` (`m` rows of H; may be `x`
+    /// itself, which the first GEMM has consumed by then).
+    ///
+    /// # Safety
+    /// As [`Gpu::chunk_logits_of`]; `dx` is live for m rows of H; the gradient pointers are live
+    /// outputs of the head's shape.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn chunk_backward_of(
+        &self,
+        stream: u64,
+        head: &HeadPtrs,
+        x: u64,
+        dx: u64,
+        m: usize,
+        work: &ChunkWork,
+        grads: &GradPtrs,
+        weight_beta: f32,
+    ) -> Result<()> {
         let (h, v) = (head.shape.hidden, head.shape.vocab);
         // SAFETY: forwarded to the caller.
         unsafe {
@@ -267,14 +336,14 @@ impl Gpu {
                     a: work.logits,
                     lda: v,
                     a_trans: true,
-                    b: work.x,
+                    b: x,
                     ldb: h,
                     b_trans: false,
                     c: grads.d_weight,
                     ldc: h,
                     ab: head.dtype,
                     c_f32: true,
-                    beta: 1.0,
+                    beta: weight_beta,
                 },
             )?;
             if grads.d_bias != 0 {
@@ -299,26 +368,12 @@ impl Gpu {
                     b: head.weight,
                     ldb: h,
                     b_trans: false,
-                    c: work.x,
+                    c: dx,
                     ldc: h,
                     ab: head.dtype,
                     c_f32: false,
                     beta: 0.0,
                 },
-            )?;
-            self.move_rows(
-                stream,
-                &RowMove {
-                    scatter: true,
-                    elem_bytes: head.dtype.size(),
-                    src: work.x,
-                    dst: grads.d_hidden,
-                    index,
-                    n_rows: m,
-                    width: h,
-                    bound: head.shape.n_rows,
-                },
-                status,
             )
         }
     }
@@ -413,6 +468,18 @@ pub(crate) fn check_head<T: LogitElement, I: TargetIndex>(
     targets: &View<'_, I>,
     token: &TokenLogprobsConfig,
 ) -> Result<Vec<i64>> {
+    check_head_shape(gpu, head, targets, token)?;
+    Ok(stream.clone_dtoh(targets)?.into_iter().map(TargetIndex::to_i64).collect())
+}
+
+/// The checks of [`check_head`] that need nothing from the device (a stream-ordered loop never
+/// reads the targets on the host: the kernels report bad ones through the status word).
+pub(crate) fn check_head_shape<T: LogitElement, I: TargetIndex>(
+    gpu: &Gpu,
+    head: &LinearHead<'_, T>,
+    targets: &View<'_, I>,
+    token: &TokenLogprobsConfig,
+) -> Result<()> {
     token.validate()?;
     head.shape.validate(
         head.hidden.len(),
@@ -423,8 +490,7 @@ pub(crate) fn check_head<T: LogitElement, I: TargetIndex>(
     ensure(head.shape.vocab <= i32::MAX as usize, "vocab", || {
         format!("must be <= {} for the log-probs kernels, got {}", i32::MAX, head.shape.vocab)
     })?;
-    gpu.gemm_available()?;
-    Ok(stream.clone_dtoh(targets)?.into_iter().map(TargetIndex::to_i64).collect())
+    gpu.gemm_available()
 }
 
 /// Device copies of a row plan's rows and targets.
@@ -459,7 +525,11 @@ impl ChunkPass {
     pub(crate) fn new(stream: &Stream, shape: &LinearShape, dtype: DType, plan: &RowPlan) -> Result<Self> {
         Ok(ChunkPass {
             plan: PlanOnDevice::upload(stream, plan)?,
-            work: stream.alloc_zeros::<u8>(ChunkWork::bytes(shape, dtype, plan.max_rows))?,
+            work: stream.alloc_zeros::<u8>(
+                ChunkWork::bytes(shape, dtype, plan.max_rows, true).ok_or_else(|| {
+                    crate::error::invalid("workspace_bytes", "the chunk workspace overflows usize")
+                })?,
+            )?,
             status: StatusWord::new(stream, true)?,
             shape: *shape,
             dtype,
@@ -469,7 +539,7 @@ impl ChunkPass {
 
     /// Bytes of the workspace.
     pub(crate) fn work_bytes(&self) -> usize {
-        ChunkWork::bytes(&self.shape, self.dtype, self.max_rows)
+        ChunkWork::bytes(&self.shape, self.dtype, self.max_rows, true).unwrap_or(usize::MAX)
     }
 
     /// The loop's raw pointers over `head` and the status word's, the borrows kept in `guards`.
@@ -485,8 +555,8 @@ impl ChunkPass {
         let (status, g3) = self.status.ptr(stream)?;
         guards.extend([g0, g1, g2]);
         guards.extend(g3);
-        let work = ChunkWork::carve(wp, &self.shape, self.dtype, self.max_rows);
-        Ok((Loop { head, rows, targets, work }, status))
+        let work = ChunkWork::carve(wp, &self.shape, self.dtype, self.max_rows, true);
+        Ok((Loop { head, rows, targets, index_type: IndexType::I64, work }, status))
     }
 
     /// Waits for the loop and turns the kernels' status bits into an error.
@@ -495,17 +565,69 @@ impl ChunkPass {
     }
 }
 
-/// Everything a chunk loop enqueues with: the head, the plan's device arrays, the workspace.
+/// Per-row outputs of a chunk's log-probs forward, each `[m]` f32 (`is_top1` u8) or 0 when not
+/// wanted: workspace rows in a host-planned loop (scattered afterwards), the caller's own rows in
+/// a stream-ordered one.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RowOuts {
+    pub(crate) logp: u64,
+    pub(crate) lse: u64,
+    pub(crate) entropy: u64,
+    pub(crate) log_sum_sq: u64,
+    pub(crate) mean_logits: u64,
+    pub(crate) is_top1: u64,
+}
+
+impl RowOuts {
+    /// The same outputs from row `r0` on (`[N]` arrays of the caller).
+    pub(crate) fn at_row(&self, r0: usize) -> RowOuts {
+        let at = |p: u64, elem: usize| if p == 0 { 0 } else { p + (r0 * elem) as u64 };
+        RowOuts {
+            logp: at(self.logp, 4),
+            lse: at(self.lse, 4),
+            entropy: at(self.entropy, 4),
+            log_sum_sq: at(self.log_sum_sq, 4),
+            mean_logits: at(self.mean_logits, 4),
+            is_top1: at(self.is_top1, 1),
+        }
+    }
+}
+
+impl ChunkWork {
+    /// The workspace rows a host-planned forward writes: log p, lse, the entropy when `entropy`,
+    /// and the `extras` asked for (`ChunkWork::extra_*`).
+    pub(crate) fn row_outs(&self, entropy: bool, extras: RowExtras) -> RowOuts {
+        let on = |want: bool, at: u64| if want { at } else { 0 };
+        RowOuts {
+            logp: self.logp,
+            lse: self.lse,
+            entropy: on(entropy, self.entropy),
+            log_sum_sq: on(extras.log_sum_sq, self.extra_log_sum_sq()),
+            mean_logits: on(extras.mean_logits, self.extra_mean_logits()),
+            is_top1: on(extras.is_top1, self.extra_is_top1()),
+        }
+    }
+}
+
+/// Everything a chunk loop enqueues with: the head, the rows' device arrays, the workspace.
 pub(crate) struct Loop {
     pub(crate) head: HeadPtrs,
+    /// i64 row ids of a host plan (0 in a stream-ordered loop: chunk rows are the head's rows).
     pub(crate) rows: u64,
+    /// The chunk rows' targets, of `index_type`: the plan's i64 copies, or the caller's own.
     pub(crate) targets: u64,
+    pub(crate) index_type: IndexType,
     pub(crate) work: ChunkWork,
 }
 
 impl Loop {
-    /// Token log-probs forward over chunk rows `r0 .. r0 + m` (logits already in the workspace),
-    /// with the `extras` asked for written to their workspace rows (`ChunkWork::extra_*`).
+    /// The targets of chunk rows from `r0`.
+    fn targets_from(&self, r0: usize) -> u64 {
+        self.targets + (r0 * self.index_type.size()) as u64
+    }
+
+    /// Token log-probs forward over chunk rows `r0 .. r0 + m` (logits already in the workspace)
+    /// into the workspace rows [`ChunkWork::row_outs`] names.
     ///
     /// # Safety
     /// The loop's pointers are live; `r0 + m` within the plan.
@@ -521,23 +643,45 @@ impl Loop {
         extras: RowExtras,
         status: u64,
     ) -> Result<()> {
+        let outs = self.work.row_outs(entropy, extras);
+        // SAFETY: forwarded to the caller.
+        unsafe { self.logprobs_forward_to(gpu, stream, r0, m, token, &outs, status) }
+    }
+
+    /// Token log-probs forward over chunk rows `r0 .. r0 + m` into `outs` (`m` rows each), the
+    /// softmax statistics into the workspace (for the top-k and the backward).
+    ///
+    /// # Safety
+    /// The loop's pointers and `outs` are live; `r0 + m` within the loop's rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn logprobs_forward_to(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        token: &TokenLogprobsConfig,
+        outs: &RowOuts,
+        status: u64,
+    ) -> Result<()> {
         let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
-        let on = |want: bool, at: u64| if want { at } else { 0 };
         let fwd = TokenLogprobsFwdPtrs {
             logits: self.work.logits,
-            targets: self.targets + (r0 * 8) as u64,
-            logp: self.work.logp,
-            lse: self.work.lse,
-            entropy: on(entropy, self.work.entropy),
+            targets: self.targets_from(r0),
+            logp: outs.logp,
+            lse: outs.lse,
+            entropy: outs.entropy,
             status,
             stats: self.work.stats,
-            log_sum_sq: on(extras.log_sum_sq, self.work.extra_log_sum_sq()),
-            mean_logits: on(extras.mean_logits, self.work.extra_mean_logits()),
-            is_top1: on(extras.is_top1, self.work.extra_is_top1()),
+            log_sum_sq: outs.log_sum_sq,
+            mean_logits: outs.mean_logits,
+            is_top1: outs.is_top1,
         };
-        let cfg = TokenLogprobsConfig { compute_entropy: entropy, ..*token };
+        let cfg = TokenLogprobsConfig { compute_entropy: outs.entropy != 0, ..*token };
         // SAFETY: forwarded to the caller.
-        unsafe { gpu.token_logprobs_forward_raw(stream, self.head.dtype, IndexType::I64, layout, &fwd, &cfg) }
+        unsafe {
+            gpu.token_logprobs_forward_raw(stream, self.head.dtype, self.index_type, layout, &fwd, &cfg)
+        }
     }
 
     /// Top-k log-probs of chunk rows `r0 .. r0 + m` into `topk_logp` / `topk_ids` (`[m, k]`),
@@ -561,7 +705,7 @@ impl Loop {
         let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
         let ptrs = TokenTopkPtrs {
             logits: self.work.logits,
-            targets: self.targets + (r0 * 8) as u64,
+            targets: self.targets_from(r0),
             stats: self.work.stats,
             topk_logp,
             topk_ids,
@@ -569,7 +713,7 @@ impl Loop {
         };
         // SAFETY: forwarded to the caller.
         unsafe {
-            gpu.token_logprobs_topk_raw(stream, self.head.dtype, IndexType::I64, layout, k, &ptrs, token)
+            gpu.token_logprobs_topk_raw(stream, self.head.dtype, self.index_type, layout, k, &ptrs, token)
         }
     }
 
@@ -588,16 +732,40 @@ impl Loop {
         entropy_grad: bool,
         status: u64,
     ) -> Result<()> {
+        let grad_entropy = if entropy_grad { self.work.grad_entropy } else { 0 };
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.logprobs_backward_from(gpu, stream, r0, m, token, self.work.grad_logp, grad_entropy, status)
+        }
+    }
+
+    /// d/dlogits in place in the workspace from `m` rows of dL/dlogp at `grad_logp` (and dL/dH at
+    /// `grad_entropy` unless 0, with the forward's entropy in `work.entropy`).
+    ///
+    /// # Safety
+    /// As [`Loop::logprobs_forward`], after it; `grad_logp` (and `grad_entropy`) hold m f32.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) unsafe fn logprobs_backward_from(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        r0: usize,
+        m: usize,
+        token: &TokenLogprobsConfig,
+        grad_logp: u64,
+        grad_entropy: u64,
+        status: u64,
+    ) -> Result<()> {
         let layout = LogitsLayout::contiguous(m, self.head.shape.vocab);
         let bwd = TokenLogprobsBwdPtrs {
             logits: self.work.logits,
-            targets: self.targets + (r0 * 8) as u64,
+            targets: self.targets_from(r0),
             stats: self.work.stats,
-            grad_logp: self.work.grad_logp,
+            grad_logp,
             grad_logits: self.work.logits,
             status,
-            entropy: if entropy_grad { self.work.entropy } else { 0 },
-            grad_entropy: if entropy_grad { self.work.grad_entropy } else { 0 },
+            entropy: if grad_entropy != 0 { self.work.entropy } else { 0 },
+            grad_entropy,
         };
         let cfg = TokenLogprobsConfig { compute_entropy: false, ..*token };
         // SAFETY: forwarded to the caller.
@@ -605,7 +773,7 @@ impl Loop {
             gpu.token_logprobs_backward_raw(
                 stream,
                 self.head.dtype,
-                IndexType::I64,
+                self.index_type,
                 layout,
                 layout.vocab,
                 &bwd,

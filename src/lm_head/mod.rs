@@ -187,6 +187,19 @@ impl<T: LogitElement> LinearGradViews<'_, T> {
     /// Checks the lengths against `head` and zeroes the outputs unless `zeroed` (the loop
     /// accumulates `d_weight` and scatters only the used rows of `d_hidden`).
     pub(crate) fn prepare(&mut self, stream: &Stream, head: &LinearHead<'_, T>, zeroed: bool) -> Result<()> {
+        self.check(head)?;
+        if !zeroed {
+            stream.memset_zeros(&mut self.d_hidden)?;
+            stream.memset_zeros(&mut self.d_weight)?;
+            if let Some(b) = self.d_bias.as_mut() {
+                stream.memset_zeros(b)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the lengths against `head` (and that `d_bias` is given exactly with a bias).
+    pub(crate) fn check(&self, head: &LinearHead<'_, T>) -> Result<()> {
         let s = head.shape;
         ensure_len("d_hidden", self.d_hidden.len(), s.n_rows * s.hidden)?;
         ensure_len("d_weight", self.d_weight.len(), s.vocab * s.hidden)?;
@@ -194,13 +207,6 @@ impl<T: LogitElement> LinearGradViews<'_, T> {
             (Some(b), Some(_)) => ensure_len("d_bias", b.len(), s.vocab)?,
             (None, None) => {}
             _ => return Err(crate::error::invalid("d_bias", "give d_bias exactly when the head has a bias")),
-        }
-        if !zeroed {
-            stream.memset_zeros(&mut self.d_hidden)?;
-            stream.memset_zeros(&mut self.d_weight)?;
-            if let Some(b) = self.d_bias.as_mut() {
-                stream.memset_zeros(b)?;
-            }
         }
         Ok(())
     }

@@ -43,7 +43,8 @@ pub(crate) struct Gemm {
     pub(crate) beta: f32,
 }
 
-/// A cuBLAS handle of one context; calls are serialized (the handle's stream is per call).
+/// A cuBLAS handle of one context and one stream (its workspace is that stream's alone); calls
+/// are serialized.
 pub(crate) struct BlasHandle(Mutex<blas::cublasHandle_t>);
 
 // SAFETY: the handle is only used under its mutex, with the owning context bound to the thread.
@@ -71,9 +72,9 @@ fn blas_check(what: &str, status: blas::cublasStatus_t) -> Result<()> {
 }
 
 impl BlasHandle {
-    /// A new handle for the context current on this thread. Errors (never panics) when libcublas
-    /// cannot be loaded.
-    pub(crate) fn new() -> Result<Self> {
+    /// A new handle for the context current on this thread, bound to `stream`. Errors (never
+    /// panics) when libcublas cannot be loaded.
+    pub(crate) fn new(stream: u64) -> Result<Self> {
         // SAFETY: only tries to dlopen libcublas.
         // A pip-installed cuBLAS (site-packages/nvidia/...) the loader cannot find by name is
         // loaded by path first (see runtime::libs).
@@ -90,6 +91,8 @@ impl BlasHandle {
         blas_check("cublasSetMathMode", unsafe {
             blas::cublasSetMathMode(h, std::mem::transmute::<u32, blas::cublasMath_t>(mode))
         })?;
+        // SAFETY: a live handle; `stream` is 0 or a live CUstream of the current context.
+        blas_check("cublasSetStream", unsafe { blas::cublasSetStream_v2(h, stream as blas::cudaStream_t) })?;
         Ok(handle)
     }
 
@@ -120,6 +123,8 @@ impl BlasHandle {
         let (lda, ldb, ldc) = (int(g.lda, "gemm lda")?, int(g.ldb, "gemm ldb")?, int(g.ldc, "gemm ldc")?);
         let (alpha, beta) = (1.0f32, g.beta);
         let c_type = if g.c_f32 { blas::cudaDataType::CUDA_R_32F } else { dt(g.ab) };
+        // The handle was made for this stream; a stream destroyed and another created at the same
+        // address is the same CUstream value, so re-pointing is harmless and keeps them honest.
         // SAFETY: forwarded to the caller (stream, pointers).
         unsafe {
             blas_check("cublasSetStream", blas::cublasSetStream_v2(*h, stream as blas::cudaStream_t))?;

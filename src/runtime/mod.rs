@@ -119,12 +119,47 @@ impl Backend {
     }
 }
 
+/// The per-stream cuBLAS handles, and one spare made ahead of need: a stream's first GEMM may come
+/// while the stream is being captured into a CUDA graph, when creating a handle is not allowed; it
+/// takes the spare, and the next GEMM outside a capture makes another.
+#[derive(Default)]
+struct BlasHandles {
+    by_stream: HashMap<u64, Arc<gemm::BlasHandle>>,
+    spare: Option<gemm::BlasHandle>,
+}
+
+impl BlasHandles {
+    /// `stream`'s handle (the spare, or a new one, on its first GEMM); refills the spare unless
+    /// `capturing()` (asked only then: a stream's later GEMMs query nothing).
+    fn for_stream(&mut self, stream: u64, capturing: impl Fn() -> bool) -> Result<Arc<gemm::BlasHandle>> {
+        let handle = match self.by_stream.get(&stream) {
+            Some(h) => h.clone(),
+            None => {
+                let h = Arc::new(match self.spare.take() {
+                    Some(h) => h,
+                    None => gemm::BlasHandle::new(stream)?,
+                });
+                self.by_stream.insert(stream, h.clone());
+                h
+            }
+        };
+        if self.spare.is_none() && !capturing() {
+            self.spare = Some(gemm::BlasHandle::new(0)?);
+        }
+        Ok(handle)
+    }
+}
+
 struct CudaDevice {
     ctx: Arc<CudaContext>,
     functions: HashMap<String, CudaFunction>,
     sm_count: u32,
-    /// Created on the first GEMM (the ops without one never need libcublas).
-    blas: std::sync::Mutex<Option<Arc<gemm::BlasHandle>>>,
+    /// One cuBLAS handle per stream, created on the stream's first GEMM (the ops without one
+    /// never need libcublas). A handle's workspace is used by every GEMM enqueued through it: one
+    /// handle re-pointed at several streams would let GEMMs on two streams share it at once (a
+    /// race, and cuBLAS's reproducibility holds only for one stream per handle), as PyTorch
+    /// avoids with its own per-stream workspaces.
+    blas: std::sync::Mutex<BlasHandles>,
     /// `PREF_KERNELS_SYNC_LAUNCHES=1`: synchronize after every launch, so a faulting kernel's
     /// sticky error is reported with its name (a debugging mode: it serializes host and device).
     sync_launches: bool,
@@ -160,6 +195,19 @@ impl std::fmt::Debug for Gpu {
             }
         }
     }
+}
+
+/// Whether `stream` is being captured into a CUDA graph (an error from the query counts as yes:
+/// the legacy stream answers with one while another stream captures in global mode).
+///
+/// # Safety
+/// `stream` is 0 or a live CUstream of the context current on this thread.
+unsafe fn stream_capturing(stream: u64) -> bool {
+    use cudarc::driver::sys;
+    let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
+    // SAFETY: forwarded to the caller; `status` is a valid out-pointer.
+    let r = unsafe { sys::cuStreamIsCapturing(stream as sys::CUstream, &mut status) };
+    r != sys::CUresult::CUDA_SUCCESS || status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
 }
 
 impl Gpu {
@@ -312,8 +360,8 @@ impl Gpu {
         (blocks as u32, 1)
     }
 
-    /// Enqueues the row-major GEMM `g` on `stream`: cuBLAS on CUDA (the handle created on first
-    /// use; [`Error::CublasMissing`] when libcublas cannot be loaded), the host GEMM on the
+    /// Enqueues the row-major GEMM `g` on `stream`: cuBLAS on CUDA (the stream's handle, created
+    /// on its first GEMM; [`Error::CublasMissing`] when libcublas cannot be loaded), the host GEMM on the
     /// emulator (synchronous).
     ///
     /// # Safety
@@ -328,14 +376,12 @@ impl Gpu {
         match &self.inner {
             Inner::Cuda(c) => {
                 c.ctx.bind_to_thread()?;
-                let handle = {
-                    let mut slot =
-                        c.blas.lock().map_err(|_| Error::Cublas("handle mutex poisoned".into()))?;
-                    match slot.as_ref() {
-                        Some(h) => h.clone(),
-                        None => slot.insert(Arc::new(gemm::BlasHandle::new()?)).clone(),
-                    }
-                };
+                let handle = c
+                    .blas
+                    .lock()
+                    .map_err(|_| Error::Cublas("handle mutex poisoned".into()))?
+                    // SAFETY: `stream` is 0 or a live CUstream of this context (the caller's contract).
+                    .for_stream(stream, || unsafe { stream_capturing(stream) })?;
                 // SAFETY: the context is bound above; the rest is forwarded to the caller.
                 unsafe { handle.gemm(stream, g) }
             }

@@ -199,18 +199,9 @@ fn sticky_errors_name_the_kernel(gpu: &Gpu, _seed: u64) {
     // the kernel before the access.
     let r =
         unsafe { checked.token_logprobs_forward_raw(0, DType::BF16, IndexType::I64, layout, &ptrs, &cfg) };
-    extern "C" {
-        fn dlopen(name: *const std::ffi::c_char, flags: i32) -> *mut std::ffi::c_void;
-        fn dlsym(h: *mut std::ffi::c_void, name: *const std::ffi::c_char) -> *mut std::ffi::c_void;
-    }
-    // SAFETY: the stand-in is loaded (RTLD_NOLOAD = 4 | RTLD_LAZY = 1); its hook takes no arguments.
-    unsafe {
-        let h = dlopen(c"libcuda.so.1".as_ptr(), 4 | 1);
-        assert!(!h.is_null(), "the stand-in driver is loaded");
-        let clear = dlsym(h, c"prefk_standin_clear_sticky_error".as_ptr());
-        assert!(!clear.is_null());
-        std::mem::transmute::<*mut std::ffi::c_void, extern "C" fn()>(clear)();
-    }
+    let clear = standin_hook(c"prefk_standin_clear_sticky_error");
+    // SAFETY: the stand-in's hook takes no arguments.
+    unsafe { std::mem::transmute::<*mut std::ffi::c_void, extern "C" fn()>(clear)() };
     match r {
         Err(Error::Launch { kernel, .. }) => assert!(kernel.starts_with("token_logprobs_fwd"), "{kernel}"),
         other => panic!("expected the fault named by its kernel, got {other:?}"),
@@ -234,8 +225,173 @@ fn old_gpus_are_refused_up_front(gpu: &Gpu, _seed: u64) {
     }
 }
 
+/// A test-only entry point of the loaded stand-in driver.
+fn standin_hook(name: &std::ffi::CStr) -> *mut std::ffi::c_void {
+    extern "C" {
+        fn dlopen(name: *const std::ffi::c_char, flags: i32) -> *mut std::ffi::c_void;
+        fn dlsym(h: *mut std::ffi::c_void, name: *const std::ffi::c_char) -> *mut std::ffi::c_void;
+    }
+    // SAFETY: RTLD_NOLOAD (4) | RTLD_LAZY (1) only finds the already loaded stand-in.
+    unsafe {
+        let h = dlopen(c"libcuda.so.1".as_ptr(), 4 | 1);
+        assert!(!h.is_null(), "the stand-in driver is loaded");
+        let f = dlsym(h, name.as_ptr());
+        assert!(!f.is_null(), "the stand-in exports {name:?}");
+        f
+    }
+}
+
+/// The stand-in's counters: host waits, host-to-device copies, allocations, cuBLAS handles.
+fn standin_counters() -> [u64; 4] {
+    let f = standin_hook(c"prefk_standin_counters");
+    let mut out = [0u64; 4];
+    // SAFETY: the hook writes four u64.
+    unsafe { std::mem::transmute::<*mut std::ffi::c_void, extern "C" fn(*mut u64)>(f)(out.as_mut_ptr()) };
+    out
+}
+
+/// The stream-ordered fused head (forward and backward) neither waits on the host nor allocates
+/// nor uploads, counted by the stand-in driver; the host-planned loop does all three (the
+/// negative control that shows the counters see them). Each stream gets one cuBLAS handle, and a
+/// stream captured into a CUDA graph before its first GEMM takes a spare one: the capture
+/// succeeds (the planned loop's is invalidated) and gives the eager results.
+fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u64) {
+    use pref_kernels::linear_token_logprobs::{
+        ordered_workspace_bytes, LinearConfig, LinearForwardViews, LinearGradViews, LinearHead, LinearShape,
+        OrderedWorkspace,
+    };
+    if !crate::is_standin(gpu) {
+        return;
+    }
+    let (n, h, v) = (23usize, 16usize, 90usize);
+    let shape = LinearShape { n_rows: n, hidden: h, vocab: v };
+    let mut r = rng(seed, 41);
+    let s = gpu.default_stream();
+    let hidden = s.clone_htod(&(0..n * h).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>()).unwrap();
+    let weight = s.clone_htod(&(0..v * h).map(|_| r.random_range(-0.3f32..0.3)).collect::<Vec<_>>()).unwrap();
+    let targets = s
+        .clone_htod(&(0..n).map(|i| if i % 5 == 0 { -100 } else { (i * 7 % v) as i64 }).collect::<Vec<_>>())
+        .unwrap();
+    let gl = s.clone_htod(&vec![0.5f32; n]).unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape };
+    let (mut logp, mut lse) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(n).unwrap());
+    let (mut dh, mut dw) = (s.alloc_zeros::<f32>(n * h).unwrap(), s.alloc_zeros::<f32>(v * h).unwrap());
+    let mut work =
+        s.alloc_zeros::<u8>(ordered_workspace_bytes(&shape, pref_kernels::DType::F32, 6).unwrap()).unwrap();
+    let mut status = s.alloc_zeros::<u32>(1).unwrap();
+    let token = TokenLogprobsConfig::default();
+    let mut step = |logp: &mut pref_kernels::DeviceBuffer<f32>,
+                    lse: &mut pref_kernels::DeviceBuffer<f32>,
+                    dh: &mut pref_kernels::DeviceBuffer<f32>,
+                    dw: &mut pref_kernels::DeviceBuffer<f32>| {
+        let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
+        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
+        let run = gpu
+            .linear_token_logprobs_forward_ordered(&s, &head, &targets.as_view(), out, ws, &token)
+            .unwrap();
+        assert_eq!(run.n_chunks, 4);
+        let grads = LinearGradViews { d_hidden: dh.as_view_mut(), d_weight: dw.as_view_mut(), d_bias: None };
+        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
+        gpu.linear_token_logprobs_backward_ordered(
+            &s,
+            &head,
+            &targets.as_view(),
+            &gl.as_view(),
+            None,
+            grads,
+            ws,
+            &token,
+        )
+        .unwrap();
+    };
+    step(&mut logp, &mut lse, &mut dh, &mut dw); // first use: modules, cuBLAS handle
+    let before = standin_counters();
+    step(&mut logp, &mut lse, &mut dh, &mut dw);
+    assert_eq!(
+        standin_counters(),
+        before,
+        "[host waits, uploads, allocations, handles] of the stream-ordered head"
+    );
+    let planned = LinearConfig::default();
+    gpu.linear_token_logprobs_forward(&s, &head, &targets.as_view(), &planned).unwrap();
+    let after = standin_counters();
+    assert!(
+        (0..3).all(|i| after[i] > before[i]),
+        "the host-planned loop waits, uploads and allocates: {after:?} vs {before:?}"
+    );
+    assert_eq!(s.clone_dtoh(&status).unwrap(), [0]);
+
+    // Each stream gets its own cuBLAS handle (its own workspace), once.
+    let other = gpu.new_stream().unwrap();
+    let (mut logp2, mut lse2) = (other.alloc_zeros::<f32>(n).unwrap(), other.alloc_zeros::<f32>(n).unwrap());
+    let mut work2 = other
+        .alloc_zeros::<u8>(ordered_workspace_bytes(&shape, pref_kernels::DType::F32, 6).unwrap())
+        .unwrap();
+    let handles = standin_counters()[3];
+    for _ in 0..2 {
+        let out = LinearForwardViews::new(logp2.as_view_mut(), lse2.as_view_mut(), None);
+        let ws = OrderedWorkspace { workspace: work2.as_view_mut(), status: None };
+        gpu.linear_token_logprobs_forward_ordered(&other, &head, &targets.as_view(), out, ws, &token)
+            .unwrap();
+    }
+    assert_eq!(standin_counters()[3], handles + 1, "one new cuBLAS handle for the new stream");
+    assert_eq!(other.clone_dtoh(&logp2).unwrap(), s.clone_dtoh(&logp).unwrap(), "same rows, either stream");
+
+    // Captured into a CUDA graph on a stream that never ran a GEMM (its handle is the spare made
+    // ahead; the stand-in refuses synchronous work, allocation and handle creation in a capture).
+    use cudarc::driver::sys;
+    let cap = gpu.new_stream().unwrap();
+    let (mut logp3, mut lse3) = (cap.alloc_zeros::<f32>(n).unwrap(), cap.alloc_zeros::<f32>(n).unwrap());
+    let (mut dh3, mut dw3) = (cap.alloc_zeros::<f32>(n * h).unwrap(), cap.alloc_zeros::<f32>(v * h).unwrap());
+    let capture = |f: &mut dyn FnMut() -> pref_kernels::Result<()>| {
+        let raw = cap.raw() as sys::CUstream;
+        let mut graph: sys::CUgraph = std::ptr::null_mut();
+        // SAFETY: a live stream of the bound context; graph is a valid out-pointer.
+        unsafe {
+            let mode = sys::CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_GLOBAL;
+            assert_eq!(sys::cuStreamBeginCapture_v2(raw, mode), sys::CUresult::CUDA_SUCCESS);
+            let r = f();
+            (r, sys::cuStreamEndCapture(raw, &mut graph))
+        }
+    };
+    let (r, end) = capture(&mut || {
+        let out = LinearForwardViews::new(logp3.as_view_mut(), lse3.as_view_mut(), None);
+        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
+        gpu.linear_token_logprobs_forward_ordered(&cap, &head, &targets.as_view(), out, ws, &token)?;
+        let grads =
+            LinearGradViews { d_hidden: dh3.as_view_mut(), d_weight: dw3.as_view_mut(), d_bias: None };
+        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
+        gpu.linear_token_logprobs_backward_ordered(
+            &cap,
+            &head,
+            &targets.as_view(),
+            &gl.as_view(),
+            None,
+            grads,
+            ws,
+            &token,
+        )
+        .map(|_| ())
+    });
+    r.unwrap();
+    assert_eq!(end, sys::CUresult::CUDA_SUCCESS, "the stream-ordered head captures");
+    assert_eq!(cap.clone_dtoh(&logp3).unwrap(), s.clone_dtoh(&logp).unwrap(), "captured rows as eager ones");
+    assert_eq!(cap.clone_dtoh(&dw3).unwrap(), s.clone_dtoh(&dw).unwrap(), "captured d_weight as eager");
+    let (r, end) = capture(&mut || {
+        gpu.linear_token_logprobs_forward(&cap, &head, &targets.as_view(), &planned).map(|_| ())
+    });
+    assert!(
+        r.is_err() && end == sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+        "the planned loop cannot be captured: {end:?}"
+    );
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
+        Case {
+            name: "stream_ordered_head_captures_without_waits_or_allocations",
+            run: Box::new(stream_ordered_head_captures_without_waits_or_allocations),
+        },
         Case { name: "old_gpus_are_refused_up_front", run: Box::new(old_gpus_are_refused_up_front) },
         Case { name: "sticky_errors_name_the_kernel", run: Box::new(sticky_errors_name_the_kernel) },
         Case {

@@ -8,13 +8,15 @@ use crate::common::{assert_close, rng};
 use crate::Case;
 use pref_kernels::linear_token_logprobs::reference as lin_ref;
 use pref_kernels::linear_token_logprobs::{
-    workspace_bytes_per_row, LinearConfig, LinearForwardViews, LinearHead, LinearShape, TopkViews,
+    ordered_workspace_bytes, workspace_bytes_per_row, LinearConfig, LinearForwardViews, LinearGradViews,
+    LinearHead, LinearShape, OrderedWorkspace, TopkViews,
 };
+use pref_kernels::params::STATUS_BAD_TARGET;
 use pref_kernels::preference_loss::reference::forward_backward;
 use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::{SeqLayout, TokenInputs};
 use pref_kernels::step::LinearStepBatch;
-use pref_kernels::{DType, Error, Gpu, LogitElement, TokenLogprobsConfig};
+use pref_kernels::{DType, Error, Gpu, LogitElement, TargetIndex, TokenLogprobsConfig};
 
 struct Problem {
     shape: LinearShape,
@@ -386,6 +388,201 @@ fn linear_bad_input(gpu: &Gpu, seed: u64) {
     );
 }
 
+/// The stream-ordered head (every row projected, the caller's workspace and status word, nothing
+/// read back) on poisoned outputs, i32 and i64 targets, for chunks of 1, 7 and all rows: the same
+/// per-row values as the host-planned loop (bitwise: a row's logits are the same dot products),
+/// gradients against the f64 reference, every output element written (`d_weight` poisoned with
+/// NaN: the first chunk's GEMM must overwrite it, not scale it).
+fn stream_ordered_parity_for<T: LogitElement, I: TargetIndex>(
+    gpu: &Gpu,
+    seed: u64,
+    tol: f64,
+    conv: fn(i64) -> I,
+) {
+    let p = problem(seed, 171 + T::DTYPE as u64, 37, 24, 150);
+    let stream = gpu.default_stream();
+    let (n, h, v) = (p.shape.n_rows, p.shape.hidden, p.shape.vocab);
+    let (hid, w): (Vec<T>, Vec<T>) = (cast(&p.hidden), cast(&p.weight));
+    let hidden = stream.clone_htod(&hid).unwrap();
+    let weight = stream.clone_htod(&w).unwrap();
+    let bias = stream.clone_htod(&p.bias).unwrap();
+    let targets = stream.clone_htod(&p.targets.iter().map(|&t| conv(t)).collect::<Vec<I>>()).unwrap();
+    let planned_targets = stream.clone_htod(&p.targets).unwrap();
+    let mut r = rng(seed, 6);
+    let grad_logp: Vec<f32> = (0..n).map(|_| r.random_range(-1.0f32..1.0)).collect();
+    let grad_ent: Vec<f32> = (0..n).map(|_| r.random_range(-0.5f32..0.5)).collect();
+    let gl = stream.clone_htod(&grad_logp).unwrap();
+    let ge = stream.clone_htod(&grad_ent).unwrap();
+    let token = TokenLogprobsConfig { temperature: 0.8, compute_entropy: true, ..Default::default() };
+    let want_g =
+        lin_ref::backward(&hid, &w, Some(&p.bias), p.shape, &p.targets, &grad_logp, Some(&grad_ent), &token)
+            .unwrap();
+    let head = LinearHead {
+        hidden: hidden.as_view(),
+        weight: weight.as_view(),
+        bias: Some(bias.as_view()),
+        shape: p.shape,
+    };
+    let k = 5;
+    // The host-planned loop's outputs, one chunk.
+    let poison = |len: usize| stream.clone_htod(&vec![-7777f32; len]).unwrap();
+    let forward = |ordered: Option<usize>| {
+        let (mut logp, mut lse, mut ent, mut lss, mut mean, mut tk) =
+            (poison(n), poison(n), poison(n), poison(n), poison(n), poison(n * k));
+        let mut top1 = stream.clone_htod(&vec![0xAAu8; n]).unwrap();
+        let mut ids = stream.clone_htod(&vec![-7777i64; n * k]).unwrap();
+        let mut status = stream.alloc_zeros::<u32>(1).unwrap();
+        let views = LinearForwardViews {
+            log_sum_sq: Some(lss.as_view_mut()),
+            mean_logits: Some(mean.as_view_mut()),
+            is_top1: Some(top1.as_view_mut()),
+            topk: Some(TopkViews { k, logp: tk.as_view_mut(), ids: ids.as_view_mut() }),
+            ..LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), Some(ent.as_view_mut()))
+        };
+        match ordered {
+            Some(rows) => {
+                let bytes = ordered_workspace_bytes(&p.shape, T::DTYPE, rows).unwrap();
+                let mut work = stream.clone_htod(&vec![0xFFu8; bytes]).unwrap();
+                let ws =
+                    OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
+                let run = gpu
+                    .linear_token_logprobs_forward_ordered(
+                        &stream,
+                        &head,
+                        &targets.as_view(),
+                        views,
+                        ws,
+                        &token,
+                    )
+                    .unwrap();
+                assert_eq!(run.n_chunks, n.div_ceil(rows.min(n)), "chunks of {rows} rows");
+                assert_eq!(stream.clone_dtoh(&status).unwrap(), [0]);
+            }
+            None => {
+                let cfg = LinearConfig { token, workspace_bytes: budget::<T>(&p.shape, n) };
+                gpu.linear_token_logprobs_forward_into(
+                    &stream,
+                    &head,
+                    &planned_targets.as_view(),
+                    views,
+                    &cfg,
+                )
+                .unwrap();
+            }
+        }
+        let f: Vec<Vec<f32>> =
+            [&logp, &lse, &ent, &lss, &mean, &tk].iter().map(|b| stream.clone_dtoh(*b).unwrap()).collect();
+        (f, stream.clone_dtoh(&top1).unwrap(), stream.clone_dtoh(&ids).unwrap())
+    };
+    let planned = forward(None);
+    for rows in [1usize, 7, n] {
+        let got = forward(Some(rows));
+        for (name, (a, b)) in ["logp", "lse", "entropy", "log_sum_sq", "mean_logits", "topk_logp"]
+            .iter()
+            .zip(got.0.iter().zip(&planned.0))
+        {
+            let (a, b): (Vec<u32>, Vec<u32>) =
+                (a.iter().map(|x| x.to_bits()).collect(), b.iter().map(|x| x.to_bits()).collect());
+            assert_eq!(a, b, "{name}: stream-ordered (chunks of {rows}) vs host-planned");
+        }
+        assert_eq!(got.1, planned.1, "is_top1, chunks of {rows}");
+        assert_eq!(got.2, planned.2, "top-k ids, chunks of {rows}");
+
+        let (mut dh, mut dw) =
+            (stream.clone_htod(&vec![T::from_f32(-7777.0); n * h]).unwrap(), poison(v * h));
+        let mut db = poison(v);
+        stream.memset_bytes(&mut dw.as_view_mut(), 0xFF).unwrap(); // NaN
+        let bytes = ordered_workspace_bytes(&p.shape, T::DTYPE, rows).unwrap();
+        let mut work = stream.clone_htod(&vec![0xFFu8; bytes]).unwrap();
+        let mut status = stream.alloc_zeros::<u32>(1).unwrap();
+        let grads = LinearGradViews {
+            d_hidden: dh.as_view_mut(),
+            d_weight: dw.as_view_mut(),
+            d_bias: Some(db.as_view_mut()),
+        };
+        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
+        let cfg = TokenLogprobsConfig { compute_entropy: false, ..token };
+        gpu.linear_token_logprobs_backward_ordered(
+            &stream,
+            &head,
+            &targets.as_view(),
+            &gl.as_view(),
+            Some(&ge.as_view()),
+            grads,
+            ws,
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(stream.clone_dtoh(&status).unwrap(), [0]);
+        let dh: Vec<f64> = stream.clone_dtoh(&dh).unwrap().iter().map(|x| x.to_f64()).collect();
+        let (dw, db) = (stream.clone_dtoh(&dw).unwrap(), stream.clone_dtoh(&db).unwrap());
+        let scale = want_g.d_weight.iter().fold(0f64, |a, x| a.max(x.abs())).max(1e-3);
+        for (i, (&a, &b)) in dh.iter().zip(&want_g.d_hidden).enumerate() {
+            assert_close(&format!("d_hidden[{i}] chunks of {rows}"), a, b, tol * scale, tol);
+            if p.targets[i / h] == -100 {
+                assert_eq!(a, 0.0, "d_hidden of ignored row {}", i / h);
+            }
+        }
+        for (i, (&a, &b)) in dw.iter().zip(&want_g.d_weight).enumerate() {
+            assert_close(&format!("d_weight[{i}] chunks of {rows}"), a as f64, b, tol * scale, tol);
+        }
+        for (i, (&a, &b)) in db.iter().zip(&want_g.d_bias).enumerate() {
+            assert_close(&format!("d_bias[{i}] chunks of {rows}"), a as f64, b, tol * scale, tol);
+        }
+    }
+}
+
+fn linear_stream_ordered_parity(gpu: &Gpu, seed: u64) {
+    stream_ordered_parity_for::<f32, i64>(gpu, seed, 2e-5, |t| t);
+    stream_ordered_parity_for::<bf16, i32>(gpu, seed, 3e-2, |t| t as i32);
+}
+
+/// Stream-ordered calls refuse a workspace below one row (naming the minimum) or misaligned, and
+/// report a bad target through the caller's status word (its row NaN, the others as usual)
+/// instead of reading the targets on the host.
+fn linear_stream_ordered_bad_input(gpu: &Gpu, seed: u64) {
+    let p = problem(seed, 4, 8, 8, 20);
+    let stream = gpu.default_stream();
+    let hidden = stream.clone_htod(&p.hidden).unwrap();
+    let weight = stream.clone_htod(&p.weight).unwrap();
+    let mut t = p.targets.clone();
+    t[3] = 20;
+    let targets = stream.clone_htod(&t).unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
+    let token = TokenLogprobsConfig::default();
+    let one = ordered_workspace_bytes(&p.shape, DType::F32, 1).unwrap();
+    let mut work = stream.alloc_zeros::<u8>(one + 16).unwrap();
+    let (mut logp, mut lse) = (stream.alloc_zeros::<f32>(8).unwrap(), stream.alloc_zeros::<f32>(8).unwrap());
+    let mut status = stream.alloc_zeros::<u32>(1).unwrap();
+    let run = |work: pref_kernels::ViewMut<'_, u8>,
+               status: Option<pref_kernels::ViewMut<'_, u32>>,
+               logp: pref_kernels::ViewMut<'_, f32>,
+               lse: pref_kernels::ViewMut<'_, f32>| {
+        let out = LinearForwardViews::new(logp, lse, None);
+        gpu.linear_token_logprobs_forward_ordered(
+            &stream,
+            &head,
+            &targets.as_view(),
+            out,
+            OrderedWorkspace { workspace: work, status },
+            &token,
+        )
+    };
+    let e = run(work.slice_mut(..one - 1), None, logp.as_view_mut(), lse.as_view_mut())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(&format!("the minimum is {one} bytes")), "{e}");
+    let e = run(work.slice_mut(4..), None, logp.as_view_mut(), lse.as_view_mut()).err().unwrap().to_string();
+    assert!(e.contains("16-byte aligned"), "{e}");
+    run(work.as_view_mut(), Some(status.as_view_mut()), logp.as_view_mut(), lse.as_view_mut()).unwrap();
+    assert_eq!(stream.clone_dtoh(&status).unwrap()[0] & STATUS_BAD_TARGET, STATUS_BAD_TARGET);
+    let lp = stream.clone_dtoh(&logp).unwrap();
+    for (i, &x) in lp.iter().enumerate() {
+        assert_eq!(x.is_nan(), i == 3, "logp[{i}] = {x}");
+    }
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -396,5 +593,10 @@ pub fn cases() -> Vec<Case> {
         Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },
         Case { name: "linear_bad_input_refused", run: Box::new(linear_bad_input) },
         Case { name: "linear_empty_batch", run: Box::new(linear_empty_batch) },
+        Case {
+            name: "linear_stream_ordered_parity_every_chunk_size",
+            run: Box::new(linear_stream_ordered_parity),
+        },
+        Case { name: "linear_stream_ordered_bad_input", run: Box::new(linear_stream_ordered_bad_input) },
     ]
 }
