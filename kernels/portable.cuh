@@ -4,6 +4,11 @@
 //   PREFK_SHARED_ARRAY(T, name, count)                       a statically sized __shared__ array
 //   PREFK_DYNAMIC_SHARED(T, name)                            the launch's dynamic shared memory as T*
 //   mma_m16n8k16(c, a, b, T())                               mma.sync m16n8k16 f32 += {bf16,f16} x {bf16,f16}
+//   ldmatrix_x4(r, row) / ldmatrix_x4_trans / ldmatrix_x2 / ldmatrix_x2_trans
+//                                                            ldmatrix.sync.aligned.m8n8.x{4,2}[.trans].shared.b16
+//   cp_async_16(dst, src, valid), cp_async_commit(), cp_async_wait<N>()
+//                                                            cp.async.cg 16 bytes global -> shared (zeros when
+//                                                            !valid), commit_group, wait_group N
 // On the GPU they are plain CUDA (inline PTX for mma). For the emulator (PREFK_EMULATOR, see
 // kernels/emulator/cuda_emu.h) they register the kernel, carve the block's checked shared arena,
 // and run the warp-collective mma from the PTX ISA's fragment tables.
@@ -38,6 +43,14 @@ extern "C" const char PREFK_EMU_ANCHOR = 0;
 #define PREFK_DYNAMIC_SHARED(T, NAME) T* const NAME = static_cast<T*>(::prefk_emu::dynamic_shared())
 #define PREFK_NOINLINE __attribute__((noinline))
 
+inline void ldmatrix_x4(uint32_t (&r)[4], const void* row) { ::prefk_emu::ldmatrix(r, 4, false, row); }
+inline void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) { ::prefk_emu::ldmatrix(r, 4, true, row); }
+inline void ldmatrix_x2(uint32_t (&r)[2], const void* row) { ::prefk_emu::ldmatrix(r, 2, false, row); }
+inline void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row) { ::prefk_emu::ldmatrix(r, 2, true, row); }
+inline void cp_async_16(void* dst, const void* src, bool valid) { ::prefk_emu::cp_async_16(dst, src, valid); }
+inline void cp_async_commit() { ::prefk_emu::cp_async_commit(); }
+template <int N> inline void cp_async_wait() { ::prefk_emu::cp_async_wait(N); }
+
 __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                              __nv_bfloat16) {
     const float acc[4] = {c[0], c[1], c[2], c[3]};
@@ -69,6 +82,40 @@ __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+__device__ __forceinline__ uint32_t prefk_smem_addr(const void* p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(prefk_smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(prefk_smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x2(uint32_t (&r)[2], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(prefk_smem_addr(row)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(prefk_smem_addr(row)));
+}
+// src_size 0 reads nothing and writes 16 zero bytes (src must still be a valid address).
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(prefk_smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 #endif

@@ -266,6 +266,110 @@ fn mma_m16n8k16_f16_matches_a_matrix_product() {
     check_mma(|x| (f16::from_f32(x).to_bits(), f16::from_f32(x).to_f32()), 1);
 }
 
+/// ldmatrix m8n8.x{4,2}[.trans].b16 against the PTX ISA's definition, computed here independently
+/// of the emulator: lanes 8j..8j+7 give the row addresses of matrix j (out of order in shared
+/// memory); lane i receives in register j row i/4's elements 2(i%4), 2(i%4)+1 (or, transposed,
+/// column i/4's elements of rows 2(i%4), 2(i%4)+1), the lower index in the low half. Then a
+/// misaligned row address (memcheck) and an unwritten row (initcheck).
+#[test]
+fn ldmatrix_matches_the_ptx_fragment_layout() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let m: Vec<u16> = (0..256u16).map(|x| x.wrapping_mul(2654).wrapping_add(17)).collect();
+    let input = s.clone_htod(&m).unwrap();
+    let at = |j: usize, r: usize, c: usize| m[(j * 8 + r) * 8 + c] as u32;
+    for (mode, num, trans) in [(0i64, 4usize, false), (1, 4, true), (2, 2, false), (3, 2, true)] {
+        let out = s.alloc_zeros::<u32>(32 * 4).unwrap();
+        run("emu_test_ldmatrix", 32, &params(&input, &out, 256, mode)).unwrap();
+        let got = s.clone_dtoh(&out).unwrap();
+        for lane in 0..32 {
+            for j in 0..num {
+                let (a, b) = (lane / 4, 2 * (lane % 4));
+                let want = if trans {
+                    at(j, b, a) | at(j, b + 1, a) << 16
+                } else {
+                    at(j, a, b) | at(j, a, b + 1) << 16
+                };
+                assert_eq!(got[lane * 4 + j], want, "mode {mode} lane {lane} reg {j}");
+            }
+        }
+    }
+    let out = s.alloc_zeros::<u32>(32 * 4).unwrap();
+    let rep = report_of(run("emu_test_ldmatrix", 32, &params(&input, &out, 256, 4)));
+    assert!(rep.contains("[memcheck]") && rep.contains("lane 5 is not 16-byte aligned"), "{rep}");
+    let rep = report_of(run("emu_test_ldmatrix", 32, &params(&input, &out, 256, 5)));
+    assert!(rep.contains("[initcheck]") && rep.contains("uninitialized shared memory"), "{rep}");
+}
+
+/// An ldmatrix.x4 of a 16x16 row-major tile gives exactly mma.m16n8k16's A fragment (what the
+/// attention kernels rely on): matrix 0 = rows 0-7 / cols 0-7, 1 = rows 8-15 / cols 0-7, 2 = rows
+/// 0-7 / cols 8-15, 3 = rows 8-15 / cols 8-15, compared with the fragment table check_mma uses.
+#[test]
+fn ldmatrix_x4_of_a_tile_is_the_mma_a_fragment() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let tile: Vec<u16> = (0..256u16).map(|x| x.wrapping_mul(40503)).collect();
+    // Lay the tile's four 8x8 quadrants out as the kernel's matrices j = 0..3.
+    let mut m = vec![0u16; 256];
+    for j in 0..4 {
+        for r in 0..8 {
+            for c in 0..8 {
+                let (row, col) = (r + 8 * (j % 2), c + 8 * (j / 2));
+                m[(j * 8 + r) * 8 + c] = tile[row * 16 + col];
+            }
+        }
+    }
+    let input = s.clone_htod(&m).unwrap();
+    let out = s.alloc_zeros::<u32>(32 * 4).unwrap();
+    run("emu_test_ldmatrix", 32, &params(&input, &out, 256, 0)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    let a = |i: usize, k: usize| tile[i * 16 + k] as u32;
+    for lane in 0..32 {
+        let (g, t) = (lane / 4, lane % 4);
+        let want = [
+            a(g, 2 * t) | a(g, 2 * t + 1) << 16,
+            a(g + 8, 2 * t) | a(g + 8, 2 * t + 1) << 16,
+            a(g, 2 * t + 8) | a(g, 2 * t + 9) << 16,
+            a(g + 8, 2 * t + 8) | a(g + 8, 2 * t + 9) << 16,
+        ];
+        assert_eq!(&got[lane * 4..lane * 4 + 4], &want, "lane {lane}");
+    }
+}
+
+/// cp.async: two committed groups, wait_group 1 completes the first only, wait_group 0 the
+/// second; zero-fill; then a read of a copy still in flight (initcheck), a read of another
+/// thread's copy without a barrier (racecheck), and a source past its allocation (memcheck).
+#[test]
+fn cp_async_groups_land_in_order_and_early_reads_are_caught() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let v: Vec<u32> = (0..256u32).map(|x| x * 7 + 1).collect();
+    let input = s.clone_htod(&v).unwrap();
+    let out = s.alloc_zeros::<u32>(64 * 4).unwrap();
+    run("emu_test_cp_async", 32, &params(&input, &out, 256, 0)).unwrap();
+    let got = s.clone_dtoh(&out).unwrap();
+    for t in 0..32 {
+        let n = (t + 1) % 32;
+        assert_eq!(&got[t * 4..t * 4 + 4], &v[n * 4..n * 4 + 4], "buffer 0, thread {t}");
+        let want: Vec<u32> = if n == 3 { vec![0; 4] } else { v[(32 + n) * 4..(32 + n) * 4 + 4].to_vec() };
+        assert_eq!(&got[(32 + t) * 4..(32 + t) * 4 + 4], &want[..], "buffer 1, thread {t}");
+    }
+    let rep = report_of(run("emu_test_cp_async", 32, &params(&input, &out, 256, 1)));
+    assert!(rep.contains("[initcheck]") && rep.contains("uninitialized shared memory"), "{rep}");
+    let rep = report_of(run("emu_test_cp_async", 32, &params(&input, &out, 256, 2)));
+    // Thread 0 reads row 1 before thread 1 has even issued its copy (the emulator runs a warp's
+    // threads one after another up to a barrier): both the hazard and the unlanded bytes show.
+    assert!(rep.contains("[racecheck]") && rep.contains("hazard at shared offset 16"), "{rep}");
+    let rep = report_of(run("emu_test_cp_async", 32, &params(&input, &out, 256, 3)));
+    assert!(rep.contains("[memcheck]") && rep.contains("invalid global read of 16 bytes"), "{rep}");
+}
+
 /// A real kernel through the raw API, told there are more rows than the buffers hold: memcheck
 /// stops it at the first access past the logits and names the kernel, block and thread.
 #[test]

@@ -55,6 +55,13 @@ unsigned atomic_cas_u32(unsigned* p, unsigned compare, unsigned v);
 // the PTX ISA ("Matrix Fragments for mma.m16n8k16 with floating point type").
 void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
 void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]);
+// ldmatrix.sync.aligned.m8n8.x{num}[.trans].shared.b16: warp-collective, `row` is this lane's row
+// address (lanes 8j..8j+7 give matrix j's rows); fills r[0 .. num).
+void ldmatrix(uint32_t* r, int num, bool trans, const void* row);
+// cp.async.cg.shared.global 16 bytes (zero-filled when !valid), commit_group, wait_group n.
+void cp_async_16(void* dst, const void* src, bool valid);
+void cp_async_commit();
+void cp_async_wait(int pending);
 
 // Kernel registry: one entry per extern "C" kernel, added at static-initialization time by
 // PREFK_KERNEL. `entry` receives a pointer to the launch's parameter bytes on the fiber's stack.

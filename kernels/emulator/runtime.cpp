@@ -121,11 +121,20 @@ struct Stack {
     unsigned char* lo = nullptr;  // usable range [lo, lo + FIBER_STACK), guard page below
 };
 
+// One cp.async in flight: 16 bytes (or zeros) to shared memory, in the thread's group `group`.
+struct AsyncCopy {
+    void* dst;
+    const void* src;  // nullptr: zero-fill
+    uint64_t group;
+};
+
 struct Thread {
     uint32_t tid;  // linear thread index in the block
     uint3 idx;
     State state;
     uint64_t atomics_since_sync;  // spin-wait detection
+    std::vector<AsyncCopy> async;  // issued cp.async copies not yet complete
+    uint64_t async_commits;        // cp.async groups committed so far
     uintptr_t stack_lo, stack_hi;
 #if defined(__x86_64__)
     void* sp;
@@ -134,7 +143,7 @@ struct Thread {
 #endif
 };
 
-enum WarpOp : uint32_t { OP_NONE, OP_SHFL, OP_VOTE, OP_SYNCWARP, OP_MMA_BF16, OP_MMA_F16 };
+enum WarpOp : uint32_t { OP_NONE, OP_SHFL, OP_VOTE, OP_SYNCWARP, OP_MMA_BF16, OP_MMA_F16, OP_LDMATRIX };
 const char* op_name(uint32_t op) {
     switch (op) {
         case OP_SHFL: return "a warp shuffle";
@@ -142,6 +151,7 @@ const char* op_name(uint32_t op) {
         case OP_SYNCWARP: return "__syncwarp";
         case OP_MMA_BF16: return "mma.sync (bf16)";
         case OP_MMA_F16: return "mma.sync (f16)";
+        case OP_LDMATRIX: return "ldmatrix";
         default: return "nothing";
     }
 }
@@ -342,6 +352,8 @@ void run_block() {
     memset(L->smem + STATIC_SHARED_CAP, 0xA5, L->dynamic_smem);
     for (uint32_t i = 0; i < n; ++i) {
         Thread& t = L->threads[i];
+        t.async.clear();
+        t.async_commits = 0;
         t.tid = i;
         t.idx = {i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y)};
         t.state = State::Runnable;
@@ -415,6 +427,42 @@ void complete_mma(Warp& w, bool bf16) {
     }
 }
 
+void shared_access(uintptr_t a, size_t n, bool write, bool aligned);
+
+// ldmatrix.sync.aligned.m8n8.x{1,2,4}[.trans].shared.b16 (PTX ISA, "Warp-level matrix load
+// instruction: ldmatrix"): lanes 8j .. 8j+7 give the addresses of the 8 rows (16 bytes each) of
+// matrix j; lane i receives, in register j, row i/4's elements 2(i%4) and 2(i%4)+1 of matrix j,
+// or with .trans column i/4's elements of rows 2(i%4) and 2(i%4)+1 (low half = the first). Each
+// row is read as a 16-byte shared access of the lane that gave its address (checked as such).
+// mode = number of matrices | trans << 8.
+void complete_ldmatrix(Warp& w, int mode, uint32_t warp_id) {
+    const int num = mode & 0xff;
+    const bool trans = (mode >> 8) & 1;
+    uint16_t m[4][8][8];
+    Thread* me = T;
+    for (int j = 0; j < num; ++j)
+        for (int r = 0; r < 8; ++r) {
+            const int lane = 8 * j + r;
+            uint64_t addr;
+            memcpy(&addr, w.in[lane], 8);
+            if ((L->checks & CHECK_MEM) && (addr & 15u) != 0) {
+                report("memcheck", "ldmatrix row address %#llx of lane %d is not 16-byte aligned",
+                       (unsigned long long)addr, lane);
+                abort_launch();
+            }
+            T = &L->threads[warp_id * 32 + lane];
+            shared_access((uintptr_t)addr, 16, false, true);
+            T = me;
+            memcpy(m[j][r], reinterpret_cast<const void*>(addr), 16);
+        }
+    for (int lane = 0; lane < 32; ++lane)
+        for (int j = 0; j < num; ++j) {
+            const int a = lane / 4, b = 2 * (lane % 4);
+            const uint16_t lo = trans ? m[j][b][a] : m[j][a][b], hi = trans ? m[j][b + 1][a] : m[j][a][b + 1];
+            w.out[lane][j] = (uint32_t)lo | ((uint32_t)hi << 16);
+        }
+}
+
 // CUDA's source lane (only the low 5 bits of the lane/delta/mask operand count, as in PTX).
 // XOR may read earlier width-groups but not later ones (then the caller keeps its own value).
 int shfl_source(int lane, int arg, int width, int mode) {
@@ -469,6 +517,7 @@ void complete(Warp& w, size_t slot, uint32_t warp_id) {
             break;
         case OP_MMA_BF16: complete_mma(w, true); break;
         case OP_MMA_F16: complete_mma(w, false); break;
+        case OP_LDMATRIX: complete_ldmatrix(w, pd.mode, warp_id); break;
         default: break;
     }
     for (int lane = 0; lane < 32; ++lane)
@@ -710,6 +759,54 @@ void mma_m16n8k16_bf16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b
 }
 void mma_m16n8k16_f16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const float (&c)[4]) {
     mma(OP_MMA_F16, d, a, b, c);
+}
+
+void ldmatrix(uint32_t* r, int num, bool trans, const void* row) {
+    uint32_t in[2];
+    const uint64_t addr = (uint64_t)(uintptr_t)row;
+    memcpy(in, &addr, 8);
+    const uint32_t* out = warp_collective(OP_LDMATRIX, 0xffffffffu, num | (trans ? 256 : 0), 32, 0, in, 2);
+    memcpy(r, out, 4 * num);
+}
+
+// cp.async.cg.shared.global [dst], [src], 16, src_size (16, or 0 to zero-fill): checked when
+// issued (the global read, the shared write's bounds, alignment and races since the last barrier);
+// its destination reads as uninitialized until a cp.async.wait_group completes it, so a read
+// before the wait is an initcheck report (on a GPU it would see stale data). The bytes land then.
+void cp_async_16(void* dst, const void* src, bool valid) {
+    if (!L || L->aborted) return;
+    const uintptr_t sbase = (uintptr_t)L->smem, a = (uintptr_t)dst;
+    if (a < sbase || a + 16 > sbase + STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED) {
+        report("memcheck", "cp.async destination %#lx is not shared memory", (unsigned long)a);
+        abort_launch();
+    }
+    if (valid) global_access((uintptr_t)src, 16, false, true);
+    shared_access(a, 16, true, true);
+    for (size_t i = 0; i < 16; ++i) g_shadow[a - sbase + i].init_gen = ~0ull;
+    T->async.push_back(AsyncCopy{dst, valid ? src : nullptr, T->async_commits});
+}
+
+void cp_async_commit() { ++T->async_commits; }
+
+// Completes every copy of the groups committed before the newest `pending`.
+void cp_async_wait(int pending) {
+    Thread* me = T;
+    const uint64_t done_below = me->async_commits >= (uint64_t)pending ? me->async_commits - pending : 0;
+    const uint32_t checks = L->checks;
+    L->checks &= ~CHECK_RACE;  // raced at issue; the landing is this thread's own write
+    std::vector<AsyncCopy> keep;
+    for (const AsyncCopy& c : me->async) {
+        if (c.group >= done_below) {
+            keep.push_back(c);
+            continue;
+        }
+        unsigned char bytes[16] = {};
+        if (c.src) memcpy(bytes, c.src, 16);
+        shared_access((uintptr_t)c.dst, 16, true, true);
+        memcpy(c.dst, bytes, 16);
+    }
+    L->checks = checks;
+    me->async.swap(keep);
 }
 
 void* static_shared(const void* site, size_t bytes, size_t align) {

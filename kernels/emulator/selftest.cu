@@ -130,3 +130,58 @@ PREFK_KERNEL(emu_test_warp2, EmuTestParams, 32) {
         out[lane] = v;
     }
 }
+
+// ldmatrix from a shared tile: in = 4 matrices x 8 rows x 8 u16 (matrix-major); row r of matrix j
+// sits at shared row j * 8 + (3 r) % 8 of a 16-element (32-byte) stride, so the row addresses the
+// lanes give are not in order. out[lane * 4 + reg]. mode 0: x4, 1: x4.trans, 2: x2, 3: x2.trans,
+// 4: lane 5 gives an address 8 bytes off (memcheck), 5: row 2 of matrix 1 never written (initcheck).
+PREFK_KERNEL(emu_test_ldmatrix, EmuTestParams, 32) {
+    PREFK_SHARED_ARRAY(uint16_t, s, 32 * 16);
+    const uint16_t* in = reinterpret_cast<const uint16_t*>(p.in);
+    uint32_t* out = reinterpret_cast<uint32_t*>(p.out);
+    const int lane = threadIdx.x, j = lane / 8, r = lane % 8;
+    const int row = j * 8 + (3 * r) % 8;
+    if (!(p.mode == 5 && j == 1 && r == 2))
+        for (int c = 0; c < 16; ++c) s[row * 16 + c] = c < 8 ? in[(j * 8 + r) * 8 + c] : (uint16_t)0xdead;
+    __syncthreads();
+    const uint16_t* addr = s + row * 16 + (p.mode == 4 && lane == 5 ? 4 : 0);
+    uint32_t v[4] = {0, 0, 0, 0};
+    if (p.mode == 0 || p.mode >= 4) {
+        ldmatrix_x4(v, addr);
+    } else if (p.mode == 1) {
+        ldmatrix_x4_trans(v, addr);
+    } else {
+        uint32_t h[2];
+        if (p.mode == 2) ldmatrix_x2(h, addr);
+        else ldmatrix_x2_trans(h, addr);
+        v[0] = h[0];
+        v[1] = h[1];
+    }
+    for (int k = 0; k < 4; ++k) out[lane * 4 + k] = v[k];
+}
+
+// cp.async: thread t copies in[t] (16 bytes) into buffer 0 (group 0) and in[32 + t] into buffer 1
+// (group 1; thread 3 zero-fills instead), then out[t] = buffer 0's row t + 1 after wait_group 1 and
+// a barrier, out[32 + t] = buffer 1's row t + 1 after wait_group 0 and a barrier. mode 1: reads
+// buffer 1 after wait_group 1 (still in flight: initcheck); 2: reads buffer 0's neighbour row
+// without the barrier (racecheck); 3: thread 0's source one row past the input (memcheck).
+PREFK_KERNEL(emu_test_cp_async, EmuTestParams, 32) {
+    PREFK_SHARED_ARRAY(uint4, buf, 64);
+    const uint4* in = reinterpret_cast<const uint4*>(p.in);
+    uint4* out = reinterpret_cast<uint4*>(p.out);
+    const int t = threadIdx.x;
+    cp_async_16(&buf[t], in + (p.mode == 3 && t == 0 ? 64 : t), true);
+    cp_async_commit();
+    cp_async_16(&buf[32 + t], in + 32 + t, t != 3);
+    cp_async_commit();
+    cp_async_wait<1>();
+    if (p.mode == 1) {
+        out[t] = buf[32 + t];
+        return;
+    }
+    if (p.mode != 2) __syncthreads();
+    out[t] = buf[(t + 1) % 32];
+    cp_async_wait<0>();
+    __syncthreads();
+    out[32 + t] = buf[32 + (t + 1) % 32];
+}
