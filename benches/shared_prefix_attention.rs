@@ -10,7 +10,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
 use pref_kernels::shared_prefix_attention::{
-    reference, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
+    reference, AttnSaved, AttnShape, AttnVersion, PrefixGroup, SharedPrefixLayout,
 };
 
 mod common;
@@ -60,58 +60,68 @@ fn gpu_benches(c: &mut Criterion) {
                 let fwd_flops = 4.0 * 128.0 * l.attended_pairs() as f64 * 32.0;
                 let id = format!("G{groups}_P{p}_R{r}");
                 grp.throughput(Throughput::Elements(fwd_flops as u64));
-                grp.bench_function(BenchmarkId::new("forward", &id), |b| {
-                    b.iter_custom(|it| {
-                        event_time(&gpu, it, || {
-                            gpu.shared_prefix_attention_forward(
-                                &s,
-                                &q.as_view(),
-                                &k.as_view(),
-                                &v.as_view(),
-                                &dl,
-                                shape,
-                                &mut o.as_view_mut(),
-                                &mut lse.as_view_mut(),
-                            )
-                            .unwrap()
+                // Both forward versions in this process (the issue-25 comparison).
+                for (version, name) in [(AttnVersion::V1, "forward_v1"), (AttnVersion::V2, "forward_v2")] {
+                    grp.bench_function(BenchmarkId::new(name, &id), |b| {
+                        b.iter_custom(|it| {
+                            event_time(&gpu, it, || {
+                                gpu.shared_prefix_attention_forward_version(
+                                    &s,
+                                    version,
+                                    &q.as_view(),
+                                    &k.as_view(),
+                                    &v.as_view(),
+                                    &dl,
+                                    shape,
+                                    &mut o.as_view_mut(),
+                                    &mut lse.as_view_mut(),
+                                )
+                                .unwrap()
+                            })
                         })
-                    })
-                });
+                    });
+                }
                 grp.throughput(Throughput::Elements((3.5 * fwd_flops) as u64));
-                grp.bench_function(BenchmarkId::new("forward_backward", &id), |b| {
-                    b.iter_custom(|it| {
-                        event_time(&gpu, it, || {
-                            gpu.shared_prefix_attention_forward(
-                                &s,
-                                &q.as_view(),
-                                &k.as_view(),
-                                &v.as_view(),
-                                &dl,
-                                shape,
-                                &mut o.as_view_mut(),
-                                &mut lse.as_view_mut(),
-                            )
-                            .unwrap();
-                            gpu.shared_prefix_attention_backward(
-                                &s,
-                                &AttnSaved {
-                                    q: q.as_view(),
-                                    k: k.as_view(),
-                                    v: v.as_view(),
-                                    o: o.as_view(),
-                                    lse: lse.as_view(),
-                                },
-                                &dout.as_view(),
-                                &dl,
-                                shape,
-                                &mut dq.as_view_mut(),
-                                &mut dk.as_view_mut(),
-                                &mut dv.as_view_mut(),
-                            )
-                            .unwrap();
+                for (version, name) in
+                    [(AttnVersion::V1, "forward_backward_v1"), (AttnVersion::V2, "forward_backward_v2")]
+                {
+                    grp.bench_function(BenchmarkId::new(name, &id), |b| {
+                        b.iter_custom(|it| {
+                            event_time(&gpu, it, || {
+                                gpu.shared_prefix_attention_forward_version(
+                                    &s,
+                                    version,
+                                    &q.as_view(),
+                                    &k.as_view(),
+                                    &v.as_view(),
+                                    &dl,
+                                    shape,
+                                    &mut o.as_view_mut(),
+                                    &mut lse.as_view_mut(),
+                                )
+                                .unwrap();
+                                gpu.shared_prefix_attention_backward_version(
+                                    &s,
+                                    version,
+                                    &AttnSaved {
+                                        q: q.as_view(),
+                                        k: k.as_view(),
+                                        v: v.as_view(),
+                                        o: o.as_view(),
+                                        lse: lse.as_view(),
+                                    },
+                                    &dout.as_view(),
+                                    &dl,
+                                    shape,
+                                    &mut dq.as_view_mut(),
+                                    &mut dk.as_view_mut(),
+                                    &mut dv.as_view_mut(),
+                                )
+                                .unwrap();
+                            })
                         })
-                    })
-                });
+                    });
+                }
             }
         }
     }

@@ -15,6 +15,15 @@
 //   dQ (grid: tiles x Hq): the forward's loop structure, recomputing P and dP.
 #include "common.cuh"
 
+// Launch bounds of the dQ kernel. ptxas's own register cap (for three blocks per SM at d128: 168)
+// fits on sm_80 and sm_90; on sm_100 the d128 kernel spilled under it, so there it is built for two
+// blocks per SM (up to 255 registers; its 68 KiB of shared memory allows two anyway).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 1000
+#define PREFK_ATTN_DQ_BOUNDS attn::THREADS, 2
+#else
+#define PREFK_ATTN_DQ_BOUNDS attn::THREADS
+#endif
+
 namespace attn {
 
 constexpr int WARPS = 4;
@@ -161,6 +170,136 @@ __device__ __forceinline__ void mask_scores(float (&s)[NT][4], int c, int k1, co
         }
 }
 
+// One tile's online-softmax step for a warp's two rows per thread: the row max over the quad of 4
+// threads sharing a row, the running max m (rows masked so far stay at 0), the rescale of l and
+// O, and P = exp2(S - m) in place of S with its row sum added to l.
+template <int NT, int DN>
+__device__ __forceinline__ void online_softmax(float (&s)[NT][4], float (&m)[2], float (&l)[2], float (&o)[DN][4]) {
+    float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
+    float mu[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        mx[ri] = fmaxf(mx[ri], __shfl_xor_sync(0xffffffffu, mx[ri], 1));
+        mx[ri] = fmaxf(mx[ri], __shfl_xor_sync(0xffffffffu, mx[ri], 2));
+        const float m_new = fmaxf(m[ri], mx[ri]);
+        mu[ri] = m_new == NEG_INF ? 0.f : m_new;
+        const float corr = exp2f(m[ri] - mu[ri]);
+        l[ri] *= corr;
+#pragma unroll
+        for (int dn = 0; dn < DN; ++dn) {
+            o[dn][2 * ri] *= corr;
+            o[dn][2 * ri + 1] *= corr;
+        }
+        m[ri] = m_new;
+    }
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
+            l[e >> 1] += s[nt][e];
+        }
+}
+
+// O = acc / l and LSE (natural log) of this thread's two rows below `end`.
+template <typename T, int D>
+__device__ __forceinline__ void write_o_lse(const SharedPrefixAttentionParams& p, const float (&o)[D / 8][4],
+                                            const float (&m)[2], float (&l)[2], const int (&rows)[2], int end, int h,
+                                            int tq) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
+        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
+        if (rows[ri] >= end) continue;
+        const float inv = 1.f / l[ri];
+        T* orow = reinterpret_cast<T*>(p.o) + ((int64_t)rows[ri] * p.q_heads + h) * D;
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn)
+            *reinterpret_cast<uint32_t*>(orow + dn * 8 + 2 * tq) = pack<T>(o[dn][2 * ri] * inv, o[dn][2 * ri + 1] * inv);
+        if (tq == 0)
+            reinterpret_cast<float*>(p.lse)[(int64_t)h * p.n_tokens + rows[ri]] = (m[ri] + log2f(l[ri])) * PREFK_LN2;
+    }
+}
+
+// dQ (times the softmax scale) of this thread's two rows below `end`.
+template <typename T, int D>
+__device__ __forceinline__ void write_dq(const SharedPrefixAttentionParams& p, const float (&dq)[D / 8][4],
+                                         const int (&rows)[2], int end, int h, int tq) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        if (rows[ri] >= end) continue;
+        T* out = reinterpret_cast<T*>(p.dq) + ((int64_t)rows[ri] * p.q_heads + h) * D;
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn)
+            *reinterpret_cast<uint32_t*>(out + dn * 8 + 2 * tq) =
+                pack<T>(dq[dn][2 * ri] * p.scale, dq[dn][2 * ri + 1] * p.scale);
+    }
+}
+
+// dK (times the scale) and dV of this thread's two keys below `end`.
+template <typename T, int D>
+__device__ __forceinline__ void write_dk_dv(const SharedPrefixAttentionParams& p, const float (&dk)[D / 8][4],
+                                            const float (&dv)[D / 8][4], const int (&keys)[2], int end, int kvh,
+                                            int tq) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        if (keys[ri] >= end) continue;
+        T* dko = reinterpret_cast<T*>(p.dk) + ((int64_t)keys[ri] * p.kv_heads + kvh) * D;
+        T* dvo = reinterpret_cast<T*>(p.dv) + ((int64_t)keys[ri] * p.kv_heads + kvh) * D;
+#pragma unroll
+        for (int dn = 0; dn < D / 8; ++dn) {
+            *reinterpret_cast<uint32_t*>(dko + dn * 8 + 2 * tq) = pack<T>(dk[dn][2 * ri] * p.scale, dk[dn][2 * ri + 1] * p.scale);
+            *reinterpret_cast<uint32_t*>(dvo + dn * 8 + 2 * tq) = pack<T>(dv[dn][2 * ri], dv[dn][2 * ri + 1]);
+        }
+    }
+}
+
+// A dQ kernel's per-row inputs for this thread's two rows (0 past the tile): lo2, the LSE in
+// base 2 and delta = rowsum(dO * O).
+__device__ __forceinline__ void dq_row_stats(const SharedPrefixAttentionParams& p, const int (&rows)[2], int end, int h,
+                                             const int* lo2, int (&rlo2)[2], float (&lse2)[2], float (&delta)[2]) {
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        const bool v = rows[ri] < end;
+        rlo2[ri] = v ? lo2[rows[ri]] : 0;
+        lse2[ri] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + rows[ri]] * PREFK_LOG2E : 0.f;
+        delta[ri] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + rows[ri]] : 0.f;
+    }
+}
+
+// dS = P (dP - delta) in place of the (scaled, masked) scores, P recomputed from the final LSE
+// (exp2(-inf) = 0 where masked).
+template <int NT>
+__device__ __forceinline__ void grad_scores(float (&s)[NT][4], const float (&dp)[NT][4], const float (&lse2)[2],
+                                            const float (&delta)[2]) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[nt][e] = exp2f(s[nt][e] - lse2[e >> 1]) * (dp[nt][e] - delta[e >> 1]);
+}
+
+// The dK/dV kernel's transposed tile (this warp's keys x BQ query rows from r): P^T in place of
+// S^T and dS^T = P^T (dP^T - delta) in place of dP^T, masked per element.
+template <int NT>
+__device__ __forceinline__ void transposed_grad_scores(float (&st)[NT][4], float (&dpt)[NT][4], const int (&keys)[2],
+                                                       int r, const Tile& tl, const int* lo2, const float* lse_s,
+                                                       const float* delta_s, float scale2, int tq) {
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int key = keys[e >> 1], qi = nt * 8 + 2 * tq + (e & 1), row = r + qi;
+            const bool ok = row < tl.rows_end && key < tl.b && allowed(row, key, tl.hi1, lo2[row < tl.rows_end ? row : 0]);
+            const float pr = ok ? exp2f(st[nt][e] * scale2 - lse_s[qi]) : 0.f;
+            st[nt][e] = pr;
+            dpt[nt][e] = pr * (dpt[nt][e] - delta_s[qi]);
+        }
+}
+
 template <typename T, int D> constexpr int fwd_smem() { return 3 * BR * (D + 8) * (int)sizeof(T); }
 template <typename T, int D> constexpr int dq_smem() { return 4 * BR * (D + 8) * (int)sizeof(T); }
 template <typename T, int D> constexpr int dkdv_smem() { return (2 * BC + 2 * BQ) * (D + 8) * (int)sizeof(T) + 2 * BQ * 4; }
@@ -198,52 +337,206 @@ __device__ void forward(const SharedPrefixAttentionParams& p) {
             float s[NT][4] = {};
             mma_abt<T, LD, D, NT>(s, Qs, warp * 16, Ks, g, tq);
             mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, tq);
-            float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[nt][e]);
-            float mu[2];
-#pragma unroll
-            for (int ri = 0; ri < 2; ++ri) {
-                mx[ri] = fmaxf(mx[ri], __shfl_xor_sync(0xffffffffu, mx[ri], 1));
-                mx[ri] = fmaxf(mx[ri], __shfl_xor_sync(0xffffffffu, mx[ri], 2));
-                const float m_new = fmaxf(m[ri], mx[ri]);
-                mu[ri] = m_new == NEG_INF ? 0.f : m_new;  // rows masked so far stay at 0
-                const float corr = exp2f(m[ri] - mu[ri]);
-                l[ri] *= corr;
-#pragma unroll
-                for (int dn = 0; dn < DN; ++dn) {
-                    o[dn][2 * ri] *= corr;
-                    o[dn][2 * ri + 1] *= corr;
-                }
-                m[ri] = m_new;
-            }
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    s[nt][e] = exp2f(s[nt][e] - mu[e >> 1]);
-                    l[e >> 1] += s[nt][e];
-                }
+            online_softmax<NT, DN>(s, m, l, o);
             // O += P V (P from registers, V with 16-bit loads along keys).
             mma_cb<T, LD, D, NT>(o, s, Vs, g, tq);
         }
     }
-    // Normalize and write O and LSE.
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
-        l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
-        if (rows[ri] >= tl.b) continue;
-        const float inv = 1.f / l[ri];
-        T* orow = reinterpret_cast<T*>(p.o) + ((int64_t)rows[ri] * p.q_heads + h) * D;
-#pragma unroll
-        for (int dn = 0; dn < DN; ++dn)
-            *reinterpret_cast<uint32_t*>(orow + dn * 8 + 2 * tq) = pack<T>(o[dn][2 * ri] * inv, o[dn][2 * ri + 1] * inv);
-        if (tq == 0)
-            reinterpret_cast<float*>(p.lse)[(int64_t)h * p.n_tokens + rows[ri]] = (m[ri] + log2f(l[ri])) * PREFK_LN2;
+    write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
+}
+
+// ---- forward v2 ---------------------------------------------------------------------------------------
+// The same tiles, mask and arithmetic as v1, in the same order (so the same bits), fed faster:
+// K/V tiles double-buffered with cp.async (the next tile's copies in flight while this one is
+// used), every mma operand loaded with ldmatrix (Q and K as stored, V transposed), and a key tile
+// that no row of a warp masks skips the mask arithmetic (decided per warp, so never divergent).
+
+// Issues the cp.async copies of rows [row0, row0 + ROWS) of head `head` into smem [ROWS][D + 8];
+// rows outside [lo, hi) are zero-filled (their source address stays the tensor's first row).
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void load_rows_async(T* s, uint64_t gptr, int64_t row0, int64_t lo, int64_t hi, int heads,
+                                                int head) {
+    constexpr int CH = D / 8, LD = D + 8;
+    const T* g = reinterpret_cast<const T*>(gptr);
+    for (int idx = threadIdx.x; idx < ROWS * CH; idx += THREADS) {
+        const int r = idx / CH, c = idx % CH;
+        const int64_t tok = row0 + r;
+        const bool ok = tok >= lo && tok < hi;
+        cp_async_16(s + r * LD + c * 8, ok ? g + (tok * heads + head) * D + c * 8 : g, ok);
     }
+}
+
+// A fragment (16 x 16 at row0, k0) of a row-major smem tile: one ldmatrix.x4 (matrices: rows
+// 0-7 / 8-15 at cols k0, then the same at k0 + 8; the mma A register order).
+template <typename T, int LD>
+__device__ __forceinline__ void ldsm_a(uint32_t (&a)[4], const T* s, int row0, int k0, int lane) {
+    const int r = row0 + (lane & 7) + ((lane >> 3) & 1) * 8, c = k0 + (lane >> 4) * 8;
+    ldmatrix_x4(a, s + r * LD + c);
+}
+// B fragments of two 8-key n-tiles (keys n0 .. n0 + 16) at k0 from K rows (k contiguous): one
+// ldmatrix.x4 (matrices: keys n0 + 0-7 at k0, k0 + 8; keys n0 + 8-15 at k0, k0 + 8).
+template <typename T, int LD>
+__device__ __forceinline__ void ldsm_b_rows(uint32_t (&b0)[2], uint32_t (&b1)[2], const T* s, int n0, int k0, int lane) {
+    const int r = n0 + (lane & 7) + (lane >> 4) * 8, c = k0 + ((lane >> 3) & 1) * 8;
+    uint32_t x[4];
+    ldmatrix_x4(x, s + r * LD + c);
+    b0[0] = x[0];
+    b0[1] = x[1];
+    b1[0] = x[2];
+    b1[1] = x[3];
+}
+// B fragments of two 8-column n-tiles (cols n0 .. n0 + 16) at keys k0 .. k0 + 16 from V rows (n
+// contiguous): one ldmatrix.x4.trans (matrices: keys k0 + 0-7, k0 + 8-15 at n0; the same at n0 + 8).
+template <typename T, int LD>
+__device__ __forceinline__ void ldsm_b_cols(uint32_t (&b0)[2], uint32_t (&b1)[2], const T* s, int k0, int n0, int lane) {
+    const int r = k0 + (lane & 7) + ((lane >> 3) & 1) * 8, c = n0 + (lane >> 4) * 8;
+    uint32_t x[4];
+    ldmatrix_x4_trans(x, s + r * LD + c);
+    b0[0] = x[0];
+    b0[1] = x[1];
+    b1[0] = x[2];
+    b1[1] = x[3];
+}
+
+// mma_abt with ldmatrix operands: acc (16 x 8*NT) += A[row0 .., 0..D] B[0 .. 8*NT, 0..D]^T.
+template <typename T, int LD, int D, int NT>
+__device__ __forceinline__ void mma_abt_ldsm(float (&acc)[NT][4], const T* A, int row0, const T* B, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        uint32_t a[4];
+        ldsm_a<T, LD>(a, A, row0, ks * 16, lane);
+#pragma unroll
+        for (int nt = 0; nt < NT; nt += 2) {
+            uint32_t b0[2], b1[2];
+            ldsm_b_rows<T, LD>(b0, b1, B, nt * 8, ks * 16, lane);
+            mma_m16n8k16(acc[nt], a, b0, T());
+            mma_m16n8k16(acc[nt + 1], a, b1, T());
+        }
+    }
+}
+// mma_cb with ldmatrix.trans operands: acc (16 x D) += C (16 x 8*NT) B[0 .. 8*NT, 0..D].
+template <typename T, int LD, int D, int NT>
+__device__ __forceinline__ void mma_cb_ldsm(float (&acc)[D / 8][4], const float (&c)[NT][4], const T* B, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < NT / 2; ++kk) {
+        uint32_t a[4];
+        frag_a_from_c<T, NT>(a, c, kk);
+#pragma unroll
+        for (int dn = 0; dn < D / 8; dn += 2) {
+            uint32_t b0[2], b1[2];
+            ldsm_b_cols<T, LD>(b0, b1, B, kk * 16, dn * 8, lane);
+            mma_m16n8k16(acc[dn], a, b0, T());
+            mma_m16n8k16(acc[dn + 1], a, b1, T());
+        }
+    }
+}
+
+// The key tiles a query tile visits, in order: its prefix range, then its responses' range, BC keys
+// each (scalars, not arrays indexed by the range: those would live in local memory).
+struct KeyTiles {
+    int a0, a1, b0, b1, n0, total;
+    // Tile i: its first key c, its range's start lo and end k1.
+    __device__ __forceinline__ void at(int i, int& c, int& lo, int& k1) const {
+        const bool first = i < n0;
+        lo = first ? a0 : b0;
+        k1 = first ? a1 : b1;
+        c = lo + (first ? i : i - n0) * BC;
+    }
+    __device__ __forceinline__ bool prefix(int i) const { return i < n0; }
+};
+__device__ __forceinline__ KeyTiles key_tiles(const Tile& tl) {
+    KeyTiles k;
+    key_range(tl, 0, k.a0, k.a1);
+    key_range(tl, 1, k.b0, k.b1);
+    k.n0 = k.a1 > k.a0 ? (k.a1 - k.a0 + BC - 1) / BC : 0;
+    k.total = k.n0 + (k.b1 > k.b0 ? (k.b1 - k.b0 + BC - 1) / BC : 0);
+    return k;
+}
+
+// A warp's 16 query rows: its first row and the largest lo2 among them. A key tile [c, c + BC)
+// inside its range [.., k1) is unmasked for every row of the warp when the warp's rows are all in
+// the tile, c + BC - 1 <= the first row (causal), and, in the responses' range, c >= that lo2
+// (past the other responses). A warp-uniform decision.
+struct WarpRows {
+    int first, lo2_max;
+    bool full;
+    __device__ __forceinline__ bool unmasked(int c, int k1, bool prefix_range) const {
+        return full && c + BC <= k1 && c + BC - 1 <= first && (prefix_range || c >= lo2_max);
+    }
+};
+__device__ __forceinline__ WarpRows warp_rows(const Tile& tl, int warp, const int (&rlo2)[2]) {
+    int m = max(rlo2[0], rlo2[1]);
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, off));
+    return WarpRows{tl.a + warp * 16, m, tl.a + warp * 16 + 16 <= tl.b};
+}
+
+// Scores to base 2: scaled everywhere when the tile is unmasked for the warp, else masked as v1.
+template <int NT>
+__device__ __forceinline__ void scale_or_mask(float (&s)[NT][4], bool unmasked, int c, int k1, const int (&rows)[2],
+                                              const int (&rlo2)[2], const Tile& tl, float scale2, int t) {
+    if (unmasked) {
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[nt][e] *= scale2;
+    } else {
+        mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, t);
+    }
+}
+
+template <typename T, int D> constexpr int fwd_v2_smem() { return (BR + 4 * BC) * (D + 8) * (int)sizeof(T); }
+
+template <typename T, int D>
+__device__ void forward_v2(const SharedPrefixAttentionParams& p) {
+    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
+    T* Qs = reinterpret_cast<T*>(smem);
+    T* Ks = Qs + BR * LD;      // [2][BC][LD]
+    T* Vs = Ks + 2 * BC * LD;  // [2][BC][LD]
+    Tile tl;
+    if (!load_tile(p, blockIdx.x, tl)) return;
+    const int h = blockIdx.y, kvh = h / (p.q_heads / p.kv_heads);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
+    const float scale2 = p.scale * PREFK_LOG2E;
+    const int rows[2] = {tl.a + warp * 16 + g, tl.a + warp * 16 + g + 8};
+    const int rlo2[2] = {rows[0] < tl.b ? lo2[rows[0]] : 0, rows[1] < tl.b ? lo2[rows[1]] : 0};
+    const WarpRows wr = warp_rows(tl, warp, rlo2);
+    const KeyTiles kt = key_tiles(tl);
+    auto issue = [&](int i) {
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        load_rows_async<T, D, BC>(Ks + (i & 1) * BC * LD, p.k, c, lo, k1, p.kv_heads, kvh);
+        load_rows_async<T, D, BC>(Vs + (i & 1) * BC * LD, p.v, c, lo, k1, p.kv_heads, kvh);
+    };
+    const int total = kt.total;
+    load_rows_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
+    if (total > 0) issue(0);
+    cp_async_commit();
+
+    float o[DN][4] = {};
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    for (int i = 0; i < total; ++i) {
+        // Tile i + 1's copies go out before tile i is used; its buffer was last read in iteration
+        // i - 1, which every thread has left (the barrier at the end of the loop body).
+        if (i + 1 < total) issue(i + 1);
+        cp_async_commit();
+        cp_async_wait<1>();  // Q and tile i have landed (this thread's copies)
+        __syncthreads();     // ... and every other thread's
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        const T* kb = Ks + (i & 1) * BC * LD;
+        const T* vb = Vs + (i & 1) * BC * LD;
+        float s[NT][4] = {};
+        mma_abt_ldsm<T, LD, D, NT>(s, Qs, warp * 16, kb, lane);
+        scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
+        online_softmax<NT, DN>(s, m, l, o);
+        mma_cb_ldsm<T, LD, D, NT>(o, s, vb, lane);
+        __syncthreads();  // every warp is done with this buffer before tile i + 2 overwrites it
+    }
+    cp_async_wait<0>();  // nothing may be left in flight into shared memory at exit
+    write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
 }
 
 // ---- backward: delta = rowsum(dO * O) ----------------------------------------------------------------
@@ -285,13 +578,7 @@ __device__ void backward_dq(const SharedPrefixAttentionParams& p) {
     const int rows[2] = {tl.a + warp * 16 + g, tl.a + warp * 16 + g + 8};
     int rlo2[2];
     float lse2[2], delta[2];
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-        const bool v = rows[ri] < tl.b;
-        rlo2[ri] = v ? lo2[rows[ri]] : 0;
-        lse2[ri] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + rows[ri]] * PREFK_LOG2E : 0.f;
-        delta[ri] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + rows[ri]] : 0.f;
-    }
+    dq_row_stats(p, rows, tl.b, h, lo2, rlo2, lse2, delta);
     float dq[DN][4] = {};
     for (int r = 0; r < 2; ++r) {
         int k0, k1;
@@ -305,24 +592,12 @@ __device__ void backward_dq(const SharedPrefixAttentionParams& p) {
             mma_abt<T, LD, D, NT>(s, Qs, warp * 16, Ks, g, tq);
             mma_abt<T, LD, D, NT>(dp, dOs, warp * 16, Vs, g, tq);
             mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, tq);
-            // dS = P (dP - delta), P recomputed from the final LSE (exp2(-inf) = 0 where masked).
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[nt][e] = exp2f(s[nt][e] - lse2[e >> 1]) * (dp[nt][e] - delta[e >> 1]);
+            grad_scores<NT>(s, dp, lse2, delta);
             // dQ += dS K.
             mma_cb<T, LD, D, NT>(dq, s, Ks, g, tq);
         }
     }
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-        if (rows[ri] >= tl.b) continue;
-        T* out = reinterpret_cast<T*>(p.dq) + ((int64_t)rows[ri] * p.q_heads + h) * D;
-#pragma unroll
-        for (int dn = 0; dn < DN; ++dn)
-            *reinterpret_cast<uint32_t*>(out + dn * 8 + 2 * tq) =
-                pack<T>(dq[dn][2 * ri] * p.scale, dq[dn][2 * ri + 1] * p.scale);
-    }
+    write_dq<T, D>(p, dq, rows, tl.b, h, tq);
 }
 
 // ---- backward: dK, dV per key tile (all query heads of the GQA group, all rows that see it) ----------
@@ -365,33 +640,139 @@ __device__ void backward_dkdv(const SharedPrefixAttentionParams& p) {
             float st[NT][4] = {}, dpt[NT][4] = {};
             mma_abt<T, LD, D, NT>(st, Ks, warp * 16, Qs, g, tq);
             mma_abt<T, LD, D, NT>(dpt, Vs, warp * 16, dOs, g, tq);
-            // P^T and dS^T = P^T (dP^T - delta).
-#pragma unroll
-            for (int nt = 0; nt < NT; ++nt)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = keys[e >> 1], qi = nt * 8 + 2 * tq + (e & 1), row = r + qi;
-                    const bool ok = row < tl.rows_end && key < tl.b && allowed(row, key, tl.hi1, lo2[row < tl.rows_end ? row : 0]);
-                    const float pr = ok ? exp2f(st[nt][e] * scale2 - lse_s[qi]) : 0.f;
-                    st[nt][e] = pr;
-                    dpt[nt][e] = pr * (dpt[nt][e] - delta_s[qi]);
-                }
+            transposed_grad_scores<NT>(st, dpt, keys, r, tl, lo2, lse_s, delta_s, scale2, tq);
             // dV += P^T dO, dK += dS^T Q.
             mma_cb<T, LD, D, NT>(dv, st, dOs, g, tq);
             mma_cb<T, LD, D, NT>(dk, dpt, Qs, g, tq);
         }
     }
-#pragma unroll
-    for (int ri = 0; ri < 2; ++ri) {
-        if (keys[ri] >= tl.b) continue;
-        T* dko = reinterpret_cast<T*>(p.dk) + ((int64_t)keys[ri] * p.kv_heads + kvh) * D;
-        T* dvo = reinterpret_cast<T*>(p.dv) + ((int64_t)keys[ri] * p.kv_heads + kvh) * D;
-#pragma unroll
-        for (int dn = 0; dn < DN; ++dn) {
-            *reinterpret_cast<uint32_t*>(dko + dn * 8 + 2 * tq) = pack<T>(dk[dn][2 * ri] * p.scale, dk[dn][2 * ri + 1] * p.scale);
-            *reinterpret_cast<uint32_t*>(dvo + dn * 8 + 2 * tq) = pack<T>(dv[dn][2 * ri], dv[dn][2 * ri + 1]);
-        }
+    write_dk_dv<T, D>(p, dk, dv, keys, tl.b, kvh, tq);
+}
+
+// ---- backward v2: dQ and dK/dV with v1's arithmetic in v1's order (the same bits), fed as the
+// forward v2 is: cp.async double buffers of the streamed operand, ldmatrix fragments. --------------
+template <typename T, int D> constexpr int dq_v2_smem() { return (2 * BR + 3 * BC) * (D + 8) * (int)sizeof(T); }
+template <typename T, int D> constexpr int dkdv_v2_smem() {
+    return (2 * BC + 4 * BQ) * (D + 8) * (int)sizeof(T) + 2 * BQ * 4;
+}
+
+template <typename T, int D>
+__device__ void backward_dq_v2(const SharedPrefixAttentionParams& p) {
+    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
+    T* Qs = reinterpret_cast<T*>(smem);
+    T* dOs = Qs + BR * LD;
+    T* Ks = dOs + BR * LD;     // [2][BC][LD]
+    T* Vs = Ks + 2 * BC * LD;  // [BC][LD]: one buffer, so d = 128 fits the 99 KiB of sm_86/89/120
+    Tile tl;
+    if (!load_tile(p, blockIdx.x, tl)) return;
+    const int h = blockIdx.y, kvh = h / (p.q_heads / p.kv_heads);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
+    const float scale2 = p.scale * PREFK_LOG2E;
+    const int rows[2] = {tl.a + warp * 16 + g, tl.a + warp * 16 + g + 8};
+    int rlo2[2];
+    float lse2[2], delta[2];
+    dq_row_stats(p, rows, tl.b, h, lo2, rlo2, lse2, delta);
+    const WarpRows wr = warp_rows(tl, warp, rlo2);
+    const KeyTiles kt = key_tiles(tl);
+    // K tiles are double-buffered (tile i + 1's copies in flight during tile i); V, read only by
+    // dP = dO V^T at the start of a tile, has one buffer: tile i + 1's V copies go out once every
+    // warp has read tile i's (the barrier after dP), overlapping dS and dQ += dS K.
+    auto issue = [&](int i, bool k_tile) {
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        if (k_tile) load_rows_async<T, D, BC>(Ks + (i & 1) * BC * LD, p.k, c, lo, k1, p.kv_heads, kvh);
+        else load_rows_async<T, D, BC>(Vs, p.v, c, lo, k1, p.kv_heads, kvh);
+    };
+    load_rows_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
+    load_rows_async<T, D, BR>(dOs, p.dout, tl.a, tl.a, tl.b, p.q_heads, h);
+    if (kt.total > 0) {
+        issue(0, true);
+        issue(0, false);
     }
+    cp_async_commit();
+    float dq[DN][4] = {};
+    for (int i = 0; i < kt.total; ++i) {
+        // Groups per iteration: [K(i + 1)] here, [V(i + 1)] after dP. Waiting for all but the
+        // newest completes K(i) and V(i).
+        if (i + 1 < kt.total) issue(i + 1, true);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        const T* kb = Ks + (i & 1) * BC * LD;
+        float s[NT][4] = {}, dp[NT][4] = {};
+        mma_abt_ldsm<T, LD, D, NT>(s, Qs, warp * 16, kb, lane);
+        mma_abt_ldsm<T, LD, D, NT>(dp, dOs, warp * 16, Vs, lane);
+        __syncthreads();  // every warp has read V(i)
+        if (i + 1 < kt.total) issue(i + 1, false);
+        cp_async_commit();
+        scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
+        grad_scores<NT>(s, dp, lse2, delta);
+        mma_cb_ldsm<T, LD, D, NT>(dq, s, kb, lane);
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+    write_dq<T, D>(p, dq, rows, tl.b, h, tq);
+}
+
+template <typename T, int D>
+__device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
+    constexpr int LD = D + 8, NT = BQ / 8, DN = D / 8;
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
+    T* Ks = reinterpret_cast<T*>(smem);
+    T* Vs = Ks + BC * LD;
+    T* Qs = Vs + BC * LD;       // [2][BQ][LD]
+    T* dOs = Qs + 2 * BQ * LD;  // [2][BQ][LD]
+    float* lse_s = reinterpret_cast<float*>(dOs + 2 * BQ * LD);
+    float* delta_s = lse_s + BQ;
+    Tile tl;
+    if (!load_tile(p, blockIdx.x, tl)) return;
+    const int kvh = blockIdx.y, rep = p.q_heads / p.kv_heads;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
+    const float scale2 = p.scale * PREFK_LOG2E;
+    const int c = tl.a;  // keys [a, b)
+    const int keys[2] = {c + warp * 16 + g, c + warp * 16 + g + 8};
+    // Chunks j = (query head hh of the GQA group, rows r .. r + BQ), in v1's order.
+    const int per_head = tl.rows_end > c ? (tl.rows_end - c + BQ - 1) / BQ : 0;
+    const int total = rep * per_head;
+    auto issue = [&](int j) {
+        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
+        load_rows_async<T, D, BQ>(Qs + (j & 1) * BQ * LD, p.q, r, r, tl.rows_end, p.q_heads, h);
+        load_rows_async<T, D, BQ>(dOs + (j & 1) * BQ * LD, p.dout, r, r, tl.rows_end, p.q_heads, h);
+    };
+    load_rows_async<T, D, BC>(Ks, p.k, c, tl.a, tl.b, p.kv_heads, kvh);
+    load_rows_async<T, D, BC>(Vs, p.v, c, tl.a, tl.b, p.kv_heads, kvh);
+    if (total > 0) issue(0);
+    cp_async_commit();
+    float dk[DN][4] = {}, dv[DN][4] = {};
+    for (int j = 0; j < total; ++j) {
+        if (j + 1 < total) issue(j + 1);
+        cp_async_commit();
+        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
+        if (threadIdx.x < BQ) {  // lse_s / delta_s were last read in chunk j - 1 (behind its barrier)
+            const int row = r + threadIdx.x;
+            const bool v = row < tl.rows_end;
+            lse_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + row] * PREFK_LOG2E : 0.f;
+            delta_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + row] : 0.f;
+        }
+        cp_async_wait<1>();
+        __syncthreads();
+        const T* qb = Qs + (j & 1) * BQ * LD;
+        const T* dob = dOs + (j & 1) * BQ * LD;
+        float st[NT][4] = {}, dpt[NT][4] = {};
+        mma_abt_ldsm<T, LD, D, NT>(st, Ks, warp * 16, qb, lane);
+        mma_abt_ldsm<T, LD, D, NT>(dpt, Vs, warp * 16, dob, lane);
+        transposed_grad_scores<NT>(st, dpt, keys, r, tl, lo2, lse_s, delta_s, scale2, tq);
+        mma_cb_ldsm<T, LD, D, NT>(dv, st, dob, lane);
+        mma_cb_ldsm<T, LD, D, NT>(dk, dpt, qb, lane);
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+    write_dk_dv<T, D>(p, dk, dv, keys, tl.b, kvh, tq);
 }
 
 }  // namespace attn
@@ -401,7 +782,7 @@ __device__ void backward_dkdv(const SharedPrefixAttentionParams& p) {
     PREFK_KERNEL(shared_prefix_attention_fwd_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) {      \
         attn::forward<T, D>(p);                                                       \
     }                                                                                 \
-    PREFK_KERNEL(shared_prefix_attention_bwd_dq_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) {   \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dq_##DT##_d##D, SharedPrefixAttentionParams, PREFK_ATTN_DQ_BOUNDS) {   \
         attn::backward_dq<T, D>(p);                                                   \
     }                                                                                 \
     PREFK_KERNEL(shared_prefix_attention_bwd_dkdv_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) { \
@@ -409,6 +790,15 @@ __device__ void backward_dkdv(const SharedPrefixAttentionParams& p) {
     }                                                                                 \
     PREFK_KERNEL(shared_prefix_attention_bwd_pre_##DT##_d##D, SharedPrefixAttentionParams, 256) {            \
         attn::preprocess<T, D>(p);                                                    \
+    }                                                                                 \
+    PREFK_KERNEL(shared_prefix_attention_fwd_v2_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
+        attn::forward_v2<T, D>(p);                                                    \
+    }                                                                                 \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dq_v2_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
+        attn::backward_dq_v2<T, D>(p);                                                \
+    }                                                                                 \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dkdv_v2_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) { \
+        attn::backward_dkdv_v2<T, D>(p);                                              \
     }
 
 PREFK_ATTN(bf16, __nv_bfloat16, 64)
@@ -419,5 +809,8 @@ PREFK_ATTN(f16, __half, 128)
 // Dynamic shared memory of each kernel. The host launches with the same sizes
 // (src/shared_prefix_attention/launch.rs `dynamic_smem`, whose unit test pins these numbers too).
 static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 128>() == 52224, "fwd smem");
+static_assert(attn::fwd_v2_smem<__half, 64>() == 46080 && attn::fwd_v2_smem<__half, 128>() == 87040, "fwd v2 smem");
+static_assert(attn::dq_v2_smem<__half, 64>() == 46080 && attn::dq_v2_smem<__half, 128>() == 87040, "dq v2 smem");
+static_assert(attn::dkdv_v2_smem<__half, 64>() == 37120 && attn::dkdv_v2_smem<__half, 128>() == 69888, "dkdv v2 smem");
 static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");
 static_assert(attn::dkdv_smem<__half, 64>() == 27904 && attn::dkdv_smem<__half, 128>() == 52480, "dkdv smem");

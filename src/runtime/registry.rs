@@ -108,22 +108,31 @@ pub(crate) fn linear_bias(grad: bool, dtype: DType) -> String {
     format!("linear_bias_{}_{}", if grad { "grad" } else { "rows" }, dtype.name())
 }
 
-/// The four attention kernels of one (dtype, head dim).
+/// The attention kernels of one (dtype, head dim).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AttnKernel {
     Forward,
+    /// The forward v2: cp.async double-buffered K/V, ldmatrix operands, unmasked-tile fast path.
+    ForwardV2,
     BackwardPre,
     BackwardDkDv,
     BackwardDq,
+    /// dK/dV v2: cp.async double-buffered Q/dO chunks, ldmatrix operands.
+    BackwardDkDvV2,
+    /// dQ v2: cp.async double-buffered K/V tiles, ldmatrix operands, unmasked-tile fast path.
+    BackwardDqV2,
 }
 
 /// Name of an attention entry point.
 pub(crate) fn shared_prefix_attention(kind: AttnKernel, dtype: DType, head_dim: usize) -> String {
     let k = match kind {
         AttnKernel::Forward => "fwd",
+        AttnKernel::ForwardV2 => "fwd_v2",
         AttnKernel::BackwardPre => "bwd_pre",
         AttnKernel::BackwardDkDv => "bwd_dkdv",
         AttnKernel::BackwardDq => "bwd_dq",
+        AttnKernel::BackwardDkDvV2 => "bwd_dkdv_v2",
+        AttnKernel::BackwardDqV2 => "bwd_dq_v2",
     };
     format!("shared_prefix_attention_{k}_{}_d{head_dim}", dtype.name())
 }
@@ -134,9 +143,15 @@ pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
     let ld = (head_dim as u32 + 8) * 2;
     match kind {
         AttnKernel::Forward => 3 * ATTN_BR * ld,
+        // Q, then K and V twice (double-buffered).
+        AttnKernel::ForwardV2 => (ATTN_BR + 4 * ATTN_BR) * ld,
         AttnKernel::BackwardDq => 4 * ATTN_BR * ld,
         AttnKernel::BackwardDkDv => (2 * ATTN_BR + 2 * ATTN_BQ) * ld + 2 * ATTN_BQ * 4,
         AttnKernel::BackwardPre => 0,
+        // Q and dO, then K twice and V once (99 KiB is the most sm_86/89/120 allow a block).
+        AttnKernel::BackwardDqV2 => (2 * ATTN_BR + 3 * ATTN_BR) * ld,
+        // K and V, then Q and dO chunks twice, and the chunk's lse / delta.
+        AttnKernel::BackwardDkDvV2 => (2 * ATTN_BR + 4 * ATTN_BQ) * ld + 2 * ATTN_BQ * 4,
     }
 }
 
@@ -193,9 +208,12 @@ fn build() -> Vec<KernelSpec> {
         for hd in [64, 128] {
             for kind in [
                 AttnKernel::Forward,
+                AttnKernel::ForwardV2,
                 AttnKernel::BackwardPre,
                 AttnKernel::BackwardDkDv,
                 AttnKernel::BackwardDq,
+                AttnKernel::BackwardDkDvV2,
+                AttnKernel::BackwardDqV2,
             ] {
                 let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
                 add(
@@ -238,11 +256,27 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         // token_logprobs: 5 forward/backward kinds x 2 row groups x 6 (dtype, index), 6 top-k.
-        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 16 + 4 + 1 + 7 + 6);
+        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 28 + 4 + 1 + 7 + 6);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }
         assert!(all.iter().all(|k| crate::kernels::MODULES.iter().any(|(m, _)| *m == k.module)));
+    }
+
+    /// The device opens by opting every kernel in to its dynamic shared memory, which fails above
+    /// the part's per-block maximum: 99 KiB (101376 bytes) on sm_86, sm_89 and sm_120, the
+    /// smallest of the GPUs the embedded code serves (sm_80: 163 KiB, sm_90/sm_100: 227 KiB). One
+    /// kernel over it would make every kernel unusable there.
+    #[test]
+    fn every_kernel_fits_the_smallest_shared_memory_opt_in() {
+        for k in kernels() {
+            assert!(
+                k.dynamic_smem <= 101_376,
+                "{} asks for {} bytes of dynamic shared memory",
+                k.name,
+                k.dynamic_smem
+            );
+        }
     }
 
     #[test]
@@ -250,6 +284,12 @@ mod tests {
         // kernels/shared_prefix_attention.cu: fwd 27648 / 52224, dq 36864 / 69632, dkdv 27904 / 52480.
         assert_eq!(attn_smem(AttnKernel::Forward, 64), 27648);
         assert_eq!(attn_smem(AttnKernel::Forward, 128), 52224);
+        assert_eq!(attn_smem(AttnKernel::ForwardV2, 64), 46080);
+        assert_eq!(attn_smem(AttnKernel::ForwardV2, 128), 87040);
+        assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 64), 46080);
+        assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 128), 87040);
+        assert_eq!(attn_smem(AttnKernel::BackwardDkDvV2, 64), 37120);
+        assert_eq!(attn_smem(AttnKernel::BackwardDkDvV2, 128), 69888);
         assert_eq!(attn_smem(AttnKernel::BackwardDq, 64), 36864);
         assert_eq!(attn_smem(AttnKernel::BackwardDq, 128), 69632);
         assert_eq!(attn_smem(AttnKernel::BackwardDkDv, 64), 27904);

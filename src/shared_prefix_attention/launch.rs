@@ -11,6 +11,32 @@ use crate::runtime::args::check_ptr;
 use crate::runtime::registry::{self, AttnKernel};
 use crate::runtime::Gpu;
 
+/// Which attention kernels run. v1: the first, correctness-first kernels. v2 (the default):
+/// cp.async double-buffered streamed operands (K/V tiles in the forward and dQ, Q/dO chunks in
+/// dK/dV), ldmatrix fragments, and an unmasked-tile fast path in the forward and dQ. Both give
+/// the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttnVersion {
+    /// Version 1.
+    V1,
+    /// Version 2.
+    V2,
+}
+
+impl AttnVersion {
+    /// `PREF_KERNELS_ATTN`: `v1` or `v2`; unset or empty: v2. Read at every launch, so one
+    /// process can time both.
+    pub fn from_env() -> Result<Self> {
+        match std::env::var("PREF_KERNELS_ATTN").as_deref() {
+            Err(_) | Ok("") | Ok("v2") => Ok(AttnVersion::V2),
+            Ok("v1") => Ok(AttnVersion::V1),
+            Ok(other) => {
+                Err(crate::error::invalid("PREF_KERNELS_ATTN", format!("must be v1 or v2, got {other:?}")))
+            }
+        }
+    }
+}
+
 /// Element types of the attention kernels (bf16, f16; f32 accumulation inside).
 pub trait AttnElement: LogitElement {}
 impl AttnElement for bf16 {}
@@ -147,6 +173,7 @@ impl Gpu {
     }
 
     /// Forward on raw device pointers: writes O and LSE. One launch on `stream`; never synchronizes.
+    /// Runs the kernel version [`AttnVersion::from_env`] names (v2 unless `PREF_KERNELS_ATTN=v1`).
     ///
     /// Errors before launch: unsupported head dim, Hq not a multiple of Hkv, bad scale, null or
     /// misaligned pointers (tensors 16-byte aligned), empty layout, dtype f32.
@@ -160,6 +187,27 @@ impl Gpu {
     pub unsafe fn shared_prefix_attention_forward_raw(
         &self,
         stream: u64,
+        dtype: DType,
+        shape: AttnShape,
+        layout: &RawPrefixLayout,
+        ptrs: &SharedPrefixAttentionFwdPtrs,
+    ) -> Result<()> {
+        let version = AttnVersion::from_env()?;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.shared_prefix_attention_forward_raw_version(stream, version, dtype, shape, layout, ptrs)
+        }
+    }
+
+    /// [`Gpu::shared_prefix_attention_forward_raw`] with the kernel version named (both give the
+    /// same bits: v2 does v1's arithmetic in v1's order; benches and tests run both in one process).
+    ///
+    /// # Safety
+    /// As [`Gpu::shared_prefix_attention_forward_raw`].
+    pub unsafe fn shared_prefix_attention_forward_raw_version(
+        &self,
+        stream: u64,
+        version: AttnVersion,
         dtype: DType,
         shape: AttnShape,
         layout: &RawPrefixLayout,
@@ -183,8 +231,12 @@ impl Gpu {
             ..Default::default()
         };
         let grid = (layout.n_tiles as u32, shape.q_heads as u32);
+        let kind = match version {
+            AttnVersion::V1 => AttnKernel::Forward,
+            AttnVersion::V2 => AttnKernel::ForwardV2,
+        };
         // SAFETY: forwarded to the caller.
-        unsafe { self.attn_launch(stream, AttnKernel::Forward, dtype, shape.head_dim, grid, &params) }
+        unsafe { self.attn_launch(stream, kind, dtype, shape.head_dim, grid, &params) }
     }
 
     /// Backward on raw device pointers: writes dQ, dK, dV (each written exactly once, no
@@ -197,6 +249,26 @@ impl Gpu {
     pub unsafe fn shared_prefix_attention_backward_raw(
         &self,
         stream: u64,
+        dtype: DType,
+        shape: AttnShape,
+        layout: &RawPrefixLayout,
+        ptrs: &SharedPrefixAttentionBwdPtrs,
+    ) -> Result<()> {
+        let version = AttnVersion::from_env()?;
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            self.shared_prefix_attention_backward_raw_version(stream, version, dtype, shape, layout, ptrs)
+        }
+    }
+
+    /// [`Gpu::shared_prefix_attention_backward_raw`] with the kernel version named (the same bits).
+    ///
+    /// # Safety
+    /// As [`Gpu::shared_prefix_attention_backward_raw`].
+    pub unsafe fn shared_prefix_attention_backward_raw_version(
+        &self,
+        stream: u64,
+        version: AttnVersion,
         dtype: DType,
         shape: AttnShape,
         layout: &RawPrefixLayout,
@@ -233,18 +305,15 @@ impl Gpu {
         let rows = (layout.n_tokens * shape.q_heads) as u64;
         let pre_blocks = rows.div_ceil(8).clamp(1, self.sm_count() as u64 * 64) as u32;
         let tiles = layout.n_tiles as u32;
+        let (dkdv, dq) = match version {
+            AttnVersion::V1 => (AttnKernel::BackwardDkDv, AttnKernel::BackwardDq),
+            AttnVersion::V2 => (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV2),
+        };
         // SAFETY: forwarded to the caller.
         unsafe {
             self.attn_launch(stream, AttnKernel::BackwardPre, dtype, d, (pre_blocks, 1), &params)?;
-            self.attn_launch(
-                stream,
-                AttnKernel::BackwardDkDv,
-                dtype,
-                d,
-                (tiles, shape.kv_heads as u32),
-                &params,
-            )?;
-            self.attn_launch(stream, AttnKernel::BackwardDq, dtype, d, (tiles, shape.q_heads as u32), &params)
+            self.attn_launch(stream, dkdv, dtype, d, (tiles, shape.kv_heads as u32), &params)?;
+            self.attn_launch(stream, dq, dtype, d, (tiles, shape.q_heads as u32), &params)
         }
     }
 
@@ -253,6 +322,24 @@ impl Gpu {
     pub fn shared_prefix_attention_forward<T: AttnElement>(
         &self,
         stream: &Stream,
+        q: &View<'_, T>,
+        k: &View<'_, T>,
+        v: &View<'_, T>,
+        layout: &DevicePrefixLayout,
+        shape: AttnShape,
+        o: &mut ViewMut<'_, T>,
+        lse: &mut ViewMut<'_, f32>,
+    ) -> Result<()> {
+        let version = AttnVersion::from_env()?;
+        self.shared_prefix_attention_forward_version(stream, version, q, k, v, layout, shape, o, lse)
+    }
+
+    /// [`Gpu::shared_prefix_attention_forward`] with the kernel version named.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shared_prefix_attention_forward_version<T: AttnElement>(
+        &self,
+        stream: &Stream,
+        version: AttnVersion,
         q: &View<'_, T>,
         k: &View<'_, T>,
         v: &View<'_, T>,
@@ -275,7 +362,16 @@ impl Gpu {
         let (raw, _layout_guards) = layout.raw(stream)?;
         let ptrs = SharedPrefixAttentionFwdPtrs { q: qp, k: kp, v: vp, o: op, lse: lp };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
-        unsafe { self.shared_prefix_attention_forward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
+        unsafe {
+            self.shared_prefix_attention_forward_raw_version(
+                stream.raw(),
+                version,
+                T::DTYPE,
+                shape,
+                &raw,
+                &ptrs,
+            )
+        }
     }
 
     /// Backward on cudarc buffers: dQ, dK, dV from dO and the forward's O and LSE.
@@ -283,6 +379,24 @@ impl Gpu {
     pub fn shared_prefix_attention_backward<T: AttnElement>(
         &self,
         stream: &Stream,
+        saved: &AttnSaved<'_, T>,
+        dout: &View<'_, T>,
+        layout: &DevicePrefixLayout,
+        shape: AttnShape,
+        dq: &mut ViewMut<'_, T>,
+        dk: &mut ViewMut<'_, T>,
+        dv: &mut ViewMut<'_, T>,
+    ) -> Result<()> {
+        let version = AttnVersion::from_env()?;
+        self.shared_prefix_attention_backward_version(stream, version, saved, dout, layout, shape, dq, dk, dv)
+    }
+
+    /// [`Gpu::shared_prefix_attention_backward`] with the kernel version named.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shared_prefix_attention_backward_version<T: AttnElement>(
+        &self,
+        stream: &Stream,
+        version: AttnVersion,
         saved: &AttnSaved<'_, T>,
         dout: &View<'_, T>,
         layout: &DevicePrefixLayout,
@@ -328,7 +442,16 @@ impl Gpu {
             delta: dlp,
         };
         // SAFETY: pointers from live cudarc buffers whose lengths were checked above.
-        unsafe { self.shared_prefix_attention_backward_raw(stream.raw(), T::DTYPE, shape, &raw, &ptrs) }
+        unsafe {
+            self.shared_prefix_attention_backward_raw_version(
+                stream.raw(),
+                version,
+                T::DTYPE,
+                shape,
+                &raw,
+                &ptrs,
+            )
+        }
     }
 }
 

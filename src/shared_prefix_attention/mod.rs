@@ -19,7 +19,7 @@ pub(crate) mod launch;
 pub mod reference;
 
 pub use launch::{
-    AttnElement, AttnSaved, DevicePrefixLayout, RawPrefixLayout, SharedPrefixAttentionBwdPtrs,
+    AttnElement, AttnSaved, AttnVersion, DevicePrefixLayout, RawPrefixLayout, SharedPrefixAttentionBwdPtrs,
     SharedPrefixAttentionFwdPtrs,
 };
 

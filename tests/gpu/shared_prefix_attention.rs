@@ -10,7 +10,7 @@
 use half::{bf16, f16};
 use pref_kernels::shared_prefix_attention::reference::{backward, forward, rounding_bounds};
 use pref_kernels::shared_prefix_attention::{
-    AttnElement, AttnSaved, AttnShape, PrefixGroup, SharedPrefixLayout,
+    AttnElement, AttnSaved, AttnShape, AttnVersion, PrefixGroup, SharedPrefixLayout,
 };
 use pref_kernels::Gpu;
 use rand::Rng;
@@ -224,6 +224,102 @@ fn bad_arguments(gpu: &Gpu, _seed: u64) {
     assert!(err(AttnShape::new(8, 2, 64), &mut o, &mut lse).contains("`k`"));
 }
 
+/// The v2 kernels (cp.async, ldmatrix, the unmasked-tile fast path) give v1's bits, forward and
+/// backward, on poisoned outputs, for layouts with masked and fully unmasked key tiles in both
+/// key ranges (a long prefix, long responses), partial tiles and GQA; v2 bitwise run to run.
+fn v2_equals_v1<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: AttnShape) {
+    let l = make_layout(&groups);
+    let t = l.total_tokens();
+    let mut r = rng(seed, 97);
+    let q = random::<T>(&mut r, t * shape.q_heads * shape.head_dim, 1.0);
+    let k = random::<T>(&mut r, t * shape.kv_heads * shape.head_dim, 1.0);
+    let v = random::<T>(&mut r, t * shape.kv_heads * shape.head_dim, 1.0);
+    let s = gpu.default_stream();
+    let dl = gpu.upload_prefix_layout(&s, &l).unwrap();
+    let (dq, dk, dv) = (s.clone_htod(&q).unwrap(), s.clone_htod(&k).unwrap(), s.clone_htod(&v).unwrap());
+    let run = |version| {
+        let mut o = s.clone_htod(&vec![T::from_f32(777.0); q.len()]).unwrap();
+        let mut lse = s.clone_htod(&vec![-7777.0f32; shape.q_heads * t]).unwrap();
+        gpu.shared_prefix_attention_forward_version(
+            &s,
+            version,
+            &dq.as_view(),
+            &dk.as_view(),
+            &dv.as_view(),
+            &dl,
+            shape,
+            &mut o.as_view_mut(),
+            &mut lse.as_view_mut(),
+        )
+        .unwrap();
+        let o: Vec<u64> = s.clone_dtoh(&o).unwrap().iter().map(|x| x.to_f64().to_bits()).collect();
+        (o, s.clone_dtoh(&lse).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<u32>>())
+    };
+    let (o1, l1) = run(AttnVersion::V1);
+    let (o2, l2) = run(AttnVersion::V2);
+    assert!(l2.iter().all(|&x| x != (-7777.0f32).to_bits()), "every LSE written");
+    let first_diff = |a: &[u64], b: &[u64]| a.iter().zip(b).position(|(x, y)| x != y);
+    let wide = |v: &[u32]| v.iter().map(|&x| x as u64).collect::<Vec<u64>>();
+    assert_eq!(first_diff(&o1, &o2), None, "O: v2 vs v1, first differing element");
+    assert_eq!(first_diff(&wide(&l1), &wide(&l2)), None, "LSE: v2 vs v1, first differing element");
+    let again = run(AttnVersion::V2);
+    assert!(again.0 == o2 && again.1 == l2, "v2 run to run");
+
+    // The backward of each version from the same O, LSE and dO, on poisoned outputs.
+    let dout = random::<T>(&mut r, q.len(), 1.0);
+    let ddo = s.clone_htod(&dout).unwrap();
+    let mut o = s.alloc_zeros::<T>(q.len()).unwrap();
+    let mut lse = s.alloc_zeros::<f32>(shape.q_heads * t).unwrap();
+    gpu.shared_prefix_attention_forward_version(
+        &s,
+        AttnVersion::V1,
+        &dq.as_view(),
+        &dk.as_view(),
+        &dv.as_view(),
+        &dl,
+        shape,
+        &mut o.as_view_mut(),
+        &mut lse.as_view_mut(),
+    )
+    .unwrap();
+    let bits = |b: &pref_kernels::DeviceBuffer<T>| -> Vec<u64> {
+        s.clone_dtoh(b).unwrap().iter().map(|x| x.to_f64().to_bits()).collect()
+    };
+    let backward = |version| {
+        let poison = T::from_f32(777.0);
+        let mut gq = s.clone_htod(&vec![poison; q.len()]).unwrap();
+        let mut gk = s.clone_htod(&vec![poison; k.len()]).unwrap();
+        let mut gv = s.clone_htod(&vec![poison; v.len()]).unwrap();
+        let saved = AttnSaved {
+            q: dq.as_view(),
+            k: dk.as_view(),
+            v: dv.as_view(),
+            o: o.as_view(),
+            lse: lse.as_view(),
+        };
+        gpu.shared_prefix_attention_backward_version(
+            &s,
+            version,
+            &saved,
+            &ddo.as_view(),
+            &dl,
+            shape,
+            &mut gq.as_view_mut(),
+            &mut gk.as_view_mut(),
+            &mut gv.as_view_mut(),
+        )
+        .unwrap();
+        (bits(&gq), bits(&gk), bits(&gv))
+    };
+    let (b1, b2) = (backward(AttnVersion::V1), backward(AttnVersion::V2));
+    let poison = T::from_f32(777.0).to_f64().to_bits();
+    assert!(b2.0.iter().chain(&b2.1).chain(&b2.2).all(|&x| x != poison), "every gradient element written");
+    assert_eq!(first_diff(&b1.0, &b2.0), None, "dQ: v2 vs v1, first differing element");
+    assert_eq!(first_diff(&b1.1, &b2.1), None, "dK: v2 vs v1, first differing element");
+    assert_eq!(first_diff(&b1.2, &b2.2), None, "dV: v2 vs v1, first differing element");
+    assert!(backward(AttnVersion::V2) == b2, "v2 backward run to run");
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case("attn_bf16_d128_gqa4_odd_lengths_multi_group", |g, s| {
@@ -264,6 +360,17 @@ pub fn cases() -> Vec<Case> {
                 AttnShape { scale: 0.3, ..AttnShape::new(2, 1, 64) },
                 None,
             )
+        }),
+        case("attn_v2_equals_v1_bf16_d64_long_prefix", |g, s| {
+            v2_equals_v1::<bf16>(
+                g,
+                s,
+                vec![(300, vec![200, 150, 3]), (64, vec![64])],
+                AttnShape::new(4, 2, 64),
+            )
+        }),
+        case("attn_v2_equals_v1_f16_d128_gqa", |g, s| {
+            v2_equals_v1::<f16>(g, s, vec![(130, vec![129, 1]), (0, vec![70])], AttnShape::new(8, 2, 128))
         }),
         case("attn_isolation_and_determinism", isolation_and_determinism),
         case("attn_bad_arguments", bad_arguments),
