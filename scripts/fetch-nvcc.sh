@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetch nvcc 13.0 (and the headers it needs) from PyPI wheels into a cache OUTSIDE the repository.
+# Fetch nvcc 13.0 (and the headers it needs, and cuobjdump) from PyPI wheels into a cache OUTSIDE the
+# repository.
 # Idempotent: a second run with a complete cache returns at once.
 #
 # Usage:  scripts/fetch-nvcc.sh            # prints the nvcc path on the last line of stdout
@@ -26,6 +27,12 @@ if [ ! -f "$stamp" ] || [ -z "$(find_nvcc)" ]; then
   [ -n "$nvcc_path" ] || { echo "pref-kernels: nvcc not found after install" >&2; exit 1; }
   "$nvcc_path" --version >&2
   touch "$stamp"
+fi
+# cuobjdump (the SASS budget test, tests/sass_budget.rs): its 13.0 wheel was never published, and
+# 13.2 reads 13.0's fatbins. Added after the first caches were made, so checked on its own.
+if ! ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/cuobjdump >/dev/null 2>&1; then
+  echo "pref-kernels: fetching cuobjdump from PyPI into $cache" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "nvidia-cuda-cuobjdump==13.2.*" >&2
 fi
 
 nvcc_path="$(find_nvcc)"

@@ -14,6 +14,8 @@ if [ -z "${NVCC:-}" ]; then
 fi
 export NVCC
 export PREF_KERNELS_REQUIRE_NVCC=1
+# The SASS budget test (cuobjdump beside nvcc) must run, not skip.
+export PREF_KERNELS_REQUIRE_SASS=1
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
