@@ -4,7 +4,8 @@
 # Stages in priority order (the most information per device minute first), each time-capped, the
 # report appended to $OUT as it goes (a timeout still returns what ran); caps sum to 470 s:
 #   1. tests:    kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1,
-#                including the emulator-vs-GPU comparison                            (cap 120 s)
+#                including the emulator-vs-GPU comparison (cap 95 s); then the PyTorch ops' CUDA
+#                cases and CUDA-graph capture (python/tests/test_cuda_graphs.py)       (cap 25 s)
 #   2. sanitize: compute-sanitizer memcheck and racecheck on two small GPU cases, after a probe
 #                (the gVisor H200s refuse it: the stage is then skipped with the reason) (cap 50 s)
 #   3. bench:    d2d copy bandwidth first, token log-probs GB/s and fraction of it, the step,
@@ -59,7 +60,13 @@ fi
 if want tests; then
   { echo; echo "## 1. Kernel tests, emulator and GPU ($(date -u +%H:%MZ))"; echo '```'
     filter=(); [ "$dry" = 1 ] && filter=(_v7)
-    PREF_KERNELS_REQUIRE_GPU=1 run 120 device-bin/gpu-tests "${filter[@]}"
+    PREF_KERNELS_REQUIRE_GPU=1 run 95 device-bin/gpu-tests "${filter[@]}"
+    echo '```'; echo; echo "### PyTorch package on CUDA: the ops' CUDA cases, CUDA-graph capture"; echo '```'
+    require=(); [ "$dry" = 1 ] || require=(env PREF_KERNELS_REQUIRE_GPU=1)
+    PYTHONPATH=python PREF_KERNELS_LIB=device-bin/libpref_kernels.so run 25 "${require[@]}" "$py" -m pytest -q -x \
+      -p no:cacheprovider -W ignore python/tests/test_cuda_graphs.py python/tests/test_token_logprobs.py \
+      python/tests/test_linear_token_logprobs.py python/tests/test_preference_loss.py \
+      python/tests/test_shared_prefix_attention.py -k "cuda or graph or capture"
     echo '```'; } | log
 fi
 if want sanitize; then
@@ -79,9 +86,10 @@ fi
 if want bench; then
   { echo; echo "## 3. Benches: copy bandwidth first, then the kernels ($(date -u +%H:%MZ))"; echo '```'
     short=(--warm-up-time 0.3 --measurement-time 1.5 --sample-size 10)
-    run 40 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
+    run 35 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 20 device-bin/bench-pref_step --bench gpu "${short[@]}"
-    run 20 device-bin/bench-shared_prefix_attention --bench gpu "${short[@]}"
+    # v1 and v2 (forward; forward + backward) side by side at two cells (all would not fit the cap).
+    run 25 device-bin/bench-shared_prefix_attention --bench "${short[@]}" 'gpu.*(G8_P4096_R512|G2_P1024_R256)'
     run 10 device-bin/bench-group_loss --bench gpu "${short[@]}"
     run 35 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"
     run 15 device-bin/bench-vocab_parallel --bench gpu "${short[@]}"
