@@ -28,11 +28,14 @@ if [ ! -f "$stamp" ] || [ -z "$(find_nvcc)" ]; then
   "$nvcc_path" --version >&2
   touch "$stamp"
 fi
-# cuobjdump (the SASS budget test, tests/sass_budget.rs): its 13.0 wheel was never published, and
-# 13.2 reads 13.0's fatbins. Added after the first caches were made, so checked on its own.
-if ! ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/cuobjdump >/dev/null 2>&1; then
-  echo "pref-kernels: fetching cuobjdump from PyPI into $cache" >&2
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "nvidia-cuda-cuobjdump==13.2.*" >&2
+# cuobjdump and the nvdisasm it runs to print SASS (the SASS budget test, tests/sass_budget.rs):
+# their 13.0 wheels were never published, and 13.2 reads 13.0's fatbins. Added after the first
+# caches were made, so checked on their own.
+if ! ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/cuobjdump >/dev/null 2>&1 ||
+   ! ls "$venv"/lib/python3*/site-packages/nvidia/cu13/bin/nvdisasm >/dev/null 2>&1; then
+  echo "pref-kernels: fetching cuobjdump and nvdisasm from PyPI into $cache" >&2
+  "$venv/bin/pip" install --quiet --disable-pip-version-check \
+    "nvidia-cuda-cuobjdump==13.2.*" "nvidia-cuda-nvdisasm==13.2.*" >&2
 fi
 
 nvcc_path="$(find_nvcc)"

@@ -188,7 +188,20 @@ fn skip_or_fail(why: &str) {
 }
 
 fn cuobjdump(exe: &PathBuf, args: &[&str], fatbin: &PathBuf) -> String {
-    let o = Command::new(exe).args(args).arg(fatbin).output().expect("run cuobjdump");
+    // cuobjdump runs nvdisasm to print SASS: the one beside it (scripts/fetch-nvcc.sh installs both).
+    let dir = exe.parent().map(|d| d.to_path_buf()).unwrap_or_default();
+    let path = std::env::join_paths(
+        std::iter::once(dir.clone())
+            .chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .expect("PATH");
+    let o = Command::new(exe)
+        .args(args)
+        .arg(fatbin)
+        .env("PATH", path)
+        .env("NVDISASM_PATH", &dir)
+        .output()
+        .expect("run cuobjdump");
     assert!(o.status.success(), "cuobjdump {args:?} failed: {}", String::from_utf8_lossy(&o.stderr));
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -255,6 +268,11 @@ fn every_kernel_keeps_its_sass_budget() {
     let Some(exe) = tool("cuobjdump") else {
         return skip_or_fail("cuobjdump was not found beside nvcc (scripts/fetch-nvcc.sh installs it)");
     };
+    if tool("nvdisasm").is_none() {
+        return skip_or_fail(
+            "nvdisasm (which cuobjdump runs) was not found beside nvcc (scripts/fetch-nvcc.sh)",
+        );
+    }
     let archs: Vec<String> = kernels::ARCHS.split(';').map(|a| format!("sm_{}", a.trim())).collect();
     let table = std::env::var("PREF_KERNELS_SASS_TABLE").as_deref() == Ok("1");
     let mut failures = Vec::new();
