@@ -228,8 +228,10 @@ int64_t prefk_grpo_workspace_len(int64_t n_seqs);
 /* Bytes of workspace_bytes the fused LM head needs for chunks of `rows` rows (1: token log-probs;
  * the largest group of pairs' tokens: the preference step); -1 for bad arguments or overflow. */
 int64_t prefk_linear_workspace_bytes(uint32_t dtype_code, int64_t hidden, int64_t vocab, int64_t rows);
-/* Bytes of a stream-ordered call's workspace for chunks of `rows` rows (rows = n_rows: one chunk);
- * -1 for an invalid argument or an overflow. */
+/* Bytes of a stream-ordered call's workspace holding one chunk of `rows` rows (rows = n_rows: one
+ * chunk); -1 for an invalid argument or an overflow. A call over more rows splits the workspace into
+ * two slots (chunks of about rows / 2, a second stream running one chunk's row pass while the next
+ * chunk's GEMM fills the other slot): twice this size keeps chunks of `rows` rows. */
 int64_t prefk_linear_ordered_workspace_bytes(uint32_t dtype_code, int64_t hidden, int64_t vocab, int64_t rows);
 
 /* Group / listwise losses: kind 0 KTO (p0/p1 desirable/undesirable weights, kl_given NaN = from the

@@ -70,6 +70,12 @@ struct Function {
 struct Stream {};
 struct Event {
     std::chrono::steady_clock::time_point recorded = std::chrono::steady_clock::now();
+    // Recorded inside a capture: the capture's origin stream, the stream recorded on, and how
+    // many operations that stream had enqueued then (what a wait on the event joins).
+    const void* capture_origin = nullptr;
+    bool was_recorded = false;
+    const void* stream = nullptr;
+    uint64_t ops = 0;
 };
 
 std::recursive_mutex g_lock;
@@ -78,9 +84,10 @@ Context g_primary;
 CUresult g_sticky = CUDA_SUCCESS;
 // Test-only counters of what makes the host wait or allocates: [0] host waits (stream, context and
 // event synchronizations, device-to-host copies), [1] host-to-device copies (a pageable upload
-// waits too), [2] allocations (device and pinned host), [3] cuBLAS handles created. A
-// stream-ordered op must not move the first three.
-std::atomic<uint64_t> g_counters[4];
+// waits too), [2] allocations (device and pinned host), [3] cuBLAS handles created, [4] waits of
+// one stream on an event recorded on another (cross-stream hand-offs). A stream-ordered op must
+// not move the first three.
+std::atomic<uint64_t> g_counters[5];
 void count(int which) { g_counters[which].fetch_add(1, std::memory_order_relaxed); }
 std::set<const void*> g_modules, g_streams, g_events;
 // Streams in capture (cuStreamBeginCapture): while any is, the calls a capture in the driver's
@@ -88,6 +95,21 @@ std::set<const void*> g_modules, g_streams, g_events;
 // stricter than the real library may be) fail and invalidate it. Launches still run at once.
 std::set<const void*> g_capturing;
 bool g_capture_invalidated = false;
+// Capture across streams, as the driver does it: a stream that waits on an event recorded in a
+// capture joins that capture (forked: stream -> its origin); before the origin's capture ends,
+// each forked stream must be joined back (the origin, or a stream of the capture, waits on an
+// event recorded on it after its last captured operation), else the capture is unjoined.
+// Operations are counted per stream (launches, async copies and memsets, GEMMs, records).
+std::map<const void*, uint64_t> g_stream_ops;
+std::map<const void*, const void*> g_forked;
+std::map<const void*, uint64_t> g_fork_base, g_joined_ops;
+void stream_op(CUstream s) { ++g_stream_ops[s]; }
+// The capture `s` belongs to (its origin), or nullptr.
+const void* capture_of(CUstream s) {
+    if (g_capturing.count(s)) return s;
+    auto f = g_forked.find(s);
+    return f == g_forked.end() ? nullptr : f->second;
+}
 CUresult capture_unsafe() {
     if (g_capturing.empty()) return CUDA_SUCCESS;
     g_capture_invalidated = true;
@@ -333,6 +355,7 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
     if (g_sticky) return g_sticky;
     if (!f) return CUDA_ERROR_INVALID_HANDLE;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    stream_op(s);
     const Function* fn = reinterpret_cast<const Function*>(f);
     if ((int)smem > fn->max_dynamic_smem) {
         fprintf(stderr, "[pref-kernels stand-in driver] `%s`: %u B of dynamic shared memory without "
@@ -374,10 +397,10 @@ EXPORT CUresult cuLaunchKernel(CUfunction f, unsigned int gx, unsigned int gy, u
     return CUDA_SUCCESS;
 }
 
-// Test-only: the counters above (four u64), so a test can assert that an op neither waits nor
+// Test-only: the counters above (five u64), so a test can assert that an op neither waits nor
 // allocates, and count cuBLAS handles.
 EXPORT void prefk_standin_counters(uint64_t* out) {
-    for (int i = 0; i < 4; ++i) out[i] = g_counters[i].load();
+    for (int i = 0; i < 5; ++i) out[i] = g_counters[i].load();
 }
 
 // Test-only: clears the sticky error (a real context would have to be destroyed), so one test of
@@ -451,13 +474,18 @@ EXPORT CUresult cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) {
     return copy(reinterpret_cast<void*>(d), reinterpret_cast<const void*>(s), n, 2);
 }
 EXPORT CUresult cuMemcpyHtoDAsync(CUdeviceptr d, const void* h, size_t n, CUstream s) {
-    return valid_stream(s) ? htod(d, h, n) : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    stream_op(s);
+    return htod(d, h, n);
 }
 EXPORT CUresult cuMemcpyDtoHAsync(void* h, CUdeviceptr d, size_t n, CUstream s) {
-    return valid_stream(s) ? dtoh(h, d, n) : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    stream_op(s);
+    return dtoh(h, d, n);
 }
 EXPORT CUresult cuMemcpyDtoDAsync(CUdeviceptr d, CUdeviceptr src, size_t n, CUstream s) {
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    stream_op(s);
     return copy(reinterpret_cast<void*>(d), reinterpret_cast<const void*>(src), n, 2);
 }
 EXPORT CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) {
@@ -465,7 +493,9 @@ EXPORT CUresult cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) {
     return memset8(d, v, n);
 }
 EXPORT CUresult cuMemsetD8Async(CUdeviceptr d, unsigned char v, size_t n, CUstream s) {
-    return valid_stream(s) ? memset8(d, v, n) : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    stream_op(s);
+    return memset8(d, v, n);
 }
 EXPORT CUresult cuMemAllocHost(void** p, size_t n) {
     count(2);
@@ -515,6 +545,25 @@ EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* graph) {
     if (CUresult r = ready(true)) return r;
     if (!g_capturing.erase(s)) return CUDA_ERROR_ILLEGAL_STATE;
     static int g_graph;  // a stand-in graph handle: the work already ran
+    bool unjoined = false;
+    for (auto f = g_forked.begin(); f != g_forked.end();) {
+        if (f->second != s) { ++f; continue; }
+        const uint64_t joined = std::max(g_fork_base[f->first], g_joined_ops[f->first]);
+        if (g_stream_ops[f->first] > joined) {
+            fprintf(stderr, "[pref-kernels stand-in driver] capture ended with a forked stream not joined back "
+                            "(%llu of its operations after the last join)\n",
+                    (unsigned long long)(g_stream_ops[f->first] - joined));
+            unjoined = true;
+        }
+        g_fork_base.erase(f->first);
+        g_joined_ops.erase(f->first);
+        f = g_forked.erase(f);
+    }
+    if (unjoined) {
+        g_capture_invalidated = false;
+        *graph = nullptr;
+        return CUDA_ERROR_STREAM_CAPTURE_UNJOINED;
+    }
     const bool invalid = g_capture_invalidated;
     g_capture_invalidated = false;
     *graph = invalid ? nullptr : reinterpret_cast<CUgraph>(&g_graph);
@@ -523,12 +572,31 @@ EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* graph) {
 EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
     if (CUresult r = ready(true)) return r;
     if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
-    *status = g_capturing.count(s) ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
+    *status = capture_of(s) ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
+    std::lock_guard<std::recursive_mutex> l(g_lock);
     if (CUresult r = ready(true)) return r;
-    return valid_stream(s) && g_events.count(e) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (!valid_stream(s) || !g_events.count(e)) return CUDA_ERROR_INVALID_HANDLE;
+    const Event* ev = reinterpret_cast<const Event*>(e);
+    if (ev->was_recorded && ev->stream != s) count(4);
+    if (ev->capture_origin) {
+        const void* mine = capture_of(s);
+        if (!mine) {
+            // s joins the capture: its operations from here on are captured.
+            if (reinterpret_cast<uintptr_t>(s) <= 2) return CUDA_ERROR_STREAM_CAPTURE_IMPLICIT;
+            g_forked[s] = ev->capture_origin;
+            g_fork_base[s] = g_stream_ops[s];
+        } else if (mine != ev->capture_origin) {
+            return CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+        }
+        if (g_forked.count(ev->stream)) {
+            uint64_t& j = g_joined_ops[ev->stream];
+            j = std::max(j, ev->ops);
+        }
+    }
+    return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventCreate(CUevent* e, unsigned int) {
     std::lock_guard<std::recursive_mutex> l(g_lock);
@@ -546,10 +614,16 @@ EXPORT CUresult cuEventDestroy(CUevent e) {
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventRecord(CUevent e, CUstream s) {
+    std::lock_guard<std::recursive_mutex> l(g_lock);
     if (CUresult r = ready(true)) return r;
     if (!valid_stream(s) || !g_events.count(e)) return CUDA_ERROR_INVALID_HANDLE;
     // Work runs when it is enqueued, so the host time at the record is when the stream got there.
-    reinterpret_cast<Event*>(e)->recorded = std::chrono::steady_clock::now();
+    Event* ev = reinterpret_cast<Event*>(e);
+    ev->recorded = std::chrono::steady_clock::now();
+    ev->capture_origin = capture_of(s);
+    ev->was_recorded = true;
+    ev->stream = s;
+    ev->ops = g_stream_ops[s];
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuEventSynchronize(CUevent e) {
@@ -680,6 +754,7 @@ EXPORT cublasStatus_t cublasGemmEx(void* handle, int transa, int transb, int m, 
     if (!g_handles.count(handle)) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (ready(true) != CUDA_SUCCESS) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (g_sticky) return CUBLAS_STATUS_EXECUTION_FAILED;
+    stream_op(static_cast<BlasHandle*>(handle)->stream);
     const bool ta = transa != CUBLAS_OP_N, tb = transb != CUBLAS_OP_N;
     if (transa < 0 || transa > 2 || transb < 0 || transb > 2 || m < 0 || n < 0 || k < 0 || !alpha || !beta)
         return CUBLAS_STATUS_INVALID_VALUE;

@@ -48,15 +48,17 @@ pub extern "C" fn prefk_linear_workspace_bytes(dtype_code: u32, hidden: i64, voc
     if hidden < 1 || vocab < 1 || rows < 0 {
         return -1;
     }
-    let shape = LinearShape { n_rows: 0, hidden: hidden as usize, vocab: vocab as usize };
+    let shape = LinearShape { n_rows: rows as usize, hidden: hidden as usize, vocab: vocab as usize };
     crate::linear_token_logprobs::min_workspace_bytes(&shape, dt, rows as usize)
         .and_then(|b| i64::try_from(b).ok())
         .unwrap_or(-1)
 }
 
-/// Bytes of a stream-ordered call's `workspace` for chunks of `rows` rows (`rows = n_rows`: the
-/// whole batch in one chunk) at hidden size `hidden`, vocabulary `vocab` and `dtype_code`; -1 for
-/// an invalid argument or an overflow.
+/// Bytes of a stream-ordered call's `workspace` holding one chunk of `rows` rows (`rows = n_rows`:
+/// the whole batch in one chunk) at hidden size `hidden`, vocabulary `vocab` and `dtype_code`; -1
+/// for an invalid argument or an overflow. A call over more rows splits a workspace into two
+/// slots (chunks of about `rows / 2` rows, a second stream running one chunk's row pass while the
+/// next chunk's GEMM fills the other): twice this size keeps chunks of `rows` rows.
 #[no_mangle]
 pub extern "C" fn prefk_linear_ordered_workspace_bytes(
     dtype_code: u32,
@@ -68,7 +70,7 @@ pub extern "C" fn prefk_linear_ordered_workspace_bytes(
     if hidden < 1 || vocab < 1 || rows < 0 {
         return -1;
     }
-    let shape = LinearShape { n_rows: 0, hidden: hidden as usize, vocab: vocab as usize };
+    let shape = LinearShape { n_rows: rows as usize, hidden: hidden as usize, vocab: vocab as usize };
     crate::linear_token_logprobs::ordered_workspace_bytes(&shape, dt, rows as usize)
         .and_then(|b| i64::try_from(b).ok())
         .unwrap_or(-1)

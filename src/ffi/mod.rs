@@ -94,6 +94,23 @@ mod tests {
         assert!(last().contains("aligned"), "{}", last());
     }
 
+    /// The C ABI's ordered workspace size holds one chunk of `rows` rows: the least any call
+    /// takes for `rows = 1`, growing with `rows`; a bad argument gives -1.
+    #[test]
+    fn ordered_workspace_bytes_hold_one_chunk_of_rows() {
+        use crate::linear_token_logprobs::{ordered_workspace_bytes, LinearShape};
+        for rows in [1usize, 6, 1000] {
+            let shape = LinearShape { n_rows: rows, hidden: 16, vocab: 90 };
+            let want = ordered_workspace_bytes(&shape, crate::DType::BF16, rows).unwrap();
+            assert_eq!(linear::prefk_linear_ordered_workspace_bytes(2, 16, 90, rows as i64), want as i64);
+            // Each row needs its logits at least.
+            assert!(want >= rows * 90 * 2, "{rows} rows: {want} bytes");
+        }
+        assert_eq!(linear::prefk_linear_ordered_workspace_bytes(7, 16, 90, 1), -1);
+        assert_eq!(linear::prefk_linear_ordered_workspace_bytes(2, 0, 90, 1), -1);
+        assert_eq!(linear::prefk_linear_ordered_workspace_bytes(2, 16, 90, i64::MAX), -1);
+    }
+
     #[test]
     fn errors_are_codes_and_messages_never_panics() {
         // SAFETY: every call is rejected before touching memory (bad codes, no device here or

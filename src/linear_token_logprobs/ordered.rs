@@ -14,6 +14,7 @@ use crate::error::{ensure, ensure_len, invalid, Result};
 use crate::lm_head::chunk::{check_head_shape, head_ptrs, ChunkWork, GradPtrs, Loop, RowOuts};
 use crate::lm_head::{LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape};
 use crate::runtime::mem::{optional_ptr, optional_ptr_mut, DevicePtrMut, Guard, Stream, View, ViewMut};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::Gpu;
 use crate::TokenLogprobsConfig;
 
@@ -34,48 +35,75 @@ pub struct OrderedWorkspace<'a> {
     pub status: Option<ViewMut<'a, u32>>,
 }
 
-/// Bytes of an [`OrderedWorkspace`] for chunks of `rows` rows: the chunk's logits `[rows, V]`
-/// in `dtype` and its per-row scratch (no gathered hidden rows). `None` on overflow.
+/// Bytes of an [`OrderedWorkspace`] for chunks of `rows` rows (`None` on overflow). A chunk
+/// needs its logits `[rows, V]` in `dtype` and its per-row scratch (no gathered hidden rows).
+/// When `rows` covers `shape.n_rows` that is one chunk's worth; otherwise two (the loop fills one
+/// chunk's logits with a GEMM while a second stream runs the row pass over the other's, on CUDA):
+/// a workspace of this size gives chunks of exactly `rows` rows. The least any call accepts is
+/// one chunk of one row (the size for a one-row shape); below two of them, chunks of one row run
+/// on the caller's stream alone.
 pub fn ordered_workspace_bytes(shape: &LinearShape, dtype: DType, rows: usize) -> Option<usize> {
-    ChunkWork::bytes(shape, dtype, rows, false)
+    let one = ChunkWork::bytes(shape, dtype, rows.min(shape.n_rows), false)?;
+    if rows >= shape.n_rows {
+        Some(one)
+    } else {
+        one.checked_mul(2)
+    }
 }
 
-/// The most rows per chunk (at most N, at least 1) `bytes` of workspace hold.
-fn ordered_rows(shape: &LinearShape, dtype: DType, bytes: usize) -> Result<usize> {
-    let fits = |m: usize| ordered_workspace_bytes(shape, dtype, m).is_some_and(|b| b <= bytes);
-    if !fits(1) {
+/// How a stream-ordered loop uses `bytes` of workspace: every row in one chunk if it fits; else
+/// two slots (pipelined) of the most rows each that fit; else, below two slots of one row, one
+/// slot of the most rows that fit. Returns (rows per chunk, slots).
+fn ordered_plan(shape: &LinearShape, dtype: DType, bytes: usize) -> Result<(usize, usize)> {
+    let slot = |m: usize| ChunkWork::bytes(shape, dtype, m, false);
+    let fits =
+        |m: usize, slots: usize| slot(m).and_then(|b| b.checked_mul(slots)).is_some_and(|b| b <= bytes);
+    let n = shape.n_rows.max(1);
+    if fits(n, 1) {
+        return Ok((n, 1));
+    }
+    let slots = if fits(1, 2) { 2 } else { 1 };
+    if !fits(1, slots) {
         return Err(invalid(
             "workspace",
             format!(
                 "{bytes} bytes cannot hold one row of V = {} in {}: the minimum is {} bytes",
                 shape.vocab,
                 dtype.name(),
-                ordered_workspace_bytes(shape, dtype, 1).unwrap_or(usize::MAX)
+                slot(1).unwrap_or(usize::MAX)
             ),
         ));
     }
-    // The largest m in [1, N] that fits (bytes grow with m).
-    let (mut lo, mut hi) = (1usize, shape.n_rows.max(1));
+    // The largest m in [1, N) whose slots fit (bytes grow with m).
+    let (mut lo, mut hi) = (1usize, n - 1);
     while lo < hi {
         let mid = lo + (hi - lo).div_ceil(2);
-        if fits(mid) {
+        if fits(mid, slots) {
             lo = mid;
         } else {
             hi = mid - 1;
         }
     }
-    Ok(lo)
+    Ok((lo, slots))
 }
 
-/// The workspace and status pointers (guards kept in `guards`) and the chunk rows.
+/// A stream-ordered loop's bound workspace: the slots' regions, rows per chunk, the status word.
+struct BoundWorkspace {
+    slots: Vec<ChunkWork>,
+    rows: usize,
+    status: u64,
+    bytes: usize,
+}
+
+/// The workspace and status pointers (guards kept in `guards`), carved into the loop's slots.
 fn bind_workspace<'s>(
     stream: &'s Stream,
     ws: &'s mut OrderedWorkspace<'_>,
     shape: &LinearShape,
     dtype: DType,
     guards: &mut Vec<Guard<'s>>,
-) -> Result<(ChunkWork, usize, u64)> {
-    let rows = ordered_rows(shape, dtype, ws.workspace.len())?;
+) -> Result<BoundWorkspace> {
+    let (rows, n_slots) = ordered_plan(shape, dtype, ws.workspace.len())?;
     if let Some(st) = &ws.status {
         ensure_len("status", st.len(), 1)?;
     }
@@ -92,7 +120,12 @@ fn bind_workspace<'s>(
         }
         None => 0,
     };
-    Ok((ChunkWork::carve(wp, shape, dtype, rows, false), rows, status))
+    // A slot's size is a multiple of the regions' 16-byte alignment, so the second is aligned too.
+    let slot_bytes = ChunkWork::bytes(shape, dtype, rows, false).unwrap_or(0);
+    let slots = (0..n_slots)
+        .map(|i| ChunkWork::carve(wp + (i * slot_bytes) as u64, shape, dtype, rows, false))
+        .collect();
+    Ok(BoundWorkspace { slots, rows, status, bytes: slot_bytes * n_slots })
 }
 
 impl Gpu {
@@ -119,7 +152,7 @@ impl Gpu {
         let mut guards = Vec::new();
         let head_p = head_ptrs(stream, head, &mut guards)?;
         let targets_p = optional_ptr(stream, Some(targets), &mut guards)?;
-        let (work, max_rows, status) = bind_workspace(stream, &mut ws, &s, T::DTYPE, &mut guards)?;
+        let bw = bind_workspace(stream, &mut ws, &s, T::DTYPE, &mut guards)?;
         let (logp, _g0) = out.logp.device_ptr_mut(stream)?;
         let (lse, _g1) = out.lse.device_ptr_mut(stream)?;
         let opt = |p: &Option<(u64, Guard<'_>)>| p.as_ref().map_or(0, |(p, _)| *p);
@@ -140,28 +173,50 @@ impl Gpu {
             Some(t) => Some((t.logp.device_ptr_mut(stream)?, t.ids.device_ptr_mut(stream)?)),
             None => None,
         };
-        let lp = Loop { head: head_p, rows: 0, targets: targets_p, index_type: I::INDEX_TYPE, work };
+        let status = bw.status;
+        let slot_loop = |slot: usize| Loop {
+            head: head_p,
+            rows: 0,
+            targets: targets_p,
+            index_type: I::INDEX_TYPE,
+            work: bw.slots[slot],
+        };
         let x_row = (s.hidden * T::DTYPE.size()) as u64;
         let raw = stream.raw();
-        let mut n_chunks = 0;
-        for r0 in (0..s.n_rows).step_by(max_rows) {
-            let m = max_rows.min(s.n_rows - r0);
-            // SAFETY: the head, targets and outputs were checked against the shape; the workspace
-            // holds chunks of max_rows rows; everything is ordered on `stream`.
+        let n_chunks = s.n_rows.div_ceil(bw.rows);
+        // SAFETY: `raw` is the caller's live stream of this backend.
+        let lane = unsafe { self.side_lane(raw, bw.slots.len() == 2 && n_chunks > 1)? };
+        let pipe = match &lane {
+            Some(l) => Pipeline::with_lane(raw, l)?,
+            None => Pipeline::serial(raw),
+        };
+        let mut last_slot = 0;
+        for (i, r0) in (0..s.n_rows).step_by(bw.rows).enumerate() {
+            let m = bw.rows.min(s.n_rows - r0);
+            let slot = i % bw.slots.len();
+            let lp = slot_loop(slot);
+            // SAFETY: the head, targets and outputs were checked against the shape; each slot
+            // holds a chunk of bw.rows rows; a slot is filled on the caller's stream only after
+            // the side stream drained it, and the side stream reads it only after it was filled.
             unsafe {
-                self.chunk_logits_of(raw, &head_p, head_p.hidden + r0 as u64 * x_row, m, &lp.work)?;
-                lp.logprobs_forward_to(self, raw, r0, m, cfg, &outs.at_row(r0), status)?;
+                if i >= 2 {
+                    pipe.wait_drained(slot)?;
+                }
+                self.chunk_logits_of(pipe.main(), &head_p, head_p.hidden + r0 as u64 * x_row, m, &lp.work)?;
+                pipe.fill_done(slot)?;
+                lp.logprobs_forward_to(self, pipe.side(), r0, m, cfg, &outs.at_row(r0), status)?;
                 if let Some(((tl, _), (ti, _))) = &topk {
                     let at = (r0 * k) as u64;
-                    lp.logprobs_topk(self, raw, r0, m, k, tl + at * 4, ti + at * 8, cfg, status)?;
+                    lp.logprobs_topk(self, pipe.side(), r0, m, k, tl + at * 4, ti + at * 8, cfg, status)?;
                 }
+                pipe.drain_done(slot)?;
             }
-            n_chunks += 1;
+            last_slot = slot;
         }
-        Ok(LinearRun {
-            n_chunks,
-            workspace_bytes: ordered_workspace_bytes(&s, T::DTYPE, max_rows).unwrap_or(0),
-        })
+        // SAFETY: as above; joins the side stream back (its work is in order: the last drain
+        // covers every chunk's).
+        unsafe { pipe.wait_drained(last_slot)? };
+        Ok(LinearRun { n_chunks, workspace_bytes: bw.bytes })
     }
 
     /// [`Gpu::linear_token_logprobs_backward_into`], stream-ordered (see
@@ -202,31 +257,40 @@ impl Gpu {
         let targets_p = optional_ptr(stream, Some(targets), &mut guards)?;
         let gl = optional_ptr(stream, Some(grad_logp), &mut guards)?;
         let ge = optional_ptr(stream, grad_entropy, &mut guards)?;
-        let (work, max_rows, status) = bind_workspace(stream, &mut ws, &s, T::DTYPE, &mut guards)?;
+        let bw = bind_workspace(stream, &mut ws, &s, T::DTYPE, &mut guards)?;
         let mut grad_guards = Vec::new();
         let gp: GradPtrs = grads.ptrs(stream, &mut grad_guards)?;
-        let lp = Loop { head: head_p, rows: 0, targets: targets_p, index_type: I::INDEX_TYPE, work };
-        let scratch = RowOuts {
-            logp: work.logp,
-            lse: work.lse,
-            entropy: if ge != 0 { work.entropy } else { 0 },
-            ..RowOuts::default()
+        let status = bw.status;
+        let slot_loop = |slot: usize| Loop {
+            head: head_p,
+            rows: 0,
+            targets: targets_p,
+            index_type: I::INDEX_TYPE,
+            work: bw.slots[slot],
         };
         let x_row = (s.hidden * T::DTYPE.size()) as u64;
         let raw = stream.raw();
-        let mut n_chunks = 0;
-        for r0 in (0..s.n_rows).step_by(max_rows) {
-            let m = max_rows.min(s.n_rows - r0);
+        let n_chunks = s.n_rows.div_ceil(bw.rows);
+        let two_slots = bw.slots.len() == 2;
+        // SAFETY: `raw` is the caller's live stream of this backend.
+        let lane = unsafe { self.side_lane(raw, two_slots && n_chunks > 1)? };
+        let pipe = match &lane {
+            Some(l) => Pipeline::with_lane(raw, l)?,
+            None => Pipeline::serial(raw),
+        };
+        // A chunk's two weight GEMMs on the caller's stream, after its row pass: with two slots
+        // they are enqueued after the next chunk's logits GEMM, so the row pass on the side stream
+        // overlaps that GEMM (the next fill of this chunk's slot comes after them, in order).
+        let finish = |slot: usize, r0: usize, m: usize| -> Result<()> {
+            let lp = slot_loop(slot);
+            let beta = if r0 == 0 { 0.0 } else { 1.0 };
             let x = head_p.hidden + r0 as u64 * x_row;
-            let ge_r0 = if ge != 0 { ge + (r0 * 4) as u64 } else { 0 };
-            // SAFETY: as in the forward; the gradients were checked against the shape.
+            // SAFETY: as in the forward; the gradients were checked against the shape; the slot
+            // is read after its row pass (wait_drained).
             unsafe {
-                self.chunk_logits_of(raw, &head_p, x, m, &lp.work)?;
-                lp.logprobs_forward_to(self, raw, r0, m, cfg, &scratch, status)?;
-                lp.logprobs_backward_from(self, raw, r0, m, cfg, gl + (r0 * 4) as u64, ge_r0, status)?;
-                let beta = if r0 == 0 { 0.0 } else { 1.0 };
+                pipe.wait_drained(slot)?;
                 self.chunk_backward_of(
-                    raw,
+                    pipe.main(),
                     &head_p,
                     x,
                     gp.d_hidden + r0 as u64 * x_row,
@@ -234,13 +298,49 @@ impl Gpu {
                     &lp.work,
                     &gp,
                     beta,
-                )?;
+                )
             }
-            n_chunks += 1;
+        };
+        let mut pending: Option<(usize, usize, usize)> = None;
+        for (i, r0) in (0..s.n_rows).step_by(bw.rows).enumerate() {
+            let m = bw.rows.min(s.n_rows - r0);
+            let slot = i % bw.slots.len();
+            let lp = slot_loop(slot);
+            let scratch = RowOuts {
+                logp: lp.work.logp,
+                lse: lp.work.lse,
+                entropy: if ge != 0 { lp.work.entropy } else { 0 },
+                ..RowOuts::default()
+            };
+            let ge_r0 = if ge != 0 { ge + (r0 * 4) as u64 } else { 0 };
+            // SAFETY: as in the forward.
+            unsafe {
+                self.chunk_logits_of(pipe.main(), &head_p, head_p.hidden + r0 as u64 * x_row, m, &lp.work)?;
+                pipe.fill_done(slot)?;
+                lp.logprobs_forward_to(self, pipe.side(), r0, m, cfg, &scratch, status)?;
+                lp.logprobs_backward_from(
+                    self,
+                    pipe.side(),
+                    r0,
+                    m,
+                    cfg,
+                    gl + (r0 * 4) as u64,
+                    ge_r0,
+                    status,
+                )?;
+                pipe.drain_done(slot)?;
+            }
+            if two_slots {
+                if let Some((slot, r0, m)) = pending.replace((slot, r0, m)) {
+                    finish(slot, r0, m)?;
+                }
+            } else {
+                finish(slot, r0, m)?;
+            }
         }
-        Ok(LinearRun {
-            n_chunks,
-            workspace_bytes: ordered_workspace_bytes(&s, T::DTYPE, max_rows).unwrap_or(0),
-        })
+        if let Some((slot, r0, m)) = pending {
+            finish(slot, r0, m)?;
+        }
+        Ok(LinearRun { n_chunks, workspace_bytes: bw.bytes })
     }
 }

@@ -19,6 +19,7 @@ pub mod emulator;
 pub(crate) mod gemm;
 pub mod libs;
 pub mod mem;
+pub(crate) mod pipeline;
 pub mod registry;
 pub(crate) mod status;
 
@@ -119,34 +120,45 @@ impl Backend {
     }
 }
 
-/// The per-stream cuBLAS handles, and one spare made ahead of need: a stream's first GEMM may come
-/// while the stream is being captured into a CUDA graph, when creating a handle is not allowed; it
-/// takes the spare, and the next GEMM outside a capture makes another.
-#[derive(Default)]
-struct BlasHandles {
-    by_stream: HashMap<u64, Arc<gemm::BlasHandle>>,
-    spare: Option<gemm::BlasHandle>,
+/// Per-stream resources (cuBLAS handles, side lanes), each made on its stream's first use, and
+/// one spare made ahead of need: a stream's first use may come while the stream is being captured
+/// into a CUDA graph, when creating a handle is not allowed; it takes the spare, and the next use
+/// outside a capture makes another.
+struct PerStream<T> {
+    by_stream: HashMap<u64, Arc<T>>,
+    spare: Option<T>,
 }
 
-impl BlasHandles {
-    /// `stream`'s handle (the spare, or a new one, on its first GEMM); refills the spare unless
-    /// `capturing()` (asked only then: a stream's later GEMMs query nothing).
-    fn for_stream(&mut self, stream: u64, capturing: impl Fn() -> bool) -> Result<Arc<gemm::BlasHandle>> {
-        let handle = match self.by_stream.get(&stream) {
+impl<T> Default for PerStream<T> {
+    fn default() -> Self {
+        PerStream { by_stream: HashMap::new(), spare: None }
+    }
+}
+
+impl<T> PerStream<T> {
+    /// `stream`'s resource (the spare, or `make(stream)`, on its first use); refills the spare
+    /// with `make(0)` unless `capturing()` (asked only then: a stream's later uses query nothing).
+    fn for_stream(
+        &mut self,
+        stream: u64,
+        make: impl Fn(u64) -> Result<T>,
+        capturing: impl Fn() -> bool,
+    ) -> Result<Arc<T>> {
+        let item = match self.by_stream.get(&stream) {
             Some(h) => h.clone(),
             None => {
                 let h = Arc::new(match self.spare.take() {
                     Some(h) => h,
-                    None => gemm::BlasHandle::new(stream)?,
+                    None => make(stream)?,
                 });
                 self.by_stream.insert(stream, h.clone());
                 h
             }
         };
         if self.spare.is_none() && !capturing() {
-            self.spare = Some(gemm::BlasHandle::new(0)?);
+            self.spare = Some(make(0)?);
         }
-        Ok(handle)
+        Ok(item)
     }
 }
 
@@ -159,14 +171,18 @@ struct CudaDevice {
     /// handle re-pointed at several streams would let GEMMs on two streams share it at once (a
     /// race, and cuBLAS's reproducibility holds only for one stream per handle), as PyTorch
     /// avoids with its own per-stream workspaces.
-    blas: std::sync::Mutex<BlasHandles>,
+    blas: std::sync::Mutex<PerStream<gemm::BlasHandle>>,
+    /// One side lane per stream (a second stream and its events) for the chunk loops that overlap
+    /// a row pass with the next chunk's GEMM (see [`pipeline`]).
+    lanes: std::sync::Mutex<PerStream<std::sync::Mutex<pipeline::SideLane>>>,
     /// `PREF_KERNELS_SYNC_LAUNCHES=1`: synchronize after every launch, so a faulting kernel's
     /// sticky error is reported with its name (a debugging mode: it serializes host and device).
     sync_launches: bool,
 }
 
 enum Inner {
-    Cuda(CudaDevice),
+    /// Boxed: the device's tables dwarf the emulator's few flags.
+    Cuda(Box<CudaDevice>),
     Emulator(EmulatorChecks),
 }
 
@@ -256,13 +272,14 @@ impl Gpu {
         }
         let sync_launches = std::env::var("PREF_KERNELS_SYNC_LAUNCHES").is_ok_and(|v| v == "1");
         Ok(Gpu {
-            inner: Inner::Cuda(CudaDevice {
+            inner: Inner::Cuda(Box::new(CudaDevice {
                 ctx,
                 functions,
                 sm_count,
                 blas: Default::default(),
+                lanes: Default::default(),
                 sync_launches,
-            }),
+            })),
         })
     }
 
@@ -381,11 +398,36 @@ impl Gpu {
                     .lock()
                     .map_err(|_| Error::Cublas("handle mutex poisoned".into()))?
                     // SAFETY: `stream` is 0 or a live CUstream of this context (the caller's contract).
-                    .for_stream(stream, || unsafe { stream_capturing(stream) })?;
+                    .for_stream(stream, gemm::BlasHandle::new, || unsafe { stream_capturing(stream) })?;
                 // SAFETY: the context is bound above; the rest is forwarded to the caller.
                 unsafe { handle.gemm(stream, g) }
             }
             Inner::Emulator(_) => gemm::host_gemm(g),
+        }
+    }
+
+    /// The side lane of a chunk loop on `stream` ([`pipeline`]): `stream`'s own lane on CUDA when
+    /// `wanted` (made on its first use, or the spare inside a capture), with this context bound;
+    /// `None` on the emulator (one stream) or when not wanted. Lock it with
+    /// [`pipeline::Pipeline::with_lane`] for the loop's duration.
+    ///
+    /// # Safety
+    /// `stream` is 0 or a live CUstream of this context.
+    pub(crate) unsafe fn side_lane(
+        &self,
+        stream: u64,
+        wanted: bool,
+    ) -> Result<Option<Arc<std::sync::Mutex<pipeline::SideLane>>>> {
+        match &self.inner {
+            Inner::Cuda(c) if wanted => {
+                c.ctx.bind_to_thread()?;
+                let make = |_| pipeline::SideLane::new().map(std::sync::Mutex::new);
+                let lanes =
+                    c.lanes.lock().map_err(|_| crate::error::invalid("stream", "lane mutex poisoned"));
+                // SAFETY: `stream` is 0 or a live CUstream of this context (the caller's contract).
+                Ok(Some(lanes?.for_stream(stream, make, || unsafe { stream_capturing(stream) })?))
+            }
+            _ => Ok(None),
         }
     }
 

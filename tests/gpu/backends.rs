@@ -241,11 +241,12 @@ fn standin_hook(name: &std::ffi::CStr) -> *mut std::ffi::c_void {
     }
 }
 
-/// The stand-in's counters: host waits, host-to-device copies, allocations, cuBLAS handles.
-fn standin_counters() -> [u64; 4] {
+/// The stand-in's counters: host waits, host-to-device copies, allocations, cuBLAS handles,
+/// cross-stream event waits.
+fn standin_counters() -> [u64; 5] {
     let f = standin_hook(c"prefk_standin_counters");
-    let mut out = [0u64; 4];
-    // SAFETY: the hook writes four u64.
+    let mut out = [0u64; 5];
+    // SAFETY: the hook writes five u64.
     unsafe { std::mem::transmute::<*mut std::ffi::c_void, extern "C" fn(*mut u64)>(f)(out.as_mut_ptr()) };
     out
 }
@@ -304,14 +305,20 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
         )
         .unwrap();
     };
-    step(&mut logp, &mut lse, &mut dh, &mut dw); // first use: modules, cuBLAS handle
+    step(&mut logp, &mut lse, &mut dh, &mut dw); // first use: modules, cuBLAS handle, side lane
     let before = standin_counters();
     step(&mut logp, &mut lse, &mut dh, &mut dw);
+    let after = standin_counters();
     assert_eq!(
-        standin_counters(),
-        before,
+        after[..4],
+        before[..4],
         "[host waits, uploads, allocations, handles] of the stream-ordered head"
     );
+    // The workspace holds two slots of 6 rows, so the 4 chunks alternate between them and the row
+    // passes run on the side stream: the forward hands each chunk over (4 waits), waits for a
+    // slot's drain before refilling it (chunks 3 and 4) and joins at the end (1); the backward
+    // hands each chunk over (4) and waits for each drain before the chunk's weight GEMMs (4).
+    assert_eq!(after[4] - before[4], 4 + 2 + 1 + 4 + 4, "cross-stream hand-offs of the two loops");
     let planned = LinearConfig::default();
     gpu.linear_token_logprobs_forward(&s, &head, &targets.as_view(), &planned).unwrap();
     let after = standin_counters();
@@ -384,6 +391,26 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
         r.is_err() && end == sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
         "the planned loop cannot be captured: {end:?}"
     );
+    // The negative control of the join: a stream forked into the capture by waiting on one of its
+    // events, given work and never waited on, leaves the capture unjoined.
+    let side = gpu.new_stream().unwrap();
+    let mut scratch = side.alloc_zeros::<u8>(64).unwrap();
+    // SAFETY: a live event of the bound context, destroyed at the end.
+    let event = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+    let event = cudarc::driver::result::event::create(event).unwrap();
+    let (r, end) = capture(&mut || {
+        // SAFETY: live stream and event handles of the bound context.
+        unsafe {
+            cudarc::driver::result::event::record(event, cap.raw() as sys::CUstream)?;
+            let wait = sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT;
+            cudarc::driver::result::stream::wait_event(side.raw() as sys::CUstream, event, wait)?;
+        }
+        side.memset_zeros(&mut scratch.as_view_mut())
+    });
+    r.unwrap();
+    assert_eq!(end, sys::CUresult::CUDA_ERROR_STREAM_CAPTURE_UNJOINED, "a fork left unjoined");
+    // SAFETY: created above, no longer used.
+    unsafe { cudarc::driver::result::event::destroy(event) }.unwrap();
 }
 
 pub fn cases() -> Vec<Case> {

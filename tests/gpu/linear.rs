@@ -550,7 +550,10 @@ fn linear_stream_ordered_bad_input(gpu: &Gpu, seed: u64) {
     let targets = stream.clone_htod(&t).unwrap();
     let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape: p.shape };
     let token = TokenLogprobsConfig::default();
-    let one = ordered_workspace_bytes(&p.shape, DType::F32, 1).unwrap();
+    // The minimum: one slot of one row (what the one-row shape needs); a workspace for chunks of
+    // one row (two slots) is above it.
+    let one = ordered_workspace_bytes(&LinearShape { n_rows: 1, ..p.shape }, DType::F32, 1).unwrap();
+    assert_eq!(ordered_workspace_bytes(&p.shape, DType::F32, 1), Some(2 * one));
     let mut work = stream.alloc_zeros::<u8>(one + 16).unwrap();
     let (mut logp, mut lse) = (stream.alloc_zeros::<f32>(8).unwrap(), stream.alloc_zeros::<f32>(8).unwrap());
     let mut status = stream.alloc_zeros::<u32>(1).unwrap();

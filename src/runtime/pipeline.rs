@@ -1,0 +1,152 @@
+//! Two streams for a chunk loop whose chunks alternate between two workspace slots: the caller's
+//! stream fills a slot (a GEMM) while a side stream drains the other (the row pass over the
+//! previous chunk's logits), so the bandwidth-bound row pass overlaps the next compute-bound GEMM.
+//!
+//! Only events order the two streams, and only events the loop records: a slot is handed to the
+//! side stream after its fill (`filled`), and back after its drain (`drained`); before the loop
+//! returns, the caller's stream waits for the side stream's last drain, so everything enqueued on
+//! the caller's stream afterwards sees every output (and a CUDA graph capture of the caller's
+//! stream, which the side stream joins through the first wait, is joined back before it ends).
+//! Nothing here synchronizes the host or allocates while a loop runs: a side lane is created on
+//! a stream's first pipelined call, or taken from a spare made ahead when that call is being
+//! captured (where creating streams and events is not a documented-safe call).
+//!
+//! On the emulator every launch runs when enqueued, so the pipeline is one stream: `side()` is
+//! the caller's stream and the hand-offs are no-ops (the loop's slot alternation is still what
+//! runs, and is what the emulator tests).
+use std::sync::{Mutex, MutexGuard};
+
+use cudarc::driver::{result, sys};
+
+use crate::error::Result;
+
+/// A side stream and the events that hand each of two workspace slots between it and the
+/// caller's stream. Owned by one caller stream; used by one loop at a time (its mutex).
+pub(crate) struct SideLane {
+    stream: sys::CUstream,
+    filled: [sys::CUevent; 2],
+    drained: [sys::CUevent; 2],
+}
+
+// SAFETY: the handles are plain driver handles of one context, used only under the lane's mutex
+// with that context bound.
+unsafe impl Send for SideLane {}
+// SAFETY: as above.
+unsafe impl Sync for SideLane {}
+
+impl SideLane {
+    /// A non-blocking side stream (no implicit order with the legacy default stream) and four
+    /// events without timing, in the context current on this thread.
+    pub(crate) fn new() -> Result<Self> {
+        let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
+        let mut lane = SideLane {
+            stream: std::ptr::null_mut(),
+            filled: [std::ptr::null_mut(); 2],
+            drained: [std::ptr::null_mut(); 2],
+        };
+        // Each handle is stored as soon as it exists, so Drop frees what an error leaves behind.
+        lane.stream = result::stream::create(result::stream::StreamKind::NonBlocking)?;
+        for slot in 0..2 {
+            lane.filled[slot] = result::event::create(flags)?;
+            lane.drained[slot] = result::event::create(flags)?;
+        }
+        Ok(lane)
+    }
+}
+
+impl Drop for SideLane {
+    fn drop(&mut self) {
+        for e in self.filled.iter().chain(&self.drained).filter(|e| !e.is_null()) {
+            // SAFETY: created by cuEventCreate in `new` and destroyed once, here.
+            let _ = unsafe { result::event::destroy(*e) };
+        }
+        if !self.stream.is_null() {
+            // SAFETY: created by cuStreamCreate in `new` and destroyed once, here (pending work
+            // completes first, as cuStreamDestroy documents).
+            let _ = unsafe { result::stream::destroy(self.stream) };
+        }
+    }
+}
+
+/// The two streams of one chunk loop (see the module docs). Holds the side lane's lock while the
+/// loop enqueues, so two loops on one caller stream never interleave their hand-offs.
+pub(crate) struct Pipeline<'a> {
+    main: u64,
+    lane: Option<MutexGuard<'a, SideLane>>,
+}
+
+impl<'a> Pipeline<'a> {
+    /// One stream: `side()` is `main` and the hand-offs do nothing.
+    pub(crate) fn serial(main: u64) -> Self {
+        Pipeline { main, lane: None }
+    }
+
+    /// `main` with `lane`'s side stream (the lane's context must be current on this thread
+    /// whenever a hand-off is enqueued).
+    pub(crate) fn with_lane(main: u64, lane: &'a Mutex<SideLane>) -> Result<Self> {
+        let lane = lane.lock().map_err(|_| crate::error::invalid("stream", "side lane mutex poisoned"))?;
+        Ok(Pipeline { main, lane: Some(lane) })
+    }
+
+    /// The caller's stream: the fills (GEMMs), and everything after the loop.
+    pub(crate) fn main(&self) -> u64 {
+        self.main
+    }
+
+    /// The stream the drains (row passes) are enqueued on.
+    pub(crate) fn side(&self) -> u64 {
+        self.lane.as_ref().map_or(self.main, |l| l.stream as u64)
+    }
+
+    /// Side-stream work enqueued from now on runs after the main-stream work enqueued so far
+    /// (`slot` has been filled).
+    ///
+    /// # Safety
+    /// The lane's context is current on this thread and `main` is a live stream of it.
+    pub(crate) unsafe fn fill_done(&self, slot: usize) -> Result<()> {
+        if let Some(l) = &self.lane {
+            // SAFETY: live handles of the current context (the caller's contract and `new`).
+            unsafe {
+                result::event::record(l.filled[slot], self.main as sys::CUstream)?;
+                result::stream::wait_event(
+                    l.stream,
+                    l.filled[slot],
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Marks the side-stream work enqueued so far as `slot`'s drain.
+    ///
+    /// # Safety
+    /// As for [`Pipeline::fill_done`].
+    pub(crate) unsafe fn drain_done(&self, slot: usize) -> Result<()> {
+        if let Some(l) = &self.lane {
+            // SAFETY: live handles of the current context.
+            unsafe { result::event::record(l.drained[slot], l.stream)? };
+        }
+        Ok(())
+    }
+
+    /// Main-stream work enqueued from now on runs after `slot`'s last recorded drain (before
+    /// the slot is filled again, before its results are used on the main stream, and at the end
+    /// of the loop for the last slot drained, which joins the side stream back).
+    ///
+    /// # Safety
+    /// As for [`Pipeline::fill_done`].
+    pub(crate) unsafe fn wait_drained(&self, slot: usize) -> Result<()> {
+        if let Some(l) = &self.lane {
+            // SAFETY: live handles of the current context.
+            unsafe {
+                result::stream::wait_event(
+                    self.main as sys::CUstream,
+                    l.drained[slot],
+                    sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                )?
+            };
+        }
+        Ok(())
+    }
+}
