@@ -2,8 +2,9 @@
 //!
 //! - CPU: the f64 reference of the linear forms at a small shape (always runs; it is the oracle,
 //!   not a competitor).
-//! - GPU (skipped, with the reason printed, when no GPU is usable), bf16, H = 4096,
-//!   M in {4096, 16384} used tokens, V in {128256, 151936}:
+//! - GPU (skipped, with the reason printed, when no GPU is usable), bf16, H = 4096, (M used
+//!   tokens, V) in {(8192, 131072), (4096, 128256), (16384, 151936)} (`PREF_KERNELS_BENCH_SHAPES`
+//!   picks some):
 //!   1. the floor: one cuBLAS bf16 GEMM `[M, H] x [H, V]` (f32 accumulate, bf16 out) through
 //!      cudarc, the same GEMM the fused path runs per chunk. Throughput is counted in "elements"
 //!      = FLOPs (2MHV), so criterion's elem/s is FLOP/s: the measured GEMM rate.
@@ -11,7 +12,9 @@
 //!      `linear_preference_step` (DPO, 6MHV FLOPs: logits, d_hidden, d_weight GEMMs) with the
 //!      default 768 MiB workspace; the fraction of the floor is (their FLOP/s) / (the GEMM's).
 //!   3. the stream-ordered forward and forward + backward (what the PyTorch ops run: every row,
-//!      the caller's workspace, no host synchronization, no gathers; 2MHV and 6MHV FLOPs).
+//!      the caller's workspace, no host synchronization, no gathers; 2MHV and 6MHV FLOPs), the
+//!      latter with the row pass on a second stream (the default) and on the caller's stream
+//!      alone (`PREF_KERNELS_HEAD_STREAMS=1`), so one run measures what the overlap buys.
 //!
 //! Each call includes what a trainer pays per step: the one read-back of the targets that plans
 //! the chunks, zero-filling the f32 `d_weight` (V x H x 4 bytes) and the final status check.
@@ -69,11 +72,18 @@ fn gpu_benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("gpu_linear_bf16");
     g.sample_size(10).warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(3));
 
-    for vocab in [128256usize, 151936] {
-        let weight = cuda.clone_htod(&random_bf16(vocab * HIDDEN, vocab as u64, -0.03, 0.03)).unwrap();
-        for m in [4096usize, 16384] {
+    // `PREF_KERNELS_BENCH_SHAPES`: comma-separated ids (`M8192_H4096_V131072`) to set up and run
+    // (criterion's filter skips the timing, not the seconds of random data of each shape); unset:
+    // all. M8192 V131072 is the shape of Liger's published CuTe fused-head figure.
+    let selected = std::env::var("PREF_KERNELS_BENCH_SHAPES").ok();
+    for (m, vocab) in [(8192usize, 131072usize), (4096, 128256), (16384, 151936)] {
+        let id = format!("M{m}_H{HIDDEN}_V{vocab}");
+        if selected.as_deref().is_some_and(|ids| !ids.split(',').any(|x| x.trim() == id)) {
+            continue;
+        }
+        {
+            let weight = cuda.clone_htod(&random_bf16(vocab * HIDDEN, vocab as u64, -0.03, 0.03)).unwrap();
             let hidden = cuda.clone_htod(&random_bf16(m * HIDDEN, m as u64 + 7, -2.0, 2.0)).unwrap();
-            let id = format!("M{m}_H{HIDDEN}_V{vocab}");
             let flops = 2 * (m * HIDDEN * vocab) as u64;
 
             // 1. The floor: the logits GEMM alone (row-major [M, V] = hidden · weightᵀ).
@@ -163,40 +173,47 @@ fn gpu_benches(c: &mut Criterion) {
                 })
             });
             g.throughput(Throughput::Elements(3 * flops));
-            g.bench_function(BenchmarkId::new("forward_backward_stream_ordered", &id), |b| {
-                b.iter_custom(|it| {
-                    event_time(&gpu, it, || {
-                        let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
-                        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
-                        gpu.linear_token_logprobs_forward_ordered(
-                            &stream,
-                            &head,
-                            &targets.as_view(),
-                            out,
-                            ws,
-                            &token,
-                        )
-                        .unwrap();
-                        let grads = LinearGradViews {
-                            d_hidden: dh.as_view_mut(),
-                            d_weight: dw.as_view_mut(),
-                            d_bias: None,
-                        };
-                        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
-                        gpu.linear_token_logprobs_backward_ordered(
-                            &stream,
-                            &head,
-                            &targets.as_view(),
-                            &gl.as_view(),
-                            None,
-                            grads,
-                            ws,
-                            &token,
-                        )
-                        .unwrap();
+            let mut fwd_bwd_ordered = |name: &str, streams: &str| {
+                // Read at every call: the row pass on a second stream (2) or after each GEMM (1).
+                std::env::set_var("PREF_KERNELS_HEAD_STREAMS", streams);
+                g.bench_function(BenchmarkId::new(name, &id), |b| {
+                    b.iter_custom(|it| {
+                        event_time(&gpu, it, || {
+                            let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
+                            let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
+                            gpu.linear_token_logprobs_forward_ordered(
+                                &stream,
+                                &head,
+                                &targets.as_view(),
+                                out,
+                                ws,
+                                &token,
+                            )
+                            .unwrap();
+                            let grads = LinearGradViews {
+                                d_hidden: dh.as_view_mut(),
+                                d_weight: dw.as_view_mut(),
+                                d_bias: None,
+                            };
+                            let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
+                            gpu.linear_token_logprobs_backward_ordered(
+                                &stream,
+                                &head,
+                                &targets.as_view(),
+                                &gl.as_view(),
+                                None,
+                                grads,
+                                ws,
+                                &token,
+                            )
+                            .unwrap();
+                        })
                     })
-                })
-            });
+                });
+                std::env::remove_var("PREF_KERNELS_HEAD_STREAMS");
+            };
+            fwd_bwd_ordered("forward_backward_stream_ordered", "2");
+            fwd_bwd_ordered("forward_backward_stream_ordered_one_stream", "1");
             let batch = LinearStepBatch {
                 targets: targets.as_view(),
                 weights: None,

@@ -91,7 +91,8 @@ if want bench; then
     # v1 and v2 (forward; forward + backward) side by side at two cells (all would not fit the cap).
     run 25 device-bin/bench-shared_prefix_attention --bench "${short[@]}" 'gpu.*(G8_P4096_R512|G2_P1024_R256)'
     run 10 device-bin/bench-group_loss --bench gpu "${short[@]}"
-    run 35 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"
+    # One shape (Liger's published M8192 H4096 V131072), the overlap on and off.
+    PREF_KERNELS_BENCH_SHAPES=M8192_H4096_V131072 run 35 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"
     run 15 device-bin/bench-vocab_parallel --bench gpu "${short[@]}"
     echo '```'; echo; echo '### Main job'; echo '```'
     PREF_KERNELS_BACKEND=cuda run 10 device-bin/end_to_end

@@ -51,10 +51,22 @@ pub fn ordered_workspace_bytes(shape: &LinearShape, dtype: DType, rows: usize) -
     }
 }
 
+/// How many streams a stream-ordered loop of more than one chunk runs on: `PREF_KERNELS_HEAD_STREAMS`
+/// `1` (the row pass after each GEMM on the caller's stream, chunks twice as large) or `2` (unset:
+/// the row pass on a second stream, overlapping the next GEMM). Read at every call, so one process
+/// can time both.
+fn head_streams() -> Result<usize> {
+    match std::env::var("PREF_KERNELS_HEAD_STREAMS").as_deref() {
+        Err(_) | Ok("") | Ok("2") => Ok(2),
+        Ok("1") => Ok(1),
+        Ok(other) => Err(invalid("PREF_KERNELS_HEAD_STREAMS", format!("must be 1 or 2, got {other:?}"))),
+    }
+}
+
 /// How a stream-ordered loop uses `bytes` of workspace: every row in one chunk if it fits; else
-/// two slots (pipelined) of the most rows each that fit; else, below two slots of one row, one
-/// slot of the most rows that fit. Returns (rows per chunk, slots).
-fn ordered_plan(shape: &LinearShape, dtype: DType, bytes: usize) -> Result<(usize, usize)> {
+/// two slots (pipelined, unless `streams` is 1) of the most rows each that fit; else, below two
+/// slots of one row, one slot of the most rows that fit. Returns (rows per chunk, slots).
+fn ordered_plan(shape: &LinearShape, dtype: DType, bytes: usize, streams: usize) -> Result<(usize, usize)> {
     let slot = |m: usize| ChunkWork::bytes(shape, dtype, m, false);
     let fits =
         |m: usize, slots: usize| slot(m).and_then(|b| b.checked_mul(slots)).is_some_and(|b| b <= bytes);
@@ -62,7 +74,7 @@ fn ordered_plan(shape: &LinearShape, dtype: DType, bytes: usize) -> Result<(usiz
     if fits(n, 1) {
         return Ok((n, 1));
     }
-    let slots = if fits(1, 2) { 2 } else { 1 };
+    let slots = if streams == 2 && fits(1, 2) { 2 } else { 1 };
     if !fits(1, slots) {
         return Err(invalid(
             "workspace",
@@ -103,7 +115,7 @@ fn bind_workspace<'s>(
     dtype: DType,
     guards: &mut Vec<Guard<'s>>,
 ) -> Result<BoundWorkspace> {
-    let (rows, n_slots) = ordered_plan(shape, dtype, ws.workspace.len())?;
+    let (rows, n_slots) = ordered_plan(shape, dtype, ws.workspace.len(), head_streams()?)?;
     if let Some(st) = &ws.status {
         ensure_len("status", st.len(), 1)?;
     }
@@ -342,5 +354,31 @@ impl Gpu {
             finish(slot, r0, m)?;
         }
         Ok(LinearRun { n_chunks, workspace_bytes: bw.bytes })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The workspace plans: one chunk when every row fits; two slots of exactly `rows` rows from
+    /// `ordered_workspace_bytes(rows)`; one slot of about twice the rows on one stream; one slot
+    /// of one row at the minimum; an error, naming the minimum, below it.
+    #[test]
+    fn ordered_plans_follow_the_workspace() {
+        let shape = LinearShape { n_rows: 23, hidden: 16, vocab: 90 };
+        let dt = DType::BF16;
+        let all = ordered_workspace_bytes(&shape, dt, 23).unwrap();
+        assert_eq!(ordered_plan(&shape, dt, all, 2).unwrap(), (23, 1));
+        let six = ordered_workspace_bytes(&shape, dt, 6).unwrap();
+        assert_eq!(six, 2 * ChunkWork::bytes(&shape, dt, 6, false).unwrap());
+        assert_eq!(ordered_plan(&shape, dt, six, 2).unwrap(), (6, 2));
+        let (rows, slots) = ordered_plan(&shape, dt, six, 1).unwrap();
+        assert!(slots == 1 && (12..=13).contains(&rows), "one stream: {rows} rows in {slots} slots");
+        let min = ChunkWork::bytes(&shape, dt, 1, false).unwrap();
+        assert_eq!(ordered_plan(&shape, dt, min, 2).unwrap(), (1, 1));
+        assert_eq!(ordered_plan(&shape, dt, 2 * min, 2).unwrap(), (1, 2));
+        let e = ordered_plan(&shape, dt, min - 1, 2).unwrap_err().to_string();
+        assert!(e.contains(&format!("the minimum is {min} bytes")), "{e}");
     }
 }

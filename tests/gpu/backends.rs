@@ -281,16 +281,17 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
         s.alloc_zeros::<u8>(ordered_workspace_bytes(&shape, pref_kernels::DType::F32, 6).unwrap()).unwrap();
     let mut status = s.alloc_zeros::<u32>(1).unwrap();
     let token = TokenLogprobsConfig::default();
-    let mut step = |logp: &mut pref_kernels::DeviceBuffer<f32>,
-                    lse: &mut pref_kernels::DeviceBuffer<f32>,
-                    dh: &mut pref_kernels::DeviceBuffer<f32>,
-                    dw: &mut pref_kernels::DeviceBuffer<f32>| {
+    let mut step_chunks = |logp: &mut pref_kernels::DeviceBuffer<f32>,
+                           lse: &mut pref_kernels::DeviceBuffer<f32>,
+                           dh: &mut pref_kernels::DeviceBuffer<f32>,
+                           dw: &mut pref_kernels::DeviceBuffer<f32>,
+                           chunks: usize| {
         let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
         let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
         let run = gpu
             .linear_token_logprobs_forward_ordered(&s, &head, &targets.as_view(), out, ws, &token)
             .unwrap();
-        assert_eq!(run.n_chunks, 4);
+        assert_eq!(run.n_chunks, chunks);
         let grads = LinearGradViews { d_hidden: dh.as_view_mut(), d_weight: dw.as_view_mut(), d_bias: None };
         let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
         gpu.linear_token_logprobs_backward_ordered(
@@ -305,9 +306,9 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
         )
         .unwrap();
     };
-    step(&mut logp, &mut lse, &mut dh, &mut dw); // first use: modules, cuBLAS handle, side lane
+    step_chunks(&mut logp, &mut lse, &mut dh, &mut dw, 4); // first use: modules, cuBLAS handle, side lane
     let before = standin_counters();
-    step(&mut logp, &mut lse, &mut dh, &mut dw);
+    step_chunks(&mut logp, &mut lse, &mut dh, &mut dw, 4);
     let after = standin_counters();
     assert_eq!(
         after[..4],
@@ -319,6 +320,25 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
     // slot's drain before refilling it (chunks 3 and 4) and joins at the end (1); the backward
     // hands each chunk over (4) and waits for each drain before the chunk's weight GEMMs (4).
     assert_eq!(after[4] - before[4], 4 + 2 + 1 + 4 + 4, "cross-stream hand-offs of the two loops");
+    // PREF_KERNELS_HEAD_STREAMS=1: one stream (no hand-offs), chunks of twice the rows, the same bits.
+    let (logp_two, dw_two) = (s.clone_dtoh(&logp).unwrap(), s.clone_dtoh(&dw).unwrap());
+    std::env::set_var("PREF_KERNELS_HEAD_STREAMS", "1");
+    let (mut logp1, mut lse1) = (s.alloc_zeros::<f32>(n).unwrap(), s.alloc_zeros::<f32>(n).unwrap());
+    let (mut dh1, mut dw1) = (s.alloc_zeros::<f32>(n * h).unwrap(), s.alloc_zeros::<f32>(v * h).unwrap());
+    let before_one = standin_counters();
+    let one = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        step_chunks(&mut logp1, &mut lse1, &mut dh1, &mut dw1, 2)
+    }));
+    std::env::remove_var("PREF_KERNELS_HEAD_STREAMS");
+    one.unwrap();
+    assert_eq!(standin_counters()[4], before_one[4], "no cross-stream waits on one stream");
+    assert_eq!(s.clone_dtoh(&logp1).unwrap(), logp_two, "one stream or two: the same log-probs");
+    // d_weight sums its chunks in row order either way, but over chunks of other sizes (f32
+    // partial sums rounded at other places): equal to f32 rounding of the largest entry.
+    let scale = dw_two.iter().fold(0f32, |a, x| a.max(x.abs())) as f64;
+    for (i, (a, b)) in s.clone_dtoh(&dw1).unwrap().iter().zip(&dw_two).enumerate() {
+        assert_close(&format!("d_weight[{i}], one stream vs two"), *a as f64, *b as f64, 1e-6 * scale, 0.0);
+    }
     let planned = LinearConfig::default();
     gpu.linear_token_logprobs_forward(&s, &head, &targets.as_view(), &planned).unwrap();
     let after = standin_counters();
