@@ -191,18 +191,8 @@ pub unsafe extern "C" fn prefk_prefix_layout(args: *const PrefkPrefixLayoutArgs)
             off += c;
         }
         let layout = crate::shared_prefix_attention::SharedPrefixLayout::from_lengths(groups)?;
-        // Planning holds 32 bytes per token on the host (up to i32::MAX tokens: 64 GiB); reserve it
-        // fallibly first, so a layout too large for this host is an error, not an allocation abort.
-        let need = layout.total_tokens().saturating_mul(std::mem::size_of::<[usize; 4]>());
-        let mut probe: Vec<u8> = Vec::new();
-        probe.try_reserve_exact(need).map_err(|_| {
-            crate::error::invalid(
-                "prefix_lens",
-                format!("{} tokens need {need} bytes of host memory to plan", layout.total_tokens()),
-            )
-        })?;
-        drop(probe);
         let t = layout.tiles();
+        let starts = if seg_lo2.is_null() { None } else { Some(layout.own_segment_starts()?) };
         // SAFETY: non-null output pointers are valid host memory (see # Safety).
         unsafe {
             *n_tokens = layout.total_tokens() as i64;
@@ -210,10 +200,8 @@ pub unsafe extern "C" fn prefk_prefix_layout(args: *const PrefkPrefixLayoutArgs)
             if !tiles.is_null() {
                 std::ptr::copy_nonoverlapping(t.as_flattened().as_ptr(), tiles, t.len() * 8);
             }
-            if !seg_lo2.is_null() {
-                for (i, s) in layout.token_segments().iter().enumerate() {
-                    *seg_lo2.add(i) = s[2] as i32;
-                }
+            if let Some(starts) = starts {
+                std::ptr::copy_nonoverlapping(starts.as_ptr(), seg_lo2, starts.len());
             }
         }
         Ok(())

@@ -144,7 +144,7 @@ impl Gpu {
         layout: &SharedPrefixLayout,
     ) -> Result<DevicePrefixLayout> {
         let tiles: Vec<i32> = layout.tiles().into_iter().flatten().collect();
-        let lo2: Vec<i32> = layout.token_segments().iter().map(|s| s[2] as i32).collect();
+        let lo2 = layout.own_segment_starts()?;
         Ok(DevicePrefixLayout {
             n_tiles: tiles.len() / 8,
             n_tokens: layout.total_tokens(),

@@ -301,24 +301,63 @@ impl SharedPrefixLayout {
     /// Tiles of [`TILE`] tokens that never cross a group boundary, with what the kernels need per
     /// tile: `[start, end, group start, prefix end, group end, smallest own-segment start of the
     /// tile's response rows (end if none), end of the rows that can see the tile's keys, 0]`.
+    /// Planned per group from its response boundaries (32 bytes per tile, nothing per token).
     pub fn tiles(&self) -> Vec<[i32; 8]> {
-        let seg = self.token_segments();
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(self.total.div_ceil(TILE) + self.groups.len());
         for (g, &s) in self.groups.iter().zip(&self.group_starts) {
-            let end_g = s + g.prefix_len + g.resp_lens.iter().sum::<usize>();
             let hi1 = s + g.prefix_len;
+            let end_g = hi1 + g.resp_lens.iter().sum::<usize>();
+            // The group's non-empty responses as [start, end), in order.
+            let mut resp = Vec::with_capacity(g.resp_lens.len());
+            let mut o = hi1;
+            for &r in &g.resp_lens {
+                if r > 0 {
+                    resp.push((o, o + r));
+                }
+                o += r;
+            }
+            // The response holding response row i (hi1 <= i < end_g).
+            let holding = |i: usize| resp[resp.partition_point(|&(lo, _)| lo <= i) - 1];
             let mut a = s;
             while a < end_g {
                 let b = (a + TILE).min(end_g);
-                let min_lo2 = (a..b).filter(|&i| i >= hi1).map(|i| seg[i][2]).min().unwrap_or(b);
+                // Own-segment starts grow with the row, so the tile's first response row has the least.
+                let min_lo2 = if b > hi1 { holding(a.max(hi1)).0 } else { b };
                 // Rows that can see keys [a, b): every later row of the group if the tile holds
-                // prefix keys, else up to the end of the segment of its last key.
-                let rows_end = if a < hi1 { end_g } else { seg[b - 1][3] };
+                // prefix keys, else up to the end of the response of its last key.
+                let rows_end = if a < hi1 { end_g } else { holding(b - 1).1 };
                 out.push([a, b, s, hi1, end_g, min_lo2, rows_end, 0].map(|v| v as i32));
                 a = b;
             }
         }
         out
+    }
+
+    /// Per token, the start of its own segment as the kernels read it (i32): the group start for a
+    /// prefix token, its response's start for a response token. 4 bytes per token, reserved
+    /// fallibly: a layout too large for this host's memory is an error, not an allocation abort.
+    pub fn own_segment_starts(&self) -> Result<Vec<i32>> {
+        let mut out = Vec::new();
+        out.try_reserve_exact(self.total).map_err(|_| {
+            crate::error::invalid(
+                "groups",
+                format!(
+                    "{} tokens need {} bytes of host memory to plan",
+                    self.total,
+                    self.total.saturating_mul(4)
+                ),
+            )
+        })?;
+        for (g, &s) in self.groups.iter().zip(&self.group_starts) {
+            let hi1 = s + g.prefix_len;
+            out.extend(std::iter::repeat_n(s as i32, g.prefix_len));
+            let mut o = hi1;
+            for &r in &g.resp_lens {
+                out.extend(std::iter::repeat_n(o as i32, r));
+                o += r;
+            }
+        }
+        Ok(out)
     }
 
     /// Allowed (query, key) pairs per head: the work the kernels do (the deduplicated count).
@@ -331,5 +370,47 @@ impl SharedPrefixLayout {
                     + g.resp_lens.iter().map(|&r| p * r as u64 + r as u64 * (r as u64 + 1) / 2).sum::<u64>()
             })
             .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tile plan and the segment starts, made from the group boundaries alone, equal what the
+    /// per-token segments give (the f64 reference's mask) on layouts with empty responses, a
+    /// prefix-only tile, a response spanning tiles and tiles spanning responses.
+    #[test]
+    fn tiles_and_segment_starts_match_the_per_token_segments() {
+        let layouts = [
+            vec![PrefixGroup { prefix_len: 0, resp_lens: vec![3] }],
+            vec![PrefixGroup { prefix_len: 130, resp_lens: vec![0, 5, 0, 70, 1] }],
+            vec![
+                PrefixGroup { prefix_len: 64, resp_lens: vec![64, 64] },
+                PrefixGroup { prefix_len: 1, resp_lens: vec![200, 0] },
+                PrefixGroup { prefix_len: 77, resp_lens: vec![0] },
+                PrefixGroup { prefix_len: 5, resp_lens: vec![3, 9, 27, 81, 2] },
+            ],
+        ];
+        for groups in layouts {
+            let l = SharedPrefixLayout::from_lengths(groups.clone()).unwrap();
+            let seg = l.token_segments();
+            let mut want = Vec::new();
+            for (g, &s) in l.groups.iter().zip(&l.group_starts) {
+                let end_g = s + g.prefix_len + g.resp_lens.iter().sum::<usize>();
+                let hi1 = s + g.prefix_len;
+                let mut a = s;
+                while a < end_g {
+                    let b = (a + TILE).min(end_g);
+                    let min_lo2 = (a..b).filter(|&i| i >= hi1).map(|i| seg[i][2]).min().unwrap_or(b);
+                    let rows_end = if a < hi1 { end_g } else { seg[b - 1][3] };
+                    want.push([a, b, s, hi1, end_g, min_lo2, rows_end, 0].map(|v| v as i32));
+                    a = b;
+                }
+            }
+            assert_eq!(l.tiles(), want, "{groups:?}");
+            let starts: Vec<i32> = seg.iter().map(|x| x[2] as i32).collect();
+            assert_eq!(l.own_segment_starts().unwrap(), starts, "{groups:?}");
+        }
     }
 }
