@@ -67,7 +67,9 @@ struct Function {
     int max_threads = 0;
     int max_dynamic_smem = DEFAULT_DYNAMIC_SMEM;
 };
-struct Stream {};
+struct Stream {
+    unsigned long long id;
+};
 struct Event {
     std::chrono::steady_clock::time_point recorded = std::chrono::steady_clock::now();
     // Recorded inside a capture: the capture's origin stream, the stream recorded on, and how
@@ -103,7 +105,10 @@ bool g_capture_invalidated = false;
 std::map<const void*, uint64_t> g_stream_ops;
 std::map<const void*, const void*> g_forked;
 std::map<const void*, uint64_t> g_fork_base, g_joined_ops;
-void stream_op(CUstream s) { ++g_stream_ops[s]; }
+void stream_op(CUstream s) {
+    std::lock_guard<std::recursive_mutex> l(g_lock);
+    ++g_stream_ops[s];
+}
 // The capture `s` belongs to (its origin), or nullptr.
 const void* capture_of(CUstream s) {
     if (g_capturing.count(s)) return s;
@@ -514,12 +519,42 @@ EXPORT CUresult cuMemFreeHost(void* p) {
 EXPORT CUresult cuStreamCreate(CUstream* s, unsigned int) {
     std::lock_guard<std::recursive_mutex> l(g_lock);
     if (CUresult r = ready(true)) return r;
-    Stream* st = new Stream;
+    static unsigned long long next_id = 16;  // ids below are the default streams
+    Stream* st = new Stream{next_id++};
     g_streams.insert(st);
     *s = reinterpret_cast<CUstream>(st);
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuStreamCreateWithPriority(CUstream* s, unsigned int flags, int) { return cuStreamCreate(s, flags); }
+EXPORT CUresult cuStreamCreateWithPriority(CUstream* s, unsigned int flags, int priority) {
+    // Priorities as an H100 reports them: 0 (least) to -5 (greatest).
+    if (priority > 0 || priority < -5) return CUDA_ERROR_INVALID_VALUE;
+    return cuStreamCreate(s, flags);
+}
+EXPORT CUresult cuCtxGetStreamPriorityRange(int* least, int* greatest) {
+    if (CUresult r = ready(true)) return r;
+    if (least) *least = 0;
+    if (greatest) *greatest = -5;
+    return CUDA_SUCCESS;
+}
+// The driver's stream ids: the legacy stream one id under either handle (0, CU_STREAM_LEGACY), the
+// per-thread default stream one id per thread under one handle, a created stream its own.
+EXPORT CUresult cuStreamGetId(CUstream s, unsigned long long* id) {
+    std::lock_guard<std::recursive_mutex> l(g_lock);
+    if (CUresult r = ready(true)) return r;
+    if (!valid_stream(s) || !id) return CUDA_ERROR_INVALID_HANDLE;
+    static std::atomic<unsigned long long> next_thread_id{2};
+    thread_local unsigned long long per_thread_id = 0;
+    const uintptr_t v = reinterpret_cast<uintptr_t>(s);
+    if (v <= 1) {
+        *id = 1;
+    } else if (v == 2) {
+        if (!per_thread_id) per_thread_id = 1ull << 40 | next_thread_id++;
+        *id = per_thread_id;
+    } else {
+        *id = reinterpret_cast<Stream*>(s)->id;
+    }
+    return CUDA_SUCCESS;
+}
 EXPORT CUresult cuStreamDestroy(CUstream s) {
     std::lock_guard<std::recursive_mutex> l(g_lock);
     if (CUresult r = ready(true)) return r;
@@ -537,14 +572,22 @@ EXPORT CUresult cuStreamSynchronize(CUstream s) {
 EXPORT CUresult cuStreamQuery(CUstream s) { return cuStreamSynchronize(s); }
 EXPORT CUresult cuStreamBeginCapture_v2(CUstream s, CUstreamCaptureMode) {
     if (CUresult r = ready(true)) return r;
-    if (reinterpret_cast<uintptr_t>(s) <= 2 || !g_streams.count(s)) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
-    if (!g_capturing.insert(s).second) return CUDA_ERROR_ILLEGAL_STATE;
+    // The legacy stream cannot be captured; the per-thread default stream and created ones can.
+    if (reinterpret_cast<uintptr_t>(s) <= 1) return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    if (!valid_stream(s)) return CUDA_ERROR_INVALID_HANDLE;
+    if (capture_of(s)) return CUDA_ERROR_ILLEGAL_STATE;  // already in a capture (its own or forked)
+    g_capturing.insert(s);
     return CUDA_SUCCESS;
 }
 EXPORT CUresult cuStreamEndCapture(CUstream s, CUgraph* graph) {
     if (CUresult r = ready(true)) return r;
     if (!g_capturing.erase(s)) return CUDA_ERROR_ILLEGAL_STATE;
     static int g_graph;  // a stand-in graph handle: the work already ran
+    // Events recorded in the capture were graph nodes: a later wait on them joins nothing.
+    for (const void* e : g_events) {
+        Event* ev = reinterpret_cast<Event*>(const_cast<void*>(e));
+        if (ev->capture_origin == s) ev->capture_origin = nullptr, ev->was_recorded = false;
+    }
     bool unjoined = false;
     for (auto f = g_forked.begin(); f != g_forked.end();) {
         if (f->second != s) { ++f; continue; }
@@ -575,12 +618,18 @@ EXPORT CUresult cuStreamIsCapturing(CUstream s, CUstreamCaptureStatus* status) {
     *status = capture_of(s) ? CU_STREAM_CAPTURE_STATUS_ACTIVE : CU_STREAM_CAPTURE_STATUS_NONE;
     return CUDA_SUCCESS;
 }
-EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int) {
+EXPORT CUresult cuStreamWaitEvent(CUstream s, CUevent e, unsigned int flags) {
     std::lock_guard<std::recursive_mutex> l(g_lock);
     if (CUresult r = ready(true)) return r;
     if (!valid_stream(s) || !g_events.count(e)) return CUDA_ERROR_INVALID_HANDLE;
     const Event* ev = reinterpret_cast<const Event*>(e);
     if (ev->was_recorded && ev->stream != s) count(4);
+    if (!ev->capture_origin && capture_of(s) && ev->was_recorded && !(flags & CU_EVENT_WAIT_EXTERNAL)) {
+        // The driver refuses this unless CU_EVENT_WAIT_EXTERNAL is set: the dependency would
+        // not be in the graph.
+        g_capture_invalidated = true;
+        return CUDA_ERROR_STREAM_CAPTURE_ISOLATION;
+    }
     if (ev->capture_origin) {
         const void* mine = capture_of(s);
         if (!mine) {

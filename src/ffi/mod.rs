@@ -109,6 +109,8 @@ mod tests {
         assert_eq!(linear::prefk_linear_ordered_workspace_bytes(7, 16, 90, 1), -1);
         assert_eq!(linear::prefk_linear_ordered_workspace_bytes(2, 0, 90, 1), -1);
         assert_eq!(linear::prefk_linear_ordered_workspace_bytes(2, 16, 90, i64::MAX), -1);
+        // Seven per-row regions of 16 bytes overflow only in the last product: -1, not a panic.
+        assert_eq!(linear::prefk_linear_ordered_workspace_bytes(2, 1, 1, 658_812_288_346_769_701), -1);
     }
 
     #[test]

@@ -39,9 +39,10 @@ pub struct OrderedWorkspace<'a> {
 /// needs its logits `[rows, V]` in `dtype` and its per-row scratch (no gathered hidden rows).
 /// When `rows` covers `shape.n_rows` that is one chunk's worth; otherwise two (the loop fills one
 /// chunk's logits with a GEMM while a second stream runs the row pass over the other's, on CUDA):
-/// a workspace of this size gives chunks of exactly `rows` rows. The least any call accepts is
-/// one chunk of one row (the size for a one-row shape); below two of them, chunks of one row run
-/// on the caller's stream alone.
+/// a workspace of this size gives chunks of at least `rows` rows (more where the regions'
+/// 16-byte alignment leaves room, and one chunk of every row when two slots' bytes hold them all).
+/// The least any call accepts is one chunk of one row (the size for a one-row shape); below two
+/// of them, chunks of one row run on the caller's stream alone.
 pub fn ordered_workspace_bytes(shape: &LinearShape, dtype: DType, rows: usize) -> Option<usize> {
     let one = ChunkWork::bytes(shape, dtype, rows.min(shape.n_rows), false)?;
     if rows >= shape.n_rows {
@@ -198,10 +199,7 @@ impl Gpu {
         let n_chunks = s.n_rows.div_ceil(bw.rows);
         // SAFETY: `raw` is the caller's live stream of this backend.
         let lane = unsafe { self.side_lane(raw, bw.slots.len() == 2 && n_chunks > 1)? };
-        let pipe = match &lane {
-            Some(l) => Pipeline::with_lane(raw, l)?,
-            None => Pipeline::serial(raw),
-        };
+        let pipe = Pipeline::new(raw, lane.as_deref());
         let mut last_slot = 0;
         for (i, r0) in (0..s.n_rows).step_by(bw.rows).enumerate() {
             let m = bw.rows.min(s.n_rows - r0);
@@ -286,10 +284,7 @@ impl Gpu {
         let two_slots = bw.slots.len() == 2;
         // SAFETY: `raw` is the caller's live stream of this backend.
         let lane = unsafe { self.side_lane(raw, two_slots && n_chunks > 1)? };
-        let pipe = match &lane {
-            Some(l) => Pipeline::with_lane(raw, l)?,
-            None => Pipeline::serial(raw),
-        };
+        let pipe = Pipeline::new(raw, lane.as_deref());
         // A chunk's two weight GEMMs on the caller's stream, after its row pass: with two slots
         // they are enqueued after the next chunk's logits GEMM, so the row pass on the side stream
         // overlaps that GEMM (the next fill of this chunk's slot comes after them, in order).

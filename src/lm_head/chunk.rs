@@ -98,7 +98,7 @@ impl ChunkWork {
         let x = if gathers { region(shape.hidden.checked_mul(es)?)? } else { 0 };
         region(shape.vocab.checked_mul(es)?)?
             .checked_add(x)?
-            .checked_add(7 * region(4)?)?
+            .checked_add(region(4)?.checked_mul(7)?)?
             .checked_add(region(SOFTMAX_STATS * 4)?)
     }
 

@@ -136,27 +136,28 @@ impl<T> Default for PerStream<T> {
 }
 
 impl<T> PerStream<T> {
-    /// `stream`'s resource (the spare, or `make(stream)`, on its first use); refills the spare
-    /// with `make(0)` unless `capturing()` (asked only then: a stream's later uses query nothing).
+    /// The resource of the stream keyed `key` ([`stream_key`]): the spare, or `make()`, on the
+    /// stream's first use; then refills the spare unless `capturing()` (asked only then: a
+    /// stream's later uses query nothing). A failed refill is left for the next call.
     fn for_stream(
         &mut self,
-        stream: u64,
-        make: impl Fn(u64) -> Result<T>,
+        key: u64,
+        make: impl Fn() -> Result<T>,
         capturing: impl Fn() -> bool,
     ) -> Result<Arc<T>> {
-        let item = match self.by_stream.get(&stream) {
+        let item = match self.by_stream.get(&key) {
             Some(h) => h.clone(),
             None => {
                 let h = Arc::new(match self.spare.take() {
                     Some(h) => h,
-                    None => make(stream)?,
+                    None => make()?,
                 });
-                self.by_stream.insert(stream, h.clone());
+                self.by_stream.insert(key, h.clone());
                 h
             }
         };
         if self.spare.is_none() && !capturing() {
-            self.spare = Some(make(0)?);
+            self.spare = make().ok();
         }
         Ok(item)
     }
@@ -178,6 +179,18 @@ struct CudaDevice {
     /// `PREF_KERNELS_SYNC_LAUNCHES=1`: synchronize after every launch, so a faulting kernel's
     /// sticky error is reported with its name (a debugging mode: it serializes host and device).
     sync_launches: bool,
+}
+
+impl Drop for CudaDevice {
+    /// Destroys the side lanes and cuBLAS handles with their context current (the fields would
+    /// otherwise drop after `ctx`, whose last reference may release the primary context first).
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        let lanes = self.lanes.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *lanes = PerStream::default();
+        let blas = self.blas.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *blas = PerStream::default();
+    }
 }
 
 enum Inner {
@@ -224,6 +237,25 @@ unsafe fn stream_capturing(stream: u64) -> bool {
     // SAFETY: forwarded to the caller; `status` is a valid out-pointer.
     let r = unsafe { sys::cuStreamIsCapturing(stream as sys::CUstream, &mut status) };
     r != sys::CUresult::CUDA_SUCCESS || status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+}
+
+/// The key of `stream`'s per-stream resources: the driver's stream id, which tells apart the
+/// per-thread default streams of two threads (one handle value, `CU_STREAM_PER_THREAD`), names
+/// the legacy stream one way (0 or `CU_STREAM_LEGACY`), and is never reused by a stream created
+/// after another was destroyed at the same address; the handle itself where the id is not known.
+///
+/// # Safety
+/// `stream` is 0 or a live CUstream of the context current on this thread.
+unsafe fn stream_key(stream: u64) -> u64 {
+    use cudarc::driver::sys;
+    let mut id: std::ffi::c_ulonglong = 0;
+    // SAFETY: forwarded to the caller; `id` is a valid out-pointer.
+    let r = unsafe { sys::cuStreamGetId(stream as sys::CUstream, &mut id) };
+    if r == sys::CUresult::CUDA_SUCCESS {
+        id
+    } else {
+        stream
+    }
 }
 
 impl Gpu {
@@ -393,12 +425,14 @@ impl Gpu {
         match &self.inner {
             Inner::Cuda(c) => {
                 c.ctx.bind_to_thread()?;
+                // SAFETY: `stream` is 0 or a live CUstream of this context (the caller's contract).
+                let key = unsafe { stream_key(stream) };
                 let handle = c
                     .blas
                     .lock()
-                    .map_err(|_| Error::Cublas("handle mutex poisoned".into()))?
-                    // SAFETY: `stream` is 0 or a live CUstream of this context (the caller's contract).
-                    .for_stream(stream, gemm::BlasHandle::new, || unsafe { stream_capturing(stream) })?;
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    // SAFETY: as above.
+                    .for_stream(key, || gemm::BlasHandle::new(0), || unsafe { stream_capturing(stream) })?;
                 // SAFETY: the context is bound above; the rest is forwarded to the caller.
                 unsafe { handle.gemm(stream, g) }
             }
@@ -408,8 +442,9 @@ impl Gpu {
 
     /// The side lane of a chunk loop on `stream` ([`pipeline`]): `stream`'s own lane on CUDA when
     /// `wanted` (made on its first use, or the spare inside a capture), with this context bound;
-    /// `None` on the emulator (one stream) or when not wanted. Lock it with
-    /// [`pipeline::Pipeline::with_lane`] for the loop's duration.
+    /// `None` on the emulator (one stream), when not wanted, or when no lane can be made (the
+    /// loop then runs on `stream` alone: slower, never wrong). Lock it with
+    /// [`pipeline::Pipeline::new`] for the loop's duration.
     ///
     /// # Safety
     /// `stream` is 0 or a live CUstream of this context.
@@ -421,11 +456,12 @@ impl Gpu {
         match &self.inner {
             Inner::Cuda(c) if wanted => {
                 c.ctx.bind_to_thread()?;
-                let make = |_| pipeline::SideLane::new().map(std::sync::Mutex::new);
-                let lanes =
-                    c.lanes.lock().map_err(|_| crate::error::invalid("stream", "lane mutex poisoned"));
+                let make = || pipeline::SideLane::new().map(std::sync::Mutex::new);
+                let mut lanes = c.lanes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 // SAFETY: `stream` is 0 or a live CUstream of this context (the caller's contract).
-                Ok(Some(lanes?.for_stream(stream, make, || unsafe { stream_capturing(stream) })?))
+                let key = unsafe { stream_key(stream) };
+                // SAFETY: as above.
+                Ok(lanes.for_stream(key, make, || unsafe { stream_capturing(stream) }).ok())
             }
             _ => Ok(None),
         }

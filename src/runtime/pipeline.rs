@@ -9,11 +9,14 @@
 //! stream, which the side stream joins through the first wait, is joined back before it ends).
 //! Nothing here synchronizes the host or allocates while a loop runs: a side lane is created on
 //! a stream's first pipelined call, or taken from a spare made ahead when that call is being
-//! captured (where creating streams and events is not a documented-safe call).
+//! captured (where creating streams and events is not a documented-safe call); where a lane
+//! cannot be made, the loop runs on the caller's stream alone. A loop cut short by an error still
+//! joins the side stream back (`Drop`), so no queued row pass outlives the call unordered.
 //!
 //! On the emulator every launch runs when enqueued, so the pipeline is one stream: `side()` is
 //! the caller's stream and the hand-offs are no-ops (the loop's slot alternation is still what
 //! runs, and is what the emulator tests).
+use std::cell::Cell;
 use std::sync::{Mutex, MutexGuard};
 
 use cudarc::driver::{result, sys};
@@ -26,6 +29,8 @@ pub(crate) struct SideLane {
     stream: sys::CUstream,
     filled: [sys::CUevent; 2],
     drained: [sys::CUevent; 2],
+    /// Records the side stream's last work when a loop ends early (an error), to join it back.
+    joined: sys::CUevent,
 }
 
 // SAFETY: the handles are plain driver handles of one context, used only under the lane's mutex
@@ -35,34 +40,40 @@ unsafe impl Send for SideLane {}
 unsafe impl Sync for SideLane {}
 
 impl SideLane {
-    /// A non-blocking side stream (no implicit order with the legacy default stream) and four
-    /// events without timing, in the context current on this thread.
+    /// A non-blocking side stream (no implicit order with the legacy default stream) of the
+    /// context's greatest priority, so a row pass gets SMs as a GEMM's blocks retire instead of
+    /// queueing behind the next GEMM's, and five events without timing, in the context current
+    /// on this thread.
     pub(crate) fn new() -> Result<Self> {
         let flags = sys::CUevent_flags::CU_EVENT_DISABLE_TIMING;
         let mut lane = SideLane {
             stream: std::ptr::null_mut(),
             filled: [std::ptr::null_mut(); 2],
             drained: [std::ptr::null_mut(); 2],
+            joined: std::ptr::null_mut(),
         };
         // Each handle is stored as soon as it exists, so Drop frees what an error leaves behind.
-        lane.stream = result::stream::create(result::stream::StreamKind::NonBlocking)?;
+        let (_least, greatest) = result::stream::get_priority_range()?;
+        lane.stream =
+            result::stream::create_with_priority(result::stream::StreamKind::NonBlocking, greatest)?;
         for slot in 0..2 {
             lane.filled[slot] = result::event::create(flags)?;
             lane.drained[slot] = result::event::create(flags)?;
         }
+        lane.joined = result::event::create(flags)?;
         Ok(lane)
     }
 }
 
 impl Drop for SideLane {
     fn drop(&mut self) {
-        for e in self.filled.iter().chain(&self.drained).filter(|e| !e.is_null()) {
+        for e in self.filled.iter().chain(&self.drained).chain([&self.joined]).filter(|e| !e.is_null()) {
             // SAFETY: created by cuEventCreate in `new` and destroyed once, here.
             let _ = unsafe { result::event::destroy(*e) };
         }
         if !self.stream.is_null() {
-            // SAFETY: created by cuStreamCreate in `new` and destroyed once, here (pending work
-            // completes first, as cuStreamDestroy documents).
+            // SAFETY: created by cuStreamCreateWithPriority in `new` and destroyed once, here
+            // (pending work completes first, as cuStreamDestroy documents).
             let _ = unsafe { result::stream::destroy(self.stream) };
         }
     }
@@ -73,19 +84,40 @@ impl Drop for SideLane {
 pub(crate) struct Pipeline<'a> {
     main: u64,
     lane: Option<MutexGuard<'a, SideLane>>,
+    /// Side work enqueued since the last drain record (a chunk cut short by an error).
+    undrained: Cell<bool>,
+    /// The slot of the last drain record, while the caller's stream has not waited for it.
+    unjoined: Cell<Option<usize>>,
+}
+
+impl Drop for Pipeline<'_> {
+    /// A loop that returns early (an error) may leave row passes queued on the side stream that
+    /// write the caller's outputs and read its workspace: join them to the caller's stream, so
+    /// nothing the caller frees or reuses afterwards is still in use, and a capture still closes.
+    fn drop(&mut self) {
+        if let Some(l) = &self.lane {
+            if self.undrained.get() || self.unjoined.get().is_some() {
+                // SAFETY: live handles of the lane's context, which the loop bound on this thread.
+                unsafe {
+                    let _ = result::event::record(l.joined, l.stream);
+                    let _ = result::stream::wait_event(
+                        self.main as sys::CUstream,
+                        l.joined,
+                        sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
+                    );
+                }
+            }
+        }
+    }
 }
 
 impl<'a> Pipeline<'a> {
-    /// One stream: `side()` is `main` and the hand-offs do nothing.
-    pub(crate) fn serial(main: u64) -> Self {
-        Pipeline { main, lane: None }
-    }
-
-    /// `main` with `lane`'s side stream (the lane's context must be current on this thread
-    /// whenever a hand-off is enqueued).
-    pub(crate) fn with_lane(main: u64, lane: &'a Mutex<SideLane>) -> Result<Self> {
-        let lane = lane.lock().map_err(|_| crate::error::invalid("stream", "side lane mutex poisoned"))?;
-        Ok(Pipeline { main, lane: Some(lane) })
+    /// `main` with `lane`'s side stream, or alone without a lane (the lane's context must be
+    /// current on this thread whenever a hand-off is enqueued). A lane whose mutex a panic
+    /// poisoned is used as is: it holds only handles, and every loop records before it waits.
+    pub(crate) fn new(main: u64, lane: Option<&'a Mutex<SideLane>>) -> Self {
+        let lane = lane.map(|l| l.lock().unwrap_or_else(|poisoned| poisoned.into_inner()));
+        Pipeline { main, lane, undrained: Cell::new(false), unjoined: Cell::new(None) }
     }
 
     /// The caller's stream: the fills (GEMMs), and everything after the loop.
@@ -108,6 +140,7 @@ impl<'a> Pipeline<'a> {
             // SAFETY: live handles of the current context (the caller's contract and `new`).
             unsafe {
                 result::event::record(l.filled[slot], self.main as sys::CUstream)?;
+                self.undrained.set(true);
                 result::stream::wait_event(
                     l.stream,
                     l.filled[slot],
@@ -126,6 +159,8 @@ impl<'a> Pipeline<'a> {
         if let Some(l) = &self.lane {
             // SAFETY: live handles of the current context.
             unsafe { result::event::record(l.drained[slot], l.stream)? };
+            self.undrained.set(false);
+            self.unjoined.set(Some(slot));
         }
         Ok(())
     }
@@ -146,6 +181,9 @@ impl<'a> Pipeline<'a> {
                     sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT,
                 )?
             };
+            if self.unjoined.get() == Some(slot) {
+                self.unjoined.set(None);
+            }
         }
         Ok(())
     }

@@ -381,10 +381,16 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
             (r, sys::cuStreamEndCapture(raw, &mut graph))
         }
     };
+    // Forward and backward captured apart, so each loop must join its side stream back itself.
     let (r, end) = capture(&mut || {
         let out = LinearForwardViews::new(logp3.as_view_mut(), lse3.as_view_mut(), None);
         let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
-        gpu.linear_token_logprobs_forward_ordered(&cap, &head, &targets.as_view(), out, ws, &token)?;
+        gpu.linear_token_logprobs_forward_ordered(&cap, &head, &targets.as_view(), out, ws, &token)
+            .map(|_| ())
+    });
+    r.unwrap();
+    assert_eq!(end, sys::CUresult::CUDA_SUCCESS, "the stream-ordered forward captures");
+    let (r, end) = capture(&mut || {
         let grads =
             LinearGradViews { d_hidden: dh3.as_view_mut(), d_weight: dw3.as_view_mut(), d_bias: None };
         let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: Some(status.as_view_mut()) };
@@ -401,7 +407,7 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
         .map(|_| ())
     });
     r.unwrap();
-    assert_eq!(end, sys::CUresult::CUDA_SUCCESS, "the stream-ordered head captures");
+    assert_eq!(end, sys::CUresult::CUDA_SUCCESS, "the stream-ordered backward captures");
     assert_eq!(cap.clone_dtoh(&logp3).unwrap(), s.clone_dtoh(&logp).unwrap(), "captured rows as eager ones");
     assert_eq!(cap.clone_dtoh(&dw3).unwrap(), s.clone_dtoh(&dw).unwrap(), "captured d_weight as eager");
     let (r, end) = capture(&mut || {
