@@ -12,6 +12,7 @@
 use crate::dtype::{DType, LogitElement, TargetIndex};
 use crate::error::{ensure, ensure_len, invalid, Result};
 use crate::lm_head::chunk::{check_head_shape, head_ptrs, ChunkWork, GradPtrs, Loop, RowOuts};
+use crate::lm_head::head_streams;
 use crate::lm_head::{LinearForwardViews, LinearGradViews, LinearHead, LinearRun, LinearShape};
 use crate::runtime::mem::{optional_ptr, optional_ptr_mut, DevicePtrMut, Guard, Stream, View, ViewMut};
 use crate::runtime::pipeline::Pipeline;
@@ -49,18 +50,6 @@ pub fn ordered_workspace_bytes(shape: &LinearShape, dtype: DType, rows: usize) -
         Some(one)
     } else {
         one.checked_mul(2)
-    }
-}
-
-/// How many streams a stream-ordered loop of more than one chunk runs on: `PREF_KERNELS_HEAD_STREAMS`
-/// `1` (the row pass after each GEMM on the caller's stream, chunks twice as large) or `2` (unset:
-/// the row pass on a second stream, overlapping the next GEMM). Read at every call, so one process
-/// can time both.
-fn head_streams() -> Result<usize> {
-    match std::env::var("PREF_KERNELS_HEAD_STREAMS").as_deref() {
-        Err(_) | Ok("") | Ok("2") => Ok(2),
-        Ok("1") => Ok(1),
-        Ok(other) => Err(invalid("PREF_KERNELS_HEAD_STREAMS", format!("must be 1 or 2, got {other:?}"))),
     }
 }
 

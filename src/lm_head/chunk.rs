@@ -510,7 +510,8 @@ impl PlanOnDevice {
 }
 
 /// The device state of one chunk loop over a row plan: the plan's rows and targets, the
-/// workspace sized for its largest chunk, and the status word the kernels report into.
+/// workspace sized for its largest chunk (once per slot: two when a second stream drains one slot
+/// while the next chunk fills the other), and the status word the kernels report into.
 pub(crate) struct ChunkPass {
     plan: PlanOnDevice,
     work: DeviceBuffer<u8>,
@@ -518,28 +519,63 @@ pub(crate) struct ChunkPass {
     shape: LinearShape,
     dtype: DType,
     max_rows: usize,
+    slots: usize,
 }
 
 impl ChunkPass {
-    /// Uploads `plan` and allocates the workspace for `shape` in `dtype`.
+    /// Uploads `plan` and allocates the workspace for `shape` in `dtype` (one slot).
     pub(crate) fn new(stream: &Stream, shape: &LinearShape, dtype: DType, plan: &RowPlan) -> Result<Self> {
+        Self::with_slots(stream, shape, dtype, plan, 1)
+    }
+
+    /// As [`ChunkPass::new`], with `slots` workspace slots of the plan's largest chunk.
+    pub(crate) fn with_slots(
+        stream: &Stream,
+        shape: &LinearShape,
+        dtype: DType,
+        plan: &RowPlan,
+        slots: usize,
+    ) -> Result<Self> {
+        let bytes = ChunkWork::bytes(shape, dtype, plan.max_rows, true)
+            .and_then(|b| b.checked_mul(slots))
+            .ok_or_else(|| crate::error::invalid("workspace_bytes", "the chunk workspace overflows usize"))?;
         Ok(ChunkPass {
             plan: PlanOnDevice::upload(stream, plan)?,
-            work: stream.alloc_zeros::<u8>(
-                ChunkWork::bytes(shape, dtype, plan.max_rows, true).ok_or_else(|| {
-                    crate::error::invalid("workspace_bytes", "the chunk workspace overflows usize")
-                })?,
-            )?,
+            work: stream.alloc_zeros::<u8>(bytes)?,
             status: StatusWord::new(stream, true)?,
             shape: *shape,
             dtype,
             max_rows: plan.max_rows,
+            slots,
         })
     }
 
-    /// Bytes of the workspace.
+    /// Bytes of the workspace (every slot).
     pub(crate) fn work_bytes(&self) -> usize {
-        ChunkWork::bytes(&self.shape, self.dtype, self.max_rows, true).unwrap_or(usize::MAX)
+        ChunkWork::bytes(&self.shape, self.dtype, self.max_rows, true)
+            .and_then(|b| b.checked_mul(self.slots))
+            .unwrap_or(usize::MAX)
+    }
+
+    /// The loop's raw pointers of each slot over `head` and the status word's, the borrows kept
+    /// in `guards`.
+    pub(crate) fn bind_slots<'s>(
+        &'s mut self,
+        stream: &Stream,
+        head: HeadPtrs,
+        guards: &mut Vec<Guard<'s>>,
+    ) -> Result<(Vec<Loop>, u64)> {
+        let slot_bytes = ChunkWork::bytes(&self.shape, self.dtype, self.max_rows, true).unwrap_or(0) as u64;
+        let (shape, dtype, max_rows, slots) = (self.shape, self.dtype, self.max_rows, self.slots);
+        let (first, status) = self.bind(stream, head, guards)?;
+        let base = first.work.logits;
+        let loops = (0..slots)
+            .map(|i| Loop {
+                work: ChunkWork::carve(base + i as u64 * slot_bytes, &shape, dtype, max_rows, true),
+                ..first
+            })
+            .collect();
+        Ok((loops, status))
     }
 
     /// The loop's raw pointers over `head` and the status word's, the borrows kept in `guards`.
@@ -610,6 +646,7 @@ impl ChunkWork {
 }
 
 /// Everything a chunk loop enqueues with: the head, the rows' device arrays, the workspace.
+#[derive(Clone, Copy)]
 pub(crate) struct Loop {
     pub(crate) head: HeadPtrs,
     /// i64 row ids of a host plan (0 in a stream-ordered loop: chunk rows are the head's rows).

@@ -13,6 +13,20 @@ use chunk::GradPtrs;
 pub(crate) mod chunk;
 pub(crate) mod plan;
 
+/// How many streams a chunk loop of more than one chunk runs on: `PREF_KERNELS_HEAD_STREAMS` `1`
+/// (each chunk's row pass after its GEMM on the caller's stream, chunks twice as large) or `2`
+/// (unset: the row pass on a second stream, overlapping the next chunk's GEMM,
+/// [`crate::runtime::pipeline`]). Read at every call, so one process can time both.
+pub(crate) fn head_streams() -> Result<usize> {
+    match std::env::var("PREF_KERNELS_HEAD_STREAMS").as_deref() {
+        Err(_) | Ok("") | Ok("2") => Ok(2),
+        Ok("1") => Ok(1),
+        Ok(other) => {
+            Err(crate::error::invalid("PREF_KERNELS_HEAD_STREAMS", format!("must be 1 or 2, got {other:?}")))
+        }
+    }
+}
+
 pub use plan::{min_workspace_bytes, workspace_bytes_per_row};
 
 /// Shape of a linear log-probs problem: `n_rows` hidden states of width `hidden`, a vocabulary of

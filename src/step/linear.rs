@@ -11,12 +11,14 @@ use super::pair_plan::pair_chunks;
 use crate::error::{ensure, Result};
 use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras};
+use crate::lm_head::head_streams;
 use crate::lm_head::plan::rows_for_budget;
 use crate::preference_loss::{
     preference_loss_workspace_len, LossConfig, Pairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs,
     RefSource, SubBatch, METRICS_LEN, PAIR_COLUMNS,
 };
 use crate::runtime::mem::{optional_ptr, DeviceBuffer, DevicePtr, DevicePtrMut, Stream, View, ViewMut};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::Gpu;
 use crate::seq_reduce::{DeviceSeqLayout, SeqLayout, SeqReducePtrs};
 use crate::{LogitElement, TargetIndex};
@@ -150,19 +152,32 @@ impl Gpu {
                 .into()
         })?;
 
-        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
-        let plan = pair_chunks(
-            &host_targets,
-            s.vocab,
-            cfg.token.ignore_index,
-            &batch.seqs,
-            &batch.pairs,
-            max_rows,
-            |rows| rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, rows, "the largest group of pairs"),
-        )?;
+        let plan_within = |budget: usize| {
+            let max_rows = rows_for_budget(&s, T::DTYPE, budget, 1, "one row")?;
+            pair_chunks(
+                &host_targets,
+                s.vocab,
+                cfg.token.ignore_index,
+                &batch.seqs,
+                &batch.pairs,
+                max_rows,
+                |rows| rows_for_budget(&s, T::DTYPE, budget, rows, "the largest group of pairs"),
+            )
+        };
+        // One slot of the whole budget; when that takes more than one chunk (and a second stream
+        // is allowed), two slots of half of it each, so a second stream runs one chunk's row pass
+        // and loss while the next chunk's GEMM fills the other slot. A half budget too small for
+        // the largest group of pairs keeps the one slot.
+        let mut plan = plan_within(cfg.workspace_bytes)?;
+        let mut slots = 1;
+        if plan.rows.chunks.len() > 1 && head_streams()? == 2 {
+            if let Ok(halves) = plan_within(cfg.workspace_bytes / 2) {
+                (plan, slots) = (halves, 2);
+            }
+        }
         let n_chunks = plan.rows.chunks.len();
         let n_pairs = plan.n_pairs;
-        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan.rows)?;
+        let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan.rows, slots)?;
         let cu_dev = stream.clone_htod(&plan.local_cu)?;
         let seq_order_dev = stream.clone_htod(&plan.seq_order)?;
         let chosen_dev = stream.clone_htod(&plan.local_chosen)?;
@@ -196,9 +211,33 @@ impl Gpu {
             let mut grad_guards = Vec::new();
             let gp = out.grads.ptrs(stream, &mut grad_guards)?;
             let mut pass_guards = Vec::new();
-            let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
+            let (loops, status_p) = pass.bind_slots(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
+            // SAFETY: `raw` is the caller's live stream of this backend.
+            let lane = unsafe { self.side_lane(raw, slots == 2)? };
+            let pipe = Pipeline::new(raw, lane.as_deref());
+            // A chunk's weight GEMMs on the caller's stream after its row pass and loss on the side
+            // stream; with two slots enqueued after the next chunk's logits GEMM (the next fill of
+            // this chunk's slot comes after them, in order).
+            let finish = |c: usize| -> Result<()> {
+                let lp = &loops[c % slots];
+                let rows = &plan.rows.chunks[c];
+                // SAFETY: as below; the slot is read after its row pass (wait_drained).
+                unsafe {
+                    pipe.wait_drained(c % slots)?;
+                    self.chunk_backward(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(rows.start),
+                        rows.len(),
+                        &lp.work,
+                        &gp,
+                        status_p,
+                    )
+                }
+            };
             for c in 0..n_chunks {
+                let lp = &loops[c % slots];
                 let rows = &plan.rows.chunks[c];
                 let (r0, m) = (rows.start, rows.len());
                 let seqs = &plan.chunk_seqs[c];
@@ -229,29 +268,51 @@ impl Gpu {
                     workspace: lw_p,
                     status: status_p,
                 };
+                let side = pipe.side();
                 // SAFETY: every pointer is a live buffer sized by the plan (chunk rows <= max_rows,
-                // chunk sequences and pairs <= the maxima the loss workspace was sized for); all
-                // work is ordered on `stream` and the buffers outlive the synchronization below.
+                // chunk sequences and pairs <= the maxima the loss workspace was sized for); a slot
+                // is filled on the caller's stream after its previous chunk's weight GEMMs there,
+                // and read on the side stream after its fill; the loss workspace and ref_local are
+                // used on the side stream alone, chunk after chunk; the buffers outlive the
+                // synchronization below.
                 unsafe {
-                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, false, RowExtras::default(), status_p)?;
+                    self.chunk_logits(pipe.main(), &lp.head, idx, m, &lp.work, status_p)?;
+                    pipe.fill_done(c % slots)?;
+                    lp.logprobs_forward(
+                        self,
+                        side,
+                        r0,
+                        m,
+                        &cfg.token,
+                        false,
+                        RowExtras::default(),
+                        status_p,
+                    )?;
                     if weights_p != 0 {
-                        self.gather_f32(raw, weights_p, lp.work.weights, idx, m, s.n_rows, status_p)?;
+                        self.gather_f32(side, weights_p, lp.work.weights, idx, m, s.n_rows, status_p)?;
                     }
                     if ref_logp_p != 0 {
-                        self.gather_f32(raw, ref_logp_p, lp.work.ref_logp, idx, m, s.n_rows, status_p)?;
+                        self.gather_f32(side, ref_logp_p, lp.work.ref_logp, idx, m, s.n_rows, status_p)?;
                     }
                     if ref_seq_p != 0 {
                         let order = order_p + (seqs.start * 8) as u64;
-                        self.gather_f32(raw, ref_seq_p, rl_p, order, seqs.len(), n_seqs, status_p)?;
+                        self.gather_f32(side, ref_seq_p, rl_p, order, seqs.len(), n_seqs, status_p)?;
                     }
                     self.preference_loss_raw_in_batch(
-                        raw, &tokens, m, layout, raw_pairs, loss_cfg, &ptrs, sub_batch,
+                        side, &tokens, m, layout, raw_pairs, loss_cfg, &ptrs, sub_batch,
                     )?;
-                    self.scatter_f32(raw, lp.work.logp, logp_p, idx, m, s.n_rows, status_p)?;
-                    lp.logprobs_backward(self, raw, r0, m, &cfg.token, false, status_p)?;
-                    self.chunk_backward(raw, &lp.head, idx, m, &lp.work, &gp, status_p)?;
+                    self.scatter_f32(side, lp.work.logp, logp_p, idx, m, s.n_rows, status_p)?;
+                    lp.logprobs_backward(self, side, r0, m, &cfg.token, false, status_p)?;
+                    pipe.drain_done(c % slots)?;
                 }
+                if slots == 1 {
+                    finish(c)?;
+                } else if c > 0 {
+                    finish(c - 1)?;
+                }
+            }
+            if slots == 2 && n_chunks > 0 {
+                finish(n_chunks - 1)?;
             }
         }
         pass.finish(stream)?;

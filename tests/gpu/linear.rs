@@ -273,10 +273,20 @@ fn step_parity_for(gpu: &Gpu, seed: u64, loss: &LossConfig, with_weights: bool) 
     };
     let scale = want_g.d_weight.iter().fold(0f64, |a, x| a.max(x.abs())).max(1e-4);
     let mut first_dw: Option<Vec<f32>> = None;
+    let mut one_pair_chunks = 0;
     // One pair per chunk, two, the whole batch.
     for rows in [2 * l, 4 * l, n] {
         let cfg = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, rows) };
         let out = gpu.linear_preference_step(&stream, &head, &batch, loss, &cfg).unwrap();
+        // A budget for one pair cannot be halved: one slot of one pair. A budget for two pairs is
+        // halved into two slots of one pair each (a second stream drains one while the next
+        // chunk fills the other): as many chunks, in twice the bytes of a one-pair slot.
+        if rows == 2 * l {
+            one_pair_chunks = out.n_chunks;
+            assert!(one_pair_chunks > 1);
+        } else if rows == 4 * l && std::env::var("PREF_KERNELS_HEAD_STREAMS").as_deref() != Ok("1") {
+            assert_eq!(out.n_chunks, one_pair_chunks, "two slots of one pair each");
+        }
         assert_close(&format!("loss rows {rows}"), out.loss.loss as f64, want.loss, 1e-5, 1e-4);
         for (k, name) in pref_kernels::preference_loss::METRIC_NAMES.iter().enumerate() {
             assert_close(
