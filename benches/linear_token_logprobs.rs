@@ -33,7 +33,7 @@ use pref_kernels::linear_token_logprobs::{
 use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::SeqLayout;
 use pref_kernels::step::LinearStepBatch;
-use pref_kernels::{DType, TokenLogprobsConfig, View};
+use pref_kernels::{DType, DeviceBuffer, Gpu, Stream, TokenLogprobsConfig, View};
 
 mod common;
 use common::{event_time, gpu_or_skip, pseudo};
@@ -57,6 +57,23 @@ fn cpu_reference(c: &mut Criterion) {
 }
 
 /// `n` pseudo-random bf16 values in `[lo, hi)`.
+/// The stream-ordered forward into `logp` and `lse`, `work` its workspace (what the PyTorch ops run).
+#[allow(clippy::too_many_arguments)]
+fn ordered_forward(
+    gpu: &Gpu,
+    stream: &Stream,
+    head: &LinearHead<'_, bf16>,
+    targets: &View<'_, i64>,
+    logp: &mut DeviceBuffer<f32>,
+    lse: &mut DeviceBuffer<f32>,
+    work: &mut DeviceBuffer<u8>,
+    token: &TokenLogprobsConfig,
+) {
+    let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
+    let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
+    gpu.linear_token_logprobs_forward_ordered(stream, head, targets, out, ws, token).unwrap();
+}
+
 fn random_bf16(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<bf16> {
     pseudo(n, seed, lo, hi).into_iter().map(bf16::from_f32).collect()
 }
@@ -159,17 +176,16 @@ fn gpu_benches(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("forward_stream_ordered", &id), |b| {
                 b.iter_custom(|it| {
                     event_time(&gpu, it, || {
-                        let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
-                        let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
-                        gpu.linear_token_logprobs_forward_ordered(
+                        ordered_forward(
+                            &gpu,
                             &stream,
                             &head,
                             &targets.as_view(),
-                            out,
-                            ws,
+                            &mut logp,
+                            &mut lse,
+                            &mut work,
                             &token,
-                        )
-                        .unwrap();
+                        );
                     })
                 })
             });
@@ -181,17 +197,16 @@ fn gpu_benches(c: &mut Criterion) {
                 g.bench_function(BenchmarkId::new(name, &id), |b| {
                     b.iter_custom(|it| {
                         event_time(&gpu, it, || {
-                            let out = LinearForwardViews::new(logp.as_view_mut(), lse.as_view_mut(), None);
-                            let ws = OrderedWorkspace { workspace: work.as_view_mut(), status: None };
-                            gpu.linear_token_logprobs_forward_ordered(
+                            ordered_forward(
+                                &gpu,
                                 &stream,
                                 &head,
                                 &targets.as_view(),
-                                out,
-                                ws,
+                                &mut logp,
+                                &mut lse,
+                                &mut work,
                                 &token,
-                            )
-                            .unwrap();
+                            );
                             let grads = LinearGradViews {
                                 d_hidden: dh.as_view_mut(),
                                 d_weight: dw.as_view_mut(),
