@@ -8,10 +8,11 @@ use crate::error::{ensure, Result};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras, RowMove};
 use crate::lm_head::plan::{rows_for_budget, token_chunks};
 use crate::lm_head::{
-    LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers, LinearGradViews, LinearHead,
-    LinearRun,
+    plan_in_slots, LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers,
+    LinearGradViews, LinearHead, LinearRun, LinearShape,
 };
 use crate::runtime::mem::{optional_ptr, optional_ptr_mut, DeviceBuffer, DevicePtrMut, Stream, View};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::Gpu;
 use crate::token_logprobs::{topk_len, validate_top_k};
 
@@ -67,9 +68,8 @@ impl Gpu {
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
         let extras = check_forward_outputs(&out, &s, &cfg.token)?;
-        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
-        let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
-        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
+        let (plan, slots) = plan_rows(&s, T::DTYPE, &host_targets, cfg)?;
+        let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan, slots)?;
         // The top-k of a chunk's rows, before they are scattered (outside the workspace budget:
         // k * 12 bytes per row).
         let k = out.topk.as_ref().map_or(0, |t| t.k);
@@ -112,8 +112,12 @@ impl Gpu {
                 None => None,
             };
             let mut pass_guards = Vec::new();
-            let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
+            let (loops, status_p) = pass.bind_slots(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
+            // SAFETY: `raw` is the caller's live stream of this backend.
+            let lane = unsafe { self.side_lane(raw, slots == 2)? };
+            let pipe = Pipeline::new(raw, lane.as_deref());
+            let side = pipe.side();
             let scatter = |elem_bytes: usize, src: u64, dst: u64, idx: u64, m: usize, width: usize| {
                 let mv = RowMove {
                     scatter: true,
@@ -126,18 +130,25 @@ impl Gpu {
                     bound: s.n_rows,
                 };
                 // SAFETY: src holds m rows of `width` elements in the workspace, dst N rows of
-                // them (checked above); ordered on `stream`.
-                unsafe { self.move_rows(raw, &mv, status_p) }
+                // them (checked above); ordered on the side stream after the chunk's fill.
+                unsafe { self.move_rows(side, &mv, status_p) }
             };
-            for chunk in &plan.chunks {
+            for (c, chunk) in plan.chunks.iter().enumerate() {
                 let (r0, m) = (chunk.start, chunk.len());
+                let lp = &loops[c % slots];
                 let idx = lp.index(r0);
-                // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
+                // SAFETY: every pointer is a live buffer sized by the plan; a slot is filled on
+                // the caller's stream after its previous chunk's drain, and drained on the side
+                // stream (the top-k scratch too, chunk after chunk) after its fill.
                 unsafe {
-                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    lp.logprobs_forward(self, raw, r0, m, &cfg.token, ent.is_some(), extras, status_p)?;
+                    if c >= 2 {
+                        pipe.wait_drained(c % slots)?;
+                    }
+                    self.chunk_logits(pipe.main(), &lp.head, idx, m, &lp.work, status_p)?;
+                    pipe.fill_done(c % slots)?;
+                    lp.logprobs_forward(self, side, r0, m, &cfg.token, ent.is_some(), extras, status_p)?;
                     if let (Some(((tl, _), (ti, _))), Some(((ol, _), (oi, _)))) = (&topk_tmp, &topk_out) {
-                        lp.logprobs_topk(self, raw, r0, m, k, *tl, *ti, &cfg.token, status_p)?;
+                        lp.logprobs_topk(self, side, r0, m, k, *tl, *ti, &cfg.token, status_p)?;
                         scatter(4, *tl, *ol, idx, m, k)?;
                         scatter(8, *ti, *oi, idx, m, k)?;
                     }
@@ -156,6 +167,12 @@ impl Gpu {
                 if let Some((p, _)) = &top1 {
                     scatter(1, lp.work.extra_is_top1(), *p, idx, m, 1)?;
                 }
+                // SAFETY: as above.
+                unsafe { pipe.drain_done(c % slots)? };
+            }
+            if let Some(last) = plan.chunks.len().checked_sub(1) {
+                // SAFETY: as above; joins the side stream back (its last drain covers the rest).
+                unsafe { pipe.wait_drained(last % slots)? };
             }
         }
         pass.finish(stream)?;
@@ -223,11 +240,10 @@ impl Gpu {
         if let Some(g) = grad_entropy {
             ensure_len("grad_entropy", g.len(), s.n_rows)?;
         }
-        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
-        let plan = token_chunks(&host_targets, s.vocab, cfg.token.ignore_index, max_rows)?;
+        let (plan, slots) = plan_rows(&s, T::DTYPE, &host_targets, cfg)?;
         // Checked and planned: only now touch the caller's outputs.
         grads.prepare(stream, head, zeroed)?;
-        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
+        let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan, slots)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
@@ -236,17 +252,45 @@ impl Gpu {
             let mut grad_guards = Vec::new();
             let gp = grads.ptrs(stream, &mut grad_guards)?;
             let mut pass_guards = Vec::new();
-            let (lp, status_p) = pass.bind(stream, head_p, &mut pass_guards)?;
+            let (loops, status_p) = pass.bind_slots(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
-            for chunk in &plan.chunks {
-                let (r0, m) = (chunk.start, chunk.len());
-                let idx = lp.index(r0);
-                // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
+            // SAFETY: `raw` is the caller's live stream of this backend.
+            let lane = unsafe { self.side_lane(raw, slots == 2)? };
+            let pipe = Pipeline::new(raw, lane.as_deref());
+            let side = pipe.side();
+            // A chunk's weight GEMMs on the caller's stream after its row pass on the side stream;
+            // with two slots enqueued after the next chunk's logits GEMM (the next fill of this
+            // chunk's slot comes after them, in order).
+            let finish = |c: usize| -> Result<()> {
+                let lp = &loops[c % slots];
+                let chunk = &plan.chunks[c];
+                // SAFETY: as below; the slot is read after its row pass (wait_drained).
                 unsafe {
-                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
+                    pipe.wait_drained(c % slots)?;
+                    self.chunk_backward(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(chunk.start),
+                        chunk.len(),
+                        &lp.work,
+                        &gp,
+                        status_p,
+                    )
+                }
+            };
+            for (c, chunk) in plan.chunks.iter().enumerate() {
+                let (r0, m) = (chunk.start, chunk.len());
+                let lp = &loops[c % slots];
+                let idx = lp.index(r0);
+                // SAFETY: every pointer is a live buffer sized by the plan; a slot is filled on the
+                // caller's stream after its previous chunk's weight GEMMs there, and read on the
+                // side stream after its fill.
+                unsafe {
+                    self.chunk_logits(pipe.main(), &lp.head, idx, m, &lp.work, status_p)?;
+                    pipe.fill_done(c % slots)?;
                     lp.logprobs_forward(
                         self,
-                        raw,
+                        side,
                         r0,
                         m,
                         &cfg.token,
@@ -254,13 +298,21 @@ impl Gpu {
                         RowExtras::default(),
                         status_p,
                     )?;
-                    self.gather_f32(raw, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
+                    self.gather_f32(side, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
                     if ge != 0 {
-                        self.gather_f32(raw, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;
+                        self.gather_f32(side, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;
                     }
-                    lp.logprobs_backward(self, raw, r0, m, &cfg.token, ge != 0, status_p)?;
-                    self.chunk_backward(raw, &lp.head, idx, m, &lp.work, &gp, status_p)?;
+                    lp.logprobs_backward(self, side, r0, m, &cfg.token, ge != 0, status_p)?;
+                    pipe.drain_done(c % slots)?;
                 }
+                if slots == 1 {
+                    finish(c)?;
+                } else if c > 0 {
+                    finish(c - 1)?;
+                }
+            }
+            if let Some(last) = plan.chunks.len().checked_sub(1).filter(|_| slots == 2) {
+                finish(last)?;
             }
         }
         pass.finish(stream)?;
@@ -303,4 +355,22 @@ pub(crate) fn check_forward_outputs(
         mean_logits: out.mean_logits.is_some(),
         is_top1: out.is_top1.is_some(),
     })
+}
+
+/// The row plan of a host-planned loop over the used rows within `cfg.workspace_bytes`, in one
+/// slot or two ([`crate::lm_head::plan_in_slots`]).
+fn plan_rows(
+    s: &LinearShape,
+    dtype: crate::DType,
+    host_targets: &[i64],
+    cfg: &LinearConfig,
+) -> Result<(crate::lm_head::plan::RowPlan, usize)> {
+    plan_in_slots(
+        cfg.workspace_bytes,
+        |budget| {
+            let max_rows = rows_for_budget(s, dtype, budget, 1, "one row")?;
+            token_chunks(host_targets, s.vocab, cfg.token.ignore_index, max_rows)
+        },
+        |p| p.chunks.len(),
+    )
 }

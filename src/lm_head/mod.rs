@@ -13,6 +13,25 @@ use chunk::GradPtrs;
 pub(crate) mod chunk;
 pub(crate) mod plan;
 
+/// Plans a host-planned chunk loop within `budget` bytes of workspace: one slot of the whole
+/// budget; when that takes more than one chunk and a second stream is allowed ([`head_streams`]),
+/// two slots of half of it each (one drained by the side stream while the next chunk fills the
+/// other), unless half cannot hold the loop's least chunk (one row, or the largest group of
+/// pairs). Returns the plan and its number of slots.
+pub(crate) fn plan_in_slots<P>(
+    budget: usize,
+    plan: impl Fn(usize) -> Result<P>,
+    chunks: impl Fn(&P) -> usize,
+) -> Result<(P, usize)> {
+    let whole = plan(budget)?;
+    if chunks(&whole) > 1 && head_streams()? == 2 {
+        if let Ok(halves) = plan(budget / 2) {
+            return Ok((halves, 2));
+        }
+    }
+    Ok((whole, 1))
+}
+
 /// How many streams a chunk loop of more than one chunk runs on: `PREF_KERNELS_HEAD_STREAMS` `1`
 /// (each chunk's row pass after its GEMM on the caller's stream, chunks twice as large) or `2`
 /// (unset: the row pass on a second stream, overlapping the next chunk's GEMM,
@@ -99,7 +118,9 @@ pub struct LinearConfig {
     /// Temperature, ignore_index, entropy (`compute_entropy`), status check.
     pub token: TokenLogprobsConfig,
     /// Most bytes of device workspace the loop may use (chunk logits, gathered hidden states,
-    /// per-row scratch); the chunk size follows from it. Default [`DEFAULT_WORKSPACE_BYTES`].
+    /// per-row scratch); the chunk size follows from it (halved, in two slots, when the rows take
+    /// more than one chunk: a second stream runs one chunk's row pass while the next chunk's GEMM
+    /// fills the other slot). Default [`DEFAULT_WORKSPACE_BYTES`].
     pub workspace_bytes: usize,
 }
 

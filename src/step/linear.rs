@@ -11,8 +11,8 @@ use super::pair_plan::pair_chunks;
 use crate::error::{ensure, Result};
 use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras};
-use crate::lm_head::head_streams;
 use crate::lm_head::plan::rows_for_budget;
+use crate::lm_head::plan_in_slots;
 use crate::preference_loss::{
     preference_loss_workspace_len, LossConfig, Pairs, PreferenceLossOutputs, PreferenceLossPtrs, RawPairs,
     RefSource, SubBatch, METRICS_LEN, PAIR_COLUMNS,
@@ -164,17 +164,10 @@ impl Gpu {
                 |rows| rows_for_budget(&s, T::DTYPE, budget, rows, "the largest group of pairs"),
             )
         };
-        // One slot of the whole budget; when that takes more than one chunk (and a second stream
-        // is allowed), two slots of half of it each, so a second stream runs one chunk's row pass
-        // and loss while the next chunk's GEMM fills the other slot. A half budget too small for
-        // the largest group of pairs keeps the one slot.
-        let mut plan = plan_within(cfg.workspace_bytes)?;
-        let mut slots = 1;
-        if plan.rows.chunks.len() > 1 && head_streams()? == 2 {
-            if let Ok(halves) = plan_within(cfg.workspace_bytes / 2) {
-                (plan, slots) = (halves, 2);
-            }
-        }
+        // Two slots of half the budget where it takes more than one chunk and half holds the
+        // largest group of pairs: a second stream runs one chunk's row pass and loss while the
+        // next chunk's GEMM fills the other slot.
+        let (plan, slots) = plan_in_slots(cfg.workspace_bytes, plan_within, |p| p.rows.chunks.len())?;
         let n_chunks = plan.rows.chunks.len();
         let n_pairs = plan.n_pairs;
         let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan.rows, slots)?;
