@@ -4,9 +4,10 @@
 // Layout: packed token-major Q [T, Hq, d], K/V [T, Hkv, d]; groups [prefix | r_1 | ... | r_G];
 // host-built tiles of 64 tokens never cross a group boundary. Mask (two-interval form):
 //   allowed(i, j) = lo1 <= j <= i and (j < hi1 or j >= lo2[i])   (lo1/hi1: the group's prefix)
-// Forward (grid: tiles x Hq, 4 warps, 16 query rows per warp): one online softmax over two
-// disjoint key ranges, the prefix [lo1, min(hi1, b)) and the tile's own responses
-// [max(hi1, min lo2), b); O = acc / l, LSE = natural-log row logsumexp.
+// Forward (grid: tiles x Hq, 4 warps, 16 query rows per warp; v2 at d = 64: 32, two plan tiles
+// joined): one online softmax over two disjoint key ranges, the prefix [lo1, min(hi1, b)) and the
+// tile's own responses [max(hi1, min lo2), b) (its BC-key tiles on a grid from hi1);
+// O = acc / l, LSE = natural-log row logsumexp.
 // Backward (deterministic, no atomics; FA2 recurrence with the final O and LSE):
 //   preprocess: delta = rowsum(dO * O);
 //   dK/dV (grid: tiles x Hkv): a CTA owns a key tile and loops over the GQA group's query heads
@@ -140,15 +141,42 @@ __device__ __forceinline__ bool load_tile(const SharedPrefixAttentionParams& p, 
            t.gend <= p.n_tokens && t.rows_end <= t.gend && t.b - t.a <= BR;
 }
 
-// Key range `r` (0: prefix, 1: the tile's own responses) of query tile t.
+// Key range `r` (0: prefix, 1: the tile's own responses) of query tile t. Both are cut into
+// BC-key tiles on grids anchored at the group start and at the prefix end, so the key tiles a row
+// visits differ between query tilings only by tiles wholly masked for it (exact no-ops in the
+// online softmax): a row's bits do not depend on which query tile holds it, and the forward on
+// 128-row tiles gives v1's. The response range starts at the grid line at or below the tile's
+// least own-segment start; the keys before that start are masked for every row of the tile.
 __device__ __forceinline__ void key_range(const Tile& t, int r, int& k0, int& k1) {
     if (r == 0) {
         k0 = t.lo1;
         k1 = min(t.hi1, t.b);
     } else {
-        k0 = max(t.hi1, t.min_lo2);
+        k0 = t.hi1 + ((max(t.hi1, t.min_lo2) - t.hi1) & ~(BC - 1));  // BC is a power of 2
         k1 = t.b;
     }
+}
+
+// The key tiles a query tile visits, in order: its prefix range, then its responses' range, BC keys
+// each (scalars, not arrays indexed by the range: those would live in local memory).
+struct KeyTiles {
+    int a0, a1, b0, b1, n0, total;
+    // Tile i: its first key c, its range's start lo and end k1.
+    __device__ __forceinline__ void at(int i, int& c, int& lo, int& k1) const {
+        const bool first = i < n0;
+        lo = first ? a0 : b0;
+        k1 = first ? a1 : b1;
+        c = lo + (first ? i : i - n0) * BC;
+    }
+    __device__ __forceinline__ bool prefix(int i) const { return i < n0; }
+};
+__device__ __forceinline__ KeyTiles key_tiles(const Tile& tl) {
+    KeyTiles k;
+    key_range(tl, 0, k.a0, k.a1);
+    key_range(tl, 1, k.b0, k.b1);
+    k.n0 = k.a1 > k.a0 ? (k.a1 - k.a0 + BC - 1) / BC : 0;
+    k.total = k.n0 + (k.b1 > k.b0 ? (k.b1 - k.b0 + BC - 1) / BC : 0);
+    return k;
 }
 
 __device__ __forceinline__ bool allowed(int row, int key, int hi1, int row_lo2) {
@@ -324,32 +352,32 @@ __device__ void forward(const SharedPrefixAttentionParams& p) {
 
     float o[DN][4] = {};
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-    for (int r = 0; r < 2; ++r) {
-        int k0, k1;
-        key_range(tl, r, k0, k1);
-        for (int c = k0; c < k1; c += BC) {
-            __syncthreads();  // Q is loaded; the previous K/V tile is no longer read
-            load_rows<T, D, BC>(Ks, p.k, c, k0, k1, p.kv_heads, kvh);
-            load_rows<T, D, BC>(Vs, p.v, c, k0, k1, p.kv_heads, kvh);
-            __syncthreads();
-            // S = Q K^T for this warp's 16 rows x 64 keys; mask; online softmax (row max over the
-            // quad of 4 threads sharing a row).
-            float s[NT][4] = {};
-            mma_abt<T, LD, D, NT>(s, Qs, warp * 16, Ks, g, tq);
-            mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, tq);
-            online_softmax<NT, DN>(s, m, l, o);
-            // O += P V (P from registers, V with 16-bit loads along keys).
-            mma_cb<T, LD, D, NT>(o, s, Vs, g, tq);
-        }
+    const KeyTiles kt = key_tiles(tl);
+    for (int i = 0; i < kt.total; ++i) {
+        int c, k0, k1;
+        kt.at(i, c, k0, k1);
+        __syncthreads();  // Q is loaded; the previous K/V tile is no longer read
+        load_rows<T, D, BC>(Ks, p.k, c, k0, k1, p.kv_heads, kvh);
+        load_rows<T, D, BC>(Vs, p.v, c, k0, k1, p.kv_heads, kvh);
+        __syncthreads();
+        // S = Q K^T for this warp's 16 rows x 64 keys; mask; online softmax (row max over the
+        // quad of 4 threads sharing a row).
+        float s[NT][4] = {};
+        mma_abt<T, LD, D, NT>(s, Qs, warp * 16, Ks, g, tq);
+        mask_scores<NT>(s, c, k1, rows, rlo2, tl, scale2, tq);
+        online_softmax<NT, DN>(s, m, l, o);
+        // O += P V (P from registers, V with 16-bit loads along keys).
+        mma_cb<T, LD, D, NT>(o, s, Vs, g, tq);
     }
     write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
 }
 
 // ---- forward v2 ---------------------------------------------------------------------------------------
-// The same tiles, mask and arithmetic as v1, in the same order (so the same bits), fed faster:
+// The same mask and arithmetic as v1, in the same order per row (so the same bits), fed faster:
 // K/V tiles double-buffered with cp.async (the next tile's copies in flight while this one is
-// used), every mma operand loaded with ldmatrix (Q and K as stored, V transposed), and a key tile
-// that no row of a warp masks skips the mask arithmetic (decided per warp, so never divergent).
+// used), every mma operand loaded with ldmatrix (Q and K as stored, V transposed), a key tile
+// that no row of a warp masks skips the mask arithmetic (decided per warp, so never divergent),
+// and at d = 64 128-row query tiles: two 16-row slabs per warp share each K/V fragment.
 
 // Issues the cp.async copies of rows [row0, row0 + ROWS) of head `head` into smem [ROWS][D + 8];
 // rows outside [lo, hi) are zero-filled (their source address stays the tensor's first row).
@@ -398,59 +426,59 @@ __device__ __forceinline__ void ldsm_b_cols(uint32_t (&b0)[2], uint32_t (&b1)[2]
     b1[1] = x[3];
 }
 
-// mma_abt with ldmatrix operands: acc (16 x 8*NT) += A[row0 .., 0..D] B[0 .. 8*NT, 0..D]^T.
-template <typename T, int LD, int D, int NT>
-__device__ __forceinline__ void mma_abt_ldsm(float (&acc)[NT][4], const T* A, int row0, const T* B, int lane) {
+// mma_abt with ldmatrix operands for MS 16-row slabs of A at row0, row0 + 16, ..: acc[j] (16 x
+// 8*NT) += A[row0 + 16 j .., 0..D] B[0 .. 8*NT, 0..D]^T. Each B fragment is loaded once for all
+// slabs; every acc element gets the same mma sequence as with one slab (the same bits).
+template <typename T, int LD, int D, int NT, int MS>
+__device__ __forceinline__ void mma_abt_ldsm_slabs(float (&acc)[MS][NT][4], const T* A, int row0, const T* B, int lane) {
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks) {
-        uint32_t a[4];
-        ldsm_a<T, LD>(a, A, row0, ks * 16, lane);
+        uint32_t a[MS][4];
+#pragma unroll
+        for (int j = 0; j < MS; ++j) ldsm_a<T, LD>(a[j], A, row0 + 16 * j, ks * 16, lane);
 #pragma unroll
         for (int nt = 0; nt < NT; nt += 2) {
             uint32_t b0[2], b1[2];
             ldsm_b_rows<T, LD>(b0, b1, B, nt * 8, ks * 16, lane);
-            mma_m16n8k16(acc[nt], a, b0, T());
-            mma_m16n8k16(acc[nt + 1], a, b1, T());
+#pragma unroll
+            for (int j = 0; j < MS; ++j) {
+                mma_m16n8k16(acc[j][nt], a[j], b0, T());
+                mma_m16n8k16(acc[j][nt + 1], a[j], b1, T());
+            }
         }
     }
 }
-// mma_cb with ldmatrix.trans operands: acc (16 x D) += C (16 x 8*NT) B[0 .. 8*NT, 0..D].
-template <typename T, int LD, int D, int NT>
-__device__ __forceinline__ void mma_cb_ldsm(float (&acc)[D / 8][4], const float (&c)[NT][4], const T* B, int lane) {
+// mma_cb with ldmatrix.trans operands for MS slabs: acc[j] (16 x D) += C[j] (16 x 8*NT) B[0 .. 8*NT,
+// 0..D], each B fragment loaded once for all slabs.
+template <typename T, int LD, int D, int NT, int MS>
+__device__ __forceinline__ void mma_cb_ldsm_slabs(float (&acc)[MS][D / 8][4], const float (&c)[MS][NT][4], const T* B,
+                                                  int lane) {
 #pragma unroll
     for (int kk = 0; kk < NT / 2; ++kk) {
-        uint32_t a[4];
-        frag_a_from_c<T, NT>(a, c, kk);
+        uint32_t a[MS][4];
+#pragma unroll
+        for (int j = 0; j < MS; ++j) frag_a_from_c<T, NT>(a[j], c[j], kk);
 #pragma unroll
         for (int dn = 0; dn < D / 8; dn += 2) {
             uint32_t b0[2], b1[2];
             ldsm_b_cols<T, LD>(b0, b1, B, kk * 16, dn * 8, lane);
-            mma_m16n8k16(acc[dn], a, b0, T());
-            mma_m16n8k16(acc[dn + 1], a, b1, T());
+#pragma unroll
+            for (int j = 0; j < MS; ++j) {
+                mma_m16n8k16(acc[j][dn], a[j], b0, T());
+                mma_m16n8k16(acc[j][dn + 1], a[j], b1, T());
+            }
         }
     }
 }
-
-// The key tiles a query tile visits, in order: its prefix range, then its responses' range, BC keys
-// each (scalars, not arrays indexed by the range: those would live in local memory).
-struct KeyTiles {
-    int a0, a1, b0, b1, n0, total;
-    // Tile i: its first key c, its range's start lo and end k1.
-    __device__ __forceinline__ void at(int i, int& c, int& lo, int& k1) const {
-        const bool first = i < n0;
-        lo = first ? a0 : b0;
-        k1 = first ? a1 : b1;
-        c = lo + (first ? i : i - n0) * BC;
-    }
-    __device__ __forceinline__ bool prefix(int i) const { return i < n0; }
-};
-__device__ __forceinline__ KeyTiles key_tiles(const Tile& tl) {
-    KeyTiles k;
-    key_range(tl, 0, k.a0, k.a1);
-    key_range(tl, 1, k.b0, k.b1);
-    k.n0 = k.a1 > k.a0 ? (k.a1 - k.a0 + BC - 1) / BC : 0;
-    k.total = k.n0 + (k.b1 > k.b0 ? (k.b1 - k.b0 + BC - 1) / BC : 0);
-    return k;
+// One-slab forms (the backward kernels).
+template <typename T, int LD, int D, int NT>
+__device__ __forceinline__ void mma_abt_ldsm(float (&acc)[NT][4], const T* A, int row0, const T* B, int lane) {
+    mma_abt_ldsm_slabs<T, LD, D, NT, 1>(reinterpret_cast<float (&)[1][NT][4]>(acc), A, row0, B, lane);
+}
+template <typename T, int LD, int D, int NT>
+__device__ __forceinline__ void mma_cb_ldsm(float (&acc)[D / 8][4], const float (&c)[NT][4], const T* B, int lane) {
+    mma_cb_ldsm_slabs<T, LD, D, NT, 1>(reinterpret_cast<float (&)[1][D / 8][4]>(acc),
+                                       reinterpret_cast<const float (&)[1][NT][4]>(c), B, lane);
 }
 
 // A warp's 16 query rows: its first row and the largest lo2 among them. A key tile [c, c + BC)
@@ -464,11 +492,11 @@ struct WarpRows {
         return full && c + BC <= k1 && c + BC - 1 <= first && (prefix_range || c >= lo2_max);
     }
 };
-__device__ __forceinline__ WarpRows warp_rows(const Tile& tl, int warp, const int (&rlo2)[2]) {
+__device__ __forceinline__ WarpRows warp_rows(const Tile& tl, int first, const int (&rlo2)[2]) {
     int m = max(rlo2[0], rlo2[1]);
 #pragma unroll
     for (int off = 16; off > 0; off >>= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, off));
-    return WarpRows{tl.a + warp * 16, m, tl.a + warp * 16 + 16 <= tl.b};
+    return WarpRows{first, m, first + 16 <= tl.b};
 }
 
 // Scores to base 2: scaled everywhere when the tile is unmasked for the warp, else masked as v1.
@@ -485,24 +513,64 @@ __device__ __forceinline__ void scale_or_mask(float (&s)[NT][4], bool unmasked, 
     }
 }
 
-template <typename T, int D> constexpr int fwd_v2_smem() { return (BR + 4 * BC) * (D + 8) * (int)sizeof(T); }
+// Query slabs per warp of the forward v2: 2 (128-row query tiles, FA2's shape) where the
+// registers allow two CTAs per SM: d = 64 (235 registers on sm_90); at d = 128 two slabs take all
+// 255 and still spill (58 local-memory instructions on sm_90), so 1 (64-row tiles, 181).
+template <int D> constexpr int FWD_V2_SLABS = D <= 64 ? 2 : 1;
+template <typename T, int D> constexpr int fwd_v2_smem() {
+    return (BR * FWD_V2_SLABS<D> + 4 * BC) * (D + 8) * (int)sizeof(T);
+}
+
+// 128-row query tiles from the host's 64-row plan: the tiles at even and odd 64-row offsets of a
+// group, adjacent in the list, form one. The CTA of the second exits; every tile is computed by
+// exactly one CTA whatever the list holds (a tile at an even offset is never the second of a pair,
+// so a pair's first is never taken by its own predecessor).
+__device__ __forceinline__ bool pairs_with(const Tile& x, const Tile& y) {
+    return x.b == y.a && x.b - x.a == BR && (x.a - x.lo1) % (2 * BR) == 0 && x.lo1 == y.lo1 && x.hi1 == y.hi1 &&
+           x.gend == y.gend;
+}
+// The query tile CTA `idx` computes: tile idx, joined with tile idx + 1 when they pair (false: none).
+template <int MS>
+__device__ __forceinline__ bool query_tile(const SharedPrefixAttentionParams& p, int64_t idx, Tile& t) {
+    if (!load_tile(p, idx, t)) return false;
+    if (MS == 1) return true;
+    Tile o;
+    if (idx > 0 && load_tile(p, idx - 1, o) && pairs_with(o, t)) return false;  // the previous CTA's
+    if (idx + 1 < p.n_tiles && load_tile(p, idx + 1, o) && pairs_with(t, o)) {
+        // The least own-segment start of the pair's response rows: the first tile's if it has any.
+        if (t.b <= t.hi1) t.min_lo2 = o.min_lo2;
+        t.b = o.b;
+        t.rows_end = max(t.rows_end, o.rows_end);
+    }
+    return true;
+}
 
 template <typename T, int D>
 __device__ void forward_v2(const SharedPrefixAttentionParams& p) {
-    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8;
+    constexpr int LD = D + 8, NT = BC / 8, DN = D / 8, MS = FWD_V2_SLABS<D>, ROWS = BR * MS;
     PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Qs = reinterpret_cast<T*>(smem);
-    T* Ks = Qs + BR * LD;      // [2][BC][LD]
+    T* Ks = Qs + ROWS * LD;    // [2][BC][LD]
     T* Vs = Ks + 2 * BC * LD;  // [2][BC][LD]
     Tile tl;
-    if (!load_tile(p, blockIdx.x, tl)) return;
+    if (!query_tile<MS>(p, blockIdx.x, tl)) return;
     const int h = blockIdx.y, kvh = h / (p.q_heads / p.kv_heads);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
     const float scale2 = p.scale * PREFK_LOG2E;
-    const int rows[2] = {tl.a + warp * 16 + g, tl.a + warp * 16 + g + 8};
-    const int rlo2[2] = {rows[0] < tl.b ? lo2[rows[0]] : 0, rows[1] < tl.b ? lo2[rows[1]] : 0};
-    const WarpRows wr = warp_rows(tl, warp, rlo2);
+    // Slab j of this warp: query rows first + 16 j + [0, 16) of the tile.
+    const int first = tl.a + warp * 16 * MS;
+    int rows[MS][2], rlo2[MS][2];
+    WarpRows wr[MS];
+#pragma unroll
+    for (int j = 0; j < MS; ++j) {
+#pragma unroll
+        for (int ri = 0; ri < 2; ++ri) {
+            rows[j][ri] = first + 16 * j + g + 8 * ri;
+            rlo2[j][ri] = rows[j][ri] < tl.b ? lo2[rows[j][ri]] : 0;
+        }
+        wr[j] = warp_rows(tl, first + 16 * j, rlo2[j]);
+    }
     const KeyTiles kt = key_tiles(tl);
     auto issue = [&](int i) {
         int c, lo, k1;
@@ -511,12 +579,14 @@ __device__ void forward_v2(const SharedPrefixAttentionParams& p) {
         load_rows_async<T, D, BC>(Vs + (i & 1) * BC * LD, p.v, c, lo, k1, p.kv_heads, kvh);
     };
     const int total = kt.total;
-    load_rows_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
+    load_rows_async<T, D, ROWS>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
     if (total > 0) issue(0);
     cp_async_commit();
 
-    float o[DN][4] = {};
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    float o[MS][DN][4] = {};
+    float m[MS][2], l[MS][2];
+#pragma unroll
+    for (int j = 0; j < MS; ++j) m[j][0] = m[j][1] = NEG_INF, l[j][0] = l[j][1] = 0.f;
     for (int i = 0; i < total; ++i) {
         // Tile i + 1's copies go out before tile i is used; its buffer was last read in iteration
         // i - 1, which every thread has left (the barrier at the end of the loop body).
@@ -528,15 +598,19 @@ __device__ void forward_v2(const SharedPrefixAttentionParams& p) {
         kt.at(i, c, lo, k1);
         const T* kb = Ks + (i & 1) * BC * LD;
         const T* vb = Vs + (i & 1) * BC * LD;
-        float s[NT][4] = {};
-        mma_abt_ldsm<T, LD, D, NT>(s, Qs, warp * 16, kb, lane);
-        scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
-        online_softmax<NT, DN>(s, m, l, o);
-        mma_cb_ldsm<T, LD, D, NT>(o, s, vb, lane);
+        float s[MS][NT][4] = {};
+        mma_abt_ldsm_slabs<T, LD, D, NT, MS>(s, Qs, warp * 16 * MS, kb, lane);
+#pragma unroll
+        for (int j = 0; j < MS; ++j) {
+            scale_or_mask<NT>(s[j], wr[j].unmasked(c, k1, kt.prefix(i)), c, k1, rows[j], rlo2[j], tl, scale2, tq);
+            online_softmax<NT, DN>(s[j], m[j], l[j], o[j]);
+        }
+        mma_cb_ldsm_slabs<T, LD, D, NT, MS>(o, s, vb, lane);
         __syncthreads();  // every warp is done with this buffer before tile i + 2 overwrites it
     }
     cp_async_wait<0>();  // nothing may be left in flight into shared memory at exit
-    write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
+#pragma unroll
+    for (int j = 0; j < MS; ++j) write_o_lse<T, D>(p, o[j], m[j], l[j], rows[j], tl.b, h, tq);
 }
 
 // ---- backward: delta = rowsum(dO * O) ----------------------------------------------------------------
@@ -674,7 +748,7 @@ __device__ void backward_dq_v2(const SharedPrefixAttentionParams& p) {
     int rlo2[2];
     float lse2[2], delta[2];
     dq_row_stats(p, rows, tl.b, h, lo2, rlo2, lse2, delta);
-    const WarpRows wr = warp_rows(tl, warp, rlo2);
+    const WarpRows wr = warp_rows(tl, tl.a + warp * 16, rlo2);
     const KeyTiles kt = key_tiles(tl);
     // K tiles are double-buffered (tile i + 1's copies in flight during tile i); V, read only by
     // dP = dO V^T at the start of a tile, has one buffer: tile i + 1's V copies go out once every
@@ -809,7 +883,7 @@ PREFK_ATTN(f16, __half, 128)
 // Dynamic shared memory of each kernel. The host launches with the same sizes
 // (src/shared_prefix_attention/launch.rs `dynamic_smem`, whose unit test pins these numbers too).
 static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 128>() == 52224, "fwd smem");
-static_assert(attn::fwd_v2_smem<__half, 64>() == 46080 && attn::fwd_v2_smem<__half, 128>() == 87040, "fwd v2 smem");
+static_assert(attn::fwd_v2_smem<__half, 64>() == 55296 && attn::fwd_v2_smem<__half, 128>() == 87040, "fwd v2 smem");
 static_assert(attn::dq_v2_smem<__half, 64>() == 46080 && attn::dq_v2_smem<__half, 128>() == 87040, "dq v2 smem");
 static_assert(attn::dkdv_v2_smem<__half, 64>() == 37120 && attn::dkdv_v2_smem<__half, 128>() == 69888, "dkdv v2 smem");
 static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");

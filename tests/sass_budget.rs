@@ -77,11 +77,12 @@ const BUDGETS: &[Budget] = &[
         needs: &["LDGSTS", "LDSM", "HMMA"],
         ..b(
             "shared_prefix_attention_fwd_v2",
-            232,
+            255,
             2,
             false,
             false,
-            "v2 forward: cp.async (LDGSTS) double-buffered K/V, ldmatrix (LDSM) operands; 2 CTAs/SM",
+            "v2 forward: cp.async (LDGSTS) double-buffered K/V, ldmatrix (LDSM) operands, 128-row \
+             query tiles at d64 (two slabs per warp); 2 CTAs/SM",
         )
     },
     b(

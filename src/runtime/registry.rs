@@ -137,14 +137,26 @@ pub(crate) fn shared_prefix_attention(kind: AttnKernel, dtype: DType, head_dim: 
     format!("shared_prefix_attention_{k}_{}_d{head_dim}", dtype.name())
 }
 
+/// Query rows per CTA of the forward v2: 128-row query tiles (two 64-row tiles of the plan
+/// joined, two 16-row slabs per warp) at d = 64, 64 at d = 128, where a second slab would not fit
+/// the registers of two CTAs per SM. `FWD_V2_SLABS` in the kernel source says the same.
+pub(crate) fn attn_fwd_v2_rows(head_dim: usize) -> u32 {
+    if head_dim <= 64 {
+        2 * ATTN_BR
+    } else {
+        ATTN_BR
+    }
+}
+
 /// Dynamic shared memory of an attention kernel: 16-bit tiles of `d + 8` columns (the padding
 /// avoids bank conflicts). `kernels/shared_prefix_attention.cu` static-asserts the same numbers.
 pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
     let ld = (head_dim as u32 + 8) * 2;
     match kind {
         AttnKernel::Forward => 3 * ATTN_BR * ld,
-        // Q, then K and V twice (double-buffered).
-        AttnKernel::ForwardV2 => (ATTN_BR + 4 * ATTN_BR) * ld,
+        // Q (128 rows at d = 64, where two slabs per warp fit the registers; else 64), then K and
+        // V twice (double-buffered).
+        AttnKernel::ForwardV2 => (attn_fwd_v2_rows(head_dim) + 4 * ATTN_BR) * ld,
         AttnKernel::BackwardDq => 4 * ATTN_BR * ld,
         AttnKernel::BackwardDkDv => (2 * ATTN_BR + 2 * ATTN_BQ) * ld + 2 * ATTN_BQ * 4,
         AttnKernel::BackwardPre => 0,
@@ -284,7 +296,7 @@ mod tests {
         // kernels/shared_prefix_attention.cu: fwd 27648 / 52224, dq 36864 / 69632, dkdv 27904 / 52480.
         assert_eq!(attn_smem(AttnKernel::Forward, 64), 27648);
         assert_eq!(attn_smem(AttnKernel::Forward, 128), 52224);
-        assert_eq!(attn_smem(AttnKernel::ForwardV2, 64), 46080);
+        assert_eq!(attn_smem(AttnKernel::ForwardV2, 64), 55296);
         assert_eq!(attn_smem(AttnKernel::ForwardV2, 128), 87040);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 64), 46080);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 128), 87040);

@@ -320,6 +320,37 @@ fn v2_equals_v1<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: Att
     assert!(backward(AttnVersion::V2) == b2, "v2 backward run to run");
 }
 
+/// A group's outputs are bitwise the same alone and behind another group that moves its plan
+/// tiles to odd indices (so different tiles would pair if pairing followed the list rather than
+/// the group): the forward v2's 128-row tiles at d = 64 start at each group's start.
+fn rows_independent_of_batch_position(gpu: &Gpu, seed: u64) {
+    let shape = AttnShape::new(2, 1, 64);
+    let group = (90, vec![50, 33, 70]);
+    let (alone, behind) = (make_layout(&vec![group.clone()]), make_layout(&vec![(10, vec![20]), group]));
+    let (n, off) = (alone.total_tokens(), behind.total_tokens() - alone.total_tokens());
+    let w = shape.q_heads * shape.head_dim;
+    let mut r = rng(seed, 31);
+    let (q, k, v, dout) = (
+        random::<bf16>(&mut r, n * w, 1.0),
+        random::<bf16>(&mut r, n * 64, 1.0),
+        random::<bf16>(&mut r, n * 64, 1.0),
+        random::<bf16>(&mut r, n * w, 1.0),
+    );
+    let mut r2 = rng(seed, 32);
+    let mut lead = |x: &[bf16], width: usize| {
+        let mut out = random::<bf16>(&mut r2, off * width, 1.0);
+        out.extend_from_slice(x);
+        out
+    };
+    let (q2, k2, v2, d2) = (lead(&q, w), lead(&k, 64), lead(&v, 64), lead(&dout, w));
+    let a = run_gpu(gpu, &alone, shape, &q, &k, &v, &dout);
+    let b = run_gpu(gpu, &behind, shape, &q2, &k2, &v2, &d2);
+    let bits = |x: &[bf16]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.o), bits(&b.o[off * w..]), "O depends on the group's place in the batch");
+    assert_eq!(bits(&a.dq), bits(&b.dq[off * w..]), "dQ depends on the group's place in the batch");
+    assert_eq!(bits(&a.dk), bits(&b.dk[off * 64..]), "dK depends on the group's place in the batch");
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         case("attn_bf16_d128_gqa4_odd_lengths_multi_group", |g, s| {
@@ -372,6 +403,18 @@ pub fn cases() -> Vec<Case> {
         case("attn_v2_equals_v1_f16_d128_gqa", |g, s| {
             v2_equals_v1::<f16>(g, s, vec![(130, vec![129, 1]), (0, vec![70])], AttnShape::new(8, 2, 128))
         }),
+        // d = 64 runs the forward v2 on 128-row query tiles (two plan tiles joined): pairs of prefix
+        // and mixed tiles, pairs spanning responses, a lone last tile, a group without a prefix
+        // (rows whose first key tiles are all masked), groups starting at odd plan-tile indices.
+        case("attn_v2_equals_v1_f16_d64_paired_tiles", |g, s| {
+            v2_equals_v1::<f16>(
+                g,
+                s,
+                vec![(100, vec![20, 0, 90, 40]), (0, vec![129, 70]), (1, vec![60, 4]), (64, vec![0])],
+                AttnShape::new(4, 1, 64),
+            )
+        }),
+        case("attn_v2_d64_rows_independent_of_batch_position", rows_independent_of_batch_position),
         case("attn_isolation_and_determinism", isolation_and_determinism),
         case("attn_bad_arguments", bad_arguments),
     ]
