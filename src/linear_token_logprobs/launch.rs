@@ -6,10 +6,10 @@ use crate::dtype::{LogitElement, TargetIndex};
 use crate::error::ensure_len;
 use crate::error::{ensure, Result};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras, RowMove};
-use crate::lm_head::plan::{rows_for_budget, token_chunks};
+use crate::lm_head::plan::plan_token_rows;
 use crate::lm_head::{
-    plan_in_slots, LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers,
-    LinearGradViews, LinearHead, LinearRun, LinearShape,
+    LinearConfig, LinearForwardOutputs, LinearForwardViews, LinearGradBuffers, LinearGradViews, LinearHead,
+    LinearRun,
 };
 use crate::runtime::mem::{optional_ptr, optional_ptr_mut, DeviceBuffer, DevicePtrMut, Stream, View};
 use crate::runtime::pipeline::Pipeline;
@@ -68,7 +68,7 @@ impl Gpu {
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
         let extras = check_forward_outputs(&out, &s, &cfg.token)?;
-        let (plan, slots) = plan_rows(&s, T::DTYPE, &host_targets, cfg)?;
+        let (plan, slots) = plan_token_rows(&s, T::DTYPE, &host_targets, s.vocab, cfg)?;
         let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan, slots)?;
         // The top-k of a chunk's rows, before they are scattered (outside the workspace budget:
         // k * 12 bytes per row).
@@ -133,19 +133,28 @@ impl Gpu {
                 // them (checked above); ordered on the side stream after the chunk's fill.
                 unsafe { self.move_rows(side, &mv, status_p) }
             };
-            for (c, chunk) in plan.chunks.iter().enumerate() {
-                let (r0, m) = (chunk.start, chunk.len());
-                let lp = &loops[c % slots];
-                let idx = lp.index(r0);
-                // SAFETY: every pointer is a live buffer sized by the plan; a slot is filled on
-                // the caller's stream after its previous chunk's drain, and drained on the side
-                // stream (the top-k scratch too, chunk after chunk) after its fill.
+            let fill = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                // SAFETY: every pointer is a live buffer sized by the plan; the pipeline fills a
+                // slot on the caller's stream only after its previous drain.
                 unsafe {
-                    if c >= 2 {
-                        pipe.wait_drained(c % slots)?;
-                    }
-                    self.chunk_logits(pipe.main(), &lp.head, idx, m, &lp.work, status_p)?;
-                    pipe.fill_done(c % slots)?;
+                    self.chunk_logits(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(chunk.start),
+                        chunk.len(),
+                        &lp.work,
+                        status_p,
+                    )
+                }
+            };
+            let drain = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                let (r0, m) = (chunk.start, chunk.len());
+                let idx = lp.index(r0);
+                // SAFETY: as above; the slot (and the top-k scratch, chunk after chunk) is read
+                // on the side stream after its fill.
+                unsafe {
                     lp.logprobs_forward(self, side, r0, m, &cfg.token, ent.is_some(), extras, status_p)?;
                     if let (Some(((tl, _), (ti, _))), Some(((ol, _), (oi, _)))) = (&topk_tmp, &topk_out) {
                         lp.logprobs_topk(self, side, r0, m, k, *tl, *ti, &cfg.token, status_p)?;
@@ -167,13 +176,11 @@ impl Gpu {
                 if let Some((p, _)) = &top1 {
                     scatter(1, lp.work.extra_is_top1(), *p, idx, m, 1)?;
                 }
-                // SAFETY: as above.
-                unsafe { pipe.drain_done(c % slots)? };
-            }
-            if let Some(last) = plan.chunks.len().checked_sub(1) {
-                // SAFETY: as above; joins the side stream back (its last drain covers the rest).
-                unsafe { pipe.wait_drained(last % slots)? };
-            }
+                Ok(())
+            };
+            // SAFETY: the lane's context is current (side_lane bound it); the closures enqueue
+            // on the stream they use into their chunk's slot.
+            unsafe { pipe.run_chunks(plan.chunks.len(), slots, fill, drain)? };
         }
         pass.finish(stream)?;
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
@@ -240,7 +247,7 @@ impl Gpu {
         if let Some(g) = grad_entropy {
             ensure_len("grad_entropy", g.len(), s.n_rows)?;
         }
-        let (plan, slots) = plan_rows(&s, T::DTYPE, &host_targets, cfg)?;
+        let (plan, slots) = plan_token_rows(&s, T::DTYPE, &host_targets, s.vocab, cfg)?;
         // Checked and planned: only now touch the caller's outputs.
         grads.prepare(stream, head, zeroed)?;
         let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan, slots)?;
@@ -258,36 +265,27 @@ impl Gpu {
             let lane = unsafe { self.side_lane(raw, slots == 2)? };
             let pipe = Pipeline::new(raw, lane.as_deref());
             let side = pipe.side();
-            // A chunk's weight GEMMs on the caller's stream after its row pass on the side stream;
-            // with two slots enqueued after the next chunk's logits GEMM (the next fill of this
-            // chunk's slot comes after them, in order).
-            let finish = |c: usize| -> Result<()> {
-                let lp = &loops[c % slots];
-                let chunk = &plan.chunks[c];
-                // SAFETY: as below; the slot is read after its row pass (wait_drained).
+            let fill = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                // SAFETY: every pointer is a live buffer sized by the plan; the pipeline fills a
+                // slot on the caller's stream after its previous chunk's weight GEMMs there.
                 unsafe {
-                    pipe.wait_drained(c % slots)?;
-                    self.chunk_backward(
+                    self.chunk_logits(
                         pipe.main(),
                         &lp.head,
                         lp.index(chunk.start),
                         chunk.len(),
                         &lp.work,
-                        &gp,
                         status_p,
                     )
                 }
             };
-            for (c, chunk) in plan.chunks.iter().enumerate() {
+            let drain = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
                 let (r0, m) = (chunk.start, chunk.len());
-                let lp = &loops[c % slots];
                 let idx = lp.index(r0);
-                // SAFETY: every pointer is a live buffer sized by the plan; a slot is filled on the
-                // caller's stream after its previous chunk's weight GEMMs there, and read on the
-                // side stream after its fill.
+                // SAFETY: as above; the slot is read on the side stream after its fill.
                 unsafe {
-                    self.chunk_logits(pipe.main(), &lp.head, idx, m, &lp.work, status_p)?;
-                    pipe.fill_done(c % slots)?;
                     lp.logprobs_forward(
                         self,
                         side,
@@ -302,18 +300,27 @@ impl Gpu {
                     if ge != 0 {
                         self.gather_f32(side, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;
                     }
-                    lp.logprobs_backward(self, side, r0, m, &cfg.token, ge != 0, status_p)?;
-                    pipe.drain_done(c % slots)?;
+                    lp.logprobs_backward(self, side, r0, m, &cfg.token, ge != 0, status_p)
                 }
-                if slots == 1 {
-                    finish(c)?;
-                } else if c > 0 {
-                    finish(c - 1)?;
+            };
+            // The chunk's weight GEMMs on the caller's stream, after its row pass.
+            let finish = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                // SAFETY: as above; the pipeline waited for the slot's row pass.
+                unsafe {
+                    self.chunk_backward(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(chunk.start),
+                        chunk.len(),
+                        &lp.work,
+                        &gp,
+                        status_p,
+                    )
                 }
-            }
-            if let Some(last) = plan.chunks.len().checked_sub(1).filter(|_| slots == 2) {
-                finish(last)?;
-            }
+            };
+            // SAFETY: as in the forward.
+            unsafe { pipe.run_chunks_then(plan.chunks.len(), slots, fill, drain, finish)? };
         }
         pass.finish(stream)?;
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
@@ -355,22 +362,4 @@ pub(crate) fn check_forward_outputs(
         mean_logits: out.mean_logits.is_some(),
         is_top1: out.is_top1.is_some(),
     })
-}
-
-/// The row plan of a host-planned loop over the used rows within `cfg.workspace_bytes`, in one
-/// slot or two ([`crate::lm_head::plan_in_slots`]).
-fn plan_rows(
-    s: &LinearShape,
-    dtype: crate::DType,
-    host_targets: &[i64],
-    cfg: &LinearConfig,
-) -> Result<(crate::lm_head::plan::RowPlan, usize)> {
-    plan_in_slots(
-        cfg.workspace_bytes,
-        |budget| {
-            let max_rows = rows_for_budget(s, dtype, budget, 1, "one row")?;
-            token_chunks(host_targets, s.vocab, cfg.token.ignore_index, max_rows)
-        },
-        |p| p.chunks.len(),
-    )
 }

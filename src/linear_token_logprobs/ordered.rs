@@ -122,11 +122,8 @@ fn bind_workspace<'s>(
         }
         None => 0,
     };
-    // A slot's size is a multiple of the regions' 16-byte alignment, so the second is aligned too.
     let slot_bytes = ChunkWork::bytes(shape, dtype, rows, false).unwrap_or(0);
-    let slots = (0..n_slots)
-        .map(|i| ChunkWork::carve(wp + (i * slot_bytes) as u64, shape, dtype, rows, false))
-        .collect();
+    let slots = ChunkWork::carve_slots(wp, shape, dtype, rows, false, n_slots);
     Ok(BoundWorkspace { slots, rows, status, bytes: slot_bytes * n_slots })
 }
 
@@ -189,32 +186,31 @@ impl Gpu {
         // SAFETY: `raw` is the caller's live stream of this backend.
         let lane = unsafe { self.side_lane(raw, bw.slots.len() == 2 && n_chunks > 1)? };
         let pipe = Pipeline::new(raw, lane.as_deref());
-        let mut last_slot = 0;
-        for (i, r0) in (0..s.n_rows).step_by(bw.rows).enumerate() {
-            let m = bw.rows.min(s.n_rows - r0);
-            let slot = i % bw.slots.len();
-            let lp = slot_loop(slot);
+        let x_at = |r0: usize| head_p.hidden + r0 as u64 * x_row;
+        let fill = |c: usize, slot: usize| -> Result<()> {
+            let (r0, lp) = (c * bw.rows, slot_loop(slot));
             // SAFETY: the head, targets and outputs were checked against the shape; each slot
-            // holds a chunk of bw.rows rows; a slot is filled on the caller's stream only after
-            // the side stream drained it, and the side stream reads it only after it was filled.
+            // holds a chunk of bw.rows rows; the pipeline fills a slot only after its drain.
             unsafe {
-                if i >= 2 {
-                    pipe.wait_drained(slot)?;
-                }
-                self.chunk_logits_of(pipe.main(), &head_p, head_p.hidden + r0 as u64 * x_row, m, &lp.work)?;
-                pipe.fill_done(slot)?;
+                self.chunk_logits_of(pipe.main(), &head_p, x_at(r0), bw.rows.min(s.n_rows - r0), &lp.work)
+            }
+        };
+        let drain = |c: usize, slot: usize| -> Result<()> {
+            let (r0, lp) = (c * bw.rows, slot_loop(slot));
+            let m = bw.rows.min(s.n_rows - r0);
+            // SAFETY: as above; the side stream reads the slot after its fill.
+            unsafe {
                 lp.logprobs_forward_to(self, pipe.side(), r0, m, cfg, &outs.at_row(r0), status)?;
                 if let Some(((tl, _), (ti, _))) = &topk {
                     let at = (r0 * k) as u64;
                     lp.logprobs_topk(self, pipe.side(), r0, m, k, tl + at * 4, ti + at * 8, cfg, status)?;
                 }
-                pipe.drain_done(slot)?;
             }
-            last_slot = slot;
-        }
-        // SAFETY: as above; joins the side stream back (its work is in order: the last drain
-        // covers every chunk's).
-        unsafe { pipe.wait_drained(last_slot)? };
+            Ok(())
+        };
+        // SAFETY: the lane's context is current (side_lane bound it); the closures enqueue on
+        // the stream they use into their chunk's slot.
+        unsafe { pipe.run_chunks(n_chunks, bw.slots.len(), fill, drain)? };
         Ok(LinearRun { n_chunks, workspace_bytes: bw.bytes })
     }
 
@@ -274,34 +270,18 @@ impl Gpu {
         // SAFETY: `raw` is the caller's live stream of this backend.
         let lane = unsafe { self.side_lane(raw, two_slots && n_chunks > 1)? };
         let pipe = Pipeline::new(raw, lane.as_deref());
-        // A chunk's two weight GEMMs on the caller's stream, after its row pass: with two slots
-        // they are enqueued after the next chunk's logits GEMM, so the row pass on the side stream
-        // overlaps that GEMM (the next fill of this chunk's slot comes after them, in order).
-        let finish = |slot: usize, r0: usize, m: usize| -> Result<()> {
-            let lp = slot_loop(slot);
-            let beta = if r0 == 0 { 0.0 } else { 1.0 };
-            let x = head_p.hidden + r0 as u64 * x_row;
-            // SAFETY: as in the forward; the gradients were checked against the shape; the slot
-            // is read after its row pass (wait_drained).
+        let x_at = |r0: usize| head_p.hidden + r0 as u64 * x_row;
+        let fill = |c: usize, slot: usize| -> Result<()> {
+            let (r0, lp) = (c * bw.rows, slot_loop(slot));
+            // SAFETY: as in the forward; the pipeline fills a slot after its previous chunk's
+            // weight GEMMs on the caller's stream.
             unsafe {
-                pipe.wait_drained(slot)?;
-                self.chunk_backward_of(
-                    pipe.main(),
-                    &head_p,
-                    x,
-                    gp.d_hidden + r0 as u64 * x_row,
-                    m,
-                    &lp.work,
-                    &gp,
-                    beta,
-                )
+                self.chunk_logits_of(pipe.main(), &head_p, x_at(r0), bw.rows.min(s.n_rows - r0), &lp.work)
             }
         };
-        let mut pending: Option<(usize, usize, usize)> = None;
-        for (i, r0) in (0..s.n_rows).step_by(bw.rows).enumerate() {
+        let drain = |c: usize, slot: usize| -> Result<()> {
+            let (r0, lp) = (c * bw.rows, slot_loop(slot));
             let m = bw.rows.min(s.n_rows - r0);
-            let slot = i % bw.slots.len();
-            let lp = slot_loop(slot);
             let scratch = RowOuts {
                 logp: lp.work.logp,
                 lse: lp.work.lse,
@@ -311,32 +291,33 @@ impl Gpu {
             let ge_r0 = if ge != 0 { ge + (r0 * 4) as u64 } else { 0 };
             // SAFETY: as in the forward.
             unsafe {
-                self.chunk_logits_of(pipe.main(), &head_p, head_p.hidden + r0 as u64 * x_row, m, &lp.work)?;
-                pipe.fill_done(slot)?;
                 lp.logprobs_forward_to(self, pipe.side(), r0, m, cfg, &scratch, status)?;
-                lp.logprobs_backward_from(
-                    self,
-                    pipe.side(),
-                    r0,
+                lp.logprobs_backward_from(self, pipe.side(), r0, m, cfg, gl + (r0 * 4) as u64, ge_r0, status)
+            }
+        };
+        // The chunk's two weight GEMMs on the caller's stream, after its row pass: d_weight
+        // written by the first chunk (beta 0) and accumulated by the rest in row order.
+        let finish = |c: usize, slot: usize| -> Result<()> {
+            let (r0, lp) = (c * bw.rows, slot_loop(slot));
+            let m = bw.rows.min(s.n_rows - r0);
+            let beta = if r0 == 0 { 0.0 } else { 1.0 };
+            // SAFETY: as in the forward; the gradients were checked against the shape; the
+            // pipeline waited for the slot's row pass.
+            unsafe {
+                self.chunk_backward_of(
+                    pipe.main(),
+                    &head_p,
+                    x_at(r0),
+                    gp.d_hidden + r0 as u64 * x_row,
                     m,
-                    cfg,
-                    gl + (r0 * 4) as u64,
-                    ge_r0,
-                    status,
-                )?;
-                pipe.drain_done(slot)?;
+                    &lp.work,
+                    &gp,
+                    beta,
+                )
             }
-            if two_slots {
-                if let Some((slot, r0, m)) = pending.replace((slot, r0, m)) {
-                    finish(slot, r0, m)?;
-                }
-            } else {
-                finish(slot, r0, m)?;
-            }
-        }
-        if let Some((slot, r0, m)) = pending {
-            finish(slot, r0, m)?;
-        }
+        };
+        // SAFETY: as in the forward.
+        unsafe { pipe.run_chunks_then(n_chunks, bw.slots.len(), fill, drain, finish)? };
         Ok(LinearRun { n_chunks, workspace_bytes: bw.bytes })
     }
 }

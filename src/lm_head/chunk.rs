@@ -102,6 +102,23 @@ impl ChunkWork {
             .checked_add(region(SOFTMAX_STATS * 4)?)
     }
 
+    /// `slots` workspaces of `max_rows` rows back to back from `base`, each carved as
+    /// [`ChunkWork::carve`] does (a slot's size is a multiple of the regions' 16-byte alignment,
+    /// so every slot is aligned as the first).
+    pub(crate) fn carve_slots(
+        base: u64,
+        shape: &LinearShape,
+        dtype: DType,
+        max_rows: usize,
+        gathers: bool,
+        slots: usize,
+    ) -> Vec<ChunkWork> {
+        let slot_bytes = ChunkWork::bytes(shape, dtype, max_rows, gathers).unwrap_or(0) as u64;
+        (0..slots as u64)
+            .map(|i| ChunkWork::carve(base + i * slot_bytes, shape, dtype, max_rows, gathers))
+            .collect()
+    }
+
     /// The regions of a workspace at `base` laid out as [`ChunkWork::bytes`] counts them (`x` is
     /// 0 without `gathers`).
     pub(crate) fn carve(
@@ -523,12 +540,8 @@ pub(crate) struct ChunkPass {
 }
 
 impl ChunkPass {
-    /// Uploads `plan` and allocates the workspace for `shape` in `dtype` (one slot).
-    pub(crate) fn new(stream: &Stream, shape: &LinearShape, dtype: DType, plan: &RowPlan) -> Result<Self> {
-        Self::with_slots(stream, shape, dtype, plan, 1)
-    }
-
-    /// As [`ChunkPass::new`], with `slots` workspace slots of the plan's largest chunk.
+    /// Uploads `plan` and allocates `slots` workspace slots of its largest chunk for `shape` in
+    /// `dtype`.
     pub(crate) fn with_slots(
         stream: &Stream,
         shape: &LinearShape,
@@ -565,21 +578,17 @@ impl ChunkPass {
         head: HeadPtrs,
         guards: &mut Vec<Guard<'s>>,
     ) -> Result<(Vec<Loop>, u64)> {
-        let slot_bytes = ChunkWork::bytes(&self.shape, self.dtype, self.max_rows, true).unwrap_or(0) as u64;
         let (shape, dtype, max_rows, slots) = (self.shape, self.dtype, self.max_rows, self.slots);
         let (first, status) = self.bind(stream, head, guards)?;
-        let base = first.work.logits;
-        let loops = (0..slots)
-            .map(|i| Loop {
-                work: ChunkWork::carve(base + i as u64 * slot_bytes, &shape, dtype, max_rows, true),
-                ..first
-            })
+        let loops = ChunkWork::carve_slots(first.work.logits, &shape, dtype, max_rows, true, slots)
+            .into_iter()
+            .map(|work| Loop { work, ..first })
             .collect();
         Ok((loops, status))
     }
 
     /// The loop's raw pointers over `head` and the status word's, the borrows kept in `guards`.
-    pub(crate) fn bind<'s>(
+    fn bind<'s>(
         &'s mut self,
         stream: &Stream,
         head: HeadPtrs,

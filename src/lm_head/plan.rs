@@ -97,6 +97,25 @@ pub(crate) fn token_chunks(
     Ok(RowPlan { rows, targets: chunk_targets, chunks, max_rows })
 }
 
+/// The row plan of a host-planned loop over the used rows (targets in `[0, target_bound)`, or
+/// ignored) within `cfg.workspace_bytes`, in one slot or two ([`super::plan_in_slots`]).
+pub(crate) fn plan_token_rows(
+    s: &LinearShape,
+    dtype: DType,
+    host_targets: &[i64],
+    target_bound: usize,
+    cfg: &super::LinearConfig,
+) -> Result<(RowPlan, usize)> {
+    super::plan_in_slots(
+        cfg.workspace_bytes,
+        |budget| {
+            let max_rows = rows_for_budget(s, dtype, budget, 1, "one row")?;
+            token_chunks(host_targets, target_bound, cfg.token.ignore_index, max_rows)
+        },
+        |p| p.chunks.len(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

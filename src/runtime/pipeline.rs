@@ -130,6 +130,96 @@ impl<'a> Pipeline<'a> {
         self.lane.as_ref().map_or(self.main, |l| l.stream as u64)
     }
 
+    /// Runs a chunk loop of `n_chunks` chunks over `slots` workspace slots (chunk `c` in slot
+    /// `c % slots`): `fill(c, slot)` enqueues the chunk's fill (its logits GEMM) on [`Pipeline::main`],
+    /// then `drain(c, slot)` its row pass on [`Pipeline::side`]. A slot is filled again only after
+    /// its previous drain; the loop ends with the caller's stream joined to the last drain.
+    ///
+    /// # Safety
+    /// As for [`Pipeline::fill_done`]; the closures enqueue only on the stream they are given to
+    /// and only into their chunk's slot.
+    pub(crate) unsafe fn run_chunks(
+        &self,
+        n_chunks: usize,
+        slots: usize,
+        fill: impl FnMut(usize, usize) -> Result<()>,
+        drain: impl FnMut(usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.chunk_loop(n_chunks, slots, fill, drain, None::<fn(usize, usize) -> Result<()>>) }
+    }
+
+    /// [`Pipeline::run_chunks`] with `finish(c, slot)`: main-stream work that reads the chunk's
+    /// drained slot (a backward's weight GEMMs). With two slots it is enqueued after the next
+    /// chunk's fill, so the row pass on the side stream overlaps that GEMM; the slot's next fill
+    /// comes after it, in order on the caller's stream.
+    ///
+    /// # Safety
+    /// As for [`Pipeline::run_chunks`].
+    pub(crate) unsafe fn run_chunks_then(
+        &self,
+        n_chunks: usize,
+        slots: usize,
+        fill: impl FnMut(usize, usize) -> Result<()>,
+        drain: impl FnMut(usize, usize) -> Result<()>,
+        finish: impl FnMut(usize, usize) -> Result<()>,
+    ) -> Result<()> {
+        // SAFETY: the caller's contract.
+        unsafe { self.chunk_loop(n_chunks, slots, fill, drain, Some(finish)) }
+    }
+
+    /// # Safety
+    /// As for [`Pipeline::run_chunks`].
+    unsafe fn chunk_loop(
+        &self,
+        n_chunks: usize,
+        slots: usize,
+        mut fill: impl FnMut(usize, usize) -> Result<()>,
+        mut drain: impl FnMut(usize, usize) -> Result<()>,
+        mut finish: Option<impl FnMut(usize, usize) -> Result<()>>,
+    ) -> Result<()> {
+        debug_assert!(slots == 1 || slots == 2, "one or two slots");
+        debug_assert!(slots == 2 || self.lane.is_none(), "a side stream needs two slots");
+        let has_finish = finish.is_some();
+        // SAFETY (every block below): the caller's contract; each hand-off names the chunk's slot.
+        let mut finish_chunk = |c: usize| -> Result<()> {
+            match finish.as_mut() {
+                Some(f) => {
+                    unsafe { self.wait_drained(c % slots)? };
+                    f(c, c % slots)
+                }
+                None => Ok(()),
+            }
+        };
+        for c in 0..n_chunks {
+            let slot = c % slots;
+            // Without `finish` the slot's previous drain is waited for here; with it, that chunk's
+            // finish, enqueued before this fill, already waited.
+            if c >= slots && !has_finish {
+                unsafe { self.wait_drained(slot)? };
+            }
+            fill(c, slot)?;
+            unsafe { self.fill_done(slot)? };
+            drain(c, slot)?;
+            unsafe { self.drain_done(slot)? };
+            if slots == 1 {
+                finish_chunk(c)?;
+            } else if c > 0 {
+                finish_chunk(c - 1)?;
+            }
+        }
+        if let Some(last) = n_chunks.checked_sub(1) {
+            if !has_finish {
+                // Joins the side stream back (its work is in order: the last drain covers every
+                // chunk's).
+                unsafe { self.wait_drained(last % slots)? };
+            } else if slots == 2 {
+                finish_chunk(last)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Side-stream work enqueued from now on runs after the main-stream work enqueued so far
     /// (`slot` has been filled).
     ///

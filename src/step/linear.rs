@@ -209,28 +209,23 @@ impl Gpu {
             // SAFETY: `raw` is the caller's live stream of this backend.
             let lane = unsafe { self.side_lane(raw, slots == 2)? };
             let pipe = Pipeline::new(raw, lane.as_deref());
-            // A chunk's weight GEMMs on the caller's stream after its row pass and loss on the side
-            // stream; with two slots enqueued after the next chunk's logits GEMM (the next fill of
-            // this chunk's slot comes after them, in order).
-            let finish = |c: usize| -> Result<()> {
-                let lp = &loops[c % slots];
-                let rows = &plan.rows.chunks[c];
-                // SAFETY: as below; the slot is read after its row pass (wait_drained).
+            let fill = |c: usize, slot: usize| -> Result<()> {
+                let (rows, lp) = (&plan.rows.chunks[c], &loops[slot]);
+                // SAFETY: as in `drain`; the pipeline fills a slot on the caller's stream after its
+                // previous chunk's weight GEMMs there.
                 unsafe {
-                    pipe.wait_drained(c % slots)?;
-                    self.chunk_backward(
+                    self.chunk_logits(
                         pipe.main(),
                         &lp.head,
                         lp.index(rows.start),
                         rows.len(),
                         &lp.work,
-                        &gp,
                         status_p,
                     )
                 }
             };
-            for c in 0..n_chunks {
-                let lp = &loops[c % slots];
+            let drain = |c: usize, slot: usize| -> Result<()> {
+                let lp = &loops[slot];
                 let rows = &plan.rows.chunks[c];
                 let (r0, m) = (rows.start, rows.len());
                 let seqs = &plan.chunk_seqs[c];
@@ -263,14 +258,11 @@ impl Gpu {
                 };
                 let side = pipe.side();
                 // SAFETY: every pointer is a live buffer sized by the plan (chunk rows <= max_rows,
-                // chunk sequences and pairs <= the maxima the loss workspace was sized for); a slot
-                // is filled on the caller's stream after its previous chunk's weight GEMMs there,
-                // and read on the side stream after its fill; the loss workspace and ref_local are
-                // used on the side stream alone, chunk after chunk; the buffers outlive the
+                // chunk sequences and pairs <= the maxima the loss workspace was sized for); the
+                // slot is read on the side stream after its fill; the loss workspace and ref_local
+                // are used on the side stream alone, chunk after chunk; the buffers outlive the
                 // synchronization below.
                 unsafe {
-                    self.chunk_logits(pipe.main(), &lp.head, idx, m, &lp.work, status_p)?;
-                    pipe.fill_done(c % slots)?;
                     lp.logprobs_forward(
                         self,
                         side,
@@ -295,18 +287,28 @@ impl Gpu {
                         side, &tokens, m, layout, raw_pairs, loss_cfg, &ptrs, sub_batch,
                     )?;
                     self.scatter_f32(side, lp.work.logp, logp_p, idx, m, s.n_rows, status_p)?;
-                    lp.logprobs_backward(self, side, r0, m, &cfg.token, false, status_p)?;
-                    pipe.drain_done(c % slots)?;
+                    lp.logprobs_backward(self, side, r0, m, &cfg.token, false, status_p)
                 }
-                if slots == 1 {
-                    finish(c)?;
-                } else if c > 0 {
-                    finish(c - 1)?;
+            };
+            // The chunk's weight GEMMs on the caller's stream, after its row pass and loss.
+            let finish = |c: usize, slot: usize| -> Result<()> {
+                let (rows, lp) = (&plan.rows.chunks[c], &loops[slot]);
+                // SAFETY: as in `drain`; the pipeline waited for the slot's row pass.
+                unsafe {
+                    self.chunk_backward(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(rows.start),
+                        rows.len(),
+                        &lp.work,
+                        &gp,
+                        status_p,
+                    )
                 }
-            }
-            if slots == 2 && n_chunks > 0 {
-                finish(n_chunks - 1)?;
-            }
+            };
+            // SAFETY: the lane's context is current (side_lane bound it); the closures enqueue
+            // on the stream they use into their chunk's slot.
+            unsafe { pipe.run_chunks_then(n_chunks, slots, fill, drain, finish)? };
         }
         pass.finish(stream)?;
         let metric_rows = stream.clone_dtoh(&metrics)?;

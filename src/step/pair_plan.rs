@@ -46,7 +46,7 @@ fn find(parent: &mut [usize], mut x: usize) -> usize {
 }
 
 /// Plans a preference step. `rows_for` turns a group's row count into an error when it cannot fit
-/// (it is [`rows_for_budget`] with the budget bound).
+/// (it is [`crate::lm_head::plan::rows_for_budget`] with the budget bound).
 pub(crate) fn pair_chunks(
     targets: &[i64],
     vocab: usize,

@@ -9,10 +9,11 @@ use crate::dtype::{IndexType, LogitElement, TargetIndex};
 use crate::error::ensure_len;
 use crate::error::{ensure, Result};
 use crate::lm_head::chunk::{check_head, head_ptrs, ChunkPass, Loop};
-use crate::lm_head::plan::{rows_for_budget, token_chunks};
+use crate::lm_head::plan::plan_token_rows;
 use crate::lm_head::{LinearConfig, LinearGradViews, LinearHead, LinearRun};
 use crate::params::{SOFTMAX_STATS, VP_STATS};
 use crate::runtime::mem::{optional_ptr, DevicePtrMut, Stream, View, ViewMut};
+use crate::runtime::pipeline::Pipeline;
 use crate::runtime::Gpu;
 use crate::token_logprobs::{stats_len, EntropyGrad, TokenLogprobsBwdPtrs, TokenLogprobsConfig};
 use crate::LogitsLayout;
@@ -122,36 +123,57 @@ impl Gpu {
         let host_targets = check_head(self, stream, head, targets, &cfg.token)?;
         let s = head.shape;
         ensure_len("partials", partials.len(), s.n_rows * VP_STATS)?;
-        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
-        let plan = token_chunks(&host_targets, shard.vocab, cfg.token.ignore_index, max_rows)?;
-        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
+        let (plan, slots) = plan_token_rows(&s, T::DTYPE, &host_targets, shard.vocab, cfg)?;
+        let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan, slots)?;
         // Ignored rows are never scattered to: they read 0, as the kernel writes them.
         stream.memset_zeros(&mut partials)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
             let (partials_p, _g3) = partials.device_ptr_mut(stream)?;
-            let (lp, status_p) = pass.bind(stream, head_p, &mut guards)?;
+            let mut pass_guards = Vec::new();
+            let (loops, status_p) = pass.bind_slots(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
-            for chunk in &plan.chunks {
-                let (r0, m) = (chunk.start, chunk.len());
-                let idx = lp.index(r0);
-                // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
+            // SAFETY: `raw` is the caller's live stream of this backend.
+            let lane = unsafe { self.side_lane(raw, slots == 2)? };
+            let pipe = Pipeline::new(raw, lane.as_deref());
+            let fill = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                // SAFETY: every pointer is a live buffer sized by the plan; the pipeline fills a
+                // slot on the caller's stream only after its previous drain.
                 unsafe {
-                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
-                    lp.shard_partials(self, raw, r0, m, shard, &cfg.token, status_p)?;
+                    self.chunk_logits(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(chunk.start),
+                        chunk.len(),
+                        &lp.work,
+                        status_p,
+                    )
+                }
+            };
+            let drain = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                let (r0, m) = (chunk.start, chunk.len());
+                let side = pipe.side();
+                // SAFETY: as above; the side stream reads the slot after its fill.
+                unsafe {
+                    lp.shard_partials(self, side, r0, m, shard, &cfg.token, status_p)?;
                     self.scatter_rows_f32(
-                        raw,
+                        side,
                         lp.work.partials,
                         partials_p,
-                        idx,
+                        lp.index(r0),
                         m,
                         VP_STATS,
                         s.n_rows,
                         status_p,
-                    )?;
+                    )
                 }
-            }
+            };
+            // SAFETY: the lane's context is current (side_lane bound it); the closures enqueue
+            // on the stream they use into their chunk's slot.
+            unsafe { pipe.run_chunks(plan.chunks.len(), slots, fill, drain)? };
         }
         pass.finish(stream)?;
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })
@@ -186,11 +208,10 @@ impl Gpu {
             ensure_len("entropy", e.entropy.len(), s.n_rows)?;
             ensure_len("grad_entropy", e.grad_entropy.len(), s.n_rows)?;
         }
-        let max_rows = rows_for_budget(&s, T::DTYPE, cfg.workspace_bytes, 1, "one row")?;
-        let plan = token_chunks(&host_targets, shard.vocab, cfg.token.ignore_index, max_rows)?;
+        let (plan, slots) = plan_token_rows(&s, T::DTYPE, &host_targets, shard.vocab, cfg)?;
         // Checked and planned: only now touch the caller's outputs.
         grads.prepare(stream, head, false)?;
-        let mut pass = ChunkPass::new(stream, &s, T::DTYPE, &plan)?;
+        let mut pass = ChunkPass::with_slots(stream, &s, T::DTYPE, &plan, slots)?;
         {
             let mut guards = Vec::new();
             let head_p = head_ptrs(stream, head, &mut guards)?;
@@ -200,16 +221,35 @@ impl Gpu {
             let ge = optional_ptr(stream, entropy.as_ref().map(|e| e.grad_entropy), &mut guards)?;
             let mut grad_guards = Vec::new();
             let gp = grads.ptrs(stream, &mut grad_guards)?;
-            let (lp, status_p) = pass.bind(stream, head_p, &mut guards)?;
+            let mut pass_guards = Vec::new();
+            let (loops, status_p) = pass.bind_slots(stream, head_p, &mut pass_guards)?;
             let raw = stream.raw();
-            for chunk in &plan.chunks {
-                let (r0, m) = (chunk.start, chunk.len());
-                let idx = lp.index(r0);
-                // SAFETY: every pointer is a live buffer sized by the plan; work is ordered on `stream`.
+            // SAFETY: `raw` is the caller's live stream of this backend.
+            let lane = unsafe { self.side_lane(raw, slots == 2)? };
+            let pipe = Pipeline::new(raw, lane.as_deref());
+            let fill = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                // SAFETY: every pointer is a live buffer sized by the plan; the pipeline fills a
+                // slot on the caller's stream after its previous chunk's weight GEMMs there.
                 unsafe {
-                    self.chunk_logits(raw, &lp.head, idx, m, &lp.work, status_p)?;
+                    self.chunk_logits(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(chunk.start),
+                        chunk.len(),
+                        &lp.work,
+                        status_p,
+                    )
+                }
+            };
+            let drain = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                let (r0, m) = (chunk.start, chunk.len());
+                let (idx, side) = (lp.index(r0), pipe.side());
+                // SAFETY: as above; the side stream reads the slot after its fill.
+                unsafe {
                     self.gather_rows_f32(
-                        raw,
+                        side,
                         stats_p,
                         lp.work.stats,
                         idx,
@@ -218,15 +258,32 @@ impl Gpu {
                         s.n_rows,
                         status_p,
                     )?;
-                    self.gather_f32(raw, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
+                    self.gather_f32(side, gl, lp.work.grad_logp, idx, m, s.n_rows, status_p)?;
                     if ge != 0 {
-                        self.gather_f32(raw, ent, lp.work.entropy, idx, m, s.n_rows, status_p)?;
-                        self.gather_f32(raw, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;
+                        self.gather_f32(side, ent, lp.work.entropy, idx, m, s.n_rows, status_p)?;
+                        self.gather_f32(side, ge, lp.work.grad_entropy, idx, m, s.n_rows, status_p)?;
                     }
-                    lp.shard_backward(self, raw, r0, m, shard, &cfg.token, ge != 0, status_p)?;
-                    self.chunk_backward(raw, &lp.head, idx, m, &lp.work, &gp, status_p)?;
+                    lp.shard_backward(self, side, r0, m, shard, &cfg.token, ge != 0, status_p)
                 }
-            }
+            };
+            // The chunk's weight GEMMs on the caller's stream, after its row pass.
+            let finish = |c: usize, slot: usize| -> Result<()> {
+                let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
+                // SAFETY: as above; the pipeline waited for the slot's row pass.
+                unsafe {
+                    self.chunk_backward(
+                        pipe.main(),
+                        &lp.head,
+                        lp.index(chunk.start),
+                        chunk.len(),
+                        &lp.work,
+                        &gp,
+                        status_p,
+                    )
+                }
+            };
+            // SAFETY: as in the forward.
+            unsafe { pipe.run_chunks_then(plan.chunks.len(), slots, fill, drain, finish)? };
         }
         pass.finish(stream)?;
         Ok(LinearRun { n_chunks: plan.chunks.len(), workspace_bytes: pass.work_bytes() })

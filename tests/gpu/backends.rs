@@ -439,11 +439,89 @@ fn stream_ordered_head_captures_without_waits_or_allocations(gpu: &Gpu, seed: u6
     unsafe { cudarc::driver::result::event::destroy(event) }.unwrap();
 }
 
+/// The vocabulary shard's host-planned loops (partials and backward) run their row passes on a
+/// second stream too: the stand-in counts each chunk's hand-offs exactly, and one stream
+/// (`PREF_KERNELS_HEAD_STREAMS=1`) gives no hand-offs and the same partials.
+fn vocab_shard_loops_run_on_two_streams(gpu: &Gpu, seed: u64) {
+    use pref_kernels::linear_token_logprobs::{
+        workspace_bytes_per_row, LinearConfig, LinearGradViews, LinearHead, LinearShape,
+    };
+    use pref_kernels::params::{SOFTMAX_STATS, VP_STATS};
+    use pref_kernels::vocab_parallel::VocabShard;
+    if !crate::is_standin(gpu) {
+        return;
+    }
+    let (n, h, vocab) = (23usize, 16usize, 90usize);
+    let shard = VocabShard::new(30, 40, vocab).unwrap();
+    let shape = LinearShape { n_rows: n, hidden: h, vocab: shard.len };
+    let mut r = rng(seed, 43);
+    let s = gpu.default_stream();
+    let hidden = s.clone_htod(&(0..n * h).map(|_| r.random_range(-1.0f32..1.0)).collect::<Vec<_>>()).unwrap();
+    let weight =
+        s.clone_htod(&(0..shard.len * h).map(|_| r.random_range(-0.3f32..0.3)).collect::<Vec<_>>()).unwrap();
+    let targets = s
+        .clone_htod(
+            &(0..n).map(|i| if i % 5 == 0 { -100 } else { (i * 7 % vocab) as i64 }).collect::<Vec<_>>(),
+        )
+        .unwrap();
+    let head = LinearHead { hidden: hidden.as_view(), weight: weight.as_view(), bias: None, shape };
+    // 12 rows' budget: two slots of 6, so the 18 used rows take 3 chunks (one stream: 2 of 12).
+    let cfg = LinearConfig {
+        workspace_bytes: workspace_bytes_per_row(&shape, pref_kernels::DType::F32) * 12,
+        ..LinearConfig::default()
+    };
+    let stats = s.clone_htod(&vec![0.25f32; n * SOFTMAX_STATS]).unwrap();
+    let gl = s.clone_htod(&vec![0.5f32; n]).unwrap();
+    let run = |want_chunks: usize| {
+        let mut part = s.alloc_zeros::<f32>(n * VP_STATS).unwrap();
+        let before = standin_counters();
+        let fwd = gpu
+            .linear_shard_partials_into(&s, &head, shard, &targets.as_view(), part.as_view_mut(), &cfg)
+            .unwrap();
+        let mid = standin_counters();
+        let (mut dh, mut dw) =
+            (s.alloc_zeros::<f32>(n * h).unwrap(), s.alloc_zeros::<f32>(shard.len * h).unwrap());
+        let grads = LinearGradViews { d_hidden: dh.as_view_mut(), d_weight: dw.as_view_mut(), d_bias: None };
+        let bwd = gpu
+            .linear_shard_backward_into(
+                &s,
+                &head,
+                shard,
+                &targets.as_view(),
+                &stats.as_view(),
+                &gl.as_view(),
+                None,
+                grads,
+                &cfg,
+            )
+            .unwrap();
+        let after = standin_counters();
+        assert_eq!((fwd.n_chunks, bwd.n_chunks), (want_chunks, want_chunks));
+        let bits: Vec<u32> = s.clone_dtoh(&part).unwrap().iter().map(|x| x.to_bits()).collect();
+        (bits, mid[4] - before[4], after[4] - mid[4])
+    };
+    // The partials loop hands each chunk over (3), waits for slot 0's drain before chunk 3 (1) and
+    // joins at the end (1); the backward hands each chunk over (3) and waits for each drain
+    // before the chunk's weight GEMMs (3).
+    let (two, fwd_waits, bwd_waits) = run(3);
+    assert_eq!((fwd_waits, bwd_waits), (3 + 1 + 1, 3 + 3), "cross-stream hand-offs of the shard loops");
+    std::env::set_var("PREF_KERNELS_HEAD_STREAMS", "1");
+    let one = std::panic::catch_unwind(|| run(2));
+    std::env::remove_var("PREF_KERNELS_HEAD_STREAMS");
+    let (one, fwd_waits, bwd_waits) = one.unwrap();
+    assert_eq!((fwd_waits, bwd_waits), (0, 0), "no cross-stream waits on one stream");
+    assert_eq!(one, two, "one stream or two: the same shard partials (bits)");
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
             name: "stream_ordered_head_captures_without_waits_or_allocations",
             run: Box::new(stream_ordered_head_captures_without_waits_or_allocations),
+        },
+        Case {
+            name: "vocab_shard_loops_run_on_two_streams",
+            run: Box::new(vocab_shard_loops_run_on_two_streams),
         },
         Case { name: "old_gpus_are_refused_up_front", run: Box::new(old_gpus_are_refused_up_front) },
         Case { name: "sticky_errors_name_the_kernel", run: Box::new(sticky_errors_name_the_kernel) },
