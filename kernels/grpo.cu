@@ -284,8 +284,11 @@ PREFK_KERNEL(grpo_batch, GrpoParams, GRPO_THREADS) {
         n[1] += work[s * PREFK_GRPO_SEQ_FIELDS + PREFK_GRPO_ECOUNT];
     }
     block_sum<GRPO_THREADS, 2>(n, scratch);
+    // A chunk of a batch (the fused-head step) divides by the batch's counts, so the chunks'
+    // losses, metrics and gradients add up to the batch's.
+    if (p.batch_tokens > 0.f) n[0] = n[1] = p.batch_tokens;
     const float total = fmaxf(n[0], 1.f);
-    const float n_seqs = (float)p.n_seqs;
+    const float n_seqs = p.batch_seqs > 0.f ? p.batch_seqs : (float)p.n_seqs;
     const float clip_count = (p.flags & PREFK_GRPO_FLAG_SEQUENCE_IS) ? n_seqs : total;
     const bool per_normalizer = p.agg == PREFK_GRPO_AGG_CONSTANT_OR_TOKENS;
     const float normalizer = p.agg_param > 0.f ? p.agg_param : total;

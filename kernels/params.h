@@ -330,11 +330,13 @@ typedef struct GrpoParams {
     float vespo_lambda_pos;
     float vespo_k_neg;
     float vespo_lambda_neg;
+    float batch_seqs;       // > 0: the whole batch's sequence count, when these are one chunk of it
+    float batch_tokens;     // > 0: the whole batch's counted tokens (no top-entropy mask), likewise
     uint32_t reserved;
 } GrpoParams;
 
 #ifdef __cplusplus
-static_assert(sizeof(GrpoParams) == 224, "GrpoParams layout changed: update src/params.rs");
+static_assert(sizeof(GrpoParams) == 232, "GrpoParams layout changed: update src/params.rs");
 #endif
 
 // ---- group and listwise losses on sequence scores (KTO, LiPO-lambda, PRO) ---------------------------

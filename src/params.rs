@@ -299,6 +299,8 @@ pub struct GrpoParams {
     pub vespo_lambda_pos: f32,
     pub vespo_k_neg: f32,
     pub vespo_lambda_neg: f32,
+    pub batch_seqs: f32,
+    pub batch_tokens: f32,
     pub reserved: u32,
 }
 
@@ -306,11 +308,12 @@ pub struct GrpoParams {
 pub const GRPO_SEQ_FIELDS: usize = 15;
 
 const _: () = {
-    assert!(size_of::<GrpoParams>() == 224);
+    assert!(size_of::<GrpoParams>() == 232);
     assert!(offset_of!(GrpoParams, n_tokens) == 120);
     assert!(offset_of!(GrpoParams, agg) == 144);
     assert!(offset_of!(GrpoParams, grad_scale) == 192);
     assert!(offset_of!(GrpoParams, vespo_lambda_neg) == 216);
+    assert!(offset_of!(GrpoParams, batch_tokens) == 224);
 };
 
 // SAFETY: plain-old-data #[repr(C)] struct, layout-checked above against kernels/params.h.

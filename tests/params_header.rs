@@ -52,7 +52,7 @@ fn rust_mirrors_match_the_header_field_by_field() {
         ),
         (
             "GrpoParams",
-            fields!(GrpoParams: logp, old_logp, sampling_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, accum_steps, off_policy_threshold, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, reserved),
+            fields!(GrpoParams: logp, old_logp, sampling_logp, ref_logp, mask, is_weights, entropy, advantages, cu_seqlens, seq_work, threshold, metrics, grad_logp, grad_entropy, status, n_tokens, n_seqs, seq_len, agg, surrogate, flags, eps_low, eps_high, delta, beta, entropy_coef, quantile, agg_param, tau_pos, tau_neg, grad_scale, accum_steps, off_policy_threshold, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, batch_seqs, batch_tokens, reserved),
         ),
         (
             "GroupLossParams",

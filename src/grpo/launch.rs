@@ -51,6 +51,15 @@ pub fn grpo_workspace_len(n_seqs: usize) -> usize {
     n_seqs.saturating_mul(GRPO_SEQ_FIELDS).saturating_add(4)
 }
 
+/// The whole batch's counts, for a GRPO loss computed chunk by chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GrpoBatchCounts {
+    /// Sequences in the batch.
+    pub(crate) seqs: usize,
+    /// Counted tokens in the batch (at least 1: an empty batch divides by 1, as the kernel does).
+    pub(crate) tokens: usize,
+}
+
 /// Per-token and per-sequence inputs of the safe API.
 pub struct DeviceGrpoInputs<'a> {
     /// Policy log-probs.
@@ -109,7 +118,32 @@ impl Gpu {
         layout: DeviceSeqLayout,
         cfg: &GrpoConfig,
     ) -> Result<()> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.grpo_loss_raw_in_batch(stream, ptrs, n_tokens, layout, cfg, None) }
+    }
+
+    /// [`Gpu::grpo_loss_raw`] over one chunk of a batch whose counts are `batch`: the chunk's
+    /// loss and metrics are its shares of the batch's (they add up over the chunks) and its
+    /// gradients the batch loss's. Refuses the top-entropy mask (its threshold is over the whole
+    /// batch's entropies).
+    ///
+    /// # Safety
+    /// As for [`Gpu::grpo_loss_raw`].
+    pub(crate) unsafe fn grpo_loss_raw_in_batch(
+        &self,
+        stream: u64,
+        ptrs: &GrpoPtrs,
+        n_tokens: usize,
+        layout: DeviceSeqLayout,
+        cfg: &GrpoConfig,
+        batch: Option<GrpoBatchCounts>,
+    ) -> Result<()> {
         cfg.validate()?;
+        ensure(batch.is_none() || cfg.top_entropy_quantile >= 1.0, "top_entropy_quantile", || {
+            "the top-entropy mask's threshold needs the whole batch's entropies before any loss: \
+             not available chunk by chunk"
+                .into()
+        })?;
         layout.validate(n_tokens)?;
         let n_seqs = layout.n_seqs();
         ensure(n_seqs >= 1, "seqs", || "need at least one sequence".into())?;
@@ -193,6 +227,8 @@ impl Gpu {
             vespo_lambda_pos: vespo[1],
             vespo_k_neg: vespo[2],
             vespo_lambda_neg: vespo[3],
+            batch_seqs: batch.map_or(0.0, |b| b.seqs as f32),
+            batch_tokens: batch.map_or(0.0, |b| b.tokens as f32),
             reserved: 0,
         };
         // SAFETY (every launch): forwarded to the caller; params is the kernels' GrpoParams (layout

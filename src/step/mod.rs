@@ -5,10 +5,12 @@
 //! ([`Gpu::grpo_step`]) and the group / listwise losses ([`Gpu::group_loss_step`]).
 //!
 //! From hidden states and the LM head instead of logits: [`Gpu::linear_preference_step`]
-//! ([`linear`]).
+//! ([`linear`]) and [`Gpu::linear_grpo_step`] ([`linear_grpo`]).
 pub mod linear;
+pub mod linear_grpo;
 mod pair_plan;
 pub use linear::{LinearStepBatch, LinearStepOutputs, LinearStepViews};
+pub use linear_grpo::{LinearGrpoBatch, LinearGrpoOutputs, LinearGrpoViews};
 
 use crate::runtime::mem::{
     optional_ptr, optional_ptr_of_len, DeviceBuffer, DevicePtr, DevicePtrMut, Guard, Stream, View, ViewMut,

@@ -620,6 +620,215 @@ fn linear_stream_ordered_bad_input(gpu: &Gpu, seed: u64) {
     }
 }
 
+/// The GRPO step from hidden states equals the composition of the references: linear forward →
+/// GRPO loss (mask = completion mask and targets not ignored) → linear backward with its dL/dlogp
+/// and dL/dH, for token- and sequence-level losses, in one chunk and in chunks of whole
+/// sequences (an empty and a fully masked sequence among them; two slots on a second stream
+/// where the budget allows); outputs poisoned first; bitwise run to run.
+fn linear_grpo_step_parity(gpu: &Gpu, seed: u64) {
+    use pref_kernels::grpo::reference::{grpo_loss, GrpoTokens};
+    use pref_kernels::grpo::{GrpoConfig, GrpoLossType, ImportanceLevel, GRPO_METRIC_NAMES};
+    use pref_kernels::linear_token_logprobs::LinearGradViews;
+    use pref_kernels::step::{LinearGrpoBatch, LinearGrpoViews};
+    let cu: Vec<i32> = vec![0, 7, 7, 19, 25, 40];
+    let p = problem(seed, 93, 40, 16, 90);
+    let n = p.shape.n_rows;
+    let stream = gpu.default_stream();
+    let mut r = rng(seed, 19);
+    let mut mask: Vec<u8> = (0..n).map(|_| u8::from(!r.random_ratio(1, 5))).collect();
+    mask[19..25].iter_mut().for_each(|m| *m = 0);
+    let token = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let fwd = lin_ref::forward(&p.hidden, &p.weight, Some(&p.bias), p.shape, &p.targets, &token).unwrap();
+    let logp: Vec<f32> = fwd.logp.iter().map(|&x| x as f32).collect();
+    let entropy: Vec<f32> = fwd.entropy.iter().map(|&x| x as f32).collect();
+    let mut near = |w: f32| -> Vec<f32> { logp.iter().map(|&l| l + r.random_range(-w..w)).collect() };
+    let (old, sampling, refl) = (near(0.3), near(0.6), near(0.5));
+    let mut r = rng(seed, 23);
+    let is_w: Vec<f32> = (0..n).map(|_| r.random_range(0.5f32..1.5)).collect();
+    let adv: Vec<f32> = (0..cu.len() - 1).map(|_| r.random_range(-1.5f32..1.5)).collect();
+    let counted: Vec<u8> = (0..n).map(|t| u8::from(mask[t] != 0 && p.targets[t] != -100)).collect();
+    let seqs = SeqLayout::Packed { cu_seqlens: &cu };
+    let longest = cu
+        .windows(2)
+        .map(|w| counted[w[0] as usize..w[1] as usize].iter().filter(|&&c| c != 0).count())
+        .max()
+        .unwrap();
+
+    let hidden = stream.clone_htod(&p.hidden).unwrap();
+    let weight = stream.clone_htod(&p.weight).unwrap();
+    let bias = stream.clone_htod(&p.bias).unwrap();
+    let targets = stream.clone_htod(&p.targets).unwrap();
+    let d_mask = stream.clone_htod(&mask).unwrap();
+    let (d_old, d_samp) = (stream.clone_htod(&old).unwrap(), stream.clone_htod(&sampling).unwrap());
+    let (d_ref, d_isw) = (stream.clone_htod(&refl).unwrap(), stream.clone_htod(&is_w).unwrap());
+    let d_adv = stream.clone_htod(&adv).unwrap();
+    let head = LinearHead {
+        hidden: hidden.as_view(),
+        weight: weight.as_view(),
+        bias: Some(bias.as_view()),
+        shape: p.shape,
+    };
+    let batch = LinearGrpoBatch {
+        targets: targets.as_view(),
+        mask: Some(d_mask.as_view()),
+        old_logp: Some(d_old.as_view()),
+        sampling_logp: Some(d_samp.as_view()),
+        ref_logp: Some(d_ref.as_view()),
+        is_weights: Some(d_isw.as_view()),
+        advantages: d_adv.as_view(),
+        seqs,
+    };
+    let trl = GrpoConfig { beta: 0.04, entropy_coef: 0.01, ..GrpoConfig::trl() };
+    let configs = [
+        ("dapo beta entropy", trl),
+        (
+            "gspo off-policy mask",
+            GrpoConfig {
+                loss_type: GrpoLossType::Grpo,
+                importance: ImportanceLevel::Sequence,
+                off_policy_mask_threshold: Some(0.05),
+                ..trl
+            },
+        ),
+        (
+            "dr_grpo delta accumulation",
+            GrpoConfig {
+                loss_type: GrpoLossType::DrGrpo { max_completion_length: 16 },
+                delta: Some(1.5),
+                accumulation_steps: 2,
+                ..trl
+            },
+        ),
+        ("sapo", GrpoConfig { loss_type: GrpoLossType::Sapo { tau_pos: 1.0, tau_neg: 1.05 }, ..trl }),
+        ("cispo", GrpoConfig { loss_type: GrpoLossType::Cispo { normalizer: None }, ..trl }),
+    ];
+    for (name, cfg) in configs {
+        let tokens = GrpoTokens {
+            logp: &logp,
+            old_logp: Some(&old),
+            sampling_logp: Some(&sampling),
+            ref_logp: Some(&refl),
+            mask: Some(&counted),
+            is_weights: Some(&is_w),
+            entropy: Some(&entropy),
+        };
+        let want = grpo_loss(&tokens, &seqs, &adv, &cfg).unwrap();
+        let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
+        let ge: Vec<f32> = want.grad_entropy.iter().map(|&x| x as f32).collect();
+        let want_g = lin_ref::backward(
+            &p.hidden,
+            &p.weight,
+            Some(&p.bias),
+            p.shape,
+            &p.targets,
+            &gl,
+            Some(&ge),
+            &token,
+        )
+        .unwrap();
+        let scale = want_g.d_weight.iter().fold(0f64, |a, x| a.max(x.abs())).max(1e-4);
+        // One slot of the longest sequence (several chunks), two slots of it where twice the
+        // budget takes more than one chunk (a second stream), everything in one chunk.
+        for rows in [longest, 2 * longest, 2 * n] {
+            let lin = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, rows) };
+            let run = || {
+                let mut lp = stream.clone_htod(&vec![f32::NAN; n]).unwrap();
+                let mut ent = stream.clone_htod(&vec![f32::NAN; n]).unwrap();
+                let mut dh = stream.clone_htod(&vec![f32::NAN; n * p.shape.hidden]).unwrap();
+                let mut dw = stream.clone_htod(&vec![f32::NAN; p.weight.len()]).unwrap();
+                let mut db = stream.clone_htod(&vec![f32::NAN; p.bias.len()]).unwrap();
+                let out = LinearGrpoViews {
+                    logp: lp.as_view_mut(),
+                    entropy: Some(ent.as_view_mut()),
+                    grads: LinearGradViews {
+                        d_hidden: dh.as_view_mut(),
+                        d_weight: dw.as_view_mut(),
+                        d_bias: Some(db.as_view_mut()),
+                    },
+                };
+                let (loss, run) = gpu.linear_grpo_step_into(&stream, &head, &batch, &cfg, &lin, out).unwrap();
+                let host = |b: &pref_kernels::DeviceBuffer<f32>| stream.clone_dtoh(b).unwrap();
+                (loss, run, [host(&lp), host(&ent), host(&dh), host(&dw), host(&db)])
+            };
+            let (loss, run_info, [lp, ent, dh, dw, db]) = run();
+            let tag = format!("{name}, {} chunks", run_info.n_chunks);
+            let total = counted.iter().filter(|&&c| c != 0).count();
+            if rows == longest && total > longest {
+                assert!(run_info.n_chunks >= 2, "{tag}: the small budget takes several chunks");
+            }
+            assert_close(&format!("loss {tag}"), loss.loss as f64, want.loss, 1e-5, 1e-4);
+            for (k, m) in GRPO_METRIC_NAMES.iter().enumerate() {
+                assert_close(&format!("{m} {tag}"), loss.metrics[k] as f64, want.metrics[k], 1e-5, 1e-4);
+            }
+            for t in 0..n {
+                let (wl, we) = if counted[t] != 0 { (fwd.logp[t], fwd.entropy[t]) } else { (0.0, 0.0) };
+                assert_close(&format!("logp[{t}] {tag}"), lp[t] as f64, wl, 1e-5, 1e-5);
+                assert_close(&format!("entropy[{t}] {tag}"), ent[t] as f64, we, 1e-5, 1e-5);
+            }
+            for (i, (&a, &b)) in dh.iter().zip(&want_g.d_hidden).enumerate() {
+                assert_close(&format!("d_hidden[{i}] {tag}"), a as f64, b, 1e-4 * scale, 1e-3);
+            }
+            for (i, (&a, &b)) in dw.iter().zip(&want_g.d_weight).enumerate() {
+                assert_close(&format!("d_weight[{i}] {tag}"), a as f64, b, 1e-4 * scale, 1e-3);
+            }
+            for (i, (&a, &b)) in db.iter().zip(&want_g.d_bias).enumerate() {
+                assert_close(&format!("d_bias[{i}] {tag}"), a as f64, b, 1e-4 * scale, 1e-3);
+            }
+            let (again, _, [_, _, dh2, dw2, _]) = run();
+            assert!(again.metrics == loss.metrics && dh2 == dh && dw2 == dw, "{tag}: bitwise run to run");
+        }
+    }
+
+    // Nothing counted: the loss and metrics still run (zeros, as the reference), no GEMM,
+    // every gradient zero.
+    let none = stream.clone_htod(&vec![0u8; n]).unwrap();
+    let lin = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, n) };
+    let empty = LinearGrpoBatch { mask: Some(none.as_view()), ..batch };
+    let out = gpu.linear_grpo_step(&stream, &head, &empty, &trl, &lin).unwrap();
+    let zeros = vec![0u8; n];
+    let tokens = GrpoTokens {
+        logp: &logp,
+        old_logp: Some(&old),
+        sampling_logp: Some(&sampling),
+        ref_logp: Some(&refl),
+        mask: Some(&zeros),
+        is_weights: Some(&is_w),
+        entropy: Some(&entropy),
+    };
+    let want = grpo_loss(&tokens, &seqs, &adv, &trl).unwrap();
+    for (k, m) in GRPO_METRIC_NAMES.iter().enumerate() {
+        assert_close(
+            &format!("{m}, nothing counted"),
+            out.loss.metrics[k] as f64,
+            want.metrics[k],
+            1e-6,
+            0.0,
+        );
+    }
+    assert_eq!(out.run.n_chunks, 1);
+    let dw = stream.clone_dtoh(&out.grads.d_weight).unwrap();
+    let dh = stream.clone_dtoh(&out.grads.d_hidden).unwrap();
+    assert!(dw.iter().chain(&dh).all(|&x| x == 0.0), "nothing counted: zero gradients");
+    let batch = LinearGrpoBatch { mask: Some(d_mask.as_view()), ..empty };
+
+    // Refused up front, naming why: the top-entropy mask, a bonus without entropies, VESPO with
+    // vLLM weights, a budget below the longest sequence.
+    let lin = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, n) };
+    let err = |cfg: &GrpoConfig, lin: &LinearConfig| {
+        gpu.linear_grpo_step(&stream, &head, &batch, cfg, lin)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    assert!(err(&GrpoConfig { top_entropy_quantile: 0.8, ..trl }, &lin).contains("top_entropy_quantile"));
+    let no_entropy = LinearConfig { token: TokenLogprobsConfig::default(), ..lin };
+    assert!(err(&trl, &no_entropy).contains("compute_entropy"));
+    let vespo = GrpoConfig { loss_type: GrpoLossType::vespo(None), ..trl };
+    assert!(err(&vespo, &lin).contains("is_weights"));
+    let small = LinearConfig { token, workspace_bytes: budget::<f32>(&p.shape, longest - 1) };
+    assert!(err(&trl, &small).contains("longest sequence"), "{}", err(&trl, &small));
+}
+
 pub fn cases() -> Vec<Case> {
     vec![
         Case {
@@ -628,6 +837,7 @@ pub fn cases() -> Vec<Case> {
         },
         Case { name: "linear_extras_and_topk_every_chunk_size", run: Box::new(linear_extras_and_topk) },
         Case { name: "linear_preference_step_parity_by_pairs", run: Box::new(linear_step_parity) },
+        Case { name: "linear_grpo_step_parity_by_sequences", run: Box::new(linear_grpo_step_parity) },
         Case { name: "linear_bad_input_refused", run: Box::new(linear_bad_input) },
         Case { name: "linear_empty_batch", run: Box::new(linear_empty_batch) },
         Case {
