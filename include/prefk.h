@@ -442,6 +442,50 @@ typedef struct PrefkLinearPreferenceStepArgs {
 } PrefkLinearPreferenceStepArgs;
 int32_t prefk_linear_preference_step(const PrefkLinearPreferenceStepArgs* args);
 
+/* The whole GRPO-family step from hidden states, chunked by whole sequences (3 GEMMs per counted
+ * token; a row counts when its mask byte is set, or every row without a mask, and its target is not
+ * ignore_index). config: HOST PrefkGrpoConfig (not the top-entropy mask; not VESPO with
+ * is_weights). cu_seqlens: null (padded n_seqs x seq_len) or n_seqs + 1 HOST int32. mask [n_rows]
+ * device u8 or 0; old_logp, sampling_logp, ref_logp, is_weights [n_rows] device f32 or 0;
+ * advantages [n_seqs] device f32. Outputs: logp and (with compute_entropy) entropy [n_rows] f32 and
+ * the gradients (device), metrics (8 f32) on the HOST. */
+typedef struct PrefkLinearGrpoStepArgs {
+    uint64_t struct_size;
+    uint64_t stream;
+    const PrefkGrpoConfig* config;
+    uint64_t hidden;
+    uint64_t weight;
+    uint64_t bias;
+    uint64_t targets;
+    uint64_t mask;
+    uint64_t old_logp;
+    uint64_t sampling_logp;
+    uint64_t ref_logp;
+    uint64_t is_weights;
+    uint64_t advantages;
+    const int32_t* cu_seqlens;
+    int64_t n_seqs;
+    int64_t seq_len;
+    uint64_t logp;
+    uint64_t entropy;
+    uint64_t d_hidden;
+    uint64_t d_weight;
+    uint64_t d_bias;
+    float* metrics;
+    int64_t n_rows;
+    int64_t hidden_dim;
+    int64_t vocab;
+    int64_t ignore_index;
+    int64_t workspace_bytes;
+    int32_t device;
+    uint32_t dtype_code;
+    uint32_t index_code;
+    uint32_t compute_entropy;
+    float temperature;
+    uint32_t reserved;
+} PrefkLinearGrpoStepArgs;
+int32_t prefk_linear_grpo_step(const PrefkLinearGrpoStepArgs* args);
+
 /* ---- vocabulary parallel (a tensor-parallel LM head: each rank holds vocabulary ids
  * [vocab_start, vocab_start + shard_vocab) of vocab). Per call: partials of this rank's shard,
  * an all-gather of the [n_rows, 5] f32 partials over the group in rank order (the caller's NCCL or

@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 
 use pref_kernels::ffi::{
-    prefk_group_loss_check_labels, prefk_last_error, prefk_linear_preference_step,
+    prefk_group_loss_check_labels, prefk_last_error, prefk_linear_grpo_step, prefk_linear_preference_step,
     prefk_linear_token_logprobs_backward, prefk_linear_token_logprobs_forward, prefk_register_host_memory,
     prefk_seq_reduce, prefk_unregister_host_memory, PrefkLossTerm, PREFK_DEVICE_EMULATOR,
 };
@@ -242,6 +242,122 @@ fn linear_step_through_the_c_abi_equals_the_references() {
     for (i, (&a, &b)) in d_weight.iter().zip(&g.d_weight).enumerate() {
         assert!((a as f64 - b).abs() < 1e-5, "d_weight[{i}] {a} vs {b}");
     }
+}
+
+/// The GRPO step through the C ABI (GSPO, packed sequences with a host `cu_seqlens`, a device
+/// mask, entropies and a bonus) equals the composed references; a null config or metrics buffer
+/// and the refused top-entropy mask are -1 with a message.
+#[test]
+fn linear_grpo_step_through_the_c_abi_equals_the_references() {
+    use pref_kernels::ffi::{PrefkGrpoConfig, PrefkLinearGrpoStepArgs};
+    use pref_kernels::grpo::reference::{grpo_loss, GrpoTokens};
+    use pref_kernels::grpo::{GrpoConfig, GrpoLossType, ImportanceLevel};
+    let mut p = problem();
+    let (n, h, v) = (p.n, p.h, p.v);
+    let cu: Vec<i32> = vec![0, 5, 5, 13, n as i32];
+    let mut mask: Vec<u8> = (0..n).map(|i| u8::from(i % 7 != 3)).collect();
+    let mut old = pseudo(n, 21, -5.0, -0.5);
+    let mut adv = pseudo(cu.len() - 1, 22, -1.0, 1.0);
+    let (mut logp, mut ent) = (vec![f32::NAN; n], vec![f32::NAN; n]);
+    let (mut d_hidden, mut d_weight) = (vec![f32::NAN; n * h], vec![f32::NAN; v * h]);
+    let mut metrics = [f32::NAN; 8];
+    let mut reg = Registered::new();
+    let (hp, wp, tp) =
+        (reg.add(&mut p.hidden, true), reg.add(&mut p.weight, true), reg.add(&mut p.targets, true));
+    let (mp, op, ap) = (reg.add(&mut mask, true), reg.add(&mut old, true), reg.add(&mut adv, true));
+    let (lp, ep) = (reg.add(&mut logp, false), reg.add(&mut ent, false));
+    let (dhp, dwp) = (reg.add(&mut d_hidden, false), reg.add(&mut d_weight, false));
+    let config = PrefkGrpoConfig {
+        loss_type: 0,
+        importance: 1,
+        epsilon_low: 0.2,
+        epsilon_high: 0.2,
+        bias_corrected_kl: 1,
+        entropy_coef: 0.01,
+        top_entropy_quantile: 1.0,
+        grad_scale: 1.0,
+        accumulation_steps: 1,
+        off_policy_mask_threshold: f32::NAN,
+        ..Default::default()
+    };
+    let call = |config: *const PrefkGrpoConfig, metrics: *mut f32| {
+        // SAFETY: registered buffers of the sizes given; host cu_seqlens, config and metrics.
+        unsafe {
+            prefk_linear_grpo_step(&PrefkLinearGrpoStepArgs {
+                device: EMU,
+                config,
+                hidden: hp,
+                weight: wp,
+                targets: tp,
+                mask: mp,
+                old_logp: op,
+                advantages: ap,
+                cu_seqlens: cu.as_ptr(),
+                n_seqs: (cu.len() - 1) as i64,
+                logp: lp,
+                entropy: ep,
+                d_hidden: dhp,
+                d_weight: dwp,
+                metrics,
+                n_rows: n as i64,
+                hidden_dim: h as i64,
+                vocab: v as i64,
+                ignore_index: -100,
+                workspace_bytes: 1 << 20,
+                index_code: 1,
+                compute_entropy: 1,
+                temperature: 1.0,
+                ..PrefkLinearGrpoStepArgs::new()
+            })
+        }
+    };
+    assert_eq!(call(&config, metrics.as_mut_ptr()), 0, "{}", last());
+    let shape = LinearShape { n_rows: n, hidden: h, vocab: v };
+    let tcfg = TokenLogprobsConfig { compute_entropy: true, ..Default::default() };
+    let fwd = lin_ref::forward(&p.hidden, &p.weight, None, shape, &p.targets, &tcfg).unwrap();
+    let logp32: Vec<f32> = fwd.logp.iter().map(|&x| x as f32).collect();
+    let ent32: Vec<f32> = fwd.entropy.iter().map(|&x| x as f32).collect();
+    let counted: Vec<u8> = (0..n).map(|t| u8::from(mask[t] != 0 && p.targets[t] != -100)).collect();
+    let tokens = GrpoTokens {
+        logp: &logp32,
+        old_logp: Some(&old),
+        sampling_logp: None,
+        ref_logp: None,
+        mask: Some(&counted),
+        is_weights: None,
+        entropy: Some(&ent32),
+    };
+    let cfg = GrpoConfig {
+        loss_type: GrpoLossType::Grpo,
+        importance: ImportanceLevel::Sequence,
+        entropy_coef: 0.01,
+        ..GrpoConfig::trl()
+    };
+    let want = grpo_loss(&tokens, &SeqLayout::Packed { cu_seqlens: &cu }, &adv, &cfg).unwrap();
+    for (k, (&a, &b)) in metrics.iter().zip(&want.metrics).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5 + 1e-4 * b.abs(), "metric {k}: {a} vs {b}");
+    }
+    for t in 0..n {
+        let w = if counted[t] != 0 { fwd.logp[t] } else { 0.0 };
+        assert!((logp[t] as f64 - w).abs() < 1e-5, "logp[{t}] {} vs {w}", logp[t]);
+    }
+    let gl: Vec<f32> = want.grad_logp.iter().map(|&x| x as f32).collect();
+    let ge: Vec<f32> = want.grad_entropy.iter().map(|&x| x as f32).collect();
+    let g = lin_ref::backward(&p.hidden, &p.weight, None, shape, &p.targets, &gl, Some(&ge), &tcfg).unwrap();
+    for (i, (&a, &b)) in d_weight.iter().zip(&g.d_weight).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5, "d_weight[{i}] {a} vs {b}");
+    }
+    for (i, (&a, &b)) in d_hidden.iter().zip(&g.d_hidden).enumerate() {
+        assert!((a as f64 - b).abs() < 1e-5, "d_hidden[{i}] {a} vs {b}");
+    }
+    // Refusals: no config, no metrics buffer, the top-entropy mask.
+    assert_eq!(call(std::ptr::null(), metrics.as_mut_ptr()), -1);
+    assert!(last().contains("config"), "{}", last());
+    assert_eq!(call(&config, std::ptr::null_mut()), -1);
+    assert!(last().contains("metrics"), "{}", last());
+    let masked = PrefkGrpoConfig { top_entropy_quantile: 0.5, ..config };
+    assert_eq!(call(&masked, metrics.as_mut_ptr()), -1);
+    assert!(last().contains("top_entropy_quantile"), "{}", last());
 }
 
 #[test]

@@ -1858,3 +1858,131 @@ const _: () = {
     assert!(offset_of!(PrefkTokenLogprobsTopkArgs, device) == 104);
     assert!(offset_of!(PrefkTokenLogprobsTopkArgs, temperature) == 116);
 };
+
+/// The arguments of [`prefk_linear_grpo_step`](super::prefk_linear_grpo_step), as `include/prefk.h` declares them.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PrefkLinearGrpoStepArgs {
+    /// `size_of` this struct as the caller compiled it (set by `new()`).
+    pub struct_size: u64,
+    /// The caller's CUstream as an integer (0: the legacy default stream).
+    pub stream: u64,
+    /// Host GRPO configuration.
+    pub config: *const PrefkGrpoConfig,
+    /// Device `[N, H]` hidden states.
+    pub hidden: u64,
+    /// Device `[V, H]` LM-head weight (row-major, as `nn.Linear` stores it).
+    pub weight: u64,
+    /// Device `[V]` f32 LM-head bias, or 0.
+    pub bias: u64,
+    /// Device `[n_rows]` target ids (i32 or i64 by `index_code`).
+    pub targets: u64,
+    /// Device `[n_rows]` u8 completion mask, or 0 (every row whose target is not ignored counts).
+    pub mask: u64,
+    /// Device `[n_rows]` f32 rollout log-probs, or 0 (on-policy).
+    pub old_logp: u64,
+    /// Device `[n_rows]` f32 inference-engine log-probs for the off-policy mask, or 0.
+    pub sampling_logp: u64,
+    /// Device `[n_rows]` f32 reference log-probs, or 0.
+    pub ref_logp: u64,
+    /// Device `[n_rows]` f32 vLLM importance-sampling weights, or 0.
+    pub is_weights: u64,
+    /// Device `[n_seqs]` f32 advantages.
+    pub advantages: u64,
+    /// `[n_seqs + 1]` host i32 sequence offsets, or null for the padded layout.
+    pub cu_seqlens: *const i32,
+    /// Number of sequences.
+    pub n_seqs: i64,
+    /// Tokens per sequence in the padded layout.
+    pub seq_len: i64,
+    /// Device `[n_rows]` f32 output log-probs (0 on rows that do not count).
+    pub logp: u64,
+    /// Device `[n_rows]` f32 output entropies, given exactly when `compute_entropy` is set.
+    pub entropy: u64,
+    /// Device `[N, H]` output dL/dhidden.
+    pub d_hidden: u64,
+    /// Device `[V, H]` f32 output dL/dweight.
+    pub d_weight: u64,
+    /// Device `[V]` f32 output dL/dbias, or 0.
+    pub d_bias: u64,
+    /// Host output: the 8 GRPO metrics (f32, in `GRPO_METRIC_NAMES` order).
+    pub metrics: *mut f32,
+    /// Number of rows (tokens).
+    pub n_rows: i64,
+    /// H, the hidden size.
+    pub hidden_dim: i64,
+    /// Vocabulary size V.
+    pub vocab: i64,
+    /// Target value of rows that are ignored.
+    pub ignore_index: i64,
+    /// Most bytes of device workspace the chunk loop may use.
+    pub workspace_bytes: i64,
+    /// The device: a CUDA ordinal, or `PREFK_DEVICE_EMULATOR` (-1).
+    pub device: i32,
+    /// Element type code: 0 f32, 1 f16, 2 bf16.
+    pub dtype_code: u32,
+    /// Target index type code: 0 i32, 1 i64.
+    pub index_code: u32,
+    /// Non-zero: compute (and write) the entropies; required by an entropy bonus.
+    pub compute_entropy: u32,
+    /// Softmax temperature T (> 0).
+    pub temperature: f32,
+    /// Padding to a multiple of 8 bytes; 0.
+    pub reserved: u32,
+}
+
+impl PrefkLinearGrpoStepArgs {
+    /// Every field 0 (null pointers), `struct_size` set: fill in the fields, keep the size.
+    pub fn new() -> Self {
+        // SAFETY: integers, floats and raw pointers, for which all-zero bytes are valid.
+        let mut a: Self = unsafe { std::mem::zeroed() };
+        a.struct_size = size_of::<Self>() as u64;
+        a
+    }
+}
+
+impl Default for PrefkLinearGrpoStepArgs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+// SAFETY: plain-old-data, every field valid as zero bytes; layout pinned below.
+unsafe impl super::plumbing::AbiArgs for PrefkLinearGrpoStepArgs {}
+
+const _: () = {
+    assert!(size_of::<PrefkLinearGrpoStepArgs>() == 240);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, struct_size) == 0);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, stream) == 8);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, config) == 16);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, hidden) == 24);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, weight) == 32);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, bias) == 40);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, targets) == 48);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, mask) == 56);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, old_logp) == 64);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, sampling_logp) == 72);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, ref_logp) == 80);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, is_weights) == 88);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, advantages) == 96);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, cu_seqlens) == 104);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, n_seqs) == 112);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, seq_len) == 120);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, logp) == 128);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, entropy) == 136);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, d_hidden) == 144);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, d_weight) == 152);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, d_bias) == 160);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, metrics) == 168);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, n_rows) == 176);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, hidden_dim) == 184);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, vocab) == 192);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, ignore_index) == 200);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, workspace_bytes) == 208);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, device) == 216);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, dtype_code) == 220);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, index_code) == 224);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, compute_entropy) == 228);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, temperature) == 232);
+    assert!(offset_of!(PrefkLinearGrpoStepArgs, reserved) == 236);
+};

@@ -17,7 +17,7 @@ use crate::preference_loss::{Pairs, METRICS_LEN, PAIR_COLUMNS};
 use crate::runtime::args::check_ptr;
 use crate::runtime::{BackendKind, Gpu, Stream, View, ViewMut};
 use crate::seq_reduce::SeqLayout;
-use crate::step::{LinearStepBatch, LinearStepViews};
+use crate::step::{LinearGrpoBatch, LinearGrpoViews, LinearStepBatch, LinearStepViews};
 use crate::token_logprobs::EntropyGrad;
 use crate::vocab_parallel::VocabShard;
 use crate::TokenLogprobsConfig;
@@ -774,6 +774,153 @@ pub unsafe extern "C" fn prefk_linear_preference_step(args: *const PrefkLinearPr
                 }
             }
         }
+        Ok(())
+    })
+}
+
+/// The GRPO step's host-side description (the caller's host arrays copied out).
+struct GrpoStepArgs {
+    mask: u64,
+    per_token: [u64; 4],
+    advantages: u64,
+    cu_seqlens: Option<Vec<i32>>,
+    padded: (usize, usize),
+    logp: u64,
+    entropy: u64,
+    d_hidden: u64,
+    d_weight: u64,
+    d_bias: u64,
+    grpo: crate::grpo::GrpoConfig,
+}
+
+/// # Safety
+/// As [`prefk_linear_grpo_step`].
+unsafe fn grpo_step<T: LogitElement, I: TargetIndex>(
+    g: &Gpu,
+    stream: &Stream,
+    h: &Head,
+    a: &GrpoStepArgs,
+    cfg: &LinearConfig,
+) -> Result<crate::grpo::GrpoOutputs> {
+    let b = g.backend();
+    let n = h.shape.n_rows;
+    let seqs = match &a.cu_seqlens {
+        Some(cu) => SeqLayout::Packed { cu_seqlens: cu },
+        None => SeqLayout::Padded { n_seqs: a.padded.0, seq_len: a.padded.1 },
+    };
+    // SAFETY: forwarded to the caller.
+    unsafe {
+        let (head, targets) = head_views::<T, I>(h, b)?;
+        let opt = |arg, p: u64| if p != 0 { view::<f32>(arg, p, n, b).map(Some) } else { Ok(None) };
+        let [old, sampling, refl, is_w] = a.per_token;
+        let batch = LinearGrpoBatch {
+            targets,
+            mask: if a.mask != 0 { Some(view::<u8>("mask", a.mask, n, b)?) } else { None },
+            old_logp: opt("old_logp", old)?,
+            sampling_logp: opt("sampling_logp", sampling)?,
+            ref_logp: opt("ref_logp", refl)?,
+            is_weights: opt("is_weights", is_w)?,
+            advantages: view("advantages", a.advantages, seqs.n_seqs(), b)?,
+            seqs,
+        };
+        let out = LinearGrpoViews {
+            logp: view_mut("logp", a.logp, n, b)?,
+            entropy: if a.entropy != 0 { Some(view_mut("entropy", a.entropy, n, b)?) } else { None },
+            grads: grad_views::<T>(h, a.d_hidden, a.d_weight, a.d_bias, b)?,
+        };
+        g.linear_grpo_step_into(stream, &head, &batch, &a.grpo, cfg, out).map(|(loss, _)| loss)
+    }
+}
+
+/// The whole GRPO-family step from hidden states, chunked by whole sequences
+/// ([`Gpu::linear_grpo_step_into`](crate::Gpu::linear_grpo_step_into)): three GEMMs per counted
+/// token. `config` as [`super::prefk_grpo_loss`] (not the top-entropy mask; not VESPO with
+/// `is_weights`); sequences packed (`cu_seqlens`: `n_seqs + 1` **host** i32) or padded
+/// (`cu_seqlens` null: `n_seqs` x `seq_len`). Writes `logp` (and `entropy`, given exactly with
+/// `compute_entropy`) `[n_rows]` f32, the gradients as [`prefk_linear_token_logprobs_backward`]
+/// and the 8 metrics (`GRPO_METRIC_NAMES` order, the loss first) into the **host** `metrics`.
+///
+/// # Safety
+/// `args` points to a readable [`PrefkLinearGrpoStepArgs`] whose `struct_size` is set
+/// (`PrefkLinearGrpoStepArgs::new()`); `config` to one host struct. As
+/// [`prefk_linear_token_logprobs_forward`]; `mask` (u8), `old_logp`, `sampling_logp`, `ref_logp`,
+/// `is_weights` (`[n_rows]` f32) are 0 or device memory, `advantages` `[n_seqs]` device f32; the
+/// host arrays are null or valid for their lengths.
+#[no_mangle]
+pub unsafe extern "C" fn prefk_linear_grpo_step(args: *const PrefkLinearGrpoStepArgs) -> i32 {
+    ffi(|| {
+        // SAFETY: the caller passes one argument struct (see # Safety).
+        let PrefkLinearGrpoStepArgs {
+            device,
+            stream,
+            config,
+            hidden,
+            weight,
+            bias,
+            targets,
+            mask,
+            old_logp,
+            sampling_logp,
+            ref_logp,
+            is_weights,
+            advantages,
+            cu_seqlens,
+            n_seqs,
+            seq_len,
+            logp,
+            entropy,
+            d_hidden,
+            d_weight,
+            d_bias,
+            metrics,
+            n_rows,
+            hidden_dim,
+            vocab,
+            ignore_index,
+            temperature,
+            workspace_bytes,
+            compute_entropy,
+            dtype_code,
+            index_code,
+            ..
+        } = unsafe { read_args(args) }?;
+        ensure(!config.is_null(), "config", || "is null".into())?;
+        ensure(!metrics.is_null(), "metrics", || {
+            format!("a host buffer of {} f32 is required", crate::grpo::GRPO_METRICS_LEN)
+        })?;
+        let g = gpu(device)?;
+        let h = head(hidden, weight, bias, targets, n_rows, hidden_dim, vocab)?;
+        let cfg = linear_config(ignore_index, temperature, compute_entropy != 0, workspace_bytes)?;
+        let n_seqs = size("n_seqs", n_seqs)?;
+        // SAFETY: the caller passes one host struct at `config` and host arrays valid for the
+        // lengths given.
+        let a = unsafe {
+            GrpoStepArgs {
+                mask,
+                per_token: [old_logp, sampling_logp, ref_logp, is_weights],
+                advantages,
+                cu_seqlens: if cu_seqlens.is_null() {
+                    None
+                } else {
+                    Some(host_vec("cu_seqlens", cu_seqlens, elems("cu_seqlens", n_seqs, 1)? + 1)?)
+                },
+                padded: (n_seqs, if cu_seqlens.is_null() { size("seq_len", seq_len)? } else { 0 }),
+                logp,
+                entropy,
+                d_hidden,
+                d_weight,
+                d_bias,
+                grpo: super::grpo::grpo_config_of(&*config)?,
+            }
+        };
+        // SAFETY: forwarded to the caller.
+        let s = unsafe { g.borrow_stream(stream) };
+        // SAFETY: forwarded to the caller.
+        let out = unsafe {
+            by_types!(dtype(dtype_code)?, index_type(index_code)?, grpo_step(&g, &s, &h, &a, &cfg))
+        }?;
+        // SAFETY: `metrics` holds GRPO_METRICS_LEN host f32.
+        unsafe { std::ptr::copy_nonoverlapping(out.metrics.as_ptr(), metrics, out.metrics.len()) };
         Ok(())
     })
 }

@@ -35,8 +35,9 @@ pub use args::*;
 pub use group_loss::{prefk_group_loss, prefk_group_loss_check_labels, prefk_group_loss_workspace_len};
 pub use grpo::{prefk_grpo_loss, prefk_grpo_workspace_len, PrefkGrpoConfig};
 pub use linear::{
-    prefk_linear_preference_step, prefk_linear_shard_backward, prefk_linear_shard_partials,
-    prefk_linear_token_logprobs_backward, prefk_linear_token_logprobs_forward, prefk_linear_workspace_bytes,
+    prefk_linear_grpo_step, prefk_linear_preference_step, prefk_linear_shard_backward,
+    prefk_linear_shard_partials, prefk_linear_token_logprobs_backward, prefk_linear_token_logprobs_forward,
+    prefk_linear_workspace_bytes,
 };
 pub use plumbing::PREFK_DEVICE_EMULATOR;
 pub use preference_loss::{prefk_preference_loss, prefk_preference_loss_workspace_len, PrefkLossTerm};
