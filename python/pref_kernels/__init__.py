@@ -26,7 +26,7 @@ __all__ = [
     "preference_loss", "dpo_loss", "metrics_dict", "shared_prefix_attention", "prefix_layout", "METRIC_NAMES",
     "PAIR_COLUMN_NAMES", "TRL_LOSS_TYPES", "ld_weights", "wpo_weights", "linear_token_logprobs",
     "linear_preference_loss", "linear_dpo_loss", "linear_workspace_bytes",
-    "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
+    "DEFAULT_WORKSPACE_BYTES", "grpo_loss", "linear_grpo_loss", "GRPO_METRIC_NAMES", "GRPO_LOSS_TYPES", "kto_loss", "lipo_loss",
     "pro_loss", "KTO_UNDESIRABLE", "KTO_DESIRABLE", "KTO_KL_SAMPLE", "KTO_IGNORED", "seq_reduce",
     "group_metric_names", "vocab_shard_range", "vocab_parallel_token_logprobs",
     "vocab_parallel_linear_token_logprobs", "TokenStats", "token_stats", "linear_token_stats",
@@ -443,30 +443,53 @@ def grpo_loss(logp: torch.Tensor, advantages: torch.Tensor, mask=None, old_logp=
     trainer passes it and `steps_per_generation` defaulting to G as in `GRPOConfig`. Without
     `num_items_in_batch` they divide by the local count, which is TRL's normalizer only for one
     process without accumulation; anything else without it is refused rather than guessed."""
-    if loss_type not in GRPO_LOSS_TYPES:
-        raise ValueError(f"pref_kernels: GRPO loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
-    if importance_sampling_level not in ("token", "sequence"):
-        raise ValueError("pref_kernels: importance_sampling_level must be 'token' or 'sequence'")
-    if int(gradient_accumulation_steps) < 1 or int(num_processes) < 1:
-        raise ValueError("pref_kernels: gradient_accumulation_steps and num_processes must be >= 1")
     if logp.dim() == 2:
         if cu_seqlens is not None:
             raise ValueError("pref_kernels: a [B, T] logp is a padded batch; cu_seqlens is for flat [T] inputs")
         shape = tuple(logp.shape)
         n_seqs, seq_len = shape
         logp = logp.reshape(-1)
-        if mask is not None and mask.dtype not in (torch.bool, torch.uint8):
-            mask = mask != 0  # TRL's completion_mask is an integer tensor
         mask, old_logp, ref_logp, entropy, vllm_is_weights, sampling_logp = (
             _per_token(x, name, shape) for x, name in (
-                (mask, "mask"), (old_logp, "old_logp"), (ref_logp, "ref_logp"), (entropy, "entropy"),
+                (_bool_mask(mask), "mask"), (old_logp, "old_logp"), (ref_logp, "ref_logp"), (entropy, "entropy"),
                 (vllm_is_weights, "vllm_is_weights"), (sampling_logp, "sampling_logp")))
-        if advantages.dim() == 2 and advantages.shape[1] == 1:
-            advantages = advantages.reshape(-1)
+        advantages = _seq_vector(advantages)
     if cu_seqlens is not None:
         n_seqs = cu_seqlens.shape[0] - 1
     if n_seqs is None:
         n_seqs = advantages.shape[0]
+    c = _grpo_config(loss_type, beta, epsilon, epsilon_high, delta, importance_sampling_level, max_completion_length,
+                     num_items_in_batch, num_processes, gradient_accumulation_steps, steps_per_generation,
+                     entropy_coef, top_entropy_quantile, off_policy_mask_threshold, use_bias_correction_kl,
+                     sapo_temperature_pos, sapo_temperature_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg,
+                     vespo_lambda_neg)
+    loss, metrics, _g, _ge = torch.ops.pref_kernels.grpo_loss(
+        logp, old_logp, ref_logp, mask, vllm_is_weights, entropy, advantages, cu_seqlens, int(n_seqs), int(seq_len),
+        *c[:12], sampling_logp, *c[12:])
+    return loss, metrics
+
+
+def _bool_mask(mask):
+    """TRL's completion_mask is an integer tensor; the kernels read bool / uint8."""
+    return mask if mask is None or mask.dtype in (torch.bool, torch.uint8) else mask != 0
+
+
+def _seq_vector(advantages):
+    return advantages.reshape(-1) if advantages.dim() == 2 and advantages.shape[1] == 1 else advantages
+
+
+def _grpo_config(loss_type, beta, epsilon, epsilon_high, delta, importance_sampling_level, max_completion_length,
+                 num_items_in_batch, num_processes, gradient_accumulation_steps, steps_per_generation, entropy_coef,
+                 top_entropy_quantile, off_policy_mask_threshold, use_bias_correction_kl, sapo_temperature_pos,
+                 sapo_temperature_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg):
+    """The GRPO ops' configuration arguments, from TRL's names (see `grpo_loss`): loss type ..
+    tau_neg (12 values), then accumulation steps .. vespo_lambda_neg (6 values)."""
+    if loss_type not in GRPO_LOSS_TYPES:
+        raise ValueError(f"pref_kernels: GRPO loss_type must be one of {', '.join(GRPO_LOSS_TYPES)}, got {loss_type!r}")
+    if importance_sampling_level not in ("token", "sequence"):
+        raise ValueError("pref_kernels: importance_sampling_level must be 'token' or 'sequence'")
+    if int(gradient_accumulation_steps) < 1 or int(num_processes) < 1:
+        raise ValueError("pref_kernels: gradient_accumulation_steps and num_processes must be >= 1")
     g = int(gradient_accumulation_steps)
     if loss_type == "dr_grpo":
         agg = float(max_completion_length)
@@ -478,15 +501,65 @@ def grpo_loss(logp: torch.Tensor, advantages: torch.Tensor, mask=None, old_logp=
                          "divides by TRL's num_items_in_batch (the global completion-token count); pass it")
     else:
         agg = 0.0  # the local completion-token count
-    loss, metrics, _g, _ge = torch.ops.pref_kernels.grpo_loss(
-        logp, old_logp, ref_logp, mask, vllm_is_weights, entropy, advantages, cu_seqlens, int(n_seqs), int(seq_len),
-        GRPO_LOSS_TYPES.index(loss_type), 0 if importance_sampling_level == "token" else 1, float(epsilon),
-        float(epsilon if epsilon_high is None else epsilon_high), float(delta or 0.0), float(beta),
-        bool(use_bias_correction_kl), float(entropy_coef), float(top_entropy_quantile), agg,
-        float(sapo_temperature_pos), float(sapo_temperature_neg), sampling_logp, g,
-        float("nan") if off_policy_mask_threshold is None else float(off_policy_mask_threshold),
-        float(vespo_k_pos), float(vespo_lambda_pos), float(vespo_k_neg), float(vespo_lambda_neg))
-    return loss, metrics
+    return (GRPO_LOSS_TYPES.index(loss_type), 0 if importance_sampling_level == "token" else 1, float(epsilon),
+            float(epsilon if epsilon_high is None else epsilon_high), float(delta or 0.0), float(beta),
+            bool(use_bias_correction_kl), float(entropy_coef), float(top_entropy_quantile), agg,
+            float(sapo_temperature_pos), float(sapo_temperature_neg), g,
+            float("nan") if off_policy_mask_threshold is None else float(off_policy_mask_threshold),
+            float(vespo_k_pos), float(vespo_lambda_pos), float(vespo_k_neg), float(vespo_lambda_neg))
+
+
+def linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, advantages: torch.Tensor,
+                     mask=None, old_logp=None, ref_logp=None, *, bias=None, n_seqs: Optional[int] = None,
+                     seq_len: int = 0, cu_seqlens=None, loss_type: str = "dapo", beta: float = 0.0,
+                     epsilon: float = 0.2, epsilon_high: Optional[float] = None, delta: Optional[float] = None,
+                     importance_sampling_level: str = "token", max_completion_length: int = 512,
+                     num_items_in_batch: Optional[float] = None, num_processes: int = 1,
+                     gradient_accumulation_steps: int = 1, steps_per_generation: Optional[int] = None,
+                     entropy_coef: float = 0.0, compute_entropy: bool = False, vllm_is_weights=None,
+                     sampling_logp=None, off_policy_mask_threshold: Optional[float] = None,
+                     use_bias_correction_kl: bool = True, sapo_temperature_pos: float = 1.0,
+                     sapo_temperature_neg: float = 1.05, vespo_k_pos: float = 2.0, vespo_lambda_pos: float = 3.0,
+                     vespo_k_neg: float = 3.0, vespo_lambda_neg: float = 2.0, ignore_index: int = -100,
+                     temperature: float = 1.0, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+    """TRL 1.16's GRPO-family loss (names, defaults and normalization as `grpo_loss`) straight from
+    the completion positions' hidden states `[..., H]` and the LM-head weight `[V, H]`: no [N, V]
+    logits tensor, and the gradients (of hidden, weight, bias) computed in this call, three GEMMs
+    per counted token where the fused head's forward and backward around `grpo_loss` take four.
+    A token counts when its `mask` is set (every token without one) and its target is not
+    `ignore_index`. Layouts: `hidden` [B, T, H] with targets / mask / per-token inputs [B, T]
+    (padded), or [N, H] with [N] inputs and `n_seqs` x `seq_len` or `cu_seqlens` (read on the host).
+    Returns `(loss, metrics, logp, entropy)`: metrics [8] in GRPO_METRIC_NAMES order, log-probs and
+    (with `compute_entropy`, needed by `entropy_coef`) entropies shaped as `targets`, detached.
+    Not served here (refused, use `grpo_loss` on the fused head's log-probs): the top-entropy mask,
+    VESPO with `vllm_is_weights`."""
+    if targets.dim() == 2:
+        if cu_seqlens is not None:
+            raise ValueError("pref_kernels: [B, T] targets are a padded batch; cu_seqlens is for flat [N] inputs")
+        shape = tuple(targets.shape)
+        n_seqs, seq_len = shape
+        mask, old_logp, ref_logp, vllm_is_weights, sampling_logp = (
+            _per_token(x, name, shape) for x, name in (
+                (_bool_mask(mask), "mask"), (old_logp, "old_logp"), (ref_logp, "ref_logp"),
+                (vllm_is_weights, "vllm_is_weights"), (sampling_logp, "sampling_logp")))
+        advantages = _seq_vector(advantages)
+    else:
+        shape = tuple(targets.shape)
+        mask = _bool_mask(mask)
+    x, t, b = _flat_head(hidden, weight, targets, bias)
+    if cu_seqlens is not None:
+        n_seqs = cu_seqlens.shape[0] - 1
+    if n_seqs is None:
+        raise ValueError("pref_kernels: give n_seqs (and seq_len) for a padded batch, or cu_seqlens")
+    c = _grpo_config(loss_type, beta, epsilon, epsilon_high, delta, importance_sampling_level, max_completion_length,
+                     num_items_in_batch, num_processes, gradient_accumulation_steps, steps_per_generation,
+                     entropy_coef, 1.0, off_policy_mask_threshold, use_bias_correction_kl, sapo_temperature_pos,
+                     sapo_temperature_neg, vespo_k_pos, vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg)
+    loss, metrics, logp, entropy, *_grads = torch.ops.pref_kernels.linear_grpo_step(
+        x, weight, b, t, mask, old_logp, sampling_logp, ref_logp, vllm_is_weights, advantages, cu_seqlens,
+        int(n_seqs), int(seq_len), *c, bool(compute_entropy), int(ignore_index), float(temperature),
+        int(workspace_bytes))
+    return loss, metrics, logp.view(shape), entropy.view(shape) if compute_entropy else None
 
 
 #: KTO roles of `kto_loss`'s labels (the crate's KtoRole).

@@ -27,7 +27,8 @@ PAIR_COLUMNS = 6
 # step and the group losses read their pair / label tables on the host. They carry
 # torch.Tag.cudagraph_unsafe (where this torch has it), so Inductor leaves them out of a graph; every
 # other op is capture-safe (no synchronization, outputs and workspaces from torch).
-GRAPH_UNSAFE_OPS = ("linear_preference_step", "linear_shard_partials", "linear_shard_backward", "group_loss")
+GRAPH_UNSAFE_OPS = ("linear_preference_step", "linear_grpo_step", "linear_shard_partials", "linear_shard_backward",
+                    "group_loss")
 
 
 def custom_op(name, **kwargs):
@@ -773,6 +774,94 @@ def _grpo_grad(ctx, grad_loss, *_):
 
 
 torch.library.register_autograd("pref_kernels::grpo_loss", _grpo_grad, setup_context=_grpo_setup)
+
+
+@custom_op("pref_kernels::linear_grpo_step", mutates_args=())
+def linear_grpo_step(hidden: Tensor, weight: Tensor, bias: Optional[Tensor], targets: Tensor, mask: Optional[Tensor],
+                     old_logp: Optional[Tensor], sampling_logp: Optional[Tensor], ref_logp: Optional[Tensor],
+                     is_weights: Optional[Tensor], advantages: Tensor, cu_seqlens: Optional[Tensor], n_seqs: int,
+                     seq_len: int, loss_type: int, importance: int, epsilon_low: float, epsilon_high: float,
+                     delta: float, beta: float, bias_corrected_kl: bool, entropy_coef: float,
+                     top_entropy_quantile: float, agg_param: float, tau_pos: float, tau_neg: float,
+                     accumulation_steps: int, off_policy_mask_threshold: float, vespo_k_pos: float,
+                     vespo_lambda_pos: float, vespo_k_neg: float, vespo_lambda_neg: float, compute_entropy: bool,
+                     ignore_index: int, temperature: float,
+                     workspace_bytes: int) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The whole GRPO-family step from hidden states (3 GEMMs per counted token, chunked by whole
+    sequences): (loss [], metrics [8] in GRPO_METRIC_NAMES order, logp [N], entropy [N] (empty
+    without `compute_entropy`), d_hidden, d_weight (f32), d_bias (f32, empty without a bias)). A row
+    counts when its mask is set (every row without one) and its target is not `ignore_index`."""
+    _check_head(hidden, weight, bias, targets)
+    n, h = hidden.shape
+    v = weight.shape[0]
+    cu = _host_i32("cu_seqlens", cu_seqlens)
+    if cu is not None:
+        n_seqs = cu.shape[0] - 1
+    for name, x in (("old_logp", old_logp), ("sampling_logp", sampling_logp), ("ref_logp", ref_logp),
+                    ("is_weights", is_weights)):
+        _input(name, x, _F32, n, hidden)
+    _input("mask", mask, _MASK, n, hidden)
+    _input("advantages", advantages, _F32, n_seqs, hidden)
+    cfg = _lib.PrefkGrpoConfig(loss_type, importance, epsilon_low, epsilon_high, delta, beta, int(bias_corrected_kl),
+                               entropy_coef, top_entropy_quantile, 1.0, agg_param, tau_pos, tau_neg,
+                               accumulation_steps, off_policy_mask_threshold, vespo_k_pos, vespo_lambda_pos,
+                               vespo_k_neg, vespo_lambda_neg)
+    dev = hidden.device
+    logp = _out(n, torch.float32, dev)
+    entropy = _out(n if compute_entropy else 0, torch.float32, dev)
+    d_hidden = _out((n, h), hidden.dtype, dev)
+    d_weight = _out((v, h), torch.float32, dev)
+    d_bias = _out(v if bias is not None else 0, torch.float32, dev)
+    metrics = torch.empty(GRPO_METRICS_LEN, dtype=torch.float32)
+    mask_u8 = _as_u8(mask)
+    host = lambda t: None if t is None else ctypes.cast(t.data_ptr(), ctypes.POINTER(ctypes.c_int32))  # noqa: E731
+    with host_memory([hidden, weight, bias, targets, mask_u8, old_logp, sampling_logp, ref_logp, is_weights,
+                      advantages], [logp, entropy, d_hidden, d_weight, d_bias]):
+        call("prefk_linear_grpo_step",
+             device=device_code(hidden), stream=stream_of(hidden), config=ctypes.byref(cfg),
+             dtype_code=DTYPE_CODES[hidden.dtype], index_code=INDEX_CODES[targets.dtype], hidden=ptr(hidden),
+             weight=ptr(weight), bias=ptr(bias), targets=ptr(targets), mask=ptr(mask_u8), old_logp=ptr(old_logp),
+             sampling_logp=ptr(sampling_logp), ref_logp=ptr(ref_logp), is_weights=ptr(is_weights),
+             advantages=ptr(advantages), cu_seqlens=host(cu), n_seqs=n_seqs, seq_len=seq_len, logp=ptr(logp),
+             entropy=ptr(entropy if compute_entropy else None), d_hidden=ptr(d_hidden), d_weight=ptr(d_weight),
+             d_bias=ptr(d_bias), metrics=ctypes.cast(metrics.data_ptr(), ctypes.POINTER(ctypes.c_float)),
+             n_rows=n, hidden_dim=h, vocab=v, ignore_index=ignore_index, workspace_bytes=workspace_bytes,
+             compute_entropy=int(compute_entropy), temperature=temperature)
+    metrics = metrics.to(dev)
+    return metrics[0].clone(), metrics, logp, entropy, d_hidden, d_weight, d_bias
+
+
+@linear_grpo_step.register_fake
+def _(hidden, weight, bias, targets, mask, old_logp, sampling_logp, ref_logp, is_weights, advantages, cu_seqlens,
+      n_seqs, seq_len, loss_type, importance, epsilon_low, epsilon_high, delta, beta, bias_corrected_kl, entropy_coef,
+      top_entropy_quantile, agg_param, tau_pos, tau_neg, accumulation_steps, off_policy_mask_threshold, vespo_k_pos,
+      vespo_lambda_pos, vespo_k_neg, vespo_lambda_neg, compute_entropy, ignore_index, temperature, workspace_bytes):
+    n, v = hidden.shape[0], weight.shape[0]
+    f = dict(dtype=torch.float32, device=hidden.device)
+    return (hidden.new_empty((), **f), hidden.new_empty(GRPO_METRICS_LEN, **f), hidden.new_empty(n, **f),
+            hidden.new_empty(n if compute_entropy else 0, **f), torch.empty_like(hidden),
+            weight.new_empty(weight.shape, **f), weight.new_empty(v if bias is not None else 0, **f))
+
+
+def _linear_grpo_setup(ctx, inputs, output):
+    loss, metrics, logp, entropy, d_hidden, d_weight, d_bias = output
+    weight, bias = inputs[1], inputs[2]
+    ctx.save_for_backward(d_hidden, d_weight, d_bias)
+    ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
+    ctx.mark_non_differentiable(metrics, logp, entropy, d_hidden, d_weight, d_bias)
+
+
+def _linear_grpo_grad(ctx, grad_loss, *_):
+    d_hidden, d_weight, d_bias = ctx.saved_tensors
+    gl = grad_loss if grad_loss is not None else torch.zeros((), device=d_hidden.device)
+    gh = (d_hidden.float() * gl).to(d_hidden.dtype)
+    gw = (d_weight * gl).to(ctx.weight_dtype)
+    gb = d_bias * gl if ctx.has_bias else None
+    return (gh, gw, gb) + (None,) * 32
+
+
+torch.library.register_autograd("pref_kernels::linear_grpo_step", _linear_grpo_grad,
+                                setup_context=_linear_grpo_setup)
 
 
 # ---- group / listwise losses (KTO, LiPO-lambda, PRO) ------------------------------------------

@@ -146,3 +146,67 @@ def test_opcheck_linear(gen):
     x, w, b = (t.detach().clone().requires_grad_() for t in (hidden, weight, bias))
     torch.library.opcheck(torch.ops.pref_kernels.linear_token_logprobs.default,
                           (x, w, b, targets, -100, 1.0, True, pk.DEFAULT_WORKSPACE_BYTES))
+
+
+@pytest.mark.parametrize("loss_type,level", [("dapo", "token"), ("grpo", "sequence"), ("dr_grpo", "token")])
+def test_linear_grpo_step_equals_the_four_gemm_chain(device, gen, loss_type, level):
+    """The one-call GRPO step (3 GEMMs per counted token) against the fused head's forward, the
+    GRPO loss and autograd's backward through the head (4 GEMMs): loss, every metric, log-probs,
+    entropies and the gradients of hidden, weight and bias, in TRL's [B, T] layout with an integer
+    completion mask, in several chunks and in one; bitwise run to run."""
+    b, t, h, v = 4, 9, 16, 61
+    hidden, weight, bias, targets = head(gen, b * t, h, v, torch.float32, device)
+    hidden, targets = hidden.view(b, t, h), targets.view(b, t)
+    mask = (torch.rand(b, t, generator=gen) > 0.2).long().to(device)
+    mask[2] = 0  # a sequence with nothing to count
+    old = (-torch.rand(b, t, generator=gen) * 4).to(device)
+    ref = (-torch.rand(b, t, generator=gen) * 4).to(device)
+    adv = torch.randn(b, generator=gen).to(device)
+    kw = dict(loss_type=loss_type, importance_sampling_level=level, beta=0.04, entropy_coef=0.01,
+              max_completion_length=t)
+    row_bytes = (v + h) * 4 + 56
+    results = []
+    for workspace in (t * row_bytes, pk.DEFAULT_WORKSPACE_BYTES):
+        x, w, bb = (z.detach().clone().requires_grad_() for z in (hidden, weight, bias))
+        loss, metrics, logp, ent = pk.linear_grpo_loss(x, w, targets, adv, mask, old, ref, bias=bb,
+                                                       compute_entropy=True, workspace_bytes=workspace, **kw)
+        loss.backward()
+        results.append((loss.detach(), metrics, x.grad, w.grad))
+        xr, wr, br = (z.detach().clone().requires_grad_() for z in (hidden, weight, bias))
+        lp, en = pk.linear_token_logprobs(xr, wr, targets, bias=br, return_entropy=True)
+        counted = (mask != 0) & (targets != -100)
+        want, want_metrics = pk.grpo_loss(lp, adv, counted, old, ref, entropy=en, **kw)
+        want.backward()
+        torch.testing.assert_close(loss.detach(), want.detach(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(metrics, want_metrics, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(logp, lp.detach() * counted, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(ent, en.detach() * counted, atol=1e-5, rtol=1e-5)
+        for got, ref_grad in ((x.grad, xr.grad), (w.grad, wr.grad), (bb.grad, br.grad)):
+            torch.testing.assert_close(got, ref_grad, atol=1e-5, rtol=1e-4)
+    x, w, bb = (z.detach().clone().requires_grad_() for z in (hidden, weight, bias))
+    loss, metrics, _, _ = pk.linear_grpo_loss(x, w, targets, adv, mask, old, ref, bias=bb, compute_entropy=True,
+                                              **kw)
+    loss.backward()
+    assert torch.equal(loss.detach(), results[-1][0]) and torch.equal(w.grad, results[-1][3])
+
+
+def test_linear_grpo_refusals(gen):
+    hidden, weight, _, targets = head(gen, 8, 8, 20, torch.float32, "cpu", bias=False)
+    adv = torch.randn(2, generator=gen)
+    with pytest.raises(pk.PrefKernelsError, match="compute_entropy"):
+        pk.linear_grpo_loss(hidden, weight, targets, adv, n_seqs=2, seq_len=4, entropy_coef=0.1)
+    with pytest.raises(pk.PrefKernelsError, match="is_weights"):
+        pk.linear_grpo_loss(hidden, weight, targets, adv, n_seqs=2, seq_len=4, loss_type="vespo",
+                            vllm_is_weights=torch.ones(8))
+    with pytest.raises(ValueError, match="n_seqs"):
+        pk.linear_grpo_loss(hidden, weight, targets, adv)
+
+
+def test_opcheck_linear_grpo(gen):
+    hidden, weight, bias, targets = head(gen, 6, 8, 12, torch.float32, "cpu")
+    x, w, b = (t.detach().clone().requires_grad_() for t in (hidden, weight, bias))
+    adv = torch.randn(2, generator=gen)
+    torch.library.opcheck(torch.ops.pref_kernels.linear_grpo_step.default,
+                          (x, w, b, targets, None, None, None, None, None, adv, None, 2, 3, 3, 0, 0.2, 0.2, 0.0,
+                           0.0, True, 0.0, 1.0, 0.0, 1.0, 1.05, 1, float("nan"), 2.0, 3.0, 3.0, 2.0, False, -100, 1.0,
+                           pk.DEFAULT_WORKSPACE_BYTES))
