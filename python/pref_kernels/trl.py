@@ -4,7 +4,10 @@
   fused LM head (hidden states + LM-head weight, no `[N, V]` logits, chunks of the completion rows
   only), and the GRPO-family loss (every TRL 1.16 `loss_type`, with its clipping, KL, off-policy mask,
   entropy mask and bonus, vLLM importance weights and normalizers) with its metrics and every token's
-  gradient comes from one fused kernel call; TRL's metric names are logged.
+  gradient comes from one fused kernel call; TRL's metric names are logged. The training forward's
+  head and loss are one call (`linear_grpo_loss`: three GEMMs per completion token, the loss's
+  gradients computed with the log-probs) except with the top-entropy mask or VESPO's vLLM weights,
+  which take the fused head's forward and backward around the fused loss (four GEMMs).
 - `shared_prompts=True` (GRPO / RLOO): those forwards run prompt-once (`pref_kernels.prompt_once`):
   each group's prompt through the model once, completions attending to it through the shared-prefix
   attention kernel, packed without padding.
@@ -26,12 +29,13 @@ f-divergence other than reverse KL.
 """
 import contextlib
 import math
+import threading
 import types
 
 import torch
 
 from . import GRPO_LOSS_TYPES, GRPO_METRIC_NAMES, METRIC_NAMES, TRL_LOSS_TYPES, dpo_loss, grpo_loss, \
-    linear_token_stats
+    linear_grpo_loss, linear_token_stats
 
 _NON_MODEL_KEYS = {"completion_mask", "ref_chosen_logps", "ref_rejected_logps"}
 _REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
@@ -93,11 +97,52 @@ class FusedHead:
         h = hidden.to(dtype).contiguous()
         w = weight.to(dtype).contiguous()
         b = None if bias is None else bias.float().contiguous()
+        step = _PENDING_GRPO_STEP.step
+        if step is not None:
+            _PENDING_GRPO_STEP.step = None  # one forward per step
+            logp, entropy = step.run(h, w, b, targets.contiguous(), float(temperature) / logit_scale)
+            return logp, entropy, None, None, None
         s = linear_token_stats(h, w, targets.contiguous(), bias=b, temperature=float(temperature) / logit_scale,
                                entropy="entropy" in outputs, log_sum_sq="log_sum_sq_probs" in outputs,
                                mean_logits="mean_logits" in outputs, is_top1="is_top1" in outputs,
                                skip_ignored_rows=True)
         return s.logp, s.entropy, s.log_sum_sq, s.mean_logits, s.is_top1
+
+
+class _GrpoStep:
+    """The GRPO step the next fused-head call runs (`_grpo_compute_loss`): TRL's [B, C] batch tensors
+    and loss settings; `run` takes the head's compact rows (TRL projects the labelled positions only:
+    the completion tokens, row-major, exactly where `completion_mask` is set) and returns their
+    detached log-probs and entropies for TRL's forward to scatter, keeping the loss and metrics."""
+
+    def __init__(self, completion_mask, advantages, per_token, loss_mask, kwargs):
+        self.completion_mask, self.advantages = completion_mask, advantages
+        self.per_token, self.loss_mask, self.kwargs = per_token, loss_mask, kwargs
+        self.loss = self.metrics = None
+
+    def run(self, hidden, weight, bias, targets, temperature):
+        sel = self.completion_mask != 0
+        if hidden.shape[0] != int(sel.sum()):
+            raise RuntimeError(f"pref_kernels: the fused head got {hidden.shape[0]} rows, the completion mask has "
+                               f"{int(sel.sum())}")
+        lengths = sel.sum(1).to(torch.int32)
+        cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0, dtype=torch.int32)])
+        rows = {k: None if v is None else v[sel].contiguous() for k, v in self.per_token.items()}
+        mask = None if self.loss_mask is None else (self.loss_mask[sel] != 0)
+        self.loss, self.metrics, logp, entropy = linear_grpo_loss(
+            hidden, weight, targets, self.advantages.float().contiguous(), mask, rows["old"], rows["ref"], bias=bias,
+            cu_seqlens=cu, vllm_is_weights=rows["is_weights"], sampling_logp=rows["sampling"], compute_entropy=True,
+            temperature=temperature, **self.kwargs)
+        return logp, entropy
+
+
+class _PendingStep(threading.local):
+    """The GRPO step `FusedHead.apply` runs instead of returning log-probs only (set around one
+    policy forward by `_grpo_compute_loss`, per thread)."""
+    step = None
+
+
+_PENDING_GRPO_STEP = _PendingStep()
 
 
 @contextlib.contextmanager
@@ -190,6 +235,7 @@ def use_pref_kernels(trainer, shared_prompts: bool = False):
     else:
         if shared_prompts:
             trainer._get_per_token_logps_and_entropies = types.MethodType(_prompt_once_logps_and_entropies, trainer)
+            trainer.pref_kernels_prompt_once = True
         else:
             trainer._get_per_token_logps_and_entropies = _with_fused_head(trainer._get_per_token_logps_and_entropies)
         if kind == "GRPOTrainer":
@@ -329,7 +375,8 @@ def _compute_loss(self, model, inputs, return_outputs):
 
 def _grpo_compute_loss(self, model, inputs):
     """TRL 1.16's `GRPOTrainer._compute_loss` with the loss, its gradients and its metrics from one
-    fused call (`pref_kernels.grpo_loss`) and the log-probs from the fused head."""
+    fused call: with the policy's head (`linear_grpo_loss`, three GEMMs per completion token) where the
+    configuration allows, else on the fused head's log-probs (`pref_kernels.grpo_loss`)."""
     prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
     completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
     input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
@@ -339,10 +386,6 @@ def _grpo_compute_loss(self, model, inputs):
     extra = {k: inputs.get(k) for k in ("pixel_values", "image_grid_thw", "num_images", "pixel_attention_mask",
                                         "spatial_shapes", "num_tiles", "image_sizes", "token_type_ids",
                                         "mm_token_type_ids", "image_position_ids")}
-    per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
-        model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
-        compute_aux_loss=self.aux_loss_enabled, **extra)
-
     advantages = inputs["advantages"]
     if advantages.dim() == 2 and advantages.size(1) == 1:
         advantages = advantages.squeeze(1)
@@ -353,6 +396,8 @@ def _grpo_compute_loss(self, model, inputs):
     args = self.args
     g = self.current_gradient_accumulation_steps if mode == "train" else 1
     old = inputs.get("old_per_token_logps")
+    ref = inputs.get("ref_per_token_logps") if self.beta != 0.0 else None
+    sampling = inputs.get("sampling_per_token_logps") if self.off_policy_mask_threshold is not None else None
     is_weights = None
     if self.loss_type == "vespo":
         is_weights = inputs.get("importance_sampling_ratio")
@@ -362,20 +407,41 @@ def _grpo_compute_loss(self, model, inputs):
     if self._entropy_bonus_enabled:
         entropy_coef = self.entropy_coef
     n_items = inputs.get("num_items_in_batch")
-    loss, metrics = grpo_loss(
-        per_token_logps, advantages, mask, old, inputs.get("ref_per_token_logps") if self.beta != 0.0 else None,
+    kwargs = dict(
         loss_type=self.loss_type, beta=self.beta, epsilon=self.epsilon_low, epsilon_high=self.epsilon_high,
         delta=args.delta, importance_sampling_level=self.importance_sampling_level,
         max_completion_length=self.max_completion_length,
         num_items_in_batch=None if n_items is None else float(n_items), num_processes=self.accelerator.num_processes,
         gradient_accumulation_steps=g, steps_per_generation=args.steps_per_generation if mode == "train" else 1,
-        entropy=entropies, entropy_coef=entropy_coef, top_entropy_quantile=self.top_entropy_quantile,
-        vllm_is_weights=is_weights,
-        sampling_logp=inputs.get("sampling_per_token_logps") if self.off_policy_mask_threshold is not None else None,
-        off_policy_mask_threshold=self.off_policy_mask_threshold,
+        entropy_coef=entropy_coef, off_policy_mask_threshold=self.off_policy_mask_threshold,
         use_bias_correction_kl=args.use_bias_correction_kl, sapo_temperature_pos=args.sapo_temperature_pos,
         sapo_temperature_neg=args.sapo_temperature_neg, vespo_k_pos=args.vespo_k_pos,
         vespo_lambda_pos=args.vespo_lambda_pos, vespo_k_neg=args.vespo_k_neg, vespo_lambda_neg=args.vespo_lambda_neg)
+    # One call (head and loss) unless the top-entropy mask (a threshold over every entropy) or
+    # VESPO's vLLM weights (summed over masked tokens too) need the log-probs first, or the forward
+    # does not go through the fused head (prompt-once).
+    one_call = (self.top_entropy_quantile >= 1.0 and not (self.loss_type == "vespo" and is_weights is not None)
+                and not getattr(self, "pref_kernels_prompt_once", False))
+    step = None
+    if one_call:
+        per_token = {"old": old, "ref": ref, "sampling": sampling, "is_weights": is_weights}
+        step = _GrpoStep(completion_mask, advantages, per_token, inputs.get("tool_mask"), kwargs)
+        _PENDING_GRPO_STEP.step = step
+    try:
+        per_token_logps, entropies, aux_loss = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, compute_entropy=True,
+            compute_aux_loss=self.aux_loss_enabled, **extra)
+    finally:
+        _PENDING_GRPO_STEP.step = None
+    if step is not None:
+        if step.loss is None:
+            raise RuntimeError("pref_kernels: the policy forward did not reach the fused head")
+        loss, metrics = step.loss, step.metrics
+    else:
+        loss, metrics = grpo_loss(
+            per_token_logps, advantages, mask, old, ref, entropy=entropies,
+            top_entropy_quantile=self.top_entropy_quantile, vllm_is_weights=is_weights, sampling_logp=sampling,
+            **kwargs)
 
     acc = self.accelerator
     m = self._metrics[mode]
