@@ -17,7 +17,8 @@ On a GPU: the device-to-device copy bandwidth first (the floor of every memory-b
      own fused head (`ChunkedLogProbFunction`), Liger FLCE and FusedLinearDPO, Apple CCE, with
      TFLOP/s and peak extra memory;
   5. the GRPO loss from hidden states (16 completions x 1024 tokens, Qwen2-1.5B's H = 1536 and
-     V = 151936, DAPO with beta = 0.04): ours (fused head with entropy + `grpo_loss`) vs TRL's head
+     V = 151936, DAPO with beta = 0.04): ours (fused head with entropy + `grpo_loss`, and the one-call
+     `linear_grpo_loss`) vs TRL's head
      + TRL-style eager loss, and Liger's `LigerFusedLinearGRPOLoss`;
   6. a GRPO step through a Qwen2-1.5B-shaped decoder (28 layers, H 1536, MLP 8960, 12 q / 2 kv
      heads, d 128, V 151936, random bf16 weights; written here in plain PyTorch, so the GPU machine
@@ -554,6 +555,12 @@ def grpo_head(h):
                             entropy=ent, max_completion_length=t)[0]
     floor = 3 * fl / h.gemm_rate * 1e3 if h.gemm_rate else None
     h.run(sec, shape, "pref-kernels fused head (+entropy) + grpo_loss", step(ours), extra=tf(4 * fl), floor_ms=floor)
+
+    def ours_one_call():
+        return pk.linear_grpo_loss(x.view(b, t, hid), w, ids, adv, mask, old, ref, loss_type="dapo", beta=beta,
+                                   epsilon_high=0.28, max_completion_length=t, compute_entropy=True)[0]
+    h.run(sec, shape, "pref-kernels linear_grpo_loss (one call, 3 GEMMs)", step(ours_one_call), extra=tf(3 * fl),
+          floor_ms=floor)
     trl_head = trl_chunked_logprob()
     if isinstance(trl_head, str):
         h.skip(sec, shape, "TRL 1.16 fused head + TRL-style loss", trl_head)

@@ -8,9 +8,9 @@
 //!   1. the floor: one cuBLAS bf16 GEMM `[M, H] x [H, V]` (f32 accumulate, bf16 out) through
 //!      cudarc, the same GEMM the fused path runs per chunk. Throughput is counted in "elements"
 //!      = FLOPs (2MHV), so criterion's elem/s is FLOP/s: the measured GEMM rate.
-//!   2. `linear_token_logprobs_forward` (2MHV FLOPs: one GEMM per token) and
-//!      `linear_preference_step` (DPO, 6MHV FLOPs: logits, d_hidden, d_weight GEMMs) with the
-//!      default 768 MiB workspace; the fraction of the floor is (their FLOP/s) / (the GEMM's).
+//!   2. `linear_token_logprobs_forward` (2MHV FLOPs: one GEMM per token),
+//!      `linear_preference_step` (DPO) and `linear_grpo_step` (TRL's dapo; both 6MHV FLOPs:
+//!      logits, d_hidden, d_weight GEMMs) with the default 768 MiB workspace; the fraction of the floor is (their FLOP/s) / (the GEMM's).
 //!   3. the stream-ordered forward and forward + backward (what the PyTorch ops run: every row,
 //!      the caller's workspace, no host synchronization, no gathers; 2MHV and 8MHV FLOPs: the
 //!      backward recomputes the logits, as Liger's published 700 effective TFLOP/s counts), the
@@ -26,13 +26,14 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::bf16;
+use pref_kernels::grpo::GrpoConfig;
 use pref_kernels::linear_token_logprobs::{
     ordered_workspace_bytes, reference, LinearConfig, LinearForwardViews, LinearGradViews, LinearHead,
     LinearShape, OrderedWorkspace, DEFAULT_WORKSPACE_BYTES,
 };
 use pref_kernels::preference_loss::{LossConfig, Pairs};
 use pref_kernels::seq_reduce::SeqLayout;
-use pref_kernels::step::LinearStepBatch;
+use pref_kernels::step::{LinearGrpoBatch, LinearStepBatch};
 use pref_kernels::{DType, DeviceBuffer, Gpu, Stream, TokenLogprobsConfig, View};
 
 mod common;
@@ -245,6 +246,29 @@ fn gpu_benches(c: &mut Criterion) {
                 b.iter_custom(|it| {
                     event_time(&gpu, it, || {
                         gpu.linear_preference_step(&stream, &head, &batch, &dpo, &lin).unwrap();
+                    })
+                })
+            });
+            // The GRPO step (TRL's default dapo, β 0.04, old and reference log-probs): the same
+            // three GEMMs, chunked by whole sequences.
+            let n_seqs = m / SEQ_LEN;
+            let old_logp = stream.clone_htod(&pseudo(m, 5, -14.0, -9.0)).unwrap();
+            let adv = stream.clone_htod(&pseudo(n_seqs, 6, -1.0, 1.0)).unwrap();
+            let grpo_batch = LinearGrpoBatch {
+                targets: targets.as_view(),
+                mask: None,
+                old_logp: Some(old_logp.as_view()),
+                sampling_logp: None,
+                ref_logp: Some(ref_logp.as_view()),
+                is_weights: None,
+                advantages: adv.as_view(),
+                seqs: SeqLayout::Padded { n_seqs, seq_len: SEQ_LEN },
+            };
+            let grpo = GrpoConfig { beta: 0.04, ..GrpoConfig::trl() };
+            g.bench_function(BenchmarkId::new("grpo_step", &id), |b| {
+                b.iter_custom(|it| {
+                    event_time(&gpu, it, || {
+                        gpu.linear_grpo_step(&stream, &head, &grpo_batch, &grpo, &lin).unwrap();
                     })
                 })
             });

@@ -78,6 +78,15 @@ fn rows() -> Vec<Row> {
         flops: 4.0 * gemm,
         note: "4 GEMMs, the backward recomputing the logits (Liger's CuTe kernel: 50.39 ms on an H100, 8MHV / 50.39 ms = the issue's ~700 effective TFLOP/s)",
     });
+    v.push(Row {
+        op: "GRPO / DPO step from hidden states",
+        shape: "M 8192, H 4096, V 131072, bf16".into(),
+        // One GEMM per chunk writes the logits, the row pass and loss read them and write
+        // d/dlogits in place, the dW and dX GEMMs read them; W read three times, dW (f32) written.
+        bytes: 3.0 * vv * h * BF16 + vv * h * F32 + 3.0 * m * h * BF16 + 5.0 * logits,
+        flops: 3.0 * gemm,
+        note: "3 GEMMs: the loss is known inside each chunk, no recompute (linear_grpo_step, linear_preference_step; Liger's fused losses also take 3)",
+    });
     // Shared-prefix attention (benches/shared_prefix_attention.rs): P 4096, G 8 responses of 512,
     // 32 query heads of d 128 (8 KV heads); FLOPs on the deduplicated allowed pairs.
     let (p, r, g, hq, d) = (4096.0, 512.0, 8.0, 32.0, 128.0);
