@@ -137,16 +137,7 @@ impl Gpu {
                 let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
                 // SAFETY: every pointer is a live buffer sized by the plan; the pipeline fills a
                 // slot on the caller's stream only after its previous drain.
-                unsafe {
-                    self.chunk_logits(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(chunk.start),
-                        chunk.len(),
-                        &lp.work,
-                        status_p,
-                    )
-                }
+                unsafe { lp.fill(self, pipe.main(), chunk, status_p) }
             };
             let drain = |c: usize, slot: usize| -> Result<()> {
                 let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
@@ -269,16 +260,7 @@ impl Gpu {
                 let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
                 // SAFETY: every pointer is a live buffer sized by the plan; the pipeline fills a
                 // slot on the caller's stream after its previous chunk's weight GEMMs there.
-                unsafe {
-                    self.chunk_logits(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(chunk.start),
-                        chunk.len(),
-                        &lp.work,
-                        status_p,
-                    )
-                }
+                unsafe { lp.fill(self, pipe.main(), chunk, status_p) }
             };
             let drain = |c: usize, slot: usize| -> Result<()> {
                 let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
@@ -307,17 +289,7 @@ impl Gpu {
             let finish = |c: usize, slot: usize| -> Result<()> {
                 let (chunk, lp) = (&plan.chunks[c], &loops[slot]);
                 // SAFETY: as above; the pipeline waited for the slot's row pass.
-                unsafe {
-                    self.chunk_backward(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(chunk.start),
-                        chunk.len(),
-                        &lp.work,
-                        &gp,
-                        status_p,
-                    )
-                }
+                unsafe { lp.weight_grads(self, pipe.main(), chunk, &gp, status_p) }
             };
             // SAFETY: as in the forward.
             unsafe { pipe.run_chunks_then(plan.chunks.len(), slots, fill, drain, finish)? };

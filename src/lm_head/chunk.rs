@@ -14,6 +14,7 @@ use crate::runtime::status::{check_status, StatusWord};
 use crate::runtime::Gpu;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs, TokenTopkPtrs};
 use crate::LogitsLayout;
+use std::ops::Range;
 
 /// The head as raw pointers.
 #[derive(Debug, Clone, Copy)]
@@ -824,6 +825,51 @@ impl Loop {
                 layout.vocab,
                 &bwd,
                 &cfg,
+            )
+        }
+    }
+
+    /// A host-planned loop's fill: the logits of plan rows `rows` into this slot (nothing for
+    /// an empty chunk).
+    ///
+    /// # Safety
+    /// As [`Gpu::chunk_logits`]; `rows` within the plan, the slot sized for them.
+    pub(crate) unsafe fn fill(&self, gpu: &Gpu, stream: u64, rows: &Range<usize>, status: u64) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu.chunk_logits(stream, &self.head, self.index(rows.start), rows.len(), &self.work, status)
+        }
+    }
+
+    /// A host-planned loop's weight GEMMs for plan rows `rows`, from this slot's d/dlogits
+    /// (nothing for an empty chunk).
+    ///
+    /// # Safety
+    /// As [`Gpu::chunk_backward`]; `rows` within the plan.
+    pub(crate) unsafe fn weight_grads(
+        &self,
+        gpu: &Gpu,
+        stream: u64,
+        rows: &Range<usize>,
+        grads: &GradPtrs,
+        status: u64,
+    ) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        // SAFETY: forwarded to the caller.
+        unsafe {
+            gpu.chunk_backward(
+                stream,
+                &self.head,
+                self.index(rows.start),
+                rows.len(),
+                &self.work,
+                grads,
+                status,
             )
         }
     }

@@ -213,16 +213,7 @@ impl Gpu {
                 let (rows, lp) = (&plan.rows.chunks[c], &loops[slot]);
                 // SAFETY: as in `drain`; the pipeline fills a slot on the caller's stream after its
                 // previous chunk's weight GEMMs there.
-                unsafe {
-                    self.chunk_logits(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(rows.start),
-                        rows.len(),
-                        &lp.work,
-                        status_p,
-                    )
-                }
+                unsafe { lp.fill(self, pipe.main(), rows, status_p) }
             };
             let drain = |c: usize, slot: usize| -> Result<()> {
                 let lp = &loops[slot];
@@ -294,17 +285,7 @@ impl Gpu {
             let finish = |c: usize, slot: usize| -> Result<()> {
                 let (rows, lp) = (&plan.rows.chunks[c], &loops[slot]);
                 // SAFETY: as in `drain`; the pipeline waited for the slot's row pass.
-                unsafe {
-                    self.chunk_backward(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(rows.start),
-                        rows.len(),
-                        &lp.work,
-                        &gp,
-                        status_p,
-                    )
-                }
+                unsafe { lp.weight_grads(self, pipe.main(), rows, &gp, status_p) }
             };
             // SAFETY: the lane's context is current (side_lane bound it); the closures enqueue
             // on the stream they use into their chunk's slot.

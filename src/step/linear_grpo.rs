@@ -314,21 +314,9 @@ impl Gpu {
             let pipe = Pipeline::new(raw, lane.as_deref());
             let fill = |c: usize, slot: usize| -> Result<()> {
                 let (rows, lp) = (&plan.rows.chunks[c], &loops[slot]);
-                if rows.is_empty() {
-                    return Ok(());
-                }
                 // SAFETY: as in `drain`; the pipeline fills a slot on the caller's stream after its
                 // previous chunk's weight GEMMs there.
-                unsafe {
-                    self.chunk_logits(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(rows.start),
-                        rows.len(),
-                        &lp.work,
-                        status_p,
-                    )
-                }
+                unsafe { lp.fill(self, pipe.main(), rows, status_p) }
             };
             let drain = |c: usize, slot: usize| -> Result<()> {
                 let (rows, seqs, lp) = (&plan.rows.chunks[c], &plan.chunk_seqs[c], &loops[slot]);
@@ -388,21 +376,8 @@ impl Gpu {
             // The chunk's weight GEMMs on the caller's stream, after its row pass and loss.
             let finish = |c: usize, slot: usize| -> Result<()> {
                 let (rows, lp) = (&plan.rows.chunks[c], &loops[slot]);
-                if rows.is_empty() {
-                    return Ok(());
-                }
                 // SAFETY: as in `drain`; the pipeline waited for the slot's row pass.
-                unsafe {
-                    self.chunk_backward(
-                        pipe.main(),
-                        &lp.head,
-                        lp.index(rows.start),
-                        rows.len(),
-                        &lp.work,
-                        &gp,
-                        status_p,
-                    )
-                }
+                unsafe { lp.weight_grads(self, pipe.main(), rows, &gp, status_p) }
             };
             // SAFETY: the lane's context is current (side_lane bound it); the closures enqueue
             // on the stream they use into their chunk's slot.
