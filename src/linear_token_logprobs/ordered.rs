@@ -58,35 +58,33 @@ pub fn ordered_workspace_bytes(shape: &LinearShape, dtype: DType, rows: usize) -
 /// slots of one row, one slot of the most rows that fit. Returns (rows per chunk, slots).
 fn ordered_plan(shape: &LinearShape, dtype: DType, bytes: usize, streams: usize) -> Result<(usize, usize)> {
     let slot = |m: usize| ChunkWork::bytes(shape, dtype, m, false);
-    let fits =
-        |m: usize, slots: usize| slot(m).and_then(|b| b.checked_mul(slots)).is_some_and(|b| b <= bytes);
     let n = shape.n_rows.max(1);
-    if fits(n, 1) {
-        return Ok((n, 1));
-    }
-    let slots = if streams == 2 && fits(1, 2) { 2 } else { 1 };
-    if !fits(1, slots) {
-        return Err(invalid(
-            "workspace",
-            format!(
-                "{bytes} bytes cannot hold one row of V = {} in {}: the minimum is {} bytes",
-                shape.vocab,
-                dtype.name(),
-                slot(1).unwrap_or(usize::MAX)
-            ),
-        ));
-    }
-    // The largest m in [1, N) whose slots fit (bytes grow with m).
-    let (mut lo, mut hi) = (1usize, n - 1);
-    while lo < hi {
-        let mid = lo + (hi - lo).div_ceil(2);
-        if fits(mid, slots) {
-            lo = mid;
-        } else {
-            hi = mid - 1;
+    // The most rows (up to N) whose slot fits `budget` (bytes grow with m).
+    let rows_within = |budget: usize| -> Result<usize> {
+        let fits = |m: usize| slot(m).is_some_and(|b| b <= budget);
+        if !fits(1) {
+            return Err(invalid(
+                "workspace",
+                format!(
+                    "{bytes} bytes cannot hold one row of V = {} in {}: the minimum is {} bytes",
+                    shape.vocab,
+                    dtype.name(),
+                    slot(1).unwrap_or(usize::MAX)
+                ),
+            ));
         }
-    }
-    Ok((lo, slots))
+        let (mut lo, mut hi) = (1usize, n);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if fits(mid) {
+                lo = mid;
+            } else {
+                hi = mid - 1;
+            }
+        }
+        Ok(lo)
+    };
+    crate::lm_head::plan_in_slots_for(bytes, streams, rows_within, |&m| n.div_ceil(m))
 }
 
 /// A stream-ordered loop's bound workspace: the slots' regions, rows per chunk, the status word.

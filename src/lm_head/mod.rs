@@ -23,8 +23,18 @@ pub(crate) fn plan_in_slots<P>(
     plan: impl Fn(usize) -> Result<P>,
     chunks: impl Fn(&P) -> usize,
 ) -> Result<(P, usize)> {
+    plan_in_slots_for(budget, head_streams()?, plan, chunks)
+}
+
+/// [`plan_in_slots`] with the number of streams given (1: one slot of the whole budget).
+pub(crate) fn plan_in_slots_for<P>(
+    budget: usize,
+    streams: usize,
+    plan: impl Fn(usize) -> Result<P>,
+    chunks: impl Fn(&P) -> usize,
+) -> Result<(P, usize)> {
     let whole = plan(budget)?;
-    if chunks(&whole) > 1 && head_streams()? == 2 {
+    if chunks(&whole) > 1 && streams == 2 {
         if let Ok(halves) = plan(budget / 2) {
             return Ok((halves, 2));
         }
