@@ -532,7 +532,10 @@ def linear_grpo_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.
     Returns `(loss, metrics, logp, entropy)`: metrics [8] in GRPO_METRIC_NAMES order, log-probs and
     (with `compute_entropy`, needed by `entropy_coef`) entropies shaped as `targets`, detached.
     Not served here (refused, use `grpo_loss` on the fused head's log-probs): the top-entropy mask,
-    VESPO with `vllm_is_weights`."""
+    VESPO with `vllm_is_weights`. The gradients are computed in this call, before any upstream
+    factor: `d_hidden` is rounded to `hidden`'s dtype unscaled, so with fp16 and a loss scaler
+    (whose factor arrives in backward) prefer bf16 / f32 or the four-GEMM path (the TRL drop-in
+    does), and under `no_grad` the gradient GEMMs are wasted work."""
     if targets.dim() == 2:
         if cu_seqlens is not None:
             raise ValueError("pref_kernels: [B, T] targets are a padded batch; cu_seqlens is for flat [N] inputs")

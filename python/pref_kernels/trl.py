@@ -100,8 +100,9 @@ class FusedHead:
         step = _PENDING_GRPO_STEP.step
         if step is not None:
             _PENDING_GRPO_STEP.step = None  # one forward per step
-            logp, entropy = step.run(h, w, b, targets.contiguous(), float(temperature) / logit_scale)
-            return logp, entropy, None, None, None
+            if step.declines(h, w) is None:
+                logp, entropy = step.run(h, w, b, targets.contiguous(), float(temperature) / logit_scale)
+                return logp, entropy, None, None, None
         s = linear_token_stats(h, w, targets.contiguous(), bias=b, temperature=float(temperature) / logit_scale,
                                entropy="entropy" in outputs, log_sum_sq="log_sum_sq_probs" in outputs,
                                mean_logits="mean_logits" in outputs, is_top1="is_top1" in outputs,
@@ -120,8 +121,21 @@ class _GrpoStep:
         self.per_token, self.loss_mask, self.kwargs = per_token, loss_mask, kwargs
         self.loss = self.metrics = None
 
+    def declines(self, hidden, weight):
+        """Why the fused-head call should run the plain head instead (None: run the step). The step
+        computes its gradients in the forward: wasted without autograd (evaluation, a frozen head
+        and backbone), and `d_hidden` would be rounded to fp16 before a GradScaler's factor reaches
+        it (the four-GEMM path's backward gets the scaled cotangent)."""
+        if not torch.is_grad_enabled() or not (hidden.requires_grad or weight.requires_grad):
+            return "no gradient wanted"
+        if hidden.dtype == torch.float16:
+            return "fp16: gradients computed before loss scaling would underflow"
+        return None
+
     def run(self, hidden, weight, bias, targets, temperature):
         sel = self.completion_mask != 0
+        # The drop-in's fused_head() makes TRL project compact rows (its `_use_triton` is true there):
+        # the completion positions, row-major, where completion_mask is set.
         if hidden.shape[0] != int(sel.sum()):
             raise RuntimeError(f"pref_kernels: the fused head got {hidden.shape[0]} rows, the completion mask has "
                                f"{int(sel.sum())}")
@@ -433,11 +447,11 @@ def _grpo_compute_loss(self, model, inputs):
             compute_aux_loss=self.aux_loss_enabled, **extra)
     finally:
         _PENDING_GRPO_STEP.step = None
-    if step is not None:
-        if step.loss is None:
-            raise RuntimeError("pref_kernels: the policy forward did not reach the fused head")
+    if step is not None and step.loss is not None:
         loss, metrics = step.loss, step.metrics
     else:
+        # The fused-head call declined the step (no gradient wanted, fp16), or the forward did not
+        # reach it: the loss on the head's log-probs, as with the top-entropy mask.
         loss, metrics = grpo_loss(
             per_token_logps, advantages, mask, old, ref, entropy=entropies,
             top_entropy_quantile=self.top_entropy_quantile, vllm_is_weights=is_weights, sampling_logp=sampling,

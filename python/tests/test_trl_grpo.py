@@ -177,3 +177,35 @@ def test_unserved_grpo_configurations_are_refused(tmp_path):
     assert pref_kernels.trl.head_refusal(None, 0.0) is not None
     assert pref_kernels.trl.head_refusal(None, 1.0, pref_kernels.trl.HEAD_OUTPUTS) is None
     assert "hidden_states" in pref_kernels.trl.head_refusal(None, 1.0, ("log_probs", "hidden_states"))
+
+
+def test_the_one_call_step_declines_without_gradients_and_in_fp16():
+    """The GRPO step computes its gradients in the forward: without autograd (evaluation) and in
+    fp16 (before a GradScaler's factor) the fused-head call runs the plain head instead, and the
+    trainer computes the loss on its log-probs."""
+    from pref_kernels.trl import FusedHead, _GrpoStep, _PENDING_GRPO_STEP
+
+    g = torch.Generator().manual_seed(3)
+    b, c, h, v = 2, 3, 8, 11
+    mask = torch.ones(b, c, dtype=torch.long)
+    adv = torch.randn(b, generator=g)
+    per_token = {"old": None, "ref": None, "sampling": None, "is_weights": None}
+    targets = torch.randint(0, v, (b * c,), generator=g)
+
+    def call(dtype, grad):
+        hidden = torch.randn(b * c, h, generator=g).to(dtype).requires_grad_(grad)
+        weight = (torch.randn(v, h, generator=g) * 0.3).to(dtype).requires_grad_(grad)
+        step = _GrpoStep(mask, adv, per_token, None, dict(loss_type="dapo"))
+        _PENDING_GRPO_STEP.step = step
+        try:
+            out = FusedHead.apply(hidden, weight, None, targets, 1.0, 0, None, 1.0, ("log_probs", "entropy"))
+        finally:
+            _PENDING_GRPO_STEP.step = None
+        assert out[0].shape == (b * c,) and out[1] is not None
+        return step.loss
+
+    assert call(torch.float32, True) is not None, "the step runs when gradients are wanted"
+    with torch.no_grad():
+        assert call(torch.float32, True) is None, "no step under no_grad"
+    assert call(torch.float32, False) is None, "no step when nothing needs a gradient"
+    assert call(torch.float16, True) is None, "no step in fp16"
