@@ -682,25 +682,26 @@ def _(hidden, weight, bias, targets, weights, ref_logp, ref_seq, cu_seqlens, n_s
             weight.new_empty(v if bias is not None else 0, **f))
 
 
-def _linear_step_setup(ctx, inputs, output):
-    loss, metrics, pairs, logp, d_hidden, d_weight, d_bias = output
+def _head_step_setup(ctx, inputs, output):
+    """Autograd of a whole step from hidden states (inputs hidden, weight, bias, ...; outputs the
+    loss, what it logs, then d_hidden, d_weight, d_bias): the gradients were computed in the call."""
     weight, bias = inputs[1], inputs[2]
-    ctx.save_for_backward(d_hidden, d_weight, d_bias)
-    ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
-    ctx.mark_non_differentiable(metrics, pairs, logp, d_hidden, d_weight, d_bias)
+    ctx.save_for_backward(*output[-3:])
+    ctx.weight_dtype, ctx.has_bias, ctx.n_inputs = weight.dtype, bias is not None, len(inputs)
+    ctx.mark_non_differentiable(*output[1:])
 
 
-def _linear_step_grad(ctx, grad_loss, *_):
+def _head_step_grad(ctx, grad_loss, *_):
     d_hidden, d_weight, d_bias = ctx.saved_tensors
     gl = grad_loss if grad_loss is not None else torch.zeros((), device=d_hidden.device)
     gh = (d_hidden.float() * gl).to(d_hidden.dtype)
     gw = (d_weight * gl).to(ctx.weight_dtype)
     gb = d_bias * gl if ctx.has_bias else None
-    return (gh, gw, gb) + (None,) * 21
+    return (gh, gw, gb) + (None,) * (ctx.n_inputs - 3)
 
 
-torch.library.register_autograd("pref_kernels::linear_preference_step", _linear_step_grad,
-                                setup_context=_linear_step_setup)
+torch.library.register_autograd("pref_kernels::linear_preference_step", _head_step_grad,
+                                setup_context=_head_step_setup)
 
 
 # ---- GRPO family ---------------------------------------------------------------------------------
@@ -843,25 +844,7 @@ def _(hidden, weight, bias, targets, mask, old_logp, sampling_logp, ref_logp, is
             weight.new_empty(weight.shape, **f), weight.new_empty(v if bias is not None else 0, **f))
 
 
-def _linear_grpo_setup(ctx, inputs, output):
-    loss, metrics, logp, entropy, d_hidden, d_weight, d_bias = output
-    weight, bias = inputs[1], inputs[2]
-    ctx.save_for_backward(d_hidden, d_weight, d_bias)
-    ctx.weight_dtype, ctx.has_bias = weight.dtype, bias is not None
-    ctx.mark_non_differentiable(metrics, logp, entropy, d_hidden, d_weight, d_bias)
-
-
-def _linear_grpo_grad(ctx, grad_loss, *_):
-    d_hidden, d_weight, d_bias = ctx.saved_tensors
-    gl = grad_loss if grad_loss is not None else torch.zeros((), device=d_hidden.device)
-    gh = (d_hidden.float() * gl).to(d_hidden.dtype)
-    gw = (d_weight * gl).to(ctx.weight_dtype)
-    gb = d_bias * gl if ctx.has_bias else None
-    return (gh, gw, gb) + (None,) * 32
-
-
-torch.library.register_autograd("pref_kernels::linear_grpo_step", _linear_grpo_grad,
-                                setup_context=_linear_grpo_setup)
+torch.library.register_autograd("pref_kernels::linear_grpo_step", _head_step_grad, setup_context=_head_step_setup)
 
 
 # ---- group / listwise losses (KTO, LiPO-lambda, PRO) ------------------------------------------
