@@ -47,6 +47,7 @@ pub(crate) mod launch;
 pub mod reference;
 
 pub use advantages::{group_advantages, Groups, ScaleRewards};
+pub(crate) use launch::GrpoBatchCounts;
 pub use launch::{grpo_workspace_len, DeviceGrpoInputs, GrpoOutputs, GrpoPtrs};
 
 /// How the per-token losses are aggregated into the batch loss (and which surrogate they use).

@@ -12,8 +12,7 @@
 use std::ops::Range;
 
 use crate::error::{ensure, ensure_len, invalid, Result};
-use crate::grpo::launch::GrpoBatchCounts;
-use crate::grpo::{grpo_workspace_len, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN};
+use crate::grpo::{grpo_workspace_len, GrpoBatchCounts, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN};
 use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras};
 use crate::lm_head::plan::{rows_for_budget, used_rows, RowPlan};
