@@ -141,8 +141,11 @@ class _GrpoStep:
                                f"{int(sel.sum())}")
         lengths = sel.sum(1).to(torch.int32)
         cu = torch.cat([lengths.new_zeros(1), lengths.cumsum(0, dtype=torch.int32)])
-        rows = {k: None if v is None else v[sel].contiguous() for k, v in self.per_token.items()}
-        mask = None if self.loss_mask is None else (self.loss_mask[sel] != 0)
+        # One nonzero for every per-token input (boolean indexing would synchronize once per tensor).
+        idx = sel.reshape(-1).nonzero().squeeze(1)
+        pick = lambda v: None if v is None else v.reshape(-1).index_select(0, idx)  # noqa: E731
+        rows = {k: pick(v) for k, v in self.per_token.items()}
+        mask = None if self.loss_mask is None else (pick(self.loss_mask) != 0)
         self.loss, self.metrics, logp, entropy = linear_grpo_loss(
             hidden, weight, targets, self.advantages.float().contiguous(), mask, rows["old"], rows["ref"], bias=bias,
             cu_seqlens=cu, vllm_is_weights=rows["is_weights"], sampling_logp=rows["sampling"], compute_entropy=True,

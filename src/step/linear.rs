@@ -66,12 +66,7 @@ pub struct LinearStepViews<'a, T> {
 
 /// Sums the chunks' metric rows in chunk order; `barrier/active_pct` from the summed counts.
 fn combine_metrics(rows: &[f32], n_chunks: usize) -> [f32; METRICS_LEN] {
-    let mut acc = [0f64; METRICS_LEN];
-    for c in 0..n_chunks {
-        for (a, &x) in acc.iter_mut().zip(&rows[c * METRICS_LEN..(c + 1) * METRICS_LEN]) {
-            *a += x as f64;
-        }
-    }
+    let mut acc = super::sum_chunk_rows::<METRICS_LEN>(rows, n_chunks);
     acc[10] = if acc[13] > 0.0 { acc[12] / acc[13] } else { 0.0 };
     acc.map(|x| x as f32)
 }

@@ -11,8 +11,12 @@
 //! The row pass and loss of one chunk run on a second stream while the next chunk's GEMM runs.
 use std::ops::Range;
 
+use super::sum_chunk_rows;
 use crate::error::{ensure, ensure_len, invalid, Result};
-use crate::grpo::{grpo_workspace_len, GrpoBatchCounts, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN};
+use crate::grpo::reference::need_inputs;
+use crate::grpo::{
+    check_lengths, grpo_workspace_len, GrpoBatchCounts, GrpoConfig, GrpoOutputs, GrpoPtrs, GRPO_METRICS_LEN,
+};
 use crate::linear_token_logprobs::{LinearConfig, LinearGradBuffers, LinearGradViews, LinearHead, LinearRun};
 use crate::lm_head::chunk::{check_head, head_ptrs, zero_grads, ChunkPass, RowExtras};
 use crate::lm_head::plan::{rows_for_budget, used_rows, RowPlan};
@@ -130,18 +134,6 @@ pub(crate) fn seq_chunks(
     Ok(plan)
 }
 
-/// Sums the chunks' metric rows in chunk order (every GRPO metric is a sum of per-chunk shares
-/// when the chunks divide by the batch's counts).
-fn combine_metrics(rows: &[f32], n_chunks: usize) -> [f32; GRPO_METRICS_LEN] {
-    let mut acc = [0f64; GRPO_METRICS_LEN];
-    for row in rows.chunks_exact(GRPO_METRICS_LEN).take(n_chunks) {
-        for (a, &x) in acc.iter_mut().zip(row) {
-            *a += x as f64;
-        }
-    }
-    acc.map(|x| x as f32)
-}
-
 impl Gpu {
     /// One GRPO-family step (every [`GrpoConfig`] but the top-entropy mask) from hidden states:
     /// loss and TRL's metrics, per-token log-probs (and entropies), `d_hidden`, `d_weight`,
@@ -216,26 +208,23 @@ impl Gpu {
         ensure(!entropy_grad || cfg.token.compute_entropy, "compute_entropy", || {
             "the entropy bonus (entropy_coef != 0) needs compute_entropy".into()
         })?;
-        ensure(grpo.beta == 0.0 || batch.ref_logp.is_some(), "ref_logp", || {
-            format!("beta = {} needs reference log-probs", grpo.beta)
-        })?;
+        need_inputs(grpo, batch.ref_logp.is_some(), cfg.token.compute_entropy)?;
         let host_targets = check_head(self, stream, head, &batch.targets, &cfg.token)?;
         let s = head.shape;
         let n_seqs = batch.seqs.n_seqs();
         batch.seqs.validate(s.n_rows)?;
-        ensure(n_seqs >= 1, "seqs", || "need at least one sequence".into())?;
-        ensure_len("advantages", batch.advantages.len(), n_seqs)?;
-        for (name, len) in [
-            ("mask", batch.mask.as_ref().map(View::len)),
-            ("old_logp", batch.old_logp.as_ref().map(View::len)),
-            ("sampling_logp", batch.sampling_logp.as_ref().map(View::len)),
-            ("ref_logp", batch.ref_logp.as_ref().map(View::len)),
-            ("is_weights", batch.is_weights.as_ref().map(View::len)),
-        ] {
-            if let Some(len) = len {
-                ensure_len(name, len, s.n_rows)?;
-            }
-        }
+        check_lengths(
+            s.n_rows,
+            n_seqs,
+            batch.advantages.len(),
+            &[
+                ("mask", batch.mask.as_ref().map(View::len)),
+                ("old_logp", batch.old_logp.as_ref().map(View::len)),
+                ("sampling_logp", batch.sampling_logp.as_ref().map(View::len)),
+                ("ref_logp", batch.ref_logp.as_ref().map(View::len)),
+                ("is_weights", batch.is_weights.as_ref().map(View::len)),
+            ],
+        )?;
         ensure_len("logp", out.logp.len(), s.n_rows)?;
         ensure(out.entropy.is_some() == cfg.token.compute_entropy, "entropy", || {
             "give an entropy output exactly when compute_entropy is set".into()
@@ -383,7 +372,9 @@ impl Gpu {
             unsafe { pipe.run_chunks_then(n_chunks, slots, fill, drain, finish)? };
         }
         pass.finish(stream)?;
-        let combined = combine_metrics(&stream.clone_dtoh(&metrics)?, n_chunks);
+        // Every GRPO metric is a sum of per-chunk shares when the chunks divide by the batch's counts.
+        let combined =
+            sum_chunk_rows::<GRPO_METRICS_LEN>(&stream.clone_dtoh(&metrics)?, n_chunks).map(|x| x as f32);
         let loss = GrpoOutputs { loss: combined[0], metrics: combined };
         Ok((loss, LinearRun { n_chunks, workspace_bytes: pass.work_bytes() }))
     }

@@ -32,6 +32,18 @@ pub use crate::token_logprobs::GradLogits;
 use crate::token_logprobs::{TokenLogprobsBwdPtrs, TokenLogprobsConfig, TokenLogprobsFwdPtrs};
 use crate::{LogitElement, LogitsLayout, TargetIndex};
 
+/// The sum, in f64 and chunk order (deterministic), of the first `n_chunks` rows of `W` metrics a
+/// chunked step wrote, one row per chunk.
+fn sum_chunk_rows<const W: usize>(rows: &[f32], n_chunks: usize) -> [f64; W] {
+    let mut acc = [0f64; W];
+    for row in rows.chunks_exact(W).take(n_chunks) {
+        for (a, &x) in acc.iter_mut().zip(row) {
+            *a += x as f64;
+        }
+    }
+    acc
+}
+
 /// Everything but the logits that a preference step reads. Tokens are the logits' rows.
 pub struct StepBatch<'a, I> {
     /// Logits shape: `n_rows` = number of tokens T.
