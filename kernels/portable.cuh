@@ -9,6 +9,11 @@
 //   cp_async_16(dst, src, valid), cp_async_commit(), cp_async_wait<N>()
 //                                                            cp.async.cg 16 bytes global -> shared (zeros when
 //                                                            !valid), commit_group, wait_group N
+//   wgmma_m64k16<N, TRANS_B, T>(d, a, desc_b, accumulate)    wgmma.mma_async.sync.aligned.m64nNk16.f32.T.T, A in
+//                                                            registers, B by no-swizzle descriptor (sm_90a only:
+//                                                            PREFK_HAS_WGMMA); wgmma_fence(), wgmma_commit(),
+//                                                            wgmma_wait<N>(), wgmma_fence_operand(regs),
+//                                                            fence_proxy_async_shared(), wgmma_desc(...)
 // On the GPU they are plain CUDA (inline PTX for mma). For the emulator (PREFK_EMULATOR, see
 // kernels/emulator/cuda_emu.h) they register the kernel, carve the block's checked shared arena,
 // and run the warp-collective mma from the PTX ISA's fragment tables.
@@ -18,6 +23,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <type_traits>
 
 #ifdef PREFK_EMULATOR
 #include "emulator/cuda_emu.h"
@@ -50,6 +57,19 @@ inline void ldmatrix_x2_trans(uint32_t (&r)[2], const void* row) { ::prefk_emu::
 inline void cp_async_16(void* dst, const void* src, bool valid) { ::prefk_emu::cp_async_16(dst, src, valid); }
 inline void cp_async_commit() { ::prefk_emu::cp_async_commit(); }
 template <int N> inline void cp_async_wait() { ::prefk_emu::cp_async_wait(N); }
+
+#define PREFK_HAS_WGMMA 1
+inline uint32_t prefk_smem_addr(const void* p) { return ::prefk_emu::shared_window_addr(p); }
+template <int N, bool TRANS_B, typename T>
+inline void wgmma_m64k16(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
+    static_assert(N == 64 || N == 128, "wgmma shapes used here: m64n64k16, m64n128k16");
+    ::prefk_emu::wgmma_rs(d, N, a, desc_b, accumulate, TRANS_B, std::is_same<T, __nv_bfloat16>::value);
+}
+inline void wgmma_fence() { ::prefk_emu::wgmma_fence(); }
+inline void wgmma_commit() { ::prefk_emu::wgmma_commit(); }
+template <int N> inline void wgmma_wait() { ::prefk_emu::wgmma_wait(N); }
+template <int K> inline void wgmma_fence_operand(float (&)[K]) {}
+inline void fence_proxy_async_shared() { ::prefk_emu::fence_proxy_async(); }
 
 __device__ __forceinline__ void mma_m16n8k16(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2],
                                              __nv_bfloat16) {
@@ -118,4 +138,102 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
+// wgmma (sm_90a only: the arch-specific feature set; other targets do not define these, and their
+// kernels that would use them are built empty, see PREFK_HAS_WGMMA). A in registers (per warp of
+// the warpgroup, mma.m16n8k16's A fragment of rows 16 w ..), B from shared memory by descriptor,
+// scale-d = accumulate, imm-scale-a = imm-scale-b = 1, imm-trans-b = TRANS_B (B stored MN-major).
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define PREFK_HAS_WGMMA 1
+template <int N, bool TRANS_B, typename T>
+__device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b,
+                                             bool accumulate) {
+    static_assert(N == 64 || N == 128, "wgmma shapes used here: m64n64k16, m64n128k16");
+    constexpr bool BF16 = std::is_same<T, __nv_bfloat16>::value;
+    if constexpr (N == 64 && BF16) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %36, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+            "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+            "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+            "{%32,%33,%34,%35}, %37, p, 1, 1, %38;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"((uint32_t)accumulate), "l"(desc_b), "n"((int)TRANS_B));
+    } else if constexpr (N == 64) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %36, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+            "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+            "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, "
+            "{%32,%33,%34,%35}, %37, p, 1, 1, %38;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"((uint32_t)accumulate), "l"(desc_b), "n"((int)TRANS_B));
+    } else if constexpr (BF16) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+            "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+            "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+            "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+            "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+            "{%64,%65,%66,%67}, %69, p, 1, 1, %70;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"((uint32_t)accumulate), "l"(desc_b), "n"((int)TRANS_B));
+    } else {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+            "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+            "%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31,"
+            "%32,%33,%34,%35,%36,%37,%38,%39,%40,%41,%42,%43,%44,%45,%46,%47,"
+            "%48,%49,%50,%51,%52,%53,%54,%55,%56,%57,%58,%59,%60,%61,%62,%63}, "
+            "{%64,%65,%66,%67}, %69, p, 1, 1, %70;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+              "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+              "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+              "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+              "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+              "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+              "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"((uint32_t)accumulate), "l"(desc_b), "n"((int)TRANS_B));
+    }
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Pins accumulator registers in place across the wgmma calls (CUTLASS's warpgroup_fence_operand):
+// without it the compiler may move their uses across wgmma.wait_group.
+template <int K> __device__ __forceinline__ void wgmma_fence_operand(float (&r)[K]) {
+#pragma unroll
+    for (int i = 0; i < K; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+__device__ __forceinline__ void fence_proxy_async_shared() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+#else
+#define PREFK_HAS_WGMMA 0
 #endif
+
+#endif
+
+// Shared-memory matrix descriptor of wgmma, no-swizzle layout: the 14-bit start address, leading
+// and stride byte offsets in 16-byte units (bits 0-13, 16-29, 32-45); base offset 0, layout type 0.
+__device__ __forceinline__ uint64_t wgmma_desc(const void* smem, uint32_t lbo_bytes, uint32_t sbo_bytes) {
+    return (uint64_t)((prefk_smem_addr(smem) >> 4) & 0x3fffu) | ((uint64_t)((lbo_bytes >> 4) & 0x3fffu) << 16) |
+           ((uint64_t)((sbo_bytes >> 4) & 0x3fffu) << 32);
+}

@@ -480,3 +480,85 @@ fn spin_waits_are_reported_and_init_state_survives_check_settings() {
     run("emu_test_global", 32, &params(&fresh, &out1, 32, 0)).unwrap();
     assert_eq!(s.clone_dtoh(&out1).unwrap(), vec![5.0]);
 }
+
+/// wgmma.mma_async m64nNk16 (A in registers, B by a no-swizzle descriptor, K-major and
+/// MN-major) against a plain f64 matrix product: the test kernel builds each thread's fragments
+/// and B's core-matrix placement from the PTX ISA's tables (which CUTLASS's CuTe layouts
+/// `ALayout_64x16`, `CLayout_64xN` and `make_gmma_desc` agree with), with byte offsets other than
+/// the attention kernel's. Then the planted faults: no proxy fence, D read before the wait, no
+/// wgmma.fence, B overwritten in flight, warps of one warpgroup disagreeing, and scale-d = 0.
+#[test]
+fn wgmma_matches_a_matrix_product_and_its_faults_are_caught() {
+    if skip_without_emulator() {
+        return;
+    }
+    let s = Stream::emulator();
+    let run_case = |mode: i64, seed: u64| -> (pref_kernels::Result<()>, Vec<f32>, Vec<f64>, Vec<f64>) {
+        let n = if mode & 4 != 0 { 128 } else { 64 };
+        let to = |x: f32| -> (u16, f32) {
+            if mode & 1 != 0 {
+                (f16::from_f32(x).to_bits(), f16::from_f32(x).to_f32())
+            } else {
+                (bf16::from_f32(x).to_bits(), bf16::from_f32(x).to_f32())
+            }
+        };
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut a, mut b) = (vec![0f64; 64 * 16], vec![0f64; 16 * n]);
+        let mut words: Vec<u16> = Vec::new();
+        for v in a.iter_mut() {
+            let (bits, x) = to(rng.random_range(-2.0..2.0));
+            words.push(bits);
+            *v = x as f64;
+        }
+        for v in b.iter_mut() {
+            let (bits, x) = to(rng.random_range(-2.0..2.0));
+            words.push(bits);
+            *v = x as f64;
+        }
+        let c: Vec<f32> = (0..64 * n).map(|_| rng.random_range(-1.0f32..1.0)).collect();
+        let mut bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        bytes.extend(c.iter().flat_map(|x| x.to_le_bytes()));
+        let input = s.clone_htod(&bytes).unwrap();
+        let out = s.alloc_zeros::<f32>(64 * n).unwrap();
+        let r = run("emu_test_wgmma", 128, &params(&input, &out, bytes.len(), mode));
+        let d = s.clone_dtoh(&out).unwrap();
+        let want: Vec<f64> = (0..64 * n)
+            .map(|e| {
+                let (i, j) = (e / n, e % n);
+                (0..16).map(|k| a[i * 16 + k] * b[k * n + j]).sum::<f64>()
+            })
+            .collect();
+        (r, d, want, c.iter().map(|&x| x as f64).collect())
+    };
+    for mode in 0..8 {
+        let (r, d, want, c) = run_case(mode, 40 + mode as u64);
+        r.unwrap();
+        for (e, (&got, (&w, &c))) in d.iter().zip(want.iter().zip(&c)).enumerate() {
+            let w = w + c;
+            assert!(
+                (got as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()),
+                "mode {mode}: D[{e}] = {got}, want {w}"
+            );
+        }
+    }
+    // scale-d = 0: D = A B.
+    let (r, d, want, _) = run_case(6 << 8 | 2, 7);
+    r.unwrap();
+    for (e, (&got, &w)) in d.iter().zip(&want).enumerate() {
+        assert!((got as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "scale-d 0: D[{e}] = {got}, want {w}");
+    }
+    // D read before the wait: the registers read as NaN (on a GPU: undefined).
+    let (r, d, _, _) = run_case(2 << 8, 8);
+    r.unwrap();
+    assert!(d.iter().all(|x| x.is_nan()), "accumulators read before wgmma.wait_group must read as NaN");
+    for (fault, checker, what) in [
+        (1, "synccheck", "fence.proxy.async"),
+        (3, "synccheck", "wgmma.fence"),
+        (4, "racecheck", "shared offset"),
+        (5, "synccheck", "differs from its warpgroup"),
+    ] {
+        let rep = report_of(run_case(fault << 8 | 4, 9).0);
+        assert!(rep.contains(checker) && rep.contains(what), "fault {fault}: {rep}");
+        assert!(rep.contains("emu_test_wgmma"), "{rep}");
+    }
+}

@@ -62,6 +62,18 @@ void ldmatrix(uint32_t* r, int num, bool trans, const void* row);
 void cp_async_16(void* dst, const void* src, bool valid);
 void cp_async_commit();
 void cp_async_wait(int pending);
+// wgmma (sm_90a), modelled per warp of the warpgroup: wgmma.mma_async.sync.aligned.m64nNk16.f32 with
+// A in registers (mma.m16n8k16's A fragment, rows 16 w.. of warp w) and B through a no-swizzle
+// shared-memory descriptor; d holds N / 2 f32 accumulators (mma C fragments of the N / 8 column
+// blocks), NaN until the wgmma.wait_group that covers it. fence.proxy.async.shared::cta is counted:
+// a wgmma may read only shared bytes written before their writer's last such fence.
+void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, bool trans_b, bool bf16);
+void wgmma_fence();
+void wgmma_commit();
+void wgmma_wait(int pending);
+void fence_proxy_async();
+// The 32-bit shared window address of p (its offset in the block's shared arena).
+uint32_t shared_window_addr(const void* p);
 
 // Kernel registry: one entry per extern "C" kernel, added at static-initialization time by
 // PREFK_KERNEL. `entry` receives a pointer to the launch's parameter bytes on the fiber's stack.

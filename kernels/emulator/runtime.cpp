@@ -128,6 +128,18 @@ struct AsyncCopy {
     uint64_t group;
 };
 
+// One wgmma.mma_async in flight, per thread: its result (computed at issue from the operands then)
+// lands in the accumulator registers `acc` at the wgmma.wait_group that covers `group`; until then
+// those registers read as NaN. Lane 0 of the warp also keeps the shared bytes the instruction
+// read, so a write to them before the wait (a race with the async proxy) is caught.
+struct WgmmaInFlight {
+    float* acc;
+    int n_acc;
+    uint64_t group;
+    float d[64];
+    std::vector<std::pair<size_t, std::vector<unsigned char>>> b_rows;  // (shared offset, 16 bytes read)
+};
+
 struct Thread {
     uint32_t tid;  // linear thread index in the block
     uint3 idx;
@@ -135,6 +147,10 @@ struct Thread {
     uint64_t atomics_since_sync;  // spin-wait detection
     std::vector<AsyncCopy> async;  // issued cp.async copies not yet complete
     uint64_t async_commits;        // cp.async groups committed so far
+    std::vector<WgmmaInFlight> wgmma;  // issued wgmma.mma_async not yet waited for
+    uint64_t wgmma_commits;            // wgmma groups committed so far
+    bool wgmma_fenced;                 // a wgmma.fence since the last wgmma.wait_group
+    uint32_t proxy_fences;             // fence.proxy.async executed so far
     uintptr_t stack_lo, stack_hi;
 #if defined(__x86_64__)
     void* sp;
@@ -143,7 +159,7 @@ struct Thread {
 #endif
 };
 
-enum WarpOp : uint32_t { OP_NONE, OP_SHFL, OP_VOTE, OP_SYNCWARP, OP_MMA_BF16, OP_MMA_F16, OP_LDMATRIX };
+enum WarpOp : uint32_t { OP_NONE, OP_SHFL, OP_VOTE, OP_SYNCWARP, OP_MMA_BF16, OP_MMA_F16, OP_LDMATRIX, OP_WGMMA };
 const char* op_name(uint32_t op) {
     switch (op) {
         case OP_SHFL: return "a warp shuffle";
@@ -152,6 +168,7 @@ const char* op_name(uint32_t op) {
         case OP_MMA_BF16: return "mma.sync (bf16)";
         case OP_MMA_F16: return "mma.sync (f16)";
         case OP_LDMATRIX: return "ldmatrix";
+        case OP_WGMMA: return "wgmma.mma_async";
         default: return "nothing";
     }
 }
@@ -186,6 +203,10 @@ struct Launch {
     bool barrier_reported;
     std::vector<Thread> threads;
     std::vector<Warp> warps;
+    // wgmma's warpgroup check: per warpgroup, each wgmma (descriptor, mode) in issue order; per
+    // warp, how many it has issued.
+    std::vector<std::vector<std::pair<uint64_t, int>>> wgmma_log;
+    std::vector<size_t> wgmma_issued;
     // shared memory: [static region, STATIC_SHARED_CAP bytes | dynamic region]
     unsigned char* smem;
     size_t static_used;
@@ -211,6 +232,7 @@ std::vector<Stack> g_stacks;
 struct ShadowByte {
     uint64_t init_gen, w_epoch, r_epoch;
     uint64_t w_wgen, r_wgen;
+    uint32_t w_pfence;  // the writer's fence.proxy.async count at the write
     uint16_t w_tid, r_tid;
     uint8_t r_multi;
 };
@@ -269,6 +291,8 @@ void release_barrier() {
 void check_pending_warp_lanes(const Warp& w, uint32_t warp_id);
 
 void thread_exit() {
+    if ((L->checks & CHECK_SYNC) && !T->wgmma.empty())
+        report("synccheck", "exited with %zu wgmma.mma_async not waited for (wgmma.wait_group)", T->wgmma.size());
     T->state = State::Exited;
     L->n_live--;
     L->n_exited++;
@@ -340,6 +364,8 @@ void run_block() {
     const uint32_t n = L->n_threads;
     L->threads.resize(n);
     L->warps.assign((n + 31) / 32, Warp());
+    L->wgmma_log.assign((n + 127) / 128, {});
+    L->wgmma_issued.assign((n + 31) / 32, 0);
     L->n_live = n;
     L->n_exited = 0;
     L->at_barrier = 0;
@@ -354,6 +380,10 @@ void run_block() {
         Thread& t = L->threads[i];
         t.async.clear();
         t.async_commits = 0;
+        t.wgmma.clear();
+        t.wgmma_commits = 0;
+        t.wgmma_fenced = false;
+        t.proxy_fences = 0;
         t.tid = i;
         t.idx = {i % L->block.x, (i / L->block.x) % L->block.y, i / (L->block.x * L->block.y)};
         t.state = State::Runnable;
@@ -463,6 +493,131 @@ void complete_ldmatrix(Warp& w, int mode, uint32_t warp_id) {
         }
 }
 
+// wgmma.mma_async.sync.aligned.m64nNk16.f32.{bf16,f16}.{bf16,f16} with A in registers (PTX ISA,
+// "Asynchronous Warpgroup Level Matrix Multiply-Accumulate"), one warp's share: warp w of the
+// warpgroup owns rows 16w .. 16w+15 of D and A, which have mma.m16n8k16's A and C fragment layouts
+// (A: the 4 registers of in[0..3]; D: d[4j + e] is mma C element e of the 8-column block j), and
+// B (16 x N) comes from shared memory through the descriptor in[4..5]. Only the no-swizzle layout
+// (layout type 0) is modelled; its 8 x 16-byte core matrices are placed by
+//   K-major  (trans_b 0): B[k][n] at start + (n/8) SBO + (n%8) 16 + (k/8) LBO + (k%8) 2
+//   MN-major (trans_b 1): B[k][n] at start + (n/8) SBO + (n%8) 2  + (k/8) LBO + (k%8) 16
+// Each 16-byte core-matrix row is read as a shared access of lane 0 (memcheck, initcheck,
+// racecheck), and must have been written before its writer's last fence.proxy.async (synccheck).
+// The sum is computed as complete_mma's: exact products, k order, one rounding to f32.
+// mode = N | trans_b << 8 | bf16 << 9; in = {a0..a3, desc lo, desc hi, acc lo, acc hi, scale_d}.
+void complete_wgmma(Warp& w, int mode, uint32_t warp_id) {
+    const int n = mode & 0xff;
+    const bool trans = (mode >> 8) & 1, bf16 = (mode >> 9) & 1;
+    auto cvt = [bf16](uint32_t bits) { return bf16 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits); };
+    uint64_t desc;
+    memcpy(&desc, &w.in[0][4], 8);
+    const uint32_t scale_d = w.in[0][8];
+    for (int lane = 1; lane < 32; ++lane) {
+        uint64_t other;
+        memcpy(&other, &w.in[lane][4], 8);
+        if (other != desc || w.in[lane][8] != scale_d) {
+            report("synccheck", "lanes of warp %u give wgmma.mma_async different descriptors or scale-d (lane %d)",
+                   warp_id, lane);
+            abort_launch();
+        }
+    }
+    if (L->n_threads % 128 != 0) {
+        report("synccheck", "wgmma.mma_async in a block of %u threads: warpgroups are whole groups of 128",
+               L->n_threads);
+        abort_launch();
+    }
+    {  // every warp of the warpgroup issues the same sequence of wgmma instructions
+        auto& log = L->wgmma_log[warp_id / 4];
+        const size_t idx = L->wgmma_issued[warp_id]++;
+        if (idx == log.size()) log.emplace_back(desc, mode);
+        else if (log[idx] != std::make_pair(desc, mode)) {
+            report("synccheck", "warp %u's wgmma.mma_async #%zu differs from its warpgroup's (descriptor or shape)",
+                   warp_id, idx);
+            abort_launch();
+        }
+    }
+    const size_t start = (desc & 0x3fffu) << 4, lbo = ((desc >> 16) & 0x3fffu) << 4,
+                 sbo = ((desc >> 32) & 0x3fffu) << 4;
+    if ((desc >> 62) != 0 || ((desc >> 49) & 7u) != 0) {
+        report("memcheck", "wgmma descriptor %#llx: the emulator models only the no-swizzle layout, base offset 0",
+               (unsigned long long)desc);
+        abort_launch();
+    }
+    // B, read by 16-byte core-matrix rows: (n, k half) rows when K-major, (k, n group) when MN-major.
+    float B[16][128];
+    Thread* me = T;
+    Thread* lane0 = &L->threads[warp_id * 32];
+    std::vector<std::pair<size_t, std::vector<unsigned char>>> rows;
+    for (int outer = 0; outer < (trans ? 16 : n); ++outer)
+        for (int half = 0; half < (trans ? n / 8 : 2); ++half) {
+            const size_t off = trans ? start + half * sbo + (outer / 8) * lbo + (outer % 8) * 16
+                                     : start + (outer / 8) * sbo + (outer % 8) * 16 + half * lbo;
+            if (off + 16 > STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED) {
+                report("memcheck", "wgmma descriptor %#llx reads past shared memory (offset %zu)",
+                       (unsigned long long)desc, off);
+                abort_launch();
+            }
+            T = lane0;
+            shared_access((uintptr_t)L->smem + off, 16, false, true);
+            T = me;
+            if (L->checks & CHECK_SYNC)
+                for (size_t i = 0; i < 16; ++i) {
+                    const ShadowByte& s = g_shadow[off + i];
+                    if (s.init_gen == g_block_gen && s.w_tid < L->n_threads &&
+                        L->threads[s.w_tid].proxy_fences <= s.w_pfence) {
+                        report("synccheck", "wgmma.mma_async reads shared offset %zu, written by thread %u with no "
+                               "fence.proxy.async after the write", off + i, s.w_tid);
+                        abort_launch();
+                    }
+                }
+            uint16_t v[8];
+            memcpy(v, L->smem + off, 16);
+            rows.emplace_back(off, std::vector<unsigned char>(L->smem + off, L->smem + off + 16));
+            for (int e = 0; e < 8; ++e) {
+                const int k = trans ? outer : 8 * half + e, col = trans ? 8 * half + e : outer;
+                B[k][col] = cvt(v[e]);
+            }
+        }
+    float A[16][16];
+    for (int lane = 0; lane < 32; ++lane) {
+        const int g = lane / 4, t = lane % 4;
+        for (int reg = 0; reg < 4; ++reg) {
+            const int row = g + ((reg & 1) ? 8 : 0), col = 2 * t + ((reg & 2) ? 8 : 0);
+            A[row][col] = cvt(w.in[lane][reg] & 0xffffu);
+            A[row][col + 1] = cvt(w.in[lane][reg] >> 16);
+        }
+    }
+    for (int lane = 0; lane < 32; ++lane) {
+        Thread& th = L->threads[warp_id * 32 + lane];
+        float* acc;
+        memcpy(&acc, &w.in[lane][6], sizeof acc);
+        WgmmaInFlight* rec = nullptr;
+        for (WgmmaInFlight& r : th.wgmma)
+            if (r.acc == acc) rec = &r;
+        if (rec && rec->n_acc != n / 2) {
+            report("synccheck", "wgmma.mma_async accumulators of lane %d overlap an in-flight wgmma of another shape",
+                   lane);
+            abort_launch();
+        }
+        float C[64];
+        for (int i = 0; i < n / 2; ++i) C[i] = !scale_d ? 0.f : rec ? rec->d[i] : acc[i];
+        if (!rec) {
+            th.wgmma.push_back(WgmmaInFlight{acc, n / 2, 0, {}, {}});
+            rec = &th.wgmma.back();
+        }
+        rec->group = th.wgmma_commits;
+        const int g = lane / 4, t = lane % 4;
+        for (int i = 0; i < n / 2; ++i) {
+            const int row = g + ((i & 2) ? 8 : 0), col = 8 * (i / 4) + 2 * t + (i & 1);
+            double sum = 0.0;
+            for (int k = 0; k < 16; ++k) sum += (double)A[row][k] * (double)B[k][col];
+            rec->d[i] = (float)(sum + (double)C[i]);
+        }
+        if (lane == 0)
+            for (auto& r : rows) rec->b_rows.push_back(std::move(r));
+    }
+}
+
 // CUDA's source lane (only the low 5 bits of the lane/delta/mask operand count, as in PTX).
 // XOR may read earlier width-groups but not later ones (then the caller keeps its own value).
 int shfl_source(int lane, int arg, int width, int mode) {
@@ -518,6 +673,7 @@ void complete(Warp& w, size_t slot, uint32_t warp_id) {
         case OP_MMA_BF16: complete_mma(w, true); break;
         case OP_MMA_F16: complete_mma(w, false); break;
         case OP_LDMATRIX: complete_ldmatrix(w, pd.mode, warp_id); break;
+        case OP_WGMMA: complete_wgmma(w, pd.mode, warp_id); break;
         default: break;
     }
     for (int lane = 0; lane < 32; ++lane)
@@ -642,6 +798,7 @@ void shared_access(uintptr_t a, size_t n, bool write, bool aligned) {
             s.w_epoch = g_epoch;
             s.w_tid = tid;
             s.w_wgen = wgen;
+            s.w_pfence = T->proxy_fences;
             s.init_gen = g_block_gen;
         } else {
             if ((L->checks & CHECK_INIT) && s.init_gen != g_block_gen && !init_reported) {
@@ -807,6 +964,55 @@ void cp_async_wait(int pending) {
     }
     L->checks = checks;
     me->async.swap(keep);
+}
+
+uint32_t shared_window_addr(const void* p) {
+    const uintptr_t a = (uintptr_t)p, base = (uintptr_t)L->smem;
+    if (a < base || a >= base + STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED) {
+        report("memcheck", "%#lx is not a shared memory address", (unsigned long)a);
+        abort_launch();
+    }
+    return (uint32_t)(a - base);
+}
+
+void wgmma_fence() { T->wgmma_fenced = true; }
+void wgmma_commit() { ++T->wgmma_commits; }
+void fence_proxy_async() { ++T->proxy_fences; }
+
+void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
+    if (!L || L->aborted) return;
+    if ((L->checks & CHECK_SYNC) && !T->wgmma_fenced) {
+        report("synccheck", "wgmma.mma_async with no wgmma.fence since the thread's last wgmma.wait_group (or start)");
+        abort_launch();
+    }
+    uint32_t in[10] = {a[0], a[1], a[2], a[3], 0, 0, 0, 0, accumulate ? 1u : 0u, 0};
+    memcpy(in + 4, &desc_b, 8);
+    memcpy(in + 6, &d, sizeof d);
+    warp_collective(OP_WGMMA, 0xffffffffu, n | (trans_b ? 256 : 0) | (bf16 ? 512 : 0), 32, 0, in, 10);
+    for (int i = 0; i < n / 2; ++i) d[i] = NAN;  // the registers hold the result only after the wait
+}
+
+// Completes the wgmma groups committed before the newest `pending`: their results land in the
+// accumulators; a shared byte they read that changed since is a race with the async proxy.
+void wgmma_wait(int pending) {
+    Thread* me = T;
+    const uint64_t done_below = me->wgmma_commits >= (uint64_t)pending ? me->wgmma_commits - pending : 0;
+    std::vector<WgmmaInFlight> keep;
+    for (WgmmaInFlight& r : me->wgmma) {
+        if (r.group >= done_below) {
+            keep.push_back(std::move(r));
+            continue;
+        }
+        for (const auto& row : r.b_rows)
+            if ((L->checks & CHECK_RACE) && memcmp(L->smem + row.first, row.second.data(), 16) != 0) {
+                report("racecheck", "shared offset %zu, read by a wgmma.mma_async, was overwritten before its "
+                       "wgmma.wait_group", row.first);
+                break;
+            }
+        memcpy(r.acc, r.d, sizeof(float) * r.n_acc);
+    }
+    me->wgmma.swap(keep);
+    me->wgmma_fenced = false;
 }
 
 void* static_shared(const void* site, size_t bytes, size_t align) {
@@ -1113,7 +1319,7 @@ int prefk_emu_launch(const char* name, const uint32_t grid[3], const uint32_t bl
     const size_t smem_bytes = STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED;
     if (g_smem.size() < smem_bytes) {
         g_smem.assign(smem_bytes, 0);
-        g_shadow.assign(smem_bytes, ShadowByte{0, 0, 0, 0, 0, 0, 0, 0});
+        g_shadow.assign(smem_bytes, ShadowByte{0, 0, 0, 0, 0, 0, 0, 0, 0});
     }
     Launch launch;
     launch.kernel = k;

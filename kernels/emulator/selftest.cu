@@ -185,3 +185,54 @@ PREFK_KERNEL(emu_test_cp_async, EmuTestParams, 32) {
     __syncthreads();
     out[32 + t] = buf[32 + (t + 1) % 32];
 }
+
+// One wgmma.mma_async m64nNk16 per warpgroup (128 threads): in = A (64 x 16 u16), B (16 x N u16,
+// k-major rows of N), C (64 x N f32); out = D (64 x N f32), row-major. Each thread builds its A
+// fragment and reads/writes D with the PTX ISA's layouts (warp w: rows 16 w + mma.m16n8k16's A
+// and C fragments, d[4j + e] = C element e of 8-column block j), and stores B into shared memory
+// in a no-swizzle core-matrix placement other than the attention kernel's:
+//   K-major (bit 1 clear): core (n / 8, k / 8) at (k / 8) (N / 8) 128 + (n / 8) 128: LBO 16 N, SBO 128;
+//   MN-major (bit 1 set):  core (k / 8, n / 8) at (n / 8) 256 + (k / 8) 128:           LBO 128, SBO 256.
+// mode bit 0: f16 (else bf16); bit 2: N = 128 (else 64); bits 8+: a planted fault: 1 no
+// fence.proxy.async, 2 D read before wgmma.wait_group, 3 no wgmma.fence, 4 B overwritten before
+// the wait, 5 warp 1 gives another descriptor, 6 scale-d = 0 (D = A B, C ignored).
+template <int N, bool TRANS, typename T> void emu_wgmma_case(const EmuTestParams& p) {
+    PREFK_SHARED_ARRAY(uint16_t, bs, 16 * 128);
+    const uint16_t* A = reinterpret_cast<const uint16_t*>(p.in);
+    const uint16_t* B = A + 64 * 16;
+    const float* C = reinterpret_cast<const float*>(B + 16 * N);
+    float* out = reinterpret_cast<float*>(p.out);
+    const int fault = (int)(p.mode >> 8), t = threadIdx.x, w = t / 32, lane = t % 32, g = lane / 4, q = lane % 4;
+    const uint32_t lbo = TRANS ? 128 : 16 * N, sbo = TRANS ? 256 : 128;
+    for (int e = t; e < 16 * N; e += 128) {
+        const int k = e / N, n = e % N;
+        const int off = TRANS ? (n / 8) * 128 + (k / 8) * 64 + (k % 8) * 8 + n % 8   // in u16 elements
+                              : (k / 8) * (N / 8) * 64 + (n / 8) * 64 + (n % 8) * 8 + k % 8;
+        bs[off] = B[k * N + n];
+    }
+    if (fault != 1) fence_proxy_async_shared();
+    __syncthreads();
+    uint32_t a[4];
+    for (int r = 0; r < 4; ++r) {
+        const int row = 16 * w + g + ((r & 1) ? 8 : 0), col = 2 * q + ((r & 2) ? 8 : 0);
+        a[r] = (uint32_t)A[row * 16 + col] | ((uint32_t)A[row * 16 + col + 1] << 16);
+    }
+    float d[N / 2];
+    for (int i = 0; i < N / 2; ++i) d[i] = C[(16 * w + g + ((i & 2) ? 8 : 0)) * N + 8 * (i / 4) + 2 * q + (i & 1)];
+    const uint64_t desc = wgmma_desc(bs + (fault == 5 && w == 1 ? 8 : 0), lbo, sbo);
+    if (fault != 3) wgmma_fence();
+    wgmma_m64k16<N, TRANS, T>(d, a, desc, fault != 6);
+    wgmma_commit();
+    if (fault == 4 && t == 0) bs[3] = 0;
+    if (fault != 2) wgmma_wait<0>();
+    wgmma_fence_operand(d);
+    for (int i = 0; i < N / 2; ++i) out[(16 * w + g + ((i & 2) ? 8 : 0)) * N + 8 * (i / 4) + 2 * q + (i & 1)] = d[i];
+    if (fault == 2) wgmma_wait<0>();
+}
+PREFK_KERNEL(emu_test_wgmma, EmuTestParams, 128) {
+    const bool f16 = p.mode & 1, trans = p.mode & 2, wide = p.mode & 4;
+    if (!wide && !trans) f16 ? emu_wgmma_case<64, false, __half>(p) : emu_wgmma_case<64, false, __nv_bfloat16>(p);
+    if (!wide && trans) f16 ? emu_wgmma_case<64, true, __half>(p) : emu_wgmma_case<64, true, __nv_bfloat16>(p);
+    if (wide && !trans) f16 ? emu_wgmma_case<128, false, __half>(p) : emu_wgmma_case<128, false, __nv_bfloat16>(p);
+    if (wide && trans) f16 ? emu_wgmma_case<128, true, __half>(p) : emu_wgmma_case<128, true, __nv_bfloat16>(p);
+}
