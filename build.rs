@@ -1,6 +1,6 @@
 //! Compiles every `kernels/*.cu` into one fatbin (SASS for each arch in `PREF_KERNELS_CUDA_ARCHS`,
-//! default `80;90;100`, plus PTX for the newest: another 8.x / 9.x / 10.x part runs its major's
-//! SASS, a newer one (sm_120, and later) JIT-compiles the compute_100 PTX on its first load,
+//! default `80;90a;100`, plus PTX for the newest: another 8.x / 10.x part runs its major's SASS,
+//! sm_90a's is for compute capability 9.0 (H100, H200, GH200: every 9.x part; `a` adds wgmma), a newer one (sm_120, and later) JIT-compiles the compute_100 PTX on its first load,
 //! seconds once per process) and generates `$OUT_DIR/kernels.rs`, which embeds them.
 //!
 //! nvcc discovery: `NVCC`, then `CUDA_HOME`/`CUDA_PATH`, then `PATH`, then `/usr/local/cuda`.
@@ -201,16 +201,23 @@ fn build_standin_driver(kernels_dir: &Path, include: &Path, table: &Path, kernel
 }
 
 fn gencode_flags(archs: &str) -> Vec<String> {
-    let mut list: Vec<u32> = archs
+    // An arch is a number with an optional arch-specific suffix (`90a`: sm_90's wgmma/setmaxnreg
+    // feature set, whose SASS runs only on compute capability 9.0).
+    let mut list: Vec<(u32, String)> = archs
         .split([';', ',', ' '])
+        .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.trim().parse().unwrap_or_else(|_| panic!("bad arch `{s}` in PREF_KERNELS_CUDA_ARCHS")))
+        .map(|s| {
+            let num = s.strip_suffix('a').unwrap_or(s);
+            let n: u32 = num.parse().unwrap_or_else(|_| panic!("bad arch `{s}` in PREF_KERNELS_CUDA_ARCHS"));
+            (n, s.to_owned())
+        })
         .collect();
     list.sort_unstable();
     list.dedup();
-    let newest = *list.last().expect("PREF_KERNELS_CUDA_ARCHS is empty");
+    let newest = list.last().expect("PREF_KERNELS_CUDA_ARCHS is empty").1.clone();
     let mut flags: Vec<String> =
-        list.iter().map(|a| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect();
+        list.iter().map(|(_, a)| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect();
     flags.push(format!("-gencode=arch=compute_{newest},code=compute_{newest}"));
     flags
 }
@@ -294,7 +301,7 @@ fn main() {
             writeln!(gen, "pub const ARCHS: &str = \"\";").unwrap();
         }
         Some(nvcc) => {
-            let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90;100".into());
+            let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90a;100".into());
             let gencode = gencode_flags(&archs);
             let results: Vec<(PathBuf, PathBuf, String)> = std::thread::scope(|s| {
                 let handles: Vec<_> = sources

@@ -10,9 +10,10 @@ export NVCC PREF_KERNELS_REQUIRE_NVCC=1
 # binaries, no second compile; the default is release, for the GPU.
 profile="${BUNDLE_PROFILE:-release}"
 if [ "$profile" = release ]; then
-  # The lent GPUs are H100/H200 (sm_90): SASS for sm_90 only keeps the nine binaries well within the
-  # 64 MiB a device call may carry (the default build also embeds sm_80).
-  export PREF_KERNELS_CUDA_ARCHS="${PREF_KERNELS_CUDA_ARCHS:-90}"
+  # The lent GPUs are H100/H200 (sm_90): SASS for sm_90a only (the arch-specific set, which the
+  # attention v3's wgmma needs) keeps the nine binaries well within the 64 MiB a device call may
+  # carry (the default build also embeds sm_80 and sm_100).
+  export PREF_KERNELS_CUDA_ARCHS="${PREF_KERNELS_CUDA_ARCHS:-90a}"
   flag=--release
 else
   flag=

@@ -34,9 +34,10 @@ fn every_entry_point_is_compiled_for_every_arch() {
 
 #[test]
 fn default_archs_are_ampere_hopper_and_blackwell() {
-    // Newer parts (sm_120 on) JIT the embedded compute_100 PTX, see build.rs.
+    // Newer parts (sm_120 on) JIT the embedded compute_100 PTX, see build.rs; Hopper's SASS is
+    // sm_90a (its wgmma kernels need the arch-specific feature set).
     if kernels::built() && std::env::var("PREF_KERNELS_CUDA_ARCHS").is_err() {
-        assert_eq!(kernels::ARCHS, "80;90;100");
+        assert_eq!(kernels::ARCHS, "80;90a;100");
     }
 }
 
