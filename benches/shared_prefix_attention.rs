@@ -60,8 +60,13 @@ fn gpu_benches(c: &mut Criterion) {
                 let fwd_flops = 4.0 * 128.0 * l.attended_pairs() as f64 * 32.0;
                 let id = format!("G{groups}_P{p}_R{r}");
                 grp.throughput(Throughput::Elements(fwd_flops as u64));
-                // Both forward versions in this process (the issue-25 comparison).
-                for (version, name) in [(AttnVersion::V1, "forward_v1"), (AttnVersion::V2, "forward_v2")] {
+                // Every forward version in this process (the issue-25 comparison); v3 (wgmma)
+                // where the device runs it (sm_90).
+                let mut forwards = vec![(AttnVersion::V1, "forward_v1"), (AttnVersion::V2, "forward_v2")];
+                if gpu.has_wgmma() {
+                    forwards.push((AttnVersion::V3, "forward_v3"));
+                }
+                for (version, name) in forwards {
                     grp.bench_function(BenchmarkId::new(name, &id), |b| {
                         b.iter_custom(|it| {
                             event_time(&gpu, it, || {

@@ -14,6 +14,7 @@
 //     and every query chunk that can see the tile; a prefix key tile is seen by every later row of
 //     the group, so the sum over all G responses happens in its registers;
 //   dQ (grid: tiles x Hq): the forward's loop structure, recomputing P and dP.
+// Forward v3 (sm_90a only): v2's loop for one warpgroup with both GEMMs on wgmma (see its section).
 #include "common.cuh"
 
 // Launch bounds of the dQ kernel. ptxas's own register cap (for three blocks per SM at d128: 168)
@@ -849,6 +850,129 @@ __device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
     write_dk_dv<T, D>(p, dk, dv, keys, tl.b, kvh, tq);
 }
 
+
+// ---- forward v3 (sm_90a): both GEMMs on wgmma -----------------------------------------------------------
+// v2's loop for one warpgroup (the CTA's 4 warps, 64 query rows of a plan tile): S = Q K^T is
+// wgmma.m64n64k16 with Q's fragments in registers (loaded once) and K by descriptor; O += P V is
+// wgmma.m64nDk16 with P in registers (the S accumulators rounded to T: wgmma's D layout is mma's C
+// per 8-column block, so v2's mask and online softmax run on it unchanged) and V by descriptor,
+// transposed. K/V tiles are double-buffered with cp.async as in v2, into the no-swizzle
+// core-matrix layout wgmma reads: 16-byte chunk c of row r at ((r / 8) (D / 8) + c) 128 + (r % 8) 16
+// bytes, so each 8 x 8 core matrix is 128 contiguous bytes (one layout serves K as a K-major B and
+// V as an MN-major B; only the descriptor's byte offsets differ). cp.async writes go through the
+// generic proxy, so each thread fences them to the async proxy before the barrier wgmma waits on.
+// Per row, the same arithmetic as v2 in the same order; the hardware's internal wgmma summation
+// order is not specified, so bits may differ from v2 on a GPU (the emulator gives v2's).
+
+// Issues the cp.async copies of rows [row0, row0 + ROWS) of head `head` into the core-matrix
+// layout (consecutive threads fill one core matrix's 8 rows: 128 contiguous bytes).
+template <typename T, int D, int ROWS>
+__device__ __forceinline__ void load_rows_core_async(T* s, uint64_t gptr, int64_t row0, int64_t lo, int64_t hi,
+                                                     int heads, int head) {
+    constexpr int CH = D / 8;
+    const T* g = reinterpret_cast<const T*>(gptr);
+    for (int idx = threadIdx.x; idx < ROWS * CH; idx += THREADS) {
+        const int r = (idx / (8 * CH)) * 8 + idx % 8, c = (idx / 8) % CH;
+        const int64_t tok = row0 + r;
+        const bool ok = tok >= lo && tok < hi;
+        cp_async_16(s + idx * 8, ok ? g + (tok * heads + head) * D + c * 8 : g, ok);
+    }
+}
+template <int D> __device__ __forceinline__ int core_offset(int r, int c) { return ((r >> 3) * (D / 8) + c) * 64 + (r & 7) * 8; }
+
+template <typename T, int D> constexpr int fwd_v3_smem() { return (BR + 4 * BC) * D * (int)sizeof(T); }
+
+template <typename T, int D>
+__device__ void forward_v3(const SharedPrefixAttentionParams& p) {
+#if PREFK_HAS_WGMMA
+    constexpr int NT = BC / 8, DN = D / 8;
+    // Descriptor byte offsets: along a tile's rows 8 rows = one row of core matrices (D / 8 of
+    // them, 16 D bytes); along its columns 8 elements = one core matrix (128 bytes).
+    constexpr uint32_t ROW8 = 16 * D, COL8 = 128;
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
+    T* Qs = reinterpret_cast<T*>(smem);
+    T* Ks = Qs + BR * D;       // [2][BC x D]
+    T* Vs = Ks + 2 * BC * D;   // [2][BC x D]
+    Tile tl;
+    if (!query_tile<1>(p, blockIdx.x, tl)) return;
+    const int h = blockIdx.y, kvh = h / (p.q_heads / p.kv_heads);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
+    const float scale2 = p.scale * PREFK_LOG2E;
+    const int first = tl.a + warp * 16;
+    int rows[2], rlo2[2];
+#pragma unroll
+    for (int ri = 0; ri < 2; ++ri) {
+        rows[ri] = first + g + 8 * ri;
+        rlo2[ri] = rows[ri] < tl.b ? lo2[rows[ri]] : 0;
+    }
+    const WarpRows wr = warp_rows(tl, first, rlo2);
+    const KeyTiles kt = key_tiles(tl);
+    auto issue = [&](int i) {
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        load_rows_core_async<T, D, BC>(Ks + (i & 1) * BC * D, p.k, c, lo, k1, p.kv_heads, kvh);
+        load_rows_core_async<T, D, BC>(Vs + (i & 1) * BC * D, p.v, c, lo, k1, p.kv_heads, kvh);
+    };
+    const int total = kt.total;
+    load_rows_core_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
+    cp_async_commit();
+    if (total > 0) issue(0);
+    cp_async_commit();
+    // Q's A fragments, once: ldmatrix.x4 of this warp's 16 rows, k-steps of 16 (two core matrices).
+    cp_async_wait<1>();
+    __syncthreads();
+    uint32_t qa[D / 16][4];
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * ks + (lane >> 4);
+        ldmatrix_x4(qa[ks], Qs + core_offset<D>(r, c));
+    }
+
+    float o[DN][4] = {};
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    for (int i = 0; i < total; ++i) {
+        if (i + 1 < total) issue(i + 1);
+        cp_async_commit();
+        cp_async_wait<1>();          // tile i has landed (this thread's copies) ...
+        fence_proxy_async_shared();  // ... is visible to wgmma (the async proxy) ...
+        __syncthreads();             // ... and so is every other thread's
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        const T* kb = Ks + (i & 1) * BC * D;
+        const T* vb = Vs + (i & 1) * BC * D;
+        // S (64 x BC) = Q K^T: B[k = d][n = key] is K-major (d contiguous in each key's row).
+        float s[NT][4] = {};
+        float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
+        wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < D / 16; ++ks)
+            wgmma_m64k16<BC, false, T>(sf, qa[ks], wgmma_desc(kb + ks * 2 * 64, COL8, ROW8), ks > 0);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(sf);
+        scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
+        online_softmax<NT, DN>(s, m, l, o);
+        // O (64 x D) += P V: B[k = key][n = d] is MN-major (d contiguous), 16 keys per k-step.
+        float(&of)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(o);
+        uint32_t pa[NT / 2][4];
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; ++kk) frag_a_from_c<T, NT>(pa[kk], s, kk);
+        wgmma_fence_operand(of);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; ++kk)
+            wgmma_m64k16<D, true, T>(of, pa[kk], wgmma_desc(vb + kk * 2 * ROW8 / (int)sizeof(T), ROW8, COL8), true);
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(of);
+        __syncthreads();  // every warp's wgmma is done with this buffer before tile i + 2 overwrites it
+    }
+    cp_async_wait<0>();
+    write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
+#endif
+}
+
 }  // namespace attn
 
 // ---- entry points ------------------------------------------------------------------------------------
@@ -873,6 +997,9 @@ __device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
     }                                                                                 \
     PREFK_KERNEL(shared_prefix_attention_bwd_dkdv_v2_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS) { \
         attn::backward_dkdv_v2<T, D>(p);                                              \
+    }                                                                                 \
+    PREFK_KERNEL(shared_prefix_attention_fwd_v3_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
+        attn::forward_v3<T, D>(p);                                                    \
     }
 
 PREFK_ATTN(bf16, __nv_bfloat16, 64)
@@ -884,6 +1011,7 @@ PREFK_ATTN(f16, __half, 128)
 // (src/shared_prefix_attention/launch.rs `dynamic_smem`, whose unit test pins these numbers too).
 static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 128>() == 52224, "fwd smem");
 static_assert(attn::fwd_v2_smem<__half, 64>() == 55296 && attn::fwd_v2_smem<__half, 128>() == 87040, "fwd v2 smem");
+static_assert(attn::fwd_v3_smem<__half, 64>() == 40960 && attn::fwd_v3_smem<__half, 128>() == 81920, "fwd v3 smem");
 static_assert(attn::dq_v2_smem<__half, 64>() == 46080 && attn::dq_v2_smem<__half, 128>() == 87040, "dq v2 smem");
 static_assert(attn::dkdv_v2_smem<__half, 64>() == 37120 && attn::dkdv_v2_smem<__half, 128>() == 69888, "dkdv v2 smem");
 static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");

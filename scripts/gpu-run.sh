@@ -88,7 +88,8 @@ if want bench; then
     short=(--warm-up-time 0.3 --measurement-time 1.5 --sample-size 10)
     run 35 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 20 device-bin/bench-pref_step --bench gpu "${short[@]}"
-    # v1 and v2 (forward; forward + backward) side by side at two cells (all would not fit the cap).
+    # v1, v2 and v3 (sm_90 wgmma) forwards, v1 and v2 forward + backward, side by side at two cells
+    # (all cells would not fit the cap).
     run 25 device-bin/bench-shared_prefix_attention --bench "${short[@]}" 'gpu.*(G8_P4096_R512|G2_P1024_R256)'
     run 10 device-bin/bench-group_loss --bench gpu "${short[@]}"
     # One shape (Liger's published M8192 H4096 V131072): the overlap on and off, the DPO and GRPO steps.

@@ -167,6 +167,8 @@ struct CudaDevice {
     ctx: Arc<CudaContext>,
     functions: HashMap<String, CudaFunction>,
     sm_count: u32,
+    /// Compute capability (major, minor).
+    capability: (i32, i32),
     /// One cuBLAS handle per stream, created on the stream's first GEMM (the ops without one
     /// never need libcublas). A handle's workspace is used by every GEMM enqueued through it: one
     /// handle re-pointed at several streams would let GEMMs on two streams share it at once (a
@@ -308,6 +310,7 @@ impl Gpu {
                 ctx,
                 functions,
                 sm_count,
+                capability: (major, minor),
                 blas: Default::default(),
                 lanes: Default::default(),
                 sync_launches,
@@ -382,6 +385,16 @@ impl Gpu {
         match &self.inner {
             Inner::Cuda(c) => c.sm_count,
             Inner::Emulator(_) => EMULATOR_SM_COUNT,
+        }
+    }
+
+    /// Whether the kernels built for sm_90a (wgmma) run here: a compute capability 9.0 device
+    /// (H100, H200, GH200), whose SASS the fatbin holds as sm_90a, or the emulator, which models
+    /// wgmma. Elsewhere those kernels are built empty and are never launched.
+    pub fn has_wgmma(&self) -> bool {
+        match &self.inner {
+            Inner::Cuda(c) => c.capability == (9, 0) && kernels::ARCHS.split(';').any(|a| a.trim() == "90a"),
+            Inner::Emulator(_) => true,
         }
     }
 

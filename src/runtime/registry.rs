@@ -121,6 +121,9 @@ pub(crate) enum AttnKernel {
     BackwardDkDvV2,
     /// dQ v2: cp.async double-buffered K/V tiles, ldmatrix operands, unmasked-tile fast path.
     BackwardDqV2,
+    /// The forward v3 (sm_90a): v2's loop with both GEMMs on wgmma, one warpgroup per 64-row
+    /// tile (built empty for the other architectures; the host launches it on sm_90 only).
+    ForwardV3,
 }
 
 /// Name of an attention entry point.
@@ -133,6 +136,7 @@ pub(crate) fn shared_prefix_attention(kind: AttnKernel, dtype: DType, head_dim: 
         AttnKernel::BackwardDq => "bwd_dq",
         AttnKernel::BackwardDkDvV2 => "bwd_dkdv_v2",
         AttnKernel::BackwardDqV2 => "bwd_dq_v2",
+        AttnKernel::ForwardV3 => "fwd_v3",
     };
     format!("shared_prefix_attention_{k}_{}_d{head_dim}", dtype.name())
 }
@@ -164,6 +168,8 @@ pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
         AttnKernel::BackwardDqV2 => (2 * ATTN_BR + 3 * ATTN_BR) * ld,
         // K and V, then Q and dO chunks twice, and the chunk's lse / delta.
         AttnKernel::BackwardDkDvV2 => (2 * ATTN_BR + 4 * ATTN_BQ) * ld + 2 * ATTN_BQ * 4,
+        // Q, then K and V twice, unpadded: wgmma's core-matrix layout has no bank conflicts.
+        AttnKernel::ForwardV3 => (ATTN_BR + 4 * ATTN_BR) * head_dim as u32 * 2,
     }
 }
 
@@ -226,6 +232,7 @@ fn build() -> Vec<KernelSpec> {
                 AttnKernel::BackwardDq,
                 AttnKernel::BackwardDkDvV2,
                 AttnKernel::BackwardDqV2,
+                AttnKernel::ForwardV3,
             ] {
                 let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
                 add(
@@ -298,6 +305,8 @@ mod tests {
         assert_eq!(attn_smem(AttnKernel::Forward, 128), 52224);
         assert_eq!(attn_smem(AttnKernel::ForwardV2, 64), 55296);
         assert_eq!(attn_smem(AttnKernel::ForwardV2, 128), 87040);
+        assert_eq!(attn_smem(AttnKernel::ForwardV3, 64), 40960);
+        assert_eq!(attn_smem(AttnKernel::ForwardV3, 128), 81920);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 64), 46080);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 128), 87040);
         assert_eq!(attn_smem(AttnKernel::BackwardDkDvV2, 64), 37120);

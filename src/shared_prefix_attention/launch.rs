@@ -14,25 +14,31 @@ use crate::runtime::Gpu;
 /// Which attention kernels run. v1: the first, correctness-first kernels. v2 (the default):
 /// cp.async double-buffered streamed operands (K/V tiles in the forward and dQ, Q/dO chunks in
 /// dK/dV), ldmatrix fragments, and an unmasked-tile fast path in the forward and dQ. Both give
-/// the same bits.
+/// the same bits. v3 (sm_90 only, opt-in until a GPU run measures it against v2): the forward's
+/// two GEMMs on wgmma (Hopper's warpgroup MMA), the backward v2's; its forward's values match
+/// v2's within the kernels' tolerance, its bits may differ on a GPU (wgmma's summation order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnVersion {
     /// Version 1.
     V1,
     /// Version 2.
     V2,
+    /// Version 3 (sm_90: H100, H200).
+    V3,
 }
 
 impl AttnVersion {
-    /// `PREF_KERNELS_ATTN`: `v1` or `v2`; unset or empty: v2. Read at every launch, so one
-    /// process can time both.
+    /// `PREF_KERNELS_ATTN`: `v1`, `v2` or `v3`; unset or empty: v2. Read at every launch, so
+    /// one process can time them all.
     pub fn from_env() -> Result<Self> {
         match std::env::var("PREF_KERNELS_ATTN").as_deref() {
             Err(_) | Ok("") | Ok("v2") => Ok(AttnVersion::V2),
             Ok("v1") => Ok(AttnVersion::V1),
-            Ok(other) => {
-                Err(crate::error::invalid("PREF_KERNELS_ATTN", format!("must be v1 or v2, got {other:?}")))
-            }
+            Ok("v3") => Ok(AttnVersion::V3),
+            Ok(other) => Err(crate::error::invalid(
+                "PREF_KERNELS_ATTN",
+                format!("must be v1, v2 or v3, got {other:?}"),
+            )),
         }
     }
 }
@@ -199,8 +205,9 @@ impl Gpu {
         }
     }
 
-    /// [`Gpu::shared_prefix_attention_forward_raw`] with the kernel version named (both give the
-    /// same bits: v2 does v1's arithmetic in v1's order; benches and tests run both in one process).
+    /// [`Gpu::shared_prefix_attention_forward_raw`] with the kernel version named (v1 and v2 give
+    /// the same bits: v2 does v1's arithmetic in v1's order; v3 the same values within tolerance;
+    /// benches and tests run them in one process). v3 errors unless [`Gpu::has_wgmma`].
     ///
     /// # Safety
     /// As [`Gpu::shared_prefix_attention_forward_raw`].
@@ -234,6 +241,12 @@ impl Gpu {
         let kind = match version {
             AttnVersion::V1 => AttnKernel::Forward,
             AttnVersion::V2 => AttnKernel::ForwardV2,
+            AttnVersion::V3 => {
+                ensure(self.has_wgmma(), "PREF_KERNELS_ATTN", || {
+                    "v3 runs on sm_90 (H100/H200) with kernels built for sm_90a; use v2 here".into()
+                })?;
+                AttnKernel::ForwardV3
+            }
         };
         // SAFETY: forwarded to the caller.
         unsafe { self.attn_launch(stream, kind, dtype, shape.head_dim, grid, &params) }
@@ -261,7 +274,8 @@ impl Gpu {
         }
     }
 
-    /// [`Gpu::shared_prefix_attention_backward_raw`] with the kernel version named (the same bits).
+    /// [`Gpu::shared_prefix_attention_backward_raw`] with the kernel version named (the same bits;
+    /// v3's backward is v2's).
     ///
     /// # Safety
     /// As [`Gpu::shared_prefix_attention_backward_raw`].
@@ -307,7 +321,7 @@ impl Gpu {
         let tiles = layout.n_tiles as u32;
         let (dkdv, dq) = match version {
             AttnVersion::V1 => (AttnKernel::BackwardDkDv, AttnKernel::BackwardDq),
-            AttnVersion::V2 => (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV2),
+            AttnVersion::V2 | AttnVersion::V3 => (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV2),
         };
         // SAFETY: forwarded to the caller.
         unsafe {
