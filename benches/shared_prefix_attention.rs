@@ -87,9 +87,12 @@ fn gpu_benches(c: &mut Criterion) {
                     });
                 }
                 grp.throughput(Throughput::Elements((3.5 * fwd_flops) as u64));
-                for (version, name) in
-                    [(AttnVersion::V1, "forward_backward_v1"), (AttnVersion::V2, "forward_backward_v2")]
-                {
+                let mut steps =
+                    vec![(AttnVersion::V1, "forward_backward_v1"), (AttnVersion::V2, "forward_backward_v2")];
+                if gpu.has_wgmma() {
+                    steps.push((AttnVersion::V3, "forward_backward_v3"));
+                }
+                for (version, name) in steps {
                     grp.bench_function(BenchmarkId::new(name, &id), |b| {
                         b.iter_custom(|it| {
                             event_time(&gpu, it, || {

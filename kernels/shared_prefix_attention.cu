@@ -879,6 +879,36 @@ __device__ __forceinline__ void load_rows_core_async(T* s, uint64_t gptr, int64_
     }
 }
 template <int D> __device__ __forceinline__ int core_offset(int r, int c) { return ((r >> 3) * (D / 8) + c) * 64 + (r & 7) * 8; }
+// A fragments of rows [row0, row0 + 16) of a core-layout [.. x D] tile, every 16-column k-step:
+// ldmatrix.x4 (each 8-lane group reads one 128-byte core matrix: no bank conflicts).
+template <typename T, int D>
+__device__ __forceinline__ void ldsm_a_core(uint32_t (&a)[D / 16][4], const T* s, int row0, int lane) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks) {
+        const int r = row0 + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * ks + (lane >> 4);
+        ldmatrix_x4(a[ks], s + core_offset<D>(r, c));
+    }
+}
+// acc (64 x N, this warp's 16 rows) (+)= A (registers, D / 16 k-steps) * B^T, B an N x D
+// core-layout tile (K-major: each row's D elements contiguous), one wgmma per k-step, the first
+// overwriting (scale-d = 0) unless `accumulate`. Issued only: the caller commits and waits.
+template <typename T, int D, int N>
+__device__ __forceinline__ void wgmma_abt(float (&acc)[N / 2], const uint32_t (&a)[D / 16][4], const T* b,
+                                          bool accumulate) {
+#pragma unroll
+    for (int ks = 0; ks < D / 16; ++ks)
+        wgmma_m64k16<N, false, T>(acc, a[ks], wgmma_desc(b + ks * 2 * 64, 128, 16 * D), accumulate || ks > 0);
+}
+// acc (64 x D) += C (this warp's 16 x BC scores, rounded to T) * B, B a BC x D core-layout tile
+// (MN-major: D contiguous), one wgmma per 16 keys. Issued only.
+template <typename T, int D>
+__device__ __forceinline__ void wgmma_cb(float (&acc)[D / 2], const float (&c)[BC / 8][4], const T* b) {
+    uint32_t pa[BC / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) frag_a_from_c<T, BC / 8>(pa[kk], c, kk);
+#pragma unroll
+    for (int kk = 0; kk < BC / 16; ++kk) wgmma_m64k16<D, true, T>(acc, pa[kk], wgmma_desc(b + kk * 16 * D, 16 * D, 128), true);
+}
 
 template <typename T, int D> constexpr int fwd_v3_smem() { return (BR + 4 * BC) * D * (int)sizeof(T); }
 
@@ -886,13 +916,10 @@ template <typename T, int D>
 __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
 #if PREFK_HAS_WGMMA
     constexpr int NT = BC / 8, DN = D / 8;
-    // Descriptor byte offsets: along a tile's rows 8 rows = one row of core matrices (D / 8 of
-    // them, 16 D bytes); along its columns 8 elements = one core matrix (128 bytes).
-    constexpr uint32_t ROW8 = 16 * D, COL8 = 128;
     PREFK_DYNAMIC_SHARED(unsigned char, smem);
     T* Qs = reinterpret_cast<T*>(smem);
-    T* Ks = Qs + BR * D;       // [2][BC x D]
-    T* Vs = Ks + 2 * BC * D;   // [2][BC x D]
+    T* Ks = Qs + BR * D;      // [2][BC x D]
+    T* Vs = Ks + 2 * BC * D;  // [2][BC x D]
     Tile tl;
     if (!query_tile<1>(p, blockIdx.x, tl)) return;
     const int h = blockIdx.y, kvh = h / (p.q_heads / p.kv_heads);
@@ -919,17 +946,13 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
     cp_async_commit();
     if (total > 0) issue(0);
     cp_async_commit();
-    // Q's A fragments, once: ldmatrix.x4 of this warp's 16 rows, k-steps of 16 (two core matrices).
-    cp_async_wait<1>();
+    cp_async_wait<1>();  // Q (its fragments go to registers once; ldmatrix is a generic-proxy read)
     __syncthreads();
     uint32_t qa[D / 16][4];
-#pragma unroll
-    for (int ks = 0; ks < D / 16; ++ks) {
-        const int r = warp * 16 + (lane & 7) + ((lane >> 3) & 1) * 8, c = 2 * ks + (lane >> 4);
-        ldmatrix_x4(qa[ks], Qs + core_offset<D>(r, c));
-    }
+    ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
 
     float o[DN][4] = {};
+    float(&of)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(o);
     float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
     for (int i = 0; i < total; ++i) {
         if (i + 1 < total) issue(i + 1);
@@ -941,28 +964,18 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
         kt.at(i, c, lo, k1);
         const T* kb = Ks + (i & 1) * BC * D;
         const T* vb = Vs + (i & 1) * BC * D;
-        // S (64 x BC) = Q K^T: B[k = d][n = key] is K-major (d contiguous in each key's row).
-        float s[NT][4] = {};
+        float s[NT][4];
         float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
         wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < D / 16; ++ks)
-            wgmma_m64k16<BC, false, T>(sf, qa[ks], wgmma_desc(kb + ks * 2 * 64, COL8, ROW8), ks > 0);
+        wgmma_abt<T, D, BC>(sf, qa, kb, false);  // S = Q K^T
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(sf);
         scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
         online_softmax<NT, DN>(s, m, l, o);
-        // O (64 x D) += P V: B[k = key][n = d] is MN-major (d contiguous), 16 keys per k-step.
-        float(&of)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(o);
-        uint32_t pa[NT / 2][4];
-#pragma unroll
-        for (int kk = 0; kk < NT / 2; ++kk) frag_a_from_c<T, NT>(pa[kk], s, kk);
         wgmma_fence_operand(of);
         wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < NT / 2; ++kk)
-            wgmma_m64k16<D, true, T>(of, pa[kk], wgmma_desc(vb + kk * 2 * ROW8 / (int)sizeof(T), ROW8, COL8), true);
+        wgmma_cb<T, D>(of, s, vb);  // O += P V
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(of);
@@ -970,6 +983,93 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
     }
     cp_async_wait<0>();
     write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
+#endif
+}
+
+// dQ v3 (sm_90a): dQ v2's loop for one warpgroup on wgmma: S = Q K^T and dP = dO V^T with Q's and
+// dO's fragments in registers (loaded once) and K, V by descriptor (K-major), then dQ += dS K with
+// dS in registers and K by descriptor (MN-major). K double-buffered, V single as in v2 (tile i + 1's
+// V copies go out once every warp's dP has read tile i's).
+template <typename T, int D> constexpr int dq_v3_smem() { return (2 * BR + 3 * BC) * D * (int)sizeof(T); }
+
+template <typename T, int D>
+__device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
+#if PREFK_HAS_WGMMA
+    constexpr int NT = BC / 8, DN = D / 8;
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
+    T* Qs = reinterpret_cast<T*>(smem);
+    T* dOs = Qs + BR * D;
+    T* Ks = dOs + BR * D;     // [2][BC x D]
+    T* Vs = Ks + 2 * BC * D;  // [BC x D]
+    Tile tl;
+    if (!load_tile(p, blockIdx.x, tl)) return;
+    const int h = blockIdx.y, kvh = h / (p.q_heads / p.kv_heads);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
+    const float scale2 = p.scale * PREFK_LOG2E;
+    const int rows[2] = {tl.a + warp * 16 + g, tl.a + warp * 16 + g + 8};
+    int rlo2[2];
+    float lse2[2], delta[2];
+    dq_row_stats(p, rows, tl.b, h, lo2, rlo2, lse2, delta);
+    const WarpRows wr = warp_rows(tl, tl.a + warp * 16, rlo2);
+    const KeyTiles kt = key_tiles(tl);
+    auto issue = [&](int i, bool k_tile) {
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        if (k_tile) load_rows_core_async<T, D, BC>(Ks + (i & 1) * BC * D, p.k, c, lo, k1, p.kv_heads, kvh);
+        else load_rows_core_async<T, D, BC>(Vs, p.v, c, lo, k1, p.kv_heads, kvh);
+    };
+    load_rows_core_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
+    load_rows_core_async<T, D, BR>(dOs, p.dout, tl.a, tl.a, tl.b, p.q_heads, h);
+    cp_async_commit();
+    if (kt.total > 0) {
+        issue(0, true);
+        issue(0, false);
+    }
+    cp_async_commit();
+    cp_async_wait<1>();  // Q and dO
+    __syncthreads();
+    uint32_t qa[D / 16][4], da[D / 16][4];
+    ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
+    ldsm_a_core<T, D>(da, dOs, warp * 16, lane);
+    float dq[DN][4] = {};
+    float(&dqf)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(dq);
+    for (int i = 0; i < kt.total; ++i) {
+        // Groups per iteration: [K(i + 1)] here, [V(i + 1)] after dP. Waiting for all but the
+        // newest completes K(i) and V(i).
+        if (i + 1 < kt.total) issue(i + 1, true);
+        cp_async_commit();
+        cp_async_wait<1>();
+        fence_proxy_async_shared();
+        __syncthreads();
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
+        const T* kb = Ks + (i & 1) * BC * D;
+        float s[NT][4], dp[NT][4];
+        float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
+        float(&dpf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(dp);
+        wgmma_fence();
+        wgmma_abt<T, D, BC>(sf, qa, kb, false);   // S = Q K^T
+        wgmma_abt<T, D, BC>(dpf, da, Vs, false);  // dP = dO V^T
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(sf);
+        wgmma_fence_operand(dpf);
+        __syncthreads();  // every warp's dP has read V(i)
+        if (i + 1 < kt.total) issue(i + 1, false);
+        cp_async_commit();
+        scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
+        grad_scores<NT>(s, dp, lse2, delta);
+        wgmma_fence_operand(dqf);
+        wgmma_fence();
+        wgmma_cb<T, D>(dqf, s, kb);  // dQ += dS K
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(dqf);
+        __syncthreads();
+    }
+    cp_async_wait<0>();
+    write_dq<T, D>(p, dq, rows, tl.b, h, tq);
 #endif
 }
 
@@ -1000,6 +1100,9 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
     }                                                                                 \
     PREFK_KERNEL(shared_prefix_attention_fwd_v3_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
         attn::forward_v3<T, D>(p);                                                    \
+    }                                                                                 \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dq_v3_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
+        attn::backward_dq_v3<T, D>(p);                                                \
     }
 
 PREFK_ATTN(bf16, __nv_bfloat16, 64)
@@ -1012,6 +1115,7 @@ PREFK_ATTN(f16, __half, 128)
 static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 128>() == 52224, "fwd smem");
 static_assert(attn::fwd_v2_smem<__half, 64>() == 55296 && attn::fwd_v2_smem<__half, 128>() == 87040, "fwd v2 smem");
 static_assert(attn::fwd_v3_smem<__half, 64>() == 40960 && attn::fwd_v3_smem<__half, 128>() == 81920, "fwd v3 smem");
+static_assert(attn::dq_v3_smem<__half, 64>() == 40960 && attn::dq_v3_smem<__half, 128>() == 81920, "dq v3 smem");
 static_assert(attn::dq_v2_smem<__half, 64>() == 46080 && attn::dq_v2_smem<__half, 128>() == 87040, "dq v2 smem");
 static_assert(attn::dkdv_v2_smem<__half, 64>() == 37120 && attn::dkdv_v2_smem<__half, 128>() == 69888, "dkdv v2 smem");
 static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");

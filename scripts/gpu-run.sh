@@ -2,14 +2,14 @@
 # The GPU run: ONE device call of at most ~8 minutes (run stages separately when less device time
 # is left) over device-bin/ (from scripts/build-device-bundle.sh, built on a machine with Rust).
 # Stages in priority order (the most information per device minute first), each time-capped, the
-# report appended to $OUT as it goes (a timeout still returns what ran); caps sum to 475 s:
+# report appended to $OUT as it goes (a timeout still returns what ran); caps sum to 480 s:
 #   1. tests:    kernel tests on both backends (emulator and GPU) with PREF_KERNELS_REQUIRE_GPU=1,
 #                including the emulator-vs-GPU comparison (cap 95 s); then the PyTorch ops' CUDA
 #                cases and CUDA-graph capture (python/tests/test_cuda_graphs.py)       (cap 25 s)
 #   2. sanitize: compute-sanitizer memcheck and racecheck on two small GPU cases, after a probe
 #                (the gVisor H200s refuse it: the stage is then skipped with the reason) (cap 50 s)
 #   3. bench:    d2d copy bandwidth first, token log-probs GB/s and fraction of it, the step,
-#                attention, fused-LM-head (and GRPO step) and vocab-parallel benches, main job (cap 155 s)
+#                attention, fused-LM-head (and GRPO step) and vocab-parallel benches, main job (cap 160 s)
 #   4. peers:    same-process peers: PyTorch eager, torch.compile, TRL 1.16's own fused head, Liger,
 #                CCE, SDPA / FlexAttention (bench/harness.py, rows written as measured) (cap 90 s)
 #   5. grpo:     the GRPO loss from hidden states (ours, TRL's head, Liger's GRPO loss) and a GRPO
@@ -88,9 +88,10 @@ if want bench; then
     short=(--warm-up-time 0.3 --measurement-time 1.5 --sample-size 10)
     run 35 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 20 device-bin/bench-pref_step --bench gpu "${short[@]}"
-    # v1, v2 and v3 (sm_90 wgmma) forwards, v1 and v2 forward + backward, side by side at two cells
-    # (all cells would not fit the cap).
-    run 25 device-bin/bench-shared_prefix_attention --bench "${short[@]}" 'gpu.*(G8_P4096_R512|G2_P1024_R256)'
+    # v1, v2 and v3 (sm_90: forward and dQ on wgmma), forward and forward + backward, side by side
+    # at two cells (all cells would not fit the cap).
+    run 30 device-bin/bench-shared_prefix_attention --bench --warm-up-time 0.3 --measurement-time 1.0 \
+      --sample-size 10 'gpu.*(G8_P4096_R512|G2_P1024_R256)'
     run 10 device-bin/bench-group_loss --bench gpu "${short[@]}"
     # One shape (Liger's published M8192 H4096 V131072): the overlap on and off, the DPO and GRPO steps.
     PREF_KERNELS_BENCH_SHAPES=M8192_H4096_V131072 run 40 device-bin/bench-linear_token_logprobs --bench gpu "${short[@]}"

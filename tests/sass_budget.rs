@@ -106,6 +106,18 @@ const BUDGETS: &[Budget] = &[
         "v1 forward: mma.sync, 64x64 tiles; at least 2 CTAs/SM",
     ),
     Budget {
+        needs: &["LDGSTS", "LDSM", "HGMMA", "WARPGROUP"],
+        ..b(
+            "shared_prefix_attention_bwd_dq_v3",
+            255,
+            2,
+            false,
+            false,
+            "v3 dQ (sm_90a): S, dP and dQ on wgmma, Q and dO fragments held in registers (251 at \
+             d128); 2 CTAs/SM",
+        )
+    },
+    Budget {
         needs: &["LDGSTS", "LDSM", "HMMA"],
         ..b(
             "shared_prefix_attention_bwd_dq_v2",

@@ -124,6 +124,8 @@ pub(crate) enum AttnKernel {
     /// The forward v3 (sm_90a): v2's loop with both GEMMs on wgmma, one warpgroup per 64-row
     /// tile (built empty for the other architectures; the host launches it on sm_90 only).
     ForwardV3,
+    /// dQ v3 (sm_90a): dQ v2's loop with its three GEMMs on wgmma (built empty elsewhere).
+    BackwardDqV3,
 }
 
 /// Name of an attention entry point.
@@ -137,6 +139,7 @@ pub(crate) fn shared_prefix_attention(kind: AttnKernel, dtype: DType, head_dim: 
         AttnKernel::BackwardDkDvV2 => "bwd_dkdv_v2",
         AttnKernel::BackwardDqV2 => "bwd_dq_v2",
         AttnKernel::ForwardV3 => "fwd_v3",
+        AttnKernel::BackwardDqV3 => "bwd_dq_v3",
     };
     format!("shared_prefix_attention_{k}_{}_d{head_dim}", dtype.name())
 }
@@ -170,6 +173,8 @@ pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
         AttnKernel::BackwardDkDvV2 => (2 * ATTN_BR + 4 * ATTN_BQ) * ld + 2 * ATTN_BQ * 4,
         // Q, then K and V twice, unpadded: wgmma's core-matrix layout has no bank conflicts.
         AttnKernel::ForwardV3 => (ATTN_BR + 4 * ATTN_BR) * head_dim as u32 * 2,
+        // Q and dO, then K twice and V once, unpadded.
+        AttnKernel::BackwardDqV3 => (2 * ATTN_BR + 3 * ATTN_BR) * head_dim as u32 * 2,
     }
 }
 
@@ -233,6 +238,7 @@ fn build() -> Vec<KernelSpec> {
                 AttnKernel::BackwardDkDvV2,
                 AttnKernel::BackwardDqV2,
                 AttnKernel::ForwardV3,
+                AttnKernel::BackwardDqV3,
             ] {
                 let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
                 add(
@@ -275,7 +281,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         // token_logprobs: 5 forward/backward kinds x 2 row groups x 6 (dtype, index), 6 top-k.
-        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 28 + 4 + 1 + 7 + 6);
+        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 36 + 4 + 1 + 7 + 6);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }
@@ -307,6 +313,8 @@ mod tests {
         assert_eq!(attn_smem(AttnKernel::ForwardV2, 128), 87040);
         assert_eq!(attn_smem(AttnKernel::ForwardV3, 64), 40960);
         assert_eq!(attn_smem(AttnKernel::ForwardV3, 128), 81920);
+        assert_eq!(attn_smem(AttnKernel::BackwardDqV3, 64), 40960);
+        assert_eq!(attn_smem(AttnKernel::BackwardDqV3, 128), 81920);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 64), 46080);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 128), 87040);
         assert_eq!(attn_smem(AttnKernel::BackwardDkDvV2, 64), 37120);

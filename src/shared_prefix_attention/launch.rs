@@ -15,8 +15,8 @@ use crate::runtime::Gpu;
 /// cp.async double-buffered streamed operands (K/V tiles in the forward and dQ, Q/dO chunks in
 /// dK/dV), ldmatrix fragments, and an unmasked-tile fast path in the forward and dQ. Both give
 /// the same bits. v3 (sm_90 only, opt-in until a GPU run measures it against v2): the forward's
-/// two GEMMs on wgmma (Hopper's warpgroup MMA), the backward v2's; its forward's values match
-/// v2's within the kernels' tolerance, its bits may differ on a GPU (wgmma's summation order).
+/// and dQ's GEMMs on wgmma (Hopper's warpgroup MMA), dK/dV v2's; its values match v2's within
+/// the kernels' tolerance, its bits may differ on a GPU (wgmma's summation order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnVersion {
     /// Version 1.
@@ -274,8 +274,8 @@ impl Gpu {
         }
     }
 
-    /// [`Gpu::shared_prefix_attention_backward_raw`] with the kernel version named (the same bits;
-    /// v3's backward is v2's).
+    /// [`Gpu::shared_prefix_attention_backward_raw`] with the kernel version named (v1 and v2 the
+    /// same bits; v3 runs its dQ on wgmma, dK/dV v2's, and errors unless [`Gpu::has_wgmma`]).
     ///
     /// # Safety
     /// As [`Gpu::shared_prefix_attention_backward_raw`].
@@ -321,7 +321,13 @@ impl Gpu {
         let tiles = layout.n_tiles as u32;
         let (dkdv, dq) = match version {
             AttnVersion::V1 => (AttnKernel::BackwardDkDv, AttnKernel::BackwardDq),
-            AttnVersion::V2 | AttnVersion::V3 => (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV2),
+            AttnVersion::V2 => (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV2),
+            AttnVersion::V3 => {
+                ensure(self.has_wgmma(), "PREF_KERNELS_ATTN", || {
+                    "v3 runs on sm_90 (H100/H200) with kernels built for sm_90a; use v2 here".into()
+                })?;
+                (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV3)
+            }
         };
         // SAFETY: forwarded to the caller.
         unsafe {

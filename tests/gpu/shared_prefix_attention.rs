@@ -320,22 +320,27 @@ fn v2_equals_v1<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: Att
     assert!(backward(AttnVersion::V2) == b2, "v2 backward run to run");
 }
 
-/// The forward v3 (wgmma) against the f64 reference with the derived rounding bounds, on poisoned
-/// outputs, bitwise run to run. Where the kernels run emulated (the emulator, the stand-in) its
-/// wgmma model sums as the mma.sync model does, so v3 must give v2's bits there: a misplaced
-/// descriptor offset or fragment would not. On a GPU without sm_90a code, v3 must be refused.
-fn v3_forward<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: AttnShape) {
+/// The v3 kernels (forward and dQ on wgmma; dK/dV v2's) against the f64 references with the
+/// derived rounding bounds, on poisoned outputs, bitwise run to run. Where the kernels run
+/// emulated (the emulator, the stand-in) the wgmma model sums as the mma.sync model does, so v3
+/// must give v2's bits there: a misplaced descriptor offset or fragment would not. On a GPU
+/// without sm_90a code, v3 must be refused.
+fn v3_attention<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: AttnShape) {
     let l = make_layout(&groups);
     let t = l.total_tokens();
     let mut r = rng(seed, 131);
     let q = random::<T>(&mut r, t * shape.q_heads * shape.head_dim, 1.0);
     let k = random::<T>(&mut r, t * shape.kv_heads * shape.head_dim, 1.0);
     let v = random::<T>(&mut r, t * shape.kv_heads * shape.head_dim, 1.0);
+    let dout = random::<T>(&mut r, q.len(), 1.0);
     let s = gpu.default_stream();
     let dl = gpu.upload_prefix_layout(&s, &l).unwrap();
     let (dq, dk, dv) = (s.clone_htod(&q).unwrap(), s.clone_htod(&k).unwrap(), s.clone_htod(&v).unwrap());
-    let run = |version| -> pref_kernels::Result<(Vec<T>, Vec<f32>)> {
-        let mut o = s.clone_htod(&vec![T::from_f32(777.0); q.len()]).unwrap();
+    let ddo = s.clone_htod(&dout).unwrap();
+    let poison = T::from_f32(777.0);
+    // Forward then backward of `version`, the backward from this forward's O and LSE.
+    let run = |version| -> pref_kernels::Result<[Vec<u64>; 5]> {
+        let mut o = s.clone_htod(&vec![poison; q.len()]).unwrap();
         let mut lse = s.clone_htod(&vec![-7777.0f32; shape.q_heads * t]).unwrap();
         gpu.shared_prefix_attention_forward_version(
             &s,
@@ -348,7 +353,32 @@ fn v3_forward<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: AttnS
             &mut o.as_view_mut(),
             &mut lse.as_view_mut(),
         )?;
-        Ok((s.clone_dtoh(&o).unwrap(), s.clone_dtoh(&lse).unwrap()))
+        let mut gq = s.clone_htod(&vec![poison; q.len()]).unwrap();
+        let mut gk = s.clone_htod(&vec![poison; k.len()]).unwrap();
+        let mut gv = s.clone_htod(&vec![poison; v.len()]).unwrap();
+        let saved = AttnSaved {
+            q: dq.as_view(),
+            k: dk.as_view(),
+            v: dv.as_view(),
+            o: o.as_view(),
+            lse: lse.as_view(),
+        };
+        gpu.shared_prefix_attention_backward_version(
+            &s,
+            version,
+            &saved,
+            &ddo.as_view(),
+            &dl,
+            shape,
+            &mut gq.as_view_mut(),
+            &mut gk.as_view_mut(),
+            &mut gv.as_view_mut(),
+        )?;
+        let bits = |b: &pref_kernels::DeviceBuffer<T>| -> Vec<u64> {
+            s.clone_dtoh(b).unwrap().iter().map(|x| x.to_f64().to_bits()).collect()
+        };
+        let lse_bits = s.clone_dtoh(&lse).unwrap().iter().map(|x| (*x as f64).to_bits()).collect();
+        Ok([bits(&o), lse_bits, bits(&gq), bits(&gk), bits(&gv)])
     };
     if !gpu.has_wgmma() {
         let Err(e) = run(AttnVersion::V3) else { panic!("v3 without sm_90a code must be refused") };
@@ -356,25 +386,25 @@ fn v3_forward<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: AttnS
         println!("v3 refused as it must be on this device (no sm_90a code for it): {e}");
         return;
     }
-    let (o3, l3) = run(AttnVersion::V3).unwrap();
+    let got = run(AttnVersion::V3).unwrap();
+    let f = |b: &[u64]| -> Vec<f64> { b.iter().map(|&x| f64::from_bits(x)).collect() };
     let want = forward(&q, &k, &v, &l, &shape).unwrap();
-    let dout = random::<T>(&mut r, q.len(), 1.0); // only for the bounds call (its gradient bounds are unused)
-    let (ob, _) = rounding_bounds(&q, &k, &v, &dout, &l, &shape, unit_roundoff::<T>(), F32_REL).unwrap();
-    check("O (v3)", &wide(&o3), &want.o, &ob);
-    for (i, (g, w)) in l3.iter().zip(&want.lse).enumerate() {
-        assert!((*g as f64 - w).abs() <= 2e-5 * (1.0 + w.abs()), "LSE (v3)[{i}]: got {g}, want {w}");
+    let grads = backward(&q, &k, &v, &dout, &l, &shape).unwrap();
+    let (ob, gb) = rounding_bounds(&q, &k, &v, &dout, &l, &shape, unit_roundoff::<T>(), F32_REL).unwrap();
+    check("O (v3)", &f(&got[0]), &want.o, &ob);
+    for (i, (g, w)) in f(&got[1]).iter().zip(&want.lse).enumerate() {
+        assert!((g - w).abs() <= 2e-5 * (1.0 + w.abs()), "LSE (v3)[{i}]: got {g}, want {w}");
     }
-    let bits = |o: &[T], lse: &[f32]| -> (Vec<u64>, Vec<u32>) {
-        (o.iter().map(|x| x.to_f64().to_bits()).collect(), lse.iter().map(|x| x.to_bits()).collect())
-    };
-    let b3 = bits(&o3, &l3);
-    let again = run(AttnVersion::V3).unwrap();
-    assert!(bits(&again.0, &again.1) == b3, "v3 run to run");
+    check("dQ (v3)", &f(&got[2]), &grads.dq, &gb.dq);
+    check("dK (v3)", &f(&got[3]), &grads.dk, &gb.dk);
+    check("dV (v3)", &f(&got[4]), &grads.dv, &gb.dv);
+    assert!(run(AttnVersion::V3).unwrap() == got, "v3 run to run");
     if gpu.backend() == pref_kernels::BackendKind::Emulator || crate::is_standin(gpu) {
-        let (o2, l2) = run(AttnVersion::V2).unwrap();
-        let b2 = bits(&o2, &l2);
-        assert_eq!(b3.0.iter().zip(&b2.0).position(|(x, y)| x != y), None, "O: v3 vs v2 (emulated)");
-        assert_eq!(b3.1.iter().zip(&b2.1).position(|(x, y)| x != y), None, "LSE: v3 vs v2 (emulated)");
+        let v2 = run(AttnVersion::V2).unwrap();
+        for (i, name) in ["O", "LSE", "dQ", "dK", "dV"].iter().enumerate() {
+            let first = got[i].iter().zip(&v2[i]).position(|(x, y)| x != y);
+            assert_eq!(first, None, "{name}: v3 vs v2 (emulated), first differing element");
+        }
     }
 }
 
@@ -473,13 +503,18 @@ pub fn cases() -> Vec<Case> {
             )
         }),
         case("attn_v2_d64_rows_independent_of_batch_position", rows_independent_of_batch_position),
-        // The forward v3 (wgmma): both head dims and dtypes, GQA, masked and unmasked key tiles in
+        // v3 (forward and dQ on wgmma): both head dims and dtypes, GQA, masked and unmasked key tiles in
         // both ranges, partial tiles, a group without a prefix and empty responses.
         case("attn_v3_bf16_d128_gqa_long_prefix", |g, s| {
-            v3_forward::<bf16>(g, s, vec![(150, vec![129, 1, 40]), (0, vec![70])], AttnShape::new(8, 2, 128))
+            v3_attention::<bf16>(
+                g,
+                s,
+                vec![(150, vec![129, 1, 40]), (0, vec![70])],
+                AttnShape::new(8, 2, 128),
+            )
         }),
         case("attn_v3_f16_d64_mixed_tiles", |g, s| {
-            v3_forward::<f16>(
+            v3_attention::<f16>(
                 g,
                 s,
                 vec![(100, vec![20, 0, 90]), (1, vec![60, 4]), (64, vec![0])],
@@ -487,10 +522,10 @@ pub fn cases() -> Vec<Case> {
             )
         }),
         case("attn_v3_bf16_d64_mha", |g, s| {
-            v3_forward::<bf16>(g, s, vec![(70, vec![50, 33])], AttnShape::new(2, 2, 64))
+            v3_attention::<bf16>(g, s, vec![(70, vec![50, 33])], AttnShape::new(2, 2, 64))
         }),
         case("attn_v3_f16_d128_short", |g, s| {
-            v3_forward::<f16>(g, s, vec![(3, vec![9, 1]), (0, vec![5])], AttnShape::new(2, 1, 128))
+            v3_attention::<f16>(g, s, vec![(3, vec![9, 1]), (0, vec![5])], AttnShape::new(2, 1, 128))
         }),
         case("attn_isolation_and_determinism", isolation_and_determinism),
         case("attn_bad_arguments", bad_arguments),
