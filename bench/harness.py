@@ -354,10 +354,10 @@ def attention(h):
             return o
         h.run(sec, shape, "pref-kernels", lambda i: ours, extra=tflops)
         if dev.type == "cuda" and torch.cuda.get_device_capability(dev) == (9, 0):
-            # The forward v3 (wgmma; the backward stays v2's): opt-in until this row says it pays.
+            # v3 (every GEMM on wgmma): opt-in until this row says it pays.
             os.environ["PREF_KERNELS_ATTN"] = "v3"
             try:
-                h.run(sec, shape, "pref-kernels, forward v3 (wgmma)", lambda i: ours, extra=tflops)
+                h.run(sec, shape, "pref-kernels v3 (wgmma)", lambda i: ours, extra=tflops)
             finally:
                 os.environ.pop("PREF_KERNELS_ATTN", None)
         # SDPA on the duplicated layout: G sequences [prefix ++ r_g], causal, KV heads repeated.

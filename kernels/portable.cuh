@@ -10,7 +10,8 @@
 //                                                            cp.async.cg 16 bytes global -> shared (zeros when
 //                                                            !valid), commit_group, wait_group N
 //   wgmma_m64k16<N, TRANS_B, T>(d, a, desc_b, accumulate)    wgmma.mma_async.sync.aligned.m64nNk16.f32.T.T, A in
-//                                                            registers, B by no-swizzle descriptor (sm_90a only:
+//   wgmma_m64k16_ss<N, TRANS_B, T>(d, desc_a, desc_b, acc)   registers (or by descriptor: _ss), B by no-swizzle
+//                                                            descriptor (sm_90a only:
 //                                                            PREFK_HAS_WGMMA); wgmma_fence(), wgmma_commit(),
 //                                                            wgmma_wait<N>(), wgmma_fence_operand(regs),
 //                                                            fence_proxy_async_shared(), wgmma_desc(...)
@@ -64,6 +65,11 @@ template <int N, bool TRANS_B, typename T>
 inline void wgmma_m64k16(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc_b, bool accumulate) {
     static_assert(N == 64 || N == 128, "wgmma shapes used here: m64n64k16, m64n128k16");
     ::prefk_emu::wgmma_rs(d, N, a, desc_b, accumulate, TRANS_B, std::is_same<T, __nv_bfloat16>::value);
+}
+template <int N, bool TRANS_B, typename T>
+inline void wgmma_m64k16_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+    static_assert(N == 32, "wgmma SS shape used here: m64n32k16");
+    ::prefk_emu::wgmma_ss(d, N, desc_a, desc_b, accumulate, TRANS_B, std::is_same<T, __nv_bfloat16>::value);
 }
 inline void wgmma_fence() { ::prefk_emu::wgmma_fence(); }
 inline void wgmma_commit() { ::prefk_emu::wgmma_commit(); }
@@ -209,6 +215,30 @@ __device__ __forceinline__ void wgmma_m64k16(float (&d)[N / 2], const uint32_t (
               "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
               "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"((uint32_t)accumulate), "l"(desc_b), "n"((int)TRANS_B));
+    }
+}
+// The SS form: A (64 x 16, K-major, imm-trans-a = 0) from shared memory by descriptor too.
+template <int N, bool TRANS_B, typename T>
+__device__ __forceinline__ void wgmma_m64k16_ss(float (&d)[N / 2], uint64_t desc_a, uint64_t desc_b, bool accumulate) {
+    static_assert(N == 32, "wgmma SS shape used here: m64n32k16");
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+            "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+            "%16, %17, p, 1, 1, 0, %19;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+            : "l"(desc_a), "l"(desc_b), "r"((uint32_t)accumulate), "n"((int)TRANS_B));
+    } else {
+        asm volatile(
+            "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+            "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+            "{%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+            "%16, %17, p, 1, 1, 0, %19;\n}\n"
+            : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+              "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+            : "l"(desc_a), "l"(desc_b), "r"((uint32_t)accumulate), "n"((int)TRANS_B));
     }
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }

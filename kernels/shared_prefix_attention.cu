@@ -899,15 +899,23 @@ __device__ __forceinline__ void wgmma_abt(float (&acc)[N / 2], const uint32_t (&
     for (int ks = 0; ks < D / 16; ++ks)
         wgmma_m64k16<N, false, T>(acc, a[ks], wgmma_desc(b + ks * 2 * 64, 128, 16 * D), accumulate || ks > 0);
 }
-// acc (64 x D) += C (this warp's 16 x BC scores, rounded to T) * B, B a BC x D core-layout tile
-// (MN-major: D contiguous), one wgmma per 16 keys. Issued only.
-template <typename T, int D>
-__device__ __forceinline__ void wgmma_cb(float (&acc)[D / 2], const float (&c)[BC / 8][4], const T* b) {
-    uint32_t pa[BC / 16][4];
+// The SS form of wgmma_abt: A is a 64 x D core-layout tile in shared memory too (K-major).
+template <typename T, int D, int N>
+__device__ __forceinline__ void wgmma_abt_ss(float (&acc)[N / 2], const T* a, const T* b) {
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) frag_a_from_c<T, BC / 8>(pa[kk], c, kk);
+    for (int ks = 0; ks < D / 16; ++ks)
+        wgmma_m64k16_ss<N, false, T>(acc, wgmma_desc(a + ks * 2 * 64, 128, 16 * D),
+                                     wgmma_desc(b + ks * 2 * 64, 128, 16 * D), ks > 0);
+}
+// acc (64 x D) += C (this warp's 16 x K scores, rounded to T) * B, B a K x D core-layout tile
+// (MN-major: D contiguous), one wgmma per 16 rows of B. Issued only.
+template <typename T, int D, int K = BC>
+__device__ __forceinline__ void wgmma_cb(float (&acc)[D / 2], const float (&c)[K / 8][4], const T* b) {
+    uint32_t pa[K / 16][4];
 #pragma unroll
-    for (int kk = 0; kk < BC / 16; ++kk) wgmma_m64k16<D, true, T>(acc, pa[kk], wgmma_desc(b + kk * 16 * D, 16 * D, 128), true);
+    for (int kk = 0; kk < K / 16; ++kk) frag_a_from_c<T, K / 8>(pa[kk], c, kk);
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) wgmma_m64k16<D, true, T>(acc, pa[kk], wgmma_desc(b + kk * 16 * D, 16 * D, 128), true);
 }
 
 template <typename T, int D> constexpr int fwd_v3_smem() { return (BR + 4 * BC) * D * (int)sizeof(T); }
@@ -1073,6 +1081,90 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
 #endif
 }
 
+// dK/dV v3 (sm_90a): dK/dV v2's loop for one warpgroup on wgmma. S^T = K Q^T and dP^T = V dO^T
+// are m64n32k16 in the SS form (the key tile and the query chunk both by descriptor: K's and V's
+// fragments held in registers would not fit beside the dK and dV accumulators at d = 128), then
+// dV += P^T dO and dK += dS^T Q with P^T, dS^T in registers and dO, Q by descriptor (MN-major).
+template <typename T, int D> constexpr int dkdv_v3_smem() {
+    return (2 * BC + 4 * BQ) * D * (int)sizeof(T) + 2 * BQ * 4;
+}
+
+template <typename T, int D>
+__device__ void backward_dkdv_v3(const SharedPrefixAttentionParams& p) {
+#if PREFK_HAS_WGMMA
+    constexpr int NT = BQ / 8, DN = D / 8;
+    PREFK_DYNAMIC_SHARED(unsigned char, smem);
+    T* Ks = reinterpret_cast<T*>(smem);
+    T* Vs = Ks + BC * D;
+    T* Qs = Vs + BC * D;       // [2][BQ x D]
+    T* dOs = Qs + 2 * BQ * D;  // [2][BQ x D]
+    float* lse_s = reinterpret_cast<float*>(dOs + 2 * BQ * D);
+    float* delta_s = lse_s + BQ;
+    Tile tl;
+    if (!load_tile(p, blockIdx.x, tl)) return;
+    const int kvh = blockIdx.y, rep = p.q_heads / p.kv_heads;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int* lo2 = reinterpret_cast<const int*>(p.seg_lo2);
+    const float scale2 = p.scale * PREFK_LOG2E;
+    const int c = tl.a;  // keys [a, b)
+    const int keys[2] = {c + warp * 16 + g, c + warp * 16 + g + 8};
+    // Chunks j = (query head hh of the GQA group, rows r .. r + BQ), in v1's order.
+    const int per_head = tl.rows_end > c ? (tl.rows_end - c + BQ - 1) / BQ : 0;
+    const int total = rep * per_head;
+    auto issue = [&](int j) {
+        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
+        load_rows_core_async<T, D, BQ>(Qs + (j & 1) * BQ * D, p.q, r, r, tl.rows_end, p.q_heads, h);
+        load_rows_core_async<T, D, BQ>(dOs + (j & 1) * BQ * D, p.dout, r, r, tl.rows_end, p.q_heads, h);
+    };
+    load_rows_core_async<T, D, BC>(Ks, p.k, c, tl.a, tl.b, p.kv_heads, kvh);
+    load_rows_core_async<T, D, BC>(Vs, p.v, c, tl.a, tl.b, p.kv_heads, kvh);
+    if (total > 0) issue(0);
+    cp_async_commit();
+    float dk[DN][4] = {}, dv[DN][4] = {};
+    float(&dkf)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(dk);
+    float(&dvf)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(dv);
+    for (int j = 0; j < total; ++j) {
+        if (j + 1 < total) issue(j + 1);
+        cp_async_commit();
+        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
+        if (threadIdx.x < BQ) {  // lse_s / delta_s were last read in chunk j - 1 (behind its barrier)
+            const int row = r + threadIdx.x;
+            const bool v = row < tl.rows_end;
+            lse_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + row] * PREFK_LOG2E : 0.f;
+            delta_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + row] : 0.f;
+        }
+        cp_async_wait<1>();          // K, V (first chunk) and chunk j have landed (this thread's) ...
+        fence_proxy_async_shared();  // ... are visible to wgmma ...
+        __syncthreads();             // ... and so is every other thread's
+        const T* qb = Qs + (j & 1) * BQ * D;
+        const T* dob = dOs + (j & 1) * BQ * D;
+        float st[NT][4], dpt[NT][4];
+        float(&stf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(st);
+        float(&dptf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(dpt);
+        wgmma_fence();
+        wgmma_abt_ss<T, D, BQ>(stf, Ks, qb);    // S^T = K Q^T
+        wgmma_abt_ss<T, D, BQ>(dptf, Vs, dob);  // dP^T = V dO^T
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(stf);
+        wgmma_fence_operand(dptf);
+        transposed_grad_scores<NT>(st, dpt, keys, r, tl, lo2, lse_s, delta_s, scale2, tq);
+        wgmma_fence_operand(dvf);
+        wgmma_fence_operand(dkf);
+        wgmma_fence();
+        wgmma_cb<T, D, BQ>(dvf, st, dob);  // dV += P^T dO
+        wgmma_cb<T, D, BQ>(dkf, dpt, qb);  // dK += dS^T Q
+        wgmma_commit();
+        wgmma_wait<0>();
+        wgmma_fence_operand(dvf);
+        wgmma_fence_operand(dkf);
+        __syncthreads();  // chunk j's buffers and lse_s / delta_s are free for chunk j + 2 / j + 1
+    }
+    cp_async_wait<0>();
+    write_dk_dv<T, D>(p, dk, dv, keys, tl.b, kvh, tq);
+#endif
+}
+
 }  // namespace attn
 
 // ---- entry points ------------------------------------------------------------------------------------
@@ -1103,6 +1195,9 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
     }                                                                                 \
     PREFK_KERNEL(shared_prefix_attention_bwd_dq_v3_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
         attn::backward_dq_v3<T, D>(p);                                                \
+    }                                                                                 \
+    PREFK_KERNEL(shared_prefix_attention_bwd_dkdv_v3_##DT##_d##D, SharedPrefixAttentionParams, attn::THREADS, 2) { \
+        attn::backward_dkdv_v3<T, D>(p);                                              \
     }
 
 PREFK_ATTN(bf16, __nv_bfloat16, 64)
@@ -1116,6 +1211,7 @@ static_assert(attn::fwd_smem<__half, 64>() == 27648 && attn::fwd_smem<__half, 12
 static_assert(attn::fwd_v2_smem<__half, 64>() == 55296 && attn::fwd_v2_smem<__half, 128>() == 87040, "fwd v2 smem");
 static_assert(attn::fwd_v3_smem<__half, 64>() == 40960 && attn::fwd_v3_smem<__half, 128>() == 81920, "fwd v3 smem");
 static_assert(attn::dq_v3_smem<__half, 64>() == 40960 && attn::dq_v3_smem<__half, 128>() == 81920, "dq v3 smem");
+static_assert(attn::dkdv_v3_smem<__half, 64>() == 33024 && attn::dkdv_v3_smem<__half, 128>() == 65792, "dkdv v3 smem");
 static_assert(attn::dq_v2_smem<__half, 64>() == 46080 && attn::dq_v2_smem<__half, 128>() == 87040, "dq v2 smem");
 static_assert(attn::dkdv_v2_smem<__half, 64>() == 37120 && attn::dkdv_v2_smem<__half, 128>() == 69888, "dkdv v2 smem");
 static_assert(attn::dq_smem<__half, 64>() == 36864 && attn::dq_smem<__half, 128>() == 69632, "dq smem");

@@ -88,7 +88,7 @@ if want bench; then
     short=(--warm-up-time 0.3 --measurement-time 1.5 --sample-size 10)
     run 35 device-bin/bench-token_logprobs --bench gpu "${short[@]}"
     run 20 device-bin/bench-pref_step --bench gpu "${short[@]}"
-    # v1, v2 and v3 (sm_90: forward and dQ on wgmma), forward and forward + backward, side by side
+    # v1, v2 and v3 (sm_90: wgmma), forward and forward + backward, side by side
     # at two cells (all cells would not fit the cap).
     run 30 device-bin/bench-shared_prefix_attention --bench --warm-up-time 0.3 --measurement-time 1.0 \
       --sample-size 10 'gpu.*(G8_P4096_R512|G2_P1024_R256)'

@@ -481,8 +481,8 @@ fn spin_waits_are_reported_and_init_state_survives_check_settings() {
     assert_eq!(s.clone_dtoh(&out1).unwrap(), vec![5.0]);
 }
 
-/// wgmma.mma_async m64nNk16 (A in registers, B by a no-swizzle descriptor, K-major and
-/// MN-major) against a plain f64 matrix product: the test kernel builds each thread's fragments
+/// wgmma.mma_async m64nNk16 (A in registers or, SS form, by descriptor; B by a no-swizzle
+/// descriptor, K-major and MN-major) against a plain f64 matrix product: the test kernel builds each thread's fragments
 /// and B's core-matrix placement from the PTX ISA's tables (which CUTLASS's CuTe layouts
 /// `ALayout_64x16`, `CLayout_64xN` and `make_gmma_desc` agree with), with byte offsets other than
 /// the attention kernel's. Then the planted faults: no proxy fence, D read before the wait, no
@@ -494,7 +494,13 @@ fn wgmma_matches_a_matrix_product_and_its_faults_are_caught() {
     }
     let s = Stream::emulator();
     let run_case = |mode: i64, seed: u64| -> (pref_kernels::Result<()>, Vec<f32>, Vec<f64>, Vec<f64>) {
-        let n = if mode & 4 != 0 { 128 } else { 64 };
+        let n = if mode & 8 != 0 {
+            32
+        } else if mode & 4 != 0 {
+            128
+        } else {
+            64
+        };
         let to = |x: f32| -> (u16, f32) {
             if mode & 1 != 0 {
                 (f16::from_f32(x).to_bits(), f16::from_f32(x).to_f32())
@@ -530,7 +536,8 @@ fn wgmma_matches_a_matrix_product_and_its_faults_are_caught() {
             .collect();
         (r, d, want, c.iter().map(|&x| x as f64).collect())
     };
-    for mode in 0..8 {
+    // bf16/f16 x K-/MN-major B x N = 64, 128 (A in registers), then N = 32 with A in shared memory.
+    for mode in (0..8).chain(8..12) {
         let (r, d, want, c) = run_case(mode, 40 + mode as u64);
         r.unwrap();
         for (e, (&got, (&w, &c))) in d.iter().zip(want.iter().zip(&c)).enumerate() {
@@ -548,7 +555,7 @@ fn wgmma_matches_a_matrix_product_and_its_faults_are_caught() {
         assert!((got as f64 - w).abs() <= 1e-6 * (1.0 + w.abs()), "scale-d 0: D[{e}] = {got}, want {w}");
     }
     // D read before the wait: the registers read as NaN (on a GPU: undefined).
-    let (r, d, _, _) = run_case(2 << 8, 8);
+    let (r, d, _, _) = run_case(2 << 8 | 8, 8);
     r.unwrap();
     assert!(d.iter().all(|x| x.is_nan()), "accumulators read before wgmma.wait_group must read as NaN");
     for (fault, checker, what) in [

@@ -129,6 +129,17 @@ const BUDGETS: &[Budget] = &[
         )
     },
     Budget {
+        needs: &["LDGSTS", "HGMMA", "WARPGROUP"],
+        ..b(
+            "shared_prefix_attention_bwd_dkdv_v3",
+            255,
+            2,
+            false,
+            false,
+            "v3 dK/dV (sm_90a): S^T, dP^T (SS form) and dV, dK on wgmma; 2 CTAs/SM",
+        )
+    },
+    Budget {
         needs: &["LDGSTS", "LDSM", "HMMA"],
         ..b(
             "shared_prefix_attention_bwd_dkdv_v2",

@@ -68,6 +68,8 @@ void cp_async_wait(int pending);
 // blocks), NaN until the wgmma.wait_group that covers it. fence.proxy.async.shared::cta is counted:
 // a wgmma may read only shared bytes written before their writer's last such fence.
 void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, bool trans_b, bool bf16);
+// The SS form: A (64 x 16, K-major) from shared memory by its own descriptor as well.
+void wgmma_ss(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16);
 void wgmma_fence();
 void wgmma_commit();
 void wgmma_wait(int pending);

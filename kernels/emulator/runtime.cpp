@@ -501,21 +501,26 @@ void complete_ldmatrix(Warp& w, int mode, uint32_t warp_id) {
 // (layout type 0) is modelled; its 8 x 16-byte core matrices are placed by
 //   K-major  (trans_b 0): B[k][n] at start + (n/8) SBO + (n%8) 16 + (k/8) LBO + (k%8) 2
 //   MN-major (trans_b 1): B[k][n] at start + (n/8) SBO + (n%8) 2  + (k/8) LBO + (k%8) 16
-// Each 16-byte core-matrix row is read as a shared access of lane 0 (memcheck, initcheck,
-// racecheck), and must have been written before its writer's last fence.proxy.async (synccheck).
-// The sum is computed as complete_mma's: exact products, k order, one rounding to f32.
-// mode = N | trans_b << 8 | bf16 << 9; in = {a0..a3, desc lo, desc hi, acc lo, acc hi, scale_d}.
+// In the SS form A (64 x 16) comes from shared memory too, K-major through its own descriptor
+// (in[0..1]), warp w reading rows 16w .. 16w+15: A[m][k] at start + (m/8) SBO + (m%8) 16 + (k/8) LBO
+// + (k%8) 2. Each 16-byte core-matrix row is read as a shared access of lane 0 (memcheck,
+// initcheck, racecheck), and must have been written before its writer's last fence.proxy.async
+// (synccheck). The sum is computed as complete_mma's: exact products, k order, one rounding to f32.
+// mode = N | trans_b << 8 | bf16 << 9 | ss << 10;
+// in = {a0..a3 (SS: desc_a lo, hi, 0, 0), desc lo, desc hi, acc lo, acc hi, scale_d}.
 void complete_wgmma(Warp& w, int mode, uint32_t warp_id) {
     const int n = mode & 0xff;
-    const bool trans = (mode >> 8) & 1, bf16 = (mode >> 9) & 1;
+    const bool trans = (mode >> 8) & 1, bf16 = (mode >> 9) & 1, ss = (mode >> 10) & 1;
     auto cvt = [bf16](uint32_t bits) { return bf16 ? bf16_bits_to_f32(bits) : f16_bits_to_f32(bits); };
-    uint64_t desc;
+    uint64_t desc, desc_a = 0;
     memcpy(&desc, &w.in[0][4], 8);
+    if (ss) memcpy(&desc_a, &w.in[0][0], 8);
     const uint32_t scale_d = w.in[0][8];
     for (int lane = 1; lane < 32; ++lane) {
-        uint64_t other;
+        uint64_t other, other_a = 0;
         memcpy(&other, &w.in[lane][4], 8);
-        if (other != desc || w.in[lane][8] != scale_d) {
+        if (ss) memcpy(&other_a, &w.in[lane][0], 8);
+        if (other != desc || other_a != desc_a || w.in[lane][8] != scale_d) {
             report("synccheck", "lanes of warp %u give wgmma.mma_async different descriptors or scale-d (lane %d)",
                    warp_id, lane);
             abort_launch();
@@ -529,62 +534,82 @@ void complete_wgmma(Warp& w, int mode, uint32_t warp_id) {
     {  // every warp of the warpgroup issues the same sequence of wgmma instructions
         auto& log = L->wgmma_log[warp_id / 4];
         const size_t idx = L->wgmma_issued[warp_id]++;
-        if (idx == log.size()) log.emplace_back(desc, mode);
-        else if (log[idx] != std::make_pair(desc, mode)) {
+        const uint64_t key = desc ^ (desc_a * 0x9e3779b97f4a7c15ull);
+        if (idx == log.size()) log.emplace_back(key, mode);
+        else if (log[idx] != std::make_pair(key, mode)) {
             report("synccheck", "warp %u's wgmma.mma_async #%zu differs from its warpgroup's (descriptor or shape)",
                    warp_id, idx);
             abort_launch();
         }
     }
-    const size_t start = (desc & 0x3fffu) << 4, lbo = ((desc >> 16) & 0x3fffu) << 4,
-                 sbo = ((desc >> 32) & 0x3fffu) << 4;
-    if ((desc >> 62) != 0 || ((desc >> 49) & 7u) != 0) {
-        report("memcheck", "wgmma descriptor %#llx: the emulator models only the no-swizzle layout, base offset 0",
-               (unsigned long long)desc);
-        abort_launch();
-    }
-    // B, read by 16-byte core-matrix rows: (n, k half) rows when K-major, (k, n group) when MN-major.
-    float B[16][128];
+    for (uint64_t d : {desc, desc_a})
+        if ((d >> 62) != 0 || ((d >> 49) & 7u) != 0) {
+            report("memcheck", "wgmma descriptor %#llx: the emulator models only the no-swizzle layout, base offset 0",
+                   (unsigned long long)d);
+            abort_launch();
+        }
     Thread* me = T;
     Thread* lane0 = &L->threads[warp_id * 32];
     std::vector<std::pair<size_t, std::vector<unsigned char>>> rows;
-    for (int outer = 0; outer < (trans ? 16 : n); ++outer)
-        for (int half = 0; half < (trans ? n / 8 : 2); ++half) {
-            const size_t off = trans ? start + half * sbo + (outer / 8) * lbo + (outer % 8) * 16
-                                     : start + (outer / 8) * sbo + (outer % 8) * 16 + half * lbo;
-            if (off + 16 > STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED) {
-                report("memcheck", "wgmma descriptor %#llx reads past shared memory (offset %zu)",
-                       (unsigned long long)desc, off);
-                abort_launch();
-            }
-            T = lane0;
-            shared_access((uintptr_t)L->smem + off, 16, false, true);
-            T = me;
-            if (L->checks & CHECK_SYNC)
-                for (size_t i = 0; i < 16; ++i) {
-                    const ShadowByte& s = g_shadow[off + i];
-                    if (s.init_gen == g_block_gen && s.w_tid < L->n_threads &&
-                        L->threads[s.w_tid].proxy_fences <= s.w_pfence) {
-                        report("synccheck", "wgmma.mma_async reads shared offset %zu, written by thread %u with no "
-                               "fence.proxy.async after the write", off + i, s.w_tid);
-                        abort_launch();
-                    }
+    // One 16-byte core-matrix row at shared offset `off`: checked, recorded, its 8 elements returned.
+    auto read_row = [&](uint64_t d, size_t off, uint16_t (&v)[8]) {
+        if (off + 16 > STATIC_SHARED_CAP + MAX_DYNAMIC_SHARED) {
+            report("memcheck", "wgmma descriptor %#llx reads past shared memory (offset %zu)", (unsigned long long)d,
+                   off);
+            abort_launch();
+        }
+        T = lane0;
+        shared_access((uintptr_t)L->smem + off, 16, false, true);
+        T = me;
+        if (L->checks & CHECK_SYNC)
+            for (size_t i = 0; i < 16; ++i) {
+                const ShadowByte& s = g_shadow[off + i];
+                if (s.init_gen == g_block_gen && s.w_tid < L->n_threads &&
+                    L->threads[s.w_tid].proxy_fences <= s.w_pfence) {
+                    report("synccheck", "wgmma.mma_async reads shared offset %zu, written by thread %u with no "
+                           "fence.proxy.async after the write", off + i, s.w_tid);
+                    abort_launch();
                 }
-            uint16_t v[8];
-            memcpy(v, L->smem + off, 16);
-            rows.emplace_back(off, std::vector<unsigned char>(L->smem + off, L->smem + off + 16));
-            for (int e = 0; e < 8; ++e) {
-                const int k = trans ? outer : 8 * half + e, col = trans ? 8 * half + e : outer;
-                B[k][col] = cvt(v[e]);
+            }
+        memcpy(v, L->smem + off, 16);
+        rows.emplace_back(off, std::vector<unsigned char>(L->smem + off, L->smem + off + 16));
+    };
+    auto field = [](uint64_t d, int shift) { return (size_t)((d >> shift) & 0x3fffu) << 4; };
+    // B, read by 16-byte core-matrix rows: (n, k half) rows when K-major, (k, n group) when MN-major.
+    float B[16][128];
+    {
+        const size_t start = field(desc, 0), lbo = field(desc, 16), sbo = field(desc, 32);
+        for (int outer = 0; outer < (trans ? 16 : n); ++outer)
+            for (int half = 0; half < (trans ? n / 8 : 2); ++half) {
+                uint16_t v[8];
+                read_row(desc, trans ? start + half * sbo + (outer / 8) * lbo + (outer % 8) * 16
+                                     : start + (outer / 8) * sbo + (outer % 8) * 16 + half * lbo, v);
+                for (int e = 0; e < 8; ++e) {
+                    const int k = trans ? outer : 8 * half + e, col = trans ? 8 * half + e : outer;
+                    B[k][col] = cvt(v[e]);
+                }
+            }
+    }
+    // A: this warp's 16 rows, from its registers or (SS) by (row, k half) core-matrix rows.
+    float A[16][16];
+    if (ss) {
+        const size_t start = field(desc_a, 0), lbo = field(desc_a, 16), sbo = field(desc_a, 32);
+        for (int r = 0; r < 16; ++r) {
+            const int m = 16 * (int)(warp_id % 4) + r;
+            for (int half = 0; half < 2; ++half) {
+                uint16_t v[8];
+                read_row(desc_a, start + (m / 8) * sbo + (m % 8) * 16 + half * lbo, v);
+                for (int e = 0; e < 8; ++e) A[r][8 * half + e] = cvt(v[e]);
             }
         }
-    float A[16][16];
-    for (int lane = 0; lane < 32; ++lane) {
-        const int g = lane / 4, t = lane % 4;
-        for (int reg = 0; reg < 4; ++reg) {
-            const int row = g + ((reg & 1) ? 8 : 0), col = 2 * t + ((reg & 2) ? 8 : 0);
-            A[row][col] = cvt(w.in[lane][reg] & 0xffffu);
-            A[row][col + 1] = cvt(w.in[lane][reg] >> 16);
+    } else {
+        for (int lane = 0; lane < 32; ++lane) {
+            const int g = lane / 4, t = lane % 4;
+            for (int reg = 0; reg < 4; ++reg) {
+                const int row = g + ((reg & 1) ? 8 : 0), col = 2 * t + ((reg & 2) ? 8 : 0);
+                A[row][col] = cvt(w.in[lane][reg] & 0xffffu);
+                A[row][col + 1] = cvt(w.in[lane][reg] >> 16);
+            }
         }
     }
     for (int lane = 0; lane < 32; ++lane) {
@@ -979,7 +1004,7 @@ void wgmma_fence() { T->wgmma_fenced = true; }
 void wgmma_commit() { ++T->wgmma_commits; }
 void fence_proxy_async() { ++T->proxy_fences; }
 
-void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
+static void wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, int mode) {
     if (!L || L->aborted) return;
     if ((L->checks & CHECK_SYNC) && !T->wgmma_fenced) {
         report("synccheck", "wgmma.mma_async with no wgmma.fence since the thread's last wgmma.wait_group (or start)");
@@ -988,8 +1013,15 @@ void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool acc
     uint32_t in[10] = {a[0], a[1], a[2], a[3], 0, 0, 0, 0, accumulate ? 1u : 0u, 0};
     memcpy(in + 4, &desc_b, 8);
     memcpy(in + 6, &d, sizeof d);
-    warp_collective(OP_WGMMA, 0xffffffffu, n | (trans_b ? 256 : 0) | (bf16 ? 512 : 0), 32, 0, in, 10);
+    warp_collective(OP_WGMMA, 0xffffffffu, n | mode, 32, 0, in, 10);
     for (int i = 0; i < n / 2; ++i) d[i] = NAN;  // the registers hold the result only after the wait
+}
+void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
+    wgmma(d, n, a, desc_b, accumulate, (trans_b ? 256 : 0) | (bf16 ? 512 : 0));
+}
+void wgmma_ss(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
+    const uint32_t a[4] = {(uint32_t)desc_a, (uint32_t)(desc_a >> 32), 0, 0};
+    wgmma(d, n, a, desc_b, accumulate, (trans_b ? 256 : 0) | (bf16 ? 512 : 0) | 1024);
 }
 
 // Completes the wgmma groups committed before the newest `pending`: their results land in the

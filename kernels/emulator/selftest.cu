@@ -193,11 +193,14 @@ PREFK_KERNEL(emu_test_cp_async, EmuTestParams, 32) {
 // in a no-swizzle core-matrix placement other than the attention kernel's:
 //   K-major (bit 1 clear): core (n / 8, k / 8) at (k / 8) (N / 8) 128 + (n / 8) 128: LBO 16 N, SBO 128;
 //   MN-major (bit 1 set):  core (k / 8, n / 8) at (n / 8) 256 + (k / 8) 128:           LBO 128, SBO 256.
-// mode bit 0: f16 (else bf16); bit 2: N = 128 (else 64); bits 8+: a planted fault: 1 no
+// mode bit 0: f16 (else bf16); bit 2: N = 128 (else 64); bit 3: the SS form with N = 32, A in
+// shared memory too (core (m / 8, k / 8) at (k / 8) 1024 + (m / 8) 128: LBO 1024, SBO 128); bits
+// 8+: a planted fault: 1 no
 // fence.proxy.async, 2 D read before wgmma.wait_group, 3 no wgmma.fence, 4 B overwritten before
 // the wait, 5 warp 1 gives another descriptor, 6 scale-d = 0 (D = A B, C ignored).
-template <int N, bool TRANS, typename T> void emu_wgmma_case(const EmuTestParams& p) {
+template <int N, bool TRANS, typename T, bool SS = false> void emu_wgmma_case(const EmuTestParams& p) {
     PREFK_SHARED_ARRAY(uint16_t, bs, 16 * 128);
+    PREFK_SHARED_ARRAY(uint16_t, as, 64 * 16);
     const uint16_t* A = reinterpret_cast<const uint16_t*>(p.in);
     const uint16_t* B = A + 64 * 16;
     const float* C = reinterpret_cast<const float*>(B + 16 * N);
@@ -210,6 +213,11 @@ template <int N, bool TRANS, typename T> void emu_wgmma_case(const EmuTestParams
                               : (k / 8) * (N / 8) * 64 + (n / 8) * 64 + (n % 8) * 8 + k % 8;
         bs[off] = B[k * N + n];
     }
+    if (SS)
+        for (int e = t; e < 64 * 16; e += 128) {
+            const int m = e / 16, k = e % 16;
+            as[(k / 8) * 512 + (m / 8) * 64 + (m % 8) * 8 + k % 8] = A[e];
+        }
     if (fault != 1) fence_proxy_async_shared();
     __syncthreads();
     uint32_t a[4];
@@ -221,7 +229,8 @@ template <int N, bool TRANS, typename T> void emu_wgmma_case(const EmuTestParams
     for (int i = 0; i < N / 2; ++i) d[i] = C[(16 * w + g + ((i & 2) ? 8 : 0)) * N + 8 * (i / 4) + 2 * q + (i & 1)];
     const uint64_t desc = wgmma_desc(bs + (fault == 5 && w == 1 ? 8 : 0), lbo, sbo);
     if (fault != 3) wgmma_fence();
-    wgmma_m64k16<N, TRANS, T>(d, a, desc, fault != 6);
+    if constexpr (SS) wgmma_m64k16_ss<N, TRANS, T>(d, wgmma_desc(as, 1024, 128), desc, fault != 6);
+    else wgmma_m64k16<N, TRANS, T>(d, a, desc, fault != 6);
     wgmma_commit();
     if (fault == 4 && t == 0) bs[3] = 0;
     if (fault != 2) wgmma_wait<0>();
@@ -231,6 +240,11 @@ template <int N, bool TRANS, typename T> void emu_wgmma_case(const EmuTestParams
 }
 PREFK_KERNEL(emu_test_wgmma, EmuTestParams, 128) {
     const bool f16 = p.mode & 1, trans = p.mode & 2, wide = p.mode & 4;
+    if (p.mode & 8) {
+        if (trans) f16 ? emu_wgmma_case<32, true, __half, true>(p) : emu_wgmma_case<32, true, __nv_bfloat16, true>(p);
+        else f16 ? emu_wgmma_case<32, false, __half, true>(p) : emu_wgmma_case<32, false, __nv_bfloat16, true>(p);
+        return;
+    }
     if (!wide && !trans) f16 ? emu_wgmma_case<64, false, __half>(p) : emu_wgmma_case<64, false, __nv_bfloat16>(p);
     if (!wide && trans) f16 ? emu_wgmma_case<64, true, __half>(p) : emu_wgmma_case<64, true, __nv_bfloat16>(p);
     if (wide && !trans) f16 ? emu_wgmma_case<128, false, __half>(p) : emu_wgmma_case<128, false, __nv_bfloat16>(p);

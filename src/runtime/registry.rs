@@ -126,6 +126,8 @@ pub(crate) enum AttnKernel {
     ForwardV3,
     /// dQ v3 (sm_90a): dQ v2's loop with its three GEMMs on wgmma (built empty elsewhere).
     BackwardDqV3,
+    /// dK/dV v3 (sm_90a): dK/dV v2's loop with its four GEMMs on wgmma (built empty elsewhere).
+    BackwardDkDvV3,
 }
 
 /// Name of an attention entry point.
@@ -140,6 +142,7 @@ pub(crate) fn shared_prefix_attention(kind: AttnKernel, dtype: DType, head_dim: 
         AttnKernel::BackwardDqV2 => "bwd_dq_v2",
         AttnKernel::ForwardV3 => "fwd_v3",
         AttnKernel::BackwardDqV3 => "bwd_dq_v3",
+        AttnKernel::BackwardDkDvV3 => "bwd_dkdv_v3",
     };
     format!("shared_prefix_attention_{k}_{}_d{head_dim}", dtype.name())
 }
@@ -175,6 +178,8 @@ pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
         AttnKernel::ForwardV3 => (ATTN_BR + 4 * ATTN_BR) * head_dim as u32 * 2,
         // Q and dO, then K twice and V once, unpadded.
         AttnKernel::BackwardDqV3 => (2 * ATTN_BR + 3 * ATTN_BR) * head_dim as u32 * 2,
+        // K and V, then Q and dO chunks twice, unpadded, and the chunk's lse / delta.
+        AttnKernel::BackwardDkDvV3 => (2 * ATTN_BR + 4 * ATTN_BQ) * head_dim as u32 * 2 + 2 * ATTN_BQ * 4,
     }
 }
 
@@ -239,6 +244,7 @@ fn build() -> Vec<KernelSpec> {
                 AttnKernel::BackwardDqV2,
                 AttnKernel::ForwardV3,
                 AttnKernel::BackwardDqV3,
+                AttnKernel::BackwardDkDvV3,
             ] {
                 let threads = if kind == AttnKernel::BackwardPre { ATTN_PRE_THREADS } else { ATTN_THREADS };
                 add(
@@ -281,7 +287,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), all.len());
         // token_logprobs: 5 forward/backward kinds x 2 row groups x 6 (dtype, index), 6 top-k.
-        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 36 + 4 + 1 + 7 + 6);
+        assert_eq!(all.len(), 66 + 48 + 2 + 2 + 1 + 40 + 4 + 1 + 7 + 6);
         for (m, _) in crate::kernels::MODULES {
             assert!(module_kernels(m).count() > 0, "{m}");
         }
@@ -315,6 +321,8 @@ mod tests {
         assert_eq!(attn_smem(AttnKernel::ForwardV3, 128), 81920);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV3, 64), 40960);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV3, 128), 81920);
+        assert_eq!(attn_smem(AttnKernel::BackwardDkDvV3, 64), 33024);
+        assert_eq!(attn_smem(AttnKernel::BackwardDkDvV3, 128), 65792);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 64), 46080);
         assert_eq!(attn_smem(AttnKernel::BackwardDqV2, 128), 87040);
         assert_eq!(attn_smem(AttnKernel::BackwardDkDvV2, 64), 37120);

@@ -14,16 +14,16 @@ use crate::runtime::Gpu;
 /// Which attention kernels run. v1: the first, correctness-first kernels. v2 (the default):
 /// cp.async double-buffered streamed operands (K/V tiles in the forward and dQ, Q/dO chunks in
 /// dK/dV), ldmatrix fragments, and an unmasked-tile fast path in the forward and dQ. Both give
-/// the same bits. v3 (sm_90 only, opt-in until a GPU run measures it against v2): the forward's
-/// and dQ's GEMMs on wgmma (Hopper's warpgroup MMA), dK/dV v2's; its values match v2's within
-/// the kernels' tolerance, its bits may differ on a GPU (wgmma's summation order).
+/// the same bits. v3 (sm_90 only, opt-in until a GPU run measures it against v2): v2's loops with
+/// every GEMM on wgmma (Hopper's warpgroup MMA); its values match v2's within the kernels'
+/// tolerance, its bits may differ on a GPU (wgmma's summation order).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttnVersion {
     /// Version 1.
     V1,
     /// Version 2.
     V2,
-    /// Version 3 (sm_90: H100, H200).
+    /// Version 3 (sm_90: H100, H200): wgmma.
     V3,
 }
 
@@ -275,7 +275,7 @@ impl Gpu {
     }
 
     /// [`Gpu::shared_prefix_attention_backward_raw`] with the kernel version named (v1 and v2 the
-    /// same bits; v3 runs its dQ on wgmma, dK/dV v2's, and errors unless [`Gpu::has_wgmma`]).
+    /// same bits; v3 errors unless [`Gpu::has_wgmma`]).
     ///
     /// # Safety
     /// As [`Gpu::shared_prefix_attention_backward_raw`].
@@ -326,7 +326,7 @@ impl Gpu {
                 ensure(self.has_wgmma(), "PREF_KERNELS_ATTN", || {
                     "v3 runs on sm_90 (H100/H200) with kernels built for sm_90a; use v2 here".into()
                 })?;
-                (AttnKernel::BackwardDkDvV2, AttnKernel::BackwardDqV3)
+                (AttnKernel::BackwardDkDvV3, AttnKernel::BackwardDqV3)
             }
         };
         // SAFETY: forwarded to the caller.

@@ -320,8 +320,8 @@ fn v2_equals_v1<T: AttnElement>(gpu: &Gpu, seed: u64, groups: Groups, shape: Att
     assert!(backward(AttnVersion::V2) == b2, "v2 backward run to run");
 }
 
-/// The v3 kernels (forward and dQ on wgmma; dK/dV v2's) against the f64 references with the
-/// derived rounding bounds, on poisoned outputs, bitwise run to run. Where the kernels run
+/// The v3 kernels (every GEMM on wgmma; dK/dV's S^T and dP^T in the SS form) against the f64
+/// references with the derived rounding bounds, on poisoned outputs, bitwise run to run. Where the kernels run
 /// emulated (the emulator, the stand-in) the wgmma model sums as the mma.sync model does, so v3
 /// must give v2's bits there: a misplaced descriptor offset or fragment would not. On a GPU
 /// without sm_90a code, v3 must be refused.
@@ -503,7 +503,7 @@ pub fn cases() -> Vec<Case> {
             )
         }),
         case("attn_v2_d64_rows_independent_of_batch_position", rows_independent_of_batch_position),
-        // v3 (forward and dQ on wgmma): both head dims and dtypes, GQA, masked and unmasked key tiles in
+        // v3 (wgmma): both head dims and dtypes, GQA, masked and unmasked key tiles in
         // both ranges, partial tiles, a group without a prefix and empty responses.
         case("attn_v3_bf16_d128_gqa_long_prefix", |g, s| {
             v3_attention::<bf16>(
