@@ -215,6 +215,12 @@ fn gencode_flags(archs: &str) -> Vec<String> {
         .collect();
     list.sort_unstable();
     list.dedup();
+    // sm_90 and sm_90a SASS in one fatbin would leave the driver's pick between them open, and
+    // the wgmma kernels are empty in the plain one.
+    assert!(
+        !(list.iter().any(|(_, a)| a == "90") && list.iter().any(|(_, a)| a == "90a")),
+        "PREF_KERNELS_CUDA_ARCHS lists both 90 and 90a: keep one (90a runs on every 9.0 part)"
+    );
     let newest = list.last().expect("PREF_KERNELS_CUDA_ARCHS is empty").1.clone();
     let mut flags: Vec<String> =
         list.iter().map(|(_, a)| format!("-gencode=arch=compute_{a},code=sm_{a}")).collect();
@@ -303,6 +309,13 @@ fn main() {
         Some(nvcc) => {
             let archs = env::var("PREF_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| "80;90a;100".into());
             let gencode = gencode_flags(&archs);
+            // `;`-separated, as the crate reads it back (kernels::ARCHS).
+            let archs = archs
+                .split([';', ',', ' '])
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(";");
             let results: Vec<(PathBuf, PathBuf, String)> = std::thread::scope(|s| {
                 let handles: Vec<_> = sources
                     .iter()

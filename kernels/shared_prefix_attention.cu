@@ -853,7 +853,7 @@ __device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
 
 // ---- forward v3 (sm_90a): both GEMMs on wgmma -----------------------------------------------------------
 // v2's loop for one warpgroup (the CTA's 4 warps, 64 query rows of a plan tile): S = Q K^T is
-// wgmma.m64n64k16 with Q's fragments in registers (loaded once) and K by descriptor; O += P V is
+// wgmma.m64n64k16 with Q's fragments in registers (ldmatrix per tile) and K by descriptor; O += P V is
 // wgmma.m64nDk16 with P in registers (the S accumulators rounded to T: wgmma's D layout is mma's C
 // per 8-column block, so v2's mask and online softmax run on it unchanged) and V by descriptor,
 // transposed. K/V tiles are double-buffered with cp.async as in v2, into the no-swizzle
@@ -891,7 +891,8 @@ __device__ __forceinline__ void ldsm_a_core(uint32_t (&a)[D / 16][4], const T* s
 }
 // acc (64 x N, this warp's 16 rows) (+)= A (registers, D / 16 k-steps) * B^T, B an N x D
 // core-layout tile (K-major: each row's D elements contiguous), one wgmma per k-step, the first
-// overwriting (scale-d = 0) unless `accumulate`. Issued only: the caller commits and waits.
+// overwriting (scale-d = 0) unless `accumulate`. Issued only: the caller fences (after writing
+// `a`), commits and waits.
 template <typename T, int D, int N>
 __device__ __forceinline__ void wgmma_abt(float (&acc)[N / 2], const uint32_t (&a)[D / 16][4], const T* b,
                                           bool accumulate) {
@@ -908,12 +909,14 @@ __device__ __forceinline__ void wgmma_abt_ss(float (&acc)[N / 2], const T* a, co
                                      wgmma_desc(b + ks * 2 * 64, 128, 16 * D), ks > 0);
 }
 // acc (64 x D) += C (this warp's 16 x K scores, rounded to T) * B, B a K x D core-layout tile
-// (MN-major: D contiguous), one wgmma per 16 rows of B. Issued only.
+// (MN-major: D contiguous), one wgmma per 16 rows of B. Issued only, after its own wgmma.fence:
+// the A fragments it packs are register writes that the fence must follow.
 template <typename T, int D, int K = BC>
 __device__ __forceinline__ void wgmma_cb(float (&acc)[D / 2], const float (&c)[K / 8][4], const T* b) {
     uint32_t pa[K / 16][4];
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk) frag_a_from_c<T, K / 8>(pa[kk], c, kk);
+    wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk) wgmma_m64k16<D, true, T>(acc, pa[kk], wgmma_desc(b + kk * 16 * D, 16 * D, 128), true);
 }
@@ -954,10 +957,8 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
     cp_async_commit();
     if (total > 0) issue(0);
     cp_async_commit();
-    cp_async_wait<1>();  // Q (its fragments go to registers once; ldmatrix is a generic-proxy read)
+    cp_async_wait<1>();  // Q (read by ldmatrix, a generic-proxy read: no proxy fence)
     __syncthreads();
-    uint32_t qa[D / 16][4];
-    ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
 
     float o[DN][4] = {};
     float(&of)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(o);
@@ -974,6 +975,11 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
         const T* vb = Vs + (i & 1) * BC * D;
         float s[NT][4];
         float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
+        // Q's fragments, reloaded per tile: held across the loop, ptxas 13.0 gave their registers
+        // to P (RS wgmma A operands carried around a loop were clobbered at d = 64, found in the
+        // SASS by review), and the reload costs D / 16 ldmatrix per warp per tile.
+        uint32_t qa[D / 16][4];
+        ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
         wgmma_fence();
         wgmma_abt<T, D, BC>(sf, qa, kb, false);  // S = Q K^T
         wgmma_commit();
@@ -982,7 +988,6 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
         scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
         online_softmax<NT, DN>(s, m, l, o);
         wgmma_fence_operand(of);
-        wgmma_fence();
         wgmma_cb<T, D>(of, s, vb);  // O += P V
         wgmma_commit();
         wgmma_wait<0>();
@@ -991,11 +996,13 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
     }
     cp_async_wait<0>();
     write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);
+#else
+    __trap();  // never launched: the host runs v3 only where Gpu::has_wgmma
 #endif
 }
 
 // dQ v3 (sm_90a): dQ v2's loop for one warpgroup on wgmma: S = Q K^T and dP = dO V^T with Q's and
-// dO's fragments in registers (loaded once) and K, V by descriptor (K-major), then dQ += dS K with
+// dO's fragments in registers (ldmatrix per tile) and K, V by descriptor (K-major), then dQ += dS K with
 // dS in registers and K by descriptor (MN-major). K double-buffered, V single as in v2 (tile i + 1's
 // V copies go out once every warp's dP has read tile i's).
 template <typename T, int D> constexpr int dq_v3_smem() { return (2 * BR + 3 * BC) * D * (int)sizeof(T); }
@@ -1035,11 +1042,8 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
         issue(0, false);
     }
     cp_async_commit();
-    cp_async_wait<1>();  // Q and dO
+    cp_async_wait<1>();  // Q and dO (read by ldmatrix: no proxy fence)
     __syncthreads();
-    uint32_t qa[D / 16][4], da[D / 16][4];
-    ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
-    ldsm_a_core<T, D>(da, dOs, warp * 16, lane);
     float dq[DN][4] = {};
     float(&dqf)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(dq);
     for (int i = 0; i < kt.total; ++i) {
@@ -1056,6 +1060,9 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
         float s[NT][4], dp[NT][4];
         float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
         float(&dpf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(dp);
+        uint32_t qa[D / 16][4], da[D / 16][4];  // reloaded per tile, as in the forward (v3)
+        ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
+        ldsm_a_core<T, D>(da, dOs, warp * 16, lane);
         wgmma_fence();
         wgmma_abt<T, D, BC>(sf, qa, kb, false);   // S = Q K^T
         wgmma_abt<T, D, BC>(dpf, da, Vs, false);  // dP = dO V^T
@@ -1069,7 +1076,6 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
         scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
         grad_scores<NT>(s, dp, lse2, delta);
         wgmma_fence_operand(dqf);
-        wgmma_fence();
         wgmma_cb<T, D>(dqf, s, kb);  // dQ += dS K
         wgmma_commit();
         wgmma_wait<0>();
@@ -1078,6 +1084,8 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
     }
     cp_async_wait<0>();
     write_dq<T, D>(p, dq, rows, tl.b, h, tq);
+#else
+    __trap();  // never launched: the host runs v3 only where Gpu::has_wgmma
 #endif
 }
 
@@ -1151,7 +1159,6 @@ __device__ void backward_dkdv_v3(const SharedPrefixAttentionParams& p) {
         transposed_grad_scores<NT>(st, dpt, keys, r, tl, lo2, lse_s, delta_s, scale2, tq);
         wgmma_fence_operand(dvf);
         wgmma_fence_operand(dkf);
-        wgmma_fence();
         wgmma_cb<T, D, BQ>(dvf, st, dob);  // dV += P^T dO
         wgmma_cb<T, D, BQ>(dkf, dpt, qb);  // dK += dS^T Q
         wgmma_commit();
@@ -1162,6 +1169,8 @@ __device__ void backward_dkdv_v3(const SharedPrefixAttentionParams& p) {
     }
     cp_async_wait<0>();
     write_dk_dv<T, D>(p, dk, dv, keys, tl.b, kvh, tq);
+#else
+    __trap();  // never launched: the host runs v3 only where Gpu::has_wgmma
 #endif
 }
 

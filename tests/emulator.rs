@@ -486,7 +486,8 @@ fn spin_waits_are_reported_and_init_state_survives_check_settings() {
 /// and B's core-matrix placement from the PTX ISA's tables (which CUTLASS's CuTe layouts
 /// `ALayout_64x16`, `CLayout_64xN` and `make_gmma_desc` agree with), with byte offsets other than
 /// the attention kernel's. Then the planted faults: no proxy fence, D read before the wait, no
-/// wgmma.fence, B overwritten in flight, warps of one warpgroup disagreeing, and scale-d = 0.
+/// wgmma.fence, B overwritten in flight, warps of one warpgroup disagreeing or one missing, an
+/// accumulator written in flight, and scale-d = 0.
 #[test]
 fn wgmma_matches_a_matrix_product_and_its_faults_are_caught() {
     if skip_without_emulator() {
@@ -563,6 +564,8 @@ fn wgmma_matches_a_matrix_product_and_its_faults_are_caught() {
         (3, "synccheck", "wgmma.fence"),
         (4, "racecheck", "shared offset"),
         (5, "synccheck", "differs from its warpgroup"),
+        (7, "synccheck", "warp 1 issued 0 wgmma.mma_async"),
+        (8, "synccheck", "written before its wgmma.wait_group"),
     ] {
         let rep = report_of(run_case(fault << 8 | 4, 9).0);
         assert!(rep.contains(checker) && rep.contains(what), "fault {fault}: {rep}");

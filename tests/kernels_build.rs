@@ -48,6 +48,19 @@ fn no_kernel_spills_registers() {
     }
 }
 
+/// ptxas's wgmma advisories (C75xx: a wgmma pipeline serialized, or a `warpgroup.arrive` it had
+/// to inject because registers were written after the kernel's `wgmma.fence`) are info lines,
+/// which `--Werror` does not catch: each one means a kernel whose wgmma code is not as written.
+#[test]
+fn no_wgmma_pipeline_is_serialized_or_patched_by_ptxas() {
+    for line in kernels::PTXAS_REPORT.lines() {
+        let advisory = ["C7510", "C7515", "C7519", "C7520"].iter().any(|c| line.contains(c))
+            || line.contains("wgmma.mma_async instructions are serialized")
+            || line.contains("warpgroup.arrive is injected");
+        assert!(!advisory, "ptxas wgmma advisory: {line}");
+    }
+}
+
 #[test]
 fn gpu_handle_is_an_error_not_a_panic_without_a_gpu() {
     let r = std::panic::catch_unwind(|| pref_kernels::Gpu::new(0).map(|_| ()));

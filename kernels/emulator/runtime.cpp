@@ -135,10 +135,17 @@ struct AsyncCopy {
 struct WgmmaInFlight {
     float* acc;
     int n_acc;
-    uint64_t group;
+    uint64_t group;  // the newest group of the wgmmas chained into these accumulators
     float d[64];
-    std::vector<std::pair<size_t, std::vector<unsigned char>>> b_rows;  // (shared offset, 16 bytes read)
 };
+// The shared bytes one wgmma read (lane 0 keeps them), checked unchanged when its group completes.
+struct WgmmaReads {
+    uint64_t group;
+    std::vector<std::pair<size_t, std::vector<unsigned char>>> rows;  // (shared offset, 16 bytes read)
+};
+// Accumulators of an in-flight wgmma hold this NaN until its wait; any other value then means
+// the kernel wrote them in flight.
+constexpr uint32_t WGMMA_POISON = 0x7fc0beefu;
 
 struct Thread {
     uint32_t tid;  // linear thread index in the block
@@ -148,6 +155,7 @@ struct Thread {
     std::vector<AsyncCopy> async;  // issued cp.async copies not yet complete
     uint64_t async_commits;        // cp.async groups committed so far
     std::vector<WgmmaInFlight> wgmma;  // issued wgmma.mma_async not yet waited for
+    std::vector<WgmmaReads> wgmma_reads;  // lane 0: the shared bytes of those
     uint64_t wgmma_commits;            // wgmma groups committed so far
     bool wgmma_fenced;                 // a wgmma.fence since the last wgmma.wait_group
     uint32_t proxy_fences;             // fence.proxy.async executed so far
@@ -381,6 +389,7 @@ void run_block() {
         t.async.clear();
         t.async_commits = 0;
         t.wgmma.clear();
+        t.wgmma_reads.clear();
         t.wgmma_commits = 0;
         t.wgmma_fenced = false;
         t.proxy_fences = 0;
@@ -402,6 +411,14 @@ void run_block() {
             L->aborted = true;
         }
     }
+    // wgmma is warpgroup-wide: every warp of a warpgroup must have issued the same ones.
+    if (!L->aborted && (L->checks & CHECK_SYNC))
+        for (size_t w = 0; w < L->warps.size(); ++w)
+            if (L->wgmma_issued[w] != L->wgmma_log[w / 4].size()) {
+                report("synccheck", "warp %zu issued %zu wgmma.mma_async, its warpgroup %zu", w, L->wgmma_issued[w],
+                       L->wgmma_log[w / 4].size());
+                break;
+            }
 }
 
 // ---- warp collectives ---------------------------------------------------------------------------------
@@ -627,7 +644,7 @@ void complete_wgmma(Warp& w, int mode, uint32_t warp_id) {
         float C[64];
         for (int i = 0; i < n / 2; ++i) C[i] = !scale_d ? 0.f : rec ? rec->d[i] : acc[i];
         if (!rec) {
-            th.wgmma.push_back(WgmmaInFlight{acc, n / 2, 0, {}, {}});
+            th.wgmma.push_back(WgmmaInFlight{acc, n / 2, 0, {}});
             rec = &th.wgmma.back();
         }
         rec->group = th.wgmma_commits;
@@ -638,8 +655,7 @@ void complete_wgmma(Warp& w, int mode, uint32_t warp_id) {
             for (int k = 0; k < 16; ++k) sum += (double)A[row][k] * (double)B[k][col];
             rec->d[i] = (float)(sum + (double)C[i]);
         }
-        if (lane == 0)
-            for (auto& r : rows) rec->b_rows.push_back(std::move(r));
+        if (lane == 0) th.wgmma_reads.push_back(WgmmaReads{th.wgmma_commits, std::move(rows)});
     }
 }
 
@@ -1014,7 +1030,7 @@ static void wgmma(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool
     memcpy(in + 4, &desc_b, 8);
     memcpy(in + 6, &d, sizeof d);
     warp_collective(OP_WGMMA, 0xffffffffu, n | mode, 32, 0, in, 10);
-    for (int i = 0; i < n / 2; ++i) d[i] = NAN;  // the registers hold the result only after the wait
+    for (int i = 0; i < n / 2; ++i) memcpy(&d[i], &WGMMA_POISON, 4);  // the result lands at the wait
 }
 void wgmma_rs(float* d, int n, const uint32_t (&a)[4], uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
     wgmma(d, n, a, desc_b, accumulate, (trans_b ? 256 : 0) | (bf16 ? 512 : 0));
@@ -1029,16 +1045,29 @@ void wgmma_ss(float* d, int n, uint64_t desc_a, uint64_t desc_b, bool accumulate
 void wgmma_wait(int pending) {
     Thread* me = T;
     const uint64_t done_below = me->wgmma_commits >= (uint64_t)pending ? me->wgmma_commits - pending : 0;
+    std::vector<WgmmaReads> pending_reads;
+    for (WgmmaReads& rd : me->wgmma_reads) {
+        if (rd.group >= done_below) {
+            pending_reads.push_back(std::move(rd));
+            continue;
+        }
+        for (const auto& row : rd.rows)
+            if ((L->checks & CHECK_RACE) && memcmp(L->smem + row.first, row.second.data(), 16) != 0) {
+                report("racecheck", "shared offset %zu, read by a wgmma.mma_async, was overwritten before its "
+                       "wgmma.wait_group", row.first);
+                break;
+            }
+    }
+    me->wgmma_reads.swap(pending_reads);
     std::vector<WgmmaInFlight> keep;
     for (WgmmaInFlight& r : me->wgmma) {
         if (r.group >= done_below) {
             keep.push_back(std::move(r));
             continue;
         }
-        for (const auto& row : r.b_rows)
-            if ((L->checks & CHECK_RACE) && memcmp(L->smem + row.first, row.second.data(), 16) != 0) {
-                report("racecheck", "shared offset %zu, read by a wgmma.mma_async, was overwritten before its "
-                       "wgmma.wait_group", row.first);
+        for (int i = 0; i < r.n_acc; ++i)
+            if ((L->checks & CHECK_SYNC) && memcmp(&r.acc[i], &WGMMA_POISON, 4) != 0) {
+                report("synccheck", "accumulator %d of a wgmma.mma_async was written before its wgmma.wait_group", i);
                 break;
             }
         memcpy(r.acc, r.d, sizeof(float) * r.n_acc);

@@ -197,7 +197,8 @@ PREFK_KERNEL(emu_test_cp_async, EmuTestParams, 32) {
 // shared memory too (core (m / 8, k / 8) at (k / 8) 1024 + (m / 8) 128: LBO 1024, SBO 128); bits
 // 8+: a planted fault: 1 no
 // fence.proxy.async, 2 D read before wgmma.wait_group, 3 no wgmma.fence, 4 B overwritten before
-// the wait, 5 warp 1 gives another descriptor, 6 scale-d = 0 (D = A B, C ignored).
+// the wait, 5 warp 1 gives another descriptor, 6 scale-d = 0 (D = A B, C ignored), 7 warp 1 issues
+// no wgmma, 8 an accumulator written before the wait.
 template <int N, bool TRANS, typename T, bool SS = false> void emu_wgmma_case(const EmuTestParams& p) {
     PREFK_SHARED_ARRAY(uint16_t, bs, 16 * 128);
     PREFK_SHARED_ARRAY(uint16_t, as, 64 * 16);
@@ -230,7 +231,8 @@ template <int N, bool TRANS, typename T, bool SS = false> void emu_wgmma_case(co
     const uint64_t desc = wgmma_desc(bs + (fault == 5 && w == 1 ? 8 : 0), lbo, sbo);
     if (fault != 3) wgmma_fence();
     if constexpr (SS) wgmma_m64k16_ss<N, TRANS, T>(d, wgmma_desc(as, 1024, 128), desc, fault != 6);
-    else wgmma_m64k16<N, TRANS, T>(d, a, desc, fault != 6);
+    else if (!(fault == 7 && w == 1)) wgmma_m64k16<N, TRANS, T>(d, a, desc, fault != 6);
+    if (fault == 8) d[1] = 1.0f;
     wgmma_commit();
     if (fault == 4 && t == 0) bs[3] = 0;
     if (fault != 2) wgmma_wait<0>();
