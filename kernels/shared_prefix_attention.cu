@@ -329,6 +329,31 @@ __device__ __forceinline__ void transposed_grad_scores(float (&st)[NT][4], float
         }
 }
 
+// The dK/dV kernels' query chunks of a key tile starting at key c, in v1's order: chunk j is query
+// head kvh * rep + j / per_head of the GQA group, rows r .. r + BQ from c.
+struct DkDvChunks {
+    int c, kvh, rep, per_head, total;
+    __device__ __forceinline__ void at(int j, int& h, int& r) const {
+        h = kvh * rep + j / per_head;
+        r = c + (j % per_head) * BQ;
+    }
+};
+__device__ __forceinline__ DkDvChunks dkdv_chunks(const Tile& tl, int kvh, int rep) {
+    const int per_head = tl.rows_end > tl.a ? (tl.rows_end - tl.a + BQ - 1) / BQ : 0;
+    return DkDvChunks{tl.a, kvh, rep, per_head, rep * per_head};
+}
+// Stages a chunk's per-row LSE (base 2) and delta in shared memory (0 past rows_end), by the
+// block's first BQ threads.
+__device__ __forceinline__ void stage_chunk_stats(const SharedPrefixAttentionParams& p, int h, int r, int rows_end,
+                                                  float* lse_s, float* delta_s) {
+    if (threadIdx.x < BQ) {
+        const int row = r + threadIdx.x;
+        const bool v = row < rows_end;
+        lse_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + row] * PREFK_LOG2E : 0.f;
+        delta_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + row] : 0.f;
+    }
+}
+
 template <typename T, int D> constexpr int fwd_smem() { return 3 * BR * (D + 8) * (int)sizeof(T); }
 template <typename T, int D> constexpr int dq_smem() { return 4 * BR * (D + 8) * (int)sizeof(T); }
 template <typename T, int D> constexpr int dkdv_smem() { return (2 * BC + 2 * BQ) * (D + 8) * (int)sizeof(T) + 2 * BQ * 4; }
@@ -704,12 +729,7 @@ __device__ void backward_dkdv(const SharedPrefixAttentionParams& p) {
             __syncthreads();  // K/V loaded; the previous chunk is no longer read
             load_rows<T, D, BQ>(Qs, p.q, r, r, tl.rows_end, p.q_heads, h);
             load_rows<T, D, BQ>(dOs, p.dout, r, r, tl.rows_end, p.q_heads, h);
-            if (threadIdx.x < BQ) {
-                const int row = r + threadIdx.x;
-                const bool v = row < tl.rows_end;
-                lse_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + row] * PREFK_LOG2E : 0.f;
-                delta_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + row] : 0.f;
-            }
+            stage_chunk_stats(p, h, r, tl.rows_end, lse_s, delta_s);
             __syncthreads();
             // S^T = K Q^T and dP^T = V dO^T: this warp's 16 keys x 32 query rows.
             float st[NT][4] = {}, dpt[NT][4] = {};
@@ -811,11 +831,11 @@ __device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
     const float scale2 = p.scale * PREFK_LOG2E;
     const int c = tl.a;  // keys [a, b)
     const int keys[2] = {c + warp * 16 + g, c + warp * 16 + g + 8};
-    // Chunks j = (query head hh of the GQA group, rows r .. r + BQ), in v1's order.
-    const int per_head = tl.rows_end > c ? (tl.rows_end - c + BQ - 1) / BQ : 0;
-    const int total = rep * per_head;
+    const DkDvChunks ch = dkdv_chunks(tl, kvh, rep);
+    const int total = ch.total;
     auto issue = [&](int j) {
-        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
+        int h, r;
+        ch.at(j, h, r);
         load_rows_async<T, D, BQ>(Qs + (j & 1) * BQ * LD, p.q, r, r, tl.rows_end, p.q_heads, h);
         load_rows_async<T, D, BQ>(dOs + (j & 1) * BQ * LD, p.dout, r, r, tl.rows_end, p.q_heads, h);
     };
@@ -827,13 +847,9 @@ __device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
     for (int j = 0; j < total; ++j) {
         if (j + 1 < total) issue(j + 1);
         cp_async_commit();
-        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
-        if (threadIdx.x < BQ) {  // lse_s / delta_s were last read in chunk j - 1 (behind its barrier)
-            const int row = r + threadIdx.x;
-            const bool v = row < tl.rows_end;
-            lse_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + row] * PREFK_LOG2E : 0.f;
-            delta_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + row] : 0.f;
-        }
+        int h, r;
+        ch.at(j, h, r);
+        stage_chunk_stats(p, h, r, tl.rows_end, lse_s, delta_s);  // last read in chunk j - 1, behind its barrier
         cp_async_wait<1>();
         __syncthreads();
         const T* qb = Qs + (j & 1) * BQ * LD;
@@ -1116,11 +1132,11 @@ __device__ void backward_dkdv_v3(const SharedPrefixAttentionParams& p) {
     const float scale2 = p.scale * PREFK_LOG2E;
     const int c = tl.a;  // keys [a, b)
     const int keys[2] = {c + warp * 16 + g, c + warp * 16 + g + 8};
-    // Chunks j = (query head hh of the GQA group, rows r .. r + BQ), in v1's order.
-    const int per_head = tl.rows_end > c ? (tl.rows_end - c + BQ - 1) / BQ : 0;
-    const int total = rep * per_head;
+    const DkDvChunks ch = dkdv_chunks(tl, kvh, rep);
+    const int total = ch.total;
     auto issue = [&](int j) {
-        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
+        int h, r;
+        ch.at(j, h, r);
         load_rows_core_async<T, D, BQ>(Qs + (j & 1) * BQ * D, p.q, r, r, tl.rows_end, p.q_heads, h);
         load_rows_core_async<T, D, BQ>(dOs + (j & 1) * BQ * D, p.dout, r, r, tl.rows_end, p.q_heads, h);
     };
@@ -1134,13 +1150,9 @@ __device__ void backward_dkdv_v3(const SharedPrefixAttentionParams& p) {
     for (int j = 0; j < total; ++j) {
         if (j + 1 < total) issue(j + 1);
         cp_async_commit();
-        const int h = kvh * rep + j / per_head, r = c + (j % per_head) * BQ;
-        if (threadIdx.x < BQ) {  // lse_s / delta_s were last read in chunk j - 1 (behind its barrier)
-            const int row = r + threadIdx.x;
-            const bool v = row < tl.rows_end;
-            lse_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.lse)[(int64_t)h * p.n_tokens + row] * PREFK_LOG2E : 0.f;
-            delta_s[threadIdx.x] = v ? reinterpret_cast<const float*>(p.delta)[(int64_t)h * p.n_tokens + row] : 0.f;
-        }
+        int h, r;
+        ch.at(j, h, r);
+        stage_chunk_stats(p, h, r, tl.rows_end, lse_s, delta_s);  // last read in chunk j - 1, behind its barrier
         cp_async_wait<1>();          // K, V (first chunk) and chunk j have landed (this thread's) ...
         fence_proxy_async_shared();  // ... are visible to wgmma ...
         __syncthreads();             // ... and so is every other thread's
