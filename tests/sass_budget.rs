@@ -9,6 +9,10 @@
 //!   documented target (the occupancy is computed for sm_90 from the registers, the block size in
 //!   the kernel registry, and static + dynamic shared memory, with H100's limits).
 //!
+//! And, for the sm_90a wgmma kernels, `scripts/sass_wgmma_hazards.py` must find every HGMMA's A
+//! fragment written by its own iteration's load or packing, and no accumulator touched in flight
+//! (register allocation is ptxas's, out of the emulator's sight).
+//!
 //! Every kernel in the registry must match a budget. Skips (printing why) when the kernels were
 //! not built or cuobjdump is missing, unless `PREF_KERNELS_REQUIRE_SASS=1` (scripts/test.sh sets
 //! it), which turns those into failures. `PREF_KERNELS_SASS_TABLE=1` prints every kernel's numbers.
@@ -389,4 +393,74 @@ fn occupancy_model_matches_known_cases() {
     assert_eq!(blocks_per_sm(32, 128, 69632), 3);
     // Threads bind: 1024-thread blocks, 2 per SM.
     assert_eq!(blocks_per_sm(16, 1024, 0), 2);
+}
+
+/// A loop whose HGMMA reads an A fragment loaded before the loop and overwritten by the packing
+/// of P inside it: the clobber ptxas once produced in the attention v3 (the checker must flag
+/// it), and the same loop reloading the fragment each iteration (it must not).
+const CLOBBER_FIXTURE: &str = "
+\t\tFunction : fixture_clobbered
+        /*0000*/                   LDSM.16.M88.4 R88, [R2] ;                                  /* 0x0000000000000000 */
+        /*0010*/                   WARPGROUP.ARRIVE ;                                         /* 0x0000000000000000 */
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, R88, gdesc[UR4], RZ, !UPT ;   /* 0x0000000000000000 */
+        /*0030*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;                            /* 0x0000000000000000 */
+        /*0040*/                   F2FP.BF16.F32.PACK_AB R88, R25, R24 ;                      /* 0x0000000000000000 */
+        /*0050*/                   F2FP.BF16.F32.PACK_AB R89, R27, R26 ;                      /* 0x0000000000000000 */
+        /*0060*/               @P0 BRA 0x10 ;                                                 /* 0x0000000000000000 */
+        /*0070*/                   EXIT ;                                                     /* 0x0000000000000000 */
+\t\tFunction : fixture_reloaded
+        /*0000*/                   LDSM.16.M88.4 R88, [R2] ;                                  /* 0x0000000000000000 */
+        /*0010*/                   WARPGROUP.ARRIVE ;                                         /* 0x0000000000000000 */
+        /*0020*/                   HGMMA.64x64x16.F32.BF16 R24, R88, gdesc[UR4], RZ, !UPT ;   /* 0x0000000000000000 */
+        /*0030*/                   WARPGROUP.DEPBAR.LE gsb0, 0x0 ;                            /* 0x0000000000000000 */
+        /*0040*/                   F2FP.BF16.F32.PACK_AB R88, R25, R24 ;                      /* 0x0000000000000000 */
+        /*0050*/               @P0 BRA 0x0 ;                                                  /* 0x0000000000000000 */
+        /*0060*/                   EXIT ;                                                     /* 0x0000000000000000 */
+";
+
+/// Runs scripts/sass_wgmma_hazards.py over `sass`; returns (exit success, its output).
+fn wgmma_hazards(python: &str, sass: &str, name: &str) -> (bool, String) {
+    let path = std::env::temp_dir().join(format!("prefk-{}-{name}.sass", std::process::id()));
+    std::fs::write(&path, sass).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/sass_wgmma_hazards.py");
+    let o = Command::new(python).arg(script).arg(&path).output().expect("run python3");
+    let _ = std::fs::remove_file(&path);
+    (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// The wgmma kernels' register hazards that no emulator can see (register allocation is ptxas's):
+/// scripts/sass_wgmma_hazards.py over the sm_90a SASS of every module with an HGMMA, after
+/// checking on a fixture that it flags the clobber it exists for.
+#[test]
+fn wgmma_operands_survive_register_allocation() {
+    if !kernels::built() {
+        return skip_or_fail("the kernels were not built (no nvcc)");
+    }
+    if !kernels::ARCHS.split(';').any(|a| a == "90a") {
+        println!("SKIPPED wgmma hazards: no sm_90a code in this build (ARCHS {})", kernels::ARCHS);
+        return;
+    }
+    let Some(exe) = tool("cuobjdump") else {
+        return skip_or_fail("cuobjdump was not found beside nvcc (scripts/fetch-nvcc.sh installs it)");
+    };
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    if Command::new(&python).arg("--version").output().is_err() {
+        return skip_or_fail("python3 was not found (set PYTHON)");
+    }
+    let (ok, out) = wgmma_hazards(&python, CLOBBER_FIXTURE, "fixture");
+    assert!(!ok && out.contains("fixture_clobbered: A R88") && !out.contains("fixture_reloaded"), "{out}");
+    let mut checked = 0;
+    for (module, bytes) in MODULES {
+        let path = std::env::temp_dir().join(format!("prefk-hz-{}-{module}.fatbin", std::process::id()));
+        std::fs::write(&path, bytes.expect("built")).unwrap();
+        let sass = cuobjdump(&exe, &["-sass", "-arch", "sm_90a"], &path);
+        let _ = std::fs::remove_file(&path);
+        if !sass.contains("HGMMA") {
+            continue;
+        }
+        checked += sass.matches("HGMMA").count();
+        let (ok, out) = wgmma_hazards(&python, &sass, module);
+        assert!(ok, "wgmma register hazards in {module}'s sm_90a SASS:\n{out}");
+    }
+    assert!(checked > 0, "no HGMMA found in the sm_90a SASS (the v3 attention kernels use it)");
 }
