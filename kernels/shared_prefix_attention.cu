@@ -867,12 +867,13 @@ __device__ void backward_dkdv_v2(const SharedPrefixAttentionParams& p) {
 }
 
 
-// ---- forward v3 (sm_90a): both GEMMs on wgmma -----------------------------------------------------------
+// ---- v3 (sm_90a): every GEMM on wgmma -------------------------------------------------------------------
 // v2's loop for one warpgroup (the CTA's 4 warps, 64 query rows of a plan tile): S = Q K^T is
 // wgmma.m64n64k16 with Q's fragments in registers (ldmatrix per tile) and K by descriptor; O += P V is
 // wgmma.m64nDk16 with P in registers (the S accumulators rounded to T: wgmma's D layout is mma's C
 // per 8-column block, so v2's mask and online softmax run on it unchanged) and V by descriptor,
-// transposed. K/V tiles are double-buffered with cp.async as in v2, into the no-swizzle
+// transposed; tile i + 1's S runs while tile i's softmax does (FA3's intra-warpgroup overlap).
+// K/V tiles are double-buffered with cp.async, K one tile ahead of V, into the no-swizzle
 // core-matrix layout wgmma reads: 16-byte chunk c of row r at ((r / 8) (D / 8) + c) 128 + (r % 8) 16
 // bytes, so each 8 x 8 core matrix is 128 contiguous bytes (one layout serves K as a K-major B and
 // V as an MN-major B; only the descriptor's byte offsets differ). cp.async writes go through the
@@ -962,53 +963,82 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
     }
     const WarpRows wr = warp_rows(tl, first, rlo2);
     const KeyTiles kt = key_tiles(tl);
-    auto issue = [&](int i) {
+    // K and V of key tile i go to buffer i & 1 on their own schedules: K one tile ahead of V, since
+    // S = Q K^T of tile i + 1 is issued before tile i's softmax (below).
+    auto issue = [&](int i, bool k_tile) {
         int c, lo, k1;
         kt.at(i, c, lo, k1);
-        load_rows_core_async<T, D, BC>(Ks + (i & 1) * BC * D, p.k, c, lo, k1, p.kv_heads, kvh);
-        load_rows_core_async<T, D, BC>(Vs + (i & 1) * BC * D, p.v, c, lo, k1, p.kv_heads, kvh);
+        if (k_tile) load_rows_core_async<T, D, BC>(Ks + (i & 1) * BC * D, p.k, c, lo, k1, p.kv_heads, kvh);
+        else load_rows_core_async<T, D, BC>(Vs + (i & 1) * BC * D, p.v, c, lo, k1, p.kv_heads, kvh);
     };
-    const int total = kt.total;
-    load_rows_core_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
-    cp_async_commit();
-    if (total > 0) issue(0);
-    cp_async_commit();
-    cp_async_wait<1>();  // Q (read by ldmatrix, a generic-proxy read: no proxy fence)
-    __syncthreads();
-
-    float o[DN][4] = {};
-    float(&of)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(o);
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-    for (int i = 0; i < total; ++i) {
-        if (i + 1 < total) issue(i + 1);
-        cp_async_commit();
-        cp_async_wait<1>();          // tile i has landed (this thread's copies) ...
-        fence_proxy_async_shared();  // ... is visible to wgmma (the async proxy) ...
-        __syncthreads();             // ... and so is every other thread's
-        int c, lo, k1;
-        kt.at(i, c, lo, k1);
-        const T* kb = Ks + (i & 1) * BC * D;
-        const T* vb = Vs + (i & 1) * BC * D;
-        float s[NT][4];
-        float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
-        // Q's fragments, reloaded per tile: held across the loop, ptxas 13.0 gave their registers
-        // to P (RS wgmma A operands carried around a loop were clobbered at d = 64, found in the
-        // SASS by review), and the reload costs D / 16 ldmatrix per warp per tile.
+    // S = Q K^T of tile i into s, issued (the caller commits and waits). Q's fragments are reloaded
+    // per tile: held across the loop, ptxas 13.0 gave their registers to P (RS wgmma A operands
+    // carried around a loop were clobbered at d = 64, found in the SASS by review; the SASS test
+    // now checks it), and the reload costs D / 16 ldmatrix per warp per tile.
+    auto issue_scores = [&](int i, float (&sf)[NT * 4]) {
         uint32_t qa[D / 16][4];
         ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
         wgmma_fence();
-        wgmma_abt<T, D, BC>(sf, qa, kb, false);  // S = Q K^T
+        wgmma_abt<T, D, BC>(sf, qa, Ks + (i & 1) * BC * D, false);
+    };
+    const int total = kt.total;
+    load_rows_core_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
+    if (total > 0) issue(0, true);
+    cp_async_commit();
+    if (total > 1) issue(1, true);
+    if (total > 0) issue(0, false);
+    cp_async_commit();
+
+    // FA3's intra-warpgroup overlap: tile i + 1's S = Q K^T runs on the tensor cores while this
+    // warpgroup does tile i's mask and online softmax, then O += P V of tile i. Per iteration i
+    // (K(i + 1) and V(i) were issued one iteration earlier, in the group waited for here):
+    //   copies of K(i + 2) and V(i + 1) | wait K(i + 1), V(i) | issue S(i + 1) | softmax(i) |
+    //   issue O += P(i) V(i) | wait both | barrier.
+    float o[DN][4] = {};
+    float(&of)[DN * 4] = reinterpret_cast<float(&)[DN * 4]>(o);
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    float s[NT][4], s_next[NT][4];
+    float(&sf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s);
+    float(&snf)[NT * 4] = reinterpret_cast<float(&)[NT * 4]>(s_next);
+    if (total > 0) {
+        cp_async_wait<1>();          // Q and K(0) have landed (this thread's copies) ...
+        fence_proxy_async_shared();  // ... are visible to wgmma (the async proxy) ...
+        __syncthreads();             // ... and so is every other thread's
+        issue_scores(0, sf);
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(sf);
+        __syncthreads();  // every warp's S(0) is done with K(0) before K(2) overwrites it
+    }
+    for (int i = 0; i < total; ++i) {
+        // K(i + 2) overwrites K(i), whose S every warp waited for before the last barrier; V(i + 1)
+        // overwrites V(i - 1), whose P V likewise.
+        if (i + 2 < total) issue(i + 2, true);
+        if (i + 1 < total) issue(i + 1, false);
+        cp_async_commit();
+        cp_async_wait<1>();  // K(i + 1) and V(i), this thread's copies ...
+        fence_proxy_async_shared();
+        __syncthreads();     // ... and every other thread's
+        if (i + 1 < total) {
+            issue_scores(i + 1, snf);
+            wgmma_commit();
+        }
+        int c, lo, k1;
+        kt.at(i, c, lo, k1);
         scale_or_mask<NT>(s, wr.unmasked(c, k1, kt.prefix(i)), c, k1, rows, rlo2, tl, scale2, tq);
         online_softmax<NT, DN>(s, m, l, o);
         wgmma_fence_operand(of);
-        wgmma_cb<T, D>(of, s, vb);  // O += P V
+        wgmma_cb<T, D>(of, s, Vs + (i & 1) * BC * D);  // O += P V
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(of);
-        __syncthreads();  // every warp's wgmma is done with this buffer before tile i + 2 overwrites it
+        wgmma_fence_operand(snf);
+        if (i + 1 < total)
+#pragma unroll
+            for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[nt][e] = s_next[nt][e];
+        __syncthreads();  // every warp's wgmmas are done with K(i + 1) and V(i)
     }
     cp_async_wait<0>();
     write_o_lse<T, D>(p, o, m, l, rows, tl.b, h, tq);

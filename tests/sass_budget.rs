@@ -98,7 +98,8 @@ const BUDGETS: &[Budget] = &[
             false,
             false,
             "v3 forward (sm_90a): both GEMMs on wgmma (HGMMA, with its WARPGROUP arrive/depbar), \
-             cp.async double-buffered K/V, ldmatrix Q fragments; 2 CTAs/SM",
+             tile i + 1's S in flight during tile i's softmax (two score tiles: 184 / 232 \
+             registers), cp.async K/V, ldmatrix Q fragments per tile; 2 CTAs/SM",
         )
     },
     b(
@@ -117,8 +118,8 @@ const BUDGETS: &[Budget] = &[
             2,
             false,
             false,
-            "v3 dQ (sm_90a): S, dP and dQ on wgmma, Q and dO fragments held in registers (251 at \
-             d128); 2 CTAs/SM",
+            "v3 dQ (sm_90a): S, dP and dQ on wgmma, Q and dO fragments reloaded per tile (234 \
+             registers at d128); 2 CTAs/SM",
         )
     },
     Budget {
