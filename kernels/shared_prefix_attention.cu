@@ -1022,6 +1022,7 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
         if (i + 1 < total) {
             issue_scores(i + 1, snf);
             wgmma_commit();
+            wgmma_fence_operand(snf);  // pinned in flight (CUTLASS fences the operand after the issue too)
         }
         int c, lo, k1;
         kt.at(i, c, lo, k1);
