@@ -908,14 +908,13 @@ __device__ __forceinline__ void ldsm_a_core(uint32_t (&a)[D / 16][4], const T* s
 }
 // acc (64 x N, this warp's 16 rows) (+)= A (registers, D / 16 k-steps) * B^T, B an N x D
 // core-layout tile (K-major: each row's D elements contiguous), one wgmma per k-step, the first
-// overwriting (scale-d = 0) unless `accumulate`. Issued only: the caller fences (after writing
-// `a`), commits and waits.
+// overwriting (scale-d = 0). Issued only: the caller fences (after writing `a`), commits and
+// waits.
 template <typename T, int D, int N>
-__device__ __forceinline__ void wgmma_abt(float (&acc)[N / 2], const uint32_t (&a)[D / 16][4], const T* b,
-                                          bool accumulate) {
+__device__ __forceinline__ void wgmma_abt(float (&acc)[N / 2], const uint32_t (&a)[D / 16][4], const T* b) {
 #pragma unroll
     for (int ks = 0; ks < D / 16; ++ks)
-        wgmma_m64k16<N, false, T>(acc, a[ks], wgmma_desc(b + ks * 2 * 64, 128, 16 * D), accumulate || ks > 0);
+        wgmma_m64k16<N, false, T>(acc, a[ks], wgmma_desc(b + ks * 2 * 64, 128, 16 * D), ks > 0);
 }
 // The SS form of wgmma_abt: A is a 64 x D core-layout tile in shared memory too (K-major).
 template <typename T, int D, int N>
@@ -979,7 +978,7 @@ __device__ void forward_v3(const SharedPrefixAttentionParams& p) {
         uint32_t qa[D / 16][4];
         ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
         wgmma_fence();
-        wgmma_abt<T, D, BC>(sf, qa, Ks + (i & 1) * BC * D, false);
+        wgmma_abt<T, D, BC>(sf, qa, Ks + (i & 1) * BC * D);
     };
     const int total = kt.total;
     load_rows_core_async<T, D, BR>(Qs, p.q, tl.a, tl.a, tl.b, p.q_heads, h);
@@ -1111,8 +1110,8 @@ __device__ void backward_dq_v3(const SharedPrefixAttentionParams& p) {
         ldsm_a_core<T, D>(qa, Qs, warp * 16, lane);
         ldsm_a_core<T, D>(da, dOs, warp * 16, lane);
         wgmma_fence();
-        wgmma_abt<T, D, BC>(sf, qa, kb, false);   // S = Q K^T
-        wgmma_abt<T, D, BC>(dpf, da, Vs, false);  // dP = dO V^T
+        wgmma_abt<T, D, BC>(sf, qa, kb);   // S = Q K^T
+        wgmma_abt<T, D, BC>(dpf, da, Vs);  // dP = dO V^T
         wgmma_commit();
         wgmma_wait<0>();
         wgmma_fence_operand(sf);

@@ -159,7 +159,8 @@ pub(crate) fn attn_fwd_v2_rows(head_dim: usize) -> u32 {
 }
 
 /// Dynamic shared memory of an attention kernel: 16-bit tiles of `d + 8` columns (the padding
-/// avoids bank conflicts). `kernels/shared_prefix_attention.cu` static-asserts the same numbers.
+/// avoids bank conflicts), unpadded for v3 (wgmma's core-matrix layout has none).
+/// `kernels/shared_prefix_attention.cu` static-asserts the same numbers.
 pub(crate) fn attn_smem(kind: AttnKernel, head_dim: usize) -> u32 {
     let ld = (head_dim as u32 + 8) * 2;
     match kind {
